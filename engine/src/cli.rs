@@ -1,0 +1,239 @@
+//! The command line. Flags are named as `vllm serve` names them wherever vLLM has the flag.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+use exporter::buckets::BucketConfig;
+use exporter::gating::parse_show_hidden_flag;
+use exporter::MinorVersion;
+
+/// The model `vigil serve` serves when none is named.
+pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about = "An instrumented LLM serving engine.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a model behind an OpenAI-compatible API, with metrics at /metrics.
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Model to serve: an HF folder or a GGUF file.
+    #[arg(default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free port and logs it).
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+
+    /// Name(s) the model is served under; the first is the `model_name` metric label. Defaults
+    /// to the model path.
+    #[arg(long, num_args = 1.., value_name = "NAME")]
+    pub served_model_name: Vec<String>,
+
+    /// Model context length in tokens (accepts 1k = 1000, 1K = 1024, likewise m/M, g/G). Defaults
+    /// to the model's.
+    #[arg(long, value_parser = parse_max_model_len)]
+    pub max_model_len: Option<u64>,
+
+    /// Do not record engine statistics (no vllm: series), as in vLLM.
+    #[arg(long)]
+    pub disable_log_stats: bool,
+
+    /// Show metrics deprecated in this version (only the minor version before the running one
+    /// is accepted).
+    #[arg(long, value_name = "X.Y", value_parser = parse_show_hidden)]
+    pub show_hidden_metrics_for_version: Option<MinorVersion>,
+
+    /// Attach request ids as exemplars to request-level histograms (OpenMetrics only).
+    #[arg(long)]
+    pub enable_exemplars: bool,
+
+    /// Override histogram bucket families, as JSON: {"family": [bounds...]}.
+    #[arg(long, value_name = "JSON", value_parser = parse_custom_buckets)]
+    pub custom_histogram_buckets: Option<CustomBuckets>,
+
+    /// KV-cache block size in tokens.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub block_size: u32,
+
+    /// Fraction of GPU memory the engine may use for weights, activations and KV cache.
+    #[arg(long, default_value_t = 0.9, value_parser = parse_fraction)]
+    pub gpu_memory_utilization: f64,
+
+    /// Number of KV blocks to allocate, instead of sizing from memory.
+    #[arg(long, value_name = "N")]
+    pub num_gpu_blocks_override: Option<u64>,
+
+    /// Data type of the KV cache.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32"])]
+    pub kv_cache_dtype: String,
+
+    /// Reuse KV blocks of shared prompt prefixes (on by default).
+    #[arg(long, overrides_with = "no_enable_prefix_caching", action = ArgAction::SetTrue)]
+    pub enable_prefix_caching: bool,
+
+    /// Turn prefix caching off.
+    #[arg(long, overrides_with = "enable_prefix_caching", action = ArgAction::SetTrue)]
+    pub no_enable_prefix_caching: bool,
+}
+
+impl ServeArgs {
+    /// The name the model is served under (the `model_name` label).
+    pub fn model_name(&self) -> String {
+        match self.served_model_name.first() {
+            Some(name) => name.clone(),
+            None => self.model.display().to_string(),
+        }
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        !self.no_enable_prefix_caching
+    }
+}
+
+/// `--custom-histogram-buckets`, validated family by family.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomBuckets(pub Vec<(String, Vec<f64>)>);
+
+impl CustomBuckets {
+    /// Applies the overrides to `config` (they were validated when parsed).
+    pub fn apply(&self, mut config: BucketConfig) -> BucketConfig {
+        for (family, bounds) in &self.0 {
+            config = config
+                .with_override(family, bounds.clone())
+                .expect("validated at parse time");
+        }
+        config
+    }
+}
+
+fn parse_custom_buckets(s: &str) -> Result<CustomBuckets, String> {
+    let value: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))?;
+    let object = value
+        .as_object()
+        .ok_or("expected a JSON object {\"family\": [bounds...]}")?;
+    let mut out = Vec::new();
+    let mut check = BucketConfig::new(1);
+    for (family, bounds) in object {
+        let list = bounds
+            .as_array()
+            .ok_or_else(|| format!("{family:?}: expected a list of numbers"))?;
+        let bounds = list
+            .iter()
+            .map(|b| {
+                b.as_f64()
+                    .ok_or_else(|| format!("{family:?}: {b} is not a number"))
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
+        check = check
+            .with_override(family, bounds.clone())
+            .map_err(|e| e.to_string())?;
+        out.push((family.clone(), bounds));
+    }
+    Ok(CustomBuckets(out))
+}
+
+fn parse_show_hidden(s: &str) -> Result<MinorVersion, String> {
+    parse_show_hidden_flag(s, MinorVersion::running()).map_err(|e| e.to_string())
+}
+
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} must be in (0, 1]"))
+    }
+}
+
+/// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
+fn parse_max_model_len(s: &str) -> Result<u64, String> {
+    let (digits, multiplier) = match s.chars().last() {
+        Some('k') => (&s[..s.len() - 1], 1_000),
+        Some('K') => (&s[..s.len() - 1], 1 << 10),
+        Some('m') => (&s[..s.len() - 1], 1_000_000),
+        Some('M') => (&s[..s.len() - 1], 1 << 20),
+        Some('g') => (&s[..s.len() - 1], 1_000_000_000),
+        Some('G') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: f64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a token count (e.g. 4096, 32k, 32K)"))?;
+    let tokens = n * multiplier as f64;
+    if !(tokens >= 1.0 && tokens <= u32::MAX as f64 && tokens.fract() == 0.0) {
+        return Err(format!(
+            "{s:?} must be a whole number of tokens between 1 and {}",
+            u32::MAX
+        ));
+    }
+    Ok(tokens as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn max_model_len_suffixes() {
+        assert_eq!(parse_max_model_len("4096"), Ok(4096));
+        assert_eq!(parse_max_model_len("32k"), Ok(32000));
+        assert_eq!(parse_max_model_len("32K"), Ok(32768));
+        assert_eq!(parse_max_model_len("1.5k"), Ok(1500));
+        assert_eq!(parse_max_model_len("1M"), Ok(1 << 20));
+        for bad in ["", "0", "-5", "abc", "1.5", "k", "99999999999"] {
+            assert!(parse_max_model_len(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefix_caching_flags_toggle() {
+        let parse = |args: &[&str]| {
+            let mut v = vec!["vigil", "serve"];
+            v.extend_from_slice(args);
+            match Cli::try_parse_from(v).unwrap().command {
+                Command::Serve(a) => a.prefix_caching(),
+            }
+        };
+        assert!(parse(&[]));
+        assert!(!parse(&["--no-enable-prefix-caching"]));
+        assert!(parse(&[
+            "--no-enable-prefix-caching",
+            "--enable-prefix-caching"
+        ]));
+    }
+
+    #[test]
+    fn custom_buckets_are_validated() {
+        let ok = parse_custom_buckets(r#"{"request_latency": [0.1, 1, 10]}"#).unwrap();
+        assert_eq!(
+            ok.0,
+            vec![("request_latency".to_owned(), vec![0.1, 1.0, 10.0])]
+        );
+        assert!(parse_custom_buckets(r#"{"nope": [1]}"#)
+            .unwrap_err()
+            .contains("unknown"));
+        assert!(parse_custom_buckets(r#"{"request_latency": [true]}"#).is_err());
+        assert!(parse_custom_buckets(r#"{"request_latency": [2, 1]}"#).is_err());
+        assert!(parse_custom_buckets("[1]").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The HTTP server: `/metrics` (the exporter), `/health` and `/version`.
+//!
+//! The OpenAI API arrives with the engine; until then the server exposes only what is true
+//! without one: that it is up, its version, and the engine series at their start-up values.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::routing::get;
+use axum::{Json, Router};
+use exporter::catalog::vllm;
+use exporter::render::number::format_float;
+use exporter::{Exporter, ExporterConfig};
+
+use crate::cli::ServeArgs;
+
+/// SmolLM2's context length: the `max_model_len` used for token-count buckets when
+/// `--max-model-len` is not given, until the engine reads it from the model.
+pub const FALLBACK_MAX_MODEL_LEN: u64 = 8192;
+
+/// The engine indexes this process serves (`engine` label values).
+const ENGINES: &[&str] = &["0"];
+
+/// Builds the exporter a `vigil serve` with `args` uses.
+pub fn exporter_config(args: &ServeArgs) -> ExporterConfig {
+    let max_model_len = args.max_model_len.unwrap_or_else(|| {
+        tracing::info!(
+            max_model_len = FALLBACK_MAX_MODEL_LEN,
+            "--max-model-len not given and the model is not read yet; sizing token buckets for {FALLBACK_MAX_MODEL_LEN}"
+        );
+        FALLBACK_MAX_MODEL_LEN
+    });
+    let mut config = ExporterConfig::new(max_model_len);
+    if let Some(custom) = &args.custom_histogram_buckets {
+        config.buckets = custom.apply(config.buckets);
+    }
+    config.show_hidden_for = args.show_hidden_metrics_for_version;
+    config.enable_exemplars = args.enable_exemplars;
+    config.engine_stats = !args.disable_log_stats;
+    config.created_series = !created_series_disabled();
+    config
+}
+
+/// prometheus_client's `PROMETHEUS_DISABLE_CREATED_SERIES` (true, 1 or t, any case).
+fn created_series_disabled() -> bool {
+    std::env::var("PROMETHEUS_DISABLE_CREATED_SERIES")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "t"))
+}
+
+/// `vllm:cache_config_info`'s labels: the cache settings of this run. Block counts are `None`
+/// (Python's spelling, as vLLM prints them) until an engine has sized the cache.
+fn cache_config_labels(args: &ServeArgs, engine: &str) -> Vec<(&'static str, String)> {
+    let py_bool = |b: bool| if b { "True" } else { "False" }.to_owned();
+    let py_opt = |v: Option<u64>| v.map_or("None".to_owned(), |n| n.to_string());
+    vec![
+        ("block_size", args.block_size.to_string()),
+        ("cache_dtype", args.kv_cache_dtype.clone()),
+        ("enable_prefix_caching", py_bool(args.prefix_caching())),
+        (
+            "gpu_memory_utilization",
+            format_float(args.gpu_memory_utilization),
+        ),
+        ("num_cpu_blocks", py_opt(None)),
+        ("num_gpu_blocks", py_opt(None)),
+        (
+            "num_gpu_blocks_override",
+            py_opt(args.num_gpu_blocks_override),
+        ),
+        ("engine", engine.to_owned()),
+    ]
+}
+
+/// The application's routes.
+pub fn app(exporter: Exporter) -> Router {
+    Router::new()
+        .route("/health", get(|| async {}))
+        .route(
+            "/version",
+            get(|| async { Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })) }),
+        )
+        .merge(exporter::route::router(exporter))
+}
+
+/// Runs `vigil serve` until SIGTERM or Ctrl-C.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let exporter = Exporter::new(exporter_config(&args));
+    exporter
+        .install()
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    let model_name = args.model_name();
+    exporter.precreate(&model_name, ENGINES);
+    for engine in ENGINES {
+        exporter
+            .set_info(
+                &vllm::CACHE_CONFIG_INFO,
+                &cache_config_labels(&args, engine),
+            )
+            .map_err(anyhow::Error::msg)?;
+    }
+    if args.disable_log_stats {
+        tracing::info!("--disable-log-stats: no engine statistics are recorded");
+    }
+    tracing::warn!(model = %args.model.display(), "the inference engine is not built yet: serving /metrics, /health and /version only");
+
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "--host {} --port {}: cannot listen on {addr}",
+            args.host, args.port
+        )
+    })?;
+    let local = listener.local_addr()?;
+    tracing::info!(%model_name, "listening on http://{local}");
+    axum::serve(listener, app(exporter))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

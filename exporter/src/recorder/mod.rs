@@ -1,0 +1,367 @@
+//! The recorder behind the `metrics` facade, and the [`Exporter`] that owns it.
+//!
+//! Vigil does not use metrics-exporter-prometheus's recorder: it cannot render OpenMetrics or
+//! exemplars, renders `_total` and float values differently from prometheus_client (which
+//! vLLM's dashboards and tools were written against), and has no `_created` series. This recorder
+//! keeps series in metrics-util's sharded [`Registry`] with Vigil's own cells
+//! ([`storage`]), and takes names, buckets and exemplar eligibility from the catalog.
+
+pub mod storage;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_util::registry::{Registry, Storage};
+
+use crate::buckets::BucketConfig;
+use crate::catalog::{self, Kind, MetricDef};
+use crate::gating::{self, Visibility};
+use crate::version::MinorVersion;
+use storage::{CounterCell, GaugeCell, HistogramCell};
+
+/// What one run of Vigil exposes: the settings that shape the exporter.
+#[derive(Debug, Clone)]
+pub struct ExporterConfig {
+    /// Histogram bounds (defaults, `max_model_len`, `--custom-histogram-buckets`).
+    pub buckets: BucketConfig,
+    /// The running version the deprecation gate compares against.
+    pub running: MinorVersion,
+    /// The validated `--show-hidden-metrics-for-version`.
+    pub show_hidden_for: Option<MinorVersion>,
+    /// `--enable-exemplars`: keep request ids on request-level histograms.
+    pub enable_exemplars: bool,
+    /// `false` with `--disable-log-stats`: no engine statistics at all, as in vLLM.
+    pub engine_stats: bool,
+    /// Emit `_created` series for counters and histograms, as prometheus_client does unless
+    /// `PROMETHEUS_DISABLE_CREATED_SERIES` is set.
+    pub created_series: bool,
+}
+
+impl ExporterConfig {
+    /// Defaults for the running version: engine stats on, no hidden metrics, no exemplars.
+    pub fn new(max_model_len: u64) -> Self {
+        ExporterConfig {
+            buckets: BucketConfig::new(max_model_len),
+            running: MinorVersion::running(),
+            show_hidden_for: None,
+            enable_exemplars: false,
+            engine_stats: true,
+            created_series: true,
+        }
+    }
+}
+
+/// Creates cells for the registry, sized from the catalog.
+#[derive(Debug)]
+pub struct CatalogStorage {
+    buckets: BucketConfig,
+    enable_exemplars: bool,
+    warned: Mutex<HashSet<String>>,
+}
+
+impl CatalogStorage {
+    fn warn_uncatalogued(&self, name: &str, kind: &str) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.insert(name.to_owned()) {
+            tracing::warn!(
+                metric = name,
+                kind,
+                "metric is not in the catalog as recorded (name, type or label names); it is never exposed"
+            );
+        }
+    }
+
+    fn entry(&self, key: &Key, kind: Kind) -> Option<&'static MetricDef> {
+        let def = catalog::find(key.name()).filter(|d| d.kind == kind && d.mirror_of.is_none());
+        match def {
+            None => self.warn_uncatalogued(key.name(), kind.as_str()),
+            // Keys are compared label by label in order, so every recorder of a series must give
+            // the labels in catalog order or it would record into a second, duplicate cell.
+            Some(d) if !key.labels().map(|l| l.key()).eq(d.label_names()) => {
+                self.warn_uncatalogued(key.name(), "labels not in catalog order")
+            }
+            Some(_) => {}
+        }
+        def
+    }
+}
+
+impl Storage<Key> for CatalogStorage {
+    type Counter = Arc<CounterCell>;
+    type Gauge = Arc<GaugeCell>;
+    type Histogram = Arc<HistogramCell>;
+
+    fn counter(&self, key: &Key) -> Self::Counter {
+        self.entry(key, Kind::Counter);
+        Arc::new(CounterCell::new())
+    }
+
+    fn gauge(&self, key: &Key) -> Self::Gauge {
+        self.entry(key, Kind::Gauge);
+        Arc::new(GaugeCell::new())
+    }
+
+    fn histogram(&self, key: &Key) -> Self::Histogram {
+        let def = self.entry(key, Kind::Histogram);
+        let bounds = def
+            .and_then(|d| d.buckets)
+            .map(|f| self.buckets.bounds(f))
+            .unwrap_or_default();
+        let exemplars = self.enable_exemplars && def.is_some_and(|d| d.exemplars);
+        Arc::new(HistogramCell::new(Arc::from(bounds), exemplars))
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) registry: Registry<Key, CatalogStorage>,
+    pub(crate) config: ExporterConfig,
+    /// Catalog entries shown on `/metrics` for this run, in catalog order.
+    pub(crate) visible: Vec<&'static MetricDef>,
+}
+
+/// The one exporter of a Vigil process: records through the `metrics` facade and renders
+/// `/metrics`. Cloning is cheap; all clones share the same series.
+#[derive(Clone)]
+pub struct Exporter {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Exporter {
+    pub fn new(config: ExporterConfig) -> Self {
+        let visible = catalog::all()
+            .filter(|d| config.engine_stats || !d.engine_stat)
+            .filter(|d| {
+                gating::visibility(d, config.running, config.show_hidden_for) == Visibility::Shown
+            })
+            .collect();
+        let storage = CatalogStorage {
+            buckets: config.buckets.clone(),
+            enable_exemplars: config.enable_exemplars,
+            warned: Mutex::new(HashSet::new()),
+        };
+        Exporter {
+            inner: Arc::new(Inner {
+                registry: Registry::new(storage),
+                config,
+                visible,
+            }),
+        }
+    }
+
+    /// Makes this exporter the process-wide recorder of the `metrics` facade.
+    pub fn install(&self) -> Result<(), metrics::SetRecorderError<Exporter>> {
+        metrics::set_global_recorder(self.clone())
+    }
+
+    pub fn config(&self) -> &ExporterConfig {
+        &self.inner.config
+    }
+
+    /// Whether `def` is rendered in this run (engine stats on, not hidden or removed).
+    pub fn is_visible(&self, def: &MetricDef) -> bool {
+        self.inner.visible.iter().any(|d| std::ptr::eq(*d, def))
+    }
+
+    /// Creates, with value 0, every series of every pre-created catalog entry for one model and
+    /// its engines: one per engine and per value of each closed-set label, as vLLM does, so that
+    /// dashboards show zeros instead of gaps. Entries with an `initial_one` value start at 1 for
+    /// it (`vllm:engine_sleep_state{sleep_state="awake"}`).
+    pub fn precreate(&self, model_name: &str, engines: &[&str]) {
+        if !self.inner.config.engine_stats {
+            return;
+        }
+        for def in catalog::all().filter(|d| d.precreate && d.mirror_of.is_none()) {
+            for labels in label_combinations(def, model_name, engines) {
+                let one_of_value = labels.iter().find_map(|l| {
+                    def.labels
+                        .iter()
+                        .any(
+                            |d| matches!(d, catalog::Label::OneOf { name, .. } if *name == l.key()),
+                        )
+                        .then(|| l.value().to_owned())
+                });
+                let key = Key::from_parts(def.name, labels);
+                match def.kind {
+                    Kind::Counter => {
+                        self.inner.registry.get_or_create_counter(&key, |_| ());
+                    }
+                    Kind::Gauge => {
+                        let g = self.inner.registry.get_or_create_gauge(&key, Arc::clone);
+                        if def.initial_one.is_some() && def.initial_one == one_of_value.as_deref() {
+                            metrics::GaugeFn::set(&*g, 1.0);
+                        }
+                    }
+                    Kind::Histogram => {
+                        self.inner.registry.get_or_create_histogram(&key, |_| ());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sets an info-style gauge (value 1) such as `vllm:cache_config_info`. Every label the
+    /// catalog lists must be given, and no other.
+    pub fn set_info(
+        &self,
+        def: &'static MetricDef,
+        labels: &[(&'static str, String)],
+    ) -> Result<(), String> {
+        let mut expected: Vec<&str> = def.label_names().collect();
+        let mut given: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
+        expected.sort_unstable();
+        given.sort_unstable();
+        if def.kind != Kind::Gauge || expected != given {
+            return Err(format!(
+                "{} takes labels {expected:?}, got {given:?}",
+                def.name
+            ));
+        }
+        if !self.inner.config.engine_stats && def.engine_stat {
+            return Ok(());
+        }
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect();
+        let g = self
+            .inner
+            .registry
+            .get_or_create_gauge(&Key::from_parts(def.name, labels), Arc::clone);
+        metrics::GaugeFn::set(&*g, 1.0);
+        Ok(())
+    }
+}
+
+/// Every label set of a pre-created entry: the cross product of its labels' values.
+fn label_combinations(def: &MetricDef, model_name: &str, engines: &[&str]) -> Vec<Vec<Label>> {
+    let mut sets: Vec<Vec<Label>> = vec![Vec::new()];
+    for label in def.labels {
+        let values: Vec<String> = match label {
+            catalog::Label::ModelName => vec![model_name.to_owned()],
+            catalog::Label::Engine => engines.iter().map(|e| (*e).to_owned()).collect(),
+            catalog::Label::OneOf { values, .. } => {
+                values.iter().map(|v| (*v).to_owned()).collect()
+            }
+            catalog::Label::Config(name) => {
+                unreachable!("{}: config label {name} cannot be pre-created", def.name)
+            }
+        };
+        sets = sets
+            .into_iter()
+            .flat_map(|set| {
+                values.iter().map(move |v| {
+                    let mut s = set.clone();
+                    s.push(Label::new(label.name(), v.clone()));
+                    s
+                })
+            })
+            .collect();
+    }
+    sets
+}
+
+impl Recorder for Exporter {
+    // HELP text comes from the catalog, which is the source of truth; descriptions given through
+    // the facade (see `catalog::describe_all`) are for other recorders.
+    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
+
+    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
+        Counter::from_arc(self.inner.registry.get_or_create_counter(key, Arc::clone))
+    }
+
+    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
+        Gauge::from_arc(self.inner.registry.get_or_create_gauge(key, Arc::clone))
+    }
+
+    fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
+        Histogram::from_arc(self.inner.registry.get_or_create_histogram(key, Arc::clone))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::vllm;
+
+    #[test]
+    fn precreate_makes_every_enum_value_and_engine() {
+        let exporter = Exporter::new(ExporterConfig::new(2048));
+        exporter.precreate("m", &["0", "1"]);
+        let mut n = 0;
+        exporter.inner.registry.visit_counters(|key, _| {
+            if key.name() == vllm::REQUEST_SUCCESS.name {
+                n += 1;
+            }
+        });
+        assert_eq!(n, vllm::FINISHED_REASONS.len() * 2);
+        let mut awake = Vec::new();
+        exporter.inner.registry.visit_gauges(|key, g| {
+            if key.name() == vllm::ENGINE_SLEEP_STATE.name {
+                let state = key
+                    .labels()
+                    .find(|l| l.key() == "sleep_state")
+                    .unwrap()
+                    .value()
+                    .to_owned();
+                awake.push((state, g.value()));
+            }
+        });
+        awake.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(awake.len(), 6);
+        for (state, v) in awake {
+            assert_eq!(v, if state == "awake" { 1.0 } else { 0.0 }, "{state}");
+        }
+    }
+
+    #[test]
+    fn disable_log_stats_creates_nothing() {
+        let mut config = ExporterConfig::new(2048);
+        config.engine_stats = false;
+        let exporter = Exporter::new(config);
+        exporter.precreate("m", &["0"]);
+        let mut n = 0;
+        exporter.inner.registry.visit_counters(|_, _| n += 1);
+        exporter.inner.registry.visit_histograms(|_, _| n += 1);
+        assert_eq!(n, 0);
+        assert!(!exporter.is_visible(&vllm::PROMPT_TOKENS));
+    }
+
+    #[test]
+    fn set_info_checks_labels() {
+        let exporter = Exporter::new(ExporterConfig::new(2048));
+        assert!(exporter
+            .set_info(&vllm::CACHE_CONFIG_INFO, &[("engine", "0".into())])
+            .is_err());
+        assert!(exporter.set_info(&vllm::NUM_REQUESTS_RUNNING, &[]).is_err());
+    }
+
+    #[test]
+    fn facade_handles_share_cells_with_precreated_series() {
+        let exporter = Exporter::new(ExporterConfig::new(2048));
+        exporter.precreate("m", &["0"]);
+        metrics::with_local_recorder(&exporter, || {
+            metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0")
+                .increment(7);
+        });
+        let mut seen = Vec::new();
+        exporter.inner.registry.visit_counters(|key, c| {
+            if key.name() == vllm::PROMPT_TOKENS.name {
+                seen.push(c.value());
+            }
+        });
+        assert_eq!(seen, vec![7]);
+    }
+}
