@@ -78,10 +78,8 @@ impl CatalogStorage {
         let def = catalog::find(key.name()).filter(|d| d.kind == kind && d.mirror_of.is_none());
         match def {
             None => self.warn_uncatalogued(key.name(), kind.as_str()),
-            // Keys are compared label by label in order, so every recorder of a series must give
-            // the labels in catalog order or it would record into a second, duplicate cell.
-            Some(d) if !key.labels().map(|l| l.key()).eq(d.label_names()) => {
-                self.warn_uncatalogued(key.name(), "labels not in catalog order")
+            Some(d) if !has_catalog_labels(key, d) => {
+                self.warn_uncatalogued(key.name(), "labels other than the catalog's")
             }
             Some(_) => {}
         }
@@ -241,6 +239,16 @@ impl Exporter {
         metrics::GaugeFn::set(&*g, 1.0);
         Ok(())
     }
+}
+
+/// Whether `key` carries exactly the label names of `def` (in any order: `metrics` compares keys'
+/// labels regardless of order, so one series never splits in two).
+pub(crate) fn has_catalog_labels(key: &Key, def: &MetricDef) -> bool {
+    let mut given: Vec<&str> = key.labels().map(|l| l.key()).collect();
+    let mut expected: Vec<&str> = def.label_names().collect();
+    given.sort_unstable();
+    expected.sort_unstable();
+    given == expected
 }
 
 /// Every label set of a pre-created entry: the cross product of its labels' values.

@@ -69,8 +69,8 @@ enum Cell {
     Histogram(Arc<HistogramCell>),
 }
 
-/// The registry's series grouped by catalog name; series whose labels do not match their catalog
-/// entry (in name and order) are left out.
+/// The registry's series grouped by catalog name; series whose label names differ from their
+/// catalog entry's are left out.
 fn collect(exporter: &Exporter) -> HashMap<&'static str, Vec<(Labels, Cell)>> {
     let mut groups: HashMap<&'static str, Vec<(Labels, Cell)>> = HashMap::new();
     let registry = &exporter.inner.registry;
@@ -78,7 +78,7 @@ fn collect(exporter: &Exporter) -> HashMap<&'static str, Vec<(Labels, Cell)>> {
         let Some(def) = catalog::find(key.name()).filter(|d| d.kind == kind) else {
             return;
         };
-        if !key.labels().map(|l| l.key()).eq(def.label_names()) {
+        if !crate::recorder::has_catalog_labels(key, def) {
             return;
         }
         let mut labels: Labels = key
