@@ -1,0 +1,160 @@
+//! Helpers shared by the end-to-end tests: start the real `vigil` binary and talk to it over
+//! real HTTP.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The binary cargo built for these tests.
+pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+
+/// A running `vigil serve`, killed on drop.
+pub struct Vigil {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Vigil {
+    /// Starts `vigil serve --host 127.0.0.1 --port 0 <args>` and waits until it listens.
+    pub fn serve(args: &[&str]) -> Vigil {
+        let mut child = Command::new(VIGIL)
+            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vigil");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("vigil did not start listening; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Vigil { child, addr, log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// GET `path` with optional `Accept`; returns (status, content type, body).
+    pub fn get(&self, path: &str, accept: Option<&str>) -> (u16, String, String) {
+        http_get(&self.url(path), accept)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let (status, _, body) = self.get("/metrics", None);
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `url`; returns (status, content type, body) whatever the status.
+pub fn http_get(url: &str, accept: Option<&str>) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut req = agent.get(url);
+    if let Some(accept) = accept {
+        req = req.header("Accept", accept);
+    }
+    let mut resp = req.call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status().as_u16();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.body_mut().read_to_string().expect("body");
+    (status, ctype, body)
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs `promtool check metrics` on `exposition` and returns the problems it reports that are
+/// not the two inherent to vLLM's names (colons in names, and `vllm:iteration_tokens_total`
+/// being a histogram whose name ends in `_total`). Parse errors always count.
+pub fn promtool_problems(exposition: &str) -> Vec<String> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
+    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let code = out.status.code();
+    // promtool exits 0 when clean, 3 when only lint problems were found, 1 on parse errors.
+    let mut problems: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .filter(|l| {
+            let inherent = (l.starts_with("vllm:") && l.ends_with("metric names should not contain ':'"))
+                || l.starts_with("vllm:iteration_tokens_total non-counter metrics should not have \"_total\" suffix");
+            !inherent
+        })
+        .map(str::to_owned)
+        .collect();
+    if !matches!(code, Some(0) | Some(3)) {
+        problems.push(format!("promtool exited with {code:?}"));
+    }
+    problems
+}
