@@ -28,7 +28,11 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
     for def in catalog::all() {
         let shown = visibility(def, running, None) == Visibility::Shown;
         let present = body.contains(&first_sample_name(def));
-        assert_eq!(present, shown, "{}: shown={shown} present={present}", def.name);
+        assert_eq!(
+            present, shown,
+            "{}: shown={shown} present={present}",
+            def.name
+        );
     }
     // Pre-created at zero with the served name and engine 0, every enum value included.
     for reason in vllm::FINISHED_REASONS {
@@ -37,9 +41,15 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
         );
         assert!(body.contains(&line), "missing {line}");
     }
-    assert!(body.contains("vllm:engine_sleep_state{engine=\"0\",model_name=\"smol\",sleep_state=\"awake\"} 1.0\n"));
-    assert!(body.contains("vllm:e2e_request_latency_seconds_count{engine=\"0\",model_name=\"smol\"} 0.0\n"));
-    assert!(body.contains("vllm:admission_rejections_total{model_name=\"smol\",reason=\"max_num_queued_reqs\"} 0.0\n"));
+    assert!(body.contains(
+        "vllm:engine_sleep_state{engine=\"0\",model_name=\"smol\",sleep_state=\"awake\"} 1.0\n"
+    ));
+    assert!(body.contains(
+        "vllm:e2e_request_latency_seconds_count{engine=\"0\",model_name=\"smol\"} 0.0\n"
+    ));
+    assert!(body.contains(
+        "vllm:admission_rejections_total{model_name=\"smol\",reason=\"max_num_queued_reqs\"} 0.0\n"
+    ));
     // Vigil's cache settings as labels.
     assert!(body.contains(
         "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"0\",gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"None\",num_gpu_blocks_override=\"None\"} 1.0\n"
@@ -52,9 +62,15 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
 #[test]
 fn openmetrics_when_asked() {
     let vigil = Vigil::serve(&["--served-model-name", "smol", "--enable-exemplars"]);
-    let (status, ctype, body) = vigil.get("/metrics", Some("application/openmetrics-text; version=1.0.0"));
+    let (status, ctype, body) = vigil.get(
+        "/metrics",
+        Some("application/openmetrics-text; version=1.0.0"),
+    );
     assert_eq!(status, 200);
-    assert_eq!(ctype, "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    assert_eq!(
+        ctype,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
     assert!(body.ends_with("# EOF\n"));
     assert!(body.contains("# TYPE vllm:generation_tokens counter\nvllm:generation_tokens_total{engine=\"0\",model_name=\"smol\"} 0.0\n"));
     // No requests were served, so no exemplar exists: none is invented.
@@ -71,14 +87,25 @@ fn hidden_metrics_come_back_with_the_flag() {
     ];
     let plain = Vigil::serve(&[]).metrics();
     for def in legacy {
-        assert!(!plain.contains(def.name), "{} shown without the flag", def.name);
+        assert!(
+            !plain.contains(def.name),
+            "{} shown without the flag",
+            def.name
+        );
     }
     let prev = MinorVersion::running().previous().unwrap().to_string();
     let vigil = Vigil::serve(&["--show-hidden-metrics-for-version", &prev]);
     let body = vigil.metrics();
     for def in legacy {
-        assert!(body.contains(&first_sample_name(def)), "{} hidden with the flag", def.name);
-        let help = format!("DEPRECATED: Use {} instead.\n", def.deprecated.unwrap().use_instead.name);
+        assert!(
+            body.contains(&first_sample_name(def)),
+            "{} hidden with the flag",
+            def.name
+        );
+        let help = format!(
+            "DEPRECATED: Use {} instead.\n",
+            def.deprecated.unwrap().use_instead.name
+        );
         assert!(body.contains(&help), "{} lacks its notice", def.name);
     }
     assert_eq!(promtool_problems(&body), Vec::<String>::new());
@@ -96,7 +123,9 @@ fn disable_log_stats_exposes_no_engine_series() {
 fn served_model_name_is_escaped() {
     let vigil = Vigil::serve(&["--served-model-name", "we\"ird\\name\nx"]);
     let body = vigil.metrics();
-    assert!(body.contains("vllm:num_requests_running{engine=\"0\",model_name=\"we\\\"ird\\\\name\\nx\"} 0.0\n"));
+    assert!(body.contains(
+        "vllm:num_requests_running{engine=\"0\",model_name=\"we\\\"ird\\\\name\\nx\"} 0.0\n"
+    ));
     assert_eq!(promtool_problems(&body), Vec::<String>::new());
 }
 
@@ -111,7 +140,9 @@ fn token_buckets_follow_max_model_len_and_custom_buckets() {
         r#"{"request_latency": [0.5, 2, 1000000]}"#,
     ]);
     let body = vigil.metrics();
-    assert!(body.contains("vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"20000.0\",model_name=\"m\"} 0.0\n"));
+    assert!(body.contains(
+        "vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"20000.0\",model_name=\"m\"} 0.0\n"
+    ));
     assert!(!body.contains("vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"50000.0\""));
     let les: Vec<&str> = body
         .lines()
@@ -140,6 +171,11 @@ fn the_promtool_check_itself_catches_problems() {
     // A sanity check of the helper the tests above rely on: a parse error and a lint problem
     // outside vLLM's inherent ones are both reported.
     assert!(!promtool_problems("vllm:x{a=\"b\" 1\n").is_empty());
-    assert!(!promtool_problems("# HELP foo_bytes x\n# TYPE foo_bytes counter\nfoo_bytes 1\n").is_empty());
-    assert!(promtool_problems("# HELP foo_total x\n# TYPE foo_total counter\nfoo_total 1\n").is_empty());
+    assert!(
+        !promtool_problems("# HELP foo_bytes x\n# TYPE foo_bytes counter\nfoo_bytes 1\n")
+            .is_empty()
+    );
+    assert!(
+        promtool_problems("# HELP foo_total x\n# TYPE foo_total counter\nfoo_total 1\n").is_empty()
+    );
 }

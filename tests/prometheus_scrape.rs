@@ -22,32 +22,47 @@ struct Prometheus {
 impl Prometheus {
     fn start(targets: &[(&str, String)]) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+        let mut config =
+            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
         for (job, target) in targets {
-            config.push_str(&format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"));
+            config.push_str(&format!(
+                "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
+            ));
         }
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).unwrap();
         let port = free_port();
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--enable-feature=exemplar-storage")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus is installed (Debian package prometheus; .ci/run installs it)");
-        let p = Prometheus { child, port, _dir: dir };
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
         wait_for("prometheus ready", Duration::from_secs(60), || {
             let url = format!("http://127.0.0.1:{}/-/ready", p.port);
-            std::panic::catch_unwind(|| http_get(&url, None).0 == 200).ok().filter(|r| *r)
+            std::panic::catch_unwind(|| http_get(&url, None).0 == 200)
+                .ok()
+                .filter(|r| *r)
         });
         p
     }
 
     fn api(&self, path_and_query: &str) -> Value {
-        let (status, _, body) = http_get(&format!("http://127.0.0.1:{}{}", self.port, path_and_query), None);
+        let (status, _, body) = http_get(
+            &format!("http://127.0.0.1:{}{}", self.port, path_and_query),
+            None,
+        );
         assert_eq!(status, 200, "{path_and_query}: {body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "success", "{body}");
@@ -56,7 +71,10 @@ impl Prometheus {
 
     fn query(&self, promql: &str) -> Vec<Value> {
         let q = encode(promql);
-        self.api(&format!("/api/v1/query?query={q}"))["result"].as_array().unwrap().clone()
+        self.api(&format!("/api/v1/query?query={q}"))["result"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// Waits until every job's target has been scraped successfully.
@@ -65,12 +83,18 @@ impl Prometheus {
             let targets = self.api("/api/v1/targets");
             let active = targets["activeTargets"].as_array().unwrap();
             let up = jobs.iter().all(|job| {
-                active.iter().any(|t| t["labels"]["job"] == *job && t["health"] == "up")
+                active
+                    .iter()
+                    .any(|t| t["labels"]["job"] == *job && t["health"] == "up")
             });
             if !up {
                 for t in active {
                     let err = t["lastError"].as_str().unwrap_or("");
-                    assert!(err.is_empty() || err.contains("connection refused"), "scrape of {} failed: {err}", t["labels"]["job"]);
+                    assert!(
+                        err.is_empty() || err.contains("connection refused"),
+                        "scrape of {} failed: {err}",
+                        t["labels"]["job"]
+                    );
                 }
             }
             up.then_some(())
@@ -88,7 +112,9 @@ impl Drop for Prometheus {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -96,7 +122,10 @@ fn encode(s: &str) -> String {
 
 #[test]
 fn prometheus_ingests_every_series_with_types_help_and_labels() {
-    assert!(Path::new("/usr/bin/prometheus").exists() || which("prometheus"), "prometheus must be installed");
+    assert!(
+        Path::new("/usr/bin/prometheus").exists() || which("prometheus"),
+        "prometheus must be installed"
+    );
     let vigil = Vigil::serve(&["--served-model-name", "smol"]);
     let prom = Prometheus::start(&[("vigil", vigil.addr.to_string())]);
     prom.wait_up(&["vigil"]);
@@ -138,7 +167,10 @@ fn prometheus_ingests_every_series_with_types_help_and_labels() {
             Kind::Gauge => def.name.to_owned(),
             Kind::Histogram => format!("{}_count", def.name),
         };
-        assert!(!prom.query(&format!("{{__name__=\"{sample}\"}}")).is_empty(), "{sample} missing");
+        assert!(
+            !prom.query(&format!("{{__name__=\"{sample}\"}}")).is_empty(),
+            "{sample} missing"
+        );
     }
 }
 
@@ -158,17 +190,26 @@ fn prometheus_stores_request_id_exemplars() {
         });
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let addr = listener.local_addr().unwrap();
     let router: axum::Router = exporter::route::router(exporter.clone());
     runtime.spawn(async move { axum::serve(listener, router).await });
 
     let prom = Prometheus::start(&[("exemplars", addr.to_string())]);
     prom.wait_up(&["exemplars"]);
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let found = wait_for("exemplars in prometheus", Duration::from_secs(30), || {
         let q = encode("vllm:time_to_first_token_seconds_bucket");
-        let data = prom.api(&format!("/api/v1/query_exemplars?query={q}&start={}&end={}", now - 600, now + 600));
+        let data = prom.api(&format!(
+            "/api/v1/query_exemplars?query={q}&start={}&end={}",
+            now - 600,
+            now + 600
+        ));
         let sets = data.as_array().unwrap().clone();
         (!sets.is_empty()).then_some(sets)
     });

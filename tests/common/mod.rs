@@ -50,7 +50,10 @@ impl Vigil {
             Ok(a) => a.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
-                panic!("vigil did not start listening; log:\n{}", log.lock().unwrap());
+                panic!(
+                    "vigil did not start listening; log:\n{}",
+                    log.lock().unwrap()
+                );
             }
         };
         Vigil { child, addr, log }
@@ -109,7 +112,11 @@ pub fn http_get(url: &str, accept: Option<&str>) -> (u16, String, String) {
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
@@ -138,9 +145,18 @@ pub fn promtool_problems(exposition: &str) -> Vec<String> {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
-    child.stdin.take().unwrap().write_all(exposition.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let code = out.status.code();
     // promtool exits 0 when clean, 3 when only lint problems were found, 1 on parse errors.
     let mut problems: Vec<String> = text

@@ -1,1 +1,30 @@
-fn main() {}
+//! `cargo xtask <task>`: chores for Vigil's developers.
+//!
+//! - `docs [--check]`: write `docs/metrics.md` from the catalog (`--check` fails if it is stale).
+//! - `bench`: run the exporter's criterion benchmarks and the prometheus_client peer, and print
+//!   them side by side.
+
+mod bench;
+mod docs;
+
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("docs") => docs::run(args.iter().any(|a| a == "--check")),
+        Some("bench") => bench::run(),
+        _ => {
+            eprintln!("usage: cargo xtask <docs [--check] | bench>");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is in the workspace")
+        .to_path_buf()
+}

@@ -180,7 +180,7 @@ impl Exporter {
             return;
         }
         for def in catalog::all().filter(|d| d.precreate && d.mirror_of.is_none()) {
-            for labels in label_combinations(def, model_name, engines) {
+            for labels in catalog::precreated_label_sets(def, model_name, engines) {
                 let one_of_value = labels.iter().find_map(|l| {
                     def.labels
                         .iter()
@@ -249,34 +249,6 @@ pub(crate) fn has_catalog_labels(key: &Key, def: &MetricDef) -> bool {
     given.sort_unstable();
     expected.sort_unstable();
     given == expected
-}
-
-/// Every label set of a pre-created entry: the cross product of its labels' values.
-fn label_combinations(def: &MetricDef, model_name: &str, engines: &[&str]) -> Vec<Vec<Label>> {
-    let mut sets: Vec<Vec<Label>> = vec![Vec::new()];
-    for label in def.labels {
-        let values: Vec<String> = match label {
-            catalog::Label::ModelName => vec![model_name.to_owned()],
-            catalog::Label::Engine => engines.iter().map(|e| (*e).to_owned()).collect(),
-            catalog::Label::OneOf { values, .. } => {
-                values.iter().map(|v| (*v).to_owned()).collect()
-            }
-            catalog::Label::Config(name) => {
-                unreachable!("{}: config label {name} cannot be pre-created", def.name)
-            }
-        };
-        sets = sets
-            .into_iter()
-            .flat_map(|set| {
-                values.iter().map(move |v| {
-                    let mut s = set.clone();
-                    s.push(Label::new(label.name(), v.clone()));
-                    s
-                })
-            })
-            .collect();
-    }
-    sets
 }
 
 impl Recorder for Exporter {

@@ -4,8 +4,9 @@
 //! does), so an observation is a binary search and two atomic adds, and rendering reads the
 //! counts without draining anything.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::{CounterFn, GaugeFn, HistogramFn};
@@ -96,15 +97,49 @@ pub struct Exemplar {
 }
 
 /// A histogram with explicit upper bounds (`+Inf` implied).
+///
+/// Counts and sum are striped over a few shards, each on its own cache lines, and every thread
+/// writes to one shard: two threads observing the same histogram (the engine loop and an HTTP
+/// worker, say) do not bounce one cache line between cores. Rendering adds the shards up.
 #[derive(Debug)]
 pub struct HistogramCell {
     bounds: Arc<[f64]>,
-    /// Non-cumulative counts; the last one is the `+Inf` bucket.
-    counts: Box<[AtomicU64]>,
-    sum_bits: AtomicU64,
+    /// `shards` blocks of `stride` words: per shard, the non-cumulative count of each bucket
+    /// (the last one is `+Inf`), then the sum's bits, then padding.
+    cells: Box<[AtomicU64]>,
+    stride: usize,
     /// One slot per bucket when exemplars are on for this histogram.
     exemplars: Option<Box<[Mutex<Option<Exemplar>>]>>,
     created: f64,
+}
+
+/// How many shards histograms stripe their counts over: the core count, rounded up to a power of
+/// two, at most 16.
+fn shard_count() -> usize {
+    static SHARDS: OnceLock<usize> = OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .next_power_of_two()
+            .min(16)
+    })
+}
+
+/// The shard this thread writes to (threads are dealt shards round-robin on first use).
+fn this_threads_shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    let mask = shard_count() - 1;
+    SHARD.with(|s| match s.get() {
+        usize::MAX => {
+            let shard = NEXT.fetch_add(1, Ordering::Relaxed) & mask;
+            s.set(shard);
+            shard
+        }
+        shard => shard,
+    })
 }
 
 /// A consistent-enough read of a histogram for rendering: cumulative counts per bound.
@@ -120,14 +155,22 @@ pub struct HistogramSnapshot {
 
 impl HistogramCell {
     pub(crate) fn new(bounds: Arc<[f64]>, with_exemplars: bool) -> Self {
-        let n = bounds.len() + 1;
+        let buckets = bounds.len() + 1;
+        // Buckets and sum, rounded up to whole 64-byte lines, plus one line of padding.
+        let stride = (buckets + 1).div_ceil(8) * 8 + 8;
         HistogramCell {
-            counts: (0..n).map(|_| AtomicU64::new(0)).collect(),
-            sum_bits: AtomicU64::new(0f64.to_bits()),
-            exemplars: with_exemplars.then(|| (0..n).map(|_| Mutex::new(None)).collect()),
+            cells: (0..stride * shard_count())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            stride,
+            exemplars: with_exemplars.then(|| (0..buckets).map(|_| Mutex::new(None)).collect()),
             bounds,
             created: unix_now(),
         }
+    }
+
+    fn buckets(&self) -> usize {
+        self.bounds.len() + 1
     }
 
     pub fn created(&self) -> f64 {
@@ -136,18 +179,22 @@ impl HistogramCell {
 
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
-        let buckets = self
-            .counts
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                cumulative += c.load(Ordering::Relaxed);
+        let buckets = (0..self.buckets())
+            .map(|i| {
+                for shard in self.cells.chunks(self.stride) {
+                    cumulative += shard[i].load(Ordering::Relaxed);
+                }
                 (
                     self.bounds.get(i).copied().unwrap_or(f64::INFINITY),
                     cumulative,
                 )
             })
             .collect();
+        let sum = self
+            .cells
+            .chunks(self.stride)
+            .map(|shard| f64::from_bits(shard[self.buckets()].load(Ordering::Relaxed)))
+            .sum();
         let exemplars = match &self.exemplars {
             Some(slots) => slots
                 .iter()
@@ -158,7 +205,7 @@ impl HistogramCell {
         HistogramSnapshot {
             buckets,
             count: cumulative,
-            sum: f64::from_bits(self.sum_bits.load(Ordering::Relaxed)),
+            sum,
             exemplars,
         }
     }
@@ -175,12 +222,11 @@ impl HistogramFn for HistogramCell {
         }
         // First bucket whose bound is >= value (`le` semantics); past the end is +Inf.
         let index = self.bounds.partition_point(|b| *b < value);
-        self.counts[index].fetch_add(count as u64, Ordering::Relaxed);
-        let _ = self
-            .sum_bits
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                Some((f64::from_bits(b) + value * count as f64).to_bits())
-            });
+        let shard = &self.cells[this_threads_shard() * self.stride..][..self.stride];
+        shard[index].fetch_add(count as u64, Ordering::Relaxed);
+        let _ = shard[self.buckets()].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+            Some((f64::from_bits(b) + value * count as f64).to_bits())
+        });
         if let Some(slots) = &self.exemplars {
             exemplar::current(|id| {
                 if let Some(id) = id {
@@ -215,6 +261,27 @@ mod tests {
         assert_eq!(s.count, 8);
         assert_eq!(s.sum, 0.5 + 1.0 + 1.5 + 2.0 + 7.0 + 15.0);
         assert!(s.exemplars.is_empty());
+    }
+
+    #[test]
+    fn observations_from_many_threads_add_up() {
+        let h = Arc::new(HistogramCell::new(Arc::from(vec![1.0, 10.0]), false));
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let h = Arc::clone(&h);
+                s.spawn(move || {
+                    for _ in 0..1000 {
+                        h.record(if t % 2 == 0 { 0.5 } else { 5.0 });
+                    }
+                });
+            }
+        });
+        let snap = h.snapshot();
+        assert_eq!(
+            snap.buckets,
+            vec![(1.0, 4000), (10.0, 8000), (f64::INFINITY, 8000)]
+        );
+        assert_eq!(snap.sum, 4000.0 * 0.5 + 4000.0 * 5.0);
     }
 
     #[test]

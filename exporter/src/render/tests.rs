@@ -16,9 +16,17 @@ fn exporter(f: impl FnOnce(&mut ExporterConfig)) -> Exporter {
 fn family<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
     text.lines()
         .filter(|l| {
-            let l = l.strip_prefix("# HELP ").or_else(|| l.strip_prefix("# TYPE ")).unwrap_or(l);
-            let Some(rest) = l.strip_prefix(name) else { return false };
-            let rest = ["_bucket", "_count", "_sum"].iter().find_map(|s| rest.strip_prefix(s)).unwrap_or(rest);
+            let l = l
+                .strip_prefix("# HELP ")
+                .or_else(|| l.strip_prefix("# TYPE "))
+                .unwrap_or(l);
+            let Some(rest) = l.strip_prefix(name) else {
+                return false;
+            };
+            let rest = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| rest.strip_prefix(s))
+                .unwrap_or(rest);
             rest.starts_with([' ', '{'])
         })
         .collect()
@@ -28,7 +36,8 @@ fn family<'a>(text: &'a str, name: &str) -> Vec<&'a str> {
 fn counter_in_prometheus_text() {
     let e = exporter(|_| {});
     metrics::with_local_recorder(&e, || {
-        metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0").increment(1_234_567);
+        metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0")
+            .increment(1_234_567);
     });
     let text = e.render(Format::Prometheus);
     assert_eq!(
@@ -46,7 +55,10 @@ fn created_series_follow_prometheus_client() {
     let e = exporter(|c| c.created_series = true);
     let text = e.render(Format::Prometheus);
     let created = family(&text, "vllm:num_preemptions_created");
-    assert_eq!(created[0], "# HELP vllm:num_preemptions_created Cumulative number of preemption from the engine.");
+    assert_eq!(
+        created[0],
+        "# HELP vllm:num_preemptions_created Cumulative number of preemption from the engine."
+    );
     assert_eq!(created[1], "# TYPE vllm:num_preemptions_created gauge");
     let value: f64 = created[2].rsplit(' ').next().unwrap().parse().unwrap();
     assert!(value > 1.6e9 && value < 1e10, "{value}");
@@ -60,7 +72,8 @@ fn created_series_follow_prometheus_client() {
 fn histogram_lines_are_cumulative_with_le_sorted_among_labels() {
     let e = exporter(|_| {});
     metrics::with_local_recorder(&e, || {
-        let h = metrics::histogram!(vllm::REQUEST_PARAMS_N.name, "model_name" => "m", "engine" => "0");
+        let h =
+            metrics::histogram!(vllm::REQUEST_PARAMS_N.name, "model_name" => "m", "engine" => "0");
         for v in [1.0, 2.0, 2.0, 7.0, 100.0] {
             h.record(v);
         }
@@ -91,14 +104,22 @@ fn request_token_buckets_follow_max_model_len() {
         .iter()
         .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
         .collect();
-    assert_eq!(les, ["1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0", "500.0", "1000.0", "+Inf"]);
+    assert_eq!(
+        les,
+        [
+            "1.0", "2.0", "5.0", "10.0", "20.0", "50.0", "100.0", "200.0", "500.0", "1000.0",
+            "+Inf"
+        ]
+    );
 }
 
 #[test]
 fn iteration_tokens_keeps_its_total_suffix_as_a_histogram() {
     let text = exporter(|_| {}).render(Format::Prometheus);
     assert!(text.contains("# TYPE vllm:iteration_tokens_total histogram\n"));
-    assert!(text.contains("vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"16384.0\",model_name=\"m\"} 0.0\n"));
+    assert!(text.contains(
+        "vllm:iteration_tokens_total_bucket{engine=\"0\",le=\"16384.0\",model_name=\"m\"} 0.0\n"
+    ));
     assert!(!text.contains("vllm:iteration_tokens_total_total"));
 }
 
@@ -111,11 +132,17 @@ fn label_values_are_escaped() {
     for format in [Format::Prometheus, Format::OpenMetrics] {
         let text = e.render(format);
         assert!(
-            text.contains("vllm:num_requests_running{engine=\"0\",model_name=\"a\\\"b\\\\c\\nd\"} 0.0\n"),
+            text.contains(
+                "vllm:num_requests_running{engine=\"0\",model_name=\"a\\\"b\\\\c\\nd\"} 0.0\n"
+            ),
             "{format:?}"
         );
         // No raw newline inside any sample line: every line starts with '#' or a metric name.
-        assert!(text.lines().all(|l| l.starts_with('#') || l.starts_with("vllm:")), "{format:?}");
+        assert!(
+            text.lines()
+                .all(|l| l.starts_with('#') || l.starts_with("vllm:")),
+            "{format:?}"
+        );
     }
 }
 
@@ -126,7 +153,9 @@ fn openmetrics_families_and_eof() {
     assert!(om.ends_with("\n# EOF\n"));
     assert_eq!(om.matches("# EOF").count(), 1);
     assert!(om.contains("# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens_total{"));
-    assert!(om.contains("# TYPE vllm:estimated_flops_per_gpu counter\nvllm:estimated_flops_per_gpu_total{"));
+    assert!(om.contains(
+        "# TYPE vllm:estimated_flops_per_gpu counter\nvllm:estimated_flops_per_gpu_total{"
+    ));
     assert!(om.contains("# TYPE vllm:iteration_tokens_total histogram\n"));
     assert!(!e.render(Format::Prometheus).contains("# EOF"));
 }
@@ -170,18 +199,31 @@ fn exemplars_only_in_openmetrics_and_only_when_enabled() {
 fn legacy_aliases_hidden_by_default_and_shown_with_the_flag() {
     let record = |e: &Exporter| {
         metrics::with_local_recorder(e, || {
-            metrics::gauge!(vllm::KV_CACHE_USAGE_PERC.name, "model_name" => "m", "engine" => "0").set(0.25);
-            metrics::counter!(vllm::PREFIX_CACHE_HITS.name, "model_name" => "m", "engine" => "0").increment(32);
+            metrics::gauge!(vllm::KV_CACHE_USAGE_PERC.name, "model_name" => "m", "engine" => "0")
+                .set(0.25);
+            metrics::counter!(vllm::PREFIX_CACHE_HITS.name, "model_name" => "m", "engine" => "0")
+                .increment(32);
         })
     };
     let running = MinorVersion::running();
-    let prev = running.previous().expect("the workspace version has a previous minor");
-    assert_eq!(vllm::LEGACY_DEPRECATED_IN, prev, "legacy names are deprecated in the minor before the running one");
+    let prev = running
+        .previous()
+        .expect("the workspace version has a previous minor");
+    assert_eq!(
+        vllm::LEGACY_DEPRECATED_IN,
+        prev,
+        "legacy names are deprecated in the minor before the running one"
+    );
 
     let hidden = exporter(|_| {});
     record(&hidden);
     let text = hidden.render(Format::Prometheus);
-    for def in [&vllm::GPU_CACHE_USAGE_PERC, &vllm::GPU_PREFIX_CACHE_QUERIES, &vllm::GPU_PREFIX_CACHE_HITS, &vllm::TIME_PER_OUTPUT_TOKEN_SECONDS] {
+    for def in [
+        &vllm::GPU_CACHE_USAGE_PERC,
+        &vllm::GPU_PREFIX_CACHE_QUERIES,
+        &vllm::GPU_PREFIX_CACHE_HITS,
+        &vllm::TIME_PER_OUTPUT_TOKEN_SECONDS,
+    ] {
         assert!(!text.contains(def.name), "{} should be hidden", def.name);
     }
 
@@ -199,19 +241,24 @@ fn legacy_aliases_hidden_by_default_and_shown_with_the_flag() {
 
     // In the version that deprecated them, they show without the flag; two versions on, never.
     let same = exporter(|c| c.running = prev);
-    assert!(same.render(Format::Prometheus).contains("vllm:gpu_cache_usage_perc{"));
+    assert!(same
+        .render(Format::Prometheus)
+        .contains("vllm:gpu_cache_usage_perc{"));
     let later = exporter(|c| {
         c.running = MinorVersion::new(running.major, running.minor + 1);
         c.show_hidden_for = Some(prev);
     });
-    assert!(!later.render(Format::Prometheus).contains("vllm:gpu_cache_usage_perc"));
+    assert!(!later
+        .render(Format::Prometheus)
+        .contains("vllm:gpu_cache_usage_perc"));
 }
 
 #[test]
 fn disable_log_stats_renders_no_engine_series() {
     let e = exporter(|c| c.engine_stats = false);
     metrics::with_local_recorder(&e, || {
-        metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0").increment(1);
+        metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0")
+            .increment(1);
     });
     assert_eq!(e.render(Format::Prometheus), "");
     assert_eq!(e.render(Format::OpenMetrics), "# EOF\n");
@@ -222,7 +269,8 @@ fn uncatalogued_series_are_never_exposed_and_label_order_does_not_matter() {
     let e = exporter(|_| {});
     metrics::with_local_recorder(&e, || {
         metrics::counter!("vllm:not_in_catalog", "model_name" => "m").increment(1);
-        metrics::counter!(vllm::PROMPT_TOKENS.name, "engine" => "0", "model_name" => "m").increment(9);
+        metrics::counter!(vllm::PROMPT_TOKENS.name, "engine" => "0", "model_name" => "m")
+            .increment(9);
         metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0", "x" => "y").increment(5);
         metrics::gauge!(vllm::NUM_PREEMPTIONS.name, "model_name" => "m", "engine" => "0").set(3.0);
     });
@@ -245,8 +293,14 @@ fn accept_negotiation() {
     // What Prometheus 2.x sends.
     let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
     assert_eq!(Format::from_accept(Some(prom)), Format::OpenMetrics);
-    assert_eq!(Format::from_accept(Some("Application/OpenMetrics-Text")), Format::OpenMetrics);
-    assert_eq!(Format::from_accept(Some("application/openmetrics-text;q=0")), Format::Prometheus);
+    assert_eq!(
+        Format::from_accept(Some("Application/OpenMetrics-Text")),
+        Format::OpenMetrics
+    );
+    assert_eq!(
+        Format::from_accept(Some("application/openmetrics-text;q=0")),
+        Format::Prometheus
+    );
 }
 
 #[test]
@@ -254,9 +308,19 @@ fn render_is_deterministic_in_catalog_order() {
     let e = exporter(|_| {});
     let a = e.render(Format::Prometheus);
     assert_eq!(a, e.render(Format::Prometheus));
-    let order: Vec<&str> = a.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(|l| l.split(' ').next().unwrap()).collect();
-    let running = order.iter().position(|n| *n == "vllm:num_requests_running").unwrap();
+    let order: Vec<&str> = a
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let running = order
+        .iter()
+        .position(|n| *n == "vllm:num_requests_running")
+        .unwrap();
     let info = order.iter().position(|n| *n == "vllm:cache_config_info");
     assert_eq!(running, 0);
-    assert_eq!(info, None, "cache_config_info appears once an engine sets it");
+    assert_eq!(
+        info, None,
+        "cache_config_info appears once an engine sets it"
+    );
 }
