@@ -1,11 +1,14 @@
 //! `cargo xtask <task>`: chores for Vigil's developers.
 //!
 //! - `docs [--check]`: write `docs/metrics.md` from the catalog (`--check` fails if it is stale).
+//! - `test [ARGS]`: the project's test command: check (or install) the tools the end-to-end tests
+//!   use, then `cargo test --workspace [ARGS]`.
 //! - `bench`: run the exporter's criterion benchmarks and the prometheus_client peer, and print
 //!   them side by side.
 
 mod bench;
 mod docs;
+mod test;
 
 use std::path::PathBuf;
 
@@ -14,8 +17,9 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("docs") => docs::run(args.iter().any(|a| a == "--check")),
         Some("bench") => bench::run(),
+        Some("test") => test::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | bench>");
+            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | bench>");
             std::process::exit(2);
         }
     }

@@ -204,6 +204,53 @@ pub fn omitted() -> impl Iterator<Item = &'static (&'static str, &'static str)> 
     vllm::OMITTED.iter()
 }
 
+/// Every label set `def` is pre-created with for one model and its engines: the cross product of
+/// its labels' values (every value of each [`Label::OneOf`]), in catalog label order.
+///
+/// # Panics
+/// If `def` has a [`Label::Config`] label: settings cannot be enumerated.
+pub fn precreated_label_sets(
+    def: &MetricDef,
+    model_name: &str,
+    engines: &[&str],
+) -> Vec<Vec<metrics::Label>> {
+    let mut sets: Vec<Vec<metrics::Label>> = vec![Vec::new()];
+    for label in def.labels {
+        let values: Vec<String> = match label {
+            Label::ModelName => vec![model_name.to_owned()],
+            Label::Engine => engines.iter().map(|e| (*e).to_owned()).collect(),
+            Label::OneOf { values, .. } => values.iter().map(|v| (*v).to_owned()).collect(),
+            Label::Config(name) => {
+                panic!("{}: setting label {name} cannot be pre-created", def.name)
+            }
+        };
+        sets = sets
+            .into_iter()
+            .flat_map(|set| {
+                values.iter().map(move |v| {
+                    let mut s = set.clone();
+                    s.push(metrics::Label::new(label.name(), v.clone()));
+                    s
+                })
+            })
+            .collect();
+    }
+    sets
+}
+
+/// Describes every catalog entry through the `metrics` facade (`describe_counter!` and friends),
+/// for recorders other than Vigil's own, which reads HELP text straight from the catalog.
+pub fn describe_all() {
+    for def in all().filter(|d| d.mirror_of.is_none()) {
+        let help = def.help_text().into_owned();
+        match def.kind {
+            Kind::Counter => metrics::describe_counter!(def.name, help),
+            Kind::Gauge => metrics::describe_gauge!(def.name, help),
+            Kind::Histogram => metrics::describe_histogram!(def.name, help),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,52 +332,5 @@ mod tests {
             Some(vllm::PROMPT_TOKENS.name)
         );
         assert!(find("vllm:no_such_metric").is_none());
-    }
-}
-
-/// Every label set `def` is pre-created with for one model and its engines: the cross product of
-/// its labels' values (every value of each [`Label::OneOf`]), in catalog label order.
-///
-/// # Panics
-/// If `def` has a [`Label::Config`] label: settings cannot be enumerated.
-pub fn precreated_label_sets(
-    def: &MetricDef,
-    model_name: &str,
-    engines: &[&str],
-) -> Vec<Vec<metrics::Label>> {
-    let mut sets: Vec<Vec<metrics::Label>> = vec![Vec::new()];
-    for label in def.labels {
-        let values: Vec<String> = match label {
-            Label::ModelName => vec![model_name.to_owned()],
-            Label::Engine => engines.iter().map(|e| (*e).to_owned()).collect(),
-            Label::OneOf { values, .. } => values.iter().map(|v| (*v).to_owned()).collect(),
-            Label::Config(name) => {
-                panic!("{}: setting label {name} cannot be pre-created", def.name)
-            }
-        };
-        sets = sets
-            .into_iter()
-            .flat_map(|set| {
-                values.iter().map(move |v| {
-                    let mut s = set.clone();
-                    s.push(metrics::Label::new(label.name(), v.clone()));
-                    s
-                })
-            })
-            .collect();
-    }
-    sets
-}
-
-/// Describes every catalog entry through the `metrics` facade (`describe_counter!` and friends),
-/// for recorders other than Vigil's own, which reads HELP text straight from the catalog.
-pub fn describe_all() {
-    for def in all().filter(|d| d.mirror_of.is_none()) {
-        let help = def.help_text().into_owned();
-        match def.kind {
-            Kind::Counter => metrics::describe_counter!(def.name, help),
-            Kind::Gauge => metrics::describe_gauge!(def.name, help),
-            Kind::Histogram => metrics::describe_histogram!(def.name, help),
-        }
     }
 }

@@ -1,0 +1,64 @@
+//! `cargo xtask test`: the project's test command. Checks that the real tools the tests use are
+//! installed (installing them with apt when run as root on Debian), then runs every test.
+
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::workspace_root;
+
+/// Programs the end-to-end tests run, and the Debian package that provides each.
+const TOOLS: &[(&str, &str)] = &[("prometheus", "prometheus"), ("promtool", "prometheus")];
+
+pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
+    ensure_tools()?;
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--workspace"])
+        .args(extra_args)
+        .current_dir(workspace_root())
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+fn ensure_tools() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(bin, _)| !on_path(bin))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"));
+    if !(is_root && on_path("apt-get")) {
+        bail!(
+            "the tests need {missing:?}: run `apt-get install -y {}` as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("installing {missing:?} with apt-get");
+    let ok = Command::new("apt-get").arg("update").status()?.success()
+        && Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+    if !ok {
+        bail!("apt-get install {} failed", missing.join(" "));
+    }
+    Ok(())
+}
