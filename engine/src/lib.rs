@@ -1,9 +1,13 @@
 //! Vigil's engine crate: the command line, the HTTP server and (as they land) model loading,
 //! backends, KV cache and scheduler. `main.rs` is a thin wrapper around [`run`].
 
+pub mod backend;
 pub mod cli;
 pub mod logging;
+pub mod model;
+pub mod sampling;
 pub mod server;
+pub mod tokenizer;
 
 use anyhow::Context;
 

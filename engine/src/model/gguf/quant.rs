@@ -1,0 +1,110 @@
+//! GGML tensor types and their dequantization to `f32`.
+//!
+//! Block layouts (llama.cpp `ggml-common.h`), 32 elements per block:
+//! - `Q4_0`: f16 scale `d`, 16 bytes of nibbles; `x = (q - 8) * d`.
+//! - `Q4_1`: f16 scale `d`, f16 minimum `m`, 16 bytes of nibbles; `x = q * d + m`.
+//! - `Q8_0`: f16 scale `d`, 32 signed bytes; `x = q * d`.
+//!
+//! In the 4-bit types byte `j` holds element `j` in its low nibble and element `j + 16` in its
+//! high nibble.
+
+use half::{bf16, f16};
+
+/// The tensor types Vigil reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum GgmlType {
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q4_1 = 3,
+    Q8_0 = 8,
+    BF16 = 30,
+}
+
+impl GgmlType {
+    pub fn from_id(id: u32) -> Option<GgmlType> {
+        Some(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// Elements per block and bytes per block.
+    pub const fn block(self) -> (u64, u64) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::BF16 => (1, 2),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q8_0 => (32, 34),
+        }
+    }
+
+    /// Bytes that `n` elements take, if `n` is a whole number of blocks.
+    pub fn bytes_for(self, n: u64) -> Option<u64> {
+        let (elems, bytes) = self.block();
+        (n % elems == 0).then(|| n / elems * bytes)
+    }
+}
+
+/// Dequantizes `data` (a whole number of blocks of `ty`) into `out`, which must hold exactly the
+/// elements `data` encodes.
+pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
+    let (elems, bytes) = ty.block();
+    let (elems, bytes) = (elems as usize, bytes as usize);
+    assert_eq!(
+        data.len() / bytes * elems,
+        out.len(),
+        "dequantize: size mismatch"
+    );
+    match ty {
+        GgmlType::F32 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(4)) {
+                *o = f32::from_le_bytes(b.try_into().unwrap());
+            }
+        }
+        GgmlType::F16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, b) in out.iter_mut().zip(data.chunks_exact(2)) {
+                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(18)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                for j in 0..16 {
+                    o[j] = ((b[2 + j] & 0x0f) as i32 - 8) as f32 * d;
+                    o[j + 16] = ((b[2 + j] >> 4) as i32 - 8) as f32 * d;
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(20)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
+                for j in 0..16 {
+                    o[j] = (b[4 + j] & 0x0f) as f32 * d + m;
+                    o[j + 16] = (b[4 + j] >> 4) as f32 * d + m;
+                }
+            }
+        }
+        GgmlType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(34)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                for j in 0..32 {
+                    o[j] = b[2 + j] as i8 as f32 * d;
+                }
+            }
+        }
+    }
+}

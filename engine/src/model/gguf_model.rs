@@ -1,0 +1,116 @@
+//! A Llama model from a GGUF file: config from `llama.*` metadata, weights dequantized tensor by
+//! tensor (with llama.cpp's Q/K permutation undone), tokenizer from `tokenizer.ggml.*`.
+
+use std::path::Path;
+
+use super::gguf::{quant, GgufFile};
+use super::names::{self, LayerTensor};
+use super::{check_shape, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
+use crate::tokenizer::Tokenizer;
+
+pub fn load(path: &Path) -> Result<Model, LoadError> {
+    let file = GgufFile::open(path)?;
+    let config = LlamaConfig::from_gguf(&file)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    Ok(Model {
+        path: path.to_owned(),
+        config: config.clone(),
+        weights: Box::new(GgufWeights { file, config }),
+        tokenizer,
+    })
+}
+
+struct GgufWeights {
+    file: GgufFile,
+    config: LlamaConfig,
+}
+
+impl WeightSource for GgufWeights {
+    fn has(&self, name: &str) -> bool {
+        names::hf_to_gguf(name).is_some_and(|g| self.file.tensor(&g).is_some())
+    }
+
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
+        let path = &self.file.path;
+        let gguf_name = names::hf_to_gguf(name).unwrap_or_else(|| name.to_owned());
+        let info = self
+            .file
+            .tensor(&gguf_name)
+            .ok_or_else(|| LoadError::Tensor {
+                file: path.clone(),
+                tensor: gguf_name.clone(),
+                what: "missing".into(),
+            })?;
+        let got: Vec<usize> = info.dims.iter().rev().map(|d| *d as usize).collect();
+        check_shape(path, &gguf_name, &got, shape)?;
+        let bytes = self.file.tensor_bytes(info)?;
+        let mut data = vec![0f32; info.n_elements() as usize];
+        quant::dequantize(info.ggml_type, bytes, &mut data);
+        let heads = if name.ends_with("self_attn.q_proj.weight") {
+            Some(self.config.num_attention_heads)
+        } else if name.ends_with("self_attn.k_proj.weight") {
+            Some(self.config.num_key_value_heads)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            data = unpermute_rows(&data, heads, shape[0] / heads, shape[1]);
+        }
+        Ok(HostTensor {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+}
+
+/// Undoes llama.cpp's Q/K permutation: its converter reorders each head's rows from HF's
+/// half-split RoPE layout to interleaved pairs. Row `h*hd + 2i + j` of the GGUF tensor is row
+/// `h*hd + j*hd/2 + i` of the HF tensor.
+pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; data.len()];
+    let half = head_dim / 2;
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = h * head_dim + 2 * i + j;
+                let dst = h * head_dim + j * half + i;
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// The tensors of layer `layer` a Llama GGUF must have, for error messages and tests.
+pub fn layer_tensor_names(layer: usize) -> Vec<String> {
+    LayerTensor::ALL
+        .iter()
+        .map(|t| t.gguf_name(layer))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_permute() {
+        // llama.cpp's convert: w.reshape(n_head, 2, hd/2, cols).swapaxes(1, 2).reshape(rows, cols)
+        let (heads, hd, cols) = (2, 4, 3);
+        let hf: Vec<f32> = (0..heads * hd * cols).map(|x| x as f32).collect();
+        let mut permuted = vec![0f32; hf.len()];
+        for h in 0..heads {
+            for j in 0..2 {
+                for i in 0..hd / 2 {
+                    let src_row = h * hd + j * (hd / 2) + i; // [h, j, i]
+                    let dst_row = h * hd + i * 2 + j; // [h, i, j]
+                    permuted[dst_row * cols..(dst_row + 1) * cols]
+                        .copy_from_slice(&hf[src_row * cols..(src_row + 1) * cols]);
+                }
+            }
+        }
+        assert_ne!(permuted, hf);
+        assert_eq!(unpermute_rows(&permuted, heads, hd, cols), hf);
+    }
+}

@@ -1,0 +1,113 @@
+//! Loading Llama-family models: an HF folder (`config.json`, safetensors, `tokenizer.json`) or a
+//! GGUF file. Either way the result is a [`Model`]: the architecture ([`LlamaConfig`]), a source
+//! of weights by canonical (HF) tensor name, and the tokenizer with its chat template.
+//!
+//! Weights are handed out one tensor at a time as `f32` so a backend can convert each to its own
+//! format (quantized blocks, bf16 on a device) without holding the whole model in `f32`.
+
+pub mod config;
+pub mod gguf;
+pub mod gguf_model;
+pub mod hf;
+pub mod names;
+
+use std::path::{Path, PathBuf};
+
+pub use config::{LlamaConfig, RopeScaling};
+
+use crate::tokenizer::Tokenizer;
+
+/// Why a model failed to load. Every variant names the file, and the tensor where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {what}")]
+    Format { file: PathBuf, what: String },
+    #[error("{file}: tensor {tensor:?}: {what}")]
+    Tensor {
+        file: PathBuf,
+        tensor: String,
+        what: String,
+    },
+}
+
+impl LoadError {
+    pub fn io(file: &Path, source: std::io::Error) -> Self {
+        LoadError::Io {
+            file: file.to_owned(),
+            source,
+        }
+    }
+    pub fn format(file: &Path, what: impl Into<String>) -> Self {
+        LoadError::Format {
+            file: file.to_owned(),
+            what: what.into(),
+        }
+    }
+}
+
+/// A weight tensor in `f32`, row-major, in HF's shape convention (`[out, in]` for linears).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Where a model's weights come from.
+pub trait WeightSource: Send + Sync {
+    /// The tensor with canonical (HF) name `name`, checked against `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError>;
+    /// Whether the source has a tensor of that canonical name.
+    fn has(&self, name: &str) -> bool;
+}
+
+/// A loaded model, ready to be turned into a backend.
+pub struct Model {
+    pub path: PathBuf,
+    pub config: LlamaConfig,
+    pub weights: Box<dyn WeightSource>,
+    pub tokenizer: Tokenizer,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("path", &self.path)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads `path`: a GGUF file, or a folder holding an HF checkpoint.
+    pub fn load(path: &Path) -> Result<Model, LoadError> {
+        let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
+        if meta.is_dir() {
+            hf::load(path)
+        } else {
+            gguf_model::load(path)
+        }
+    }
+}
+
+/// Checks a tensor's shape against the one the architecture needs.
+pub(crate) fn check_shape(
+    file: &Path,
+    name: &str,
+    got: &[usize],
+    want: &[usize],
+) -> Result<(), LoadError> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(LoadError::Tensor {
+            file: file.to_owned(),
+            tensor: name.to_owned(),
+            what: format!("shape mismatch: the file has {got:?}, the model config needs {want:?}"),
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Sampling (to come in this next step).

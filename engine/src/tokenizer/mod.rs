@@ -1,0 +1,154 @@
+//! Tokenizers and chat templates: HF's `tokenizers` crate for encoding and decoding (built from
+//! `tokenizer.json`, or from GGUF metadata), and minijinja for chat templates.
+
+pub mod chat_template;
+mod from_gguf;
+mod from_hf;
+
+use std::path::Path;
+
+pub use chat_template::{ChatMessage, ChatTemplate};
+
+use crate::model::LoadError;
+
+/// A model's tokenizer with its special tokens and chat template.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    /// Tokens that end generation (EOS, plus `generation_config.json`'s list).
+    pub eos_token_ids: Vec<u32>,
+    /// Prepend BOS when encoding a prompt.
+    pub add_bos: bool,
+    pub chat_template: Option<ChatTemplate>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos_token", &self.bos_token)
+            .field("eos_token_ids", &self.eos_token_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why encoding or decoding failed.
+#[derive(Debug, thiserror::Error)]
+#[error("tokenizer: {0}")]
+pub struct TokenizerError(pub String);
+
+impl Tokenizer {
+    pub fn new(inner: tokenizers::Tokenizer) -> Tokenizer {
+        Tokenizer {
+            inner,
+            bos_token: None,
+            eos_token: None,
+            eos_token_ids: Vec::new(),
+            add_bos: false,
+            chat_template: None,
+        }
+    }
+
+    /// From an HF folder's `tokenizer.json`, `tokenizer_config.json` and
+    /// `generation_config.json`.
+    pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, LoadError> {
+        from_hf::load(dir)
+    }
+
+    /// From GGUF `tokenizer.ggml.*` metadata (byte-level BPE).
+    pub fn from_gguf(file: &crate::model::gguf::GgufFile) -> Result<Tokenizer, LoadError> {
+        from_gguf::load(file)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Encodes `text`; special tokens written in the text are recognised. BOS is prepended when
+    /// the model wants it and `add_special_tokens` is set (and the text does not start with it).
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError(e.to_string()))?;
+        let mut ids = enc.get_ids().to_vec();
+        if add_special_tokens && self.add_bos {
+            if let Some(bos) = self.bos_token.as_deref().and_then(|b| self.token_to_id(b)) {
+                if ids.first() != Some(&bos) {
+                    ids.insert(0, bos);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| TokenizerError(e.to_string()))
+    }
+
+    /// Renders the chat template over `messages`.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let template = self
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| TokenizerError("the model has no chat template".into()))?;
+        template
+            .render(
+                messages,
+                add_generation_prompt,
+                self.bos_token.as_deref(),
+                self.eos_token.as_deref(),
+            )
+            .map_err(|e| TokenizerError(e.to_string()))
+    }
+
+    /// Incremental detokenization state for one sequence (holds back incomplete UTF-8).
+    pub fn decode_stream(&self, skip_special_tokens: bool) -> DecodeStream<'_> {
+        DecodeStream {
+            tokenizer: self,
+            skip_special_tokens,
+            ids: Vec::new(),
+            prefix: String::new(),
+            prefix_index: 0,
+        }
+    }
+}
+
+/// Turns generated token ids into text pieces as they arrive.
+pub struct DecodeStream<'a> {
+    tokenizer: &'a Tokenizer,
+    skip_special_tokens: bool,
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
+impl DecodeStream<'_> {
+    /// The text `id` completes, if any (`None` while a multi-byte character is incomplete).
+    pub fn step(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
+        tokenizers::step_decode_stream(
+            &self.tokenizer.inner,
+            vec![id],
+            self.skip_special_tokens,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map_err(|e| TokenizerError(e.to_string()))
+    }
+}
