@@ -7,6 +7,7 @@ pub mod logging;
 pub mod model;
 pub mod sampling;
 pub mod server;
+pub mod testing;
 pub mod tokenizer;
 
 use anyhow::Context;

@@ -100,7 +100,7 @@ mod tests {
         assert_eq!(
             t.render(&[ChatMessage::new("user", "  a  ")], false, None, None)
                 .unwrap(),
-            "A\n"
+            "  A" // as Jinja2 renders it with trim_blocks and lstrip_blocks
         );
         let err = t
             .render(&[ChatMessage::new("bad", "x")], false, None, None)

@@ -152,3 +152,6 @@ impl DecodeStream<'_> {
         .map_err(|e| TokenizerError(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;

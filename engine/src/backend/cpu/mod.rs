@@ -269,3 +269,6 @@ impl Backend for CpuBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -49,7 +49,7 @@ impl GgmlType {
     /// Bytes that `n` elements take, if `n` is a whole number of blocks.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (elems, bytes) = self.block();
-        (n % elems == 0).then(|| n / elems * bytes)
+        n.is_multiple_of(elems).then(|| n / elems * bytes)
     }
 }
 

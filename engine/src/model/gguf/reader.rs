@@ -365,24 +365,13 @@ pub(crate) mod tests {
     use super::*;
 
     /// A GGUF writer for tests: metadata and F32/Q8_0/... tensors, laid out as llama.cpp does.
+    #[derive(Default)]
     pub struct Writer {
         kv: Vec<u8>,
         kv_count: u64,
         infos: Vec<u8>,
         data: Vec<u8>,
         tensor_count: u64,
-    }
-
-    impl Default for Writer {
-        fn default() -> Self {
-            Writer {
-                kv: Vec::new(),
-                kv_count: 0,
-                infos: Vec::new(),
-                data: Vec::new(),
-                tensor_count: 0,
-            }
-        }
     }
 
     fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -442,7 +431,7 @@ pub(crate) mod tests {
             ty: GgmlType,
             bytes: &[u8],
         ) -> &mut Self {
-            while self.data.len() % 32 != 0 {
+            while !self.data.len().is_multiple_of(32) {
                 self.data.push(0);
             }
             put_str(&mut self.infos, name);
@@ -468,7 +457,7 @@ pub(crate) mod tests {
             out.extend(self.kv_count.to_le_bytes());
             out.extend(&self.kv);
             out.extend(&self.infos);
-            while out.len() % 32 != 0 {
+            while !out.len().is_multiple_of(32) {
                 out.push(0);
             }
             out.extend(&self.data);

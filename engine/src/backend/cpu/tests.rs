@@ -1,0 +1,375 @@
+//! The CPU backend against itself (batching, paging, chunking) and against an independent naive
+//! f64 implementation of the same Llama.
+
+use super::*;
+use crate::testing::{random_weights, tiny_config, MemWeights};
+
+fn backend(config: &LlamaConfig, weights: &MemWeights, num_blocks: usize) -> CpuBackend {
+    let options = CpuOptions {
+        block_size: 4,
+        num_blocks,
+        weight_format: WeightFormat::F32,
+    };
+    CpuBackend::from_weights(config, weights, &options).unwrap()
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0 as u32
+}
+
+/// Greedy decoding of several sequences, `batched` in one step per token or one at a time.
+fn greedy(
+    be: &mut CpuBackend,
+    prompts: &[Vec<u32>],
+    tables: &[Vec<u32>],
+    steps: usize,
+    batched: bool,
+) -> Vec<Vec<u32>> {
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
+    let mut cached = vec![0usize; prompts.len()];
+    for _ in 0..steps {
+        let groups: Vec<Vec<usize>> = if batched {
+            vec![(0..seqs.len()).collect()]
+        } else {
+            (0..seqs.len()).map(|i| vec![i]).collect()
+        };
+        for group in groups {
+            let inputs: Vec<SeqInput> = group
+                .iter()
+                .map(|&i| SeqInput {
+                    tokens: &seqs[i][cached[i]..],
+                    start_pos: cached[i],
+                    block_table: &tables[i],
+                    logits_for: LogitsFor::Last,
+                })
+                .collect();
+            let logits = be.forward(&inputs).unwrap();
+            for (row, &i) in group.iter().enumerate() {
+                cached[i] = seqs[i].len();
+                seqs[i].push(argmax(logits.row(row)));
+            }
+        }
+    }
+    seqs
+}
+
+#[test]
+fn batched_decoding_equals_one_at_a_time() {
+    // Untied: with tied embeddings a random model just repeats its input token.
+    let config = LlamaConfig {
+        tie_word_embeddings: false,
+        ..tiny_config()
+    };
+    let weights = random_weights(&config, 1);
+    let prompts = vec![
+        vec![1, 2, 3, 4, 5, 6, 7],
+        vec![200, 17],
+        vec![9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11, 12, 13],
+    ];
+    let tables = vec![(0..8).collect(), (8..16).collect(), (16..24).collect()];
+    let alone = greedy(
+        &mut backend(&config, &weights, 24),
+        &prompts,
+        &tables,
+        12,
+        false,
+    );
+    let together = greedy(
+        &mut backend(&config, &weights, 24),
+        &prompts,
+        &tables,
+        12,
+        true,
+    );
+    assert_eq!(alone, together);
+    // The tiny model is not degenerate: it does not emit one token forever.
+    assert!(alone.iter().any(|s| s[s.len() - 12..]
+        .iter()
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+        > 1));
+}
+
+#[test]
+fn scattered_blocks_equal_contiguous_blocks() {
+    let config = tiny_config();
+    let weights = random_weights(&config, 2);
+    let prompt: Vec<u32> = (0..21).map(|i| (i * 37 % 256) as u32).collect();
+    let contiguous: Vec<u32> = (0..6).collect();
+    let scattered: Vec<u32> = vec![17, 3, 29, 8, 0, 22];
+    let run = |table: &[u32]| {
+        let mut be = backend(&config, &weights, 32);
+        // Fill some other blocks with another sequence's KV first, so stale data would show.
+        let other: Vec<u32> = (0..40).map(|i| (i * 11 % 256) as u32).collect();
+        let other_table: Vec<u32> = (0..32).filter(|b| !table.contains(b)).take(10).collect();
+        be.forward(&[SeqInput {
+            tokens: &other,
+            start_pos: 0,
+            block_table: &other_table,
+            logits_for: LogitsFor::None,
+        }])
+        .unwrap();
+        be.forward(&[SeqInput {
+            tokens: &prompt,
+            start_pos: 0,
+            block_table: table,
+            logits_for: LogitsFor::All,
+        }])
+        .unwrap()
+    };
+    let a = run(&contiguous);
+    let b = run(&scattered);
+    assert_eq!(a.rows(), prompt.len());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn chunked_prefill_equals_whole_prefill() {
+    let config = tiny_config();
+    let weights = random_weights(&config, 3);
+    let prompt: Vec<u32> = (0..19).map(|i| (i * 53 % 256) as u32).collect();
+    let table: Vec<u32> = (0..5).collect();
+    let mut whole = backend(&config, &weights, 5);
+    let w = whole
+        .forward(&[SeqInput {
+            tokens: &prompt,
+            start_pos: 0,
+            block_table: &table,
+            logits_for: LogitsFor::Last,
+        }])
+        .unwrap();
+    let mut chunked = backend(&config, &weights, 5);
+    let mut last = None;
+    for (start, end) in [(0, 5), (5, 6), (6, 16), (16, 19)] {
+        let logits_for = if end == prompt.len() {
+            LogitsFor::Last
+        } else {
+            LogitsFor::None
+        };
+        let out = chunked
+            .forward(&[SeqInput {
+                tokens: &prompt[start..end],
+                start_pos: start,
+                block_table: &table,
+                logits_for,
+            }])
+            .unwrap();
+        assert_eq!(out.rows(), usize::from(end == prompt.len()));
+        last = Some(out);
+    }
+    let c = last.unwrap();
+    let max_diff = w
+        .data
+        .iter()
+        .zip(&c.data)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(max_diff < 1e-5, "{max_diff}");
+    assert_eq!(argmax(w.row(0)), argmax(c.row(0)));
+}
+
+#[test]
+fn logits_match_a_naive_f64_reference() {
+    for (seed, mut config) in [(4, tiny_config()), (5, tiny_config())] {
+        if seed == 5 {
+            config.tie_word_embeddings = false;
+        }
+        let weights = random_weights(&config, seed);
+        let tokens: Vec<u32> = (0..23)
+            .map(|i| ((i * 97 + seed as usize) % 256) as u32)
+            .collect();
+        let table: Vec<u32> = (0..6).rev().collect();
+        let mut be = backend(&config, &weights, 6);
+        let got = be
+            .forward(&[SeqInput {
+                tokens: &tokens,
+                start_pos: 0,
+                block_table: &table,
+                logits_for: LogitsFor::All,
+            }])
+            .unwrap();
+        let want = naive::logits(&config, &weights, &tokens);
+        let scale = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let max_diff = got
+            .data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f64 - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            max_diff / scale < 1e-4,
+            "seed {seed}: max diff {max_diff} vs scale {scale}"
+        );
+    }
+}
+
+#[test]
+fn bad_batches_are_errors() {
+    let config = tiny_config();
+    let weights = random_weights(&config, 6);
+    let mut be = backend(&config, &weights, 4);
+    let table = [0u32, 1];
+    let e = be.forward(&[SeqInput {
+        tokens: &[1; 9],
+        start_pos: 0,
+        block_table: &table,
+        logits_for: LogitsFor::Last,
+    }]);
+    assert!(
+        matches!(e, Err(BackendError::BlockTableTooShort { .. })),
+        "{e:?}"
+    );
+    let e = be.forward(&[SeqInput {
+        tokens: &[300],
+        start_pos: 0,
+        block_table: &table,
+        logits_for: LogitsFor::Last,
+    }]);
+    assert!(
+        matches!(e, Err(BackendError::TokenOutOfVocab { .. })),
+        "{e:?}"
+    );
+    let e = be.forward(&[SeqInput {
+        tokens: &[1],
+        start_pos: 0,
+        block_table: &[9],
+        logits_for: LogitsFor::Last,
+    }]);
+    assert!(
+        matches!(e, Err(BackendError::BlockOutOfRange { .. })),
+        "{e:?}"
+    );
+}
+
+/// A straightforward Llama in f64: no cache, no batching, no fusion, written from the
+/// architecture's definition rather than from the backend's code.
+mod naive {
+    use crate::model::names::{self, LayerTensor};
+    use crate::model::{LlamaConfig, WeightSource};
+    use crate::testing::MemWeights;
+
+    fn get(w: &MemWeights, name: &str) -> Vec<f64> {
+        w.0[name].data.iter().map(|v| *v as f64).collect()
+    }
+
+    /// `W x` for `W` of shape `[rows, x.len()]`.
+    fn matvec(w: &[f64], x: &[f64]) -> Vec<f64> {
+        w.chunks(x.len())
+            .map(|r| r.iter().zip(x).map(|(a, b)| a * b).sum())
+            .collect()
+    }
+
+    fn rms_norm(x: &[f64], w: &[f64], eps: f64) -> Vec<f64> {
+        let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+        x.iter()
+            .zip(w)
+            .map(|(v, w)| v / (ms + eps).sqrt() * w)
+            .collect()
+    }
+
+    fn rope(x: &mut [f64], head_dim: usize, pos: usize, theta: f64) {
+        let half = head_dim / 2;
+        for head in x.chunks_mut(head_dim) {
+            let rotated: Vec<f64> = (0..head_dim)
+                .map(|i| {
+                    if i < half {
+                        -head[i + half]
+                    } else {
+                        head[i - half]
+                    }
+                })
+                .collect();
+            for i in 0..head_dim {
+                let freq = 1.0 / theta.powf(2.0 * (i % half) as f64 / head_dim as f64);
+                let angle = pos as f64 * freq;
+                head[i] = head[i] * angle.cos() + rotated[i] * angle.sin();
+            }
+        }
+    }
+
+    pub fn logits(c: &LlamaConfig, w: &MemWeights, tokens: &[u32]) -> Vec<f64> {
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let embed = get(w, names::EMBED);
+        let mut xs: Vec<Vec<f64>> = tokens
+            .iter()
+            .map(|t| embed[*t as usize * h..(*t as usize + 1) * h].to_vec())
+            .collect();
+        let eps = c.rms_norm_eps as f64;
+        for l in 0..c.num_hidden_layers {
+            let t = |lt: LayerTensor| get(w, &lt.hf_name(l));
+            let (wq, wk, wv, wo) = (
+                t(LayerTensor::Q),
+                t(LayerTensor::K),
+                t(LayerTensor::V),
+                t(LayerTensor::O),
+            );
+            let mut qs = Vec::new();
+            let mut ks = Vec::new();
+            let mut vs = Vec::new();
+            for (pos, x) in xs.iter().enumerate() {
+                let xn = rms_norm(x, &t(LayerTensor::AttnNorm), eps);
+                let mut q = matvec(&wq, &xn);
+                let mut k = matvec(&wk, &xn);
+                rope(&mut q, hd, pos, c.rope_theta as f64);
+                rope(&mut k, hd, pos, c.rope_theta as f64);
+                qs.push(q);
+                ks.push(k);
+                vs.push(matvec(&wv, &xn));
+            }
+            let group = c.num_attention_heads / c.num_key_value_heads;
+            for pos in 0..xs.len() {
+                let mut attn = vec![0f64; c.num_attention_heads * hd];
+                for head in 0..c.num_attention_heads {
+                    let kvh = head / group;
+                    let q = &qs[pos][head * hd..(head + 1) * hd];
+                    let scores: Vec<f64> = (0..=pos)
+                        .map(|j| {
+                            q.iter()
+                                .zip(&ks[j][kvh * hd..(kvh + 1) * hd])
+                                .map(|(a, b)| a * b)
+                                .sum::<f64>()
+                                / (hd as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let exps: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = exps.iter().sum();
+                    for (j, e) in exps.iter().enumerate() {
+                        for d in 0..hd {
+                            attn[head * hd + d] += e / sum * vs[j][kvh * hd + d];
+                        }
+                    }
+                }
+                let o = matvec(&wo, &attn);
+                for (x, o) in xs[pos].iter_mut().zip(o) {
+                    *x += o;
+                }
+            }
+            for x in xs.iter_mut() {
+                let xn = rms_norm(x, &t(LayerTensor::FfnNorm), eps);
+                let g = matvec(&t(LayerTensor::Gate), &xn);
+                let u = matvec(&t(LayerTensor::Up), &xn);
+                let act: Vec<f64> = g
+                    .iter()
+                    .zip(&u)
+                    .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
+                    .collect();
+                for (x, d) in x.iter_mut().zip(matvec(&t(LayerTensor::Down), &act)) {
+                    *x += d;
+                }
+            }
+        }
+        let head = if c.tie_word_embeddings || !w.has(names::LM_HEAD) {
+            embed
+        } else {
+            get(w, names::LM_HEAD)
+        };
+        xs.iter()
+            .flat_map(|x| matvec(&head, &rms_norm(x, &get(w, names::FINAL_NORM), eps)))
+            .collect()
+    }
+}

@@ -1,0 +1,95 @@
+//! Fixtures for tests and benchmarks: a tiny random Llama held in memory.
+
+use std::collections::HashMap;
+
+use crate::model::names::{self, LayerTensor};
+use crate::model::{HostTensor, LlamaConfig, LoadError, WeightSource};
+
+/// A small Llama with GQA: 2 layers, hidden 64, 4 query heads over 2 KV heads, byte vocabulary.
+pub fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        vocab_size: 256,
+        max_position_embeddings: 512,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        tie_word_embeddings: true,
+    }
+}
+
+/// Weights held in memory by canonical name.
+pub struct MemWeights(pub HashMap<String, HostTensor>);
+
+impl WeightSource for MemWeights {
+    fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
+        let t = self.0.get(name).ok_or_else(|| LoadError::Tensor {
+            file: "memory".into(),
+            tensor: name.into(),
+            what: "missing".into(),
+        })?;
+        crate::model::check_shape("memory".as_ref(), name, &t.shape, shape)?;
+        Ok(t.clone())
+    }
+}
+
+/// Deterministic random weights for `config` (xorshift; values scaled like a trained model's).
+pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemWeights {
+    let mut state = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let c = config;
+    let (h, hd, nh, nkv, inter) = (
+        c.hidden_size,
+        c.head_dim,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.intermediate_size,
+    );
+    let mut map = HashMap::new();
+    let mut add = |name: String, shape: Vec<usize>, scale: f64, offset: f64| {
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|_| (offset + next() * scale) as f32).collect();
+        map.insert(name, HostTensor { shape, data });
+    };
+    add(names::EMBED.into(), vec![c.vocab_size, h], 1.0, 0.0);
+    for l in 0..c.num_hidden_layers {
+        let lin = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
+        add(LayerTensor::AttnNorm.hf_name(l), vec![h], 0.2, 1.0);
+        add(LayerTensor::Q.hf_name(l), vec![nh * hd, h], lin(h), 0.0);
+        add(LayerTensor::K.hf_name(l), vec![nkv * hd, h], lin(h), 0.0);
+        add(LayerTensor::V.hf_name(l), vec![nkv * hd, h], lin(h), 0.0);
+        add(
+            LayerTensor::O.hf_name(l),
+            vec![h, nh * hd],
+            lin(nh * hd),
+            0.0,
+        );
+        add(LayerTensor::FfnNorm.hf_name(l), vec![h], 0.2, 1.0);
+        add(LayerTensor::Gate.hf_name(l), vec![inter, h], lin(h), 0.0);
+        add(LayerTensor::Up.hf_name(l), vec![inter, h], lin(h), 0.0);
+        add(
+            LayerTensor::Down.hf_name(l),
+            vec![h, inter],
+            lin(inter),
+            0.0,
+        );
+    }
+    add(names::FINAL_NORM.into(), vec![h], 0.2, 1.0);
+    if !c.tie_word_embeddings {
+        add(names::LM_HEAD.into(), vec![c.vocab_size, h], 1.0, 0.0);
+    }
+    MemWeights(map)
+}
