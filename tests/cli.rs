@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::VIGIL;
+use common::{require_model, VIGIL};
 use exporter::MinorVersion;
 
 fn fails(args: &[&str]) -> String {
@@ -83,9 +83,59 @@ fn bad_values_name_their_flag() {
 fn port_in_use_is_a_clear_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let err = fails(&["--host", "127.0.0.1", "--port", &port]);
+    let err = fails(&[require_model(), "--host", "127.0.0.1", "--port", &port]);
     assert!(
         err.contains("--port") && err.contains("cannot listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_missing_model_says_where_it_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default model path is relative: run where it does not exist.
+    let out = Command::new(VIGIL)
+        .arg("serve")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let looked = dir.path().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        err.contains(&format!("looked at {}", looked.display())),
+        "{err}"
+    );
+    assert!(err.contains("cargo xtask fetch-model"), "{err}");
+    let err = fails(&["/nonexistent/model.gguf"]);
+    assert!(err.contains("looked at /nonexistent/model.gguf"), "{err}");
+}
+
+#[test]
+fn bad_model_files_fail_with_the_file_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.gguf");
+    std::fs::write(&path, b"GGUF\x03\0\0\0truncated").unwrap();
+    let err = fails(&[path.to_str().unwrap()]);
+    assert!(
+        err.contains("broken.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+    let folder = dir.path().join("hf");
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("config.json"), r#"{"architectures":["MistralForCausalLM"],"hidden_size":8,"intermediate_size":8,"num_hidden_layers":1,"num_attention_heads":1,"vocab_size":8}"#).unwrap();
+    let err = fails(&[folder.to_str().unwrap()]);
+    assert!(
+        err.contains("config.json") && err.contains("MistralForCausalLM"),
+        "{err}"
+    );
+}
+
+#[test]
+fn max_model_len_above_the_models_is_refused() {
+    let err = fails(&[require_model(), "--max-model-len", "16k"]);
+    assert!(
+        err.contains("--max-model-len 16000") && err.contains("8192"),
         "{err}"
     );
 }

@@ -135,21 +135,31 @@ fn token_buckets_follow_max_model_len_and_custom_buckets() {
         "--served-model-name",
         "m",
         "--max-model-len",
-        "32K",
+        "4k",
         "--custom-histogram-buckets",
         r#"{"request_latency": [0.5, 2, 1000000]}"#,
     ]);
     let body = vigil.metrics();
     assert!(body.contains(
-        "vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"20000.0\",model_name=\"m\"} 0.0\n"
+        "vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"2000.0\",model_name=\"m\"} 0.0\n"
     ));
-    assert!(!body.contains("vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"50000.0\""));
+    assert!(!body.contains("vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"5000.0\""));
     let les: Vec<&str> = body
         .lines()
         .filter(|l| l.starts_with("vllm:e2e_request_latency_seconds_bucket{"))
         .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
         .collect();
     assert_eq!(les, ["0.5", "2.0", "1e+06", "+Inf"]);
+}
+
+#[test]
+fn token_buckets_default_to_the_models_context_length() {
+    // SmolLM2's context is 8192 tokens: buckets end at 5000.
+    let body = Vigil::serve(&["--served-model-name", "m"]).metrics();
+    assert!(body.contains(
+        "vllm:request_prompt_tokens_bucket{engine=\"0\",le=\"5000.0\",model_name=\"m\"} 0.0\n"
+    ));
+    assert!(!body.contains("le=\"10000.0\""));
 }
 
 #[test]

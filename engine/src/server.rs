@@ -12,24 +12,14 @@ use exporter::catalog::vllm;
 use exporter::render::number::format_float;
 use exporter::{Exporter, ExporterConfig};
 
-use crate::cli::ServeArgs;
-
-/// SmolLM2's context length: the `max_model_len` used for token-count buckets when
-/// `--max-model-len` is not given, until the engine reads it from the model.
-pub const FALLBACK_MAX_MODEL_LEN: u64 = 8192;
+use crate::cli::{ServeArgs, DEFAULT_MODEL};
+use crate::model::Model;
 
 /// The engine indexes this process serves (`engine` label values).
 const ENGINES: &[&str] = &["0"];
 
-/// Builds the exporter a `vigil serve` with `args` uses.
-pub fn exporter_config(args: &ServeArgs) -> ExporterConfig {
-    let max_model_len = args.max_model_len.unwrap_or_else(|| {
-        tracing::info!(
-            max_model_len = FALLBACK_MAX_MODEL_LEN,
-            "--max-model-len not given and the model is not read yet; sizing token buckets for {FALLBACK_MAX_MODEL_LEN}"
-        );
-        FALLBACK_MAX_MODEL_LEN
-    });
+/// Builds the exporter a `vigil serve` with `args` uses, for a model context of `max_model_len`.
+pub fn exporter_config(args: &ServeArgs, max_model_len: u64) -> ExporterConfig {
     let mut config = ExporterConfig::new(max_model_len);
     if let Some(custom) = &args.custom_histogram_buckets {
         config.buckets = custom.apply(config.buckets);
@@ -81,9 +71,56 @@ pub fn app(exporter: Exporter) -> Router {
         .merge(exporter::route::router(exporter))
 }
 
+/// Loads the model `args` names, saying where it looked when it is missing.
+pub fn load_model(args: &ServeArgs) -> anyhow::Result<Model> {
+    let path = &args.model;
+    if !path.exists() {
+        let looked = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let hint = if args.model == std::path::Path::new(DEFAULT_MODEL) {
+            "run `cargo xtask fetch-model` to fetch the default model, or name a GGUF file or HF folder"
+        } else {
+            "name a GGUF file or an HF model folder"
+        };
+        anyhow::bail!("model not found: looked at {}; {hint}", looked.display());
+    }
+    let started = std::time::Instant::now();
+    let model = Model::load(path).with_context(|| format!("loading model {}", path.display()))?;
+    let c = &model.config;
+    tracing::info!(
+        model = %path.display(),
+        layers = c.num_hidden_layers,
+        hidden = c.hidden_size,
+        heads = c.num_attention_heads,
+        kv_heads = c.num_key_value_heads,
+        vocab = c.vocab_size,
+        context = c.max_position_embeddings,
+        "model loaded in {:.2?}",
+        started.elapsed()
+    );
+    Ok(model)
+}
+
+/// `--max-model-len`, checked against the model's own context length (which it defaults to).
+pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
+    let derived = model.config.max_position_embeddings as u64;
+    match args.max_model_len {
+        None => Ok(derived),
+        Some(n) if n <= derived => Ok(n),
+        Some(n) => anyhow::bail!(
+            "--max-model-len {n} is greater than the model's maximum context length {derived} ({})",
+            args.model.display()
+        ),
+    }
+}
+
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let exporter = Exporter::new(exporter_config(&args));
+    let model = {
+        let args = args.clone();
+        tokio::task::spawn_blocking(move || load_model(&args)).await??
+    };
+    let max_model_len = max_model_len(&args, &model)?;
+    let exporter = Exporter::new(exporter_config(&args, max_model_len));
     exporter
         .install()
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
@@ -100,7 +137,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.disable_log_stats {
         tracing::info!("--disable-log-stats: no engine statistics are recorded");
     }
-    tracing::warn!(model = %args.model.display(), "the inference engine is not built yet: serving /metrics, /health and /version only");
+    tracing::warn!(
+        "the serving engine is not built yet: serving /metrics, /health and /version only"
+    );
 
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {

@@ -13,6 +13,21 @@ use std::time::{Duration, Instant};
 /// The binary cargo built for these tests.
 pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 
+/// The default model, fetched by `cargo xtask fetch-model` (which `cargo xtask test` runs).
+pub const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+);
+
+/// Panics with the command to run when the default model has not been fetched.
+pub fn require_model() -> &'static str {
+    assert!(
+        std::path::Path::new(MODEL).exists(),
+        "{MODEL} is missing: run `cargo xtask fetch-model` (cargo xtask test does)"
+    );
+    MODEL
+}
+
 /// A running `vigil serve`, killed on drop.
 pub struct Vigil {
     child: Child,
@@ -21,10 +36,18 @@ pub struct Vigil {
 }
 
 impl Vigil {
-    /// Starts `vigil serve --host 127.0.0.1 --port 0 <args>` and waits until it listens.
+    /// Starts `vigil serve MODEL --host 127.0.0.1 --port 0 <args>` with the default model and
+    /// waits until it listens.
     pub fn serve(args: &[&str]) -> Vigil {
         let mut child = Command::new(VIGIL)
-            .args(["serve", "--host", "127.0.0.1", "--port", "0"])
+            .args([
+                "serve",
+                require_model(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -46,10 +69,11 @@ impl Vigil {
                 log.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        let addr = match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(a) => a.parse().expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
+                let _ = child.wait();
                 panic!(
                     "vigil did not start listening; log:\n{}",
                     log.lock().unwrap()

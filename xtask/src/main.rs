@@ -3,11 +3,13 @@
 //! - `docs [--check]`: write `docs/metrics.md` from the catalog (`--check` fails if it is stale).
 //! - `test [ARGS]`: the project's test command: check (or install) the tools the end-to-end tests
 //!   use, then `cargo test --workspace [ARGS]`.
+//! - `fetch-model`: put the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into `models/`.
 //! - `bench`: run the exporter's criterion benchmarks and the prometheus_client peer, and print
 //!   them side by side.
 
 mod bench;
 mod docs;
+mod fetch_model;
 mod test;
 
 use std::path::PathBuf;
@@ -18,8 +20,9 @@ fn main() -> anyhow::Result<()> {
         Some("docs") => docs::run(args.iter().any(|a| a == "--check")),
         Some("bench") => bench::run(),
         Some("test") => test::run(&args[1..]),
+        Some("fetch-model") => fetch_model::run(),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | bench>");
+            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench>");
             std::process::exit(2);
         }
     }

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the project's test command. Checks that the real tools the tests use are
-//! installed (installing them with apt when run as root on Debian), then runs every test.
+//! installed (installing them with apt when run as root on Debian), fetches the default model,
+//! then runs every test.
 
 use std::process::Command;
 
@@ -12,6 +13,7 @@ const TOOLS: &[(&str, &str)] = &[("prometheus", "prometheus"), ("promtool", "pro
 
 pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
     ensure_tools()?;
+    crate::fetch_model::run()?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra_args)

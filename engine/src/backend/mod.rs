@@ -129,3 +129,32 @@ pub fn validate_batch(
     }
     Ok(())
 }
+
+/// Greedy generation of one sequence on an otherwise idle backend, in blocks `0..`: for tests,
+/// benchmarks and smoke checks (serving goes through the scheduler). Returns the new tokens,
+/// ending early at any of `stop`.
+pub fn greedy_generate(
+    backend: &mut dyn Backend,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+) -> Result<Vec<u32>, BackendError> {
+    let table: Vec<u32> = (0..backend.num_blocks() as u32).collect();
+    let mut tokens = prompt.to_vec();
+    let mut cached = 0;
+    for _ in 0..max_new {
+        let logits = backend.forward(&[SeqInput {
+            tokens: &tokens[cached..],
+            start_pos: cached,
+            block_table: &table,
+            logits_for: LogitsFor::Last,
+        }])?;
+        cached = tokens.len();
+        let next = crate::sampling::argmax(logits.row(0));
+        tokens.push(next);
+        if stop.contains(&next) {
+            break;
+        }
+    }
+    Ok(tokens.split_off(prompt.len()))
+}

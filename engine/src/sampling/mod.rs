@@ -80,7 +80,11 @@ impl Sampler {
         self.scratch = x;
         let (logprob, top_logprobs) = logprobs(logits, token, self.params.logprobs.unwrap_or(0));
         self.observe(token);
-        Sampled { token, logprob, top_logprobs }
+        Sampled {
+            token,
+            logprob,
+            top_logprobs,
+        }
     }
 
     fn apply_penalties(&self, x: &mut [f32]) {
@@ -89,7 +93,11 @@ impl Sampler {
             let seen = self.prompt_tokens.iter().chain(self.output_counts.keys());
             for &t in seen {
                 if let Some(v) = x.get_mut(t as usize) {
-                    *v = if *v > 0.0 { *v / p.repetition_penalty } else { *v * p.repetition_penalty };
+                    *v = if *v > 0.0 {
+                        *v / p.repetition_penalty
+                    } else {
+                        *v * p.repetition_penalty
+                    };
                 }
             }
         }
@@ -183,8 +191,13 @@ pub fn logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) 
     }
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
     let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
-    let mut top: Vec<(u32, f32)> = idx[..n].iter().map(|&i| (i, logits[i as usize] - lse)).collect();
+    idx.select_nth_unstable_by(n - 1, |a, b| {
+        logits[*b as usize].total_cmp(&logits[*a as usize])
+    });
+    let mut top: Vec<(u32, f32)> = idx[..n]
+        .iter()
+        .map(|&i| (i, logits[i as usize] - lse))
+        .collect();
     top.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     (chosen, top)
 }

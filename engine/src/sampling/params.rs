@@ -58,14 +58,20 @@ pub const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
     pub fn greedy() -> SamplingParams {
-        SamplingParams { temperature: 0.0, ..Default::default() }
+        SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// Checks every field against vLLM's limits.
     pub fn validate(&self) -> Result<(), SamplingError> {
         let err = |field, message: String| Err(SamplingError { field, message });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return err("temperature", format!("must be non-negative, got {}", self.temperature));
+            return err(
+                "temperature",
+                format!("must be non-negative, got {}", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return err("top_p", format!("must be in (0, 1], got {}", self.top_p));
@@ -77,16 +83,25 @@ impl SamplingParams {
             return err("top_k", "must be at least 1 (or -1 to disable)".into());
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return err("repetition_penalty", format!("must be greater than zero, got {}", self.repetition_penalty));
+            return err(
+                "repetition_penalty",
+                format!("must be greater than zero, got {}", self.repetition_penalty),
+            );
         }
-        for (field, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
+        for (field, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
             if !(-2.0..=2.0).contains(&v) {
                 return err(field, format!("must be in [-2, 2], got {v}"));
             }
         }
         if let Some(n) = self.logprobs {
             if n > MAX_LOGPROBS {
-                return err("logprobs", format!("at most {MAX_LOGPROBS} are returned, {n} were asked for"));
+                return err(
+                    "logprobs",
+                    format!("at most {MAX_LOGPROBS} are returned, {n} were asked for"),
+                );
             }
         }
         Ok(())

@@ -1,7 +1,10 @@
 use super::*;
 
 fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
-    let mut p = SamplingParams { seed: Some(7), ..Default::default() };
+    let mut p = SamplingParams {
+        seed: Some(7),
+        ..Default::default()
+    };
     f(&mut p);
     p
 }
@@ -11,10 +14,13 @@ const LOGITS: [f32; 5] = [1.0, 3.0, 2.0, -1.0, 2.5];
 #[test]
 fn greedy_is_argmax_whatever_the_seed() {
     for seed in 0..5 {
-        let mut s = Sampler::new(params(|p| {
-            p.temperature = 0.0;
-            p.seed = Some(seed)
-        }), &[]);
+        let mut s = Sampler::new(
+            params(|p| {
+                p.temperature = 0.0;
+                p.seed = Some(seed)
+            }),
+            &[],
+        );
         assert_eq!(s.sample(&LOGITS).token, 1);
     }
     assert_eq!(argmax(&[f32::NAN, 1.0, 0.5]), 1);
@@ -76,10 +82,13 @@ fn penalties() {
     s.apply_penalties(&mut x);
     assert_eq!(x, vec![1.0, 1.5, 2.0, -2.0, 2.5]);
     // Frequency and presence: only generated tokens, per occurrence and once.
-    s = Sampler::new(params(|p| {
-        p.frequency_penalty = 0.5;
-        p.presence_penalty = 0.25
-    }), &[0]);
+    s = Sampler::new(
+        params(|p| {
+            p.frequency_penalty = 0.5;
+            p.presence_penalty = 0.25
+        }),
+        &[0],
+    );
     s.observe(4);
     s.observe(4);
     s.observe(2);
@@ -87,20 +96,26 @@ fn penalties() {
     s.apply_penalties(&mut x);
     assert_eq!(x, vec![1.0, 3.0, 2.0 - 0.75, -1.0, 2.5 - 1.25]);
     // Greedy with a strong presence penalty moves off the repeated token.
-    let mut s = Sampler::new(params(|p| {
-        p.temperature = 0.0;
-        p.presence_penalty = 2.0
-    }), &[]);
+    let mut s = Sampler::new(
+        params(|p| {
+            p.temperature = 0.0;
+            p.presence_penalty = 2.0
+        }),
+        &[],
+    );
     assert_eq!(s.sample(&LOGITS).token, 1);
     assert_eq!(s.sample(&LOGITS).token, 4);
 }
 
 #[test]
 fn logprobs_are_raw_log_softmax() {
-    let mut s = Sampler::new(params(|p| {
-        p.temperature = 0.0;
-        p.logprobs = Some(3)
-    }), &[]);
+    let mut s = Sampler::new(
+        params(|p| {
+            p.temperature = 0.0;
+            p.logprobs = Some(3)
+        }),
+        &[],
+    );
     let out = s.sample(&LOGITS);
     let lse = LOGITS.iter().map(|l| (*l as f64).exp()).sum::<f64>().ln();
     assert!((out.logprob as f64 - (3.0 - lse)).abs() < 1e-6);
@@ -120,8 +135,22 @@ fn validation_names_the_field() {
         params(|p| p.presence_penalty = 3.0),
         params(|p| p.logprobs = Some(50)),
     ];
-    let fields: Vec<&str> = bad.iter().map(|p| p.validate().unwrap_err().field).collect();
-    assert_eq!(fields, ["temperature", "top_p", "min_p", "top_k", "repetition_penalty", "presence_penalty", "logprobs"]);
+    let fields: Vec<&str> = bad
+        .iter()
+        .map(|p| p.validate().unwrap_err().field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "temperature",
+            "top_p",
+            "min_p",
+            "top_k",
+            "repetition_penalty",
+            "presence_penalty",
+            "logprobs"
+        ]
+    );
     assert!(SamplingParams::default().validate().is_ok());
 }
 

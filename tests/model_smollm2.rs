@@ -1,0 +1,93 @@
+//! The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), loaded and run for real on the CPU
+//! backend.
+
+mod common;
+
+use std::path::Path;
+
+use common::require_model;
+use engine::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use engine::backend::greedy_generate;
+use engine::model::Model;
+use engine::tokenizer::ChatMessage;
+
+fn load() -> Model {
+    Model::load(Path::new(require_model())).expect("the default model loads")
+}
+
+fn backend(model: &Model, format: WeightFormat) -> CpuBackend {
+    CpuBackend::new(
+        model,
+        &CpuOptions {
+            block_size: 16,
+            num_blocks: 16,
+            weight_format: format,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn config_and_tokenizer_come_from_the_gguf() {
+    let model = load();
+    let c = &model.config;
+    assert_eq!(
+        (
+            c.hidden_size,
+            c.num_hidden_layers,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+            c.head_dim,
+            c.vocab_size
+        ),
+        (576, 30, 9, 3, 64, 49152)
+    );
+    assert!(c.tie_word_embeddings);
+    let tok = &model.tokenizer;
+    assert_eq!(
+        tok.encode("The capital of France is", true).unwrap(),
+        vec![504, 3575, 282, 4649, 314]
+    );
+    assert_eq!(tok.token_to_id("<|im_start|>"), Some(1));
+    assert_eq!(tok.eos_token_ids, vec![2]);
+    let chat = tok
+        .apply_chat_template(&[ChatMessage::new("user", "Hi")], true)
+        .unwrap();
+    assert_eq!(
+        chat,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let ids = tok.encode(&chat, false).unwrap();
+    assert_eq!(ids[0], 1, "<|im_start|> is one special token");
+    assert_eq!(tok.decode(&ids, false).unwrap(), chat);
+}
+
+#[test]
+fn greedy_decoding_knows_the_capital_of_france() {
+    let model = load();
+    let mut be = backend(&model, WeightFormat::F32);
+    let prompt = model
+        .tokenizer
+        .encode("The capital of France is", true)
+        .unwrap();
+    let out = greedy_generate(&mut be, &prompt, 8, &model.tokenizer.eos_token_ids).unwrap();
+    let text = model.tokenizer.decode(&out, true).unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+}
+
+#[test]
+fn the_chat_template_drives_an_answer() {
+    let model = load();
+    let mut be = backend(&model, WeightFormat::F32);
+    let chat = model
+        .tokenizer
+        .apply_chat_template(
+            &[ChatMessage::new("user", "What is the capital of France?")],
+            true,
+        )
+        .unwrap();
+    let prompt = model.tokenizer.encode(&chat, false).unwrap();
+    let out = greedy_generate(&mut be, &prompt, 24, &model.tokenizer.eos_token_ids).unwrap();
+    let text = model.tokenizer.decode(&out, true).unwrap();
+    assert!(text.contains("Paris"), "{text:?}");
+}
