@@ -22,7 +22,12 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with("--"))
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/SmolLM2-135M-Instruct.Q4_1.gguf")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
+            ))
+        });
     let format = match std::env::var("VIGIL_WEIGHT_FORMAT").as_deref() {
         Ok("f32") => WeightFormat::F32,
         _ => WeightFormat::default(),
@@ -30,8 +35,17 @@ fn main() {
     let model = Model::load(&path).expect("load model");
     let per_seq_blocks = (PREFILL_TOKENS + 16).div_ceil(BLOCK);
     let num_blocks = per_seq_blocks.max(32 * (DECODE_PROMPT + DECODE_STEPS).div_ceil(BLOCK));
-    let mut be = CpuBackend::new(&model, &CpuOptions { block_size: BLOCK, num_blocks, weight_format: format }).expect("backend");
-    let text = "The quick brown fox jumps over the lazy dog while the capital of France is Paris. ".repeat(64);
+    let mut be = CpuBackend::new(
+        &model,
+        &CpuOptions {
+            block_size: BLOCK,
+            num_blocks,
+            weight_format: format,
+        },
+    )
+    .expect("backend");
+    let text = "The quick brown fox jumps over the lazy dog while the capital of France is Paris. "
+        .repeat(64);
     let all = model.tokenizer.encode(&text, false).unwrap();
     let prompt = &all[..PREFILL_TOKENS];
 
@@ -40,17 +54,32 @@ fn main() {
     let mut prefill = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        be.forward(&[SeqInput { tokens: prompt, start_pos: 0, block_table: &table, logits_for: LogitsFor::Last }]).unwrap();
+        be.forward(&[SeqInput {
+            tokens: prompt,
+            start_pos: 0,
+            block_table: &table,
+            logits_for: LogitsFor::Last,
+        }])
+        .unwrap();
         prefill = prefill.min(t.elapsed().as_secs_f64());
     }
 
     let mut decode = Vec::new();
     for batch in [1usize, 8, 32] {
         let blocks_per = (DECODE_PROMPT + DECODE_STEPS).div_ceil(BLOCK);
-        let tables: Vec<Vec<u32>> = (0..batch).map(|s| ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect()).collect();
-        let mut seqs: Vec<Vec<u32>> = (0..batch).map(|s| all[s..s + DECODE_PROMPT].to_vec()).collect();
+        let tables: Vec<Vec<u32>> = (0..batch)
+            .map(|s| ((s * blocks_per) as u32..((s + 1) * blocks_per) as u32).collect())
+            .collect();
+        let mut seqs: Vec<Vec<u32>> = (0..batch)
+            .map(|s| all[s..s + DECODE_PROMPT].to_vec())
+            .collect();
         let inputs: Vec<SeqInput> = (0..batch)
-            .map(|s| SeqInput { tokens: &seqs[s], start_pos: 0, block_table: &tables[s], logits_for: LogitsFor::Last })
+            .map(|s| SeqInput {
+                tokens: &seqs[s],
+                start_pos: 0,
+                block_table: &tables[s],
+                logits_for: LogitsFor::Last,
+            })
             .collect();
         let logits = be.forward(&inputs).unwrap();
         for (s, seq) in seqs.iter_mut().enumerate() {
@@ -71,13 +100,23 @@ fn main() {
                 seq.push(argmax(logits.row(s)));
             }
         }
-        decode.push((batch, (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64()));
+        decode.push((
+            batch,
+            (batch * DECODE_STEPS) as f64 / t.elapsed().as_secs_f64(),
+        ));
     }
     let rss = std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
         .unwrap_or(0);
-    let decode_json: Vec<String> = decode.iter().map(|(b, tps)| format!("\"decode_batch_{b}_tok_s\": {tps:.2}")).collect();
+    let decode_json: Vec<String> = decode
+        .iter()
+        .map(|(b, tps)| format!("\"decode_batch_{b}_tok_s\": {tps:.2}"))
+        .collect();
     println!(
         "{{\"weight_format\": \"{format:?}\", \"prefill_{PREFILL_TOKENS}_tok_s\": {:.2}, {}, \"peak_rss_mib\": {:.1}}}",
         PREFILL_TOKENS as f64 / prefill,

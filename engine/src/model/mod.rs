@@ -111,3 +111,6 @@ pub(crate) fn check_shape(
         })
     }
 }
+
+#[cfg(test)]
+mod hf_tests;

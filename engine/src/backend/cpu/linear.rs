@@ -42,17 +42,24 @@ struct Quantized {
 fn quantize_rows(x: &[f32], inp: usize) -> Quantized {
     let mut qs = vec![0i8; x.len()];
     let mut scales = vec![0f32; x.len() / QK];
-    qs.par_chunks_mut(inp).zip(scales.par_chunks_mut(inp / QK)).zip(x.par_chunks(inp)).for_each(|((q, s), x)| {
-        for ((q, s), x) in q.chunks_exact_mut(QK).zip(s.iter_mut()).zip(x.chunks_exact(QK)) {
-            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let d = amax / 127.0;
-            *s = d;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (q, v) in q.iter_mut().zip(x) {
-                *q = (v * inv).round() as i8;
+    qs.par_chunks_mut(inp)
+        .zip(scales.par_chunks_mut(inp / QK))
+        .zip(x.par_chunks(inp))
+        .for_each(|((q, s), x)| {
+            for ((q, s), x) in q
+                .chunks_exact_mut(QK)
+                .zip(s.iter_mut())
+                .zip(x.chunks_exact(QK))
+            {
+                let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let d = amax / 127.0;
+                *s = d;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                for (q, v) in q.iter_mut().zip(x) {
+                    *q = (v * inv).round() as i8;
+                }
             }
-        }
-    });
+        });
     Quantized { qs, scales }
 }
 
@@ -104,7 +111,12 @@ impl Linear {
             y.par_chunks_mut(ROWS).enumerate().for_each(|(c, yc)| {
                 for (i, yo) in yc.iter_mut().enumerate() {
                     let o = c * ROWS + i;
-                    *yo = dot(&wq[o * inp..(o + 1) * inp], &ws[o * bpr..(o + 1) * bpr], &xq.qs, &xq.scales);
+                    *yo = dot(
+                        &wq[o * inp..(o + 1) * inp],
+                        &ws[o * bpr..(o + 1) * bpr],
+                        &xq.qs,
+                        &xq.scales,
+                    );
                 }
             });
             return;
@@ -112,34 +124,46 @@ impl Linear {
         // Compute y^T chunk by chunk (contiguous per thread), then transpose.
         let mut yt = vec![0f32; out * t];
         let x4 = dot_x4_kernel();
-        let xrow = |r: usize| (&xq.qs[r * inp..(r + 1) * inp], &xq.scales[r * bpr..(r + 1) * bpr]);
-        yt.par_chunks_mut(ROWS * t).enumerate().for_each(|(c, chunk)| {
-            let rows = chunk.len() / t;
-            let mut r = 0;
-            if let Some(x4) = x4 {
-                while r + 4 <= t {
-                    let xs4 = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
+        let xrow = |r: usize| {
+            (
+                &xq.qs[r * inp..(r + 1) * inp],
+                &xq.scales[r * bpr..(r + 1) * bpr],
+            )
+        };
+        yt.par_chunks_mut(ROWS * t)
+            .enumerate()
+            .for_each(|(c, chunk)| {
+                let rows = chunk.len() / t;
+                let mut r = 0;
+                if let Some(x4) = x4 {
+                    while r + 4 <= t {
+                        let xs4 = [xrow(r), xrow(r + 1), xrow(r + 2), xrow(r + 3)];
+                        for i in 0..rows {
+                            let o = c * ROWS + i;
+                            let v = x4(
+                                &wq[o * inp..(o + 1) * inp],
+                                &ws[o * bpr..(o + 1) * bpr],
+                                xs4.map(|x| x.0),
+                                xs4.map(|x| x.1),
+                            );
+                            chunk[i * t + r..i * t + r + 4].copy_from_slice(&v);
+                        }
+                        r += 4;
+                    }
+                }
+                for r in r..t {
+                    let (xr, xs) = xrow(r);
                     for i in 0..rows {
                         let o = c * ROWS + i;
-                        let v = x4(
+                        chunk[i * t + r] = dot(
                             &wq[o * inp..(o + 1) * inp],
                             &ws[o * bpr..(o + 1) * bpr],
-                            xs4.map(|x| x.0),
-                            xs4.map(|x| x.1),
+                            xr,
+                            xs,
                         );
-                        chunk[i * t + r..i * t + r + 4].copy_from_slice(&v);
                     }
-                    r += 4;
                 }
-            }
-            for r in r..t {
-                let (xr, xs) = xrow(r);
-                for i in 0..rows {
-                    let o = c * ROWS + i;
-                    chunk[i * t + r] = dot(&wq[o * inp..(o + 1) * inp], &ws[o * bpr..(o + 1) * bpr], xr, xs);
-                }
-            }
-        });
+            });
         y.par_chunks_mut(out).enumerate().for_each(|(r, yr)| {
             for (o, v) in yr.iter_mut().enumerate() {
                 *v = yt[o * t + r];
@@ -154,7 +178,8 @@ type DotFn = fn(&[i8], &[f32], &[i8], &[f32]) -> f32;
 fn dot_kernel() -> DotFn {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return |wq, ws, xq, xs| unsafe { avx2::dot_q8(wq, ws, xq, xs) };
         }
     }
@@ -167,7 +192,8 @@ type Dot4Fn = fn(&[i8], &[f32], [&[i8]; 4], [&[f32]; 4]) -> [f32; 4];
 fn dot_x4_kernel() -> Option<Dot4Fn> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
             return Some(|wq, ws, xq, xs| unsafe { avx2::dot_q8_x4(wq, ws, xq, xs) });
         }
     }
@@ -308,7 +334,10 @@ mod tests {
             exact.forward(&x, t, &mut a);
             q8.forward(&x, t, &mut b);
             let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let err = a.iter().zip(&b).fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
             assert!(err / scale < 0.02, "t={t}: {err} vs {scale}");
         }
     }
@@ -321,6 +350,9 @@ mod tests {
         let (ws, xs) = (&q.scales[..4], &q.scales[4..]);
         let scalar = dot_q8_scalar(w, ws, x, xs);
         let fast = dot_kernel()(w, ws, x, xs);
-        assert!((scalar - fast).abs() <= 1e-4 * scalar.abs().max(1.0), "{scalar} vs {fast}");
+        assert!(
+            (scalar - fast).abs() <= 1e-4 * scalar.abs().max(1.0),
+            "{scalar} vs {fast}"
+        );
     }
 }

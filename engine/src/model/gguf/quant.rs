@@ -46,10 +46,14 @@ impl GgmlType {
         }
     }
 
-    /// Bytes that `n` elements take, if `n` is a whole number of blocks.
+    /// Bytes that `n` elements take, if `n` is a whole number of blocks (and the size fits).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (elems, bytes) = self.block();
-        n.is_multiple_of(elems).then(|| n / elems * bytes)
+        if n.is_multiple_of(elems) {
+            (n / elems).checked_mul(bytes)
+        } else {
+            None
+        }
     }
 }
 
@@ -106,5 +110,49 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::gguf::GgufFile;
+
+    /// `tests/fixtures/quant.gguf` holds one tensor per type, quantized by the `gguf` Python
+    /// package; `quant.json` holds what that package's dequantizer returns for each.
+    #[test]
+    fn dequantization_matches_the_gguf_python_package() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let file = GgufFile::open(&dir.join("quant.gguf")).unwrap();
+        let expected: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("quant.json")).unwrap())
+                .unwrap();
+        let tensors = expected["tensors"].as_object().unwrap();
+        assert_eq!(tensors.len(), 6);
+        for (name, want) in tensors {
+            let info = file
+                .tensor(name)
+                .unwrap_or_else(|| panic!("{name} in quant.gguf"));
+            assert_eq!(format!("{:?}", info.ggml_type), *name);
+            assert_eq!(info.dims, vec![64, 2]);
+            let mut got = vec![0f32; 128];
+            dequantize(info.ggml_type, file.tensor_bytes(info).unwrap(), &mut got);
+            for (i, (g, w)) in got.iter().zip(want.as_array().unwrap()).enumerate() {
+                let w = w.as_f64().unwrap() as f32;
+                assert!(
+                    *g == w || (g - w).abs() <= 1e-6 * w.abs(),
+                    "{name}[{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn block_sizes() {
+        assert_eq!(GgmlType::Q4_1.bytes_for(64), Some(40));
+        assert_eq!(GgmlType::Q8_0.bytes_for(33), None);
+        assert_eq!(GgmlType::from_id(12), None, "Q4_K is not supported");
     }
 }

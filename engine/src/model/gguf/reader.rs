@@ -521,7 +521,7 @@ pub(crate) mod tests {
             state ^= state << 17;
             state
         };
-        for _ in 0..20_000 {
+        for _ in 0..200_000 {
             let mut b = bytes.clone();
             let at = (next() % b.len() as u64) as usize;
             match next() % 3 {
@@ -538,6 +538,40 @@ pub(crate) mod tests {
             }
             let _ = GgufFile::from_bytes(Path::new("t.gguf"), b);
         }
+    }
+
+    #[test]
+    fn unknown_quant_types_and_architectures_are_named() {
+        let bytes = Writer::default()
+            .tensor("blk.0.attn_q.weight", &[32], GgmlType::F32, &[0; 128])
+            .finish();
+        // Patch the type id (u32 after the dims) to 12 (Q4_K).
+        let name_end = bytes
+            .windows(19)
+            .position(|w| w == b"blk.0.attn_q.weight")
+            .unwrap()
+            + 19;
+        let mut patched = bytes.clone();
+        patched[name_end + 12..name_end + 16].copy_from_slice(&12u32.to_le_bytes());
+        let err = GgufFile::from_bytes(Path::new("q.gguf"), patched)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("q.gguf")
+                && err.contains("blk.0.attn_q.weight")
+                && err.contains("quantization type 12"),
+            "{err}"
+        );
+
+        let bytes = Writer::default()
+            .str("general.architecture", "gpt2")
+            .finish();
+        let file = GgufFile::from_bytes(Path::new("g.gguf"), bytes).unwrap();
+        let err = crate::model::LlamaConfig::from_gguf(&file)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("g.gguf") && err.contains("\"gpt2\""), "{err}");
     }
 
     #[test]
