@@ -4,10 +4,13 @@
 //! - `test [ARGS]`: the project's test command: check (or install) the tools the end-to-end tests
 //!   use, then `cargo test --workspace [ARGS]`.
 //! - `fetch-model`: put the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into `models/`.
+//! - `bench-model`: the CPU backend's prefill/decode throughput on the default model beside
+//!   llama.cpp (llama-cpp-python) on the same GGUF.
 //! - `bench`: run the exporter's criterion benchmarks and the prometheus_client peer, and print
 //!   them side by side.
 
 mod bench;
+mod bench_model;
 mod docs;
 mod fetch_model;
 mod test;
@@ -21,8 +24,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench") => bench::run(),
         Some("test") => test::run(&args[1..]),
         Some("fetch-model") => fetch_model::run(),
+        Some("bench-model") => bench_model::run(),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench>");
+            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model>");
             std::process::exit(2);
         }
     }
