@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod kv_cache;
 pub mod logging;
 pub mod model;
 pub mod sampling;

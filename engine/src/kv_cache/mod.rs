@@ -1,0 +1,12 @@
+//! The paged KV cache's bookkeeping, after vLLM v1: a [`block_pool::BlockPool`] of fixed-size
+//! blocks with reference counts, an LRU free queue and a prefix cache keyed by chained block
+//! hashes ([`block_hash`]), and the [`manager::KvCacheManager`] the scheduler asks for prefix
+//! hits and slots. The tensors themselves live in the backend; this module only decides which
+//! block holds which tokens.
+
+pub mod block_hash;
+pub mod block_pool;
+pub mod manager;
+
+/// Index of a block in the backend's KV cache.
+pub type BlockId = u32;
