@@ -7,6 +7,7 @@ pub mod kv_cache;
 pub mod logging;
 pub mod model;
 pub mod sampling;
+pub mod scheduler;
 pub mod server;
 pub mod testing;
 pub mod tokenizer;

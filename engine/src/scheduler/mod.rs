@@ -1,0 +1,289 @@
+//! The scheduler (vLLM v1's `scheduler.py`): one token budget per step, running requests first,
+//! then waiting ones; chunked prefill; preemption by recompute (the last running request goes
+//! back to the front of the queue, and nothing is admitted in a step that preempted). It owns
+//! every request and the KV cache manager; [`Scheduler::step`] runs one step on a backend.
+
+pub mod request;
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+pub use request::{FinishReason, Request, Status};
+
+use crate::backend::{Backend, BackendError, LogitsFor, SeqInput};
+use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
+use crate::sampling::Sampled;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// `--max-num-batched-tokens`: tokens per step across all requests.
+    pub max_num_batched_tokens: usize,
+    /// `--max-num-seqs`: requests running at once.
+    pub max_num_seqs: usize,
+    /// `--max-model-len`: prompt plus output.
+    pub max_model_len: usize,
+}
+
+/// What happened to one request in a step.
+#[derive(Debug, Clone)]
+pub struct RequestUpdate {
+    pub id: String,
+    pub token: Option<Sampled>,
+    pub finished: Option<FinishReason>,
+}
+
+/// Statistics of one step, for the metrics.
+#[derive(Debug, Default, Clone)]
+pub struct StepStats {
+    /// Tokens computed this step (prefill chunks and decodes).
+    pub num_tokens: usize,
+    /// Prompt tokens computed this step (excluding cache hits).
+    pub num_prompt_tokens: usize,
+    /// Tokens generated this step.
+    pub num_generated: usize,
+    pub num_preempted: usize,
+    /// Prefix-cache lookups of newly admitted, never-preempted requests, in tokens.
+    pub prefix_queries: usize,
+    pub prefix_hits: usize,
+}
+
+/// The result of a step: updates to stream, finished requests (removed, blocks freed) and stats.
+pub struct StepOutput {
+    pub updates: Vec<RequestUpdate>,
+    pub finished: Vec<(Request, FinishReason)>,
+    pub stats: StepStats,
+}
+
+struct Scheduled {
+    /// Index into `running`.
+    index: usize,
+    start: usize,
+    num_tokens: usize,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    kv: KvCacheManager,
+    waiting: VecDeque<Request>,
+    running: Vec<Request>,
+    eos_token_ids: Vec<u32>,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig, kv: KvCacheManager, eos_token_ids: Vec<u32>) -> Scheduler {
+        Scheduler {
+            config,
+            kv,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            eos_token_ids,
+        }
+    }
+
+    pub fn add(&mut self, req: Request) {
+        self.waiting.push_back(req);
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.running.is_empty() || !self.waiting.is_empty()
+    }
+
+    pub fn kv(&self) -> &KvCacheManager {
+        &self.kv
+    }
+
+    /// Removes a request wherever it is and frees its blocks.
+    pub fn abort(&mut self, id: &str) -> Option<Request> {
+        let mut req = if let Some(i) = self.running.iter().position(|r| r.id == id) {
+            self.running.remove(i)
+        } else {
+            let i = self.waiting.iter().position(|r| r.id == id)?;
+            self.waiting.remove(i)?
+        };
+        self.kv.free(&mut req.blocks);
+        Some(req)
+    }
+
+    fn preempt_last(&mut self) {
+        let mut victim = self.running.pop().expect("a running request to preempt");
+        self.kv.free(&mut victim.blocks);
+        victim.status = Status::Preempted;
+        victim.num_computed_tokens = 0;
+        victim.num_preemptions += 1;
+        self.waiting.push_front(victim);
+    }
+
+    fn schedule(&mut self, stats: &mut StepStats) -> Vec<Scheduled> {
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut out = Vec::new();
+        let mut i = 0;
+        'running: while i < self.running.len() && budget > 0 {
+            let req = &self.running[i];
+            let n = (req.tokens.len() - req.num_computed_tokens).min(budget);
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            loop {
+                let req = &mut self.running[i];
+                let (tokens, computed) = (&req.tokens, req.num_computed_tokens);
+                if self.kv.allocate_slots(
+                    &mut req.blocks,
+                    tokens,
+                    computed,
+                    n,
+                    &PrefixHit::default(),
+                ) {
+                    out.push(Scheduled {
+                        index: i,
+                        start: computed,
+                        num_tokens: n,
+                    });
+                    budget -= n;
+                    i += 1;
+                    break;
+                }
+                let victim_is_self = i == self.running.len() - 1;
+                self.preempt_last();
+                stats.num_preempted += 1;
+                if victim_is_self {
+                    break 'running;
+                }
+            }
+        }
+        if stats.num_preempted == 0 {
+            while budget > 0 && self.running.len() < self.config.max_num_seqs {
+                let Some(req) = self.waiting.front_mut() else {
+                    break;
+                };
+                let hit = self.kv.get_computed_blocks(&mut req.blocks, &req.tokens);
+                let n = (req.tokens.len() - hit.num_tokens).min(budget);
+                if !self
+                    .kv
+                    .allocate_slots(&mut req.blocks, &req.tokens, 0, n, &hit)
+                {
+                    break;
+                }
+                let mut req = self.waiting.pop_front().expect("front exists");
+                req.num_computed_tokens = hit.num_tokens;
+                req.status = Status::Running;
+                req.times.first_scheduled.get_or_insert_with(Instant::now);
+                if req.num_cached_tokens.is_none() {
+                    req.num_cached_tokens = Some(hit.num_tokens);
+                    if req.num_preemptions == 0 {
+                        stats.prefix_queries += req.tokens.len();
+                        stats.prefix_hits += hit.num_tokens;
+                    }
+                }
+                out.push(Scheduled {
+                    index: self.running.len(),
+                    start: hit.num_tokens,
+                    num_tokens: n,
+                });
+                self.running.push(req);
+                budget -= n;
+            }
+        }
+        debug_assert!(
+            out.iter().map(|s| s.num_tokens).sum::<usize>() <= self.config.max_num_batched_tokens
+        );
+        out
+    }
+
+    /// Schedules one step, runs it on `backend`, samples, and retires finished requests.
+    pub fn step(&mut self, backend: &mut dyn Backend) -> Result<StepOutput, BackendError> {
+        let mut stats = StepStats::default();
+        let scheduled = self.schedule(&mut stats);
+        let mut updates = Vec::new();
+        let mut finished = Vec::new();
+        if scheduled.is_empty() {
+            return Ok(StepOutput {
+                updates,
+                finished,
+                stats,
+            });
+        }
+        let inputs: Vec<SeqInput> = scheduled
+            .iter()
+            .map(|s| {
+                let req = &self.running[s.index];
+                let end = s.start + s.num_tokens;
+                SeqInput {
+                    tokens: &req.tokens[s.start..end],
+                    start_pos: s.start,
+                    block_table: &req.blocks.blocks,
+                    logits_for: if end == req.tokens.len() {
+                        LogitsFor::Last
+                    } else {
+                        LogitsFor::None
+                    },
+                }
+            })
+            .collect();
+        let logits = backend.forward(&inputs)?;
+        let now = Instant::now();
+        let mut row = 0;
+        let mut done = Vec::new();
+        for s in &scheduled {
+            let req = &mut self.running[s.index];
+            stats.num_tokens += s.num_tokens;
+            stats.num_prompt_tokens += (req.prompt_len.saturating_sub(s.start)).min(s.num_tokens);
+            req.num_computed_tokens = s.start + s.num_tokens;
+            if req.num_computed_tokens < req.tokens.len() {
+                continue; // a prefill chunk short of the end: no logits
+            }
+            let sampled = req.sampler.sample(logits.row(row));
+            row += 1;
+            req.push_token(&sampled, now);
+            stats.num_generated += 1;
+            let reason = if req
+                .sampler
+                .params()
+                .is_stop_token(sampled.token, &self.eos_token_ids)
+            {
+                Some(FinishReason::Stop)
+            } else if req.num_output_tokens() >= req.max_tokens
+                || req.tokens.len() >= self.config.max_model_len
+            {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if reason.is_some() {
+                done.push(s.index);
+            }
+            updates.push(RequestUpdate {
+                id: req.id.clone(),
+                token: Some(sampled),
+                finished: reason,
+            });
+        }
+        done.sort_unstable();
+        for &i in done.iter().rev() {
+            let mut req = self.running.remove(i);
+            self.kv.free(&mut req.blocks);
+            let reason = updates
+                .iter()
+                .find(|u| u.id == req.id)
+                .and_then(|u| u.finished)
+                .expect("finished");
+            finished.push((req, reason));
+        }
+        Ok(StepOutput {
+            updates,
+            finished,
+            stats,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,109 @@
+//! A request as the scheduler sees it: its tokens, how many have KV in the cache, its blocks,
+//! its sampler, and the timestamps the metrics need.
+
+use std::time::Instant;
+
+use crate::kv_cache::manager::RequestBlocks;
+use crate::sampling::{Sampled, Sampler};
+
+/// Why a request finished, as vLLM's `finished_reason` label spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Abort,
+    Error,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+            FinishReason::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Waiting,
+    Running,
+    /// Preempted: back in the waiting queue, to be recomputed.
+    Preempted,
+}
+
+/// Moments in a request's life (vLLM's `RequestStateStats`).
+#[derive(Debug, Clone, Copy)]
+pub struct Timestamps {
+    /// When the frontend received it (TTFT and e2e are measured from here).
+    pub arrival: Instant,
+    /// When the engine queued it.
+    pub queued: Instant,
+    pub first_scheduled: Option<Instant>,
+    pub first_token: Option<Instant>,
+    pub last_token: Option<Instant>,
+}
+
+pub struct Request {
+    pub id: String,
+    pub prompt_len: usize,
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampler: Sampler,
+    pub status: Status,
+    /// Tokens whose KV is in the request's blocks.
+    pub num_computed_tokens: usize,
+    pub blocks: RequestBlocks,
+    /// Prompt tokens served from the prefix cache at first admission (`None` before it).
+    pub num_cached_tokens: Option<usize>,
+    pub num_preemptions: u32,
+    pub times: Timestamps,
+}
+
+impl Request {
+    pub fn new(
+        id: String,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        sampler: Sampler,
+        arrival: Instant,
+    ) -> Request {
+        Request {
+            id,
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            max_tokens,
+            sampler,
+            status: Status::Waiting,
+            num_computed_tokens: 0,
+            blocks: RequestBlocks::default(),
+            num_cached_tokens: None,
+            num_preemptions: 0,
+            times: Timestamps {
+                arrival,
+                queued: Instant::now(),
+                first_scheduled: None,
+                first_token: None,
+                last_token: None,
+            },
+        }
+    }
+
+    pub fn num_output_tokens(&self) -> usize {
+        self.tokens.len() - self.prompt_len
+    }
+
+    pub fn output(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
+    }
+
+    /// Appends a sampled token.
+    pub fn push_token(&mut self, sampled: &Sampled, now: Instant) {
+        self.tokens.push(sampled.token);
+        self.times.first_token.get_or_insert(now);
+        self.times.last_token = Some(now);
+    }
+}

@@ -1,0 +1,198 @@
+//! The scheduler on the tiny random model: outputs do not depend on batching, chunking,
+//! preemption or prefix hits, and no block leaks whatever happens.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::*;
+use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use crate::backend::greedy_generate;
+use crate::model::LlamaConfig;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::testing::{random_weights, tiny_config};
+
+const BLOCK: usize = 4;
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        tie_word_embeddings: false,
+        ..tiny_config()
+    }
+}
+
+fn backend(num_blocks: usize) -> CpuBackend {
+    let c = config();
+    let options = CpuOptions {
+        block_size: BLOCK,
+        num_blocks,
+        weight_format: WeightFormat::F32,
+    };
+    CpuBackend::from_weights(&c, &random_weights(&c, 21), &options).unwrap()
+}
+
+fn request(id: usize, prompt: Vec<u32>, max_tokens: usize) -> Request {
+    let sampler = Sampler::new(SamplingParams::greedy(), &prompt);
+    Request::new(
+        format!("r{id}"),
+        prompt,
+        max_tokens,
+        sampler,
+        Instant::now(),
+    )
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    (0..6)
+        .map(|i| {
+            (0..(3 + i * 5) as u32)
+                .map(|t| (t * 31 + i as u32 * 7) % 256)
+                .collect()
+        })
+        .collect()
+}
+
+/// Runs every prompt through a scheduler; returns outputs by id and the summed stats.
+fn run(
+    num_blocks: usize,
+    budget: usize,
+    max_seqs: usize,
+    caching: bool,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+) -> (HashMap<String, Vec<u32>>, StepStats, Scheduler) {
+    let mut be = backend(num_blocks);
+    let cfg = SchedulerConfig {
+        max_num_batched_tokens: budget,
+        max_num_seqs: max_seqs,
+        max_model_len: 512,
+    };
+    let mut s = Scheduler::new(cfg, KvCacheManager::new(num_blocks, BLOCK, caching), vec![]);
+    for (i, p) in prompts.iter().enumerate() {
+        s.add(request(i, p.clone(), max_tokens));
+    }
+    let mut outputs = HashMap::new();
+    let mut total = StepStats::default();
+    let mut steps = 0;
+    while s.has_work() {
+        let out = s.step(&mut be).unwrap();
+        total.num_tokens += out.stats.num_tokens;
+        total.num_prompt_tokens += out.stats.num_prompt_tokens;
+        total.num_preempted += out.stats.num_preempted;
+        total.prefix_hits += out.stats.prefix_hits;
+        total.prefix_queries += out.stats.prefix_queries;
+        for (req, reason) in out.finished {
+            assert_eq!(reason, FinishReason::Length);
+            outputs.insert(req.id.clone(), req.output().to_vec());
+        }
+        steps += 1;
+        assert!(steps < 10_000, "no progress");
+    }
+    (outputs, total, s)
+}
+
+fn reference(prompts: &[Vec<u32>], max_tokens: usize) -> HashMap<String, Vec<u32>> {
+    prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("r{i}"),
+                greedy_generate(&mut backend(64), p, max_tokens, &[]).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn batching_and_chunked_prefill_do_not_change_outputs() {
+    let p = prompts();
+    let want = reference(&p, 6);
+    for (budget, seqs) in [(512, 16), (7, 16), (16, 2)] {
+        let (got, _, s) = run(64, budget, seqs, false, &p, 6);
+        assert_eq!(got, want, "budget {budget}, max seqs {seqs}");
+        assert_eq!(s.kv().pool().num_free(), 63, "blocks leaked");
+    }
+}
+
+#[test]
+fn preempted_requests_produce_the_same_greedy_output() {
+    let p = prompts();
+    let want = reference(&p, 8);
+    // 20 blocks of 4 tokens cannot hold all six requests at once: preemption is forced.
+    let (got, stats, s) = run(20, 64, 16, false, &p, 8);
+    assert!(stats.num_preempted > 0, "the test must preempt");
+    assert_eq!(got, want);
+    assert_eq!(s.kv().pool().num_free(), 19);
+}
+
+#[test]
+fn prefix_hits_skip_compute_and_keep_outputs() {
+    let shared: Vec<u32> = (0..16).map(|t| t * 3 % 256).collect();
+    let p: Vec<Vec<u32>> = (0..4)
+        .map(|i| [shared.clone(), vec![100 + i]].concat())
+        .collect();
+    let want = reference(&p, 4);
+    let (cold, cold_stats, _) = run(64, 512, 1, false, &p, 4);
+    let (warm, warm_stats, s) = run(64, 512, 1, true, &p, 4);
+    assert_eq!(cold, want);
+    assert_eq!(warm, want);
+    // Requests after the first hit the 16 shared tokens (4 blocks).
+    assert_eq!(warm_stats.prefix_hits, 3 * 16);
+    assert_eq!(warm_stats.prefix_queries, 4 * 17);
+    assert_eq!(
+        cold_stats.num_prompt_tokens - warm_stats.num_prompt_tokens,
+        3 * 16
+    );
+    assert_eq!(s.kv().pool().num_free(), 63);
+}
+
+#[test]
+fn aborts_free_blocks_wherever_the_request_is() {
+    let mut be = backend(32);
+    let cfg = SchedulerConfig {
+        max_num_batched_tokens: 8,
+        max_num_seqs: 2,
+        max_model_len: 512,
+    };
+    let mut s = Scheduler::new(cfg, KvCacheManager::new(32, BLOCK, true), vec![]);
+    for (i, p) in prompts().into_iter().enumerate() {
+        s.add(request(i, p, 50));
+    }
+    s.step(&mut be).unwrap();
+    s.step(&mut be).unwrap();
+    assert!(s.num_running() > 0 && s.num_waiting() > 0);
+    // One mid-prefill or decoding, one still waiting, one unknown.
+    let running_id = "r0";
+    assert!(s.abort(running_id).is_some());
+    assert!(s.abort("r5").is_some());
+    assert!(s.abort("nope").is_none());
+    while s.has_work() {
+        let ids: Vec<String> = s.running.iter().map(|r| r.id.clone()).collect();
+        if let Some(id) = ids.first() {
+            s.abort(id);
+        }
+        s.step(&mut be).unwrap();
+    }
+    assert_eq!(s.kv().pool().num_free(), 31);
+}
+
+#[test]
+fn stop_tokens_finish_with_stop() {
+    let p = prompts();
+    let first = reference(&p[..1], 3)["r0"].clone();
+    let mut be = backend(16);
+    let cfg = SchedulerConfig {
+        max_num_batched_tokens: 64,
+        max_num_seqs: 4,
+        max_model_len: 512,
+    };
+    let mut s = Scheduler::new(cfg, KvCacheManager::new(16, BLOCK, true), vec![first[1]]);
+    s.add(request(0, p[0].clone(), 10));
+    let mut finished = Vec::new();
+    while s.has_work() {
+        finished.extend(s.step(&mut be).unwrap().finished);
+    }
+    assert_eq!(finished.len(), 1);
+    assert_eq!(finished[0].1, FinishReason::Stop);
+    assert_eq!(finished[0].0.output(), &first[..2]);
+}
