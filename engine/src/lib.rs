@@ -3,8 +3,10 @@
 
 pub mod backend;
 pub mod cli;
+pub mod engine_core;
 pub mod kv_cache;
 pub mod logging;
+pub mod metrics;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;

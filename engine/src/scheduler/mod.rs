@@ -30,6 +30,10 @@ pub struct RequestUpdate {
     pub id: String,
     pub token: Option<Sampled>,
     pub finished: Option<FinishReason>,
+    /// This is the request's first token (its prefill just completed).
+    pub first_token: bool,
+    /// Time since the request's previous token (None for the first).
+    pub inter_token: Option<std::time::Duration>,
 }
 
 /// Statistics of one step, for the metrics.
@@ -94,6 +98,19 @@ impl Scheduler {
 
     pub fn has_work(&self) -> bool {
         !self.running.is_empty() || !self.waiting.is_empty()
+    }
+
+    /// A running request by id.
+    pub fn running_request(&self, id: &str) -> Option<&Request> {
+        self.running.iter().find(|r| r.id == id)
+    }
+
+    /// Ids of every request, running or waiting.
+    pub fn request_ids(&self) -> impl Iterator<Item = &str> {
+        self.running
+            .iter()
+            .chain(self.waiting.iter())
+            .map(|r| r.id.as_str())
     }
 
     pub fn kv(&self) -> &KvCacheManager {
@@ -242,6 +259,7 @@ impl Scheduler {
             }
             let sampled = req.sampler.sample(logits.row(row));
             row += 1;
+            let previous = req.times.last_token;
             req.push_token(&sampled, now);
             stats.num_generated += 1;
             let reason = if req
@@ -264,6 +282,8 @@ impl Scheduler {
                 id: req.id.clone(),
                 token: Some(sampled),
                 finished: reason,
+                first_token: previous.is_none(),
+                inter_token: previous.map(|p| now - p),
             });
         }
         done.sort_unstable();

@@ -1,0 +1,221 @@
+//! The engine thread: the one owner of the scheduler, the backend and the metrics handles.
+//! HTTP handlers talk to it over a command channel, and each request has its own event channel
+//! back. A request whose event channel closes (the client went away) is aborted at the next step.
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::backend::Backend;
+use crate::metrics::EngineMetrics;
+use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::scheduler::{FinishReason, Request, Scheduler};
+
+/// A request for the engine.
+pub struct NewRequest {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub params: SamplingParams,
+    /// Tokens to generate at most (already capped by the context length).
+    pub max_tokens: usize,
+    /// The client's `max_tokens`, if it gave one (for `vllm:request_params_max_tokens`).
+    pub max_tokens_param: Option<usize>,
+    /// The client's `n`; recorded once per client request, by its first choice.
+    pub n: usize,
+    pub record_params: bool,
+    pub arrival: Instant,
+    pub events: UnboundedSender<Event>,
+}
+
+/// What a request's handler hears back.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Token(Sampled),
+    Finished {
+        reason: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        cached_tokens: usize,
+    },
+}
+
+enum Command {
+    Add(Box<NewRequest>),
+    Finish { id: String, reason: FinishReason },
+}
+
+/// The handlers' side of the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The engine thread has stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine has stopped")]
+pub struct EngineStopped;
+
+impl EngineHandle {
+    pub fn submit(&self, req: NewRequest) -> Result<(), EngineStopped> {
+        self.tx
+            .send(Command::Add(Box::new(req)))
+            .map_err(|_| EngineStopped)
+    }
+
+    /// Ends a request early: `Stop` when the handler matched a stop string, `Abort` otherwise.
+    pub fn finish(&self, id: &str, reason: FinishReason) {
+        let _ = self.tx.send(Command::Finish {
+            id: id.to_owned(),
+            reason,
+        });
+    }
+}
+
+struct Meta {
+    events: UnboundedSender<Event>,
+    max_tokens_param: Option<usize>,
+    n: usize,
+    record_params: bool,
+}
+
+/// Starts the engine thread (named `vigil-engine`, so probes can tell it apart).
+pub fn spawn(
+    mut backend: Box<dyn Backend>,
+    mut scheduler: Scheduler,
+    metrics: Option<EngineMetrics>,
+) -> EngineHandle {
+    let (tx, rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("vigil-engine".into())
+        .spawn(move || {
+            let mut core = Core {
+                scheduler: &mut scheduler,
+                metrics,
+                meta: HashMap::new(),
+            };
+            core.run(backend.as_mut(), rx);
+        })
+        .expect("spawn the engine thread");
+    EngineHandle { tx }
+}
+
+struct Core<'a> {
+    scheduler: &'a mut Scheduler,
+    metrics: Option<EngineMetrics>,
+    meta: HashMap<String, Meta>,
+}
+
+impl Core<'_> {
+    fn run(&mut self, backend: &mut dyn Backend, rx: mpsc::Receiver<Command>) {
+        loop {
+            if !self.scheduler.has_work() {
+                match rx.recv() {
+                    Ok(cmd) => self.handle(cmd),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(cmd) = rx.try_recv() {
+                self.handle(cmd);
+            }
+            let gone: Vec<String> = self
+                .meta
+                .iter()
+                .filter(|(_, m)| m.events.is_closed())
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                self.finish(&id, FinishReason::Abort);
+            }
+            if !self.scheduler.has_work() {
+                continue;
+            }
+            match self.scheduler.step(backend) {
+                Ok(out) => {
+                    let now = Instant::now();
+                    for u in &out.updates {
+                        if let Some(m) = &self.metrics {
+                            let req = self.scheduler.running_request(&u.id).or_else(|| {
+                                out.finished.iter().map(|(r, _)| r).find(|r| r.id == u.id)
+                            });
+                            if let (true, Some(req)) = (u.first_token, req) {
+                                m.record_first_token(req, now);
+                            }
+                            if let Some(d) = u.inter_token {
+                                m.record_inter_token(&u.id, d.as_secs_f64());
+                            }
+                        }
+                        if let (Some(meta), Some(tok)) = (self.meta.get(&u.id), &u.token) {
+                            let _ = meta.events.send(Event::Token(tok.clone()));
+                        }
+                    }
+                    for (req, reason) in &out.finished {
+                        self.retire(req, *reason);
+                    }
+                    if let Some(m) = &self.metrics {
+                        let s = &self.scheduler;
+                        m.record_step(&out.stats, s.num_running(), s.num_waiting(), s.kv().usage());
+                    }
+                }
+                Err(err) => {
+                    // The backend refused the batch: a scheduler bug. Fail every request rather
+                    // than loop on it.
+                    tracing::error!(%err, "backend step failed; failing every request");
+                    let ids: Vec<String> =
+                        self.scheduler.request_ids().map(str::to_owned).collect();
+                    for id in ids {
+                        self.finish(&id, FinishReason::Error);
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Add(r) => {
+                let sampler = Sampler::new(r.params, &r.prompt);
+                let req = Request::new(r.id.clone(), r.prompt, r.max_tokens, sampler, r.arrival);
+                self.meta.insert(
+                    r.id,
+                    Meta {
+                        events: r.events,
+                        max_tokens_param: r.max_tokens_param,
+                        n: r.n,
+                        record_params: r.record_params,
+                    },
+                );
+                self.scheduler.add(req);
+            }
+            Command::Finish { id, reason } => self.finish(&id, reason),
+        }
+    }
+
+    fn finish(&mut self, id: &str, reason: FinishReason) {
+        if let Some(req) = self.scheduler.abort(id) {
+            self.retire(&req, reason);
+        }
+    }
+
+    /// Records a finished request and tells its handler.
+    fn retire(&mut self, req: &Request, reason: FinishReason) {
+        let Some(meta) = self.meta.remove(&req.id) else {
+            return;
+        };
+        if let Some(m) = &self.metrics {
+            let (max_param, n) = if meta.record_params {
+                (meta.max_tokens_param, meta.n)
+            } else {
+                (None, 0)
+            };
+            m.record_finished(req, reason, max_param, n, meta.record_params);
+        }
+        let _ = meta.events.send(Event::Finished {
+            reason,
+            prompt_tokens: req.prompt_len,
+            completion_tokens: req.num_output_tokens(),
+            cached_tokens: req.num_cached_tokens.unwrap_or(0),
+        });
+    }
+}
