@@ -81,6 +81,22 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32"])]
     pub kv_cache_dtype: String,
 
+    /// Tokens computed per engine step, across all requests.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_num_batched_tokens: u32,
+
+    /// Requests running at once.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_num_seqs: u32,
+
+    /// Memory for the KV cache in bytes (accepts 1G, 512M); ignored with --num-gpu-blocks-override.
+    #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+    pub kv_cache_memory_bytes: u64,
+
+    /// Require `Authorization: Bearer KEY` on /v1/* routes.
+    #[arg(long, env = "VLLM_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
     /// Reuse KV blocks of shared prompt prefixes (on by default).
     #[arg(long, overrides_with = "no_enable_prefix_caching", action = ArgAction::SetTrue)]
     pub enable_prefix_caching: bool,
@@ -157,6 +173,18 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     } else {
         Err(format!("{v} must be in (0, 1]"))
     }
+}
+
+/// Byte sizes: a plain number, or with K/M/G (powers of 1024).
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let (digits, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a byte size (e.g. 1073741824, 512M, 2G)"))?;
+    n.checked_mul(mult).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} must be a positive size"))
 }
 
 /// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.

@@ -1,6 +1,7 @@
 //! Vigil's engine crate: the command line, the HTTP server and (as they land) model loading,
 //! backends, KV cache and scheduler. `main.rs` is a thin wrapper around [`run`].
 
+pub mod api;
 pub mod backend;
 pub mod cli;
 pub mod engine_core;

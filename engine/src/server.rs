@@ -1,7 +1,5 @@
-//! The HTTP server: `/metrics` (the exporter), `/health` and `/version`.
-//!
-//! The OpenAI API arrives with the engine; until then the server exposes only what is true
-//! without one: that it is up, its version, and the engine series at their start-up values.
+//! `vigil serve`: loads the model, builds the backend and the engine thread, and serves the
+//! OpenAI API, `/metrics` (the exporter), `/health` and `/version`.
 
 use std::net::SocketAddr;
 
@@ -12,8 +10,16 @@ use exporter::catalog::vllm;
 use exporter::render::number::format_float;
 use exporter::{Exporter, ExporterConfig};
 
+use std::sync::Arc;
+
+use crate::api::{self, AppState};
+use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use crate::cli::{ServeArgs, DEFAULT_MODEL};
+use crate::engine_core;
+use crate::kv_cache::manager::KvCacheManager;
+use crate::metrics::EngineMetrics;
 use crate::model::Model;
+use crate::scheduler::{Scheduler, SchedulerConfig};
 
 /// The engine indexes this process serves (`engine` label values).
 const ENGINES: &[&str] = &["0"];
@@ -37,9 +43,9 @@ fn created_series_disabled() -> bool {
         .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "t"))
 }
 
-/// `vllm:cache_config_info`'s labels: the cache settings of this run. Block counts are `None`
-/// (Python's spelling, as vLLM prints them) until an engine has sized the cache.
-fn cache_config_labels(args: &ServeArgs, engine: &str) -> Vec<(&'static str, String)> {
+/// `vllm:cache_config_info`'s labels: the cache settings of this run (Python's spelling of
+/// values, as vLLM prints them; the CPU backend has no separate CPU swap space, hence `None`).
+fn cache_config_labels(args: &ServeArgs, engine: &str, num_blocks: usize) -> Vec<(&'static str, String)> {
     let py_bool = |b: bool| if b { "True" } else { "False" }.to_owned();
     let py_opt = |v: Option<u64>| v.map_or("None".to_owned(), |n| n.to_string());
     vec![
@@ -51,7 +57,7 @@ fn cache_config_labels(args: &ServeArgs, engine: &str) -> Vec<(&'static str, Str
             format_float(args.gpu_memory_utilization),
         ),
         ("num_cpu_blocks", py_opt(None)),
-        ("num_gpu_blocks", py_opt(None)),
+        ("num_gpu_blocks", num_blocks.to_string()),
         (
             "num_gpu_blocks_override",
             py_opt(args.num_gpu_blocks_override),
@@ -121,25 +127,69 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let max_model_len = max_model_len(&args, &model)?;
     let exporter = Exporter::new(exporter_config(&args, max_model_len));
-    exporter
-        .install()
-        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    exporter.install().map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     let model_name = args.model_name();
     exporter.precreate(&model_name, ENGINES);
+
+    let block_size = args.block_size as usize;
+    let num_blocks = match args.num_gpu_blocks_override {
+        Some(n) => n as usize,
+        None => {
+            let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config);
+            (args.kv_cache_memory_bytes as usize / per_block).max(2)
+        }
+    };
+    if num_blocks < 2 || (num_blocks - 1) * block_size < max_model_len as usize {
+        tracing::warn!(
+            num_blocks,
+            block_size,
+            max_model_len,
+            "the KV cache cannot hold one request of the maximum length"
+        );
+    }
+    let options = CpuOptions { block_size, num_blocks, weight_format: WeightFormat::default() };
+    let started = std::time::Instant::now();
+    let backend = tokio::task::block_in_place(|| CpuBackend::new(&model, &options))
+        .with_context(|| format!("preparing the weights of {}", args.model.display()))?;
+    tracing::info!(
+        num_blocks,
+        block_size,
+        kv_cache_tokens = num_blocks * block_size,
+        "CPU backend ready in {:.2?}",
+        started.elapsed()
+    );
     for engine in ENGINES {
         exporter
-            .set_info(
-                &vllm::CACHE_CONFIG_INFO,
-                &cache_config_labels(&args, engine),
-            )
+            .set_info(&vllm::CACHE_CONFIG_INFO, &cache_config_labels(&args, engine, num_blocks))
             .map_err(anyhow::Error::msg)?;
     }
     if args.disable_log_stats {
         tracing::info!("--disable-log-stats: no engine statistics are recorded");
     }
-    tracing::warn!(
-        "the serving engine is not built yet: serving /metrics, /health and /version only"
+    let scheduler = Scheduler::new(
+        SchedulerConfig {
+            max_num_batched_tokens: args.max_num_batched_tokens as usize,
+            max_num_seqs: args.max_num_seqs as usize,
+            max_model_len: max_model_len as usize,
+        },
+        KvCacheManager::new(num_blocks, block_size, args.prefix_caching()),
+        model.tokenizer.eos_token_ids.clone(),
     );
+    let metrics = (!args.disable_log_stats).then(|| EngineMetrics::new(&model_name, ENGINES[0]));
+    let engine = engine_core::spawn(Box::new(backend), scheduler, metrics);
+    let served_model_names = if args.served_model_name.is_empty() {
+        vec![model_name.clone()]
+    } else {
+        args.served_model_name.clone()
+    };
+    let state = Arc::new(AppState {
+        engine,
+        tokenizer: Arc::new(model.tokenizer),
+        served_model_names,
+        max_model_len: max_model_len as usize,
+        api_key: args.api_key.clone(),
+        created: api::unix_now(),
+    });
 
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -150,7 +200,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let local = listener.local_addr()?;
     tracing::info!(%model_name, "listening on http://{local}");
-    axum::serve(listener, app(exporter))
+    axum::serve(listener, app(exporter).merge(api::router(state)))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server failed")?;

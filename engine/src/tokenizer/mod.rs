@@ -155,3 +155,31 @@ impl DecodeStream<'_> {
 
 #[cfg(test)]
 mod tests;
+
+/// A [`DecodeStream`] that owns its tokenizer handle, for tasks that outlive a borrow.
+pub struct OwnedDecodeStream {
+    tokenizer: std::sync::Arc<Tokenizer>,
+    skip_special_tokens: bool,
+    ids: Vec<u32>,
+    prefix: String,
+    prefix_index: usize,
+}
+
+impl OwnedDecodeStream {
+    pub fn new(tokenizer: std::sync::Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
+        OwnedDecodeStream { tokenizer, skip_special_tokens, ids: Vec::new(), prefix: String::new(), prefix_index: 0 }
+    }
+
+    /// The text `id` completes, if any.
+    pub fn step(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
+        tokenizers::step_decode_stream(
+            &self.tokenizer.inner,
+            vec![id],
+            self.skip_special_tokens,
+            &mut self.ids,
+            &mut self.prefix,
+            &mut self.prefix_index,
+        )
+        .map_err(|e| TokenizerError(e.to_string()))
+    }
+}

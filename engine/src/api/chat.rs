@@ -1,0 +1,129 @@
+//! `POST /v1/chat/completions`: the model's chat template renders the messages, then it runs as
+//! a completion.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::{parse_json, ApiError};
+use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
+use super::protocol::ChatRequest;
+use super::stream::{sse, ChunkFormat};
+use super::{arrival, request_id, unix_now, AppState};
+
+pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let arrival = arrival();
+    let req: ChatRequest = parse_json(&body)?;
+    let model = state.check_model(req.common.model.as_deref())?;
+    let messages = req.messages()?;
+    let text = state
+        .tokenizer
+        .apply_chat_template(&messages, req.add_generation_prompt.unwrap_or(true))
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let prompt = state.tokenizer.encode(&text, false).map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let logprobs = match (req.logprobs, req.top_logprobs) {
+        (Some(true), top) => Some(top.unwrap_or(0)),
+        (_, Some(_)) => return Err(ApiError::bad_request("top_logprobs needs logprobs to be true", Some("top_logprobs"))),
+        _ => None,
+    };
+    let params = req.common.sampling(logprobs)?;
+    let max_param = req.max_completion_tokens.or(req.common.max_tokens);
+    let max_tokens = state.output_budget(prompt.len(), max_param)?;
+    let n = req.common.n()?;
+    let id = request_id("chatcmpl");
+    let gen = Generation::start(
+        Arc::clone(&state),
+        GenRequest {
+            request_id: id.clone(),
+            prompt,
+            params,
+            max_tokens,
+            max_tokens_param: max_param.map(|m| m as usize),
+            n,
+            stop: req.common.stop_strings()?,
+            arrival,
+        },
+    )?;
+    let format = Format { id, model, created: unix_now() };
+    if req.common.stream == Some(true) {
+        let include_usage = req.common.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        return Ok(sse(gen, format, include_usage));
+    }
+    let want_logprobs = gen.wants_logprobs();
+    let mut gen = gen;
+    let n = gen.n();
+    let mut texts = vec![String::new(); n];
+    let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+    let mut finish = vec![None; n];
+    while let Some(delta) = gen.next().await {
+        let d = delta?;
+        texts[d.index].push_str(&d.text);
+        lps[d.index].extend(d.logprobs);
+        if d.finish_reason.is_some() {
+            finish[d.index] = d.finish_reason;
+        }
+    }
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"index": i, "message": {"role": "assistant", "content": texts[i]},
+                   "logprobs": if want_logprobs { logprobs_json(&lps[i]) } else { Value::Null },
+                   "finish_reason": finish[i], "stop_reason": null})
+        })
+        .collect();
+    Ok(Json(json!({"id": format.id, "object": "chat.completion", "created": format.created, "model": format.model,
+                   "choices": choices, "usage": usage_json(&gen.usage)}))
+    .into_response())
+}
+
+fn logprobs_json(lps: &[TokenLogprob]) -> Value {
+    let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
+    json!({"content": lps.iter().map(|lp| {
+        let mut e = entry(&lp.token, lp.logprob);
+        e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect::<Vec<_>>().into();
+        e
+    }).collect::<Vec<_>>()})
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
+}
+
+struct Format {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl Format {
+    fn envelope(&self, choices: Value) -> Value {
+        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices})
+    }
+}
+
+impl ChunkFormat for Format {
+    fn preamble(&self, n: usize) -> Vec<Value> {
+        (0..n)
+            .map(|i| {
+                self.envelope(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]))
+            })
+            .collect()
+    }
+
+    fn chunk(&self, d: &Delta) -> Value {
+        let delta = if d.text.is_empty() && d.finish_reason.is_some() { json!({}) } else { json!({"content": d.text}) };
+        let logprobs = if d.logprobs.is_empty() { Value::Null } else { logprobs_json(&d.logprobs) };
+        self.envelope(json!([{"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}]))
+    }
+
+    fn usage_chunk(&self, u: &Usage) -> Value {
+        let mut v = self.envelope(json!([]));
+        v["usage"] = usage_json(u);
+        v
+    }
+}

@@ -1,0 +1,134 @@
+//! `POST /v1/completions`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::error::{parse_json, ApiError};
+use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
+use super::protocol::{CompletionRequest, Prompt};
+use super::stream::{sse, ChunkFormat};
+use super::{arrival, request_id, unix_now, AppState};
+
+pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
+    let arrival = arrival();
+    let req: CompletionRequest = parse_json(&body)?;
+    let model = state.check_model(req.common.model.as_deref())?;
+    let prompt = match &req.prompt {
+        Prompt::Text(t) => state.tokenizer.encode(t, true).map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
+        Prompt::Texts(v) if v.len() == 1 => {
+            state.tokenizer.encode(&v[0], true).map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?
+        }
+        Prompt::Texts(_) => return Err(ApiError::bad_request("only one prompt per request is supported", Some("prompt"))),
+        Prompt::Tokens(ids) => {
+            let vocab = state.tokenizer.vocab_size() as u32;
+            if let Some(t) = ids.iter().find(|t| **t >= vocab) {
+                return Err(ApiError::bad_request(format!("token id {t} is outside the vocabulary"), Some("prompt")));
+            }
+            ids.clone()
+        }
+    };
+    if req.echo == Some(true) {
+        return Err(ApiError::bad_request("echo is not supported", Some("echo")));
+    }
+    let params = req.common.sampling(req.logprobs)?;
+    let max_tokens = state.output_budget(prompt.len(), req.common.max_tokens)?;
+    let n = req.common.n()?;
+    let id = request_id("cmpl");
+    let gen = Generation::start(
+        Arc::clone(&state),
+        GenRequest {
+            request_id: id.clone(),
+            prompt,
+            params,
+            max_tokens,
+            max_tokens_param: req.common.max_tokens.map(|m| m as usize),
+            n,
+            stop: req.common.stop_strings()?,
+            arrival,
+        },
+    )?;
+    let format = Format { id, model, created: unix_now() };
+    if req.common.stream == Some(true) {
+        let include_usage = req.common.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        return Ok(sse(gen, format, include_usage));
+    }
+    collect(gen, format).await
+}
+
+fn logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
+    let mut text_offset = Vec::new();
+    let mut at = offset;
+    for lp in lps {
+        text_offset.push(at);
+        at += lp.token.len();
+    }
+    json!({
+        "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "text_offset": text_offset,
+    })
+}
+
+fn usage_json(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
+}
+
+async fn collect(mut gen: Generation, f: Format) -> Result<Response, ApiError> {
+    let n = gen.n();
+    let mut texts = vec![String::new(); n];
+    let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
+    let mut finish = vec![None; n];
+    let want_logprobs = gen_wants_logprobs(&gen);
+    while let Some(delta) = gen.next().await {
+        let d = delta?;
+        texts[d.index].push_str(&d.text);
+        lps[d.index].extend(d.logprobs);
+        if d.finish_reason.is_some() {
+            finish[d.index] = d.finish_reason;
+        }
+    }
+    let choices: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"index": i, "text": texts[i], "logprobs": if want_logprobs { logprobs_json(&lps[i], 0) } else { Value::Null },
+                   "finish_reason": finish[i], "stop_reason": null})
+        })
+        .collect();
+    Ok(Json(json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
+                   "choices": choices, "usage": usage_json(&gen.usage)}))
+    .into_response())
+}
+
+fn gen_wants_logprobs(gen: &Generation) -> bool {
+    gen.wants_logprobs()
+}
+
+struct Format {
+    id: String,
+    model: String,
+    created: u64,
+}
+
+impl ChunkFormat for Format {
+    fn preamble(&self, _n: usize) -> Vec<Value> {
+        Vec::new()
+    }
+
+    fn chunk(&self, d: &Delta) -> Value {
+        let logprobs = if d.logprobs.is_empty() { Value::Null } else { logprobs_json(&d.logprobs, 0) };
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+               "choices": [{"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": null}]})
+    }
+
+    fn usage_chunk(&self, u: &Usage) -> Value {
+        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+               "choices": [], "usage": usage_json(u)})
+    }
+}

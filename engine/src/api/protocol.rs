@@ -1,0 +1,185 @@
+//! Request bodies of the OpenAI-compatible endpoints, and their conversion to sampling
+//! parameters with vLLM's defaults and limits.
+
+use serde::Deserialize;
+
+use super::error::ApiError;
+use crate::sampling::SamplingParams;
+use crate::tokenizer::ChatMessage;
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    pub include_usage: Option<bool>,
+}
+
+/// Parameters shared by completions and chat completions.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CommonParams {
+    pub model: Option<String>,
+    pub max_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub seed: Option<u64>,
+    pub n: Option<i64>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Option<OneOrMany>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub ignore_eos: Option<bool>,
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
+}
+
+/// The most choices one request may ask for.
+pub const MAX_N: i64 = 128;
+
+impl CommonParams {
+    /// Sampling parameters (vLLM's defaults where a field is absent), validated.
+    pub fn sampling(&self, logprobs: Option<i64>) -> Result<SamplingParams, ApiError> {
+        let d = SamplingParams::default();
+        let top_k = match self.top_k {
+            None | Some(-1) | Some(0) => None,
+            Some(k) if k > 0 => Some(k as usize),
+            Some(k) => return Err(ApiError::bad_request(format!("top_k must be -1 (disable) or at least 1, got {k}"), Some("top_k"))),
+        };
+        let logprobs = match logprobs {
+            None => None,
+            Some(n) if n >= 0 => Some(n as usize),
+            Some(n) => return Err(ApiError::bad_request(format!("logprobs must be non-negative, got {n}"), Some("logprobs"))),
+        };
+        let p = SamplingParams {
+            temperature: self.temperature.unwrap_or(d.temperature),
+            top_k,
+            top_p: self.top_p.unwrap_or(d.top_p),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            seed: self.seed,
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            logprobs,
+            stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+        };
+        p.validate().map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+        Ok(p)
+    }
+
+    pub fn n(&self) -> Result<usize, ApiError> {
+        match self.n.unwrap_or(1) {
+            n @ 1..=MAX_N => Ok(n as usize),
+            n => Err(ApiError::bad_request(format!("n must be between 1 and {MAX_N}, got {n}"), Some("n"))),
+        }
+    }
+
+    pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
+        let stop = self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default();
+        if stop.iter().any(String::is_empty) {
+            return Err(ApiError::bad_request("stop strings must not be empty", Some("stop")));
+        }
+        Ok(stop)
+    }
+}
+
+/// `prompt`: a string, a list of one string, or token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(flatten)]
+    pub common: CommonParams,
+    pub prompt: Prompt,
+    pub logprobs: Option<i64>,
+    pub echo: Option<bool>,
+}
+
+/// Message content: a string, or a list of parts of which the text ones are used.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContentPart {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessageIn {
+    pub role: String,
+    pub content: Option<Content>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatRequest {
+    #[serde(flatten)]
+    pub common: CommonParams,
+    pub messages: Vec<ChatMessageIn>,
+    pub max_completion_tokens: Option<i64>,
+    pub logprobs: Option<bool>,
+    pub top_logprobs: Option<i64>,
+    pub add_generation_prompt: Option<bool>,
+}
+
+impl ChatRequest {
+    pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::bad_request("messages must not be empty", Some("messages")));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let content = match &m.content {
+                    None => String::new(),
+                    Some(Content::Text(t)) => t.clone(),
+                    Some(Content::Parts(parts)) => {
+                        let mut out = String::new();
+                        for p in parts {
+                            match (p.kind.as_str(), &p.text) {
+                                ("text", Some(t)) => out.push_str(t),
+                                (kind, _) => {
+                                    return Err(ApiError::bad_request(
+                                        format!("messages[{i}].content: unsupported content part type {kind:?}"),
+                                        Some("messages"),
+                                    ))
+                                }
+                            }
+                        }
+                        out
+                    }
+                };
+                Ok(ChatMessage { role: m.role.clone(), content })
+            })
+            .collect()
+    }
+}
