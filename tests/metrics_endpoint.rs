@@ -52,7 +52,7 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
     ));
     // Vigil's cache settings as labels.
     assert!(body.contains(
-        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"0\",gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"None\",num_gpu_blocks_override=\"None\"} 1.0\n"
+        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"0\",gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"1456\",num_gpu_blocks_override=\"None\"} 1.0\n"
     ));
     // Every histogram renders buckets (never a summary).
     assert!(!body.contains("quantile="));

@@ -183,8 +183,12 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
         _ => (s, 1),
     };
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a byte size (e.g. 1073741824, 512M, 2G)"))?;
-    n.checked_mul(mult).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} must be a positive size"))
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte size (e.g. 1073741824, 512M, 2G)"))?;
+    n.checked_mul(mult)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} must be a positive size"))
 }
 
 /// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.

@@ -129,13 +129,16 @@ impl Core<'_> {
                 self.finish(&id, FinishReason::Abort);
             }
             if !self.scheduler.has_work() {
+                // Idle: make the gauges say so (a step would have).
+                self.record_state();
                 continue;
             }
             match self.scheduler.step(backend) {
                 Ok(out) => {
+                    // Metrics first, then events: a client that has its answer finds it counted.
                     let now = Instant::now();
-                    for u in &out.updates {
-                        if let Some(m) = &self.metrics {
+                    if let Some(m) = &self.metrics {
+                        for u in &out.updates {
                             let req = self.scheduler.running_request(&u.id).or_else(|| {
                                 out.finished.iter().map(|(r, _)| r).find(|r| r.id == u.id)
                             });
@@ -146,16 +149,16 @@ impl Core<'_> {
                                 m.record_inter_token(&u.id, d.as_secs_f64());
                             }
                         }
+                        m.record_step(&out.stats);
+                    }
+                    self.record_state();
+                    for u in &out.updates {
                         if let (Some(meta), Some(tok)) = (self.meta.get(&u.id), &u.token) {
                             let _ = meta.events.send(Event::Token(tok.clone()));
                         }
                     }
                     for (req, reason) in &out.finished {
                         self.retire(req, *reason);
-                    }
-                    if let Some(m) = &self.metrics {
-                        let s = &self.scheduler;
-                        m.record_step(&out.stats, s.num_running(), s.num_waiting(), s.kv().usage());
                     }
                 }
                 Err(err) => {
@@ -169,6 +172,14 @@ impl Core<'_> {
                     }
                 }
             }
+        }
+    }
+
+    /// Scheduler state gauges.
+    fn record_state(&self) {
+        if let Some(m) = &self.metrics {
+            let s = &self.scheduler;
+            m.record_state(s.num_running(), s.num_waiting(), s.kv().usage());
         }
     }
 

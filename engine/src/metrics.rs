@@ -132,12 +132,16 @@ impl EngineMetrics {
         }
     }
 
-    /// After every step: scheduler state and the step's counters.
-    pub fn record_step(&self, stats: &StepStats, running: usize, waiting: usize, kv_usage: f64) {
+    /// Scheduler state: after every step, and when the engine goes idle.
+    pub fn record_state(&self, running: usize, waiting: usize, kv_usage: f64) {
         self.running.set(running as f64);
         self.waiting.set(waiting as f64);
         self.waiting_capacity.set(waiting as f64);
         self.kv_usage.set(kv_usage);
+    }
+
+    /// After every step: the step's counters.
+    pub fn record_step(&self, stats: &StepStats) {
         self.prefix_queries.increment(stats.prefix_queries as u64);
         self.prefix_hits.increment(stats.prefix_hits as u64);
         self.preemptions.increment(stats.num_preempted as u64);

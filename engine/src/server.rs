@@ -45,7 +45,11 @@ fn created_series_disabled() -> bool {
 
 /// `vllm:cache_config_info`'s labels: the cache settings of this run (Python's spelling of
 /// values, as vLLM prints them; the CPU backend has no separate CPU swap space, hence `None`).
-fn cache_config_labels(args: &ServeArgs, engine: &str, num_blocks: usize) -> Vec<(&'static str, String)> {
+fn cache_config_labels(
+    args: &ServeArgs,
+    engine: &str,
+    num_blocks: usize,
+) -> Vec<(&'static str, String)> {
     let py_bool = |b: bool| if b { "True" } else { "False" }.to_owned();
     let py_opt = |v: Option<u64>| v.map_or("None".to_owned(), |n| n.to_string());
     vec![
@@ -127,7 +131,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let max_model_len = max_model_len(&args, &model)?;
     let exporter = Exporter::new(exporter_config(&args, max_model_len));
-    exporter.install().map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    exporter
+        .install()
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     let model_name = args.model_name();
     exporter.precreate(&model_name, ENGINES);
 
@@ -147,7 +153,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "the KV cache cannot hold one request of the maximum length"
         );
     }
-    let options = CpuOptions { block_size, num_blocks, weight_format: WeightFormat::default() };
+    let options = CpuOptions {
+        block_size,
+        num_blocks,
+        weight_format: WeightFormat::default(),
+    };
     let started = std::time::Instant::now();
     let backend = tokio::task::block_in_place(|| CpuBackend::new(&model, &options))
         .with_context(|| format!("preparing the weights of {}", args.model.display()))?;
@@ -160,7 +170,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     for engine in ENGINES {
         exporter
-            .set_info(&vllm::CACHE_CONFIG_INFO, &cache_config_labels(&args, engine, num_blocks))
+            .set_info(
+                &vllm::CACHE_CONFIG_INFO,
+                &cache_config_labels(&args, engine, num_blocks),
+            )
             .map_err(anyhow::Error::msg)?;
     }
     if args.disable_log_stats {

@@ -12,28 +12,38 @@ use serde_json::{json, Value};
 use super::error::{parse_json, ApiError};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::ChatRequest;
+use super::protocol::CommonParams;
 use super::stream::{sse, ChunkFormat};
 use super::{arrival, request_id, unix_now, AppState};
 
 pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let arrival = arrival();
+    let common: CommonParams = parse_json(&body)?;
     let req: ChatRequest = parse_json(&body)?;
-    let model = state.check_model(req.common.model.as_deref())?;
+    let model = state.check_model(common.model.as_deref())?;
     let messages = req.messages()?;
     let text = state
         .tokenizer
         .apply_chat_template(&messages, req.add_generation_prompt.unwrap_or(true))
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
-    let prompt = state.tokenizer.encode(&text, false).map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+    let prompt = state
+        .tokenizer
+        .encode(&text, false)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (Some(true), top) => Some(top.unwrap_or(0)),
-        (_, Some(_)) => return Err(ApiError::bad_request("top_logprobs needs logprobs to be true", Some("top_logprobs"))),
+        (_, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "top_logprobs needs logprobs to be true",
+                Some("top_logprobs"),
+            ))
+        }
         _ => None,
     };
-    let params = req.common.sampling(logprobs)?;
-    let max_param = req.max_completion_tokens.or(req.common.max_tokens);
+    let params = common.sampling(logprobs)?;
+    let max_param = req.max_completion_tokens.or(common.max_tokens);
     let max_tokens = state.output_budget(prompt.len(), max_param)?;
-    let n = req.common.n()?;
+    let n = common.n()?;
     let id = request_id("chatcmpl");
     let gen = Generation::start(
         Arc::clone(&state),
@@ -44,13 +54,21 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             max_tokens,
             max_tokens_param: max_param.map(|m| m as usize),
             n,
-            stop: req.common.stop_strings()?,
+            stop: common.stop_strings()?,
             arrival,
         },
     )?;
-    let format = Format { id, model, created: unix_now() };
-    if req.common.stream == Some(true) {
-        let include_usage = req.common.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let format = Format {
+        id,
+        model,
+        created: unix_now(),
+    };
+    if common.stream == Some(true) {
+        let include_usage = common
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
         return Ok(sse(gen, format, include_usage));
     }
     let want_logprobs = gen.wants_logprobs();
@@ -116,8 +134,16 @@ impl ChunkFormat for Format {
     }
 
     fn chunk(&self, d: &Delta) -> Value {
-        let delta = if d.text.is_empty() && d.finish_reason.is_some() { json!({}) } else { json!({"content": d.text}) };
-        let logprobs = if d.logprobs.is_empty() { Value::Null } else { logprobs_json(&d.logprobs) };
+        let delta = if d.text.is_empty() && d.finish_reason.is_some() {
+            json!({})
+        } else {
+            json!({"content": d.text})
+        };
+        let logprobs = if d.logprobs.is_empty() {
+            Value::Null
+        } else {
+            logprobs_json(&d.logprobs)
+        };
         self.envelope(json!([{"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}]))
     }
 

@@ -10,24 +10,38 @@ use serde_json::{json, Value};
 
 use super::error::{parse_json, ApiError};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
+use super::protocol::CommonParams;
 use super::protocol::{CompletionRequest, Prompt};
 use super::stream::{sse, ChunkFormat};
 use super::{arrival, request_id, unix_now, AppState};
 
 pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Response, ApiError> {
     let arrival = arrival();
+    let common: CommonParams = parse_json(&body)?;
     let req: CompletionRequest = parse_json(&body)?;
-    let model = state.check_model(req.common.model.as_deref())?;
+    let model = state.check_model(common.model.as_deref())?;
     let prompt = match &req.prompt {
-        Prompt::Text(t) => state.tokenizer.encode(t, true).map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
-        Prompt::Texts(v) if v.len() == 1 => {
-            state.tokenizer.encode(&v[0], true).map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?
+        Prompt::Text(t) => state
+            .tokenizer
+            .encode(t, true)
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
+        Prompt::Texts(v) if v.len() == 1 => state
+            .tokenizer
+            .encode(&v[0], true)
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
+        Prompt::Texts(_) => {
+            return Err(ApiError::bad_request(
+                "only one prompt per request is supported",
+                Some("prompt"),
+            ))
         }
-        Prompt::Texts(_) => return Err(ApiError::bad_request("only one prompt per request is supported", Some("prompt"))),
         Prompt::Tokens(ids) => {
             let vocab = state.tokenizer.vocab_size() as u32;
             if let Some(t) = ids.iter().find(|t| **t >= vocab) {
-                return Err(ApiError::bad_request(format!("token id {t} is outside the vocabulary"), Some("prompt")));
+                return Err(ApiError::bad_request(
+                    format!("token id {t} is outside the vocabulary"),
+                    Some("prompt"),
+                ));
             }
             ids.clone()
         }
@@ -35,9 +49,9 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
     if req.echo == Some(true) {
         return Err(ApiError::bad_request("echo is not supported", Some("echo")));
     }
-    let params = req.common.sampling(req.logprobs)?;
-    let max_tokens = state.output_budget(prompt.len(), req.common.max_tokens)?;
-    let n = req.common.n()?;
+    let params = common.sampling(req.logprobs)?;
+    let max_tokens = state.output_budget(prompt.len(), common.max_tokens)?;
+    let n = common.n()?;
     let id = request_id("cmpl");
     let gen = Generation::start(
         Arc::clone(&state),
@@ -46,15 +60,23 @@ pub async fn handle(State(state): State<Arc<AppState>>, body: Bytes) -> Result<R
             prompt,
             params,
             max_tokens,
-            max_tokens_param: req.common.max_tokens.map(|m| m as usize),
+            max_tokens_param: common.max_tokens.map(|m| m as usize),
             n,
-            stop: req.common.stop_strings()?,
+            stop: common.stop_strings()?,
             arrival,
         },
     )?;
-    let format = Format { id, model, created: unix_now() };
-    if req.common.stream == Some(true) {
-        let include_usage = req.common.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let format = Format {
+        id,
+        model,
+        created: unix_now(),
+    };
+    if common.stream == Some(true) {
+        let include_usage = common
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
         return Ok(sse(gen, format, include_usage));
     }
     collect(gen, format).await
@@ -101,8 +123,10 @@ async fn collect(mut gen: Generation, f: Format) -> Result<Response, ApiError> {
                    "finish_reason": finish[i], "stop_reason": null})
         })
         .collect();
-    Ok(Json(json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
-                   "choices": choices, "usage": usage_json(&gen.usage)}))
+    Ok(Json(
+        json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
+                   "choices": choices, "usage": usage_json(&gen.usage)}),
+    )
     .into_response())
 }
 
@@ -122,7 +146,11 @@ impl ChunkFormat for Format {
     }
 
     fn chunk(&self, d: &Delta) -> Value {
-        let logprobs = if d.logprobs.is_empty() { Value::Null } else { logprobs_json(&d.logprobs, 0) };
+        let logprobs = if d.logprobs.is_empty() {
+            Value::Null
+        } else {
+            logprobs_json(&d.logprobs, 0)
+        };
         json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
                "choices": [{"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": null}]})
     }

@@ -14,19 +14,35 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into(), param: param.map(str::to_owned) }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: param.map(str::to_owned),
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::NOT_FOUND, message: message.into(), param: None }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            param: None,
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into(), param: None }
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            param: None,
+        }
     }
 
     pub fn unauthorized() -> ApiError {
-        ApiError { status: StatusCode::UNAUTHORIZED, message: "Unauthorized".into(), param: None }
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "Unauthorized".into(),
+            param: None,
+        }
     }
 
     /// vLLM's error type names.
@@ -57,7 +73,7 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." || path.is_empty() {
+        if inner.is_syntax() || inner.is_eof() || path == "." || path == "?" || path.is_empty() {
             ApiError::bad_request(format!("invalid JSON body: {inner}"), None)
         } else {
             ApiError::bad_request(format!("{path}: {inner}"), Some(&path))

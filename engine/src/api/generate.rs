@@ -84,7 +84,11 @@ impl Generation {
         let mut choices = Vec::new();
         for index in 0..req.n {
             let (tx, rx) = unbounded_channel();
-            let engine_id = if req.n == 1 { req.request_id.clone() } else { format!("{}-{index}", req.request_id) };
+            let engine_id = if req.n == 1 {
+                req.request_id.clone()
+            } else {
+                format!("{}-{index}", req.request_id)
+            };
             let mut params = req.params.clone();
             if let (Some(seed), true) = (params.seed, index > 0) {
                 params.seed = Some(seed.wrapping_add(index as u64));
@@ -103,7 +107,11 @@ impl Generation {
                     events: tx,
                 })
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
-            streams.push(UnboundedReceiverStream::new(rx).map(move |e| (index, e)).boxed());
+            streams.push(
+                UnboundedReceiverStream::new(rx)
+                    .map(move |e| (index, e))
+                    .boxed(),
+            );
             choices.push(Choice {
                 engine_id,
                 decoder: OwnedDecodeStream::new(Arc::clone(&tokenizer), true),
@@ -121,7 +129,10 @@ impl Generation {
             choices,
             stop: req.stop,
             want_logprobs: req.params.logprobs.is_some(),
-            usage: Usage { prompt_tokens: req.prompt.len(), ..Usage::default() },
+            usage: Usage {
+                prompt_tokens: req.prompt.len(),
+                ..Usage::default()
+            },
         })
     }
 
@@ -155,7 +166,11 @@ impl Generation {
                     let lp = self.want_logprobs.then(|| TokenLogprob {
                         token: self.token_text(sampled.token),
                         logprob: sampled.logprob,
-                        top: sampled.top_logprobs.iter().map(|(t, l)| (self.token_text(*t), *l)).collect(),
+                        top: sampled
+                            .top_logprobs
+                            .iter()
+                            .map(|(t, l)| (self.token_text(*t), *l))
+                            .collect(),
                     });
                     let stop = self.stop.clone();
                     let c = &mut self.choices[index];
@@ -176,14 +191,21 @@ impl Generation {
                         return Some(Ok(delta));
                     }
                 }
-                Event::Finished { reason, prompt_tokens, completion_tokens, cached_tokens } => {
+                Event::Finished {
+                    reason,
+                    prompt_tokens,
+                    completion_tokens,
+                    cached_tokens,
+                } => {
                     let c = &mut self.choices[index];
                     c.finished = true;
                     self.usage.prompt_tokens = prompt_tokens;
                     self.usage.cached_tokens = cached_tokens;
                     self.usage.completion_tokens += completion_tokens;
                     if reason == FinishReason::Error {
-                        return Some(Err(ApiError::unavailable("the engine failed while running this request")));
+                        return Some(Err(ApiError::unavailable(
+                            "the engine failed while running this request",
+                        )));
                     }
                     return Some(Ok(self.take(index, Some(reason.as_str()))));
                 }
@@ -194,7 +216,15 @@ impl Generation {
     /// Hands out the text of choice `index` that no stop string can still claim (all of it
     /// once finished).
     fn take(&mut self, index: usize, finish_reason: Option<&'static str>) -> Delta {
-        let hold = if finish_reason.is_some() { 0 } else { self.stop.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0) };
+        let hold = if finish_reason.is_some() {
+            0
+        } else {
+            self.stop
+                .iter()
+                .map(|s| s.len().saturating_sub(1))
+                .max()
+                .unwrap_or(0)
+        };
         let c = &mut self.choices[index];
         let mut end = c.text.len().saturating_sub(hold).max(c.emitted);
         while !c.text.is_char_boundary(end) {
@@ -202,7 +232,12 @@ impl Generation {
         }
         let text = c.text[c.emitted..end].to_owned();
         c.emitted = end;
-        Delta { index, text, logprobs: std::mem::take(&mut c.pending_logprobs), finish_reason }
+        Delta {
+            index,
+            text,
+            logprobs: std::mem::take(&mut c.pending_logprobs),
+            finish_reason,
+        }
     }
 }
 

@@ -46,20 +46,34 @@ impl AppState {
         match requested {
             None => Ok(self.served_model_names[0].clone()),
             Some(m) if self.served_model_names.iter().any(|s| s == m) => Ok(m.to_owned()),
-            Some(m) => Err(ApiError::not_found(format!("The model `{m}` does not exist."))),
+            Some(m) => Err(ApiError::not_found(format!(
+                "The model `{m}` does not exist."
+            ))),
         }
     }
 
     /// Checks that `prompt_len` prompt tokens plus `max_tokens` fit the context, and returns the
     /// number of tokens to generate (`max_tokens`, or whatever room is left).
-    pub fn output_budget(&self, prompt_len: usize, max_tokens: Option<i64>) -> Result<usize, ApiError> {
+    pub fn output_budget(
+        &self,
+        prompt_len: usize,
+        max_tokens: Option<i64>,
+    ) -> Result<usize, ApiError> {
         if prompt_len == 0 {
-            return Err(ApiError::bad_request("The prompt is empty.", Some("prompt")));
+            return Err(ApiError::bad_request(
+                "The prompt is empty.",
+                Some("prompt"),
+            ));
         }
         let requested = match max_tokens {
             None => 0,
             Some(m) if m >= 1 => m as usize,
-            Some(m) => return Err(ApiError::bad_request(format!("max_tokens must be at least 1, got {m}"), Some("max_tokens"))),
+            Some(m) => {
+                return Err(ApiError::bad_request(
+                    format!("max_tokens must be at least 1, got {m}"),
+                    Some("max_tokens"),
+                ))
+            }
         };
         let limit = self.max_model_len;
         if prompt_len + requested > limit || prompt_len >= limit {
@@ -71,7 +85,11 @@ impl AppState {
                 Some("input_tokens"),
             ));
         }
-        Ok(if requested == 0 { limit - prompt_len } else { requested })
+        Ok(if requested == 0 {
+            limit - prompt_len
+        } else {
+            requested
+        })
     }
 }
 
@@ -81,7 +99,10 @@ pub fn request_id(prefix: &str) -> String {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The API routes; `/v1/*` sits behind `--api-key` when one is set.
@@ -90,7 +111,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions::handle))
         .route("/v1/chat/completions", post(chat::handle))
         .route("/v1/models", get(models))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), require_api_key));
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_api_key,
+        ));
     Router::new()
         .merge(v1)
         .route("/tokenize", post(tokenize))
@@ -126,7 +150,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     Json(json!({"object": "list", "data": data}))
 }
 
-async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
         model: Option<String>,
@@ -139,10 +166,15 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Jso
         .tokenizer
         .encode(&req.prompt, req.add_special_tokens.unwrap_or(true))
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
-    Ok(Json(json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens})))
+    Ok(Json(
+        json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
+    ))
 }
 
-async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<Json<serde_json::Value>, ApiError> {
+async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
         model: Option<String>,
@@ -152,9 +184,15 @@ async fn detokenize(State(state): State<Arc<AppState>>, body: Bytes) -> Result<J
     state.check_model(req.model.as_deref())?;
     let vocab = state.tokenizer.vocab_size() as u32;
     if let Some(t) = req.tokens.iter().find(|t| **t >= vocab) {
-        return Err(ApiError::bad_request(format!("token id {t} is outside the vocabulary"), Some("tokens")));
+        return Err(ApiError::bad_request(
+            format!("token id {t} is outside the vocabulary"),
+            Some("tokens"),
+        ));
     }
-    let text = state.tokenizer.decode(&req.tokens, false).map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
+    let text = state
+        .tokenizer
+        .decode(&req.tokens, false)
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
     Ok(Json(json!({"prompt": text})))
 }
 

@@ -60,12 +60,22 @@ impl CommonParams {
         let top_k = match self.top_k {
             None | Some(-1) | Some(0) => None,
             Some(k) if k > 0 => Some(k as usize),
-            Some(k) => return Err(ApiError::bad_request(format!("top_k must be -1 (disable) or at least 1, got {k}"), Some("top_k"))),
+            Some(k) => {
+                return Err(ApiError::bad_request(
+                    format!("top_k must be -1 (disable) or at least 1, got {k}"),
+                    Some("top_k"),
+                ))
+            }
         };
         let logprobs = match logprobs {
             None => None,
             Some(n) if n >= 0 => Some(n as usize),
-            Some(n) => return Err(ApiError::bad_request(format!("logprobs must be non-negative, got {n}"), Some("logprobs"))),
+            Some(n) => {
+                return Err(ApiError::bad_request(
+                    format!("logprobs must be non-negative, got {n}"),
+                    Some("logprobs"),
+                ))
+            }
         };
         let p = SamplingParams {
             temperature: self.temperature.unwrap_or(d.temperature),
@@ -80,21 +90,32 @@ impl CommonParams {
             stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
         };
-        p.validate().map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
+        p.validate()
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
         Ok(p)
     }
 
     pub fn n(&self) -> Result<usize, ApiError> {
         match self.n.unwrap_or(1) {
             n @ 1..=MAX_N => Ok(n as usize),
-            n => Err(ApiError::bad_request(format!("n must be between 1 and {MAX_N}, got {n}"), Some("n"))),
+            n => Err(ApiError::bad_request(
+                format!("n must be between 1 and {MAX_N}, got {n}"),
+                Some("n"),
+            )),
         }
     }
 
     pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
-        let stop = self.stop.clone().map(OneOrMany::into_vec).unwrap_or_default();
+        let stop = self
+            .stop
+            .clone()
+            .map(OneOrMany::into_vec)
+            .unwrap_or_default();
         if stop.iter().any(String::is_empty) {
-            return Err(ApiError::bad_request("stop strings must not be empty", Some("stop")));
+            return Err(ApiError::bad_request(
+                "stop strings must not be empty",
+                Some("stop"),
+            ));
         }
         Ok(stop)
     }
@@ -109,10 +130,10 @@ pub enum Prompt {
     Tokens(Vec<u32>),
 }
 
+/// The completion-only fields (the shared ones are parsed separately as [`CommonParams`], so
+/// that errors keep the path to the offending field, which `#[serde(flatten)]` would lose).
 #[derive(Debug, Clone, Deserialize)]
 pub struct CompletionRequest {
-    #[serde(flatten)]
-    pub common: CommonParams,
     pub prompt: Prompt,
     pub logprobs: Option<i64>,
     pub echo: Option<bool>,
@@ -139,10 +160,9 @@ pub struct ChatMessageIn {
     pub content: Option<Content>,
 }
 
+/// The chat-only fields (see [`CompletionRequest`] for why the shared ones are separate).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatRequest {
-    #[serde(flatten)]
-    pub common: CommonParams,
     pub messages: Vec<ChatMessageIn>,
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
@@ -153,7 +173,10 @@ pub struct ChatRequest {
 impl ChatRequest {
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         if self.messages.is_empty() {
-            return Err(ApiError::bad_request("messages must not be empty", Some("messages")));
+            return Err(ApiError::bad_request(
+                "messages must not be empty",
+                Some("messages"),
+            ));
         }
         self.messages
             .iter()

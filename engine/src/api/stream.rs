@@ -31,34 +31,56 @@ enum Phase {
 pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: bool) -> Response {
     let preamble = format.preamble(generation.n());
     let init = (generation, format, Phase::Preamble(preamble), include_usage);
-    let events = stream::unfold(init, |(mut generation, format, phase, include_usage)| async move {
-        match phase {
-            Phase::Preamble(mut chunks) => {
-                if chunks.is_empty() {
-                    return Some((None, (generation, format, Phase::Tokens, include_usage)));
+    let events = stream::unfold(
+        init,
+        |(mut generation, format, phase, include_usage)| async move {
+            match phase {
+                Phase::Preamble(mut chunks) => {
+                    if chunks.is_empty() {
+                        return Some((None, (generation, format, Phase::Tokens, include_usage)));
+                    }
+                    let first = chunks.remove(0);
+                    Some((
+                        Some(data(&first)),
+                        (generation, format, Phase::Preamble(chunks), include_usage),
+                    ))
                 }
-                let first = chunks.remove(0);
-                Some((Some(data(&first)), (generation, format, Phase::Preamble(chunks), include_usage)))
+                Phase::Tokens => match generation.next().await {
+                    Some(Ok(delta)) => {
+                        let chunk = format.chunk(&delta);
+                        Some((
+                            Some(data(&chunk)),
+                            (generation, format, Phase::Tokens, include_usage),
+                        ))
+                    }
+                    Some(Err(err)) => Some((
+                        Some(data(&err.body())),
+                        (generation, format, Phase::Done, include_usage),
+                    )),
+                    None => {
+                        let next = if include_usage {
+                            Phase::Usage
+                        } else {
+                            Phase::Done
+                        };
+                        Some((None, (generation, format, next, include_usage)))
+                    }
+                },
+                Phase::Usage => {
+                    let chunk = format.usage_chunk(&generation.usage);
+                    Some((
+                        Some(data(&chunk)),
+                        (generation, format, Phase::Done, include_usage),
+                    ))
+                }
+                Phase::Done => Some((
+                    Some(Event::default().data("[DONE]")),
+                    (generation, format, Phase::End, include_usage),
+                )),
+                Phase::End => None,
             }
-            Phase::Tokens => match generation.next().await {
-                Some(Ok(delta)) => {
-                    let chunk = format.chunk(&delta);
-                    Some((Some(data(&chunk)), (generation, format, Phase::Tokens, include_usage)))
-                }
-                Some(Err(err)) => Some((Some(data(&err.body())), (generation, format, Phase::Done, include_usage))),
-                None => {
-                    let next = if include_usage { Phase::Usage } else { Phase::Done };
-                    Some((None, (generation, format, next, include_usage)))
-                }
-            },
-            Phase::Usage => {
-                let chunk = format.usage_chunk(&generation.usage);
-                Some((Some(data(&chunk)), (generation, format, Phase::Done, include_usage)))
-            }
-            Phase::Done => Some((Some(Event::default().data("[DONE]")), (generation, format, Phase::End, include_usage))),
-            Phase::End => None,
-        }
-    });
+        },
+    );
     let events = filter_some(events);
     Sse::new(events).into_response()
 }
@@ -67,7 +89,9 @@ fn data(v: &Value) -> Event {
     Event::default().data(v.to_string())
 }
 
-fn filter_some(s: impl Stream<Item = Option<Event>> + Send + 'static) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
+fn filter_some(
+    s: impl Stream<Item = Option<Event>> + Send + 'static,
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     use futures_util::StreamExt;
     s.filter_map(|e| async move { e.map(Ok) })
 }

@@ -167,7 +167,13 @@ pub struct OwnedDecodeStream {
 
 impl OwnedDecodeStream {
     pub fn new(tokenizer: std::sync::Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
-        OwnedDecodeStream { tokenizer, skip_special_tokens, ids: Vec::new(), prefix: String::new(), prefix_index: 0 }
+        OwnedDecodeStream {
+            tokenizer,
+            skip_special_tokens,
+            ids: Vec::new(),
+            prefix: String::new(),
+            prefix_index: 0,
+        }
     }
 
     /// The text `id` completes, if any.

@@ -1,0 +1,366 @@
+//! The OpenAI-compatible API of `vigil serve` with the default model, over real HTTP, and the
+//! vllm: series it moves.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use common::{http_post, sample, wait_for, Vigil};
+use serde_json::{json, Value};
+
+fn post(v: &Vigil, path: &str, body: Value) -> (u16, Value) {
+    let (status, text) = http_post(&v.url(path), body.to_string().as_bytes(), &[]);
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
+}
+
+fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert_eq!(e["code"], want_status, "{body}");
+    assert!(
+        e["type"].is_string() && e["message"].as_str().unwrap().contains(needle),
+        "{body}"
+    );
+}
+
+#[test]
+fn greedy_completion_and_its_metrics() {
+    let v = Vigil::serve(&["--served-model-name", "smol"]);
+    let (status, body) = post(
+        &v,
+        "/v1/completions",
+        json!({"model": "smol", "prompt": "The capital of France is", "max_tokens": 6, "temperature": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    assert!(
+        body["choices"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Paris"),
+        "{body}"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert_eq!(body["usage"]["prompt_tokens"], 5);
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+    let m = v.metrics();
+    let l = "{engine=\"0\",model_name=\"smol\"}";
+    assert_eq!(
+        sample(
+            &m,
+            "vllm:request_success_total{engine=\"0\",finished_reason=\"length\""
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:prompt_tokens_total{l}")),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:generation_tokens_total{l}")),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:time_to_first_token_seconds_count{l}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:inter_token_latency_seconds_count{l}")),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:e2e_request_latency_seconds_count{l}")),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:request_generation_tokens_sum{l}")),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:request_prompt_tokens_sum{l}")),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:request_params_max_tokens_sum{l}")),
+        Some(6.0)
+    );
+    // One prefill step (5 tokens) and five decode steps.
+    assert_eq!(
+        sample(&m, &format!("vllm:iteration_tokens_total_sum{l}")),
+        Some(10.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:iteration_tokens_total_count{l}")),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:num_requests_running{l}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:kv_cache_usage_perc{l}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:prefix_cache_queries_total{l}")),
+        Some(5.0)
+    );
+
+    // The same prompt again: its first (and only full) block... is not full at 5 tokens, so no
+    // hit; a 40-token prompt shares two full blocks the second time.
+    let long = "one two three four five six seven eight nine ten ".repeat(4);
+    for _ in 0..2 {
+        let (status, _) = post(
+            &v,
+            "/v1/completions",
+            json!({"prompt": long, "max_tokens": 1}),
+        );
+        assert_eq!(status, 200);
+    }
+    let m = v.metrics();
+    assert!(sample(&m, &format!("vllm:prefix_cache_hits_total{l}")).unwrap() >= 16.0);
+}
+
+#[test]
+fn chat_streaming_and_not() {
+    let v = Vigil::serve(&["--served-model-name", "smol"]);
+    let msg = json!([{"role": "user", "content": "Say hello."}]);
+    let (status, body) = post(
+        &v,
+        "/v1/chat/completions",
+        json!({"messages": msg, "max_tokens": 5, "n": 2, "seed": 1}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["choices"].as_array().unwrap().len(), 2);
+    assert_eq!(body["choices"][1]["message"]["role"], "assistant");
+    assert_eq!(body["usage"]["completion_tokens"], 10);
+
+    let req = json!({"messages": msg, "max_tokens": 4, "stream": true, "stream_options": {"include_usage": true}});
+    let (status, text) = http_post(
+        &v.url("/v1/chat/completions"),
+        req.to_string().as_bytes(),
+        &[],
+    );
+    assert_eq!(status, 200);
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let finish = chunks
+        .iter()
+        .find(|c| !c["choices"][0]["finish_reason"].is_null())
+        .unwrap();
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 4);
+}
+
+#[test]
+fn stop_strings_end_with_stop() {
+    let v = Vigil::serve(&[]);
+    let (status, body) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "The capital of France is", "max_tokens": 20, "temperature": 0, "stop": ["."]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let c = &body["choices"][0];
+    assert_eq!(c["finish_reason"], "stop", "{body}");
+    assert!(!c["text"].as_str().unwrap().contains('.'), "{body}");
+    // The engine hears of the stop string from the handler, just after the response.
+    wait_for("the stop to be counted", Duration::from_secs(10), || {
+        let m = v.metrics();
+        (sample(
+            &m,
+            "vllm:request_success_total{engine=\"0\",finished_reason=\"stop\"",
+        ) == Some(1.0))
+        .then_some(())
+    });
+}
+
+#[test]
+fn bad_requests_get_openai_errors() {
+    let v = Vigil::serve(&["--served-model-name", "smol", "--max-model-len", "64"]);
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"model": "gpt-4", "prompt": "x"}),
+    );
+    assert_error(s, &b, 404, "The model `gpt-4` does not exist.");
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "word ".repeat(100), "max_tokens": 4}),
+    );
+    assert_error(s, &b, 400, "maximum context length is 64 tokens");
+    assert_eq!(b["error"]["param"], "input_tokens");
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": "many"}),
+    );
+    assert_error(s, &b, 400, "max_tokens");
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "x", "max_tokens": -3}),
+    );
+    assert_error(s, &b, 400, "max_tokens");
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "x", "temperature": -1}),
+    );
+    assert_error(s, &b, 400, "temperature");
+    let (s, b) = post(&v, "/v1/completions", json!({"prompt": "x", "n": 0}));
+    assert_error(s, &b, 400, "n must be");
+    let (s, b) = post(&v, "/v1/completions", json!({"prompt": [999999]}));
+    assert_error(s, &b, 400, "outside the vocabulary");
+    let (s, b) = post(&v, "/v1/chat/completions", json!({"messages": []}));
+    assert_error(s, &b, 400, "messages");
+    let (s, text) = http_post(&v.url("/v1/completions"), b"{not json", &[]);
+    assert_error(
+        s,
+        &serde_json::from_str(&text).unwrap(),
+        400,
+        "invalid JSON",
+    );
+    let (s, text) = http_post(
+        &v.url("/v1/completions"),
+        b"{\"prompt\": \"\xff\xfe\"}",
+        &[],
+    );
+    assert_error(s, &serde_json::from_str(&text).unwrap(), 400, "");
+    // Nothing leaked: the engine is idle and the cache empty.
+    let m = v.metrics();
+    assert_eq!(sample(&m, "vllm:num_requests_running{"), Some(0.0));
+    assert_eq!(sample(&m, "vllm:kv_cache_usage_perc{"), Some(0.0));
+}
+
+#[test]
+fn api_key_protects_v1() {
+    let v = Vigil::serve(&["--api-key", "sekret"]);
+    let body = json!({"prompt": "x", "max_tokens": 1}).to_string();
+    let (s, text) = http_post(&v.url("/v1/completions"), body.as_bytes(), &[]);
+    assert_error(
+        s,
+        &serde_json::from_str(&text).unwrap(),
+        401,
+        "Unauthorized",
+    );
+    let (s, _) = http_post(
+        &v.url("/v1/completions"),
+        body.as_bytes(),
+        &[("Authorization", "Bearer sekret")],
+    );
+    assert_eq!(s, 200);
+    // Health and metrics stay open.
+    assert_eq!(v.get("/health", None).0, 200);
+    assert_eq!(v.get("/metrics", None).0, 200);
+}
+
+#[test]
+fn a_client_that_disconnects_is_aborted_and_its_blocks_freed() {
+    let v = Vigil::serve(&["--served-model-name", "smol"]);
+    let body = json!({"prompt": "Tell me a long story.", "max_tokens": 2000, "stream": true, "ignore_eos": true}).to_string();
+    {
+        let mut stream = std::net::TcpStream::connect(v.addr).unwrap();
+        use std::io::Write;
+        write!(
+            stream,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut line = String::new();
+        // Read until the first data event arrives, then hang up.
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line.starts_with("data: ") {
+                break;
+            }
+        }
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+    }
+    let m = wait_for("the abort to be counted", Duration::from_secs(30), || {
+        let m = v.metrics();
+        (sample(
+            &m,
+            "vllm:request_success_total{engine=\"0\",finished_reason=\"abort\"",
+        ) == Some(1.0))
+        .then_some(m)
+    });
+    assert_eq!(sample(&m, "vllm:num_requests_running{"), Some(0.0));
+    assert_eq!(sample(&m, "vllm:kv_cache_usage_perc{"), Some(0.0));
+    assert!(sample(&m, "vllm:generation_tokens_total{").unwrap() < 2000.0);
+}
+
+#[test]
+fn exemplars_carry_the_request_id() {
+    let v = Vigil::serve(&["--enable-exemplars"]);
+    let (status, body) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200);
+    let id = body["id"].as_str().unwrap();
+    let (_, _, om) = v.get("/metrics", Some("application/openmetrics-text"));
+    let line = om
+        .lines()
+        .find(|l| l.starts_with("vllm:e2e_request_latency_seconds_bucket{") && l.contains(" # {"))
+        .unwrap_or_else(|| panic!("no exemplar in {om}"));
+    assert!(line.contains(&format!("request_id=\"{id}\"")), "{line}");
+}
+
+#[test]
+fn models_tokenize_detokenize() {
+    let v = Vigil::serve(&["--served-model-name", "smol", "alias"]);
+    let (s, _, body) = v.get("/v1/models", None);
+    assert_eq!(s, 200);
+    let b: Value = serde_json::from_str(&body).unwrap();
+    let ids: Vec<&str> = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["smol", "alias"]);
+    let (s, b) = post(
+        &v,
+        "/tokenize",
+        json!({"prompt": "The capital of France is"}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(b["tokens"], json!([504, 3575, 282, 4649, 314]));
+    let (s, b) = post(
+        &v,
+        "/detokenize",
+        json!({"tokens": [504, 3575, 282, 4649, 314]}),
+    );
+    assert_eq!(s, 200);
+    assert_eq!(b["prompt"], "The capital of France is");
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"model": "alias", "prompt": "x", "max_tokens": 1}),
+    );
+    assert_eq!(s, 200, "{b}");
+}
