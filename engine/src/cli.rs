@@ -22,6 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Serve a model behind an OpenAI-compatible API, with metrics at /metrics.
     Serve(Box<ServeArgs>),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Load a running server like `vllm bench serve` and report throughput and latencies.
+    Serve(Box<crate::bench::BenchServeArgs>),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -244,6 +253,7 @@ mod tests {
             v.extend_from_slice(args);
             match Cli::try_parse_from(v).unwrap().command {
                 Command::Serve(a) => a.prefix_caching(),
+                Command::Bench(_) => unreachable!(),
             }
         };
         assert!(parse(&[]));

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod engine_core;
 pub mod kv_cache;
@@ -28,5 +29,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .context("starting the tokio runtime")?;
             runtime.block_on(server::serve(*args))
         }
+        cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
     }
 }
