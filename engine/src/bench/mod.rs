@@ -71,10 +71,10 @@ pub struct BenchServeArgs {
 }
 
 pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
-    if !(args.request_rate > 0.0) {
+    if args.request_rate.is_nan() || args.request_rate <= 0.0 {
         bail!("--request-rate must be positive or inf");
     }
-    if !(args.burstiness > 0.0) {
+    if !args.burstiness.is_finite() || args.burstiness <= 0.0 {
         bail!("--burstiness must be positive");
     }
     let base = args
