@@ -27,6 +27,19 @@ fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {
     );
 }
 
+/// Sends `request` as is and returns the whole response.
+fn raw_http(v: &Vigil, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(v.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = Vec::new();
+    let _ = stream.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[test]
 fn greedy_completion_and_its_metrics() {
     let v = Vigil::serve(&["--served-model-name", "smol"]);
@@ -246,6 +259,13 @@ fn bad_requests_get_openai_errors() {
         &[],
     );
     assert_error(s, &serde_json::from_str(&text).unwrap(), 400, "");
+    // Bodies are size-limited, and the refusal is an API error too.
+    let huge = format!("{{\"prompt\": \"{}\"}}", "a".repeat(9 << 20));
+    let head = format!("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", huge.len());
+    let response = raw_http(&v, &(head + &huge));
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    let body = response.split("\r\n\r\n").nth(1).unwrap();
+    assert_error(413, &serde_json::from_str(body).unwrap(), 413, "");
     // Nothing leaked: the engine is idle and the cache empty.
     let m = v.metrics();
     assert_eq!(sample(&m, "vllm:num_requests_running{"), Some(0.0));

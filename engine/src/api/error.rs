@@ -67,6 +67,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A request body, or the reason it could not be read (too large, cut off) as an API error.
+pub fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    body.map_err(|e| ApiError {
+        status: e.status(),
+        message: e.body_text(),
+        param: None,
+    })
+}
+
 /// Parses a JSON body into `T`, naming the offending field in the error.
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
