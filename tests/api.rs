@@ -384,3 +384,84 @@ fn models_tokenize_detokenize() {
     );
     assert_eq!(s, 200, "{b}");
 }
+
+/// K concurrent requests with known lengths on a deliberately tiny KV cache: the totals are
+/// exact, preemption happens and is counted, and everything returns to idle.
+#[test]
+fn known_traffic_gives_exact_totals_and_a_tiny_cache_preempts() {
+    // 12 blocks of 16 tokens (one is the null block): four requests of 32 + 48 tokens need 20.
+    let v = Vigil::serve(&[
+        "--served-model-name",
+        "m",
+        "--num-gpu-blocks-override",
+        "12",
+        "--no-enable-prefix-caching",
+    ]);
+    let k = 4;
+    let (prompt_len, output_len) = (32, 48);
+    let handles: Vec<_> = (0..k)
+        .map(|i| {
+            let url = v.url("/v1/completions");
+            let prompt: Vec<u32> = (0..prompt_len).map(|t| 1000 + t * 7 + i * 13).collect();
+            let body = json!({"prompt": prompt, "max_tokens": output_len, "ignore_eos": true, "temperature": 0}).to_string();
+            std::thread::spawn(move || http_post(&url, body.as_bytes(), &[]))
+        })
+        .collect();
+    for h in handles {
+        let (status, text) = h.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+        let b: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(b["usage"]["completion_tokens"], output_len);
+        assert_eq!(b["choices"][0]["finish_reason"], "length");
+    }
+    let m = v.metrics();
+    let l = "{engine=\"0\",model_name=\"m\"}";
+    let k = k as f64;
+    assert_eq!(
+        sample(
+            &m,
+            "vllm:request_success_total{engine=\"0\",finished_reason=\"length\""
+        ),
+        Some(k)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:prompt_tokens_total{l}")),
+        Some(k * prompt_len as f64)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:generation_tokens_total{l}")),
+        Some(k * output_len as f64)
+    );
+    for h in [
+        "e2e_request_latency_seconds",
+        "time_to_first_token_seconds",
+        "request_queue_time_seconds",
+        "request_prompt_tokens",
+        "request_generation_tokens",
+        "request_num_preemptions",
+    ] {
+        assert_eq!(sample(&m, &format!("vllm:{h}_count{l}")), Some(k), "{h}");
+    }
+    assert_eq!(
+        sample(&m, &format!("vllm:request_generation_tokens_sum{l}")),
+        Some(k * output_len as f64)
+    );
+    let preemptions = sample(&m, &format!("vllm:num_preemptions_total{l}")).unwrap();
+    assert!(preemptions > 0.0, "a 12-block cache must preempt");
+    assert_eq!(
+        sample(&m, &format!("vllm:request_num_preemptions_sum{l}")),
+        Some(preemptions)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:num_requests_running{l}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:num_requests_waiting{l}")),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&m, &format!("vllm:kv_cache_usage_perc{l}")),
+        Some(0.0)
+    );
+}
