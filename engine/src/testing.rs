@@ -93,3 +93,24 @@ pub fn random_weights(config: &LlamaConfig, seed: u64) -> MemWeights {
     }
     MemWeights(map)
 }
+
+/// GPT-2's byte-to-unicode table: the 256 single-byte tokens of a byte-level BPE vocabulary,
+/// indexed by byte.
+pub fn byte_level_alphabet() -> Vec<String> {
+    let printable: Vec<u32> = ('!' as u32..='~' as u32)
+        .chain('¡' as u32..='¬' as u32)
+        .chain('®' as u32..='ÿ' as u32)
+        .collect();
+    let mut extra = 0;
+    (0..256u32)
+        .map(|b| {
+            let c = if printable.contains(&b) {
+                b
+            } else {
+                extra += 1;
+                255 + extra
+            };
+            char::from_u32(c).expect("valid char").to_string()
+        })
+        .collect()
+}

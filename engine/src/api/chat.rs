@@ -76,29 +76,18 @@ pub async fn handle(
             .unwrap_or(false);
         return Ok(sse(gen, format, include_usage));
     }
-    let want_logprobs = gen.wants_logprobs();
     let mut gen = gen;
-    let n = gen.n();
-    let mut texts = vec![String::new(); n];
-    let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
-    let mut finish = vec![None; n];
-    while let Some(delta) = gen.next().await {
-        let d = delta?;
-        texts[d.index].push_str(&d.text);
-        lps[d.index].extend(d.logprobs);
-        if d.finish_reason.is_some() {
-            finish[d.index] = d.finish_reason;
-        }
-    }
-    let choices: Vec<Value> = (0..n)
+    let want_logprobs = gen.wants_logprobs();
+    let out = gen.collect().await?;
+    let choices: Vec<Value> = (0..gen.n())
         .map(|i| {
-            json!({"index": i, "message": {"role": "assistant", "content": texts[i]},
-                   "logprobs": if want_logprobs { logprobs_json(&lps[i]) } else { Value::Null },
-                   "finish_reason": finish[i], "stop_reason": null})
+            json!({"index": i, "message": {"role": "assistant", "content": out.texts[i]},
+                   "logprobs": if want_logprobs { logprobs_json(&out.logprobs[i]) } else { Value::Null },
+                   "finish_reason": out.finish_reasons[i], "stop_reason": null})
         })
         .collect();
     Ok(Json(json!({"id": format.id, "object": "chat.completion", "created": format.created, "model": format.model,
-                   "choices": choices, "usage": usage_json(&gen.usage)}))
+                   "choices": choices, "usage": gen.usage.to_json()}))
     .into_response())
 }
 
@@ -109,12 +98,6 @@ fn logprobs_json(lps: &[TokenLogprob]) -> Value {
         e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect::<Vec<_>>().into();
         e
     }).collect::<Vec<_>>()})
-}
-
-fn usage_json(u: &Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-           "total_tokens": u.prompt_tokens + u.completion_tokens,
-           "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
 }
 
 struct Format {
@@ -154,7 +137,7 @@ impl ChunkFormat for Format {
 
     fn usage_chunk(&self, u: &Usage) -> Value {
         let mut v = self.envelope(json!([]));
-        v["usage"] = usage_json(u);
+        v["usage"] = u.to_json();
         v
     }
 }

@@ -102,41 +102,23 @@ fn logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
     })
 }
 
-fn usage_json(u: &Usage) -> Value {
-    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-           "total_tokens": u.prompt_tokens + u.completion_tokens,
-           "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
-}
-
 async fn collect(mut gen: Generation, f: Format) -> Result<Response, ApiError> {
-    let n = gen.n();
-    let mut texts = vec![String::new(); n];
-    let mut lps: Vec<Vec<TokenLogprob>> = vec![Vec::new(); n];
-    let mut finish = vec![None; n];
-    let want_logprobs = gen_wants_logprobs(&gen);
-    while let Some(delta) = gen.next().await {
-        let d = delta?;
-        texts[d.index].push_str(&d.text);
-        lps[d.index].extend(d.logprobs);
-        if d.finish_reason.is_some() {
-            finish[d.index] = d.finish_reason;
-        }
-    }
-    let choices: Vec<Value> = (0..n)
+    let want_logprobs = gen.wants_logprobs();
+    let out = gen.collect().await?;
+    let choices: Vec<Value> = (0..gen.n())
         .map(|i| {
-            json!({"index": i, "text": texts[i], "logprobs": if want_logprobs { logprobs_json(&lps[i], 0) } else { Value::Null },
-                   "finish_reason": finish[i], "stop_reason": null})
+            let logprobs = if want_logprobs {
+                logprobs_json(&out.logprobs[i], 0)
+            } else {
+                Value::Null
+            };
+            json!({"index": i, "text": out.texts[i], "logprobs": logprobs,
+                   "finish_reason": out.finish_reasons[i], "stop_reason": null})
         })
         .collect();
-    Ok(Json(
-        json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
-                   "choices": choices, "usage": usage_json(&gen.usage)}),
-    )
-    .into_response())
-}
-
-fn gen_wants_logprobs(gen: &Generation) -> bool {
-    gen.wants_logprobs()
+    let body = json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
+                      "choices": choices, "usage": gen.usage.to_json()});
+    Ok(Json(body).into_response())
 }
 
 struct Format {
@@ -162,6 +144,6 @@ impl ChunkFormat for Format {
 
     fn usage_chunk(&self, u: &Usage) -> Value {
         json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-               "choices": [], "usage": usage_json(u)})
+               "choices": [], "usage": u.to_json()})
     }
 }

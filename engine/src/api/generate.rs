@@ -15,7 +15,7 @@ use super::AppState;
 use crate::engine_core::{Event, NewRequest};
 use crate::sampling::SamplingParams;
 use crate::scheduler::FinishReason;
-use crate::tokenizer::{OwnedDecodeStream, Tokenizer};
+use crate::tokenizer::{DecodeStream, Tokenizer};
 
 /// What a client request asks of the engine.
 pub struct GenRequest {
@@ -49,7 +49,7 @@ pub struct Delta {
 
 struct Choice {
     engine_id: String,
-    decoder: OwnedDecodeStream,
+    decoder: DecodeStream,
     text: String,
     /// Bytes of `text` already handed out.
     emitted: usize,
@@ -64,6 +64,24 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
+}
+
+impl Usage {
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
+        })
+    }
+}
+
+/// Every choice's whole output, for non-streaming responses.
+pub struct Collected {
+    pub texts: Vec<String>,
+    pub logprobs: Vec<Vec<TokenLogprob>>,
+    pub finish_reasons: Vec<Option<&'static str>>,
 }
 
 pub struct Generation {
@@ -114,7 +132,7 @@ impl Generation {
             );
             choices.push(Choice {
                 engine_id,
-                decoder: OwnedDecodeStream::new(Arc::clone(&tokenizer), true),
+                decoder: DecodeStream::new(Arc::clone(&tokenizer), true),
                 text: String::new(),
                 emitted: 0,
                 pending_logprobs: Vec::new(),
@@ -142,6 +160,25 @@ impl Generation {
 
     pub fn wants_logprobs(&self) -> bool {
         self.want_logprobs
+    }
+
+    /// Runs every choice to the end.
+    pub async fn collect(&mut self) -> Result<Collected, ApiError> {
+        let n = self.n();
+        let mut out = Collected {
+            texts: vec![String::new(); n],
+            logprobs: vec![Vec::new(); n],
+            finish_reasons: vec![None; n],
+        };
+        while let Some(delta) = self.next().await {
+            let d = delta?;
+            out.texts[d.index].push_str(&d.text);
+            out.logprobs[d.index].extend(d.logprobs);
+            if d.finish_reason.is_some() {
+                out.finish_reasons[d.index] = d.finish_reason;
+            }
+        }
+        Ok(out)
     }
 
     fn token_text(&self, id: u32) -> String {

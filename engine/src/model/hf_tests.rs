@@ -33,21 +33,11 @@ impl View for &Raw {
 
 /// A byte-level BPE tokenizer over the 256 byte tokens (the tiny model's vocabulary).
 fn byte_tokenizer_json() -> String {
-    let mut vocab = serde_json::Map::new();
-    let printable: Vec<u32> = ('!' as u32..='~' as u32)
-        .chain('¡' as u32..='¬' as u32)
-        .chain('®' as u32..='ÿ' as u32)
+    let vocab: serde_json::Map<String, serde_json::Value> = crate::testing::byte_level_alphabet()
+        .into_iter()
+        .enumerate()
+        .map(|(b, t)| (t, b.into()))
         .collect();
-    let mut extra = 0;
-    for b in 0..256u32 {
-        let c = if printable.contains(&b) {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        vocab.insert(char::from_u32(c).unwrap().to_string(), b.into());
-    }
     serde_json::json!({
         "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
         "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},

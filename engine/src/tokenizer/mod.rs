@@ -116,48 +116,12 @@ impl Tokenizer {
             )
             .map_err(|e| TokenizerError(e.to_string()))
     }
-
-    /// Incremental detokenization state for one sequence (holds back incomplete UTF-8).
-    pub fn decode_stream(&self, skip_special_tokens: bool) -> DecodeStream<'_> {
-        DecodeStream {
-            tokenizer: self,
-            skip_special_tokens,
-            ids: Vec::new(),
-            prefix: String::new(),
-            prefix_index: 0,
-        }
-    }
 }
 
-/// Turns generated token ids into text pieces as they arrive.
-pub struct DecodeStream<'a> {
-    tokenizer: &'a Tokenizer,
-    skip_special_tokens: bool,
-    ids: Vec<u32>,
-    prefix: String,
-    prefix_index: usize,
-}
-
-impl DecodeStream<'_> {
-    /// The text `id` completes, if any (`None` while a multi-byte character is incomplete).
-    pub fn step(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
-        tokenizers::step_decode_stream(
-            &self.tokenizer.inner,
-            vec![id],
-            self.skip_special_tokens,
-            &mut self.ids,
-            &mut self.prefix,
-            &mut self.prefix_index,
-        )
-        .map_err(|e| TokenizerError(e.to_string()))
-    }
-}
-
-#[cfg(test)]
-mod tests;
-
-/// A [`DecodeStream`] that owns its tokenizer handle, for tasks that outlive a borrow.
-pub struct OwnedDecodeStream {
+/// Incremental detokenization of one sequence: turns generated token ids into text pieces as
+/// they arrive, holding back incomplete UTF-8. It owns a handle on the tokenizer so it can live
+/// in a request's task.
+pub struct DecodeStream {
     tokenizer: std::sync::Arc<Tokenizer>,
     skip_special_tokens: bool,
     ids: Vec<u32>,
@@ -165,9 +129,9 @@ pub struct OwnedDecodeStream {
     prefix_index: usize,
 }
 
-impl OwnedDecodeStream {
+impl DecodeStream {
     pub fn new(tokenizer: std::sync::Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
-        OwnedDecodeStream {
+        DecodeStream {
             tokenizer,
             skip_special_tokens,
             ids: Vec::new(),
@@ -189,3 +153,6 @@ impl OwnedDecodeStream {
         .map_err(|e| TokenizerError(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -5,28 +5,8 @@ use crate::model::gguf::GgufFile;
 
 use super::*;
 
-/// GPT-2's byte-to-unicode table: the 256 single-byte tokens of a byte-level BPE vocabulary.
-fn byte_tokens() -> Vec<String> {
-    let printable: Vec<u32> = ('!' as u32..='~' as u32)
-        .chain('¡' as u32..='¬' as u32)
-        .chain('®' as u32..='ÿ' as u32)
-        .collect();
-    let mut out = vec![String::new(); 256];
-    let mut extra = 0;
-    for b in 0..256u32 {
-        let c = if printable.contains(&b) {
-            b
-        } else {
-            extra += 1;
-            255 + extra
-        };
-        out[b as usize] = char::from_u32(c).unwrap().to_string();
-    }
-    out
-}
-
 fn tiny_gguf_tokenizer() -> Tokenizer {
-    let mut tokens = byte_tokens();
+    let mut tokens = crate::testing::byte_level_alphabet();
     tokens.push("ab".into()); // 256, from the merge "a b"
     tokens.push("Ġab".into()); // 257, from "Ġ ab"
     tokens.push("<|im_start|>".into()); // 258
@@ -76,10 +56,10 @@ fn gguf_byte_level_bpe_merges_splits_digits_and_keeps_special_tokens() {
 
 #[test]
 fn decode_stream_holds_back_partial_utf8() {
-    let tok = tiny_gguf_tokenizer();
+    let tok = std::sync::Arc::new(tiny_gguf_tokenizer());
     let ids = tok.encode("é!", false).unwrap();
     assert_eq!(ids.len(), 3, "é is two byte tokens");
-    let mut stream = tok.decode_stream(false);
+    let mut stream = DecodeStream::new(tok, false);
     assert_eq!(stream.step(ids[0]).unwrap(), None);
     assert_eq!(stream.step(ids[1]).unwrap().as_deref(), Some("é"));
     assert_eq!(stream.step(ids[2]).unwrap().as_deref(), Some("!"));
