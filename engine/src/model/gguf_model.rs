@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::gguf::{quant, GgufFile};
-use super::names::{self, LayerTensor};
+use super::names;
 use super::{check_shape, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 use crate::tokenizer::Tokenizer;
 
@@ -80,14 +80,6 @@ pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize, cols: usize) 
         }
     }
     out
-}
-
-/// The tensors of layer `layer` a Llama GGUF must have, for error messages and tests.
-pub fn layer_tensor_names(layer: usize) -> Vec<String> {
-    LayerTensor::ALL
-        .iter()
-        .map(|t| t.gguf_name(layer))
-        .collect()
 }
 
 #[cfg(test)]

@@ -78,10 +78,6 @@ impl Linear {
         Linear { out, inp, w }
     }
 
-    pub fn out_features(&self) -> usize {
-        self.out
-    }
-
     /// Bytes the weights take.
     pub fn weight_bytes(&self) -> usize {
         match &self.w {
