@@ -3,7 +3,8 @@
 //! back. A request whose event channel closes (the client went away) is aborted at the next step.
 
 use std::collections::HashMap;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -50,6 +51,7 @@ enum Command {
 #[derive(Clone)]
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
+    alive: Arc<AtomicBool>,
 }
 
 /// The engine thread has stopped.
@@ -62,6 +64,11 @@ impl EngineHandle {
         self.tx
             .send(Command::Add(Box::new(req)))
             .map_err(|_| EngineStopped)
+    }
+
+    /// Whether the engine thread is still running (false once it has exited or panicked).
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
     }
 
     /// Ends a request early: `Stop` when the handler matched a stop string, `Abort` otherwise.
@@ -87,9 +94,22 @@ pub fn spawn(
     metrics: Option<EngineMetrics>,
 ) -> EngineHandle {
     let (tx, rx) = mpsc::channel();
+    let alive = Arc::new(AtomicBool::new(true));
+    /// Marks the engine dead when the thread ends, by return or by panic.
+    struct Liveness(Arc<AtomicBool>);
+    impl Drop for Liveness {
+        fn drop(&mut self) {
+            self.0.store(false, Ordering::Release);
+            if std::thread::panicking() {
+                tracing::error!("the engine thread panicked; /health now reports it");
+            }
+        }
+    }
+    let liveness = Liveness(Arc::clone(&alive));
     std::thread::Builder::new()
         .name("vigil-engine".into())
         .spawn(move || {
+            let _liveness = liveness;
             let mut core = Core {
                 scheduler: &mut scheduler,
                 metrics,
@@ -98,7 +118,7 @@ pub fn spawn(
             core.run(backend.as_mut(), rx);
         })
         .expect("spawn the engine thread");
-    EngineHandle { tx }
+    EngineHandle { tx, alive }
 }
 
 struct Core<'a> {
@@ -228,5 +248,84 @@ impl Core<'_> {
             completion_tokens: req.num_output_tokens(),
             cached_tokens: req.num_cached_tokens.unwrap_or(0),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{BackendError, Logits, SeqInput};
+    use crate::kv_cache::manager::KvCacheManager;
+    use crate::model::LlamaConfig;
+    use crate::scheduler::SchedulerConfig;
+
+    /// A backend that fails the way a bug would: it panics.
+    struct Panics(LlamaConfig);
+
+    impl Backend for Panics {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn config(&self) -> &LlamaConfig {
+            &self.0
+        }
+        fn block_size(&self) -> usize {
+            4
+        }
+        fn num_blocks(&self) -> usize {
+            8
+        }
+        fn forward(&mut self, _: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
+            panic!("backend bug");
+        }
+    }
+
+    #[test]
+    fn a_panicking_engine_reports_itself_dead_and_drops_its_requests() {
+        let config = crate::testing::tiny_config();
+        let cfg = SchedulerConfig {
+            max_num_batched_tokens: 64,
+            max_num_seqs: 4,
+            max_model_len: 64,
+        };
+        let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
+        let engine = spawn(Box::new(Panics(config)), scheduler, None);
+        assert!(engine.is_alive());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        engine
+            .submit(NewRequest {
+                id: "r".into(),
+                prompt: vec![1, 2, 3],
+                params: SamplingParams::greedy(),
+                max_tokens: 4,
+                max_tokens_param: None,
+                n: 1,
+                record_params: true,
+                arrival: Instant::now(),
+                events: tx,
+            })
+            .unwrap();
+        // The request's channel closes without an event: its handler learns the engine is gone.
+        assert!(rx.blocking_recv().is_none());
+        assert!(!engine.is_alive());
+        assert!(engine.submit_is_refused());
+    }
+
+    impl EngineHandle {
+        fn submit_is_refused(&self) -> bool {
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            self.submit(NewRequest {
+                id: "late".into(),
+                prompt: vec![1],
+                params: SamplingParams::greedy(),
+                max_tokens: 1,
+                max_tokens_param: None,
+                n: 1,
+                record_params: true,
+                arrival: Instant::now(),
+                events: tx,
+            })
+            .is_err()
+        }
     }
 }

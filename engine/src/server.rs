@@ -70,10 +70,20 @@ fn cache_config_labels(
     ]
 }
 
-/// The application's routes.
-pub fn app(exporter: Exporter) -> Router {
+/// The application's routes. `/health` answers 503 once the engine thread has died.
+pub fn app(exporter: Exporter, engine: engine_core::EngineHandle) -> Router {
+    let health = move || {
+        let alive = engine.is_alive();
+        async move {
+            if alive {
+                axum::http::StatusCode::OK
+            } else {
+                axum::http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    };
     Router::new()
-        .route("/health", get(|| async {}))
+        .route("/health", get(health))
         .route(
             "/version",
             get(|| async { Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })) }),
@@ -196,7 +206,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         args.served_model_name.clone()
     };
     let state = Arc::new(AppState {
-        engine,
+        engine: engine.clone(),
         tokenizer: Arc::new(model.tokenizer),
         served_model_names,
         max_model_len: max_model_len as usize,
@@ -213,7 +223,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let local = listener.local_addr()?;
     tracing::info!(%model_name, "listening on http://{local}");
-    axum::serve(listener, app(exporter).merge(api::router(state)))
+    axum::serve(listener, app(exporter, engine).merge(api::router(state)))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("HTTP server failed")?;
