@@ -76,12 +76,7 @@ pub async fn handle(
         model,
         created: unix_now(),
     };
-    if common.stream == Some(true) {
-        let include_usage = common
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
+    if let Some(include_usage) = common.streaming() {
         return Ok(sse(gen, format, include_usage));
     }
     collect(gen, format).await

@@ -105,6 +105,16 @@ impl CommonParams {
         }
     }
 
+    /// `Some(include_usage)` when the client asked for a stream.
+    pub fn streaming(&self) -> Option<bool> {
+        let include_usage = self
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false);
+        (self.stream == Some(true)).then_some(include_usage)
+    }
+
     pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
         let stop = self
             .stop
