@@ -2,27 +2,25 @@
 //! a completion.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::error::{body_bytes, parse_json, ApiError};
+use super::error::{parse_json, ApiBody, ApiError};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::ChatRequest;
 use super::protocol::CommonParams;
 use super::stream::{sse, ChunkFormat};
-use super::{arrival, request_id, unix_now, AppState};
+use super::{request_id, unix_now, AppState};
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let arrival = arrival();
-    let body = body_bytes(body)?;
+    let arrival = Instant::now();
     let common: CommonParams = parse_json(&body)?;
     let req: ChatRequest = parse_json(&body)?;
     let model = state.check_model(common.model.as_deref())?;

@@ -1,27 +1,25 @@
 //! `POST /v1/completions`.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::error::{body_bytes, parse_json, ApiError};
+use super::error::{parse_json, ApiBody, ApiError};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::CommonParams;
 use super::protocol::{CompletionRequest, Prompt};
 use super::stream::{sse, ChunkFormat};
-use super::{arrival, request_id, unix_now, AppState};
+use super::{request_id, unix_now, AppState};
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
-    body: Result<Bytes, BytesRejection>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let arrival = arrival();
-    let body = body_bytes(body)?;
+    let arrival = Instant::now();
     let common: CommonParams = parse_json(&body)?;
     let req: CompletionRequest = parse_json(&body)?;
     let model = state.check_model(common.model.as_deref())?;
@@ -41,13 +39,7 @@ pub async fn handle(
             ))
         }
         Prompt::Tokens(ids) => {
-            let vocab = state.tokenizer.vocab_size() as u32;
-            if let Some(t) = ids.iter().find(|t| **t >= vocab) {
-                return Err(ApiError::bad_request(
-                    format!("token id {t} is outside the vocabulary"),
-                    Some("prompt"),
-                ));
-            }
+            state.check_token_ids(ids, "prompt")?;
             ids.clone()
         }
     };

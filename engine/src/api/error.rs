@@ -67,15 +67,23 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A request body, or the reason it could not be read (too large, cut off) as an API error.
-pub fn body_bytes(
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
-) -> Result<axum::body::Bytes, ApiError> {
-    body.map_err(|e| ApiError {
-        status: e.status(),
-        message: e.body_text(),
-        param: None,
-    })
+/// A request body for the API's handlers: reading it may fail (too large, cut off), and the
+/// failure answers with the API's JSON error envelope rather than axum's plain text.
+pub struct ApiBody(pub axum::body::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(ApiBody)
+            .map_err(|e| ApiError {
+                status: e.status(),
+                message: e.body_text(),
+                param: None,
+            })
+    }
 }
 
 /// Parses a JSON body into `T`, naming the offending field in the error.

@@ -209,14 +209,13 @@ impl Generation {
                             .map(|(t, l)| (self.token_text(*t), *l))
                             .collect(),
                     });
-                    let stop = self.stop.clone();
                     let c = &mut self.choices[index];
                     c.completion_tokens += 1;
                     if let Some(piece) = c.decoder.step(sampled.token).ok().flatten() {
                         c.text.push_str(&piece);
                     }
                     c.pending_logprobs.extend(lp);
-                    if let Some(cut) = find_stop(&c.text, &stop, c.emitted) {
+                    if let Some(cut) = find_stop(&c.text, &self.stop, c.emitted) {
                         c.text.truncate(cut);
                         c.finished = true;
                         self.state.engine.finish(&c.engine_id, FinishReason::Stop);

@@ -10,9 +10,8 @@ pub mod protocol;
 mod stream;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
@@ -21,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use error::ApiBody;
 pub use error::ApiError;
 
 use crate::engine_core::EngineHandle;
@@ -49,6 +49,18 @@ impl AppState {
             Some(m) => Err(ApiError::not_found(format!(
                 "The model `{m}` does not exist."
             ))),
+        }
+    }
+
+    /// Checks client-given token ids against the vocabulary; `param` names the field.
+    pub fn check_token_ids(&self, ids: &[u32], param: &str) -> Result<(), ApiError> {
+        let vocab = self.tokenizer.vocab_size() as u32;
+        match ids.iter().find(|t| **t >= vocab) {
+            Some(t) => Err(ApiError::bad_request(
+                format!("token id {t} is outside the vocabulary"),
+                Some(param),
+            )),
+            None => Ok(()),
         }
     }
 
@@ -152,7 +164,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
 
 async fn tokenize(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
@@ -173,7 +185,7 @@ async fn tokenize(
 
 async fn detokenize(
     State(state): State<Arc<AppState>>,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
@@ -182,21 +194,10 @@ async fn detokenize(
     }
     let req: Req = error::parse_json(&body)?;
     state.check_model(req.model.as_deref())?;
-    let vocab = state.tokenizer.vocab_size() as u32;
-    if let Some(t) = req.tokens.iter().find(|t| **t >= vocab) {
-        return Err(ApiError::bad_request(
-            format!("token id {t} is outside the vocabulary"),
-            Some("tokens"),
-        ));
-    }
+    state.check_token_ids(&req.tokens, "tokens")?;
     let text = state
         .tokenizer
         .decode(&req.tokens, false)
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
     Ok(Json(json!({"prompt": text})))
-}
-
-/// When the request arrived, for TTFT and e2e latency.
-pub fn arrival() -> Instant {
-    Instant::now()
 }

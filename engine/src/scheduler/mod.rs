@@ -275,8 +275,8 @@ impl Scheduler {
             } else {
                 None
             };
-            if reason.is_some() {
-                done.push(s.index);
+            if let Some(reason) = reason {
+                done.push((s.index, reason));
             }
             updates.push(RequestUpdate {
                 id: req.id.clone(),
@@ -286,15 +286,11 @@ impl Scheduler {
                 inter_token: previous.map(|p| now - p),
             });
         }
-        done.sort_unstable();
-        for &i in done.iter().rev() {
+        // Remove from the back so the remaining indexes stay valid.
+        done.sort_unstable_by_key(|(i, _)| *i);
+        for &(i, reason) in done.iter().rev() {
             let mut req = self.running.remove(i);
             self.kv.free(&mut req.blocks);
-            let reason = updates
-                .iter()
-                .find(|u| u.id == req.id)
-                .and_then(|u| u.finished)
-                .expect("finished");
             finished.push((req, reason));
         }
         Ok(StepOutput {
