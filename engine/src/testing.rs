@@ -114,3 +114,34 @@ pub fn byte_level_alphabet() -> Vec<String> {
         })
         .collect()
 }
+
+/// A byte-level BPE tokenizer over the 256 byte tokens (the tiny model's vocabulary).
+pub fn byte_tokenizer_json() -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_level_alphabet()
+        .into_iter()
+        .enumerate()
+        .map(|(b, t)| (t, b.into()))
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}
+
+/// The byte-level tokenizer of [`byte_tokenizer_json`], with a chat template that joins the
+/// messages' contents.
+pub fn byte_tokenizer() -> crate::tokenizer::Tokenizer {
+    let inner: tokenizers::Tokenizer = byte_tokenizer_json().parse().expect("valid tokenizer JSON");
+    let mut tokenizer = crate::tokenizer::Tokenizer::new(inner);
+    tokenizer.chat_template = Some(
+        crate::tokenizer::ChatTemplate::new("{% for m in messages %}{{ m.content }}{% endfor %}")
+            .expect("valid template"),
+    );
+    tokenizer
+}

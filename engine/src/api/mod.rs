@@ -8,6 +8,8 @@ pub mod error;
 mod generate;
 pub mod protocol;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};

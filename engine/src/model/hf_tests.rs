@@ -31,25 +31,6 @@ impl View for &Raw {
     }
 }
 
-/// A byte-level BPE tokenizer over the 256 byte tokens (the tiny model's vocabulary).
-fn byte_tokenizer_json() -> String {
-    let vocab: serde_json::Map<String, serde_json::Value> = crate::testing::byte_level_alphabet()
-        .into_iter()
-        .enumerate()
-        .map(|(b, t)| (t, b.into()))
-        .collect();
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
-        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "post_processor": null,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                  "vocab": vocab, "merges": []}
-    })
-    .to_string()
-}
-
 fn write_folder(dir: &Path, weights: &MemWeights, dtype: Dtype, shards: usize) {
     let c = tiny_config();
     let config = serde_json::json!({
@@ -61,7 +42,11 @@ fn write_folder(dir: &Path, weights: &MemWeights, dtype: Dtype, shards: usize) {
         "torch_dtype": "bfloat16"
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    std::fs::write(dir.join("tokenizer.json"), byte_tokenizer_json()).unwrap();
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        crate::testing::byte_tokenizer_json(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("tokenizer_config.json"),
         r#"{"eos_token": {"content": "A"}, "chat_template": "{% for m in messages %}{{ m.content }}{% endfor %}"}"#,

@@ -1,0 +1,182 @@
+//! The API served in-process over a real socket, with a backend that fails on purpose: what a
+//! client sees when the engine breaks in the middle of its request.
+
+use std::sync::Arc;
+
+use crate::backend::{Backend, BackendError, Logits, LogitsFor, SeqInput};
+use crate::kv_cache::manager::KvCacheManager;
+use crate::model::LlamaConfig;
+use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::testing::{byte_tokenizer, tiny_config};
+
+use super::AppState;
+
+/// Always prefers byte `b'a'`; refuses every step after the first `ok_steps`.
+struct FailsAfter {
+    config: LlamaConfig,
+    ok_steps: usize,
+}
+
+impl Backend for FailsAfter {
+    fn name(&self) -> &'static str {
+        "fails-after"
+    }
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+    fn block_size(&self) -> usize {
+        4
+    }
+    fn num_blocks(&self) -> usize {
+        32
+    }
+    fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
+        if self.ok_steps == 0 {
+            return Err(BackendError::TokenOutOfVocab {
+                seq: 0,
+                token: u32::MAX,
+                vocab: self.config.vocab_size,
+            });
+        }
+        self.ok_steps -= 1;
+        let vocab = self.config.vocab_size;
+        let rows: usize = batch
+            .iter()
+            .map(|s| match s.logits_for {
+                LogitsFor::None => 0,
+                LogitsFor::Last => 1,
+                LogitsFor::All => s.tokens.len(),
+            })
+            .sum();
+        let mut data = vec![0.0; rows * vocab];
+        for row in data.chunks_mut(vocab) {
+            row[b'a' as usize] = 10.0;
+        }
+        Ok(Logits {
+            vocab_size: vocab,
+            data,
+        })
+    }
+}
+
+/// Serves the API over `backend` on a free local port; returns its base URL.
+fn serve(backend: FailsAfter) -> String {
+    let scheduler = Scheduler::new(
+        SchedulerConfig {
+            max_num_batched_tokens: 64,
+            max_num_seqs: 4,
+            max_model_len: 64,
+        },
+        KvCacheManager::new(backend.num_blocks(), backend.block_size(), true),
+        vec![],
+    );
+    let state = Arc::new(AppState {
+        engine: crate::engine_core::spawn(Box::new(backend), scheduler, None),
+        tokenizer: Arc::new(byte_tokenizer()),
+        served_model_names: vec!["tiny".into()],
+        max_model_len: 64,
+        api_key: None,
+        created: 0,
+    });
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, super::router(state)).await.unwrap();
+        });
+    });
+    format!("http://{addr}")
+}
+
+fn post(base: &str, path: &str, body: serde_json::Value) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .post(&format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .send(body.to_string())
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.body_mut().read_to_string().unwrap())
+}
+
+/// The `data:` payloads of an SSE body, in order.
+fn sse_data(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect()
+}
+
+#[test]
+fn an_engine_failure_mid_stream_arrives_as_an_error_event_then_done() {
+    for (path, body) in [
+        (
+            "/v1/completions",
+            serde_json::json!({"prompt": "hello", "max_tokens": 10, "stream": true}),
+        ),
+        (
+            "/v1/chat/completions",
+            serde_json::json!({"messages": [{"role": "user", "content": "hello"}],
+                               "max_tokens": 10, "stream": true}),
+        ),
+    ] {
+        // Step 1 prefills and samples a token, step 2 decodes one more, step 3 fails.
+        let base = serve(FailsAfter {
+            config: tiny_config(),
+            ok_steps: 2,
+        });
+        let (status, body) = post(&base, path, body);
+        // The stream had started (200) before the failure.
+        assert_eq!(status, 200, "{path}: {body}");
+        let data = sse_data(&body);
+        assert_eq!(data.last(), Some(&"[DONE]"), "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(data[data.len() - 2]).unwrap();
+        assert_eq!(error["error"]["type"], "InternalServerError", "{body}");
+        assert!(error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("engine failed"));
+        // Tokens that were produced before the failure were delivered first.
+        let text: String = data[..data.len() - 2]
+            .iter()
+            .map(|d| serde_json::from_str::<serde_json::Value>(d).unwrap())
+            .map(|c| {
+                let ch = &c["choices"][0];
+                ch["text"]
+                    .as_str()
+                    .or(ch["delta"]["content"].as_str())
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect();
+        assert!(text.starts_with("aa"), "{path}: {body}");
+    }
+}
+
+#[test]
+fn an_engine_failure_without_streaming_answers_503_with_the_error_envelope() {
+    let base = serve(FailsAfter {
+        config: tiny_config(),
+        ok_steps: 2,
+    });
+    let (status, body) = post(
+        &base,
+        "/v1/completions",
+        serde_json::json!({"prompt": "hello", "max_tokens": 10}),
+    );
+    assert_eq!(status, 503, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], 503, "{body}");
+    assert!(error["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("engine failed"));
+}
