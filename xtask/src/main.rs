@@ -8,8 +8,11 @@
 //!   llama.cpp (llama-cpp-python) on the same GGUF.
 //! - `bench`: run the exporter's criterion benchmarks and the prometheus_client peer, and print
 //!   them side by side.
+//! - `bench-metrics-cost [--rounds N]`: the same serving load with metrics on and with
+//!   `--disable-log-stats`, paired rounds; throughput and server CPU per token ratios.
 
 mod bench;
+mod bench_metrics_cost;
 mod bench_model;
 mod docs;
 mod fetch_model;
@@ -25,8 +28,9 @@ fn main() -> anyhow::Result<()> {
         Some("test") => test::run(&args[1..]),
         Some("fetch-model") => fetch_model::run(),
         Some("bench-model") => bench_model::run(),
+        Some("bench-metrics-cost") => bench_metrics_cost::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model>");
+            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N]>");
             std::process::exit(2);
         }
     }
