@@ -25,6 +25,9 @@ pub enum BucketFamily {
     RequestTokens,
     /// KV block residency times in seconds.
     KvCacheResidency,
+    /// Powers of two of microseconds, in seconds (2 µs .. 2^26 µs ≈ 67 s): the log2 slots the
+    /// eBPF probe aggregates in the kernel. Fixed, since the kernel's slots are.
+    Log2Microseconds,
 }
 
 impl BucketFamily {
@@ -40,6 +43,14 @@ impl BucketFamily {
         BucketFamily::KvCacheResidency,
     ];
 
+    /// Families whose bounds mirror an aggregation made elsewhere and cannot be overridden.
+    pub const FIXED: [BucketFamily; 1] = [BucketFamily::Log2Microseconds];
+
+    /// The number of log2 slots the eBPF probe keeps (`NR_SLOTS` in probes/bpf/sched.h): slot
+    /// `k` < 26 holds waits of `2^k..2^(k+1)` µs (0 and 1 µs in slot 0) and is the bucket
+    /// `le=2^(k+1)` µs; the last slot is `+Inf`.
+    pub const LOG2_SLOTS: usize = 27;
+
     /// The key vLLM's `--custom-histogram-buckets` uses for this family.
     pub const fn key(self) -> &'static str {
         match self {
@@ -51,6 +62,7 @@ impl BucketFamily {
             BucketFamily::RequestNumPreemptions => "request_num_preemptions",
             BucketFamily::RequestTokens => "request_tokens",
             BucketFamily::KvCacheResidency => "kv_cache_residency",
+            BucketFamily::Log2Microseconds => "log2_microseconds",
         }
     }
 
@@ -85,6 +97,9 @@ impl BucketFamily {
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0,
                 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0,
             ],
+            BucketFamily::Log2Microseconds => (1..Self::LOG2_SLOTS as i32)
+                .map(|k| 2f64.powi(k) * 1e-6)
+                .collect(),
         }
     }
 }
@@ -144,6 +159,7 @@ impl BucketConfig {
 
     /// Replaces the bounds of the family named `key`.
     pub fn with_override(mut self, key: &str, bounds: Vec<f64>) -> Result<Self, BucketError> {
+        // `from_key` knows only the overridable families.
         let family =
             BucketFamily::from_key(key).ok_or_else(|| BucketError::UnknownFamily(key.into()))?;
         if bounds.is_empty() {

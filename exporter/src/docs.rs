@@ -35,7 +35,7 @@ pub fn metrics_markdown() -> String {
     );
     let _ = writeln!(s, "## Bucket families\n");
     let _ = writeln!(s, "| family | upper bounds (`+Inf` implied) |\n|---|---|");
-    for family in BucketFamily::ALL {
+    for family in BucketFamily::ALL.into_iter().chain(BucketFamily::FIXED) {
         let bounds = if family == BucketFamily::RequestTokens {
             format!(
                 "1-2-5 series up to `max_model_len`; for {EXAMPLE_MAX_MODEL_LEN}: {}",
@@ -87,6 +87,7 @@ fn write_entry(s: &mut String, def: &MetricDef, running: MinorVersion) {
             Label::Engine => "`engine` (engine index)".to_owned(),
             Label::OneOf { name, values } => format!("`{name}` ∈ {{{}}}", values.join(", ")),
             Label::Config(name) => format!("`{name}` (setting)"),
+            Label::Device(name) => format!("`{name}` (hardware)"),
         })
         .collect();
     let _ = writeln!(

@@ -5,6 +5,9 @@
 //! the code base. The same table drives registration and pre-creation of series, histogram
 //! buckets, deprecation gating, rendering, `docs/metrics.md` and (later) the Grafana dashboard.
 
+pub mod gpu;
+pub mod probe;
+pub mod sched;
 pub mod vllm;
 
 use std::borrow::Cow;
@@ -49,6 +52,9 @@ pub enum Label {
     },
     /// A label whose value is a configuration setting (e.g. `vllm:cache_config_info`).
     Config(&'static str),
+    /// A label whose value the hardware reports (GPU index, UUID, model, PCI bus id, XID code,
+    /// driver version): bounded by what is installed in the host, never by requests.
+    Device(&'static str),
 }
 
 impl Label {
@@ -58,6 +64,7 @@ impl Label {
             Label::Engine => "engine",
             Label::OneOf { name, .. } => name,
             Label::Config(name) => name,
+            Label::Device(name) => name,
         }
     }
 }
@@ -184,9 +191,12 @@ impl MetricDef {
     }
 }
 
-/// Every entry of the catalog, in the order they are rendered and documented.
+/// Every entry of the catalog, in the order they are rendered and documented: vLLM's engine
+/// series, then the probes' status, GPU (NVML) and host scheduling (eBPF) series.
 pub fn all() -> impl Iterator<Item = &'static MetricDef> {
-    vllm::ALL.iter().copied()
+    [vllm::ALL, probe::ALL, gpu::ALL, sched::ALL]
+        .into_iter()
+        .flat_map(|family| family.iter().copied())
 }
 
 /// Looks an entry up by family name.
@@ -208,7 +218,7 @@ pub fn omitted() -> impl Iterator<Item = &'static (&'static str, &'static str)> 
 /// its labels' values (every value of each [`Label::OneOf`]), in catalog label order.
 ///
 /// # Panics
-/// If `def` has a [`Label::Config`] label: settings cannot be enumerated.
+/// If `def` has a [`Label::Config`] or [`Label::Device`] label: those cannot be enumerated.
 pub fn precreated_label_sets(
     def: &MetricDef,
     model_name: &str,
@@ -220,8 +230,8 @@ pub fn precreated_label_sets(
             Label::ModelName => vec![model_name.to_owned()],
             Label::Engine => engines.iter().map(|e| (*e).to_owned()).collect(),
             Label::OneOf { values, .. } => values.iter().map(|v| (*v).to_owned()).collect(),
-            Label::Config(name) => {
-                panic!("{}: setting label {name} cannot be pre-created", def.name)
+            Label::Config(name) | Label::Device(name) => {
+                panic!("{}: label {name} cannot be pre-created", def.name)
             }
         };
         sets = sets

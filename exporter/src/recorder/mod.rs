@@ -215,29 +215,117 @@ impl Exporter {
         def: &'static MetricDef,
         labels: &[(&'static str, String)],
     ) -> Result<(), String> {
+        self.set_gauge(def, labels, 1.0)
+    }
+
+    /// Sets a gauge series of `def` to `value`: for values read from outside the process's own
+    /// code paths (hardware probes), which poll rather than hold `metrics` handles. Every label
+    /// the catalog lists must be given, and no other.
+    pub fn set_gauge(
+        &self,
+        def: &'static MetricDef,
+        labels: &[(&'static str, String)],
+        value: f64,
+    ) -> Result<(), String> {
+        let Some(key) = self.direct_key(def, Kind::Gauge, labels)? else {
+            return Ok(());
+        };
+        let g = self.inner.registry.get_or_create_gauge(&key, Arc::clone);
+        metrics::GaugeFn::set(&*g, value);
+        Ok(())
+    }
+
+    /// Sets a counter series of `def` to a cumulative `total` kept elsewhere (the kernel, the
+    /// GPU driver); fractional totals allowed.
+    pub fn set_counter_total(
+        &self,
+        def: &'static MetricDef,
+        labels: &[(&'static str, String)],
+        total: f64,
+    ) -> Result<(), String> {
+        let Some(key) = self.direct_key(def, Kind::Counter, labels)? else {
+            return Ok(());
+        };
+        self.inner
+            .registry
+            .get_or_create_counter(&key, |c| c.set_total(total));
+        Ok(())
+    }
+
+    /// Replaces a histogram series of `def` with counts aggregated elsewhere: `counts` per
+    /// bucket (not cumulative; one per bound of the entry's bucket family, plus `+Inf`).
+    pub fn set_histogram_counts(
+        &self,
+        def: &'static MetricDef,
+        labels: &[(&'static str, String)],
+        counts: &[u64],
+        sum: f64,
+    ) -> Result<(), String> {
+        let Some(key) = self.direct_key(def, Kind::Histogram, labels)? else {
+            return Ok(());
+        };
+        let h = self
+            .inner
+            .registry
+            .get_or_create_histogram(&key, Arc::clone);
+        let buckets = h.snapshot().buckets.len();
+        if counts.len() != buckets {
+            return Err(format!(
+                "{} has {buckets} buckets, got {} counts",
+                def.name,
+                counts.len()
+            ));
+        }
+        h.set_counts(counts, sum);
+        Ok(())
+    }
+
+    /// Removes one series, so that it is absent from `/metrics` (a GPU field that stopped
+    /// reading is dropped, not frozen at its last value). Returns whether it existed.
+    pub fn remove_series(
+        &self,
+        def: &'static MetricDef,
+        labels: &[(&'static str, String)],
+    ) -> bool {
+        let Ok(Some(key)) = self.direct_key(def, def.kind, labels) else {
+            return false;
+        };
+        let registry = &self.inner.registry;
+        match def.kind {
+            Kind::Counter => registry.delete_counter(&key),
+            Kind::Gauge => registry.delete_gauge(&key),
+            Kind::Histogram => registry.delete_histogram(&key),
+        }
+    }
+
+    /// The key of a series set directly, after checking its kind and label names against the
+    /// catalog; `None` for an engine statistic under `--disable-log-stats`.
+    fn direct_key(
+        &self,
+        def: &'static MetricDef,
+        kind: Kind,
+        labels: &[(&'static str, String)],
+    ) -> Result<Option<Key>, String> {
         let mut expected: Vec<&str> = def.label_names().collect();
         let mut given: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
         expected.sort_unstable();
         given.sort_unstable();
-        if def.kind != Kind::Gauge || expected != given {
+        if def.kind != kind || expected != given {
             return Err(format!(
-                "{} takes labels {expected:?}, got {given:?}",
-                def.name
+                "{} is a {} with labels {expected:?}; got a {} with {given:?}",
+                def.name,
+                def.kind.as_str(),
+                kind.as_str()
             ));
         }
         if !self.inner.config.engine_stats && def.engine_stat {
-            return Ok(());
+            return Ok(None);
         }
         let labels: Vec<Label> = labels
             .iter()
             .map(|(k, v)| Label::new(*k, v.clone()))
             .collect();
-        let g = self
-            .inner
-            .registry
-            .get_or_create_gauge(&Key::from_parts(def.name, labels), Arc::clone);
-        metrics::GaugeFn::set(&*g, 1.0);
-        Ok(())
+        Ok(Some(Key::from_parts(def.name, labels)))
     }
 }
 
@@ -342,6 +430,6 @@ mod tests {
                 seen.push(c.value());
             }
         });
-        assert_eq!(seen, vec![7]);
+        assert_eq!(seen, vec![7.0]);
     }
 }

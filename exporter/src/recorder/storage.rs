@@ -22,9 +22,15 @@ pub(crate) fn unix_now() -> f64 {
 }
 
 /// A monotonic counter.
+///
+/// The `metrics` facade counts in whole numbers; totals read from elsewhere (seconds off CPU
+/// from the kernel, joules from NVML) are fractional and set whole with [`CounterCell::set_total`].
+/// Both live in one cell so a family renders the same way whichever way it was fed.
 #[derive(Debug)]
 pub struct CounterCell {
     value: AtomicU64,
+    /// `f64` bits of a total set by [`CounterCell::set_total`].
+    fractional: AtomicU64,
     created: f64,
 }
 
@@ -32,11 +38,22 @@ impl CounterCell {
     pub(crate) fn new() -> Self {
         CounterCell {
             value: AtomicU64::new(0),
+            fractional: AtomicU64::new(0f64.to_bits()),
             created: unix_now(),
         }
     }
-    pub fn value(&self) -> u64 {
-        self.value.load(Ordering::Relaxed)
+    pub fn value(&self) -> f64 {
+        self.value.load(Ordering::Relaxed) as f64
+            + f64::from_bits(self.fractional.load(Ordering::Relaxed))
+    }
+    /// Sets a cumulative total kept by another counter (the kernel's, the driver's); it never
+    /// goes down, as a counter must not between resets of the process.
+    pub fn set_total(&self, total: f64) {
+        let _ = self
+            .fractional
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                (total > f64::from_bits(bits)).then_some(total.to_bits())
+            });
     }
     pub fn created(&self) -> f64 {
         self.created
@@ -211,6 +228,21 @@ impl HistogramCell {
     }
 }
 
+impl HistogramCell {
+    /// Replaces the whole state with counts aggregated elsewhere (the kernel's log2 histograms):
+    /// `counts` per bucket, not cumulative, one per bound plus `+Inf`.
+    pub fn set_counts(&self, counts: &[u64], sum: f64) {
+        assert_eq!(counts.len(), self.buckets(), "one count per bucket");
+        for (i, shard) in self.cells.chunks(self.stride).enumerate() {
+            for (b, cell) in shard[..self.buckets()].iter().enumerate() {
+                cell.store(if i == 0 { counts[b] } else { 0 }, Ordering::Relaxed);
+            }
+            let s = if i == 0 { sum } else { 0.0 };
+            shard[self.buckets()].store(s.to_bits(), Ordering::Relaxed);
+        }
+    }
+}
+
 impl HistogramFn for HistogramCell {
     fn record(&self, value: f64) {
         self.record_many(value, 1);
@@ -302,9 +334,9 @@ mod tests {
         let c = CounterCell::new();
         c.increment(3);
         c.absolute(2);
-        assert_eq!(c.value(), 3);
+        assert_eq!(c.value(), 3.0);
         c.absolute(10);
-        assert_eq!(c.value(), 10);
+        assert_eq!(c.value(), 10.0);
         let g = GaugeCell::new();
         g.increment(2.5);
         g.decrement(1.0);

@@ -185,7 +185,7 @@ fn write_text_family(out: &mut String, def: &MetricDef, series: &[(Labels, Cell)
             write_header(out, &total, &help, "counter", Format::Prometheus);
             for (labels, cell) in series {
                 if let Cell::Counter(c) = cell {
-                    write_sample(out, def.name, "_total", labels, None, c.value() as f64);
+                    write_sample(out, def.name, "_total", labels, None, c.value());
                     out.push('\n');
                 }
             }
@@ -241,7 +241,7 @@ fn write_openmetrics_family(
     for (labels, cell) in series {
         match cell {
             Cell::Counter(c) => {
-                write_sample(out, def.name, "_total", labels, None, c.value() as f64);
+                write_sample(out, def.name, "_total", labels, None, c.value());
                 out.push('\n');
                 if created {
                     write_sample(out, def.name, "_created", labels, None, c.created());
