@@ -1,5 +1,57 @@
-//! Hardware probes for Vigil: the NVML poller and the eBPF scheduling-latency programs.
+//! Vigil's hardware probes: the series that tell an operator whether a slow token came from the
+//! GPU or from the host CPU, in the same `/metrics` as the engine's.
 //!
-//! Empty until the probes issue lands: the crate exists so the workspace has its final shape.
-//! Each probe will degrade on its own (no GPU, no NVML, no BTF, no privilege), log why, and
-//! report its state on `/metrics`.
+//! - [`nvml`]: a poller per process that reads every GPU through NVML (loaded at run time) and
+//!   sets the `vigil_gpu_*` series of the catalog.
+//! - [`sched`]: eBPF programs (C, compiled by clang at build time, loaded with aya) that measure
+//!   run-queue latency, off-CPU time and context switches of Vigil's own threads by role.
+//! - [`status`]: `vigil_probe_up{probe,reason}`: each probe says whether it runs, and why not.
+//!
+//! Missing hardware degrades, never crashes: no NVML, no GPU, no BTF or no privilege turns that
+//! probe off with one log line and its status series, and everything else runs.
+
+pub mod nvml;
+pub mod sched;
+pub mod status;
+
+use std::time::Duration;
+
+use exporter::Exporter;
+
+/// What [`start`] runs.
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// How often the pollers read NVML and the kernel's aggregates.
+    pub interval: Duration,
+    pub nvml: bool,
+    pub ebpf: bool,
+    /// The process whose threads the eBPF probe watches (Vigil itself, or an engine it fronts).
+    pub target_pid: u32,
+}
+
+/// The running probes; dropping them stops their threads.
+pub struct Probes {
+    _nvml: Option<nvml::Poller>,
+    _sched: Option<sched::Poller>,
+}
+
+/// Starts the probes `config` asks for, each on its own thread (off the engine's), and sets
+/// their status series. Never fails: a probe that cannot run is off and says why.
+pub fn start(exporter: &Exporter, config: &ProbeConfig) -> Probes {
+    let nvml = if config.nvml {
+        nvml::Poller::start(exporter.clone(), config.interval)
+    } else {
+        status::set(exporter, status::Probe::Nvml, &status::State::disabled());
+        None
+    };
+    let sched = if config.ebpf {
+        sched::Poller::start(exporter.clone(), config.target_pid, config.interval)
+    } else {
+        status::set(exporter, status::Probe::Ebpf, &status::State::disabled());
+        None
+    };
+    Probes {
+        _nvml: nvml,
+        _sched: sched,
+    }
+}
