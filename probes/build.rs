@@ -17,6 +17,10 @@ fn main() {
     }
     println!("cargo:rerun-if-env-changed=VIGIL_SCHED_BPF_OBJ");
     println!("cargo:rerun-if-env-changed=CLANG");
+    // Built without clang or libbpf's headers, try again once they are installed (a missing
+    // path counts as changed, so this reruns on every build until then).
+    println!("cargo:rerun-if-changed=/usr/include/bpf/bpf_helpers.h");
+    println!("cargo:rerun-if-changed=/usr/bin/clang");
 
     let result = match std::env::var_os("VIGIL_SCHED_BPF_OBJ") {
         Some(prebuilt) => std::fs::copy(&prebuilt, &obj)

@@ -139,3 +139,65 @@ fn max_model_len_above_the_models_is_refused() {
         "{err}"
     );
 }
+
+#[test]
+fn probe_flags_are_checked() {
+    let err = fails(&["--probe-interval", "0"]);
+    assert!(
+        err.contains("--probe-interval") && err.contains("between 0.01 and 3600"),
+        "{err}"
+    );
+    let err = fails(&["--probe-interval", "soon"]);
+    assert!(
+        err.contains("--probe-interval") && err.contains("not a number"),
+        "{err}"
+    );
+}
+
+#[test]
+fn check_gpu_without_a_gpu_says_why_and_fails() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("a GPU driver is present: run `vigil check-gpu` itself");
+        return;
+    }
+    let out = Command::new(VIGIL)
+        .arg("check-gpu")
+        .output()
+        .expect("run vigil");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("NVML probe off (no_library"), "{err}");
+}
+
+#[test]
+fn sched_latency_prints_runqlat_style_histograms_of_a_process() {
+    // Watch this test process while a thread of it sleeps and wakes.
+    let child = Command::new(VIGIL)
+        .args([
+            "sched-latency",
+            "--pid",
+            &std::process::id().to_string(),
+            "--duration",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vigil");
+    let sleeper = std::thread::Builder::new()
+        .name("vigil-engine".into())
+        .spawn(|| {
+            for _ in 0..400 {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        })
+        .unwrap();
+    sleeper.join().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("role = engine: "), "{text}");
+    assert!(
+        text.contains("usecs               : count    distribution"),
+        "{text}"
+    );
+}

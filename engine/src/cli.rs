@@ -25,6 +25,28 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Read every GPU through NVML as the probe does and compare with `nvidia-smi`.
+    CheckGpu(CheckGpuArgs),
+    /// Measure run-queue latency of a process's threads by role with the eBPF probe, print it
+    /// like runqlat, and exit.
+    SchedLatency(SchedLatencyArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SchedLatencyArgs {
+    /// Process to watch (0: every process).
+    #[arg(long, default_value_t = 0)]
+    pub pid: u32,
+    /// Seconds to measure.
+    #[arg(long, default_value = "5", value_parser = parse_interval)]
+    pub duration: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckGpuArgs {
+    /// Also write two polls, a second apart, as JSON (the format the probe's tests replay).
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +135,18 @@ pub struct ServeArgs {
     /// Turn prefix caching off.
     #[arg(long, overrides_with = "enable_prefix_caching", action = ArgAction::SetTrue)]
     pub no_enable_prefix_caching: bool,
+
+    /// Seconds between reads of the hardware probes (NVML, eBPF aggregates).
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval)]
+    pub probe_interval: std::time::Duration,
+
+    /// Do not poll GPUs through NVML.
+    #[arg(long)]
+    pub disable_nvml_probe: bool,
+
+    /// Do not load the eBPF scheduling-latency probe.
+    #[arg(long)]
+    pub disable_ebpf_probe: bool,
 }
 
 impl ServeArgs {
@@ -173,6 +207,17 @@ fn parse_custom_buckets(s: &str) -> Result<CustomBuckets, String> {
 
 fn parse_show_hidden(s: &str) -> Result<MinorVersion, String> {
     parse_show_hidden_flag(s, MinorVersion::running()).map_err(|e| e.to_string())
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && (0.01..=3600.0).contains(&v) {
+        Ok(std::time::Duration::from_secs_f64(v))
+    } else {
+        Err(format!("{v} must be between 0.01 and 3600 seconds"))
+    }
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -253,7 +298,7 @@ mod tests {
             v.extend_from_slice(args);
             match Cli::try_parse_from(v).unwrap().command {
                 Command::Serve(a) => a.prefix_caching(),
-                Command::Bench(_) => unreachable!(),
+                _ => unreachable!(),
             }
         };
         assert!(parse(&[]));

@@ -22,6 +22,12 @@ use anyhow::Context;
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Serve(args) => {
+            // Name the CPU backend's workers so the eBPF probe can tell them apart (the kernel
+            // keeps 15 bytes of a thread name: "vigil-compute-N").
+            rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("vigil-compute-{i}"))
+                .build_global()
+                .context("starting the compute thread pool")?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .thread_name("vigil-http")
@@ -30,5 +36,29 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             runtime.block_on(server::serve(*args))
         }
         cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
+        cli::Command::SchedLatency(args) => {
+            let probe = probes::sched::SchedProbe::attach(args.pid).map_err(|state| {
+                anyhow::anyhow!("the eBPF probe cannot run here ({})", state.describe())
+            })?;
+            eprintln!(
+                "attached to {}; measuring for {:?}",
+                match args.pid {
+                    0 => "every process".to_owned(),
+                    pid => format!("process {pid}"),
+                },
+                args.duration
+            );
+            std::thread::sleep(args.duration);
+            let snap = probe.read().map_err(anyhow::Error::msg)?;
+            print!("{}", probes::sched::report::format(&snap));
+            Ok(())
+        }
+        cli::Command::CheckGpu(args) => {
+            let (report, ok) = probes::nvml::check::run(args.record.as_deref())?;
+            print!("{report}");
+            anyhow::ensure!(ok, "NVML and nvidia-smi disagree (see MISMATCH above)");
+            println!("NVML readings agree with nvidia-smi");
+            Ok(())
+        }
     }
 }

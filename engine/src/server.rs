@@ -146,6 +146,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     let model_name = args.model_name();
     exporter.precreate(&model_name, ENGINES);
+    // Held for the server's lifetime: dropping them stops the probes.
+    let _probes = probes::start(
+        &exporter,
+        &probes::ProbeConfig {
+            interval: args.probe_interval,
+            nvml: !args.disable_nvml_probe,
+            ebpf: !args.disable_ebpf_probe,
+            target_pid: std::process::id(),
+        },
+    );
 
     let block_size = args.block_size as usize;
     let num_blocks = match args.num_gpu_blocks_override {

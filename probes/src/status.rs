@@ -45,6 +45,14 @@ impl State {
         State::off("disabled", "turned off on the command line")
     }
 
+    /// `reason: detail`, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Running => "running".into(),
+            State::Off { reason, detail } => format!("{reason}: {detail}"),
+        }
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             State::Running => "running",

@@ -39,7 +39,20 @@ impl Vigil {
     /// Starts `vigil serve MODEL --host 127.0.0.1 --port 0 <args>` with the default model and
     /// waits until it listens.
     pub fn serve(args: &[&str]) -> Vigil {
-        let mut child = Command::new(VIGIL)
+        Self::serve_as(&[], args)
+    }
+
+    /// Like [`Vigil::serve`], run through `wrapper` (e.g. `setpriv ...` to drop privileges).
+    pub fn serve_as(wrapper: &[&str], args: &[&str]) -> Vigil {
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(VIGIL);
+                c
+            }
+            None => Command::new(VIGIL),
+        };
+        let mut child = command
             .args([
                 "serve",
                 require_model(),

@@ -10,8 +10,11 @@
 //!   them side by side.
 //! - `bench-metrics-cost [--rounds N]`: the same serving load with metrics on and with
 //!   `--disable-log-stats`, paired rounds; throughput and server CPU per token ratios.
+//! - `bench-ebpf [--rounds N]`: the eBPF probe's cost per event and on a switch-heavy
+//!   benchmark, beside libbpf-tools' runqlat (root, perf, bpftool, runqlat).
 
 mod bench;
+mod bench_ebpf;
 mod bench_metrics_cost;
 mod bench_model;
 mod docs;
@@ -29,8 +32,9 @@ fn main() -> anyhow::Result<()> {
         Some("fetch-model") => fetch_model::run(),
         Some("bench-model") => bench_model::run(),
         Some("bench-metrics-cost") => bench_metrics_cost::run(&args[1..]),
+        Some("bench-ebpf") => bench_ebpf::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N]>");
+            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N]>");
             std::process::exit(2);
         }
     }

@@ -8,8 +8,17 @@ use anyhow::{bail, Context};
 
 use crate::workspace_root;
 
-/// Programs the end-to-end tests run, and the Debian package that provides each.
-const TOOLS: &[(&str, &str)] = &[("prometheus", "prometheus"), ("promtool", "prometheus")];
+/// What the build and the tests need (a program on PATH, or an absolute file path), and the
+/// Debian package that provides each: prometheus and promtool scrape and lint /metrics; clang and
+/// libbpf's headers build the eBPF probe; bpftrace is the probe test's reference.
+const TOOLS: &[(&str, &str)] = &[
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("clang", "clang"),
+    ("llvm-strip", "llvm"),
+    ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
+    ("bpftrace", "bpftrace"),
+];
 
 pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
     ensure_tools()?;
@@ -34,7 +43,13 @@ fn on_path(program: &str) -> bool {
 fn ensure_tools() -> anyhow::Result<()> {
     let mut missing: Vec<&str> = TOOLS
         .iter()
-        .filter(|(bin, _)| !on_path(bin))
+        .filter(|(what, _)| {
+            if what.starts_with('/') {
+                !std::path::Path::new(what).exists()
+            } else {
+                !on_path(what)
+            }
+        })
         .map(|(_, pkg)| *pkg)
         .collect();
     missing.dedup();

@@ -120,12 +120,12 @@ fn an_engine_failure_mid_stream_arrives_as_an_error_event_then_done() {
     for (path, body) in [
         (
             "/v1/completions",
-            serde_json::json!({"prompt": "hello", "max_tokens": 10, "stream": true}),
+            serde_json::json!({"prompt": "hello", "max_tokens": 10, "stream": true, "temperature": 0}),
         ),
         (
             "/v1/chat/completions",
             serde_json::json!({"messages": [{"role": "user", "content": "hello"}],
-                               "max_tokens": 10, "stream": true}),
+                               "max_tokens": 10, "stream": true, "temperature": 0}),
         ),
     ] {
         // Step 1 prefills and samples a token, step 2 decodes one more, step 3 fails.

@@ -11,7 +11,6 @@ use anyhow::{bail, Context};
 
 use super::reading::{GpuPoll, Poll};
 use super::source::{GpuSource, NvmlSource};
-use crate::status::State;
 
 /// The nvidia-smi fields compared, and how far apart the two readings may be (they are taken a
 /// moment apart; memory, power, clocks and temperature move).
@@ -40,10 +39,8 @@ enum Tolerance {
 
 /// Runs the check; returns the report, and whether every compared field agreed.
 pub fn run(record: Option<&Path>) -> anyhow::Result<(String, bool)> {
-    let mut source = NvmlSource::open().map_err(|state| match state {
-        State::Off { reason, detail } => anyhow::anyhow!("NVML probe off ({reason}): {detail}"),
-        State::Running => unreachable!(),
-    })?;
+    let mut source = NvmlSource::open()
+        .map_err(|state| anyhow::anyhow!("NVML probe off ({})", state.describe()))?;
     let poll = source.poll();
     let smi = nvidia_smi()?;
     let mut report = String::new();

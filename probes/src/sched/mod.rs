@@ -9,6 +9,7 @@
 
 pub mod export;
 pub mod maps;
+pub mod report;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
