@@ -67,17 +67,19 @@ static __always_inline __u32 role_of(struct task_struct *p)
 	}
 }
 
+/* Direct loads through the BTF pointer (tp_btf allows them): cheaper than BPF_CORE_READ's
+ * probe-read helper, and still relocated by CO-RE. */
 static __always_inline long task_state(struct task_struct *p)
 {
 	if (bpf_core_field_exists(p->__state))
-		return BPF_CORE_READ(p, __state);
-	return BPF_CORE_READ((struct task_struct___pre_5_14 *)p, state);
+		return p->__state;
+	return ((struct task_struct___pre_5_14 *)p)->state;
 }
 
-static __always_inline struct stamps *stamps_of(struct task_struct *p)
+static __always_inline struct stamps *stamps_of(struct task_struct *p, __u64 flags)
 {
-	struct stamps *s = bpf_task_storage_get(&stamps, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!s) {
+	struct stamps *s = bpf_task_storage_get(&stamps, p, 0, flags);
+	if (!s && flags) {
 		__u32 k = STAT_NO_STORAGE;
 		__u64 *n = bpf_map_lookup_elem(&stats, &k);
 		if (n)
@@ -108,7 +110,7 @@ static __always_inline int on_wakeup(struct task_struct *p)
 {
 	if (!watched(p))
 		return 0;
-	struct stamps *s = stamps_of(p);
+	struct stamps *s = stamps_of(p, BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (s)
 		s->enqueued = bpf_ktime_get_ns();
 	return 0;
@@ -137,7 +139,7 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	__u64 now = bpf_ktime_get_ns();
 
 	if (prev_watched) {
-		struct stamps *s = stamps_of(prev);
+		struct stamps *s = stamps_of(prev, BPF_LOCAL_STORAGE_GET_F_CREATE);
 		struct role_stats *r = stats_of(role_of(prev));
 		/* Preempted (or yielded while runnable): it waits on the run queue from now. */
 		bool runnable = preempt || task_state(prev) == TASK_RUNNING;
@@ -154,7 +156,8 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	}
 
 	if (next_watched) {
-		struct stamps *s = stamps_of(next);
+		/* No storage yet: nothing was stamped, so there is nothing to measure. */
+		struct stamps *s = stamps_of(next, 0);
 		if (!s)
 			return 0;
 		struct role_stats *r = stats_of(role_of(next));

@@ -25,9 +25,21 @@ const LOOPS: &str = "200000";
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Tracer {
     None,
+    /// Every process (the worst case: every event takes the full path).
     Vigil,
     Runqlat,
+    /// Watching another process (pid 1): what the benchmark pays for events it does not own.
+    VigilOther,
+    RunqlatOther,
 }
+
+const TRACERS: [Tracer; 5] = [
+    Tracer::None,
+    Tracer::Vigil,
+    Tracer::Runqlat,
+    Tracer::VigilOther,
+    Tracer::RunqlatOther,
+];
 
 impl Tracer {
     fn name(self) -> &'static str {
@@ -35,6 +47,8 @@ impl Tracer {
             Tracer::None => "none",
             Tracer::Vigil => "vigil",
             Tracer::Runqlat => "runqlat",
+            Tracer::VigilOther => "vigil -p 1",
+            Tracer::RunqlatOther => "runqlat -p 1",
         }
     }
 }
@@ -79,7 +93,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let result = (|| {
         let mut runs: Vec<(Tracer, Run)> = Vec::new();
         for round in 0..rounds {
-            for tracer in [Tracer::None, Tracer::Vigil, Tracer::Runqlat] {
+            for tracer in TRACERS {
                 let run = one_run(tracer, &vigil)?;
                 eprintln!(
                     "round {round} {:<8} {:.2} us/op, {:.2} CPU s, programs {:?}",
@@ -108,13 +122,13 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let base_cpu = med(Tracer::None, &|r| Some(r.cpu_seconds));
     let base_op = med(Tracer::None, &|r| Some(r.usecs_per_op));
     println!(
-        "taskset -c 1 perf bench sched pipe -T -l {LOOPS}, tracer system-wide, medians of {rounds}:"
+        "taskset -c 1 perf bench sched pipe -T -l {LOOPS}, one tracer at a time, medians of {rounds}:"
     );
     println!(
-        "{:<10} {:>10} {:>10} {:>12} {:>14} {:>14}",
+        "{:<14} {:>8} {:>8} {:>10} {:>14} {:>14}",
         "tracer", "us/op", "CPU s", "extra CPU", "wakeup ns/ev", "switch ns/ev"
     );
-    for t in [Tracer::None, Tracer::Vigil, Tracer::Runqlat] {
+    for t in TRACERS {
         let prog = |name: &'static str| {
             move |r: &Run| {
                 r.programs
@@ -125,7 +139,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         };
         let cpu = med(t, &|r| Some(r.cpu_seconds));
         println!(
-            "{:<10} {:>10.2} {:>10.2} {:>11.1}% {:>14.0} {:>14.0}",
+            "{:<14} {:>8.2} {:>8.2} {:>9.1}% {:>14.0} {:>14.0}",
             t.name(),
             med(t, &|r| Some(r.usecs_per_op)),
             cpu,
@@ -141,15 +155,24 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn one_run(tracer: Tracer, vigil: &std::path::Path) -> anyhow::Result<Run> {
+    let before = program_ids()?;
     let child = match tracer {
         Tracer::None => None,
-        Tracer::Vigil => Some(start(
-            Command::new(vigil).args(["sched-latency", "--pid", "0", "--duration", "120"]),
-            "attached",
-            true,
-        )?),
+        Tracer::Vigil | Tracer::VigilOther => {
+            let pid = if tracer == Tracer::Vigil { "0" } else { "1" };
+            Some(start(
+                Command::new(vigil).args(["sched-latency", "--pid", pid, "--duration", "120"]),
+                "attached",
+                true,
+            )?)
+        }
         Tracer::Runqlat => Some(start(
-            Command::new("runqlat").args(["120", "1"]),
+            Command::new("stdbuf").args(["-oL", "runqlat", "120", "1"]),
+            "Tracing",
+            false,
+        )?),
+        Tracer::RunqlatOther => Some(start(
+            Command::new("stdbuf").args(["-oL", "runqlat", "-p", "1", "120", "1"]),
             "Tracing",
             false,
         )?),
@@ -173,7 +196,7 @@ fn one_run(tracer: Tracer, vigil: &std::path::Path) -> anyhow::Result<Run> {
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("no usecs/op in perf's output: {text}"))?;
     let programs = match &child {
-        Some(c) => program_costs(c.id())?,
+        Some(_) => program_costs(&before)?,
         None => Vec::new(),
     };
     if let Some(mut c) = child {
@@ -187,7 +210,8 @@ fn one_run(tracer: Tracer, vigil: &std::path::Path) -> anyhow::Result<Run> {
     })
 }
 
-/// Starts a tracer and waits for the line that says it is attached.
+/// Starts a tracer and waits for the line that says it is attached (runqlat runs under
+/// `stdbuf -oL`: into a pipe, its stdout would hold that line until it exits).
 fn start(cmd: &mut Command, ready: &str, on_stderr: bool) -> anyhow::Result<Child> {
     let mut child = if on_stderr {
         cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn()?
@@ -211,20 +235,30 @@ fn start(cmd: &mut Command, ready: &str, on_stderr: bool) -> anyhow::Result<Chil
     bail!("the tracer exited before attaching")
 }
 
-/// The average run time per event of each BPF program that process `pid` holds, from
-/// `bpftool prog show --json` (needs kernel.bpf_stats_enabled=1).
-fn program_costs(pid: u32) -> anyhow::Result<Vec<(String, f64)>> {
+/// Every loaded BPF program, from `bpftool prog show --json`.
+fn programs() -> anyhow::Result<Vec<Value>> {
     let out = Command::new("bpftool")
         .args(["prog", "show", "--json"])
         .output()
         .context("running bpftool")?;
     let progs: Value = serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    Ok(progs.as_array().cloned().unwrap_or_default())
+}
+
+fn program_ids() -> anyhow::Result<std::collections::HashSet<u64>> {
+    Ok(programs()?
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect())
+}
+
+/// The average run time per event of each BPF program loaded since `before` was listed (the
+/// tracer's: Debian's bpftool cannot name a program's owner), from `bpftool prog show`
+/// (needs kernel.bpf_stats_enabled=1).
+fn program_costs(before: &std::collections::HashSet<u64>) -> anyhow::Result<Vec<(String, f64)>> {
     let mut costs = Vec::new();
-    for p in progs.as_array().into_iter().flatten() {
-        let owned = p["pids"].as_array().is_some_and(|pids| {
-            pids.iter()
-                .any(|x| x["pid"].as_u64() == Some(u64::from(pid)))
-        });
+    for p in programs()? {
+        let owned = p["id"].as_u64().is_some_and(|id| !before.contains(&id));
         let (Some(name), Some(ns), Some(cnt)) = (
             p["name"].as_str(),
             p["run_time_ns"].as_f64(),
