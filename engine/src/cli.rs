@@ -147,6 +147,18 @@ pub struct ServeArgs {
     /// Do not load the eBPF scheduling-latency probe.
     #[arg(long)]
     pub disable_ebpf_probe: bool,
+
+    /// Dynamo namespace of this worker (the `dynamo_namespace` label of dynamo_component_*).
+    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
+    pub dynamo_namespace: String,
+
+    /// Dynamo component name of this worker (`dynamo_component`).
+    #[arg(long, default_value = "backend")]
+    pub dynamo_component: String,
+
+    /// Dynamo endpoint name of the engine (`dynamo_endpoint`).
+    #[arg(long, default_value = "generate")]
+    pub dynamo_endpoint: String,
 }
 
 impl ServeArgs {

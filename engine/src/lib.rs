@@ -13,6 +13,7 @@ pub mod model;
 pub mod sampling;
 pub mod scheduler;
 pub mod server;
+pub mod system_server;
 pub mod testing;
 pub mod tokenizer;
 

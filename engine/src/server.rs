@@ -20,6 +20,7 @@ use crate::kv_cache::manager::KvCacheManager;
 use crate::metrics::EngineMetrics;
 use crate::model::Model;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::system_server::{self, SystemState};
 
 /// The engine indexes this process serves (`engine` label values).
 const ENGINES: &[&str] = &["0"];
@@ -30,6 +31,9 @@ pub fn exporter_config(args: &ServeArgs, max_model_len: u64) -> ExporterConfig {
     if let Some(custom) = &args.custom_histogram_buckets {
         config.buckets = custom.apply(config.buckets);
     }
+    config.buckets = config
+        .buckets
+        .with_dynamo_env(&|name| std::env::var(name).ok());
     config.show_hidden_for = args.show_hidden_metrics_for_version;
     config.enable_exemplars = args.enable_exemplars;
     config.engine_stats = !args.disable_log_stats;
@@ -68,6 +72,59 @@ fn cache_config_labels(
         ),
         ("engine", engine.to_owned()),
     ]
+}
+
+/// One forward step outside the engine (not counted in any metric), so that the first request
+/// does not pay for first-touch page faults and so that `ready` means a step has run. The KV it
+/// writes lands in block 0, which every sequence overwrites before reading.
+fn warm_up(backend: &mut CpuBackend) -> anyhow::Result<()> {
+    use crate::backend::{Backend, LogitsFor, SeqInput};
+    let started = std::time::Instant::now();
+    backend
+        .forward(&[SeqInput {
+            tokens: &[0],
+            start_pos: 0,
+            block_table: &[0],
+            logits_for: LogitsFor::Last,
+        }])
+        .context("warm-up step")?;
+    tracing::info!("warm-up step ran in {:.2?}", started.elapsed());
+    Ok(())
+}
+
+/// Dynamo's model configuration gauges for every served name (lower-cased, as Dynamo labels
+/// them), and the uptime gauge, read at each scrape.
+fn set_dynamo_model_config(
+    exporter: &Exporter,
+    state: &AppState,
+    num_blocks: usize,
+    block_size: usize,
+    args: &ServeArgs,
+    max_model_len: u64,
+) -> anyhow::Result<()> {
+    use exporter::catalog::dynamo::*;
+    for name in &state.served_model_names {
+        let labels = [("model", name.to_lowercase())];
+        for (def, value) in [
+            (&MODEL_TOTAL_KV_BLOCKS, num_blocks as f64),
+            (&MODEL_MAX_NUM_SEQS, f64::from(args.max_num_seqs)),
+            (
+                &MODEL_MAX_NUM_BATCHED_TOKENS,
+                f64::from(args.max_num_batched_tokens),
+            ),
+            (&MODEL_CONTEXT_LENGTH, max_model_len as f64),
+            (&MODEL_KV_CACHE_BLOCK_SIZE, block_size as f64),
+        ] {
+            exporter
+                .set_gauge(def, &labels, value)
+                .map_err(anyhow::Error::msg)?;
+        }
+    }
+    let started = std::time::Instant::now();
+    exporter.on_render(move |e| {
+        let _ = e.set_gauge(&COMPONENT_UPTIME, &[], started.elapsed().as_secs_f64());
+    });
+    Ok(())
 }
 
 /// The application's routes. `/health` answers 503 once the engine thread has died.
@@ -135,6 +192,11 @@ pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
 
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    // Dynamo's system status server comes up first, so that it says `notready` while loading.
+    let system = SystemState::new();
+    if let Some(config) = system_server::config_from_env(&|name| std::env::var(name).ok())? {
+        system_server::start(&config, system.clone()).await?;
+    }
     let model = {
         let args = args.clone();
         tokio::task::spawn_blocking(move || load_model(&args)).await??
@@ -146,6 +208,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     let model_name = args.model_name();
     exporter.precreate(&model_name, ENGINES);
+    let _ = system.exporter.set(exporter.clone());
     // Held for the server's lifetime: dropping them stops the probes.
     let _probes = probes::start(
         &exporter,
@@ -179,8 +242,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         weight_format: WeightFormat::default(),
     };
     let started = std::time::Instant::now();
-    let backend = tokio::task::block_in_place(|| CpuBackend::new(&model, &options))
+    let mut backend = tokio::task::block_in_place(|| CpuBackend::new(&model, &options))
         .with_context(|| format!("preparing the weights of {}", args.model.display()))?;
+    tokio::task::block_in_place(|| warm_up(&mut backend))?;
     tracing::info!(
         num_blocks,
         block_size,
@@ -222,7 +286,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_model_len: max_model_len as usize,
         api_key: args.api_key.clone(),
         created: api::unix_now(),
+        dynamo: api::dynamo::DynamoNames::new(
+            &args.dynamo_namespace,
+            &args.dynamo_component,
+            &args.dynamo_endpoint,
+        ),
     });
+    let _ = system.engine.set(state.engine.clone());
+    let _ = system.endpoint.set(state.dynamo.endpoint.clone());
+    set_dynamo_model_config(
+        &exporter,
+        &state,
+        num_blocks,
+        block_size,
+        &args,
+        max_model_len,
+    )?;
 
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
@@ -233,8 +312,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     let local = listener.local_addr()?;
     tracing::info!(%model_name, "listening on http://{local}");
+    system.readiness.set_ready();
+    let readiness = system.readiness.clone();
     axum::serve(listener, app(exporter, engine).merge(api::router(state)))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            readiness.set_draining();
+            tracing::info!("draining");
+        })
         .await
         .context("HTTP server failed")?;
     tracing::info!("shut down");

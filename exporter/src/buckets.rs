@@ -28,6 +28,18 @@ pub enum BucketFamily {
     /// Powers of two of microseconds, in seconds (2 µs .. 2^26 µs ≈ 67 s): the log2 slots the
     /// eBPF probe aggregates in the kernel. Fixed, since the kernel's slots are.
     Log2Microseconds,
+    /// Dynamo's frontend request duration in seconds: log buckets (1, 512, 10).
+    DynamoRequestDuration,
+    /// Dynamo's input sequence (and cached) tokens: log buckets (50, 128000, 12).
+    DynamoInputSequence,
+    /// Dynamo's output sequence tokens: log buckets (50, 32000, 10).
+    DynamoOutputSequence,
+    /// Dynamo's time to first token in seconds: log buckets (0.001, 480, 18).
+    DynamoTimeToFirstToken,
+    /// Dynamo's inter-token latency in seconds: log buckets (0.001, 2, 13).
+    DynamoInterTokenLatency,
+    /// The Prometheus client's default buckets (Dynamo's component request duration).
+    PrometheusDefault,
 }
 
 impl BucketFamily {
@@ -43,8 +55,17 @@ impl BucketFamily {
         BucketFamily::KvCacheResidency,
     ];
 
-    /// Families whose bounds mirror an aggregation made elsewhere and cannot be overridden.
-    pub const FIXED: [BucketFamily; 1] = [BucketFamily::Log2Microseconds];
+    /// Families whose bounds are not set by `--custom-histogram-buckets`: the kernel's log2
+    /// slots, and Dynamo's (set by its `DYN_METRICS_*` environment, see [`DynamoLogBuckets`]).
+    pub const FIXED: [BucketFamily; 7] = [
+        BucketFamily::Log2Microseconds,
+        BucketFamily::DynamoRequestDuration,
+        BucketFamily::DynamoInputSequence,
+        BucketFamily::DynamoOutputSequence,
+        BucketFamily::DynamoTimeToFirstToken,
+        BucketFamily::DynamoInterTokenLatency,
+        BucketFamily::PrometheusDefault,
+    ];
 
     /// The number of log2 slots the eBPF probe keeps (`NR_SLOTS` in probes/bpf/sched.h): slot
     /// `k` < 26 holds waits of `2^k..2^(k+1)` µs (0 and 1 µs in slot 0) and is the bucket
@@ -63,6 +84,12 @@ impl BucketFamily {
             BucketFamily::RequestTokens => "request_tokens",
             BucketFamily::KvCacheResidency => "kv_cache_residency",
             BucketFamily::Log2Microseconds => "log2_microseconds",
+            BucketFamily::DynamoRequestDuration => "dynamo_request_duration",
+            BucketFamily::DynamoInputSequence => "dynamo_input_sequence",
+            BucketFamily::DynamoOutputSequence => "dynamo_output_sequence",
+            BucketFamily::DynamoTimeToFirstToken => "dynamo_ttft",
+            BucketFamily::DynamoInterTokenLatency => "dynamo_itl",
+            BucketFamily::PrometheusDefault => "prometheus_default",
         }
     }
 
@@ -100,8 +127,147 @@ impl BucketFamily {
             BucketFamily::Log2Microseconds => (1..Self::LOG2_SLOTS as i32)
                 .map(|k| 2f64.powi(k) * 1e-6)
                 .collect(),
+            BucketFamily::PrometheusDefault => vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ],
+            dynamo => {
+                let d = DynamoLogBuckets::of(dynamo).expect("a Dynamo family");
+                generate_log_buckets(d.min, d.max, d.count)
+            }
         }
     }
+}
+
+/// One of Dynamo's log-spaced histogram families: its defaults and the environment variables
+/// that override them (`DYN_METRICS_<KEY>_{MIN,MAX,COUNT}`, and the older
+/// `DYN_HISTOGRAM_DYN_METRICS_<KEY>_*` spelling Dynamo still reads).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DynamoLogBuckets {
+    pub family: BucketFamily,
+    pub env_key: &'static str,
+    pub min: f64,
+    pub max: f64,
+    pub count: u32,
+}
+
+impl DynamoLogBuckets {
+    pub const ALL: [DynamoLogBuckets; 5] = [
+        DynamoLogBuckets::new(
+            BucketFamily::DynamoRequestDuration,
+            "REQUEST_DURATION",
+            1.0,
+            512.0,
+            10,
+        ),
+        DynamoLogBuckets::new(
+            BucketFamily::DynamoInputSequence,
+            "INPUT_SEQUENCE",
+            50.0,
+            128000.0,
+            12,
+        ),
+        DynamoLogBuckets::new(
+            BucketFamily::DynamoOutputSequence,
+            "OUTPUT_SEQUENCE",
+            50.0,
+            32000.0,
+            10,
+        ),
+        DynamoLogBuckets::new(
+            BucketFamily::DynamoTimeToFirstToken,
+            "TTFT",
+            0.001,
+            480.0,
+            18,
+        ),
+        DynamoLogBuckets::new(BucketFamily::DynamoInterTokenLatency, "ITL", 0.001, 2.0, 13),
+    ];
+
+    const fn new(
+        family: BucketFamily,
+        env_key: &'static str,
+        min: f64,
+        max: f64,
+        count: u32,
+    ) -> Self {
+        DynamoLogBuckets {
+            family,
+            env_key,
+            min,
+            max,
+            count,
+        }
+    }
+
+    pub fn of(family: BucketFamily) -> Option<DynamoLogBuckets> {
+        Self::ALL.into_iter().find(|d| d.family == family)
+    }
+
+    /// The bounds after the environment's overrides, read through `env` (so tests need not
+    /// touch the process environment). Invalid settings (min <= 0, min >= max, count 0 or
+    /// above 512, unparsable) fall back to the defaults, as in Dynamo; the warning says so.
+    pub fn bounds_from_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<f64> {
+        let read = |part: &str| {
+            let name = format!("DYN_METRICS_{}_{part}", self.env_key);
+            env(&name).or_else(|| env(&format!("DYN_HISTOGRAM_{name}")))
+        };
+        let parse = |part: &str, default: f64| match read(part) {
+            None => Some(default),
+            Some(v) => v.trim().parse::<f64>().ok(),
+        };
+        let (min, max, count) = (
+            parse("MIN", self.min),
+            parse("MAX", self.max),
+            parse("COUNT", f64::from(self.count)),
+        );
+        match (min, max, count) {
+            (Some(min), Some(max), Some(count))
+                if min > 0.0
+                    && min < max
+                    && (1.0..=512.0).contains(&count)
+                    && count.fract() == 0.0 =>
+            {
+                generate_log_buckets(min, max, count as u32)
+            }
+            _ => {
+                tracing::warn!(
+                    "DYN_METRICS_{}_{{MIN,MAX,COUNT}} invalid; using the defaults ({}, {}, {})",
+                    self.env_key,
+                    self.min,
+                    self.max,
+                    self.count
+                );
+                generate_log_buckets(self.min, self.max, self.count)
+            }
+        }
+    }
+}
+
+/// Dynamo's `generate_log_buckets`: `0`, then `count - 1` log-spaced values from
+/// `min * (max/min)^(1/(count-1))` up to `max`, each rounded to two significant figures, with
+/// consecutive duplicates removed.
+pub fn generate_log_buckets(min: f64, max: f64, count: u32) -> Vec<f64> {
+    let mut buckets = vec![0.0];
+    if count <= 1 {
+        return buckets;
+    }
+    let steps = f64::from(count - 1);
+    for i in 1..count {
+        let v = round_to_significant(min * (max / min).powf(f64::from(i) / steps), 2);
+        if buckets.last() != Some(&v) {
+            buckets.push(v);
+        }
+    }
+    buckets
+}
+
+fn round_to_significant(v: f64, figures: i32) -> f64 {
+    if v == 0.0 {
+        return 0.0;
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    let scale = 10f64.powi(figures - 1 - magnitude);
+    (v * scale).round() / scale
 }
 
 /// vLLM's `build_1_2_5_buckets`: 1, 2, 5, 10, 20, 50, ... up to and including `max_value`,
@@ -178,6 +344,15 @@ impl BucketConfig {
         Ok(self)
     }
 
+    /// Applies Dynamo's `DYN_METRICS_*` environment (read through `env`) to its histogram
+    /// families; see [`DynamoLogBuckets::bounds_from_env`].
+    pub fn with_dynamo_env(mut self, env: &dyn Fn(&str) -> Option<String>) -> Self {
+        for d in DynamoLogBuckets::ALL {
+            self.overrides.insert(d.family, d.bounds_from_env(env));
+        }
+        self
+    }
+
     /// The `max_model_len` the token-count buckets were computed from.
     pub fn max_model_len(&self) -> u64 {
         self.max_model_len
@@ -212,6 +387,71 @@ mod tests {
         assert_eq!(build_1_2_5_buckets(1000).last(), Some(&1000.0));
         assert!(build_1_2_5_buckets(0).is_empty());
         assert_eq!(build_1_2_5_buckets(u64::MAX).len(), 58);
+    }
+
+    #[test]
+    fn dynamo_log_buckets_match_dynamos_defaults() {
+        let b = |f| BucketFamily::default_bounds(f, 0);
+        assert_eq!(
+            b(BucketFamily::DynamoRequestDuration),
+            vec![0., 2., 4., 8., 16., 32., 64., 130., 260., 510.]
+        );
+        assert_eq!(
+            b(BucketFamily::DynamoInputSequence),
+            vec![0., 100., 210., 430., 870., 1800., 3600., 7400., 15000., 31000., 63000., 130000.]
+        );
+        assert_eq!(
+            b(BucketFamily::DynamoOutputSequence),
+            vec![0., 100., 210., 430., 880., 1800., 3700., 7600., 16000., 32000.]
+        );
+        assert_eq!(
+            b(BucketFamily::DynamoTimeToFirstToken),
+            vec![
+                0., 0.0022, 0.0047, 0.01, 0.022, 0.047, 0.1, 0.22, 0.47, 1., 2.2, 4.7, 10., 22.,
+                48., 100., 220., 480.
+            ]
+        );
+        assert_eq!(
+            b(BucketFamily::DynamoInterTokenLatency),
+            vec![0., 0.0019, 0.0035, 0.0067, 0.013, 0.024, 0.045, 0.084, 0.16, 0.3, 0.56, 1.1, 2.]
+        );
+    }
+
+    #[test]
+    fn dynamo_env_overrides_and_their_fallbacks() {
+        let ttft = DynamoLogBuckets::of(BucketFamily::DynamoTimeToFirstToken).unwrap();
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let set = env(&[
+            ("DYN_METRICS_TTFT_MIN", "1"),
+            ("DYN_METRICS_TTFT_MAX", "100"),
+            ("DYN_METRICS_TTFT_COUNT", "3"),
+        ]);
+        assert_eq!(ttft.bounds_from_env(&set), vec![0., 10., 100.]);
+        // The older doubled spelling is read too.
+        let old = env(&[
+            ("DYN_HISTOGRAM_DYN_METRICS_TTFT_COUNT", "3"),
+            ("DYN_METRICS_TTFT_MIN", "1"),
+            ("DYN_METRICS_TTFT_MAX", "100"),
+        ]);
+        assert_eq!(ttft.bounds_from_env(&old), vec![0., 10., 100.]);
+        // Invalid: defaults.
+        let defaults = BucketFamily::DynamoTimeToFirstToken.default_bounds(0);
+        for bad in [
+            &[("DYN_METRICS_TTFT_MIN", "0")][..],
+            &[("DYN_METRICS_TTFT_MIN", "500")],
+            &[("DYN_METRICS_TTFT_COUNT", "0")],
+            &[("DYN_METRICS_TTFT_COUNT", "513")],
+            &[("DYN_METRICS_TTFT_MAX", "lots")],
+        ] {
+            let vars: &'static [(&'static str, &'static str)] = bad;
+            assert_eq!(ttft.bounds_from_env(&env(vars)), defaults, "{bad:?}");
+        }
     }
 
     #[test]

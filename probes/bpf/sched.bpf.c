@@ -20,6 +20,7 @@ const volatile __u32 targ_tgid = 0;
 struct stamps {
 	__u64 enqueued; /* when it became runnable (0: not waiting) */
 	__u64 off_since; /* when it last left the CPU (0: unknown) */
+	__u64 preempted; /* 1 if it left the CPU still runnable */
 };
 
 struct {
@@ -139,19 +140,15 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 	__u64 now = bpf_ktime_get_ns();
 
 	if (prev_watched) {
+		/* Only stamps here: the switch is counted, by role, when the task runs again, so this
+		 * path needs no role and no map lookup beyond the task's own storage. */
 		struct stamps *s = stamps_of(prev, BPF_LOCAL_STORAGE_GET_F_CREATE);
-		struct role_stats *r = stats_of(role_of(prev));
-		/* Preempted (or yielded while runnable): it waits on the run queue from now. */
-		bool runnable = preempt || task_state(prev) == TASK_RUNNING;
 		if (s) {
+			/* Preempted (or yielded while runnable): it waits on the run queue from now. */
+			bool runnable = preempt || task_state(prev) == TASK_RUNNING;
 			s->enqueued = runnable ? now : 0;
+			s->preempted = runnable;
 			s->off_since = now;
-		}
-		if (r) {
-			if (runnable)
-				r->involuntary += 1;
-			else
-				r->voluntary += 1;
 		}
 	}
 
@@ -167,8 +164,13 @@ int BPF_PROG(sched_switch, bool preempt, struct task_struct *prev, struct task_s
 				r->slots[log2_slot(ns / 1000)] += 1;
 				r->runq_ns += ns;
 			}
-			if (s->off_since && now > s->off_since)
+			if (s->off_since && now > s->off_since) {
 				r->offcpu_ns += now - s->off_since;
+				if (s->preempted)
+					r->involuntary += 1;
+				else
+					r->voluntary += 1;
+			}
 		}
 		s->enqueued = 0;
 		s->off_since = 0;

@@ -17,8 +17,8 @@ struct role_stats {
 	__u64 slots[NR_SLOTS];
 	__u64 runq_ns;       /* sum of run-queue waits */
 	__u64 offcpu_ns;     /* time off CPU: from switch-out to the next switch-in */
-	__u64 involuntary;   /* switch-outs while still runnable (preempted) */
-	__u64 voluntary;     /* switch-outs to sleep */
+	__u64 involuntary;   /* switch-outs while still runnable (preempted), counted at the next switch-in */
+	__u64 voluntary;     /* switch-outs to sleep, counted at the next switch-in */
 };
 
 /* Per-CPU counters of the probe's own trouble. */

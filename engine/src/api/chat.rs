@@ -5,15 +5,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::ChatRequest;
 use super::protocol::CommonParams;
-use super::stream::{sse, ChunkFormat};
+use super::stream::{delivered, sse, ChunkFormat};
 use super::{request_id, unix_now, AppState};
 
 pub async fn handle(
@@ -24,6 +24,52 @@ pub async fn handle(
     let common: CommonParams = parse_json(&body)?;
     let req: ChatRequest = parse_json(&body)?;
     let model = state.check_model(common.model.as_deref())?;
+    let mut record = RequestRecord::start(
+        &state.dynamo,
+        &model,
+        Route::ChatCompletions,
+        common.streaming().is_some(),
+        body.len(),
+    );
+    let request = match prepare(&state, &common, &req, arrival) {
+        Ok(r) => r,
+        Err(e) => {
+            record.fail(&e);
+            return Err(e);
+        }
+    };
+    let id = request.request_id.clone();
+    let gen = Generation::start(Arc::clone(&state), request, record)?;
+    let format = Format {
+        id,
+        model,
+        created: unix_now(),
+    };
+    if let Some(include_usage) = common.streaming() {
+        return Ok(sse(gen, format, include_usage));
+    }
+    let mut gen = gen;
+    let want_logprobs = gen.wants_logprobs();
+    let out = gen.collect().await?;
+    let choices: Vec<Value> = (0..gen.n())
+        .map(|i| {
+            json!({"index": i, "message": {"role": "assistant", "content": out.texts[i]},
+                   "logprobs": if want_logprobs { logprobs_json(&out.logprobs[i]) } else { Value::Null },
+                   "finish_reason": out.finish_reasons[i], "stop_reason": null})
+        })
+        .collect();
+    let body = json!({"id": format.id, "object": "chat.completion", "created": format.created, "model": format.model,
+                       "choices": choices, "usage": gen.usage.to_json()});
+    Ok(delivered(&mut gen, &body))
+}
+
+/// Checks the request and turns it into what the engine runs.
+fn prepare(
+    state: &AppState,
+    common: &CommonParams,
+    req: &ChatRequest,
+    arrival: Instant,
+) -> Result<GenRequest, ApiError> {
     let messages = req.messages()?;
     let text = state
         .tokenizer
@@ -48,40 +94,16 @@ pub async fn handle(
     let max_tokens = state.output_budget(prompt.len(), max_param)?;
     let n = common.n()?;
     let id = request_id("chatcmpl");
-    let gen = Generation::start(
-        Arc::clone(&state),
-        GenRequest {
-            request_id: id.clone(),
-            prompt,
-            params,
-            max_tokens,
-            max_tokens_param: max_param.map(|m| m as usize),
-            n,
-            stop: common.stop_strings()?,
-            arrival,
-        },
-    )?;
-    let format = Format {
-        id,
-        model,
-        created: unix_now(),
-    };
-    if let Some(include_usage) = common.streaming() {
-        return Ok(sse(gen, format, include_usage));
-    }
-    let mut gen = gen;
-    let want_logprobs = gen.wants_logprobs();
-    let out = gen.collect().await?;
-    let choices: Vec<Value> = (0..gen.n())
-        .map(|i| {
-            json!({"index": i, "message": {"role": "assistant", "content": out.texts[i]},
-                   "logprobs": if want_logprobs { logprobs_json(&out.logprobs[i]) } else { Value::Null },
-                   "finish_reason": out.finish_reasons[i], "stop_reason": null})
-        })
-        .collect();
-    Ok(Json(json!({"id": format.id, "object": "chat.completion", "created": format.created, "model": format.model,
-                   "choices": choices, "usage": gen.usage.to_json()}))
-    .into_response())
+    Ok(GenRequest {
+        request_id: id.clone(),
+        prompt,
+        params,
+        max_tokens,
+        max_tokens_param: max_param.map(|m| m as usize),
+        n,
+        stop: common.stop_strings()?,
+        arrival,
+    })
 }
 
 fn logprobs_json(lps: &[TokenLogprob]) -> Value {

@@ -4,15 +4,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::CommonParams;
 use super::protocol::{CompletionRequest, Prompt};
-use super::stream::{sse, ChunkFormat};
+use super::stream::{delivered, sse, ChunkFormat};
 use super::{request_id, unix_now, AppState};
 
 pub async fn handle(
@@ -23,6 +23,40 @@ pub async fn handle(
     let common: CommonParams = parse_json(&body)?;
     let req: CompletionRequest = parse_json(&body)?;
     let model = state.check_model(common.model.as_deref())?;
+    let mut record = RequestRecord::start(
+        &state.dynamo,
+        &model,
+        Route::Completions,
+        common.streaming().is_some(),
+        body.len(),
+    );
+    let request = match prepare(&state, &common, &req, arrival) {
+        Ok(r) => r,
+        Err(e) => {
+            record.fail(&e);
+            return Err(e);
+        }
+    };
+    let id = request.request_id.clone();
+    let gen = Generation::start(Arc::clone(&state), request, record)?;
+    let format = Format {
+        id,
+        model,
+        created: unix_now(),
+    };
+    if let Some(include_usage) = common.streaming() {
+        return Ok(sse(gen, format, include_usage));
+    }
+    collect(gen, format).await
+}
+
+/// Checks the request and turns it into what the engine runs.
+fn prepare(
+    state: &AppState,
+    common: &CommonParams,
+    req: &CompletionRequest,
+    arrival: Instant,
+) -> Result<GenRequest, ApiError> {
     let prompt = match &req.prompt {
         Prompt::Text(t) => state
             .tokenizer
@@ -50,28 +84,16 @@ pub async fn handle(
     let max_tokens = state.output_budget(prompt.len(), common.max_tokens)?;
     let n = common.n()?;
     let id = request_id("cmpl");
-    let gen = Generation::start(
-        Arc::clone(&state),
-        GenRequest {
-            request_id: id.clone(),
-            prompt,
-            params,
-            max_tokens,
-            max_tokens_param: common.max_tokens.map(|m| m as usize),
-            n,
-            stop: common.stop_strings()?,
-            arrival,
-        },
-    )?;
-    let format = Format {
-        id,
-        model,
-        created: unix_now(),
-    };
-    if let Some(include_usage) = common.streaming() {
-        return Ok(sse(gen, format, include_usage));
-    }
-    collect(gen, format).await
+    Ok(GenRequest {
+        request_id: id.clone(),
+        prompt,
+        params,
+        max_tokens,
+        max_tokens_param: common.max_tokens.map(|m| m as usize),
+        n,
+        stop: common.stop_strings()?,
+        arrival,
+    })
 }
 
 fn logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
@@ -105,7 +127,7 @@ async fn collect(mut gen: Generation, f: Format) -> Result<Response, ApiError> {
         .collect();
     let body = json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
                       "choices": choices, "usage": gen.usage.to_json()});
-    Ok(Json(body).into_response())
+    Ok(delivered(&mut gen, &body))
 }
 
 struct Format {

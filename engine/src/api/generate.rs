@@ -10,6 +10,7 @@ use futures_util::stream::{select_all, SelectAll, StreamExt};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use super::dynamo::RequestRecord;
 use super::error::ApiError;
 use super::AppState;
 use crate::engine_core::{Event, NewRequest};
@@ -92,11 +93,18 @@ pub struct Generation {
     stop: Vec<String>,
     want_logprobs: bool,
     pub usage: Usage,
+    /// Dynamo's record of this request; dropped with the generation.
+    record: RequestRecord,
 }
 
 impl Generation {
     /// Submits every choice to the engine.
-    pub fn start(state: Arc<AppState>, req: GenRequest) -> Result<Generation, ApiError> {
+    pub fn start(
+        state: Arc<AppState>,
+        req: GenRequest,
+        mut record: RequestRecord,
+    ) -> Result<Generation, ApiError> {
+        record.set_input_tokens(req.prompt.len());
         let tokenizer = Arc::clone(&state.tokenizer);
         let mut streams = Vec::new();
         let mut choices = Vec::new();
@@ -124,7 +132,11 @@ impl Generation {
                     arrival: req.arrival,
                     events: tx,
                 })
-                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+                .map_err(|e| {
+                    let err = ApiError::unavailable(e.to_string());
+                    record.fail(&err);
+                    err
+                })?;
             streams.push(
                 UnboundedReceiverStream::new(rx)
                     .map(move |e| (index, e))
@@ -151,6 +163,7 @@ impl Generation {
                 prompt_tokens: req.prompt.len(),
                 ..Usage::default()
             },
+            record,
         })
     }
 
@@ -160,6 +173,17 @@ impl Generation {
 
     pub fn wants_logprobs(&self) -> bool {
         self.want_logprobs
+    }
+
+    /// The response went out whole: `bytes` of it.
+    pub fn delivered(&mut self, bytes: usize) {
+        self.record.sent(bytes);
+        self.record.succeed();
+    }
+
+    /// `bytes` more of a streamed response went out.
+    pub fn sent(&mut self, bytes: usize) {
+        self.record.sent(bytes);
     }
 
     /// Runs every choice to the end.
@@ -193,13 +217,16 @@ impl Generation {
             }
             let Some((index, event)) = self.events.next().await else {
                 // The engine dropped the channels without finishing: it stopped.
-                return Some(Err(ApiError::unavailable("the engine stopped")));
+                let err = ApiError::unavailable("the engine stopped");
+                self.record.fail(&err);
+                return Some(Err(err));
             };
             if self.choices[index].finished {
                 continue;
             }
             match event {
                 Event::Token(sampled) => {
+                    self.record.tokens(1);
                     let lp = self.want_logprobs.then(|| TokenLogprob {
                         token: self.token_text(sampled.token),
                         logprob: sampled.logprob,
@@ -238,7 +265,9 @@ impl Generation {
                     self.usage.prompt_tokens = prompt_tokens;
                     self.usage.cached_tokens = cached_tokens;
                     self.usage.completion_tokens += completion_tokens;
+                    self.record.set_cached_tokens(cached_tokens);
                     if reason == FinishReason::Error {
+                        self.record.fail_in_backend();
                         return Some(Err(ApiError::unavailable(
                             "the engine failed while running this request",
                         )));

@@ -4,6 +4,7 @@
 
 mod chat;
 mod completions;
+pub mod dynamo;
 pub mod error;
 mod generate;
 pub mod protocol;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     /// Unix time the server started (`created` of `/v1/models`).
     pub created: u64,
+    /// The names Dynamo's component series carry.
+    pub dynamo: dynamo::DynamoNames,
 }
 
 impl AppState {

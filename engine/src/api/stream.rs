@@ -41,7 +41,7 @@ pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: boo
                     }
                     let first = chunks.remove(0);
                     Some((
-                        Some(data(&first)),
+                        Some(data(&mut generation, &first)),
                         (generation, format, Phase::Preamble(chunks), include_usage),
                     ))
                 }
@@ -49,12 +49,12 @@ pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: boo
                     Some(Ok(delta)) => {
                         let chunk = format.chunk(&delta);
                         Some((
-                            Some(data(&chunk)),
+                            Some(data(&mut generation, &chunk)),
                             (generation, format, Phase::Tokens, include_usage),
                         ))
                     }
                     Some(Err(err)) => Some((
-                        Some(data(&err.body())),
+                        Some(data(&mut generation, &err.body())),
                         (generation, format, Phase::Done, include_usage),
                     )),
                     None => {
@@ -69,14 +69,17 @@ pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: boo
                 Phase::Usage => {
                     let chunk = format.usage_chunk(&generation.usage);
                     Some((
-                        Some(data(&chunk)),
+                        Some(data(&mut generation, &chunk)),
                         (generation, format, Phase::Done, include_usage),
                     ))
                 }
-                Phase::Done => Some((
-                    Some(Event::default().data("[DONE]")),
-                    (generation, format, Phase::End, include_usage),
-                )),
+                Phase::Done => {
+                    generation.delivered(DONE.len());
+                    Some((
+                        Some(Event::default().data(DONE)),
+                        (generation, format, Phase::End, include_usage),
+                    ))
+                }
                 Phase::End => None,
             }
         },
@@ -85,8 +88,24 @@ pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: boo
     Sse::new(events).into_response()
 }
 
-fn data(v: &Value) -> Event {
-    Event::default().data(v.to_string())
+const DONE: &str = "[DONE]";
+
+/// A whole (non-streaming) JSON response, counted as delivered.
+pub fn delivered(generation: &mut Generation, body: &Value) -> Response {
+    let text = body.to_string();
+    generation.delivered(text.len());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text,
+    )
+        .into_response()
+}
+
+/// An SSE `data:` event, counted as sent.
+fn data(generation: &mut Generation, v: &Value) -> Event {
+    let text = v.to_string();
+    generation.sent(text.len());
+    Event::default().data(text)
 }
 
 fn filter_some(

@@ -77,6 +77,7 @@ fn serve(backend: FailsAfter) -> String {
         max_model_len: 64,
         api_key: None,
         created: 0,
+        dynamo: super::dynamo::DynamoNames::new("dynamo", "backend", "generate"),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

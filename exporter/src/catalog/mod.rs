@@ -5,6 +5,7 @@
 //! the code base. The same table drives registration and pre-creation of series, histogram
 //! buckets, deprecation gating, rendering, `docs/metrics.md` and (later) the Grafana dashboard.
 
+pub mod dynamo;
 pub mod gpu;
 pub mod probe;
 pub mod sched;
@@ -192,9 +193,10 @@ impl MetricDef {
 }
 
 /// Every entry of the catalog, in the order they are rendered and documented: vLLM's engine
-/// series, then the probes' status, GPU (NVML) and host scheduling (eBPF) series.
+/// series, Dynamo's runtime series, then the probes' status, GPU (NVML) and host scheduling
+/// (eBPF) series.
 pub fn all() -> impl Iterator<Item = &'static MetricDef> {
-    [vllm::ALL, probe::ALL, gpu::ALL, sched::ALL]
+    [vllm::ALL, dynamo::ALL, probe::ALL, gpu::ALL, sched::ALL]
         .into_iter()
         .flat_map(|family| family.iter().copied())
 }

@@ -113,8 +113,12 @@ impl Storage<Key> for CatalogStorage {
     }
 }
 
+/// Work run before each rendering (values that are read, not recorded: uptime).
+type RenderHook = Box<dyn Fn(&Exporter) + Send + Sync>;
+
 pub(crate) struct Inner {
     pub(crate) registry: Registry<Key, CatalogStorage>,
+    render_hooks: Mutex<Vec<RenderHook>>,
     pub(crate) config: ExporterConfig,
     /// Catalog entries shown on `/metrics` for this run, in catalog order.
     pub(crate) visible: Vec<&'static MetricDef>,
@@ -151,6 +155,7 @@ impl Exporter {
         Exporter {
             inner: Arc::new(Inner {
                 registry: Registry::new(storage),
+                render_hooks: Mutex::new(Vec::new()),
                 config,
                 visible,
             }),
@@ -160,6 +165,25 @@ impl Exporter {
     /// Makes this exporter the process-wide recorder of the `metrics` facade.
     pub fn install(&self) -> Result<(), metrics::SetRecorderError<Exporter>> {
         metrics::set_global_recorder(self.clone())
+    }
+
+    /// Runs `hook` before every rendering of `/metrics`, for values best read at scrape time
+    /// (an uptime gauge, as Dynamo updates `dynamo_component_uptime_seconds` at each scrape).
+    pub fn on_render(&self, hook: impl Fn(&Exporter) + Send + Sync + 'static) {
+        self.lock_hooks().push(Box::new(hook));
+    }
+
+    pub(crate) fn run_render_hooks(&self) {
+        for hook in self.lock_hooks().iter() {
+            hook(self);
+        }
+    }
+
+    fn lock_hooks(&self) -> std::sync::MutexGuard<'_, Vec<RenderHook>> {
+        self.inner
+            .render_hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn config(&self) -> &ExporterConfig {

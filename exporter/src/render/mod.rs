@@ -99,6 +99,7 @@ fn collect(exporter: &Exporter) -> HashMap<&'static str, Vec<(Labels, Cell)>> {
 
 /// Renders every visible family of `exporter` in `format`.
 pub fn render(exporter: &Exporter, format: Format) -> String {
+    exporter.run_render_hooks();
     let groups = collect(exporter);
     let created = exporter.inner.config.created_series;
     let mut out = String::with_capacity(64 * 1024);
