@@ -25,6 +25,9 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run as a node agent beside an engine Vigil does not run (e.g. vLLM): its metrics passed
+    /// through with Dynamo's labels, plus the hardware probes watching its process.
+    Probe(Box<ProbeArgs>),
     /// Read every GPU through NVML as the probe does and compare with `nvidia-smi`.
     CheckGpu(CheckGpuArgs),
     /// Measure run-queue latency of a process's threads by role with the eBPF probe, print it
@@ -40,6 +43,53 @@ pub struct SchedLatencyArgs {
     /// Seconds to measure.
     #[arg(long, default_value = "5", value_parser = parse_interval)]
     pub duration: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// The engine's Prometheus endpoint, scraped at each scrape of the agent's /metrics.
+    #[arg(long, value_name = "URL")]
+    pub engine_metrics_url: String,
+
+    /// Keep the engine's families whose names start with this (repeatable).
+    #[arg(long, value_name = "PREFIX", default_values_t = ["vllm:".to_owned()])]
+    pub metric_prefix: Vec<String>,
+
+    /// The engine's process, for the eBPF probe (default: the one listening on the URL's port).
+    #[arg(long, value_name = "PID")]
+    pub engine_pid: Option<u32>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free port and logs it).
+    #[arg(long, default_value_t = 8081)]
+    pub port: u16,
+
+    /// Seconds between reads of the hardware probes.
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval)]
+    pub probe_interval: std::time::Duration,
+
+    /// Do not poll GPUs through NVML.
+    #[arg(long)]
+    pub disable_nvml_probe: bool,
+
+    /// Do not load the eBPF scheduling-latency probe.
+    #[arg(long)]
+    pub disable_ebpf_probe: bool,
+
+    /// `dynamo_namespace` label added to the engine's series.
+    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
+    pub dynamo_namespace: String,
+
+    /// `dynamo_component` label added to the engine's series.
+    #[arg(long, default_value = "backend")]
+    pub dynamo_component: String,
+
+    /// `dynamo_endpoint` label added to the engine's series.
+    #[arg(long, default_value = "generate")]
+    pub dynamo_endpoint: String,
 }
 
 #[derive(Debug, Clone, Args)]

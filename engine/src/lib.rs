@@ -1,6 +1,7 @@
 //! Vigil's engine crate: the command line, the HTTP server and (as they land) model loading,
 //! backends, KV cache and scheduler. `main.rs` is a thin wrapper around [`run`].
 
+pub mod agent;
 pub mod api;
 pub mod backend;
 pub mod bench;
@@ -37,6 +38,14 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             runtime.block_on(server::serve(*args))
         }
         cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
+        cli::Command::Probe(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("vigil-http")
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime.block_on(agent::run(*args))
+        }
         cli::Command::SchedLatency(args) => {
             let probe = probes::sched::SchedProbe::attach(args.pid).map_err(|state| {
                 anyhow::anyhow!("the eBPF probe cannot run here ({})", state.describe())

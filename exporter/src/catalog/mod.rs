@@ -5,6 +5,7 @@
 //! the code base. The same table drives registration and pre-creation of series, histogram
 //! buckets, deprecation gating, rendering, `docs/metrics.md` and (later) the Grafana dashboard.
 
+pub mod agent;
 pub mod dynamo;
 pub mod gpu;
 pub mod probe;
@@ -194,11 +195,18 @@ impl MetricDef {
 
 /// Every entry of the catalog, in the order they are rendered and documented: vLLM's engine
 /// series, Dynamo's runtime series, then the probes' status, GPU (NVML) and host scheduling
-/// (eBPF) series.
+/// (eBPF) series, and the node agent's own.
 pub fn all() -> impl Iterator<Item = &'static MetricDef> {
-    [vllm::ALL, dynamo::ALL, probe::ALL, gpu::ALL, sched::ALL]
-        .into_iter()
-        .flat_map(|family| family.iter().copied())
+    [
+        vllm::ALL,
+        dynamo::ALL,
+        probe::ALL,
+        gpu::ALL,
+        sched::ALL,
+        agent::ALL,
+    ]
+    .into_iter()
+    .flat_map(|family| family.iter().copied())
 }
 
 /// Looks an entry up by family name.

@@ -19,6 +19,7 @@ pub const REASONS: &[&str] = &[
     "no_btf",
     "no_permission",
     "unsupported_kernel",
+    "no_target",
     "failed",
 ];
 

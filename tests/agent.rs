@@ -1,0 +1,161 @@
+//! `vigil probe`, the node agent, in front of a real engine speaking the Prometheus text format
+//! (a `vigil serve`, whose `vllm:` series are vLLM's).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{http_get, http_post, promtool_problems, sample, wait_for, Vigil, VIGIL};
+
+struct Agent {
+    child: Child,
+    addr: String,
+    log: Vec<String>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_agent(engine: &Vigil) -> Agent {
+    let mut child = Command::new(VIGIL)
+        .args([
+            "probe",
+            "--engine-metrics-url",
+            &engine.url("/metrics"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--probe-interval",
+            "0.2",
+            "--dynamo-namespace",
+            "ns",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn vigil probe");
+    let (tx, rx) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("vigil probe did not listen: {log:?}"));
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().unwrap().to_owned();
+            log.push(line);
+            return Agent { child, addr, log };
+        }
+        log.push(line);
+    }
+}
+
+#[test]
+fn the_agent_passes_the_engines_series_through_and_watches_its_process() {
+    let mut engine = Vigil::serve(&["--served-model-name", "smol", "--disable-ebpf-probe"]);
+    let agent = start_agent(&engine);
+    // It found the engine's process from the port, and watches it.
+    assert!(
+        agent
+            .log
+            .iter()
+            .any(|l| l.contains("engine process found from its port")
+                && l.contains(&format!("pid={}", engine.pid()))),
+        "{:?}",
+        agent.log
+    );
+    let body = br#"{"prompt": "Hello", "max_tokens": 3, "ignore_eos": true}"#;
+    assert_eq!(http_post(&engine.url("/v1/completions"), body, &[]).0, 200);
+
+    let url = format!("http://{}/metrics", agent.addr);
+    let m = wait_for(
+        "the engine's threads in the agent's histograms",
+        Duration::from_secs(10),
+        || {
+            let (_, _, m) = http_get(&url, None);
+            (sample(&m, "vigil_runqueue_latency_seconds_count{role=\"engine\"}") > Some(0.0))
+                .then_some(m)
+        },
+    );
+    // The engine's vllm: series, with Dynamo's labels added after its own.
+    let success = m
+        .lines()
+        .find(|l| {
+            l.starts_with("vllm:request_success_total{") && l.contains("finished_reason=\"length\"")
+        })
+        .expect("passed-through series");
+    for label in [
+        "model_name=\"smol\"",
+        "dynamo_namespace=\"ns\"",
+        "dynamo_component=\"backend\"",
+        "dynamo_endpoint=\"generate\"",
+    ] {
+        assert!(success.contains(label), "{success}");
+    }
+    assert!(success.ends_with(" 1.0"), "{success}");
+    assert!(m.contains("# TYPE vllm:request_success_total counter"));
+    // Only the configured prefix: the engine's own dynamo_/vigil_ series are not copied.
+    assert!(
+        !m.contains("dynamo_frontend_model_context_length"),
+        "filtered out"
+    );
+    // The agent's own series come first.
+    assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(1.0));
+    assert_eq!(
+        sample(&m, "vigil_probe_up{probe=\"ebpf\",reason=\"running\"}"),
+        Some(1.0)
+    );
+    assert!(m.find("vigil_probe_up").unwrap() < m.find("vllm:").unwrap());
+    let problems = promtool_problems(&m);
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        http_get(&format!("http://{}/health", agent.addr), None).0,
+        200
+    );
+
+    // The engine goes away: the agent still answers, says so, and counts the failure.
+    engine.kill();
+    let (status, _, m) = http_get(&url, None);
+    assert_eq!(status, 200);
+    assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(0.0));
+    assert!(sample(&m, "vigil_agent_engine_scrape_errors_total ") >= Some(1.0));
+    assert!(!m.contains("vllm:"));
+    assert_eq!(
+        http_get(&format!("http://{}/health", agent.addr), None).0,
+        503
+    );
+}
+
+#[test]
+fn a_bad_engine_url_is_a_clear_cli_error() {
+    let out = Command::new(VIGIL)
+        .args([
+            "probe",
+            "--engine-metrics-url",
+            "https://x:1/metrics",
+            "--port",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--engine-metrics-url") && err.contains("http://HOST:PORT"),
+        "{err}"
+    );
+}
