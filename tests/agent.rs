@@ -24,7 +24,7 @@ impl Drop for Agent {
 }
 
 fn start_agent(engine: &Vigil) -> Agent {
-    let mut child = Command::new(VIGIL)
+    let child = Command::new(VIGIL)
         .args([
             "probe",
             "--engine-metrics-url",
@@ -43,24 +43,29 @@ fn start_agent(engine: &Vigil) -> Agent {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn vigil probe");
+    // Killed on drop, a panic below included.
+    let mut agent = Agent {
+        child,
+        addr: String::new(),
+        log: Vec::new(),
+    };
     let (tx, rx) = mpsc::channel();
-    let stderr = child.stderr.take().unwrap();
+    let stderr = agent.child.stderr.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             let _ = tx.send(line);
         }
     });
-    let mut log = Vec::new();
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("vigil probe did not listen: {log:?}"));
+            .unwrap_or_else(|_| panic!("vigil probe did not listen: {:?}", agent.log));
         if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap().to_owned();
-            log.push(line);
-            return Agent { child, addr, log };
+            agent.addr = rest.split_whitespace().next().unwrap().to_owned();
+            agent.log.push(line);
+            return agent;
         }
-        log.push(line);
+        agent.log.push(line);
     }
 }
 
