@@ -122,14 +122,15 @@ fn encode(s: &str) -> String {
 
 /// Whether `def`'s series exist on this machine before any request: GPU series need a GPU (and
 /// the eBPF ones root and BTF, which the tests have); Dynamo's request series appear with the
-/// first request, as in Dynamo (tests/dynamo.rs checks them), its configuration gauges at once.
+/// first request, as in Dynamo (tests/dynamo.rs checks them), its configuration gauges at once;
+/// the node agent's series belong to `vigil probe` (tests/agent.rs).
 fn on_this_host(def: &catalog::MetricDef) -> bool {
     let is = |family: &[&catalog::MetricDef]| family.iter().any(|g| std::ptr::eq(*g, def));
     let per_request = is(catalog::dynamo::ALL)
         && !def.name.contains("_model_")
         && !def.name.ends_with("_uptime_seconds");
     let gpu = is(catalog::gpu::ALL);
-    !per_request && (!gpu || Path::new("/dev/nvidiactl").exists())
+    !per_request && !is(catalog::agent::ALL) && (!gpu || Path::new("/dev/nvidiactl").exists())
 }
 
 #[test]
