@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use common::{http_post, sample, wait_for, Vigil};
@@ -310,27 +309,9 @@ fn api_key_protects_v1() {
 fn a_client_that_disconnects_is_aborted_and_its_blocks_freed() {
     let v = Vigil::serve(&["--served-model-name", "smol"]);
     let body = json!({"prompt": "Tell me a long story.", "max_tokens": 2000, "stream": true, "ignore_eos": true}).to_string();
-    {
-        let mut stream = std::net::TcpStream::connect(v.addr).unwrap();
-        use std::io::Write;
-        write!(
-            stream,
-            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        // Read until the first data event arrives, then hang up.
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line.starts_with("data: ") {
-                break;
-            }
-        }
-        stream.shutdown(std::net::Shutdown::Both).unwrap();
-    }
+    // Read until the first data event arrives, then hang up.
+    let stream = common::stream_until_first_event(v.addr, &body);
+    stream.shutdown(std::net::Shutdown::Both).unwrap();
     let m = wait_for("the abort to be counted", Duration::from_secs(30), || {
         let m = v.metrics();
         (sample(

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use common::{http_post, promtool_problems, sample, wait_for, Vigil};
@@ -160,25 +160,8 @@ fn frontend_and_component_series_count_the_traffic() {
 fn a_disconnect_counts_as_cancelled() {
     let v = Vigil::serve(&["--served-model-name", "smol"]);
     let body = json!({"prompt": "Tell me a long story.", "max_tokens": 2000, "stream": true, "ignore_eos": true}).to_string();
-    {
-        let mut stream = std::net::TcpStream::connect(v.addr).unwrap();
-        write!(
-            stream,
-            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut line = String::new();
-        loop {
-            line.clear();
-            reader.read_line(&mut line).unwrap();
-            if line.starts_with("data: ") {
-                break;
-            }
-        }
-        stream.shutdown(std::net::Shutdown::Both).unwrap();
-    }
+    let stream = common::stream_until_first_event(v.addr, &body);
+    stream.shutdown(std::net::Shutdown::Both).unwrap();
     let m = wait_for(
         "the cancellation to be counted",
         Duration::from_secs(30),
@@ -321,19 +304,7 @@ fn the_system_status_server_tells_the_truth_about_readiness() {
 
     // Draining: a request in flight, then SIGTERM: not ready while it finishes.
     let body = json!({"prompt": "Count to a thousand:", "max_tokens": 200, "ignore_eos": true, "stream": true}).to_string();
-    let mut stream = std::net::TcpStream::connect(&api).unwrap();
-    write!(
-        stream,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    while !line.starts_with("data: ") {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-    }
+    let stream = common::stream_until_first_event(&api, &body);
     // SAFETY: kill only sends a signal to our child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_for_line(&rx, "draining");
@@ -343,7 +314,6 @@ fn the_system_status_server_tells_the_truth_about_readiness() {
         serde_json::from_str::<Value>(&body).unwrap()["status"],
         "notready"
     );
-    drop(reader);
     drop(stream);
     let _ = child.wait();
 }

@@ -67,29 +67,11 @@ pub struct ProbeArgs {
     #[arg(long, default_value_t = 8081)]
     pub port: u16,
 
-    /// Seconds between reads of the hardware probes.
-    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval)]
-    pub probe_interval: std::time::Duration,
+    #[command(flatten)]
+    pub probes: ProbeFlags,
 
-    /// Do not poll GPUs through NVML.
-    #[arg(long)]
-    pub disable_nvml_probe: bool,
-
-    /// Do not load the eBPF scheduling-latency probe.
-    #[arg(long)]
-    pub disable_ebpf_probe: bool,
-
-    /// `dynamo_namespace` label added to the engine's series.
-    #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
-    pub dynamo_namespace: String,
-
-    /// `dynamo_component` label added to the engine's series.
-    #[arg(long, default_value = "backend")]
-    pub dynamo_component: String,
-
-    /// `dynamo_endpoint` label added to the engine's series.
-    #[arg(long, default_value = "generate")]
-    pub dynamo_endpoint: String,
+    #[command(flatten)]
+    pub dynamo: DynamoFlags,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -186,6 +168,16 @@ pub struct ServeArgs {
     #[arg(long, overrides_with = "enable_prefix_caching", action = ArgAction::SetTrue)]
     pub no_enable_prefix_caching: bool,
 
+    #[command(flatten)]
+    pub probes: ProbeFlags,
+
+    #[command(flatten)]
+    pub dynamo: DynamoFlags,
+}
+
+/// The hardware probes' flags, shared by `vigil serve` and `vigil probe`.
+#[derive(Debug, Clone, Args)]
+pub struct ProbeFlags {
     /// Seconds between reads of the hardware probes (NVML, eBPF aggregates).
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval)]
     pub probe_interval: std::time::Duration,
@@ -197,8 +189,24 @@ pub struct ServeArgs {
     /// Do not load the eBPF scheduling-latency probe.
     #[arg(long)]
     pub disable_ebpf_probe: bool,
+}
 
-    /// Dynamo namespace of this worker (the `dynamo_namespace` label of dynamo_component_*).
+impl ProbeFlags {
+    /// What to start, watching process `target_pid` with the eBPF probe.
+    pub fn config(&self, target_pid: u32) -> probes::ProbeConfig {
+        probes::ProbeConfig {
+            interval: self.probe_interval,
+            nvml: !self.disable_nvml_probe,
+            ebpf: !self.disable_ebpf_probe,
+            target_pid,
+        }
+    }
+}
+
+/// The names Dynamo's labels carry, shared by `vigil serve` and `vigil probe`.
+#[derive(Debug, Clone, Args)]
+pub struct DynamoFlags {
+    /// Dynamo namespace of this worker (the `dynamo_namespace` label).
     #[arg(long, env = "DYN_NAMESPACE", default_value = "dynamo")]
     pub dynamo_namespace: String,
 
@@ -209,6 +217,17 @@ pub struct ServeArgs {
     /// Dynamo endpoint name of the engine (`dynamo_endpoint`).
     #[arg(long, default_value = "generate")]
     pub dynamo_endpoint: String,
+}
+
+impl DynamoFlags {
+    /// The names, sanitized as Dynamo sanitizes label values.
+    pub fn names(&self) -> crate::api::dynamo::DynamoNames {
+        crate::api::dynamo::DynamoNames::new(
+            &self.dynamo_namespace,
+            &self.dynamo_component,
+            &self.dynamo_endpoint,
+        )
+    }
 }
 
 impl ServeArgs {

@@ -210,15 +210,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     exporter.precreate(&model_name, ENGINES);
     let _ = system.exporter.set(exporter.clone());
     // Held for the server's lifetime: dropping them stops the probes.
-    let _probes = probes::start(
-        &exporter,
-        &probes::ProbeConfig {
-            interval: args.probe_interval,
-            nvml: !args.disable_nvml_probe,
-            ebpf: !args.disable_ebpf_probe,
-            target_pid: std::process::id(),
-        },
-    );
+    let _probes = probes::start(&exporter, &args.probes.config(std::process::id()));
 
     let block_size = args.block_size as usize;
     let num_blocks = match args.num_gpu_blocks_override {
@@ -286,11 +278,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_model_len: max_model_len as usize,
         api_key: args.api_key.clone(),
         created: api::unix_now(),
-        dynamo: api::dynamo::DynamoNames::new(
-            &args.dynamo_namespace,
-            &args.dynamo_component,
-            &args.dynamo_endpoint,
-        ),
+        dynamo: args.dynamo.names(),
     });
     let _ = system.engine.set(state.engine.clone());
     let _ = system.endpoint.set(state.dynamo.endpoint.clone());

@@ -246,3 +246,30 @@ pub fn promtool_problems(exposition: &str) -> Vec<String> {
     }
     problems
 }
+
+/// Sends a streaming `POST /v1/completions` with `body` over a raw connection to `addr` and
+/// returns once the first SSE `data:` event has arrived, with the connection still open (drop it,
+/// or shut it down, to play a client that goes away).
+pub fn stream_until_first_event(
+    addr: impl std::net::ToSocketAddrs,
+    body: &str,
+) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    while !line.starts_with("data: ") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "stream ended before any event"
+        );
+    }
+    stream
+}

@@ -18,8 +18,6 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::workspace_root;
-
 const LOOPS: &str = "200000";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -78,15 +76,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             bail!("{tool} is needed (apt-get install linux-perf bpftool libbpf-tools)");
         }
     }
-    let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--bin", "vigil"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
-    let vigil = root.join("target/release/vigil");
+    let vigil = crate::release_vigil()?;
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let previous = std::fs::read_to_string(stats_path).context("reading bpf_stats_enabled")?;
     std::fs::write(stats_path, "1").context("enabling kernel.bpf_stats_enabled (root?)")?;

@@ -14,8 +14,6 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{bail, Context};
 use serde_json::Value;
 
-use crate::workspace_root;
-
 /// The load of one run: enough requests to keep the batch full for ~15 s on 2 cores.
 const LOAD: &[&str] = &[
     "--num-prompts",
@@ -42,15 +40,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         _ => bail!("usage: cargo xtask bench-metrics-cost [--rounds N]"),
     };
     crate::fetch_model::run()?;
-    let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--bin", "vigil"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release failed");
-    }
-    let vigil = root.join("target/release/vigil");
+    let vigil = crate::release_vigil()?;
     let dir = tempfile::tempdir()?;
     let mut on = Vec::new();
     let mut off = Vec::new();

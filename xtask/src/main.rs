@@ -47,3 +47,14 @@ pub fn workspace_root() -> PathBuf {
         .expect("xtask is in the workspace")
         .to_path_buf()
 }
+
+/// Builds the release `vigil` binary (the benchmarks measure it) and returns its path.
+pub fn release_vigil() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--bin", "vigil"])
+        .current_dir(&root)
+        .status()?;
+    anyhow::ensure!(status.success(), "cargo build --release failed");
+    Ok(root.join("target/release/vigil"))
+}

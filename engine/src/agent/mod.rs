@@ -59,16 +59,11 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
             found
         }
     };
-    let _probes = probes::start(
-        &exporter,
-        &probes::ProbeConfig {
-            interval: args.probe_interval,
-            nvml: !args.disable_nvml_probe,
-            ebpf: !args.disable_ebpf_probe && pid.is_some(),
-            target_pid: pid.unwrap_or(0),
-        },
-    );
-    if pid.is_none() && !args.disable_ebpf_probe {
+    let mut config = args.probes.config(pid.unwrap_or(0));
+    // Never watch every process for want of the engine's.
+    config.ebpf &= pid.is_some();
+    let _probes = probes::start(&exporter, &config);
+    if pid.is_none() && !args.probes.disable_ebpf_probe {
         probes::status::set(
             &exporter,
             probes::status::Probe::Ebpf,
@@ -79,11 +74,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         exporter,
         url,
         prefixes: args.metric_prefix.clone(),
-        names: DynamoNames::new(
-            &args.dynamo_namespace,
-            &args.dynamo_component,
-            &args.dynamo_endpoint,
-        ),
+        names: args.dynamo.names(),
         http: ureq::Agent::config_builder()
             .timeout_global(Some(SCRAPE_TIMEOUT))
             .build()
