@@ -118,7 +118,9 @@ fn the_agent_passes_the_engines_series_through_and_watches_its_process() {
         !m.contains("dynamo_frontend_model_context_length"),
         "filtered out"
     );
-    // The agent's own series come first.
+    // The agent's own series come first: Dynamo's runtime uptime, the hardware probes.
+    assert!(sample(&m, "dynamo_component_uptime_seconds ") > Some(0.0));
+    assert!(m.find("dynamo_component_uptime_seconds").unwrap() < m.find("vllm:").unwrap());
     assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(1.0));
     assert_eq!(
         sample(&m, "vigil_probe_up{probe=\"ebpf\",reason=\"running\"}"),

@@ -93,7 +93,7 @@ fn warm_up(backend: &mut CpuBackend) -> anyhow::Result<()> {
 }
 
 /// Dynamo's model configuration gauges for every served name (lower-cased, as Dynamo labels
-/// them), and the uptime gauge, read at each scrape.
+/// them).
 fn set_dynamo_model_config(
     exporter: &Exporter,
     state: &AppState,
@@ -120,10 +120,6 @@ fn set_dynamo_model_config(
                 .map_err(anyhow::Error::msg)?;
         }
     }
-    let started = std::time::Instant::now();
-    exporter.on_render(move |e| {
-        let _ = e.set_gauge(&COMPONENT_UPTIME, &[], started.elapsed().as_secs_f64());
-    });
     Ok(())
 }
 
@@ -192,6 +188,7 @@ pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
 
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let process_started = std::time::Instant::now();
     // Dynamo's system status server comes up first, so that it says `notready` while loading.
     let system = SystemState::new();
     if let Some(config) = system_server::config_from_env(&|name| std::env::var(name).ok())? {
@@ -209,6 +206,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let model_name = args.model_name();
     exporter.precreate(&model_name, ENGINES);
     let _ = system.exporter.set(exporter.clone());
+    api::dynamo::export_uptime(&exporter, process_started);
     // Held for the server's lifetime: dropping them stops the probes.
     let _probes = probes::start(&exporter, &args.probes.config(std::process::id()));
 

@@ -2,8 +2,8 @@
 //! speaks the Prometheus text format). At each scrape of its own `/metrics` it scrapes the
 //! engine's, keeps the families with the configured prefixes (default `vllm:`), adds the
 //! `dynamo_namespace`/`dynamo_component`/`dynamo_endpoint` labels without overwriting the
-//! engine's, and appends them after its own series (probe status, GPU, the engine process's
-//! scheduling latency), as Dynamo's engine-metrics callback appends them after the runtime's.
+//! engine's, and appends them after its own series (Dynamo's uptime, probe status, GPU, the
+//! engine process's scheduling latency), as Dynamo's engine-metrics callback appends them after the runtime's.
 
 pub mod find_pid;
 pub mod passthrough;
@@ -45,6 +45,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
     exporter
         .install()
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    crate::api::dynamo::export_uptime(&exporter, Instant::now());
     let pid = match args.engine_pid {
         Some(pid) => Some(pid),
         None => {

@@ -53,6 +53,14 @@ pub fn sanitize_label(value: &str) -> String {
     s
 }
 
+/// Keeps `dynamo_component_uptime_seconds` (time since `started`) current: Dynamo updates it at
+/// each scrape, and so does this, through the exporter's render hook.
+pub fn export_uptime(exporter: &exporter::Exporter, started: Instant) {
+    exporter.on_render(move |e| {
+        let _ = e.set_gauge(&COMPONENT_UPTIME, &[], started.elapsed().as_secs_f64());
+    });
+}
+
 /// Which OpenAI route a request came in on (Dynamo's `endpoint` label).
 #[derive(Debug, Clone, Copy)]
 pub enum Route {
