@@ -30,22 +30,10 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .thread_name(|i| format!("vigil-compute-{i}"))
                 .build_global()
                 .context("starting the compute thread pool")?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("vigil-http")
-                .build()
-                .context("starting the tokio runtime")?;
-            runtime.block_on(server::serve(*args))
+            http_runtime()?.block_on(server::serve(*args))
         }
         cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
-        cli::Command::Probe(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .thread_name("vigil-http")
-                .build()
-                .context("starting the tokio runtime")?;
-            runtime.block_on(agent::run(*args))
-        }
+        cli::Command::Probe(args) => http_runtime()?.block_on(agent::run(*args)),
         cli::Command::SchedLatency(args) => {
             let probe = probes::sched::SchedProbe::attach(args.pid).map_err(|state| {
                 anyhow::anyhow!("the eBPF probe cannot run here ({})", state.describe())
@@ -71,4 +59,14 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The tokio runtime of the HTTP servers; its workers are named `vigil-http` so that the eBPF
+/// probe counts them under the `http` role.
+fn http_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigil-http")
+        .build()
+        .context("starting the tokio runtime")
 }

@@ -289,13 +289,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_model_len,
     )?;
 
-    let addr = SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "--host {} --port {}: cannot listen on {addr}",
-            args.host, args.port
-        )
-    })?;
+    let listener = bind(args.host, args.port).await?;
     let local = listener.local_addr()?;
     tracing::info!(%model_name, "listening on http://{local}");
     system.readiness.set_ready();
@@ -312,7 +306,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Listens on `--host`/`--port`; the error names both flags.
+pub async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let addr = SocketAddr::new(host, port);
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--host {host} --port {port}: cannot listen on {addr}"))
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

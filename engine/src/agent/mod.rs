@@ -8,7 +8,6 @@
 pub mod find_pid;
 pub mod passthrough;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -86,18 +85,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(agent);
-    let addr = SocketAddr::new(args.host, args.port);
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!(
-            "--host {} --port {}: cannot listen on {addr}",
-            args.host, args.port
-        )
-    })?;
+    let listener = crate::server::bind(args.host, args.port).await?;
     tracing::info!(engine = %args.engine_metrics_url, "listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(crate::server::shutdown_signal())
         .await
         .context("HTTP server failed")
 }
