@@ -16,6 +16,46 @@ pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log lines as plain text or as one JSON object each (for journald and log shippers).
+    #[arg(long, global = true, value_enum, env = "VIGIL_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    /// The command line as parsed: [`Cli::command_with_env`], so that a systemd
+    /// `EnvironmentFile=` can set any `vigil serve` flag.
+    pub fn parse_args() -> Cli {
+        let matches = Cli::command_with_env().get_matches();
+        <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// The command line, with every `vigil serve` argument that has no environment variable of
+    /// its own (as `VLLM_API_KEY` or `DYN_NAMESPACE`) also read from `VIGIL_<NAME>`
+    /// ([`serve_env_name`]); a flag on the command line wins over the environment.
+    pub fn command_with_env() -> clap::Command {
+        <Cli as clap::CommandFactory>::command().mut_subcommand("serve", |serve| {
+            serve.mut_args(|arg| {
+                if arg.get_env().is_some() {
+                    return arg;
+                }
+                let name = serve_env_name(arg.get_id().as_str());
+                arg.env(name)
+            })
+        })
+    }
+}
+
+/// The environment variable of a `vigil serve` argument: `--max-model-len` is
+/// `VIGIL_MAX_MODEL_LEN`, the model path `VIGIL_MODEL`.
+pub fn serve_env_name(id: &str) -> String {
+    format!("VIGIL_{}", id.replace('-', "_").to_uppercase())
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +208,11 @@ pub struct ServeArgs {
     #[arg(long, overrides_with = "enable_prefix_caching", action = ArgAction::SetTrue)]
     pub no_enable_prefix_caching: bool,
 
+    /// Seconds that requests in flight get to finish after SIGTERM before they are aborted (new
+    /// requests get 503 with Retry-After meanwhile).
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]
+    pub shutdown_timeout: std::time::Duration,
+
     #[command(flatten)]
     pub probes: ProbeFlags,
 
@@ -290,15 +335,24 @@ fn parse_show_hidden(s: &str) -> Result<MinorVersion, String> {
     parse_show_hidden_flag(s, MinorVersion::running()).map_err(|e| e.to_string())
 }
 
-fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+fn parse_seconds(s: &str, min: f64, max: f64) -> Result<std::time::Duration, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
-    if v.is_finite() && (0.01..=3600.0).contains(&v) {
+    if v.is_finite() && (min..=max).contains(&v) {
         Ok(std::time::Duration::from_secs_f64(v))
     } else {
-        Err(format!("{v} must be between 0.01 and 3600 seconds"))
+        Err(format!("{v} must be between {min} and {max} seconds"))
     }
+}
+
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    parse_seconds(s, 0.01, 3600.0)
+}
+
+/// A shutdown grace period: 0 aborts requests in flight at once.
+fn parse_grace(s: &str) -> Result<std::time::Duration, String> {
+    parse_seconds(s, 0.0, 3600.0)
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {

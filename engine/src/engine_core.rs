@@ -3,9 +3,9 @@
 //! back. A request whose event channel closes (the client went away) is aborted at the next step.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -45,6 +45,38 @@ pub enum Event {
 enum Command {
     Add(Box<NewRequest>),
     Finish { id: String, reason: FinishReason },
+    AbortAll,
+}
+
+/// How often an idle engine loop wakes to beat (a busy one beats at every step).
+pub const IDLE_BEAT: Duration = Duration::from_millis(250);
+
+/// When the engine loop last went round: the systemd watchdog is fed only while it is recent,
+/// so an engine wedged inside a step (or dead) gets the service restarted.
+pub struct Heartbeat {
+    base: Instant,
+    /// Milliseconds after `base` of the last beat.
+    last_ms: AtomicU64,
+}
+
+impl Heartbeat {
+    fn new() -> Heartbeat {
+        Heartbeat {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn beat(&self) {
+        let ms = self.base.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the engine loop last went round.
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.base.elapsed().saturating_sub(last)
+    }
 }
 
 /// The handlers' side of the engine. Cheap to clone.
@@ -52,6 +84,7 @@ enum Command {
 pub struct EngineHandle {
     tx: mpsc::Sender<Command>,
     alive: Arc<AtomicBool>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 /// The engine thread has stopped.
@@ -69,6 +102,16 @@ impl EngineHandle {
     /// Whether the engine thread is still running (false once it has exited or panicked).
     pub fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire)
+    }
+
+    /// When the engine loop last went round.
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.heartbeat
+    }
+
+    /// Aborts every request the engine holds (the end of a drain's grace period).
+    pub fn abort_all(&self) {
+        let _ = self.tx.send(Command::AbortAll);
     }
 
     /// Ends a request early: `Stop` when the handler matched a stop string, `Abort` otherwise.
@@ -106,34 +149,46 @@ pub fn spawn(
         }
     }
     let liveness = Liveness(Arc::clone(&alive));
+    let heartbeat = Arc::new(Heartbeat::new());
+    let beats = Arc::clone(&heartbeat);
     std::thread::Builder::new()
         .name("vigil-engine".into())
         .spawn(move || {
-            let _liveness = liveness;
             let mut core = Core {
                 scheduler: &mut scheduler,
                 metrics,
                 meta: HashMap::new(),
+                heartbeat: beats,
             };
+            // Declared after `core`, so dropped before it: the engine reads as dead before the
+            // requests' channels close, and a handler that sees its channel close finds it so.
+            let _liveness = liveness;
             core.run(backend.as_mut(), rx);
         })
         .expect("spawn the engine thread");
-    EngineHandle { tx, alive }
+    EngineHandle {
+        tx,
+        alive,
+        heartbeat,
+    }
 }
 
 struct Core<'a> {
     scheduler: &'a mut Scheduler,
     metrics: Option<EngineMetrics>,
     meta: HashMap<String, Meta>,
+    heartbeat: Arc<Heartbeat>,
 }
 
 impl Core<'_> {
     fn run(&mut self, backend: &mut dyn Backend, rx: mpsc::Receiver<Command>) {
         loop {
+            self.heartbeat.beat();
             if !self.scheduler.has_work() {
-                match rx.recv() {
+                match rx.recv_timeout(IDLE_BEAT) {
                     Ok(cmd) => self.handle(cmd),
-                    Err(_) => return,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
             while let Ok(cmd) = rx.try_recv() {
@@ -185,11 +240,7 @@ impl Core<'_> {
                     // The backend refused the batch: a scheduler bug. Fail every request rather
                     // than loop on it.
                     tracing::error!(%err, "backend step failed; failing every request");
-                    let ids: Vec<String> =
-                        self.scheduler.request_ids().map(str::to_owned).collect();
-                    for id in ids {
-                        self.finish(&id, FinishReason::Error);
-                    }
+                    self.finish_all(FinishReason::Error);
                 }
             }
         }
@@ -220,6 +271,14 @@ impl Core<'_> {
                 self.scheduler.add(req);
             }
             Command::Finish { id, reason } => self.finish(&id, reason),
+            Command::AbortAll => self.finish_all(FinishReason::Abort),
+        }
+    }
+
+    fn finish_all(&mut self, reason: FinishReason) {
+        let ids: Vec<String> = self.scheduler.request_ids().map(str::to_owned).collect();
+        for id in ids {
+            self.finish(&id, reason);
         }
     }
 

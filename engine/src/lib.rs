@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine_core;
 pub mod kv_cache;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -1,14 +1,24 @@
-//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as plain text or
+//! as one JSON object per line (`--log-format json`). Under systemd, stderr goes to the journal.
 
 use tracing_subscriber::EnvFilter;
 
-pub fn init() {
+use crate::cli::LogFormat;
+
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only on a terminal: journald and log files get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        // Colour only on a terminal: journald and log files get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }

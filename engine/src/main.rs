@@ -1,10 +1,8 @@
 //! The `vigil` binary: parses the command line and hands over to the library.
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = engine::cli::Cli::parse();
-    engine::logging::init();
+    let cli = engine::cli::Cli::parse_args();
+    engine::logging::init(cli.log_format);
     match engine::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

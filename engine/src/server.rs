@@ -17,6 +17,8 @@ use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use crate::cli::{ServeArgs, DEFAULT_MODEL};
 use crate::engine_core;
 use crate::kv_cache::manager::KvCacheManager;
+use crate::lifecycle::drain::{self, Drain};
+use crate::lifecycle::systemd;
 use crate::metrics::EngineMetrics;
 use crate::model::Model;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -123,12 +125,13 @@ fn set_dynamo_model_config(
     Ok(())
 }
 
-/// The application's routes. `/health` answers 503 once the engine thread has died.
-pub fn app(exporter: Exporter, engine: engine_core::EngineHandle) -> Router {
+/// The application's routes. `/health` answers 503 once the engine thread has died or while
+/// the server drains for a stop, so that load balancers move on.
+pub fn app(exporter: Exporter, engine: engine_core::EngineHandle, drain: Arc<Drain>) -> Router {
     let health = move || {
-        let alive = engine.is_alive();
+        let healthy = engine.is_alive() && !drain.is_draining();
         async move {
-            if alive {
+            if healthy {
                 axum::http::StatusCode::OK
             } else {
                 axum::http::StatusCode::SERVICE_UNAVAILABLE
@@ -194,6 +197,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(config) = system_server::config_from_env(&|name| std::env::var(name).ok())? {
         system_server::start(&config, system.clone()).await?;
     }
+    systemd::status(&format!("loading {}", args.model.display()));
     let model = {
         let args = args.clone();
         tokio::task::spawn_blocking(move || load_model(&args)).await??
@@ -264,6 +268,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let metrics = (!args.disable_log_stats).then(|| EngineMetrics::new(&model_name, ENGINES[0]));
     let engine = engine_core::spawn(Box::new(backend), scheduler, metrics);
+    systemd::start_watchdog(engine.clone());
     let served_model_names = if args.served_model_name.is_empty() {
         vec![model_name.clone()]
     } else {
@@ -277,6 +282,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         api_key: args.api_key.clone(),
         created: api::unix_now(),
         dynamo: args.dynamo.names(),
+        drain: Drain::new(),
     });
     let _ = system.engine.set(state.engine.clone());
     let _ = system.endpoint.set(state.dynamo.endpoint.clone());
@@ -291,20 +297,42 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = bind(args.host, args.port).await?;
     let local = listener.local_addr()?;
+    let stop = shutdown_signal();
     tracing::info!(%model_name, "listening on http://{local}");
     system.readiness.set_ready();
+    systemd::ready(&format!("serving {model_name} on http://{local}"));
     let readiness = system.readiness.clone();
-    axum::serve(listener, app(exporter, engine).merge(api::router(state)))
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            readiness.set_draining();
-            tracing::info!("draining");
-        })
-        .await
-        .context("HTTP server failed")?;
+    let router =
+        app(exporter, engine.clone(), Arc::clone(&state.drain)).merge(api::router(state.clone()));
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let grace = args.shutdown_timeout;
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        stop.await;
+        readiness.set_draining();
+        systemd::stopping("draining");
+        drain::drain(&state.drain, &engine, grace).await;
+        let _ = drained_tx.send(());
+    });
+    // Once drained, connections get a few seconds to close (an idle keep-alive client must not
+    // hold the stop up).
+    let closing = async {
+        if drained_rx.await.is_ok() {
+            tokio::time::sleep(CLOSE_WAIT).await;
+            tracing::warn!("connections still open {CLOSE_WAIT:?} after the drain; exiting");
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        res = server => res.context("HTTP server failed")?,
+        () = closing => {}
+    }
     tracing::info!("shut down");
     Ok(())
 }
+
+/// How long connections may stay open after the drain.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Listens on `--host`/`--port`; the error names both flags.
 pub async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
@@ -314,24 +342,32 @@ pub async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<tokio::ne
         .with_context(|| format!("--host {host} --port {port}: cannot listen on {addr}"))
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this
+/// is called, not when the future is first polled: a SIGTERM that arrives right after
+/// `READY=1` must start a drain, not kill the process with the default action.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                }
+                _ => {
+                    tracing::warn!("cannot install the SIGTERM/SIGINT handlers; Ctrl-C only");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod notify;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
@@ -44,6 +46,15 @@ impl Vigil {
 
     /// Like [`Vigil::serve`], run through `wrapper` (e.g. `setpriv ...` to drop privileges).
     pub fn serve_as(wrapper: &[&str], args: &[&str]) -> Vigil {
+        Self::serve_with(wrapper, args, &[])
+    }
+
+    /// Like [`Vigil::serve`], with `envs` added to its environment.
+    pub fn serve_env(args: &[&str], envs: &[(&str, &str)]) -> Vigil {
+        Self::serve_with(&[], args, envs)
+    }
+
+    fn serve_with(wrapper: &[&str], args: &[&str], envs: &[(&str, &str)]) -> Vigil {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut c = Command::new(program);
@@ -52,7 +63,7 @@ impl Vigil {
             }
             None => Command::new(VIGIL),
         };
-        let mut child = command
+        command
             .args([
                 "serve",
                 require_model(),
@@ -62,7 +73,17 @@ impl Vigil {
                 "0",
             ])
             .args(args)
-            .env("RUST_LOG", "info")
+            .envs(envs.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// Runs `command` (a `vigil serve` however started) with `RUST_LOG=info` unless it sets
+    /// its own, and waits until it logs the address it listens on.
+    pub fn spawn(mut command: Command) -> Vigil {
+        if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
+            command.env("RUST_LOG", "info");
+        }
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -74,7 +95,11 @@ impl Vigil {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    // Plain text ends the address at a space, a JSON log line at a quote.
+                    let addr: String = rest
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '"')
+                        .collect();
                     let _ = tx.send(addr);
                 }
                 let mut log = sink.lock().unwrap();
@@ -99,6 +124,34 @@ impl Vigil {
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the process to exit; returns its status.
+    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        self.send_sigterm();
+        self.wait_exit(timeout)
+    }
+
+    /// Sends SIGTERM and returns at once.
+    pub fn send_sigterm(&self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits (at most `timeout`) for the process to exit; returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for vigil") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "vigil did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the server now (and waits for it).

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: chores for Vigil's developers.
 //!
-//! - `docs [--check]`: write `docs/metrics.md` from the catalog (`--check` fails if it is stale).
+//! - `docs [--check]`: write `docs/metrics.md` from the catalog and `systemd/vigil.env` from
+//!   `vigil serve`'s flags (`--check` fails if either is stale).
 //! - `test [ARGS]`: the project's test command: check (or install) the tools the end-to-end tests
 //!   use, then `cargo test --workspace [ARGS]`.
 //! - `fetch-model`: put the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into `models/`.
@@ -12,13 +13,17 @@
 //!   `--disable-log-stats`, paired rounds; throughput and server CPU per token ratios.
 //! - `bench-ebpf [--rounds N]`: the eBPF probe's cost per event and on a switch-heavy
 //!   benchmark, beside libbpf-tools' runqlat (root, perf, bpftool, runqlat).
+//! - `install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]`: build and install the
+//!   binary, the systemd unit, the sysusers.d entry and the environment file.
 
 mod bench;
 mod bench_ebpf;
 mod bench_metrics_cost;
 mod bench_model;
 mod docs;
+mod env_file;
 mod fetch_model;
+mod install;
 mod test;
 
 use std::path::PathBuf;
@@ -33,8 +38,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench-model") => bench_model::run(),
         Some("bench-metrics-cost") => bench_metrics_cost::run(&args[1..]),
         Some("bench-ebpf") => bench_ebpf::run(&args[1..]),
+        Some("install") => install::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N]>");
+            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]>");
             std::process::exit(2);
         }
     }

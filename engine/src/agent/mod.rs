@@ -86,9 +86,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .route("/health", get(health))
         .with_state(agent);
     let listener = crate::server::bind(args.host, args.port).await?;
+    let stop = crate::server::shutdown_signal();
     tracing::info!(engine = %args.engine_metrics_url, "listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
-        .with_graceful_shutdown(crate::server::shutdown_signal())
+        .with_graceful_shutdown(stop)
         .await
         .context("HTTP server failed")
 }

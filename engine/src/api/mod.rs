@@ -43,6 +43,8 @@ pub struct AppState {
     pub created: u64,
     /// The names Dynamo's component series carry.
     pub dynamo: dynamo::DynamoNames,
+    /// Generation requests in flight, and whether the server is draining for a stop.
+    pub drain: Arc<crate::lifecycle::drain::Drain>,
 }
 
 impl AppState {
@@ -122,11 +124,18 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The API routes; `/v1/*` sits behind `--api-key` when one is set.
+/// The API routes; `/v1/*` sits behind `--api-key` when one is set, and the generation routes
+/// behind the drain's admission gate.
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
+    let generate = Router::new()
         .route("/v1/completions", post(completions::handle))
         .route("/v1/chat/completions", post(chat::handle))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.drain),
+            crate::lifecycle::drain::admission,
+        ));
+    let v1 = Router::new()
+        .merge(generate)
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),

@@ -10,6 +10,7 @@ pub mod dynamo;
 pub mod gpu;
 pub mod probe;
 pub mod sched;
+pub mod service;
 pub mod vllm;
 
 use std::borrow::Cow;
@@ -204,6 +205,7 @@ pub fn all() -> impl Iterator<Item = &'static MetricDef> {
         gpu::ALL,
         sched::ALL,
         agent::ALL,
+        service::ALL,
     ]
     .into_iter()
     .flat_map(|family| family.iter().copied())

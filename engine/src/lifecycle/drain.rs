@@ -1,0 +1,231 @@
+//! The admission gate of the generation routes, and the drain at shutdown.
+//!
+//! Every `/v1/completions` and `/v1/chat/completions` request passes [`admission`]: while the
+//! server runs it is counted in flight until its response body (a whole JSON body or an SSE
+//! stream) has been sent or dropped; once a drain has begun it is refused with 503, an
+//! OpenAI-style error body and `Retry-After`. [`drain`] then waits for the requests in flight,
+//! aborts what is left when the grace period ends, and counts each outcome in
+//! `vigil_drain_requests_total`.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::{Request, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use exporter::catalog::service::DRAIN_REQUESTS;
+use tokio::sync::Notify;
+
+use crate::api::ApiError;
+use crate::engine_core::EngineHandle;
+
+/// How long aborted requests get to send their last event before the server stops anyway.
+const ABORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Requests in flight, and whether the server is draining.
+#[derive(Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    /// When the grace period ends (set when the drain begins), for `Retry-After`.
+    deadline: Mutex<Option<Instant>>,
+    /// Woken whenever a request leaves.
+    left: Notify,
+}
+
+/// A request counted in flight; leaving when dropped.
+pub struct InFlight(Arc<Drain>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.left.notify_waiters();
+    }
+}
+
+impl Drain {
+    pub fn new() -> Arc<Drain> {
+        Arc::new(Drain::default())
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Counts a request in, unless the server is draining. The count goes up before the check,
+    /// so a request either sees the drain or is seen by it: none slips between.
+    pub fn admit(self: &Arc<Self>) -> Result<InFlight, ApiError> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Arc::clone(self));
+        if self.is_draining() {
+            drop(guard);
+            metrics::counter!(DRAIN_REQUESTS.name, "outcome" => "rejected").increment(1);
+            return Err(ApiError::unavailable(
+                "The server is shutting down and admits no new requests; retry later or on another replica.",
+            ));
+        }
+        Ok(guard)
+    }
+
+    /// Starts refusing requests; returns how many are in flight.
+    pub fn begin(&self, grace: Duration) -> usize {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + grace);
+        self.draining.store(true, Ordering::SeqCst);
+        self.in_flight()
+    }
+
+    /// Seconds until the grace period ends (at least 1): when this server will be gone.
+    fn retry_after_secs(&self) -> u64 {
+        let deadline = *self.deadline.lock().unwrap_or_else(|e| e.into_inner());
+        deadline
+            .map(|d| {
+                d.saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    .ceil() as u64
+            })
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    /// Resolves once no request is in flight.
+    pub async fn until_idle(&self) {
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            left.await;
+        }
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    pub completed: usize,
+    pub aborted: usize,
+}
+
+/// Drains: refuse new requests, give those in flight `grace` to finish, abort the rest.
+pub async fn drain(drain: &Drain, engine: &EngineHandle, grace: Duration) -> Drained {
+    let started = Instant::now();
+    let in_flight = drain.begin(grace);
+    tracing::info!(in_flight, ?grace, "draining: new requests get 503");
+    let _ = tokio::time::timeout(grace, drain.until_idle()).await;
+    let aborted = drain.in_flight();
+    if aborted > 0 {
+        tracing::warn!(
+            aborted,
+            "the shutdown grace period ended with requests in flight; aborting them"
+        );
+        engine.abort_all();
+        if tokio::time::timeout(ABORT_WAIT, drain.until_idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = drain.in_flight(),
+                "aborted requests did not finish sending"
+            );
+        }
+    }
+    let done = Drained {
+        completed: in_flight.saturating_sub(aborted),
+        aborted,
+    };
+    for (outcome, n) in [("completed", done.completed), ("aborted", done.aborted)] {
+        metrics::counter!(DRAIN_REQUESTS.name, "outcome" => outcome).increment(n as u64);
+    }
+    tracing::info!(
+        completed = done.completed,
+        aborted = done.aborted,
+        "drained in {:.2?}",
+        started.elapsed()
+    );
+    done
+}
+
+/// Middleware of the generation routes: counts the request in flight until its body is done,
+/// or refuses it while draining.
+pub async fn admission(State(drain): State<Arc<Drain>>, req: Request, next: Next) -> Response {
+    let guard = match drain.admit() {
+        Ok(guard) => guard,
+        Err(err) => {
+            let mut resp = err.into_response();
+            if let Ok(v) = HeaderValue::from_str(&drain.retry_after_secs().to_string()) {
+                resp.headers_mut().insert(RETRY_AFTER, v);
+            }
+            return resp;
+        }
+    };
+    let (parts, body) = next.run(req).await.into_parts();
+    Response::from_parts(
+        parts,
+        Body::new(Held {
+            body,
+            _guard: guard,
+        }),
+    )
+}
+
+/// A response body that keeps its request counted in flight until it is sent or dropped.
+struct Held {
+    body: Body,
+    _guard: InFlight,
+}
+
+impl HttpBody for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_is_refused_once_the_drain_begins_and_the_drain_waits_for_the_rest() {
+        let drain = Drain::new();
+        let a = drain.admit().expect("admitted before the drain");
+        let b = drain.admit().expect("admitted before the drain");
+        assert_eq!(drain.begin(Duration::from_secs(30)), 2);
+        let refused = drain.admit().err().expect("refused while draining");
+        assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(drain.in_flight(), 2, "a refused request is not counted");
+        assert!((29..=30).contains(&drain.retry_after_secs()));
+        drop(a);
+        let idle = tokio::time::timeout(Duration::from_millis(50), drain.until_idle()).await;
+        assert!(idle.is_err(), "one request is still in flight");
+        drop(b);
+        tokio::time::timeout(Duration::from_secs(1), drain.until_idle())
+            .await
+            .expect("idle once the last request left");
+    }
+}
