@@ -10,7 +10,8 @@ use crate::workspace_root;
 
 /// What the build and the tests need (a program on PATH, or an absolute file path), and the
 /// Debian package that provides each: prometheus and promtool scrape and lint /metrics; clang and
-/// libbpf's headers build the eBPF probe; bpftrace is the probe test's reference.
+/// libbpf's headers build the eBPF probe; bpftrace is the probe test's reference;
+/// systemd-analyze checks the unit, strace lists the system calls its filter must allow.
 const TOOLS: &[(&str, &str)] = &[
     ("prometheus", "prometheus"),
     ("promtool", "prometheus"),
@@ -18,6 +19,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("llvm-strip", "llvm"),
     ("/usr/include/bpf/bpf_helpers.h", "libbpf-dev"),
     ("bpftrace", "bpftrace"),
+    ("systemd-analyze", "systemd"),
+    ("strace", "strace"),
 ];
 
 pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
