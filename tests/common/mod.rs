@@ -326,3 +326,38 @@ pub fn stream_until_first_event(
     }
     stream
 }
+
+/// The catalog series names (`vllm:`, `dynamo_`, `vigil_` prefixes) a PromQL expression reads,
+/// each with the catalog entry of its family, or `None` when no entry has it: the check that
+/// rules and dashboards only name series Vigil emits.
+pub fn series_in_promql(
+    expr: &str,
+) -> Vec<(String, Option<&'static exporter::catalog::MetricDef>)> {
+    use exporter::catalog::{find, Kind};
+    // Label values in quotes are not names: drop them first.
+    let unquoted: String = expr
+        .split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .map(|(_, part)| part)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let tokens = unquoted.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'));
+    let families = [
+        ("_bucket", Kind::Histogram),
+        ("_sum", Kind::Histogram),
+        ("_count", Kind::Histogram),
+        ("_total", Kind::Counter),
+        ("", Kind::Gauge),
+    ];
+    tokens
+        .filter(|t| t.starts_with("vllm:") || t.starts_with("dynamo_") || t.starts_with("vigil_"))
+        .map(|token| {
+            let def = families.iter().find_map(|(suffix, kind)| {
+                let def = find(token.strip_suffix(suffix)?)?;
+                (def.kind == *kind).then_some(def)
+            });
+            (token.to_owned(), def)
+        })
+        .collect()
+}
