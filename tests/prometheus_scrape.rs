@@ -4,121 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{free_port, http_get, wait_for, Vigil};
+use common::prometheus::{encode, Prometheus};
+use common::{wait_for, Vigil};
 use exporter::catalog::{self, vllm, Kind};
 use exporter::exemplar::with_request_id;
 use exporter::{Exporter, ExporterConfig};
-use serde_json::Value;
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(targets: &[(&str, String)]) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config =
-            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
-        for (job, target) in targets {
-            config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
-            ));
-        }
-        let config_path = dir.path().join("prometheus.yml");
-        std::fs::write(&config_path, config).unwrap();
-        let port = free_port();
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config_path.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--enable-feature=exemplar-storage")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus is installed (Debian package prometheus; .ci/run installs it)");
-        let p = Prometheus {
-            child,
-            port,
-            _dir: dir,
-        };
-        wait_for("prometheus ready", Duration::from_secs(60), || {
-            let url = format!("http://127.0.0.1:{}/-/ready", p.port);
-            std::panic::catch_unwind(|| http_get(&url, None).0 == 200)
-                .ok()
-                .filter(|r| *r)
-        });
-        p
-    }
-
-    fn api(&self, path_and_query: &str) -> Value {
-        let (status, _, body) = http_get(
-            &format!("http://127.0.0.1:{}{}", self.port, path_and_query),
-            None,
-        );
-        assert_eq!(status, 200, "{path_and_query}: {body}");
-        let v: Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(v["status"], "success", "{body}");
-        v["data"].clone()
-    }
-
-    fn query(&self, promql: &str) -> Vec<Value> {
-        let q = encode(promql);
-        self.api(&format!("/api/v1/query?query={q}"))["result"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
-
-    /// Waits until every job's target has been scraped successfully.
-    fn wait_up(&self, jobs: &[&str]) {
-        wait_for("all targets up", Duration::from_secs(60), || {
-            let targets = self.api("/api/v1/targets");
-            let active = targets["activeTargets"].as_array().unwrap();
-            let up = jobs.iter().all(|job| {
-                active
-                    .iter()
-                    .any(|t| t["labels"]["job"] == *job && t["health"] == "up")
-            });
-            if !up {
-                for t in active {
-                    let err = t["lastError"].as_str().unwrap_or("");
-                    assert!(
-                        err.is_empty() || err.contains("connection refused"),
-                        "scrape of {} failed: {err}",
-                        t["labels"]["job"]
-                    );
-                }
-            }
-            up.then_some(())
-        });
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// Whether `def`'s series exist on this machine before any request: GPU series need a GPU (and
 /// the eBPF ones root and BTF, which the tests have); Dynamo's request series appear with the

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod notify;
+pub mod prometheus;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};

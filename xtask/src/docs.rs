@@ -1,5 +1,6 @@
-//! `cargo xtask docs`: the files generated from the code: the metric reference (from the
-//! catalog) and the systemd environment file (from `vigil serve`'s command line).
+//! `cargo xtask docs`: the files generated from the code: the metric reference and the Grafana
+//! dashboard (from the catalog) and the systemd environment file (from `vigil serve`'s command
+//! line).
 
 use anyhow::{bail, Context};
 
@@ -13,6 +14,7 @@ pub fn generated() -> Vec<(&'static str, String)> {
     vec![
         (METRICS_MD, exporter::docs::metrics_markdown()),
         (crate::env_file::ENV_FILE, crate::env_file::render()),
+        (crate::dashboard::DASHBOARD, crate::dashboard::render()),
     ]
 }
 

@@ -2,6 +2,8 @@
 //!
 //! - `docs [--check]`: write `docs/metrics.md` from the catalog and `systemd/vigil.env` from
 //!   `vigil serve`'s flags (`--check` fails if either is stale).
+//! - `dashboard`: write `grafana/vigil.json`, the Grafana dashboard, from the catalog (with the
+//!   other generated files).
 //! - `test [ARGS]`: the project's test command: check (or install) the tools the end-to-end tests
 //!   use, then `cargo test --workspace [ARGS]`.
 //! - `fetch-model`: put the default model (SmolLM2-135M-Instruct, Q4_1 GGUF) into `models/`.
@@ -20,6 +22,7 @@ mod bench;
 mod bench_ebpf;
 mod bench_metrics_cost;
 mod bench_model;
+mod dashboard;
 mod docs;
 mod env_file;
 mod fetch_model;
@@ -32,6 +35,8 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("docs") => docs::run(args.iter().any(|a| a == "--check")),
+        // The dashboard is one of the generated files; `docs` writes it too.
+        Some("dashboard") => docs::run(false),
         Some("bench") => bench::run(),
         Some("test") => test::run(&args[1..]),
         Some("fetch-model") => fetch_model::run(),
@@ -40,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         Some("bench-ebpf") => bench_ebpf::run(&args[1..]),
         Some("install") => install::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]>");
+            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]>");
             std::process::exit(2);
         }
     }
