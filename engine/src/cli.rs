@@ -208,6 +208,11 @@ pub struct ServeArgs {
     #[arg(long, overrides_with = "enable_prefix_caching", action = ArgAction::SetTrue)]
     pub no_enable_prefix_caching: bool,
 
+    /// Export a trace of every request over OTLP to this collector URL (gRPC, or HTTP/protobuf
+    /// with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and the full .../v1/traces URL).
+    #[arg(long, value_name = "URL")]
+    pub otlp_traces_endpoint: Option<String>,
+
     /// Seconds that requests in flight get to finish after SIGTERM before they are aborted (new
     /// requests get 503 with Retry-After meanwhile).
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]

@@ -12,6 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::backend::Backend;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::scheduler::request::Timestamps;
 use crate::scheduler::{FinishReason, Request, Scheduler};
 
 /// A request for the engine.
@@ -27,6 +28,8 @@ pub struct NewRequest {
     pub n: usize,
     pub record_params: bool,
     pub arrival: Instant,
+    /// The request's trace id when tracing is on (for the exemplars on /metrics).
+    pub trace_id: Option<String>,
     pub events: UnboundedSender<Event>,
 }
 
@@ -39,6 +42,8 @@ pub enum Event {
         prompt_tokens: usize,
         completion_tokens: usize,
         cached_tokens: usize,
+        /// When it was queued, scheduled, and made its first and last tokens (for its trace).
+        times: Timestamps,
     },
 }
 
@@ -220,8 +225,8 @@ impl Core<'_> {
                             if let (true, Some(req)) = (u.first_token, req) {
                                 m.record_first_token(req, now);
                             }
-                            if let Some(d) = u.inter_token {
-                                m.record_inter_token(&u.id, d.as_secs_f64());
+                            if let (Some(d), Some(req)) = (u.inter_token, req) {
+                                m.record_inter_token(req, d.as_secs_f64());
                             }
                         }
                         m.record_step(&out.stats);
@@ -258,7 +263,9 @@ impl Core<'_> {
         match cmd {
             Command::Add(r) => {
                 let sampler = Sampler::new(r.params, &r.prompt);
-                let req = Request::new(r.id.clone(), r.prompt, r.max_tokens, sampler, r.arrival);
+                let mut req =
+                    Request::new(r.id.clone(), r.prompt, r.max_tokens, sampler, r.arrival);
+                req.trace_id = r.trace_id;
                 self.meta.insert(
                     r.id,
                     Meta {
@@ -306,6 +313,7 @@ impl Core<'_> {
             prompt_tokens: req.prompt_len,
             completion_tokens: req.num_output_tokens(),
             cached_tokens: req.num_cached_tokens.unwrap_or(0),
+            times: req.times,
         });
     }
 }
@@ -361,6 +369,7 @@ mod tests {
                 n: 1,
                 record_params: true,
                 arrival: Instant::now(),
+                trace_id: None,
                 events: tx,
             })
             .unwrap();
@@ -382,6 +391,7 @@ mod tests {
                 n: 1,
                 record_params: true,
                 arrival: Instant::now(),
+                trace_id: None,
                 events: tx,
             })
             .is_err()

@@ -18,6 +18,7 @@ pub mod server;
 pub mod system_server;
 pub mod testing;
 pub mod tokenizer;
+pub mod traces;
 
 use anyhow::Context;
 

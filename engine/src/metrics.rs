@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use exporter::catalog::vllm as cat;
-use exporter::exemplar::with_request_id;
+use exporter::exemplar::with_request;
 use metrics::{Counter, Gauge, Histogram};
 
 use crate::scheduler::{FinishReason, Request, StepStats};
@@ -153,7 +153,7 @@ impl EngineMetrics {
 
     /// A request's first token: TTFT, and its prompt tokens by source.
     pub fn record_first_token(&self, req: &Request, now: Instant) {
-        with_request_id(&req.id, || {
+        with_request(&req.id, req.trace_id.as_deref(), || {
             self.ttft.record((now - req.times.arrival).as_secs_f64())
         });
         let cached = req.num_cached_tokens.unwrap_or(0) as u64;
@@ -167,8 +167,10 @@ impl EngineMetrics {
     }
 
     /// A later token: the time since the previous one.
-    pub fn record_inter_token(&self, id: &str, seconds: f64) {
-        with_request_id(id, || self.itl.record(seconds));
+    pub fn record_inter_token(&self, req: &Request, seconds: f64) {
+        with_request(&req.id, req.trace_id.as_deref(), || {
+            self.itl.record(seconds)
+        });
     }
 
     /// A finished request (any reason, aborts included). `max_tokens_param` is the request's
@@ -192,7 +194,7 @@ impl EngineMetrics {
             _ => 0.0,
         };
         let generated = req.num_output_tokens();
-        with_request_id(&req.id, || {
+        with_request(&req.id, req.trace_id.as_deref(), || {
             self.e2e.record((now - t.arrival).as_secs_f64());
             self.queue.record(secs(Some(t.queued), t.first_scheduled));
             self.prefill.record(secs(t.first_scheduled, t.first_token));

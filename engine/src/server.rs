@@ -23,6 +23,7 @@ use crate::metrics::EngineMetrics;
 use crate::model::Model;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::system_server::{self, SystemState};
+use crate::traces;
 
 /// The engine indexes this process serves (`engine` label values).
 const ENGINES: &[&str] = &["0"];
@@ -197,6 +198,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(config) = system_server::config_from_env(&|name| std::env::var(name).ok())? {
         system_server::start(&config, system.clone()).await?;
     }
+    // Tracing set-up fails fast (a bad URL or protocol), before minutes of model loading.
+    let traces = match &args.otlp_traces_endpoint {
+        Some(endpoint) => {
+            let protocol = std::env::var(traces::PROTOCOL_VAR).ok();
+            Some(Arc::new(traces::Traces::start(
+                endpoint,
+                protocol.as_deref(),
+            )?))
+        }
+        None => None,
+    };
     systemd::status(&format!("loading {}", args.model.display()));
     let model = {
         let args = args.clone();
@@ -283,6 +295,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         created: api::unix_now(),
         dynamo: args.dynamo.names(),
         drain: Drain::new(),
+        traces: traces.clone(),
     });
     let _ = system.engine.set(state.engine.clone());
     let _ = system.endpoint.set(state.dynamo.endpoint.clone());
@@ -326,6 +339,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tokio::select! {
         res = server => res.context("HTTP server failed")?,
         () = closing => {}
+    }
+    if let Some(traces) = &traces {
+        traces.shutdown().await;
     }
     tracing::info!("shut down");
     Ok(())

@@ -37,6 +37,11 @@ const OTHER: &[(&str, &str, &str)] = &[
         "Dynamo frontend histogram buckets: DYN_METRICS_{TTFT,ITL,REQUEST_DURATION,INPUT_SEQUENCE_TOKENS,OUTPUT_SEQUENCE_TOKENS}_{MIN,MAX,COUNT}.",
     ),
     (
+        engine::traces::PROTOCOL_VAR,
+        "grpc",
+        "Protocol of --otlp-traces-endpoint: grpc or http/protobuf (OTEL_BSP_* tune the span batches).",
+    ),
+    (
         "PROMETHEUS_DISABLE_CREATED_SERIES",
         "false",
         "true drops the _created series, as in prometheus_client.",

@@ -17,6 +17,7 @@ use super::{request_id, unix_now, AppState};
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
@@ -38,7 +39,8 @@ pub async fn handle(
         }
     };
     let id = request.request_id.clone();
-    let gen = Generation::start(Arc::clone(&state), request, record)?;
+    let trace = state.start_trace(&headers, &model, "text_completion", &request);
+    let gen = Generation::start(Arc::clone(&state), request, record, trace)?;
     let format = Format {
         id,
         model,

@@ -17,6 +17,7 @@ use crate::engine_core::{Event, NewRequest};
 use crate::sampling::SamplingParams;
 use crate::scheduler::FinishReason;
 use crate::tokenizer::{DecodeStream, Tokenizer};
+use crate::traces::RequestTrace;
 
 /// What a client request asks of the engine.
 pub struct GenRequest {
@@ -95,6 +96,8 @@ pub struct Generation {
     pub usage: Usage,
     /// Dynamo's record of this request; dropped with the generation.
     record: RequestRecord,
+    /// The request's span when tracing is on; ended when the generation is dropped.
+    trace: Option<RequestTrace>,
 }
 
 impl Generation {
@@ -103,6 +106,7 @@ impl Generation {
         state: Arc<AppState>,
         req: GenRequest,
         mut record: RequestRecord,
+        trace: Option<RequestTrace>,
     ) -> Result<Generation, ApiError> {
         record.set_input_tokens(req.prompt.len());
         let tokenizer = Arc::clone(&state.tokenizer);
@@ -130,6 +134,7 @@ impl Generation {
                     n: req.n,
                     record_params: index == 0,
                     arrival: req.arrival,
+                    trace_id: trace.as_ref().map(|t| t.trace_id().to_owned()),
                     events: tx,
                 })
                 .map_err(|e| {
@@ -164,6 +169,7 @@ impl Generation {
                 ..Usage::default()
             },
             record,
+            trace,
         })
     }
 
@@ -247,6 +253,16 @@ impl Generation {
                         c.finished = true;
                         self.state.engine.finish(&c.engine_id, FinishReason::Stop);
                         self.usage.completion_tokens += c.completion_tokens;
+                        if let Some(t) = &mut self.trace {
+                            let n = c.completion_tokens;
+                            t.choice_finished(
+                                index,
+                                FinishReason::Stop,
+                                None,
+                                self.usage.prompt_tokens,
+                                n,
+                            );
+                        }
                         return Some(Ok(self.take(index, Some("stop"))));
                     }
                     let delta = self.take(index, None);
@@ -259,7 +275,17 @@ impl Generation {
                     prompt_tokens,
                     completion_tokens,
                     cached_tokens,
+                    times,
                 } => {
+                    if let Some(t) = &mut self.trace {
+                        t.choice_finished(
+                            index,
+                            reason,
+                            Some(times),
+                            prompt_tokens,
+                            completion_tokens,
+                        );
+                    }
                     let c = &mut self.choices[index];
                     c.finished = true;
                     self.usage.prompt_tokens = prompt_tokens;

@@ -45,9 +45,37 @@ pub struct AppState {
     pub dynamo: dynamo::DynamoNames,
     /// Generation requests in flight, and whether the server is draining for a stop.
     pub drain: Arc<crate::lifecycle::drain::Drain>,
+    /// The OTLP tracer, with `--otlp-traces-endpoint`.
+    pub traces: Option<Arc<crate::traces::Traces>>,
 }
 
 impl AppState {
+    /// The span of a request about to run, when tracing is on; `operation` is GenAI's name
+    /// for the route (`text_completion`, `chat`).
+    pub fn start_trace(
+        &self,
+        headers: &axum::http::HeaderMap,
+        model: &str,
+        operation: &'static str,
+        req: &generate::GenRequest,
+    ) -> Option<crate::traces::RequestTrace> {
+        let traces = self.traces.as_ref()?;
+        Some(crate::traces::RequestTrace::start(
+            traces.tracer(),
+            headers,
+            &crate::traces::TraceRequest {
+                request_id: &req.request_id,
+                model,
+                operation,
+                max_tokens: req.max_tokens_param,
+                temperature: req.params.temperature,
+                top_p: req.params.top_p,
+                n: req.n,
+                arrival: req.arrival,
+            },
+        ))
+    }
+
     /// The model name a request addresses, checked against the served names.
     pub fn check_model(&self, requested: Option<&str>) -> Result<String, ApiError> {
         match requested {

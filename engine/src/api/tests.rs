@@ -79,6 +79,7 @@ fn serve(backend: FailsAfter) -> String {
         created: 0,
         dynamo: super::dynamo::DynamoNames::new("dynamo", "backend", "generate"),
         drain: crate::lifecycle::drain::Drain::new(),
+        traces: None,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -61,6 +61,8 @@ pub struct Request {
     pub num_cached_tokens: Option<usize>,
     pub num_preemptions: u32,
     pub times: Timestamps,
+    /// The request's trace id, when tracing is on: its exemplars carry it.
+    pub trace_id: Option<String>,
 }
 
 impl Request {
@@ -89,6 +91,7 @@ impl Request {
                 first_token: None,
                 last_token: None,
             },
+            trace_id: None,
         }
     }
 

@@ -109,6 +109,8 @@ impl GaugeFn for GaugeCell {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Exemplar {
     pub request_id: Box<str>,
+    /// The request's trace id, when tracing is on.
+    pub trace_id: Option<Box<str>>,
     pub value: f64,
     pub timestamp: f64,
 }
@@ -260,10 +262,11 @@ impl HistogramFn for HistogramCell {
             Some((f64::from_bits(b) + value * count as f64).to_bits())
         });
         if let Some(slots) = &self.exemplars {
-            exemplar::current(|id| {
-                if let Some(id) = id {
+            exemplar::current(|scope| {
+                if let Some(scope) = scope {
                     let e = Exemplar {
-                        request_id: id.into(),
+                        request_id: scope.request_id.as_str().into(),
+                        trace_id: scope.trace_id.as_deref().map(Into::into),
                         value,
                         timestamp: unix_now(),
                     };

@@ -290,6 +290,12 @@ fn write_histogram_samples(
             out.push_str(crate::exemplar::LABEL);
             out.push_str("=\"");
             write_label_value(out, &e.request_id);
+            if let Some(trace_id) = &e.trace_id {
+                out.push_str("\",");
+                out.push_str(crate::exemplar::TRACE_LABEL);
+                out.push_str("=\"");
+                write_label_value(out, trace_id);
+            }
             out.push_str("\"} ");
             write_float(out, e.value);
             let _ = write!(out, " {:.3}", e.timestamp);

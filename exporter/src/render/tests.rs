@@ -196,6 +196,24 @@ fn exemplars_only_in_openmetrics_and_only_when_enabled() {
 }
 
 #[test]
+fn a_traced_requests_exemplar_carries_its_trace_id() {
+    let e = exporter(|c| c.enable_exemplars = true);
+    metrics::with_local_recorder(&e, || {
+        let e2e = metrics::histogram!(vllm::E2E_REQUEST_LATENCY_SECONDS.name, "model_name" => "m", "engine" => "0");
+        crate::exemplar::with_request("cmpl-7", Some("4bf92f3577b34da6a3ce929d0e0e4736"), || {
+            e2e.record(0.2)
+        });
+    });
+    let om = e.render(Format::OpenMetrics);
+    assert!(
+        om.contains(
+            " # {request_id=\"cmpl-7\",trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.2 "
+        ),
+        "{om}"
+    );
+}
+
+#[test]
 fn legacy_aliases_hidden_by_default_and_shown_with_the_flag() {
     let record = |e: &Exporter| {
         metrics::with_local_recorder(e, || {

@@ -1,0 +1,74 @@
+//! OTLP traces, as vLLM's `--otlp-traces-endpoint`: one `llm_request` span per client request,
+//! with `queue`, `prefill` and `decode` child spans, exported in batches over OTLP to a
+//! collector; gRPC by default, HTTP/protobuf with `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, as vLLM
+//! reads it. An incoming W3C `traceparent` makes the span a child of the caller's, and the
+//! request's trace id also goes into the exemplars on `/metrics` (beside its request id), so a
+//! slow bucket leads to its trace.
+
+mod request;
+
+use anyhow::{bail, Context};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+
+pub use request::{RequestTrace, TraceRequest};
+
+/// The environment variable vLLM reads for the protocol (OpenTelemetry's name).
+pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+
+/// The tracer of a `vigil serve` with `--otlp-traces-endpoint`.
+pub struct Traces {
+    provider: SdkTracerProvider,
+    tracer: SdkTracer,
+}
+
+impl Traces {
+    /// Sets up the exporter for `endpoint` (a URL: `http://collector:4317` for gRPC, the full
+    /// `http://collector:4318/v1/traces` for HTTP, as the OpenTelemetry exporters take them).
+    /// Runs inside the Tokio runtime: the gRPC client lives on it.
+    pub fn start(endpoint: &str, protocol: Option<&str>) -> anyhow::Result<Traces> {
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            bail!("--otlp-traces-endpoint {endpoint}: not an http:// or https:// URL");
+        }
+        let protocol = protocol.unwrap_or("grpc");
+        let exporter = match protocol {
+            "grpc" => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build(),
+            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .build(),
+            other => bail!(
+                "{PROTOCOL_VAR}={other}: unsupported OTLP protocol (use grpc or http/protobuf)"
+            ),
+        }
+        .with_context(|| format!("--otlp-traces-endpoint {endpoint}"))?;
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("vigil")
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        let tracer = provider.tracer("vigil");
+        tracing::info!(endpoint, protocol, "exporting request traces over OTLP");
+        Ok(Traces { provider, tracer })
+    }
+
+    pub fn tracer(&self) -> &SdkTracer {
+        &self.tracer
+    }
+
+    /// Exports what is still batched and stops the exporter (at the end of a drain).
+    pub async fn shutdown(&self) {
+        let provider = self.provider.clone();
+        let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(err)) = done {
+            tracing::warn!(%err, "flushing the last traces failed");
+        }
+    }
+}
