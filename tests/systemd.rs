@@ -211,21 +211,20 @@ fn every_system_call_vigil_makes_is_inside_the_units_filter() {
     assert!(allowed.len() > 100, "the filter sets resolve: {allowed:?}");
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace");
-    let mut command = Command::new("strace");
-    command
-        .args(["-f", "-qq", "-o"])
-        .arg(&trace)
-        .args(["-e", "trace=all", "--"])
-        .args([
-            VIGIL,
-            "serve",
-            require_model(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ]);
-    let mut vigil = Vigil::spawn(command);
+    let trace_path = trace.to_str().unwrap();
+    let mut vigil = Vigil::serve_as(
+        &[
+            "strace",
+            "-f",
+            "-qq",
+            "-o",
+            trace_path,
+            "-e",
+            "trace=all",
+            "--",
+        ],
+        &[],
+    );
     let (status, _) = http_post(
         &vigil.url("/v1/chat/completions"),
         br#"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "stream": true}"#,
