@@ -70,6 +70,9 @@ pub enum Command {
     Probe(Box<ProbeArgs>),
     /// Read every GPU through NVML as the probe does and compare with `nvidia-smi`.
     CheckGpu(CheckGpuArgs),
+    /// Print the systemd environment file: every `vigil serve` setting as VIGIL_<FLAG>, with its
+    /// help and default (what `cargo xtask install` puts in /etc/vigil/vigil.env).
+    EnvFile,
     /// Measure run-queue latency of a process's threads by role with the eBPF probe, print it
     /// like runqlat, and exit.
     SchedLatency(SchedLatencyArgs),

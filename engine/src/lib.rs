@@ -7,6 +7,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod engine_core;
+pub mod env_file;
 pub mod kv_cache;
 pub mod lifecycle;
 pub mod logging;
@@ -51,6 +52,10 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             std::thread::sleep(args.duration);
             let snap = probe.read().map_err(anyhow::Error::msg)?;
             print!("{}", probes::sched::report::format(&snap));
+            Ok(())
+        }
+        cli::Command::EnvFile => {
+            print!("{}", env_file::render());
             Ok(())
         }
         cli::Command::CheckGpu(args) => {

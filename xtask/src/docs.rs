@@ -1,6 +1,6 @@
 //! `cargo xtask docs`: the files generated from the code: the metric reference and the Grafana
-//! dashboard (from the catalog) and the systemd environment file (from `vigil serve`'s command
-//! line).
+//! dashboard (from the catalog), and the systemd environment file (`vigil env-file`, from
+//! `vigil serve`'s command line; the engine's own test checks that one is fresh).
 
 use anyhow::{bail, Context};
 
@@ -9,17 +9,38 @@ use crate::workspace_root;
 /// Where the metric reference lives, relative to the workspace root.
 pub const METRICS_MD: &str = "docs/metrics.md";
 
-/// Every generated file: its path and what it should contain.
+/// Where the systemd environment file lives, relative to the workspace root.
+pub const ENV_FILE: &str = "systemd/vigil.env";
+
+/// The generated files xtask renders itself (from the catalog): path and content.
 pub fn generated() -> Vec<(&'static str, String)> {
     vec![
         (METRICS_MD, exporter::docs::metrics_markdown()),
-        (crate::env_file::ENV_FILE, crate::env_file::render()),
         (crate::dashboard::DASHBOARD, crate::dashboard::render()),
     ]
 }
 
+/// The environment file, as the `vigil` binary prints it (xtask does not link the engine, so
+/// that `cargo xtask fetch-model` stays quick).
+fn env_file() -> anyhow::Result<String> {
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["run", "--quiet", "--bin", "vigil", "--", "env-file"])
+        .current_dir(workspace_root())
+        .output()
+        .context("running vigil env-file")?;
+    if !out.status.success() {
+        bail!(
+            "vigil env-file failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8(out.stdout).context("vigil env-file printed UTF-8")
+}
+
 pub fn run(check: bool) -> anyhow::Result<()> {
-    for (rel, fresh) in generated() {
+    let mut files = generated();
+    files.push((ENV_FILE, env_file()?));
+    for (rel, fresh) in files {
         let path = workspace_root().join(rel);
         if check {
             let current = std::fs::read_to_string(&path)

@@ -129,7 +129,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             keep_existing: false,
         },
         Step {
-            content: Content::Text(read(crate::env_file::ENV_FILE)?),
+            content: Content::Text(read(crate::docs::ENV_FILE)?),
             to: staged(opts.destdir.as_deref(), Path::new("/etc/vigil/vigil.env")),
             mode: 0o640,
             keep_existing: true,

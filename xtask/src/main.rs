@@ -24,7 +24,6 @@ mod bench_metrics_cost;
 mod bench_model;
 mod dashboard;
 mod docs;
-mod env_file;
 mod fetch_model;
 mod install;
 mod test;
