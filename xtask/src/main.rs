@@ -25,6 +25,7 @@ mod bench_model;
 mod dashboard;
 mod docs;
 mod fetch_model;
+mod fetch_nvrtc;
 mod install;
 mod test;
 

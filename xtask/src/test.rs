@@ -1,6 +1,6 @@
 //! `cargo xtask test`: the project's test command. Checks that the real tools the tests use are
-//! installed (installing them with apt when run as root on Debian), fetches the default model,
-//! then runs every test.
+//! installed (installing them with apt when run as root on Debian), fetches the default model and
+//! NVRTC (for the CUDA kernels' compile check), then runs every test.
 
 use std::process::Command;
 
@@ -26,9 +26,20 @@ const TOOLS: &[(&str, &str)] = &[
 pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
     ensure_tools()?;
     crate::fetch_model::run()?;
+    // The CUDA kernels' compile check loads NVRTC, from PyPI on machines without CUDA.
+    let nvrtc = crate::fetch_nvrtc::run()?;
+    let library_path = match std::env::var_os("LD_LIBRARY_PATH") {
+        Some(existing) => {
+            let mut paths = vec![nvrtc];
+            paths.extend(std::env::split_paths(&existing));
+            std::env::join_paths(paths)?
+        }
+        None => nvrtc.into_os_string(),
+    };
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra_args)
+        .env("LD_LIBRARY_PATH", library_path)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test")?;

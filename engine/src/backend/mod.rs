@@ -7,6 +7,7 @@
 //! blocks, attends over everything before them, and returns logits for the positions asked for.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::model::LlamaConfig;
 

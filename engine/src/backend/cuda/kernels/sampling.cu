@@ -1,0 +1,41 @@
+// Greedy sampling on the device: the index and value of each row's largest logit (ties: the
+// lowest index, as the CPU backend). One block per row; only ids and maxima go back to the host.
+extern "C" __global__ void argmax_rows(const float* logits, int vocab, unsigned int* ids,
+                                       float* maxima) {
+    const float* row = logits + (size_t)blockIdx.x * vocab;
+    float best = NEG_INF;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+        float v = row[i];
+        if (v > best || (v == best && i < best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ov > best || (ov == best && oi < best_i)) {
+            best = ov;
+            best_i = oi;
+        }
+    }
+    __shared__ float wv[32];
+    __shared__ int wi[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        wv[warp] = best;
+        wi[warp] = best_i;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++) {
+            if (wv[w] > best || (wv[w] == best && wi[w] < best_i)) {
+                best = wv[w];
+                best_i = wi[w];
+            }
+        }
+        ids[blockIdx.x] = (unsigned int)best_i;
+        maxima[blockIdx.x] = best;
+    }
+}
