@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{require_model, VIGIL};
+use common::{http_post, require_model, Vigil, VIGIL};
 use exporter::MinorVersion;
 
 fn fails(args: &[&str]) -> String {
@@ -200,4 +200,32 @@ fn sched_latency_prints_runqlat_style_histograms_of_a_process() {
         text.contains("usecs               : count    distribution"),
         "{text}"
     );
+}
+
+/// Without a GPU (CI: no NVIDIA driver library either), `--device cuda` refuses to start and says
+/// why, and `--device auto` (the default) serves on the CPU and logs why. (Until the CUDA backend
+/// is finished, a GPU host refuses `--device cuda` too, saying so.)
+#[test]
+fn device_cuda_without_a_gpu_is_a_start_up_error_and_auto_falls_back_to_the_cpu() {
+    let gpu_host = std::path::Path::new("/dev/nvidiactl").exists();
+    let err = fails(&[require_model(), "--port", "0", "--device", "cuda"]);
+    let why = if gpu_host {
+        "--device cuda:"
+    } else {
+        "--device cuda: libcuda.so.1 cannot be loaded"
+    };
+    assert!(err.contains(why), "{err}");
+    let vigil = Vigil::serve(&["--device", "auto"]);
+    let said = if gpu_host {
+        "serving on the CPU"
+    } else {
+        "no CUDA: libcuda.so.1 cannot be loaded (no NVIDIA driver on this host); serving on the CPU"
+    };
+    assert!(vigil.log().contains(said), "{}", vigil.log());
+    let (status, _) = http_post(
+        &vigil.url("/v1/completions"),
+        br#"{"prompt": "Hi", "max_tokens": 2}"#,
+        &[],
+    );
+    assert_eq!(status, 200);
 }

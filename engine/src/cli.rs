@@ -23,6 +23,13 @@ pub struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -182,6 +189,11 @@ pub struct ServeArgs {
     /// Number of KV blocks to allocate, instead of sizing from memory.
     #[arg(long, value_name = "N")]
     pub num_gpu_blocks_override: Option<u64>,
+
+    /// Where to run the model: auto (a GPU when the CUDA backend can run, else the CPU), cpu or
+    /// cuda (an error when CUDA cannot run here).
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    pub device: Device,
 
     /// Data type of the KV cache.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32"])]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::api::{self, AppState};
 use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
-use crate::cli::{ServeArgs, DEFAULT_MODEL};
+use crate::cli::{Device, ServeArgs, DEFAULT_MODEL};
 use crate::engine_core;
 use crate::kv_cache::manager::KvCacheManager;
 use crate::lifecycle::drain::{self, Drain};
@@ -190,6 +190,24 @@ pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
     }
 }
 
+/// Settles `--device`: the CPU backend, unless `--device cuda` asks for what cannot run.
+fn choose_device(requested: Device) -> anyhow::Result<()> {
+    use crate::backend::cuda::device::probe;
+    match (requested, probe()) {
+        (Device::Cpu, _) => tracing::info!("--device cpu: serving on the CPU"),
+        (Device::Auto, Err(why)) => tracing::info!("no CUDA: {why}; serving on the CPU"),
+        (Device::Auto, Ok(n)) => tracing::warn!(
+            "{n} CUDA device(s) found, but the CUDA backend is not finished yet; serving on the CPU"
+        ),
+        (Device::Cuda, Err(why)) => anyhow::bail!("--device cuda: {why}"),
+        (Device::Cuda, Ok(_)) => anyhow::bail!(
+            "--device cuda: the CUDA backend is not finished yet (its kernels are; the device \
+             backend is not); use --device cpu"
+        ),
+    }
+    Ok(())
+}
+
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let process_started = std::time::Instant::now();
@@ -209,6 +227,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    choose_device(args.device)?;
     systemd::status(&format!("loading {}", args.model.display()));
     let model = {
         let args = args.clone();

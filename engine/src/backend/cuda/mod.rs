@@ -6,4 +6,5 @@
 //! Everything is loaded at run time through cudarc (libcuda, libnvrtc, libcublas), so the binary
 //! builds and runs on machines without CUDA.
 
+pub mod device;
 pub mod kernels;
