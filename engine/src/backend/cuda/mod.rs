@@ -8,3 +8,4 @@
 
 pub mod device;
 pub mod kernels;
+pub mod memory;
