@@ -3,7 +3,7 @@
 
 mod attention;
 mod linear;
-mod ops;
+pub(crate) mod ops;
 
 use std::sync::Arc;
 

@@ -9,3 +9,4 @@
 pub mod device;
 pub mod kernels;
 pub mod memory;
+pub mod rope;

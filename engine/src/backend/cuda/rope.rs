@@ -1,0 +1,59 @@
+//! The cos/sin tables the `rope` kernel reads, computed on the host from the model's inverse
+//! frequencies (where Llama-3 and linear rope scaling are already applied, see
+//! `LlamaConfig::rope_inv_freq`): row `pos` holds `cos(pos * inv_freq[i])` for each `i` below
+//! head_dim/2, likewise sin. The same angles the CPU backend computes per token.
+
+/// `(cos, sin)`, each `[max_positions, inv_freq.len()]` row-major.
+pub fn tables(inv_freq: &[f32], max_positions: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = inv_freq.len();
+    let mut cos = Vec::with_capacity(max_positions * half);
+    let mut sin = Vec::with_capacity(max_positions * half);
+    for pos in 0..max_positions {
+        for f in inv_freq {
+            let (s, c) = (pos as f32 * f).sin_cos();
+            cos.push(c);
+            sin.push(s);
+        }
+    }
+    (cos, sin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's rotation, on the host, from the tables: what `kernels/rope.cu` computes.
+    fn rotate_with_tables(x: &mut [f32], head_dim: usize, pos: usize, cos: &[f32], sin: &[f32]) {
+        let half = head_dim / 2;
+        for head in x.chunks_exact_mut(head_dim) {
+            for j in 0..half {
+                let (c, s) = (cos[pos * half + j], sin[pos * half + j]);
+                let (x1, x2) = (head[j], head[j + half]);
+                head[j] = x1 * c - x2 * s;
+                head[j + half] = x2 * c + x1 * s;
+            }
+        }
+    }
+
+    #[test]
+    fn tables_rotate_as_the_cpu_backend_does_with_llama3_scaling() {
+        let mut config = crate::testing::tiny_config();
+        config.rope_scaling = Some(crate::model::config::RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 32.0,
+        });
+        let inv_freq = config.rope_inv_freq();
+        let head_dim = config.head_dim;
+        let (cos, sin) = tables(&inv_freq, 64);
+        for pos in [0, 1, 17, 63] {
+            let x: Vec<f32> = (0..2 * head_dim).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut by_cpu = x.clone();
+            crate::backend::cpu::ops::rope(&mut by_cpu, 2, head_dim, pos, &inv_freq);
+            let mut by_tables = x;
+            rotate_with_tables(&mut by_tables, head_dim, pos, &cos, &sin);
+            assert_eq!(by_cpu, by_tables, "position {pos}");
+        }
+    }
+}
