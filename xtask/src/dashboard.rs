@@ -18,6 +18,11 @@ const DS: &str = "${DS_PROMETHEUS}";
 const MODEL: &str = r#"model_name="$model_name""#;
 const NODE: &str = r#"instance=~"$instance""#;
 
+/// A gauge's series with selector `sel`.
+fn series(def: &MetricDef, sel: &str) -> String {
+    format!("{}{{{sel}}}", def.name)
+}
+
 fn total(def: &MetricDef, sel: &str) -> String {
     format!("{}_total{{{sel}}}", def.name)
 }
@@ -132,7 +137,7 @@ fn why_is_it_slow() -> Vec<Panel> {
             "A full KV cache stalls admission and forces preemptions.",
             "percentunit",
             one(
-                format!("{}{{{MODEL}}}", vllm::KV_CACHE_USAGE_PERC.name),
+                series(&vllm::KV_CACHE_USAGE_PERC, MODEL),
                 "KV usage",
             ),
         ),
@@ -147,7 +152,7 @@ fn why_is_it_slow() -> Vec<Panel> {
             "Low while TTFT is high points away from the GPU: the host, the queue, the scheduler.",
             "percentunit",
             one(
-                format!("{}{{{NODE}}}", gpu::UTILIZATION.name),
+                series(&gpu::UTILIZATION, NODE),
                 "GPU {{gpu}} {{instance}}",
             ),
         ),
@@ -203,11 +208,11 @@ fn vllm_panels() -> Vec<Panel> {
             "none",
             vec![
                 (
-                    format!("{}{{{MODEL}}}", vllm::NUM_REQUESTS_RUNNING.name),
+                    series(&vllm::NUM_REQUESTS_RUNNING, MODEL),
                     "Num Running".into(),
                 ),
                 (
-                    format!("{}{{{MODEL}}}", vllm::NUM_REQUESTS_WAITING.name),
+                    series(&vllm::NUM_REQUESTS_WAITING, MODEL),
                     "Num Waiting".into(),
                 ),
             ],
@@ -223,7 +228,7 @@ fn vllm_panels() -> Vec<Panel> {
             "Percentage of used cache blocks by vLLM.",
             "percentunit",
             one(
-                format!("{}{{{MODEL}}}", vllm::KV_CACHE_USAGE_PERC.name),
+                series(&vllm::KV_CACHE_USAGE_PERC, MODEL),
                 "GPU Cache Usage",
             ),
         ),
@@ -299,23 +304,17 @@ fn vllm_panels() -> Vec<Panel> {
 
 fn gpu_panels() -> Vec<Panel> {
     let per_gpu = "GPU {{gpu}} {{instance}}";
-    let gauge = |def: &MetricDef| one(format!("{}{{{NODE}}}", def.name), per_gpu);
+    let gauge = |def: &MetricDef| one(series(def, NODE), per_gpu);
     vec![
         panel(
             "GPU memory",
             "Memory used and total per GPU, and Vigil's own share.",
             "bytes",
             vec![
+                (series(&gpu::MEMORY_USED, NODE), format!("used {per_gpu}")),
+                (series(&gpu::MEMORY_TOTAL, NODE), format!("total {per_gpu}")),
                 (
-                    format!("{}{{{NODE}}}", gpu::MEMORY_USED.name),
-                    format!("used {per_gpu}"),
-                ),
-                (
-                    format!("{}{{{NODE}}}", gpu::MEMORY_TOTAL.name),
-                    format!("total {per_gpu}"),
-                ),
-                (
-                    format!("{}{{{NODE}}}", gpu::PROCESS_MEMORY.name),
+                    series(&gpu::PROCESS_MEMORY, NODE),
                     format!("vigil {per_gpu}"),
                 ),
             ],
@@ -325,12 +324,9 @@ fn gpu_panels() -> Vec<Panel> {
             gpu::UTILIZATION.help,
             "percentunit",
             vec![
+                (series(&gpu::UTILIZATION, NODE), format!("SM {per_gpu}")),
                 (
-                    format!("{}{{{NODE}}}", gpu::UTILIZATION.name),
-                    format!("SM {per_gpu}"),
-                ),
-                (
-                    format!("{}{{{NODE}}}", gpu::MEMORY_UTILIZATION.name),
+                    series(&gpu::MEMORY_UTILIZATION, NODE),
                     format!("memory copy {per_gpu}"),
                 ),
             ],
@@ -340,14 +336,8 @@ fn gpu_panels() -> Vec<Panel> {
             "Power draw against the limit.",
             "watt",
             vec![
-                (
-                    format!("{}{{{NODE}}}", gpu::POWER.name),
-                    format!("draw {per_gpu}"),
-                ),
-                (
-                    format!("{}{{{NODE}}}", gpu::POWER_LIMIT.name),
-                    format!("limit {per_gpu}"),
-                ),
+                (series(&gpu::POWER, NODE), format!("draw {per_gpu}")),
+                (series(&gpu::POWER_LIMIT, NODE), format!("limit {per_gpu}")),
             ],
         ),
         panel(
@@ -404,12 +394,9 @@ fn gpu_panels() -> Vec<Panel> {
             "1 per GPU that answers NVML; 1 per probe that runs (reason says why one is off).",
             "none",
             vec![
+                (series(&gpu::GPU_UP, NODE), format!("GPU up {per_gpu}")),
                 (
-                    format!("{}{{{NODE}}}", gpu::GPU_UP.name),
-                    format!("GPU up {per_gpu}"),
-                ),
-                (
-                    format!("{}{{{NODE}}}", probe::PROBE_UP.name),
+                    series(&probe::PROBE_UP, NODE),
                     "{{probe}} {{reason}} {{instance}}".into(),
                 ),
             ],
@@ -481,7 +468,7 @@ fn dynamo_panels() -> Vec<Panel> {
             dynamo::FRONTEND_ACTIVE_REQUESTS.help,
             "none",
             one(
-                format!("{}{{{NODE}}}", dynamo::FRONTEND_ACTIVE_REQUESTS.name),
+                series(&dynamo::FRONTEND_ACTIVE_REQUESTS, NODE),
                 "{{model}} {{instance}}",
             ),
         ),
