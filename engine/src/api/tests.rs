@@ -42,20 +42,13 @@ impl Backend for FailsAfter {
         let vocab = self.config.vocab_size;
         let rows: usize = batch
             .iter()
-            .map(|s| match s.logits_for {
-                LogitsFor::None => 0,
-                LogitsFor::Last => 1,
-                LogitsFor::All => s.tokens.len(),
-            })
+            .map(|s| s.logits_for.positions(s.tokens.len()))
             .sum();
         let mut data = vec![0.0; rows * vocab];
         for row in data.chunks_mut(vocab) {
             row[b'a' as usize] = 10.0;
         }
-        Ok(Logits {
-            vocab_size: vocab,
-            data,
-        })
+        Ok(Logits::from_rows(batch, vocab, data))
     }
 }
 

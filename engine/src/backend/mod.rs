@@ -20,6 +20,21 @@ pub enum LogitsFor {
     Last,
     /// Every new token (prompt logprobs, tests).
     All,
+    /// The last new token, reduced to its most likely token and that token's log-probability
+    /// (a greedy request with no penalties or top log-probabilities). A GPU backend reduces on
+    /// the device and copies back two numbers instead of a row of `vocab_size`.
+    Greedy,
+}
+
+impl LogitsFor {
+    /// How many positions of a sequence with `new_tokens` new tokens this asks for.
+    pub fn positions(self, new_tokens: usize) -> usize {
+        match self {
+            LogitsFor::None => 0,
+            LogitsFor::Last | LogitsFor::Greedy => new_tokens.min(1),
+            LogitsFor::All => new_tokens,
+        }
+    }
 }
 
 /// One sequence's share of a step.
@@ -31,14 +46,72 @@ pub struct SeqInput<'a> {
     pub logits_for: LogitsFor,
 }
 
-/// Logits of a step: one row of `vocab_size` per requested position, in batch order.
+/// Logits of a step: one row of `vocab_size` per position asked for with [`LogitsFor::Last`] or
+/// [`LogitsFor::All`], in batch order; and one [`GreedyToken`] per sequence asked for with
+/// [`LogitsFor::Greedy`], in batch order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logits {
     pub vocab_size: usize,
     pub data: Vec<f32>,
+    pub greedy: Vec<GreedyToken>,
+}
+
+/// A row of logits reduced on the backend: its most likely token (the lowest id on ties) and
+/// that token's log-probability under the row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GreedyToken {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+impl GreedyToken {
+    /// The reduction of one row, on the host.
+    pub fn of_row(row: &[f32]) -> GreedyToken {
+        let token = crate::sampling::argmax(row);
+        let (logprob, _) = crate::sampling::logprobs(row, token, 0);
+        GreedyToken { token, logprob }
+    }
 }
 
 impl Logits {
+    /// From a full row for every position `batch` asks for (a [`LogitsFor::Greedy`] sequence's
+    /// row included, in its place), reducing the greedy ones on the host: for backends that
+    /// have every row at hand anyway.
+    pub fn from_rows(batch: &[SeqInput<'_>], vocab_size: usize, rows: Vec<f32>) -> Logits {
+        let wanted: usize = batch
+            .iter()
+            .map(|s| s.logits_for.positions(s.tokens.len()))
+            .sum();
+        assert_eq!(
+            rows.len(),
+            wanted * vocab_size,
+            "one row per position asked for"
+        );
+        if !batch.iter().any(|s| s.logits_for == LogitsFor::Greedy) {
+            return Logits {
+                vocab_size,
+                data: rows,
+                greedy: Vec::new(),
+            };
+        }
+        let mut data = Vec::with_capacity(rows.len());
+        let mut greedy = Vec::new();
+        let mut chunks = rows.chunks_exact(vocab_size.max(1));
+        for s in batch {
+            for row in chunks.by_ref().take(s.logits_for.positions(s.tokens.len())) {
+                match s.logits_for {
+                    LogitsFor::Greedy => greedy.push(GreedyToken::of_row(row)),
+                    _ => data.extend_from_slice(row),
+                }
+            }
+        }
+        Logits {
+            vocab_size,
+            data,
+            greedy,
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.data.len() / self.vocab_size.max(1)
     }
@@ -148,10 +221,10 @@ pub fn greedy_generate(
             tokens: &tokens[cached..],
             start_pos: cached,
             block_table: &table,
-            logits_for: LogitsFor::Last,
+            logits_for: LogitsFor::Greedy,
         }])?;
         cached = tokens.len();
-        let next = crate::sampling::argmax(logits.row(0));
+        let next = logits.greedy[0].token;
         tokens.push(next);
         if stop.contains(&next) {
             break;

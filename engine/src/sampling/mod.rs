@@ -60,6 +60,29 @@ impl Sampler {
         *self.output_counts.entry(token).or_default() += 1;
     }
 
+    /// Whether the next token is the raw logits' argmax and nothing else of the row is needed
+    /// (greedy, no penalties, no top log-probabilities): then the backend may reduce the row
+    /// itself ([`crate::backend::LogitsFor::Greedy`]) and hand over only the result.
+    pub fn is_plain_greedy(&self) -> bool {
+        let p = &self.params;
+        p.temperature < GREEDY_EPS
+            && p.repetition_penalty == 1.0
+            && p.presence_penalty == 0.0
+            && p.frequency_penalty == 0.0
+            && p.logprobs.unwrap_or(0) == 0
+    }
+
+    /// Takes a token the backend reduced to (for a [`Sampler::is_plain_greedy`] request) and
+    /// records it, as [`Sampler::sample`] would have.
+    pub fn accept(&mut self, greedy: crate::backend::GreedyToken) -> Sampled {
+        self.observe(greedy.token);
+        Sampled {
+            token: greedy.token,
+            logprob: greedy.logprob,
+            top_logprobs: Vec::new(),
+        }
+    }
+
     /// Picks the next token from `logits` and records it.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let p = &self.params;

@@ -237,10 +237,12 @@ impl Scheduler {
                     tokens: &req.tokens[s.start..end],
                     start_pos: s.start,
                     block_table: &req.blocks.blocks,
-                    logits_for: if end == req.tokens.len() {
-                        LogitsFor::Last
-                    } else {
+                    logits_for: if end < req.tokens.len() {
                         LogitsFor::None
+                    } else if req.sampler.is_plain_greedy() {
+                        LogitsFor::Greedy
+                    } else {
+                        LogitsFor::Last
                     },
                 }
             })
@@ -248,6 +250,7 @@ impl Scheduler {
         let logits = backend.forward(&inputs)?;
         let now = Instant::now();
         let mut row = 0;
+        let mut greedy = logits.greedy.iter();
         let mut done = Vec::new();
         for s in &scheduled {
             let req = &mut self.running[s.index];
@@ -257,8 +260,13 @@ impl Scheduler {
             if req.num_computed_tokens < req.tokens.len() {
                 continue; // a prefill chunk short of the end: no logits
             }
-            let sampled = req.sampler.sample(logits.row(row));
-            row += 1;
+            let sampled = if req.sampler.is_plain_greedy() {
+                let reduced = greedy.next().expect("one greedy token per greedy sequence");
+                req.sampler.accept(*reduced)
+            } else {
+                row += 1;
+                req.sampler.sample(logits.row(row - 1))
+            };
             let previous = req.times.last_token;
             req.push_token(&sampled, now);
             stats.num_generated += 1;

@@ -174,10 +174,7 @@ impl Backend for CpuBackend {
         let t = rows.len();
         let vocab = c.vocab_size;
         if t == 0 {
-            return Ok(Logits {
-                vocab_size: vocab,
-                data: Vec::new(),
-            });
+            return Ok(Logits::from_rows(batch, vocab, Vec::new()));
         }
         let mut x = vec![0f32; t * h];
         for (row, tok) in x
@@ -249,8 +246,8 @@ impl Backend for CpuBackend {
             let n = s.tokens.len();
             match s.logits_for {
                 LogitsFor::None => {}
-                LogitsFor::Last if n > 0 => picked.push(offset + n - 1),
-                LogitsFor::Last => {}
+                LogitsFor::Last | LogitsFor::Greedy if n > 0 => picked.push(offset + n - 1),
+                LogitsFor::Last | LogitsFor::Greedy => {}
                 LogitsFor::All => picked.extend(offset..offset + n),
             }
             offset += n;
@@ -263,10 +260,7 @@ impl Backend for CpuBackend {
         if !picked.is_empty() {
             self.lm_head.forward(&sel, picked.len(), &mut data);
         }
-        Ok(Logits {
-            vocab_size: vocab,
-            data,
-        })
+        Ok(Logits::from_rows(batch, vocab, data))
     }
 }
 

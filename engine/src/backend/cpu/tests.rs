@@ -373,3 +373,55 @@ mod naive {
             .collect()
     }
 }
+
+/// A batch mixing every kind of request: greedy sequences come back reduced (argmax and its
+/// log-probability of the very row a `Last` request gets), the others as full rows in order.
+#[test]
+fn greedy_rows_are_the_argmax_of_the_full_rows() {
+    let config = LlamaConfig {
+        tie_word_embeddings: false,
+        ..tiny_config()
+    };
+    let weights = random_weights(&config, 3);
+    let prompts: [&[u32]; 4] = [&[1, 2, 3], &[40, 41], &[7, 8, 9, 10], &[100]];
+    let kinds = [
+        LogitsFor::Greedy,
+        LogitsFor::All,
+        LogitsFor::None,
+        LogitsFor::Greedy,
+    ];
+    let tables: Vec<Vec<u32>> = (0..4).map(|i| vec![2 * i, 2 * i + 1]).collect();
+    let run = |kinds: &[LogitsFor]| {
+        let mut be = backend(&config, &weights, 8);
+        let batch: Vec<SeqInput> = (0..4)
+            .map(|i| SeqInput {
+                tokens: prompts[i],
+                start_pos: 0,
+                block_table: &tables[i],
+                logits_for: kinds[i],
+            })
+            .collect();
+        be.forward(&batch).unwrap()
+    };
+    let mixed = run(&kinds);
+    let full = run(&[
+        LogitsFor::Last,
+        LogitsFor::All,
+        LogitsFor::None,
+        LogitsFor::Last,
+    ]);
+    let v = config.vocab_size;
+    assert_eq!(mixed.greedy.len(), 2);
+    assert_eq!(mixed.rows(), 2, "sequence 1's two positions, nothing else");
+    assert_eq!(&mixed.data[..], &full.data[v..3 * v]);
+    for (g, row) in mixed.greedy.iter().zip([full.row(0), full.row(3)]) {
+        assert_eq!(g.token, argmax(row));
+        let lse = row
+            .iter()
+            .map(|x| (x - row[g.token as usize]).exp())
+            .sum::<f32>()
+            .ln();
+        assert!((g.logprob + lse).abs() < 1e-5, "{} vs {}", g.logprob, -lse);
+        assert!(g.logprob <= 0.0);
+    }
+}
