@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendError, Logits, LogitsFor, SeqInput};
+use crate::backend::{Backend, BackendError, Logits, SeqInput};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::model::LlamaConfig;
 use crate::scheduler::{Scheduler, SchedulerConfig};
