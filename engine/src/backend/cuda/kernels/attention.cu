@@ -1,6 +1,7 @@
 // Paged attention for decode and chunked prefill alike: every query token attends, causally, to
 // the first position+1 keys of its sequence, read through the sequence's block table. GQA: query
-// head h reads KV head h / (n_heads / n_kv_heads).
+// head h reads KV head h / (n_heads / n_kv_heads). Query rows are `q_stride` elements apart (they
+// live in the fused QKV projection's output); `out` is [tokens, n_heads, head_dim].
 //
 // Grid (query tokens, n_heads); block MAX_WARPS warps. Each warp takes every MAX_WARPS-th key:
 // its lanes split head_dim for the dot product and keep an online softmax (running max, sum and
@@ -13,7 +14,8 @@ extern "C" __global__ void paged_attention(bf16* out, const bf16* q, const bf16*
                                            const bf16* v_cache, const int* block_tables,
                                            int max_blocks_per_seq, const int* token_seq,
                                            const int* token_pos, int n_heads, int n_kv_heads,
-                                           int head_dim, int block_size, float scale) {
+                                           int head_dim, int block_size, float scale,
+                                           int q_stride) {
     int t = blockIdx.x, h = blockIdx.y;
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int warps = blockDim.x >> 5;
@@ -22,7 +24,7 @@ extern "C" __global__ void paged_attention(bf16* out, const bf16* q, const bf16*
     int kv_head = h / (n_heads / n_kv_heads);
     int kv_width = n_kv_heads * head_dim;
     const int* table = block_tables + (size_t)seq * max_blocks_per_seq;
-    const bf16* qh = q + ((size_t)t * n_heads + h) * head_dim;
+    const bf16* qh = q + (size_t)t * q_stride + (size_t)h * head_dim;
 
     float qv[PER_LANE], acc[PER_LANE];
     for (int i = 0; i < PER_LANE; i++) {

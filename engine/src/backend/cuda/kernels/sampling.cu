@@ -1,7 +1,8 @@
-// Greedy sampling on the device: the index and value of each row's largest logit (ties: the
-// lowest index, as the CPU backend). One block per row; only ids and maxima go back to the host.
+// Greedy sampling on the device: the index of each row's largest logit (ties: the lowest index,
+// as the CPU backend) and its log-probability, -log(sum(exp(x - max))). One block per row (a
+// multiple of 32 threads); only ids and log-probabilities go back to the host.
 extern "C" __global__ void argmax_rows(const float* logits, int vocab, unsigned int* ids,
-                                       float* maxima) {
+                                       float* logprobs) {
     const float* row = logits + (size_t)blockIdx.x * vocab;
     float best = NEG_INF;
     int best_i = 0x7fffffff;
@@ -28,6 +29,7 @@ extern "C" __global__ void argmax_rows(const float* logits, int vocab, unsigned 
         wi[warp] = best_i;
     }
     __syncthreads();
+    __shared__ float row_max;
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)(blockDim.x >> 5); w++) {
             if (wv[w] > best || (wv[w] == best && wi[w] < best_i)) {
@@ -36,6 +38,12 @@ extern "C" __global__ void argmax_rows(const float* logits, int vocab, unsigned 
             }
         }
         ids[blockIdx.x] = (unsigned int)best_i;
-        maxima[blockIdx.x] = best;
+        row_max = best;
     }
+    __syncthreads();
+    float m = row_max;
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) sum += __expf(row[i] - m);
+    sum = block_sum(sum);
+    if (threadIdx.x == 0) logprobs[blockIdx.x] = -__logf(sum);
 }
