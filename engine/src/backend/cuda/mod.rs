@@ -10,3 +10,4 @@ pub mod device;
 pub mod kernels;
 pub mod memory;
 pub mod rope;
+pub mod step_plan;

@@ -1,0 +1,178 @@
+//! A step's metadata, flattened on the host into one `u32` buffer so that it reaches the device
+//! in a single copy: the token ids, their positions and sequences, the KV slots they write, the
+//! block tables, and which rows of the hidden state get logits.
+//!
+//! Rows that get logits are ordered full rows first ([`LogitsFor::Last`], [`LogitsFor::All`], in
+//! batch order), then greedy rows ([`LogitsFor::Greedy`], in batch order): after the LM head the
+//! full rows are one contiguous prefix to copy back, and the greedy ones one suffix to reduce on
+//! the device.
+
+use std::ops::Range;
+
+use crate::backend::{LogitsFor, SeqInput};
+
+/// The packed metadata of one step and where each part lies in [`StepPlan::packed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepPlan {
+    /// New tokens in the step (rows of the hidden state).
+    pub tokens: usize,
+    /// Sequences in the step.
+    pub seqs: usize,
+    /// Width of each block table row (the longest table any sequence needs; shorter ones are
+    /// padded with block 0, never read).
+    pub max_blocks: usize,
+    /// Rows copied back whole, then rows reduced to their argmax.
+    pub full_rows: usize,
+    pub greedy_rows: usize,
+    /// `ids[tokens] | positions[tokens] | token_seq[tokens] | slots[tokens] |
+    /// block_tables[seqs * max_blocks] | logit_rows[full_rows + greedy_rows]`.
+    pub packed: Vec<u32>,
+}
+
+impl StepPlan {
+    /// Lays out `batch` (already validated) for a cache of `block_size`-token blocks.
+    pub fn new(batch: &[SeqInput<'_>], block_size: usize) -> StepPlan {
+        let tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
+        let blocks_of = |s: &SeqInput| (s.start_pos + s.tokens.len()).div_ceil(block_size);
+        let max_blocks = batch.iter().map(blocks_of).max().unwrap_or(0).max(1);
+        let mut ids = Vec::with_capacity(tokens);
+        let mut positions = Vec::with_capacity(tokens);
+        let mut token_seq = Vec::with_capacity(tokens);
+        let mut slots = Vec::with_capacity(tokens);
+        let mut tables = vec![0u32; batch.len() * max_blocks];
+        let (mut full, mut greedy) = (Vec::new(), Vec::new());
+        for (seq, s) in batch.iter().enumerate() {
+            let first_row = ids.len() as u32;
+            for (i, &token) in s.tokens.iter().enumerate() {
+                let pos = s.start_pos + i;
+                ids.push(token);
+                positions.push(pos as u32);
+                token_seq.push(seq as u32);
+                slots.push(
+                    s.block_table[pos / block_size] * block_size as u32 + (pos % block_size) as u32,
+                );
+            }
+            let n = blocks_of(s);
+            tables[seq * max_blocks..seq * max_blocks + n].copy_from_slice(&s.block_table[..n]);
+            let last = first_row + s.tokens.len() as u32;
+            let wanted =
+                first_row + (s.tokens.len() - s.logits_for.positions(s.tokens.len())) as u32..last;
+            match s.logits_for {
+                LogitsFor::Greedy => greedy.extend(wanted),
+                _ => full.extend(wanted),
+            }
+        }
+        let (full_rows, greedy_rows) = (full.len(), greedy.len());
+        let mut packed = ids;
+        for part in [positions, token_seq, slots, tables, full, greedy] {
+            packed.extend(part);
+        }
+        StepPlan {
+            tokens,
+            seqs: batch.len(),
+            max_blocks,
+            full_rows,
+            greedy_rows,
+            packed,
+        }
+    }
+
+    /// Rows of the hidden state that get logits.
+    pub fn logit_rows(&self) -> usize {
+        self.full_rows + self.greedy_rows
+    }
+
+    pub fn ids(&self) -> Range<usize> {
+        0..self.tokens
+    }
+    pub fn positions(&self) -> Range<usize> {
+        self.tokens..2 * self.tokens
+    }
+    pub fn token_seq(&self) -> Range<usize> {
+        2 * self.tokens..3 * self.tokens
+    }
+    pub fn slots(&self) -> Range<usize> {
+        3 * self.tokens..4 * self.tokens
+    }
+    pub fn block_tables(&self) -> Range<usize> {
+        4 * self.tokens..4 * self.tokens + self.seqs * self.max_blocks
+    }
+    pub fn logit_row_ids(&self) -> Range<usize> {
+        let start = self.block_tables().end;
+        start..start + self.logit_rows()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mixed_batch_is_laid_out_part_after_part() {
+        let tables: [&[u32]; 3] = [&[7, 3, 9, 9], &[5], &[2, 4]];
+        let batch = [
+            // Decode at position 5 (block 3, offset 1), greedy.
+            SeqInput {
+                tokens: &[11],
+                start_pos: 5,
+                block_table: tables[0],
+                logits_for: LogitsFor::Greedy,
+            },
+            // A prefill chunk short of the end: no logits.
+            SeqInput {
+                tokens: &[21, 22],
+                start_pos: 0,
+                block_table: tables[1],
+                logits_for: LogitsFor::None,
+            },
+            // A prefill with every position's logits.
+            SeqInput {
+                tokens: &[31, 32, 33],
+                start_pos: 2,
+                block_table: tables[2],
+                logits_for: LogitsFor::All,
+            },
+        ];
+        let plan = StepPlan::new(&batch, 4);
+        assert_eq!((plan.tokens, plan.seqs, plan.max_blocks), (6, 3, 2));
+        assert_eq!((plan.full_rows, plan.greedy_rows), (3, 1));
+        let part = |r: Range<usize>| plan.packed[r].to_vec();
+        assert_eq!(part(plan.ids()), [11, 21, 22, 31, 32, 33]);
+        assert_eq!(part(plan.positions()), [5, 0, 1, 2, 3, 4]);
+        assert_eq!(part(plan.token_seq()), [0, 1, 1, 2, 2, 2]);
+        // Slot = block * 4 + offset: position 5 of table [7, 3] is block 3 offset 1 = 13.
+        assert_eq!(part(plan.slots()), [13, 20, 21, 10, 11, 16]);
+        // Only the blocks each sequence reaches, padded with 0.
+        assert_eq!(part(plan.block_tables()), [7, 3, 5, 0, 2, 4]);
+        // Full rows (sequence 2's three) first, then the greedy row (sequence 0's).
+        assert_eq!(part(plan.logit_row_ids()), [3, 4, 5, 0]);
+        assert_eq!(plan.logit_row_ids().end, plan.packed.len());
+    }
+
+    #[test]
+    fn last_rows_are_each_sequences_final_token() {
+        let batch = [
+            SeqInput {
+                tokens: &[1, 2, 3],
+                start_pos: 0,
+                block_table: &[0],
+                logits_for: LogitsFor::Last,
+            },
+            SeqInput {
+                tokens: &[4, 5],
+                start_pos: 0,
+                block_table: &[1],
+                logits_for: LogitsFor::Greedy,
+            },
+            SeqInput {
+                tokens: &[6],
+                start_pos: 3,
+                block_table: &[2],
+                logits_for: LogitsFor::Last,
+            },
+        ];
+        let plan = StepPlan::new(&batch, 16);
+        assert_eq!(&plan.packed[plan.logit_row_ids()], &[2, 5, 4]);
+        assert_eq!((plan.full_rows, plan.greedy_rows), (2, 1));
+    }
+}
