@@ -190,6 +190,7 @@ impl Core<'_> {
         loop {
             self.heartbeat.beat();
             if !self.scheduler.has_work() {
+                backend.idle();
                 match rx.recv_timeout(IDLE_BEAT) {
                     Ok(cmd) => self.handle(cmd),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -230,6 +231,9 @@ impl Core<'_> {
                             }
                         }
                         m.record_step(&out.stats);
+                        if let Some(timing) = backend.take_step_timing() {
+                            m.record_device_step(timing);
+                        }
                     }
                     self.record_state();
                     for u in &out.updates {

@@ -45,6 +45,8 @@ pub struct EngineMetrics {
     params_n: Histogram,
     request_preemptions: Histogram,
     prefill_kv_computed: Histogram,
+    device_busy: Histogram,
+    device_gap: Histogram,
 }
 
 impl EngineMetrics {
@@ -129,6 +131,8 @@ impl EngineMetrics {
             params_n: histogram(cat::REQUEST_PARAMS_N.name),
             request_preemptions: histogram(cat::REQUEST_NUM_PREEMPTIONS.name),
             prefill_kv_computed: histogram(cat::REQUEST_PREFILL_KV_COMPUTED_TOKENS.name),
+            device_busy: histogram(exporter::catalog::device::STEP_BUSY.name),
+            device_gap: histogram(exporter::catalog::device::STEP_GAP.name),
         }
     }
 
@@ -148,6 +152,14 @@ impl EngineMetrics {
         self.generation_tokens.increment(stats.num_generated as u64);
         if stats.num_tokens > 0 {
             self.iteration_tokens.record(stats.num_tokens as f64);
+        }
+    }
+
+    /// After a step on a device backend: its GPU busy time and the gap before it.
+    pub fn record_device_step(&self, timing: crate::backend::StepTiming) {
+        self.device_busy.record(timing.busy.as_secs_f64());
+        if let Some(gap) = timing.gap {
+            self.device_gap.record(gap.as_secs_f64());
         }
     }
 

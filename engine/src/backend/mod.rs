@@ -144,6 +144,9 @@ pub enum BackendError {
     },
     #[error("sequence {seq}: position {pos} exceeds the model's maximum {max}")]
     PositionTooLarge { seq: usize, pos: usize, max: usize },
+    /// The device failed (a CUDA or cuBLAS error).
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 /// What the scheduler needs from a backend.
@@ -156,6 +159,22 @@ pub trait Backend: Send {
     fn num_blocks(&self) -> usize;
     /// Runs one step over `batch`.
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError>;
+    /// The device's timing of the last step, once (backends that measure it).
+    fn take_step_timing(&mut self) -> Option<StepTiming> {
+        None
+    }
+    /// The engine ran out of work: the time until the next step is idleness, not a host gap.
+    fn idle(&mut self) {}
+}
+
+/// How a device spent one step, by its own clock (CUDA events).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTiming {
+    /// From the step's first upload to its last copy back.
+    pub busy: std::time::Duration,
+    /// From the end of the previous step to the start of this one, when the engine had work
+    /// throughout (none after [`Backend::idle`]).
+    pub gap: Option<std::time::Duration>,
 }
 
 /// Checks a batch against the cache's geometry and the model's limits.

@@ -6,6 +6,7 @@
 //! buckets, deprecation gating, rendering, `docs/metrics.md` and (later) the Grafana dashboard.
 
 pub mod agent;
+pub mod device;
 pub mod dynamo;
 pub mod gpu;
 pub mod probe;
@@ -204,6 +205,7 @@ pub fn all() -> impl Iterator<Item = &'static MetricDef> {
         probe::ALL,
         gpu::ALL,
         sched::ALL,
+        device::ALL,
         agent::ALL,
         service::ALL,
     ]

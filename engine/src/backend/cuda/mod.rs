@@ -1,13 +1,27 @@
-//! The CUDA backend, under construction (issue 7). In so far: the kernels, as CUDA C sources
-//! (one file per kernel family in `kernels/`), and their run-time compilation by NVRTC
-//! ([`kernels`]), checked in CI without a GPU. To come: device memory for weights (bf16) and the
-//! paged KV cache, cuBLAS GEMMs, the forward pass behind [`super::Backend`], `--device`.
+//! The CUDA backend (issue 7): the Llama forward pass on one GPU behind [`super::Backend`].
+//!
+//! - `kernels/`: the kernels as CUDA C, one file per family, compiled by NVRTC at start-up for
+//!   the device's architecture ([`kernels`], [`launch`]); CI compiles them without a GPU.
+//! - [`weights`]: bf16 weights on the device; [`gemm`]: cuBLAS GEMMs (bf16 in, f32 accumulate).
+//! - [`step_plan`]: a step's metadata packed for one upload; [`workspace`]: activations.
+//! - [`backend`]: [`CudaBackend`]; [`memory`]: KV cache sizing; [`timing`]: CUDA-event step
+//!   timing; [`device`]: whether this host can run any of it, and why not.
 //!
 //! Everything is loaded at run time through cudarc (libcuda, libnvrtc, libcublas), so the binary
 //! builds and runs on machines without CUDA.
 
+pub mod backend;
 pub mod device;
+pub mod error;
+pub mod gemm;
 pub mod kernels;
+pub mod launch;
 pub mod memory;
 pub mod rope;
 pub mod step_plan;
+pub mod timing;
+pub mod weights;
+pub mod workspace;
+
+pub use backend::{CudaBackend, CudaOptions, DeviceInfo};
+pub use error::CudaError;

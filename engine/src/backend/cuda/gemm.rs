@@ -1,0 +1,88 @@
+//! The GEMMs, through cuBLAS: bf16 inputs, f32 accumulation, bf16 or f32 output.
+//!
+//! Our matrices are row-major and cuBLAS is column-major. A row-major `[rows, cols]` matrix is
+//! the column-major `[cols, rows]` one, so `y = x · Wᵀ` (x `[t, in]`, W `[out, in]`, y
+//! `[t, out]`, all row-major) is, column-major, `yᵀ = W' · xᵀ` with `W'` the stored W read
+//! transposed: `gemm(op_a = T, op_b = N, m = out, n = t, k = in)`, no copies.
+
+use std::sync::Arc;
+
+use cudarc::cublas::{result, sys, CudaBlas};
+use cudarc::driver::CudaStream;
+
+use super::error::CudaError;
+use super::launch::Arg;
+
+/// The element type a GEMM writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Bf16,
+    /// For logits: argmax and log-probabilities want more than bf16's 8 bits of mantissa.
+    F32,
+}
+
+/// A weight matrix on the device: `[out, inp]`, row-major, bf16.
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix {
+    pub addr: Arg,
+    pub out: usize,
+    pub inp: usize,
+}
+
+pub struct Gemm {
+    blas: CudaBlas,
+}
+
+impl Gemm {
+    pub fn new(stream: Arc<CudaStream>) -> Result<Gemm, CudaError> {
+        Ok(Gemm {
+            blas: CudaBlas::new(stream)?,
+        })
+    }
+
+    /// `y[t, out] = x[t, inp] · wᵀ`; `x` and `w` are bf16, `y` is `output`.
+    pub fn linear(
+        &self,
+        x: Arg,
+        t: usize,
+        w: Matrix,
+        y: Arg,
+        output: Output,
+    ) -> Result<(), CudaError> {
+        let Matrix { addr: w, out, inp } = w;
+        let (Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(y)) = (x, w, y) else {
+            panic!("linear takes device addresses");
+        };
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let c_type = match output {
+            Output::Bf16 => sys::cudaDataType::CUDA_R_16BF,
+            Output::F32 => sys::cudaDataType::CUDA_R_32F,
+        };
+        // SAFETY: the addresses are live device buffers of at least out*inp (w), t*inp (x) and
+        // t*out (y) elements, on the handle's stream.
+        unsafe {
+            result::gemm_ex(
+                *self.blas.handle(),
+                sys::cublasOperation_t::CUBLAS_OP_T,
+                sys::cublasOperation_t::CUBLAS_OP_N,
+                out as i32,
+                t as i32,
+                inp as i32,
+                &alpha as *const f32 as *const _,
+                w as *const _,
+                sys::cudaDataType::CUDA_R_16BF,
+                inp as i32,
+                x as *const _,
+                sys::cudaDataType::CUDA_R_16BF,
+                inp as i32,
+                &beta as *const f32 as *const _,
+                y as *mut _,
+                c_type,
+                out as i32,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,110 @@
+//! The compiled kernels of one device, and launching them by name with plain arguments.
+//!
+//! Buffers are passed as raw device addresses ([`Arg::Ptr`]): several kernels read and write
+//! parts of one buffer at once (Q, K and V inside the fused QKV projection's output), which
+//! borrowed views cannot express. The backend runs on one stream with cudarc's event tracking
+//! off, so ordering is the stream's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+
+use super::error::CudaError;
+use super::kernels::{compile, FILES};
+
+/// One kernel argument, as the kernel's C signature declares it.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    /// A pointer (`T*`): a device address.
+    Ptr(u64),
+    /// `int`.
+    I32(i32),
+    /// `size_t`.
+    Size(u64),
+    /// `float`.
+    F32(f32),
+}
+
+/// The device address of element `offset` of `buf`.
+pub fn addr<T>(buf: &CudaSlice<T>, stream: &CudaStream, offset: usize) -> Arg {
+    let (base, _sync) = buf.device_ptr(stream);
+    Arg::Ptr(base + (offset * std::mem::size_of::<T>()) as u64)
+}
+
+/// Every entry point of [`FILES`], compiled for one device.
+pub struct Kernels {
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+impl Kernels {
+    /// Compiles every kernel file with NVRTC for `arch` (e.g. `sm_90`) and loads it.
+    pub fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels, CudaError> {
+        let mut functions = HashMap::new();
+        for file in FILES {
+            let ptx = compile(file, arch).map_err(|error| CudaError::Compile {
+                file: file.name,
+                error,
+            })?;
+            let module = ctx.load_module(ptx)?;
+            for &entry in file.entries {
+                functions.insert(entry, module.load_function(entry)?);
+            }
+        }
+        Ok(Kernels { functions })
+    }
+
+    /// Launches `name` on `stream` over a `grid` of blocks of `block` threads.
+    ///
+    /// The arguments must match the kernel's signature in `kernels/*.cu` one for one; every
+    /// call site sits next to the kernel's parameter list for that reason.
+    pub fn launch(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        let function = self
+            .functions
+            .get(name)
+            .unwrap_or_else(|| panic!("no kernel named {name} in kernels::FILES"));
+        let mut builder = stream.launch_builder(function);
+        for arg in args {
+            match arg {
+                Arg::Ptr(v) | Arg::Size(v) => builder.arg(v),
+                Arg::I32(v) => builder.arg(v),
+                Arg::F32(v) => builder.arg(v),
+            };
+        }
+        let config = LaunchConfig {
+            grid_dim: (grid.0, grid.1, 1),
+            block_dim: (block, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments follow the kernel's signature (see above) and address live
+        // buffers of the sizes the kernel indexes; launches are ordered on one stream.
+        unsafe { builder.launch(config) }?;
+        Ok(())
+    }
+
+    /// Launches an element-wise kernel over `n` elements, 256 threads per block.
+    pub fn launch_1d(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        n: usize,
+        args: &[Arg],
+    ) -> Result<(), CudaError> {
+        self.launch(
+            stream,
+            name,
+            ((n as u32).div_ceil(256).max(1), 1),
+            256,
+            args,
+        )
+    }
+}

@@ -1,0 +1,130 @@
+//! The activations of one step, allocated once for the largest step the scheduler makes
+//! (`--max-num-batched-tokens` tokens, `--max-num-seqs` rows of logits) and grown only when a
+//! step asks for more (e.g. every position's logits), so that steps do not allocate.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+
+use super::error::CudaError;
+use super::weights::Bf16Buf;
+use crate::model::LlamaConfig;
+
+/// Widths of the per-token activations.
+#[derive(Debug, Clone, Copy)]
+pub struct Widths {
+    pub hidden: usize,
+    pub qkv: usize,
+    pub attn: usize,
+    pub inter: usize,
+    pub vocab: usize,
+}
+
+impl Widths {
+    pub fn of(c: &LlamaConfig) -> Widths {
+        Widths {
+            hidden: c.hidden_size,
+            qkv: (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim,
+            attn: c.num_attention_heads * c.head_dim,
+            inter: c.intermediate_size,
+            vocab: c.vocab_size,
+        }
+    }
+
+    /// bf16 elements per token across the per-token buffers.
+    fn per_token(&self) -> usize {
+        3 * self.hidden + self.qkv + self.attn + 3 * self.inter
+    }
+
+    /// Device bytes of a workspace for `tokens` tokens and `rows` logit rows (metadata
+    /// included, block tables for `rows` sequences of `max_blocks`).
+    pub fn bytes(&self, tokens: usize, rows: usize, max_blocks: usize) -> u64 {
+        let bf16 = 2 * (tokens * self.per_token() + rows * self.hidden);
+        let f32s = 4 * rows * (self.vocab + 1);
+        let u32s = 4 * (4 * tokens + rows * max_blocks + 2 * rows);
+        (bf16 + f32s + u32s) as u64
+    }
+}
+
+pub struct Workspace {
+    pub widths: Widths,
+    tokens: usize,
+    rows: usize,
+    /// The residual stream.
+    pub residual: Bf16Buf,
+    /// A sub-layer's output, before it is added to the residual.
+    pub delta: Bf16Buf,
+    /// The normalised residual, input of the next projection.
+    pub normed: Bf16Buf,
+    pub qkv: Bf16Buf,
+    pub attn: Bf16Buf,
+    pub gate_up: Bf16Buf,
+    pub act: Bf16Buf,
+    /// The rows that get logits, gathered from `normed`.
+    pub selected: Bf16Buf,
+    pub logits: CudaSlice<f32>,
+    pub greedy_ids: CudaSlice<u32>,
+    pub greedy_logprobs: CudaSlice<f32>,
+    /// The step's packed metadata (see `step_plan`).
+    pub meta: CudaSlice<u32>,
+}
+
+fn alloc<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    n: usize,
+) -> Result<CudaSlice<T>, CudaError> {
+    Ok(stream.alloc_zeros::<T>(n.max(1))?)
+}
+
+impl Workspace {
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        widths: Widths,
+        tokens: usize,
+        rows: usize,
+        meta: usize,
+    ) -> Result<Workspace, CudaError> {
+        let w = widths;
+        Ok(Workspace {
+            widths,
+            tokens,
+            rows,
+            residual: alloc(stream, tokens * w.hidden)?,
+            delta: alloc(stream, tokens * w.hidden)?,
+            normed: alloc(stream, tokens * w.hidden)?,
+            qkv: alloc(stream, tokens * w.qkv)?,
+            attn: alloc(stream, tokens * w.attn)?,
+            gate_up: alloc(stream, tokens * 2 * w.inter)?,
+            act: alloc(stream, tokens * w.inter)?,
+            selected: alloc(stream, rows * w.hidden)?,
+            logits: alloc(stream, rows * w.vocab)?,
+            greedy_ids: alloc(stream, rows)?,
+            greedy_logprobs: alloc(stream, rows)?,
+            meta: alloc(stream, meta)?,
+        })
+    }
+
+    /// Makes room for a step of `tokens` tokens, `rows` logit rows and `meta` metadata words.
+    pub fn fit(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        tokens: usize,
+        rows: usize,
+        meta: usize,
+    ) -> Result<(), CudaError> {
+        if tokens > self.tokens || rows > self.rows {
+            stream.synchronize()?;
+            *self = Workspace::new(
+                stream,
+                self.widths,
+                tokens.max(self.tokens),
+                rows.max(self.rows),
+                meta.max(self.meta.len()),
+            )?;
+        } else if meta > self.meta.len() {
+            stream.synchronize()?;
+            self.meta = alloc(stream, meta)?;
+        }
+        Ok(())
+    }
+}
