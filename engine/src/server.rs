@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::api::{self, AppState};
 use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use crate::backend::cuda::{CudaBackend, CudaOptions};
+use crate::backend::Backend;
 use crate::cli::{Device, ServeArgs, DEFAULT_MODEL};
 use crate::engine_core;
 use crate::kv_cache::manager::KvCacheManager;
@@ -80,8 +82,8 @@ fn cache_config_labels(
 /// One forward step outside the engine (not counted in any metric), so that the first request
 /// does not pay for first-touch page faults and so that `ready` means a step has run. The KV it
 /// writes lands in block 0, which every sequence overwrites before reading.
-fn warm_up(backend: &mut CpuBackend) -> anyhow::Result<()> {
-    use crate::backend::{Backend, LogitsFor, SeqInput};
+fn warm_up(backend: &mut dyn Backend) -> anyhow::Result<()> {
+    use crate::backend::{LogitsFor, SeqInput};
     let started = std::time::Instant::now();
     backend
         .forward(&[SeqInput {
@@ -190,22 +192,109 @@ pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
     }
 }
 
-/// Settles `--device`: the CPU backend, unless `--device cuda` asks for what cannot run.
-fn choose_device(requested: Device) -> anyhow::Result<()> {
+/// Settles `--device`: whether to try the CUDA backend. `auto` tries it when the host has a GPU
+/// and the libraries it needs, and logs why not otherwise; `--device cuda` turns a "no" into a
+/// start-up error naming the reason.
+fn wants_cuda(requested: Device) -> anyhow::Result<bool> {
     use crate::backend::cuda::device::probe;
     match (requested, probe()) {
-        (Device::Cpu, _) => tracing::info!("--device cpu: serving on the CPU"),
-        (Device::Auto, Err(why)) => tracing::info!("no CUDA: {why}; serving on the CPU"),
-        (Device::Auto, Ok(n)) => tracing::warn!(
-            "{n} CUDA device(s) found, but the CUDA backend is not finished yet; serving on the CPU"
-        ),
+        (Device::Cpu, _) => {
+            tracing::info!("--device cpu: serving on the CPU");
+            Ok(false)
+        }
+        (Device::Auto, Err(why)) => {
+            tracing::info!("no CUDA: {why}; serving on the CPU");
+            Ok(false)
+        }
         (Device::Cuda, Err(why)) => anyhow::bail!("--device cuda: {why}"),
-        (Device::Cuda, Ok(_)) => anyhow::bail!(
-            "--device cuda: the CUDA backend is not finished yet (its kernels are; the device \
-             backend is not); use --device cpu"
-        ),
+        (_, Ok(n)) => {
+            tracing::info!("{n} CUDA device(s) found; serving on device 0");
+            Ok(true)
+        }
     }
-    Ok(())
+}
+
+/// Builds the backend `--device` settled on ([`wants_cuda`]), warmed up. With `--device auto`, a CUDA backend
+/// that fails to start (an unsupported model, too little free memory) falls back to the CPU
+/// with the reason logged; with `--device cuda` it is a start-up error.
+fn build_backend(
+    args: &ServeArgs,
+    model: &Model,
+    max_model_len: u64,
+    cuda: bool,
+) -> anyhow::Result<Box<dyn Backend>> {
+    let started = std::time::Instant::now();
+    if cuda {
+        let options = CudaOptions {
+            ordinal: 0,
+            block_size: args.block_size as usize,
+            gpu_memory_utilization: args.gpu_memory_utilization,
+            num_blocks_override: args.num_gpu_blocks_override.map(|n| n as usize),
+            max_num_batched_tokens: args.max_num_batched_tokens as usize,
+            max_num_seqs: args.max_num_seqs as usize,
+        };
+        match CudaBackend::new(model, &options) {
+            Ok(mut backend) => {
+                warm_up(&mut backend)?;
+                let (d, plan) = (backend.device().clone(), backend.kv_plan().clone());
+                tracing::info!(
+                    device = %d.name,
+                    arch = %d.arch,
+                    weights_gib = backend.weight_bytes() as f64 / GIB,
+                    kv_cache_gib = plan.kv_bytes as f64 / GIB,
+                    num_blocks = plan.num_blocks,
+                    block_size = options.block_size,
+                    kv_cache_tokens = plan.num_blocks * options.block_size,
+                    "CUDA backend ready in {:.2?}",
+                    started.elapsed()
+                );
+                warn_if_cache_is_short(plan.num_blocks, options.block_size, max_model_len);
+                return Ok(Box::new(backend));
+            }
+            Err(e) if args.device == Device::Auto => {
+                tracing::error!("the CUDA backend could not start ({e}); serving on the CPU");
+            }
+            Err(e) => anyhow::bail!("--device cuda: {e}"),
+        }
+    }
+    let block_size = args.block_size as usize;
+    let num_blocks = match args.num_gpu_blocks_override {
+        Some(n) => n as usize,
+        None => {
+            let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config);
+            (args.kv_cache_memory_bytes as usize / per_block).max(2)
+        }
+    };
+    warn_if_cache_is_short(num_blocks, block_size, max_model_len);
+    let options = CpuOptions {
+        block_size,
+        num_blocks,
+        weight_format: WeightFormat::default(),
+    };
+    let mut backend = CpuBackend::new(model, &options)
+        .with_context(|| format!("preparing the weights of {}", args.model.display()))?;
+    warm_up(&mut backend)?;
+    tracing::info!(
+        num_blocks,
+        block_size,
+        kv_cache_tokens = num_blocks * block_size,
+        "CPU backend ready in {:.2?}",
+        started.elapsed()
+    );
+    Ok(Box::new(backend))
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn warn_if_cache_is_short(num_blocks: usize, block_size: usize, max_model_len: u64) {
+    if num_blocks < 2 || (num_blocks - 1) * block_size < max_model_len as usize {
+        tracing::warn!(
+            num_blocks,
+            block_size,
+            max_model_len,
+            "the KV cache cannot hold one request of the maximum length"
+        );
+    }
 }
 
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.
@@ -227,7 +316,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    choose_device(args.device)?;
+    // Settled before minutes of model loading, so that `--device cuda` fails fast.
+    let cuda = wants_cuda(args.device)?;
     systemd::status(&format!("loading {}", args.model.display()));
     let model = {
         let args = args.clone();
@@ -245,38 +335,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Held for the server's lifetime: dropping them stops the probes.
     let _probes = probes::start(&exporter, &args.probes.config(std::process::id()));
 
-    let block_size = args.block_size as usize;
-    let num_blocks = match args.num_gpu_blocks_override {
-        Some(n) => n as usize,
-        None => {
-            let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config);
-            (args.kv_cache_memory_bytes as usize / per_block).max(2)
-        }
-    };
-    if num_blocks < 2 || (num_blocks - 1) * block_size < max_model_len as usize {
-        tracing::warn!(
-            num_blocks,
-            block_size,
-            max_model_len,
-            "the KV cache cannot hold one request of the maximum length"
-        );
-    }
-    let options = CpuOptions {
-        block_size,
-        num_blocks,
-        weight_format: WeightFormat::default(),
-    };
-    let started = std::time::Instant::now();
-    let mut backend = tokio::task::block_in_place(|| CpuBackend::new(&model, &options))
-        .with_context(|| format!("preparing the weights of {}", args.model.display()))?;
-    tokio::task::block_in_place(|| warm_up(&mut backend))?;
-    tracing::info!(
-        num_blocks,
-        block_size,
-        kv_cache_tokens = num_blocks * block_size,
-        "CPU backend ready in {:.2?}",
-        started.elapsed()
-    );
+    let backend =
+        tokio::task::block_in_place(|| build_backend(&args, &model, max_model_len, cuda))?;
+    let (num_blocks, block_size) = (backend.num_blocks(), backend.block_size());
     for engine in ENGINES {
         exporter
             .set_info(
@@ -298,7 +359,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model.tokenizer.eos_token_ids.clone(),
     );
     let metrics = (!args.disable_log_stats).then(|| EngineMetrics::new(&model_name, ENGINES[0]));
-    let engine = engine_core::spawn(Box::new(backend), scheduler, metrics);
+    let engine = engine_core::spawn(backend, scheduler, metrics);
     systemd::start_watchdog(engine.clone());
     let served_model_names = if args.served_model_name.is_empty() {
         vec![model_name.clone()]
