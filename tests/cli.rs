@@ -165,8 +165,38 @@ fn check_gpu_without_a_gpu_says_why_and_fails() {
         .output()
         .expect("run vigil");
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("NVML probe off (no_library"), "{err}");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.contains("FAIL NVML readings = nvidia-smi"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("NVML probe off (no_library"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL CUDA backend") && stdout.contains("libcuda.so.1 cannot be loaded"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("2 of 2 checks failed"), "{stderr}");
+    // One section: only its verdict.
+    let out = Command::new(VIGIL)
+        .args(["check-gpu", "--only", "kernels"])
+        .output()
+        .expect("run vigil");
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("NVML"), "{stdout}");
+    assert!(stdout.contains("FAIL CUDA backend"), "{stdout}");
+    let out = Command::new(VIGIL)
+        .args(["check-gpu", "--only", "everything"])
+        .output()
+        .expect("run vigil");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("--only"),
+        "{stderr}"
+    );
 }
 
 #[test]

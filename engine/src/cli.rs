@@ -126,9 +126,31 @@ pub struct ProbeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct CheckGpuArgs {
-    /// Also write two polls, a second apart, as JSON (the format the probe's tests replay).
+    /// Also write two NVML polls, a second apart, as JSON (the format the probe's tests replay).
     #[arg(long, value_name = "FILE")]
     pub record: Option<PathBuf>,
+
+    /// Model for the model, serving and benchmark sections: an HF folder or a GGUF file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+
+    /// Run only these sections (repeatable; default: all).
+    #[arg(long, value_enum, value_name = "SECTION")]
+    pub only: Vec<CheckSection>,
+
+    /// Python with torch and transformers, for the benchmark's comparison (skipped without).
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// A section of `vigil check-gpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CheckSection {
+    Nvml,
+    Kernels,
+    Model,
+    Serving,
+    Bench,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cli;
 pub mod engine_core;
 pub mod env_file;
+pub mod gpu_check;
 pub mod kv_cache;
 pub mod lifecycle;
 pub mod logging;
@@ -58,13 +59,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             print!("{}", env_file::render());
             Ok(())
         }
-        cli::Command::CheckGpu(args) => {
-            let (report, ok) = probes::nvml::check::run(args.record.as_deref())?;
-            print!("{report}");
-            anyhow::ensure!(ok, "NVML and nvidia-smi disagree (see MISMATCH above)");
-            println!("NVML readings agree with nvidia-smi");
-            Ok(())
-        }
+        cli::Command::CheckGpu(args) => gpu_check::run(&args),
     }
 }
 

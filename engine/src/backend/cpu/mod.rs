@@ -1,7 +1,7 @@
 //! The CPU backend: a Llama forward pass over a paged KV cache, batched across sequences,
 //! using every core (rayon for attention and the quantized matmuls, `gemm` for f32 GEMMs).
 
-mod attention;
+pub(crate) mod attention;
 mod linear;
 pub(crate) mod ops;
 

@@ -437,7 +437,7 @@ impl CudaBackend {
 }
 
 /// The device's name, architecture for NVRTC, and peak memory bandwidth.
-fn device_info(ctx: &Arc<CudaContext>, total_memory: u64) -> Result<DeviceInfo, CudaError> {
+pub fn device_info(ctx: &Arc<CudaContext>, total_memory: u64) -> Result<DeviceInfo, CudaError> {
     use cudarc::driver::sys::CUdevice_attribute as A;
     let (major, minor) = ctx.compute_capability()?;
     let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? as f64;

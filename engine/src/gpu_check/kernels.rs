@@ -1,0 +1,461 @@
+//! Every kernel against the CPU backend's code (or a plain host loop) on random inputs, at the
+//! default model's shapes and a Llama-8B-like attention shape. Inputs are rounded to bf16 on the
+//! host first, so the comparison measures the kernel, not the input rounding.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::dev::Dev;
+use super::report::{max_error, round_bf16, Report};
+use crate::backend::cpu::attention::{self, Geometry, Row};
+use crate::backend::cpu::ops;
+use crate::backend::cuda::gemm::{Matrix, Output};
+use crate::backend::cuda::launch::Arg;
+use crate::backend::cuda::step_plan::StepPlan;
+use crate::backend::cuda::{rope, CudaError};
+use crate::backend::{GreedyToken, LogitsFor, SeqInput};
+use crate::model::gguf::quant::{dequantize, GgmlType};
+use crate::model::{LlamaConfig, RopeScaling};
+
+/// bf16 keeps 8 bits of mantissa: one rounding of the output is 2^-9 relative; a few chained
+/// ones (norm, then scale) stay under 1%.
+const BF16_TOL: f32 = 1e-2;
+
+/// A kernel check: (largest error, tolerance).
+type KernelCheck = fn(&Dev, &mut StdRng) -> Result<(f32, f32), CudaError>;
+
+fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+/// Runs every kernel check into `report`.
+pub fn run(dev: &Dev, report: &mut Report) {
+    let mut rng = StdRng::seed_from_u64(7);
+    let checks: [(&str, KernelCheck); 10] = [
+        ("kernel embedding_gather", embedding),
+        ("kernel rms_norm", rms_norm),
+        ("kernel rms_norm + residual", rms_norm_residual),
+        ("kernel rope (llama3 scaling, strided)", rope_check),
+        ("kernel silu_and_mul", silu_and_mul),
+        ("kernel kv_cache_write + paged_attention", attention_check),
+        ("kernel argmax_rows", argmax),
+        ("kernel dequant q8_0/q4_0/q4_1", dequant),
+        ("kernel convert_f16/f32", convert),
+        ("cuBLAS linear (bf16 and f32 out)", gemm),
+    ];
+    for (name, check) in checks {
+        match check(dev, &mut rng) {
+            Ok((error, tolerance)) => report.check(
+                name,
+                error <= tolerance,
+                format!("max error {error:.2e} (tolerance {tolerance:.0e})"),
+            ),
+            Err(e) => report.error(name, e),
+        }
+    }
+}
+
+fn embedding(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let (vocab, h) = (100, 576);
+    let table = round_bf16(&random(rng, vocab * h, 1.0));
+    let ids = [5u32, 0, 99, 5, 42];
+    let d_table = dev.bf16(&table)?;
+    let d_ids = dev.upload(&ids)?;
+    let out = dev.zeros::<u16>(ids.len() * h)?;
+    // embedding_gather(const bf16* table, const unsigned int* ids, bf16* out, int hidden)
+    dev.launch(
+        "embedding_gather",
+        (ids.len() as u32, 1),
+        256,
+        &[
+            dev.at(&d_table, 0),
+            dev.at(&d_ids, 0),
+            dev.at(&out, 0),
+            Arg::I32(h as i32),
+        ],
+    )?;
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| table[i as usize * h..(i as usize + 1) * h].to_vec())
+        .collect();
+    Ok((max_error(&dev.read_bf16(&out)?, &want), 0.0))
+}
+
+fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let (t, h, eps) = (5, 576, 1e-5f32);
+    let x = round_bf16(&random(rng, t * h, 3.0));
+    let w = round_bf16(&random(rng, h, 1.5));
+    let (d_x, d_w) = (dev.bf16(&x)?, dev.bf16(&w)?);
+    let out = dev.zeros::<u16>(t * h)?;
+    // rms_norm(const bf16* x, bf16* residual, const bf16* w, bf16* out, int hidden, float eps)
+    dev.launch(
+        "rms_norm",
+        (t as u32, 1),
+        256,
+        &[
+            dev.at(&d_x, 0),
+            Arg::Ptr(0),
+            dev.at(&d_w, 0),
+            dev.at(&out, 0),
+            Arg::I32(h as i32),
+            Arg::F32(eps),
+        ],
+    )?;
+    let mut want = vec![0f32; t * h];
+    ops::rms_norm_rows(&x, &w, eps, &mut want);
+    Ok((max_error(&dev.read_bf16(&out)?, &want), BF16_TOL))
+}
+
+fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let (t, h, eps) = (3, 576, 1e-5f32);
+    let x = round_bf16(&random(rng, t * h, 2.0));
+    let res = round_bf16(&random(rng, t * h, 2.0));
+    let w = round_bf16(&random(rng, h, 1.5));
+    let (d_x, d_res, d_w) = (dev.bf16(&x)?, dev.bf16(&res)?, dev.bf16(&w)?);
+    let out = dev.zeros::<u16>(t * h)?;
+    dev.launch(
+        "rms_norm",
+        (t as u32, 1),
+        256,
+        &[
+            dev.at(&d_x, 0),
+            dev.at(&d_res, 0),
+            dev.at(&d_w, 0),
+            dev.at(&out, 0),
+            Arg::I32(h as i32),
+            Arg::F32(eps),
+        ],
+    )?;
+    // The residual becomes x + residual (rounded to bf16), and that is what is normalised.
+    let sum: Vec<f32> = round_bf16(&x.iter().zip(&res).map(|(a, b)| a + b).collect::<Vec<_>>());
+    let mut want = vec![0f32; t * h];
+    ops::rms_norm_rows(&sum, &w, eps, &mut want);
+    let e_res = max_error(&dev.read_bf16(&d_res)?, &sum);
+    let e_out = max_error(&dev.read_bf16(&out)?, &want);
+    Ok((e_res.max(e_out), BF16_TOL))
+}
+
+/// A config with the default model's attention shape and Llama 3.1's rope scaling.
+fn rope_config() -> LlamaConfig {
+    LlamaConfig {
+        rope_theta: 500000.0,
+        rope_scaling: Some(RopeScaling::Llama3 {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192.0,
+        }),
+        head_dim: 64,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        max_position_embeddings: 2048,
+        ..crate::testing::tiny_config()
+    }
+}
+
+fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let c = rope_config();
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let stride = (nh + 2 * nkv) * hd;
+    let positions = [0u32, 7, 300, 2047];
+    let t = positions.len();
+    let qkv = round_bf16(&random(rng, t * stride, 2.0));
+    let inv_freq = c.rope_inv_freq();
+    let (cos, sin) = rope::tables(&inv_freq, c.max_position_embeddings);
+    let d_qkv = dev.bf16(&qkv)?;
+    let (d_pos, d_cos, d_sin) = (
+        dev.upload(&positions)?,
+        dev.upload(&cos)?,
+        dev.upload(&sin)?,
+    );
+    // rope(bf16* q, bf16* k, const unsigned int* positions, const float* cos_table,
+    //      const float* sin_table, int n_heads, int n_kv_heads, int head_dim, int stride)
+    dev.launch(
+        "rope",
+        (t as u32, 1),
+        128,
+        &[
+            dev.at(&d_qkv, 0),
+            dev.at(&d_qkv, nh * hd),
+            dev.at(&d_pos, 0),
+            dev.at(&d_cos, 0),
+            dev.at(&d_sin, 0),
+            Arg::I32(nh as i32),
+            Arg::I32(nkv as i32),
+            Arg::I32(hd as i32),
+            Arg::I32(stride as i32),
+        ],
+    )?;
+    let mut want = qkv.clone();
+    for (row, &pos) in want.chunks_exact_mut(stride).zip(&positions) {
+        let (q, k) = row.split_at_mut(nh * hd);
+        ops::rope(q, nh, hd, pos as usize, &inv_freq);
+        ops::rope(&mut k[..nkv * hd], nkv, hd, pos as usize, &inv_freq);
+    }
+    Ok((max_error(&dev.read_bf16(&d_qkv)?, &want), BF16_TOL))
+}
+
+fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let (t, inter) = (4, 1536);
+    let gate_up = round_bf16(&random(rng, t * 2 * inter, 6.0));
+    let d_in = dev.bf16(&gate_up)?;
+    let out = dev.zeros::<u16>(t * inter)?;
+    // silu_and_mul(const bf16* gate_up, bf16* out, int inter, size_t tokens)
+    dev.kernels.launch_1d(
+        &dev.stream,
+        "silu_and_mul",
+        t * inter,
+        &[
+            dev.at(&d_in, 0),
+            dev.at(&out, 0),
+            Arg::I32(inter as i32),
+            Arg::Size(t as u64),
+        ],
+    )?;
+    let want: Vec<f32> = gate_up
+        .chunks_exact(2 * inter)
+        .flat_map(|r| {
+            let (g, u) = r.split_at(inter);
+            g.iter()
+                .zip(u)
+                .map(|(g, u)| ops::silu(*g) * u)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok((max_error(&dev.read_bf16(&out)?, &want), BF16_TOL))
+}
+
+/// Two steps over scattered blocks, at two attention shapes (the default model's 9/3 heads of
+/// 64 and a Llama-8B-like 32/8 of 128): a first step caches history for two sequences, the
+/// second mixes a whole prefill, a decode token after 70 cached positions and a prefill chunk
+/// starting at 20. The second step's attention output is compared.
+fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let mut worst = 0f32;
+    for (nh, nkv, hd) in [(9, 3, 64), (32, 8, 128)] {
+        let g = Geometry {
+            block_size: 16,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+        };
+        let num_blocks = 24;
+        let mut blocks: Vec<u32> = (0..num_blocks as u32).collect();
+        for i in (1..blocks.len()).rev() {
+            blocks.swap(i, rng.random_range(0..=i));
+        }
+        let tables: Vec<Vec<u32>> = blocks.chunks(8).map(|c| c.to_vec()).collect();
+        let width = (nh + 2 * nkv) * hd;
+        let kv_len = num_blocks * g.block_size * nkv * hd;
+        let (mut k_host, mut v_host) = (vec![0f32; kv_len], vec![0f32; kv_len]);
+        let (d_k, d_v) = (dev.zeros::<u16>(kv_len)?, dev.zeros::<u16>(kv_len)?);
+        let history: [(usize, usize, usize); 2] = [(1, 0, 70), (2, 0, 20)];
+        let step: [(usize, usize, usize); 3] = [(0, 0, 40), (1, 70, 1), (2, 20, 17)];
+        let mut out = Vec::new();
+        for (i, spans) in [&history[..], &step[..]].into_iter().enumerate() {
+            let tokens: Vec<Vec<u32>> = spans.iter().map(|s| vec![0; s.2]).collect();
+            let batch: Vec<SeqInput> = spans
+                .iter()
+                .zip(&tokens)
+                .map(|(&(seq, start, _), t)| SeqInput {
+                    tokens: t,
+                    start_pos: start,
+                    block_table: &tables[seq],
+                    logits_for: LogitsFor::None,
+                })
+                .collect();
+            let plan = StepPlan::new(&batch, g.block_size);
+            let rows: Vec<Row> = plan.packed[plan.token_seq()]
+                .iter()
+                .zip(&plan.packed[plan.positions()])
+                .map(|(&seq, &pos)| Row {
+                    seq: seq as usize,
+                    pos: pos as usize,
+                })
+                .collect();
+            let t = plan.tokens;
+            let qkv = round_bf16(&random(rng, t * width, 2.0));
+            let seq_tables: Vec<&[u32]> = batch.iter().map(|s| s.block_table).collect();
+            attention::write_kv(&qkv, &rows, &seq_tables, g, &mut k_host, &mut v_host);
+            let mut want = vec![0f32; t * nh * hd];
+            attention::paged_attention(&qkv, &rows, &seq_tables, g, &k_host, &v_host, &mut want);
+            let d_qkv = dev.bf16(&qkv)?;
+            let d_meta = dev.upload(&plan.packed)?;
+            let d_out = dev.zeros::<u16>(t * nh * hd)?;
+            // kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache,
+            //                const int* slots, int kv_width, int stride)
+            dev.launch(
+                "kv_cache_write",
+                (t as u32, 1),
+                256,
+                &[
+                    dev.at(&d_qkv, nh * hd),
+                    dev.at(&d_qkv, (nh + nkv) * hd),
+                    dev.at(&d_k, 0),
+                    dev.at(&d_v, 0),
+                    dev.at(&d_meta, plan.slots().start),
+                    Arg::I32((nkv * hd) as i32),
+                    Arg::I32(width as i32),
+                ],
+            )?;
+            // paged_attention(bf16* out, const bf16* q, const bf16* k_cache,
+            //     const bf16* v_cache, const int* block_tables, int max_blocks_per_seq,
+            //     const int* token_seq, const int* token_pos, int n_heads, int n_kv_heads,
+            //     int head_dim, int block_size, float scale, int q_stride)
+            dev.launch(
+                "paged_attention",
+                (t as u32, nh as u32),
+                128,
+                &[
+                    dev.at(&d_out, 0),
+                    dev.at(&d_qkv, 0),
+                    dev.at(&d_k, 0),
+                    dev.at(&d_v, 0),
+                    dev.at(&d_meta, plan.block_tables().start),
+                    Arg::I32(plan.max_blocks as i32),
+                    dev.at(&d_meta, plan.token_seq().start),
+                    dev.at(&d_meta, plan.positions().start),
+                    Arg::I32(nh as i32),
+                    Arg::I32(nkv as i32),
+                    Arg::I32(hd as i32),
+                    Arg::I32(g.block_size as i32),
+                    Arg::F32(1.0 / (hd as f32).sqrt()),
+                    Arg::I32(width as i32),
+                ],
+            )?;
+            if i == 1 {
+                out = vec![(dev.read_bf16(&d_out)?, want)];
+            }
+        }
+        for (got, want) in out {
+            worst = worst.max(max_error(&got, &want));
+        }
+    }
+    Ok((worst, BF16_TOL))
+}
+
+fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let vocab = 49152;
+    let mut logits = random(rng, 3 * vocab, 12.0);
+    // A tie in row 2: the lower index wins, as on the host.
+    logits[2 * vocab + 100] = 50.0;
+    logits[2 * vocab + 30000] = 50.0;
+    let d_logits = dev.upload(&logits)?;
+    let (ids, lps) = (dev.zeros::<u32>(3)?, dev.zeros::<f32>(3)?);
+    // argmax_rows(const float* logits, int vocab, unsigned int* ids, float* logprobs)
+    dev.launch(
+        "argmax_rows",
+        (3, 1),
+        1024,
+        &[
+            dev.at(&d_logits, 0),
+            Arg::I32(vocab as i32),
+            dev.at(&ids, 0),
+            dev.at(&lps, 0),
+        ],
+    )?;
+    let (ids, lps) = (dev.read(&ids)?, dev.read(&lps)?);
+    let mut error = 0f32;
+    for (r, row) in logits.chunks_exact(vocab).enumerate() {
+        let want = GreedyToken::of_row(row);
+        if ids[r] != want.token {
+            return Ok((f32::INFINITY, 1e-3));
+        }
+        error = error.max((lps[r] - want.logprob).abs());
+    }
+    Ok((error, 1e-3))
+}
+
+/// Random GGUF blocks of each quantized type, dequantized by the kernel and by the loader.
+fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let n_blocks = 64;
+    let mut worst = 0f32;
+    for (ty, kernel, block_bytes, halves) in [
+        (GgmlType::Q8_0, "dequant_q8_0", 34, 1),
+        (GgmlType::Q4_0, "dequant_q4_0", 18, 1),
+        (GgmlType::Q4_1, "dequant_q4_1", 20, 2),
+    ] {
+        let mut data = Vec::with_capacity(n_blocks * block_bytes);
+        for _ in 0..n_blocks {
+            for _ in 0..halves {
+                let scale = half::f16::from_f32(rng.random_range(-0.05..0.05));
+                data.extend_from_slice(&scale.to_le_bytes());
+            }
+            data.extend((0..block_bytes - 2 * halves).map(|_| rng.random::<u8>()));
+        }
+        let mut want = vec![0f32; n_blocks * 32];
+        dequantize(ty, &data, &mut want);
+        let d_data = dev.upload(&data)?;
+        let out = dev.zeros::<u16>(n_blocks * 32)?;
+        // dequant_*(const unsigned char* blocks, bf16* out, size_t n_blocks)
+        dev.kernels.launch_1d(
+            &dev.stream,
+            kernel,
+            n_blocks,
+            &[
+                dev.at(&d_data, 0),
+                dev.at(&out, 0),
+                Arg::Size(n_blocks as u64),
+            ],
+        )?;
+        worst = worst.max(max_error(&dev.read_bf16(&out)?, &round_bf16(&want)));
+    }
+    Ok((worst, 1e-6))
+}
+
+fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let x = random(rng, 5000, 100.0);
+    let halves: Vec<u16> = x
+        .iter()
+        .map(|v| half::f16::from_f32(*v).to_bits())
+        .collect();
+    let from_half: Vec<f32> = halves
+        .iter()
+        .map(|b| half::f16::from_bits(*b).to_f32())
+        .collect();
+    let (d_f32, d_f16) = (dev.upload(&x)?, dev.upload(&halves)?);
+    let mut worst = 0f32;
+    for (kernel, input, want) in [
+        ("convert_f32", dev.at(&d_f32, 0), round_bf16(&x)),
+        ("convert_f16", dev.at(&d_f16, 0), round_bf16(&from_half)),
+    ] {
+        let out = dev.zeros::<u16>(x.len())?;
+        // convert_*(const T* in, bf16* out, size_t n)
+        dev.kernels.launch_1d(
+            &dev.stream,
+            kernel,
+            x.len(),
+            &[input, dev.at(&out, 0), Arg::Size(x.len() as u64)],
+        )?;
+        worst = worst.max(max_error(&dev.read_bf16(&out)?, &want));
+    }
+    Ok((worst, 0.0))
+}
+
+fn gemm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let (t, out, inp) = (7, 300, 576);
+    let x = round_bf16(&random(rng, t * inp, 1.0));
+    let w = round_bf16(&random(rng, out * inp, 0.1));
+    let want: Vec<f32> = (0..t * out)
+        .map(|i| {
+            let (r, o) = (i / out, i % out);
+            (0..inp)
+                .map(|j| f64::from(x[r * inp + j]) * f64::from(w[o * inp + j]))
+                .sum::<f64>() as f32
+        })
+        .collect();
+    let (d_x, d_w) = (dev.bf16(&x)?, dev.bf16(&w)?);
+    let (y16, y32) = (dev.zeros::<u16>(t * out)?, dev.zeros::<f32>(t * out)?);
+    let m = Matrix {
+        addr: dev.at(&d_w, 0),
+        out,
+        inp,
+    };
+    dev.gemm
+        .linear(dev.at(&d_x, 0), t, m, dev.at(&y16, 0), Output::Bf16)?;
+    dev.gemm
+        .linear(dev.at(&d_x, 0), t, m, dev.at(&y32, 0), Output::F32)?;
+    let e16 = max_error(&dev.read_bf16(&y16)?, &want);
+    // f32 output: only the accumulation order differs; scale the bound to bf16's.
+    let e32 = max_error(&dev.read(&y32)?, &want) * 10.0;
+    Ok((e16.max(e32), BF16_TOL))
+}

@@ -1,0 +1,107 @@
+//! `vigil check-gpu`: the one command that checks a GPU node, for anyone to run there.
+//!
+//! Sections, in order (`--only` picks some):
+//! - `nvml`: the NVML probe's readings against `nvidia-smi`, field by field.
+//! - `kernels`: every CUDA kernel and the cuBLAS GEMM against the CPU backend on random inputs.
+//! - `model`: the whole forward pass against the CPU backend: a tiny random model, then the
+//!   served model's logits and 64 greedy steps on several prompts.
+//! - `serving`: `vigil serve --device cuda` end to end over HTTP.
+//! - `bench`: prefill/decode throughput at batch 1, 16, 64, 256, the bandwidth fraction of
+//!   decode, and (with PyTorch and transformers) the same generation in transformers.
+//!
+//! Every check prints PASS or FAIL with its numbers; the command fails if any failed.
+
+pub mod bench;
+pub mod dev;
+pub mod kernels;
+pub mod model;
+pub mod report;
+pub mod serving;
+pub mod transformers;
+
+use crate::cli::{CheckGpuArgs, CheckSection};
+use report::Report;
+
+pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
+    let wants = |s: CheckSection| args.only.is_empty() || args.only.contains(&s);
+    let mut report = Report::default();
+    if wants(CheckSection::Nvml) {
+        println!("== NVML vs nvidia-smi");
+        match probes::nvml::check::run(args.record.as_deref()) {
+            Ok((text, ok)) => {
+                print!("{text}");
+                report.check("NVML readings = nvidia-smi", ok, "see the fields above");
+            }
+            Err(e) => report.error("NVML readings = nvidia-smi", e),
+        }
+    }
+    let device_sections = [
+        CheckSection::Kernels,
+        CheckSection::Model,
+        CheckSection::Serving,
+        CheckSection::Bench,
+    ];
+    if device_sections.iter().any(|s| wants(*s)) {
+        match crate::backend::cuda::device::probe() {
+            Ok(n) => println!("== CUDA: {n} device(s); checking device 0"),
+            Err(why) => {
+                report.error("CUDA backend", why);
+                return finish(&report);
+            }
+        }
+    }
+    if wants(CheckSection::Kernels) {
+        println!("== kernels vs CPU");
+        match dev::Dev::open(0) {
+            Ok(dev) => {
+                println!("{} ({})", dev.info.name, dev.info.arch);
+                kernels::run(&dev, &mut report);
+            }
+            Err(e) => report.error("opening the device", e),
+        }
+    }
+    let needs_model = [
+        CheckSection::Model,
+        CheckSection::Serving,
+        CheckSection::Bench,
+    ];
+    if needs_model.iter().any(|s| wants(*s)) {
+        if wants(CheckSection::Model) {
+            println!("== model vs CPU");
+            model::run_tiny(&mut report);
+        }
+        let loaded = crate::model::Model::load(&args.model)
+            .map_err(|e| anyhow::anyhow!("loading {}: {e}", args.model.display()));
+        match loaded {
+            Ok(m) => {
+                if wants(CheckSection::Model) {
+                    model::run_model(&m, &mut report);
+                }
+                if wants(CheckSection::Serving) {
+                    println!("== serving on the GPU");
+                    serving::run(&m, &mut report);
+                }
+                if wants(CheckSection::Bench) {
+                    println!("== benchmark");
+                    match bench::run(&m, &mut report) {
+                        Ok(rows) => transformers::run(&m, &args.python, &rows, &mut report),
+                        Err(e) => report.error("benchmark", e),
+                    }
+                }
+            }
+            Err(e) => report.error("model", e),
+        }
+    }
+    finish(&report)
+}
+
+fn finish(report: &Report) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        report.passed(),
+        "{} of {} checks failed (see FAIL above)",
+        report.failures(),
+        report.checks.len()
+    );
+    println!("all {} checks passed", report.checks.len());
+    Ok(())
+}

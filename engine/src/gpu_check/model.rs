@@ -1,0 +1,161 @@
+//! The whole forward pass against the CPU backend (f32 weights, exact): a tiny random model at
+//! the kernels' corner shapes, then the served model: logits of every prompt position, and 64
+//! greedy steps on several prompts, which must produce the same tokens.
+
+use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use crate::backend::cuda::{CudaBackend, CudaOptions};
+use crate::backend::{greedy_generate, Backend, LogitsFor, SeqInput};
+use crate::model::{LlamaConfig, Model, WeightSource};
+
+use super::report::Report;
+
+/// Greedy steps per prompt.
+pub const GREEDY_STEPS: usize = 64;
+
+pub const PROMPTS: &[&str] = &[
+    "The capital of France is",
+    "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    "Once upon a time, in a small village by the sea,",
+    "Q: What is 17 times 23?\nA:",
+];
+
+/// Largest logit difference the served model may show: bf16 weights and activations against
+/// f32 through every layer.
+const LOGIT_TOL: f32 = 0.5;
+
+fn options(num_blocks: usize) -> CudaOptions {
+    CudaOptions {
+        ordinal: 0,
+        block_size: 16,
+        gpu_memory_utilization: 0.5,
+        num_blocks_override: Some(num_blocks),
+        max_num_batched_tokens: 2048,
+        max_num_seqs: 64,
+    }
+}
+
+fn cpu(
+    config: &LlamaConfig,
+    w: &dyn WeightSource,
+    num_blocks: usize,
+) -> anyhow::Result<CpuBackend> {
+    Ok(CpuBackend::from_weights(
+        config,
+        w,
+        &CpuOptions {
+            block_size: 16,
+            num_blocks,
+            weight_format: WeightFormat::F32,
+        },
+    )?)
+}
+
+/// Logits of every position of `prompt` on both backends: (max |difference|, max |logit|,
+/// positions where the argmax differs).
+fn compare_prompt(
+    gpu: &mut dyn Backend,
+    cpu: &mut dyn Backend,
+    prompt: &[u32],
+) -> anyhow::Result<(f32, f32, usize)> {
+    let table: Vec<u32> = (0..gpu.num_blocks() as u32).collect();
+    let input = [SeqInput {
+        tokens: prompt,
+        start_pos: 0,
+        block_table: &table,
+        logits_for: LogitsFor::All,
+    }];
+    let (a, b) = (gpu.forward(&input)?, cpu.forward(&input)?);
+    let diff = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.data.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    let flips = (0..b.rows())
+        .filter(|&r| crate::sampling::argmax(a.row(r)) != crate::sampling::argmax(b.row(r)))
+        .count();
+    Ok((diff, scale, flips))
+}
+
+/// The tiny random model of the unit tests (2 layers, GQA 4/2, head_dim 16).
+pub fn run_tiny(report: &mut Report) {
+    let name = "tiny random model logits vs CPU";
+    let result = (|| -> anyhow::Result<(f32, f32, usize)> {
+        let config = LlamaConfig {
+            tie_word_embeddings: false,
+            ..crate::testing::tiny_config()
+        };
+        let w = crate::testing::random_weights(&config, 11);
+        let mut gpu = CudaBackend::from_weights(&config, &w, &options(32))?;
+        let mut cpu = cpu(&config, &w, 32)?;
+        let prompt: Vec<u32> = (0..100).map(|i| (i * 37 % 256) as u32).collect();
+        compare_prompt(&mut gpu, &mut cpu, &prompt)
+    })();
+    match result {
+        Ok((diff, scale, flips)) => report.check(
+            name,
+            diff <= 0.02 * scale.max(1.0),
+            format!(
+                "max |diff| {diff:.4} of logits up to {scale:.2}; argmax differs at {flips}/100"
+            ),
+        ),
+        Err(e) => report.error(name, e),
+    }
+}
+
+/// The served model: logits on each prompt, then greedy decoding on each.
+pub fn run_model(model: &Model, report: &mut Report) {
+    let c = &model.config;
+    let blocks = (2048usize).div_ceil(16);
+    let backends = (|| -> anyhow::Result<(CudaBackend, CpuBackend)> {
+        Ok((
+            CudaBackend::new(model, &options(blocks))?,
+            cpu(c, model.weights.as_ref(), blocks)?,
+        ))
+    })();
+    let (mut gpu, mut cpu) = match backends {
+        Ok(b) => b,
+        Err(e) => return report.error("model on the GPU", e),
+    };
+    let eos = &model.tokenizer.eos_token_ids;
+    for (i, text) in PROMPTS.iter().enumerate() {
+        let prompt = match model.tokenizer.encode(text, true) {
+            Ok(p) => p,
+            Err(e) => return report.error("tokenizing the prompts", e),
+        };
+        match compare_prompt(&mut gpu, &mut cpu, &prompt) {
+            Ok((diff, scale, flips)) => report.check(
+                format!("prompt {i} logits vs CPU"),
+                diff <= LOGIT_TOL && flips == 0,
+                format!(
+                    "{} positions: max |diff| {diff:.3} (logits up to {scale:.1}); argmax differs at {flips}",
+                    prompt.len()
+                ),
+            ),
+            Err(e) => report.error(&format!("prompt {i} logits"), e),
+        }
+        let generated = greedy_generate(&mut gpu, &prompt, GREEDY_STEPS, &[])
+            .and_then(|g| Ok((g, greedy_generate(&mut cpu, &prompt, GREEDY_STEPS, &[])?)));
+        match generated {
+            Ok((g, c)) => {
+                let same = g.iter().zip(&c).take_while(|(a, b)| a == b).count();
+                let text = model.tokenizer.decode(&g, true).unwrap_or_default();
+                report.check(
+                    format!("prompt {i} greedy {GREEDY_STEPS} steps = CPU"),
+                    g == c,
+                    format!(
+                        "first {same} tokens agree{}; GPU: {:?}",
+                        if eos.iter().any(|e| g.contains(e)) {
+                            " (EOS reached)"
+                        } else {
+                            ""
+                        },
+                        text.chars().take(60).collect::<String>()
+                    ),
+                );
+            }
+            Err(e) => report.error(&format!("prompt {i} greedy"), e),
+        }
+    }
+}
