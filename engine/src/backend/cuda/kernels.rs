@@ -71,13 +71,18 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
+/// NVRTC options besides the architecture.
+pub const OPTIONS: &[&str] = &["-std=c++17"];
+
 /// Compiles `file` to PTX for `arch` (e.g. `sm_90`, from the device's compute capability).
 /// Panics inside cudarc when libnvrtc is missing: check [`nvrtc_available`] first.
 pub fn compile(file: &KernelFile, arch: &str) -> Result<Ptx, CompileError> {
+    let mut options = vec![format!("--gpu-architecture={arch}")];
+    options.extend(OPTIONS.iter().map(|o| o.to_string()));
     compile_ptx_with_opts(
         format!("{COMMON}\n{}", file.source),
         CompileOptions {
-            options: vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()],
+            options,
             name: Some(file.name.to_owned()),
             ..Default::default()
         },

@@ -13,7 +13,8 @@ use cudarc::driver::{
 };
 
 use super::error::CudaError;
-use super::kernels::{compile, FILES};
+use super::kernel_cache::{compile_cached, Source};
+use super::kernels::FILES;
 
 /// One kernel argument, as the kernel's C signature declares it.
 #[derive(Debug, Clone, Copy)]
@@ -40,19 +41,33 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Compiles every kernel file with NVRTC for `arch` (e.g. `sm_90`) and loads it.
+    /// Compiles every kernel file with NVRTC for `arch` (e.g. `sm_90`), or takes it from the
+    /// PTX cache ([`super::kernel_cache`]), and loads it.
     pub fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels, CudaError> {
+        let started = std::time::Instant::now();
+        let cache = super::kernel_cache::default_dir();
         let mut functions = HashMap::new();
+        let mut cached = 0;
         for file in FILES {
-            let ptx = compile(file, arch).map_err(|error| CudaError::Compile {
-                file: file.name,
-                error,
+            let (ptx, source) = compile_cached(file, arch, cache.as_deref()).map_err(|error| {
+                CudaError::Compile {
+                    file: file.name,
+                    error,
+                }
             })?;
+            cached += usize::from(source == Source::Cache);
             let module = ctx.load_module(ptx)?;
             for &entry in file.entries {
                 functions.insert(entry, module.load_function(entry)?);
             }
         }
+        tracing::info!(
+            arch,
+            cache = %cache.as_deref().map_or("none".into(), |d| d.display().to_string()),
+            "{} kernel files ready ({cached} from the PTX cache) in {:.2?}",
+            FILES.len(),
+            started.elapsed()
+        );
         Ok(Kernels { functions })
     }
 

@@ -14,6 +14,7 @@ pub mod backend;
 pub mod device;
 pub mod error;
 pub mod gemm;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod launch;
 pub mod memory;
