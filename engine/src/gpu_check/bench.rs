@@ -47,13 +47,19 @@ pub fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<BenchRow>> 
         },
     )?;
     let info = gpu.device().clone();
+    // The driver's memory clock, else NVML's (CUDA 13 drivers stopped reporting it); without
+    // either, the fraction is not known and the bandwidth check fails saying so.
+    let peak = info
+        .memory_bandwidth
+        .or_else(|| probes::nvml::source::peak_memory_bandwidth(0))
+        .unwrap_or(f64::NAN);
     let kv_bytes_per_token =
         (2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2) as f64;
     println!(
         "bench: {} ({}), peak memory bandwidth {:.0} GB/s; weights {:.1} MB bf16; prompts of {PROMPT_LEN} tokens, {NEW_TOKENS} new",
         info.name,
         info.arch,
-        info.memory_bandwidth / 1e9,
+        peak / 1e9,
         gpu.weight_bytes() as f64 / 1e6
     );
     println!(
@@ -110,8 +116,7 @@ pub fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<BenchRow>> 
         let step = decode.as_secs_f64() / NEW_TOKENS as f64;
         let kv_read =
             batch as f64 * (PROMPT_LEN as f64 + NEW_TOKENS as f64 / 2.0) * kv_bytes_per_token;
-        let bandwidth_fraction =
-            (gpu.weight_bytes() as f64 + kv_read) / step / info.memory_bandwidth;
+        let bandwidth_fraction = (gpu.weight_bytes() as f64 + kv_read) / step / peak;
         let row = BenchRow {
             batch,
             prefill,
@@ -137,7 +142,7 @@ pub fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<BenchRow>> 
             format!(
                 "{:.1}% of {:.0} GB/s ({:.0} tok/s)",
                 100.0 * one.bandwidth_fraction,
-                info.memory_bandwidth / 1e9,
+                peak / 1e9,
                 one.decode_tokens_per_s
             ),
         );

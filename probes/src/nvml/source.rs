@@ -309,3 +309,15 @@ fn spawn_xid_listener(nvml: Arc<Nvml>, tx: mpsc::Sender<(u32, u64)>, stop: Arc<A
         tracing::warn!("cannot start the XID listener: {e}");
     }
 }
+
+/// Peak DRAM bandwidth of GPU `index` in bytes/s, from NVML's maximum memory clock and bus
+/// width (double data rate), for the CUDA backend's benchmark where the driver no longer
+/// reports the memory clock. `None` without NVML or the readings.
+pub fn peak_memory_bandwidth(index: u32) -> Option<f64> {
+    use nvml_wrapper::enum_wrappers::device::Clock;
+    let nvml = Nvml::init().ok()?;
+    let device = nvml.device_by_index(index).ok()?;
+    let mhz = device.max_clock_info(Clock::Memory).ok()?;
+    let bits = device.memory_bus_width().ok()?;
+    (mhz > 0 && bits > 0).then(|| 2.0 * f64::from(mhz) * 1e6 * f64::from(bits) / 8.0)
+}

@@ -48,8 +48,9 @@ pub struct DeviceInfo {
     pub name: String,
     pub arch: String,
     pub total_memory: u64,
-    /// Peak DRAM bandwidth from the memory clock and bus width (bytes/s).
-    pub memory_bandwidth: f64,
+    /// Peak DRAM bandwidth from the memory clock and bus width (bytes/s), where the driver
+    /// still reports them (CUDA 13 deprecates the memory clock attribute).
+    pub memory_bandwidth: Option<f64>,
 }
 
 /// K and V of one layer: `[num_blocks, block_size, n_kv_heads * head_dim]` each.
@@ -129,19 +130,23 @@ impl CudaBackend {
         let block_bytes = (2 * c.num_hidden_layers * options.block_size * kv_width * 2) as u64;
         let activations =
             widths.bytes(tokens, rows, max_blocks) + 8 * (cos.len() as u64) + RESERVE_BYTES;
-        let mut kv_plan = plan_kv_cache(
-            total as u64,
-            free_at_start as u64,
-            options.gpu_memory_utilization,
-            weights.bytes,
-            activations,
-            block_bytes,
-        )
-        .map_err(CudaError::Memory)?;
-        if let Some(n) = options.num_blocks_override {
-            kv_plan.num_blocks = n;
-            kv_plan.kv_bytes = n as u64 * block_bytes;
-        }
+        let kv_plan = match options.num_blocks_override {
+            // As vLLM: the override replaces the profile, memory checks included.
+            Some(n) => KvPlan {
+                budget: (total as f64 * options.gpu_memory_utilization) as u64,
+                kv_bytes: n as u64 * block_bytes,
+                num_blocks: n,
+            },
+            None => plan_kv_cache(
+                total as u64,
+                free_at_start as u64,
+                options.gpu_memory_utilization,
+                weights.bytes,
+                activations,
+                block_bytes,
+            )
+            .map_err(CudaError::Memory)?,
+        };
         let per_layer = kv_plan.num_blocks * options.block_size * kv_width;
         let cache = (0..c.num_hidden_layers)
             .map(|_| {
@@ -440,14 +445,21 @@ impl CudaBackend {
 pub fn device_info(ctx: &Arc<CudaContext>, total_memory: u64) -> Result<DeviceInfo, CudaError> {
     use cudarc::driver::sys::CUdevice_attribute as A;
     let (major, minor) = ctx.compute_capability()?;
-    let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? as f64;
-    let bus_bits = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)? as f64;
+    let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).ok();
+    let bus_bits = ctx
+        .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+        .ok();
     Ok(DeviceInfo {
         name: ctx.name()?,
         arch: format!("sm_{major}{minor}"),
         total_memory,
         // Double data rate: two transfers per clock.
-        memory_bandwidth: 2.0 * clock_khz * 1e3 * bus_bits / 8.0,
+        memory_bandwidth: match (clock_khz, bus_bits) {
+            (Some(khz), Some(bits)) if khz > 0 && bits > 0 => {
+                Some(2.0 * f64::from(khz) * 1e3 * f64::from(bits) / 8.0)
+            }
+            _ => None,
+        },
     })
 }
 
