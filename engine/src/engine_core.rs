@@ -383,6 +383,112 @@ mod tests {
         assert!(engine.submit_is_refused());
     }
 
+    /// A backend that logs what the engine loop asks of it and answers every step with token 5.
+    struct Logged {
+        config: LlamaConfig,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Backend for Logged {
+        fn name(&self) -> &'static str {
+            "logged"
+        }
+        fn config(&self) -> &LlamaConfig {
+            &self.config
+        }
+        fn block_size(&self) -> usize {
+            4
+        }
+        fn num_blocks(&self) -> usize {
+            8
+        }
+        fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
+            let kinds: Vec<String> = batch
+                .iter()
+                .map(|s| format!("{:?}", s.logits_for))
+                .collect();
+            self.log
+                .lock()
+                .unwrap()
+                .push(format!("forward {}", kinds.join(",")));
+            let vocab = self.config.vocab_size;
+            let rows: usize = batch
+                .iter()
+                .map(|s| s.logits_for.positions(s.tokens.len()))
+                .sum();
+            let mut data = vec![0f32; rows * vocab];
+            for row in data.chunks_mut(vocab) {
+                row[5] = 1.0;
+            }
+            Ok(Logits::from_rows(batch, vocab, data))
+        }
+        fn take_step_timing(&mut self) -> Option<crate::backend::StepTiming> {
+            self.log.lock().unwrap().push("timing".into());
+            Some(crate::backend::StepTiming {
+                busy: Duration::from_micros(300),
+                gap: None,
+            })
+        }
+        fn idle(&mut self) {
+            let mut log = self.log.lock().unwrap();
+            if log.last().map(String::as_str) != Some("idle") {
+                log.push("idle".into());
+            }
+        }
+    }
+
+    /// The engine loop tells the backend when it goes idle (so a device backend does not count
+    /// the wait for requests as a host gap), takes each step's device timing, and a greedy
+    /// request's steps ask for [`LogitsFor::Greedy`] rows.
+    #[test]
+    fn the_engine_loop_reports_idleness_and_takes_each_steps_timing() {
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let backend = Logged {
+            config: crate::testing::tiny_config(),
+            log: Arc::clone(&log),
+        };
+        let cfg = SchedulerConfig {
+            max_num_batched_tokens: 64,
+            max_num_seqs: 4,
+            max_model_len: 64,
+        };
+        let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
+        let metrics = Some(crate::metrics::EngineMetrics::new("m", "0"));
+        let engine = spawn(Box::new(backend), scheduler, metrics);
+        std::thread::sleep(Duration::from_millis(50));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        engine
+            .submit(NewRequest {
+                id: "r".into(),
+                prompt: vec![1, 2, 3],
+                params: SamplingParams::greedy(),
+                max_tokens: 3,
+                max_tokens_param: None,
+                n: 1,
+                record_params: true,
+                arrival: Instant::now(),
+                trace_id: None,
+                events: tx,
+            })
+            .unwrap();
+        let mut tokens = Vec::new();
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Token(t) => tokens.push(t.token),
+                _ => break,
+            }
+        }
+        assert_eq!(tokens, [5, 5, 5]);
+        std::thread::sleep(Duration::from_millis(50));
+        let log = log.lock().unwrap().clone();
+        let step = ["forward Greedy", "timing"];
+        let want: Vec<&str> = std::iter::once("idle")
+            .chain(step.iter().copied().cycle().take(6))
+            .chain(std::iter::once("idle"))
+            .collect();
+        assert_eq!(log, want);
+    }
+
     impl EngineHandle {
         fn submit_is_refused(&self) -> bool {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
