@@ -28,11 +28,11 @@ impl fmt::Display for NoCuda {
             NoCuda::NoDevice => write!(f, "the CUDA driver sees no GPU"),
             NoCuda::NoNvrtc => write!(
                 f,
-                "libnvrtc cannot be loaded (install the CUDA runtime libraries, or put libnvrtc.so on LD_LIBRARY_PATH)"
+                "libnvrtc cannot be loaded (install the CUDA runtime libraries, or put libnvrtc.so on LD_LIBRARY_PATH; for pip's NVIDIA wheels see engine/src/backend/cuda/cuda-libs.sh)"
             ),
             NoCuda::NoCublas => write!(
                 f,
-                "libcublas cannot be loaded (install the CUDA runtime libraries, or put libcublas.so on LD_LIBRARY_PATH)"
+                "libcublas cannot be loaded (install the CUDA runtime libraries, or put libcublas.so on LD_LIBRARY_PATH; for pip's NVIDIA wheels see engine/src/backend/cuda/cuda-libs.sh)"
             ),
         }
     }
@@ -57,4 +57,68 @@ pub fn probe() -> Result<usize, NoCuda> {
         return Err(NoCuda::NoCublas);
     }
     Ok(count as usize)
+}
+
+#[cfg(test)]
+mod tests {
+    /// `cuda-libs.sh` links pip's CUDA 13 libraries under the unversioned names cudarc opens,
+    /// and prints the LD_LIBRARY_PATH line (a fake site-packages stands in for PyTorch's).
+    #[test]
+    fn cuda_libs_script_links_pip_libraries_under_loadable_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let site = tmp.path().join("site");
+        for (pkg, lib) in [
+            ("cuda_nvrtc", "libnvrtc.so.13"),
+            ("cuda_nvrtc", "libnvrtc-builtins.so.13.0"),
+            ("cublas", "libcublas.so.12"),
+            ("cublas", "libcublas.so.13"),
+            ("cublas", "libcublasLt.so.13"),
+        ] {
+            let dir = site.join("nvidia").join(pkg).join("lib");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(lib), b"").unwrap();
+        }
+        let python = tmp.path().join("python");
+        std::fs::write(&python, format!("#!/bin/sh\necho {}\n", site.display())).unwrap();
+        std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let dest = tmp.path().join("libs");
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/cuda/cuda-libs.sh");
+        let out = std::process::Command::new("sh")
+            .arg(script)
+            .arg(&dest)
+            .env("PYTHON", &python)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            line.starts_with(&format!("export LD_LIBRARY_PATH={}", dest.display())),
+            "{line}"
+        );
+        let target = |name: &str| std::fs::read_link(dest.join(name)).unwrap();
+        assert!(target("libnvrtc.so").ends_with("cuda_nvrtc/lib/libnvrtc.so.13"));
+        assert!(
+            target("libcublas.so").ends_with("cublas/lib/libcublas.so.13"),
+            "the newest"
+        );
+        assert!(target("libcublasLt.so").ends_with("libcublasLt.so.13"));
+        assert!(target("libnvrtc-builtins.so.13.0").ends_with("libnvrtc-builtins.so.13.0"));
+        // Nothing to link: an error that says where it looked.
+        let empty = tmp.path().join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(&python, format!("#!/bin/sh\necho {}\n", empty.display())).unwrap();
+        let out = std::process::Command::new("sh")
+            .arg(script)
+            .arg(&dest)
+            .env("PYTHON", &python)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no nvidia/*/lib under"));
+    }
 }
