@@ -330,6 +330,27 @@ mod tests {
     use crate::model::LlamaConfig;
     use crate::scheduler::SchedulerConfig;
 
+    /// A greedy request with the defaults tests do not care about.
+    fn greedy_request(
+        id: &str,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        events: UnboundedSender<Event>,
+    ) -> NewRequest {
+        NewRequest {
+            id: id.into(),
+            prompt,
+            params: SamplingParams::greedy(),
+            max_tokens,
+            max_tokens_param: None,
+            n: 1,
+            record_params: true,
+            arrival: Instant::now(),
+            trace_id: None,
+            events,
+        }
+    }
+
     /// A backend that fails the way a bug would: it panics.
     struct Panics(LlamaConfig);
 
@@ -364,18 +385,7 @@ mod tests {
         assert!(engine.is_alive());
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         engine
-            .submit(NewRequest {
-                id: "r".into(),
-                prompt: vec![1, 2, 3],
-                params: SamplingParams::greedy(),
-                max_tokens: 4,
-                max_tokens_param: None,
-                n: 1,
-                record_params: true,
-                arrival: Instant::now(),
-                trace_id: None,
-                events: tx,
-            })
+            .submit(greedy_request("r", vec![1, 2, 3], 4, tx))
             .unwrap();
         // The request's channel closes without an event: its handler learns the engine is gone.
         assert!(rx.blocking_recv().is_none());
@@ -458,18 +468,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         engine
-            .submit(NewRequest {
-                id: "r".into(),
-                prompt: vec![1, 2, 3],
-                params: SamplingParams::greedy(),
-                max_tokens: 3,
-                max_tokens_param: None,
-                n: 1,
-                record_params: true,
-                arrival: Instant::now(),
-                trace_id: None,
-                events: tx,
-            })
+            .submit(greedy_request("r", vec![1, 2, 3], 3, tx))
             .unwrap();
         let mut tokens = Vec::new();
         while let Some(event) = rx.blocking_recv() {
@@ -492,19 +491,7 @@ mod tests {
     impl EngineHandle {
         fn submit_is_refused(&self) -> bool {
             let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-            self.submit(NewRequest {
-                id: "late".into(),
-                prompt: vec![1],
-                params: SamplingParams::greedy(),
-                max_tokens: 1,
-                max_tokens_param: None,
-                n: 1,
-                record_params: true,
-                arrival: Instant::now(),
-                trace_id: None,
-                events: tx,
-            })
-            .is_err()
+            self.submit(greedy_request("late", vec![1], 1, tx)).is_err()
         }
     }
 }

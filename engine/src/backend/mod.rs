@@ -8,6 +8,7 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod host_weights;
 
 use crate::model::LlamaConfig;
 

@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::host_weights::{untied_lm_head, HostLayer};
 use super::{validate_batch, Backend, BackendError, Logits, LogitsFor, SeqInput};
-use crate::model::names::{self, LayerTensor};
+use crate::model::names;
 use crate::model::{LlamaConfig, LoadError, Model, WeightSource};
 pub use linear::{Linear, WeightFormat};
 
@@ -74,34 +75,21 @@ impl CpuBackend {
         let embed = w.tensor(names::EMBED, &[c.vocab_size, h])?.data;
         let layers = (0..c.num_hidden_layers)
             .map(|l| -> Result<Layer, LoadError> {
-                let t = |lt: LayerTensor, shape: &[usize]| {
-                    w.tensor(&lt.hf_name(l), shape).map(|t| t.data)
-                };
-                let mut qkv = t(LayerTensor::Q, &[nh * hd, h])?;
-                qkv.extend(t(LayerTensor::K, &[nkv * hd, h])?);
-                qkv.extend(t(LayerTensor::V, &[nkv * hd, h])?);
-                let mut gate_up = t(LayerTensor::Gate, &[inter, h])?;
-                gate_up.extend(t(LayerTensor::Up, &[inter, h])?);
+                let host = HostLayer::read(c, w, l)?;
                 Ok(Layer {
-                    attn_norm: t(LayerTensor::AttnNorm, &[h])?,
-                    qkv: Linear::new(qkv, (nh + 2 * nkv) * hd, h, fmt),
-                    o: Linear::new(t(LayerTensor::O, &[h, nh * hd])?, h, nh * hd, fmt),
-                    ffn_norm: t(LayerTensor::FfnNorm, &[h])?,
-                    gate_up: Linear::new(gate_up, 2 * inter, h, fmt),
-                    down: Linear::new(t(LayerTensor::Down, &[h, inter])?, h, inter, fmt),
+                    attn_norm: host.attn_norm,
+                    qkv: Linear::new(host.qkv, (nh + 2 * nkv) * hd, h, fmt),
+                    o: Linear::new(host.o, h, nh * hd, fmt),
+                    ffn_norm: host.ffn_norm,
+                    gate_up: Linear::new(host.gate_up, 2 * inter, h, fmt),
+                    down: Linear::new(host.down, h, inter, fmt),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let norm = w.tensor(names::FINAL_NORM, &[h])?.data;
-        let lm_head = if c.tie_word_embeddings || !w.has(names::LM_HEAD) {
-            Linear::new(embed.clone(), c.vocab_size, h, fmt)
-        } else {
-            Linear::new(
-                w.tensor(names::LM_HEAD, &[c.vocab_size, h])?.data,
-                c.vocab_size,
-                h,
-                fmt,
-            )
+        let lm_head = match untied_lm_head(c, w)? {
+            Some(head) => Linear::new(head, c.vocab_size, h, fmt),
+            None => Linear::new(embed.clone(), c.vocab_size, h, fmt),
         };
         let per_layer = options.num_blocks * options.block_size * nkv * hd;
         let kv = KvCache {

@@ -83,13 +83,18 @@ mod tests {
         std::fs::set_permissions(&python, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         let dest = tmp.path().join("libs");
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/cuda/cuda-libs.sh");
-        let out = std::process::Command::new("sh")
-            .arg(script)
-            .arg(&dest)
-            .env("PYTHON", &python)
-            .output()
-            .unwrap();
+        let run = || {
+            std::process::Command::new("sh")
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/src/backend/cuda/cuda-libs.sh"
+                ))
+                .arg(&dest)
+                .env("PYTHON", &python)
+                .output()
+                .unwrap()
+        };
+        let out = run();
         assert!(
             out.status.success(),
             "{}",
@@ -112,12 +117,7 @@ mod tests {
         let empty = tmp.path().join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(&python, format!("#!/bin/sh\necho {}\n", empty.display())).unwrap();
-        let out = std::process::Command::new("sh")
-            .arg(script)
-            .arg(&dest)
-            .env("PYTHON", &python)
-            .output()
-            .unwrap();
+        let out = run();
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("no nvidia/*/lib under"));
     }

@@ -1,7 +1,7 @@
 //! The model's weights on the device, in bf16: read from the [`WeightSource`] one tensor at a
 //! time (f32, already dequantized from GGUF blocks and un-permuted by the loader), uploaded, and
-//! converted on the device by the `convert_f32` kernel. The same fusions as the CPU backend:
-//! Q, K and V in one matrix; gate and up in one.
+//! converted on the device by the `convert_f32` kernel; fused as every backend reads them
+//! ([`HostLayer`]).
 
 use std::sync::Arc;
 
@@ -9,7 +9,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::error::CudaError;
 use super::launch::{addr, Arg, Kernels};
-use crate::model::names::{self, LayerTensor};
+use crate::backend::host_weights::{untied_lm_head, HostLayer};
+use crate::model::names;
 use crate::model::{LlamaConfig, WeightSource};
 
 /// bf16 values, carried as their 16 bits.
@@ -43,13 +44,7 @@ impl DeviceWeights {
         c: &LlamaConfig,
         w: &dyn WeightSource,
     ) -> Result<DeviceWeights, CudaError> {
-        let (h, hd, nh, nkv, inter) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.intermediate_size,
-        );
+        let h = c.hidden_size;
         let mut bytes = 0u64;
         let mut put = |host: &[f32]| -> Result<Bf16Buf, CudaError> {
             bytes += 2 * host.len() as u64;
@@ -58,28 +53,18 @@ impl DeviceWeights {
         let embed = put(&w.tensor(names::EMBED, &[c.vocab_size, h])?.data)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
-            let t =
-                |lt: LayerTensor, shape: &[usize]| w.tensor(&lt.hf_name(l), shape).map(|t| t.data);
-            let mut qkv = t(LayerTensor::Q, &[nh * hd, h])?;
-            qkv.extend(t(LayerTensor::K, &[nkv * hd, h])?);
-            qkv.extend(t(LayerTensor::V, &[nkv * hd, h])?);
-            let mut gate_up = t(LayerTensor::Gate, &[inter, h])?;
-            gate_up.extend(t(LayerTensor::Up, &[inter, h])?);
+            let host = HostLayer::read(c, w, l)?;
             layers.push(LayerWeights {
-                attn_norm: put(&t(LayerTensor::AttnNorm, &[h])?)?,
-                qkv: put(&qkv)?,
-                o: put(&t(LayerTensor::O, &[h, nh * hd])?)?,
-                ffn_norm: put(&t(LayerTensor::FfnNorm, &[h])?)?,
-                gate_up: put(&gate_up)?,
-                down: put(&t(LayerTensor::Down, &[h, inter])?)?,
+                attn_norm: put(&host.attn_norm)?,
+                qkv: put(&host.qkv)?,
+                o: put(&host.o)?,
+                ffn_norm: put(&host.ffn_norm)?,
+                gate_up: put(&host.gate_up)?,
+                down: put(&host.down)?,
             });
         }
         let norm = put(&w.tensor(names::FINAL_NORM, &[h])?.data)?;
-        let lm_head = if c.tie_word_embeddings || !w.has(names::LM_HEAD) {
-            None
-        } else {
-            Some(put(&w.tensor(names::LM_HEAD, &[c.vocab_size, h])?.data)?)
-        };
+        let lm_head = untied_lm_head(c, w)?.map(|m| put(&m)).transpose()?;
         Ok(DeviceWeights {
             embed,
             layers,
