@@ -38,14 +38,24 @@ fn start(model_path: &std::path::Path) -> anyhow::Result<Server> {
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut tail: Vec<String> = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(at) = line.find("listening on http://") {
-                let _ = tx.send(Ok(line[at + "listening on ".len()..].trim().to_owned()));
-            } else if line.contains("ERROR") || line.starts_with("Error") {
-                let _ = tx.send(Err(line.clone()));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                // Plain text ends the address at a space, a JSON log line at a quote.
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| !c.is_whitespace() && *c != '"')
+                    .collect();
+                let _ = tx.send(Ok(format!("http://{addr}")));
             }
             eprintln!("  serve: {line}");
+            tail.push(line);
+            if tail.len() > 5 {
+                tail.remove(0);
+            }
         }
+        // The server's stderr closed: it exited (after listening, this goes unread).
+        let _ = tx.send(Err(tail.join("\n")));
     });
     let mut server = Server {
         child,
@@ -53,7 +63,7 @@ fn start(model_path: &std::path::Path) -> anyhow::Result<Server> {
     };
     match rx.recv_timeout(Duration::from_secs(600)) {
         Ok(Ok(base)) => server.base = base,
-        Ok(Err(line)) => anyhow::bail!("vigil serve --device cuda failed: {line}"),
+        Ok(Err(tail)) => anyhow::bail!("vigil serve --device cuda exited:\n{tail}"),
         Err(_) => anyhow::bail!("vigil serve --device cuda did not start listening"),
     }
     Ok(server)
