@@ -26,8 +26,9 @@ const TOOLS: &[(&str, &str)] = &[
 pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
     ensure_tools()?;
     crate::fetch_model::run()?;
-    // The CUDA kernels' compile check loads NVRTC, from PyPI on machines without CUDA.
+    // The CUDA kernels' checks load NVRTC and run ptxas, from PyPI on machines without CUDA.
     let nvrtc = crate::fetch_nvrtc::run()?;
+    let ptxas = nvrtc.join(crate::fetch_nvrtc::PTXAS);
     let library_path = match std::env::var_os("LD_LIBRARY_PATH") {
         Some(existing) => {
             let mut paths = vec![nvrtc];
@@ -40,6 +41,7 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
         .args(["test", "--workspace"])
         .args(extra_args)
         .env("LD_LIBRARY_PATH", library_path)
+        .env("VIGIL_PTXAS", ptxas)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test")?;

@@ -72,13 +72,7 @@ impl Dev {
         addr(buf, &self.stream, offset)
     }
 
-    pub fn launch(
-        &self,
-        name: &str,
-        grid: (u32, u32),
-        block: u32,
-        args: &[Arg],
-    ) -> Result<(), CudaError> {
-        self.kernels.launch(&self.stream, name, grid, block, args)
+    pub fn launch(&self, name: &str, grid: (u32, u32), args: &[Arg]) -> Result<(), CudaError> {
+        self.kernels.launch(&self.stream, name, grid, args)
     }
 }

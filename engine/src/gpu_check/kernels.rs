@@ -66,7 +66,6 @@ fn embedding(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     dev.launch(
         "embedding_gather",
         (ids.len() as u32, 1),
-        256,
         &[
             dev.at(&d_table, 0),
             dev.at(&d_ids, 0),
@@ -91,7 +90,6 @@ fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     dev.launch(
         "rms_norm",
         (t as u32, 1),
-        256,
         &[
             dev.at(&d_x, 0),
             Arg::Ptr(0),
@@ -116,7 +114,6 @@ fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErro
     dev.launch(
         "rms_norm",
         (t as u32, 1),
-        256,
         &[
             dev.at(&d_x, 0),
             dev.at(&d_res, 0),
@@ -173,7 +170,6 @@ fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     dev.launch(
         "rope",
         (t as u32, 1),
-        128,
         &[
             dev.at(&d_qkv, 0),
             dev.at(&d_qkv, nh * hd),
@@ -286,7 +282,6 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             dev.launch(
                 "kv_cache_write",
                 (t as u32, 1),
-                256,
                 &[
                     dev.at(&d_qkv, nh * hd),
                     dev.at(&d_qkv, (nh + nkv) * hd),
@@ -304,7 +299,6 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             dev.launch(
                 "paged_attention",
                 (t as u32, nh as u32),
-                128,
                 &[
                     dev.at(&d_out, 0),
                     dev.at(&d_qkv, 0),
@@ -345,7 +339,6 @@ fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     dev.launch(
         "argmax_rows",
         (3, 1),
-        1024,
         &[
             dev.at(&d_logits, 0),
             Arg::I32(vocab as i32),

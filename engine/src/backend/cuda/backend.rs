@@ -23,9 +23,8 @@ use crate::backend::{
 };
 use crate::model::{LlamaConfig, Model, WeightSource};
 
-/// The attention kernel's limits (`kernels/attention.cu`).
+/// The attention kernel's limit (`kernels/attention.cu`).
 const MAX_HEAD_DIM: usize = 256;
-const ATTENTION_THREADS: u32 = 128;
 
 /// What to build a [`CudaBackend`] with (`vllm serve`'s flags of the same names).
 #[derive(Debug, Clone)]
@@ -223,7 +222,6 @@ impl CudaBackend {
             s,
             "embedding_gather",
             tokens,
-            256,
             &[
                 addr(&self.weights.embed, s, 0),
                 meta(plan.ids()),
@@ -239,7 +237,6 @@ impl CudaBackend {
                 s,
                 "rms_norm",
                 tokens,
-                256,
                 &[x, res, addr(weight, s, 0), normed, Arg::I32(h as i32), eps],
             )
         };
@@ -266,7 +263,6 @@ impl CudaBackend {
                 s,
                 "rope",
                 tokens,
-                128,
                 &[
                     qkv(0),
                     qkv(nh * hd),
@@ -286,7 +282,6 @@ impl CudaBackend {
                 s,
                 "kv_cache_write",
                 tokens,
-                256,
                 &[
                     qkv(nh * hd),
                     qkv((nh + nkv) * hd),
@@ -305,7 +300,6 @@ impl CudaBackend {
                 s,
                 "paged_attention",
                 (t as u32, nh as u32),
-                ATTENTION_THREADS,
                 &[
                     addr(&work.attn, s, 0),
                     qkv(0),
@@ -379,7 +373,6 @@ impl CudaBackend {
                 s,
                 "embedding_gather",
                 (rows as u32, 1),
-                256,
                 &[
                     normed,
                     meta(plan.logit_row_ids()),
@@ -405,7 +398,6 @@ impl CudaBackend {
                 s,
                 "argmax_rows",
                 (plan.greedy_rows as u32, 1),
-                1024,
                 &[
                     addr(&work.logits, s, plan.full_rows * vocab),
                     Arg::I32(vocab as i32),

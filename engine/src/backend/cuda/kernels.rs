@@ -12,7 +12,18 @@ pub const COMMON: &str = include_str!("kernels/common.cuh");
 pub struct KernelFile {
     pub name: &'static str,
     pub source: &'static str,
-    pub entries: &'static [&'static str],
+    pub entries: &'static [Entry],
+}
+
+/// An entry point and the threads per block every launch of it uses (the one place that says
+/// so: launches read it from here, and a test checks with ptxas that it fits the registers).
+pub struct Entry {
+    pub name: &'static str,
+    pub threads: u32,
+}
+
+const fn entry(name: &'static str, threads: u32) -> Entry {
+    Entry { name, threads }
 }
 
 /// Every kernel file of the backend.
@@ -20,47 +31,47 @@ pub const FILES: &[KernelFile] = &[
     KernelFile {
         name: "embedding.cu",
         source: include_str!("kernels/embedding.cu"),
-        entries: &["embedding_gather"],
+        entries: &[entry("embedding_gather", 256)],
     },
     KernelFile {
         name: "norm.cu",
         source: include_str!("kernels/norm.cu"),
-        entries: &["rms_norm", "add_inplace"],
+        entries: &[entry("rms_norm", 256), entry("add_inplace", 256)],
     },
     KernelFile {
         name: "rope.cu",
         source: include_str!("kernels/rope.cu"),
-        entries: &["rope"],
+        entries: &[entry("rope", 128)],
     },
     KernelFile {
         name: "activation.cu",
         source: include_str!("kernels/activation.cu"),
-        entries: &["silu_and_mul"],
+        entries: &[entry("silu_and_mul", 256)],
     },
     KernelFile {
         name: "kv_cache.cu",
         source: include_str!("kernels/kv_cache.cu"),
-        entries: &["kv_cache_write"],
+        entries: &[entry("kv_cache_write", 256)],
     },
     KernelFile {
         name: "attention.cu",
         source: include_str!("kernels/attention.cu"),
-        entries: &["paged_attention"],
+        entries: &[entry("paged_attention", 128)],
     },
     KernelFile {
         name: "sampling.cu",
         source: include_str!("kernels/sampling.cu"),
-        entries: &["argmax_rows"],
+        entries: &[entry("argmax_rows", 1024)],
     },
     KernelFile {
         name: "dequant.cu",
         source: include_str!("kernels/dequant.cu"),
         entries: &[
-            "dequant_q8_0",
-            "dequant_q4_0",
-            "dequant_q4_1",
-            "convert_f16",
-            "convert_f32",
+            entry("dequant_q8_0", 256),
+            entry("dequant_q4_0", 256),
+            entry("dequant_q4_1", 256),
+            entry("convert_f16", 256),
+            entry("convert_f32", 256),
         ],
     },
 ];
@@ -110,10 +121,93 @@ mod tests {
                 assert!(ptx.contains(&format!(".target {arch}")), "{}", file.name);
                 for entry in file.entries {
                     assert!(
-                        ptx.contains(&format!(".entry {entry}(")),
-                        "{}: no entry {entry} for {arch}",
-                        file.name
+                        ptx.contains(&format!(".entry {}(", entry.name)),
+                        "{}: no entry {} for {arch}",
+                        file.name,
+                        entry.name
                     );
+                }
+            }
+        }
+    }
+
+    /// What ptxas reports for one entry point.
+    #[derive(Debug, Default)]
+    struct Resources {
+        registers: u32,
+        shared: u32,
+        spill_stores: u32,
+    }
+
+    /// Parses `ptxas -v`: per entry, "Function properties for NAME" then "N bytes spill
+    /// stores", and "Compiling entry function 'NAME'" then "Used N registers, ... M bytes smem".
+    fn parse_ptxas(report: &str) -> std::collections::HashMap<String, Resources> {
+        let mut out: std::collections::HashMap<String, Resources> = Default::default();
+        let mut current = String::new();
+        let number_before = |line: &str, unit: &str| -> Option<u32> {
+            let at = line.find(unit)?;
+            line[..at].split_whitespace().last()?.parse().ok()
+        };
+        for line in report.lines() {
+            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+                current = rest.split('\'').next().unwrap_or_default().to_owned();
+            } else if let Some(rest) = line.split("Function properties for ").nth(1) {
+                current = rest.trim().to_owned();
+            }
+            let r = out.entry(current.clone()).or_default();
+            if let Some(n) = number_before(line, " registers") {
+                r.registers = n;
+            }
+            if let Some(n) = number_before(line, " bytes smem") {
+                r.shared = n;
+            }
+            if let Some(n) = number_before(line, " bytes spill stores") {
+                r.spill_stores = n;
+            }
+        }
+        out
+    }
+
+    /// ptxas (CI fetches it from PyPI's nvidia-cuda-nvcc-cu12) assembles every kernel for Ampere
+    /// and Hopper, as the driver will, and each fits the launch the backend makes: registers ×
+    /// threads per block within the 64K-register file, static shared memory within 48 KiB, and
+    /// no spills to local memory.
+    #[test]
+    fn every_kernel_fits_its_launch_in_registers_and_shared_memory() {
+        assert!(nvrtc_available(), "run the tests with `cargo xtask test`");
+        let ptxas = std::env::var_os("VIGIL_PTXAS").expect(
+            "VIGIL_PTXAS names no ptxas: run the tests with `cargo xtask test`, which fetches it \
+             (PyPI nvidia-cuda-nvcc-cu12)",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        for arch in ["sm_80", "sm_90"] {
+            for file in FILES {
+                let ptx = compile(file, arch).unwrap().to_src();
+                let path = dir.path().join(format!("{}-{arch}.ptx", file.name));
+                std::fs::write(&path, ptx).unwrap();
+                let out = std::process::Command::new(&ptxas)
+                    .args([&format!("-arch={arch}"), "-v", "-o", "/dev/null"])
+                    .arg(&path)
+                    .output()
+                    .expect("run ptxas");
+                let report = String::from_utf8_lossy(&out.stderr);
+                assert!(out.status.success(), "ptxas {} {arch}: {report}", file.name);
+                let resources = parse_ptxas(&report);
+                for entry in file.entries {
+                    let r = resources
+                        .get(entry.name)
+                        .unwrap_or_else(|| panic!("no ptxas report for {}: {report}", entry.name));
+                    eprintln!("{arch} {}: {r:?} at {} threads", entry.name, entry.threads);
+                    assert!(r.registers > 0, "{}: {report}", entry.name);
+                    assert!(
+                        r.registers * entry.threads <= 65536,
+                        "{} {arch}: {} registers x {} threads exceed the register file",
+                        entry.name,
+                        r.registers,
+                        entry.threads
+                    );
+                    assert!(r.shared <= 48 * 1024, "{} {arch}: {r:?}", entry.name);
+                    assert_eq!(r.spill_stores, 0, "{} {arch} spills: {r:?}", entry.name);
                 }
             }
         }
@@ -127,7 +221,10 @@ mod tests {
         let bad = KernelFile {
             name: "bad.cu",
             source: "extern \"C\" __global__ void broken(float* x) { x[0] = undefined_name; }",
-            entries: &["broken"],
+            entries: &[Entry {
+                name: "broken",
+                threads: 32,
+            }],
         };
         let err = compile(&bad, "sm_80").expect_err("an undefined name does not compile");
         assert!(format!("{err:?}").contains("undefined_name"), "{err:?}");

@@ -35,9 +35,9 @@ pub fn addr<T>(buf: &CudaSlice<T>, stream: &CudaStream, offset: usize) -> Arg {
     Arg::Ptr(base + (offset * std::mem::size_of::<T>()) as u64)
 }
 
-/// Every entry point of [`FILES`], compiled for one device.
+/// Every entry point of [`FILES`], compiled for one device, with its threads per block.
 pub struct Kernels {
-    functions: HashMap<&'static str, CudaFunction>,
+    functions: HashMap<&'static str, (CudaFunction, u32)>,
 }
 
 impl Kernels {
@@ -57,8 +57,9 @@ impl Kernels {
             })?;
             cached += usize::from(source == Source::Cache);
             let module = ctx.load_module(ptx)?;
-            for &entry in file.entries {
-                functions.insert(entry, module.load_function(entry)?);
+            for entry in file.entries {
+                let function = module.load_function(entry.name)?;
+                functions.insert(entry.name, (function, entry.threads));
             }
         }
         tracing::info!(
@@ -71,7 +72,15 @@ impl Kernels {
         Ok(Kernels { functions })
     }
 
-    /// Launches `name` on `stream` over a `grid` of blocks of `block` threads.
+    /// The entry point `name` and its threads per block.
+    fn get(&self, name: &str) -> &(CudaFunction, u32) {
+        self.functions
+            .get(name)
+            .unwrap_or_else(|| panic!("no kernel named {name} in kernels::FILES"))
+    }
+
+    /// Launches `name` on `stream` over a `grid` of blocks, with the threads per block its
+    /// [`super::kernels::Entry`] gives.
     ///
     /// The arguments must match the kernel's signature in `kernels/*.cu` one for one; every
     /// call site sits next to the kernel's parameter list for that reason.
@@ -80,13 +89,9 @@ impl Kernels {
         stream: &CudaStream,
         name: &str,
         grid: (u32, u32),
-        block: u32,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        let function = self
-            .functions
-            .get(name)
-            .unwrap_or_else(|| panic!("no kernel named {name} in kernels::FILES"));
+        let (function, block) = self.get(name);
         let mut builder = stream.launch_builder(function);
         for arg in args {
             match arg {
@@ -97,7 +102,7 @@ impl Kernels {
         }
         let config = LaunchConfig {
             grid_dim: (grid.0, grid.1, 1),
-            block_dim: (block, 1, 1),
+            block_dim: (*block, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: the arguments follow the kernel's signature (see above) and address live
@@ -106,7 +111,7 @@ impl Kernels {
         Ok(())
     }
 
-    /// Launches an element-wise kernel over `n` elements, 256 threads per block.
+    /// Launches an element-wise kernel over `n` elements, one thread each.
     pub fn launch_1d(
         &self,
         stream: &CudaStream,
@@ -114,12 +119,8 @@ impl Kernels {
         n: usize,
         args: &[Arg],
     ) -> Result<(), CudaError> {
-        self.launch(
-            stream,
-            name,
-            ((n as u32).div_ceil(256).max(1), 1),
-            256,
-            args,
-        )
+        let (_, block) = self.get(name);
+        let blocks = (n as u32).div_ceil(*block).max(1);
+        self.launch(stream, name, (blocks, 1), args)
     }
 }
