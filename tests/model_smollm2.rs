@@ -91,3 +91,51 @@ fn the_chat_template_drives_an_answer() {
     let text = model.tokenizer.decode(&out, true).unwrap();
     assert!(text.contains("Paris"), "{text:?}");
 }
+
+/// The CUDA backend uploads tensors as the GGUF stores them and decodes them on the device.
+/// Here, on the host: every layer group the file offers encoded decodes (with the loader's own
+/// dequantization) to exactly what the f32 path reads; Q and K, whose rows the loader
+/// un-permutes, are never offered encoded; the quantized matrices are.
+#[test]
+fn encoded_weight_groups_decode_to_the_f32_path() {
+    use engine::backend::host_weights::{layer_groups, Group};
+    use engine::model::gguf::quant::{dequantize, GgmlType};
+    let model = load();
+    let c = &model.config;
+    let w = model.weights.as_ref();
+    let mut encoded_groups = 0;
+    let mut groups: Vec<Group> = vec![Group::one(
+        engine::model::names::EMBED,
+        &[c.vocab_size, c.hidden_size],
+    )];
+    for l in [0, c.num_hidden_layers - 1] {
+        groups.extend(layer_groups(c, l));
+    }
+    for group in &groups {
+        let names: Vec<&str> = group.tensors.iter().map(|(n, _)| n.as_str()).collect();
+        let f32s = group.read(w).unwrap();
+        match group.encoded(w).unwrap() {
+            Some((kind, bytes)) => {
+                assert!(
+                    matches!(
+                        kind,
+                        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::F16
+                    ),
+                    "{names:?}: {kind:?}"
+                );
+                let mut decoded = vec![0f32; f32s.len()];
+                dequantize(kind, &bytes, &mut decoded);
+                assert_eq!(decoded, f32s, "{names:?}");
+                encoded_groups += 1;
+            }
+            None => assert!(
+                names
+                    .iter()
+                    .any(|n| n.contains("q_proj") || n.contains("norm")),
+                "{names:?} is quantized in the file but not offered encoded"
+            ),
+        }
+    }
+    // Embedding, and per layer O, gate/up and down.
+    assert_eq!(encoded_groups, 1 + 2 * 3);
+}

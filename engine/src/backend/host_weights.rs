@@ -19,44 +19,113 @@ pub struct HostLayer {
     pub down: Vec<f32>,
 }
 
+/// One matrix (or vector) of a layer as backends use it: the file's tensors, by canonical name
+/// and shape, whose rows are stacked in this order.
+pub struct Group {
+    pub tensors: Vec<(String, Vec<usize>)>,
+}
+
+/// Layer `l`'s groups, in [`HostLayer`]'s field order: attention norm, QKV, O, FFN norm,
+/// gate/up, down.
+pub fn layer_groups(c: &LlamaConfig, l: usize) -> [Group; 6] {
+    let (h, hd, nh, nkv, inter) = (
+        c.hidden_size,
+        c.head_dim,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.intermediate_size,
+    );
+    let group = |parts: &[(LayerTensor, &[usize])]| Group {
+        tensors: parts
+            .iter()
+            .map(|(t, shape)| (t.hf_name(l), shape.to_vec()))
+            .collect(),
+    };
+    [
+        group(&[(LayerTensor::AttnNorm, &[h])]),
+        group(&[
+            (LayerTensor::Q, &[nh * hd, h]),
+            (LayerTensor::K, &[nkv * hd, h]),
+            (LayerTensor::V, &[nkv * hd, h]),
+        ]),
+        group(&[(LayerTensor::O, &[h, nh * hd])]),
+        group(&[(LayerTensor::FfnNorm, &[h])]),
+        group(&[
+            (LayerTensor::Gate, &[inter, h]),
+            (LayerTensor::Up, &[inter, h]),
+        ]),
+        group(&[(LayerTensor::Down, &[h, inter])]),
+    ]
+}
+
+impl Group {
+    pub fn one(name: &str, shape: &[usize]) -> Group {
+        Group {
+            tensors: vec![(name.to_owned(), shape.to_vec())],
+        }
+    }
+
+    /// The group as the file stores it, rows stacked, when every tensor of it is stored in the
+    /// same device-decodable encoding ([`WeightSource::encoded`]).
+    pub fn encoded(
+        &self,
+        w: &dyn WeightSource,
+    ) -> Result<Option<(crate::model::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
+        let mut kind = None;
+        let mut bytes = Vec::new();
+        for (name, shape) in &self.tensors {
+            let Some(t) = w.encoded(name, shape)? else {
+                return Ok(None);
+            };
+            if kind.is_some_and(|k| k != t.ggml_type) {
+                return Ok(None);
+            }
+            kind = Some(t.ggml_type);
+            bytes.extend_from_slice(t.bytes);
+        }
+        Ok(kind.map(|k| (k, bytes)))
+    }
+
+    /// The group's values in f32, rows stacked.
+    pub fn read(&self, w: &dyn WeightSource) -> Result<Vec<f32>, LoadError> {
+        let mut out = Vec::new();
+        for (name, shape) in &self.tensors {
+            out.extend(w.tensor(name, shape)?.data);
+        }
+        Ok(out)
+    }
+}
+
 impl HostLayer {
     /// Reads layer `l`.
     pub fn read(c: &LlamaConfig, w: &dyn WeightSource, l: usize) -> Result<HostLayer, LoadError> {
-        let (h, hd, nh, nkv, inter) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.intermediate_size,
-        );
-        let t = |lt: LayerTensor, shape: &[usize]| w.tensor(&lt.hf_name(l), shape).map(|t| t.data);
-        let mut qkv = t(LayerTensor::Q, &[nh * hd, h])?;
-        qkv.extend(t(LayerTensor::K, &[nkv * hd, h])?);
-        qkv.extend(t(LayerTensor::V, &[nkv * hd, h])?);
-        let mut gate_up = t(LayerTensor::Gate, &[inter, h])?;
-        gate_up.extend(t(LayerTensor::Up, &[inter, h])?);
+        let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l).map(|g| g.read(w));
         Ok(HostLayer {
-            attn_norm: t(LayerTensor::AttnNorm, &[h])?,
-            qkv,
-            o: t(LayerTensor::O, &[h, nh * hd])?,
-            ffn_norm: t(LayerTensor::FfnNorm, &[h])?,
-            gate_up,
-            down: t(LayerTensor::Down, &[h, inter])?,
+            attn_norm: attn_norm?,
+            qkv: qkv?,
+            o: o?,
+            ffn_norm: ffn_norm?,
+            gate_up: gate_up?,
+            down: down?,
         })
     }
 }
 
-/// The LM head's own matrix `[vocab, hidden]`, or `None` when it is the embedding (tied, or
-/// absent from the file).
+/// Whether the LM head is a matrix of its own (else it is the embedding: tied, or absent from
+/// the file).
+pub fn has_untied_lm_head(c: &LlamaConfig, w: &dyn WeightSource) -> bool {
+    !c.tie_word_embeddings && w.has(names::LM_HEAD)
+}
+
+/// The LM head's own matrix `[vocab, hidden]`, or `None` when it is the embedding.
 pub fn untied_lm_head(
     c: &LlamaConfig,
     w: &dyn WeightSource,
 ) -> Result<Option<Vec<f32>>, LoadError> {
-    if c.tie_word_embeddings || !w.has(names::LM_HEAD) {
+    if !has_untied_lm_head(c, w) {
         return Ok(None);
     }
     Ok(Some(
-        w.tensor(names::LM_HEAD, &[c.vocab_size, c.hidden_size])?
-            .data,
+        Group::one(names::LM_HEAD, &[c.vocab_size, c.hidden_size]).read(w)?,
     ))
 }

@@ -3,9 +3,10 @@
 
 use std::path::Path;
 
+use super::gguf::reader::TensorInfo;
 use super::gguf::{quant, GgufFile};
 use super::names;
-use super::{check_shape, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
+use super::{check_shape, EncodedTensor, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 use crate::tokenizer::Tokenizer;
 
 pub fn load(path: &Path) -> Result<Model, LoadError> {
@@ -31,6 +32,34 @@ impl WeightSource for GgufWeights {
     }
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError> {
+        let (info, bytes) = self.stored(name, shape)?;
+        let mut data = vec![0f32; info.n_elements() as usize];
+        quant::dequantize(info.ggml_type, bytes, &mut data);
+        if let Some(heads) = self.permuted_heads(name) {
+            data = unpermute_rows(&data, heads, shape[0] / heads, shape[1]);
+        }
+        Ok(HostTensor {
+            shape: shape.to_vec(),
+            data,
+        })
+    }
+
+    fn encoded(&self, name: &str, shape: &[usize]) -> Result<Option<EncodedTensor<'_>>, LoadError> {
+        use quant::GgmlType::*;
+        let (info, bytes) = self.stored(name, shape)?;
+        let device_decodable = matches!(info.ggml_type, Q8_0 | Q4_0 | Q4_1 | F16);
+        Ok(
+            (device_decodable && self.permuted_heads(name).is_none()).then_some(EncodedTensor {
+                ggml_type: info.ggml_type,
+                bytes,
+            }),
+        )
+    }
+}
+
+impl GgufWeights {
+    /// The tensor's entry and bytes in the file, its shape checked.
+    fn stored(&self, name: &str, shape: &[usize]) -> Result<(&TensorInfo, &[u8]), LoadError> {
         let path = &self.file.path;
         let gguf_name = names::hf_to_gguf(name).unwrap_or_else(|| name.to_owned());
         let info = self
@@ -43,23 +72,18 @@ impl WeightSource for GgufWeights {
             })?;
         let got: Vec<usize> = info.dims.iter().rev().map(|d| *d as usize).collect();
         check_shape(path, &gguf_name, &got, shape)?;
-        let bytes = self.file.tensor_bytes(info)?;
-        let mut data = vec![0f32; info.n_elements() as usize];
-        quant::dequantize(info.ggml_type, bytes, &mut data);
-        let heads = if name.ends_with("self_attn.q_proj.weight") {
+        Ok((info, self.file.tensor_bytes(info)?))
+    }
+
+    /// For Q and K: the heads whose rows llama.cpp permuted.
+    fn permuted_heads(&self, name: &str) -> Option<usize> {
+        if name.ends_with("self_attn.q_proj.weight") {
             Some(self.config.num_attention_heads)
         } else if name.ends_with("self_attn.k_proj.weight") {
             Some(self.config.num_key_value_heads)
         } else {
             None
-        };
-        if let Some(heads) = heads {
-            data = unpermute_rows(&data, heads, shape[0] / heads, shape[1]);
         }
-        Ok(HostTensor {
-            shape: shape.to_vec(),
-            data,
-        })
     }
 }
 

@@ -57,12 +57,28 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// A weight tensor as the file stores it, in a GGUF block encoding (row-major, rows of whole
+/// blocks), for a backend that decodes on its own device.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodedTensor<'a> {
+    pub ggml_type: gguf::quant::GgmlType,
+    pub bytes: &'a [u8],
+}
+
 /// Where a model's weights come from.
 pub trait WeightSource: Send + Sync {
     /// The tensor with canonical (HF) name `name`, checked against `shape`.
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor, LoadError>;
     /// Whether the source has a tensor of that canonical name.
     fn has(&self, name: &str) -> bool;
+    /// The tensor `name` as stored, checked against `shape`, when the file keeps it quantized
+    /// (Q8_0, Q4_0, Q4_1) or in f16 exactly as the model uses it. `None` when it must go
+    /// through [`WeightSource::tensor`]: f32 in the file, other sources, or rows the loader
+    /// rearranges (GGUF's permuted Q and K).
+    fn encoded(&self, name: &str, shape: &[usize]) -> Result<Option<EncodedTensor<'_>>, LoadError> {
+        let _ = (name, shape);
+        Ok(None)
+    }
 }
 
 /// A loaded model, ready to be turned into a backend.

@@ -1,7 +1,8 @@
 //! The model's weights on the device, in bf16: read from the [`WeightSource`] one tensor at a
 //! time (f32, already dequantized from GGUF blocks and un-permuted by the loader), uploaded, and
-//! converted on the device by the `convert_f32` kernel; fused as every backend reads them
-//! ([`HostLayer`]).
+//! converted on the device by the `convert_f32` kernel; or, when the file stores it quantized
+//! (GGUF Q8_0/Q4_0/Q4_1, or f16), uploaded as stored and decoded by the `dequant_*` kernels.
+//! Fused as every backend reads them ([`layer_groups`]).
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::error::CudaError;
 use super::launch::{addr, Arg, Kernels};
-use crate::backend::host_weights::{untied_lm_head, HostLayer};
+use crate::backend::host_weights::{has_untied_lm_head, layer_groups, Group};
+use crate::model::gguf::quant::GgmlType;
 use crate::model::names;
 use crate::model::{LlamaConfig, WeightSource};
 
@@ -46,25 +48,33 @@ impl DeviceWeights {
     ) -> Result<DeviceWeights, CudaError> {
         let h = c.hidden_size;
         let mut bytes = 0u64;
-        let mut put = |host: &[f32]| -> Result<Bf16Buf, CudaError> {
-            bytes += 2 * host.len() as u64;
-            to_bf16(stream, kernels, host)
+        let mut put = |group: &Group| -> Result<Bf16Buf, CudaError> {
+            let buf = match group.encoded(w)? {
+                Some((kind, encoded)) => decode(stream, kernels, kind, &encoded)?,
+                None => to_bf16(stream, kernels, &group.read(w)?)?,
+            };
+            bytes += 2 * buf.len() as u64;
+            Ok(buf)
         };
-        let embed = put(&w.tensor(names::EMBED, &[c.vocab_size, h])?.data)?;
+        let embed = put(&Group::one(names::EMBED, &[c.vocab_size, h]))?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for l in 0..c.num_hidden_layers {
-            let host = HostLayer::read(c, w, l)?;
+            let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l);
             layers.push(LayerWeights {
-                attn_norm: put(&host.attn_norm)?,
-                qkv: put(&host.qkv)?,
-                o: put(&host.o)?,
-                ffn_norm: put(&host.ffn_norm)?,
-                gate_up: put(&host.gate_up)?,
-                down: put(&host.down)?,
+                attn_norm: put(&attn_norm)?,
+                qkv: put(&qkv)?,
+                o: put(&o)?,
+                ffn_norm: put(&ffn_norm)?,
+                gate_up: put(&gate_up)?,
+                down: put(&down)?,
             });
         }
-        let norm = put(&w.tensor(names::FINAL_NORM, &[h])?.data)?;
-        let lm_head = untied_lm_head(c, w)?.map(|m| put(&m)).transpose()?;
+        let norm = put(&Group::one(names::FINAL_NORM, &[h]))?;
+        let lm_head = if has_untied_lm_head(c, w) {
+            Some(put(&Group::one(names::LM_HEAD, &[c.vocab_size, h]))?)
+        } else {
+            None
+        };
         Ok(DeviceWeights {
             embed,
             layers,
@@ -98,6 +108,47 @@ pub fn to_bf16(
             addr(&staging, stream, 0),
             addr(&out, stream, 0),
             Arg::Size(host.len() as u64),
+        ],
+    )?;
+    stream.synchronize()?;
+    Ok(out)
+}
+
+/// Uploads GGUF-encoded rows and decodes them to bf16 on the device: the quantized bytes cross
+/// the bus, not f32.
+pub fn decode(
+    stream: &Arc<CudaStream>,
+    kernels: &Kernels,
+    kind: GgmlType,
+    encoded: &[u8],
+) -> Result<Bf16Buf, CudaError> {
+    let (per_block, block_bytes) = kind.block();
+    let blocks = encoded.len() / block_bytes as usize;
+    let elements = blocks * per_block as usize;
+    // dequant_q*(const unsigned char* blocks, bf16* out, size_t n_blocks), one thread per
+    // block; convert_f16(const unsigned short* in, bf16* out, size_t n), one per element.
+    let kernel = match kind {
+        GgmlType::Q8_0 => "dequant_q8_0",
+        GgmlType::Q4_0 => "dequant_q4_0",
+        GgmlType::Q4_1 => "dequant_q4_1",
+        GgmlType::F16 => "convert_f16",
+        other => {
+            return Err(CudaError::Unsupported(format!(
+                "{other:?} is not decoded on the device"
+            )))
+        }
+    };
+    let staging = stream.clone_htod(encoded)?;
+    // SAFETY: every element is written by the kernel below before anything reads it.
+    let out = unsafe { stream.alloc::<u16>(elements) }?;
+    kernels.launch_1d(
+        stream,
+        kernel,
+        blocks,
+        &[
+            addr(&staging, stream, 0),
+            addr(&out, stream, 0),
+            Arg::Size(blocks as u64),
         ],
     )?;
     stream.synchronize()?;
