@@ -427,6 +427,18 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The base URL in the line `vigil serve` logs once it listens (`listening on http://ADDR`,
+/// in text or JSON logs), for tools that start a server and wait for it.
+pub fn listening_url(log_line: &str) -> Option<String> {
+    let rest = log_line.split("listening on http://").nth(1)?;
+    // Plain text ends the address at a space, a JSON log line at a quote.
+    let addr: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    Some(format!("http://{addr}"))
+}
+
 /// How long connections may stay open after the drain.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -465,5 +477,26 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod listening_url_tests {
+    use super::listening_url;
+
+    #[test]
+    fn the_url_is_read_from_text_and_json_log_lines() {
+        assert_eq!(
+            listening_url("2026-11-23T00:00:00Z  INFO vigil::server: listening on http://127.0.0.1:4000 model_name=m").as_deref(),
+            Some("http://127.0.0.1:4000")
+        );
+        assert_eq!(
+            listening_url(
+                r#"{"fields":{"message":"listening on http://[::1]:80","model_name":"m"}}"#
+            )
+            .as_deref(),
+            Some("http://[::1]:80")
+        );
+        assert_eq!(listening_url("loading model"), None);
     }
 }

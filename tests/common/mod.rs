@@ -95,13 +95,8 @@ impl Vigil {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    // Plain text ends the address at a space, a JSON log line at a quote.
-                    let addr: String = rest
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != '"')
-                        .collect();
-                    let _ = tx.send(addr);
+                if let Some(url) = engine::server::listening_url(&line) {
+                    let _ = tx.send(url);
                 }
                 let mut log = sink.lock().unwrap();
                 log.push_str(&line);
@@ -109,7 +104,10 @@ impl Vigil {
             }
         });
         let addr = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(a) => a.parse().expect("listen address"),
+            Ok(url) => url
+                .trim_start_matches("http://")
+                .parse()
+                .expect("listen address"),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();

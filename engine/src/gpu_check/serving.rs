@@ -40,13 +40,8 @@ fn start(model_path: &std::path::Path) -> anyhow::Result<Server> {
     std::thread::spawn(move || {
         let mut tail: Vec<String> = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                // Plain text ends the address at a space, a JSON log line at a quote.
-                let addr: String = rest
-                    .chars()
-                    .take_while(|c| !c.is_whitespace() && *c != '"')
-                    .collect();
-                let _ = tx.send(Ok(format!("http://{addr}")));
+            if let Some(url) = crate::server::listening_url(&line) {
+                let _ = tx.send(Ok(url));
             }
             eprintln!("  serve: {line}");
             tail.push(line);
