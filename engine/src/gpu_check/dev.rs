@@ -1,36 +1,20 @@
-//! A bare device for the per-kernel checks: the compiled kernels, a cuBLAS handle, and
-//! upload/download helpers (bf16 through the host's rounding).
+//! A bare device for the per-kernel checks: the backend's [`Gpu`] (kernels, cuBLAS, stream)
+//! with upload/download helpers (bf16 through the host's rounding).
 
-use std::sync::Arc;
+use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
-
-use crate::backend::cuda::backend::device_info;
-use crate::backend::cuda::gemm::Gemm;
-use crate::backend::cuda::launch::{addr, Arg, Kernels};
-use crate::backend::cuda::{CudaError, DeviceInfo};
+use crate::backend::cuda::gpu::Gpu;
+use crate::backend::cuda::launch::{addr, Arg};
+use crate::backend::cuda::CudaError;
 
 pub struct Dev {
-    pub info: DeviceInfo,
-    pub kernels: Kernels,
-    pub gemm: Gemm,
-    pub stream: Arc<CudaStream>,
-    _ctx: Arc<CudaContext>,
+    pub gpu: Gpu,
 }
 
 impl Dev {
     pub fn open(ordinal: usize) -> Result<Dev, CudaError> {
-        let ctx = CudaContext::new(ordinal)?;
-        // SAFETY: one stream only.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream()?;
-        let info = device_info(&ctx, ctx.total_mem()? as u64)?;
         Ok(Dev {
-            kernels: Kernels::load(&ctx, &info.arch)?,
-            gemm: Gemm::new(stream.clone())?,
-            info,
-            stream,
-            _ctx: ctx,
+            gpu: Gpu::open(ordinal)?,
         })
     }
 
@@ -40,18 +24,18 @@ impl Dev {
             .iter()
             .map(|v| half::bf16::from_f32(*v).to_bits())
             .collect();
-        Ok(self.stream.clone_htod(&bits)?)
+        Ok(self.gpu.stream.clone_htod(&bits)?)
     }
 
     pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, CudaError> {
-        Ok(self.stream.clone_htod(host)?)
+        Ok(self.gpu.stream.clone_htod(host)?)
     }
 
     pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, CudaError> {
-        Ok(self.stream.alloc_zeros::<T>(n.max(1))?)
+        Ok(self.gpu.stream.alloc_zeros::<T>(n.max(1))?)
     }
 
     pub fn read_bf16(&self, buf: &CudaSlice<u16>) -> Result<Vec<f32>, CudaError> {
@@ -63,16 +47,16 @@ impl Dev {
     }
 
     pub fn read<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
-        let v = self.stream.clone_dtoh(buf)?;
-        self.stream.synchronize()?;
+        let v = self.gpu.stream.clone_dtoh(buf)?;
+        self.gpu.stream.synchronize()?;
         Ok(v)
     }
 
     pub fn at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> Arg {
-        addr(buf, &self.stream, offset)
+        addr(buf, &self.gpu.stream, offset)
     }
 
     pub fn launch(&self, name: &str, grid: (u32, u32), args: &[Arg]) -> Result<(), CudaError> {
-        self.kernels.launch(&self.stream, name, grid, args)
+        self.gpu.kernels.launch(&self.gpu.stream, name, grid, args)
     }
 }

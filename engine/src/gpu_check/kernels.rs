@@ -197,8 +197,8 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let d_in = dev.bf16(&gate_up)?;
     let out = dev.zeros::<u16>(t * inter)?;
     // silu_and_mul(const bf16* gate_up, bf16* out, int inter, size_t tokens)
-    dev.kernels.launch_1d(
-        &dev.stream,
+    dev.gpu.kernels.launch_1d(
+        &dev.gpu.stream,
         "silu_and_mul",
         t * inter,
         &[
@@ -380,8 +380,8 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         let d_data = dev.upload(&data)?;
         let out = dev.zeros::<u16>(n_blocks * 32)?;
         // dequant_*(const unsigned char* blocks, bf16* out, size_t n_blocks)
-        dev.kernels.launch_1d(
-            &dev.stream,
+        dev.gpu.kernels.launch_1d(
+            &dev.gpu.stream,
             kernel,
             n_blocks,
             &[
@@ -413,8 +413,8 @@ fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     ] {
         let out = dev.zeros::<u16>(x.len())?;
         // convert_*(const T* in, bf16* out, size_t n)
-        dev.kernels.launch_1d(
-            &dev.stream,
+        dev.gpu.kernels.launch_1d(
+            &dev.gpu.stream,
             kernel,
             x.len(),
             &[input, dev.at(&out, 0), Arg::Size(x.len() as u64)],
@@ -443,9 +443,11 @@ fn gemm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         out,
         inp,
     };
-    dev.gemm
+    dev.gpu
+        .gemm
         .linear(dev.at(&d_x, 0), t, m, dev.at(&y16, 0), Output::Bf16)?;
-    dev.gemm
+    dev.gpu
+        .gemm
         .linear(dev.at(&d_x, 0), t, m, dev.at(&y32, 0), Output::F32)?;
     let e16 = max_error(&dev.read_bf16(&y16)?, &want);
     // f32 output: only the accumulation order differs; scale the bound to bf16's.

@@ -54,7 +54,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
         println!("== kernels vs CPU");
         match dev::Dev::open(0) {
             Ok(dev) => {
-                println!("{} ({})", dev.info.name, dev.info.arch);
+                println!("{} ({})", dev.gpu.info.name, dev.gpu.info.arch);
                 kernels::run(&dev, &mut report);
             }
             Err(e) => report.error("opening the device", e),

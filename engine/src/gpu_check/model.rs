@@ -34,7 +34,8 @@ fn options(num_blocks: usize) -> CudaOptions {
     }
 }
 
-fn cpu(
+/// The reference: the CPU backend with exact f32 weights.
+pub(super) fn cpu(
     config: &LlamaConfig,
     w: &dyn WeightSource,
     num_blocks: usize,

@@ -9,7 +9,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::report::Report;
-use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use crate::backend::greedy_generate;
 use crate::model::Model;
 
@@ -87,14 +86,7 @@ pub fn run(model: &Model, report: &mut Report) {
     // A greedy completion: the CPU backend's greedy tokens, as text.
     let expected = (|| -> anyhow::Result<String> {
         let ids = model.tokenizer.encode(prompt, true)?;
-        let mut cpu = CpuBackend::new(
-            model,
-            &CpuOptions {
-                block_size: 16,
-                num_blocks: 64,
-                weight_format: WeightFormat::F32,
-            },
-        )?;
+        let mut cpu = super::model::cpu(&model.config, model.weights.as_ref(), 64)?;
         let eos = &model.tokenizer.eos_token_ids;
         let mut out = greedy_generate(&mut cpu, &ids, MAX_TOKENS, eos)?;
         out.retain(|t| !eos.contains(t));

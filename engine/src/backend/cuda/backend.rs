@@ -6,13 +6,10 @@
 //! a device argmax for greedy rows, and one copy back of what the host needs: whole rows for
 //! requests that sample on the host, a token and a log-probability for greedy ones.
 
-use std::sync::Arc;
-
-use cudarc::driver::{CudaContext, CudaStream};
-
 use super::error::CudaError;
-use super::gemm::{Gemm, Matrix, Output};
-use super::launch::{addr, Arg, Kernels};
+use super::gemm::{Matrix, Output};
+use super::gpu::{DeviceInfo, Gpu};
+use super::launch::{addr, Arg};
 use super::memory::{plan_kv_cache, KvPlan};
 use super::step_plan::StepPlan;
 use super::timing::StepClock;
@@ -41,17 +38,6 @@ pub struct CudaOptions {
     pub max_num_seqs: usize,
 }
 
-/// The device and its name, as the log and `check-gpu` print them.
-#[derive(Debug, Clone)]
-pub struct DeviceInfo {
-    pub name: String,
-    pub arch: String,
-    pub total_memory: u64,
-    /// Peak DRAM bandwidth from the memory clock and bus width (bytes/s), where the driver
-    /// still reports them (CUDA 13 deprecates the memory clock attribute).
-    pub memory_bandwidth: Option<f64>,
-}
-
 /// K and V of one layer: `[num_blocks, block_size, n_kv_heads * head_dim]` each.
 struct LayerCache {
     k: Bf16Buf,
@@ -60,7 +46,6 @@ struct LayerCache {
 
 pub struct CudaBackend {
     config: LlamaConfig,
-    info: DeviceInfo,
     kv_plan: KvPlan,
     block_size: usize,
     num_blocks: usize,
@@ -72,10 +57,7 @@ pub struct CudaBackend {
     work: Workspace,
     clock: StepClock,
     timing: Option<StepTiming>,
-    gemm: Gemm,
-    kernels: Kernels,
-    stream: Arc<CudaStream>,
-    _ctx: Arc<CudaContext>,
+    gpu: Gpu,
 }
 
 /// Bytes cuBLAS and the driver may take beyond our own buffers (cuBLAS workspaces, module
@@ -99,16 +81,10 @@ impl CudaBackend {
                 c.head_dim
             )));
         }
-        let ctx = CudaContext::new(options.ordinal)?;
-        // One stream, ordered: cudarc's per-buffer events would only add work to every launch.
-        // SAFETY: no buffer of this context is used from another stream.
-        unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream()?;
-        let (free_at_start, total) = ctx.mem_get_info()?;
-        let info = device_info(&ctx, total as u64)?;
-        let kernels = Kernels::load(&ctx, &info.arch)?;
-        let gemm = Gemm::new(stream.clone())?;
-        let weights = DeviceWeights::upload(&stream, &kernels, c, w)?;
+        let gpu = Gpu::open(options.ordinal)?;
+        let (free_at_start, total) = (gpu.free_at_open, gpu.info.total_memory);
+        let stream = &gpu.stream;
+        let weights = DeviceWeights::upload(stream, &gpu.kernels, c, w)?;
 
         let (cos, sin) = super::rope::tables(&c.rope_inv_freq(), c.max_position_embeddings);
         let rope_cos = stream.clone_htod(&cos)?;
@@ -119,7 +95,7 @@ impl CudaBackend {
         let rows = options.max_num_seqs.max(1);
         let max_blocks = c.max_position_embeddings.div_ceil(options.block_size);
         let work = Workspace::new(
-            &stream,
+            stream,
             widths,
             tokens,
             rows,
@@ -128,7 +104,7 @@ impl CudaBackend {
         let kv_width = c.num_key_value_heads * c.head_dim;
         let block_bytes = (2 * c.num_hidden_layers * options.block_size * kv_width * 2) as u64;
         let activations =
-            widths.bytes(tokens, rows, max_blocks) + 8 * (cos.len() as u64) + RESERVE_BYTES;
+            work.bytes() + (rope_cos.num_bytes() + rope_sin.num_bytes()) as u64 + RESERVE_BYTES;
         let kv_plan = match options.num_blocks_override {
             // As vLLM: the override replaces the profile, memory checks included.
             Some(n) => KvPlan {
@@ -137,8 +113,8 @@ impl CudaBackend {
                 num_blocks: n,
             },
             None => plan_kv_cache(
-                total as u64,
-                free_at_start as u64,
+                total,
+                free_at_start,
                 options.gpu_memory_utilization,
                 weights.bytes,
                 activations,
@@ -158,8 +134,7 @@ impl CudaBackend {
         stream.synchronize()?;
         Ok(CudaBackend {
             config: c.clone(),
-            clock: StepClock::new(&ctx)?,
-            info,
+            clock: StepClock::new(&gpu.ctx)?,
             block_size: options.block_size,
             num_blocks: kv_plan.num_blocks,
             kv_plan,
@@ -169,15 +144,12 @@ impl CudaBackend {
             rope_sin,
             work,
             timing: None,
-            gemm,
-            kernels,
-            stream,
-            _ctx: ctx,
+            gpu,
         })
     }
 
     pub fn device(&self) -> &DeviceInfo {
-        &self.info
+        &self.gpu.info
     }
 
     /// How the KV cache was sized.
@@ -191,7 +163,7 @@ impl CudaBackend {
     }
 
     /// The step itself, with device errors as [`CudaError`].
-    fn run(&mut self, batch: &[SeqInput<'_>], plan: &StepPlan) -> Result<Logits, CudaError> {
+    fn run(&mut self, plan: &StepPlan) -> Result<Logits, CudaError> {
         let c = &self.config;
         let (h, hd, nh, nkv) = (
             c.hidden_size,
@@ -201,8 +173,8 @@ impl CudaBackend {
         );
         let w = self.work.widths;
         let (t, rows) = (plan.tokens, plan.logit_rows());
-        let s = &self.stream;
-        let k = &self.kernels;
+        let s = &self.gpu.stream;
+        let k = &self.gpu.kernels;
         self.work.fit(s, t, rows, plan.packed.len())?;
         self.clock.begin(s)?;
         s.memcpy_htod(&plan.packed, &mut self.work.meta)?;
@@ -246,7 +218,7 @@ impl CudaBackend {
             } else {
                 norm(delta, residual, &layer.attn_norm)?;
             }
-            self.gemm.linear(
+            self.gpu.gemm.linear(
                 normed,
                 t,
                 Matrix {
@@ -317,7 +289,7 @@ impl CudaBackend {
                     Arg::I32(w.qkv as i32),
                 ],
             )?;
-            self.gemm.linear(
+            self.gpu.gemm.linear(
                 addr(&work.attn, s, 0),
                 t,
                 Matrix {
@@ -329,7 +301,7 @@ impl CudaBackend {
                 Output::Bf16,
             )?;
             norm(delta, residual, &layer.ffn_norm)?;
-            self.gemm.linear(
+            self.gpu.gemm.linear(
                 normed,
                 t,
                 Matrix {
@@ -352,7 +324,7 @@ impl CudaBackend {
                     Arg::Size(t as u64),
                 ],
             )?;
-            self.gemm.linear(
+            self.gpu.gemm.linear(
                 addr(&work.act, s, 0),
                 t,
                 Matrix {
@@ -380,7 +352,7 @@ impl CudaBackend {
                     Arg::I32(h as i32),
                 ],
             )?;
-            self.gemm.linear(
+            self.gpu.gemm.linear(
                 addr(&work.selected, s, 0),
                 rows,
                 Matrix {
@@ -424,35 +396,12 @@ impl CudaBackend {
             .zip(logprobs)
             .map(|(token, logprob)| GreedyToken { token, logprob })
             .collect();
-        debug_assert_eq!(batch.len(), plan.seqs, "the plan was made from this batch");
         Ok(Logits {
             vocab_size: vocab,
             data,
             greedy,
         })
     }
-}
-
-/// The device's name, architecture for NVRTC, and peak memory bandwidth.
-pub fn device_info(ctx: &Arc<CudaContext>, total_memory: u64) -> Result<DeviceInfo, CudaError> {
-    use cudarc::driver::sys::CUdevice_attribute as A;
-    let (major, minor) = ctx.compute_capability()?;
-    let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).ok();
-    let bus_bits = ctx
-        .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
-        .ok();
-    Ok(DeviceInfo {
-        name: ctx.name()?,
-        arch: format!("sm_{major}{minor}"),
-        total_memory,
-        // Double data rate: two transfers per clock.
-        memory_bandwidth: match (clock_khz, bus_bits) {
-            (Some(khz), Some(bits)) if khz > 0 && bits > 0 => {
-                Some(2.0 * f64::from(khz) * 1e3 * f64::from(bits) / 8.0)
-            }
-            _ => None,
-        },
-    })
 }
 
 impl Backend for CudaBackend {
@@ -478,7 +427,7 @@ impl Backend for CudaBackend {
         if plan.tokens == 0 {
             return Ok(Logits::from_rows(batch, self.config.vocab_size, Vec::new()));
         }
-        Ok(self.run(batch, &plan)?)
+        Ok(self.run(&plan)?)
     }
 
     fn take_step_timing(&mut self) -> Option<StepTiming> {

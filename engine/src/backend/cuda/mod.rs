@@ -4,6 +4,7 @@
 //!   the device's architecture ([`kernels`], [`launch`]); CI compiles them without a GPU.
 //! - [`weights`]: bf16 weights on the device; [`gemm`]: cuBLAS GEMMs (bf16 in, f32 accumulate).
 //! - [`step_plan`]: a step's metadata packed for one upload; [`workspace`]: activations.
+//! - [`gpu`]: one device: context, stream, compiled kernels, cuBLAS handle.
 //! - [`backend`]: [`CudaBackend`]; [`memory`]: KV cache sizing; [`timing`]: CUDA-event step
 //!   timing; [`device`]: whether this host can run any of it, and why not.
 //!
@@ -14,6 +15,7 @@ pub mod backend;
 pub mod device;
 pub mod error;
 pub mod gemm;
+pub mod gpu;
 pub mod kernel_cache;
 pub mod kernels;
 pub mod launch;
@@ -24,5 +26,6 @@ pub mod timing;
 pub mod weights;
 pub mod workspace;
 
-pub use backend::{CudaBackend, CudaOptions, DeviceInfo};
+pub use backend::{CudaBackend, CudaOptions};
 pub use error::CudaError;
+pub use gpu::{DeviceInfo, Gpu};

@@ -30,20 +30,6 @@ impl Widths {
             vocab: c.vocab_size,
         }
     }
-
-    /// bf16 elements per token across the per-token buffers.
-    fn per_token(&self) -> usize {
-        3 * self.hidden + self.qkv + self.attn + 3 * self.inter
-    }
-
-    /// Device bytes of a workspace for `tokens` tokens and `rows` logit rows (metadata
-    /// included, block tables for `rows` sequences of `max_blocks`).
-    pub fn bytes(&self, tokens: usize, rows: usize, max_blocks: usize) -> u64 {
-        let bf16 = 2 * (tokens * self.per_token() + rows * self.hidden);
-        let f32s = 4 * rows * (self.vocab + 1);
-        let u32s = 4 * (4 * tokens + rows * max_blocks + 2 * rows);
-        (bf16 + f32s + u32s) as u64
-    }
 }
 
 pub struct Workspace {
@@ -102,6 +88,26 @@ impl Workspace {
             greedy_logprobs: alloc(stream, rows)?,
             meta: alloc(stream, meta)?,
         })
+    }
+
+    /// Device bytes of every buffer (for the KV plan's activation share).
+    pub fn bytes(&self) -> u64 {
+        let bf16 = [
+            &self.residual,
+            &self.delta,
+            &self.normed,
+            &self.qkv,
+            &self.attn,
+            &self.gate_up,
+            &self.act,
+            &self.selected,
+        ];
+        let bytes = bf16.iter().map(|b| b.num_bytes()).sum::<usize>()
+            + self.logits.num_bytes()
+            + self.greedy_ids.num_bytes()
+            + self.greedy_logprobs.num_bytes()
+            + self.meta.num_bytes();
+        bytes as u64
     }
 
     /// Makes room for a step of `tokens` tokens, `rows` logit rows and `meta` metadata words.
