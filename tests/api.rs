@@ -106,10 +106,11 @@ fn greedy_completion_and_its_metrics() {
         sample(&m, &format!("vllm:request_params_max_tokens_sum{l}")),
         Some(6.0)
     );
-    // One prefill step (5 tokens) and five decode steps.
+    // vLLM's iteration tokens: six steps made a token each; the first also counts the 5
+    // prompt tokens it computed (`prompt_token_stats.computed + num_generation_tokens`).
     assert_eq!(
         sample(&m, &format!("vllm:iteration_tokens_total_sum{l}")),
-        Some(10.0)
+        Some(11.0)
     );
     assert_eq!(
         sample(&m, &format!("vllm:iteration_tokens_total_count{l}")),
@@ -188,27 +189,195 @@ fn chat_streaming_and_not() {
     assert_eq!(usage["usage"]["completion_tokens"], 4);
 }
 
+/// The `data:` chunks of an SSE response, after checking it ends with `[DONE]`.
+fn sse_chunks(text: &str) -> Vec<Value> {
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// A request that ends on a stop string ends in the engine at the token that completed it: its
+/// response says which stop ended it (`stop_reason`), and its usage, its cached tokens and the
+/// counters come from the engine's finish event, complete when the response arrives.
 #[test]
-fn stop_strings_end_with_stop() {
-    let v = Vigil::serve(&[]);
-    let (status, body) = post(
+fn stop_strings_and_stop_tokens_end_with_stop_and_their_reason() {
+    let v = Vigil::serve(&["--served-model-name", "m"]);
+    let l = "{engine=\"0\",model_name=\"m\"}";
+    let prompt =
+        "one two three four five six seven eight nine ten ".repeat(4) + "The capital of France is";
+    let (_, tokenized) = post(&v, "/tokenize", json!({"prompt": prompt}));
+    let prompt_len = tokenized["count"].as_u64().unwrap();
+    let mut generated = 0;
+    for round in 0..2u64 {
+        let (status, body) = post(
+            &v,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 30, "temperature": 0, "stop": ["."]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let c = &body["choices"][0];
+        assert_eq!(c["finish_reason"], "stop", "{body}");
+        assert_eq!(c["stop_reason"], ".", "{body}");
+        assert!(!c["text"].as_str().unwrap().contains('.'), "{body}");
+        // vLLM's prefix cache serves whole blocks of 16 tokens, and never the last prompt token.
+        let cached = if round == 0 {
+            0
+        } else {
+            (prompt_len - 1) / 16 * 16
+        };
+        assert_eq!(
+            body["usage"]["prompt_tokens_details"]["cached_tokens"], cached,
+            "{body}"
+        );
+        generated += body["usage"]["completion_tokens"].as_u64().unwrap();
+        // Counted by the time the response arrives, and only up to the stop string's token.
+        let m = v.metrics();
+        assert_eq!(
+            sample(
+                &m,
+                "vllm:request_success_total{engine=\"0\",finished_reason=\"stop\""
+            ),
+            Some((round + 1) as f64)
+        );
+        assert_eq!(
+            sample(&m, &format!("vllm:generation_tokens_total{l}")),
+            Some(generated as f64)
+        );
+        assert_eq!(
+            sample(&m, "dynamo_frontend_cached_tokens_sum{model=\"m\"}"),
+            Some(cached as f64),
+            "the second request's cached tokens"
+        );
+    }
+
+    // The stop string kept in the output, when asked.
+    let (_, body) = post(
         &v,
         "/v1/completions",
-        json!({"prompt": "The capital of France is", "max_tokens": 20, "temperature": 0, "stop": ["."]}),
+        json!({"prompt": "The capital of France is", "max_tokens": 30, "temperature": 0,
+               "stop": ["."], "include_stop_str_in_output": true}),
     );
-    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["choices"][0]["text"].as_str().unwrap().ends_with('.'),
+        "{body}"
+    );
+    assert_eq!(body["choices"][0]["stop_reason"], ".");
+
+    // A stop token id: the token that ended it is the stop reason. The greedy continuation's
+    // second token is made a stop token.
+    let (_, first) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": [1, 504, 3575, 282, 4649, 314], "max_tokens": 2, "temperature": 0}),
+    );
+    let (_, ids) = post(
+        &v,
+        "/tokenize",
+        json!({"prompt": first["choices"][0]["text"], "add_special_tokens": false}),
+    );
+    assert_eq!(
+        ids["count"], 2,
+        "the two tokens' text tokenizes back to them: {ids}"
+    );
+    let stop_id = ids["tokens"][1].as_u64().unwrap();
+    let (_, body) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": [1, 504, 3575, 282, 4649, 314], "max_tokens": 10, "temperature": 0,
+               "stop_token_ids": [stop_id]}),
+    );
     let c = &body["choices"][0];
     assert_eq!(c["finish_reason"], "stop", "{body}");
-    assert!(!c["text"].as_str().unwrap().contains('.'), "{body}");
-    // The engine hears of the stop string from the handler, just after the response.
-    wait_for("the stop to be counted", Duration::from_secs(10), || {
-        let m = v.metrics();
-        (sample(
-            &m,
-            "vllm:request_success_total{engine=\"0\",finished_reason=\"stop\"",
-        ) == Some(1.0))
-        .then_some(())
-    });
+    assert_eq!(c["stop_reason"], stop_id, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 2, "{body}");
+    // Running out of tokens has no stop reason.
+    let (_, body) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "length");
+    assert!(body["choices"][0]["stop_reason"].is_null(), "{body}");
+}
+
+/// Streams as vLLM sends them: the finish reason rides on the chunk with the last text (no
+/// empty chunk after it), `continuous_usage_stats` puts the counts so far on every chunk, and
+/// `stream_options` without `stream: true` is refused.
+#[test]
+fn streams_finish_on_their_last_content_chunk_with_continuous_usage() {
+    let v = Vigil::serve(&[]);
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "The capital of France is", "max_tokens": 5, "temperature": 0}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 5, "temperature": 0}),
+        ),
+    ] {
+        let mut req = body.clone();
+        req["stream"] = json!(true);
+        req["stream_options"] = json!({"include_usage": true, "continuous_usage_stats": true});
+        let (status, text) = http_post(&v.url(path), req.to_string().as_bytes(), &[]);
+        assert_eq!(status, 200, "{text}");
+        let chunks = sse_chunks(&text);
+        let (usage_chunk, content) = chunks.split_last().unwrap();
+        assert!(usage_chunk["choices"].as_array().unwrap().is_empty());
+        assert_eq!(usage_chunk["usage"]["completion_tokens"], 5);
+        let last = content.last().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "length", "{text}");
+        let piece = |c: &Value| {
+            let ch = &c["choices"][0];
+            ch.get("text")
+                .or_else(|| ch["delta"].get("content"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned()
+        };
+        assert!(
+            !piece(last).is_empty(),
+            "the last chunk carries text: {text}"
+        );
+        // Only the last content chunk finishes.
+        assert!(content[..content.len() - 1]
+            .iter()
+            .all(|c| c["choices"][0]["finish_reason"].is_null()));
+        // Every chunk has the usage so far; completion tokens never go down and end at 5.
+        let mut previous = 0;
+        for c in content {
+            let u = &c["usage"];
+            let done = u["completion_tokens"].as_u64().unwrap();
+            assert!(done >= previous, "{text}");
+            assert_eq!(
+                u["total_tokens"].as_u64().unwrap(),
+                u["prompt_tokens"].as_u64().unwrap() + done
+            );
+            previous = done;
+        }
+        assert_eq!(previous, 5);
+        // The same text as without streaming.
+        let (_, whole) = post(&v, path, body.clone());
+        let whole_text = whole["choices"][0]
+            .get("text")
+            .or_else(|| whole["choices"][0]["message"].get("content"))
+            .and_then(Value::as_str)
+            .unwrap()
+            .to_owned();
+        let streamed: String = content.iter().map(piece).collect();
+        assert_eq!(streamed, whole_text);
+
+        let mut bad = body.clone();
+        bad["stream_options"] = json!({"include_usage": true});
+        let (status, err) = post(&v, path, bad);
+        assert_error(status, &err, 400, "stream=True");
+    }
 }
 
 #[test]

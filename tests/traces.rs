@@ -176,6 +176,7 @@ fn async_stream(
 
 const PARENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN: &str = "00f067aa0ba902b7";
+const STOP_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
 
 #[test]
 fn grpc_spans_carry_genai_and_vllm_attributes_parentage_and_child_phases() {
@@ -221,8 +222,17 @@ fn grpc_spans_carry_genai_and_vllm_attributes_parentage_and_child_phases() {
         &[],
     );
     assert_eq!(status, 200);
+    // A request that ends on a stop string: its span and phases come from the engine's finish.
+    let stop_parent = format!("00-{STOP_TRACE}-{PARENT_SPAN}-01");
+    let (status, stopped) = http_post(
+        &vigil.url("/v1/completions"),
+        br#"{"prompt": "The capital of France is", "max_tokens": 30, "temperature": 0, "stop": ["."]}"#,
+        &[("traceparent", &stop_parent)],
+    );
+    assert_eq!(status, 200);
+    assert!(stopped.contains(r#""finish_reason":"stop""#), "{stopped}");
 
-    let requests = received.wait("llm_request", 2);
+    let requests = received.wait("llm_request", 3);
     let completion = requests
         .iter()
         .find(|s| hex(&s.trace_id) == PARENT_TRACE)
@@ -277,25 +287,44 @@ fn grpc_spans_carry_genai_and_vllm_attributes_parentage_and_child_phases() {
     );
 
     // The phases are children of the request span, in order, inside it.
-    let mut starts = Vec::new();
-    for phase in ["queue", "prefill", "decode"] {
-        let child = received
-            .wait(phase, 1)
-            .into_iter()
-            .find(|s| s.trace_id == completion.trace_id)
-            .unwrap_or_else(|| panic!("no {phase} span in the completion's trace"));
-        assert_eq!(child.parent_span_id, completion.span_id, "{phase}");
-        assert!(
-            child.start_time_unix_nano >= completion.start_time_unix_nano,
-            "{phase}"
-        );
-        assert!(
-            child.end_time_unix_nano <= completion.end_time_unix_nano,
-            "{phase}"
-        );
-        starts.push(child.start_time_unix_nano);
+    let phases_inside = |request: &Span| {
+        let mut starts = Vec::new();
+        for phase in ["queue", "prefill", "decode"] {
+            let child = received
+                .wait(phase, 1)
+                .into_iter()
+                .find(|s| s.trace_id == request.trace_id)
+                .unwrap_or_else(|| panic!("no {phase} span in the request's trace"));
+            assert_eq!(child.parent_span_id, request.span_id, "{phase}");
+            assert!(
+                child.start_time_unix_nano >= request.start_time_unix_nano,
+                "{phase}"
+            );
+            assert!(
+                child.end_time_unix_nano <= request.end_time_unix_nano,
+                "{phase}"
+            );
+            starts.push(child.start_time_unix_nano);
+        }
+        assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    };
+    phases_inside(completion);
+    let stopped = requests
+        .iter()
+        .find(|s| hex(&s.trace_id) == STOP_TRACE)
+        .expect("the stopped request's span");
+    match attr(stopped, "gen_ai.response.finish_reasons") {
+        AnyValue::ArrayValue(a) => {
+            let reasons: Vec<String> = a
+                .values
+                .iter()
+                .filter_map(|v| string(v.value.as_ref()?))
+                .collect();
+            assert_eq!(reasons, ["stop"]);
+        }
+        other => panic!("finish_reasons = {other:?}"),
     }
-    assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+    phases_inside(stopped);
 
     // The chat had no traceparent: a trace of its own.
     let chat = requests

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::Backend;
+use crate::detokenizer::Detokenizer;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
 use crate::scheduler::request::Timestamps;
-use crate::scheduler::{FinishReason, Request, Scheduler};
+use crate::scheduler::{FinishReason, Request, Scheduler, StepOutput, StopReason};
 
 /// A request for the engine.
 pub struct NewRequest {
@@ -30,26 +31,41 @@ pub struct NewRequest {
     pub arrival: Instant,
     /// The request's trace id when tracing is on (for the exemplars on /metrics).
     pub trace_id: Option<String>,
+    /// Turns the output into text and ends the request at a stop string (none: no text, as
+    /// for token-only clients and tests).
+    pub detokenizer: Option<Detokenizer>,
     pub events: UnboundedSender<Event>,
 }
 
-/// What a request's handler hears back.
-#[derive(Debug, Clone)]
+/// What a request's handler hears back: a token per step, then one [`Finished`].
+#[derive(Debug)]
 pub enum Event {
-    Token(Sampled),
-    Finished {
-        reason: FinishReason,
-        prompt_tokens: usize,
-        completion_tokens: usize,
-        cached_tokens: usize,
-        /// When it was queued, scheduled, and made its first and last tokens (for its trace).
-        times: Timestamps,
+    /// A token of a request that goes on, with the text it released.
+    Token {
+        sampled: Sampled,
+        text: String,
     },
+    Finished(Box<Finished>),
+}
+
+/// The end of a request, with everything its response, its usage and its trace need.
+#[derive(Debug)]
+pub struct Finished {
+    /// The token sampled in the step that finished it (none for an abort between steps).
+    pub last: Option<Sampled>,
+    /// The rest of the output text.
+    pub text: String,
+    pub reason: FinishReason,
+    pub stop_reason: Option<StopReason>,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+    /// When it was queued, scheduled, and made its first and last tokens (for its trace).
+    pub times: Timestamps,
 }
 
 enum Command {
     Add(Box<NewRequest>),
-    Finish { id: String, reason: FinishReason },
     AbortAll,
 }
 
@@ -118,18 +134,11 @@ impl EngineHandle {
     pub fn abort_all(&self) {
         let _ = self.tx.send(Command::AbortAll);
     }
-
-    /// Ends a request early: `Stop` when the handler matched a stop string, `Abort` otherwise.
-    pub fn finish(&self, id: &str, reason: FinishReason) {
-        let _ = self.tx.send(Command::Finish {
-            id: id.to_owned(),
-            reason,
-        });
-    }
 }
 
 struct Meta {
     events: UnboundedSender<Event>,
+    detokenizer: Option<Detokenizer>,
     max_tokens_param: Option<usize>,
     n: usize,
     record_params: bool,
@@ -236,14 +245,7 @@ impl Core<'_> {
                         }
                     }
                     self.record_state();
-                    for u in &out.updates {
-                        if let (Some(meta), Some(tok)) = (self.meta.get(&u.id), &u.token) {
-                            let _ = meta.events.send(Event::Token(tok.clone()));
-                        }
-                    }
-                    for (req, reason) in &out.finished {
-                        self.retire(req, *reason);
-                    }
+                    self.emit(out);
                 }
                 Err(err) => {
                     // The backend refused the batch: a scheduler bug. Fail every request rather
@@ -252,6 +254,47 @@ impl Core<'_> {
                     self.finish_all(FinishReason::Error);
                 }
             }
+        }
+    }
+
+    /// Turns a step's tokens into text and events (vLLM's output processor): a stop string
+    /// ends its request here, before the next step, and a finished request's last token
+    /// travels in its [`Finished`] event.
+    fn emit(&mut self, out: StepOutput) {
+        let mut finished = out.finished;
+        for u in out.updates {
+            let Some(sampled) = u.token else { continue };
+            let Some(meta) = self.meta.get_mut(&u.id) else {
+                continue;
+            };
+            let stop = meta
+                .detokenizer
+                .as_mut()
+                .and_then(|d| d.update(sampled.token));
+            if let Some(stop) = stop {
+                // A stop string ends the request (and outranks a length finish, as in vLLM).
+                let req = match finished.iter().position(|(r, _)| r.id == u.id) {
+                    Some(i) => Some(finished.swap_remove(i).0),
+                    None => self.scheduler.abort(&u.id),
+                };
+                if let Some(mut req) = req {
+                    req.stop_reason = Some(StopReason::Text(stop));
+                    self.retire(&req, FinishReason::Stop, Some(sampled));
+                }
+            } else if let Some(i) = finished.iter().position(|(r, _)| r.id == u.id) {
+                let (req, reason) = finished.swap_remove(i);
+                self.retire(&req, reason, Some(sampled));
+            } else {
+                let text = meta
+                    .detokenizer
+                    .as_mut()
+                    .map(|d| d.take_delta(false))
+                    .unwrap_or_default();
+                let _ = meta.events.send(Event::Token { sampled, text });
+            }
+        }
+        for (req, reason) in finished {
+            self.retire(&req, reason, None);
         }
     }
 
@@ -274,6 +317,7 @@ impl Core<'_> {
                     r.id,
                     Meta {
                         events: r.events,
+                        detokenizer: r.detokenizer,
                         max_tokens_param: r.max_tokens_param,
                         n: r.n,
                         record_params: r.record_params,
@@ -281,7 +325,6 @@ impl Core<'_> {
                 );
                 self.scheduler.add(req);
             }
-            Command::Finish { id, reason } => self.finish(&id, reason),
             Command::AbortAll => self.finish_all(FinishReason::Abort),
         }
     }
@@ -295,13 +338,14 @@ impl Core<'_> {
 
     fn finish(&mut self, id: &str, reason: FinishReason) {
         if let Some(req) = self.scheduler.abort(id) {
-            self.retire(&req, reason);
+            self.retire(&req, reason, None);
         }
     }
 
-    /// Records a finished request and tells its handler.
-    fn retire(&mut self, req: &Request, reason: FinishReason) {
-        let Some(meta) = self.meta.remove(&req.id) else {
+    /// Records a finished request and tells its handler; `last` is the token its final step
+    /// sampled.
+    fn retire(&mut self, req: &Request, reason: FinishReason, last: Option<Sampled>) {
+        let Some(mut meta) = self.meta.remove(&req.id) else {
             return;
         };
         if let Some(m) = &self.metrics {
@@ -312,13 +356,21 @@ impl Core<'_> {
             };
             m.record_finished(req, reason, max_param, n, meta.record_params);
         }
-        let _ = meta.events.send(Event::Finished {
+        let text = meta
+            .detokenizer
+            .as_mut()
+            .map(|d| d.take_delta(true))
+            .unwrap_or_default();
+        let _ = meta.events.send(Event::Finished(Box::new(Finished {
+            last,
+            text,
             reason,
+            stop_reason: req.stop_reason.clone(),
             prompt_tokens: req.prompt_len,
             completion_tokens: req.num_output_tokens(),
             cached_tokens: req.num_cached_tokens.unwrap_or(0),
             times: req.times,
-        });
+        })));
     }
 }
 
@@ -347,6 +399,7 @@ mod tests {
             record_params: true,
             arrival: Instant::now(),
             trace_id: None,
+            detokenizer: None,
             events,
         }
     }
@@ -473,8 +526,11 @@ mod tests {
         let mut tokens = Vec::new();
         while let Some(event) = rx.blocking_recv() {
             match event {
-                Event::Token(t) => tokens.push(t.token),
-                _ => break,
+                Event::Token { sampled, .. } => tokens.push(sampled.token),
+                Event::Finished(f) => {
+                    tokens.extend(f.last.map(|s| s.token));
+                    break;
+                }
             }
         }
         assert_eq!(tokens, [5, 5, 5]);

@@ -6,6 +6,7 @@ pub mod api;
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod detokenizer;
 pub mod engine_core;
 pub mod env_file;
 pub mod gpu_check;

@@ -150,8 +150,10 @@ impl EngineMetrics {
         self.prefix_hits.increment(stats.prefix_hits as u64);
         self.preemptions.increment(stats.num_preempted as u64);
         self.generation_tokens.increment(stats.num_generated as u64);
-        if stats.num_tokens > 0 {
-            self.iteration_tokens.record(stats.num_tokens as f64);
+        // vLLM observes a step only when it produced output (`IterationStats` exists only for
+        // steps with outputs): a step of prefill chunks alone is not an iteration here.
+        if stats.num_generated > 0 {
+            self.iteration_tokens.record(stats.iteration_tokens as f64);
         }
     }
 

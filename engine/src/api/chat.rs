@@ -10,11 +10,13 @@ use serde_json::{json, Value};
 
 use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
+use super::fields::{self, Endpoint};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::ChatRequest;
 use super::protocol::CommonParams;
 use super::stream::{delivered, sse, ChunkFormat};
 use super::{request_id, unix_now, AppState};
+use crate::scheduler::StopReason;
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -22,18 +24,23 @@ pub async fn handle(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
+    let fields: serde_json::Value = parse_json(&body)?;
     let common: CommonParams = parse_json(&body)?;
     let req: ChatRequest = parse_json(&body)?;
+    fields::check(&fields, Endpoint::Chat)?;
     let model = state.check_model(common.model.as_deref())?;
     let mut record = RequestRecord::start(
         &state.dynamo,
         &model,
         Route::ChatCompletions,
-        common.streaming().is_some(),
+        common.is_stream(),
         body.len(),
     );
-    let request = match prepare(&state, &common, &req, arrival) {
-        Ok(r) => r,
+    let prepared = common
+        .streaming()
+        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)));
+    let (streaming, request) = match prepared {
+        Ok(p) => p,
         Err(e) => {
             record.fail(&e);
             return Err(e);
@@ -47,8 +54,8 @@ pub async fn handle(
         model,
         created: unix_now(),
     };
-    if let Some(include_usage) = common.streaming() {
-        return Ok(sse(gen, format, include_usage));
+    if let Some(usage) = streaming {
+        return Ok(sse(gen, format, usage));
     }
     let mut gen = gen;
     let want_logprobs = gen.wants_logprobs();
@@ -57,7 +64,7 @@ pub async fn handle(
         .map(|i| {
             json!({"index": i, "message": {"role": "assistant", "content": out.texts[i]},
                    "logprobs": if want_logprobs { logprobs_json(&out.logprobs[i]) } else { Value::Null },
-                   "finish_reason": out.finish_reasons[i], "stop_reason": null})
+                   "finish_reason": out.finish_reasons[i], "stop_reason": out.stop_reasons[i].as_ref().map(StopReason::to_json)})
         })
         .collect();
     let body = json!({"id": format.id, "object": "chat.completion", "created": format.created, "model": format.model,
@@ -104,6 +111,8 @@ fn prepare(
         max_tokens_param: max_param.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,
+        include_stop_str_in_output: common.include_stop_str_in_output.unwrap_or(false),
+        skip_special_tokens: common.skip_special_tokens.unwrap_or(true),
         arrival,
     })
 }
@@ -139,17 +148,13 @@ impl ChunkFormat for Format {
     }
 
     fn chunk(&self, d: &Delta) -> Value {
-        let delta = if d.text.is_empty() && d.finish_reason.is_some() {
-            json!({})
-        } else {
-            json!({"content": d.text})
-        };
+        let delta = json!({"content": d.text});
         let logprobs = if d.logprobs.is_empty() {
             Value::Null
         } else {
             logprobs_json(&d.logprobs)
         };
-        self.envelope(json!([{"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason}]))
+        self.envelope(json!([{"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason.as_ref().map(StopReason::to_json)}]))
     }
 
     fn usage_chunk(&self, u: &Usage) -> Value {

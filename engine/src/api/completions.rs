@@ -9,11 +9,13 @@ use serde_json::{json, Value};
 
 use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
+use super::fields::{self, Endpoint};
 use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
 use super::protocol::CommonParams;
 use super::protocol::{CompletionRequest, Prompt};
 use super::stream::{delivered, sse, ChunkFormat};
 use super::{request_id, unix_now, AppState};
+use crate::scheduler::StopReason;
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,
@@ -21,18 +23,23 @@ pub async fn handle(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
+    let fields: serde_json::Value = parse_json(&body)?;
     let common: CommonParams = parse_json(&body)?;
     let req: CompletionRequest = parse_json(&body)?;
+    fields::check(&fields, Endpoint::Completions)?;
     let model = state.check_model(common.model.as_deref())?;
     let mut record = RequestRecord::start(
         &state.dynamo,
         &model,
         Route::Completions,
-        common.streaming().is_some(),
+        common.is_stream(),
         body.len(),
     );
-    let request = match prepare(&state, &common, &req, arrival) {
-        Ok(r) => r,
+    let prepared = common
+        .streaming()
+        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)));
+    let (streaming, request) = match prepared {
+        Ok(p) => p,
         Err(e) => {
             record.fail(&e);
             return Err(e);
@@ -46,8 +53,8 @@ pub async fn handle(
         model,
         created: unix_now(),
     };
-    if let Some(include_usage) = common.streaming() {
-        return Ok(sse(gen, format, include_usage));
+    if let Some(usage) = streaming {
+        return Ok(sse(gen, format, usage));
     }
     collect(gen, format).await
 }
@@ -94,6 +101,8 @@ fn prepare(
         max_tokens_param: common.max_tokens.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,
+        include_stop_str_in_output: common.include_stop_str_in_output.unwrap_or(false),
+        skip_special_tokens: common.skip_special_tokens.unwrap_or(true),
         arrival,
     })
 }
@@ -124,7 +133,7 @@ async fn collect(mut gen: Generation, f: Format) -> Result<Response, ApiError> {
                 Value::Null
             };
             json!({"index": i, "text": out.texts[i], "logprobs": logprobs,
-                   "finish_reason": out.finish_reasons[i], "stop_reason": null})
+                   "finish_reason": out.finish_reasons[i], "stop_reason": out.stop_reasons[i].as_ref().map(StopReason::to_json)})
         })
         .collect();
     let body = json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
@@ -150,7 +159,7 @@ impl ChunkFormat for Format {
             logprobs_json(&d.logprobs, 0)
         };
         json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-               "choices": [{"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": null}]})
+               "choices": [{"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason.as_ref().map(StopReason::to_json)}]})
     }
 
     fn usage_chunk(&self, u: &Usage) -> Value {

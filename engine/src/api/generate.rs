@@ -1,7 +1,7 @@
-//! Driving one client request through the engine: submit its `n` choices, turn their token
-//! events into text (incremental detokenization, stop strings held back until they cannot
-//! match), collect logprobs, and report finish reasons and usage. Dropping a [`Generation`]
-//! drops its event receivers, which makes the engine abort what is still running.
+//! Driving one client request through the engine: submit its `n` choices, relay the text the
+//! engine's detokenizer releases, collect logprobs, and report finish reasons, stop reasons and
+//! usage from each choice's finish event. Dropping a [`Generation`] drops its event receivers,
+//! which makes the engine abort what is still running.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,10 +13,11 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use super::dynamo::RequestRecord;
 use super::error::ApiError;
 use super::AppState;
+use crate::detokenizer::Detokenizer;
 use crate::engine_core::{Event, NewRequest};
-use crate::sampling::SamplingParams;
-use crate::scheduler::FinishReason;
-use crate::tokenizer::{DecodeStream, Tokenizer};
+use crate::sampling::{Sampled, SamplingParams};
+use crate::scheduler::{FinishReason, StopReason};
+use crate::tokenizer::Tokenizer;
 use crate::traces::RequestTrace;
 
 /// What a client request asks of the engine.
@@ -28,6 +29,8 @@ pub struct GenRequest {
     pub max_tokens_param: Option<usize>,
     pub n: usize,
     pub stop: Vec<String>,
+    pub include_stop_str_in_output: bool,
+    pub skip_special_tokens: bool,
     pub arrival: Instant,
 }
 
@@ -47,17 +50,16 @@ pub struct Delta {
     pub logprobs: Vec<TokenLogprob>,
     /// Set on the choice's last delta.
     pub finish_reason: Option<&'static str>,
+    /// With `finish_reason` "stop": the stop token id or stop string that ended the choice.
+    pub stop_reason: Option<StopReason>,
+    /// Tokens the choice has generated so far, this delta's included.
+    pub completion_tokens: usize,
 }
 
 struct Choice {
-    engine_id: String,
-    decoder: DecodeStream,
-    text: String,
-    /// Bytes of `text` already handed out.
-    emitted: usize,
-    pending_logprobs: Vec<TokenLogprob>,
     finished: bool,
-    completion_tokens: usize,
+    /// Tokens generated so far.
+    tokens: usize,
 }
 
 /// Token counts for the `usage` object.
@@ -84,14 +86,13 @@ pub struct Collected {
     pub texts: Vec<String>,
     pub logprobs: Vec<Vec<TokenLogprob>>,
     pub finish_reasons: Vec<Option<&'static str>>,
+    pub stop_reasons: Vec<Option<StopReason>>,
 }
 
 pub struct Generation {
-    state: Arc<AppState>,
     tokenizer: Arc<Tokenizer>,
     events: SelectAll<futures_util::stream::BoxStream<'static, (usize, Event)>>,
     choices: Vec<Choice>,
-    stop: Vec<String>,
     want_logprobs: bool,
     pub usage: Usage,
     /// Dynamo's record of this request; dropped with the generation.
@@ -126,7 +127,7 @@ impl Generation {
             state
                 .engine
                 .submit(NewRequest {
-                    id: engine_id.clone(),
+                    id: engine_id,
                     prompt: req.prompt.clone(),
                     params,
                     max_tokens: req.max_tokens,
@@ -135,6 +136,12 @@ impl Generation {
                     record_params: index == 0,
                     arrival: req.arrival,
                     trace_id: trace.as_ref().map(|t| t.trace_id().to_owned()),
+                    detokenizer: Some(Detokenizer::new(
+                        Arc::clone(&tokenizer),
+                        req.skip_special_tokens,
+                        req.stop.clone(),
+                        req.include_stop_str_in_output,
+                    )),
                     events: tx,
                 })
                 .map_err(|e| {
@@ -148,21 +155,14 @@ impl Generation {
                     .boxed(),
             );
             choices.push(Choice {
-                engine_id,
-                decoder: DecodeStream::new(Arc::clone(&tokenizer), true),
-                text: String::new(),
-                emitted: 0,
-                pending_logprobs: Vec::new(),
                 finished: false,
-                completion_tokens: 0,
+                tokens: 0,
             });
         }
         Ok(Generation {
-            state,
             tokenizer,
             events: select_all(streams),
             choices,
-            stop: req.stop,
             want_logprobs: req.params.logprobs.is_some(),
             usage: Usage {
                 prompt_tokens: req.prompt.len(),
@@ -179,6 +179,15 @@ impl Generation {
 
     pub fn wants_logprobs(&self) -> bool {
         self.want_logprobs
+    }
+
+    /// Usage of a stream so far, for a chunk of a choice that has generated `completion_tokens`
+    /// (vLLM's `continuous_usage_stats`).
+    pub fn usage_so_far(&self, completion_tokens: usize) -> Usage {
+        Usage {
+            completion_tokens,
+            ..self.usage
+        }
     }
 
     /// The response went out whole: `bytes` of it.
@@ -199,6 +208,7 @@ impl Generation {
             texts: vec![String::new(); n],
             logprobs: vec![Vec::new(); n],
             finish_reasons: vec![None; n],
+            stop_reasons: vec![None; n],
         };
         while let Some(delta) = self.next().await {
             let d = delta?;
@@ -206,6 +216,7 @@ impl Generation {
             out.logprobs[d.index].extend(d.logprobs);
             if d.finish_reason.is_some() {
                 out.finish_reasons[d.index] = d.finish_reason;
+                out.stop_reasons[d.index] = d.stop_reason;
             }
         }
         Ok(out)
@@ -231,132 +242,75 @@ impl Generation {
                 continue;
             }
             match event {
-                Event::Token(sampled) => {
+                Event::Token { sampled, text } => {
+                    let logprobs = self.logprob(&sampled).into_iter().collect::<Vec<_>>();
                     self.record.tokens(1);
-                    let lp = self.want_logprobs.then(|| TokenLogprob {
-                        token: self.token_text(sampled.token),
-                        logprob: sampled.logprob,
-                        top: sampled
-                            .top_logprobs
-                            .iter()
-                            .map(|(t, l)| (self.token_text(*t), *l))
-                            .collect(),
-                    });
-                    let c = &mut self.choices[index];
-                    c.completion_tokens += 1;
-                    if let Some(piece) = c.decoder.step(sampled.token).ok().flatten() {
-                        c.text.push_str(&piece);
-                    }
-                    c.pending_logprobs.extend(lp);
-                    if let Some(cut) = find_stop(&c.text, &self.stop, c.emitted) {
-                        c.text.truncate(cut);
-                        c.finished = true;
-                        self.state.engine.finish(&c.engine_id, FinishReason::Stop);
-                        self.usage.completion_tokens += c.completion_tokens;
-                        if let Some(t) = &mut self.trace {
-                            let n = c.completion_tokens;
-                            t.choice_finished(
-                                index,
-                                FinishReason::Stop,
-                                None,
-                                self.usage.prompt_tokens,
-                                n,
-                            );
-                        }
-                        return Some(Ok(self.take(index, Some("stop"))));
-                    }
-                    let delta = self.take(index, None);
-                    if !delta.text.is_empty() || !delta.logprobs.is_empty() {
-                        return Some(Ok(delta));
+                    self.choices[index].tokens += 1;
+                    if !text.is_empty() || !logprobs.is_empty() {
+                        return Some(Ok(Delta {
+                            index,
+                            text,
+                            logprobs,
+                            finish_reason: None,
+                            stop_reason: None,
+                            completion_tokens: self.choices[index].tokens,
+                        }));
                     }
                 }
-                Event::Finished {
-                    reason,
-                    prompt_tokens,
-                    completion_tokens,
-                    cached_tokens,
-                    times,
-                } => {
+                Event::Finished(f) => {
+                    let logprobs = f
+                        .last
+                        .as_ref()
+                        .and_then(|s| self.logprob(s))
+                        .into_iter()
+                        .collect();
+                    if f.last.is_some() {
+                        self.record.tokens(1);
+                    }
                     if let Some(t) = &mut self.trace {
                         t.choice_finished(
                             index,
-                            reason,
-                            Some(times),
-                            prompt_tokens,
-                            completion_tokens,
+                            f.reason,
+                            Some(f.times),
+                            f.prompt_tokens,
+                            f.completion_tokens,
                         );
                     }
-                    let c = &mut self.choices[index];
-                    c.finished = true;
-                    self.usage.prompt_tokens = prompt_tokens;
-                    self.usage.cached_tokens = cached_tokens;
-                    self.usage.completion_tokens += completion_tokens;
-                    self.record.set_cached_tokens(cached_tokens);
-                    if reason == FinishReason::Error {
+                    self.choices[index].finished = true;
+                    self.choices[index].tokens = f.completion_tokens;
+                    self.usage.prompt_tokens = f.prompt_tokens;
+                    self.usage.cached_tokens = f.cached_tokens;
+                    self.usage.completion_tokens += f.completion_tokens;
+                    self.record.set_cached_tokens(f.cached_tokens);
+                    if f.reason == FinishReason::Error {
                         self.record.fail_in_backend();
                         return Some(Err(ApiError::unavailable(
                             "the engine failed while running this request",
                         )));
                     }
-                    return Some(Ok(self.take(index, Some(reason.as_str()))));
+                    return Some(Ok(Delta {
+                        index,
+                        text: f.text,
+                        logprobs,
+                        finish_reason: Some(f.reason.as_str()),
+                        stop_reason: f.stop_reason,
+                        completion_tokens: f.completion_tokens,
+                    }));
                 }
             }
         }
     }
 
-    /// Hands out the text of choice `index` that no stop string can still claim (all of it
-    /// once finished).
-    fn take(&mut self, index: usize, finish_reason: Option<&'static str>) -> Delta {
-        let hold = if finish_reason.is_some() {
-            0
-        } else {
-            self.stop
+    /// A sampled token's log-probabilities with token texts, when the client asked for them.
+    fn logprob(&self, sampled: &Sampled) -> Option<TokenLogprob> {
+        self.want_logprobs.then(|| TokenLogprob {
+            token: self.token_text(sampled.token),
+            logprob: sampled.logprob,
+            top: sampled
+                .top_logprobs
                 .iter()
-                .map(|s| s.len().saturating_sub(1))
-                .max()
-                .unwrap_or(0)
-        };
-        let c = &mut self.choices[index];
-        let mut end = c.text.len().saturating_sub(hold).max(c.emitted);
-        while !c.text.is_char_boundary(end) {
-            end -= 1;
-        }
-        let text = c.text[c.emitted..end].to_owned();
-        c.emitted = end;
-        Delta {
-            index,
-            text,
-            logprobs: std::mem::take(&mut c.pending_logprobs),
-            finish_reason,
-        }
-    }
-}
-
-/// Byte offset where the first stop string starts in `text`, searching from a little before
-/// `from` (a stop string may straddle what was already emitted... but never what was emitted
-/// entirely, since emission holds back enough).
-fn find_stop(text: &str, stop: &[String], from: usize) -> Option<usize> {
-    stop.iter()
-        .filter_map(|s| {
-            let mut start = from.saturating_sub(s.len());
-            while !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            text[start..].find(s.as_str()).map(|i| start + i)
+                .map(|(t, l)| (self.token_text(*t), *l))
+                .collect(),
         })
-        .min()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::find_stop;
-
-    #[test]
-    fn stop_strings_are_found_after_the_emitted_part() {
-        let stop = vec!["\n\n".to_owned(), "END".to_owned()];
-        assert_eq!(find_stop("abc\n\nd", &stop, 0), Some(3));
-        assert_eq!(find_stop("abcEN", &stop, 0), None);
-        assert_eq!(find_stop("abcEND", &stop, 4), Some(3));
-        assert_eq!(find_stop("é END", &stop, 1), Some(3));
     }
 }

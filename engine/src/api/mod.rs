@@ -6,6 +6,7 @@ mod chat;
 mod completions;
 pub mod dynamo;
 pub mod error;
+mod fields;
 mod generate;
 pub mod protocol;
 mod stream;

@@ -27,6 +27,15 @@ impl OneOrMany {
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct StreamOptions {
     pub include_usage: Option<bool>,
+    pub continuous_usage_stats: Option<bool>,
+}
+
+/// What a stream reports of usage: a last chunk with the totals (`include_usage`), and the
+/// counts so far on every chunk (`continuous_usage_stats`, vLLM's extension).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StreamUsage {
+    pub include_usage: bool,
+    pub continuous: bool,
 }
 
 /// Parameters shared by completions and chat completions.
@@ -46,6 +55,8 @@ pub struct CommonParams {
     pub stop: Option<OneOrMany>,
     pub stop_token_ids: Option<Vec<u32>>,
     pub ignore_eos: Option<bool>,
+    pub include_stop_str_in_output: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
@@ -105,14 +116,28 @@ impl CommonParams {
         }
     }
 
-    /// `Some(include_usage)` when the client asked for a stream.
-    pub fn streaming(&self) -> Option<bool> {
-        let include_usage = self
-            .stream_options
-            .as_ref()
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        (self.stream == Some(true)).then_some(include_usage)
+    /// Whether the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream == Some(true)
+    }
+
+    /// The stream's usage reporting when the client asked for a stream; `stream_options`
+    /// without `stream: true` is refused, as vLLM refuses it.
+    pub fn streaming(&self) -> Result<Option<StreamUsage>, ApiError> {
+        let options = self.stream_options.clone().unwrap_or_default();
+        if !self.is_stream() {
+            if self.stream_options.is_some() {
+                return Err(ApiError::bad_request(
+                    "Stream options can only be defined when `stream=True`.",
+                    Some("stream_options"),
+                ));
+            }
+            return Ok(None);
+        }
+        Ok(Some(StreamUsage {
+            include_usage: options.include_usage.unwrap_or(false),
+            continuous: options.continuous_usage_stats.unwrap_or(false),
+        }))
     }
 
     pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {

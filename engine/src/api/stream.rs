@@ -11,6 +11,7 @@ use futures_util::stream::{self, Stream};
 use serde_json::Value;
 
 use super::generate::{Delta, Generation, Usage};
+use super::protocol::StreamUsage;
 
 /// How an endpoint shapes its chunks.
 pub trait ChunkFormat: Send + 'static {
@@ -28,12 +29,18 @@ enum Phase {
     End,
 }
 
-pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: bool) -> Response {
-    let preamble = format.preamble(generation.n());
+pub fn sse<F: ChunkFormat>(generation: Generation, format: F, usage: StreamUsage) -> Response {
+    let mut preamble = format.preamble(generation.n());
+    if usage.continuous {
+        for chunk in &mut preamble {
+            chunk["usage"] = generation.usage_so_far(0).to_json();
+        }
+    }
+    let include_usage = usage.include_usage;
     let init = (generation, format, Phase::Preamble(preamble), include_usage);
     let events = stream::unfold(
         init,
-        |(mut generation, format, phase, include_usage)| async move {
+        move |(mut generation, format, phase, include_usage)| async move {
             match phase {
                 Phase::Preamble(mut chunks) => {
                     if chunks.is_empty() {
@@ -47,7 +54,11 @@ pub fn sse<F: ChunkFormat>(generation: Generation, format: F, include_usage: boo
                 }
                 Phase::Tokens => match generation.next().await {
                     Some(Ok(delta)) => {
-                        let chunk = format.chunk(&delta);
+                        let mut chunk = format.chunk(&delta);
+                        if usage.continuous {
+                            chunk["usage"] =
+                                generation.usage_so_far(delta.completion_tokens).to_json();
+                        }
                         Some((
                             Some(data(&mut generation, &chunk)),
                             (generation, format, Phase::Tokens, include_usage),

@@ -8,7 +8,7 @@ mod params;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-pub use params::{SamplingError, SamplingParams};
+pub use params::{SamplingError, SamplingParams, TokenStop};
 
 /// Temperatures below this are greedy (vLLM's `_SAMPLING_EPS`).
 pub const GREEDY_EPS: f32 = 1e-5;

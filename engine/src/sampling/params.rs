@@ -1,6 +1,15 @@
 //! Sampling parameters, with the same meanings, defaults and limits as vLLM's `SamplingParams`.
 
 /// How to pick tokens for one request.
+/// Which kind of token ended a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenStop {
+    /// The model's end of sequence (vLLM reports no `stop_reason`).
+    Eos,
+    /// One of the request's `stop_token_ids` (its `stop_reason`).
+    StopTokenId,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 (or below 1e-5) is greedy.
@@ -107,8 +116,15 @@ impl SamplingParams {
         Ok(())
     }
 
-    /// Whether `token` ends generation, given the model's EOS ids.
-    pub fn is_stop_token(&self, token: u32, eos_token_ids: &[u32]) -> bool {
-        (!self.ignore_eos && eos_token_ids.contains(&token)) || self.stop_token_ids.contains(&token)
+    /// Whether `token` ends generation, given the model's EOS ids, and by what (vLLM's
+    /// `check_stop`: the model's EOS first, unless ignored, then `stop_token_ids`).
+    pub fn token_stop(&self, token: u32, eos_token_ids: &[u32]) -> Option<TokenStop> {
+        if !self.ignore_eos && eos_token_ids.contains(&token) {
+            Some(TokenStop::Eos)
+        } else if self.stop_token_ids.contains(&token) {
+            Some(TokenStop::StopTokenId)
+        } else {
+            None
+        }
     }
 }

@@ -157,9 +157,15 @@ fn validation_names_the_field() {
 #[test]
 fn stop_tokens() {
     let p = params(|p| p.stop_token_ids = vec![9]);
-    assert!(p.is_stop_token(2, &[2]));
-    assert!(p.is_stop_token(9, &[2]));
-    assert!(!p.is_stop_token(3, &[2]));
+    assert_eq!(p.token_stop(2, &[2]), Some(TokenStop::Eos));
+    assert_eq!(p.token_stop(9, &[2]), Some(TokenStop::StopTokenId));
+    assert_eq!(p.token_stop(3, &[2]), None);
+    let p = params(|p| {
+        p.ignore_eos = true;
+        p.stop_token_ids = vec![2];
+    });
+    // EOS ignored, but listed as a stop token id: it stops, with a stop reason (vLLM).
+    assert_eq!(p.token_stop(2, &[2]), Some(TokenStop::StopTokenId));
     let p = params(|p| p.ignore_eos = true);
-    assert!(!p.is_stop_token(2, &[2]));
+    assert_eq!(p.token_stop(2, &[2]), None);
 }

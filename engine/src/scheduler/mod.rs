@@ -8,11 +8,11 @@ pub mod request;
 use std::collections::VecDeque;
 use std::time::Instant;
 
-pub use request::{FinishReason, Request, Status};
+pub use request::{FinishReason, Request, Status, StopReason};
 
 use crate::backend::{Backend, BackendError, LogitsFor, SeqInput};
 use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
-use crate::sampling::Sampled;
+use crate::sampling::{Sampled, TokenStop};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -45,6 +45,11 @@ pub struct StepStats {
     pub num_prompt_tokens: usize,
     /// Tokens generated this step.
     pub num_generated: usize,
+    /// vLLM's iteration tokens (`IterationStats`, `vllm/v1/metrics/stats.py`): the tokens
+    /// generated this step, plus the computed (uncached) prompt tokens of each request whose
+    /// first token this is. A prompt counts once, whole, in the step that ends its prefill (not
+    /// chunk by chunk, and not again when a preempted request is recomputed).
+    pub iteration_tokens: usize,
     pub num_preempted: usize,
     /// Prefix-cache lookups of newly admitted, never-preempted requests, in tokens.
     pub prefix_queries: usize,
@@ -270,11 +275,19 @@ impl Scheduler {
             let previous = req.times.last_token;
             req.push_token(&sampled, now);
             stats.num_generated += 1;
-            let reason = if req
+            stats.iteration_tokens += 1;
+            if previous.is_none() {
+                let cached = req.num_cached_tokens.unwrap_or(0);
+                stats.iteration_tokens += req.prompt_len.saturating_sub(cached);
+            }
+            let token_stop = req
                 .sampler
                 .params()
-                .is_stop_token(sampled.token, &self.eos_token_ids)
-            {
+                .token_stop(sampled.token, &self.eos_token_ids);
+            if token_stop == Some(TokenStop::StopTokenId) {
+                req.stop_reason = Some(StopReason::Token(sampled.token));
+            }
+            let reason = if token_stop.is_some() {
                 Some(FinishReason::Stop)
             } else if req.num_output_tokens() >= req.max_tokens
                 || req.tokens.len() >= self.config.max_model_len

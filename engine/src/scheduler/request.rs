@@ -26,6 +26,24 @@ impl FinishReason {
     }
 }
 
+/// What stopped a request that finished with [`FinishReason::Stop`], as vLLM's `stop_reason`
+/// reports it: a stop token id from `stop_token_ids`, or a matched stop string. The model's own
+/// EOS token has none (vLLM's `null`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    Token(u32),
+    Text(String),
+}
+
+impl StopReason {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            StopReason::Token(t) => serde_json::Value::from(*t),
+            StopReason::Text(s) => serde_json::Value::from(s.as_str()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Waiting,
@@ -60,6 +78,8 @@ pub struct Request {
     /// Prompt tokens served from the prefix cache at first admission (`None` before it).
     pub num_cached_tokens: Option<usize>,
     pub num_preemptions: u32,
+    /// Set when a stop token id or a stop string ended it.
+    pub stop_reason: Option<StopReason>,
     pub times: Timestamps,
     /// The request's trace id, when tracing is on: its exemplars carry it.
     pub trace_id: Option<String>,
@@ -84,6 +104,7 @@ impl Request {
             blocks: RequestBlocks::default(),
             num_cached_tokens: None,
             num_preemptions: 0,
+            stop_reason: None,
             times: Timestamps {
                 arrival,
                 queued: Instant::now(),

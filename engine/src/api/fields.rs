@@ -1,0 +1,499 @@
+//! Every request field vLLM's `CompletionRequest` and `ChatCompletionRequest`
+//! (`vllm/entrypoints/openai/protocol.py`) accept, and what Vigil does with each: it works, or
+//! it is refused with a 400 that names it, unless the request leaves it at vLLM's default. No
+//! field vLLM acts on is ignored silently. Fields vLLM does not know either are ignored with a
+//! warning in the log, as vLLM does (clients send their own extras), except OpenAI's function
+//! calling, which a client would expect to act.
+
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// Which endpoint a body was sent to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Completions,
+    Chat,
+}
+
+enum Support {
+    /// Implemented (parsed and validated by the endpoint).
+    Works,
+    /// Refused unless absent, `null`, or one of these JSON values (vLLM's defaults, and values
+    /// that ask for nothing).
+    Refused {
+        defaults: &'static [&'static str],
+        why: &'static str,
+    },
+}
+
+use Support::{Refused, Works};
+
+const BOTH: &[Endpoint] = &[Endpoint::Completions, Endpoint::Chat];
+const COMPLETIONS: &[Endpoint] = &[Endpoint::Completions];
+const CHAT: &[Endpoint] = &[Endpoint::Chat];
+
+const NOT_YET: &str = "is not supported by this server";
+const STRUCTURED: &str =
+    "is not supported by this server: it does not constrain its output (structured outputs)";
+
+/// The fields, with the endpoints that take them.
+const FIELDS: &[(&str, &[Endpoint], Support)] = &[
+    ("model", BOTH, Works),
+    ("prompt", COMPLETIONS, Works),
+    ("messages", CHAT, Works),
+    ("max_tokens", BOTH, Works),
+    ("max_completion_tokens", CHAT, Works),
+    ("temperature", BOTH, Works),
+    ("top_p", BOTH, Works),
+    ("top_k", BOTH, Works),
+    ("min_p", BOTH, Works),
+    ("seed", BOTH, Works),
+    ("n", BOTH, Works),
+    ("presence_penalty", BOTH, Works),
+    ("frequency_penalty", BOTH, Works),
+    ("repetition_penalty", BOTH, Works),
+    ("stop", BOTH, Works),
+    ("stop_token_ids", BOTH, Works),
+    ("ignore_eos", BOTH, Works),
+    ("include_stop_str_in_output", BOTH, Works),
+    ("skip_special_tokens", BOTH, Works),
+    ("add_special_tokens", BOTH, Works),
+    ("stream", BOTH, Works),
+    ("stream_options", BOTH, Works),
+    ("logprobs", BOTH, Works),
+    ("top_logprobs", CHAT, Works),
+    ("echo", COMPLETIONS, Works),
+    ("add_generation_prompt", CHAT, Works),
+    // OpenAI's end-user id: vLLM takes it and does nothing with it either.
+    ("user", BOTH, Works),
+    (
+        "suffix",
+        COMPLETIONS,
+        Refused {
+            defaults: &["\"\""],
+            why: "suffix is not currently supported",
+        },
+    ),
+    (
+        "echo",
+        CHAT,
+        Refused {
+            defaults: &["false"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "best_of",
+        BOTH,
+        Refused {
+            defaults: &["1"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "use_beam_search",
+        BOTH,
+        Refused {
+            defaults: &["false"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "length_penalty",
+        BOTH,
+        Refused {
+            defaults: &["1", "1.0"],
+            why: "only applies to beam search, which is not supported by this server",
+        },
+    ),
+    (
+        "logit_bias",
+        BOTH,
+        Refused {
+            defaults: &["{}"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "allowed_token_ids",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "bad_words",
+        BOTH,
+        Refused {
+            defaults: &["[]"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "min_tokens",
+        BOTH,
+        Refused {
+            defaults: &["0"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "truncate_prompt_tokens",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "spaces_between_special_tokens",
+        BOTH,
+        Refused {
+            defaults: &["true"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "priority",
+        BOTH,
+        Refused {
+            defaults: &["0"],
+            why: "needs priority scheduling, which is not enabled",
+        },
+    ),
+    (
+        "request_id",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "logits_processors",
+        BOTH,
+        Refused {
+            defaults: &["[]"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "return_tokens_as_token_ids",
+        BOTH,
+        Refused {
+            defaults: &["false"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "return_token_ids",
+        BOTH,
+        Refused {
+            defaults: &["false"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "cache_salt",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "kv_transfer_params",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: "needs a KV connector, which this server does not have",
+        },
+    ),
+    (
+        "vllm_xargs",
+        BOTH,
+        Refused {
+            defaults: &["{}"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "prompt_logprobs",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "prompt_embeds",
+        COMPLETIONS,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "response_format",
+        BOTH,
+        Refused {
+            defaults: &["{\"type\":\"text\"}"],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "structured_outputs",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "guided_json",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "guided_regex",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "guided_choice",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "guided_grammar",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "guided_decoding_backend",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    (
+        "guided_whitespace_pattern",
+        BOTH,
+        Refused {
+            defaults: &[],
+            why: STRUCTURED,
+        },
+    ),
+    // Tools are checked together with tool_choice (see `check_tools`).
+    ("tools", CHAT, Works),
+    ("tool_choice", CHAT, Works),
+    ("parallel_tool_calls", CHAT, Works),
+    (
+        "reasoning_effort",
+        CHAT,
+        Refused {
+            defaults: &[],
+            why: "needs a reasoning parser, which this server does not have",
+        },
+    ),
+    (
+        "include_reasoning",
+        CHAT,
+        Refused {
+            defaults: &["true"],
+            why: "needs a reasoning parser, which this server does not have",
+        },
+    ),
+    (
+        "continue_final_message",
+        CHAT,
+        Refused {
+            defaults: &["false"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "documents",
+        CHAT,
+        Refused {
+            defaults: &["[]"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "chat_template",
+        CHAT,
+        Refused {
+            defaults: &[],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "chat_template_kwargs",
+        CHAT,
+        Refused {
+            defaults: &["{}"],
+            why: NOT_YET,
+        },
+    ),
+    (
+        "mm_processor_kwargs",
+        CHAT,
+        Refused {
+            defaults: &["{}"],
+            why: "multi-modal input is not supported by this server",
+        },
+    ),
+];
+
+/// OpenAI fields vLLM does not know but a client would expect to act.
+const EXPECTED_TO_ACT: &[&str] = &["functions", "function_call"];
+
+/// Checks every field of a request body against what Vigil does with it.
+pub fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
+    let Some(fields) = body.as_object() else {
+        return Ok(()); // the endpoint's own parse reports a body that is not an object
+    };
+    let mut ignored = Vec::new();
+    for (name, value) in fields {
+        let known = FIELDS
+            .iter()
+            .find(|(n, endpoints, _)| n == name && endpoints.contains(&endpoint));
+        match known {
+            Some((_, _, Works)) => {}
+            Some((_, _, Refused { defaults, why })) => {
+                let is_default = value.is_null()
+                    || defaults
+                        .iter()
+                        .any(|d| serde_json::from_str::<Value>(d).ok().as_ref() == Some(value));
+                if !is_default {
+                    return Err(ApiError::bad_request(
+                        format!("`{name}` {why}"),
+                        Some(name.as_str()),
+                    ));
+                }
+            }
+            None if EXPECTED_TO_ACT.contains(&name.as_str()) && !value.is_null() => {
+                return Err(ApiError::bad_request(
+                    format!("`{name}` is not supported (use `tools` and `tool_choice`)"),
+                    Some(name.as_str()),
+                ));
+            }
+            None => ignored.push(name.as_str()),
+        }
+    }
+    if !ignored.is_empty() {
+        tracing::warn!(
+            fields = ?ignored,
+            "The following fields were present in the request but ignored"
+        );
+    }
+    if endpoint == Endpoint::Chat {
+        check_tools(fields)?;
+    }
+    Ok(())
+}
+
+/// `tools` are accepted only with `tool_choice: "none"` (no tool is called): any other choice,
+/// including the default `auto` when tools are given, needs tool calling.
+fn check_tools(fields: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let has_tools = fields
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
+    let choice = fields.get("tool_choice").filter(|c| !c.is_null());
+    match (has_tools, choice) {
+        (_, Some(c)) if c == "none" => Ok(()),
+        (false, None) => Ok(()),
+        (true, None) => Err(ApiError::bad_request(
+            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
+            Some("tool_choice"),
+        )),
+        (_, Some(c)) => Err(ApiError::bad_request(
+            format!("tool_choice {c} is not supported by this server: it does not call tools (only \"none\" is)"),
+            Some("tool_choice"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{check, Endpoint, FIELDS};
+
+    #[test]
+    fn defaults_pass_and_anything_else_is_refused_by_name() {
+        let ok = json!({"prompt": "x", "suffix": null, "best_of": 1, "logit_bias": {}, "min_tokens": 0,
+                        "response_format": {"type": "text"}, "priority": 0, "user": "u", "some_client_extra": 1});
+        assert!(check(&ok, Endpoint::Completions).is_ok());
+        for (field, value) in [
+            ("suffix", json!("!")),
+            ("best_of", json!(2)),
+            ("logit_bias", json!({"5": 10})),
+            ("min_tokens", json!(3)),
+            ("response_format", json!({"type": "json_object"})),
+            ("guided_json", json!({})),
+            ("priority", json!(1)),
+            ("functions", json!([])),
+        ] {
+            let err = check(&json!({"prompt": "x", field: value}), Endpoint::Completions)
+                .expect_err(field);
+            assert_eq!(err.param.as_deref(), Some(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn tools_need_tool_choice_none() {
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
+        let chat = |extra: serde_json::Value| {
+            let mut body = json!({"messages": [], "tools": tools});
+            body.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            check(&body, Endpoint::Chat)
+        };
+        assert!(chat(json!({"tool_choice": "none"})).is_ok());
+        assert!(chat(json!({})).is_err());
+        assert!(chat(json!({"tool_choice": "auto"})).is_err());
+        assert!(chat(json!({"tool_choice": "required"})).is_err());
+        assert!(
+            chat(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}})).is_err()
+        );
+        assert!(check(
+            &json!({"messages": [], "tool_choice": "none"}),
+            Endpoint::Chat
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn every_field_is_listed_once_per_endpoint() {
+        for e in [Endpoint::Completions, Endpoint::Chat] {
+            let mut names: Vec<&str> = FIELDS
+                .iter()
+                .filter(|(_, es, _)| es.contains(&e))
+                .map(|(n, _, _)| *n)
+                .collect();
+            let before = names.len();
+            names.sort_unstable();
+            names.dedup();
+            assert_eq!(names.len(), before, "{e:?}");
+        }
+    }
+}
