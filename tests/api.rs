@@ -469,9 +469,277 @@ fn api_key_protects_v1() {
         &[("Authorization", "Bearer sekret")],
     );
     assert_eq!(s, 200);
+    // The scheme is matched in any case (RFC 9110), the key exactly.
+    for scheme in ["bearer", "BEARER"] {
+        let auth = format!("{scheme} sekret");
+        let (s, _) = http_post(
+            &v.url("/v1/completions"),
+            body.as_bytes(),
+            &[("Authorization", &auth)],
+        );
+        assert_eq!(s, 200, "{scheme}");
+    }
+    let (s, _) = http_post(
+        &v.url("/v1/completions"),
+        body.as_bytes(),
+        &[("Authorization", "Bearer SEKRET")],
+    );
+    assert_eq!(s, 401);
+    // A CORS preflight carries no credentials: the key check lets OPTIONS through.
+    let reply = raw_http(
+        &v,
+        "OPTIONS /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(!reply.starts_with("HTTP/1.1 401"), "{reply}");
     // Health and metrics stay open.
     assert_eq!(v.get("/health", None).0, 200);
     assert_eq!(v.get("/metrics", None).0, 200);
+
+    // An empty key is no key, as in vLLM.
+    let open = Vigil::serve(&["--api-key", ""]);
+    let (s, _) = http_post(&open.url("/v1/completions"), body.as_bytes(), &[]);
+    assert_eq!(s, 200);
+}
+
+/// Unknown routes and wrong methods answer in vLLM's JSON error envelope (its HTTPException
+/// handler: the status phrase as message and type).
+#[test]
+fn routing_errors_are_json() {
+    let v = Vigil::serve(&[]);
+    let (s, _, body) = v.get("/v1/nothing-here", None);
+    let b: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s, 404);
+    assert_eq!(
+        b,
+        json!({"error": {"message": "Not Found", "type": "Not Found", "param": null, "code": 404}})
+    );
+    let (s, _, body) = v.get("/v1/completions", None);
+    let b: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s, 405);
+    assert_eq!(
+        b,
+        json!({"error": {"message": "Method Not Allowed", "type": "Method Not Allowed", "param": null, "code": 405}})
+    );
+}
+
+/// `echo` puts the prompt before the output; with `logprobs`, the prompt tokens' own
+/// log-probabilities lead the list, the first `null` (lm-eval-harness scores loglikelihood
+/// from exactly these). Each prompt token's log-probability is checked against the model's
+/// distribution after the tokens before it, asked for by a plain request.
+#[test]
+fn echo_returns_the_prompt_and_its_logprobs() {
+    let v = Vigil::serve(&[]);
+    let prompt = [504u32, 3575, 282, 4649, 314];
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 2, "temperature": 0, "echo": true, "logprobs": 1}),
+    );
+    assert_eq!(s, 200, "{b}");
+    let (_, plain) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 2, "temperature": 0, "logprobs": 1}),
+    );
+    let c = &b["choices"][0];
+    let text = c["text"].as_str().unwrap();
+    let plain_text = plain["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(text, format!("The capital of France is{plain_text}"), "{b}");
+    let lp = &c["logprobs"];
+    let tokens = lp["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), prompt.len() + 2, "{b}");
+    assert_eq!(tokens[0], "The");
+    assert!(lp["token_logprobs"][0].is_null(), "{b}");
+    assert!(lp["top_logprobs"][0].is_null(), "{b}");
+    // The text offsets walk the tokens' texts.
+    let offsets: Vec<u64> = lp["text_offset"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o.as_u64().unwrap())
+        .collect();
+    assert_eq!(offsets[0], 0);
+    for k in 1..tokens.len() {
+        let len = tokens[k - 1].as_str().unwrap().len() as u64;
+        assert_eq!(offsets[k], offsets[k - 1] + len);
+    }
+    // Prompt token k's log-probability is the model's for it after tokens 0..k, read from the
+    // top 20 of a plain request for that prefix (every position where the token is there; the
+    // sentence is predictable enough that most are).
+    let sentence = "The capital of France is Paris. The capital of Germany is Berlin.";
+    let (_, echoed) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": sentence, "max_tokens": 1, "temperature": 0, "echo": true, "logprobs": 1}),
+    );
+    let ids = post(&v, "/tokenize", json!({"prompt": sentence})).1["tokens"].clone();
+    let ids: Vec<u64> = ids
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
+    let elp = &echoed["choices"][0]["logprobs"];
+    let mut checked = 0;
+    for k in 1..ids.len() {
+        let (_, next) = post(
+            &v,
+            "/v1/completions",
+            json!({"prompt": &ids[..k], "max_tokens": 1, "temperature": 0, "logprobs": 20}),
+        );
+        let top = &next["choices"][0]["logprobs"]["top_logprobs"][0];
+        if let Some(want) = top[elp["tokens"][k].as_str().unwrap()].as_f64() {
+            let got = elp["token_logprobs"][k].as_f64().unwrap();
+            // Batches of different shapes round differently (Q8 weights and activations: a
+            // few hundredths of a nat here; a row off by one position is off by whole nats).
+            assert!((got - want).abs() < 0.15, "token {k}: {got} vs {want}");
+            checked += 1;
+        }
+    }
+    assert!(
+        checked * 2 >= ids.len(),
+        "only {checked} of {} positions",
+        ids.len()
+    );
+    // The generated tokens' log-probabilities are those of the plain request.
+    let plain_lp = &plain["choices"][0]["logprobs"]["token_logprobs"];
+    for j in 0..2 {
+        let got = lp["token_logprobs"][prompt.len() + j].as_f64().unwrap();
+        let want = plain_lp[j].as_f64().unwrap();
+        assert!((got - want).abs() < 0.15, "output {j}: {got} vs {want}");
+    }
+    // Echo without logprobs, streamed: the first chunk leads with the prompt.
+    let req = json!({"prompt": "The capital of France is", "max_tokens": 2, "temperature": 0, "echo": true, "stream": true});
+    let (_, streamed) = http_post(&v.url("/v1/completions"), req.to_string().as_bytes(), &[]);
+    let chunks = sse_chunks(&streamed);
+    assert!(chunks[0]["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("The capital of France is"));
+    let whole: String = chunks
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(whole, text);
+}
+
+/// A list of prompts (strings, or lists of token ids): each prompt gets `n` choices, indexed
+/// prompt by prompt (vLLM: choice `i` of prompt `p` is `p * n + i`), and usage counts each
+/// prompt once.
+#[test]
+fn a_list_of_prompts_gets_n_choices_each() {
+    let v = Vigil::serve(&[]);
+    let prompts = ["The capital of France is", "def fibonacci(n):"];
+    let single: Vec<(String, u64)> = prompts
+        .iter()
+        .map(|p| {
+            let (_, b) = post(
+                &v,
+                "/v1/completions",
+                json!({"prompt": p, "max_tokens": 4, "temperature": 0}),
+            );
+            (
+                b["choices"][0]["text"].as_str().unwrap().to_owned(),
+                b["usage"]["prompt_tokens"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let token_lists: Vec<Value> = prompts
+        .iter()
+        .map(|p| post(&v, "/tokenize", json!({"prompt": p})).1["tokens"].clone())
+        .collect();
+    for prompt in [json!(prompts), json!(token_lists)] {
+        let (s, b) = post(
+            &v,
+            "/v1/completions",
+            json!({"prompt": prompt, "max_tokens": 4, "temperature": 0, "n": 2}),
+        );
+        assert_eq!(s, 200, "{b}");
+        let choices = b["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 4, "{b}");
+        for (i, c) in choices.iter().enumerate() {
+            assert_eq!(c["index"], i);
+            assert_eq!(c["text"], single[i / 2].0, "{b}");
+        }
+        let prompt_tokens: u64 = single.iter().map(|s| s.1).sum();
+        assert_eq!(b["usage"]["prompt_tokens"], prompt_tokens, "{b}");
+        assert_eq!(b["usage"]["completion_tokens"], 16, "{b}");
+    }
+}
+
+/// Request fields vLLM acts on that Vigil does not implement are refused by name (never
+/// ignored), unless left at vLLM's default.
+#[test]
+fn unsupported_fields_are_refused_by_name() {
+    let v = Vigil::serve(&[]);
+    let msg = json!([{"role": "user", "content": "Hi"}]);
+    let tools =
+        json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    for (path, body, field) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "suffix": "y"}),
+            "suffix",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msg, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msg, "tools": tools}),
+            "tool_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msg, "tools": tools, "tool_choice": "required"}),
+            "tool_choice",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "guided_regex": "a+"}),
+            "guided_regex",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "logit_bias": {"5": 3}}),
+            "logit_bias",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msg, "functions": [{"name": "f"}]}),
+            "functions",
+        ),
+    ] {
+        let (s, b) = post(&v, path, body);
+        let needle = if field == "tool_choice" {
+            "tool"
+        } else {
+            field
+        };
+        assert_error(s, &b, 400, needle);
+        assert_eq!(b["error"]["param"], field, "{b}");
+    }
+    // Defaults, and tools that will not be called, are fine.
+    for (path, body) in [
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 1, "suffix": null, "response_format": {"type": "text"}, "best_of": 1, "logit_bias": {}}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msg, "max_tokens": 1, "tools": tools, "tool_choice": "none"}),
+        ),
+    ] {
+        let (s, b) = post(&v, path, body);
+        assert_eq!(s, 200, "{b}");
+    }
 }
 
 #[test]
@@ -539,6 +807,30 @@ fn models_tokenize_detokenize() {
     );
     assert_eq!(s, 200);
     assert_eq!(b["prompt"], "The capital of France is");
+    // One model's card, or vLLM's 404.
+    let (s, _, body) = v.get("/v1/models/alias", None);
+    assert_eq!(s, 200);
+    let card: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(card["id"], "alias");
+    assert_eq!(card["object"], "model");
+    let (s, _, body) = v.get("/v1/models/other", None);
+    assert_error(s, &serde_json::from_str(&body).unwrap(), 404, "other");
+    // Tokenizing chat messages gives the tokens a chat request with them runs on.
+    let msg = json!([{"role": "user", "content": "Say hello."}]);
+    let (s, b) = post(&v, "/tokenize", json!({"messages": msg}));
+    assert_eq!(s, 200, "{b}");
+    let (_, chat) = post(
+        &v,
+        "/v1/chat/completions",
+        json!({"messages": msg, "max_tokens": 1}),
+    );
+    assert_eq!(b["count"], chat["usage"]["prompt_tokens"], "{b} {chat}");
+    let (_, without) = post(
+        &v,
+        "/tokenize",
+        json!({"messages": msg, "add_generation_prompt": false}),
+    );
+    assert!(without["count"].as_u64() < b["count"].as_u64(), "{without}");
     let (s, b) = post(
         &v,
         "/v1/completions",

@@ -34,12 +34,17 @@ pub struct NewRequest {
     /// Turns the output into text and ends the request at a stop string (none: no text, as
     /// for token-only clients and tests).
     pub detokenizer: Option<Detokenizer>,
+    /// Report the prompt tokens' log-probabilities, with this many alternatives each.
+    pub prompt_logprobs: Option<usize>,
     pub events: UnboundedSender<Event>,
 }
 
 /// What a request's handler hears back: a token per step, then one [`Finished`].
 #[derive(Debug)]
 pub enum Event {
+    /// Log-probabilities of prompt tokens (positions 1.. in order, over one or more events,
+    /// before the first token), when asked for.
+    PromptLogprobs(Vec<Sampled>),
     /// A token of a request that goes on, with the text it released.
     Token {
         sampled: Sampled,
@@ -263,10 +268,13 @@ impl Core<'_> {
     fn emit(&mut self, out: StepOutput) {
         let mut finished = out.finished;
         for u in out.updates {
-            let Some(sampled) = u.token else { continue };
             let Some(meta) = self.meta.get_mut(&u.id) else {
                 continue;
             };
+            if !u.prompt_logprobs.is_empty() {
+                let _ = meta.events.send(Event::PromptLogprobs(u.prompt_logprobs));
+            }
+            let Some(sampled) = u.token else { continue };
             let stop = meta
                 .detokenizer
                 .as_mut()
@@ -313,6 +321,7 @@ impl Core<'_> {
                 let mut req =
                     Request::new(r.id.clone(), r.prompt, r.max_tokens, sampler, r.arrival);
                 req.trace_id = r.trace_id;
+                req.prompt_logprobs = r.prompt_logprobs;
                 self.meta.insert(
                     r.id,
                     Meta {
@@ -400,6 +409,7 @@ mod tests {
             arrival: Instant::now(),
             trace_id: None,
             detokenizer: None,
+            prompt_logprobs: None,
             events,
         }
     }
@@ -527,6 +537,7 @@ mod tests {
         while let Some(event) = rx.blocking_recv() {
             match event {
                 Event::Token { sampled, .. } => tokens.push(sampled.token),
+                Event::PromptLogprobs(_) => panic!("not asked for"),
                 Event::Finished(f) => {
                     tokens.extend(f.last.map(|s| s.token));
                     break;

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
 use super::fields::{self, Endpoint};
-use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
+use super::generate::{Delta, GenRequest, Generation, PromptIn, TokenLogprob, Usage};
 use super::protocol::ChatRequest;
 use super::protocol::CommonParams;
 use super::stream::{delivered, sse, ChunkFormat};
@@ -86,7 +86,7 @@ fn prepare(
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let prompt = state
         .tokenizer
-        .encode(&text, false)
+        .encode(&text, common.add_special_tokens.unwrap_or(false))
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let logprobs = match (req.logprobs, req.top_logprobs) {
         (Some(true), top) => Some(top.unwrap_or(0)),
@@ -105,9 +105,12 @@ fn prepare(
     let id = request_id("chatcmpl");
     Ok(GenRequest {
         request_id: id.clone(),
-        prompt,
+        prompts: vec![PromptIn {
+            tokens: prompt,
+            max_tokens,
+            echo: None,
+        }],
         params,
-        max_tokens,
         max_tokens_param: max_param.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,
@@ -120,7 +123,7 @@ fn prepare(
 fn logprobs_json(lps: &[TokenLogprob]) -> Value {
     let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
     json!({"content": lps.iter().map(|lp| {
-        let mut e = entry(&lp.token, lp.logprob);
+        let mut e = entry(&lp.token, lp.logprob.unwrap_or(f32::NAN));
         e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect::<Vec<_>>().into();
         e
     }).collect::<Vec<_>>()})

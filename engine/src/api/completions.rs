@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
 use super::fields::{self, Endpoint};
-use super::generate::{Delta, GenRequest, Generation, TokenLogprob, Usage};
+use super::generate::{Delta, GenRequest, Generation, PromptIn, TokenLogprob, Usage};
 use super::protocol::CommonParams;
 use super::protocol::{CompletionRequest, Prompt};
 use super::stream::{delivered, sse, ChunkFormat};
@@ -66,38 +66,58 @@ fn prepare(
     req: &CompletionRequest,
     arrival: Instant,
 ) -> Result<GenRequest, ApiError> {
-    let prompt = match &req.prompt {
-        Prompt::Text(t) => state
+    let add_special = common.add_special_tokens.unwrap_or(true);
+    let encode = |text: &str| {
+        state
             .tokenizer
-            .encode(t, true)
-            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
-        Prompt::Texts(v) if v.len() == 1 => state
-            .tokenizer
-            .encode(&v[0], true)
-            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
-        Prompt::Texts(_) => {
-            return Err(ApiError::bad_request(
-                "only one prompt per request is supported",
-                Some("prompt"),
-            ))
-        }
-        Prompt::Tokens(ids) => {
-            state.check_token_ids(ids, "prompt")?;
-            ids.clone()
-        }
+            .encode(text, add_special)
+            .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))
     };
-    if req.echo == Some(true) {
-        return Err(ApiError::bad_request("echo is not supported", Some("echo")));
+    // Each prompt's tokens, and its text as given (or decoded, for token prompts) for `echo`.
+    let prompts: Vec<(Vec<u32>, Option<String>)> = match &req.prompt {
+        Prompt::Text(t) => vec![(encode(t)?, Some(t.clone()))],
+        Prompt::Texts(v) => v
+            .iter()
+            .map(|t| Ok((encode(t)?, Some(t.clone()))))
+            .collect::<Result<_, ApiError>>()?,
+        Prompt::Tokens(ids) => vec![(ids.clone(), None)],
+        Prompt::TokenLists(lists) => lists.iter().map(|ids| (ids.clone(), None)).collect(),
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request(
+            "prompt must not be an empty list",
+            Some("prompt"),
+        ));
     }
+    let echo = req.echo == Some(true);
+    let prompts = prompts
+        .into_iter()
+        .map(|(tokens, text)| {
+            state.check_token_ids(&tokens, "prompt")?;
+            let max_tokens = state.output_budget(tokens.len(), common.max_tokens)?;
+            let echo = match (echo, text) {
+                (false, _) => None,
+                (true, Some(text)) => Some(text),
+                (true, None) => Some(
+                    state
+                        .tokenizer
+                        .decode(&tokens, false)
+                        .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?,
+                ),
+            };
+            Ok(PromptIn {
+                tokens,
+                max_tokens,
+                echo,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
     let params = common.sampling(req.logprobs)?;
-    let max_tokens = state.output_budget(prompt.len(), common.max_tokens)?;
     let n = common.n()?;
-    let id = request_id("cmpl");
     Ok(GenRequest {
-        request_id: id.clone(),
-        prompt,
+        request_id: request_id("cmpl"),
+        prompts,
         params,
-        max_tokens,
         max_tokens_param: common.max_tokens.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,
@@ -107,6 +127,8 @@ fn prepare(
     })
 }
 
+/// vLLM's completion logprobs: per token its text, log-probability and alternatives (`null`
+/// for an echoed prompt's first token), and each token's offset in the choice's text.
 fn logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
     let mut text_offset = Vec::new();
     let mut at = offset;
@@ -114,10 +136,19 @@ fn logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
         text_offset.push(at);
         at += lp.token.len();
     }
+    let top = |lp: &TokenLogprob| match lp.logprob {
+        None => Value::Null,
+        Some(_) => lp
+            .top
+            .iter()
+            .map(|(t, p)| (t.clone(), json!(p)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    };
     json!({
         "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
         "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(|l| l.top.iter().map(|(t, p)| (t.clone(), json!(p))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+        "top_logprobs": lps.iter().map(top).collect::<Vec<_>>(),
         "text_offset": text_offset,
     })
 }

@@ -37,6 +37,16 @@ impl ApiError {
         }
     }
 
+    /// A request no route answers (404) or a method a route does not take (405), in vLLM's
+    /// envelope (its `HTTPException` handler: the status phrase as message and type).
+    pub fn route(status: StatusCode) -> ApiError {
+        ApiError {
+            status,
+            message: status.canonical_reason().unwrap_or("Error").to_owned(),
+            param: None,
+        }
+    }
+
     pub fn unauthorized() -> ApiError {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
@@ -45,15 +55,21 @@ impl ApiError {
         }
     }
 
-    /// vLLM's error type names.
+    /// vLLM's error type names (a routing error's is its status phrase).
     fn kind(&self) -> &'static str {
         match self.status {
             StatusCode::BAD_REQUEST => "BadRequestError",
+            StatusCode::NOT_FOUND if self.is_routing() => "Not Found",
             StatusCode::NOT_FOUND => "NotFoundError",
+            StatusCode::METHOD_NOT_ALLOWED => "Method Not Allowed",
             StatusCode::UNAUTHORIZED => "AuthenticationError",
             StatusCode::PAYLOAD_TOO_LARGE => "BadRequestError",
             _ => "InternalServerError",
         }
+    }
+
+    fn is_routing(&self) -> bool {
+        Some(self.message.as_str()) == self.status.canonical_reason()
     }
 
     pub fn body(&self) -> serde_json::Value {

@@ -20,12 +20,22 @@ use crate::scheduler::{FinishReason, StopReason};
 use crate::tokenizer::Tokenizer;
 use crate::traces::RequestTrace;
 
-/// What a client request asks of the engine.
+/// One prompt of a client request (a completions request may send a list).
+pub struct PromptIn {
+    pub tokens: Vec<u32>,
+    /// Tokens to generate at most for it (capped by the context left after it).
+    pub max_tokens: usize,
+    /// With `echo`: the prompt's text, which leads each of its choices' output (and, with
+    /// `logprobs`, its tokens' log-probabilities lead theirs).
+    pub echo: Option<String>,
+}
+
+/// What a client request asks of the engine: `n` choices of each prompt, indexed prompt by
+/// prompt (choice `i` of prompt `p` is index `p * n + i`), as vLLM indexes them.
 pub struct GenRequest {
     pub request_id: String,
-    pub prompt: Vec<u32>,
+    pub prompts: Vec<PromptIn>,
     pub params: SamplingParams,
-    pub max_tokens: usize,
     pub max_tokens_param: Option<usize>,
     pub n: usize,
     pub stop: Vec<String>,
@@ -34,11 +44,12 @@ pub struct GenRequest {
     pub arrival: Instant,
 }
 
-/// One generated token's log-probabilities, with token texts.
+/// One token's log-probabilities, with token texts. An echoed prompt's first token has none
+/// (nothing precedes it): `logprob` is `None` and so is its entry of alternatives.
 #[derive(Debug, Clone)]
 pub struct TokenLogprob {
     pub token: String,
-    pub logprob: f32,
+    pub logprob: Option<f32>,
     pub top: Vec<(String, f32)>,
 }
 
@@ -57,9 +68,19 @@ pub struct Delta {
 }
 
 struct Choice {
+    /// Whether it is its prompt's first choice (which reports the prompt's usage).
+    first_of_prompt: bool,
     finished: bool,
     /// Tokens generated so far.
     tokens: usize,
+    /// The echoed prompt, until the choice's first delta carries it.
+    echo: Option<Echo>,
+}
+
+/// An echoed prompt: its text, and (with logprobs) its tokens' log-probabilities.
+struct Echo {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// Token counts for the `usage` object.
@@ -109,68 +130,103 @@ impl Generation {
         mut record: RequestRecord,
         trace: Option<RequestTrace>,
     ) -> Result<Generation, ApiError> {
-        record.set_input_tokens(req.prompt.len());
+        let prompt_tokens = req.prompts.iter().map(|p| p.tokens.len()).sum();
+        record.set_input_tokens(prompt_tokens);
         let tokenizer = Arc::clone(&state.tokenizer);
+        let want_logprobs = req.params.logprobs.is_some();
+        let total = req.prompts.len() * req.n;
         let mut streams = Vec::new();
         let mut choices = Vec::new();
-        for index in 0..req.n {
-            let (tx, rx) = unbounded_channel();
-            let engine_id = if req.n == 1 {
-                req.request_id.clone()
-            } else {
-                format!("{}-{index}", req.request_id)
-            };
-            let mut params = req.params.clone();
-            if let (Some(seed), true) = (params.seed, index > 0) {
-                params.seed = Some(seed.wrapping_add(index as u64));
+        for (p, prompt) in req.prompts.iter().enumerate() {
+            for i in 0..req.n {
+                let index = p * req.n + i;
+                let (tx, rx) = unbounded_channel();
+                let engine_id = if total == 1 {
+                    req.request_id.clone()
+                } else {
+                    format!("{}-{index}", req.request_id)
+                };
+                let mut params = req.params.clone();
+                if let (Some(seed), true) = (params.seed, i > 0) {
+                    params.seed = Some(seed.wrapping_add(i as u64));
+                }
+                let echo = prompt.echo.as_ref().map(|text| Echo {
+                    text: text.clone(),
+                    logprobs: Vec::new(),
+                });
+                state
+                    .engine
+                    .submit(NewRequest {
+                        id: engine_id,
+                        prompt: prompt.tokens.clone(),
+                        params,
+                        max_tokens: prompt.max_tokens,
+                        max_tokens_param: req.max_tokens_param,
+                        n: req.n,
+                        // vLLM runs each prompt of a list as a request of its own.
+                        record_params: i == 0,
+                        arrival: req.arrival,
+                        trace_id: trace.as_ref().map(|t| t.trace_id().to_owned()),
+                        detokenizer: Some(Detokenizer::new(
+                            Arc::clone(&tokenizer),
+                            req.skip_special_tokens,
+                            req.stop.clone(),
+                            req.include_stop_str_in_output,
+                        )),
+                        prompt_logprobs: (echo.is_some() && want_logprobs)
+                            .then(|| req.params.logprobs.unwrap_or(0)),
+                        events: tx,
+                    })
+                    .map_err(|e| {
+                        let err = ApiError::unavailable(e.to_string());
+                        record.fail(&err);
+                        err
+                    })?;
+                streams.push(
+                    UnboundedReceiverStream::new(rx)
+                        .map(move |e| (index, e))
+                        .boxed(),
+                );
+                choices.push(Choice {
+                    first_of_prompt: i == 0,
+                    finished: false,
+                    tokens: 0,
+                    echo,
+                });
             }
-            state
-                .engine
-                .submit(NewRequest {
-                    id: engine_id,
-                    prompt: req.prompt.clone(),
-                    params,
-                    max_tokens: req.max_tokens,
-                    max_tokens_param: req.max_tokens_param,
-                    n: req.n,
-                    record_params: index == 0,
-                    arrival: req.arrival,
-                    trace_id: trace.as_ref().map(|t| t.trace_id().to_owned()),
-                    detokenizer: Some(Detokenizer::new(
-                        Arc::clone(&tokenizer),
-                        req.skip_special_tokens,
-                        req.stop.clone(),
-                        req.include_stop_str_in_output,
-                    )),
-                    events: tx,
-                })
-                .map_err(|e| {
-                    let err = ApiError::unavailable(e.to_string());
-                    record.fail(&err);
-                    err
-                })?;
-            streams.push(
-                UnboundedReceiverStream::new(rx)
-                    .map(move |e| (index, e))
-                    .boxed(),
-            );
-            choices.push(Choice {
-                finished: false,
-                tokens: 0,
-            });
         }
-        Ok(Generation {
+        let mut generation = Generation {
             tokenizer,
             events: select_all(streams),
             choices,
-            want_logprobs: req.params.logprobs.is_some(),
+            want_logprobs,
             usage: Usage {
-                prompt_tokens: req.prompt.len(),
+                prompt_tokens,
                 ..Usage::default()
             },
             record,
             trace,
-        })
+        };
+        // An echoed prompt's first token has no log-probability: it leads the list.
+        for (c, prompt) in generation.choices.iter_mut().zip(
+            req.prompts
+                .iter()
+                .flat_map(|p| std::iter::repeat_n(p, req.n)),
+        ) {
+            if let (Some(echo), true, Some(&first)) =
+                (&mut c.echo, want_logprobs, prompt.tokens.first())
+            {
+                echo.logprobs.push(TokenLogprob {
+                    token: generation
+                        .tokenizer
+                        .decode(&[first], false)
+                        .unwrap_or_default(),
+                    logprob: None,
+                    top: Vec::new(),
+                });
+            }
+        }
+        Ok(generation)
     }
 
     pub fn n(&self) -> usize {
@@ -242,19 +298,19 @@ impl Generation {
                 continue;
             }
             match event {
+                Event::PromptLogprobs(lps) => {
+                    let lps: Vec<TokenLogprob> =
+                        lps.iter().filter_map(|s| self.logprob(s)).collect();
+                    if let Some(echo) = &mut self.choices[index].echo {
+                        echo.logprobs.extend(lps);
+                    }
+                }
                 Event::Token { sampled, text } => {
                     let logprobs = self.logprob(&sampled).into_iter().collect::<Vec<_>>();
                     self.record.tokens(1);
                     self.choices[index].tokens += 1;
                     if !text.is_empty() || !logprobs.is_empty() {
-                        return Some(Ok(Delta {
-                            index,
-                            text,
-                            logprobs,
-                            finish_reason: None,
-                            stop_reason: None,
-                            completion_tokens: self.choices[index].tokens,
-                        }));
+                        return Some(Ok(self.delta(index, text, logprobs, None, None)));
                     }
                 }
                 Event::Finished(f) => {
@@ -276,36 +332,66 @@ impl Generation {
                             f.completion_tokens,
                         );
                     }
-                    self.choices[index].finished = true;
-                    self.choices[index].tokens = f.completion_tokens;
-                    self.usage.prompt_tokens = f.prompt_tokens;
-                    self.usage.cached_tokens = f.cached_tokens;
+                    let c = &mut self.choices[index];
+                    c.finished = true;
+                    c.tokens = f.completion_tokens;
+                    // A prompt's usage counts once, however many choices it has (vLLM).
+                    if c.first_of_prompt {
+                        self.usage.cached_tokens += f.cached_tokens;
+                        self.record.set_cached_tokens(self.usage.cached_tokens);
+                    }
                     self.usage.completion_tokens += f.completion_tokens;
-                    self.record.set_cached_tokens(f.cached_tokens);
                     if f.reason == FinishReason::Error {
                         self.record.fail_in_backend();
                         return Some(Err(ApiError::unavailable(
                             "the engine failed while running this request",
                         )));
                     }
-                    return Some(Ok(Delta {
+                    return Some(Ok(self.delta(
                         index,
-                        text: f.text,
+                        f.text,
                         logprobs,
-                        finish_reason: Some(f.reason.as_str()),
-                        stop_reason: f.stop_reason,
-                        completion_tokens: f.completion_tokens,
-                    }));
+                        Some(f.reason.as_str()),
+                        f.stop_reason,
+                    )));
                 }
             }
         }
     }
 
-    /// A sampled token's log-probabilities with token texts, when the client asked for them.
+    /// A choice's next delta; its first carries the echoed prompt ahead of the output.
+    fn delta(
+        &mut self,
+        index: usize,
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+        finish_reason: Option<&'static str>,
+        stop_reason: Option<StopReason>,
+    ) -> Delta {
+        let c = &mut self.choices[index];
+        let (text, logprobs) = match c.echo.take() {
+            Some(mut echo) => {
+                echo.text.push_str(&text);
+                echo.logprobs.extend(logprobs);
+                (echo.text, echo.logprobs)
+            }
+            None => (text, logprobs),
+        };
+        Delta {
+            index,
+            text,
+            logprobs,
+            finish_reason,
+            stop_reason,
+            completion_tokens: c.tokens,
+        }
+    }
+
+    /// A token's log-probabilities with token texts, when the client asked for them.
     fn logprob(&self, sampled: &Sampled) -> Option<TokenLogprob> {
         self.want_logprobs.then(|| TokenLogprob {
             token: self.token_text(sampled.token),
-            logprob: sampled.logprob,
+            logprob: Some(sampled.logprob),
             top: sampled
                 .top_logprobs
                 .iter()

@@ -18,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -166,6 +167,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
         .merge(generate)
         .route("/v1/models", get(models))
+        .route("/v1/models/{id}", get(model))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             require_api_key,
@@ -174,18 +176,26 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(v1)
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .fallback(|| async { ApiError::route(StatusCode::NOT_FOUND) })
+        .method_not_allowed_fallback(|| async { ApiError::route(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
+/// `--api-key` as vLLM checks it: every `/v1` request but `OPTIONS` (CORS preflights carry no
+/// credentials) needs `Authorization: Bearer <key>`; the scheme is matched in any case (RFC
+/// 9110), the key exactly. An empty key is no key (vLLM tests the key's truth).
 async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &state.api_key {
+    let key = state.api_key.as_deref().filter(|k| !k.is_empty());
+    if let (Some(key), false) = (key, req.method() == Method::OPTIONS) {
         let ok = req
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|given| given == key);
+            .and_then(|v| v.split_once(' '))
+            .is_some_and(|(scheme, given)| {
+                scheme.eq_ignore_ascii_case("bearer") && given.trim_start() == key
+            });
         if !ok {
             return ApiError::unauthorized().into_response();
         }
@@ -193,34 +203,67 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
     next.run(req).await
 }
 
+fn model_card(state: &AppState, name: &str) -> serde_json::Value {
+    json!({"id": name, "object": "model", "created": state.created, "owned_by": "vigil",
+           "root": name, "parent": null, "max_model_len": state.max_model_len})
+}
+
 async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let data: Vec<_> = state
         .served_model_names
         .iter()
-        .map(|name| {
-            json!({"id": name, "object": "model", "created": state.created, "owned_by": "vigil",
-                   "root": name, "parent": null, "max_model_len": state.max_model_len})
-        })
+        .map(|name| model_card(&state, name))
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// `GET /v1/models/{id}`: one served model's card, or vLLM's 404.
+async fn model(
+    State(state): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let name = state.check_model(Some(&id))?;
+    Ok(Json(model_card(&state, &name)))
 }
 
 async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    /// vLLM's `TokenizeCompletionRequest` (`prompt`) or `TokenizeChatRequest` (`messages`,
+    /// rendered by the chat template first; special tokens then default to off, as the
+    /// template writes them).
     #[derive(serde::Deserialize)]
     struct Req {
         model: Option<String>,
-        prompt: String,
+        prompt: Option<String>,
+        messages: Option<Vec<protocol::ChatMessageIn>>,
+        add_generation_prompt: Option<bool>,
         add_special_tokens: Option<bool>,
     }
     let req: Req = error::parse_json(&body)?;
     state.check_model(req.model.as_deref())?;
+    let (text, param, special_default) = match (req.prompt, req.messages) {
+        (Some(prompt), None) => (prompt, "prompt", true),
+        (None, Some(messages)) => {
+            let messages = protocol::chat_messages(&messages)?;
+            let text = state
+                .tokenizer
+                .apply_chat_template(&messages, req.add_generation_prompt.unwrap_or(true))
+                .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
+            (text, "messages", false)
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give either `prompt` or `messages`",
+                None,
+            ))
+        }
+    };
     let tokens = state
         .tokenizer
-        .encode(&req.prompt, req.add_special_tokens.unwrap_or(true))
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("prompt")))?;
+        .encode(&text, req.add_special_tokens.unwrap_or(special_default))
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some(param)))?;
     Ok(Json(
         json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
     ))

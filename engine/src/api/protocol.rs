@@ -57,6 +57,7 @@ pub struct CommonParams {
     pub ignore_eos: Option<bool>,
     pub include_stop_str_in_output: Option<bool>,
     pub skip_special_tokens: Option<bool>,
+    pub add_special_tokens: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
 }
@@ -156,13 +157,14 @@ impl CommonParams {
     }
 }
 
-/// `prompt`: a string, a list of one string, or token ids.
+/// `prompt`: a string, a list of strings, token ids, or a list of lists of token ids.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Prompt {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
 }
 
 /// The completion-only fields (the shared ones are parsed separately as [`CommonParams`], so
@@ -207,37 +209,47 @@ pub struct ChatRequest {
 
 impl ChatRequest {
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
-        if self.messages.is_empty() {
-            return Err(ApiError::bad_request(
-                "messages must not be empty",
-                Some("messages"),
-            ));
-        }
-        self.messages
-            .iter()
-            .enumerate()
-            .map(|(i, m)| {
-                let content = match &m.content {
-                    None => String::new(),
-                    Some(Content::Text(t)) => t.clone(),
-                    Some(Content::Parts(parts)) => {
-                        let mut out = String::new();
-                        for p in parts {
-                            match (p.kind.as_str(), &p.text) {
-                                ("text", Some(t)) => out.push_str(t),
-                                (kind, _) => {
-                                    return Err(ApiError::bad_request(
-                                        format!("messages[{i}].content: unsupported content part type {kind:?}"),
-                                        Some("messages"),
-                                    ))
-                                }
+        chat_messages(&self.messages)
+    }
+}
+
+/// The messages a chat template renders, with their text parts joined.
+pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must not be empty",
+            Some("messages"),
+        ));
+    }
+    messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let content = match &m.content {
+                None => String::new(),
+                Some(Content::Text(t)) => t.clone(),
+                Some(Content::Parts(parts)) => {
+                    let mut out = String::new();
+                    for p in parts {
+                        match (p.kind.as_str(), &p.text) {
+                            ("text", Some(t)) => out.push_str(t),
+                            (kind, _) => {
+                                return Err(ApiError::bad_request(
+                                    format!(
+                                    "messages[{i}].content: unsupported content part type {kind:?}"
+                                ),
+                                    Some("messages"),
+                                ))
                             }
                         }
-                        out
                     }
-                };
-                Ok(ChatMessage { role: m.role.clone(), content })
+                    out
+                }
+            };
+            Ok(ChatMessage {
+                role: m.role.clone(),
+                content,
             })
-            .collect()
-    }
+        })
+        .collect()
 }

@@ -28,6 +28,8 @@ pub struct SchedulerConfig {
 #[derive(Debug, Clone)]
 pub struct RequestUpdate {
     pub id: String,
+    /// Log-probabilities of the prompt tokens this step computed logits for, in order.
+    pub prompt_logprobs: Vec<Sampled>,
     pub token: Option<Sampled>,
     pub finished: Option<FinishReason>,
     /// This is the request's first token (its prefill just completed).
@@ -186,7 +188,12 @@ impl Scheduler {
                 let Some(req) = self.waiting.front_mut() else {
                     break;
                 };
-                let hit = self.kv.get_computed_blocks(&mut req.blocks, &req.tokens);
+                let skip_cache = req.owes_prompt_logprobs();
+                let hit = if skip_cache {
+                    PrefixHit::default()
+                } else {
+                    self.kv.get_computed_blocks(&mut req.blocks, &req.tokens)
+                };
                 let n = (req.tokens.len() - hit.num_tokens).min(budget);
                 if !self
                     .kv
@@ -200,7 +207,7 @@ impl Scheduler {
                 req.times.first_scheduled.get_or_insert_with(Instant::now);
                 if req.num_cached_tokens.is_none() {
                     req.num_cached_tokens = Some(hit.num_tokens);
-                    if req.num_preemptions == 0 {
+                    if req.num_preemptions == 0 && !skip_cache {
                         stats.prefix_queries += req.tokens.len();
                         stats.prefix_hits += hit.num_tokens;
                     }
@@ -242,7 +249,9 @@ impl Scheduler {
                     tokens: &req.tokens[s.start..end],
                     start_pos: s.start,
                     block_table: &req.blocks.blocks,
-                    logits_for: if end < req.tokens.len() {
+                    logits_for: if req.owes_prompt_logprobs() {
+                        LogitsFor::All
+                    } else if end < req.tokens.len() {
                         LogitsFor::None
                     } else if req.sampler.is_plain_greedy() {
                         LogitsFor::Greedy
@@ -252,25 +261,48 @@ impl Scheduler {
                 }
             })
             .collect();
+        let logits_for: Vec<LogitsFor> = inputs.iter().map(|i| i.logits_for).collect();
         let logits = backend.forward(&inputs)?;
         let now = Instant::now();
         let mut row = 0;
         let mut greedy = logits.greedy.iter();
         let mut done = Vec::new();
-        for s in &scheduled {
+        for (s, &logits_for) in scheduled.iter().zip(&logits_for) {
             let req = &mut self.running[s.index];
             stats.num_tokens += s.num_tokens;
             stats.num_prompt_tokens += (req.prompt_len.saturating_sub(s.start)).min(s.num_tokens);
             req.num_computed_tokens = s.start + s.num_tokens;
-            if req.num_computed_tokens < req.tokens.len() {
-                continue; // a prefill chunk short of the end: no logits
-            }
-            let sampled = if req.sampler.is_plain_greedy() {
-                let reduced = greedy.next().expect("one greedy token per greedy sequence");
-                req.sampler.accept(*reduced)
+            // This sequence's full rows, in position order (none for a greedy reduction).
+            let rows = match logits_for {
+                LogitsFor::Greedy => 0..0,
+                _ => row..row + logits_for.positions(s.num_tokens),
+            };
+            row = rows.end;
+            let prompt_logprobs = if logits_for == LogitsFor::All {
+                prompt_logprobs(req, s.start, rows.clone(), &logits)
             } else {
-                row += 1;
-                req.sampler.sample(logits.row(row - 1))
+                Vec::new()
+            };
+            if req.num_computed_tokens < req.tokens.len() {
+                // A prefill chunk short of the end: nothing to sample.
+                if !prompt_logprobs.is_empty() {
+                    updates.push(RequestUpdate {
+                        id: req.id.clone(),
+                        prompt_logprobs,
+                        token: None,
+                        finished: None,
+                        first_token: false,
+                        inter_token: None,
+                    });
+                }
+                continue;
+            }
+            let sampled = match rows.last() {
+                Some(last) => req.sampler.sample(logits.row(last)),
+                None => {
+                    let reduced = greedy.next().expect("one greedy token per greedy sequence");
+                    req.sampler.accept(*reduced)
+                }
             };
             let previous = req.times.last_token;
             req.push_token(&sampled, now);
@@ -301,6 +333,7 @@ impl Scheduler {
             }
             updates.push(RequestUpdate {
                 id: req.id.clone(),
+                prompt_logprobs,
                 token: Some(sampled),
                 finished: reason,
                 first_token: previous.is_none(),
@@ -320,6 +353,33 @@ impl Scheduler {
             stats,
         })
     }
+}
+
+/// The log-probabilities of the prompt tokens whose logits a step computed: the row of position
+/// `p` scores the token at `p + 1`. Positions already reported (before a preemption) are skipped.
+fn prompt_logprobs(
+    req: &mut Request,
+    start: usize,
+    rows: std::ops::Range<usize>,
+    logits: &crate::backend::Logits,
+) -> Vec<Sampled> {
+    let top = req.prompt_logprobs.unwrap_or(0);
+    let mut out = Vec::new();
+    for (position, row) in (start..).zip(rows) {
+        let next = position + 1;
+        if next < req.prompt_logprobs_next || next >= req.prompt_len {
+            continue;
+        }
+        let token = req.tokens[next];
+        let (logprob, top_logprobs) = crate::sampling::logprobs(logits.row(row), token, top);
+        out.push(Sampled {
+            token,
+            logprob,
+            top_logprobs,
+        });
+        req.prompt_logprobs_next = next + 1;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -80,6 +80,12 @@ pub struct Request {
     pub num_preemptions: u32,
     /// Set when a stop token id or a stop string ended it.
     pub stop_reason: Option<StopReason>,
+    /// How many alternatives to report with each prompt token's log-probability, when the
+    /// client asked for the prompt's log-probabilities (`echo` with `logprobs`).
+    pub prompt_logprobs: Option<usize>,
+    /// The next prompt position whose log-probability is owed (position 0 has none); a
+    /// recomputation after preemption does not report a position twice.
+    pub prompt_logprobs_next: usize,
     pub times: Timestamps,
     /// The request's trace id, when tracing is on: its exemplars carry it.
     pub trace_id: Option<String>,
@@ -105,6 +111,8 @@ impl Request {
             num_cached_tokens: None,
             num_preemptions: 0,
             stop_reason: None,
+            prompt_logprobs: None,
+            prompt_logprobs_next: 1,
             times: Timestamps {
                 arrival,
                 queued: Instant::now(),
@@ -118,6 +126,12 @@ impl Request {
 
     pub fn num_output_tokens(&self) -> usize {
         self.tokens.len() - self.prompt_len
+    }
+
+    /// Whether prompt log-probabilities are still owed: such a request reads nothing from the
+    /// prefix cache (as in vLLM), since a cached position has no logits.
+    pub fn owes_prompt_logprobs(&self) -> bool {
+        self.prompt_logprobs.is_some() && self.prompt_logprobs_next < self.prompt_len
     }
 
     pub fn output(&self) -> &[u32] {

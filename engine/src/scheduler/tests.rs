@@ -196,3 +196,85 @@ fn stop_tokens_finish_with_stop() {
     assert_eq!(finished[0].1, FinishReason::Stop);
     assert_eq!(finished[0].0.output(), &first[..2]);
 }
+
+/// Prompt log-probabilities (for `echo` with `logprobs`): the row of position `p` scores the
+/// prompt token at `p + 1`, as one whole-prompt forward pass gives them, whatever the chunking,
+/// the batch, or a preemption; each position is reported once, and such a request reads
+/// nothing from the prefix cache.
+#[test]
+fn prompt_logprobs_match_one_whole_forward_pass_under_chunking_and_preemption() {
+    let p = prompts();
+    let prompt = p[5].clone(); // 28 tokens
+                               // The reference: the model's logits at every prompt position, in one pass.
+    let mut be = backend(64);
+    let table: Vec<u32> = (1..=(prompt.len() / BLOCK + 1) as u32).collect();
+    let all = be
+        .forward(&[SeqInput {
+            tokens: &prompt,
+            start_pos: 0,
+            block_table: &table,
+            logits_for: LogitsFor::All,
+        }])
+        .unwrap();
+    let want: Vec<Sampled> = (1..prompt.len())
+        .map(|k| {
+            let (logprob, top_logprobs) = crate::sampling::logprobs(all.row(k - 1), prompt[k], 3);
+            Sampled {
+                token: prompt[k],
+                logprob,
+                top_logprobs,
+            }
+        })
+        .collect();
+
+    // Small blocks and budget: the prompt is chunked, and a second request preempts it.
+    for (budget, num_blocks) in [(64, 64), (5, 64), (7, 12)] {
+        let mut be = backend(num_blocks);
+        let cfg = SchedulerConfig {
+            max_num_batched_tokens: budget,
+            max_num_seqs: 4,
+            max_model_len: 512,
+        };
+        let mut s = Scheduler::new(cfg, KvCacheManager::new(num_blocks, BLOCK, true), vec![]);
+        // The same prompt first without prompt logprobs, so its blocks are cached.
+        s.add(request(9, prompt.clone(), 1));
+        while s.has_work() {
+            s.step(&mut be).unwrap();
+        }
+        let mut req = request(0, prompt.clone(), 6);
+        req.prompt_logprobs = Some(3);
+        s.add(req);
+        s.add(request(1, p[4].clone(), 6));
+        let mut got = Vec::new();
+        let mut preempted = 0;
+        let mut cached = None;
+        while s.has_work() {
+            let out = s.step(&mut be).unwrap();
+            preempted += out.stats.num_preempted;
+            for u in out.updates.iter().filter(|u| u.id == "r0") {
+                got.extend(u.prompt_logprobs.iter().cloned());
+            }
+            if let Some((r, _)) = out.finished.iter().find(|(r, _)| r.id == "r0") {
+                cached = r.num_cached_tokens;
+            }
+        }
+        assert_eq!(
+            cached,
+            Some(0),
+            "budget {budget}: read nothing from the cache"
+        );
+        assert_eq!(got.len(), want.len(), "budget {budget}: each position once");
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g.token, w.token, "position {}", k + 1);
+            assert!((g.logprob - w.logprob).abs() < 1e-4, "position {}", k + 1);
+            assert_eq!(g.top_logprobs.len(), 3);
+            for ((gt, gl), (wt, wl)) in g.top_logprobs.iter().zip(&w.top_logprobs) {
+                assert_eq!(gt, wt);
+                assert!((gl - wl).abs() < 1e-4);
+            }
+        }
+        if num_blocks == 12 {
+            assert!(preempted > 0, "a 12-block cache preempts");
+        }
+    }
+}
