@@ -23,11 +23,11 @@ pub struct NewRequest {
     pub params: SamplingParams,
     /// Tokens to generate at most (already capped by the context length).
     pub max_tokens: usize,
-    /// The client's `max_tokens`, if it gave one (for `vllm:request_params_max_tokens`).
-    pub max_tokens_param: Option<usize>,
-    /// The client's `n`; recorded once per client request, by its first choice.
+    /// The client request (one prompt of it) this is a choice of, and how many choices it
+    /// has: its `n` and its longest choice are recorded when the last choice finishes (vLLM's
+    /// `ParentRequest.observe_finished_request`).
+    pub parent: String,
     pub n: usize,
-    pub record_params: bool,
     pub arrival: Instant,
     /// The request's trace id when tracing is on (for the exemplars on /metrics).
     pub trace_id: Option<String>,
@@ -144,9 +144,14 @@ impl EngineHandle {
 struct Meta {
     events: UnboundedSender<Event>,
     detokenizer: Option<Detokenizer>,
-    max_tokens_param: Option<usize>,
+    parent: String,
+}
+
+/// A client request's choices still running, and the most tokens one of them made.
+struct Parent {
     n: usize,
-    record_params: bool,
+    remaining: usize,
+    max_generated: usize,
 }
 
 /// Starts the engine thread (named `vigil-engine`, so probes can tell it apart).
@@ -177,6 +182,7 @@ pub fn spawn(
                 scheduler: &mut scheduler,
                 metrics,
                 meta: HashMap::new(),
+                parents: HashMap::new(),
                 heartbeat: beats,
             };
             // Declared after `core`, so dropped before it: the engine reads as dead before the
@@ -196,6 +202,7 @@ struct Core<'a> {
     scheduler: &'a mut Scheduler,
     metrics: Option<EngineMetrics>,
     meta: HashMap<String, Meta>,
+    parents: HashMap<String, Parent>,
     heartbeat: Arc<Heartbeat>,
 }
 
@@ -327,11 +334,14 @@ impl Core<'_> {
                     Meta {
                         events: r.events,
                         detokenizer: r.detokenizer,
-                        max_tokens_param: r.max_tokens_param,
-                        n: r.n,
-                        record_params: r.record_params,
+                        parent: r.parent.clone(),
                     },
                 );
+                self.parents.entry(r.parent).or_insert(Parent {
+                    n: r.n,
+                    remaining: r.n,
+                    max_generated: 0,
+                });
                 self.scheduler.add(req);
             }
             Command::AbortAll => self.finish_all(FinishReason::Abort),
@@ -357,13 +367,24 @@ impl Core<'_> {
         let Some(mut meta) = self.meta.remove(&req.id) else {
             return;
         };
+        let parent_done = match self.parents.get_mut(&meta.parent) {
+            Some(p) => {
+                p.remaining = p.remaining.saturating_sub(1);
+                p.max_generated = p.max_generated.max(req.num_output_tokens());
+                p.remaining == 0
+            }
+            None => false,
+        };
+        let parent = if parent_done {
+            self.parents.remove(&meta.parent)
+        } else {
+            None
+        };
         if let Some(m) = &self.metrics {
-            let (max_param, n) = if meta.record_params {
-                (meta.max_tokens_param, meta.n)
-            } else {
-                (None, 0)
-            };
-            m.record_finished(req, reason, max_param, n, meta.record_params);
+            m.record_finished(req, reason);
+            if let Some(p) = parent {
+                m.record_parent_finished(p.n, p.max_generated);
+            }
         }
         let text = meta
             .detokenizer
@@ -403,9 +424,8 @@ mod tests {
             prompt,
             params: SamplingParams::greedy(),
             max_tokens,
-            max_tokens_param: None,
+            parent: id.into(),
             n: 1,
-            record_params: true,
             arrival: Instant::now(),
             trace_id: None,
             detokenizer: None,

@@ -40,6 +40,7 @@ pub struct EngineMetrics {
     tpot: Histogram,
     request_prompt_tokens: Histogram,
     request_generation_tokens: Histogram,
+    /// `request_max_num_generation_tokens`: the longest choice of a client request.
     request_max_tokens: Histogram,
     params_max_tokens: Histogram,
     params_n: Histogram,
@@ -165,6 +166,14 @@ impl EngineMetrics {
         }
     }
 
+    /// The last choice of a client request (one prompt of it) finished: its `n`, and the most
+    /// tokens one of its choices generated (vLLM's `ParentRequest.observe_finished_request`,
+    /// which observes these once per client request, `n = 1` included).
+    pub fn record_parent_finished(&self, n: usize, max_generated: usize) {
+        self.params_n.record(n as f64);
+        self.request_max_tokens.record(max_generated as f64);
+    }
+
     /// A request's first token: TTFT, and its prompt tokens by source.
     pub fn record_first_token(&self, req: &Request, now: Instant) {
         with_request(&req.id, req.trace_id.as_deref(), || {
@@ -187,17 +196,11 @@ impl EngineMetrics {
         });
     }
 
-    /// A finished request (any reason, aborts included). `max_tokens_param` is the request's
-    /// `max_tokens` if the client gave one; `n` its `n`, recorded once per client request
-    /// (`record_params`), not per choice.
-    pub fn record_finished(
-        &self,
-        req: &Request,
-        reason: FinishReason,
-        max_tokens_param: Option<usize>,
-        n: usize,
-        record_params: bool,
-    ) {
+    /// A finished engine request (any reason, aborts included): vLLM's
+    /// `PrometheusStatLogger.record` over `finished_requests`. `request_params_max_tokens` is
+    /// the request's `max_tokens` as it ran (vLLM's `sampling_params.max_tokens`: what the
+    /// client gave, capped by the context left, or that room when it gave none).
+    pub fn record_finished(&self, req: &Request, reason: FinishReason) {
         if let Some((_, c)) = self.success.iter().find(|(r, _)| *r == reason) {
             c.increment(1);
         }
@@ -222,13 +225,7 @@ impl EngineMetrics {
             });
             self.request_prompt_tokens.record(req.prompt_len as f64);
             self.request_generation_tokens.record(generated as f64);
-            self.request_max_tokens.record(req.max_tokens as f64);
-            if record_params {
-                if let Some(m) = max_tokens_param {
-                    self.params_max_tokens.record(m as f64);
-                }
-                self.params_n.record(n as f64);
-            }
+            self.params_max_tokens.record(req.max_tokens as f64);
             self.request_preemptions.record(req.num_preemptions as f64);
             let cached = req.num_cached_tokens.unwrap_or(0);
             self.prefill_kv_computed

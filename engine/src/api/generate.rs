@@ -161,10 +161,9 @@ impl Generation {
                         prompt: prompt.tokens.clone(),
                         params,
                         max_tokens: prompt.max_tokens,
-                        max_tokens_param: req.max_tokens_param,
-                        n: req.n,
                         // vLLM runs each prompt of a list as a request of its own.
-                        record_params: i == 0,
+                        parent: format!("{}-p{p}", req.request_id),
+                        n: req.n,
                         arrival: req.arrival,
                         trace_id: trace.as_ref().map(|t| t.trace_id().to_owned()),
                         detokenizer: Some(Detokenizer::new(
