@@ -18,16 +18,21 @@ fn fails(args: &[&str]) -> String {
 }
 
 #[test]
-fn show_hidden_flag_names_the_one_accepted_value() {
-    let running = MinorVersion::running();
-    let accepted = format!("the only accepted value is {}", running.previous().unwrap());
-    for value in ["0.0", "9.9", "abc", "0.1.0", "v0.1", ""] {
+fn show_hidden_flag_lists_every_accepted_value() {
+    // vLLM 0.33's operators pass 0.32 (the catalog follows vLLM 0.33); Vigil's own series follow
+    // Vigil's version.
+    let vigil_prev = MinorVersion::running().previous().unwrap();
+    for value in ["0.0", "9.9", "abc", "0.32.0", "v0.32", "0.33", ""] {
         let err = fails(&["--show-hidden-metrics-for-version", value]);
         assert!(
             err.contains("--show-hidden-metrics-for-version"),
             "{value:?}: {err}"
         );
-        assert!(err.contains(&accepted), "{value:?}: {err}");
+        assert!(err.contains("0.32 (the vllm: series"), "{value:?}: {err}");
+        assert!(
+            err.contains(&format!("{vigil_prev} (Vigil's own series")),
+            "{value:?}: {err}"
+        );
     }
 }
 
@@ -256,4 +261,44 @@ fn device_cuda_without_a_gpu_is_a_start_up_error_and_auto_falls_back_to_the_cpu(
         &[],
     );
     assert_eq!(status, 200);
+}
+
+/// vLLM's chunked-prefill flags start Vigil: `--no-enable-chunked-prefill` turns chunking off
+/// (the default budget then holds a whole prompt of `--max-model-len`, as vLLM's), and a budget
+/// given below the context length is refused naming both flags.
+#[test]
+fn chunked_prefill_flags_follow_vllm() {
+    require_model();
+    for flag in ["--enable-chunked-prefill", "--no-enable-chunked-prefill"] {
+        let v = Vigil::serve(&[flag, "--max-model-len", "4096"]);
+        let (status, body) = http_post(
+            &v.url("/v1/completions"),
+            br#"{"prompt": "The capital of France is", "max_tokens": 2}"#,
+            &[],
+        );
+        assert_eq!(status, 200, "{flag}: {body}");
+        let metrics = v.metrics();
+        let budget = if flag == "--enable-chunked-prefill" {
+            2048
+        } else {
+            4096
+        };
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with("dynamo_frontend_model_max_num_batched_tokens{"))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(value, budget as f64, "{flag}: {line}");
+    }
+    let err = fails(&[
+        require_model(),
+        "--no-enable-chunked-prefill",
+        "--max-model-len",
+        "4096",
+        "--max-num-batched-tokens",
+        "1024",
+    ]);
+    assert!(err.contains("--max-num-batched-tokens (1024)"), "{err}");
+    assert!(err.contains("--no-enable-chunked-prefill"), "{err}");
+    assert!(err.contains("--max-model-len (4096)"), "{err}");
 }

@@ -221,9 +221,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32"])]
     pub kv_cache_dtype: String,
 
-    /// Tokens computed per engine step, across all requests.
-    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_num_batched_tokens: u32,
+    /// Tokens computed per engine step, across all requests (default 2048; without chunked
+    /// prefill, enough for one whole prompt of --max-model-len, as vLLM).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_num_batched_tokens: Option<u32>,
 
     /// Requests running at once.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -244,6 +245,15 @@ pub struct ServeArgs {
     /// Turn prefix caching off.
     #[arg(long, overrides_with = "enable_prefix_caching", action = ArgAction::SetTrue)]
     pub no_enable_prefix_caching: bool,
+
+    /// Split long prompts into chunks across engine steps (on by default).
+    #[arg(long, overrides_with = "no_enable_chunked_prefill", action = ArgAction::SetTrue)]
+    pub enable_chunked_prefill: bool,
+
+    /// Turn chunked prefill off: a prompt is computed in one step, and waits until the step's
+    /// token budget has room for all of it.
+    #[arg(long, overrides_with = "enable_chunked_prefill", action = ArgAction::SetTrue)]
+    pub no_enable_chunked_prefill: bool,
 
     /// Export a trace of every request over OTLP to this collector URL (gRPC, or HTTP/protobuf
     /// with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and the full .../v1/traces URL).
@@ -329,6 +339,37 @@ impl ServeArgs {
     pub fn prefix_caching(&self) -> bool {
         !self.no_enable_prefix_caching
     }
+
+    pub fn chunked_prefill(&self) -> bool {
+        !self.no_enable_chunked_prefill
+    }
+
+    /// The token budget per step, once [`ServeArgs::settle_batch_token_budget`] has run.
+    pub fn batch_token_budget(&self) -> u32 {
+        self.max_num_batched_tokens
+            .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS)
+    }
+
+    /// Fills in `--max-num-batched-tokens` as vLLM's `SchedulerConfig` does once the context
+    /// length is known: 2048 with chunked prefill, else enough for a whole prompt of
+    /// `max_model_len` (a budget below that, given without chunked prefill, is an error: no
+    /// longer prompt could ever run).
+    pub fn settle_batch_token_budget(&mut self, max_model_len: u64) -> anyhow::Result<()> {
+        let budget = match (self.max_num_batched_tokens, self.chunked_prefill()) {
+            (Some(given), false) if u64::from(given) < max_model_len => anyhow::bail!(
+                "--max-num-batched-tokens ({given}) is smaller than --max-model-len ({max_model_len}) \
+                 with --no-enable-chunked-prefill: prompts longer than {given} tokens could never \
+                 run. Raise --max-num-batched-tokens, lower --max-model-len, or enable chunked prefill"
+            ),
+            (Some(given), _) => given,
+            (None, true) => DEFAULT_MAX_NUM_BATCHED_TOKENS,
+            (None, false) => u32::try_from(max_model_len)
+                .unwrap_or(u32::MAX)
+                .max(DEFAULT_MAX_NUM_BATCHED_TOKENS),
+        };
+        self.max_num_batched_tokens = Some(budget);
+        Ok(())
+    }
 }
 
 /// `--custom-histogram-buckets`, validated family by family.
@@ -374,7 +415,7 @@ fn parse_custom_buckets(s: &str) -> Result<CustomBuckets, String> {
 }
 
 fn parse_show_hidden(s: &str) -> Result<MinorVersion, String> {
-    parse_show_hidden_flag(s, MinorVersion::running()).map_err(|e| e.to_string())
+    parse_show_hidden_flag(s, exporter::gating::Running::current()).map_err(|e| e.to_string())
 }
 
 fn parse_seconds(s: &str, min: f64, max: f64) -> Result<std::time::Duration, String> {
@@ -423,6 +464,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 /// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
+/// vLLM's default token budget per step with chunked prefill.
+pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
+
 fn parse_max_model_len(s: &str) -> Result<u64, String> {
     let (digits, multiplier) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 1_000),

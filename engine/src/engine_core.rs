@@ -462,6 +462,7 @@ mod tests {
             max_num_batched_tokens: 64,
             max_num_seqs: 4,
             max_model_len: 64,
+            chunked_prefill: true,
         };
         let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
         let engine = spawn(Box::new(Panics(config)), scheduler, None);
@@ -544,6 +545,7 @@ mod tests {
             max_num_batched_tokens: 64,
             max_num_seqs: 4,
             max_model_len: 64,
+            chunked_prefill: true,
         };
         let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
         let metrics = Some(crate::metrics::EngineMetrics::new("m", "0"));

@@ -115,7 +115,7 @@ fn set_dynamo_model_config(
             (&MODEL_MAX_NUM_SEQS, f64::from(args.max_num_seqs)),
             (
                 &MODEL_MAX_NUM_BATCHED_TOKENS,
-                f64::from(args.max_num_batched_tokens),
+                f64::from(args.batch_token_budget()),
             ),
             (&MODEL_CONTEXT_LENGTH, max_model_len as f64),
             (&MODEL_KV_CACHE_BLOCK_SIZE, block_size as f64),
@@ -230,7 +230,7 @@ fn build_backend(
             block_size: args.block_size as usize,
             gpu_memory_utilization: args.gpu_memory_utilization,
             num_blocks_override: args.num_gpu_blocks_override.map(|n| n as usize),
-            max_num_batched_tokens: args.max_num_batched_tokens as usize,
+            max_num_batched_tokens: args.batch_token_budget() as usize,
             max_num_seqs: args.max_num_seqs as usize,
         };
         match CudaBackend::new(model, &options) {
@@ -324,6 +324,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || load_model(&args)).await??
     };
     let max_model_len = max_model_len(&args, &model)?;
+    let mut args = args;
+    args.settle_batch_token_budget(max_model_len)?;
     let exporter = Exporter::new(exporter_config(&args, max_model_len));
     exporter
         .install()
@@ -351,9 +353,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let scheduler = Scheduler::new(
         SchedulerConfig {
-            max_num_batched_tokens: args.max_num_batched_tokens as usize,
+            max_num_batched_tokens: args.batch_token_budget() as usize,
             max_num_seqs: args.max_num_seqs as usize,
             max_model_len: max_model_len as usize,
+            chunked_prefill: args.chunked_prefill(),
         },
         KvCacheManager::new(num_blocks, block_size, args.prefix_caching()),
         model.tokenizer.eos_token_ids.clone(),

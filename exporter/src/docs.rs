@@ -4,16 +4,15 @@ use std::fmt::Write;
 
 use crate::buckets::BucketFamily;
 use crate::catalog::{self, Kind, Label, MetricDef};
-use crate::gating::{self, Visibility};
+use crate::gating::{self, Running, Visibility};
 use crate::render::number::format_float;
-use crate::version::MinorVersion;
 
 /// The `max_model_len` the reference shows token-count buckets for.
 const EXAMPLE_MAX_MODEL_LEN: u64 = 8192;
 
 /// The whole reference, as Markdown.
 pub fn metrics_markdown() -> String {
-    let running = MinorVersion::running();
+    let running = Running::current();
     let mut s = String::new();
     let _ = writeln!(s, "# Metric reference\n");
     let _ = writeln!(
@@ -22,16 +21,25 @@ pub fn metrics_markdown() -> String {
     );
     let _ = writeln!(
         s,
-        "Every series Vigil {running} can emit on `/metrics`. Counters are exposed as `<name>_total` \
+        "Every series Vigil {} can emit on `/metrics`. Counters are exposed as `<name>_total` \
          (and `<name>_created`); histograms as `<name>_bucket`, `_count`, `_sum` (and `_created`). \
-         Labels render sorted by name. Series marked *pre-created* exist with value 0 from start-up.\n"
+         Labels render sorted by name. Series marked *pre-created* exist with value 0 from start-up.\n",
+        running.vigil
     );
     let _ = writeln!(
         s,
         "Deprecation policy: a metric deprecated in X.Y is shown (its HELP says so) in X.Y, hidden in \
-         X.Y+1 unless `--show-hidden-metrics-for-version=X.Y`, and removed in X.Y+2. In {running} the \
-         flag accepts {}.\n",
-        running.previous().map_or("no value".to_owned(), |p| format!("only `{p}`"))
+         X.Y+1 unless `--show-hidden-metrics-for-version=X.Y`, and removed in X.Y+2. The `vllm:` \
+         series follow vLLM's version line (the catalog is vLLM {}'s), every other series Vigil's \
+         ({}). The flag accepts {}.\n",
+        running.vllm,
+        running.vigil,
+        running
+            .accepted()
+            .iter()
+            .map(|(v, what)| format!("`{v}` ({what} hides them)"))
+            .collect::<Vec<_>>()
+            .join(" and ")
     );
     let _ = writeln!(s, "## Bucket families\n");
     let _ = writeln!(s, "| family | upper bounds (`+Inf` implied) |\n|---|---|");
@@ -67,7 +75,7 @@ fn bounds_list(family: BucketFamily) -> String {
         .join(", ")
 }
 
-fn write_entry(s: &mut String, def: &MetricDef, running: MinorVersion) {
+fn write_entry(s: &mut String, def: &MetricDef, running: Running) {
     let exposed = match def.kind {
         Kind::Counter => format!("`{0}_total`, `{0}_created`", def.name),
         Kind::Gauge => format!("`{}`", def.name),
@@ -116,13 +124,14 @@ fn write_entry(s: &mut String, def: &MetricDef, running: MinorVersion) {
         notes.push(format!("alias with the values of `{}`", target.name));
     }
     if let Some(dep) = def.deprecated {
+        let line = running.of(def);
         let state = match gating::visibility(def, running, None) {
             Visibility::Shown => "shown".to_owned(),
             Visibility::Hidden => format!(
-                "hidden in {running}; `--show-hidden-metrics-for-version={}` shows it",
+                "hidden in {line}; `--show-hidden-metrics-for-version={}` shows it",
                 dep.since
             ),
-            Visibility::Removed => format!("removed in {running}"),
+            Visibility::Removed => format!("removed in {line}"),
         };
         notes.push(format!("deprecated in {} ({state})", dep.since));
     }

@@ -59,6 +59,7 @@ fn serve(backend: FailsAfter) -> String {
             max_num_batched_tokens: 64,
             max_num_seqs: 4,
             max_model_len: 64,
+            chunked_prefill: true,
         },
         KvCacheManager::new(backend.num_blocks(), backend.block_size(), true),
         vec![],

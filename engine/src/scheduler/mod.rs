@@ -22,6 +22,10 @@ pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     /// `--max-model-len`: prompt plus output.
     pub max_model_len: usize,
+    /// `--enable-chunked-prefill`: a prompt may be computed over several steps. Without it, a
+    /// waiting request is admitted only when the step's budget has room for its whole prompt
+    /// (vLLM's scheduler does the same).
+    pub chunked_prefill: bool,
 }
 
 /// What happened to one request in a step.
@@ -194,7 +198,11 @@ impl Scheduler {
                 } else {
                     self.kv.get_computed_blocks(&mut req.blocks, &req.tokens)
                 };
-                let n = (req.tokens.len() - hit.num_tokens).min(budget);
+                let needed = req.tokens.len() - hit.num_tokens;
+                if !self.config.chunked_prefill && needed > budget {
+                    break;
+                }
+                let n = needed.min(budget);
                 if !self
                     .kv
                     .allocate_slots(&mut req.blocks, &req.tokens, 0, n, &hit)

@@ -65,6 +65,7 @@ fn run(
         max_num_batched_tokens: budget,
         max_num_seqs: max_seqs,
         max_model_len: 512,
+        chunked_prefill: true,
     };
     let mut s = Scheduler::new(cfg, KvCacheManager::new(num_blocks, BLOCK, caching), vec![]);
     for (i, p) in prompts.iter().enumerate() {
@@ -153,6 +154,7 @@ fn aborts_free_blocks_wherever_the_request_is() {
         max_num_batched_tokens: 8,
         max_num_seqs: 2,
         max_model_len: 512,
+        chunked_prefill: true,
     };
     let mut s = Scheduler::new(cfg, KvCacheManager::new(32, BLOCK, true), vec![]);
     for (i, p) in prompts().into_iter().enumerate() {
@@ -185,6 +187,7 @@ fn stop_tokens_finish_with_stop() {
         max_num_batched_tokens: 64,
         max_num_seqs: 4,
         max_model_len: 512,
+        chunked_prefill: true,
     };
     let mut s = Scheduler::new(cfg, KvCacheManager::new(16, BLOCK, true), vec![first[1]]);
     s.add(request(0, p[0].clone(), 10));
@@ -234,6 +237,7 @@ fn prompt_logprobs_match_one_whole_forward_pass_under_chunking_and_preemption() 
             max_num_batched_tokens: budget,
             max_num_seqs: 4,
             max_model_len: 512,
+            chunked_prefill: true,
         };
         let mut s = Scheduler::new(cfg, KvCacheManager::new(num_blocks, BLOCK, true), vec![]);
         // The same prompt first without prompt logprobs, so its blocks are cached.
@@ -276,5 +280,44 @@ fn prompt_logprobs_match_one_whole_forward_pass_under_chunking_and_preemption() 
         if num_blocks == 12 {
             assert!(preempted > 0, "a 12-block cache preempts");
         }
+    }
+}
+
+/// Without chunked prefill every prompt is computed in the step that admits it, whole: a step's
+/// prompt tokens are exactly the prompts of the requests whose first token it made (with
+/// chunking, the same budget splits prompts). Outputs do not change.
+#[test]
+fn without_chunked_prefill_a_prompt_runs_whole_or_waits() {
+    let p: Vec<Vec<u32>> = prompts().into_iter().take(4).collect(); // 3, 8, 13, 18 tokens
+    let want = reference(&p, 5);
+    for chunked_prefill in [false, true] {
+        let mut be = backend(64);
+        let cfg = SchedulerConfig {
+            max_num_batched_tokens: 20,
+            max_num_seqs: 4,
+            max_model_len: 512,
+            chunked_prefill,
+        };
+        let mut s = Scheduler::new(cfg, KvCacheManager::new(64, BLOCK, false), vec![]);
+        for (i, prompt) in p.iter().enumerate() {
+            s.add(request(i, prompt.clone(), 5));
+        }
+        let mut whole = true;
+        let mut outputs = HashMap::new();
+        while s.has_work() {
+            let out = s.step(&mut be).unwrap();
+            let firsts: usize = out
+                .updates
+                .iter()
+                .filter(|u| u.first_token)
+                .map(|u| p[u.id[1..].parse::<usize>().unwrap()].len())
+                .sum();
+            whole &= out.stats.num_prompt_tokens == firsts;
+            for (r, _) in out.finished {
+                outputs.insert(r.id.clone(), r.output().to_vec());
+            }
+        }
+        assert_eq!(whole, !chunked_prefill, "chunked_prefill={chunked_prefill}");
+        assert_eq!(outputs, want);
     }
 }

@@ -29,10 +29,12 @@ pub const CACHE_HIT_SOURCES: &[&str] = &["device", "host", "p2p", "disk", "exter
 /// Values of `vllm:admission_rejections`'s `reason`.
 pub const ADMISSION_REJECTION_REASONS: &[&str] = &["max_num_queued_reqs", "max_num_queued_tokens"];
 
-/// The minor version that deprecated the legacy names below: the one before the workspace's
-/// current version, so that they are hidden today and `--show-hidden-metrics-for-version` brings
-/// them back.
-pub const LEGACY_DEPRECATED_IN: MinorVersion = MinorVersion::new(0, 1);
+/// The vLLM minor version the legacy names below count as deprecated in. vLLM deprecated them in
+/// 0.9 and 0.11 and has since removed them; Vigil keeps them as mirrors, deprecated in the minor
+/// before its catalog's release ([`crate::gating::VLLM_CATALOG`]), so they are hidden and the
+/// value a vLLM operator of that release passes, `--show-hidden-metrics-for-version=0.32`,
+/// brings them back for dashboards that still read them.
+pub const LEGACY_DEPRECATED_IN: MinorVersion = MinorVersion::new(0, 32);
 
 const fn labels_with(extra: &'static [Label; 3]) -> &'static [Label] {
     extra

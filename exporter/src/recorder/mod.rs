@@ -18,7 +18,7 @@ use metrics_util::registry::{Registry, Storage};
 
 use crate::buckets::BucketConfig;
 use crate::catalog::{self, Kind, MetricDef};
-use crate::gating::{self, Visibility};
+use crate::gating::{self, Running, Visibility};
 use crate::version::MinorVersion;
 use storage::{CounterCell, GaugeCell, HistogramCell};
 
@@ -27,8 +27,8 @@ use storage::{CounterCell, GaugeCell, HistogramCell};
 pub struct ExporterConfig {
     /// Histogram bounds (defaults, `max_model_len`, `--custom-histogram-buckets`).
     pub buckets: BucketConfig,
-    /// The running version the deprecation gate compares against.
-    pub running: MinorVersion,
+    /// The versions the deprecation gate compares against (vLLM's line and Vigil's).
+    pub running: Running,
     /// The validated `--show-hidden-metrics-for-version`.
     pub show_hidden_for: Option<MinorVersion>,
     /// `--enable-exemplars`: keep request ids on request-level histograms.
@@ -45,7 +45,7 @@ impl ExporterConfig {
     pub fn new(max_model_len: u64) -> Self {
         ExporterConfig {
             buckets: BucketConfig::new(max_model_len),
-            running: MinorVersion::running(),
+            running: Running::current(),
             show_hidden_for: None,
             enable_exemplars: false,
             engine_stats: true,

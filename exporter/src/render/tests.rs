@@ -223,14 +223,14 @@ fn legacy_aliases_hidden_by_default_and_shown_with_the_flag() {
                 .increment(32);
         })
     };
-    let running = MinorVersion::running();
+    let running = crate::gating::VLLM_CATALOG;
     let prev = running
         .previous()
-        .expect("the workspace version has a previous minor");
+        .expect("the catalog's vLLM version has a previous minor");
     assert_eq!(
         vllm::LEGACY_DEPRECATED_IN,
         prev,
-        "legacy names are deprecated in the minor before the running one"
+        "legacy names are deprecated in the minor before the catalog's vLLM version"
     );
 
     let hidden = exporter(|_| {});
@@ -245,6 +245,13 @@ fn legacy_aliases_hidden_by_default_and_shown_with_the_flag() {
         assert!(!text.contains(def.name), "{} should be hidden", def.name);
     }
 
+    // Vigil's own line's value does not bring back vLLM's series.
+    let vigil_line = exporter(|c| c.show_hidden_for = MinorVersion::running().previous());
+    record(&vigil_line);
+    assert!(!vigil_line
+        .render(Format::Prometheus)
+        .contains("vllm:gpu_cache_usage_perc"));
+
     let shown = exporter(|c| c.show_hidden_for = Some(prev));
     record(&shown);
     let text = shown.render(Format::Prometheus);
@@ -258,12 +265,12 @@ fn legacy_aliases_hidden_by_default_and_shown_with_the_flag() {
     assert!(text.contains("vllm:time_per_output_token_seconds_bucket{engine=\"0\",le=\"0.01\",model_name=\"m\"} 0.0\n"));
 
     // In the version that deprecated them, they show without the flag; two versions on, never.
-    let same = exporter(|c| c.running = prev);
+    let same = exporter(|c| c.running.vllm = prev);
     assert!(same
         .render(Format::Prometheus)
         .contains("vllm:gpu_cache_usage_perc{"));
     let later = exporter(|c| {
-        c.running = MinorVersion::new(running.major, running.minor + 1);
+        c.running.vllm = MinorVersion::new(running.major, running.minor + 1);
         c.show_hidden_for = Some(prev);
     });
     assert!(!later
