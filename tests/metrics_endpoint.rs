@@ -52,10 +52,75 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
     assert!(body.contains(
         "vllm:admission_rejections_total{model_name=\"smol\",reason=\"max_num_queued_reqs\"} 0.0\n"
     ));
-    // Vigil's cache settings as labels.
-    assert!(body.contains(
-        "vllm:cache_config_info{block_size=\"16\",cache_dtype=\"auto\",enable_prefix_caching=\"True\",engine=\"0\",gpu_memory_utilization=\"0.9\",num_cpu_blocks=\"None\",num_gpu_blocks=\"1456\",num_gpu_blocks_override=\"None\"} 1.0\n"
-    ));
+    // Every field of vLLM 0.33's CacheConfig as a label (vllm/config/cache.py), plus engine,
+    // with Vigil's cache settings in Python's spelling.
+    let info = body
+        .lines()
+        .find(|l| l.starts_with("vllm:cache_config_info{"))
+        .expect("vllm:cache_config_info");
+    assert!(info.ends_with("} 1.0"), "{info}");
+    let vllm_033_fields = [
+        "block_size",
+        "user_specified_block_size",
+        "kv_cache_layout",
+        "prefix_match_unit",
+        "gpu_memory_utilization",
+        "cache_dtype",
+        "is_attention_free",
+        "num_gpu_blocks_override",
+        "sliding_window",
+        "enable_prefix_caching",
+        "prefix_caching_hash_algo",
+        "prefix_cache_retention_interval",
+        "kv_cache_dtype_skip_layers",
+        "mamba_page_size_padded",
+        "skip_page_size_padded",
+        "mamba_block_size",
+        "mamba_cache_dtype",
+        "mamba_ssm_cache_dtype",
+        "mamba_cache_mode",
+        "enable_mamba_shared_prefix_checkpoint",
+        "replayssm_buffer_len",
+        "use_replayssm",
+        "use_kda_recoverssm",
+        "num_gpu_blocks",
+        "num_cpu_blocks",
+        "simple_cpu_offload_num_blocks",
+        "effective_attention_block_size",
+        "kv_cache_size_tokens",
+        "kv_cache_max_concurrency",
+        "hash_block_size",
+        "cache_hit_alignment_tokens",
+        "kv_sharing_fast_prefill",
+        "swa_bounded_replay",
+        "kv_cache_memory_bytes",
+        "kv_offloading_size",
+        "kv_offloading_backend",
+        "_block_size_resolved",
+    ];
+    let labels: Vec<&str> = info[info.find('{').unwrap() + 1..info.rfind('}').unwrap()]
+        .split("\",")
+        .map(|kv| kv.split('=').next().unwrap())
+        .collect();
+    assert_eq!(labels.len(), vllm_033_fields.len() + 1, "{info}");
+    for field in vllm_033_fields.iter().chain(&["engine"]) {
+        assert!(labels.contains(field), "{field} missing: {info}");
+    }
+    for pair in [
+        "block_size=\"16\"",
+        "cache_dtype=\"auto\"",
+        "enable_prefix_caching=\"True\"",
+        "engine=\"0\"",
+        "gpu_memory_utilization=\"0.9\"",
+        "num_cpu_blocks=\"None\"",
+        "num_gpu_blocks=\"1456\"",
+        "num_gpu_blocks_override=\"None\"",
+        "kv_cache_size_tokens=\"23280\"",
+        "kv_cache_memory_bytes=\"1073741824\"",
+        "prefix_caching_hash_algo=\"sha256\"",
+    ] {
+        assert!(info.contains(pair), "{pair}: {info}");
+    }
     // Every histogram renders buckets (never a summary).
     assert!(!body.contains("quantile="));
     assert!(!body.contains(" summary\n"));

@@ -58,23 +58,72 @@ fn cache_config_labels(
     args: &ServeArgs,
     engine: &str,
     num_blocks: usize,
+    max_model_len: u64,
 ) -> Vec<(&'static str, String)> {
     let py_bool = |b: bool| if b { "True" } else { "False" }.to_owned();
     let py_opt = |v: Option<u64>| v.map_or("None".to_owned(), |n| n.to_string());
+    let none = || "None".to_owned();
+    let block = args.block_size.to_string();
+    let kv_tokens = num_blocks.saturating_sub(1) * args.block_size as usize;
     vec![
-        ("block_size", args.block_size.to_string()),
-        ("cache_dtype", args.kv_cache_dtype.clone()),
-        ("enable_prefix_caching", py_bool(args.prefix_caching())),
+        ("block_size", block.clone()),
+        ("user_specified_block_size", py_bool(args.block_size != 16)),
+        ("kv_cache_layout", none()),
+        ("prefix_match_unit", block.clone()),
         (
             "gpu_memory_utilization",
             format_float(args.gpu_memory_utilization),
         ),
-        ("num_cpu_blocks", py_opt(None)),
-        ("num_gpu_blocks", num_blocks.to_string()),
+        ("cache_dtype", args.kv_cache_dtype.clone()),
+        ("is_attention_free", py_bool(false)),
         (
             "num_gpu_blocks_override",
             py_opt(args.num_gpu_blocks_override),
         ),
+        // Llama has no sliding window.
+        ("sliding_window", none()),
+        ("enable_prefix_caching", py_bool(args.prefix_caching())),
+        // Vigil's block hashes are SHA-256 (kv_cache/block_hash.rs).
+        ("prefix_caching_hash_algo", "sha256".to_owned()),
+        ("prefix_cache_retention_interval", none()),
+        ("kv_cache_dtype_skip_layers", "[]".to_owned()),
+        // The Mamba and hybrid-model settings: vLLM's defaults (Vigil serves Llama only).
+        ("mamba_page_size_padded", none()),
+        ("skip_page_size_padded", py_bool(false)),
+        ("mamba_block_size", none()),
+        ("mamba_cache_dtype", "auto".to_owned()),
+        ("mamba_ssm_cache_dtype", "auto".to_owned()),
+        ("mamba_cache_mode", "none".to_owned()),
+        ("enable_mamba_shared_prefix_checkpoint", py_bool(false)),
+        ("replayssm_buffer_len", none()),
+        ("use_replayssm", py_bool(false)),
+        ("use_kda_recoverssm", py_bool(false)),
+        ("num_gpu_blocks", num_blocks.to_string()),
+        // No CPU offloading.
+        ("num_cpu_blocks", none()),
+        ("simple_cpu_offload_num_blocks", none()),
+        ("effective_attention_block_size", block.clone()),
+        ("kv_cache_size_tokens", kv_tokens.to_string()),
+        (
+            "kv_cache_max_concurrency",
+            format_float(kv_tokens as f64 / max_model_len.max(1) as f64),
+        ),
+        ("hash_block_size", block.clone()),
+        ("cache_hit_alignment_tokens", block),
+        ("kv_sharing_fast_prefill", py_bool(false)),
+        ("swa_bounded_replay", py_bool(false)),
+        (
+            "kv_cache_memory_bytes",
+            py_opt(
+                args.num_gpu_blocks_override
+                    .is_none()
+                    .then_some(args.kv_cache_memory_bytes),
+            ),
+        ),
+        // No KV offloading.
+        ("kv_offloading_size", none()),
+        ("kv_offloading_backend", none()),
+        ("_block_size_resolved", py_bool(true)),
         ("engine", engine.to_owned()),
     ]
 }
@@ -344,7 +393,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         exporter
             .set_info(
                 &vllm::CACHE_CONFIG_INFO,
-                &cache_config_labels(&args, engine, num_blocks),
+                &cache_config_labels(&args, engine, num_blocks, max_model_len),
             )
             .map_err(anyhow::Error::msg)?;
     }

@@ -447,16 +447,47 @@ pub static ESTIMATED_WRITE_BYTES_PER_GPU: MetricDef = MetricDef::new(
 
 // ---- Configuration ----
 
-/// Label names of `vllm:cache_config_info`: Vigil's own cache settings (vLLM uses its
-/// `CacheConfig` fields, which change every release), plus `engine`.
+/// Label names of `vllm:cache_config_info`: every field of vLLM 0.33's `CacheConfig`
+/// (`vllm/config/cache.py`, in declaration order; `CacheConfig.metrics_info()` makes each a
+/// label), plus `engine`. The field set changes with vLLM releases; this is the catalog's.
 pub const CACHE_CONFIG_LABELS: &[Label] = &[
     Label::Config("block_size"),
-    Label::Config("cache_dtype"),
-    Label::Config("enable_prefix_caching"),
+    Label::Config("user_specified_block_size"),
+    Label::Config("kv_cache_layout"),
+    Label::Config("prefix_match_unit"),
     Label::Config("gpu_memory_utilization"),
-    Label::Config("num_cpu_blocks"),
-    Label::Config("num_gpu_blocks"),
+    Label::Config("cache_dtype"),
+    Label::Config("is_attention_free"),
     Label::Config("num_gpu_blocks_override"),
+    Label::Config("sliding_window"),
+    Label::Config("enable_prefix_caching"),
+    Label::Config("prefix_caching_hash_algo"),
+    Label::Config("prefix_cache_retention_interval"),
+    Label::Config("kv_cache_dtype_skip_layers"),
+    Label::Config("mamba_page_size_padded"),
+    Label::Config("skip_page_size_padded"),
+    Label::Config("mamba_block_size"),
+    Label::Config("mamba_cache_dtype"),
+    Label::Config("mamba_ssm_cache_dtype"),
+    Label::Config("mamba_cache_mode"),
+    Label::Config("enable_mamba_shared_prefix_checkpoint"),
+    Label::Config("replayssm_buffer_len"),
+    Label::Config("use_replayssm"),
+    Label::Config("use_kda_recoverssm"),
+    Label::Config("num_gpu_blocks"),
+    Label::Config("num_cpu_blocks"),
+    Label::Config("simple_cpu_offload_num_blocks"),
+    Label::Config("effective_attention_block_size"),
+    Label::Config("kv_cache_size_tokens"),
+    Label::Config("kv_cache_max_concurrency"),
+    Label::Config("hash_block_size"),
+    Label::Config("cache_hit_alignment_tokens"),
+    Label::Config("kv_sharing_fast_prefill"),
+    Label::Config("swa_bounded_replay"),
+    Label::Config("kv_cache_memory_bytes"),
+    Label::Config("kv_offloading_size"),
+    Label::Config("kv_offloading_backend"),
+    Label::Config("_block_size_resolved"),
     Label::Engine,
 ];
 
