@@ -120,13 +120,29 @@ fn frontend_and_component_series_count_the_traffic() {
         f("dynamo_frontend_inter_token_latency_seconds_count"),
         Some(completion_tokens - 3.0)
     );
-    // Dynamo's log buckets.
+    // Dynamo's log buckets, written as Dynamo's Rust exporter writes them: `le` after the
+    // other labels, Rust's shortest numbers, `_sum` before `_count`, no `_created`.
     assert!(m.contains(
-        "dynamo_frontend_time_to_first_token_seconds_bucket{le=\"0.0022\",model=\"smol\"}"
+        "dynamo_frontend_time_to_first_token_seconds_bucket{model=\"smol\",le=\"0.0022\"}"
     ));
     assert!(
-        m.contains("dynamo_frontend_request_duration_seconds_bucket{le=\"510.0\",model=\"smol\"}")
+        m.contains("dynamo_frontend_request_duration_seconds_bucket{model=\"smol\",le=\"510\"}")
     );
+    assert!(m.contains("dynamo_frontend_model_kv_cache_block_size{model=\"smol\"} 16\n"));
+    let lines: Vec<&str> = m.lines().collect();
+    let sum = lines
+        .iter()
+        .position(|l| l.starts_with("dynamo_frontend_request_duration_seconds_sum{"))
+        .unwrap();
+    assert!(lines[sum + 1].starts_with("dynamo_frontend_request_duration_seconds_count{"));
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("dynamo_") && l.contains("_created")),
+        "Dynamo writes no _created series"
+    );
+    // vLLM's families keep prometheus_client's `_created`.
+    assert!(m.contains("vllm:prompt_tokens_created{"));
     // The model's configuration.
     assert_eq!(f("dynamo_frontend_model_context_length"), Some(8192.0));
     assert_eq!(f("dynamo_frontend_model_kv_cache_block_size"), Some(16.0));
@@ -136,6 +152,8 @@ fn frontend_and_component_series_count_the_traffic() {
         Some(2048.0)
     );
     assert_eq!(f("dynamo_frontend_model_total_kv_blocks"), Some(1456.0));
+    // One engine: requests never migrate (Dynamo's own HTTP metrics test asserts the series).
+    assert_eq!(f("dynamo_frontend_model_migration_limit"), Some(0.0));
 
     // The engine endpoint, as a Dynamo component (namespace sanitized as Dynamo does).
     let c = "dynamo_component=\"backend\",dynamo_endpoint=\"generate\",dynamo_namespace=\"my_ns_v1\",model=\"smol\",model_name=\"smol\"";

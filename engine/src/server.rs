@@ -168,6 +168,8 @@ fn set_dynamo_model_config(
             ),
             (&MODEL_CONTEXT_LENGTH, max_model_len as f64),
             (&MODEL_KV_CACHE_BLOCK_SIZE, block_size as f64),
+            // One engine: a request is never migrated.
+            (&MODEL_MIGRATION_LIMIT, 0.0),
         ] {
             exporter
                 .set_gauge(def, &labels, value)

@@ -219,6 +219,15 @@ pub static MODEL_KV_CACHE_BLOCK_SIZE: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// How many times a request may move to another worker when its worker fails (0: never, which
+/// is Vigil's: one engine, no migration).
+pub static MODEL_MIGRATION_LIMIT: MetricDef = MetricDef::new(
+    "dynamo_frontend_model_migration_limit",
+    Gauge,
+    "Request migration limit for a worker serving the model",
+    MODEL,
+);
+
 /// `dynamo_namespace, dynamo_component, dynamo_endpoint` and the worker's `model`, `model_name`.
 const COMPONENT: &[Label] = &[
     Label::Config("dynamo_namespace"),
@@ -306,6 +315,7 @@ pub static ALL: &[&MetricDef] = &[
     &MODEL_MAX_NUM_BATCHED_TOKENS,
     &MODEL_CONTEXT_LENGTH,
     &MODEL_KV_CACHE_BLOCK_SIZE,
+    &MODEL_MIGRATION_LIMIT,
     &COMPONENT_REQUESTS,
     &COMPONENT_REQUEST_DURATION,
     &COMPONENT_INFLIGHT_REQUESTS,

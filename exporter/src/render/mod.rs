@@ -6,6 +6,11 @@
 //! and numbers formatted by [`number::write_float`]. OpenMetrics differs in the family name of
 //! counters (without `_total`), `_created` inside the family, quotes escaped in HELP, exemplars,
 //! and the closing `# EOF`.
+//!
+//! The `dynamo_` families are written as Dynamo's own Rust exporter writes them (the `prometheus`
+//! crate's `TextEncoder`), since dashboards for them were built on its output: no `_created`
+//! series, numbers in Rust's shortest form (`16`, not `16.0`), `le` after the other labels,
+//! `_sum` before `_count` ([`Dialect`]).
 
 pub mod escape;
 pub mod number;
@@ -97,6 +102,25 @@ fn collect(exporter: &Exporter) -> HashMap<&'static str, Vec<(Labels, Cell)>> {
     groups
 }
 
+/// Whose exporter a family's text output copies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// Python's prometheus_client (vLLM, and Vigil's own series).
+    PrometheusClient,
+    /// Rust's `prometheus` crate (Dynamo's frontend and components).
+    RustPrometheus,
+}
+
+impl Dialect {
+    pub fn of(def: &MetricDef) -> Dialect {
+        if def.name.starts_with("dynamo_") {
+            Dialect::RustPrometheus
+        } else {
+            Dialect::PrometheusClient
+        }
+    }
+}
+
 /// Renders every visible family of `exporter` in `format`.
 pub fn render(exporter: &Exporter, format: Format) -> String {
     exporter.run_render_hooks();
@@ -107,9 +131,14 @@ pub fn render(exporter: &Exporter, format: Format) -> String {
         let Some(series) = groups.get(def.source_name()).filter(|s| !s.is_empty()) else {
             continue;
         };
-        match format {
-            Format::Prometheus => write_text_family(&mut out, def, series, created),
-            Format::OpenMetrics => write_openmetrics_family(&mut out, def, series, created),
+        let dialect = Dialect::of(def);
+        let created = created && dialect == Dialect::PrometheusClient;
+        match (format, dialect) {
+            (Format::Prometheus, Dialect::RustPrometheus) => {
+                write_rust_text_family(&mut out, def, series)
+            }
+            (Format::Prometheus, _) => write_text_family(&mut out, def, series, created),
+            (Format::OpenMetrics, _) => write_openmetrics_family(&mut out, def, series, created),
         }
     }
     if format == Format::OpenMetrics {
@@ -226,6 +255,58 @@ fn write_text_family(out: &mut String, def: &MetricDef, series: &[(Labels, Cell)
                         out.push('\n');
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A family as the `prometheus` crate's `TextEncoder` writes it.
+fn write_rust_text_family(out: &mut String, def: &MetricDef, series: &[(Labels, Cell)]) {
+    let help = def.help_text();
+    let name = match def.kind {
+        Kind::Counter => format!("{}_total", def.name),
+        _ => def.name.to_owned(),
+    };
+    write_header(out, &name, &help, def.kind.as_str(), Format::Prometheus);
+    let sample = |out: &mut String, suffix: &str, labels: &Labels, le: Option<&str>, v: f64| {
+        out.push_str(&name);
+        out.push_str(suffix);
+        if !labels.is_empty() || le.is_some() {
+            let pairs: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .chain(le.map(|b| ("le", b)))
+                .collect();
+            out.push('{');
+            for (i, (k, v)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(k);
+                out.push_str("=\"");
+                write_label_value(out, v);
+                out.push('"');
+            }
+            out.push('}');
+        }
+        let _ = writeln!(out, " {v}");
+    };
+    for (labels, cell) in series {
+        match cell {
+            Cell::Counter(c) => sample(out, "", labels, None, c.value()),
+            Cell::Gauge(g) => sample(out, "", labels, None, g.value()),
+            Cell::Histogram(h) => {
+                let snap = h.snapshot();
+                for (bound, cumulative) in &snap.buckets {
+                    let le = if *bound == f64::INFINITY {
+                        "+Inf".to_owned()
+                    } else {
+                        bound.to_string()
+                    };
+                    sample(out, "_bucket", labels, Some(&le), *cumulative as f64);
+                }
+                sample(out, "_sum", labels, None, snap.sum);
+                sample(out, "_count", labels, None, snap.count as f64);
             }
         }
     }

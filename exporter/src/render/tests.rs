@@ -349,3 +349,49 @@ fn render_is_deterministic_in_catalog_order() {
         "cache_config_info appears once an engine sets it"
     );
 }
+
+/// Dynamo's families come out as Dynamo's Rust exporter (the `prometheus` crate's
+/// `TextEncoder`) writes them: no `_created` even when prometheus_client's families have it,
+/// Rust's shortest numbers, `le` last, `_sum` before `_count`; vLLM's keep prometheus_client's.
+#[test]
+fn dynamo_families_are_written_as_dynamos_rust_exporter_writes_them() {
+    use crate::catalog::dynamo;
+    let e = exporter(|c| c.created_series = true);
+    metrics::with_local_recorder(&e, || {
+        metrics::gauge!(dynamo::MODEL_CONTEXT_LENGTH.name, "model" => "m").set(8192.0);
+        metrics::histogram!(dynamo::FRONTEND_CACHED_TOKENS.name, "model" => "m").record(32.0);
+        metrics::counter!(vllm::PROMPT_TOKENS.name, "model_name" => "m", "engine" => "0")
+            .increment(3);
+    });
+    let text = e.render(Format::Prometheus);
+    assert_eq!(
+        family(&text, "dynamo_frontend_model_context_length"),
+        [
+            "# HELP dynamo_frontend_model_context_length Maximum context length in tokens for a worker serving the model",
+            "# TYPE dynamo_frontend_model_context_length gauge",
+            "dynamo_frontend_model_context_length{model=\"m\"} 8192",
+        ]
+    );
+    let cached = family(&text, "dynamo_frontend_cached_tokens");
+    let n = cached.len();
+    assert_eq!(
+        cached[2..4],
+        [
+            "dynamo_frontend_cached_tokens_bucket{model=\"m\",le=\"0\"} 0",
+            "dynamo_frontend_cached_tokens_bucket{model=\"m\",le=\"100\"} 1",
+        ],
+        "{cached:#?}"
+    );
+    assert_eq!(
+        cached[n - 3..],
+        [
+            "dynamo_frontend_cached_tokens_bucket{model=\"m\",le=\"+Inf\"} 1",
+            "dynamo_frontend_cached_tokens_sum{model=\"m\"} 32",
+            "dynamo_frontend_cached_tokens_count{model=\"m\"} 1",
+        ]
+    );
+    assert!(!text.contains("dynamo_frontend_cached_tokens_created"));
+    // vLLM's families keep prometheus_client's form.
+    assert!(text.contains("vllm:prompt_tokens_total{engine=\"0\",model_name=\"m\"} 3.0\n"));
+    assert!(text.contains("vllm:prompt_tokens_created{"));
+}
