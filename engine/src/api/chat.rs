@@ -121,10 +121,11 @@ fn prepare(
 }
 
 fn logprobs_json(lps: &[TokenLogprob]) -> Value {
-    let entry = |t: &str, l: f32| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
+    // Only an echoed prompt's first token lacks a log-probability, and chat does not echo.
+    let entry = |t: &str, l: Option<f32>| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
     json!({"content": lps.iter().map(|lp| {
-        let mut e = entry(&lp.token, lp.logprob.unwrap_or(f32::NAN));
-        e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, *l)).collect::<Vec<_>>().into();
+        let mut e = entry(&lp.token, lp.logprob);
+        e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, Some(*l))).collect::<Vec<_>>().into();
         e
     }).collect::<Vec<_>>()})
 }

@@ -4,6 +4,10 @@
 //! example `catalog::vllm::PROMPT_TOKENS.name`), so every metric name is written exactly once in
 //! the code base. The same table drives registration and pre-creation of series, histogram
 //! buckets, deprecation gating, rendering, `docs/metrics.md` and (later) the Grafana dashboard.
+//!
+//! Versions: the `vllm:` entries are vLLM [`crate::gating::VLLM_CATALOG`]'s, and their
+//! [`Deprecation::since`] is a vLLM version; every other entry's is a Vigil version. The gate
+//! (`--show-hidden-metrics-for-version`) measures each entry in its own line ([`crate::gating`]).
 
 pub mod agent;
 pub mod device;
@@ -76,7 +80,8 @@ impl Label {
 /// Deprecation of an entry, for [`crate::gating`].
 #[derive(Debug, Clone, Copy)]
 pub struct Deprecation {
-    /// The minor version that deprecated it.
+    /// The minor version that deprecated it: a vLLM version for a `vllm:` entry, a Vigil version
+    /// for the others.
     pub since: MinorVersion,
     /// The entry to use instead; named in the HELP text.
     pub use_instead: &'static MetricDef,
