@@ -420,6 +420,27 @@ fn bad_requests_get_openai_errors() {
     assert_error(s, &b, 400, "outside the vocabulary");
     let (s, b) = post(&v, "/v1/chat/completions", json!({"messages": []}));
     assert_error(s, &b, 400, "messages");
+    // One JSON value per body: trailing bytes are refused, trailing whitespace is not.
+    for (path, body) in [
+        (
+            "/v1/completions",
+            &br#"{"prompt":"hi","max_tokens":2} xyz"#[..],
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages":[{"role":"user","content":"hi"}]}{}"#,
+        ),
+        ("/tokenize", br#"{"prompt":"hi"} 1"#),
+    ] {
+        let (s, text) = http_post(&v.url(path), body, &[]);
+        assert_error(s, &serde_json::from_str(&text).unwrap(), 400, "trailing");
+    }
+    let (s, _) = http_post(
+        &v.url("/v1/completions"),
+        b"{\"prompt\":\"hi\",\"max_tokens\":2} \n",
+        &[],
+    );
+    assert_eq!(s, 200);
     let (s, text) = http_post(&v.url("/v1/completions"), b"{not json", &[]);
     assert_error(
         s,

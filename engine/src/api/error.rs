@@ -102,10 +102,11 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
     }
 }
 
-/// Parses a JSON body into `T`, naming the offending field in the error.
+/// Parses a JSON body into `T`, naming the offending field in the error. Anything but
+/// whitespace after the JSON value is refused (a body is one value).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         if inner.is_syntax() || inner.is_eof() || path == "." || path == "?" || path.is_empty() {
@@ -113,5 +114,8 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
         } else {
             ApiError::bad_request(format!("{path}: {inner}"), Some(&path))
         }
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))?;
+    Ok(value)
 }

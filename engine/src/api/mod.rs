@@ -184,7 +184,9 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// `--api-key` as vLLM checks it: every `/v1` request but `OPTIONS` (CORS preflights carry no
 /// credentials) needs `Authorization: Bearer <key>`; the scheme is matched in any case (RFC
-/// 9110), the key exactly. An empty key is no key (vLLM tests the key's truth).
+/// 9110), the key exactly and in constant time (vLLM's `secrets.compare_digest`), so the time
+/// an answer takes says nothing of how much of a guess was right. An empty key is no key (vLLM
+/// tests the key's truth).
 async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let key = state.api_key.as_deref().filter(|k| !k.is_empty());
     if let (Some(key), false) = (key, req.method() == Method::OPTIONS) {
@@ -194,7 +196,9 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.split_once(' '))
             .is_some_and(|(scheme, given)| {
-                scheme.eq_ignore_ascii_case("bearer") && given.trim_start() == key
+                use subtle::ConstantTimeEq;
+                scheme.eq_ignore_ascii_case("bearer")
+                    && bool::from(given.trim_start().as_bytes().ct_eq(key.as_bytes()))
             });
         if !ok {
             return ApiError::unauthorized().into_response();
