@@ -865,11 +865,14 @@ fn models_tokenize_detokenize() {
 #[test]
 fn known_traffic_gives_exact_totals_and_a_tiny_cache_preempts() {
     // 12 blocks of 16 tokens (one is the null block): four requests of 32 + 48 tokens need 20.
+    // The context is what the cache holds (a longer one refuses to start).
     let v = Vigil::serve(&[
         "--served-model-name",
         "m",
         "--num-gpu-blocks-override",
         "12",
+        "--max-model-len",
+        "176",
         "--no-enable-prefix-caching",
     ]);
     let k = 4;

@@ -302,3 +302,37 @@ fn chunked_prefill_flags_follow_vllm() {
     assert!(err.contains("--no-enable-chunked-prefill"), "{err}");
     assert!(err.contains("--max-model-len (4096)"), "{err}");
 }
+
+/// A KV cache that cannot hold one request of `--max-model-len` refuses to start, as vLLM's
+/// does, naming both numbers and the flags to change (`--num-gpu-blocks-override 1` used to
+/// panic, `0` to fail in the warm-up, `4` to start and spin on the first long prompt); so does a
+/// CPU cache larger than the memory this process can take (it used to start, then be OOM-killed
+/// under traffic).
+#[test]
+fn a_cache_that_cannot_serve_refuses_to_start() {
+    let model = require_model();
+    for (blocks, needle) in [
+        ("0", "needs at least 2"),
+        ("1", "needs at least 2"),
+        ("4", "holds 48 tokens (4 blocks of 16"),
+    ] {
+        let err = fails(&[model, "--num-gpu-blocks-override", blocks]);
+        assert!(err.contains(needle), "{blocks}: {err}");
+        assert!(err.contains("--num-gpu-blocks-override"), "{blocks}: {err}");
+        assert!(!err.contains("panicked"), "{blocks}: {err}");
+    }
+    let err = fails(&[model, "--num-gpu-blocks-override", "4"]);
+    assert!(err.contains("--max-model-len 8192"), "{err}");
+    assert!(err.contains("lower --max-model-len to at most 48"), "{err}");
+    // What fits serves.
+    let v = Vigil::serve(&["--num-gpu-blocks-override", "4", "--max-model-len", "48"]);
+    let (status, _) = http_post(
+        &v.url("/v1/completions"),
+        br#"{"prompt": "Hi", "max_tokens": 2}"#,
+        &[],
+    );
+    assert_eq!(status, 200);
+    let err = fails(&[model, "--kv-cache-memory-bytes", "4096G"]);
+    assert!(err.contains("the KV cache needs 4096.00 GiB"), "{err}");
+    assert!(err.contains("--kv-cache-memory-bytes"), "{err}");
+}

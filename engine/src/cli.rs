@@ -463,10 +463,10 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} must be a positive size"))
 }
 
-/// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
 /// vLLM's default token budget per step with chunked prefill.
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
 
+/// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
 fn parse_max_model_len(s: &str) -> Result<u64, String> {
     let (digits, multiplier) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 1_000),

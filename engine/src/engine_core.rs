@@ -62,6 +62,9 @@ pub struct Finished {
     pub text: String,
     pub reason: FinishReason,
     pub stop_reason: Option<StopReason>,
+    /// With [`FinishReason::Error`]: why, when the engine can say (a request the cache can
+    /// never hold).
+    pub error: Option<String>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
@@ -396,6 +399,7 @@ impl Core<'_> {
             text,
             reason,
             stop_reason: req.stop_reason.clone(),
+            error: req.error.clone(),
             prompt_tokens: req.prompt_len,
             completion_tokens: req.num_output_tokens(),
             cached_tokens: req.num_cached_tokens.unwrap_or(0),

@@ -13,7 +13,7 @@ use exporter::{Exporter, ExporterConfig};
 use std::sync::Arc;
 
 use crate::api::{self, AppState};
-use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use crate::backend::cpu::{host_memory, CpuBackend, CpuOptions, WeightFormat};
 use crate::backend::cuda::{CudaBackend, CudaOptions};
 use crate::backend::Backend;
 use crate::cli::{Device, ServeArgs, DEFAULT_MODEL};
@@ -299,7 +299,12 @@ fn build_backend(
                     "CUDA backend ready in {:.2?}",
                     started.elapsed()
                 );
-                warn_if_cache_is_short(plan.num_blocks, options.block_size, max_model_len);
+                check_cache_holds_a_request(
+                    plan.num_blocks,
+                    options.block_size,
+                    max_model_len,
+                    "--gpu-memory-utilization or --num-gpu-blocks-override",
+                )?;
                 return Ok(Box::new(backend));
             }
             Err(e) if args.device == Device::Auto => {
@@ -309,14 +314,27 @@ fn build_backend(
         }
     }
     let block_size = args.block_size as usize;
+    let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config);
     let num_blocks = match args.num_gpu_blocks_override {
         Some(n) => n as usize,
-        None => {
-            let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config);
-            (args.kv_cache_memory_bytes as usize / per_block).max(2)
-        }
+        None => args.kv_cache_memory_bytes as usize / per_block,
     };
-    warn_if_cache_is_short(num_blocks, block_size, max_model_len);
+    check_cache_holds_a_request(
+        num_blocks,
+        block_size,
+        max_model_len,
+        "--kv-cache-memory-bytes or --num-gpu-blocks-override",
+    )?;
+    let kv_bytes = (num_blocks * per_block) as u64;
+    if let Some(available) = host_memory::available_bytes().filter(|a| kv_bytes > *a) {
+        anyhow::bail!(
+            "the KV cache needs {:.2} GiB ({num_blocks} blocks of {block_size} tokens), but this \
+             process can take only {:.2} GiB more on this host (MemAvailable, and ulimit -v if \
+             set); lower --kv-cache-memory-bytes (or --num-gpu-blocks-override)",
+            kv_bytes as f64 / GIB,
+            available as f64 / GIB
+        );
+    }
     let options = CpuOptions {
         block_size,
         num_blocks,
@@ -337,15 +355,29 @@ fn build_backend(
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-fn warn_if_cache_is_short(num_blocks: usize, block_size: usize, max_model_len: u64) {
-    if num_blocks < 2 || (num_blocks - 1) * block_size < max_model_len as usize {
-        tracing::warn!(
-            num_blocks,
-            block_size,
-            max_model_len,
-            "the KV cache cannot hold one request of the maximum length"
+/// Refuses a KV cache that cannot hold one request of `max_model_len`, as vLLM refuses to
+/// start then: such a request could never be scheduled. One block is the null block.
+fn check_cache_holds_a_request(
+    num_blocks: usize,
+    block_size: usize,
+    max_model_len: u64,
+    sizing_flags: &str,
+) -> anyhow::Result<()> {
+    if num_blocks < 2 {
+        anyhow::bail!(
+            "a KV cache of {num_blocks} blocks holds nothing: one block is reserved, so it needs \
+             at least 2 (raise {sizing_flags})"
         );
     }
+    let tokens = (num_blocks - 1) * block_size;
+    if (tokens as u64) < max_model_len {
+        anyhow::bail!(
+            "the KV cache holds {tokens} tokens ({num_blocks} blocks of {block_size}, one of them \
+             reserved), fewer than one request of --max-model-len {max_model_len} needs: raise \
+             {sizing_flags}, or lower --max-model-len to at most {tokens}"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.

@@ -341,10 +341,21 @@ impl Generation {
                     }
                     self.usage.completion_tokens += f.completion_tokens;
                     if f.reason == FinishReason::Error {
-                        self.record.fail_in_backend();
-                        return Some(Err(ApiError::unavailable(
-                            "the engine failed while running this request",
-                        )));
+                        let err = match f.error {
+                            // The engine refused it (it can never fit): the request's fault.
+                            Some(why) => {
+                                let err = ApiError::bad_request(why, Some("input_tokens"));
+                                self.record.fail(&err);
+                                err
+                            }
+                            None => {
+                                self.record.fail_in_backend();
+                                ApiError::unavailable(
+                                    "the engine failed while running this request",
+                                )
+                            }
+                        };
+                        return Some(Err(err));
                     }
                     return Some(Ok(self.delta(
                         index,

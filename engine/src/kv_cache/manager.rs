@@ -51,6 +51,11 @@ impl KvCacheManager {
         &self.pool
     }
 
+    /// Tokens the whole cache holds (every block but the null block).
+    pub fn capacity_tokens(&self) -> usize {
+        (self.pool.num_blocks() - 1) * self.block_size
+    }
+
     /// Fraction of usable blocks referenced by requests (`vllm:kv_cache_usage_perc`).
     pub fn usage(&self) -> f64 {
         self.pool.usage()

@@ -82,6 +82,9 @@ pub struct Scheduler {
     waiting: VecDeque<Request>,
     running: Vec<Request>,
     eos_token_ids: Vec<u32>,
+    /// Requests the cache can never hold, finished by the last schedule (reported with the
+    /// step's finished requests).
+    refused: Vec<(Request, FinishReason)>,
 }
 
 impl Scheduler {
@@ -92,6 +95,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             eos_token_ids,
+            refused: Vec::new(),
         }
     }
 
@@ -179,6 +183,14 @@ impl Scheduler {
                     i += 1;
                     break;
                 }
+                if self.running.len() == 1 {
+                    // Alone and still short of blocks: the whole cache cannot hold it. Preempting
+                    // it would only requeue a request that can never be admitted.
+                    let mut req = self.running.remove(0);
+                    self.kv.free(&mut req.blocks);
+                    self.refused.push((req, FinishReason::Length));
+                    break 'running;
+                }
                 let victim_is_self = i == self.running.len() - 1;
                 self.preempt_last();
                 stats.num_preempted += 1;
@@ -207,6 +219,17 @@ impl Scheduler {
                     .kv
                     .allocate_slots(&mut req.blocks, &req.tokens, 0, n, &hit)
                 {
+                    if self.running.is_empty() {
+                        // Nothing holds a block, and still it does not fit: it never will.
+                        let mut req = self.waiting.pop_front().expect("front exists");
+                        req.error = Some(format!(
+                            "the request needs {} tokens of KV cache and the whole cache holds {}",
+                            req.tokens.len(),
+                            self.kv.capacity_tokens()
+                        ));
+                        self.refused.push((req, FinishReason::Error));
+                        continue;
+                    }
                     break;
                 }
                 let mut req = self.waiting.pop_front().expect("front exists");
@@ -240,7 +263,7 @@ impl Scheduler {
         let mut stats = StepStats::default();
         let scheduled = self.schedule(&mut stats);
         let mut updates = Vec::new();
-        let mut finished = Vec::new();
+        let mut finished = std::mem::take(&mut self.refused);
         if scheduled.is_empty() {
             return Ok(StepOutput {
                 updates,

@@ -80,6 +80,8 @@ pub struct Request {
     pub num_preemptions: u32,
     /// Set when a stop token id or a stop string ended it.
     pub stop_reason: Option<StopReason>,
+    /// Why it finished with [`FinishReason::Error`], when the engine can say.
+    pub error: Option<String>,
     /// How many alternatives to report with each prompt token's log-probability, when the
     /// client asked for the prompt's log-probabilities (`echo` with `logprobs`).
     pub prompt_logprobs: Option<usize>,
@@ -111,6 +113,7 @@ impl Request {
             num_cached_tokens: None,
             num_preemptions: 0,
             stop_reason: None,
+            error: None,
             prompt_logprobs: None,
             prompt_logprobs_next: 1,
             times: Timestamps {

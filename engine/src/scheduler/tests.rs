@@ -321,3 +321,49 @@ fn without_chunked_prefill_a_prompt_runs_whole_or_waits() {
         assert_eq!(outputs, want);
     }
 }
+
+/// A request the whole cache cannot hold is refused with the numbers, not left waiting (the
+/// engine loop would spin on it); one that outgrows the cache while decoding alone finishes
+/// with `length`, not preempted into a queue it can never leave. Others still run.
+#[test]
+fn requests_the_cache_can_never_hold_finish_instead_of_waiting_forever() {
+    // 4 blocks of 4 tokens, one reserved: 12 tokens in all.
+    let mut be = backend(4);
+    let cfg = SchedulerConfig {
+        max_num_batched_tokens: 64,
+        max_num_seqs: 4,
+        max_model_len: 512,
+        chunked_prefill: true,
+    };
+    let mut s = Scheduler::new(cfg, KvCacheManager::new(4, BLOCK, true), vec![]);
+    s.add(request(0, (0..20).collect(), 4)); // a 20-token prompt: never fits
+    s.add(request(1, (0..10).collect(), 10)); // fits, outgrows the cache after 2 tokens
+    s.add(request(2, (0..3).collect(), 2)); // fits
+    let mut finished = HashMap::new();
+    for _ in 0..20 {
+        if !s.has_work() {
+            break;
+        }
+        for (r, reason) in s.step(&mut be).unwrap().finished {
+            finished.insert(
+                r.id.clone(),
+                (reason, r.num_output_tokens(), r.error.clone()),
+            );
+        }
+    }
+    assert!(!s.has_work(), "every request finished: {finished:?}");
+    let (reason, _, error) = &finished["r0"];
+    assert_eq!(*reason, FinishReason::Error);
+    assert_eq!(
+        error.as_deref(),
+        Some("the request needs 20 tokens of KV cache and the whole cache holds 12")
+    );
+    let (reason, generated, _) = &finished["r1"];
+    assert_eq!(*reason, FinishReason::Length);
+    // 12 slots hold the KV of the prompt and of 2 outputs; the third output is sampled from
+    // them, and its own KV finds no slot.
+    assert_eq!(*generated, 3);
+    assert_eq!(finished["r2"].0, FinishReason::Length);
+    assert_eq!(finished["r2"].1, 2);
+    assert_eq!(s.kv().pool().num_free(), 3, "no block leaked");
+}

@@ -2,6 +2,7 @@
 //! using every core (rayon for attention and the quantized matmuls, `gemm` for f32 GEMMs).
 
 pub(crate) mod attention;
+pub mod host_memory;
 mod linear;
 pub(crate) mod ops;
 
