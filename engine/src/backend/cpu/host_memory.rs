@@ -30,7 +30,7 @@ fn address_space_left() -> Option<u64> {
     }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let used = kib_field(&status, "VmSize:")?;
-    Some((limit.rlim_cur as u64).saturating_sub(used))
+    Some(limit.rlim_cur.saturating_sub(used))
 }
 
 /// A `Name:   123 kB` field of a /proc file, in bytes.
