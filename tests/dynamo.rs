@@ -222,7 +222,7 @@ fn spawn_with_system_server(extra_env: &[(&str, &str)]) -> Spawned {
         "0",
     ])
     .env("DYN_SYSTEM_PORT", "0")
-    .env("DYN_SYSTEM_HOST", "127.0.0.1")
+    .env_remove("DYN_SYSTEM_HOST")
     .env("RUST_LOG", "info")
     .stdout(std::process::Stdio::null())
     .stderr(std::process::Stdio::piped());
@@ -279,6 +279,9 @@ fn the_system_status_server_tells_the_truth_about_readiness() {
         log: rx,
         ..
     } = spawn_with_system_server(&[]);
+    // Without DYN_SYSTEM_HOST it listens where the API does (--host 127.0.0.1), not on every
+    // interface.
+    assert!(sys.starts_with("127.0.0.1:"), "{sys}");
     let get = |path: &str| common::http_get(&format!("http://{sys}{path}"), None);
     // Loading: not ready yet (the model loads and a warm-up step runs after this listener).
     let (status, _, body) = get("/health");

@@ -385,7 +385,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let process_started = std::time::Instant::now();
     // Dynamo's system status server comes up first, so that it says `notready` while loading.
     let system = SystemState::new();
-    if let Some(config) = system_server::config_from_env(&|name| std::env::var(name).ok())? {
+    if let Some(config) =
+        system_server::config_from_env(&|name| std::env::var(name).ok(), args.host)?
+    {
         system_server::start(&config, system.clone()).await?;
     }
     // Tracing set-up fails fast (a bad URL or protocol), before minutes of model loading.

@@ -3,7 +3,8 @@
 //! Dynamo's JSON body with 200 when ready and 503 when not.
 //!
 //! Configured from the environment as Dynamo is: `DYN_SYSTEM_PORT` (>= 0 enables it; 0 picks a
-//! free port and logs it), `DYN_SYSTEM_HOST` (default 0.0.0.0), and the deprecated
+//! free port and logs it), `DYN_SYSTEM_HOST` (default: the API's `--host`, so a server bound to
+//! loopback does not open its status port to the network), and the deprecated
 //! `DYN_SYSTEM_ENABLED=true` (port 8081 unless `DYN_SYSTEM_PORT` says otherwise).
 //!
 //! Readiness is true: `notready` while the model loads and until a warm-up step has run, `ready`
@@ -31,15 +32,17 @@ pub struct SystemServerConfig {
     pub port: u16,
 }
 
-/// Reads `DYN_SYSTEM_PORT`, `DYN_SYSTEM_HOST` and `DYN_SYSTEM_ENABLED` through `env`.
+/// Reads `DYN_SYSTEM_PORT`, `DYN_SYSTEM_HOST` and `DYN_SYSTEM_ENABLED` through `env`; without
+/// `DYN_SYSTEM_HOST` the server listens where the API does (`api_host`).
 pub fn config_from_env(
     env: &dyn Fn(&str) -> Option<String>,
+    api_host: IpAddr,
 ) -> anyhow::Result<Option<SystemServerConfig>> {
     let host = match env("DYN_SYSTEM_HOST") {
         Some(h) => h
             .parse()
             .with_context(|| format!("DYN_SYSTEM_HOST={h:?} is not an IP address"))?,
-        None => IpAddr::from([0, 0, 0, 0]),
+        None => api_host,
     };
     let port: Option<i32> = match env("DYN_SYSTEM_PORT") {
         Some(p) => Some(p.trim().parse().with_context(|| {
@@ -188,7 +191,8 @@ mod tests {
 
     #[test]
     fn the_environment_decides_as_in_dynamo() {
-        let cfg = |vars| config_from_env(&env(vars)).unwrap();
+        let any = IpAddr::from([0, 0, 0, 0]);
+        let cfg = |vars| config_from_env(&env(vars), any).unwrap();
         assert_eq!(cfg(&[]), None);
         assert_eq!(cfg(&[("DYN_SYSTEM_PORT", "-1")]), None);
         assert_eq!(cfg(&[("DYN_SYSTEM_PORT", "0")]).unwrap().port, 0);
@@ -202,13 +206,18 @@ mod tests {
         );
         let c = cfg(&[("DYN_SYSTEM_PORT", "1"), ("DYN_SYSTEM_HOST", "127.0.0.1")]).unwrap();
         assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        // Without DYN_SYSTEM_HOST it follows the API's --host.
+        assert_eq!(cfg(&[("DYN_SYSTEM_PORT", "1")]).unwrap().host, any);
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let c = config_from_env(&env(&[("DYN_SYSTEM_PORT", "1")]), loopback).unwrap();
+        assert_eq!(c.unwrap().host, loopback);
         for bad in [
             &[("DYN_SYSTEM_PORT", "x")][..],
             &[("DYN_SYSTEM_PORT", "70000")],
             &[("DYN_SYSTEM_PORT", "1"), ("DYN_SYSTEM_HOST", "nowhere")],
         ] {
             let vars: &'static [(&'static str, &'static str)] = bad;
-            assert!(config_from_env(&env(vars)).is_err(), "{bad:?}");
+            assert!(config_from_env(&env(vars), any).is_err(), "{bad:?}");
         }
     }
 }
