@@ -142,11 +142,12 @@ fn contention_shows_in_the_engine_role_and_agrees_with_bpftrace() {
 
     // A busy thread sharing its CPU with two other busy threads waits, each time it is
     // preempted, while the two others run their slices. Debian's bpftrace measures the same
-    // threads (by name) at the same time, with runqlat's method.
+    // threads (this process's, by thread id: another Vigil on the machine has threads of the
+    // same names) at the same time, with runqlat's method.
     let mut tracer = None;
     let mut before = Snapshot::default();
     workload(Work::Spinner, 2, Duration::from_millis(2000), |_| {
-        tracer = Some(start_bpftrace());
+        tracer = Some(start_bpftrace(&own_thread_ids()));
         before = probe.read().unwrap();
     });
     let after = probe.read().unwrap();
@@ -184,23 +185,38 @@ fn contention_shows_in_the_engine_role_and_agrees_with_bpftrace() {
     assert!(o.abs_diff(t) <= 1, "median slot: vigil {o}, bpftrace {t}");
 }
 
-/// runqlat's method in bpftrace, for the threads named `vigil-*`: a wakeup, or a switch-out
-/// while runnable (state 0, or 0x100 when preempted as the tracepoint reports it), starts the
-/// clock; the next switch-in stops it. Prints a log2 histogram of microseconds after 4 s.
+/// runqlat's method in bpftrace, for the threads `TIDS` (a condition on `args->next_pid`): a
+/// wakeup, or a switch-out while runnable (state 0, or 0x100 when preempted as the tracepoint
+/// reports it), starts the clock; the next switch-in stops it. Prints a log2 histogram of
+/// microseconds after 4 s.
 const RUNQLAT_BT: &str = r#"
 tracepoint:sched:sched_wakeup, tracepoint:sched:sched_wakeup_new { @start[args->pid] = nsecs; }
 tracepoint:sched:sched_switch {
   if (args->prev_state == 0 || args->prev_state == 0x100) { @start[args->prev_pid] = nsecs; }
   $t = @start[args->next_pid];
-  if ($t && strncmp(args->next_comm, "vigil-", 6) == 0) { @usecs = hist((nsecs - $t) / 1000); }
+  if ($t && (TIDS)) { @usecs = hist((nsecs - $t) / 1000); }
   delete(@start[args->next_pid]);
 }
 interval:s:4 { exit(); }
 "#;
 
-/// Starts bpftrace (tracefs mounted if it is not: its tracepoints need it) and waits until its
-/// probes are attached.
-fn start_bpftrace() -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+/// The ids of this process's threads now.
+fn own_thread_ids() -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Starts bpftrace on the threads `tids` (tracefs mounted if it is not: its tracepoints need
+/// it) and waits until its probes are attached.
+fn start_bpftrace(tids: &[i32]) -> (std::process::Child, BufReader<std::process::ChildStdout>) {
+    assert!(!tids.is_empty());
+    let filter: Vec<String> = tids
+        .iter()
+        .map(|t| format!("args->next_pid == {t}"))
+        .collect();
+    let script = RUNQLAT_BT.replace("TIDS", &filter.join(" || "));
     if !std::path::Path::new("/sys/kernel/tracing/events/sched").exists() {
         let ok = Command::new("mount")
             .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
@@ -209,7 +225,7 @@ fn start_bpftrace() -> (std::process::Child, BufReader<std::process::ChildStdout
         assert!(ok.success(), "cannot mount tracefs for bpftrace");
     }
     let mut child = Command::new("bpftrace")
-        .args(["-e", RUNQLAT_BT])
+        .args(["-e", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
