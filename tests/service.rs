@@ -137,10 +137,14 @@ fn post_completion(url: &str) -> (u16, Option<String>, String) {
 #[test]
 fn sigterm_refuses_new_requests_with_retry_after_lets_those_in_flight_finish_and_exits_0() {
     let mut vigil = Vigil::serve(&["--shutdown-timeout", "120"]);
-    let body =
-        r#"{"prompt": "Count to fifty:", "max_tokens": 40, "ignore_eos": true, "stream": true}"#;
-    let first = stream_until_first_event(vigil.addr, body);
-    let second = stream_until_first_event(vigil.addr, body);
+    let body = |max_tokens: u32| {
+        format!(
+            r#"{{"prompt": "Count to fifty:", "max_tokens": {max_tokens}, "ignore_eos": true, "stream": true}}"#
+        )
+    };
+    let first = stream_until_first_event(vigil.addr, &body(60));
+    // Long enough to still run while the first is counted.
+    let second = stream_until_first_event(vigil.addr, &body(800));
     vigil.send_sigterm();
     wait_for("/health to turn 503", Duration::from_secs(10), || {
         (vigil.get("/health", None).0 == 503).then_some(())
@@ -164,17 +168,88 @@ fn sigterm_refuses_new_requests_with_retry_after_lets_those_in_flight_finish_and
         Some(1.0),
         "{metrics}"
     );
-    for stream in [first, second] {
+    let drained_count = |outcome: &str| {
+        sample(
+            &vigil.metrics(),
+            &format!("vigil_drain_requests_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    for (i, stream) in [first, second].into_iter().enumerate() {
         let events = read_events(stream);
         assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
         assert_eq!(finish_reasons(&events), ["length"], "finished whole");
+        if i == 0 {
+            // Counted as it completes, and scrapeable while the drain goes on.
+            wait_for("the first to be counted", Duration::from_secs(10), || {
+                (drained_count("completed") == Some(1.0)).then_some(())
+            });
+        }
     }
-    let status = vigil.wait_exit(Duration::from_secs(30));
+    let status = vigil.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "exit status {status:?}");
     let log = vigil.log();
     assert!(
         log.contains("completed=2 aborted=0"),
         "the drain counts both; log:\n{log}"
+    );
+}
+
+/// A second SIGTERM (or SIGINT) during the drain aborts what is left and exits at once, as
+/// vLLM's server does, instead of waiting out the grace period.
+#[test]
+fn a_second_signal_cuts_the_drain_short() {
+    let mut vigil = Vigil::serve(&["--shutdown-timeout", "600"]);
+    let body =
+        r#"{"prompt": "Once upon a time", "max_tokens": 4000, "ignore_eos": true, "stream": true}"#;
+    let stream = stream_until_first_event(vigil.addr, body);
+    vigil.send_sigterm();
+    wait_for("/health to turn 503", Duration::from_secs(10), || {
+        (vigil.get("/health", None).0 == 503).then_some(())
+    });
+    let sent = Instant::now();
+    vigil.send_sigterm();
+    let events = read_events(stream);
+    assert_eq!(finish_reasons(&events), ["abort"], "aborted at once");
+    let status = vigil.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "exited {:?} after the second signal",
+        sent.elapsed()
+    );
+    assert!(vigil.log().contains("a second signal"), "{}", vigil.log());
+}
+
+/// SIGTERM while the model loads is a clean exit with a log line, not a death by signal.
+#[test]
+fn sigterm_while_loading_exits_cleanly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = std::process::Command::new(common::VIGIL);
+    cmd.args([
+        "serve",
+        common::require_model(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ])
+    .env("RUST_LOG", "info")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    stderr.read_line(&mut first).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    stderr.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), None, "killed by a signal: {first}{rest}");
+    assert!(status.success(), "{status:?}: {first}{rest}");
+    assert!(
+        rest.contains("stopped while loading the model") || rest.contains("shut down"),
+        "{first}{rest}"
     );
 }
 

@@ -383,6 +383,8 @@ fn check_cache_holds_a_request(
 /// Runs `vigil serve` until SIGTERM or Ctrl-C.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let process_started = std::time::Instant::now();
+    // Listening from the start: a stop while the model loads is a clean exit, not a kill.
+    let mut signals = Signals::install();
     // Dynamo's system status server comes up first, so that it says `notready` while loading.
     let system = SystemState::new();
     if let Some(config) =
@@ -406,7 +408,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     systemd::status(&format!("loading {}", args.model.display()));
     let model = {
         let args = args.clone();
-        tokio::task::spawn_blocking(move || load_model(&args)).await??
+        let load = tokio::task::spawn_blocking(move || load_model(&args));
+        tokio::select! {
+            model = load => model??,
+            () = signals.next() => {
+                tracing::info!("stopped while loading the model; exiting");
+                return Ok(());
+            }
+        }
     };
     let max_model_len = max_model_len(&args, &model)?;
     let mut args = args;
@@ -478,30 +487,36 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = bind(args.host, args.port).await?;
     let local = listener.local_addr()?;
-    let stop = shutdown_signal();
     tracing::info!(%model_name, "listening on http://{local}");
     system.readiness.set_ready();
     systemd::ready(&format!("serving {model_name} on http://{local}"));
     let readiness = system.readiness.clone();
     let router =
         app(exporter, engine.clone(), Arc::clone(&state.drain)).merge(api::router(state.clone()));
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
     let grace = args.shutdown_timeout;
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        stop.await;
+        signals.next().await;
         readiness.set_draining();
         systemd::stopping("draining");
-        drain::drain(&state.drain, &engine, grace).await;
-        let _ = drained_tx.send(());
+        let mut second = false;
+        let cut_short = async {
+            signals.next().await;
+            second = true;
+        };
+        drain::drain(&state.drain, &engine, grace, cut_short).await;
+        let _ = drained_tx.send(second);
     });
     // Once drained, connections get a few seconds to close (an idle keep-alive client must not
-    // hold the stop up).
+    // hold the stop up); after a second signal, none.
     let closing = async {
-        if drained_rx.await.is_ok() {
-            tokio::time::sleep(CLOSE_WAIT).await;
-            tracing::warn!("connections still open {CLOSE_WAIT:?} after the drain; exiting");
-        } else {
-            std::future::pending::<()>().await;
+        match drained_rx.await {
+            Ok(false) => {
+                tokio::time::sleep(CLOSE_WAIT).await;
+                tracing::warn!("connections still open {CLOSE_WAIT:?} after the drain; exiting");
+            }
+            Ok(true) => {}
+            Err(_) => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
@@ -538,32 +553,45 @@ pub async fn bind(host: std::net::IpAddr, port: u16) -> anyhow::Result<tokio::ne
         .with_context(|| format!("--host {host} --port {port}: cannot listen on {addr}"))
 }
 
-/// A future that resolves on SIGTERM or Ctrl-C (SIGINT). The handlers are installed when this
-/// is called, not when the future is first polled: a SIGTERM that arrives right after
-/// `READY=1` must start a drain, not kill the process with the default action.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+/// SIGTERM and SIGINT (Ctrl-C), as a stream: the first starts the drain, a second cuts it
+/// short, as vLLM's server does.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        async move {
-            match (term, int) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {},
-                        _ = int.recv() => {},
-                    }
-                }
+    unix: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    pub fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Signals {
+                    unix: Some((term, int)),
+                },
                 _ => {
                     tracing::warn!("cannot install the SIGTERM/SIGINT handlers; Ctrl-C only");
-                    let _ = tokio::signal::ctrl_c().await;
+                    Signals { unix: None }
                 }
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    async {
+
+    /// Resolves at the next SIGTERM or SIGINT.
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.unix {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

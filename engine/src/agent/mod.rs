@@ -86,7 +86,8 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .route("/health", get(health))
         .with_state(agent);
     let listener = crate::server::bind(args.host, args.port).await?;
-    let stop = crate::server::shutdown_signal();
+    let mut signals = crate::server::Signals::install();
+    let stop = async move { signals.next().await };
     tracing::info!(engine = %args.engine_metrics_url, "listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)

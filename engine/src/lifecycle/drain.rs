@@ -4,8 +4,8 @@
 //! server runs it is counted in flight until its response body (a whole JSON body or an SSE
 //! stream) has been sent or dropped; once a drain has begun it is refused with 503, an
 //! OpenAI-style error body and `Retry-After`. [`drain`] then waits for the requests in flight,
-//! aborts what is left when the grace period ends, and counts each outcome in
-//! `vigil_drain_requests_total`.
+//! aborts what is left when the grace period ends (or at a second signal), and counts each
+//! request in `vigil_drain_requests_total` as it leaves, so a scrape during the drain sees them.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,6 +32,8 @@ const ABORT_WAIT: Duration = Duration::from_secs(5);
 #[derive(Default)]
 pub struct Drain {
     draining: AtomicBool,
+    /// Set when what is left has been aborted: requests leaving after it count as aborted.
+    aborting: AtomicBool,
     in_flight: AtomicUsize,
     /// When the grace period ends (set when the drain begins), for `Retry-After`.
     deadline: Mutex<Option<Instant>>,
@@ -44,8 +46,16 @@ pub struct InFlight(Arc<Drain>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
-        self.0.left.notify_waiters();
+        let drain = &self.0;
+        if drain.is_draining() {
+            let outcome = if drain.aborting.load(Ordering::SeqCst) {
+                "aborted"
+            } else {
+                "completed"
+            };
+            metrics::counter!(DRAIN_REQUESTS.name, "outcome" => outcome).increment(1);
+        }
+        drain.leave();
     }
 }
 
@@ -66,15 +76,20 @@ impl Drain {
     /// so a request either sees the drain or is seen by it: none slips between.
     pub fn admit(self: &Arc<Self>) -> Result<InFlight, ApiError> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(Arc::clone(self));
         if self.is_draining() {
-            drop(guard);
+            // Out again, counted as refused only (not as a request that completed).
+            self.leave();
             metrics::counter!(DRAIN_REQUESTS.name, "outcome" => "rejected").increment(1);
             return Err(ApiError::unavailable(
                 "The server is shutting down and admits no new requests; retry later or on another replica.",
             ));
         }
-        Ok(guard)
+        Ok(InFlight(Arc::clone(self)))
+    }
+
+    fn leave(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.left.notify_waiters();
     }
 
     /// Starts refusing requests; returns how many are in flight.
@@ -118,18 +133,27 @@ pub struct Drained {
     pub aborted: usize,
 }
 
-/// Drains: refuse new requests, give those in flight `grace` to finish, abort the rest.
-pub async fn drain(drain: &Drain, engine: &EngineHandle, grace: Duration) -> Drained {
+/// Drains: refuse new requests, give those in flight `grace` to finish (or until `cut_short`
+/// resolves: a second signal), abort the rest.
+pub async fn drain(
+    drain: &Drain,
+    engine: &EngineHandle,
+    grace: Duration,
+    cut_short: impl std::future::Future<Output = ()>,
+) -> Drained {
     let started = Instant::now();
     let in_flight = drain.begin(grace);
     tracing::info!(in_flight, ?grace, "draining: new requests get 503");
-    let _ = tokio::time::timeout(grace, drain.until_idle()).await;
+    tokio::select! {
+        _ = tokio::time::timeout(grace, drain.until_idle()) => {}
+        () = cut_short => {
+            tracing::warn!("a second signal: aborting the requests in flight and exiting");
+        }
+    }
     let aborted = drain.in_flight();
     if aborted > 0 {
-        tracing::warn!(
-            aborted,
-            "the shutdown grace period ended with requests in flight; aborting them"
-        );
+        tracing::warn!(aborted, "aborting the requests still in flight");
+        drain.aborting.store(true, Ordering::SeqCst);
         engine.abort_all();
         if tokio::time::timeout(ABORT_WAIT, drain.until_idle())
             .await
@@ -145,9 +169,6 @@ pub async fn drain(drain: &Drain, engine: &EngineHandle, grace: Duration) -> Dra
         completed: in_flight.saturating_sub(aborted),
         aborted,
     };
-    for (outcome, n) in [("completed", done.completed), ("aborted", done.aborted)] {
-        metrics::counter!(DRAIN_REQUESTS.name, "outcome" => outcome).increment(n as u64);
-    }
     tracing::info!(
         completed = done.completed,
         aborted = done.aborted,
