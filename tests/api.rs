@@ -943,3 +943,66 @@ fn known_traffic_gives_exact_totals_and_a_tiny_cache_preempts() {
         Some(0.0)
     );
 }
+
+/// One access-log line per request, as vLLM's server writes one: 4xx answers and aborted
+/// streams included, with the request id and token counts of generation requests; off with
+/// vLLM's `--disable-uvicorn-access-log` (or `--disable-log-requests`).
+#[test]
+fn every_request_gets_an_access_log_line() {
+    let v = Vigil::serve(&[]);
+    let (_, ok) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": 3, "ignore_eos": true}),
+    );
+    let id = ok["id"].as_str().unwrap().to_owned();
+    let _ = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "Hi", "max_tokens": -3}),
+    );
+    let _ = v.get("/no/such/route", None);
+    let gone = common::stream_until_first_event(
+        v.addr,
+        r#"{"prompt": "Hi", "max_tokens": 1000, "ignore_eos": true, "stream": true}"#,
+    );
+    drop(gone);
+    let lines = wait_for("four access lines", Duration::from_secs(10), || {
+        let log = v.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("vigil::access"))
+            .map(str::to_owned)
+            .collect();
+        (lines.len() >= 4).then_some(lines)
+    });
+    let find = |needle: &str| {
+        lines
+            .iter()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}: {lines:#?}"))
+            .clone()
+    };
+    let line = find(&id);
+    assert!(
+        line.contains("\"POST /v1/completions HTTP/1.1\" 200"),
+        "{line}"
+    );
+    assert!(line.contains("output_tokens=3"), "{line}");
+    assert!(line.contains("complete=true"), "{line}");
+    assert!(find("\" 400").contains("POST /v1/completions"));
+    assert!(find("\" 404").contains("GET /no/such/route"));
+    let aborted = find("complete=false");
+    assert!(aborted.contains("request_id=\"cmpl-"), "{aborted}");
+
+    for flag in ["--disable-uvicorn-access-log", "--disable-log-requests"] {
+        let quiet = Vigil::serve(&[flag]);
+        let _ = post(
+            &quiet,
+            "/v1/completions",
+            json!({"prompt": "Hi", "max_tokens": 1}),
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!quiet.log().contains("vigil::access"), "{flag}");
+    }
+}

@@ -187,6 +187,14 @@ pub struct ServeArgs {
     #[arg(long)]
     pub disable_log_stats: bool,
 
+    /// Do not write the access log (one line per request; vLLM's flag for uvicorn's).
+    #[arg(long)]
+    pub disable_uvicorn_access_log: bool,
+
+    /// Do not log requests (vLLM's flag; here it also turns the access log off).
+    #[arg(long)]
+    pub disable_log_requests: bool,
+
     /// Show metrics deprecated in this version (only the minor version before the running one
     /// is accepted).
     #[arg(long, value_name = "X.Y", value_parser = parse_show_hidden)]
@@ -338,6 +346,11 @@ impl ServeArgs {
 
     pub fn prefix_caching(&self) -> bool {
         !self.no_enable_prefix_caching
+    }
+
+    /// Whether to write one access-log line per request.
+    pub fn access_log(&self) -> bool {
+        !(self.disable_uvicorn_access_log || self.disable_log_requests)
     }
 
     pub fn chunked_prefill(&self) -> bool {

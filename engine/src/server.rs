@@ -491,11 +491,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     system.readiness.set_ready();
     systemd::ready(&format!("serving {model_name} on http://{local}"));
     let readiness = system.readiness.clone();
-    let router =
+    let mut router =
         app(exporter, engine.clone(), Arc::clone(&state.drain)).merge(api::router(state.clone()));
+    if args.access_log() {
+        router = router.layer(axum::middleware::from_fn(api::access_log::log_requests));
+    }
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
     let grace = args.shutdown_timeout;
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         signals.next().await;
         readiness.set_draining();
         systemd::stopping("draining");

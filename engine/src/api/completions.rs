@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::access_log::AccessNote;
 use super::dynamo::{RequestRecord, Route};
 use super::error::{parse_json, ApiBody, ApiError};
 use super::fields::{self, Endpoint};
@@ -20,6 +21,7 @@ use crate::scheduler::StopReason;
 pub async fn handle(
     State(state): State<Arc<AppState>>,
     headers: axum::http::HeaderMap,
+    access: Option<axum::Extension<AccessNote>>,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
@@ -47,7 +49,8 @@ pub async fn handle(
     };
     let id = request.request_id.clone();
     let trace = state.start_trace(&headers, &model, "text_completion", &request);
-    let gen = Generation::start(Arc::clone(&state), request, record, trace)?;
+    let mut gen = Generation::start(Arc::clone(&state), request, record, trace)?;
+    gen.note_to(access.map(|a| a.0));
     let format = Format {
         id,
         model,

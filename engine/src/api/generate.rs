@@ -10,6 +10,7 @@ use futures_util::stream::{select_all, SelectAll, StreamExt};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use super::access_log::{AccessNote, Note};
 use super::dynamo::RequestRecord;
 use super::error::ApiError;
 use super::AppState;
@@ -120,6 +121,21 @@ pub struct Generation {
     record: RequestRecord,
     /// The request's span when tracing is on; ended when the generation is dropped.
     trace: Option<RequestTrace>,
+    request_id: String,
+    /// The access log's note of this request, filled when the generation is dropped.
+    access: Option<AccessNote>,
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if let Some(access) = &self.access {
+            access.set(Note {
+                request_id: Some(self.request_id.clone()),
+                prompt_tokens: self.usage.prompt_tokens,
+                completion_tokens: self.usage.completion_tokens,
+            });
+        }
+    }
 }
 
 impl Generation {
@@ -205,6 +221,8 @@ impl Generation {
             },
             record,
             trace,
+            request_id: req.request_id.clone(),
+            access: None,
         };
         // An echoed prompt's first token has no log-probability: it leads the list.
         for (c, prompt) in generation.choices.iter_mut().zip(
@@ -226,6 +244,11 @@ impl Generation {
             }
         }
         Ok(generation)
+    }
+
+    /// Reports this request's id and token counts in the access log's line.
+    pub fn note_to(&mut self, access: Option<AccessNote>) {
+        self.access = access;
     }
 
     pub fn n(&self) -> usize {

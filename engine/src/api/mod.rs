@@ -2,6 +2,7 @@
 //! `/v1/models`, `/tokenize` and `/detokenize`. Handlers parse and validate, then talk to the
 //! engine thread through [`crate::engine_core::EngineHandle`].
 
+pub mod access_log;
 mod chat;
 mod completions;
 pub mod dynamo;
