@@ -473,6 +473,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         dynamo: args.dynamo.names(),
         drain: Drain::new(),
         traces: traces.clone(),
+        cpu: api::cpu_pool::CpuPool::for_this_host(),
     });
     let _ = system.engine.set(state.engine.clone());
     let _ = system.endpoint.set(state.dynamo.endpoint.clone());

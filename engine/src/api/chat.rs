@@ -26,21 +26,43 @@ pub async fn handle(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let fields: serde_json::Value = parse_json(&body)?;
-    let common: CommonParams = parse_json(&body)?;
-    let req: ChatRequest = parse_json(&body)?;
-    fields::check(&fields, Endpoint::Chat)?;
+    // Parsing a large body is CPU work: off the async workers.
+    let parsed = state
+        .cpu
+        .run(move || -> Result<_, ApiError> {
+            let fields: serde_json::Value = parse_json(&body)?;
+            let common: CommonParams = parse_json(&body)?;
+            let req: ChatRequest = parse_json(&body)?;
+            fields::check(&fields, Endpoint::Chat)?;
+            Ok((common, req, body.len()))
+        })
+        .await??;
+    let (common, req, body_len) = parsed;
     let model = state.check_model(common.model.as_deref())?;
     let mut record = RequestRecord::start(
         &state.dynamo,
         &model,
         Route::ChatCompletions,
         common.is_stream(),
-        body.len(),
+        body_len,
     );
-    let prepared = common
-        .streaming()
-        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)));
+    // So are templates and tokenization.
+    let prepared = {
+        let state = Arc::clone(&state);
+        let common = common.clone();
+        state
+            .cpu
+            .run({
+                let state = Arc::clone(&state);
+                move || {
+                    common
+                        .streaming()
+                        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)))
+                }
+            })
+            .await
+            .and_then(|r| r)
+    };
     let (streaming, request) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -82,6 +104,8 @@ fn prepare(
     arrival: Instant,
 ) -> Result<GenRequest, ApiError> {
     let messages = req.messages()?;
+    let bytes = messages.iter().map(|m| m.content.len()).sum();
+    state.check_prompt_bytes(bytes, "messages")?;
     let text = state
         .tokenizer
         .apply_chat_template(&messages, req.add_generation_prompt.unwrap_or(true))

@@ -25,21 +25,43 @@ pub async fn handle(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let fields: serde_json::Value = parse_json(&body)?;
-    let common: CommonParams = parse_json(&body)?;
-    let req: CompletionRequest = parse_json(&body)?;
-    fields::check(&fields, Endpoint::Completions)?;
+    // Parsing a large body is CPU work: off the async workers.
+    let parsed = state
+        .cpu
+        .run(move || -> Result<_, ApiError> {
+            let fields: serde_json::Value = parse_json(&body)?;
+            let common: CommonParams = parse_json(&body)?;
+            let req: CompletionRequest = parse_json(&body)?;
+            fields::check(&fields, Endpoint::Completions)?;
+            Ok((common, req, body.len()))
+        })
+        .await??;
+    let (common, req, body_len) = parsed;
     let model = state.check_model(common.model.as_deref())?;
     let mut record = RequestRecord::start(
         &state.dynamo,
         &model,
         Route::Completions,
         common.is_stream(),
-        body.len(),
+        body_len,
     );
-    let prepared = common
-        .streaming()
-        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)));
+    // So are templates and tokenization.
+    let prepared = {
+        let state = Arc::clone(&state);
+        let common = common.clone();
+        state
+            .cpu
+            .run({
+                let state = Arc::clone(&state);
+                move || {
+                    common
+                        .streaming()
+                        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)))
+                }
+            })
+            .await
+            .and_then(|r| r)
+    };
     let (streaming, request) = match prepared {
         Ok(p) => p,
         Err(e) => {
@@ -71,6 +93,7 @@ fn prepare(
 ) -> Result<GenRequest, ApiError> {
     let add_special = common.add_special_tokens.unwrap_or(true);
     let encode = |text: &str| {
+        state.check_prompt_bytes(text.len(), "prompt")?;
         state
             .tokenizer
             .encode(text, add_special)

@@ -5,6 +5,7 @@
 pub mod access_log;
 mod chat;
 mod completions;
+pub mod cpu_pool;
 pub mod dynamo;
 pub mod error;
 mod fields;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub drain: Arc<crate::lifecycle::drain::Drain>,
     /// The OTLP tracer, with `--otlp-traces-endpoint`.
     pub traces: Option<Arc<crate::traces::Traces>>,
+    /// Where requests' CPU work (parsing, templates, tokenization) runs.
+    pub cpu: cpu_pool::CpuPool,
 }
 
 impl AppState {
@@ -88,6 +91,22 @@ impl AppState {
                 "The model `{m}` does not exist."
             ))),
         }
+    }
+
+    /// Refuses a prompt text longer than any text of `max_model_len` tokens can be (so that one
+    /// request cannot cost seconds of tokenization only to be refused for its length).
+    pub fn check_prompt_bytes(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+        let limit = self.max_model_len * self.tokenizer.max_token_bytes();
+        if bytes > limit {
+            return Err(ApiError::bad_request(
+                format!(
+                    "The prompt is {bytes} bytes: more than any prompt of this model's maximum context length of {} tokens can be ({limit} bytes).",
+                    self.max_model_len
+                ),
+                Some(param),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks client-given token ids against the vocabulary; `param` names the field.
@@ -235,6 +254,18 @@ async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiBody(body): ApiBody,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let work_state = Arc::clone(&state);
+    let tokens = state
+        .cpu
+        .run(move || tokenize_body(&work_state, &body))
+        .await??;
+    Ok(Json(
+        json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
+    ))
+}
+
+/// `/tokenize`'s work: parse, render, encode.
+fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
     /// vLLM's `TokenizeCompletionRequest` (`prompt`) or `TokenizeChatRequest` (`messages`,
     /// rendered by the chat template first; special tokens then default to off, as the
     /// template writes them).
@@ -246,7 +277,7 @@ async fn tokenize(
         add_generation_prompt: Option<bool>,
         add_special_tokens: Option<bool>,
     }
-    let req: Req = error::parse_json(&body)?;
+    let req: Req = error::parse_json(body)?;
     state.check_model(req.model.as_deref())?;
     let (text, param, special_default) = match (req.prompt, req.messages) {
         (Some(prompt), None) => (prompt, "prompt", true),
@@ -265,13 +296,11 @@ async fn tokenize(
             ))
         }
     };
-    let tokens = state
+    state.check_prompt_bytes(text.len(), param)?;
+    state
         .tokenizer
         .encode(&text, req.add_special_tokens.unwrap_or(special_default))
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some(param)))?;
-    Ok(Json(
-        json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
-    ))
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some(param)))
 }
 
 async fn detokenize(
@@ -283,12 +312,19 @@ async fn detokenize(
         model: Option<String>,
         tokens: Vec<u32>,
     }
-    let req: Req = error::parse_json(&body)?;
-    state.check_model(req.model.as_deref())?;
-    state.check_token_ids(&req.tokens, "tokens")?;
+    let work_state = Arc::clone(&state);
     let text = state
-        .tokenizer
-        .decode(&req.tokens, false)
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))?;
+        .cpu
+        .run(move || {
+            let state = work_state;
+            let req: Req = error::parse_json(&body)?;
+            state.check_model(req.model.as_deref())?;
+            state.check_token_ids(&req.tokens, "tokens")?;
+            state
+                .tokenizer
+                .decode(&req.tokens, false)
+                .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))
+        })
+        .await??;
     Ok(Json(json!({"prompt": text})))
 }

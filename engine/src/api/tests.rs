@@ -74,6 +74,7 @@ fn serve(backend: FailsAfter) -> String {
         dynamo: super::dynamo::DynamoNames::new("dynamo", "backend", "generate"),
         drain: crate::lifecycle::drain::Drain::new(),
         traces: None,
+        cpu: crate::api::cpu_pool::CpuPool::new(1),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

@@ -21,6 +21,8 @@ pub struct Tokenizer {
     /// Prepend BOS when encoding a prompt.
     pub add_bos: bool,
     pub chat_template: Option<ChatTemplate>,
+    /// [`Tokenizer::max_token_bytes`], computed on first use.
+    max_token_bytes: std::sync::OnceLock<usize>,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -47,6 +49,7 @@ impl Tokenizer {
             eos_token_ids: Vec::new(),
             add_bos: false,
             chat_template: None,
+            max_token_bytes: std::sync::OnceLock::new(),
         }
     }
 
@@ -63,6 +66,22 @@ impl Tokenizer {
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+
+    /// An upper bound on the bytes of text one token stands for: the longest vocabulary entry
+    /// in UTF-8 (byte-level BPE's `Ġ`, SentencePiece's `▁` and byte-fallback `<0x41>` all take
+    /// more bytes in the vocabulary than the text they decode to). A text longer than
+    /// `n` times this cannot be fewer than `n` tokens.
+    pub fn max_token_bytes(&self) -> usize {
+        *self.max_token_bytes.get_or_init(|| {
+            self.inner
+                .get_vocab(true)
+                .keys()
+                .map(String::len)
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        })
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
