@@ -147,9 +147,10 @@ fn frontend_and_component_series_count_the_traffic() {
     assert_eq!(f("dynamo_frontend_model_context_length"), Some(8192.0));
     assert_eq!(f("dynamo_frontend_model_kv_cache_block_size"), Some(16.0));
     assert_eq!(f("dynamo_frontend_model_max_num_seqs"), Some(256.0));
+    // The CPU backend's step budget.
     assert_eq!(
         f("dynamo_frontend_model_max_num_batched_tokens"),
-        Some(2048.0)
+        Some(256.0)
     );
     assert_eq!(f("dynamo_frontend_model_total_kv_blocks"), Some(1456.0));
     // One engine: requests never migrate (Dynamo's own HTTP metrics test asserts the series).

@@ -229,10 +229,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32"])]
     pub kv_cache_dtype: String,
 
-    /// Tokens computed per engine step, across all requests (default 2048; without chunked
+    /// Tokens computed per engine step, across all requests (default: 2048 on a GPU, 256 on the
+    /// CPU, where a step of 2048 takes seconds and stalls every stream; without chunked
     /// prefill, enough for one whole prompt of --max-model-len, as vLLM).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_num_batched_tokens: Option<u32>,
+
+    /// The budget [`ServeArgs::settle_batch_token_budget`] settled on.
+    #[arg(skip)]
+    pub settled_batch_token_budget: Option<u32>,
 
     /// Requests running at once.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -359,15 +364,25 @@ impl ServeArgs {
 
     /// The token budget per step, once [`ServeArgs::settle_batch_token_budget`] has run.
     pub fn batch_token_budget(&self) -> u32 {
-        self.max_num_batched_tokens
+        self.settled_batch_token_budget
+            .or(self.max_num_batched_tokens)
             .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS)
     }
 
-    /// Fills in `--max-num-batched-tokens` as vLLM's `SchedulerConfig` does once the context
-    /// length is known: 2048 with chunked prefill, else enough for a whole prompt of
-    /// `max_model_len` (a budget below that, given without chunked prefill, is an error: no
-    /// longer prompt could ever run).
-    pub fn settle_batch_token_budget(&mut self, max_model_len: u64) -> anyhow::Result<()> {
+    /// Settles `--max-num-batched-tokens` as vLLM's `SchedulerConfig` does once the context
+    /// length and the device are known: with chunked prefill a per-device default (vLLM also
+    /// picks per-device defaults), else enough for a whole prompt of `max_model_len` (a budget
+    /// below that, given without chunked prefill, is an error: no longer prompt could ever run).
+    pub fn settle_batch_token_budget(
+        &mut self,
+        max_model_len: u64,
+        on_gpu: bool,
+    ) -> anyhow::Result<()> {
+        let chunked_default = if on_gpu {
+            DEFAULT_MAX_NUM_BATCHED_TOKENS
+        } else {
+            CPU_MAX_NUM_BATCHED_TOKENS
+        };
         let budget = match (self.max_num_batched_tokens, self.chunked_prefill()) {
             (Some(given), false) if u64::from(given) < max_model_len => anyhow::bail!(
                 "--max-num-batched-tokens ({given}) is smaller than --max-model-len ({max_model_len}) \
@@ -375,12 +390,12 @@ impl ServeArgs {
                  run. Raise --max-num-batched-tokens, lower --max-model-len, or enable chunked prefill"
             ),
             (Some(given), _) => given,
-            (None, true) => DEFAULT_MAX_NUM_BATCHED_TOKENS,
+            (None, true) => chunked_default,
             (None, false) => u32::try_from(max_model_len)
                 .unwrap_or(u32::MAX)
-                .max(DEFAULT_MAX_NUM_BATCHED_TOKENS),
+                .max(chunked_default),
         };
-        self.max_num_batched_tokens = Some(budget);
+        self.settled_batch_token_budget = Some(budget);
         Ok(())
     }
 }
@@ -476,8 +491,12 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} must be a positive size"))
 }
 
-/// vLLM's default token budget per step with chunked prefill.
+/// vLLM's default token budget per step with chunked prefill (a GPU's).
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
+
+/// The CPU backend's: a step of 256 tokens takes about half a second on two cores, so a long
+/// prompt delays other streams' next tokens by that, not by seconds.
+pub const CPU_MAX_NUM_BATCHED_TOKENS: u32 = 256;
 
 /// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
 fn parse_max_model_len(s: &str) -> Result<u64, String> {

@@ -3,7 +3,7 @@
 //! back. A request whose event channel closes (the client went away) is aborted at the next step.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::backend::Backend;
 use crate::detokenizer::Detokenizer;
+pub use crate::lifecycle::heartbeat::Heartbeat;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
 use crate::scheduler::request::Timestamps;
@@ -79,34 +80,6 @@ enum Command {
 
 /// How often an idle engine loop wakes to beat (a busy one beats at every step).
 pub const IDLE_BEAT: Duration = Duration::from_millis(250);
-
-/// When the engine loop last went round: the systemd watchdog is fed only while it is recent,
-/// so an engine wedged inside a step (or dead) gets the service restarted.
-pub struct Heartbeat {
-    base: Instant,
-    /// Milliseconds after `base` of the last beat.
-    last_ms: AtomicU64,
-}
-
-impl Heartbeat {
-    fn new() -> Heartbeat {
-        Heartbeat {
-            base: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn beat(&self) {
-        let ms = self.base.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    /// Time since the engine loop last went round.
-    pub fn age(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.base.elapsed().saturating_sub(last)
-    }
-}
 
 /// The handlers' side of the engine. Cheap to clone.
 #[derive(Clone)]
@@ -178,6 +151,8 @@ pub fn spawn(
     let liveness = Liveness(Arc::clone(&alive));
     let heartbeat = Arc::new(Heartbeat::new());
     let beats = Arc::clone(&heartbeat);
+    // A long step that is moving beats too: it is not a wedged loop.
+    backend.beat_while_working(Arc::clone(&heartbeat));
     std::thread::Builder::new()
         .name("vigil-engine".into())
         .spawn(move || {
@@ -579,6 +554,88 @@ mod tests {
             .chain(std::iter::once("idle"))
             .collect();
         assert_eq!(log, want);
+    }
+
+    /// A backend whose step takes `step`, beating every 20 ms of it when `beats`.
+    struct Slow {
+        config: LlamaConfig,
+        step: Duration,
+        beats: bool,
+        heartbeat: Option<Arc<Heartbeat>>,
+    }
+
+    impl Backend for Slow {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+        fn config(&self) -> &LlamaConfig {
+            &self.config
+        }
+        fn block_size(&self) -> usize {
+            4
+        }
+        fn num_blocks(&self) -> usize {
+            8
+        }
+        fn beat_while_working(&mut self, heartbeat: Arc<Heartbeat>) {
+            self.heartbeat = Some(heartbeat);
+        }
+        fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
+            let started = Instant::now();
+            while started.elapsed() < self.step {
+                std::thread::sleep(Duration::from_millis(20));
+                if let (true, Some(h)) = (self.beats, &self.heartbeat) {
+                    h.beat();
+                }
+            }
+            let vocab = self.config.vocab_size;
+            let rows: usize = batch
+                .iter()
+                .map(|s| s.logits_for.positions(s.tokens.len()))
+                .sum();
+            Ok(Logits::from_rows(batch, vocab, vec![0.0; rows * vocab]))
+        }
+    }
+
+    /// The watchdog's signal: a step that beats as it works keeps the heartbeat young however
+    /// long it takes; one stuck without progress lets it age (and the watchdog is withheld).
+    #[test]
+    fn a_moving_step_keeps_the_heartbeat_young_and_a_stuck_one_does_not() {
+        for beats in [true, false] {
+            let backend = Slow {
+                config: crate::testing::tiny_config(),
+                step: Duration::from_millis(800),
+                beats,
+                heartbeat: None,
+            };
+            let cfg = SchedulerConfig {
+                max_num_batched_tokens: 64,
+                max_num_seqs: 4,
+                max_model_len: 64,
+                chunked_prefill: true,
+            };
+            let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
+            let engine = spawn(Box::new(backend), scheduler, None);
+            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            engine
+                .submit(greedy_request("r", vec![1, 2, 3], 1, tx))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let age = engine.heartbeat().age();
+            if beats {
+                assert!(age < Duration::from_millis(200), "moving: {age:?}");
+            } else {
+                assert!(age >= Duration::from_millis(300), "stuck: {age:?}");
+            }
+            assert_eq!(
+                crate::lifecycle::systemd::tick(true, age, Duration::from_millis(600)),
+                if beats {
+                    crate::lifecycle::systemd::Tick::Feed
+                } else {
+                    crate::lifecycle::systemd::Tick::Withhold
+                }
+            );
+        }
     }
 
     impl EngineHandle {

@@ -419,7 +419,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let max_model_len = max_model_len(&args, &model)?;
     let mut args = args;
-    args.settle_batch_token_budget(max_model_len)?;
+    args.settle_batch_token_budget(max_model_len, cuda)?;
     let exporter = Exporter::new(exporter_config(&args, max_model_len));
     exporter
         .install()
@@ -433,6 +433,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let backend =
         tokio::task::block_in_place(|| build_backend(&args, &model, max_model_len, cuda))?;
+    if backend.name() == "cpu" {
+        // --device auto fell back to the CPU: its budget.
+        args.settle_batch_token_budget(max_model_len, false)?;
+    }
     let (num_blocks, block_size) = (backend.num_blocks(), backend.block_size());
     for engine in ENGINES {
         exporter

@@ -166,6 +166,13 @@ pub trait Backend: Send {
     }
     /// The engine ran out of work: the time until the next step is idleness, not a host gap.
     fn idle(&mut self) {}
+    /// Beat `heartbeat` as a step makes progress (each layer), so that a long step that is
+    /// moving keeps the watchdog fed. Backends whose steps are short need not.
+    fn beat_while_working(
+        &mut self,
+        _heartbeat: std::sync::Arc<crate::lifecycle::heartbeat::Heartbeat>,
+    ) {
+    }
 }
 
 /// How a device spent one step, by its own clock (CUDA events).

@@ -7,4 +7,5 @@
 //! the process exits 0.
 
 pub mod drain;
+pub mod heartbeat;
 pub mod systemd;

@@ -44,8 +44,9 @@ pub enum Tick {
 }
 
 /// The watchdog's decision, given the engine's state and the period systemd asked for. The
-/// thread ticks every half period; the engine counts as stuck once its loop has not gone round
-/// for half a period, so systemd restarts a wedged engine within one and a half periods.
+/// thread ticks every half period; the engine counts as stuck once it has not beaten for half a
+/// period (neither its loop gone round nor the step in progress finished a layer), so systemd
+/// restarts a wedged engine within one and a half periods, and never a slow one that moves.
 pub fn tick(alive: bool, heartbeat_age: Duration, period: Duration) -> Tick {
     if !alive {
         Tick::Trigger

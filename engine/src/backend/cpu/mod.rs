@@ -43,6 +43,8 @@ pub struct CpuBackend {
     kv: KvCache,
     block_size: usize,
     num_blocks: usize,
+    /// Beaten after each layer of a step (a long prefill keeps the watchdog fed while it moves).
+    heartbeat: Option<Arc<crate::lifecycle::heartbeat::Heartbeat>>,
 }
 
 /// Options for building a [`CpuBackend`].
@@ -111,6 +113,7 @@ impl CpuBackend {
             kv,
             block_size: options.block_size,
             num_blocks: options.num_blocks,
+            heartbeat: None,
         })
     }
 
@@ -138,6 +141,10 @@ impl Backend for CpuBackend {
 
     fn num_blocks(&self) -> usize {
         self.num_blocks
+    }
+
+    fn beat_while_working(&mut self, heartbeat: Arc<crate::lifecycle::heartbeat::Heartbeat>) {
+        self.heartbeat = Some(heartbeat);
     }
 
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
@@ -227,6 +234,9 @@ impl Backend for CpuBackend {
                 });
             layer.down.forward(&act, t, &mut tmp);
             ops::add_assign(&mut x, &tmp);
+            if let Some(heartbeat) = &self.heartbeat {
+                heartbeat.beat();
+            }
         }
         // Final norm and LM head on the rows asked for.
         let mut picked = Vec::new();
