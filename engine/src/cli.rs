@@ -273,6 +273,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     pub otlp_traces_endpoint: Option<String>,
 
+    /// Connections held open at once; more are closed at once, logged and counted (default:
+    /// the open-file limit less a reserve, at most 10000).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// Seconds a connection may stay idle (before its first request, or between requests)
+    /// before it is closed.
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]
+    pub http_idle_timeout: std::time::Duration,
+
     /// Seconds that requests in flight get to finish after SIGTERM before they are aborted (new
     /// requests get 503 with Retry-After meanwhile).
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]
@@ -351,6 +361,25 @@ impl ServeArgs {
 
     pub fn prefix_caching(&self) -> bool {
         !self.no_enable_prefix_caching
+    }
+
+    /// `--max-connections`, or what the open-file limit leaves room for.
+    pub fn connection_limit(&self) -> usize {
+        if let Some(n) = self.max_connections {
+            return n as usize;
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit through a valid pointer to a local.
+        let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            limit.rlim_cur.min(1 << 20) as usize
+        } else {
+            1024
+        };
+        // Descriptors for the model, logs, probes and the engine: kept out of the pool.
+        files.saturating_sub(FILE_RESERVE).clamp(16, 10_000)
     }
 
     /// Whether to write one access-log line per request.
@@ -490,6 +519,9 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         .filter(|b| *b > 0)
         .ok_or_else(|| format!("{s:?} must be a positive size"))
 }
+
+/// File descriptors kept for everything but client connections.
+const FILE_RESERVE: usize = 64;
 
 /// vLLM's default token budget per step with chunked prefill (a GPU's).
 pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;

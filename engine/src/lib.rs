@@ -12,6 +12,7 @@ pub mod env_file;
 pub mod gpu_check;
 pub mod kv_cache;
 pub mod lifecycle;
+pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod model;

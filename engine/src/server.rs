@@ -503,7 +503,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
     let grace = args.shutdown_timeout;
-    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let service = router.into_make_service_with_connect_info::<crate::listener::ClientAddr>();
+    let max_connections = args.connection_limit();
+    let idle = args.http_idle_timeout;
+    tracing::info!(max_connections, idle_timeout = ?idle, "connection limits");
+    let listener = crate::listener::GuardedListener::new(listener, max_connections, idle);
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         signals.next().await;
         readiness.set_draining();

@@ -3,7 +3,6 @@
 //! id and its prompt and output tokens. A line is written when the response body ends, or when
 //! it is dropped unsent (the client went away), so aborted streams are logged too.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -41,8 +40,8 @@ pub async fn log_requests(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let client = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.to_string())
+        .get::<ConnectInfo<crate::listener::ClientAddr>>()
+        .map(|c| c.0 .0.to_string())
         .unwrap_or_else(|| "-".to_owned());
     let line = Line {
         client,

@@ -196,10 +196,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(v1)
         .route("/tokenize", post(tokenize))
         .route("/detokenize", post(detokenize))
+        .layer(middleware::from_fn(refuse_oversized_bodies))
         .fallback(|| async { ApiError::route(StatusCode::NOT_FOUND) })
         .method_not_allowed_fallback(|| async { ApiError::route(StatusCode::METHOD_NOT_ALLOWED) })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// A body announced larger than [`MAX_BODY_BYTES`] is refused at once (413), before a byte of
+/// it is read: waiting for gigabytes that will be refused anyway only holds a connection.
+async fn refuse_oversized_bodies(req: Request, next: Next) -> Response {
+    let announced = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(len) = announced.filter(|l| *l > MAX_BODY_BYTES as u64) {
+        return ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!(
+                "The request body is {len} bytes; the largest accepted is {MAX_BODY_BYTES} bytes."
+            ),
+            param: None,
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// `--api-key` as vLLM checks it: every `/v1` request but `OPTIONS` (CORS preflights carry no

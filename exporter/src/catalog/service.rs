@@ -1,4 +1,5 @@
-//! Vigil as a service: what happened to requests while it drained for a stop (SIGTERM).
+//! Vigil as a service: what happened to requests while it drained for a stop (SIGTERM), and
+//! connections the HTTP server turned away.
 
 use super::{Kind, Label, MetricDef};
 
@@ -18,4 +19,33 @@ pub static DRAIN_REQUESTS: MetricDef = MetricDef::new(
 )
 .precreate();
 
-pub static ALL: &[&MetricDef] = &[&DRAIN_REQUESTS];
+/// Values of `reason`: the server already held `--max-connections` (`over_limit`), the process
+/// ran out of file descriptors (`out_of_files`, raise `LimitNOFILE=`), or accepting failed
+/// otherwise (`accept_error`); `idle` counts connections closed after sending nothing for the
+/// idle timeout.
+pub const CONNECTION_DROP_REASONS: &[&str] =
+    &["over_limit", "out_of_files", "accept_error", "idle"];
+
+pub static HTTP_CONNECTIONS_DROPPED: MetricDef = MetricDef::new(
+    "vigil_http_connections_dropped",
+    Kind::Counter,
+    "Connections the HTTP server refused or closed, by reason.",
+    &[Label::OneOf {
+        name: "reason",
+        values: CONNECTION_DROP_REASONS,
+    }],
+)
+.precreate();
+
+pub static HTTP_CONNECTIONS_OPEN: MetricDef = MetricDef::new(
+    "vigil_http_connections_open",
+    Kind::Gauge,
+    "Connections the HTTP server holds open.",
+    &[],
+);
+
+pub static ALL: &[&MetricDef] = &[
+    &DRAIN_REQUESTS,
+    &HTTP_CONNECTIONS_DROPPED,
+    &HTTP_CONNECTIONS_OPEN,
+];
