@@ -178,3 +178,117 @@ fn an_engine_failure_without_streaming_answers_503_with_the_error_envelope() {
         .unwrap()
         .contains("engine failed"));
 }
+
+/// Hostile bodies through the real router: any JSON (and non-JSON) a client may send to any
+/// route gets an answer below 500, and every refusal is vLLM's error envelope.
+mod bodies {
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    use super::{post, serve, FailsAfter};
+    use crate::testing::tiny_config;
+
+    /// Any JSON value, nested a little.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            (-3i64..300).prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Field names requests use (vLLM's and OpenAI's), and some nobody knows.
+    const KEYS: &[&str] = &[
+        "model",
+        "prompt",
+        "messages",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "n",
+        "stop",
+        "stop_token_ids",
+        "ignore_eos",
+        "stream",
+        "stream_options",
+        "logprobs",
+        "top_logprobs",
+        "echo",
+        "suffix",
+        "response_format",
+        "tools",
+        "tool_choice",
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "include_stop_str_in_output",
+        "skip_special_tokens",
+        "add_special_tokens",
+        "add_generation_prompt",
+        "best_of",
+        "logit_bias",
+        "min_tokens",
+        "tokens",
+        "user",
+        "whatever",
+    ];
+
+    /// A request-shaped body: some known fields with any values (and sometimes plausible ones).
+    fn body() -> impl Strategy<Value = Value> {
+        let value = prop_oneof![
+            any_json(),
+            Just(json!("hi")),
+            Just(json!([1, 2, 3])),
+            Just(json!([{"role": "user", "content": "hi"}])),
+            Just(json!(2)),
+            Just(json!(true)),
+        ];
+        prop::collection::vec((prop::sample::select(KEYS), value), 0..8).prop_map(|pairs| {
+            let mut m = Map::new();
+            for (k, v) in pairs {
+                m.insert(k.to_owned(), v);
+            }
+            Value::Object(m)
+        })
+    }
+
+    fn check(status: u16, text: &str, what: &str) {
+        assert!(status < 500, "{status} for {what}: {text}");
+        if status >= 400 {
+            let v: Value = serde_json::from_str(text)
+                .unwrap_or_else(|_| panic!("not JSON for {what}: {text}"));
+            let e = &v["error"];
+            assert!(e["message"].is_string(), "{what}: {text}");
+            assert!(e["type"].is_string(), "{what}: {text}");
+            assert_eq!(e["code"], status, "{what}: {text}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn no_body_gets_a_5xx_or_a_malformed_error(body in body(), route in 0usize..4) {
+            thread_local! {
+                static BASE: String = serve(FailsAfter { config: tiny_config(), ok_steps: usize::MAX });
+            }
+            let path = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"][route];
+            let (status, text) = BASE.with(|base| post(base, path, body.clone()));
+            check(status, &text, &format!("{path} {body}"));
+        }
+    }
+}
