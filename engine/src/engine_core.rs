@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
 
 use crate::backend::Backend;
 use crate::detokenizer::Detokenizer;
@@ -37,7 +38,18 @@ pub struct NewRequest {
     pub detokenizer: Option<Detokenizer>,
     /// Report the prompt tokens' log-probabilities, with this many alternatives each.
     pub prompt_logprobs: Option<usize>,
-    pub events: UnboundedSender<Event>,
+    /// Bounded by [`EVENT_BUFFER`]: a client that stops reading cannot make the engine hold
+    /// its output without end.
+    pub events: Sender<Event>,
+}
+
+/// Events a request may leave unread (tokens its client has not taken) before the engine aborts
+/// it as a client that stopped reading: memory per request stays bounded.
+pub const EVENT_BUFFER: usize = 1024;
+
+/// A channel for a request's events.
+pub fn event_channel() -> (Sender<Event>, tokio::sync::mpsc::Receiver<Event>) {
+    tokio::sync::mpsc::channel(EVENT_BUFFER)
 }
 
 /// What a request's handler hears back: a token per step, then one [`Finished`].
@@ -118,7 +130,7 @@ impl EngineHandle {
 }
 
 struct Meta {
-    events: UnboundedSender<Event>,
+    events: Sender<Event>,
     detokenizer: Option<Detokenizer>,
     parent: String,
 }
@@ -128,6 +140,10 @@ struct Parent {
     n: usize,
     remaining: usize,
     max_generated: usize,
+}
+
+fn is_full<T>(sent: Result<(), TrySendError<T>>) -> bool {
+    matches!(sent, Err(TrySendError::Full(_)))
 }
 
 /// Starts the engine thread (named `vigil-engine`, so probes can tell it apart).
@@ -252,12 +268,19 @@ impl Core<'_> {
     /// travels in its [`Finished`] event.
     fn emit(&mut self, out: StepOutput) {
         let mut finished = out.finished;
+        // Requests whose client left a full buffer unread: aborted after this step's events.
+        let mut unread = Vec::new();
         for u in out.updates {
             let Some(meta) = self.meta.get_mut(&u.id) else {
                 continue;
             };
-            if !u.prompt_logprobs.is_empty() {
-                let _ = meta.events.send(Event::PromptLogprobs(u.prompt_logprobs));
+            if !u.prompt_logprobs.is_empty()
+                && is_full(
+                    meta.events
+                        .try_send(Event::PromptLogprobs(u.prompt_logprobs)),
+                )
+            {
+                unread.push(u.id.clone());
             }
             let Some(sampled) = u.token else { continue };
             let stop = meta
@@ -283,11 +306,22 @@ impl Core<'_> {
                     .as_mut()
                     .map(|d| d.take_delta(false))
                     .unwrap_or_default();
-                let _ = meta.events.send(Event::Token { sampled, text });
+                if is_full(meta.events.try_send(Event::Token { sampled, text })) {
+                    unread.push(u.id.clone());
+                }
             }
         }
         for (req, reason) in finished {
             self.retire(&req, reason, None);
+        }
+        for id in unread {
+            tracing::warn!(
+                request_id = %id,
+                unread = EVENT_BUFFER,
+                "aborting a request whose client stopped reading"
+            );
+            metrics::counter!(exporter::catalog::service::SLOW_CLIENT_ABORTS.name).increment(1);
+            self.finish(&id, FinishReason::Abort);
         }
     }
 
@@ -369,7 +403,8 @@ impl Core<'_> {
             .as_mut()
             .map(|d| d.take_delta(true))
             .unwrap_or_default();
-        let _ = meta.events.send(Event::Finished(Box::new(Finished {
+        // A client that stopped reading may miss this; it is gone or aborted either way.
+        let _ = meta.events.try_send(Event::Finished(Box::new(Finished {
             last,
             text,
             reason,
@@ -396,7 +431,7 @@ mod tests {
         id: &str,
         prompt: Vec<u32>,
         max_tokens: usize,
-        events: UnboundedSender<Event>,
+        events: Sender<Event>,
     ) -> NewRequest {
         NewRequest {
             id: id.into(),
@@ -446,7 +481,7 @@ mod tests {
         let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
         let engine = spawn(Box::new(Panics(config)), scheduler, None);
         assert!(engine.is_alive());
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = event_channel();
         engine
             .submit(greedy_request("r", vec![1, 2, 3], 4, tx))
             .unwrap();
@@ -530,7 +565,7 @@ mod tests {
         let metrics = Some(crate::metrics::EngineMetrics::new("m", "0"));
         let engine = spawn(Box::new(backend), scheduler, metrics);
         std::thread::sleep(Duration::from_millis(50));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = event_channel();
         engine
             .submit(greedy_request("r", vec![1, 2, 3], 3, tx))
             .unwrap();
@@ -616,7 +651,7 @@ mod tests {
             };
             let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
             let engine = spawn(Box::new(backend), scheduler, None);
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, _rx) = event_channel();
             engine
                 .submit(greedy_request("r", vec![1, 2, 3], 1, tx))
                 .unwrap();
@@ -638,9 +673,59 @@ mod tests {
         }
     }
 
+    /// A client that stops reading its stream: once it has left [`EVENT_BUFFER`] events unread
+    /// the engine aborts its request (memory per request stays bounded) and goes on serving
+    /// the others.
+    #[test]
+    fn a_request_whose_client_stops_reading_is_aborted_at_the_bound() {
+        let backend = Slow {
+            config: crate::testing::tiny_config(),
+            step: Duration::ZERO,
+            beats: false,
+            heartbeat: None,
+        };
+        let cfg = SchedulerConfig {
+            max_num_batched_tokens: 64,
+            max_num_seqs: 4,
+            max_model_len: 4096,
+            chunked_prefill: true,
+        };
+        let scheduler = Scheduler::new(cfg, KvCacheManager::new(1200, 4, true), vec![]);
+        let engine = spawn(Box::new(backend), scheduler, None);
+        let (tx, mut unread) = event_channel();
+        let mut silent = greedy_request("silent", vec![1, 2, 3], 3000, tx);
+        silent.params.ignore_eos = true;
+        engine.submit(silent).unwrap();
+        // Another request is served meanwhile, and after.
+        std::thread::sleep(Duration::from_millis(300));
+        let (tx, mut rx) = event_channel();
+        engine
+            .submit(greedy_request("read", vec![4, 5], 3, tx))
+            .unwrap();
+        let mut got = 0;
+        while let Some(event) = rx.blocking_recv() {
+            match event {
+                Event::Token { .. } => got += 1,
+                Event::Finished(f) => {
+                    got += usize::from(f.last.is_some());
+                    break;
+                }
+                Event::PromptLogprobs(_) => {}
+            }
+        }
+        assert_eq!(got, 3);
+        // The silent one holds exactly the bound, and the engine let go of it.
+        let mut buffered = 0;
+        while let Some(event) = unread.blocking_recv() {
+            assert!(matches!(event, Event::Token { .. }), "{event:?}");
+            buffered += 1;
+        }
+        assert_eq!(buffered, EVENT_BUFFER);
+    }
+
     impl EngineHandle {
         fn submit_is_refused(&self) -> bool {
-            let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+            let (tx, _rx) = event_channel();
             self.submit(greedy_request("late", vec![1], 1, tx)).is_err()
         }
     }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::stream::{select_all, SelectAll, StreamExt};
-use tokio::sync::mpsc::unbounded_channel;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::access_log::{AccessNote, Note};
 use super::dynamo::RequestRecord;
@@ -156,7 +155,7 @@ impl Generation {
         for (p, prompt) in req.prompts.iter().enumerate() {
             for i in 0..req.n {
                 let index = p * req.n + i;
-                let (tx, rx) = unbounded_channel();
+                let (tx, rx) = crate::engine_core::event_channel();
                 let engine_id = if total == 1 {
                     req.request_id.clone()
                 } else {
@@ -197,11 +196,7 @@ impl Generation {
                         record.fail(&err);
                         err
                     })?;
-                streams.push(
-                    UnboundedReceiverStream::new(rx)
-                        .map(move |e| (index, e))
-                        .boxed(),
-                );
+                streams.push(ReceiverStream::new(rx).map(move |e| (index, e)).boxed());
                 choices.push(Choice {
                     first_of_prompt: i == 0,
                     finished: false,

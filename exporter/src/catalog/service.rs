@@ -44,8 +44,17 @@ pub static HTTP_CONNECTIONS_OPEN: MetricDef = MetricDef::new(
     &[],
 );
 
+pub static SLOW_CLIENT_ABORTS: MetricDef = MetricDef::new(
+    "vigil_slow_client_aborts",
+    Kind::Counter,
+    "Requests aborted because their client stopped reading their stream (its unread events reached the bound).",
+    &[],
+)
+.precreate();
+
 pub static ALL: &[&MetricDef] = &[
     &DRAIN_REQUESTS,
+    &SLOW_CLIENT_ABORTS,
     &HTTP_CONNECTIONS_DROPPED,
     &HTTP_CONNECTIONS_OPEN,
 ];
