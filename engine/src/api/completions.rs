@@ -8,12 +8,13 @@ use axum::response::Response;
 use serde_json::{json, Value};
 
 use super::access_log::AccessNote;
-use super::dynamo::{RequestRecord, Route};
-use super::error::{parse_json, ApiBody, ApiError};
-use super::fields::{self, Endpoint};
+use super::dynamo::Route;
+use super::error::{ApiBody, ApiError};
+use super::fields::Endpoint;
 use super::generate::{Delta, GenRequest, Generation, PromptIn, TokenLogprob, Usage};
 use super::protocol::CommonParams;
 use super::protocol::{CompletionRequest, Prompt};
+use super::start;
 use super::stream::{delivered, sse, ChunkFormat};
 use super::{request_id, unix_now, AppState};
 use crate::scheduler::StopReason;
@@ -24,61 +25,26 @@ pub async fn handle(
     access: Option<axum::Extension<AccessNote>>,
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
-    let arrival = Instant::now();
-    // Parsing a large body is CPU work: off the async workers.
-    let parsed = state
-        .cpu
-        .run(move || -> Result<_, ApiError> {
-            let fields: serde_json::Value = parse_json(&body)?;
-            let common: CommonParams = parse_json(&body)?;
-            let req: CompletionRequest = parse_json(&body)?;
-            fields::check(&fields, Endpoint::Completions)?;
-            Ok((common, req, body.len()))
-        })
-        .await??;
-    let (common, req, body_len) = parsed;
-    let model = state.check_model(common.model.as_deref())?;
-    let mut record = RequestRecord::start(
-        &state.dynamo,
-        &model,
-        Route::Completions,
-        common.is_stream(),
-        body_len,
-    );
-    // So are templates and tokenization.
-    let prepared = {
-        let state = Arc::clone(&state);
-        let common = common.clone();
-        state
-            .cpu
-            .run({
-                let state = Arc::clone(&state);
-                move || {
-                    common
-                        .streaming()
-                        .and_then(|s| Ok((s, prepare(&state, &common, &req, arrival)?)))
-                }
-            })
-            .await
-            .and_then(|r| r)
-    };
-    let (streaming, request) = match prepared {
-        Ok(p) => p,
-        Err(e) => {
-            record.fail(&e);
-            return Err(e);
-        }
-    };
-    let id = request.request_id.clone();
-    let trace = state.start_trace(&headers, &model, "text_completion", &request);
-    let mut gen = Generation::start(Arc::clone(&state), request, record, trace)?;
-    gen.note_to(access.map(|a| a.0));
+    let started = start::start(
+        &state,
+        &headers,
+        access.map(|a| a.0),
+        body,
+        start::Endpointish::<CompletionRequest> {
+            endpoint: Endpoint::Completions,
+            route: Route::Completions,
+            operation: "text_completion",
+            prepare,
+        },
+    )
+    .await?;
+    let (gen, id, model) = (started.generation, started.request_id, started.model);
     let format = Format {
         id,
         model,
         created: unix_now(),
     };
-    if let Some(usage) = streaming {
+    if let Some(usage) = started.streaming {
         return Ok(sse(gen, format, usage));
     }
     collect(gen, format).await

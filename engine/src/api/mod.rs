@@ -11,6 +11,7 @@ pub mod error;
 mod fields;
 mod generate;
 pub mod protocol;
+mod start;
 mod stream;
 #[cfg(test)]
 mod tests;

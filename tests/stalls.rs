@@ -1,0 +1,117 @@
+//! One client's CPU-heavy request never stalls the server: measured alone in its own test
+//! binary (cargo runs test binaries one at a time), so other tests' servers do not share the
+//! CPUs while the latencies are taken.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http_post, Vigil};
+use serde_json::{json, Value};
+
+fn post(v: &Vigil, path: &str, body: Value) -> (u16, Value) {
+    let (status, text) = http_post(&v.url(path), body.to_string().as_bytes(), &[]);
+    (status, serde_json::from_str(&text).unwrap())
+}
+
+/// A client's megabytes of prompt cost it, not the server: tokenization and parsing run off
+/// the async workers, a bounded number at a time, and a prompt longer than any prompt of the
+/// context length can be is refused before it is tokenized. With two such clients (two 8 MB
+/// `/tokenize` bodies, then two just under the limit, four times over) `/health` and a running
+/// stream's next token stay prompt.
+#[test]
+fn huge_prompts_do_not_stall_health_or_streams() {
+    use std::io::BufRead;
+    let v = Vigil::serve(&[]);
+    let huge = "word ".repeat(8 * 1024 * 1024 / 5 - 100);
+    let (s, b) = post(&v, "/tokenize", json!({"prompt": huge}));
+    assert_eq!(s, 400, "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum context length of 8192 tokens"),
+        "{b}"
+    );
+    // The longest prompt still tokenized: just under the limit the error names.
+    let limit: usize = b["error"]["message"]
+        .as_str()
+        .unwrap()
+        .rsplit('(')
+        .next()
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let big = "x".repeat(limit - 10);
+
+    // A stream runs throughout; its events' arrival times are kept.
+    let stream = common::stream_until_first_event(
+        v.addr,
+        r#"{"prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": true, "stream": true}"#,
+    );
+    let arrivals = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let arrivals = arrivals.clone();
+        std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(stream).lines();
+            while let Some(Ok(line)) = lines.next() {
+                if line.starts_with("data: ") {
+                    arrivals.lock().unwrap().push(std::time::Instant::now());
+                }
+                if arrivals.lock().unwrap().len() > 2000 {
+                    break;
+                }
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let window_start = std::time::Instant::now();
+    let clients: Vec<_> = (0..2)
+        .map(|_| {
+            let url = v.url("/tokenize");
+            let (huge, big) = (huge.clone(), big.clone());
+            std::thread::spawn(move || {
+                for _ in 0..4 {
+                    for prompt in [&huge, &big] {
+                        let body = json!({ "prompt": prompt }).to_string();
+                        let (status, _) = http_post(&url, body.as_bytes(), &[]);
+                        assert!(status == 200 || status == 400, "{status}");
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut worst_health = Duration::ZERO;
+    while clients.iter().any(|c| !c.is_finished()) {
+        let t = std::time::Instant::now();
+        assert_eq!(v.get("/health", None).0, 200);
+        worst_health = worst_health.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let window_end = std::time::Instant::now();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let times = arrivals.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times
+        .windows(2)
+        .filter(|w| w[0] >= window_start && w[1] <= window_end)
+        .map(|w| w[1] - w[0])
+        .collect();
+    let worst_gap = gaps.iter().max().copied().unwrap_or_default();
+    eprintln!(
+        "window {:?}: /health worst {worst_health:?}, stream worst gap {worst_gap:?} over {} tokens",
+        window_end - window_start,
+        gaps.len()
+    );
+    assert!(gaps.len() > 10, "the stream ran during the window");
+    assert!(
+        worst_health < Duration::from_millis(100),
+        "{worst_health:?}"
+    );
+    assert!(worst_gap < Duration::from_millis(100), "{worst_gap:?}");
+    drop(reader);
+}
