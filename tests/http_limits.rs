@@ -1,5 +1,5 @@
-//! The HTTP server's limits, end to end: idle connections are closed, connections beyond the
-//! cap are refused at once, running out of file descriptors is logged, counted and survived, and
+//! The HTTP server's limits, end to end: idle connections are closed, so are requests that do
+//! not arrive within the read timeout, connections beyond the cap are refused at once, running out of file descriptors is logged, counted and survived, and
 //! an absurd `Content-Length` is refused before the body is read. Each turned-away connection is
 //! counted in `vigil_http_connections_dropped_total`.
 
@@ -35,7 +35,14 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
 
 #[test]
 fn idle_and_excess_connections_are_closed_and_counted() {
-    let v = Vigil::serve(&["--max-connections", "8", "--http-idle-timeout", "1"]);
+    let v = Vigil::serve(&[
+        "--max-connections",
+        "8",
+        "--http-idle-timeout",
+        "1",
+        "--http-read-timeout",
+        "1",
+    ]);
     let mut idle: Vec<TcpStream> = (0..8)
         .map(|_| TcpStream::connect(v.addr).unwrap())
         .collect();
@@ -54,7 +61,56 @@ fn idle_and_excess_connections_are_closed_and_counted() {
     assert!(dropped(&v, "over_limit") >= 1.0);
     assert!(dropped(&v, "idle") >= 8.0);
     assert!(v.log().contains("--max-connections reached"), "{}", v.log());
-    // A connection with a request in progress is not idle, however long its answer takes.
+    // A client trickling its headers, or its body, is cut off at the read timeout.
+    let mut slow_headers = TcpStream::connect(v.addr).unwrap();
+    let mut slow_body = TcpStream::connect(v.addr).unwrap();
+    slow_body
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"pro")
+        .unwrap();
+    let started = Instant::now();
+    let mut trickled = 0;
+    let header = b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaa";
+    while started.elapsed() < Duration::from_secs(5) {
+        if slow_headers
+            .write_all(&header[trickled % header.len()..][..1])
+            .is_err()
+        {
+            break;
+        }
+        trickled += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(closed_within(&mut slow_headers, Duration::from_secs(2)));
+    // (The body's reader learns of it: the client may get an error answer before the close.)
+    slow_body
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let closed = slow_body.read_to_end(&mut answer);
+    assert!(
+        closed.is_ok()
+            || matches!(closed, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{closed:?}: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(dropped(&v, "slow_request") >= 2.0);
+    // A connection with a request in progress is not idle, however long its answer takes: a
+    // streamed chat sends its role chunk at once, then nothing for the seconds of a long
+    // prefill, then its tokens.
+    let long = "the cat sat on the mat ".repeat(100);
+    let body = serde_json::json!({"messages": [{"role": "user", "content": long}], "max_tokens": 4, "stream": true});
+    let (status, text) = common::http_post(
+        &v.url("/v1/chat/completions"),
+        body.to_string().as_bytes(),
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(text.contains("data: [DONE]"), "{text}");
     let (status, _) = common::http_post(
         &v.url("/v1/completions"),
         br#"{"prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": true}"#,

@@ -283,6 +283,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]
     pub http_idle_timeout: std::time::Duration,
 
+    /// Seconds a request may take to arrive whole (headers and body, from its first byte)
+    /// before its connection is closed.
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]
+    pub http_read_timeout: std::time::Duration,
+
     /// Seconds that requests in flight get to finish after SIGTERM before they are aborted (new
     /// requests get 503 with Retry-After meanwhile).
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]

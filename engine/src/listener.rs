@@ -1,7 +1,9 @@
 //! The API's listener: at most `--max-connections` connections at once (more are closed at
 //! once, logged and counted), a connection idle (nothing sent since it opened, or since its last
-//! response) for the idle timeout is closed, and a failed accept (out of file descriptors
-//! above all) is logged, counted and retried instead of silently stalling the server.
+//! response) for `--http-idle-timeout` is closed, so is one whose request (headers and body)
+//! takes longer than `--http-read-timeout` to arrive (a client trickling bytes holds no slot for
+//! ever), and a failed accept (out of file descriptors above all) is logged, counted and retried
+//! instead of silently stalling the server.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,21 +19,32 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// Logs a repeated condition at most once per this period.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// How long a connection may wait: idle between requests, and reading one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Duration,
+    pub read: Duration,
+}
+
 pub struct GuardedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     max: usize,
-    idle: Duration,
+    timeouts: Timeouts,
     last_logged: Option<Instant>,
 }
 
 impl GuardedListener {
-    pub fn new(listener: TcpListener, max_connections: usize, idle: Duration) -> GuardedListener {
+    pub fn new(
+        listener: TcpListener,
+        max_connections: usize,
+        timeouts: Timeouts,
+    ) -> GuardedListener {
         GuardedListener {
             listener,
             slots: Arc::new(Semaphore::new(max_connections.max(1))),
             max: max_connections.max(1),
-            idle,
+            timeouts,
             last_logged: None,
         }
     }
@@ -61,7 +74,7 @@ impl axum::serve::Listener for GuardedListener {
                 Ok((stream, addr)) => match Arc::clone(&self.slots).try_acquire_owned() {
                     Ok(slot) => {
                         metrics::gauge!(HTTP_CONNECTIONS_OPEN.name).increment(1.0);
-                        return (GuardedIo::new(stream, slot, self.idle), addr);
+                        return (GuardedIo::new(stream, slot, self.timeouts), addr);
                     }
                     Err(_) => {
                         Self::dropped("over_limit");
@@ -105,15 +118,127 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// The client's address, as the handlers' `ConnectInfo` (the access log's).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub std::net::SocketAddr);
+/// The client's address, as the handlers' `ConnectInfo` (the access log's), and the handle by
+/// which the server tells the connection its request has been read whole.
+#[derive(Debug, Clone)]
+pub struct ClientAddr(pub std::net::SocketAddr, pub RequestRead);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
     for ClientAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> ClientAddr {
-        ClientAddr(*stream.remote_addr())
+        ClientAddr(*stream.remote_addr(), stream.io().request_read.clone())
+    }
+}
+
+/// What the server tells a connection of its request: read whole (its body read to the end, or
+/// it has none: from then on it is being answered, and no read deadline applies), and answered
+/// (the response sent or dropped: from then on the connection is idle).
+#[derive(Debug, Clone, Default)]
+pub struct RequestRead {
+    read: Arc<std::sync::atomic::AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RequestRead {
+    fn set_read(&self) {
+        self.read.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn set_answered(&self) {
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn take_read(&self) -> bool {
+        self.read.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    fn take_answered(&self) -> bool {
+        self.answered
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// Middleware: tells the connection when its request has been read whole, and when it has been
+/// answered.
+pub async fn mark_request_read(
+    axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<ClientAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::body::HttpBody;
+    let (parts, body) = req.into_parts();
+    let signals = client.1;
+    let body = if body.is_end_stream() {
+        signals.set_read();
+        body
+    } else {
+        axum::body::Body::new(SignalsEnd {
+            body,
+            signals: signals.clone(),
+            answer: false,
+        })
+    };
+    let (parts, body) = next
+        .run(axum::extract::Request::from_parts(parts, body))
+        .await
+        .into_parts();
+    let body = SignalsEnd {
+        body,
+        signals,
+        answer: true,
+    };
+    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+/// A body that says when it has been read to its end: a request's (read whole) or a response's
+/// (answered; also when dropped unsent).
+struct SignalsEnd {
+    body: axum::body::Body,
+    signals: RequestRead,
+    answer: bool,
+}
+
+impl SignalsEnd {
+    fn ended(&self) {
+        if self.answer {
+            self.signals.set_answered();
+        } else {
+            self.signals.set_read();
+        }
+    }
+}
+
+impl Drop for SignalsEnd {
+    fn drop(&mut self) {
+        if self.answer {
+            self.signals.set_answered();
+        }
+    }
+}
+
+impl axum::body::HttpBody for SignalsEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<axum::body::Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.ended();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -127,32 +252,50 @@ fn is_per_connection(e: &std::io::Error) -> bool {
     )
 }
 
-/// A connection holding its slot, closed once idle. "Idle" is: nothing read since it opened or
-/// since the server last wrote to it (a request answered); while a request is being read or
-/// answered (its last activity was a read), it never times out, however long the answer takes.
+/// Where a connection stands, for its timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing read since it opened or since its last request was answered: the idle timeout
+    /// runs.
+    Idle,
+    /// A request is arriving: the read timeout runs from its first byte.
+    Reading,
+    /// The request has arrived whole: it is being answered, however long that takes.
+    Answering,
+}
+
+/// A connection holding its slot, under its timeouts.
 pub struct GuardedIo {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
-    idle: Duration,
-    /// Whether the last activity was the client's (a request in progress).
-    client_spoke_last: bool,
+    timeouts: Timeouts,
+    phase: Phase,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    request_read: RequestRead,
 }
 
 impl GuardedIo {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> GuardedIo {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, timeouts: Timeouts) -> GuardedIo {
         GuardedIo {
             stream,
             _slot: slot,
-            idle,
-            client_spoke_last: false,
-            deadline: Box::pin(tokio::time::sleep(idle)),
+            timeouts,
+            phase: Phase::Idle,
+            deadline: Box::pin(tokio::time::sleep(timeouts.idle)),
+            request_read: RequestRead::default(),
         }
     }
 
-    fn rearm(&mut self) {
-        let at = tokio::time::Instant::now() + self.idle;
-        self.deadline.as_mut().reset(at);
+    fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+        let wait = match phase {
+            Phase::Idle => self.timeouts.idle,
+            Phase::Reading => self.timeouts.read,
+            Phase::Answering => return,
+        };
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + wait);
     }
 }
 
@@ -168,20 +311,32 @@ impl AsyncRead for GuardedIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.request_read.take_answered() {
+            // Answered: what comes next from the client starts a new request.
+            self.request_read.take_read();
+            self.enter(Phase::Idle);
+        } else if self.phase == Phase::Reading && self.request_read.take_read() {
+            self.enter(Phase::Answering);
+        }
         let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        match polled {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    self.client_spoke_last = true;
+                if buf.filled().len() > before && self.phase == Phase::Idle {
+                    self.enter(Phase::Reading);
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending if !self.client_spoke_last => {
+            Poll::Pending if self.phase != Phase::Answering => {
                 if self.deadline.as_mut().poll(cx).is_ready() {
-                    GuardedListener::dropped("idle");
+                    let (reason, what) = match self.phase {
+                        Phase::Idle => ("idle", "connection idle"),
+                        _ => ("slow_request", "request not read in time"),
+                    };
+                    GuardedListener::dropped(reason);
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
-                        "connection idle",
+                        what,
                     )));
                 }
                 Poll::Pending
@@ -197,15 +352,7 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write(cx, data);
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                // The server answered: from here, waiting for the client is idleness.
-                self.client_spoke_last = false;
-                self.rearm();
-            }
-        }
-        polled
+        Pin::new(&mut self.stream).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -221,14 +368,7 @@ impl AsyncWrite for GuardedIo {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = polled {
-            if n > 0 {
-                self.client_spoke_last = false;
-                self.rearm();
-            }
-        }
-        polled
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -501,13 +501,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if args.access_log() {
         router = router.layer(axum::middleware::from_fn(api::access_log::log_requests));
     }
+    router = router.layer(axum::middleware::from_fn(
+        crate::listener::mark_request_read,
+    ));
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
     let grace = args.shutdown_timeout;
     let service = router.into_make_service_with_connect_info::<crate::listener::ClientAddr>();
     let max_connections = args.connection_limit();
-    let idle = args.http_idle_timeout;
-    tracing::info!(max_connections, idle_timeout = ?idle, "connection limits");
-    let listener = crate::listener::GuardedListener::new(listener, max_connections, idle);
+    let timeouts = crate::listener::Timeouts {
+        idle: args.http_idle_timeout,
+        read: args.http_read_timeout,
+    };
+    tracing::info!(max_connections, ?timeouts, "connection limits");
+    let listener = crate::listener::GuardedListener::new(listener, max_connections, timeouts);
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         signals.next().await;
         readiness.set_draining();
