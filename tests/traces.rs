@@ -118,6 +118,18 @@ fn text(span: &Span, key: &str) -> String {
     string(attr(span, key)).unwrap_or_else(|| panic!("{key} is not a string"))
 }
 
+/// A request span's `gen_ai.response.finish_reasons`.
+fn finish_reasons(span: &Span) -> Vec<String> {
+    match attr(span, "gen_ai.response.finish_reasons") {
+        AnyValue::ArrayValue(a) => a
+            .values
+            .iter()
+            .filter_map(|v| string(v.value.as_ref()?))
+            .collect(),
+        other => panic!("finish_reasons = {other:?}"),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -262,17 +274,7 @@ fn grpc_spans_carry_genai_and_vllm_attributes_parentage_and_child_phases() {
     ] {
         assert_eq!(int(completion, key), 8);
     }
-    match attr(completion, "gen_ai.response.finish_reasons") {
-        AnyValue::ArrayValue(a) => {
-            let reasons: Vec<String> = a
-                .values
-                .iter()
-                .filter_map(|v| string(v.value.as_ref()?))
-                .collect();
-            assert_eq!(reasons, ["length"]);
-        }
-        other => panic!("finish_reasons = {other:?}"),
-    }
+    assert_eq!(finish_reasons(completion), ["length"]);
     let e2e = float(completion, "gen_ai.latency.e2e");
     let ttft = float(completion, "gen_ai.latency.time_to_first_token");
     let decode = float(completion, "gen_ai.latency.time_in_model_decode");
@@ -313,17 +315,7 @@ fn grpc_spans_carry_genai_and_vllm_attributes_parentage_and_child_phases() {
         .iter()
         .find(|s| hex(&s.trace_id) == STOP_TRACE)
         .expect("the stopped request's span");
-    match attr(stopped, "gen_ai.response.finish_reasons") {
-        AnyValue::ArrayValue(a) => {
-            let reasons: Vec<String> = a
-                .values
-                .iter()
-                .filter_map(|v| string(v.value.as_ref()?))
-                .collect();
-            assert_eq!(reasons, ["stop"]);
-        }
-        other => panic!("finish_reasons = {other:?}"),
-    }
+    assert_eq!(finish_reasons(stopped), ["stop"]);
     phases_inside(stopped);
 
     // The chat had no traceparent: a trace of its own.

@@ -31,7 +31,7 @@ pub async fn handle(
         &headers,
         access.map(|a| a.0),
         body,
-        start::Endpointish::<ChatRequest> {
+        start::EndpointParts::<ChatRequest> {
             endpoint: Endpoint::Chat,
             route: Route::ChatCompletions,
             operation: "chat",

@@ -30,7 +30,7 @@ pub async fn handle(
         &headers,
         access.map(|a| a.0),
         body,
-        start::Endpointish::<CompletionRequest> {
+        start::EndpointParts::<CompletionRequest> {
             endpoint: Endpoint::Completions,
             route: Route::Completions,
             operation: "text_completion",

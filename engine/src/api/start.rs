@@ -18,7 +18,7 @@ use super::protocol::{CommonParams, StreamUsage};
 use super::AppState;
 
 /// An endpoint's own part of a generation request.
-pub struct Endpointish<R> {
+pub struct EndpointParts<R> {
     pub endpoint: Endpoint,
     pub route: Route,
     /// GenAI's operation name for the trace (`text_completion`, `chat`).
@@ -41,7 +41,7 @@ pub async fn start<R: DeserializeOwned + Send + 'static>(
     headers: &HeaderMap,
     access: Option<AccessNote>,
     body: Bytes,
-    endpoint: Endpointish<R>,
+    endpoint: EndpointParts<R>,
 ) -> Result<Started, ApiError> {
     let arrival = Instant::now();
     let kind = endpoint.endpoint;
