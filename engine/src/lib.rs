@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod backend;
 pub mod bench;
+pub mod body_end;
 pub mod cli;
 pub mod detokenizer;
 pub mod engine_core;

@@ -174,72 +174,19 @@ pub async fn mark_request_read(
         signals.set_read();
         body
     } else {
-        axum::body::Body::new(SignalsEnd {
-            body,
-            signals: signals.clone(),
-            answer: false,
+        let signals = signals.clone();
+        crate::body_end::on_end(body, move |complete| {
+            if complete {
+                signals.set_read();
+            }
         })
     };
     let (parts, body) = next
         .run(axum::extract::Request::from_parts(parts, body))
         .await
         .into_parts();
-    let body = SignalsEnd {
-        body,
-        signals,
-        answer: true,
-    };
-    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
-}
-
-/// A body that says when it has been read to its end: a request's (read whole) or a response's
-/// (answered; also when dropped unsent).
-struct SignalsEnd {
-    body: axum::body::Body,
-    signals: RequestRead,
-    answer: bool,
-}
-
-impl SignalsEnd {
-    fn ended(&self) {
-        if self.answer {
-            self.signals.set_answered();
-        } else {
-            self.signals.set_read();
-        }
-    }
-}
-
-impl Drop for SignalsEnd {
-    fn drop(&mut self) {
-        if self.answer {
-            self.signals.set_answered();
-        }
-    }
-}
-
-impl axum::body::HttpBody for SignalsEnd {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<axum::body::Bytes>, axum::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.ended();
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
+    let body = crate::body_end::on_end(body, move |_| signals.set_answered());
+    axum::response::Response::from_parts(parts, body)
 }
 
 /// Errors about one connection that came and went (not the listener's).

@@ -3,12 +3,9 @@
 //! id and its prompt and output tokens. A line is written when the response body ends, or when
 //! it is dropped unsent (the client went away), so aborted streams are logged too.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -51,15 +48,15 @@ pub async fn log_requests(mut req: Request, next: Next) -> Response {
         status: 0,
         started,
         note: AccessNote::default(),
-        logged: false,
     };
     req.extensions_mut().insert(line.note.clone());
     let (parts, body) = next.run(req).await.into_parts();
-    let line = Line {
+    let mut line = Line {
         status: parts.status.as_u16(),
         ..line
     };
-    Response::from_parts(parts, Body::new(Logged { body, line }))
+    let body = crate::body_end::on_end(body, move |complete| line.write(complete));
+    Response::from_parts(parts, body)
 }
 
 struct Line {
@@ -70,14 +67,10 @@ struct Line {
     status: u16,
     started: Instant,
     note: AccessNote,
-    logged: bool,
 }
 
 impl Line {
     fn write(&mut self, complete: bool) {
-        if std::mem::replace(&mut self.logged, true) {
-            return;
-        }
         let note = self.note.get();
         tracing::info!(
             target: "vigil::access",
@@ -94,47 +87,5 @@ impl Line {
             self.version,
             self.status,
         );
-    }
-}
-
-/// A response body that writes its request's line when it ends or is dropped.
-struct Logged {
-    body: Body,
-    line: Line,
-}
-
-impl HttpBody for Logged {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            this.line.write(true);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for Logged {
-    fn drop(&mut self) {
-        // Ended without being polled to its end: the client went away (or the body was empty).
-        // The body goes first: a generation inside it fills the note as it is dropped.
-        let body = std::mem::replace(&mut self.body, Body::empty());
-        let complete = body.is_end_stream();
-        drop(body);
-        self.line.write(complete);
     }
 }

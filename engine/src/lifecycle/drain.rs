@@ -7,13 +7,10 @@
 //! aborts what is left when the grace period ends (or at a second signal), and counts each
 //! request in `vigil_drain_requests_total` as it leaves, so a scrape during the drain sees them.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::http::header::RETRY_AFTER;
 use axum::http::HeaderValue;
@@ -192,39 +189,9 @@ pub async fn admission(State(drain): State<Arc<Drain>>, req: Request, next: Next
         }
     };
     let (parts, body) = next.run(req).await.into_parts();
-    Response::from_parts(
-        parts,
-        Body::new(Held {
-            body,
-            _guard: guard,
-        }),
-    )
-}
-
-/// A response body that keeps its request counted in flight until it is sent or dropped.
-struct Held {
-    body: Body,
-    _guard: InFlight,
-}
-
-impl HttpBody for Held {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
+    // Counted in flight until the answer has been sent or dropped.
+    let body = crate::body_end::on_end(body, move |_| drop(guard));
+    Response::from_parts(parts, body)
 }
 
 #[cfg(test)]
