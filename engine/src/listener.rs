@@ -121,7 +121,7 @@ impl axum::serve::Listener for GuardedListener {
 /// The client's address, as the handlers' `ConnectInfo` (the access log's), and the handle by
 /// which the server tells the connection its request has been read whole.
 #[derive(Debug, Clone)]
-pub struct ClientAddr(pub std::net::SocketAddr, pub RequestRead);
+pub struct ClientAddr(pub std::net::SocketAddr, pub RequestSignals);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
     for ClientAddr
@@ -135,12 +135,12 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guar
 /// it has none: from then on it is being answered, and no read deadline applies), and answered
 /// (the response sent or dropped: from then on the connection is idle).
 #[derive(Debug, Clone, Default)]
-pub struct RequestRead {
+pub struct RequestSignals {
     read: Arc<std::sync::atomic::AtomicBool>,
     answered: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl RequestRead {
+impl RequestSignals {
     fn set_read(&self) {
         self.read.store(true, std::sync::atomic::Ordering::Release);
     }
@@ -218,7 +218,7 @@ pub struct GuardedIo {
     timeouts: Timeouts,
     phase: Phase,
     deadline: Pin<Box<tokio::time::Sleep>>,
-    request_read: RequestRead,
+    request_read: RequestSignals,
 }
 
 impl GuardedIo {
@@ -229,7 +229,7 @@ impl GuardedIo {
             timeouts,
             phase: Phase::Idle,
             deadline: Box::pin(tokio::time::sleep(timeouts.idle)),
-            request_read: RequestRead::default(),
+            request_read: RequestSignals::default(),
         }
     }
 
