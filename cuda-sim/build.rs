@@ -1,0 +1,161 @@
+//! Compiles the CUDA kernels for the host: the engine's own `.cu` files (with `common.cuh`
+//! prepended, as the engine does before NVRTC) and this crate's fidelity kernels, each as C++
+//! with `include/cuda_sim.h` force-included. For every `extern "C" __global__` entry point it
+//! writes a launcher that takes cuLaunchKernel's `void** kernelParams`, and a table of entry
+//! points (name, file, launcher, parameter sizes) that the simulated driver looks kernels up in.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// One entry point as its C signature declares it.
+struct Entry {
+    name: String,
+    /// Each parameter's C type.
+    params: Vec<String>,
+}
+
+fn main() {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    let engine_kernels = root.join("../engine/src/backend/cuda/kernels");
+    let fidelity_kernels = root.join("tests/kernels");
+    let header = root.join("include/cuda_sim.h");
+    for dir in [&engine_kernels, &fidelity_kernels] {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
+    println!("cargo:rerun-if-changed={}", header.display());
+    println!("cargo:rerun-if-changed=src/runtime.cpp");
+
+    let common = engine_kernels.join("common.cuh");
+    let mut sources = vec![root.join("src/runtime.cpp")];
+    let mut table = String::new();
+    let mut declarations = String::new();
+    let mut count = 0;
+    for (dir, prelude) in [(&engine_kernels, Some(&common)), (&fidelity_kernels, None)] {
+        for file in cu_files(dir) {
+            let text = std::fs::read_to_string(&file).unwrap();
+            let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+            let entries = entries(&text).unwrap_or_else(|e| panic!("{file_name}: {e}"));
+            let mut unit = String::new();
+            if let Some(prelude) = prelude {
+                writeln!(unit, "#include \"{}\"", prelude.display()).unwrap();
+            }
+            writeln!(unit, "#include \"{}\"", file.display()).unwrap();
+            for entry in &entries {
+                let args: Vec<String> = entry
+                    .params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, ty)| format!("*({ty}*)p[{i}]"))
+                    .collect();
+                let sizes: Vec<String> = entry
+                    .params
+                    .iter()
+                    .map(|ty| format!("sizeof({ty})"))
+                    .collect();
+                writeln!(
+                    unit,
+                    "extern \"C\" void cuda_sim_launch_{n}(void** p) {{ {n}({}); }}\n\
+                     extern \"C\" const unsigned cuda_sim_sizes_{n}[] = {{ {} }};",
+                    args.join(", "),
+                    if sizes.is_empty() {
+                        "0".to_owned()
+                    } else {
+                        sizes.join(", ")
+                    },
+                    n = entry.name,
+                )
+                .unwrap();
+                writeln!(
+                    declarations,
+                    "extern \"C\" void cuda_sim_launch_{n}(void**);\n\
+                     extern \"C\" const unsigned cuda_sim_sizes_{n}[];",
+                    n = entry.name
+                )
+                .unwrap();
+                writeln!(
+                    table,
+                    "    {{\"{n}\", \"{file_name}\", cuda_sim_launch_{n}, {}, cuda_sim_sizes_{n}}},",
+                    entry.params.len(),
+                    n = entry.name
+                )
+                .unwrap();
+                count += 1;
+            }
+            let path = out.join(format!("kernel_{}.cpp", file_name.replace('.', "_")));
+            std::fs::write(&path, unit).unwrap();
+            sources.push(path);
+        }
+    }
+    let registry = format!(
+        "struct CudaSimKernel {{ const char* name; const char* file; void (*launch)(void**); \
+         unsigned n_params; const unsigned* sizes; }};\n{declarations}\n\
+         extern \"C\" const CudaSimKernel cuda_sim_kernels[] = {{\n{table}}};\n\
+         extern \"C\" const unsigned cuda_sim_kernel_count = {count};\n"
+    );
+    let registry_path = out.join("kernel_registry.cpp");
+    std::fs::write(&registry_path, registry).unwrap();
+    sources.push(registry_path);
+
+    cc::Build::new()
+        .cpp(true)
+        .compiler("clang++")
+        .cpp_link_stdlib(None)
+        .std("c++17")
+        .opt_level(2)
+        .flag("-include")
+        .flag(header.to_str().unwrap())
+        .flag("-fno-exceptions")
+        .flag("-fno-rtti")
+        .flag("-fvisibility=hidden")
+        .flag("-Wno-unused-parameter")
+        .flag("-Wno-unused-function")
+        .files(&sources)
+        .compile("cuda_sim_kernels");
+}
+
+fn cu_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Every `extern "C" __global__ void name(params)` of a source file.
+fn entries(text: &str) -> Result<Vec<Entry>, String> {
+    const MARK: &str = "extern \"C\" __global__ void";
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(MARK) {
+        rest = &rest[at + MARK.len()..];
+        let open = rest
+            .find('(')
+            .ok_or("an entry point without a parameter list")?;
+        let name = rest[..open].trim().to_owned();
+        let close = rest[open..].find(')').ok_or("an unclosed parameter list")? + open;
+        let list = rest[open + 1..close].trim();
+        let params = if list.is_empty() || list == "void" {
+            Vec::new()
+        } else {
+            list.split(',')
+                .map(|param| {
+                    let param = param.split_whitespace().collect::<Vec<_>>().join(" ");
+                    let cut = param
+                        .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                        .ok_or_else(|| format!("{name}: no type in `{param}`"))?;
+                    let ty = param[..=cut].trim().to_owned();
+                    if ty.contains('[') {
+                        return Err(format!("{name}: array parameter `{param}`"));
+                    }
+                    Ok(ty)
+                })
+                .collect::<Result<_, String>>()?
+        };
+        found.push(Entry { name, params });
+        rest = &rest[close..];
+    }
+    Ok(found)
+}

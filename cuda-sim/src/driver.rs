@@ -1,0 +1,837 @@
+//! The CUDA driver API subset cudarc and Vigil call, as `libcuda.so`'s C functions. Work is
+//! done when it is submitted, in submission order, so every stream is trivially ordered and
+//! an "async" call has finished when it returns; events record the host's clock. A driver
+//! function missing here is missing from the library, and cudarc fails loudly with its name.
+
+#![allow(non_snake_case, clippy::missing_safety_doc)]
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::device;
+use crate::kernels::{self, HostKernel};
+use crate::memory;
+use crate::ptx;
+use crate::threads::{self, Launch};
+
+pub type CUresult = c_uint;
+pub type CUdevice = c_int;
+pub type CUdeviceptr = u64;
+pub type Handle = *mut c_void;
+
+pub const CUDA_SUCCESS: CUresult = 0;
+pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
+pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
+pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
+pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
+pub const CUDA_ERROR_INVALID_IMAGE: CUresult = 200;
+pub const CUDA_ERROR_INVALID_PTX: CUresult = 218;
+pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
+pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
+pub const CUDA_ERROR_LAUNCH_FAILED: CUresult = 719;
+pub const CUDA_ERROR_NOT_SUPPORTED: CUresult = 801;
+
+static INITIALISED: AtomicBool = AtomicBool::new(false);
+
+/// The primary context of device 0 (the only one); its handle is this static's address.
+static PRIMARY_CONTEXT: u8 = 0;
+
+thread_local! {
+    static CURRENT_CONTEXT: std::cell::Cell<Handle> = const { std::cell::Cell::new(std::ptr::null_mut()) };
+}
+
+/// Says why a call failed, on stderr (as the real driver does not, which is why debugging one
+/// is hard), and returns `code`.
+fn fail(call: &str, code: CUresult, why: std::fmt::Arguments<'_>) -> CUresult {
+    eprintln!("cuda-sim: {call}: {why}");
+    code
+}
+
+macro_rules! check_init {
+    () => {
+        if !INITIALISED.load(Ordering::Acquire) {
+            return CUDA_ERROR_NOT_INITIALIZED;
+        }
+    };
+}
+
+macro_rules! check_device {
+    ($dev:expr) => {
+        if $dev != 0 {
+            return CUDA_ERROR_INVALID_DEVICE;
+        }
+    };
+}
+
+#[no_mangle]
+pub extern "C" fn cuInit(flags: c_uint) -> CUresult {
+    if flags != 0 {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    crate::memcheck::install();
+    INITIALISED.store(true, Ordering::Release);
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
+    *version = device::DRIVER_VERSION;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
+    check_init!();
+    *count = 1;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult {
+    check_init!();
+    check_device!(ordinal);
+    *device = 0;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
+    check_init!();
+    check_device!(dev);
+    let bytes = device::NAME.as_bytes();
+    let n = bytes.len().min(len.max(1) as usize - 1);
+    std::ptr::copy_nonoverlapping(bytes.as_ptr(), name as *mut u8, n);
+    *name.add(n) = 0;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetAttribute(
+    value: *mut c_int,
+    attribute: c_int,
+    dev: CUdevice,
+) -> CUresult {
+    check_init!();
+    check_device!(dev);
+    match device::attribute(attribute) {
+        Some(v) => {
+            *value = v;
+            CUDA_SUCCESS
+        }
+        None => fail(
+            "cuDeviceGetAttribute",
+            CUDA_ERROR_NOT_SUPPORTED,
+            format_args!("attribute {attribute} is not simulated"),
+        ),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
+    check_init!();
+    check_device!(dev);
+    *bytes = device::total_memory() as usize;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
+    check_init!();
+    check_device!(dev);
+    *uuid = *b"vigil-cuda-sim-0";
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
+    cuDeviceGetUuid(uuid, dev)
+}
+
+fn primary_context() -> Handle {
+    &PRIMARY_CONTEXT as *const u8 as Handle
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CUdevice) -> CUresult {
+    check_init!();
+    check_device!(dev);
+    *ctx = primary_context();
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    check_init!();
+    check_device!(dev);
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {
+    check_init!();
+    if !ctx.is_null() && ctx != primary_context() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    CURRENT_CONTEXT.with(|c| c.set(ctx));
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut Handle) -> CUresult {
+    check_init!();
+    *ctx = CURRENT_CONTEXT.with(|c| c.get());
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
+    check_init!();
+    *dev = 0;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuCtxSynchronize() -> CUresult {
+    check_init!();
+    CUDA_SUCCESS
+}
+
+// Streams: work is done on submission, so a stream is only an identity.
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreate(stream: *mut Handle, _flags: c_uint) -> CUresult {
+    check_init!();
+    *stream = Box::into_raw(Box::new(0u8)) as Handle;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    stream: *mut Handle,
+    flags: c_uint,
+    _priority: c_int,
+) -> CUresult {
+    cuStreamCreate(stream, flags)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
+    check_init!();
+    if stream.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    drop(Box::from_raw(stream as *mut u8));
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamSynchronize(_stream: Handle) -> CUresult {
+    check_init!();
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamQuery(_stream: Handle) -> CUresult {
+    check_init!();
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuStreamWaitEvent(_stream: Handle, _event: Handle, _flags: c_uint) -> CUresult {
+    check_init!();
+    CUDA_SUCCESS
+}
+
+// Events: the host's clock when recorded (the work before them is done by then).
+
+struct Event {
+    recorded: Mutex<Option<Instant>>,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventCreate(event: *mut Handle, _flags: c_uint) -> CUresult {
+    check_init!();
+    *event = Box::into_raw(Box::new(Event {
+        recorded: Mutex::new(None),
+    })) as Handle;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
+    check_init!();
+    if event.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    drop(Box::from_raw(event as *mut Event));
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventRecord(event: Handle, _stream: Handle) -> CUresult {
+    check_init!();
+    if event.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    *(*(event as *const Event)).recorded.lock().unwrap() = Some(Instant::now());
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuEventSynchronize(_event: Handle) -> CUresult {
+    check_init!();
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub extern "C" fn cuEventQuery(_event: Handle) -> CUresult {
+    check_init!();
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Handle, end: Handle) -> CUresult {
+    check_init!();
+    if start.is_null() || end.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    let when = |e: Handle| *(*(e as *const Event)).recorded.lock().unwrap();
+    match (when(start), when(end)) {
+        (Some(a), Some(b)) => {
+            *ms = if b >= a {
+                (b - a).as_secs_f32() * 1e3
+            } else {
+                -((a - b).as_secs_f32() * 1e3)
+            };
+            CUDA_SUCCESS
+        }
+        // As the driver: an event never recorded has no time.
+        _ => CUDA_ERROR_INVALID_HANDLE,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuEventElapsedTime_v2(
+    ms: *mut f32,
+    start: Handle,
+    end: Handle,
+) -> CUresult {
+    cuEventElapsedTime(ms, start, end)
+}
+
+// Memory.
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
+    check_init!();
+    let total_bytes = device::total_memory();
+    *total = total_bytes as usize;
+    *free = total_bytes.saturating_sub(memory::used()) as usize;
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
+    check_init!();
+    if bytes == 0 {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    match memory::alloc(bytes) {
+        Some(p) => {
+            *dptr = p;
+            CUDA_SUCCESS
+        }
+        None => CUDA_ERROR_OUT_OF_MEMORY,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocAsync(
+    dptr: *mut CUdeviceptr,
+    bytes: usize,
+    _stream: Handle,
+) -> CUresult {
+    cuMemAlloc_v2(dptr, bytes)
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
+    check_init!();
+    if dptr == 0 {
+        return CUDA_SUCCESS;
+    }
+    if memory::free(dptr) {
+        CUDA_SUCCESS
+    } else {
+        fail(
+            "cuMemFree",
+            CUDA_ERROR_INVALID_VALUE,
+            format_args!("{dptr:#x} is not the start of a live allocation"),
+        )
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, _stream: Handle) -> CUresult {
+    cuMemFree_v2(dptr)
+}
+
+/// Checks that `[addr, addr + len)` is device memory for `call`.
+fn device_range(call: &str, addr: CUdeviceptr, len: usize) -> Result<(), CUresult> {
+    if len == 0 || memory::contains(addr, len) {
+        Ok(())
+    } else {
+        Err(fail(
+            call,
+            CUDA_ERROR_INVALID_VALUE,
+            format_args!("[{addr:#x}, +{len}) is not inside one device allocation"),
+        ))
+    }
+}
+
+unsafe fn copy(
+    call: &str,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+    device: &[(u64, usize)],
+) -> CUresult {
+    check_init!();
+    for &(addr, n) in device {
+        if let Err(e) = device_range(call, addr, n) {
+            return e;
+        }
+    }
+    std::ptr::copy(src, dst, len);
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    len: usize,
+) -> CUresult {
+    copy(
+        "cuMemcpyHtoD",
+        dst as *mut u8,
+        src as *const u8,
+        len,
+        &[(dst, len)],
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: *const c_void,
+    len: usize,
+    _s: Handle,
+) -> CUresult {
+    copy(
+        "cuMemcpyHtoDAsync",
+        dst as *mut u8,
+        src as *const u8,
+        len,
+        &[(dst, len)],
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    len: usize,
+) -> CUresult {
+    copy(
+        "cuMemcpyDtoH",
+        dst as *mut u8,
+        src as *const u8,
+        len,
+        &[(src, len)],
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
+    dst: *mut c_void,
+    src: CUdeviceptr,
+    len: usize,
+    _s: Handle,
+) -> CUresult {
+    copy(
+        "cuMemcpyDtoHAsync",
+        dst as *mut u8,
+        src as *const u8,
+        len,
+        &[(src, len)],
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoD_v2(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    len: usize,
+) -> CUresult {
+    copy(
+        "cuMemcpyDtoD",
+        dst as *mut u8,
+        src as *const u8,
+        len,
+        &[(dst, len), (src, len)],
+    )
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
+    dst: CUdeviceptr,
+    src: CUdeviceptr,
+    len: usize,
+    _s: Handle,
+) -> CUresult {
+    cuMemcpyDtoD_v2(dst, src, len)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, n: usize) -> CUresult {
+    check_init!();
+    if let Err(e) = device_range("cuMemsetD8", dst, n) {
+        return e;
+    }
+    std::ptr::write_bytes(dst as *mut u8, value, n);
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD8Async(
+    dst: CUdeviceptr,
+    value: u8,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    cuMemsetD8_v2(dst, value, n)
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, n: usize) -> CUresult {
+    check_init!();
+    if let Err(e) = device_range("cuMemsetD32", dst, n * 4) {
+        return e;
+    }
+    std::slice::from_raw_parts_mut(dst as *mut u32, n).fill(value);
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuMemsetD32Async(
+    dst: CUdeviceptr,
+    value: c_uint,
+    n: usize,
+    _s: Handle,
+) -> CUresult {
+    cuMemsetD32_v2(dst, value, n)
+}
+
+// Modules and functions.
+
+/// A loaded entry point: the host kernel compiled from its source, and what the PTX declares.
+struct Function {
+    kernel: &'static HostKernel,
+    static_shared: u64,
+}
+
+struct Module {
+    functions: HashMap<String, Box<Function>>,
+}
+
+/// Checks a PTX module against the kernels compiled for the host: same target family, and for
+/// every entry point a host kernel of that name with the same parameter sizes.
+fn load_ptx(text: &str) -> Result<Module, String> {
+    let module = ptx::parse(text)?;
+    let arch: u32 = module
+        .target
+        .trim_start_matches("sm_")
+        .trim_end_matches(['a', 'f'])
+        .parse()
+        .map_err(|_| format!("unknown target {}", module.target))?;
+    let (major, minor) = (
+        device::attribute(75).unwrap(),
+        device::attribute(76).unwrap(),
+    );
+    if arch > (major * 10 + minor) as u32 {
+        return Err(format!(
+            "PTX for {} cannot run on a compute capability {major}.{minor} device",
+            module.target
+        ));
+    }
+    let mut functions = HashMap::new();
+    for entry in module.entries {
+        let kernel = kernels::find(&entry.name).ok_or_else(|| {
+            format!(
+                "entry point `{}` has no kernel compiled for the host (cuda-sim compiles \
+                 engine/src/backend/cuda/kernels/*.cu and its own tests/kernels/*.cu)",
+                entry.name
+            )
+        })?;
+        if kernel.param_sizes != entry.param_sizes.as_slice() {
+            return Err(format!(
+                "entry point `{}`: the PTX's parameters ({:?} bytes) differ from those of {} \
+                 compiled for the host ({:?}): not the same source",
+                entry.name, entry.param_sizes, kernel.file, kernel.param_sizes
+            ));
+        }
+        functions.insert(
+            entry.name,
+            Box::new(Function {
+                kernel,
+                static_shared: entry.static_shared,
+            }),
+        );
+    }
+    Ok(Module { functions })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_void) -> CUresult {
+    check_init!();
+    let bytes = image as *const u8;
+    if std::slice::from_raw_parts(bytes, 4) == b"\x7fELF" {
+        return fail(
+            "cuModuleLoadData",
+            CUDA_ERROR_INVALID_IMAGE,
+            format_args!("a cubin: only PTX (from NVRTC) is simulated"),
+        );
+    }
+    let Ok(text) = CStr::from_ptr(image as *const c_char).to_str() else {
+        return fail(
+            "cuModuleLoadData",
+            CUDA_ERROR_INVALID_PTX,
+            format_args!("not UTF-8 PTX"),
+        );
+    };
+    match load_ptx(text) {
+        Ok(m) => {
+            *module = Box::into_raw(Box::new(m)) as Handle;
+            CUDA_SUCCESS
+        }
+        Err(why) => fail(
+            "cuModuleLoadData",
+            CUDA_ERROR_INVALID_PTX,
+            format_args!("{why}"),
+        ),
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleUnload(module: Handle) -> CUresult {
+    check_init!();
+    if module.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    drop(Box::from_raw(module as *mut Module));
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuModuleGetFunction(
+    function: *mut Handle,
+    module: Handle,
+    name: *const c_char,
+) -> CUresult {
+    check_init!();
+    if module.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    let module = &*(module as *const Module);
+    let name = CStr::from_ptr(name).to_string_lossy();
+    match module.functions.get(name.as_ref()) {
+        Some(f) => {
+            *function = &**f as *const Function as Handle;
+            CUDA_SUCCESS
+        }
+        None => CUDA_ERROR_NOT_FOUND,
+    }
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuFuncGetAttribute(
+    value: *mut c_int,
+    attribute: c_int,
+    function: Handle,
+) -> CUresult {
+    check_init!();
+    if function.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    let f = &*(function as *const Function);
+    *value = match attribute {
+        0 => device::MAX_THREADS_PER_BLOCK as c_int,
+        1 => f.static_shared as c_int,
+        _ => {
+            return fail(
+                "cuFuncGetAttribute",
+                CUDA_ERROR_NOT_SUPPORTED,
+                format_args!("attribute {attribute} is not simulated"),
+            )
+        }
+    };
+    CUDA_SUCCESS
+}
+
+/// Why a launch configuration is refused, as a GPU refuses it.
+pub fn check_launch_config(grid: [u32; 3], block: [u32; 3], shared: u64) -> Result<(), String> {
+    let threads = block.iter().map(|&b| b as u64).product::<u64>();
+    if grid.contains(&0) || block.contains(&0) {
+        return Err(format!(
+            "grid {grid:?} or block {block:?} has a zero dimension"
+        ));
+    }
+    for i in 0..3 {
+        if grid[i] > device::MAX_GRID_DIM[i] {
+            return Err(format!(
+                "grid {grid:?} exceeds the device's {:?}",
+                device::MAX_GRID_DIM
+            ));
+        }
+        if block[i] > device::MAX_BLOCK_DIM[i] {
+            return Err(format!(
+                "block {block:?} exceeds the device's {:?}",
+                device::MAX_BLOCK_DIM
+            ));
+        }
+    }
+    if threads > device::MAX_THREADS_PER_BLOCK as u64 {
+        return Err(format!(
+            "{threads} threads per block exceed the device's {}",
+            device::MAX_THREADS_PER_BLOCK
+        ));
+    }
+    if shared > device::MAX_SHARED_PER_BLOCK {
+        return Err(format!(
+            "{shared} bytes of shared memory per block exceed the device's {}",
+            device::MAX_SHARED_PER_BLOCK
+        ));
+    }
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchKernel(
+    function: Handle,
+    grid_x: c_uint,
+    grid_y: c_uint,
+    grid_z: c_uint,
+    block_x: c_uint,
+    block_y: c_uint,
+    block_z: c_uint,
+    shared_bytes: c_uint,
+    _stream: Handle,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+) -> CUresult {
+    check_init!();
+    if function.is_null() {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    let f = &*(function as *const Function);
+    let name = f.kernel.name;
+    if !extra.is_null() {
+        return fail(
+            "cuLaunchKernel",
+            CUDA_ERROR_NOT_SUPPORTED,
+            format_args!("{name}: `extra` parameters are not simulated"),
+        );
+    }
+    if shared_bytes > 0 {
+        return fail(
+            "cuLaunchKernel",
+            CUDA_ERROR_NOT_SUPPORTED,
+            format_args!("{name}: dynamic shared memory is not simulated"),
+        );
+    }
+    let (grid, block) = ([grid_x, grid_y, grid_z], [block_x, block_y, block_z]);
+    if let Err(why) = check_launch_config(grid, block, f.static_shared + shared_bytes as u64) {
+        return fail(
+            "cuLaunchKernel",
+            CUDA_ERROR_INVALID_VALUE,
+            format_args!("{name}: {why}"),
+        );
+    }
+    let n = f.kernel.param_sizes.len();
+    if n > 0 && params.is_null() {
+        return fail(
+            "cuLaunchKernel",
+            CUDA_ERROR_INVALID_VALUE,
+            format_args!("{name}: no parameters given, {n} expected"),
+        );
+    }
+    // Every 8-byte parameter may be a device address: their allocations' canaries are checked.
+    let addresses: Vec<u64> = f
+        .kernel
+        .param_sizes
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s == 8)
+        .map(|(i, _)| *(*params.add(i) as *const u64))
+        .collect();
+    let launch = Launch {
+        kernel: f.kernel,
+        grid,
+        block,
+    };
+    if let Err(e) = threads::run_grid(launch, params) {
+        return fail(
+            "cuLaunchKernel",
+            CUDA_ERROR_LAUNCH_FAILED,
+            format_args!("{name}: {e}"),
+        );
+    }
+    if let Some(damage) = memory::check_canaries(addresses) {
+        let side = if damage.offset < 0 {
+            "before the start"
+        } else {
+            "past the end"
+        };
+        eprintln!(
+            "cuda-sim memcheck: invalid write of device memory in kernel `{name}` (grid {grid:?}, \
+             block {block:?}): {} bytes {side} of a {}-byte allocation at {:#x} (found after the \
+             launch by its guard bytes, so the thread is not known)",
+            damage.offset.unsigned_abs(),
+            damage.size,
+            damage.data
+        );
+        std::process::exit(crate::memcheck::EXIT_STATUS);
+    }
+    CUDA_SUCCESS
+}
+
+// Errors by name, as cudarc prints them.
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorName(error: CUresult, name: *mut *const c_char) -> CUresult {
+    let text: &'static CStr = match error {
+        0 => c"CUDA_SUCCESS",
+        1 => c"CUDA_ERROR_INVALID_VALUE",
+        2 => c"CUDA_ERROR_OUT_OF_MEMORY",
+        3 => c"CUDA_ERROR_NOT_INITIALIZED",
+        101 => c"CUDA_ERROR_INVALID_DEVICE",
+        200 => c"CUDA_ERROR_INVALID_IMAGE",
+        218 => c"CUDA_ERROR_INVALID_PTX",
+        400 => c"CUDA_ERROR_INVALID_HANDLE",
+        500 => c"CUDA_ERROR_NOT_FOUND",
+        719 => c"CUDA_ERROR_LAUNCH_FAILED",
+        801 => c"CUDA_ERROR_NOT_SUPPORTED",
+        _ => return CUDA_ERROR_INVALID_VALUE,
+    };
+    *name = text.as_ptr();
+    CUDA_SUCCESS
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGetErrorString(error: CUresult, text: *mut *const c_char) -> CUresult {
+    cuGetErrorName(error, text)
+}

@@ -1,0 +1,26 @@
+//! A simulated CUDA device for tests: stand-ins for `libcuda.so` (the driver API subset cudarc
+//! and Vigil call) and `libcublas.so` (handles and `cublasGemmEx`) that run the engine's own
+//! kernels, compiled for the host from the same `.cu` sources, on the CPU.
+//!
+//! - [`driver`]: the driver's C functions; [`blas`]: cuBLAS's.
+//! - [`ptx`]: what a module load reads from NVRTC's PTX, checked against [`kernels`], the entry
+//!   points build.rs compiled for the host.
+//! - [`threads`]: a grid's blocks on the host's cores, a block's threads as fibers with real
+//!   barrier, shuffle and vote semantics.
+//! - [`memory`] and [`memcheck`]: guarded device allocations, and reports of out-of-bounds
+//!   accesses with the kernel, block and thread.
+//! - [`device`]: the simulated GPU's properties (an H100's, with the memory size of our choice).
+//!
+//! `cargo xtask test` builds the cdylib and links it as `libcuda.so` and `libcublas.so` in
+//! `target/cuda-sim/`; a process with that folder first on `LD_LIBRARY_PATH` sees one GPU.
+//! What it cannot show: timing, the GPU's memory model (a race that works when threads run in
+//! turn), the driver's and the hardware's own behaviour.
+
+pub mod blas;
+pub mod device;
+pub mod driver;
+pub mod kernels;
+pub mod memcheck;
+pub mod memory;
+pub mod ptx;
+pub mod threads;

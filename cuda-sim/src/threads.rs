@@ -1,0 +1,367 @@
+//! Running a grid: blocks in parallel on the host's cores (rayon), and within a block, each CUDA
+//! thread as a fiber (a corosensei coroutine) on one OS thread. A fiber runs until it waits for
+//! others (`__syncthreads`, a shuffle, a vote) or returns; the scheduler then runs the next one.
+//! A barrier completes when every thread of its scope that has not exited has arrived, as on
+//! Volta and later; a pass in which no fiber can move is a deadlock and fails the launch.
+//!
+//! Why fibers: a shuffle is a rendezvous of 32 threads, and the attention kernel makes several
+//! per key. Switching a fiber costs a few nanoseconds, an OS thread's switch microseconds.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+
+use corosensei::stack::DefaultStack;
+use corosensei::{Coroutine, CoroutineResult, Yielder};
+
+use crate::kernels::HostKernel;
+
+/// Stack of one CUDA thread: kernels keep their locals in registers on a GPU and on this stack
+/// here; 64 KiB is far more than any of ours needs, and untouched pages cost nothing.
+const FIBER_STACK: usize = 64 * 1024;
+
+/// Where a launch runs: its kernel, grid and block.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch {
+    pub kernel: &'static HostKernel,
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+}
+
+/// What the fault handler tells about the thread that faulted.
+#[derive(Debug, Clone, Copy)]
+pub struct Running {
+    pub kernel: &'static str,
+    pub block: [u32; 3],
+    pub thread: [u32; 3],
+}
+
+thread_local! {
+    static RUNNING: Cell<Option<Running>> = const { Cell::new(None) };
+    /// The block this OS thread is running, while it runs one.
+    static BLOCK: Cell<*mut BlockState> = const { Cell::new(std::ptr::null_mut()) };
+    static STACKS: RefCell<Vec<DefaultStack>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The CUDA thread running on this OS thread, if any (for the fault handler).
+pub fn running() -> Option<Running> {
+    RUNNING.with(|r| r.get())
+}
+
+extern "C" {
+    fn cuda_sim_set_thread(x: u32, y: u32, z: u32);
+    fn cuda_sim_set_block(block: *const u32, block_dim: *const u32, grid_dim: *const u32);
+}
+
+/// What a waiting fiber waits for: a generation of the block's barrier or of its warp's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Block(u64),
+    Warp(u64),
+}
+
+#[derive(Default)]
+struct Barrier {
+    /// Threads of the scope that have not exited.
+    live: usize,
+    arrived: usize,
+    generation: u64,
+}
+
+impl Barrier {
+    /// One thread arrives; true if it completed the barrier.
+    fn arrive(&mut self) -> bool {
+        self.arrived += 1;
+        self.complete_if_all_arrived()
+    }
+
+    fn complete_if_all_arrived(&mut self) -> bool {
+        if self.arrived > 0 && self.arrived >= self.live {
+            self.arrived = 0;
+            self.generation += 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Default)]
+struct Warp {
+    barrier: Barrier,
+    /// Each lane's 32 bits of the current exchange, double-buffered by generation.
+    slots: [[u32; 32]; 2],
+    /// Lanes that have not exited.
+    active: u32,
+    /// Lanes that wrote a value in the exchange of each parity: a lane's value is read from
+    /// here even after the lane has exited.
+    written: [u32; 2],
+}
+
+impl Warp {
+    /// Completes the barrier if every live lane arrived, and readies the next exchange.
+    fn complete_if_all_arrived(&mut self) -> bool {
+        let done = self.barrier.complete_if_all_arrived();
+        if done {
+            self.written[(self.barrier.generation & 1) as usize] = 0;
+        }
+        done
+    }
+}
+
+struct BlockState {
+    barrier: Barrier,
+    warps: Vec<Warp>,
+    waits: Vec<Option<Wait>>,
+    yielders: Vec<*const Yielder<(), ()>>,
+    current: usize,
+}
+
+impl BlockState {
+    fn released(&self, thread: usize, wait: Wait) -> bool {
+        match wait {
+            Wait::Block(g) => self.barrier.generation != g,
+            Wait::Warp(g) => self.warps[thread / 32].barrier.generation != g,
+        }
+    }
+
+    /// Suspends the current fiber until `wait` is released.
+    fn suspend(&mut self, wait: Wait) {
+        let me = self.current;
+        self.waits[me] = Some(wait);
+        let yielder = self.yielders[me];
+        // SAFETY: the yielder lives on this fiber's stack for as long as the fiber runs.
+        unsafe { (*yielder).suspend(()) };
+    }
+}
+
+fn with_block<T>(f: impl FnOnce(&mut BlockState) -> T) -> T {
+    let block = BLOCK.with(|b| b.get());
+    assert!(!block.is_null(), "a CUDA built-in called outside a kernel");
+    // SAFETY: set by `run_block` for the duration of the block, on this OS thread only; fibers
+    // of the block run one at a time.
+    f(unsafe { &mut *block })
+}
+
+#[no_mangle]
+pub extern "C" fn cuda_sim_syncthreads() {
+    with_block(|b| {
+        let generation = b.barrier.generation;
+        if !b.barrier.arrive() {
+            b.suspend(Wait::Block(generation));
+        }
+    });
+}
+
+/// A rendezvous of the current thread's warp: every active lane stores its value, and each
+/// gets the values of all once the last has arrived.
+fn warp_exchange(value: u32) -> ([u32; 32], u32, usize) {
+    with_block(|b| {
+        let me = b.current;
+        let (w, lane) = (me / 32, me % 32);
+        let generation = b.warps[w].barrier.generation;
+        let parity = (generation & 1) as usize;
+        let warp = &mut b.warps[w];
+        warp.slots[parity][lane] = value;
+        warp.written[parity] |= 1 << lane;
+        warp.barrier.arrived += 1;
+        if !warp.complete_if_all_arrived() {
+            b.suspend(Wait::Warp(generation));
+        }
+        (b.warps[w].slots[parity], b.warps[w].written[parity], lane)
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn cuda_sim_syncwarp(_mask: u32) {
+    warp_exchange(0);
+}
+
+#[no_mangle]
+pub extern "C" fn cuda_sim_shfl(_mask: u32, bits: u32, kind: i32, arg: i32, width: i32) -> u32 {
+    let (values, active, lane) = warp_exchange(bits);
+    let width = width.clamp(1, 32);
+    let lane = lane as i32;
+    let segment = lane - lane % width;
+    let source = match kind {
+        0 => segment + arg.rem_euclid(width),
+        1 => lane - arg,
+        2 => lane + arg,
+        _ => lane ^ arg,
+    };
+    let inside = source >= segment && source < segment + width;
+    if inside && active & (1 << source) != 0 {
+        values[source as usize]
+    } else {
+        bits
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn cuda_sim_ballot(_mask: u32, predicate: i32) -> u32 {
+    let (values, active, _) = warp_exchange(u32::from(predicate != 0));
+    (0..32)
+        .filter(|&l| active & (1 << l) != 0 && values[l] != 0)
+        .fold(0, |m, l| m | (1 << l))
+}
+
+#[no_mangle]
+pub extern "C" fn cuda_sim_activemask() -> u32 {
+    with_block(|b| b.warps[b.current / 32].active)
+}
+
+/// Why a launch failed inside the simulator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LaunchError {
+    Deadlock { block: [u32; 3], waiting: usize },
+}
+
+impl std::fmt::Display for LaunchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaunchError::Deadlock { block, waiting } => write!(
+                f,
+                "block {block:?}: {waiting} thread(s) wait at a barrier the others never reach"
+            ),
+        }
+    }
+}
+
+/// Runs every block of `launch` with `params` (cuLaunchKernel's array, valid for the call).
+pub fn run_grid(launch: Launch, params: *mut *mut c_void) -> Result<(), LaunchError> {
+    use rayon::prelude::*;
+    let [gx, gy, gz] = launch.grid;
+    let blocks = gx as u64 * gy as u64 * gz as u64;
+    let params = params as usize;
+    (0..blocks).into_par_iter().try_for_each(|i| {
+        let block = [
+            (i % gx as u64) as u32,
+            (i / gx as u64 % gy as u64) as u32,
+            (i / (gx as u64 * gy as u64)) as u32,
+        ];
+        run_block(launch, block, params as *mut *mut c_void)
+    })
+}
+
+fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Result<(), LaunchError> {
+    crate::memcheck::prepare_this_thread();
+    let [bx, by, bz] = launch.block;
+    let threads = (bx * by * bz) as usize;
+    let warps = threads.div_ceil(32);
+    let state = Box::into_raw(Box::new(BlockState {
+        barrier: Barrier {
+            live: threads,
+            ..Default::default()
+        },
+        warps: (0..warps)
+            .map(|w| {
+                let lanes = (threads - w * 32).min(32);
+                Warp {
+                    barrier: Barrier {
+                        live: lanes,
+                        ..Default::default()
+                    },
+                    active: if lanes == 32 {
+                        u32::MAX
+                    } else {
+                        (1 << lanes) - 1
+                    },
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        waits: vec![None; threads],
+        yielders: vec![std::ptr::null(); threads],
+        current: 0,
+    }));
+    // The block's state is reached through this pointer, by the scheduler between fibers and
+    // by the built-ins inside them, never by both at once: fibers run one at a time.
+    // SAFETY: `state` is live until it is freed at the end of this function.
+    let st = || unsafe { &mut *state };
+    // SAFETY: three-element arrays, copied by the callee.
+    unsafe { cuda_sim_set_block(block.as_ptr(), launch.block.as_ptr(), launch.grid.as_ptr()) };
+    BLOCK.with(|b| b.set(state));
+    let launcher = launch.kernel.launch;
+    let params_addr = params as usize;
+    let state_addr = state as usize;
+    let mut fibers: Vec<Option<Coroutine<(), (), (), DefaultStack>>> = (0..threads)
+        .map(|t| {
+            let stack = STACKS
+                .with(|s| s.borrow_mut().pop())
+                .unwrap_or_else(|| DefaultStack::new(FIBER_STACK).expect("a fiber stack"));
+            Some(Coroutine::with_stack(
+                stack,
+                move |yielder: &Yielder<(), ()>, ()| {
+                    // SAFETY: the block state outlives every fiber of the block (they finish, or
+                    // are leaked on deadlock, before run_block returns).
+                    unsafe { (&mut *(state_addr as *mut BlockState)).yielders[t] = yielder };
+                    // SAFETY: the launcher reads the parameters cuLaunchKernel was given.
+                    unsafe { launcher(params_addr as *mut *mut c_void) };
+                },
+            ))
+        })
+        .collect();
+    let coords = |t: usize| {
+        let t = t as u32;
+        [t % bx, t / bx % by, t / (bx * by)]
+    };
+    let mut result = Ok(());
+    let mut remaining = threads;
+    while remaining > 0 {
+        let mut moved = false;
+        for t in 0..threads {
+            let Some(fiber) = fibers[t].as_mut() else {
+                continue;
+            };
+            if let Some(wait) = st().waits[t] {
+                if !st().released(t, wait) {
+                    continue;
+                }
+                st().waits[t] = None;
+            }
+            st().current = t;
+            let [x, y, z] = coords(t);
+            // SAFETY: plain stores to this OS thread's built-in variables.
+            unsafe { cuda_sim_set_thread(x, y, z) };
+            RUNNING.with(|r| {
+                r.set(Some(Running {
+                    kernel: launch.kernel.name,
+                    block,
+                    thread: [x, y, z],
+                }))
+            });
+            moved = true;
+            if let CoroutineResult::Return(()) = fiber.resume(()) {
+                let done = fibers[t].take().expect("a running fiber");
+                STACKS.with(|s| s.borrow_mut().push(done.into_stack()));
+                remaining -= 1;
+                let state = st();
+                state.barrier.live -= 1;
+                state.barrier.complete_if_all_arrived();
+                let warp = &mut state.warps[t / 32];
+                warp.barrier.live -= 1;
+                warp.active &= !(1 << (t % 32));
+                warp.complete_if_all_arrived();
+            }
+        }
+        if !moved {
+            result = Err(LaunchError::Deadlock {
+                block,
+                waiting: remaining,
+            });
+            // Suspended fibers cannot be unwound through the kernels' C++ frames: their
+            // stacks are leaked, as a GPU's hung block is never reclaimed either.
+            for fiber in fibers.iter_mut().filter_map(Option::take) {
+                std::mem::forget(fiber);
+            }
+            break;
+        }
+    }
+    RUNNING.with(|r| r.set(None));
+    BLOCK.with(|b| b.set(std::ptr::null_mut()));
+    if result.is_ok() {
+        // SAFETY: every fiber finished; nothing refers to the state any more. (After a
+        // deadlock the leaked fibers still point at it, so it is leaked with them.)
+        drop(unsafe { Box::from_raw(state) });
+    }
+    result
+}
