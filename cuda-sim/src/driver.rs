@@ -835,3 +835,16 @@ pub unsafe extern "C" fn cuGetErrorName(error: CUresult, name: *mut *const c_cha
 pub unsafe extern "C" fn cuGetErrorString(error: CUresult, text: *mut *const c_char) -> CUresult {
     cuGetErrorName(error, text)
 }
+
+/// The driver's private tables (NVRTC asks for one when libcuda is present): none is
+/// simulated, and callers fall back as they do on a driver that lacks the table.
+#[no_mangle]
+pub unsafe extern "C" fn cuGetExportTable(
+    table: *mut *const c_void,
+    _id: *const c_void,
+) -> CUresult {
+    if !table.is_null() {
+        *table = std::ptr::null();
+    }
+    CUDA_ERROR_NOT_SUPPORTED
+}
