@@ -15,6 +15,8 @@
 //!   `--disable-log-stats`, paired rounds; throughput and server CPU per token ratios.
 //! - `bench-ebpf [--rounds N]`: the eBPF probe's cost per event and on a switch-heavy
 //!   benchmark, beside libbpf-tools' runqlat (root, perf, bpftool, runqlat).
+//! - `sim COMMAND [ARGS]`: run a command on the simulated GPU (`cuda-sim/`), e.g.
+//!   `target/debug/vigil check-gpu` or `target/debug/vigil serve --device cuda`.
 //! - `install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]`: build and install the
 //!   binary, the systemd unit, the sysusers.d entry and the environment file.
 
@@ -27,6 +29,7 @@ mod docs;
 mod fetch_model;
 mod fetch_nvrtc;
 mod install;
+mod sim;
 mod test;
 
 use std::path::PathBuf;
@@ -44,8 +47,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench-metrics-cost") => bench_metrics_cost::run(&args[1..]),
         Some("bench-ebpf") => bench_ebpf::run(&args[1..]),
         Some("install") => install::run(&args[1..]),
+        Some("sim") => sim::run(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]>");
+            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run] | sim COMMAND [ARGS]>");
             std::process::exit(2);
         }
     }

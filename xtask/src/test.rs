@@ -37,11 +37,13 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
         }
         None => nvrtc.into_os_string(),
     };
+    let cuda_sim = build_cuda_sim()?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra_args)
         .env("LD_LIBRARY_PATH", library_path)
         .env("VIGIL_PTXAS", ptxas)
+        .env("VIGIL_CUDA_SIM", cuda_sim)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test")?;
@@ -49,6 +51,29 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
         bail!("tests failed");
     }
     Ok(())
+}
+
+/// Builds the simulated GPU (`cuda-sim/`) and links it as `libcuda.so` and `libcublas.so` in
+/// `target/cuda-sim/`, the folder a test puts first on `LD_LIBRARY_PATH` to run the CUDA backend
+/// on the CPU. It is not on the tests' own path: every other test sees no GPU.
+pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-p", "vigil-cuda-sim"])
+        .current_dir(workspace_root())
+        .status()
+        .context("building cuda-sim")?;
+    if !status.success() {
+        bail!("building cuda-sim failed");
+    }
+    let dir = workspace_root().join("target/cuda-sim");
+    std::fs::create_dir_all(&dir)?;
+    for name in ["libcuda.so", "libcuda.so.1", "libcublas.so"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("../debug/libvigil_cuda_sim.so", &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    Ok(dir)
 }
 
 fn on_path(program: &str) -> bool {

@@ -43,7 +43,16 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
     ];
     if device_sections.iter().any(|s| wants(*s)) {
         match crate::backend::cuda::device::probe() {
-            Ok(n) => println!("== CUDA: {n} device(s); checking device 0"),
+            Ok(n) => {
+                let name = cudarc::driver::CudaContext::new(0)
+                    .and_then(|ctx| ctx.name())
+                    .unwrap_or_else(|e| format!("(no name: {e:?})"));
+                println!("== CUDA: {n} device(s); checking device 0: {name}");
+                if name.contains("simulated") {
+                    report.simulated = true;
+                    println!("{SIMULATED}");
+                }
+            }
             Err(why) => {
                 report.error("CUDA backend", why);
                 return finish(&report);
@@ -95,6 +104,12 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
     finish(&report)
 }
 
+/// What a pass on the simulated device (`cuda-sim/`) proves, and what it does not.
+const SIMULATED: &str = "NOTE: this device is SIMULATED (vigil-cuda-sim runs the CUDA backend's \
+    kernels and cuBLAS calls on the CPU). A pass proves the backend's logic, launches, memory \
+    accesses and numerics; not its speed, the GPU's memory model, or the real driver. Run \
+    `vigil check-gpu` on a real GPU for the final word.";
+
 fn finish(report: &Report) -> anyhow::Result<()> {
     anyhow::ensure!(
         report.passed(),
@@ -102,6 +117,14 @@ fn finish(report: &Report) -> anyhow::Result<()> {
         report.failures(),
         report.checks.len()
     );
-    println!("all {} checks passed", report.checks.len());
+    println!(
+        "all {} checks passed{}",
+        report.checks.len(),
+        if report.simulated {
+            " on a SIMULATED device"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

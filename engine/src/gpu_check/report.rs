@@ -11,6 +11,8 @@ pub struct Check {
 #[derive(Debug, Default)]
 pub struct Report {
     pub checks: Vec<Check>,
+    /// The device checked is the simulator's (its name says so).
+    pub simulated: bool,
 }
 
 impl Report {

@@ -1,0 +1,164 @@
+//! The CUDA backend end to end on the simulated GPU (`cuda-sim/`, built and linked by `cargo
+//! xtask test`, which names its folder in `VIGIL_CUDA_SIM`): `vigil check-gpu` and `vigil serve
+//! --device cuda` run with the simulator first on `LD_LIBRARY_PATH`, so the CUDA backend's own
+//! code, kernels and cuBLAS calls execute, on the CPU.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{http_post, sample, Vigil};
+use serde_json::{json, Value};
+
+/// `LD_LIBRARY_PATH` with the simulator first.
+fn simulated_library_path() -> String {
+    let sim = std::env::var("VIGIL_CUDA_SIM")
+        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`");
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(rest) => format!("{sim}:{rest}"),
+        Err(_) => sim,
+    }
+}
+
+#[test]
+fn check_gpu_passes_on_the_simulated_device_and_says_it_is_simulated() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "check-gpu",
+            "--only",
+            "kernels",
+            "--only",
+            "model",
+            "--only",
+            "serving",
+        ])
+        .args(["--model", common::require_model()])
+        .env("LD_LIBRARY_PATH", simulated_library_path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("NOTE: this device is SIMULATED"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("checks passed on a SIMULATED device"),
+        "{stdout}"
+    );
+    // Every section ran: the kernels, the model's greedy decoding, serving over HTTP.
+    for check in [
+        "PASS kernel kv_cache_write + paged_attention",
+        "PASS cuBLAS linear",
+        "PASS prompt 3 greedy 64 steps = CPU",
+        "PASS serving: 32 concurrent requests",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(check)),
+            "{check}:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("FAIL"), "{stdout}");
+}
+
+fn complete(v: &Vigil, body: Value) -> Value {
+    let (status, text) = http_post(&v.url("/v1/completions"), body.to_string().as_bytes(), &[]);
+    assert_eq!(status, 200, "{text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// The scheduler's paths on the device: a KV cache of 12 blocks (192 tokens) that four
+/// requests of 80 tokens each outgrow (preemption and recompute), a prompt served twice (prefix
+/// cache), a stream whose client leaves (abort), and the device series in `/metrics`.
+#[test]
+fn serve_on_the_simulated_device_preempts_caches_prefixes_and_aborts() {
+    let path = simulated_library_path();
+    let v = Vigil::serve_env(
+        &[
+            "--device",
+            "cuda",
+            "--num-gpu-blocks-override",
+            "12",
+            "--max-model-len",
+            "160",
+        ],
+        &[("LD_LIBRARY_PATH", path.as_str())],
+    );
+    let prompt = "Write a short story about a lighthouse keeper who finds a message in a bottle \
+                  washed up on the rocks below the tower, one stormy night in late November.";
+    let alone = complete(
+        &v,
+        json!({"prompt": prompt, "max_tokens": 60, "temperature": 0, "ignore_eos": true}),
+    );
+    let expected = alone["choices"][0]["text"].as_str().unwrap().to_owned();
+
+    // Prefix cache: the same prompt again reads its full blocks from the cache.
+    let again = complete(
+        &v,
+        json!({"prompt": prompt, "max_tokens": 60, "temperature": 0, "ignore_eos": true}),
+    );
+    assert_eq!(again["choices"][0]["text"], expected.as_str());
+    let cached = again["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt_tokens = again["usage"]["prompt_tokens"].as_u64().unwrap();
+    // vLLM's rule: the full blocks of all but the last prompt token.
+    assert_eq!(cached, 16 * ((prompt_tokens - 1) / 16), "{again}");
+    assert!(cached >= 16, "{again}");
+
+    // Four at once need 4 x 5 blocks of 12: some are preempted, and all finish.
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let url = v.url("/v1/completions");
+            let body = json!({
+                "prompt": format!("{prompt} Chapter {i}."), "max_tokens": 60,
+                "temperature": 0, "ignore_eos": true,
+            });
+            std::thread::spawn(move || http_post(&url, body.to_string().as_bytes(), &[]))
+        })
+        .collect();
+    for c in clients {
+        let (status, text) = c.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["usage"]["completion_tokens"], 60, "{body}");
+    }
+    let metrics = v.metrics();
+    let preemptions = sample(&metrics, "vllm:num_preemptions_total{").unwrap();
+    assert!(
+        preemptions >= 1.0,
+        "no preemption with 12 blocks:\n{metrics}"
+    );
+    assert!(sample(&metrics, "vllm:prefix_cache_hits_total{").unwrap() >= 16.0);
+
+    // A stream whose client leaves is aborted, and its blocks come back.
+    let stream = common::stream_until_first_event(
+        v.addr,
+        r#"{"prompt": "Count to a thousand:", "max_tokens": 140, "stream": true, "ignore_eos": true}"#,
+    );
+    drop(stream);
+    common::wait_for(
+        "the aborted request to leave",
+        Duration::from_secs(30),
+        || {
+            let m = v.metrics();
+            let running = sample(&m, "vllm:num_requests_running{").unwrap_or(1.0);
+            let usage = sample(&m, "vllm:kv_cache_usage_perc{").unwrap_or(1.0);
+            (running == 0.0 && usage == 0.0).then_some(())
+        },
+    );
+
+    // The device's own series, timed by CUDA events on the simulated stream.
+    let metrics = v.metrics();
+    assert!(sample(&metrics, "vigil_device_step_busy_seconds_count{").unwrap() > 0.0);
+    assert!(sample(&metrics, "vigil_device_step_gap_seconds_count{").unwrap() > 0.0);
+    assert!(metrics.contains("vllm:cache_config_info{"), "{metrics}");
+    assert!(metrics.contains("num_gpu_blocks=\"12\""), "{metrics}");
+    assert!(
+        v.log().contains("simulated by vigil-cuda-sim"),
+        "{}",
+        v.log()
+    );
+}
