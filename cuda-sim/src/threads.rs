@@ -308,8 +308,8 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
     let mut remaining = threads;
     while remaining > 0 {
         let mut moved = false;
-        for t in 0..threads {
-            let Some(fiber) = fibers[t].as_mut() else {
+        for (t, slot) in fibers.iter_mut().enumerate() {
+            let Some(fiber) = slot.as_mut() else {
                 continue;
             };
             if let Some(wait) = st().waits[t] {
@@ -331,7 +331,7 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
             });
             moved = true;
             if let CoroutineResult::Return(()) = fiber.resume(()) {
-                let done = fibers[t].take().expect("a running fiber");
+                let done = slot.take().expect("a running fiber");
                 STACKS.with(|s| s.borrow_mut().push(done.into_stack()));
                 remaining -= 1;
                 let state = st();

@@ -4,7 +4,8 @@
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
 use crate::backend::cuda::gpu::Gpu;
-use crate::backend::cuda::launch::{addr, Arg};
+use crate::backend::cuda::kernels::DevPtr;
+use crate::backend::cuda::launch::{addr, Kernels};
 use crate::backend::cuda::CudaError;
 
 pub struct Dev {
@@ -52,11 +53,12 @@ impl Dev {
         Ok(v)
     }
 
-    pub fn at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> Arg {
+    pub fn at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> DevPtr<T> {
         addr(buf, &self.gpu.stream, offset)
     }
 
-    pub fn launch(&self, name: &str, grid: (u32, u32), args: &[Arg]) -> Result<(), CudaError> {
-        self.gpu.kernels.launch(&self.gpu.stream, name, grid, args)
+    /// The kernels' launch methods and the stream they run on.
+    pub fn kernels(&self) -> (&Kernels, &cudarc::driver::CudaStream) {
+        (&self.gpu.kernels, &self.gpu.stream)
     }
 }

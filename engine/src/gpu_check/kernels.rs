@@ -10,7 +10,7 @@ use super::report::{max_error, round_bf16, Report};
 use crate::backend::cpu::attention::{self, Geometry, Row};
 use crate::backend::cpu::ops;
 use crate::backend::cuda::gemm::{Matrix, Output};
-use crate::backend::cuda::launch::Arg;
+use crate::backend::cuda::kernels::{DevPtr, Grid};
 use crate::backend::cuda::step_plan::StepPlan;
 use crate::backend::cuda::{rope, CudaError};
 use crate::backend::{GreedyToken, LogitsFor, SeqInput};
@@ -62,16 +62,14 @@ fn embedding(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let d_table = dev.bf16(&table)?;
     let d_ids = dev.upload(&ids)?;
     let out = dev.zeros::<u16>(ids.len() * h)?;
-    // embedding_gather(const bf16* table, const unsigned int* ids, bf16* out, int hidden)
-    dev.launch(
-        "embedding_gather",
-        (ids.len() as u32, 1),
-        &[
-            dev.at(&d_table, 0),
-            dev.at(&d_ids, 0),
-            dev.at(&out, 0),
-            Arg::I32(h as i32),
-        ],
+    let (k, s) = dev.kernels();
+    k.embedding_gather(
+        s,
+        Grid::Blocks(ids.len() as u32, 1),
+        dev.at(&d_table, 0),
+        dev.at(&d_ids, 0),
+        dev.at(&out, 0),
+        h as i32,
     )?;
     let want: Vec<f32> = ids
         .iter()
@@ -86,18 +84,16 @@ fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let w = round_bf16(&random(rng, h, 1.5));
     let (d_x, d_w) = (dev.bf16(&x)?, dev.bf16(&w)?);
     let out = dev.zeros::<u16>(t * h)?;
-    // rms_norm(const bf16* x, bf16* residual, const bf16* w, bf16* out, int hidden, float eps)
-    dev.launch(
-        "rms_norm",
-        (t as u32, 1),
-        &[
-            dev.at(&d_x, 0),
-            Arg::Ptr(0),
-            dev.at(&d_w, 0),
-            dev.at(&out, 0),
-            Arg::I32(h as i32),
-            Arg::F32(eps),
-        ],
+    let (k, s) = dev.kernels();
+    k.rms_norm(
+        s,
+        Grid::Blocks(t as u32, 1),
+        dev.at(&d_x, 0),
+        DevPtr::null(),
+        dev.at(&d_w, 0),
+        dev.at(&out, 0),
+        h as i32,
+        eps,
     )?;
     let mut want = vec![0f32; t * h];
     ops::rms_norm_rows(&x, &w, eps, &mut want);
@@ -111,17 +107,16 @@ fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErro
     let w = round_bf16(&random(rng, h, 1.5));
     let (d_x, d_res, d_w) = (dev.bf16(&x)?, dev.bf16(&res)?, dev.bf16(&w)?);
     let out = dev.zeros::<u16>(t * h)?;
-    dev.launch(
-        "rms_norm",
-        (t as u32, 1),
-        &[
-            dev.at(&d_x, 0),
-            dev.at(&d_res, 0),
-            dev.at(&d_w, 0),
-            dev.at(&out, 0),
-            Arg::I32(h as i32),
-            Arg::F32(eps),
-        ],
+    let (k, s) = dev.kernels();
+    k.rms_norm(
+        s,
+        Grid::Blocks(t as u32, 1),
+        dev.at(&d_x, 0),
+        dev.at(&d_res, 0),
+        dev.at(&d_w, 0),
+        dev.at(&out, 0),
+        h as i32,
+        eps,
     )?;
     // The residual becomes x + residual (rounded to bf16), and that is what is normalised.
     let sum: Vec<f32> = round_bf16(&x.iter().zip(&res).map(|(a, b)| a + b).collect::<Vec<_>>());
@@ -165,22 +160,19 @@ fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         dev.upload(&cos)?,
         dev.upload(&sin)?,
     );
-    // rope(bf16* q, bf16* k, const unsigned int* positions, const float* cos_table,
-    //      const float* sin_table, int n_heads, int n_kv_heads, int head_dim, int stride)
-    dev.launch(
-        "rope",
-        (t as u32, 1),
-        &[
-            dev.at(&d_qkv, 0),
-            dev.at(&d_qkv, nh * hd),
-            dev.at(&d_pos, 0),
-            dev.at(&d_cos, 0),
-            dev.at(&d_sin, 0),
-            Arg::I32(nh as i32),
-            Arg::I32(nkv as i32),
-            Arg::I32(hd as i32),
-            Arg::I32(stride as i32),
-        ],
+    let (k, s) = dev.kernels();
+    k.rope(
+        s,
+        Grid::Blocks(t as u32, 1),
+        dev.at(&d_qkv, 0),
+        dev.at(&d_qkv, nh * hd),
+        dev.at(&d_pos, 0),
+        dev.at(&d_cos, 0),
+        dev.at(&d_sin, 0),
+        nh as i32,
+        nkv as i32,
+        hd as i32,
+        stride as i32,
     )?;
     let mut want = qkv.clone();
     for (row, &pos) in want.chunks_exact_mut(stride).zip(&positions) {
@@ -196,17 +188,14 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let gate_up = round_bf16(&random(rng, t * 2 * inter, 6.0));
     let d_in = dev.bf16(&gate_up)?;
     let out = dev.zeros::<u16>(t * inter)?;
-    // silu_and_mul(const bf16* gate_up, bf16* out, int inter, size_t tokens)
-    dev.gpu.kernels.launch_1d(
-        &dev.gpu.stream,
-        "silu_and_mul",
-        t * inter,
-        &[
-            dev.at(&d_in, 0),
-            dev.at(&out, 0),
-            Arg::I32(inter as i32),
-            Arg::Size(t as u64),
-        ],
+    let (k, s) = dev.kernels();
+    k.silu_and_mul(
+        s,
+        Grid::Elements(t * inter),
+        dev.at(&d_in, 0),
+        dev.at(&out, 0),
+        inter as i32,
+        t as u64,
     )?;
     let want: Vec<f32> = gate_up
         .chunks_exact(2 * inter)
@@ -277,44 +266,36 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             let d_qkv = dev.bf16(&qkv)?;
             let d_meta = dev.upload(&plan.packed)?;
             let d_out = dev.zeros::<u16>(t * nh * hd)?;
-            // kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache,
-            //                const int* slots, int kv_width, int stride)
-            dev.launch(
-                "kv_cache_write",
-                (t as u32, 1),
-                &[
-                    dev.at(&d_qkv, nh * hd),
-                    dev.at(&d_qkv, (nh + nkv) * hd),
-                    dev.at(&d_k, 0),
-                    dev.at(&d_v, 0),
-                    dev.at(&d_meta, plan.slots().start),
-                    Arg::I32((nkv * hd) as i32),
-                    Arg::I32(width as i32),
-                ],
+            let (k, s) = dev.kernels();
+            let meta = |at: usize| dev.at(&d_meta, at).cast::<i32>();
+            k.kv_cache_write(
+                s,
+                Grid::Blocks(t as u32, 1),
+                dev.at(&d_qkv, nh * hd),
+                dev.at(&d_qkv, (nh + nkv) * hd),
+                dev.at(&d_k, 0),
+                dev.at(&d_v, 0),
+                meta(plan.slots().start),
+                (nkv * hd) as i32,
+                width as i32,
             )?;
-            // paged_attention(bf16* out, const bf16* q, const bf16* k_cache,
-            //     const bf16* v_cache, const int* block_tables, int max_blocks_per_seq,
-            //     const int* token_seq, const int* token_pos, int n_heads, int n_kv_heads,
-            //     int head_dim, int block_size, float scale, int q_stride)
-            dev.launch(
-                "paged_attention",
-                (t as u32, nh as u32),
-                &[
-                    dev.at(&d_out, 0),
-                    dev.at(&d_qkv, 0),
-                    dev.at(&d_k, 0),
-                    dev.at(&d_v, 0),
-                    dev.at(&d_meta, plan.block_tables().start),
-                    Arg::I32(plan.max_blocks as i32),
-                    dev.at(&d_meta, plan.token_seq().start),
-                    dev.at(&d_meta, plan.positions().start),
-                    Arg::I32(nh as i32),
-                    Arg::I32(nkv as i32),
-                    Arg::I32(hd as i32),
-                    Arg::I32(g.block_size as i32),
-                    Arg::F32(1.0 / (hd as f32).sqrt()),
-                    Arg::I32(width as i32),
-                ],
+            k.paged_attention(
+                s,
+                Grid::Blocks(t as u32, nh as u32),
+                dev.at(&d_out, 0),
+                dev.at(&d_qkv, 0),
+                dev.at(&d_k, 0),
+                dev.at(&d_v, 0),
+                meta(plan.block_tables().start),
+                plan.max_blocks as i32,
+                meta(plan.token_seq().start),
+                meta(plan.positions().start),
+                nh as i32,
+                nkv as i32,
+                hd as i32,
+                g.block_size as i32,
+                1.0 / (hd as f32).sqrt(),
+                width as i32,
             )?;
             if i == 1 {
                 out = vec![(dev.read_bf16(&d_out)?, want)];
@@ -335,16 +316,14 @@ fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     logits[2 * vocab + 30000] = 50.0;
     let d_logits = dev.upload(&logits)?;
     let (ids, lps) = (dev.zeros::<u32>(3)?, dev.zeros::<f32>(3)?);
-    // argmax_rows(const float* logits, int vocab, unsigned int* ids, float* logprobs)
-    dev.launch(
-        "argmax_rows",
-        (3, 1),
-        &[
-            dev.at(&d_logits, 0),
-            Arg::I32(vocab as i32),
-            dev.at(&ids, 0),
-            dev.at(&lps, 0),
-        ],
+    let (k, s) = dev.kernels();
+    k.argmax_rows(
+        s,
+        Grid::Blocks(3, 1),
+        dev.at(&d_logits, 0),
+        vocab as i32,
+        dev.at(&ids, 0),
+        dev.at(&lps, 0),
     )?;
     let (ids, lps) = (dev.read(&ids)?, dev.read(&lps)?);
     let mut error = 0f32;
@@ -362,10 +341,10 @@ fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
 fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let n_blocks = 64;
     let mut worst = 0f32;
-    for (ty, kernel, block_bytes, halves) in [
-        (GgmlType::Q8_0, "dequant_q8_0", 34, 1),
-        (GgmlType::Q4_0, "dequant_q4_0", 18, 1),
-        (GgmlType::Q4_1, "dequant_q4_1", 20, 2),
+    for (ty, block_bytes, halves) in [
+        (GgmlType::Q8_0, 34, 1),
+        (GgmlType::Q4_0, 18, 1),
+        (GgmlType::Q4_1, 20, 2),
     ] {
         let mut data = Vec::with_capacity(n_blocks * block_bytes);
         for _ in 0..n_blocks {
@@ -379,17 +358,14 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         dequantize(ty, &data, &mut want);
         let d_data = dev.upload(&data)?;
         let out = dev.zeros::<u16>(n_blocks * 32)?;
-        // dequant_*(const unsigned char* blocks, bf16* out, size_t n_blocks)
-        dev.gpu.kernels.launch_1d(
-            &dev.gpu.stream,
-            kernel,
-            n_blocks,
-            &[
-                dev.at(&d_data, 0),
-                dev.at(&out, 0),
-                Arg::Size(n_blocks as u64),
-            ],
-        )?;
+        let (k, s) = dev.kernels();
+        let (blocks, bf16, n) = (dev.at(&d_data, 0), dev.at(&out, 0), n_blocks as u64);
+        let grid = Grid::Elements(n_blocks);
+        match ty {
+            GgmlType::Q8_0 => k.dequant_q8_0(s, grid, blocks, bf16, n),
+            GgmlType::Q4_0 => k.dequant_q4_0(s, grid, blocks, bf16, n),
+            _ => k.dequant_q4_1(s, grid, blocks, bf16, n),
+        }?;
         worst = worst.max(max_error(&dev.read_bf16(&out)?, &round_bf16(&want)));
     }
     Ok((worst, 1e-6))
@@ -407,18 +383,17 @@ fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         .collect();
     let (d_f32, d_f16) = (dev.upload(&x)?, dev.upload(&halves)?);
     let mut worst = 0f32;
-    for (kernel, input, want) in [
-        ("convert_f32", dev.at(&d_f32, 0), round_bf16(&x)),
-        ("convert_f16", dev.at(&d_f16, 0), round_bf16(&from_half)),
-    ] {
+    let (k, s) = dev.kernels();
+    let (grid, n) = (Grid::Elements(x.len()), x.len() as u64);
+    for from_f16 in [false, true] {
         let out = dev.zeros::<u16>(x.len())?;
-        // convert_*(const T* in, bf16* out, size_t n)
-        dev.gpu.kernels.launch_1d(
-            &dev.gpu.stream,
-            kernel,
-            x.len(),
-            &[input, dev.at(&out, 0), Arg::Size(x.len() as u64)],
-        )?;
+        let want = if from_f16 {
+            k.convert_f16(s, grid, dev.at(&d_f16, 0), dev.at(&out, 0), n)?;
+            round_bf16(&from_half)
+        } else {
+            k.convert_f32(s, grid, dev.at(&d_f32, 0), dev.at(&out, 0), n)?;
+            round_bf16(&x)
+        };
         worst = worst.max(max_error(&dev.read_bf16(&out)?, &want));
     }
     Ok((worst, 0.0))
@@ -443,12 +418,9 @@ fn gemm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         out,
         inp,
     };
-    dev.gpu
-        .gemm
-        .linear(dev.at(&d_x, 0), t, m, dev.at(&y16, 0), Output::Bf16)?;
-    dev.gpu
-        .gemm
-        .linear(dev.at(&d_x, 0), t, m, dev.at(&y32, 0), Output::F32)?;
+    let gemm = &dev.gpu.gemm;
+    gemm.linear(dev.at(&d_x, 0), t, m, Output::Bf16(dev.at(&y16, 0)))?;
+    gemm.linear(dev.at(&d_x, 0), t, m, Output::F32(dev.at(&y32, 0)))?;
     let e16 = max_error(&dev.read_bf16(&y16)?, &want);
     // f32 output: only the accumulation order differs; scale the bound to bf16's.
     let e32 = max_error(&dev.read(&y32)?, &want) * 10.0;

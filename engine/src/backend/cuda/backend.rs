@@ -9,7 +9,8 @@
 use super::error::CudaError;
 use super::gemm::{Matrix, Output};
 use super::gpu::{DeviceInfo, Gpu};
-use super::launch::{addr, Arg};
+use super::kernels::{DevPtr, Grid};
+use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
 use super::step_plan::StepPlan;
 use super::timing::StepClock;
@@ -179,161 +180,128 @@ impl CudaBackend {
         self.clock.begin(s)?;
         s.memcpy_htod(&plan.packed, &mut self.work.meta)?;
         let work = &self.work;
+        // The plan's parts, as the kernels read them (u32 words; tables, slots and sequence
+        // numbers are the kernels' `int`).
         let meta = |r: std::ops::Range<usize>| addr(&work.meta, s, r.start);
+        let meta_int = |r: std::ops::Range<usize>| meta(r).cast::<i32>();
         let (residual, delta, normed) = (
             addr(&work.residual, s, 0),
             addr(&work.delta, s, 0),
             addr(&work.normed, s, 0),
         );
         let qkv = |offset: usize| addr(&work.qkv, s, offset);
-        let eps = Arg::F32(c.rms_norm_eps);
-        let tokens = (t as u32, 1);
+        let eps = c.rms_norm_eps;
+        let per_token = Grid::Blocks(t as u32, 1);
 
-        // embedding_gather(const bf16* table, const unsigned int* ids, bf16* out, int hidden)
-        k.launch(
+        k.embedding_gather(
             s,
-            "embedding_gather",
-            tokens,
-            &[
-                addr(&self.weights.embed, s, 0),
-                meta(plan.ids()),
-                residual,
-                Arg::I32(h as i32),
-            ],
+            per_token,
+            addr(&self.weights.embed, s, 0),
+            meta(plan.ids()),
+            residual,
+            h as i32,
         )?;
-        // rms_norm(const bf16* x, bf16* residual, const bf16* w, bf16* out, int hidden, float eps):
-        // with a residual, residual += x first. The first layer normalises the embeddings as
-        // they are; every later norm adds the previous sub-layer's output on the way.
-        let norm = |x: Arg, res: Arg, weight: &Bf16Buf| {
-            k.launch(
+        // With a residual, rms_norm adds x to it first. The first layer normalises the
+        // embeddings as they are; every later norm adds the previous sub-layer's output on the
+        // way.
+        let norm = |x, res, weight: &Bf16Buf| {
+            k.rms_norm(
                 s,
-                "rms_norm",
-                tokens,
-                &[x, res, addr(weight, s, 0), normed, Arg::I32(h as i32), eps],
+                per_token,
+                x,
+                res,
+                addr(weight, s, 0),
+                normed,
+                h as i32,
+                eps,
             )
         };
         for (l, layer) in self.weights.layers.iter().enumerate() {
             if l == 0 {
-                norm(residual, Arg::Ptr(0), &layer.attn_norm)?;
+                norm(residual, DevPtr::null(), &layer.attn_norm)?;
             } else {
                 norm(delta, residual, &layer.attn_norm)?;
             }
+            let matrix = |w: &Bf16Buf, out, inp| Matrix {
+                addr: addr(w, s, 0),
+                out,
+                inp,
+            };
             self.gpu.gemm.linear(
                 normed,
                 t,
-                Matrix {
-                    addr: addr(&layer.qkv, s, 0),
-                    out: w.qkv,
-                    inp: h,
-                },
-                qkv(0),
-                Output::Bf16,
+                matrix(&layer.qkv, w.qkv, h),
+                Output::Bf16(qkv(0)),
             )?;
-            // rope(bf16* q, bf16* k, const unsigned int* positions, const float* cos_table,
-            //      const float* sin_table, int n_heads, int n_kv_heads, int head_dim, int stride)
-            k.launch(
+            k.rope(
                 s,
-                "rope",
-                tokens,
-                &[
-                    qkv(0),
-                    qkv(nh * hd),
-                    meta(plan.positions()),
-                    addr(&self.rope_cos, s, 0),
-                    addr(&self.rope_sin, s, 0),
-                    Arg::I32(nh as i32),
-                    Arg::I32(nkv as i32),
-                    Arg::I32(hd as i32),
-                    Arg::I32(w.qkv as i32),
-                ],
+                per_token,
+                qkv(0),
+                qkv(nh * hd),
+                meta(plan.positions()),
+                addr(&self.rope_cos, s, 0),
+                addr(&self.rope_sin, s, 0),
+                nh as i32,
+                nkv as i32,
+                hd as i32,
+                w.qkv as i32,
             )?;
             let cache = &self.cache[l];
-            // kv_cache_write(const bf16* k, const bf16* v, bf16* k_cache, bf16* v_cache,
-            //                const int* slots, int kv_width, int stride)
-            k.launch(
+            k.kv_cache_write(
                 s,
-                "kv_cache_write",
-                tokens,
-                &[
-                    qkv(nh * hd),
-                    qkv((nh + nkv) * hd),
-                    addr(&cache.k, s, 0),
-                    addr(&cache.v, s, 0),
-                    meta(plan.slots()),
-                    Arg::I32((nkv * hd) as i32),
-                    Arg::I32(w.qkv as i32),
-                ],
+                per_token,
+                qkv(nh * hd),
+                qkv((nh + nkv) * hd),
+                addr(&cache.k, s, 0),
+                addr(&cache.v, s, 0),
+                meta_int(plan.slots()),
+                (nkv * hd) as i32,
+                w.qkv as i32,
             )?;
-            // paged_attention(bf16* out, const bf16* q, const bf16* k_cache,
-            //     const bf16* v_cache, const int* block_tables, int max_blocks_per_seq,
-            //     const int* token_seq, const int* token_pos, int n_heads, int n_kv_heads,
-            //     int head_dim, int block_size, float scale, int q_stride)
-            k.launch(
+            k.paged_attention(
                 s,
-                "paged_attention",
-                (t as u32, nh as u32),
-                &[
-                    addr(&work.attn, s, 0),
-                    qkv(0),
-                    addr(&cache.k, s, 0),
-                    addr(&cache.v, s, 0),
-                    meta(plan.block_tables()),
-                    Arg::I32(plan.max_blocks as i32),
-                    meta(plan.token_seq()),
-                    meta(plan.positions()),
-                    Arg::I32(nh as i32),
-                    Arg::I32(nkv as i32),
-                    Arg::I32(hd as i32),
-                    Arg::I32(self.block_size as i32),
-                    Arg::F32(1.0 / (hd as f32).sqrt()),
-                    Arg::I32(w.qkv as i32),
-                ],
+                Grid::Blocks(t as u32, nh as u32),
+                addr(&work.attn, s, 0),
+                qkv(0),
+                addr(&cache.k, s, 0),
+                addr(&cache.v, s, 0),
+                meta_int(plan.block_tables()),
+                plan.max_blocks as i32,
+                meta_int(plan.token_seq()),
+                meta_int(plan.positions()),
+                nh as i32,
+                nkv as i32,
+                hd as i32,
+                self.block_size as i32,
+                1.0 / (hd as f32).sqrt(),
+                w.qkv as i32,
             )?;
             self.gpu.gemm.linear(
                 addr(&work.attn, s, 0),
                 t,
-                Matrix {
-                    addr: addr(&layer.o, s, 0),
-                    out: h,
-                    inp: w.attn,
-                },
-                delta,
-                Output::Bf16,
+                matrix(&layer.o, h, w.attn),
+                Output::Bf16(delta),
             )?;
             norm(delta, residual, &layer.ffn_norm)?;
             self.gpu.gemm.linear(
                 normed,
                 t,
-                Matrix {
-                    addr: addr(&layer.gate_up, s, 0),
-                    out: 2 * w.inter,
-                    inp: h,
-                },
-                addr(&work.gate_up, s, 0),
-                Output::Bf16,
+                matrix(&layer.gate_up, 2 * w.inter, h),
+                Output::Bf16(addr(&work.gate_up, s, 0)),
             )?;
-            // silu_and_mul(const bf16* gate_up, bf16* out, int inter, size_t tokens)
-            k.launch_1d(
+            k.silu_and_mul(
                 s,
-                "silu_and_mul",
-                t * w.inter,
-                &[
-                    addr(&work.gate_up, s, 0),
-                    addr(&work.act, s, 0),
-                    Arg::I32(w.inter as i32),
-                    Arg::Size(t as u64),
-                ],
+                Grid::Elements(t * w.inter),
+                addr(&work.gate_up, s, 0),
+                addr(&work.act, s, 0),
+                w.inter as i32,
+                t as u64,
             )?;
             self.gpu.gemm.linear(
                 addr(&work.act, s, 0),
                 t,
-                Matrix {
-                    addr: addr(&layer.down, s, 0),
-                    out: h,
-                    inp: w.inter,
-                },
-                delta,
-                Output::Bf16,
+                matrix(&layer.down, h, w.inter),
+                Output::Bf16(delta),
             )?;
         }
         norm(delta, residual, &self.weights.norm)?;
@@ -341,16 +309,13 @@ impl CudaBackend {
         let vocab = w.vocab;
         if rows > 0 {
             // The rows that get logits, full ones first (embedding_gather gathers any rows).
-            k.launch(
+            k.embedding_gather(
                 s,
-                "embedding_gather",
-                (rows as u32, 1),
-                &[
-                    normed,
-                    meta(plan.logit_row_ids()),
-                    addr(&work.selected, s, 0),
-                    Arg::I32(h as i32),
-                ],
+                Grid::Blocks(rows as u32, 1),
+                normed,
+                meta(plan.logit_row_ids()),
+                addr(&work.selected, s, 0),
+                h as i32,
             )?;
             self.gpu.gemm.linear(
                 addr(&work.selected, s, 0),
@@ -360,22 +325,17 @@ impl CudaBackend {
                     out: vocab,
                     inp: h,
                 },
-                addr(&work.logits, s, 0),
-                Output::F32,
+                Output::F32(addr(&work.logits, s, 0)),
             )?;
         }
         if plan.greedy_rows > 0 {
-            // argmax_rows(const float* logits, int vocab, unsigned int* ids, float* logprobs)
-            k.launch(
+            k.argmax_rows(
                 s,
-                "argmax_rows",
-                (plan.greedy_rows as u32, 1),
-                &[
-                    addr(&work.logits, s, plan.full_rows * vocab),
-                    Arg::I32(vocab as i32),
-                    addr(&work.greedy_ids, s, 0),
-                    addr(&work.greedy_logprobs, s, 0),
-                ],
+                Grid::Blocks(plan.greedy_rows as u32, 1),
+                addr(&work.logits, s, plan.full_rows * vocab),
+                vocab as i32,
+                addr(&work.greedy_ids, s, 0),
+                addr(&work.greedy_logprobs, s, 0),
             )?;
         }
         let mut data = vec![0f32; plan.full_rows * vocab];

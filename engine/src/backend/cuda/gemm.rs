@@ -11,20 +11,20 @@ use cudarc::cublas::{result, sys, CudaBlas};
 use cudarc::driver::CudaStream;
 
 use super::error::CudaError;
-use super::launch::Arg;
+use super::kernels::{Bf16, DevPtr};
 
-/// The element type a GEMM writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a GEMM writes, and as what.
+#[derive(Debug, Clone, Copy)]
 pub enum Output {
-    Bf16,
+    Bf16(DevPtr<Bf16>),
     /// For logits: argmax and log-probabilities want more than bf16's 8 bits of mantissa.
-    F32,
+    F32(DevPtr<f32>),
 }
 
 /// A weight matrix on the device: `[out, inp]`, row-major, bf16.
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix {
-    pub addr: Arg,
+    pub addr: DevPtr<Bf16>,
     pub out: usize,
     pub inp: usize,
 }
@@ -40,23 +40,14 @@ impl Gemm {
         })
     }
 
-    /// `y[t, out] = x[t, inp] · wᵀ`; `x` and `w` are bf16, `y` is `output`.
-    pub fn linear(
-        &self,
-        x: Arg,
-        t: usize,
-        w: Matrix,
-        y: Arg,
-        output: Output,
-    ) -> Result<(), CudaError> {
+    /// `y[t, out] = x[t, inp] · wᵀ`; `x` and `w` are bf16, `y` is bf16 or f32.
+    pub fn linear(&self, x: DevPtr<Bf16>, t: usize, w: Matrix, y: Output) -> Result<(), CudaError> {
         let Matrix { addr: w, out, inp } = w;
-        let (Arg::Ptr(x), Arg::Ptr(w), Arg::Ptr(y)) = (x, w, y) else {
-            panic!("linear takes device addresses");
-        };
+        let (x, w) = (x.addr(), w.addr());
         let (alpha, beta) = (1.0f32, 0.0f32);
-        let c_type = match output {
-            Output::Bf16 => sys::cudaDataType::CUDA_R_16BF,
-            Output::F32 => sys::cudaDataType::CUDA_R_32F,
+        let (y, c_type) = match y {
+            Output::Bf16(y) => (y.addr(), sys::cudaDataType::CUDA_R_16BF),
+            Output::F32(y) => (y.addr(), sys::cudaDataType::CUDA_R_32F),
         };
         // SAFETY: the addresses are live device buffers of at least out*inp (w), t*inp (x) and
         // t*out (y) elements, on the handle's stream.

@@ -15,66 +15,163 @@ pub struct KernelFile {
     pub entries: &'static [Entry],
 }
 
-/// An entry point and the threads per block every launch of it uses (the one place that says
-/// so: launches read it from here, and a test checks with ptxas that it fits the registers).
+/// An entry point, the threads per block every launch of it uses (the one place that says so:
+/// launches read it from here, and a test checks with ptxas that it fits the registers), and
+/// its parameters as the Rust launch method declares them (name, type), which a test compares
+/// with the kernel's C signature.
 pub struct Entry {
     pub name: &'static str,
     pub threads: u32,
+    pub params: &'static [(&'static str, &'static str)],
 }
 
-const fn entry(name: &'static str, threads: u32) -> Entry {
-    Entry { name, threads }
+/// bf16 values, carried as their 16 bits (the kernels' `bf16`).
+pub type Bf16 = u16;
+
+/// A kernel's pointer parameter (`T*` or `const T*`): a device address of `T` elements.
+#[derive(Debug)]
+pub struct DevPtr<T> {
+    addr: u64,
+    element: std::marker::PhantomData<T>,
 }
 
-/// Every kernel file of the backend.
-pub const FILES: &[KernelFile] = &[
-    KernelFile {
-        name: "embedding.cu",
-        source: include_str!("kernels/embedding.cu"),
-        entries: &[entry("embedding_gather", 256)],
-    },
-    KernelFile {
-        name: "norm.cu",
-        source: include_str!("kernels/norm.cu"),
-        entries: &[entry("rms_norm", 256), entry("add_inplace", 256)],
-    },
-    KernelFile {
-        name: "rope.cu",
-        source: include_str!("kernels/rope.cu"),
-        entries: &[entry("rope", 128)],
-    },
-    KernelFile {
-        name: "activation.cu",
-        source: include_str!("kernels/activation.cu"),
-        entries: &[entry("silu_and_mul", 256)],
-    },
-    KernelFile {
-        name: "kv_cache.cu",
-        source: include_str!("kernels/kv_cache.cu"),
-        entries: &[entry("kv_cache_write", 256)],
-    },
-    KernelFile {
-        name: "attention.cu",
-        source: include_str!("kernels/attention.cu"),
-        entries: &[entry("paged_attention", 128)],
-    },
-    KernelFile {
-        name: "sampling.cu",
-        source: include_str!("kernels/sampling.cu"),
-        entries: &[entry("argmax_rows", 1024)],
-    },
-    KernelFile {
-        name: "dequant.cu",
-        source: include_str!("kernels/dequant.cu"),
-        entries: &[
-            entry("dequant_q8_0", 256),
-            entry("dequant_q4_0", 256),
-            entry("dequant_q4_1", 256),
-            entry("convert_f16", 256),
-            entry("convert_f32", 256),
-        ],
-    },
-];
+impl<T> Clone for DevPtr<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for DevPtr<T> {}
+
+impl<T> DevPtr<T> {
+    pub fn new(addr: u64) -> DevPtr<T> {
+        DevPtr {
+            addr,
+            element: std::marker::PhantomData,
+        }
+    }
+
+    /// The null pointer (an absent optional buffer, e.g. `rms_norm`'s residual).
+    pub fn null() -> DevPtr<T> {
+        DevPtr::new(0)
+    }
+
+    pub fn addr(self) -> u64 {
+        self.addr
+    }
+
+    /// The same bytes read as `U` of the same size: where a buffer's words are another type
+    /// to the kernel (the step plan's u32 words hold the kernels' `int` slots and tables).
+    pub fn cast<U>(self) -> DevPtr<U> {
+        assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<U>());
+        DevPtr::new(self.addr)
+    }
+}
+
+/// How many blocks a launch runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Grid {
+    /// `x` by `y` blocks.
+    Blocks(u32, u32),
+    /// One thread per element of `n`, in as many blocks as that takes (at least one).
+    Elements(usize),
+}
+
+/// The kernel table: each file with its entry points, each entry point's threads per block and
+/// its parameters, in the order and with the types of its C signature. From it come [`FILES`]
+/// and one launch method per entry point on [`super::launch::Kernels`], so a call site's
+/// arguments are checked by the compiler; `the_launch_methods_mirror_the_c_signatures` checks
+/// the table against the `.cu` sources.
+macro_rules! kernel_table {
+    ($($file:literal => [$(
+        $(#[doc = $doc:literal])*
+        $name:ident($($param:ident: $ty:ty),* $(,)?) threads $threads:literal;
+    )*])*) => {
+        /// Every kernel file of the backend.
+        pub const FILES: &[KernelFile] = &[$(KernelFile {
+            name: $file,
+            source: include_str!(concat!("kernels/", $file)),
+            entries: &[$(Entry {
+                name: stringify!($name),
+                threads: $threads,
+                params: &[$((stringify!($param), stringify!($ty))),*],
+            }),*],
+        }),*];
+
+        impl super::launch::Kernels {
+            $($(
+                $(#[doc = $doc])*
+                #[allow(clippy::too_many_arguments)]
+                pub fn $name(
+                    &self,
+                    stream: &cudarc::driver::CudaStream,
+                    grid: Grid,
+                    $($param: $ty),*
+                ) -> Result<(), super::error::CudaError> {
+                    use super::launch::IntoArg;
+                    self.launch(stream, stringify!($name), grid, &[$($param.into_arg()),*])
+                }
+            )*)*
+        }
+    };
+}
+
+kernel_table! {
+    "embedding.cu" => [
+        /// `out[t, :] = table[ids[t], :]`, one block per token.
+        embedding_gather(table: DevPtr<Bf16>, ids: DevPtr<u32>, out: DevPtr<Bf16>, hidden: i32)
+            threads 256;
+    ]
+    "norm.cu" => [
+        /// RMSNorm per token (one block each); with `residual` non-null, `residual += x` first.
+        rms_norm(x: DevPtr<Bf16>, residual: DevPtr<Bf16>, w: DevPtr<Bf16>, out: DevPtr<Bf16>,
+                 hidden: i32, eps: f32) threads 256;
+        /// `x += y`, one thread per element.
+        add_inplace(x: DevPtr<Bf16>, y: DevPtr<Bf16>, n: u64) threads 256;
+    ]
+    "rope.cu" => [
+        /// Rotary embedding of q and k in place, one block per token.
+        rope(q: DevPtr<Bf16>, k: DevPtr<Bf16>, positions: DevPtr<u32>, cos_table: DevPtr<f32>,
+             sin_table: DevPtr<f32>, n_heads: i32, n_kv_heads: i32, head_dim: i32, stride: i32)
+            threads 128;
+    ]
+    "activation.cu" => [
+        /// SwiGLU, one thread per output element.
+        silu_and_mul(gate_up: DevPtr<Bf16>, out: DevPtr<Bf16>, inter: i32, tokens: u64)
+            threads 256;
+    ]
+    "kv_cache.cu" => [
+        /// Each token's K and V into its cache slot (negative: skipped), one block per token.
+        kv_cache_write(k: DevPtr<Bf16>, v: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
+                       v_cache: DevPtr<Bf16>, slots: DevPtr<i32>, kv_width: i32, stride: i32)
+            threads 256;
+    ]
+    "attention.cu" => [
+        /// Paged attention, grid (query tokens, heads).
+        paged_attention(out: DevPtr<Bf16>, q: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
+                        v_cache: DevPtr<Bf16>, block_tables: DevPtr<i32>,
+                        max_blocks_per_seq: i32, token_seq: DevPtr<i32>,
+                        token_pos: DevPtr<i32>, n_heads: i32, n_kv_heads: i32, head_dim: i32,
+                        block_size: i32, scale: f32, q_stride: i32) threads 128;
+    ]
+    "sampling.cu" => [
+        /// Each row's argmax and its log-probability, one block per row.
+        argmax_rows(logits: DevPtr<f32>, vocab: i32, ids: DevPtr<u32>, logprobs: DevPtr<f32>)
+            threads 1024;
+    ]
+    "dequant.cu" => [
+        /// GGUF Q8_0 blocks to bf16, one thread per 32-value block.
+        dequant_q8_0(blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64) threads 256;
+        /// GGUF Q4_0 blocks to bf16, one thread per block.
+        dequant_q4_0(blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64) threads 256;
+        /// GGUF Q4_1 blocks to bf16, one thread per block.
+        dequant_q4_1(blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64) threads 256;
+        /// IEEE half to bf16, one thread per element.
+        convert_f16(r#in: DevPtr<u16>, out: DevPtr<Bf16>, n: u64) threads 256;
+        /// f32 to bf16, one thread per element.
+        convert_f32(r#in: DevPtr<f32>, out: DevPtr<Bf16>, n: u64) threads 256;
+    ]
+}
 
 /// Whether libnvrtc can be loaded here.
 pub fn nvrtc_available() -> bool {
@@ -213,6 +310,76 @@ mod tests {
         }
     }
 
+    /// The Rust type a C parameter type is launched with.
+    fn rust_type(c: &str) -> String {
+        let c = c.trim_start_matches("const ").trim();
+        let scalar = |t: &str| -> &'static str {
+            match t {
+                "bf16" => "Bf16",
+                "unsigned short" => "u16",
+                "unsigned char" => "u8",
+                "unsigned int" => "u32",
+                "int" => "i32",
+                "float" => "f32",
+                "size_t" => "u64",
+                other => panic!("no Rust type for the C type `{other}`"),
+            }
+        };
+        match c.strip_suffix('*') {
+            Some(pointee) => format!("DevPtr<{}>", scalar(pointee.trim())),
+            None => scalar(c).to_owned(),
+        }
+    }
+
+    /// Every `extern "C" __global__` entry point of `source`: name, then (name, C type) of
+    /// each parameter.
+    fn c_signatures(source: &str) -> Vec<(String, Vec<(String, String)>)> {
+        const MARK: &str = "extern \"C\" __global__ void";
+        source
+            .split(MARK)
+            .skip(1)
+            .map(|rest| {
+                let open = rest.find('(').unwrap();
+                let close = rest.find(')').unwrap();
+                let params = rest[open + 1..close]
+                    .split(',')
+                    .map(|p| {
+                        let p = p.split_whitespace().collect::<Vec<_>>().join(" ");
+                        let cut = p
+                            .rfind(|c: char| !(c.is_alphanumeric() || c == '_'))
+                            .unwrap();
+                        (p[cut + 1..].to_owned(), p[..=cut].trim().to_owned())
+                    })
+                    .collect();
+                (rest[..open].trim().to_owned(), params)
+            })
+            .collect()
+    }
+
+    /// Each launch method's parameters are the kernel's, in order, by name and by type: the
+    /// compiler checks the call sites against the methods, this test the methods against C.
+    #[test]
+    fn the_launch_methods_mirror_the_c_signatures() {
+        for file in FILES {
+            let c = c_signatures(file.source);
+            let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
+            let table: Vec<&str> = file.entries.iter().map(|e| e.name).collect();
+            assert_eq!(names, table, "{}: entry points", file.name);
+            for (entry, (_, params)) in file.entries.iter().zip(&c) {
+                let rust: Vec<(String, String)> = entry
+                    .params
+                    .iter()
+                    .map(|(n, t)| (n.trim_start_matches("r#").to_owned(), t.replace(' ', "")))
+                    .collect();
+                let from_c: Vec<(String, String)> = params
+                    .iter()
+                    .map(|(n, t)| (n.clone(), rust_type(t)))
+                    .collect();
+                assert_eq!(rust, from_c, "{}: {}", file.name, entry.name);
+            }
+        }
+    }
+
     #[test]
     fn a_kernel_with_an_error_is_reported_not_compiled() {
         if !nvrtc_available() {
@@ -224,6 +391,7 @@ mod tests {
             entries: &[Entry {
                 name: "broken",
                 threads: 32,
+                params: &[],
             }],
         };
         let err = compile(&bad, "sm_80").expect_err("an undefined name does not compile");

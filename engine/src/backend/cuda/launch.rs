@@ -1,6 +1,7 @@
-//! The compiled kernels of one device, and launching them by name with plain arguments.
+//! The compiled kernels of one device, launched through one typed method per entry point (made
+//! from the kernel table in [`super::kernels`]).
 //!
-//! Buffers are passed as raw device addresses ([`Arg::Ptr`]): several kernels read and write
+//! Buffers are passed as typed device addresses ([`DevPtr`]): several kernels read and write
 //! parts of one buffer at once (Q, K and V inside the fused QKV projection's output), which
 //! borrowed views cannot express. The backend runs on one stream with cudarc's event tracking
 //! off, so ordering is the stream's.
@@ -14,7 +15,7 @@ use cudarc::driver::{
 
 use super::error::CudaError;
 use super::kernel_cache::{compile_cached, Source};
-use super::kernels::FILES;
+use super::kernels::{DevPtr, Grid, FILES};
 
 /// One kernel argument, as the kernel's C signature declares it.
 #[derive(Debug, Clone, Copy)]
@@ -29,10 +30,39 @@ pub enum Arg {
     F32(f32),
 }
 
+/// A launch method's parameter as the argument cuLaunchKernel takes.
+pub trait IntoArg {
+    fn into_arg(self) -> Arg;
+}
+
+impl<T> IntoArg for DevPtr<T> {
+    fn into_arg(self) -> Arg {
+        Arg::Ptr(self.addr())
+    }
+}
+
+impl IntoArg for i32 {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self)
+    }
+}
+
+impl IntoArg for u64 {
+    fn into_arg(self) -> Arg {
+        Arg::Size(self)
+    }
+}
+
+impl IntoArg for f32 {
+    fn into_arg(self) -> Arg {
+        Arg::F32(self)
+    }
+}
+
 /// The device address of element `offset` of `buf`.
-pub fn addr<T>(buf: &CudaSlice<T>, stream: &CudaStream, offset: usize) -> Arg {
+pub fn addr<T>(buf: &CudaSlice<T>, stream: &CudaStream, offset: usize) -> DevPtr<T> {
     let (base, _sync) = buf.device_ptr(stream);
-    Arg::Ptr(base + (offset * std::mem::size_of::<T>()) as u64)
+    DevPtr::new(base + (offset * std::mem::size_of::<T>()) as u64)
 }
 
 /// Every entry point of [`FILES`], compiled for one device, with its threads per block.
@@ -79,19 +109,21 @@ impl Kernels {
             .unwrap_or_else(|| panic!("no kernel named {name} in kernels::FILES"))
     }
 
-    /// Launches `name` on `stream` over a `grid` of blocks, with the threads per block its
-    /// [`super::kernels::Entry`] gives.
-    ///
-    /// The arguments must match the kernel's signature in `kernels/*.cu` one for one; every
-    /// call site sits next to the kernel's parameter list for that reason.
-    pub fn launch(
+    /// Launches `name` on `stream` over `grid`, with the threads per block its
+    /// [`super::kernels::Entry`] gives. Called by the typed launch methods only, whose
+    /// parameters mirror the kernel's C signature.
+    pub(super) fn launch(
         &self,
         stream: &CudaStream,
         name: &str,
-        grid: (u32, u32),
+        grid: Grid,
         args: &[Arg],
     ) -> Result<(), CudaError> {
         let (function, block) = self.get(name);
+        let grid = match grid {
+            Grid::Blocks(x, y) => (x, y),
+            Grid::Elements(n) => (n.div_ceil(*block as usize).max(1) as u32, 1),
+        };
         let mut builder = stream.launch_builder(function);
         for arg in args {
             match arg {
@@ -109,18 +141,5 @@ impl Kernels {
         // buffers of the sizes the kernel indexes; launches are ordered on one stream.
         unsafe { builder.launch(config) }?;
         Ok(())
-    }
-
-    /// Launches an element-wise kernel over `n` elements, one thread each.
-    pub fn launch_1d(
-        &self,
-        stream: &CudaStream,
-        name: &str,
-        n: usize,
-        args: &[Arg],
-    ) -> Result<(), CudaError> {
-        let (_, block) = self.get(name);
-        let blocks = (n as u32).div_ceil(*block).max(1);
-        self.launch(stream, name, (blocks, 1), args)
     }
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::error::CudaError;
-use super::launch::{addr, Arg, Kernels};
+use super::kernels::{DevPtr, Grid};
+use super::launch::{addr, Kernels};
 use crate::backend::host_weights::{has_untied_lm_head, layer_groups, Group};
 use crate::model::gguf::quant::GgmlType;
 use crate::model::names;
@@ -99,16 +100,12 @@ pub fn to_bf16(
     let staging = stream.clone_htod(host)?;
     // SAFETY: every element is written by the conversion below before anything reads it.
     let out = unsafe { stream.alloc::<u16>(host.len()) }?;
-    // convert_f32(const float* in, bf16* out, size_t n)
-    kernels.launch_1d(
+    kernels.convert_f32(
         stream,
-        "convert_f32",
-        host.len(),
-        &[
-            addr(&staging, stream, 0),
-            addr(&out, stream, 0),
-            Arg::Size(host.len() as u64),
-        ],
+        Grid::Elements(host.len()),
+        addr(&staging, stream, 0),
+        addr(&out, stream, 0),
+        host.len() as u64,
     )?;
     stream.synchronize()?;
     Ok(out)
@@ -125,32 +122,28 @@ pub fn decode(
     let (per_block, block_bytes) = kind.block();
     let blocks = encoded.len() / block_bytes as usize;
     let elements = blocks * per_block as usize;
-    // dequant_q*(const unsigned char* blocks, bf16* out, size_t n_blocks), one thread per
-    // block; convert_f16(const unsigned short* in, bf16* out, size_t n), one per element.
-    let kernel = match kind {
-        GgmlType::Q8_0 => "dequant_q8_0",
-        GgmlType::Q4_0 => "dequant_q4_0",
-        GgmlType::Q4_1 => "dequant_q4_1",
-        GgmlType::F16 => "convert_f16",
-        other => {
-            return Err(CudaError::Unsupported(format!(
-                "{other:?} is not decoded on the device"
-            )))
-        }
-    };
+    if !matches!(
+        kind,
+        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::F16
+    ) {
+        return Err(CudaError::Unsupported(format!(
+            "{kind:?} is not decoded on the device"
+        )));
+    }
     let staging = stream.clone_htod(encoded)?;
     // SAFETY: every element is written by the kernel below before anything reads it.
     let out = unsafe { stream.alloc::<u16>(elements) }?;
-    kernels.launch_1d(
-        stream,
-        kernel,
-        blocks,
-        &[
-            addr(&staging, stream, 0),
-            addr(&out, stream, 0),
-            Arg::Size(blocks as u64),
-        ],
-    )?;
+    let (bytes, bf16) = (addr(&staging, stream, 0), addr(&out, stream, 0));
+    // One thread per 32-value block; f16 one per element (a "block" of one).
+    let grid = Grid::Elements(blocks);
+    let n = blocks as u64;
+    match kind {
+        GgmlType::Q8_0 => kernels.dequant_q8_0(stream, grid, bytes, bf16, n),
+        GgmlType::Q4_0 => kernels.dequant_q4_0(stream, grid, bytes, bf16, n),
+        GgmlType::Q4_1 => kernels.dequant_q4_1(stream, grid, bytes, bf16, n),
+        // The staging bytes are the f16 values, two bytes each.
+        _ => kernels.convert_f16(stream, grid, DevPtr::new(bytes.addr()), bf16, n),
+    }?;
     stream.synchronize()?;
     Ok(out)
 }
