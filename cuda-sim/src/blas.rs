@@ -63,15 +63,26 @@ pub fn f32_to_bf16(f: f32) -> u16 {
     ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
 }
 
-/// `len` elements of type `ty` at `ptr`, as f32.
-unsafe fn read_f32(ptr: *const c_void, ty: c_int, len: usize) -> Vec<f32> {
+/// `len` elements of type `ty` at `ptr`, as f32, into `out` (a buffer reused from call to
+/// call: the weights of a whole model pass through here every step, and fresh vectors of that
+/// size cost more in page faults than the conversion itself).
+unsafe fn read_f32(ptr: *const c_void, ty: c_int, len: usize, out: &mut Vec<f32>) {
+    out.clear();
     match ty {
-        CUDA_R_16BF => std::slice::from_raw_parts(ptr as *const u16, len)
-            .iter()
-            .map(|&b| bf16_to_f32(b))
-            .collect(),
-        _ => std::slice::from_raw_parts(ptr as *const f32, len).to_vec(),
+        CUDA_R_16BF => out.extend(
+            std::slice::from_raw_parts(ptr as *const u16, len)
+                .iter()
+                .map(|&b| bf16_to_f32(b)),
+        ),
+        _ => out.extend_from_slice(std::slice::from_raw_parts(ptr as *const f32, len)),
     }
+}
+
+thread_local! {
+    /// Conversion buffers of A, B and C.
+    static SCRATCH: std::cell::RefCell<[Vec<f32>; 3]> = const {
+        std::cell::RefCell::new([Vec::new(), Vec::new(), Vec::new()])
+    };
 }
 
 /// The elements a column-major `rows x cols` operand with leading dimension `ld` spans.
@@ -157,8 +168,43 @@ pub unsafe extern "C" fn cublasGemmEx(
         return CUBLAS_STATUS_SUCCESS;
     }
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
-    let a32 = read_f32(a, a_type, span(a_rows, a_cols, lda));
-    let b32 = read_f32(b, b_type, span(b_rows, b_cols, ldb));
+    SCRATCH.with(|scratch| {
+        let [a32, b32, c32] = &mut *scratch.borrow_mut();
+        gemm_f32(
+            (trans_a, trans_b),
+            (m, n, k),
+            (alpha, beta),
+            (a, a_type, lda, a32),
+            (b, b_type, ldb, b32),
+            (c, c_type, ldc, c32),
+        )
+    });
+    CUBLAS_STATUS_SUCCESS
+}
+
+/// The GEMM of [`cublasGemmEx`] once its arguments are checked: operands converted to f32
+/// (into the scratch vectors), multiplied by the gemm crate, written back in C's type.
+#[allow(clippy::type_complexity)]
+unsafe fn gemm_f32(
+    (trans_a, trans_b): (c_int, c_int),
+    (m, n, k): (usize, usize, usize),
+    (alpha, beta): (f32, f32),
+    (a, a_type, lda, a32): (*const c_void, c_int, usize, &mut Vec<f32>),
+    (b, b_type, ldb, b32): (*const c_void, c_int, usize, &mut Vec<f32>),
+    (c, c_type, ldc, c32): (*mut c_void, c_int, usize, &mut Vec<f32>),
+) {
+    let (a_rows, a_cols) = if trans_a == CUBLAS_OP_N {
+        (m, k)
+    } else {
+        (k, m)
+    };
+    let (b_rows, b_cols) = if trans_b == CUBLAS_OP_N {
+        (k, n)
+    } else {
+        (n, k)
+    };
+    read_f32(a, a_type, span(a_rows, a_cols, lda), a32);
+    read_f32(b, b_type, span(b_rows, b_cols, ldb), b32);
     // Strides of op(A) and op(B) as (row, column) in their stored buffers.
     let (a_rs, a_cs) = if trans_a == CUBLAS_OP_N {
         (1, lda)
@@ -171,11 +217,12 @@ pub unsafe extern "C" fn cublasGemmEx(
         (ldb, 1)
     };
     let c_len = span(m, n, ldc);
-    let mut c32 = if beta != 0.0 {
-        read_f32(c, c_type, c_len)
+    if beta != 0.0 {
+        read_f32(c, c_type, c_len, c32);
     } else {
-        vec![0.0; c_len]
-    };
+        c32.clear();
+        c32.resize(c_len, 0.0);
+    }
     if k == 0 {
         c32.iter_mut().for_each(|v| *v *= beta);
     } else {
@@ -216,5 +263,4 @@ pub unsafe extern "C" fn cublasGemmEx(
                 .copy_from_slice(column),
         }
     }
-    CUBLAS_STATUS_SUCCESS
 }
