@@ -24,15 +24,7 @@ fn simulated_library_path() -> String {
 #[test]
 fn check_gpu_passes_on_the_simulated_device_and_says_it_is_simulated() {
     let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
-        .args([
-            "check-gpu",
-            "--only",
-            "kernels",
-            "--only",
-            "model",
-            "--only",
-            "serving",
-        ])
+        .args(["check-gpu", "--only", "kernels,model,serving"])
         .args(["--model", common::require_model()])
         .env("LD_LIBRARY_PATH", simulated_library_path())
         .output()

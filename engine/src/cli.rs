@@ -134,8 +134,8 @@ pub struct CheckGpuArgs {
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
 
-    /// Run only these sections (repeatable; default: all).
-    #[arg(long, value_enum, value_name = "SECTION")]
+    /// Run only these sections (repeatable or comma-separated; default: all).
+    #[arg(long, value_enum, value_name = "SECTION", value_delimiter = ',')]
     pub only: Vec<CheckSection>,
 
     /// Python with torch and transformers, for the benchmark's comparison (skipped without).
