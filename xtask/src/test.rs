@@ -54,7 +54,7 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Builds the simulated GPU (`cuda-sim/`) and links it as `libcuda.so` and `libcublas.so` in
-/// `target/cuda-sim/`, the folder a test puts first on `LD_LIBRARY_PATH` to run the CUDA backend
+/// `target/cuda-sim/` (in Cargo's target folder), the folder a test puts first on `LD_LIBRARY_PATH` to run the CUDA backend
 /// on the CPU. It is not on the tests' own path: every other test sees no GPU.
 pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     let status = Command::new(env!("CARGO"))
@@ -65,12 +65,24 @@ pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     if !status.success() {
         bail!("building cuda-sim failed");
     }
-    let dir = workspace_root().join("target/cuda-sim");
+    // Cargo's target folder: CARGO_TARGET_DIR when set, else the workspace's.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .map(|t| {
+            if t.is_relative() {
+                workspace_root().join(t)
+            } else {
+                t
+            }
+        })
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let library = target.join("debug/libvigil_cuda_sim.so");
+    let dir = target.join("cuda-sim");
     std::fs::create_dir_all(&dir)?;
     for name in ["libcuda.so", "libcuda.so.1", "libcublas.so"] {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink("../debug/libvigil_cuda_sim.so", &link)
+        std::os::unix::fs::symlink(&library, &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
     Ok(dir)
