@@ -53,3 +53,11 @@ extern "C" __global__ void write_before_start(float* out) {
 extern "C" __global__ void read_past_end(const float* in, float* out, int n) {
     if (threadIdx.x == 0) out[0] = in[n];
 }
+
+// `rounds` barriers in a row, for the benchmark of the simulator's barrier against OS threads.
+extern "C" __global__ void barrier_loop(int* out, int rounds) {
+    __shared__ int counter;
+    if (threadIdx.x == 0) counter = 0;
+    for (int r = 0; r < rounds; r++) __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = rounds;
+}
