@@ -285,3 +285,29 @@ fn the_probe_exports_its_histograms_through_the_exporter() {
     );
     assert!(text.contains("vigil_off_cpu_seconds_total{role=\"engine\"}"));
 }
+
+/// The object committed next to the C (embedded when a machine builds without clang) was
+/// compiled from the committed sources and flags: change the C without `cargo xtask
+/// bpf-object` and this fails.
+#[test]
+fn the_committed_objects_are_compiled_from_the_committed_sources() {
+    let recorded = include_str!("../bpf/sched.bpf.o.sha256").trim();
+    assert_eq!(
+        recorded,
+        env!("VIGIL_SCHED_BPF_SOURCES_HASH"),
+        "probes/bpf/sched.bpf.*.o are stale: run `cargo xtask bpf-object` and commit them"
+    );
+}
+
+/// The committed object for this machine loads, attaches and counts like the one clang built.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_committed_object_loads_and_counts() {
+    static COMMITTED: &[u8] = aya::include_bytes_aligned!("../bpf/sched.bpf.x86.o");
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let probe = SchedProbe::attach_object(COMMITTED, std::process::id())
+        .unwrap_or_else(|state| panic!("the committed object must load here: {state:?}"));
+    workload(Work::Sleeper, 0, Duration::from_millis(100), |_| ());
+    let snap: Snapshot = probe.read().unwrap();
+    assert!(snap.roles[ENGINE].waits() >= 50, "{:?}", snap.roles[ENGINE]);
+}

@@ -10,7 +10,8 @@
 //! - the benchmark's CPU time (user + sys) with the tracer attached, against none, gives what
 //!   the tracing adds to a process that switches all the time.
 //!
-//! Needs root, `perf` (linux-perf), `bpftool`, `runqlat` (libbpf-tools).
+//! Needs root; installs `perf` (linux-perf), `bpftool` and `runqlat` (libbpf-tools) with apt
+//! when they are missing.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -65,17 +66,14 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         [flag, n] if flag == "--rounds" => n.parse().context("--rounds: not a number")?,
         _ => bail!("usage: cargo xtask bench-ebpf [--rounds N]"),
     };
-    for tool in ["perf", "taskset", "bpftool", "runqlat"] {
-        if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            bail!("{tool} is needed (apt-get install linux-perf bpftool libbpf-tools)");
-        }
-    }
+    // The load, the kernel's per-program accounting, and the peer (installed with apt when
+    // missing, as `cargo xtask test` installs its tools).
+    crate::test::ensure_tools(&[
+        ("perf", "linux-perf"),
+        ("taskset", "util-linux"),
+        ("bpftool", "bpftool"),
+        ("runqlat", "libbpf-tools"),
+    ])?;
     let vigil = crate::release_vigil()?;
     let stats_path = "/proc/sys/kernel/bpf_stats_enabled";
     let previous = std::fs::read_to_string(stats_path).context("reading bpf_stats_enabled")?;

@@ -15,6 +15,8 @@
 //!   `--disable-log-stats`, paired rounds; throughput and server CPU per token ratios.
 //! - `bench-ebpf [--rounds N]`: the eBPF probe's cost per event and on a switch-heavy
 //!   benchmark, beside libbpf-tools' runqlat (root, perf, bpftool, runqlat).
+//! - `bpf-object`: recompile the eBPF probe into the objects committed under `probes/bpf/`
+//!   (embedded by builds without clang).
 //! - `sim COMMAND [ARGS]`: run a command on the simulated GPU (`cuda-sim/`), e.g.
 //!   `target/debug/vigil check-gpu` or `target/debug/vigil serve --device cuda`.
 //! - `install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]`: build and install the
@@ -24,6 +26,7 @@ mod bench;
 mod bench_ebpf;
 mod bench_metrics_cost;
 mod bench_model;
+mod bpf_object;
 mod dashboard;
 mod docs;
 mod fetch_model;
@@ -48,8 +51,9 @@ fn main() -> anyhow::Result<()> {
         Some("bench-ebpf") => bench_ebpf::run(&args[1..]),
         Some("install") => install::run(&args[1..]),
         Some("sim") => sim::run(&args[1..]),
+        Some("bpf-object") => bpf_object::run(),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run] | sim COMMAND [ARGS]>");
+            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run] | sim COMMAND [ARGS] | bpf-object>");
             std::process::exit(2);
         }
     }

@@ -24,7 +24,7 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
-    ensure_tools()?;
+    ensure_tools(TOOLS)?;
     crate::fetch_model::run()?;
     // The CUDA kernels' checks load NVRTC and run ptxas, from PyPI on machines without CUDA.
     let nvrtc = crate::fetch_nvrtc::run()?;
@@ -93,8 +93,10 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
-fn ensure_tools() -> anyhow::Result<()> {
-    let mut missing: Vec<&str> = TOOLS
+/// Checks that each of `tools` (a program on PATH, or an absolute file path) is there, and
+/// installs the Debian packages of the missing ones with apt when run as root on Debian.
+pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(what, _)| {
             if what.starts_with('/') {

@@ -38,7 +38,13 @@ impl SchedProbe {
     /// Loads the programs, filtered to the threads of process `tgid` (0: every process), and
     /// attaches them. The error is the probe's state: why it cannot run here.
     pub fn attach(tgid: u32) -> Result<SchedProbe, State> {
-        if OBJECT.is_empty() {
+        Self::attach_object(OBJECT, tgid)
+    }
+
+    /// [`SchedProbe::attach`] with another compiled object (8-byte aligned, as
+    /// `aya::include_bytes_aligned!` gives): the tests load the committed objects this way.
+    pub fn attach_object(object: &[u8], tgid: u32) -> Result<SchedProbe, State> {
+        if object.is_empty() {
             return Err(State::off(
                 "not_built",
                 format!(
@@ -61,7 +67,7 @@ impl SchedProbe {
             // need not.
             .allow_unsupported_maps()
             .override_global("targ_tgid", &tgid, true)
-            .load(OBJECT)
+            .load(object)
             .map_err(|e| classify(&e, "loading the eBPF object"))?;
         for tp in TRACEPOINTS {
             let program: &mut BtfTracePoint = ebpf
