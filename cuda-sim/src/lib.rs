@@ -10,9 +10,13 @@
 //! - [`memory`] and [`memcheck`]: guarded device allocations, and reports of out-of-bounds
 //!   accesses with the kernel, block and thread.
 //! - [`device`]: the simulated GPU's properties (an H100's, with the memory size of our choice).
+//! - [`nvml`]: a simulated NVML (`libnvidia-ml.so.1`) answering from a node profile
+//!   (`profiles/*.json`).
 //!
-//! `cargo xtask test` builds the cdylib and links it as `libcuda.so` and `libcublas.so` in
-//! `target/cuda-sim/`; a process with that folder first on `LD_LIBRARY_PATH` sees one GPU.
+//! `cargo xtask test` builds the cdylib and links it as `libcuda.so`, `libcublas.so` and
+//! `libnvidia-ml.so.1` in
+//! `target/cuda-sim/`; a process with that folder first on `LD_LIBRARY_PATH` sees one GPU
+//! (and, with `VIGIL_NVML_PROFILE` naming a profile, NVML sees that profile's node).
 //! What it cannot show: timing, the GPU's memory model (a race that works when threads run in
 //! turn), the driver's and the hardware's own behaviour.
 
@@ -22,5 +26,6 @@ pub mod driver;
 pub mod kernels;
 pub mod memcheck;
 pub mod memory;
+pub mod nvml;
 pub mod ptx;
 pub mod threads;

@@ -79,7 +79,12 @@ pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     let library = target.join("debug/libvigil_cuda_sim.so");
     let dir = target.join("cuda-sim");
     std::fs::create_dir_all(&dir)?;
-    for name in ["libcuda.so", "libcuda.so.1", "libcublas.so"] {
+    for name in [
+        "libcuda.so",
+        "libcuda.so.1",
+        "libcublas.so",
+        "libnvidia-ml.so.1",
+    ] {
         let link = dir.join(name);
         let _ = std::fs::remove_file(&link);
         std::os::unix::fs::symlink(&library, &link)

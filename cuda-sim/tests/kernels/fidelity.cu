@@ -56,8 +56,6 @@ extern "C" __global__ void read_past_end(const float* in, float* out, int n) {
 
 // `rounds` barriers in a row, for the benchmark of the simulator's barrier against OS threads.
 extern "C" __global__ void barrier_loop(int* out, int rounds) {
-    __shared__ int counter;
-    if (threadIdx.x == 0) counter = 0;
     for (int r = 0; r < rounds; r++) __syncthreads();
     if (threadIdx.x == 0) out[blockIdx.x] = rounds;
 }

@@ -1,0 +1,308 @@
+//! The NVML probe end to end on a simulated node: `vigil serve` with the simulated NVML
+//! (`cuda-sim`'s `libnvidia-ml.so.1`, linked by `cargo xtask test` in `VIGIL_CUDA_SIM`) answering
+//! from a profile (`cuda-sim/profiles/*.json`). nvml-wrapper's calls, the poller thread, the XID
+//! listener and the series all run; every expected value is computed here from the profile with
+//! NVML's units (milliwatts, millijoules, MHz, percent) converted to the series' base units.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::Vigil;
+use serde_json::Value;
+
+fn profile(name: &str) -> (String, Value) {
+    let path = format!(
+        "{}/../cuda-sim/profiles/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let json = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    (path, json)
+}
+
+/// `vigil serve --device cpu` on the simulated node of `profile_path`.
+fn serve_on(profile_path: &str) -> Vigil {
+    let sim = std::env::var("VIGIL_CUDA_SIM")
+        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`");
+    let path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(rest) => format!("{sim}:{rest}"),
+        Err(_) => sim,
+    };
+    Vigil::serve_env(
+        &["--device", "cpu", "--probe-interval", "0.2"],
+        &[
+            ("LD_LIBRARY_PATH", path.as_str()),
+            ("VIGIL_NVML_PROFILE", profile_path),
+        ],
+    )
+}
+
+/// Every sample of `exposition`: (name, labels) -> value.
+type Samples = Vec<(String, BTreeMap<String, String>, f64)>;
+
+fn samples(exposition: &str) -> Samples {
+    exposition
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| {
+                    let (k, v) = p.split_once("=\"")?;
+                    Some((k.to_owned(), v.trim_end_matches('"').to_owned()))
+                })
+                .collect();
+            Some((name.to_owned(), labels, value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of `name` for GPU `gpu` with the `extra` labels, if the series is there.
+fn value(s: &Samples, name: &str, gpu: usize, extra: &[(&str, &str)]) -> Option<f64> {
+    s.iter()
+        .find(|(n, labels, _)| {
+            n == name
+                && labels.get("gpu").map(String::as_str) == Some(&gpu.to_string())
+                && extra
+                    .iter()
+                    .all(|(k, v)| labels.get(*k).map(String::as_str) == Some(v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+fn u(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("profile field {key}"))
+}
+
+/// Waits until a scrape shows every GPU of the profile polled.
+fn scrape_when_polled(v: &Vigil, gpus: usize) -> Samples {
+    common::wait_for("the GPUs polled", Duration::from_secs(20), || {
+        let s = samples(&v.metrics());
+        let polled = (0..gpus)
+            .filter(|&g| value(&s, "vigil_gpu_up", g, &[]).is_some())
+            .count();
+        (polled == gpus).then_some(s)
+    })
+}
+
+#[test]
+fn every_gpu_series_of_an_eight_h100_node_equals_the_profile() {
+    let (path, node) = profile("h100x8");
+    let v = serve_on(&path);
+    let s = scrape_when_polled(&v, 8);
+    let gpus = node["gpus"].as_array().unwrap();
+    for (i, g) in gpus.iter().enumerate() {
+        let identity = [
+            ("uuid", g["uuid"].as_str().unwrap()),
+            ("gpu_model", g["name"].as_str().unwrap()),
+            ("pci_bus_id", g["pci_bus_id"].as_str().unwrap()),
+        ];
+        let at = |name: &str, extra: &[(&str, &str)]| {
+            let mut labels = identity.to_vec();
+            labels.extend_from_slice(extra);
+            value(&s, name, i, &labels).unwrap_or_else(|| panic!("GPU {i}: no {name} {extra:?}"))
+        };
+        assert_eq!(at("vigil_gpu_up", &[]), 1.0);
+        // nvmlMemory_v2_t: free = total - used - reserved.
+        let (total, used, reserved) = (
+            u(g, "memory_total"),
+            u(g, "memory_used"),
+            u(g, "memory_reserved"),
+        );
+        assert_eq!(at("vigil_gpu_memory_total_bytes", &[]), total);
+        assert_eq!(at("vigil_gpu_memory_used_bytes", &[]), used);
+        assert_eq!(at("vigil_gpu_memory_reserved_bytes", &[]), reserved);
+        assert_eq!(
+            at("vigil_gpu_memory_free_bytes", &[]),
+            total - used - reserved
+        );
+        assert_eq!(
+            at("vigil_gpu_process_memory_used_bytes", &[]),
+            u(g, "process_memory")
+        );
+        // Percent to ratio; milliwatts to watts; MHz to Hz.
+        assert_eq!(
+            at("vigil_gpu_utilization_ratio", &[]),
+            u(g, "utilization_gpu") / 100.0
+        );
+        assert_eq!(
+            at("vigil_gpu_memory_copy_utilization_ratio", &[]),
+            u(g, "utilization_memory") / 100.0
+        );
+        assert_eq!(at("vigil_gpu_power_watts", &[]), u(g, "power_mw") / 1000.0);
+        assert_eq!(
+            at("vigil_gpu_power_limit_watts", &[]),
+            u(g, "power_limit_mw") / 1000.0
+        );
+        assert_eq!(
+            at("vigil_gpu_temperature_celsius", &[]),
+            u(g, "temperature_c")
+        );
+        assert_eq!(
+            at("vigil_gpu_sm_clock_hertz", &[]),
+            u(g, "sm_clock_mhz") * 1e6
+        );
+        assert_eq!(
+            at("vigil_gpu_memory_clock_hertz", &[]),
+            u(g, "memory_clock_mhz") * 1e6
+        );
+        // Millijoules to joules; the simulated GPU draws its power since NVML started.
+        let energy = at("vigil_gpu_energy_joules_total", &[]);
+        let start = u(g, "energy_mj") / 1000.0;
+        assert!(
+            energy >= start && energy <= start + u(g, "power_mw") / 1000.0 * 60.0,
+            "{energy}"
+        );
+        assert_eq!(
+            at("vigil_gpu_pcie_replays_total", &[]),
+            u(g, "pcie_replays")
+        );
+        assert_eq!(
+            at("vigil_gpu_ecc_errors_total", &[("error_type", "corrected")]),
+            u(g, "ecc_corrected")
+        );
+        assert_eq!(
+            at(
+                "vigil_gpu_ecc_errors_total",
+                &[("error_type", "uncorrected")]
+            ),
+            u(g, "ecc_uncorrected")
+        );
+        assert_eq!(
+            at(
+                "vigil_gpu_remapped_rows_total",
+                &[("error_type", "correctable")]
+            ),
+            u(g, "remapped_correctable")
+        );
+        assert_eq!(at("vigil_gpu_row_remap_pending", &[]), 0.0);
+        assert_eq!(at("vigil_gpu_row_remap_failed", &[]), 0.0);
+        // NVML's clocks-event reason bits: 0x1 is gpu_idle.
+        let idle = u(g, "clock_event_reasons") as u64 & 1;
+        assert_eq!(
+            at("vigil_gpu_clock_event_active", &[("reason", "gpu_idle")]),
+            idle as f64
+        );
+        // Retired pages are NOT_SUPPORTED on these GPUs (row remapping replaced them): no
+        // series, and the error counted by field.
+        assert_eq!(value(&s, "vigil_gpu_retired_pages_total", i, &[]), None);
+        assert!(
+            at(
+                "vigil_gpu_read_errors_total",
+                &[("field", "retired_pages"), ("error", "not_supported")]
+            ) >= 1.0
+        );
+    }
+    let driver = s
+        .iter()
+        .find(|(n, _, _)| n == "vigil_gpu_driver_info")
+        .expect("driver info");
+    assert_eq!(
+        driver.1["driver_version"],
+        node["driver_version"].as_str().unwrap()
+    );
+    // 13000 is CUDA 13.0.
+    assert_eq!(driver.1["cuda_driver_version"], "13.0");
+}
+
+#[test]
+fn a_failing_node_loses_one_gpu_without_blanking_the_others() {
+    let (path, node) = profile("failing-node");
+    let v = serve_on(&path);
+    let gpus = node["gpus"].as_array().unwrap().len();
+    // GPU 1 reports XID 79 at 2 s and falls off the bus at 3 s; GPU 2 throttles from 1 s.
+    let s = common::wait_for("GPU 1 lost", Duration::from_secs(20), || {
+        let s = samples(&v.metrics());
+        (value(&s, "vigil_gpu_up", 1, &[]) == Some(0.0)).then_some(s)
+    });
+    for g in [0, 2, 3] {
+        assert_eq!(value(&s, "vigil_gpu_up", g, &[]), Some(1.0), "GPU {g}");
+        assert!(
+            value(&s, "vigil_gpu_power_watts", g, &[]).is_some(),
+            "GPU {g}"
+        );
+    }
+    assert_eq!(gpus, 4);
+    // The lost GPU's fields are counted as gpu_lost; its last readings are gone.
+    assert!(
+        value(
+            &s,
+            "vigil_gpu_read_errors_total",
+            1,
+            &[("field", "power"), ("error", "gpu_lost")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(value(&s, "vigil_gpu_power_watts", 1, &[]), None);
+    assert_eq!(
+        value(&s, "vigil_gpu_xid_errors_total", 1, &[("xid", "79")]),
+        Some(1.0)
+    );
+    // 0x08 hw_slowdown and 0x40 hw_thermal_slowdown.
+    for reason in ["hw_slowdown", "hw_thermal_slowdown"] {
+        assert_eq!(
+            value(&s, "vigil_gpu_clock_event_active", 2, &[("reason", reason)]),
+            Some(1.0),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        value(
+            &s,
+            "vigil_gpu_clock_event_active",
+            2,
+            &[("reason", "sw_power_cap")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(value(&s, "vigil_gpu_row_remap_pending", 3, &[]), Some(1.0));
+    assert_eq!(
+        value(
+            &s,
+            "vigil_gpu_ecc_errors_total",
+            1,
+            &[("error_type", "uncorrected")]
+        ),
+        None
+    );
+}
+
+#[test]
+fn a_workstation_without_permission_or_ecc_reports_what_it_can() {
+    let (path, _) = profile("rtx4090");
+    let v = serve_on(&path);
+    let s = scrape_when_polled(&v, 1);
+    assert_eq!(value(&s, "vigil_gpu_up", 0, &[]), Some(1.0));
+    assert_eq!(value(&s, "vigil_gpu_power_watts", 0, &[]), Some(45.0));
+    assert_eq!(value(&s, "vigil_gpu_power_limit_watts", 0, &[]), None);
+    for (field, error) in [
+        ("power_limit", "no_permission"),
+        ("ecc_errors", "not_supported"),
+        ("remapped_rows", "not_supported"),
+        ("pcie_replays", "not_supported"),
+    ] {
+        assert!(
+            value(
+                &s,
+                "vigil_gpu_read_errors_total",
+                0,
+                &[("field", field), ("error", error)]
+            )
+            .is_some_and(|n| n >= 1.0),
+            "{field} {error}"
+        );
+    }
+    // Utilization follows the profile's pattern of 0, 50, 100, 50 percent.
+    let ratio = value(&s, "vigil_gpu_utilization_ratio", 0, &[]).unwrap();
+    assert!([0.0, 0.5, 1.0].contains(&ratio), "{ratio}");
+}
