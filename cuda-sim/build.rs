@@ -97,6 +97,8 @@ fn main() {
     std::fs::write(&registry_path, registry).unwrap();
     sources.push(registry_path);
 
+    old_driver_nvml(&root, &out);
+
     cc::Build::new()
         .cpp(true)
         .compiler("clang++")
@@ -112,6 +114,21 @@ fn main() {
         .flag("-Wno-unused-function")
         .files(&sources)
         .compile("cuda_sim_kernels");
+}
+
+/// The NVML of an older driver (`old-driver/`): a shared library of its own, since what it
+/// tests is the functions it lacks. `cargo xtask test` links it from `OUT_DIR`.
+fn old_driver_nvml(root: &Path, out: &Path) {
+    let source = root.join("old-driver/nvml_old_driver.c");
+    println!("cargo:rerun-if-changed={}", source.display());
+    let status = std::process::Command::new("clang")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o"])
+        .arg(out.join("libnvidia-ml-old-driver.so"))
+        .arg(&source)
+        .arg("-ldl")
+        .status()
+        .expect("running clang for the old-driver NVML");
+    assert!(status.success(), "clang failed on {}", source.display());
 }
 
 fn cu_files(dir: &Path) -> Vec<PathBuf> {

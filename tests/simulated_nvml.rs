@@ -21,21 +21,32 @@ fn profile(name: &str) -> (String, Value) {
     (path, json)
 }
 
-/// `vigil serve --device cpu` on the simulated node of `profile_path`.
-fn serve_on(profile_path: &str) -> Vigil {
-    let sim = std::env::var("VIGIL_CUDA_SIM")
-        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`");
+fn simulator() -> String {
+    std::env::var("VIGIL_CUDA_SIM")
+        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`")
+}
+
+/// `vigil serve --device cpu` on the simulated node of `profile_path`, its NVML library taken
+/// from `library_dir`.
+fn serve_with_nvml(profile_path: &str, library_dir: &str) -> Vigil {
     let path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(rest) => format!("{sim}:{rest}"),
-        Err(_) => sim,
+        Ok(rest) => format!("{library_dir}:{rest}"),
+        Err(_) => library_dir.to_owned(),
     };
+    let sim_library = format!("{}/libcuda.so", simulator());
     Vigil::serve_env(
         &["--device", "cpu", "--probe-interval", "0.2"],
         &[
             ("LD_LIBRARY_PATH", path.as_str()),
             ("VIGIL_NVML_PROFILE", profile_path),
+            ("VIGIL_NVML_SIM_LIB", sim_library.as_str()),
         ],
     )
+}
+
+/// `vigil serve --device cpu` on the simulated node of `profile_path`.
+fn serve_on(profile_path: &str) -> Vigil {
+    serve_with_nvml(profile_path, &simulator())
 }
 
 /// Every sample of `exposition`: (name, labels) -> value.
@@ -305,4 +316,35 @@ fn a_workstation_without_permission_or_ecc_reports_what_it_can() {
     // Utilization follows the profile's pattern of 0, 50, 100, 50 percent.
     let ratio = value(&s, "vigil_gpu_utilization_ratio", 0, &[]).unwrap();
     assert!([0.0, 0.5, 1.0].contains(&ratio), "{ratio}");
+}
+
+/// An older driver's NVML lacks functions Vigil calls (memory info v2, compute processes v3,
+/// the event wait v2): nvml-wrapper finds them missing at load, and the poller keeps every
+/// other field, counting the missing ones as `missing_function` at each poll.
+#[test]
+fn an_older_driver_without_some_functions_keeps_the_probe_running() {
+    let (path, node) = profile("h100x8");
+    let v = serve_with_nvml(&path, &format!("{}/old-driver", simulator()));
+    let s = common::wait_for("polls counted", Duration::from_secs(20), || {
+        let s = samples(&v.metrics());
+        let polls = value(&s, "vigil_gpu_read_errors_total", 7, &[("field", "memory")]);
+        polls.is_some_and(|n| n >= 3.0).then_some(s)
+    });
+    for (i, g) in node["gpus"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(value(&s, "vigil_gpu_up", i, &[]), Some(1.0), "GPU {i}");
+        assert_eq!(
+            value(&s, "vigil_gpu_power_watts", i, &[]),
+            Some(u(g, "power_mw") / 1000.0)
+        );
+        assert_eq!(value(&s, "vigil_gpu_memory_used_bytes", i, &[]), None);
+        for field in ["memory", "processes", "xid_events"] {
+            let n = value(
+                &s,
+                "vigil_gpu_read_errors_total",
+                i,
+                &[("field", field), ("error", "missing_function")],
+            );
+            assert!(n.is_some_and(|n| n >= 1.0), "GPU {i}: {field} {n:?}");
+        }
+    }
 }

@@ -56,6 +56,8 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
 /// Builds the simulated GPU (`cuda-sim/`) and links it as `libcuda.so` and `libcublas.so` in
 /// `target/cuda-sim/` (in Cargo's target folder), the folder a test puts first on `LD_LIBRARY_PATH` to run the CUDA backend
 /// on the CPU. It is not on the tests' own path: every other test sees no GPU.
+/// `target/cuda-sim/old-driver/libnvidia-ml.so.1` is the NVML of an older driver (fewer
+/// functions), forwarding to the simulator that `VIGIL_NVML_SIM_LIB` names.
 pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     let status = Command::new(env!("CARGO"))
         .args(["build", "-p", "vigil-cuda-sim"])
@@ -90,6 +92,19 @@ pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
         std::os::unix::fs::symlink(&library, &link)
             .with_context(|| format!("linking {}", link.display()))?;
     }
+    // The NVML of an older driver, from the newest build of cuda-sim's build script.
+    let old_driver = std::fs::read_dir(target.join("debug/build"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("out/libnvidia-ml-old-driver.so"))
+        .filter(|p| p.is_file())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .context("cuda-sim's build left no libnvidia-ml-old-driver.so")?;
+    let old_dir = dir.join("old-driver");
+    std::fs::create_dir_all(&old_dir)?;
+    let link = old_dir.join("libnvidia-ml.so.1");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&old_driver, &link)
+        .with_context(|| format!("linking {}", link.display()))?;
     Ok(dir)
 }
 

@@ -279,6 +279,9 @@ impl GpuSeries {
             }),
         );
 
+        if let Some(kind) = g.xid_unavailable {
+            field(self, "xid_events", Err(kind));
+        }
         for xid in &g.xid_events {
             *self.xids.entry((g.index, *xid)).or_default() += 1;
         }

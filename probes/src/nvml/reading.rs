@@ -120,4 +120,9 @@ pub struct GpuPoll {
     /// Critical XID errors reported since the previous poll, in order.
     #[serde(default)]
     pub xid_events: Vec<u64>,
+    /// Why XID events cannot be listened for (the driver lacks event sets or their wait), if
+    /// so: counted as a read error of the `xid_events` field at every poll, so a node whose
+    /// XIDs go unseen shows it on `/metrics`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid_unavailable: Option<ErrorKind>,
 }

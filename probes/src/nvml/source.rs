@@ -91,6 +91,8 @@ pub struct NvmlSource {
     nvml: Arc<Nvml>,
     pid: u32,
     xids: mpsc::Receiver<(u32, u64)>,
+    /// Set by the XID listener when it cannot listen (see [`GpuPoll::xid_unavailable`]).
+    xids_unavailable: Arc<std::sync::Mutex<Option<ErrorKind>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -105,11 +107,18 @@ impl NvmlSource {
         }
         let (tx, xids) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        spawn_xid_listener(Arc::clone(&nvml), tx, Arc::clone(&stop));
+        let xids_unavailable = Arc::new(std::sync::Mutex::new(None));
+        spawn_xid_listener(
+            Arc::clone(&nvml),
+            tx,
+            Arc::clone(&xids_unavailable),
+            Arc::clone(&stop),
+        );
         Ok(NvmlSource {
             nvml,
             pid: std::process::id(),
             xids,
+            xids_unavailable,
             stop,
         })
     }
@@ -177,6 +186,10 @@ impl NvmlSource {
                     .sum()
             })),
             xid_events: Vec::new(),
+            xid_unavailable: *self
+                .xids_unavailable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
         }
     }
 }
@@ -229,6 +242,7 @@ impl GpuPoll {
             remapped_rows: Err(kind),
             process_memory_bytes: Err(kind),
             xid_events: Vec::new(),
+            xid_unavailable: None,
         }
     }
 }
@@ -258,14 +272,27 @@ fn remapped_rows(d: &nvml_wrapper::Device<'_>) -> Reading<RemappedRows> {
 }
 
 /// Waits for critical XID events on every GPU on its own thread (NVML's wait blocks) and sends
-/// `(gpu index, xid)` to the poller, which counts them.
-fn spawn_xid_listener(nvml: Arc<Nvml>, tx: mpsc::Sender<(u32, u64)>, stop: Arc<AtomicBool>) {
+/// `(gpu index, xid)` to the poller, which counts them. When it cannot listen, it says why in
+/// `unavailable` (and the log) and ends.
+fn spawn_xid_listener(
+    nvml: Arc<Nvml>,
+    tx: mpsc::Sender<(u32, u64)>,
+    unavailable: Arc<std::sync::Mutex<Option<ErrorKind>>>,
+    stop: Arc<AtomicBool>,
+) {
+    let give_up = move |e: &NvmlError| {
+        *unavailable.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind_of(e));
+    };
     let spawned = std::thread::Builder::new()
         .name("vigil-nvml-xid".into())
         .spawn(move || {
-            let Ok(mut set) = nvml.create_event_set() else {
-                tracing::warn!("NVML event sets unavailable: XID errors are not counted");
-                return;
+            let mut set = match nvml.create_event_set() {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::warn!("NVML event sets unavailable ({e}): XID errors are not counted");
+                    give_up(&e);
+                    return;
+                }
             };
             let count = nvml.device_count().unwrap_or(0);
             for i in 0..count {
@@ -300,6 +327,7 @@ fn spawn_xid_listener(nvml: Arc<Nvml>, tx: mpsc::Sender<(u32, u64)>, stop: Arc<A
                         tracing::warn!(
                             "waiting for NVML events failed: {e}; XIDs no longer counted"
                         );
+                        give_up(&e);
                         return;
                     }
                 }
