@@ -2,14 +2,12 @@
 //! Grafana would run it: every panel query, with the dashboard's variables filled in, goes to a
 //! real Prometheus that scraped a real `vigil serve` under load, and must return data.
 //!
-//! No GPU here: the GPU panels read a second target that serves the NVML probe's real mapping
-//! (probes::nvml::GpuSeries, the same code `vigil serve` runs) applied to recorded polls of
-//! real GPUs (probes/tests/fixtures/nvml_polls.json), rendered by the real exporter.
+//! No GPU here: `vigil serve` runs on the simulated node (`cuda-sim`'s NVML with the
+//! failing-node profile: GPUs at work, one that reports an XID and is lost, one throttling), so
+//! the GPU panels read the series the NVML probe itself polled.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -29,37 +27,6 @@ fn queries(dashboard: &Value) -> Vec<(String, String)> {
         }
     }
     out
-}
-
-/// Serves `/metrics` from recorded NVML polls through the probe's mapping; returns the address.
-fn serve_recorded_gpus() -> String {
-    use exporter::render::{render, Format};
-    use exporter::{Exporter, ExporterConfig};
-    use probes::nvml::{GpuSeries, GpuSource, Recorded};
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let exporter = Exporter::new(ExporterConfig::new(2048));
-        let mut source =
-            Recorded::from_json(include_str!("../probes/tests/fixtures/nvml_polls.json")).unwrap();
-        let mut series = GpuSeries::new();
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut line = String::new();
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            series.apply(&exporter, &source.poll());
-            let body = render(&exporter, Format::Prometheus);
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    addr
 }
 
 /// Requests of several shapes from a few clients for `duration`.
@@ -97,10 +64,11 @@ fn every_panel_query_returns_data_from_prometheus_scraping_vigil_under_load() {
     let queries = queries(&dashboard);
     assert!(queries.len() > 40, "{} queries", queries.len());
 
-    let vigil = Vigil::serve(&["--served-model-name", "smollm"]);
-    let gpus = serve_recorded_gpus();
-    let prometheus = Prometheus::start(&[("vigil", vigil.addr.to_string()), ("gpus", gpus)]);
-    prometheus.wait_up(&["vigil", "gpus"]);
+    let node = simulated_node("failing-node");
+    let env: Vec<(&str, &str)> = node.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vigil = Vigil::serve_env(&["--served-model-name", "smollm", "--device", "cpu"], &env);
+    let prometheus = Prometheus::start(&[("vigil", vigil.addr.to_string())]);
+    prometheus.wait_up(&["vigil"]);
     load(&vigil, Duration::from_secs(15));
     // Two more scrapes after the load, so rates see its end.
     std::thread::sleep(Duration::from_secs(2));

@@ -360,3 +360,24 @@ pub fn series_in_promql(
         })
         .collect()
 }
+
+/// The simulated GPU node (`cuda-sim`, built and linked by `cargo xtask test` in the folder
+/// `VIGIL_CUDA_SIM` names): the environment under which `vigil` sees the GPUs of
+/// `cuda-sim/profiles/{profile}.json` through NVML. Serve with `--device cpu`: the folder holds
+/// the simulated CUDA driver too.
+pub fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
+    let sim = std::env::var("VIGIL_CUDA_SIM")
+        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`");
+    let path = match std::env::var("LD_LIBRARY_PATH") {
+        Ok(rest) => format!("{sim}:{rest}"),
+        Err(_) => sim.clone(),
+    };
+    vec![
+        ("LD_LIBRARY_PATH", path),
+        (
+            "VIGIL_NVML_PROFILE",
+            format!("{}/../cuda-sim/profiles/{profile}.json", env!("CARGO_MANIFEST_DIR")),
+        ),
+        ("VIGIL_NVML_SIM_LIB", format!("{sim}/libcuda.so")),
+    ]
+}
