@@ -348,3 +348,58 @@ fn an_older_driver_without_some_functions_keeps_the_probe_running() {
         }
     }
 }
+
+/// The GPU alerts of `prometheus/rules/vigil-alerts.yml`, evaluated by a real Prometheus
+/// scraping `vigil serve` on the failing node: the XID (a counter whose series first appears at
+/// 1) pages at once, the lost GPU and the throttling one are pending (their `for:` has not
+/// passed), the failed row remap pages.
+#[test]
+fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
+    use common::prometheus::Prometheus;
+    let (path, _) = profile("failing-node");
+    let v = serve_on(&path);
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../prometheus/rules/vigil-alerts.yml")
+        .canonicalize()
+        .unwrap();
+    let prometheus = Prometheus::start_with_rules(&[("vigil", v.addr.to_string())], &[rules]);
+    prometheus.wait_up(&["vigil"]);
+    let wanted: [(&str, &[(&str, &str)], &[&str]); 5] = [
+        (
+            "VigilGPUXidError",
+            &[("gpu", "1"), ("xid", "79")],
+            &["firing"],
+        ),
+        ("VigilGPUUncorrectedECC", &[("gpu", "3")], &["firing"]),
+        ("VigilGPULost", &[("gpu", "1")], &["pending", "firing"]),
+        (
+            "VigilGPUThrottled",
+            &[("gpu", "2"), ("reason", "hw_slowdown")],
+            &["pending", "firing"],
+        ),
+        (
+            "VigilGPUThrottled",
+            &[("gpu", "2"), ("reason", "hw_thermal_slowdown")],
+            &["pending", "firing"],
+        ),
+    ];
+    let alerts = common::wait_for("the GPU alerts", Duration::from_secs(60), || {
+        let alerts = prometheus.api("/api/v1/alerts")["alerts"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let found = |(name, labels, states): &(&str, &[(&str, &str)], &[&str])| {
+            alerts.iter().any(|a| {
+                a["labels"]["alertname"] == *name
+                    && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+                    && states.contains(&a["state"].as_str().unwrap_or(""))
+            })
+        };
+        wanted.iter().all(found).then_some(alerts)
+    });
+    // Healthy GPUs raise nothing.
+    for a in &alerts {
+        let gpu = a["labels"]["gpu"].as_str().unwrap_or("");
+        assert!(gpu != "0", "GPU 0 is healthy: {a}");
+    }
+}

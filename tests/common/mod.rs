@@ -376,7 +376,10 @@ pub fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
         ("LD_LIBRARY_PATH", path),
         (
             "VIGIL_NVML_PROFILE",
-            format!("{}/../cuda-sim/profiles/{profile}.json", env!("CARGO_MANIFEST_DIR")),
+            format!(
+                "{}/../cuda-sim/profiles/{profile}.json",
+                env!("CARGO_MANIFEST_DIR")
+            ),
         ),
         ("VIGIL_NVML_SIM_LIB", format!("{sim}/libcuda.so")),
     ]

@@ -16,9 +16,25 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(targets: &[(&str, String)]) -> Prometheus {
+        Self::start_with_rules(targets, &[])
+    }
+
+    /// Like [`Prometheus::start`], evaluating the rule files `rules` every second.
+    pub fn start_with_rules(
+        targets: &[(&str, String)],
+        rules: &[std::path::PathBuf],
+    ) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
-        let mut config =
-            String::from("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n");
+        let mut config = String::from(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n",
+        );
+        if !rules.is_empty() {
+            config.push_str("rule_files:\n");
+            for r in rules {
+                config.push_str(&format!("  - {}\n", r.display()));
+            }
+        }
+        config.push_str("scrape_configs:\n");
         for (job, target) in targets {
             config.push_str(&format!(
                 "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
