@@ -350,9 +350,9 @@ fn an_older_driver_without_some_functions_keeps_the_probe_running() {
 }
 
 /// The GPU alerts of `prometheus/rules/vigil-alerts.yml`, evaluated by a real Prometheus
-/// scraping `vigil serve` on the failing node: the XID (a counter whose series first appears at
-/// 1) pages at once, the lost GPU and the throttling one are pending (their `for:` has not
-/// passed), the failed row remap pages.
+/// scraping `vigil serve` on the failing node: the XID (a counter whose series first appears
+/// at 1) pages at once, and so does the failed row remap; the lost GPU and the throttling one
+/// are pending, their `for:` not yet passed.
 #[test]
 fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
     use common::prometheus::Prometheus;
@@ -364,7 +364,9 @@ fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
         .unwrap();
     let prometheus = Prometheus::start_with_rules(&[("vigil", v.addr.to_string())], &[rules]);
     prometheus.wait_up(&["vigil"]);
-    let wanted: [(&str, &[(&str, &str)], &[&str]); 5] = [
+    // (alert, labels it carries, states that count)
+    type Wanted<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str]);
+    let wanted: [Wanted; 5] = [
         (
             "VigilGPUXidError",
             &[("gpu", "1"), ("xid", "79")],
@@ -388,7 +390,7 @@ fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
             .as_array()
             .unwrap()
             .clone();
-        let found = |(name, labels, states): &(&str, &[(&str, &str)], &[&str])| {
+        let found = |(name, labels, states): &Wanted| {
             alerts.iter().any(|a| {
                 a["labels"]["alertname"] == *name
                     && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
