@@ -405,3 +405,61 @@ fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
         assert!(gpu != "0", "GPU 0 is healthy: {a}");
     }
 }
+
+/// `vigil check-gpu --only nvml` on the simulated node, against a stand-in `nvidia-smi`
+/// (`cuda-sim/bin/nvidia-smi`) that reads the same profile independently: the comparison
+/// passes field by field (a field the GPU refuses is absent on both sides), records its polls,
+/// and fails when the two disagree.
+#[test]
+fn check_gpu_compares_nvml_with_nvidia_smi_on_the_simulated_node() {
+    let bin = format!("{}/../cuda-sim/bin", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{bin}:{}", std::env::var("PATH").unwrap_or_default());
+    let check =
+        |profile_name: &str, smi_profile: Option<&str>, record: Option<&std::path::Path>| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
+            command
+                .args(["check-gpu", "--only", "nvml"])
+                .env("PATH", &path);
+            if let Some(record) = record {
+                command.arg("--record").arg(record);
+            }
+            for (k, v) in common::simulated_node(profile_name) {
+                command.env(k, v);
+            }
+            if let Some(other) = smi_profile {
+                command.env("VIGIL_NVIDIA_SMI_PROFILE", profile(other).0);
+            }
+            let out = command.output().unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("polls.json");
+    let (ok, report) = check("h100x8", None, Some(&record));
+    assert!(ok, "{report}");
+    assert_eq!(report.matches("GPU ").count(), 8, "{report}");
+    assert!(
+        report.contains("PASS NVML readings = nvidia-smi"),
+        "{report}"
+    );
+    let polls: Vec<Value> =
+        serde_json::from_str(&std::fs::read_to_string(&record).unwrap()).unwrap();
+    assert_eq!(polls.len(), 2);
+    assert_eq!(polls[0]["gpus"].as_array().unwrap().len(), 8);
+
+    let (ok, report) = check("rtx4090", None, None);
+    assert!(ok, "{report}");
+    assert!(
+        report
+            .lines()
+            .any(|l| l.contains("power.limit") && l.contains("(absent)") && l.ends_with("ok")),
+        "{report}"
+    );
+
+    // NVML sees the 8 x H100 node, nvidia-smi the failing one: the check must fail.
+    let (ok, report) = check("h100x8", Some("failing-node"), None);
+    assert!(!ok, "{report}");
+    assert!(report.contains("MISMATCH"), "{report}");
+}
