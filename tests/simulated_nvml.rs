@@ -463,3 +463,40 @@ fn check_gpu_compares_nvml_with_nvidia_smi_on_the_simulated_node() {
     assert!(!ok, "{report}");
     assert!(report.contains("MISMATCH"), "{report}");
 }
+
+/// `vigil probe`, the node agent beside an engine Vigil does not run, polls the simulated node
+/// with the same probe: every GPU there, with the profile's values.
+#[test]
+fn the_node_agent_shows_the_simulated_gpus() {
+    let (path, node) = profile("h100x8");
+    let engine = Vigil::serve(&["--device", "cpu", "--disable-nvml-probe"]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
+    command.args([
+        "probe",
+        "--engine-metrics-url",
+        &engine.url("/metrics"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--probe-interval",
+        "0.2",
+    ]);
+    for (k, v) in common::simulated_node("h100x8") {
+        command.env(k, v);
+    }
+    assert!(path.ends_with("h100x8.json"));
+    let agent = Vigil::spawn(command);
+    let s = scrape_when_polled(&agent, 8);
+    for (i, g) in node["gpus"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(value(&s, "vigil_gpu_up", i, &[]), Some(1.0));
+        assert_eq!(
+            value(&s, "vigil_gpu_power_watts", i, &[]),
+            Some(u(g, "power_mw") / 1000.0)
+        );
+        assert_eq!(
+            value(&s, "vigil_gpu_memory_used_bytes", i, &[]),
+            Some(u(g, "memory_used"))
+        );
+    }
+}
