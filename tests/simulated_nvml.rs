@@ -404,6 +404,93 @@ fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
         let gpu = a["labels"]["gpu"].as_str().unwrap_or("");
         assert!(gpu != "0", "GPU 0 is healthy: {a}");
     }
+
+    // The pending ones fire once their `for:` has passed: promtool's unit test over the series
+    // Prometheus scraped, with their real labels and values, held for ten minutes.
+    let mut input = String::new();
+    for metric in ["vigil_gpu_up", "vigil_gpu_clock_event_active"] {
+        for series in prometheus.query(metric) {
+            let labels: Vec<String> = series["metric"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap()))
+                .collect();
+            let value = series["value"][1].as_str().unwrap();
+            input.push_str(&format!(
+                "      - series: '{{{}}}'\n        values: '{value}x10'\n",
+                labels.join(",")
+            ));
+        }
+    }
+    let test = format!(
+        "rule_files:\n  - {}\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    \
+         input_series:\n{input}    alert_rule_test:\n      - eval_time: 10m\n        \
+         alertname: VigilGPULost\n        exp_alerts:\n          - exp_labels: {{{lost}}}\n            \
+         exp_annotations:\n              summary: \"GPU 1 of {instance} stopped answering NVML\"\n",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../prometheus/rules/vigil-alerts.yml")
+            .canonicalize()
+            .unwrap()
+            .display(),
+        lost = labels_of(&prometheus, "vigil_gpu_up == 0", &[("severity", "page")]),
+        instance = v.addr,
+    );
+    let throttled = ["hw_slowdown", "hw_thermal_slowdown"]
+        .map(|reason| {
+            let labels = labels_of(
+                &prometheus,
+                &format!(
+                    "max by (instance, gpu, uuid, reason) \
+                     (vigil_gpu_clock_event_active{{reason=\"{reason}\"}}) == 1"
+                ),
+                &[("severity", "warning")],
+            );
+            format!(
+                "          - exp_labels: {{{labels}}}\n            exp_annotations:\n              \
+                 summary: \"GPU 2 of {} throttled ({reason})\"\n              description: \
+                 \"Clocks are held down by heat or power: tokens come slower than the hardware \
+                 can.\"\n",
+                v.addr
+            )
+        })
+        .concat();
+    let test = format!(
+        "{test}      - eval_time: 10m\n        alertname: VigilGPUThrottled\n        exp_alerts:\n{throttled}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scraped.test.yml");
+    std::fs::write(&file, &test).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}\n{test}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The labels of the one series `promql` returns, with `extra`, as a YAML flow map's body.
+fn labels_of(
+    prometheus: &common::prometheus::Prometheus,
+    promql: &str,
+    extra: &[(&str, &str)],
+) -> String {
+    let result = prometheus.query(promql);
+    assert_eq!(result.len(), 1, "{promql}: {result:?}");
+    let mut labels: Vec<String> = result[0]["metric"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__name__")
+        .map(|(k, v)| format!("{k}: \"{}\"", v.as_str().unwrap()))
+        .collect();
+    labels.extend(extra.iter().map(|(k, v)| format!("{k}: \"{v}\"")));
+    labels.join(", ")
 }
 
 /// `vigil check-gpu --only nvml` on the simulated node, against a stand-in `nvidia-smi`
