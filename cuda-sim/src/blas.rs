@@ -85,12 +85,60 @@ thread_local! {
     };
 }
 
-/// The elements a column-major `rows x cols` operand with leading dimension `ld` spans.
-fn span(rows: usize, cols: usize, ld: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        ld * (cols - 1) + rows
+/// One operand of a GEMM as cuBLAS describes it: where it is, its element type, its leading
+/// dimension, and `op(X)`'s shape (`rows x cols`), stored transposed when `transposed`.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const c_void,
+    ty: c_int,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+    transposed: bool,
+}
+
+impl Operand {
+    fn new(ptr: *const c_void, ty: c_int, ld: c_int, op: c_int, rows: usize, cols: usize) -> Self {
+        Operand {
+            ptr,
+            ty,
+            ld: ld.max(0) as usize,
+            rows,
+            cols,
+            transposed: op == CUBLAS_OP_T,
+        }
+    }
+
+    /// The column-major shape it is stored in.
+    fn stored(&self) -> (usize, usize) {
+        if self.transposed {
+            (self.cols, self.rows)
+        } else {
+            (self.rows, self.cols)
+        }
+    }
+
+    /// The elements it spans in memory.
+    fn span(&self) -> usize {
+        let (rows, cols) = self.stored();
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            self.ld * (cols - 1) + rows
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.span() * if self.ty == CUDA_R_16BF { 2 } else { 4 }
+    }
+
+    /// (row stride, column stride) of `op(X)` in the stored elements.
+    fn strides(&self) -> (isize, isize) {
+        if self.transposed {
+            (self.ld as isize, 1)
+        } else {
+            (1, self.ld as isize)
+        }
     }
 }
 
@@ -135,31 +183,20 @@ pub unsafe extern "C" fn cublasGemmEx(
         return CUBLAS_STATUS_INVALID_VALUE;
     }
     let (m, n, k) = (m as usize, n as usize, k as usize);
-    let (lda, ldb, ldc) = (lda as usize, ldb as usize, ldc as usize);
-    // op(A) is m x k; stored k x m when transposed.
-    let (a_rows, a_cols) = if trans_a == CUBLAS_OP_N {
-        (m, k)
-    } else {
-        (k, m)
-    };
-    let (b_rows, b_cols) = if trans_b == CUBLAS_OP_N {
-        (k, n)
-    } else {
-        (n, k)
-    };
-    if lda < a_rows.max(1) || ldb < b_rows.max(1) || ldc < m.max(1) {
-        return CUBLAS_STATUS_INVALID_VALUE;
-    }
-    for (what, ptr, ty, len) in [
-        ("A", a as u64, a_type, span(a_rows, a_cols, lda)),
-        ("B", b as u64, b_type, span(b_rows, b_cols, ldb)),
-        ("C", c as u64, c_type, span(m, n, ldc)),
-    ] {
-        let bytes = len * if ty == CUDA_R_16BF { 2 } else { 4 };
-        if bytes > 0 && !crate::memory::contains(ptr, bytes) {
+    // op(A) is m x k, op(B) k x n, C m x n.
+    let a = Operand::new(a, a_type, lda, trans_a, m, k);
+    let b = Operand::new(b, b_type, ldb, trans_b, k, n);
+    let c = Operand::new(c, c_type, ldc, CUBLAS_OP_N, m, n);
+    for (what, x) in [("A", a), ("B", b), ("C", c)] {
+        if x.ld < x.stored().0.max(1) {
+            return CUBLAS_STATUS_INVALID_VALUE;
+        }
+        if x.bytes() > 0 && !crate::memory::contains(x.ptr as u64, x.bytes()) {
             eprintln!(
-                "cuda-sim: cublasGemmEx: {what} ([{ptr:#x}, +{bytes})) is not inside one device \
-                 allocation"
+                "cuda-sim: cublasGemmEx: {what} ([{:#x}, +{})) is not inside one device \
+                 allocation",
+                x.ptr as u64,
+                x.bytes()
             );
             return CUBLAS_STATUS_INVALID_VALUE;
         }
@@ -170,62 +207,33 @@ pub unsafe extern "C" fn cublasGemmEx(
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
     SCRATCH.with(|scratch| {
         let [a32, b32, c32] = &mut *scratch.borrow_mut();
-        gemm_f32(
-            (trans_a, trans_b),
-            (m, n, k),
-            (alpha, beta),
-            (a, a_type, lda, a32),
-            (b, b_type, ldb, b32),
-            (c, c_type, ldc, c32),
-        )
+        gemm_f32(k, (alpha, beta), (a, a32), (b, b32), (c, c32))
     });
     CUBLAS_STATUS_SUCCESS
 }
 
 /// The GEMM of [`cublasGemmEx`] once its arguments are checked: operands converted to f32
 /// (into the scratch vectors), multiplied by the gemm crate, written back in C's type.
-#[allow(clippy::type_complexity)]
 unsafe fn gemm_f32(
-    (trans_a, trans_b): (c_int, c_int),
-    (m, n, k): (usize, usize, usize),
+    k: usize,
     (alpha, beta): (f32, f32),
-    (a, a_type, lda, a32): (*const c_void, c_int, usize, &mut Vec<f32>),
-    (b, b_type, ldb, b32): (*const c_void, c_int, usize, &mut Vec<f32>),
-    (c, c_type, ldc, c32): (*mut c_void, c_int, usize, &mut Vec<f32>),
+    (a, a32): (Operand, &mut Vec<f32>),
+    (b, b32): (Operand, &mut Vec<f32>),
+    (c, c32): (Operand, &mut Vec<f32>),
 ) {
-    let (a_rows, a_cols) = if trans_a == CUBLAS_OP_N {
-        (m, k)
-    } else {
-        (k, m)
-    };
-    let (b_rows, b_cols) = if trans_b == CUBLAS_OP_N {
-        (k, n)
-    } else {
-        (n, k)
-    };
-    read_f32(a, a_type, span(a_rows, a_cols, lda), a32);
-    read_f32(b, b_type, span(b_rows, b_cols, ldb), b32);
-    // Strides of op(A) and op(B) as (row, column) in their stored buffers.
-    let (a_rs, a_cs) = if trans_a == CUBLAS_OP_N {
-        (1, lda)
-    } else {
-        (lda, 1)
-    };
-    let (b_rs, b_cs) = if trans_b == CUBLAS_OP_N {
-        (1, ldb)
-    } else {
-        (ldb, 1)
-    };
-    let c_len = span(m, n, ldc);
+    let (m, n, ldc) = (c.rows, c.cols, c.ld);
+    read_f32(a.ptr, a.ty, a.span(), a32);
+    read_f32(b.ptr, b.ty, b.span(), b32);
     if beta != 0.0 {
-        read_f32(c, c_type, c_len, c32);
+        read_f32(c.ptr, c.ty, c.span(), c32);
     } else {
         c32.clear();
-        c32.resize(c_len, 0.0);
+        c32.resize(c.span(), 0.0);
     }
     if k == 0 {
         c32.iter_mut().for_each(|v| *v *= beta);
     } else {
+        let ((a_rs, a_cs), (b_rs, b_cs)) = (a.strides(), b.strides());
         // gemm's convention: dst := alpha·dst + beta·lhs·rhs.
         gemm::gemm(
             m,
@@ -236,11 +244,11 @@ unsafe fn gemm_f32(
             1,
             beta != 0.0,
             a32.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
+            a_cs,
+            a_rs,
             b32.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
+            b_cs,
+            b_rs,
             beta,
             alpha,
             false,
@@ -252,14 +260,14 @@ unsafe fn gemm_f32(
     // Only the m x n elements are written back; the padding between columns is left alone.
     for col in 0..n {
         let column = &c32[col * ldc..col * ldc + m];
-        match c_type {
+        match c.ty {
             CUDA_R_16BF => {
-                let out = std::slice::from_raw_parts_mut((c as *mut u16).add(col * ldc), m);
+                let out = std::slice::from_raw_parts_mut((c.ptr as *mut u16).add(col * ldc), m);
                 for (o, v) in out.iter_mut().zip(column) {
                     *o = f32_to_bf16(*v);
                 }
             }
-            _ => std::slice::from_raw_parts_mut((c as *mut f32).add(col * ldc), m)
+            _ => std::slice::from_raw_parts_mut((c.ptr as *mut f32).add(col * ldc), m)
                 .copy_from_slice(column),
         }
     }
