@@ -8,7 +8,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{http_get, http_post, promtool_problems, sample, wait_for, Vigil, VIGIL};
+use common::{
+    agent_command, http_get, http_post, promtool_problems, sample, wait_for, Vigil, VIGIL,
+};
 
 struct Agent {
     child: Child,
@@ -24,20 +26,8 @@ impl Drop for Agent {
 }
 
 fn start_agent(engine: &Vigil) -> Agent {
-    let child = Command::new(VIGIL)
-        .args([
-            "probe",
-            "--engine-metrics-url",
-            &engine.url("/metrics"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--probe-interval",
-            "0.2",
-            "--dynamo-namespace",
-            "ns",
-        ])
+    let child = agent_command(&engine.url("/metrics"))
+        .args(["--dynamo-namespace", "ns"])
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -557,18 +557,7 @@ fn check_gpu_compares_nvml_with_nvidia_smi_on_the_simulated_node() {
 fn the_node_agent_shows_the_simulated_gpus() {
     let (path, node) = profile("h100x8");
     let engine = Vigil::serve(&["--device", "cpu", "--disable-nvml-probe"]);
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"));
-    command.args([
-        "probe",
-        "--engine-metrics-url",
-        &engine.url("/metrics"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--probe-interval",
-        "0.2",
-    ]);
+    let mut command = common::agent_command(&engine.url("/metrics"));
     for (k, v) in common::simulated_node("h100x8") {
         command.env(k, v);
     }

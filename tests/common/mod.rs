@@ -384,3 +384,21 @@ pub fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
         ("VIGIL_NVML_SIM_LIB", format!("{sim}/libcuda.so")),
     ]
 }
+
+/// `vigil probe`, the node agent, in front of the engine whose `/metrics` is at
+/// `engine_metrics_url`, on a free loopback port, polling its probes every 0.2 s.
+pub fn agent_command(engine_metrics_url: &str) -> Command {
+    let mut command = Command::new(VIGIL);
+    command.args([
+        "probe",
+        "--engine-metrics-url",
+        engine_metrics_url,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--probe-interval",
+        "0.2",
+    ]);
+    command
+}
