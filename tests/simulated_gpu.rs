@@ -13,12 +13,7 @@ use serde_json::{json, Value};
 
 /// `LD_LIBRARY_PATH` with the simulator first.
 fn simulated_library_path() -> String {
-    let sim = std::env::var("VIGIL_CUDA_SIM")
-        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`");
-    match std::env::var("LD_LIBRARY_PATH") {
-        Ok(rest) => format!("{sim}:{rest}"),
-        Err(_) => sim,
-    }
+    common::library_path_with(&common::simulator())
 }
 
 #[test]

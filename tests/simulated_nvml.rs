@@ -21,32 +21,22 @@ fn profile(name: &str) -> (String, Value) {
     (path, json)
 }
 
-fn simulator() -> String {
-    std::env::var("VIGIL_CUDA_SIM")
-        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`")
+/// `vigil serve --device cpu` on the simulated node `profile`, its NVML library taken from
+/// `library_dir`.
+fn serve_with_nvml(profile: &str, library_dir: &str) -> Vigil {
+    let mut env = common::simulated_node(profile);
+    for (name, value) in env.iter_mut() {
+        if *name == "LD_LIBRARY_PATH" {
+            *value = common::library_path_with(library_dir);
+        }
+    }
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    Vigil::serve_env(&["--device", "cpu", "--probe-interval", "0.2"], &env)
 }
 
-/// `vigil serve --device cpu` on the simulated node of `profile_path`, its NVML library taken
-/// from `library_dir`.
-fn serve_with_nvml(profile_path: &str, library_dir: &str) -> Vigil {
-    let path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(rest) => format!("{library_dir}:{rest}"),
-        Err(_) => library_dir.to_owned(),
-    };
-    let sim_library = format!("{}/libcuda.so", simulator());
-    Vigil::serve_env(
-        &["--device", "cpu", "--probe-interval", "0.2"],
-        &[
-            ("LD_LIBRARY_PATH", path.as_str()),
-            ("VIGIL_NVML_PROFILE", profile_path),
-            ("VIGIL_NVML_SIM_LIB", sim_library.as_str()),
-        ],
-    )
-}
-
-/// `vigil serve --device cpu` on the simulated node of `profile_path`.
-fn serve_on(profile_path: &str) -> Vigil {
-    serve_with_nvml(profile_path, &simulator())
+/// `vigil serve --device cpu` on the simulated node `profile`.
+fn serve_on(profile: &str) -> Vigil {
+    serve_with_nvml(profile, &common::simulator())
 }
 
 /// Every sample of `exposition`: (name, labels) -> value.
@@ -107,8 +97,8 @@ fn scrape_when_polled(v: &Vigil, gpus: usize) -> Samples {
 
 #[test]
 fn every_gpu_series_of_an_eight_h100_node_equals_the_profile() {
-    let (path, node) = profile("h100x8");
-    let v = serve_on(&path);
+    let (_, node) = profile("h100x8");
+    let v = serve_on("h100x8");
     let s = scrape_when_polled(&v, 8);
     let gpus = node["gpus"].as_array().unwrap();
     for (i, g) in gpus.iter().enumerate() {
@@ -227,8 +217,8 @@ fn every_gpu_series_of_an_eight_h100_node_equals_the_profile() {
 
 #[test]
 fn a_failing_node_loses_one_gpu_without_blanking_the_others() {
-    let (path, node) = profile("failing-node");
-    let v = serve_on(&path);
+    let (_, node) = profile("failing-node");
+    let v = serve_on("failing-node");
     let gpus = node["gpus"].as_array().unwrap().len();
     // GPU 1 reports XID 79 at 2 s and falls off the bus at 3 s; GPU 2 throttles from 1 s.
     let s = common::wait_for("GPU 1 lost", Duration::from_secs(20), || {
@@ -290,8 +280,7 @@ fn a_failing_node_loses_one_gpu_without_blanking_the_others() {
 
 #[test]
 fn a_workstation_without_permission_or_ecc_reports_what_it_can() {
-    let (path, _) = profile("rtx4090");
-    let v = serve_on(&path);
+    let v = serve_on("rtx4090");
     let s = scrape_when_polled(&v, 1);
     assert_eq!(value(&s, "vigil_gpu_up", 0, &[]), Some(1.0));
     assert_eq!(value(&s, "vigil_gpu_power_watts", 0, &[]), Some(45.0));
@@ -323,8 +312,8 @@ fn a_workstation_without_permission_or_ecc_reports_what_it_can() {
 /// other field, counting the missing ones as `missing_function` at each poll.
 #[test]
 fn an_older_driver_without_some_functions_keeps_the_probe_running() {
-    let (path, node) = profile("h100x8");
-    let v = serve_with_nvml(&path, &format!("{}/old-driver", simulator()));
+    let (_, node) = profile("h100x8");
+    let v = serve_with_nvml("h100x8", &format!("{}/old-driver", common::simulator()));
     let s = common::wait_for("polls counted", Duration::from_secs(20), || {
         let s = samples(&v.metrics());
         let polls = value(&s, "vigil_gpu_read_errors_total", 7, &[("field", "memory")]);
@@ -356,8 +345,7 @@ fn an_older_driver_without_some_functions_keeps_the_probe_running() {
 #[test]
 fn gpu_alerts_fire_through_prometheus_on_the_failing_node() {
     use common::prometheus::Prometheus;
-    let (path, _) = profile("failing-node");
-    let v = serve_on(&path);
+    let v = serve_on("failing-node");
     let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../prometheus/rules/vigil-alerts.yml")
         .canonicalize()
@@ -555,13 +543,12 @@ fn check_gpu_compares_nvml_with_nvidia_smi_on_the_simulated_node() {
 /// with the same probe: every GPU there, with the profile's values.
 #[test]
 fn the_node_agent_shows_the_simulated_gpus() {
-    let (path, node) = profile("h100x8");
+    let (_, node) = profile("h100x8");
     let engine = Vigil::serve(&["--device", "cpu", "--disable-nvml-probe"]);
     let mut command = common::agent_command(&engine.url("/metrics"));
     for (k, v) in common::simulated_node("h100x8") {
         command.env(k, v);
     }
-    assert!(path.ends_with("h100x8.json"));
     let agent = Vigil::spawn(command);
     let s = scrape_when_polled(&agent, 8);
     for (i, g) in node["gpus"].as_array().unwrap().iter().enumerate() {

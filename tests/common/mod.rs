@@ -361,19 +361,28 @@ pub fn series_in_promql(
         .collect()
 }
 
-/// The simulated GPU node (`cuda-sim`, built and linked by `cargo xtask test` in the folder
-/// `VIGIL_CUDA_SIM` names): the environment under which `vigil` sees the GPUs of
-/// `cuda-sim/profiles/{profile}.json` through NVML. Serve with `--device cpu`: the folder holds
-/// the simulated CUDA driver too.
+/// The folder of the simulated GPU's libraries (`cuda-sim`, built and linked by `cargo xtask
+/// test`, which names the folder in `VIGIL_CUDA_SIM`).
+pub fn simulator() -> String {
+    std::env::var("VIGIL_CUDA_SIM")
+        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`")
+}
+
+/// `LD_LIBRARY_PATH` with `dir` first.
+pub fn library_path_with(dir: &str) -> String {
+    match std::env::var("LD_LIBRARY_PATH") {
+        Ok(rest) => format!("{dir}:{rest}"),
+        Err(_) => dir.to_owned(),
+    }
+}
+
+/// The environment under which `vigil` sees the GPUs of `cuda-sim/profiles/{profile}.json`
+/// through the simulated NVML. Serve with `--device cpu`: the simulator's folder holds the
+/// simulated CUDA driver too.
 pub fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
-    let sim = std::env::var("VIGIL_CUDA_SIM")
-        .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`");
-    let path = match std::env::var("LD_LIBRARY_PATH") {
-        Ok(rest) => format!("{sim}:{rest}"),
-        Err(_) => sim.clone(),
-    };
+    let sim = simulator();
     vec![
-        ("LD_LIBRARY_PATH", path),
+        ("LD_LIBRARY_PATH", library_path_with(&sim)),
         (
             "VIGIL_NVML_PROFILE",
             format!(
