@@ -73,6 +73,23 @@ fn bad_values_name_their_flag() {
             "(0, 1]",
         ),
         (&["--port", "70000"], "--port", "70000"),
+        // The model name is a label of every series and a word of every log line: bounded, and
+        // never empty or carrying control characters.
+        (
+            &["--served-model-name", ""],
+            "--served-model-name",
+            "cannot be empty",
+        ),
+        (
+            &["--served-model-name", "a\nb"],
+            "--served-model-name",
+            "control characters",
+        ),
+        (
+            &["--served-model-name", &"x".repeat(100_000)],
+            "--served-model-name",
+            "longer than 256",
+        ),
         (&["--host", "not-an-ip"], "--host", "not-an-ip"),
     ];
     for (args, flag, reason) in cases {

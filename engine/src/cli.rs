@@ -175,7 +175,7 @@ pub struct ServeArgs {
 
     /// Name(s) the model is served under; the first is the `model_name` metric label. Defaults
     /// to the model path.
-    #[arg(long, num_args = 1.., value_name = "NAME")]
+    #[arg(long, num_args = 1.., value_name = "NAME", value_parser = parse_served_model_name)]
     pub served_model_name: Vec<String>,
 
     /// Model context length in tokens (accepts 1k = 1000, 1K = 1024, likewise m/M, g/G). Defaults
@@ -536,6 +536,30 @@ pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
 pub const CPU_MAX_NUM_BATCHED_TOKENS: u32 = 256;
 
 /// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
+/// The longest model name accepted: a Hugging Face repository id is at most 96 characters a
+/// part; the name is a label of every series, so it is bounded.
+pub const MAX_MODEL_NAME_CHARS: usize = 256;
+
+/// A model name: not empty, at most [`MAX_MODEL_NAME_CHARS`] characters, no control characters
+/// (a newline in a label value would forge log lines and break the exposition).
+fn parse_served_model_name(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        return Err("a model name cannot be empty".into());
+    }
+    let chars = s.chars().count();
+    if chars > MAX_MODEL_NAME_CHARS {
+        return Err(format!(
+            "a model name of {chars} characters is longer than {MAX_MODEL_NAME_CHARS}"
+        ));
+    }
+    if let Some(c) = s.chars().find(|c| c.is_control()) {
+        return Err(format!(
+            "a model name cannot contain control characters ({c:?})"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn parse_max_model_len(s: &str) -> Result<u64, String> {
     let (digits, multiplier) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 1_000),
