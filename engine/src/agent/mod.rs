@@ -70,6 +70,8 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
             &probes::status::State::off("no_target", "the engine's process was not found"),
         );
     }
+    // At 0 from the start: increase() over a counter that first appears at 1 sees no rise.
+    let _ = exporter.set_counter_total(&ENGINE_SCRAPE_ERRORS, &[], 0.0);
     let agent = Arc::new(Agent {
         exporter,
         url,
