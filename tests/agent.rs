@@ -113,7 +113,10 @@ fn the_agent_passes_the_engines_series_through_and_watches_its_process() {
     assert!(m.find("dynamo_component_uptime_seconds").unwrap() < m.find("vllm:").unwrap());
     assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(1.0));
     // The error counter exists at 0 before the first failure, so increase() sees the first.
-    assert_eq!(sample(&m, "vigil_agent_engine_scrape_errors_total "), Some(0.0));
+    assert_eq!(
+        sample(&m, "vigil_agent_engine_scrape_errors_total "),
+        Some(0.0)
+    );
     assert_eq!(
         sample(&m, "vigil_probe_up{probe=\"ebpf\",reason=\"running\"}"),
         Some(1.0)

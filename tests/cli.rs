@@ -112,6 +112,37 @@ fn port_in_use_is_a_clear_error() {
     );
 }
 
+/// `DYN_SYSTEM_PORT` equal to `--port` is refused before the model loads, naming both.
+#[test]
+fn the_system_server_on_the_api_port_is_refused_before_loading() {
+    let port = common::free_port().to_string();
+    let out = Command::new(VIGIL)
+        .args([
+            "serve",
+            require_model(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .env("DYN_SYSTEM_PORT", &port)
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run vigil");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "DYN_SYSTEM_PORT={port} and --port {port} name the same port"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("model loaded"),
+        "refused only after loading: {err}"
+    );
+}
+
 #[test]
 fn a_missing_model_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();

@@ -390,6 +390,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(config) =
         system_server::config_from_env(&|name| std::env::var(name).ok(), args.host)?
     {
+        if let Some(clash) = system_server::clash_with_api(&config, args.host, args.port) {
+            anyhow::bail!(clash);
+        }
         system_server::start(&config, system.clone()).await?;
     }
     // Tracing set-up fails fast (a bad URL or protocol), before minutes of model loading.

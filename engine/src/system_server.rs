@@ -68,6 +68,24 @@ pub fn config_from_env(
     Ok(Some(SystemServerConfig { host, port }))
 }
 
+/// Why the system status server and the API cannot both listen as configured: the same port
+/// on overlapping addresses. Checked before the model loads, so the clash costs no minutes.
+pub fn clash_with_api(
+    config: &SystemServerConfig,
+    api_host: IpAddr,
+    api_port: u16,
+) -> Option<String> {
+    let overlapping =
+        config.host == api_host || config.host.is_unspecified() || api_host.is_unspecified();
+    (config.port != 0 && config.port == api_port && overlapping).then(|| {
+        format!(
+            "DYN_SYSTEM_PORT={} and --port {api_port} name the same port (system status server on \
+             {}, API on {api_host}): give one of them another port",
+            config.port, config.host
+        )
+    })
+}
+
 /// What `/health` says, shared by the server's phases.
 #[derive(Debug, Clone)]
 pub struct Readiness(Arc<AtomicU8>);
@@ -187,6 +205,25 @@ mod tests {
                 .find(|(n, _)| *n == k)
                 .map(|(_, v)| (*v).to_owned())
         }
+    }
+
+    #[test]
+    fn the_same_port_as_the_api_is_a_clash_on_overlapping_addresses() {
+        let any: IpAddr = "0.0.0.0".parse().unwrap();
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.1".parse().unwrap();
+        let at = |host, port| SystemServerConfig { host, port };
+        let err = clash_with_api(&at(lo, 8000), lo, 8000).unwrap();
+        assert!(
+            err.contains("DYN_SYSTEM_PORT=8000") && err.contains("--port 8000"),
+            "{err}"
+        );
+        assert!(clash_with_api(&at(any, 8000), lo, 8000).is_some());
+        assert!(clash_with_api(&at(lo, 8000), any, 8000).is_some());
+        assert!(clash_with_api(&at(lo, 8000), other, 8000).is_none());
+        assert!(clash_with_api(&at(lo, 8081), lo, 8000).is_none());
+        // Port 0 picks a free port: never the API's.
+        assert!(clash_with_api(&at(lo, 0), lo, 0).is_none());
     }
 
     #[test]
