@@ -338,7 +338,10 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         m.total = g.memory_total;
         m.reserved = g.memory_reserved;
         m.used = g.memory_used;
-        m.free = g.memory_total - g.memory_used - g.memory_reserved;
+        m.free = g
+            .memory_total
+            .saturating_sub(g.memory_used)
+            .saturating_sub(g.memory_reserved);
     })
 }
 
