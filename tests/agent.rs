@@ -112,11 +112,23 @@ fn the_agent_passes_the_engines_series_through_and_watches_its_process() {
     assert!(sample(&m, "dynamo_component_uptime_seconds ") > Some(0.0));
     assert!(m.find("dynamo_component_uptime_seconds").unwrap() < m.find("vllm:").unwrap());
     assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(1.0));
-    // The error counter exists at 0 before the first failure, so increase() sees the first.
-    assert_eq!(
-        sample(&m, "vigil_agent_engine_scrape_errors_total "),
-        Some(0.0)
-    );
+    // The error counters exist at 0 before the first failure, so increase() sees the first.
+    for reason in [
+        "unreachable",
+        "timeout",
+        "http_status",
+        "not_exposition",
+        "no_engine_families",
+    ] {
+        assert_eq!(
+            sample(
+                &m,
+                &format!("vigil_agent_engine_scrape_errors_total{{reason=\"{reason}\"}}")
+            ),
+            Some(0.0),
+            "{reason}"
+        );
+    }
     assert_eq!(
         sample(&m, "vigil_probe_up{probe=\"ebpf\",reason=\"running\"}"),
         Some(1.0)
@@ -134,7 +146,12 @@ fn the_agent_passes_the_engines_series_through_and_watches_its_process() {
     let (status, _, m) = http_get(&url, None);
     assert_eq!(status, 200);
     assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(0.0));
-    assert!(sample(&m, "vigil_agent_engine_scrape_errors_total ") >= Some(1.0));
+    assert!(
+        sample(
+            &m,
+            "vigil_agent_engine_scrape_errors_total{reason=\"unreachable\"}"
+        ) >= Some(1.0)
+    );
     assert!(!m.contains("vllm:"));
     assert_eq!(
         http_get(&format!("http://{}/health", agent.addr), None).0,
@@ -160,4 +177,77 @@ fn a_bad_engine_url_is_a_clear_cli_error() {
         err.contains("--engine-metrics-url") && err.contains("http://HOST:PORT"),
         "{err}"
     );
+}
+
+/// Serves every request with `status` and `body`, forever; returns its `/metrics` URL.
+fn fixed_answer(status: &'static str, content_type: &'static str, body: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+/// "Up" means the engine's metrics: a page answered with 200, another exporter's metrics or an
+/// error status are the engine down, each counted by its reason.
+#[test]
+fn only_the_engines_exposition_counts_as_the_engine_up() {
+    for (status, content_type, body, reason) in [
+        (
+            "200 OK",
+            "text/html",
+            "<!DOCTYPE html><html><body>It works!</body></html>",
+            "not_exposition",
+        ),
+        (
+            "200 OK",
+            "text/plain; version=0.0.4",
+            "# TYPE node_load1 gauge\nnode_load1 0.5\n",
+            "no_engine_families",
+        ),
+        (
+            "503 Service Unavailable",
+            "text/plain",
+            "busy",
+            "http_status",
+        ),
+    ] {
+        let url = fixed_answer(status, content_type, body);
+        let agent = Vigil::spawn({
+            let mut c = agent_command(&url);
+            c.arg("--disable-ebpf-probe");
+            c
+        });
+        let m = agent.metrics();
+        assert_eq!(
+            sample(&m, "vigil_agent_engine_up "),
+            Some(0.0),
+            "{reason}: {m}"
+        );
+        assert_eq!(
+            sample(
+                &m,
+                &format!("vigil_agent_engine_scrape_errors_total{{reason=\"{reason}\"}}")
+            ),
+            Some(1.0),
+            "{m}"
+        );
+        assert!(!m.contains("node_load1"), "nothing of it passed through");
+        assert!(
+            agent.log().contains(reason),
+            "the log says which check failed"
+        );
+    }
 }

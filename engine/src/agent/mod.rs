@@ -5,6 +5,7 @@
 //! engine's, and appends them after its own series (Dynamo's uptime, probe status, GPU, the
 //! engine process's scheduling latency), as Dynamo's engine-metrics callback appends them after the runtime's.
 
+mod engine_check;
 pub mod find_pid;
 pub mod passthrough;
 
@@ -18,7 +19,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use exporter::catalog::agent::{ENGINE_SCRAPE_DURATION, ENGINE_SCRAPE_ERRORS, ENGINE_UP};
+use exporter::catalog::agent::{
+    ENGINE_SCRAPE_DURATION, ENGINE_SCRAPE_ERRORS, ENGINE_UP, SCRAPE_FAILURES,
+};
 use exporter::render::{render, Format};
 use exporter::{Exporter, ExporterConfig};
 
@@ -34,7 +37,8 @@ struct Agent {
     prefixes: Vec<String>,
     names: DynamoNames,
     http: ureq::Agent,
-    errors: std::sync::atomic::AtomicU64,
+    /// Failed scrapes by reason.
+    errors: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
 }
 
 pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
@@ -71,7 +75,10 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         );
     }
     // At 0 from the start: increase() over a counter that first appears at 1 sees no rise.
-    let _ = exporter.set_counter_total(&ENGINE_SCRAPE_ERRORS, &[], 0.0);
+    for reason in SCRAPE_FAILURES {
+        let _ =
+            exporter.set_counter_total(&ENGINE_SCRAPE_ERRORS, &[("reason", (*reason).into())], 0.0);
+    }
     let agent = Arc::new(Agent {
         exporter,
         url,
@@ -81,7 +88,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
             .timeout_global(Some(SCRAPE_TIMEOUT))
             .build()
             .into(),
-        errors: std::sync::atomic::AtomicU64::new(0),
+        errors: Default::default(),
     });
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -112,7 +119,8 @@ fn engine_port(url: &str) -> anyhow::Result<u16> {
 }
 
 impl Agent {
-    /// Scrapes the engine; `None` (counted, logged) when it fails.
+    /// Scrapes the engine; `None` (counted by reason, logged) when it fails or answers
+    /// something that is not its metrics.
     fn scrape_engine(&self) -> Option<String> {
         let started = Instant::now();
         let result = self
@@ -120,8 +128,26 @@ impl Agent {
             .get(&self.url)
             .header("Accept", "text/plain; version=0.0.4")
             .call()
-            .map_err(|e| e.to_string())
-            .and_then(|mut r| r.body_mut().read_to_string().map_err(|e| e.to_string()));
+            .map_err(|e| {
+                let reason = match &e {
+                    ureq::Error::StatusCode(_) => "http_status",
+                    ureq::Error::Timeout(_) => "timeout",
+                    _ => "unreachable",
+                };
+                (reason, e.to_string())
+            })
+            .and_then(|mut r| {
+                r.body_mut()
+                    .read_to_string()
+                    .map_err(|e| ("unreachable", e.to_string()))
+            })
+            .and_then(|text| match engine_check::check(&text, &self.prefixes) {
+                Ok(()) => Ok(text),
+                Err(not) => Err((
+                    not.reason(),
+                    format!("the answer is not the engine's metrics ({})", not.reason()),
+                )),
+            });
         let e = &self.exporter;
         let _ = e.set_gauge(
             &ENGINE_SCRAPE_DURATION,
@@ -133,14 +159,17 @@ impl Agent {
                 let _ = e.set_gauge(&ENGINE_UP, &[], 1.0);
                 Some(text)
             }
-            Err(err) => {
-                tracing::warn!(url = %self.url, "engine scrape failed: {err}");
-                let n = self
-                    .errors
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                    + 1;
+            Err((reason, err)) => {
+                tracing::warn!(url = %self.url, reason, "engine scrape failed: {err}");
+                let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+                let n = errors.entry(reason).or_default();
+                *n += 1;
                 let _ = e.set_gauge(&ENGINE_UP, &[], 0.0);
-                let _ = e.set_counter_total(&ENGINE_SCRAPE_ERRORS, &[], n as f64);
+                let _ = e.set_counter_total(
+                    &ENGINE_SCRAPE_ERRORS,
+                    &[("reason", reason.into())],
+                    *n as f64,
+                );
                 None
             }
         }
