@@ -251,3 +251,35 @@ fn only_the_engines_exposition_counts_as_the_engine_up() {
         );
     }
 }
+
+/// In front of a Dynamo-labelled engine with `--metric-prefix dynamo_`, the engine's copy of a
+/// family the agent exports itself is not passed through: each family once, and promtool
+/// accepts the scrape.
+#[test]
+fn a_family_of_the_agents_own_is_not_copied_from_the_engine() {
+    let url = fixed_answer(
+        "200 OK",
+        "text/plain; version=0.0.4",
+        "# HELP dynamo_component_uptime_seconds Uptime.\n\
+         # TYPE dynamo_component_uptime_seconds gauge\n\
+         dynamo_component_uptime_seconds 5\n\
+         # HELP dynamo_component_requests_total Requests.\n\
+         # TYPE dynamo_component_requests_total counter\n\
+         dynamo_component_requests_total 7\n",
+    );
+    let agent = Vigil::spawn({
+        let mut c = agent_command(&url);
+        c.args(["--metric-prefix", "dynamo_", "--disable-ebpf-probe"]);
+        c
+    });
+    let m = agent.metrics();
+    assert_eq!(sample(&m, "vigil_agent_engine_up "), Some(1.0), "{m}");
+    assert_eq!(
+        m.matches("# TYPE dynamo_component_uptime_seconds ").count(),
+        1,
+        "{m}"
+    );
+    assert!(m.contains("dynamo_component_requests_total"), "{m}");
+    let problems = promtool_problems(&m);
+    assert!(problems.is_empty(), "{problems:?}\n{m}");
+}

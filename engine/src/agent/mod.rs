@@ -194,7 +194,19 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
             ("dynamo_component", n.component.as_str()),
             ("dynamo_endpoint", n.endpoint.as_str()),
         ];
-        body.push_str(&passthrough::passthrough(&text, &agent.prefixes, &inject));
+        // The agent's own families are not copied from the engine: each family once.
+        let own: std::collections::HashSet<String> = body
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|r| r.split_whitespace().next())
+            .map(str::to_owned)
+            .collect();
+        body.push_str(&passthrough::passthrough(
+            &text,
+            &agent.prefixes,
+            &own,
+            &inject,
+        ));
     }
     ([(CONTENT_TYPE, Format::Prometheus.content_type())], body).into_response()
 }
