@@ -268,3 +268,28 @@ fn the_promtool_check_itself_catches_problems() {
         promtool_problems("# HELP foo_total x\n# TYPE foo_total counter\nfoo_total 1\n").is_empty()
     );
 }
+
+/// Asked for gzip (as Prometheus asks by default), `/metrics` answers compressed, and the
+/// inflated body is the same valid exposition; asked for nothing, plain text.
+#[test]
+fn metrics_are_gzip_compressed_when_the_scraper_asks() {
+    use std::io::Read;
+    let vigil = Vigil::serve(&[]);
+    let (head, body) = common::raw_get(vigil.addr, "/metrics", "Accept-Encoding: gzip\r\n");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    assert!(text.contains("vllm:num_requests_running{"), "{text}");
+    assert_eq!(promtool_problems(&text), Vec::<String>::new());
+    assert!(
+        body.len() * 4 < text.len(),
+        "{} of {}",
+        body.len(),
+        text.len()
+    );
+    let (head, body) = common::raw_get(vigil.addr, "/metrics", "");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert!(String::from_utf8_lossy(&body).contains("vllm:num_requests_running{"));
+}

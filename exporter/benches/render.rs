@@ -1,5 +1,6 @@
 //! Render time of the full catalog (every pre-created series, each observed once), Vigil's
-//! Prometheus text and OpenMetrics against metrics-exporter-prometheus in the same run.
+//! Prometheus text and OpenMetrics against metrics-exporter-prometheus in the same run, and the
+//! Prometheus text compressed with gzip (what a scrape asking for it costs).
 
 mod common;
 
@@ -22,6 +23,14 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("vigil/openmetrics", |b| {
         b.iter(|| black_box(vigil.render(Format::OpenMetrics)))
+    });
+    // What a scrape that asks for gzip (Prometheus does by default) costs on top.
+    g.bench_function("vigil/prometheus_text+gzip", |b| {
+        b.iter(|| {
+            black_box(exporter::route::gzip(
+                vigil.render(Format::Prometheus).as_bytes(),
+            ))
+        })
     });
     g.bench_function("metrics_exporter_prometheus/prometheus_text", |b| {
         b.iter(|| black_box(peer.render()))

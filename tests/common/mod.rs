@@ -411,3 +411,21 @@ pub fn agent_command(engine_metrics_url: &str) -> Command {
     ]);
     command
 }
+
+/// `GET path` with the request header lines `extra`, over a raw connection: (head, body bytes).
+pub fn raw_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    (
+        String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase(),
+        raw[split + 4..].to_vec(),
+    )
+}

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -176,7 +175,7 @@ impl Agent {
     }
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
+async fn metrics(State(agent): State<Arc<Agent>>, headers: axum::http::HeaderMap) -> Response {
     let engine = {
         let agent = Arc::clone(&agent);
         tokio::task::spawn_blocking(move || agent.scrape_engine())
@@ -208,7 +207,7 @@ async fn metrics(State(agent): State<Arc<Agent>>) -> Response {
             &inject,
         ));
     }
-    ([(CONTENT_TYPE, Format::Prometheus.content_type())], body).into_response()
+    exporter::route::encoded(Format::Prometheus.content_type(), body, &headers)
 }
 
 /// 200 when the engine answered the last scrape, else 503.
