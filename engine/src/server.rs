@@ -495,8 +495,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     let listener = bind(args.host, args.port).await?;
     let local = listener.local_addr()?;
-    tracing::info!(%model_name, "listening on http://{local}");
+    // Ready before the line that says so: whoever reads it (a test, a supervisor) finds the
+    // status server agreeing.
     system.readiness.set_ready();
+    tracing::info!(%model_name, "listening on http://{local}");
     systemd::ready(&format!("serving {model_name} on http://{local}"));
     let readiness = system.readiness.clone();
     let mut router =
