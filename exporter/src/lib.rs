@@ -21,6 +21,7 @@ pub mod catalog;
 pub mod docs;
 pub mod exemplar;
 pub mod gating;
+pub mod parse;
 pub mod recorder;
 pub mod render;
 pub mod route;
