@@ -97,9 +97,15 @@ pub struct SchedLatencyArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ProbeArgs {
-    /// The engine's Prometheus endpoint, scraped at each scrape of the agent's /metrics.
+    /// The engine's Prometheus endpoint, scraped when the agent's /metrics is (concurrent
+    /// scrapes share one fetch).
     #[arg(long, value_name = "URL")]
     pub engine_metrics_url: String,
+
+    /// While a fetch of a slow engine outlasts a scraper's timeout, the agent answers with the
+    /// engine's last good scrape if it is at most this old (seconds), else without it.
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_stale_after)]
+    pub engine_stale_after: std::time::Duration,
 
     /// Keep the engine's families whose names start with this (repeatable).
     #[arg(long, value_name = "PREFIX", default_values_t = ["vllm:".to_owned()])]
@@ -317,13 +323,13 @@ pub struct ProbeFlags {
 }
 
 impl ProbeFlags {
-    /// What to start, watching process `target_pid` with the eBPF probe.
-    pub fn config(&self, target_pid: u32) -> probes::ProbeConfig {
+    /// What to start, watching `target` with the eBPF probe.
+    pub fn config(&self, target: probes::Target) -> probes::ProbeConfig {
         probes::ProbeConfig {
             interval: self.probe_interval,
             nvml: !self.disable_nvml_probe,
             ebpf: !self.disable_ebpf_probe,
-            target_pid,
+            target,
         }
     }
 }
@@ -493,6 +499,11 @@ fn parse_seconds(s: &str, min: f64, max: f64) -> Result<std::time::Duration, Str
 
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     parse_seconds(s, 0.01, 3600.0)
+}
+
+/// How old an engine scrape the node agent may serve: 0 serves none from memory.
+fn parse_stale_after(s: &str) -> Result<std::time::Duration, String> {
+    parse_seconds(s, 0.0, 86400.0)
 }
 
 /// A shutdown grace period: 0 aborts requests in flight at once.

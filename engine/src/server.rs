@@ -432,7 +432,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let _ = system.exporter.set(exporter.clone());
     api::dynamo::export_uptime(&exporter, process_started);
     // Held for the server's lifetime: dropping them stops the probes.
-    let _probes = probes::start(&exporter, &args.probes.config(std::process::id()));
+    let _probes = probes::start(
+        &exporter,
+        &args.probes.config(probes::Target::Pid(std::process::id())),
+    );
 
     let backend =
         tokio::task::block_in_place(|| build_backend(&args, &model, max_model_len, cuda))?;

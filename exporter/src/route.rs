@@ -36,15 +36,7 @@ pub fn respond(exporter: &Exporter, headers: &HeaderMap) -> Response {
 pub fn encoded(content_type: &'static str, body: String, request: &HeaderMap) -> Response {
     if accepts_gzip(request) {
         if let Some(compressed) = gzip(body.as_bytes()) {
-            return (
-                [
-                    (CONTENT_TYPE, content_type),
-                    (CONTENT_ENCODING, "gzip"),
-                    (VARY, "Accept-Encoding"),
-                ],
-                compressed,
-            )
-                .into_response();
+            return gzipped(content_type, compressed);
         }
     }
     (
@@ -55,7 +47,7 @@ pub fn encoded(content_type: &'static str, body: String, request: &HeaderMap) ->
 }
 
 /// Whether `Accept-Encoding` lists gzip (or `*`) with a weight above 0.
-fn accepts_gzip(request: &HeaderMap) -> bool {
+pub fn accepts_gzip(request: &HeaderMap) -> bool {
     request
         .get_all(ACCEPT_ENCODING)
         .iter()
@@ -75,13 +67,32 @@ fn accepts_gzip(request: &HeaderMap) -> bool {
 
 /// `bytes` gzip-compressed at the fast level: a scrape is compressed once and read once.
 pub fn gzip(bytes: &[u8]) -> Option<Vec<u8>> {
+    gzip_parts(&[bytes])
+}
+
+/// Compresses the concatenation of `parts` into one gzip stream, without joining them first.
+pub fn gzip_parts(parts: &[&[u8]]) -> Option<Vec<u8>> {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(bytes.len() / 4),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(bytes).ok()?;
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(len / 4), flate2::Compression::fast());
+    for part in parts {
+        encoder.write_all(part).ok()?;
+    }
     encoder.finish().ok()
+}
+
+/// A response with an already gzip-compressed body.
+pub fn gzipped(content_type: &'static str, body: Vec<u8>) -> Response {
+    (
+        [
+            (CONTENT_TYPE, content_type),
+            (CONTENT_ENCODING, "gzip"),
+            (VARY, "Accept-Encoding"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]

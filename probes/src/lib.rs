@@ -14,19 +14,30 @@ pub mod nvml;
 pub mod sched;
 pub mod status;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use exporter::Exporter;
 
 /// What [`start`] runs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ProbeConfig {
     /// How often the pollers read NVML and the kernel's aggregates.
     pub interval: Duration,
     pub nvml: bool,
     pub ebpf: bool,
-    /// The process whose threads the eBPF probe watches (Vigil itself, or an engine it fronts).
-    pub target_pid: u32,
+    /// The process whose threads the eBPF probe watches.
+    pub target: Target,
+}
+
+/// The process the eBPF probe watches.
+#[derive(Clone)]
+pub enum Target {
+    /// This one, for good (Vigil watching itself).
+    Pid(u32),
+    /// Whichever process this names, asked again whenever the one watched is gone (an engine
+    /// a node agent fronts, which may start later or restart).
+    Follow(Arc<dyn Fn() -> Option<u32> + Send + Sync>),
 }
 
 /// The running probes; dropping them stops their threads.
@@ -45,7 +56,13 @@ pub fn start(exporter: &Exporter, config: &ProbeConfig) -> Probes {
         None
     };
     let sched = if config.ebpf {
-        sched::Poller::start(exporter.clone(), config.target_pid, config.interval)
+        match &config.target {
+            Target::Pid(pid) => sched::Poller::start(exporter.clone(), *pid, config.interval),
+            Target::Follow(find) => {
+                let find = Arc::clone(find);
+                sched::Poller::follow(exporter.clone(), move || find(), config.interval)
+            }
+        }
     } else {
         status::set(exporter, status::Probe::Ebpf, &status::State::disabled());
         None

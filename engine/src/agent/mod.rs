@@ -1,43 +1,54 @@
 //! `vigil probe`: a node agent for an engine Vigil does not run (a vLLM server, or anything that
-//! speaks the Prometheus text format). At each scrape of its own `/metrics` it scrapes the
-//! engine's, keeps the families with the configured prefixes (default `vllm:`), adds the
-//! `dynamo_namespace`/`dynamo_component`/`dynamo_endpoint` labels without overwriting the
-//! engine's, and appends them after its own series (Dynamo's uptime, probe status, GPU, the
-//! engine process's scheduling latency), as Dynamo's engine-metrics callback appends them after the runtime's.
+//! speaks the Prometheus text format). When its own `/metrics` is scraped it fetches the
+//! engine's ([`upstream`]: one fetch shared by concurrent scrapes, waited for only as long as
+//! the scraper allows), parses it and keeps the valid lines of the families with the configured
+//! prefixes (default `vllm:`), adds the `dynamo_namespace`/`dynamo_component`/`dynamo_endpoint`
+//! labels without overwriting the engine's ([`passthrough`]), and appends them after its own
+//! series (Dynamo's uptime, probe status, GPU, the engine process's scheduling latency), as
+//! Dynamo's engine-metrics callback appends them after the runtime's. Whatever the engine does,
+//! the agent's own series are served: a bad line of the engine's costs that line, a slow engine
+//! costs freshness, a dead one its series. The eBPF probe follows the engine's process as it
+//! comes, goes and restarts.
 
 mod engine_check;
 pub mod find_pid;
 pub mod passthrough;
+mod upstream;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::{CONTENT_TYPE, VARY};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use exporter::catalog::agent::{
-    ENGINE_SCRAPE_DURATION, ENGINE_SCRAPE_ERRORS, ENGINE_UP, SCRAPE_FAILURES,
+    ENGINE_EXPOSITION_PROBLEMS, ENGINE_SCRAPE_AGE, ENGINE_SCRAPE_ERRORS, EXPOSITION_PROBLEMS,
+    SCRAPE_FAILURES,
 };
+use exporter::catalog::MetricDef;
 use exporter::render::{render, Format};
 use exporter::{Exporter, ExporterConfig};
 
-use crate::api::dynamo::DynamoNames;
 use crate::cli::ProbeArgs;
+use passthrough::Relay;
+use upstream::{EnginePart, Upstream};
 
-/// How long one scrape of the engine may take before the agent answers without it.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a scrape without `X-Prometheus-Scrape-Timeout-Seconds` (a person, a script) waits
+/// for the engine.
+const DEFAULT_BUDGET: Duration = Duration::from_secs(5);
+/// How many scrapes compress their answer at once (the engine's part may be megabytes).
+const CONCURRENT_COMPRESSIONS: usize = 4;
 
 struct Agent {
     exporter: Exporter,
-    url: String,
-    prefixes: Vec<String>,
-    names: DynamoNames,
-    http: ureq::Agent,
-    /// Failed scrapes by reason.
-    errors: std::sync::Mutex<std::collections::HashMap<&'static str, u64>>,
+    upstream: Arc<Upstream>,
+    compressions: tokio::sync::Semaphore,
 }
 
 pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
@@ -48,46 +59,45 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .install()
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
     crate::api::dynamo::export_uptime(&exporter, Instant::now());
-    let pid = match args.engine_pid {
-        Some(pid) => Some(pid),
-        None => {
-            let found = find_pid::listening_on(port);
-            match found {
-                Some(pid) => tracing::info!(pid, port, "engine process found from its port"),
-                None => tracing::warn!(
-                    port,
-                    "no local process listens on the engine's port; give --engine-pid to watch it"
-                ),
-            }
-            found
-        }
-    };
-    let mut config = args.probes.config(pid.unwrap_or(0));
-    // Never watch every process for want of the engine's.
-    config.ebpf &= pid.is_some();
-    let _probes = probes::start(&exporter, &config);
-    if pid.is_none() && !args.probes.disable_ebpf_probe {
-        probes::status::set(
-            &exporter,
-            probes::status::Probe::Ebpf,
-            &probes::status::State::off("no_target", "the engine's process was not found"),
-        );
-    }
+    // The engine's process as given, else whichever listens on its port, looked for again
+    // whenever the one watched is gone.
+    let fixed = args.engine_pid;
+    let find = move || fixed.or_else(|| find_pid::listening_on(port));
+    let _probes = probes::start(
+        &exporter,
+        &args.probes.config(probes::Target::Follow(Arc::new(find))),
+    );
     // At 0 from the start: increase() over a counter that first appears at 1 sees no rise.
     for reason in SCRAPE_FAILURES {
         let _ =
             exporter.set_counter_total(&ENGINE_SCRAPE_ERRORS, &[("reason", (*reason).into())], 0.0);
     }
+    for reason in EXPOSITION_PROBLEMS {
+        let _ = exporter.set_counter_total(
+            &ENGINE_EXPOSITION_PROBLEMS,
+            &[("reason", (*reason).into())],
+            0.0,
+        );
+    }
+    let names = args.dynamo.names();
+    let relay = Relay::new(
+        args.metric_prefix.clone(),
+        own_families(),
+        vec![
+            ("dynamo_namespace".into(), names.namespace.clone()),
+            ("dynamo_component".into(), names.component.clone()),
+            ("dynamo_endpoint".into(), names.endpoint.clone()),
+        ],
+    );
     let agent = Arc::new(Agent {
+        upstream: Arc::new(Upstream::new(
+            url,
+            relay,
+            exporter.clone(),
+            args.engine_stale_after,
+        )),
         exporter,
-        url,
-        prefixes: args.metric_prefix.clone(),
-        names: args.dynamo.names(),
-        http: ureq::Agent::config_builder()
-            .timeout_global(Some(SCRAPE_TIMEOUT))
-            .build()
-            .into(),
-        errors: Default::default(),
+        compressions: tokio::sync::Semaphore::new(CONCURRENT_COMPRESSIONS),
     });
     let app = Router::new()
         .route("/metrics", get(metrics))
@@ -101,6 +111,23 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(stop)
         .await
         .context("HTTP server failed")
+}
+
+/// The families the agent exports itself (never copied from the engine): Dynamo's uptime,
+/// the probes', the GPUs', the host scheduler's and its own.
+fn own_families() -> HashSet<String> {
+    use exporter::catalog::{agent, dynamo, gpu, probe, sched};
+    [
+        &[&dynamo::COMPONENT_UPTIME][..],
+        probe::ALL,
+        gpu::ALL,
+        sched::ALL,
+        agent::ALL,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|def| def.name.to_owned())
+    .collect()
 }
 
 /// The port of the engine's metrics URL (`http://host:port/...`).
@@ -117,107 +144,116 @@ fn engine_port(url: &str) -> anyhow::Result<u16> {
     }
 }
 
-impl Agent {
-    /// Scrapes the engine; `None` (counted by reason, logged) when it fails or answers
-    /// something that is not its metrics.
-    fn scrape_engine(&self) -> Option<String> {
-        let started = Instant::now();
-        let result = self
-            .http
-            .get(&self.url)
-            .header("Accept", "text/plain; version=0.0.4")
-            .call()
-            .map_err(|e| {
-                let reason = match &e {
-                    ureq::Error::StatusCode(_) => "http_status",
-                    ureq::Error::Timeout(_) => "timeout",
-                    _ => "unreachable",
-                };
-                (reason, e.to_string())
-            })
-            .and_then(|mut r| {
-                r.body_mut()
-                    .read_to_string()
-                    .map_err(|e| ("unreachable", e.to_string()))
-            })
-            .and_then(|text| match engine_check::check(&text, &self.prefixes) {
-                Ok(()) => Ok(text),
-                Err(not) => Err((
-                    not.reason(),
-                    format!("the answer is not the engine's metrics ({})", not.reason()),
-                )),
-            });
-        let e = &self.exporter;
-        let _ = e.set_gauge(
-            &ENGINE_SCRAPE_DURATION,
-            &[],
-            started.elapsed().as_secs_f64(),
-        );
-        match result {
-            Ok(text) => {
-                let _ = e.set_gauge(&ENGINE_UP, &[], 1.0);
-                Some(text)
-            }
-            Err((reason, err)) => {
-                tracing::warn!(url = %self.url, reason, "engine scrape failed: {err}");
-                let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
-                let n = errors.entry(reason).or_default();
-                *n += 1;
-                let _ = e.set_gauge(&ENGINE_UP, &[], 0.0);
-                let _ = e.set_counter_total(
-                    &ENGINE_SCRAPE_ERRORS,
-                    &[("reason", reason.into())],
-                    *n as f64,
-                );
-                None
-            }
-        }
-    }
+/// How long a scrape may wait for the engine: what its scraper allows
+/// (`X-Prometheus-Scrape-Timeout-Seconds`), less a margin to render and send the answer.
+fn budget(headers: &HeaderMap) -> Duration {
+    let Some(timeout) = headers
+        .get("x-prometheus-scrape-timeout-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|t| t.is_finite() && *t > 0.0)
+    else {
+        return DEFAULT_BUDGET;
+    };
+    let margin = (timeout / 4.0).min(0.5);
+    Duration::from_secs_f64((timeout - margin).min(upstream::FETCH_TIMEOUT.as_secs_f64()))
 }
 
-async fn metrics(State(agent): State<Arc<Agent>>, headers: axum::http::HeaderMap) -> Response {
-    let engine = {
-        let agent = Arc::clone(&agent);
-        tokio::task::spawn_blocking(move || agent.scrape_engine())
-            .await
-            .ok()
-            .flatten()
-    };
-    // The agent's own series first (always Prometheus text: the engine's part is), then the
-    // engine's.
-    let mut body = render(&agent.exporter, Format::Prometheus);
-    if let Some(text) = engine {
-        let n = &agent.names;
-        let inject = [
-            ("dynamo_namespace", n.namespace.as_str()),
-            ("dynamo_component", n.component.as_str()),
-            ("dynamo_endpoint", n.endpoint.as_str()),
-        ];
-        // The agent's own families are not copied from the engine: each family once.
-        let own: std::collections::HashSet<String> = body
-            .lines()
-            .filter_map(|l| l.strip_prefix("# TYPE "))
-            .filter_map(|r| r.split_whitespace().next())
-            .map(str::to_owned)
-            .collect();
-        body.push_str(&passthrough::passthrough(
-            &text,
-            &agent.prefixes,
-            &own,
-            &inject,
+/// `# HELP`, `# TYPE` and the one sample of a gauge without labels.
+fn gauge_text(def: &MetricDef, value: f64) -> String {
+    let mut out = format!("# HELP {} ", def.name);
+    exporter::render::escape::write_help(&mut out, def.help, false);
+    out.push_str(&format!("\n# TYPE {} gauge\n{} ", def.name, def.name));
+    exporter::render::number::write_float(&mut out, value);
+    out.push('\n');
+    out
+}
+
+async fn metrics(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let engine = agent.upstream.engine_part(budget(&headers)).await;
+    // The agent's own series first (always Prometheus text: the engine's part is), then how
+    // old the engine's are, then the engine's.
+    let mut own = render(&agent.exporter, Format::Prometheus);
+    if let Some(part) = &engine {
+        own.push_str(&gauge_text(
+            &ENGINE_SCRAPE_AGE,
+            part.fetched_at.elapsed().as_secs_f64(),
         ));
     }
-    exporter::route::encoded(Format::Prometheus.content_type(), body, &headers)
+    respond(&agent, own, engine, &headers).await
 }
 
-/// 200 when the engine answered the last scrape, else 503.
-async fn health(State(agent): State<Arc<Agent>>) -> Response {
-    let up = {
-        let agent = Arc::clone(&agent);
-        tokio::task::spawn_blocking(move || agent.scrape_engine().is_some())
-            .await
-            .unwrap_or(false)
+/// The answer: the agent's part and the engine's shared one, sent as they are or compressed
+/// into one gzip stream (a few at a time).
+async fn respond(
+    agent: &Agent,
+    own: String,
+    engine: Option<Arc<EnginePart>>,
+    headers: &HeaderMap,
+) -> Response {
+    let content_type = Format::Prometheus.content_type();
+    if !exporter::route::accepts_gzip(headers) {
+        return plain(content_type, own, engine);
+    }
+    let Ok(_permit) = agent.compressions.acquire().await else {
+        return plain(content_type, own, engine);
     };
+    let compressed = tokio::task::spawn_blocking(move || {
+        let text = engine.as_ref().map_or(&b""[..], |p| &p.text[..]);
+        match exporter::route::gzip_parts(&[own.as_bytes(), text]) {
+            Some(body) => Ok(body),
+            None => Err((own, engine)),
+        }
+    })
+    .await;
+    match compressed {
+        Ok(Ok(body)) => exporter::route::gzipped(content_type, body),
+        // Compression failed: the plain text is a valid answer too.
+        Ok(Err((own, engine))) => plain(content_type, own, engine),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+fn plain(content_type: &'static str, own: String, engine: Option<Arc<EnginePart>>) -> Response {
+    let mut chunks = vec![Bytes::from(own)];
+    if let Some(part) = engine {
+        // Shared, not copied: every concurrent scrape sends the same bytes.
+        chunks.push(part.text.clone());
+    }
+    (
+        [(CONTENT_TYPE, content_type), (VARY, "Accept-Encoding")],
+        Body::new(Chunks(chunks.into())),
+    )
+        .into_response()
+}
+
+/// A body of a few shared buffers, sent one after the other, its length known up front.
+struct Chunks(std::collections::VecDeque<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.0.iter().map(|b| b.len() as u64).sum())
+    }
+}
+
+/// 200 when the engine answers with its metrics (or did, recently enough, while a slow fetch
+/// runs), else 503.
+async fn health(State(agent): State<Arc<Agent>>, headers: HeaderMap) -> Response {
+    let up = agent.upstream.engine_part(budget(&headers)).await.is_some();
     let (status, word) = if up {
         (StatusCode::OK, "ready")
     } else {
@@ -228,6 +264,27 @@ async fn health(State(agent): State<Arc<Agent>>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use axum::http::{HeaderMap, HeaderValue};
+    use std::time::Duration;
+
+    #[test]
+    fn a_scrape_waits_for_the_engine_within_its_scrapers_timeout() {
+        let with = |t: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "X-Prometheus-Scrape-Timeout-Seconds",
+                HeaderValue::from_str(t).unwrap(),
+            );
+            super::budget(&h)
+        };
+        assert_eq!(with("4"), Duration::from_secs_f64(3.5));
+        assert_eq!(with("1"), Duration::from_secs_f64(0.75));
+        assert_eq!(with("300"), super::upstream::FETCH_TIMEOUT);
+        assert_eq!(with("nonsense"), super::DEFAULT_BUDGET);
+        assert_eq!(with("-1"), super::DEFAULT_BUDGET);
+        assert_eq!(super::budget(&HeaderMap::new()), super::DEFAULT_BUDGET);
+    }
+
     #[test]
     fn engine_port_from_url() {
         assert_eq!(

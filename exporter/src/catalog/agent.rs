@@ -1,5 +1,6 @@
 //! The node agent (`vigil probe`), which passes an existing engine's metrics through: whether
-//! its last scrape of the engine worked, and how long it took.
+//! its last scrape of the engine worked, how long it took, how old the engine's series it serves
+//! are, and what of the engine's exposition it had to leave out.
 
 use super::{Kind, Label, MetricDef};
 
@@ -9,6 +10,8 @@ pub const SCRAPE_FAILURES: &[&str] = &[
     // No connection, or it broke.
     "unreachable",
     "timeout",
+    // A body over the agent's bound (10 MiB).
+    "too_large",
     // An answer other than 200.
     "http_status",
     // A 200 whose body is no Prometheus exposition (an HTML page, say).
@@ -28,8 +31,8 @@ pub static ENGINE_UP: MetricDef = MetricDef::new(
 pub static ENGINE_SCRAPE_ERRORS: MetricDef = MetricDef::new(
     "vigil_agent_engine_scrape_errors",
     Kind::Counter,
-    "Scrapes of the engine's metrics that failed, by reason (unreachable, timeout, HTTP status, \
-     not an exposition, no engine families).",
+    "Scrapes of the engine's metrics that failed, by reason (unreachable, timeout, too large, \
+     HTTP status, not an exposition, no engine families).",
     &[Label::OneOf {
         name: "reason",
         values: SCRAPE_FAILURES,
@@ -43,4 +46,55 @@ pub static ENGINE_SCRAPE_DURATION: MetricDef = MetricDef::new(
     &[],
 );
 
-pub static ALL: &[&MetricDef] = &[&ENGINE_UP, &ENGINE_SCRAPE_ERRORS, &ENGINE_SCRAPE_DURATION];
+/// What of the engine's exposition the agent left out because Prometheus would refuse it (and
+/// fail the whole scrape for it), as the values of `vigil_agent_engine_exposition_problems_total`'s
+/// `reason`.
+pub const EXPOSITION_PROBLEMS: &[&str] = &[
+    // A line that is not UTF-8.
+    "invalid_utf8",
+    // A sample line off the grammar: a broken label set, a label value cut by a raw newline.
+    "malformed_sample",
+    // A HELP or TYPE line without a valid metric name.
+    "malformed_metadata",
+    // A TYPE other than counter, gauge, histogram, summary, untyped (the line is dropped).
+    "unknown_type",
+    // A value Prometheus refuses (not a number, out of range like 1e400).
+    "invalid_value",
+    "invalid_timestamp",
+    // One label twice in a sample.
+    "duplicate_label",
+    // A second HELP or TYPE for a family.
+    "duplicate_metadata",
+    // A second sample with the same name and labels.
+    "duplicate_series",
+    // An OpenMetrics exemplar in a text scrape (the exemplar is dropped, the sample kept).
+    "exemplar",
+];
+
+pub static ENGINE_EXPOSITION_PROBLEMS: MetricDef = MetricDef::new(
+    "vigil_agent_engine_exposition_problems",
+    Kind::Counter,
+    "Lines of the engine's exposition the agent left out (or, for exemplars, cut short) because \
+     Prometheus would fail the whole scrape on them, by reason.",
+    &[Label::OneOf {
+        name: "reason",
+        values: EXPOSITION_PROBLEMS,
+    }],
+);
+
+pub static ENGINE_SCRAPE_AGE: MetricDef = MetricDef::new(
+    "vigil_agent_engine_scrape_age_seconds",
+    Kind::Gauge,
+    "How old the engine's series in this scrape are: the agent answers within the scraper's \
+     timeout with the last good scrape of a slow engine while a new one runs (absent when the \
+     scrape carries none).",
+    &[],
+);
+
+pub static ALL: &[&MetricDef] = &[
+    &ENGINE_UP,
+    &ENGINE_SCRAPE_ERRORS,
+    &ENGINE_SCRAPE_DURATION,
+    &ENGINE_SCRAPE_AGE,
+    &ENGINE_EXPOSITION_PROBLEMS,
+];

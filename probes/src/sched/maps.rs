@@ -58,3 +58,14 @@ pub struct Snapshot {
     /// `STAT_NO_STORAGE`: events not accounted.
     pub missed: u64,
 }
+
+impl Snapshot {
+    /// Adds another snapshot's counts (a process watched before, so that counters carry on
+    /// across a change of process instead of going back to zero).
+    pub fn add(&mut self, other: &Snapshot) {
+        for (a, b) in self.roles.iter_mut().zip(&other.roles) {
+            a.add(b);
+        }
+        self.missed += other.missed;
+    }
+}

@@ -8,6 +8,7 @@
 //! the closing note and `cargo xtask bench-ebpf`).
 
 pub mod export;
+pub mod follow;
 pub mod maps;
 pub mod report;
 
