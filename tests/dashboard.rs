@@ -136,7 +136,9 @@ fn the_dashboard_reads_only_catalog_series_and_has_every_panel_of_vllms() {
         "GPU (NVML)",
         "Host scheduling (eBPF)",
         "Dynamo frontend",
+        "Telemetry",
     ] {
         assert!(titles.contains(&row), "row {row:?}");
     }
+    assert!(titles.contains(&"Trace spans/s by outcome"));
 }

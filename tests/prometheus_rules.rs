@@ -32,7 +32,7 @@ fn the_scrape_config_and_its_rule_files_check_clean() {
     let (ok, out) = promtool(&["check", "config", "prometheus.yml"]);
     assert!(ok, "{out}");
     assert!(
-        out.contains("SUCCESS: 11 rules found") && out.contains("SUCCESS: 13 rules found"),
+        out.contains("SUCCESS: 11 rules found") && out.contains("SUCCESS: 15 rules found"),
         "{out}"
     );
 }
@@ -51,7 +51,7 @@ fn every_alert_has_a_unit_test() {
         .lines()
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(names.len(), 13);
+    assert_eq!(names.len(), 15);
     for name in names {
         assert!(
             tests.contains(&format!("alertname: {name}\n")),

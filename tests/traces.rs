@@ -329,6 +329,14 @@ fn grpc_spans_carry_genai_and_vllm_attributes_parentage_and_child_phases() {
         .spans()
         .iter()
         .all(|(service, _)| service == "vigil"));
+    // Every span the collector took is counted exported (once its answer is back), none failed
+    // or dropped.
+    wait_for("every span counted", Duration::from_secs(10), || {
+        let taken = received.spans().len() as f64;
+        (spans_counted(&vigil, "exported") == Some(taken)).then_some(())
+    });
+    assert_eq!(spans_counted(&vigil, "failed"), Some(0.0));
+    assert_eq!(spans_counted(&vigil, "dropped"), Some(0.0));
 }
 
 #[test]
@@ -379,4 +387,141 @@ fn an_unknown_protocol_is_a_clear_start_up_error() {
         ),
         "{err}"
     );
+}
+
+/// A collector that accepts connections and never answers.
+fn black_hole() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    addr
+}
+
+/// An HTTP/protobuf collector that answers each export after `delay`.
+fn slow_collector(delay: Duration) -> SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let _ = stream.read(&mut buf);
+                std::thread::sleep(delay);
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n",
+                );
+            });
+        }
+    });
+    addr
+}
+
+fn spans_counted(vigil: &Vigil, outcome: &str) -> Option<f64> {
+    sample(
+        &vigil.metrics(),
+        &format!("vigil_trace_spans_total{{outcome=\"{outcome}\"}}"),
+    )
+}
+
+/// A closed port, a black hole and a slow collector each lose the traces loudly: a log line
+/// (rate-limited) and `vigil_trace_spans_total{outcome="failed"}`; none are counted exported,
+/// and the requests themselves are served as usual.
+#[test]
+fn export_failures_are_logged_and_counted() {
+    let closed = format!("http://127.0.0.1:{}/v1/traces", free_port());
+    let hole = format!("http://{}", black_hole());
+    let slow = format!(
+        "http://{}/v1/traces",
+        slow_collector(Duration::from_secs(5))
+    );
+    for (what, endpoint, protocol) in [
+        ("closed port", closed, "http/protobuf"),
+        ("black hole", hole, "grpc"),
+        ("slow collector", slow, "http/protobuf"),
+    ] {
+        let vigil = Vigil::serve_env(
+            &["--otlp-traces-endpoint", &endpoint],
+            &[
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", protocol),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+                ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+            ],
+        );
+        // At 0 before anything happens.
+        assert_eq!(spans_counted(&vigil, "failed"), Some(0.0), "{what}");
+        for _ in 0..3 {
+            let (status, _) = http_post(
+                &vigil.url("/v1/completions"),
+                br#"{"prompt": "Hello", "max_tokens": 2}"#,
+                &[],
+            );
+            assert_eq!(status, 200, "{what}");
+        }
+        wait_for(
+            &format!("{what}: failures counted"),
+            Duration::from_secs(20),
+            || (spans_counted(&vigil, "failed")? >= 1.0).then_some(()),
+        );
+        wait_for(
+            &format!("{what}: the log line"),
+            Duration::from_secs(10),
+            || {
+                vigil
+                    .log()
+                    .contains("exporting request traces failed")
+                    .then_some(())
+            },
+        );
+        assert_eq!(spans_counted(&vigil, "exported"), Some(0.0), "{what}");
+        // Rate-limited: one line however many batches failed.
+        let lines = vigil
+            .log()
+            .matches("exporting request traces failed")
+            .count();
+        assert_eq!(lines, 1, "{what}: {}", vigil.log());
+    }
+}
+
+/// With the collector stuck, the export queue fills and spans are dropped: each is counted and
+/// the drops are logged; spans are never lost without a count (taken by the exporter or
+/// dropped, every span of the requests is accounted for).
+#[test]
+fn a_full_export_queue_drops_spans_counted_and_logged() {
+    let vigil = Vigil::serve_env(
+        &[
+            "--otlp-traces-endpoint",
+            &format!("http://{}", black_hole()),
+        ],
+        &[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "2"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "30000"),
+        ],
+    );
+    for _ in 0..5 {
+        let (status, _) = http_post(
+            &vigil.url("/v1/completions"),
+            br#"{"prompt": "Hello", "max_tokens": 2}"#,
+            &[],
+        );
+        assert_eq!(status, 200);
+    }
+    let dropped = wait_for("drops counted", Duration::from_secs(10), || {
+        spans_counted(&vigil, "dropped").filter(|d| *d >= 1.0)
+    });
+    wait_for("the log line", Duration::from_secs(10), || {
+        vigil.log().contains("export queue is full").then_some(())
+    });
+    // Five requests make 20 spans (the request and its queue, prefill and decode phases): at
+    // most the queue and the batch in the stuck export are not dropped.
+    assert!(dropped >= 20.0 - 4.0 - 2.0, "{dropped}");
+    assert_eq!(spans_counted(&vigil, "exported"), Some(0.0));
 }

@@ -4,10 +4,11 @@
 //! Rows: "Why is it slow?" (TTFT, queue time, KV cache usage, preemptions, GPU utilization and
 //! the engine thread's run-queue latency side by side), every panel of vLLM's own dashboard
 //! (examples/online_serving/prometheus_grafana/grafana.json, same queries, with the current
-//! names where vLLM's used deprecated ones), GPU, host scheduling by thread role, and Dynamo's
-//! frontend. Variables: the Prometheus data source, `model_name` and `instance`.
+//! names where vLLM's used deprecated ones), GPU, host scheduling by thread role, Dynamo's
+//! frontend, and Vigil's own telemetry (what became of its request traces). Variables: the
+//! Prometheus data source, `model_name` and `instance`.
 
-use exporter::catalog::{dynamo, gpu, probe, sched, vllm, MetricDef};
+use exporter::catalog::{dynamo, gpu, probe, sched, service, vllm, MetricDef};
 use serde_json::{json, Value};
 
 /// Where the dashboard lives, relative to the workspace root.
@@ -536,6 +537,25 @@ fn dynamo_panels() -> Vec<Panel> {
     ]
 }
 
+fn telemetry_panels() -> Vec<Panel> {
+    vec![panel(
+        "Trace spans/s by outcome",
+        format!(
+            "{} Failed or dropped spans are traces lost: see the VigilTraceSpansLost alert and \
+             Vigil's log.",
+            service::TRACE_SPANS.help
+        ),
+        "ops",
+        one(
+            format!(
+                "sum by(outcome, instance) ({})",
+                rate_total(&service::TRACE_SPANS, NODE)
+            ),
+            "{{outcome}} {{instance}}",
+        ),
+    )]
+}
+
 /// The dashboard's rows, in order.
 fn rows() -> Vec<(&'static str, usize, Vec<Panel>)> {
     // (title, panels per line, panels)
@@ -545,6 +565,7 @@ fn rows() -> Vec<(&'static str, usize, Vec<Panel>)> {
         ("GPU (NVML)", 2, gpu_panels()),
         ("Host scheduling (eBPF)", 2, sched_panels()),
         ("Dynamo frontend", 2, dynamo_panels()),
+        ("Telemetry", 2, telemetry_panels()),
     ]
 }
 

@@ -3,14 +3,20 @@
 //! collector; gRPC by default, HTTP/protobuf with `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, as vLLM
 //! reads it. An incoming W3C `traceparent` makes the span a child of the caller's, and the
 //! request's trace id also goes into the exemplars on `/metrics` (beside its request id), so a
-//! slow bucket leads to its trace.
+//! slow bucket leads to its trace. Every span is counted as exported, failed or dropped, and
+//! losses are logged ([`accounting`]).
 
+mod accounting;
 mod request;
+
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+};
 
 pub use request::{RequestTrace, TraceRequest};
 
@@ -50,8 +56,22 @@ impl Traces {
         let resource = opentelemetry_sdk::Resource::builder()
             .with_service_name("vigil")
             .build();
+        // The SDK reads its other batch settings (OTEL_BSP_*) from the environment itself.
+        let queue = queue_size()?;
+        let counts = Arc::new(accounting::SpanCounts::default());
+        let processor = BatchSpanProcessor::builder(accounting::CountedExporter::new(
+            exporter,
+            Arc::clone(&counts),
+            endpoint,
+        ))
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_max_queue_size(queue)
+                .build(),
+        )
+        .build();
         let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
+            .with_span_processor(accounting::Admission::new(processor, counts, queue))
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("vigil");
@@ -70,5 +90,17 @@ impl Traces {
         if let Ok(Err(err)) = done {
             tracing::warn!(%err, "flushing the last traces failed");
         }
+    }
+}
+
+/// The span queue's size: `OTEL_BSP_MAX_QUEUE_SIZE` (OpenTelemetry's variable), else 2048.
+fn queue_size() -> anyhow::Result<usize> {
+    const VAR: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+    match std::env::var(VAR) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("{VAR}={v}: expected a positive number of spans"),
+        },
+        Err(_) => Ok(2048),
     }
 }

@@ -1,5 +1,5 @@
-//! Vigil as a service: what happened to requests while it drained for a stop (SIGTERM), and
-//! connections the HTTP server turned away.
+//! Vigil as a service: what happened to requests while it drained for a stop (SIGTERM),
+//! connections the HTTP server turned away, and what became of the request traces it exports.
 
 use super::{Kind, Label, MetricDef};
 
@@ -52,9 +52,27 @@ pub static SLOW_CLIENT_ABORTS: MetricDef = MetricDef::new(
 )
 .precreate();
 
+/// Values of `outcome`: spans the collector took (`exported`), spans in a batch the export of
+/// which failed (`failed`: collector unreachable, refusing, or slower than the export timeout),
+/// and spans dropped before export because the queue was full (`dropped`).
+pub const SPAN_OUTCOMES: &[&str] = &["exported", "failed", "dropped"];
+
+pub static TRACE_SPANS: MetricDef = MetricDef::new(
+    "vigil_trace_spans",
+    Kind::Counter,
+    "Request trace spans (--otlp-traces-endpoint) by what became of them: exported to the \
+     collector, failed in export, or dropped with the export queue full.",
+    &[Label::OneOf {
+        name: "outcome",
+        values: SPAN_OUTCOMES,
+    }],
+)
+.precreate();
+
 pub static ALL: &[&MetricDef] = &[
     &DRAIN_REQUESTS,
     &SLOW_CLIENT_ABORTS,
     &HTTP_CONNECTIONS_DROPPED,
     &HTTP_CONNECTIONS_OPEN,
+    &TRACE_SPANS,
 ];
