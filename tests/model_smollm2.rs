@@ -99,7 +99,7 @@ fn the_chat_template_drives_an_answer() {
 #[test]
 fn encoded_weight_groups_decode_to_the_f32_path() {
     use engine::backend::host_weights::{layer_groups, Group};
-    use engine::model::gguf::quant::{dequantize, GgmlType};
+    use engine::gguf::quant::{dequantize, GgmlType};
     let model = load();
     let c = &model.config;
     let w = model.weights.as_ref();

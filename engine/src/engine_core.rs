@@ -12,7 +12,7 @@ use tokio::sync::mpsc::Sender;
 
 use crate::backend::Backend;
 use crate::detokenizer::Detokenizer;
-pub use crate::lifecycle::heartbeat::Heartbeat;
+pub use crate::heartbeat::Heartbeat;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, Sampler, SamplingParams};
 use crate::scheduler::request::Timestamps;

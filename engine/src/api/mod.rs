@@ -3,6 +3,7 @@
 //! engine thread through [`crate::engine_core::EngineHandle`].
 
 pub mod access_log;
+mod admission;
 mod chat;
 mod completions;
 pub mod cpu_pool;
@@ -183,7 +184,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::handle))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.drain),
-            crate::lifecycle::drain::admission,
+            admission::admission,
         ));
     let v1 = Router::new()
         .merge(generate)

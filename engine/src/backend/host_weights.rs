@@ -70,7 +70,7 @@ impl Group {
     pub fn encoded(
         &self,
         w: &dyn WeightSource,
-    ) -> Result<Option<(crate::model::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
+    ) -> Result<Option<(crate::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
         let mut kind = None;
         let mut bytes = Vec::new();
         for (name, shape) in &self.tensors {

@@ -57,22 +57,7 @@ pub struct Logits {
     pub greedy: Vec<GreedyToken>,
 }
 
-/// A row of logits reduced on the backend: its most likely token (the lowest id on ties) and
-/// that token's log-probability under the row.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GreedyToken {
-    pub token: u32,
-    pub logprob: f32,
-}
-
-impl GreedyToken {
-    /// The reduction of one row, on the host.
-    pub fn of_row(row: &[f32]) -> GreedyToken {
-        let token = crate::sampling::argmax(row);
-        let (logprob, _) = crate::sampling::logprobs(row, token, 0);
-        GreedyToken { token, logprob }
-    }
-}
+pub use crate::sampling::GreedyToken;
 
 impl Logits {
     /// From a full row for every position `batch` asks for (a [`LogitsFor::Greedy`] sequence's
@@ -168,11 +153,7 @@ pub trait Backend: Send {
     fn idle(&mut self) {}
     /// Beat `heartbeat` as a step makes progress (each layer), so that a long step that is
     /// moving keeps the watchdog fed. Backends whose steps are short need not.
-    fn beat_while_working(
-        &mut self,
-        _heartbeat: std::sync::Arc<crate::lifecycle::heartbeat::Heartbeat>,
-    ) {
-    }
+    fn beat_while_working(&mut self, _heartbeat: std::sync::Arc<crate::heartbeat::Heartbeat>) {}
 }
 
 /// How a device spent one step, by its own clock (CUDA events).

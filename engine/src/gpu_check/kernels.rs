@@ -14,7 +14,7 @@ use crate::backend::cuda::kernels::{DevPtr, Grid};
 use crate::backend::cuda::step_plan::StepPlan;
 use crate::backend::cuda::{rope, CudaError};
 use crate::backend::{GreedyToken, LogitsFor, SeqInput};
-use crate::model::gguf::quant::{dequantize, GgmlType};
+use crate::gguf::quant::{dequantize, GgmlType};
 use crate::model::{LlamaConfig, RopeScaling};
 
 /// bf16 keeps 8 bits of mantissa: one rounding of the output is 2^-9 relative; a few chained

@@ -1,9 +1,10 @@
-//! The admission gate of the generation routes, and the drain at shutdown.
+//! The admission count of the generation routes, and the drain at shutdown.
 //!
-//! Every `/v1/completions` and `/v1/chat/completions` request passes [`admission`]: while the
-//! server runs it is counted in flight until its response body (a whole JSON body or an SSE
-//! stream) has been sent or dropped; once a drain has begun it is refused with 503, an
-//! OpenAI-style error body and `Retry-After`. [`drain`] then waits for the requests in flight,
+//! Every `/v1/completions` and `/v1/chat/completions` request is admitted by [`Drain::admit`]
+//! (the API's admission middleware): while the server runs it is counted in flight until its
+//! response body (a whole JSON body or an SSE stream) has been sent or dropped; once a drain has
+//! begun it is refused ([`Draining`], which the API answers with 503, an OpenAI-style error body
+//! and `Retry-After`). [`drain`] then waits for the requests in flight,
 //! aborts what is left when the grace period ends (or at a second signal), and counts each
 //! request in `vigil_drain_requests_total` as it leaves, so a scrape during the drain sees them.
 
@@ -11,15 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::header::RETRY_AFTER;
-use axum::http::HeaderValue;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use exporter::catalog::service::DRAIN_REQUESTS;
 use tokio::sync::Notify;
 
-use crate::api::ApiError;
 use crate::engine_core::EngineHandle;
 
 /// How long aborted requests get to send their last event before the server stops anyway.
@@ -40,6 +35,18 @@ pub struct Drain {
 
 /// A request counted in flight; leaving when dropped.
 pub struct InFlight(Arc<Drain>);
+
+/// A request refused because the server is draining.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draining {
+    /// Seconds until the grace period ends (at least 1): when this server will be gone.
+    pub retry_after_secs: u64,
+}
+
+impl Draining {
+    pub const MESSAGE: &'static str =
+        "The server is shutting down and admits no new requests; retry later or on another replica.";
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -71,15 +78,15 @@ impl Drain {
 
     /// Counts a request in, unless the server is draining. The count goes up before the check,
     /// so a request either sees the drain or is seen by it: none slips between.
-    pub fn admit(self: &Arc<Self>) -> Result<InFlight, ApiError> {
+    pub fn admit(self: &Arc<Self>) -> Result<InFlight, Draining> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         if self.is_draining() {
             // Out again, counted as refused only (not as a request that completed).
             self.leave();
             metrics::counter!(DRAIN_REQUESTS.name, "outcome" => "rejected").increment(1);
-            return Err(ApiError::unavailable(
-                "The server is shutting down and admits no new requests; retry later or on another replica.",
-            ));
+            return Err(Draining {
+                retry_after_secs: self.retry_after_secs(),
+            });
         }
         Ok(InFlight(Arc::clone(self)))
     }
@@ -175,25 +182,6 @@ pub async fn drain(
     done
 }
 
-/// Middleware of the generation routes: counts the request in flight until its body is done,
-/// or refuses it while draining.
-pub async fn admission(State(drain): State<Arc<Drain>>, req: Request, next: Next) -> Response {
-    let guard = match drain.admit() {
-        Ok(guard) => guard,
-        Err(err) => {
-            let mut resp = err.into_response();
-            if let Ok(v) = HeaderValue::from_str(&drain.retry_after_secs().to_string()) {
-                resp.headers_mut().insert(RETRY_AFTER, v);
-            }
-            return resp;
-        }
-    };
-    let (parts, body) = next.run(req).await.into_parts();
-    // Counted in flight until the answer has been sent or dropped.
-    let body = crate::body_end::on_end(body, move |_| drop(guard));
-    Response::from_parts(parts, body)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,9 +193,8 @@ mod tests {
         let b = drain.admit().expect("admitted before the drain");
         assert_eq!(drain.begin(Duration::from_secs(30)), 2);
         let refused = drain.admit().err().expect("refused while draining");
-        assert_eq!(refused.status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!((29..=30).contains(&refused.retry_after_secs));
         assert_eq!(drain.in_flight(), 2, "a refused request is not counted");
-        assert!((29..=30).contains(&drain.retry_after_secs()));
         drop(a);
         let idle = tokio::time::timeout(Duration::from_millis(50), drain.until_idle()).await;
         assert!(idle.is_err(), "one request is still in flight");

@@ -7,5 +7,4 @@
 //! the process exits 0.
 
 pub mod drain;
-pub mod heartbeat;
 pub mod systemd;

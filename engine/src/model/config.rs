@@ -4,8 +4,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::gguf::{GgufFile, MetaValue};
 use super::LoadError;
+use crate::gguf::{GgufFile, MetaValue};
 
 /// RoPE frequency scaling.
 #[derive(Debug, Clone, PartialEq)]
@@ -280,6 +280,16 @@ fn parse_hf_rope_scaling(file: &Path, v: &serde_json::Value) -> Result<RopeScali
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gguf_of_another_architecture_is_refused_by_name() {
+        let bytes = crate::gguf::reader::tests::Writer::default()
+            .str("general.architecture", "gpt2")
+            .finish();
+        let file = GgufFile::from_bytes(std::path::Path::new("g.gguf"), bytes).unwrap();
+        let err = LlamaConfig::from_gguf(&file).unwrap_err().to_string();
+        assert!(err.contains("g.gguf") && err.contains("\"gpt2\""), "{err}");
+    }
 
     #[test]
     fn hf_config_with_llama3_scaling() {

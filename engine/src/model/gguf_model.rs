@@ -3,10 +3,10 @@
 
 use std::path::Path;
 
-use super::gguf::reader::TensorInfo;
-use super::gguf::{quant, GgufFile};
 use super::names;
 use super::{check_shape, EncodedTensor, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
+use crate::gguf::reader::TensorInfo;
+use crate::gguf::{quant, GgufFile};
 use crate::tokenizer::Tokenizer;
 
 pub fn load(path: &Path) -> Result<Model, LoadError> {

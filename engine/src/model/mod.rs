@@ -6,49 +6,16 @@
 //! format (quantized blocks, bf16 on a device) without holding the whole model in `f32`.
 
 pub mod config;
-pub mod gguf;
 pub mod gguf_model;
 pub mod hf;
 pub mod names;
 
 use std::path::{Path, PathBuf};
 
+pub use crate::load_error::LoadError;
 pub use config::{LlamaConfig, RopeScaling};
 
 use crate::tokenizer::Tokenizer;
-
-/// Why a model failed to load. Every variant names the file, and the tensor where there is one.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("{file}: {source}")]
-    Io {
-        file: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{file}: {what}")]
-    Format { file: PathBuf, what: String },
-    #[error("{file}: tensor {tensor:?}: {what}")]
-    Tensor {
-        file: PathBuf,
-        tensor: String,
-        what: String,
-    },
-}
-
-impl LoadError {
-    pub fn io(file: &Path, source: std::io::Error) -> Self {
-        LoadError::Io {
-            file: file.to_owned(),
-            source,
-        }
-    }
-    pub fn format(file: &Path, what: impl Into<String>) -> Self {
-        LoadError::Format {
-            file: file.to_owned(),
-            what: what.into(),
-        }
-    }
-}
 
 /// A weight tensor in `f32`, row-major, in HF's shape convention (`[out, in]` for linears).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +28,7 @@ pub struct HostTensor {
 /// blocks), for a backend that decodes on its own device.
 #[derive(Debug, Clone, Copy)]
 pub struct EncodedTensor<'a> {
-    pub ggml_type: gguf::quant::GgmlType,
+    pub ggml_type: crate::gguf::quant::GgmlType,
     pub bytes: &'a [u8],
 }
 

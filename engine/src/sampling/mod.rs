@@ -23,6 +23,24 @@ pub struct Sampled {
     pub top_logprobs: Vec<(u32, f32)>,
 }
 
+/// A row of logits reduced to its most likely token (the lowest id on ties) and that token's
+/// log-probability under the row: what a backend hands over for a plain greedy request
+/// ([`Sampler::is_plain_greedy`]) instead of the whole row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GreedyToken {
+    pub token: u32,
+    pub logprob: f32,
+}
+
+impl GreedyToken {
+    /// The reduction of one row, on the host.
+    pub fn of_row(row: &[f32]) -> GreedyToken {
+        let token = argmax(row);
+        let (logprob, _) = logprobs(row, token, 0);
+        GreedyToken { token, logprob }
+    }
+}
+
 /// One request's sampling state: its parameters, its random generator, and the token counts the
 /// penalties need.
 pub struct Sampler {
@@ -62,7 +80,7 @@ impl Sampler {
 
     /// Whether the next token is the raw logits' argmax and nothing else of the row is needed
     /// (greedy, no penalties, no top log-probabilities): then the backend may reduce the row
-    /// itself ([`crate::backend::LogitsFor::Greedy`]) and hand over only the result.
+    /// itself and hand over only the result, a [`GreedyToken`].
     pub fn is_plain_greedy(&self) -> bool {
         let p = &self.params;
         p.temperature < GREEDY_EPS
@@ -74,7 +92,7 @@ impl Sampler {
 
     /// Takes a token the backend reduced to (for a [`Sampler::is_plain_greedy`] request) and
     /// records it, as [`Sampler::sample`] would have.
-    pub fn accept(&mut self, greedy: crate::backend::GreedyToken) -> Sampled {
+    pub fn accept(&mut self, greedy: GreedyToken) -> Sampled {
         self.observe(greedy.token);
         Sampled {
             token: greedy.token,

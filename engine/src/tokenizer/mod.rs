@@ -9,7 +9,7 @@ use std::path::Path;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 
-use crate::model::LoadError;
+use crate::load_error::LoadError;
 
 /// A model's tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
@@ -60,7 +60,7 @@ impl Tokenizer {
     }
 
     /// From GGUF `tokenizer.ggml.*` metadata (byte-level BPE).
-    pub fn from_gguf(file: &crate::model::gguf::GgufFile) -> Result<Tokenizer, LoadError> {
+    pub fn from_gguf(file: &crate::gguf::GgufFile) -> Result<Tokenizer, LoadError> {
         from_gguf::load(file)
     }
 

@@ -1,7 +1,7 @@
 use std::path::Path;
 
-use crate::model::gguf::reader::tests::Writer;
-use crate::model::gguf::GgufFile;
+use crate::gguf::reader::tests::Writer;
+use crate::gguf::GgufFile;
 
 use super::*;
 

@@ -44,7 +44,7 @@ pub struct CpuBackend {
     block_size: usize,
     num_blocks: usize,
     /// Beaten after each layer of a step (a long prefill keeps the watchdog fed while it moves).
-    heartbeat: Option<Arc<crate::lifecycle::heartbeat::Heartbeat>>,
+    heartbeat: Option<Arc<crate::heartbeat::Heartbeat>>,
 }
 
 /// Options for building a [`CpuBackend`].
@@ -143,7 +143,7 @@ impl Backend for CpuBackend {
         self.num_blocks
     }
 
-    fn beat_while_working(&mut self, heartbeat: Arc<crate::lifecycle::heartbeat::Heartbeat>) {
+    fn beat_while_working(&mut self, heartbeat: Arc<crate::heartbeat::Heartbeat>) {
         self.heartbeat = Some(heartbeat);
     }
 

@@ -12,7 +12,7 @@ use super::error::CudaError;
 use super::kernels::{DevPtr, Grid};
 use super::launch::{addr, Kernels};
 use crate::backend::host_weights::{has_untied_lm_head, layer_groups, Group};
-use crate::model::gguf::quant::GgmlType;
+use crate::gguf::quant::GgmlType;
 use crate::model::names;
 use crate::model::{LlamaConfig, WeightSource};
 

@@ -118,7 +118,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::model::gguf::GgufFile;
+    use crate::gguf::GgufFile;
 
     /// `tests/fixtures/quant.gguf` holds one tensor per type, quantized by the `gguf` Python
     /// package; `quant.json` holds what that package's dequantizer returns for each.

@@ -1,0 +1,37 @@
+//! Why a model, its tokenizer or one of their files could not be loaded: the one error of every
+//! loader (GGUF, safetensors, tokenizer files), naming the file and what is wrong with it.
+
+use std::path::{Path, PathBuf};
+
+/// Why a model failed to load. Every variant names the file, and the tensor where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{file}: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {what}")]
+    Format { file: PathBuf, what: String },
+    #[error("{file}: tensor {tensor:?}: {what}")]
+    Tensor {
+        file: PathBuf,
+        tensor: String,
+        what: String,
+    },
+}
+
+impl LoadError {
+    pub fn io(file: &Path, source: std::io::Error) -> Self {
+        LoadError::Io {
+            file: file.to_owned(),
+            source,
+        }
+    }
+    pub fn format(file: &Path, what: impl Into<String>) -> Self {
+        LoadError::Format {
+            file: file.to_owned(),
+            what: what.into(),
+        }
+    }
+}
