@@ -12,11 +12,14 @@ use tokio::sync::mpsc::Sender;
 
 use crate::backend::Backend;
 use crate::detokenizer::Detokenizer;
+use crate::executor::Executor;
 pub use crate::heartbeat::Heartbeat;
 use crate::metrics::EngineMetrics;
-use crate::sampling::{Sampled, Sampler, SamplingParams};
+use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::request::Timestamps;
-use crate::scheduler::{FinishReason, Request, Scheduler, StepOutput, StopReason};
+use crate::scheduler::{
+    FinishReason, ModelRunnerOutput, Request, Scheduler, StepOutput, StopReason,
+};
 
 /// A request for the engine.
 pub struct NewRequest {
@@ -148,7 +151,7 @@ fn is_full<T>(sent: Result<(), TrySendError<T>>) -> bool {
 
 /// Starts the engine thread (named `vigil-engine`, so probes can tell it apart).
 pub fn spawn(
-    mut backend: Box<dyn Backend>,
+    backend: Box<dyn Backend>,
     mut scheduler: Scheduler,
     metrics: Option<EngineMetrics>,
 ) -> EngineHandle {
@@ -167,8 +170,9 @@ pub fn spawn(
     let liveness = Liveness(Arc::clone(&alive));
     let heartbeat = Arc::new(Heartbeat::new());
     let beats = Arc::clone(&heartbeat);
+    let mut executor = Executor::new(backend);
     // A long step that is moving beats too: it is not a wedged loop.
-    backend.beat_while_working(Arc::clone(&heartbeat));
+    executor.beat_while_working(Arc::clone(&heartbeat));
     std::thread::Builder::new()
         .name("vigil-engine".into())
         .spawn(move || {
@@ -182,7 +186,7 @@ pub fn spawn(
             // Declared after `core`, so dropped before it: the engine reads as dead before the
             // requests' channels close, and a handler that sees its channel close finds it so.
             let _liveness = liveness;
-            core.run(backend.as_mut(), rx);
+            core.run(&mut executor, rx);
         })
         .expect("spawn the engine thread");
     EngineHandle {
@@ -201,11 +205,12 @@ struct Core<'a> {
 }
 
 impl Core<'_> {
-    fn run(&mut self, backend: &mut dyn Backend, rx: mpsc::Receiver<Command>) {
+    /// The engine loop: schedule -> execute -> update -> record, then the events.
+    fn run(&mut self, executor: &mut Executor, rx: mpsc::Receiver<Command>) {
         loop {
             self.heartbeat.beat();
             if !self.scheduler.has_work() {
-                backend.idle();
+                executor.idle();
                 match rx.recv_timeout(IDLE_BEAT) {
                     Ok(cmd) => self.handle(cmd),
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
@@ -229,24 +234,28 @@ impl Core<'_> {
                 self.record_state();
                 continue;
             }
-            match self.scheduler.step(backend) {
-                Ok(out) => {
+            let step = self.scheduler.schedule();
+            let executed = if step.is_empty() {
+                Ok(ModelRunnerOutput::default())
+            } else {
+                executor.execute(&step)
+            };
+            match executed {
+                Ok(result) => {
+                    let out = self.scheduler.update_from_output(&step, result);
                     // Metrics first, then events: a client that has its answer finds it counted.
-                    let now = Instant::now();
                     if let Some(m) = &self.metrics {
                         for u in &out.updates {
-                            let req = self.scheduler.running_request(&u.id).or_else(|| {
-                                out.finished.iter().map(|(r, _)| r).find(|r| r.id == u.id)
-                            });
-                            if let (true, Some(req)) = (u.first_token, req) {
-                                m.record_first_token(req, now);
+                            let trace = u.trace_id.as_deref();
+                            if let Some(first) = &u.first_token {
+                                m.record_first_token(&u.id, trace, first);
                             }
-                            if let (Some(d), Some(req)) = (u.inter_token, req) {
-                                m.record_inter_token(req, d.as_secs_f64());
+                            if let Some(d) = u.inter_token {
+                                m.record_inter_token(&u.id, trace, d.as_secs_f64());
                             }
                         }
                         m.record_step(&out.stats);
-                        if let Some(timing) = backend.take_step_timing() {
+                        if let Some(timing) = executor.take_step_timing() {
                             m.record_device_step(timing);
                         }
                     }
@@ -254,9 +263,9 @@ impl Core<'_> {
                     self.emit(out);
                 }
                 Err(err) => {
-                    // The backend refused the batch: a scheduler bug. Fail every request rather
-                    // than loop on it.
-                    tracing::error!(%err, "backend step failed; failing every request");
+                    // The backend refused the batch, or the step broke the executor's
+                    // contract: a bug. Fail every request rather than loop on it.
+                    tracing::error!(%err, "engine step failed; failing every request");
                     self.finish_all(FinishReason::Error);
                 }
             }
@@ -336,9 +345,8 @@ impl Core<'_> {
     fn handle(&mut self, cmd: Command) {
         match cmd {
             Command::Add(r) => {
-                let sampler = Sampler::new(r.params, &r.prompt);
                 let mut req =
-                    Request::new(r.id.clone(), r.prompt, r.max_tokens, sampler, r.arrival);
+                    Request::new(r.id.clone(), r.prompt, r.max_tokens, r.params, r.arrival);
                 req.trace_id = r.trace_id;
                 req.prompt_logprobs = r.prompt_logprobs;
                 self.meta.insert(

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod detokenizer;
 pub mod engine_core;
 pub mod env_file;
+pub mod executor;
 pub mod gguf;
 pub mod gpu_check;
 pub mod heartbeat;

@@ -12,7 +12,7 @@ use exporter::catalog::vllm as cat;
 use exporter::exemplar::with_request;
 use metrics::{Counter, Gauge, Histogram};
 
-use crate::scheduler::{FinishReason, Request, StepStats};
+use crate::scheduler::{FinishReason, FirstToken, Request, StepStats};
 
 pub struct EngineMetrics {
     running: Gauge,
@@ -175,12 +175,10 @@ impl EngineMetrics {
     }
 
     /// A request's first token: TTFT, and its prompt tokens by source.
-    pub fn record_first_token(&self, req: &Request, now: Instant) {
-        with_request(&req.id, req.trace_id.as_deref(), || {
-            self.ttft.record((now - req.times.arrival).as_secs_f64())
-        });
-        let cached = req.num_cached_tokens.unwrap_or(0) as u64;
-        let prompt = req.prompt_len as u64;
+    pub fn record_first_token(&self, id: &str, trace_id: Option<&str>, first: &FirstToken) {
+        with_request(id, trace_id, || self.ttft.record(first.ttft.as_secs_f64()));
+        let cached = first.cached_tokens as u64;
+        let prompt = first.prompt_tokens as u64;
         self.prompt_tokens.increment(prompt);
         self.prompt_local_compute
             .increment(prompt - cached.min(prompt));
@@ -190,10 +188,8 @@ impl EngineMetrics {
     }
 
     /// A later token: the time since the previous one.
-    pub fn record_inter_token(&self, req: &Request, seconds: f64) {
-        with_request(&req.id, req.trace_id.as_deref(), || {
-            self.itl.record(seconds)
-        });
+    pub fn record_inter_token(&self, id: &str, trace_id: Option<&str>, seconds: f64) {
+        with_request(id, trace_id, || self.itl.record(seconds));
     }
 
     /// A finished engine request (any reason, aborts included): vLLM's

@@ -82,12 +82,7 @@ impl Sampler {
     /// (greedy, no penalties, no top log-probabilities): then the backend may reduce the row
     /// itself and hand over only the result, a [`GreedyToken`].
     pub fn is_plain_greedy(&self) -> bool {
-        let p = &self.params;
-        p.temperature < GREEDY_EPS
-            && p.repetition_penalty == 1.0
-            && p.presence_penalty == 0.0
-            && p.frequency_penalty == 0.0
-            && p.logprobs.unwrap_or(0) == 0
+        self.params.is_plain_greedy()
     }
 
     /// Takes a token the backend reduced to (for a [`Sampler::is_plain_greedy`] request) and

@@ -66,6 +66,17 @@ pub struct SamplingError {
 pub const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
+    /// Whether the next token is the raw logits' argmax and nothing else of the row is needed
+    /// (greedy, no penalties, no top log-probabilities): then the backend may reduce the row
+    /// itself and hand over only the result.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature < super::GREEDY_EPS
+            && self.repetition_penalty == 1.0
+            && self.presence_penalty == 0.0
+            && self.frequency_penalty == 0.0
+            && self.logprobs.unwrap_or(0) == 0
+    }
+
     pub fn greedy() -> SamplingParams {
         SamplingParams {
             temperature: 0.0,

@@ -1,18 +1,23 @@
 //! The scheduler (vLLM v1's `scheduler.py`): one token budget per step, running requests first,
 //! then waiting ones; chunked prefill; preemption by recompute (the last running request goes
 //! back to the front of the queue, and nothing is admitted in a step that preempted). It owns
-//! every request and the KV cache manager; [`Scheduler::step`] runs one step on a backend.
+//! every request and the KV cache manager. A step is [`Scheduler::schedule`] (what to compute,
+//! as plain data), the executor's work, then [`Scheduler::update_from_output`] (append the
+//! sampled tokens, check stops, retire finished requests, and say what the metrics need).
 
+pub mod output;
 pub mod request;
 
 use std::collections::VecDeque;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+pub use output::{ModelRunnerOutput, SchedulerOutput};
 pub use request::{FinishReason, Request, Status, StopReason};
 
-use crate::backend::{Backend, BackendError, LogitsFor, SeqInput};
+use crate::backend::LogitsFor;
 use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
 use crate::sampling::{Sampled, TokenStop};
+use output::{NewRequestData, PromptLogprobsJob, ScheduledRequest};
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -36,10 +41,22 @@ pub struct RequestUpdate {
     pub prompt_logprobs: Vec<Sampled>,
     pub token: Option<Sampled>,
     pub finished: Option<FinishReason>,
-    /// This is the request's first token (its prefill just completed).
-    pub first_token: bool,
+    /// Set when this is the request's first token (its prefill just completed).
+    pub first_token: Option<FirstToken>,
     /// Time since the request's previous token (None for the first).
-    pub inter_token: Option<std::time::Duration>,
+    pub inter_token: Option<Duration>,
+    /// The request's trace id, for the exemplars of its latencies.
+    pub trace_id: Option<String>,
+}
+
+/// What the metrics record at a request's first token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FirstToken {
+    /// From the request's arrival to this token.
+    pub ttft: Duration,
+    pub prompt_tokens: usize,
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 /// Statistics of one step, for the metrics.
@@ -69,11 +86,14 @@ pub struct StepOutput {
     pub stats: StepStats,
 }
 
+/// A running request's share of the step being scheduled.
 struct Scheduled {
     /// Index into `running`.
     index: usize,
     start: usize,
     num_tokens: usize,
+    /// Scheduled for the first time.
+    new: bool,
 }
 
 pub struct Scheduler {
@@ -85,6 +105,8 @@ pub struct Scheduler {
     /// Requests the cache can never hold, finished by the last schedule (reported with the
     /// step's finished requests).
     refused: Vec<(Request, FinishReason)>,
+    /// Requests finished or aborted since the last schedule, for the executor.
+    finished_ids: Vec<String>,
 }
 
 impl Scheduler {
@@ -96,6 +118,7 @@ impl Scheduler {
             running: Vec::new(),
             eos_token_ids,
             refused: Vec::new(),
+            finished_ids: Vec::new(),
         }
     }
 
@@ -141,6 +164,7 @@ impl Scheduler {
             self.waiting.remove(i)?
         };
         self.kv.free(&mut req.blocks);
+        self.finished_ids.push(req.id.clone());
         Some(req)
     }
 
@@ -153,7 +177,66 @@ impl Scheduler {
         self.waiting.push_front(victim);
     }
 
-    fn schedule(&mut self, stats: &mut StepStats) -> Vec<Scheduled> {
+    /// Decides the next step: which requests compute how many tokens (admitting, preempting
+    /// and refusing as the budget and the cache allow).
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        let mut stats = StepStats::default();
+        let scheduled = self.schedule_slots(&mut stats);
+        let requests = scheduled.iter().map(|s| self.describe(s)).collect();
+        SchedulerOutput {
+            requests,
+            finished_ids: std::mem::take(&mut self.finished_ids),
+            num_preempted: stats.num_preempted,
+            prefix_queries: stats.prefix_queries,
+            prefix_hits: stats.prefix_hits,
+            slots: scheduled.iter().map(|s| s.index).collect(),
+        }
+    }
+
+    /// A scheduled request as the executor needs it.
+    fn describe(&self, s: &Scheduled) -> ScheduledRequest {
+        let req = &self.running[s.index];
+        let end = s.start + s.num_tokens;
+        let logits_for = if req.owes_prompt_logprobs() {
+            LogitsFor::All
+        } else if end < req.tokens.len() {
+            LogitsFor::None
+        } else if req.params.is_plain_greedy() {
+            LogitsFor::Greedy
+        } else {
+            LogitsFor::Last
+        };
+        let prompt_logprobs = (logits_for == LogitsFor::All).then(|| {
+            // The row of position p scores the token at p + 1; positions already reported
+            // (before a preemption) are skipped.
+            let first = s.start.max(req.prompt_logprobs_next - 1);
+            let last = end.min(req.prompt_len.saturating_sub(1));
+            PromptLogprobsJob {
+                top: req.prompt_logprobs.unwrap_or(0),
+                first,
+                targets: if last > first {
+                    req.tokens[first + 1..last + 1].to_vec()
+                } else {
+                    Vec::new()
+                },
+            }
+        });
+        ScheduledRequest {
+            id: req.id.clone(),
+            tokens: req.tokens[s.start..end].to_vec(),
+            start: s.start,
+            block_table: req.blocks.blocks.clone(),
+            logits_for,
+            samples: end == req.tokens.len(),
+            new: s.new.then(|| NewRequestData {
+                params: req.params.clone(),
+                prompt: req.tokens[..req.prompt_len].to_vec(),
+            }),
+            prompt_logprobs,
+        }
+    }
+
+    fn schedule_slots(&mut self, stats: &mut StepStats) -> Vec<Scheduled> {
         let mut budget = self.config.max_num_batched_tokens;
         let mut out = Vec::new();
         let mut i = 0;
@@ -178,6 +261,7 @@ impl Scheduler {
                         index: i,
                         start: computed,
                         num_tokens: n,
+                        new: false,
                     });
                     budget -= n;
                     i += 1;
@@ -188,6 +272,7 @@ impl Scheduler {
                     // it would only requeue a request that can never be admitted.
                     let mut req = self.running.remove(0);
                     self.kv.free(&mut req.blocks);
+                    self.finished_ids.push(req.id.clone());
                     self.refused.push((req, FinishReason::Length));
                     break 'running;
                 }
@@ -227,6 +312,7 @@ impl Scheduler {
                             req.tokens.len(),
                             self.kv.capacity_tokens()
                         ));
+                        self.finished_ids.push(req.id.clone());
                         self.refused.push((req, FinishReason::Error));
                         continue;
                     }
@@ -235,6 +321,7 @@ impl Scheduler {
                 let mut req = self.waiting.pop_front().expect("front exists");
                 req.num_computed_tokens = hit.num_tokens;
                 req.status = Status::Running;
+                let new = req.times.first_scheduled.is_none();
                 req.times.first_scheduled.get_or_insert_with(Instant::now);
                 if req.num_cached_tokens.is_none() {
                     req.num_cached_tokens = Some(hit.num_tokens);
@@ -247,6 +334,7 @@ impl Scheduler {
                     index: self.running.len(),
                     start: hit.num_tokens,
                     num_tokens: n,
+                    new,
                 });
                 self.running.push(req);
                 budget -= n;
@@ -258,95 +346,64 @@ impl Scheduler {
         out
     }
 
-    /// Schedules one step, runs it on `backend`, samples, and retires finished requests.
-    pub fn step(&mut self, backend: &mut dyn Backend) -> Result<StepOutput, BackendError> {
-        let mut stats = StepStats::default();
-        let scheduled = self.schedule(&mut stats);
+    /// Takes a step's results back: appends the sampled tokens, checks stops and lengths,
+    /// retires finished requests (their blocks freed), and returns what to stream and record.
+    /// `step` is the last [`Scheduler::schedule`]'s output and `out` the executor's for it.
+    pub fn update_from_output(
+        &mut self,
+        step: &SchedulerOutput,
+        out: ModelRunnerOutput,
+    ) -> StepOutput {
+        let mut stats = StepStats {
+            num_preempted: step.num_preempted,
+            prefix_queries: step.prefix_queries,
+            prefix_hits: step.prefix_hits,
+            ..StepStats::default()
+        };
         let mut updates = Vec::new();
         let mut finished = std::mem::take(&mut self.refused);
-        if scheduled.is_empty() {
-            return Ok(StepOutput {
-                updates,
-                finished,
-                stats,
-            });
-        }
-        let inputs: Vec<SeqInput> = scheduled
-            .iter()
-            .map(|s| {
-                let req = &self.running[s.index];
-                let end = s.start + s.num_tokens;
-                SeqInput {
-                    tokens: &req.tokens[s.start..end],
-                    start_pos: s.start,
-                    block_table: &req.blocks.blocks,
-                    logits_for: if req.owes_prompt_logprobs() {
-                        LogitsFor::All
-                    } else if end < req.tokens.len() {
-                        LogitsFor::None
-                    } else if req.sampler.is_plain_greedy() {
-                        LogitsFor::Greedy
-                    } else {
-                        LogitsFor::Last
-                    },
-                }
-            })
-            .collect();
-        let logits_for: Vec<LogitsFor> = inputs.iter().map(|i| i.logits_for).collect();
-        let logits = backend.forward(&inputs)?;
         let now = Instant::now();
-        let mut row = 0;
-        let mut greedy = logits.greedy.iter();
         let mut done = Vec::new();
-        for (s, &logits_for) in scheduled.iter().zip(&logits_for) {
-            let req = &mut self.running[s.index];
-            stats.num_tokens += s.num_tokens;
-            stats.num_prompt_tokens += (req.prompt_len.saturating_sub(s.start)).min(s.num_tokens);
-            req.num_computed_tokens = s.start + s.num_tokens;
-            // This sequence's full rows, in position order (none for a greedy reduction).
-            let rows = match logits_for {
-                LogitsFor::Greedy => 0..0,
-                _ => row..row + logits_for.positions(s.num_tokens),
-            };
-            row = rows.end;
-            let prompt_logprobs = if logits_for == LogitsFor::All {
-                prompt_logprobs(req, s.start, rows.clone(), &logits)
-            } else {
-                Vec::new()
-            };
-            if req.num_computed_tokens < req.tokens.len() {
-                // A prefill chunk short of the end: nothing to sample.
+        for ((s, &index), o) in step.requests.iter().zip(&step.slots).zip(out.requests) {
+            let req = &mut self.running[index];
+            debug_assert_eq!(
+                req.id, s.id,
+                "update_from_output takes the last schedule's output"
+            );
+            let num_tokens = s.tokens.len();
+            stats.num_tokens += num_tokens;
+            stats.num_prompt_tokens += (req.prompt_len.saturating_sub(s.start)).min(num_tokens);
+            req.num_computed_tokens = s.start + num_tokens;
+            if let Some(job) = &s.prompt_logprobs {
+                if !job.targets.is_empty() {
+                    req.prompt_logprobs_next = job.first + job.targets.len() + 1;
+                }
+            }
+            let prompt_logprobs = o.prompt_logprobs;
+            let Some(sampled) = o.sampled else {
+                // A prefill chunk short of the end: nothing sampled.
                 if !prompt_logprobs.is_empty() {
                     updates.push(RequestUpdate {
                         id: req.id.clone(),
                         prompt_logprobs,
                         token: None,
                         finished: None,
-                        first_token: false,
+                        first_token: None,
                         inter_token: None,
+                        trace_id: req.trace_id.clone(),
                     });
                 }
                 continue;
-            }
-            let sampled = match rows.last() {
-                Some(last) => req.sampler.sample(logits.row(last)),
-                None => {
-                    let reduced = greedy.next().expect("one greedy token per greedy sequence");
-                    req.sampler.accept(*reduced)
-                }
             };
             let previous = req.times.last_token;
             req.push_token(&sampled, now);
             stats.num_generated += 1;
             stats.iteration_tokens += 1;
+            let cached = req.num_cached_tokens.unwrap_or(0);
             if previous.is_none() {
-                let cached = req.num_cached_tokens.unwrap_or(0);
                 stats.iteration_tokens += req.prompt_len.saturating_sub(cached);
             }
-            let token_stop = req
-                .sampler
-                .params()
-                .token_stop(sampled.token, &self.eos_token_ids);
+            let token_stop = req.params.token_stop(sampled.token, &self.eos_token_ids);
             if token_stop == Some(TokenStop::StopTokenId) {
                 req.stop_reason = Some(StopReason::Token(sampled.token));
             }
@@ -360,15 +417,20 @@ impl Scheduler {
                 None
             };
             if let Some(reason) = reason {
-                done.push((s.index, reason));
+                done.push((index, reason));
             }
             updates.push(RequestUpdate {
                 id: req.id.clone(),
                 prompt_logprobs,
                 token: Some(sampled),
                 finished: reason,
-                first_token: previous.is_none(),
+                first_token: previous.is_none().then(|| FirstToken {
+                    ttft: now - req.times.arrival,
+                    prompt_tokens: req.prompt_len,
+                    cached_tokens: cached,
+                }),
                 inter_token: previous.map(|p| now - p),
+                trace_id: req.trace_id.clone(),
             });
         }
         // Remove from the back so the remaining indexes stay valid.
@@ -376,42 +438,18 @@ impl Scheduler {
         for &(i, reason) in done.iter().rev() {
             let mut req = self.running.remove(i);
             self.kv.free(&mut req.blocks);
+            self.finished_ids.push(req.id.clone());
             finished.push((req, reason));
         }
-        Ok(StepOutput {
+        StepOutput {
             updates,
             finished,
             stats,
-        })
-    }
-}
-
-/// The log-probabilities of the prompt tokens whose logits a step computed: the row of position
-/// `p` scores the token at `p + 1`. Positions already reported (before a preemption) are skipped.
-fn prompt_logprobs(
-    req: &mut Request,
-    start: usize,
-    rows: std::ops::Range<usize>,
-    logits: &crate::backend::Logits,
-) -> Vec<Sampled> {
-    let top = req.prompt_logprobs.unwrap_or(0);
-    let mut out = Vec::new();
-    for (position, row) in (start..).zip(rows) {
-        let next = position + 1;
-        if next < req.prompt_logprobs_next || next >= req.prompt_len {
-            continue;
         }
-        let token = req.tokens[next];
-        let (logprob, top_logprobs) = crate::sampling::logprobs(logits.row(row), token, top);
-        out.push(Sampled {
-            token,
-            logprob,
-            top_logprobs,
-        });
-        req.prompt_logprobs_next = next + 1;
     }
-    out
 }
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod unit_tests;

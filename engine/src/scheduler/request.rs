@@ -1,10 +1,11 @@
 //! A request as the scheduler sees it: its tokens, how many have KV in the cache, its blocks,
-//! its sampler, and the timestamps the metrics need.
+//! its sampling parameters (for its stop conditions; the executor holds its sampler), and the
+//! timestamps the metrics need.
 
 use std::time::Instant;
 
 use crate::kv_cache::manager::RequestBlocks;
-use crate::sampling::{Sampled, Sampler};
+use crate::sampling::{Sampled, SamplingParams};
 
 /// Why a request finished, as vLLM's `finished_reason` label spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +71,7 @@ pub struct Request {
     /// Prompt followed by the generated tokens.
     pub tokens: Vec<u32>,
     pub max_tokens: usize,
-    pub sampler: Sampler,
+    pub params: SamplingParams,
     pub status: Status,
     /// Tokens whose KV is in the request's blocks.
     pub num_computed_tokens: usize,
@@ -98,7 +99,7 @@ impl Request {
         id: String,
         prompt: Vec<u32>,
         max_tokens: usize,
-        sampler: Sampler,
+        params: SamplingParams,
         arrival: Instant,
     ) -> Request {
         Request {
@@ -106,7 +107,7 @@ impl Request {
             prompt_len: prompt.len(),
             tokens: prompt,
             max_tokens,
-            sampler,
+            params,
             status: Status::Waiting,
             num_computed_tokens: 0,
             blocks: RequestBlocks::default(),

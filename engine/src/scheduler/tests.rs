@@ -1,5 +1,6 @@
-//! The scheduler on the tiny random model: outputs do not depend on batching, chunking,
-//! preemption or prefix hits, and no block leaks whatever happens.
+//! The scheduler with the executor on the tiny random model: outputs do not depend on batching,
+//! chunking, preemption or prefix hits, and no block leaks whatever happens. (The scheduler
+//! alone, fed made-up outputs, is tested in `unit_tests.rs`.)
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -7,8 +8,10 @@ use std::time::Instant;
 use super::*;
 use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use crate::backend::greedy_generate;
+use crate::backend::{Backend, LogitsFor, SeqInput};
+use crate::executor::{ExecuteError, Executor};
 use crate::model::LlamaConfig;
-use crate::sampling::{Sampler, SamplingParams};
+use crate::sampling::{Sampled, SamplingParams};
 use crate::testing::{random_weights, tiny_config};
 
 const BLOCK: usize = 4;
@@ -30,13 +33,29 @@ fn backend(num_blocks: usize) -> CpuBackend {
     CpuBackend::from_weights(&c, &random_weights(&c, 21), &options).unwrap()
 }
 
+fn executor(num_blocks: usize) -> Executor {
+    Executor::new(Box::new(backend(num_blocks)))
+}
+
+/// One step as the engine loop runs it: schedule, execute, update.
+trait Step {
+    fn step(&mut self, executor: &mut Executor) -> Result<StepOutput, ExecuteError>;
+}
+
+impl Step for Scheduler {
+    fn step(&mut self, executor: &mut Executor) -> Result<StepOutput, ExecuteError> {
+        let step = self.schedule();
+        let out = executor.execute(&step)?;
+        Ok(self.update_from_output(&step, out))
+    }
+}
+
 fn request(id: usize, prompt: Vec<u32>, max_tokens: usize) -> Request {
-    let sampler = Sampler::new(SamplingParams::greedy(), &prompt);
     Request::new(
         format!("r{id}"),
         prompt,
         max_tokens,
-        sampler,
+        SamplingParams::greedy(),
         Instant::now(),
     )
 }
@@ -60,7 +79,7 @@ fn run(
     prompts: &[Vec<u32>],
     max_tokens: usize,
 ) -> (HashMap<String, Vec<u32>>, StepStats, Scheduler) {
-    let mut be = backend(num_blocks);
+    let mut be = executor(num_blocks);
     let cfg = SchedulerConfig {
         max_num_batched_tokens: budget,
         max_num_seqs: max_seqs,
@@ -149,7 +168,7 @@ fn prefix_hits_skip_compute_and_keep_outputs() {
 
 #[test]
 fn aborts_free_blocks_wherever_the_request_is() {
-    let mut be = backend(32);
+    let mut be = executor(32);
     let cfg = SchedulerConfig {
         max_num_batched_tokens: 8,
         max_num_seqs: 2,
@@ -182,7 +201,7 @@ fn aborts_free_blocks_wherever_the_request_is() {
 fn stop_tokens_finish_with_stop() {
     let p = prompts();
     let first = reference(&p[..1], 3)["r0"].clone();
-    let mut be = backend(16);
+    let mut be = executor(16);
     let cfg = SchedulerConfig {
         max_num_batched_tokens: 64,
         max_num_seqs: 4,
@@ -232,7 +251,7 @@ fn prompt_logprobs_match_one_whole_forward_pass_under_chunking_and_preemption() 
 
     // Small blocks and budget: the prompt is chunked, and a second request preempts it.
     for (budget, num_blocks) in [(64, 64), (5, 64), (7, 12)] {
-        let mut be = backend(num_blocks);
+        let mut be = executor(num_blocks);
         let cfg = SchedulerConfig {
             max_num_batched_tokens: budget,
             max_num_seqs: 4,
@@ -291,7 +310,7 @@ fn without_chunked_prefill_a_prompt_runs_whole_or_waits() {
     let p: Vec<Vec<u32>> = prompts().into_iter().take(4).collect(); // 3, 8, 13, 18 tokens
     let want = reference(&p, 5);
     for chunked_prefill in [false, true] {
-        let mut be = backend(64);
+        let mut be = executor(64);
         let cfg = SchedulerConfig {
             max_num_batched_tokens: 20,
             max_num_seqs: 4,
@@ -309,7 +328,7 @@ fn without_chunked_prefill_a_prompt_runs_whole_or_waits() {
             let firsts: usize = out
                 .updates
                 .iter()
-                .filter(|u| u.first_token)
+                .filter(|u| u.first_token.is_some())
                 .map(|u| p[u.id[1..].parse::<usize>().unwrap()].len())
                 .sum();
             whole &= out.stats.num_prompt_tokens == firsts;
@@ -328,7 +347,7 @@ fn without_chunked_prefill_a_prompt_runs_whole_or_waits() {
 #[test]
 fn requests_the_cache_can_never_hold_finish_instead_of_waiting_forever() {
     // 4 blocks of 4 tokens, one reserved: 12 tokens in all.
-    let mut be = backend(4);
+    let mut be = executor(4);
     let cfg = SchedulerConfig {
         max_num_batched_tokens: 64,
         max_num_seqs: 4,
