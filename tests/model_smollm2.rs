@@ -8,8 +8,8 @@ use std::path::Path;
 use common::require_model;
 use engine::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use engine::backend::greedy_generate;
-use engine::model::Model;
-use engine::tokenizer::ChatMessage;
+use model::ChatMessage;
+use model::Model;
 
 fn load() -> Model {
     Model::load(Path::new(require_model())).expect("the default model loads")
@@ -99,13 +99,13 @@ fn the_chat_template_drives_an_answer() {
 #[test]
 fn encoded_weight_groups_decode_to_the_f32_path() {
     use engine::backend::host_weights::{layer_groups, Group};
-    use engine::gguf::quant::{dequantize, GgmlType};
+    use model::gguf::quant::{dequantize, GgmlType};
     let model = load();
     let c = &model.config;
     let w = model.weights.as_ref();
     let mut encoded_groups = 0;
     let mut groups: Vec<Group> = vec![Group::one(
-        engine::model::names::EMBED,
+        model::names::EMBED,
         &[c.vocab_size, c.hidden_size],
     )];
     for l in [0, c.num_hidden_layers - 1] {

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use engine::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use engine::backend::{Backend, LogitsFor, SeqInput};
-use engine::model::Model;
 use engine::sampling::argmax;
+use model::Model;
 
 const BLOCK: usize = 16;
 const PREFILL_TOKENS: usize = 512;

@@ -11,7 +11,6 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 
 use crate::backend::Backend;
-use crate::detokenizer::Detokenizer;
 use crate::executor::Executor;
 pub use crate::heartbeat::Heartbeat;
 use crate::metrics::EngineMetrics;
@@ -20,6 +19,7 @@ use crate::scheduler::request::Timestamps;
 use crate::scheduler::{
     FinishReason, ModelRunnerOutput, Request, Scheduler, StepOutput, StopReason,
 };
+use model::Detokenizer;
 
 /// A request for the engine.
 pub struct NewRequest {
@@ -431,8 +431,8 @@ mod tests {
     use super::*;
     use crate::backend::{BackendError, Logits, SeqInput};
     use crate::kv_cache::manager::KvCacheManager;
-    use crate::model::LlamaConfig;
     use crate::scheduler::SchedulerConfig;
+    use model::LlamaConfig;
 
     /// A greedy request with the defaults tests do not care about.
     fn greedy_request(
@@ -479,7 +479,7 @@ mod tests {
 
     #[test]
     fn a_panicking_engine_reports_itself_dead_and_drops_its_requests() {
-        let config = crate::testing::tiny_config();
+        let config = model::testing::tiny_config();
         let cfg = SchedulerConfig {
             max_num_batched_tokens: 64,
             max_num_seqs: 4,
@@ -560,7 +560,7 @@ mod tests {
     fn the_engine_loop_reports_idleness_and_takes_each_steps_timing() {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let backend = Logged {
-            config: crate::testing::tiny_config(),
+            config: model::testing::tiny_config(),
             log: Arc::clone(&log),
         };
         let cfg = SchedulerConfig {
@@ -646,7 +646,7 @@ mod tests {
     fn a_moving_step_keeps_the_heartbeat_young_and_a_stuck_one_does_not() {
         for beats in [true, false] {
             let backend = Slow {
-                config: crate::testing::tiny_config(),
+                config: model::testing::tiny_config(),
                 step: Duration::from_millis(800),
                 beats,
                 heartbeat: None,
@@ -687,7 +687,7 @@ mod tests {
     #[test]
     fn a_request_whose_client_stops_reading_is_aborted_at_the_bound() {
         let backend = Slow {
-            config: crate::testing::tiny_config(),
+            config: model::testing::tiny_config(),
             step: Duration::ZERO,
             beats: false,
             heartbeat: None,

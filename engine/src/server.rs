@@ -22,10 +22,10 @@ use crate::kv_cache::manager::KvCacheManager;
 use crate::lifecycle::drain::{self, Drain};
 use crate::lifecycle::systemd;
 use crate::metrics::EngineMetrics;
-use crate::model::Model;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::system_server::{self, SystemState};
 use crate::traces;
+use model::Model;
 
 /// The engine indexes this process serves (`engine` label values).
 const ENGINES: &[&str] = &["0"];

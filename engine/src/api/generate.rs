@@ -13,12 +13,12 @@ use super::access_log::{AccessNote, Note};
 use super::dynamo::RequestRecord;
 use super::error::ApiError;
 use super::AppState;
-use crate::detokenizer::Detokenizer;
 use crate::engine_core::{Event, NewRequest};
 use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::{FinishReason, StopReason};
-use crate::tokenizer::Tokenizer;
 use crate::traces::RequestTrace;
+use model::Detokenizer;
+use model::Tokenizer;
 
 /// One prompt of a client request (a completions request may send a list).
 pub struct PromptIn {

@@ -33,7 +33,7 @@ use error::ApiBody;
 pub use error::ApiError;
 
 use crate::engine_core::EngineHandle;
-use crate::tokenizer::Tokenizer;
+use model::Tokenizer;
 
 /// Largest request body accepted (as vLLM's default is unbounded, pick a generous limit).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;

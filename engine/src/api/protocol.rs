@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::error::ApiError;
 use crate::sampling::SamplingParams;
-use crate::tokenizer::ChatMessage;
+use model::ChatMessage;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]

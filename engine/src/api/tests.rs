@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use crate::backend::{Backend, BackendError, Logits, SeqInput};
 use crate::kv_cache::manager::KvCacheManager;
-use crate::model::LlamaConfig;
 use crate::scheduler::{Scheduler, SchedulerConfig};
-use crate::testing::{byte_tokenizer, tiny_config};
+use model::testing::{byte_tokenizer, tiny_config};
+use model::LlamaConfig;
 
 use super::AppState;
 
@@ -186,7 +186,7 @@ mod bodies {
     use serde_json::{json, Map, Value};
 
     use super::{post, serve, FailsAfter};
-    use crate::testing::tiny_config;
+    use model::testing::tiny_config;
 
     /// Any JSON value, nested a little.
     fn any_json() -> impl Strategy<Value = Value> {

@@ -3,8 +3,8 @@
 //! then V) and gate and up fused into another (rows: gate, then up), so that each takes one GEMM.
 //! Backends turn these into their own format (Q8 blocks on the CPU, bf16 on a GPU).
 
-use crate::model::names::{self, LayerTensor};
-use crate::model::{LlamaConfig, LoadError, WeightSource};
+use model::names::{self, LayerTensor};
+use model::{LlamaConfig, LoadError, WeightSource};
 
 pub struct HostLayer {
     pub attn_norm: Vec<f32>,
@@ -70,7 +70,7 @@ impl Group {
     pub fn encoded(
         &self,
         w: &dyn WeightSource,
-    ) -> Result<Option<(crate::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
+    ) -> Result<Option<(model::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
         let mut kind = None;
         let mut bytes = Vec::new();
         for (name, shape) in &self.tensors {

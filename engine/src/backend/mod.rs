@@ -10,7 +10,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod host_weights;
 
-use crate::model::LlamaConfig;
+use model::LlamaConfig;
 
 /// Which positions of a sequence's new tokens to return logits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::cuda::{CudaBackend, CudaOptions};
 use crate::backend::{Backend, LogitsFor, SeqInput};
-use crate::model::Model;
+use model::Model;
 
 use super::report::Report;
 

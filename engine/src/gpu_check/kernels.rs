@@ -14,8 +14,8 @@ use crate::backend::cuda::kernels::{DevPtr, Grid};
 use crate::backend::cuda::step_plan::StepPlan;
 use crate::backend::cuda::{rope, CudaError};
 use crate::backend::{GreedyToken, LogitsFor, SeqInput};
-use crate::gguf::quant::{dequantize, GgmlType};
-use crate::model::{LlamaConfig, RopeScaling};
+use model::gguf::quant::{dequantize, GgmlType};
+use model::{LlamaConfig, RopeScaling};
 
 /// bf16 keeps 8 bits of mantissa: one rounding of the output is 2^-9 relative; a few chained
 /// ones (norm, then scale) stay under 1%.
@@ -141,7 +141,7 @@ fn rope_config() -> LlamaConfig {
         num_attention_heads: 9,
         num_key_value_heads: 3,
         max_position_embeddings: 2048,
-        ..crate::testing::tiny_config()
+        ..model::testing::tiny_config()
     }
 }
 

@@ -79,7 +79,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
             println!("== model vs CPU");
             model::run_tiny(&mut report);
         }
-        let loaded = crate::model::Model::load(&args.model)
+        let loaded = ::model::Model::load(&args.model)
             .map_err(|e| anyhow::anyhow!("loading {}: {e}", args.model.display()));
         match loaded {
             Ok(m) => {

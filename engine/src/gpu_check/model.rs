@@ -5,7 +5,7 @@
 use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use crate::backend::cuda::{CudaBackend, CudaOptions};
 use crate::backend::{greedy_generate, Backend, LogitsFor, SeqInput};
-use crate::model::{LlamaConfig, Model, WeightSource};
+use model::{LlamaConfig, Model, WeightSource};
 
 use super::report::Report;
 
@@ -107,9 +107,9 @@ pub fn run_tiny(report: &mut Report) {
     let result = (|| -> anyhow::Result<(f32, f32, usize)> {
         let config = LlamaConfig {
             tie_word_embeddings: false,
-            ..crate::testing::tiny_config()
+            ..model::testing::tiny_config()
         };
-        let w = crate::testing::random_weights(&config, 11);
+        let w = model::testing::random_weights(&config, 11);
         let mut gpu = CudaBackend::from_weights(&config, &w, &options(32))?;
         let mut cpu = cpu(&config, &w, 32)?;
         let prompt: Vec<u32> = (0..100).map(|i| (i * 37 % 256) as u32).collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::report::Report;
 use crate::backend::greedy_generate;
-use crate::model::Model;
+use model::Model;
 
 const MAX_TOKENS: usize = 24;
 

@@ -12,8 +12,8 @@ use safetensors::Dtype;
 
 use super::bench::{BenchRow, BATCHES, NEW_TOKENS, PROMPT_LEN};
 use super::report::Report;
-use crate::model::names::{self, LayerTensor};
-use crate::model::{LlamaConfig, Model, RopeScaling};
+use model::names::{self, LayerTensor};
+use model::{LlamaConfig, Model, RopeScaling};
 
 const SCRIPT: &str = include_str!("transformers_bench.py");
 
@@ -205,20 +205,20 @@ mod tests {
                 high_freq_factor: 4.0,
                 original_max_position_embeddings: 8192.0,
             }),
-            ..crate::testing::tiny_config()
+            ..model::testing::tiny_config()
         };
-        let weights = crate::testing::random_weights(&config, 5);
+        let weights = model::testing::random_weights(&config, 5);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("tokenizer.json"),
-            crate::testing::byte_tokenizer_json(),
+            model::testing::byte_tokenizer_json(),
         )
         .unwrap();
         let model = Model {
             path: dir.path().to_owned(),
             config: config.clone(),
-            weights: Box::new(crate::testing::random_weights(&config, 5)),
-            tokenizer: crate::testing::byte_tokenizer(),
+            weights: Box::new(model::testing::random_weights(&config, 5)),
+            tokenizer: model::testing::byte_tokenizer(),
         };
         export_hf(&model, dir.path()).unwrap();
         let back = Model::load(dir.path()).unwrap();

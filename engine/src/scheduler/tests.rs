@@ -10,9 +10,9 @@ use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use crate::backend::greedy_generate;
 use crate::backend::{Backend, LogitsFor, SeqInput};
 use crate::executor::{ExecuteError, Executor};
-use crate::model::LlamaConfig;
 use crate::sampling::{Sampled, SamplingParams};
-use crate::testing::{random_weights, tiny_config};
+use model::testing::{random_weights, tiny_config};
+use model::LlamaConfig;
 
 const BLOCK: usize = 4;
 

@@ -12,9 +12,9 @@ use rayon::prelude::*;
 
 use super::host_weights::{untied_lm_head, HostLayer};
 use super::{validate_batch, Backend, BackendError, Logits, LogitsFor, SeqInput};
-use crate::model::names;
-use crate::model::{LlamaConfig, LoadError, Model, WeightSource};
 pub use linear::{Linear, WeightFormat};
+use model::names;
+use model::{LlamaConfig, LoadError, Model, WeightSource};
 
 struct Layer {
     attn_norm: Vec<f32>,
@@ -263,5 +263,7 @@ impl Backend for CpuBackend {
     }
 }
 
+#[cfg(test)]
+mod hf_folder_tests;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 //! f64 implementation of the same Llama.
 
 use super::*;
-use crate::testing::{random_weights, tiny_config, MemWeights};
+use model::testing::{random_weights, tiny_config, MemWeights};
 
 fn backend(config: &LlamaConfig, weights: &MemWeights, num_blocks: usize) -> CpuBackend {
     let options = CpuOptions {
@@ -248,9 +248,9 @@ fn bad_batches_are_errors() {
 /// A straightforward Llama in f64: no cache, no batching, no fusion, written from the
 /// architecture's definition rather than from the backend's code.
 mod naive {
-    use crate::model::names::{self, LayerTensor};
-    use crate::model::{LlamaConfig, WeightSource};
-    use crate::testing::MemWeights;
+    use model::names::{self, LayerTensor};
+    use model::testing::MemWeights;
+    use model::{LlamaConfig, WeightSource};
 
     fn get(w: &MemWeights, name: &str) -> Vec<f64> {
         w.0[name].data.iter().map(|v| *v as f64).collect()

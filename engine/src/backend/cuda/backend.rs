@@ -19,7 +19,7 @@ use super::workspace::{Widths, Workspace};
 use crate::backend::{
     validate_batch, Backend, BackendError, GreedyToken, Logits, SeqInput, StepTiming,
 };
-use crate::model::{LlamaConfig, Model, WeightSource};
+use model::{LlamaConfig, Model, WeightSource};
 
 /// The attention kernel's limit (`kernels/attention.cu`).
 const MAX_HEAD_DIM: usize = 256;

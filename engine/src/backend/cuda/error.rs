@@ -5,7 +5,7 @@ use cudarc::driver::DriverError;
 use cudarc::nvrtc::CompileError;
 
 use crate::backend::BackendError;
-use crate::load_error::LoadError;
+use model::LoadError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CudaError {

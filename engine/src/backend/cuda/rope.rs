@@ -37,8 +37,8 @@ mod tests {
 
     #[test]
     fn tables_rotate_as_the_cpu_backend_does_with_llama3_scaling() {
-        let mut config = crate::testing::tiny_config();
-        config.rope_scaling = Some(crate::model::config::RopeScaling::Llama3 {
+        let mut config = model::testing::tiny_config();
+        config.rope_scaling = Some(model::RopeScaling::Llama3 {
             factor: 8.0,
             low_freq_factor: 1.0,
             high_freq_factor: 4.0,

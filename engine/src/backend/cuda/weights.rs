@@ -12,9 +12,9 @@ use super::error::CudaError;
 use super::kernels::{DevPtr, Grid};
 use super::launch::{addr, Kernels};
 use crate::backend::host_weights::{has_untied_lm_head, layer_groups, Group};
-use crate::gguf::quant::GgmlType;
-use crate::model::names;
-use crate::model::{LlamaConfig, WeightSource};
+use model::gguf::quant::GgmlType;
+use model::names;
+use model::{LlamaConfig, WeightSource};
 
 /// bf16 values, carried as their 16 bits.
 pub type Bf16Buf = CudaSlice<u16>;

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 
 use super::error::CudaError;
 use super::weights::Bf16Buf;
-use crate::model::LlamaConfig;
+use model::LlamaConfig;
 
 /// Widths of the per-token activations.
 #[derive(Debug, Clone, Copy)]

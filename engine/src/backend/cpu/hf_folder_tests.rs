@@ -5,10 +5,10 @@ use std::path::Path;
 use half::bf16;
 use safetensors::{Dtype, View};
 
-use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use super::{CpuBackend, CpuOptions, WeightFormat};
 use crate::backend::{Backend, LogitsFor, SeqInput};
-use crate::model::{LoadError, Model};
-use crate::testing::{random_weights, tiny_config, MemWeights};
+use model::testing::{random_weights, tiny_config, MemWeights};
+use model::{LoadError, Model};
 
 struct Raw {
     dtype: Dtype,
@@ -44,7 +44,7 @@ fn write_folder(dir: &Path, weights: &MemWeights, dtype: Dtype, shards: usize) {
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
     std::fs::write(
         dir.join("tokenizer.json"),
-        crate::testing::byte_tokenizer_json(),
+        model::testing::byte_tokenizer_json(),
     )
     .unwrap();
     std::fs::write(
@@ -102,10 +102,7 @@ fn write_folder(dir: &Path, weights: &MemWeights, dtype: Dtype, shards: usize) {
     }
 }
 
-fn logits(
-    config: &crate::model::LlamaConfig,
-    weights: &dyn crate::model::WeightSource,
-) -> Vec<f32> {
+fn logits(config: &model::LlamaConfig, weights: &dyn model::WeightSource) -> Vec<f32> {
     let options = CpuOptions {
         block_size: 4,
         num_blocks: 4,

@@ -5,8 +5,8 @@
 use serde_json::{json, Map, Value};
 
 use super::{ChatTemplate, Tokenizer};
+use crate::error::LoadError;
 use crate::gguf::{GgufFile, MetaValue};
-use crate::load_error::LoadError;
 
 /// `tokenizer.ggml.token_type` values (llama.cpp `llama_token_type`).
 const TOKEN_TYPE_CONTROL: u64 = 3;

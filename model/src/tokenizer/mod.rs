@@ -9,7 +9,7 @@ use std::path::Path;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 
-use crate::load_error::LoadError;
+use crate::error::LoadError;
 
 /// A model's tokenizer with its special tokens and chat template.
 pub struct Tokenizer {

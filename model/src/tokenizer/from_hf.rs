@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::{ChatTemplate, Tokenizer};
-use crate::load_error::LoadError;
+use crate::error::LoadError;
 
 fn read_json(path: &Path) -> Result<Option<Value>, LoadError> {
     match std::fs::read_to_string(path) {

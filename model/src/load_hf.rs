@@ -8,8 +8,9 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use super::{check_shape, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
+use crate::model::check_shape;
 use crate::tokenizer::Tokenizer;
+use crate::{HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 
 pub fn load(dir: &Path) -> Result<Model, LoadError> {
     let config_path = dir.join("config.json");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::quant::GgmlType;
-use crate::load_error::LoadError;
+use crate::error::LoadError;
 
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use crate::model::names::{self, LayerTensor};
-use crate::model::{HostTensor, LlamaConfig, LoadError, WeightSource};
+use crate::names::{self, LayerTensor};
+use crate::{HostTensor, LlamaConfig, LoadError, WeightSource};
 
 /// A small Llama with GQA: 2 layers, hidden 64, 4 query heads over 2 KV heads, byte vocabulary.
 pub fn tiny_config() -> LlamaConfig {

@@ -5,15 +5,9 @@
 //! Weights are handed out one tensor at a time as `f32` so a backend can convert each to its own
 //! format (quantized blocks, bf16 on a device) without holding the whole model in `f32`.
 
-pub mod config;
-pub mod gguf_model;
-pub mod hf;
-pub mod names;
-
 use std::path::{Path, PathBuf};
 
-pub use crate::load_error::LoadError;
-pub use config::{LlamaConfig, RopeScaling};
+use crate::{LlamaConfig, LoadError};
 
 use crate::tokenizer::Tokenizer;
 
@@ -70,9 +64,9 @@ impl Model {
     pub fn load(path: &Path) -> Result<Model, LoadError> {
         let meta = std::fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
         if meta.is_dir() {
-            hf::load(path)
+            crate::load_hf::load(path)
         } else {
-            gguf_model::load(path)
+            crate::load_gguf::load(path)
         }
     }
 }
@@ -94,6 +88,3 @@ pub(crate) fn check_shape(
         })
     }
 }
-
-#[cfg(test)]
-mod hf_tests;

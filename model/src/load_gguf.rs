@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use super::names;
-use super::{check_shape, EncodedTensor, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 use crate::gguf::reader::TensorInfo;
 use crate::gguf::{quant, GgufFile};
+use crate::model::check_shape;
+use crate::names;
 use crate::tokenizer::Tokenizer;
+use crate::{EncodedTensor, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 
 pub fn load(path: &Path) -> Result<Model, LoadError> {
     let file = GgufFile::open(path)?;
