@@ -17,7 +17,7 @@ struct Entry {
 fn main() {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    let engine_kernels = root.join("../engine/src/backend/cuda/kernels");
+    let engine_kernels = root.join("../backend/src/cuda/kernels");
     let fidelity_kernels = root.join("tests/kernels");
     let header = root.join("include/cuda_sim.h");
     for dir in [&engine_kernels, &fidelity_kernels] {

@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 
+use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use backend::greedy_generate;
 use common::require_model;
-use engine::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
-use engine::backend::greedy_generate;
 use model::ChatMessage;
 use model::Model;
 
@@ -98,7 +98,7 @@ fn the_chat_template_drives_an_answer() {
 /// un-permutes, are never offered encoded; the quantized matrices are.
 #[test]
 fn encoded_weight_groups_decode_to_the_f32_path() {
-    use engine::backend::host_weights::{layer_groups, Group};
+    use backend::host_weights::{layer_groups, Group};
     use model::gguf::quant::{dequantize, GgmlType};
     let model = load();
     let c = &model.config;

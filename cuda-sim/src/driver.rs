@@ -573,7 +573,7 @@ fn load_ptx(text: &str) -> Result<Module, String> {
         let kernel = kernels::find(&entry.name).ok_or_else(|| {
             format!(
                 "entry point `{}` has no kernel compiled for the host (cuda-sim compiles \
-                 engine/src/backend/cuda/kernels/*.cu and its own tests/kernels/*.cu)",
+                 backend/src/cuda/kernels/*.cu and its own tests/kernels/*.cu)",
                 entry.name
             )
         })?;

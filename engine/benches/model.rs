@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use engine::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
-use engine::backend::{Backend, LogitsFor, SeqInput};
+use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use backend::{Backend, LogitsFor, SeqInput};
 use engine::sampling::argmax;
 use model::Model;
 

@@ -10,15 +10,15 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
 
-use crate::backend::Backend;
 use crate::executor::Executor;
-pub use crate::heartbeat::Heartbeat;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::request::Timestamps;
 use crate::scheduler::{
     FinishReason, ModelRunnerOutput, Request, Scheduler, StepOutput, StopReason,
 };
+pub use backend::heartbeat::Heartbeat;
+use backend::Backend;
 use model::Detokenizer;
 
 /// A request for the engine.
@@ -429,9 +429,9 @@ impl Core<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{BackendError, Logits, SeqInput};
     use crate::kv_cache::manager::KvCacheManager;
     use crate::scheduler::SchedulerConfig;
+    use backend::{BackendError, Logits, SeqInput};
     use model::LlamaConfig;
 
     /// A greedy request with the defaults tests do not care about.
@@ -538,9 +538,9 @@ mod tests {
             }
             Ok(Logits::from_rows(batch, vocab, data))
         }
-        fn take_step_timing(&mut self) -> Option<crate::backend::StepTiming> {
+        fn take_step_timing(&mut self) -> Option<backend::StepTiming> {
             self.log.lock().unwrap().push("timing".into());
-            Some(crate::backend::StepTiming {
+            Some(backend::StepTiming {
                 busy: Duration::from_micros(300),
                 gap: None,
             })

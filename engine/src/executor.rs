@@ -6,11 +6,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendError, Logits, LogitsFor, SeqInput, StepTiming};
-use crate::heartbeat::Heartbeat;
 use crate::sampling::{Sampled, Sampler};
 use crate::scheduler::output::{ModelRunnerOutput, PromptLogprobsJob, RequestOutput};
 use crate::scheduler::SchedulerOutput;
+use backend::heartbeat::Heartbeat;
+use backend::{Backend, BackendError, Logits, LogitsFor, SeqInput, StepTiming};
 
 /// A step the executor could not run: the backend refused the batch, or the scheduler's output
 /// broke the executor's contract (both are bugs; the engine fails every request rather than

@@ -3,7 +3,6 @@
 
 pub mod agent;
 pub mod api;
-pub mod backend;
 pub mod bench;
 pub mod body_end;
 pub mod cli;
@@ -11,7 +10,6 @@ pub mod engine_core;
 pub mod env_file;
 pub mod executor;
 pub mod gpu_check;
-pub mod heartbeat;
 pub mod kv_cache;
 pub mod lifecycle;
 pub mod listener;

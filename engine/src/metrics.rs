@@ -159,7 +159,7 @@ impl EngineMetrics {
     }
 
     /// After a step on a device backend: its GPU busy time and the gap before it.
-    pub fn record_device_step(&self, timing: crate::backend::StepTiming) {
+    pub fn record_device_step(&self, timing: backend::StepTiming) {
         self.device_busy.record(timing.busy.as_secs_f64());
         if let Some(gap) = timing.gap {
             self.device_gap.record(gap.as_secs_f64());

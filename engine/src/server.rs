@@ -13,9 +13,6 @@ use exporter::{Exporter, ExporterConfig};
 use std::sync::Arc;
 
 use crate::api::{self, AppState};
-use crate::backend::cpu::{host_memory, CpuBackend, CpuOptions, WeightFormat};
-use crate::backend::cuda::{CudaBackend, CudaOptions};
-use crate::backend::Backend;
 use crate::cli::{Device, ServeArgs, DEFAULT_MODEL};
 use crate::engine_core;
 use crate::kv_cache::manager::KvCacheManager;
@@ -25,6 +22,9 @@ use crate::metrics::EngineMetrics;
 use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::system_server::{self, SystemState};
 use crate::traces;
+use backend::cpu::{host_memory, CpuBackend, CpuOptions, WeightFormat};
+use backend::cuda::{CudaBackend, CudaOptions};
+use backend::Backend;
 use model::Model;
 
 /// The engine indexes this process serves (`engine` label values).
@@ -132,7 +132,7 @@ fn cache_config_labels(
 /// does not pay for first-touch page faults and so that `ready` means a step has run. The KV it
 /// writes lands in block 0, which every sequence overwrites before reading.
 fn warm_up(backend: &mut dyn Backend) -> anyhow::Result<()> {
-    use crate::backend::{LogitsFor, SeqInput};
+    use backend::{LogitsFor, SeqInput};
     let started = std::time::Instant::now();
     backend
         .forward(&[SeqInput {
@@ -247,7 +247,7 @@ pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
 /// and the libraries it needs, and logs why not otherwise; `--device cuda` turns a "no" into a
 /// start-up error naming the reason.
 fn wants_cuda(requested: Device) -> anyhow::Result<bool> {
-    use crate::backend::cuda::device::probe;
+    use backend::cuda::device::probe;
     match (requested, probe()) {
         (Device::Cpu, _) => {
             tracing::info!("--device cpu: serving on the CPU");

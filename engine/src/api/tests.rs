@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendError, Logits, SeqInput};
 use crate::kv_cache::manager::KvCacheManager;
 use crate::scheduler::{Scheduler, SchedulerConfig};
+use backend::{Backend, BackendError, Logits, SeqInput};
 use model::testing::{byte_tokenizer, tiny_config};
 use model::LlamaConfig;
 

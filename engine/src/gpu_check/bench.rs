@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::backend::cuda::{CudaBackend, CudaOptions};
-use crate::backend::{Backend, LogitsFor, SeqInput};
+use backend::cuda::{CudaBackend, CudaOptions};
+use backend::{Backend, LogitsFor, SeqInput};
 use model::Model;
 
 use super::report::Report;

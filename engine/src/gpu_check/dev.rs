@@ -3,10 +3,10 @@
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
-use crate::backend::cuda::gpu::Gpu;
-use crate::backend::cuda::kernels::DevPtr;
-use crate::backend::cuda::launch::{addr, Kernels};
-use crate::backend::cuda::CudaError;
+use backend::cuda::gpu::Gpu;
+use backend::cuda::kernels::DevPtr;
+use backend::cuda::launch::{addr, Kernels};
+use backend::cuda::CudaError;
 
 pub struct Dev {
     pub gpu: Gpu,

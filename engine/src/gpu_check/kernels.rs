@@ -7,13 +7,13 @@ use rand::{Rng, SeedableRng};
 
 use super::dev::Dev;
 use super::report::{max_error, round_bf16, Report};
-use crate::backend::cpu::attention::{self, Geometry, Row};
-use crate::backend::cpu::ops;
-use crate::backend::cuda::gemm::{Matrix, Output};
-use crate::backend::cuda::kernels::{DevPtr, Grid};
-use crate::backend::cuda::step_plan::StepPlan;
-use crate::backend::cuda::{rope, CudaError};
-use crate::backend::{GreedyToken, LogitsFor, SeqInput};
+use backend::cpu::attention::{self, Geometry, Row};
+use backend::cpu::ops;
+use backend::cuda::gemm::{Matrix, Output};
+use backend::cuda::kernels::{DevPtr, Grid};
+use backend::cuda::step_plan::StepPlan;
+use backend::cuda::{rope, CudaError};
+use backend::{GreedyToken, LogitsFor, SeqInput};
 use model::gguf::quant::{dequantize, GgmlType};
 use model::{LlamaConfig, RopeScaling};
 

@@ -42,7 +42,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
         CheckSection::Bench,
     ];
     if device_sections.iter().any(|s| wants(*s)) {
-        match crate::backend::cuda::device::probe() {
+        match backend::cuda::device::probe() {
             Ok(n) => {
                 let name = cudarc::driver::CudaContext::new(0)
                     .and_then(|ctx| ctx.name())

@@ -2,9 +2,9 @@
 //! the kernels' corner shapes, then the served model: logits of every prompt position, and 64
 //! greedy steps on several prompts, which must produce the same tokens.
 
-use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
-use crate::backend::cuda::{CudaBackend, CudaOptions};
-use crate::backend::{greedy_generate, Backend, LogitsFor, SeqInput};
+use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use backend::cuda::{CudaBackend, CudaOptions};
+use backend::{greedy_generate, Backend, LogitsFor, SeqInput};
 use model::{LlamaConfig, Model, WeightSource};
 
 use super::report::Report;
@@ -34,7 +34,7 @@ const NEAR_TIE: f32 = 0.5;
 fn last_logits(
     backend: &mut dyn Backend,
     tokens: &[u32],
-) -> Result<Vec<f32>, crate::backend::BackendError> {
+) -> Result<Vec<f32>, backend::BackendError> {
     let table: Vec<u32> = (0..backend.num_blocks() as u32).collect();
     let logits = backend.forward(&[SeqInput {
         tokens,

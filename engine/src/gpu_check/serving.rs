@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::report::Report;
-use crate::backend::greedy_generate;
+use backend::greedy_generate;
 use model::Model;
 
 const MAX_TOKENS: usize = 24;

@@ -8,6 +8,7 @@ mod params;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+pub use backend::{argmax, logprobs, GreedyToken};
 pub use params::{SamplingError, SamplingParams, TokenStop};
 
 /// Temperatures below this are greedy (vLLM's `_SAMPLING_EPS`).
@@ -21,24 +22,6 @@ pub struct Sampled {
     pub logprob: f32,
     /// The `n` most likely tokens and their log-probabilities, best first (empty unless asked).
     pub top_logprobs: Vec<(u32, f32)>,
-}
-
-/// A row of logits reduced to its most likely token (the lowest id on ties) and that token's
-/// log-probability under the row: what a backend hands over for a plain greedy request
-/// ([`Sampler::is_plain_greedy`]) instead of the whole row.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct GreedyToken {
-    pub token: u32,
-    pub logprob: f32,
-}
-
-impl GreedyToken {
-    /// The reduction of one row, on the host.
-    pub fn of_row(row: &[f32]) -> GreedyToken {
-        let token = argmax(row);
-        let (logprob, _) = logprobs(row, token, 0);
-        GreedyToken { token, logprob }
-    }
 }
 
 /// One request's sampling state: its parameters, its random generator, and the token counts the
@@ -147,19 +130,6 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value (the first one on ties), ignoring NaN.
-pub fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] || x[best].is_nan() {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// Softmax of `x`, then top-k, top-p and min-p filtering; returns unnormalised kept
-/// probabilities (zero where filtered out).
 fn filtered_probs(x: &[f32], top_k: Option<usize>, top_p: f32, min_p: f32) -> Vec<f64> {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut probs: Vec<f64> = x.iter().map(|v| ((v - max) as f64).exp()).collect();
@@ -215,27 +185,6 @@ fn draw(probs: &[f64], u: f64) -> u32 {
         }
     }
     last_kept as u32
-}
-
-/// Log-softmax of `logits` at `token`, and the `n` best tokens with theirs.
-pub fn logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = (logits.iter().map(|v| ((v - max) as f64).exp()).sum::<f64>()).ln() as f32 + max;
-    let chosen = logits[token as usize] - lse;
-    if n == 0 {
-        return (chosen, Vec::new());
-    }
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let n = n.min(idx.len());
-    idx.select_nth_unstable_by(n - 1, |a, b| {
-        logits[*b as usize].total_cmp(&logits[*a as usize])
-    });
-    let mut top: Vec<(u32, f32)> = idx[..n]
-        .iter()
-        .map(|&i| (i, logits[i as usize] - lse))
-        .collect();
-    top.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    (chosen, top)
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 pub use output::{ModelRunnerOutput, SchedulerOutput};
 pub use request::{FinishReason, Request, Status, StopReason};
 
-use crate::backend::LogitsFor;
 use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
 use crate::sampling::{Sampled, TokenStop};
+use backend::LogitsFor;
 use output::{NewRequestData, PromptLogprobsJob, ScheduledRequest};
 
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@
 //! [`Scheduler::update_from_output`](super::Scheduler::update_from_output). Neither side reaches
 //! into the other, so the scheduler is tested by feeding it made-up outputs, with no model.
 
-use crate::backend::LogitsFor;
 use crate::sampling::{Sampled, SamplingParams};
+use backend::LogitsFor;
 
 /// One step's work.
 #[derive(Debug, Clone, Default)]

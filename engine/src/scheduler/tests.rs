@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use super::*;
-use crate::backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
-use crate::backend::greedy_generate;
-use crate::backend::{Backend, LogitsFor, SeqInput};
 use crate::executor::{ExecuteError, Executor};
 use crate::sampling::{Sampled, SamplingParams};
+use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
+use backend::greedy_generate;
+use backend::{Backend, LogitsFor, SeqInput};
 use model::testing::{random_weights, tiny_config};
 use model::LlamaConfig;
 

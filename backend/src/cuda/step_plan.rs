@@ -9,7 +9,7 @@
 
 use std::ops::Range;
 
-use crate::backend::{LogitsFor, SeqInput};
+use crate::{LogitsFor, SeqInput};
 
 /// The packed metadata of one step and where each part lies in [`StepPlan::packed`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -50,7 +50,7 @@ mod tests {
         for pos in [0, 1, 17, 63] {
             let x: Vec<f32> = (0..2 * head_dim).map(|i| (i as f32 * 0.37).sin()).collect();
             let mut by_cpu = x.clone();
-            crate::backend::cpu::ops::rope(&mut by_cpu, 2, head_dim, pos, &inv_freq);
+            crate::cpu::ops::rope(&mut by_cpu, 2, head_dim, pos, &inv_freq);
             let mut by_tables = x;
             rotate_with_tables(&mut by_tables, head_dim, pos, &cos, &sin);
             assert_eq!(by_cpu, by_tables, "position {pos}");

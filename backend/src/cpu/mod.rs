@@ -1,10 +1,12 @@
 //! The CPU backend: a Llama forward pass over a paged KV cache, batched across sequences,
 //! using every core (rayon for attention and the quantized matmuls, `gemm` for f32 GEMMs).
 
-pub(crate) mod attention;
+/// Paged attention on the host: also the reference `vigil check-gpu` holds the CUDA kernels to.
+pub mod attention;
 pub mod host_memory;
 mod linear;
-pub(crate) mod ops;
+/// Norms, RoPE, activations on the host: also references for the CUDA kernels.
+pub mod ops;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@
 # every library of site-packages/nvidia/*/lib into one folder, adds the unversioned names, and
 # prints the LD_LIBRARY_PATH line to use:
 #
-#   eval "$(sh engine/src/backend/cuda/cuda-libs.sh)" && vigil check-gpu
+#   eval "$(sh backend/src/cuda/cuda-libs.sh)" && vigil check-gpu
 set -eu
 python=${PYTHON:-python3}
 dest=${1:-${TMPDIR:-/tmp}/vigil-cuda-libs}

@@ -96,7 +96,7 @@ fn store(path: &Path, ptx: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::cuda::kernels::{nvrtc_available, FILES};
+    use crate::cuda::kernels::{nvrtc_available, FILES};
 
     #[test]
     fn a_second_compile_comes_from_the_cache_and_other_archs_get_their_own_entry() {

@@ -6,7 +6,7 @@ use half::bf16;
 use safetensors::{Dtype, View};
 
 use super::{CpuBackend, CpuOptions, WeightFormat};
-use crate::backend::{Backend, LogitsFor, SeqInput};
+use crate::{Backend, LogitsFor, SeqInput};
 use model::testing::{random_weights, tiny_config, MemWeights};
 use model::{LoadError, Model};
 

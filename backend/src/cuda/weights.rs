@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::error::CudaError;
 use super::kernels::{DevPtr, Grid};
 use super::launch::{addr, Kernels};
-use crate::backend::host_weights::{has_untied_lm_head, layer_groups, Group};
+use crate::host_weights::{has_untied_lm_head, layer_groups, Group};
 use model::gguf::quant::GgmlType;
 use model::names;
 use model::{LlamaConfig, WeightSource};

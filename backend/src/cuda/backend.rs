@@ -16,9 +16,7 @@ use super::step_plan::StepPlan;
 use super::timing::StepClock;
 use super::weights::{Bf16Buf, DeviceWeights};
 use super::workspace::{Widths, Workspace};
-use crate::backend::{
-    validate_batch, Backend, BackendError, GreedyToken, Logits, SeqInput, StepTiming,
-};
+use crate::{validate_batch, Backend, BackendError, GreedyToken, Logits, SeqInput, StepTiming};
 use model::{LlamaConfig, Model, WeightSource};
 
 /// The attention kernel's limit (`kernels/attention.cu`).

@@ -4,7 +4,7 @@ use cudarc::cublas::result::CublasError;
 use cudarc::driver::DriverError;
 use cudarc::nvrtc::CompileError;
 
-use crate::backend::BackendError;
+use crate::BackendError;
 use model::LoadError;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 
 use super::error::CudaError;
-use crate::backend::StepTiming;
+use crate::StepTiming;
 
 pub struct StepClock {
     start: CudaEvent,

@@ -28,11 +28,11 @@ impl fmt::Display for NoCuda {
             NoCuda::NoDevice => write!(f, "the CUDA driver sees no GPU"),
             NoCuda::NoNvrtc => write!(
                 f,
-                "libnvrtc cannot be loaded (install the CUDA runtime libraries, or put libnvrtc.so on LD_LIBRARY_PATH; for pip's NVIDIA wheels see engine/src/backend/cuda/cuda-libs.sh)"
+                "libnvrtc cannot be loaded (install the CUDA runtime libraries, or put libnvrtc.so on LD_LIBRARY_PATH; for pip's NVIDIA wheels see backend/src/cuda/cuda-libs.sh)"
             ),
             NoCuda::NoCublas => write!(
                 f,
-                "libcublas cannot be loaded (install the CUDA runtime libraries, or put libcublas.so on LD_LIBRARY_PATH; for pip's NVIDIA wheels see engine/src/backend/cuda/cuda-libs.sh)"
+                "libcublas cannot be loaded (install the CUDA runtime libraries, or put libcublas.so on LD_LIBRARY_PATH; for pip's NVIDIA wheels see backend/src/cuda/cuda-libs.sh)"
             ),
         }
     }
@@ -87,7 +87,7 @@ mod tests {
             std::process::Command::new("sh")
                 .arg(concat!(
                     env!("CARGO_MANIFEST_DIR"),
-                    "/src/backend/cuda/cuda-libs.sh"
+                    "/src/cuda/cuda-libs.sh"
                 ))
                 .arg(&dest)
                 .env("PYTHON", &python)

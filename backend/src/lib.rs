@@ -1,4 +1,5 @@
-//! The backend interface the scheduler drives, and its implementations (CPU here; CUDA later).
+//! The backend interface the executor drives, and its implementations: the CPU ([`cpu`]) and
+//! CUDA ([`cuda`], through cudarc with the libraries loaded at run time).
 //!
 //! A step is a batch of sequences, each contributing the tokens whose KV is not cached yet
 //! (a whole prompt, a chunk of one, or one decode token), the position of its first new token,
@@ -8,7 +9,11 @@
 
 pub mod cpu;
 pub mod cuda;
+pub mod heartbeat;
 pub mod host_weights;
+mod row;
+
+pub use row::{argmax, logprobs, GreedyToken};
 
 use model::LlamaConfig;
 
@@ -56,8 +61,6 @@ pub struct Logits {
     pub data: Vec<f32>,
     pub greedy: Vec<GreedyToken>,
 }
-
-pub use crate::sampling::GreedyToken;
 
 impl Logits {
     /// From a full row for every position `batch` asks for (a [`LogitsFor::Greedy`] sequence's
