@@ -1,5 +1,7 @@
-//! Vigil's engine crate: the command line, the HTTP server and (as they land) model loading,
-//! backends, KV cache and scheduler. `main.rs` is a thin wrapper around [`run`].
+//! Vigil's engine crate: the engine loop (schedule, execute, update, record) with its scheduler,
+//! KV cache, executor and sampling; the HTTP server and the API; the command line and its side
+//! commands (the node agent, the benchmark client, the GPU node check). Models are the `model`
+//! crate's, backends the `backend` crate's. `main.rs` is a thin wrapper around [`run`].
 
 pub mod agent;
 pub mod api;

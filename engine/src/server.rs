@@ -247,7 +247,7 @@ pub fn max_model_len(args: &ServeArgs, model: &Model) -> anyhow::Result<u64> {
 /// and the libraries it needs, and logs why not otherwise; `--device cuda` turns a "no" into a
 /// start-up error naming the reason.
 fn wants_cuda(requested: Device) -> anyhow::Result<bool> {
-    use backend::cuda::device::probe;
+    use backend::cuda::availability::probe;
     match (requested, probe()) {
         (Device::Cpu, _) => {
             tracing::info!("--device cpu: serving on the CPU");

@@ -27,7 +27,7 @@ pub mod render;
 pub mod route;
 pub mod version;
 
-pub use recorder::{Exporter, ExporterConfig};
+pub use recorder::{Exporter, ExporterConfig, SetError};
 pub use render::Format;
 pub use version::MinorVersion;
 

@@ -1,5 +1,5 @@
 //! `cargo xtask bench-metrics-cost [--rounds N]`: what recording the vllm: metrics costs a
-//! serving Vigil, measured as issue 4 asks: the same load against a server with metrics on and
+//! serving Vigil: the same load against a server with metrics on and
 //! one with `--disable-log-stats`.
 //!
 //! Throughput alone is too noisy on a shared 2-core machine (runs of one configuration differ

@@ -1,4 +1,4 @@
-//! The CUDA backend (issue 7): the Llama forward pass on one GPU behind [`super::Backend`].
+//! The CUDA backend: the Llama forward pass on one GPU behind [`super::Backend`].
 //!
 //! - `kernels/`: the kernels as CUDA C, one file per family, compiled by NVRTC at start-up for
 //!   the device's architecture ([`kernels`], [`launch`]); CI compiles them without a GPU.
@@ -6,13 +6,13 @@
 //! - [`step_plan`]: a step's metadata packed for one upload; [`workspace`]: activations.
 //! - [`gpu`]: one device: context, stream, compiled kernels, cuBLAS handle.
 //! - [`backend`]: [`CudaBackend`]; [`memory`]: KV cache sizing; [`timing`]: CUDA-event step
-//!   timing; [`device`]: whether this host can run any of it, and why not.
+//!   timing; [`availability`]: whether this host can run any of it, and why not.
 //!
 //! Everything is loaded at run time through cudarc (libcuda, libnvrtc, libcublas), so the binary
 //! builds and runs on machines without CUDA.
 
+pub mod availability;
 pub mod backend;
-pub mod device;
 pub mod error;
 pub mod gemm;
 pub mod gpu;

@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::dev::Dev;
+use super::kernel_device::Dev;
 use super::report::{max_error, round_bf16, Report};
 use backend::cpu::attention::{self, Geometry, Row};
 use backend::cpu::ops;

@@ -12,7 +12,7 @@
 //! Every check prints PASS or FAIL with its numbers; the command fails if any failed.
 
 pub mod bench;
-pub mod dev;
+pub mod kernel_device;
 pub mod kernels;
 pub mod model;
 pub mod report;
@@ -42,7 +42,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
         CheckSection::Bench,
     ];
     if device_sections.iter().any(|s| wants(*s)) {
-        match backend::cuda::device::probe() {
+        match backend::cuda::availability::probe() {
             Ok(n) => {
                 let name = cudarc::driver::CudaContext::new(0)
                     .and_then(|ctx| ctx.name())
@@ -61,7 +61,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
     }
     if wants(CheckSection::Kernels) {
         println!("== kernels vs CPU");
-        match dev::Dev::open(0) {
+        match kernel_device::Dev::open(0) {
             Ok(dev) => {
                 println!("{} ({})", dev.gpu.info.name, dev.gpu.info.arch);
                 kernels::run(&dev, &mut report);

@@ -3,7 +3,7 @@
 //! Each entry is a `static` [`MetricDef`]; code that records a metric refers to the entry (for
 //! example `catalog::vllm::PROMPT_TOKENS.name`), so every metric name is written exactly once in
 //! the code base. The same table drives registration and pre-creation of series, histogram
-//! buckets, deprecation gating, rendering, `docs/metrics.md` and (later) the Grafana dashboard.
+//! buckets, deprecation gating, rendering, `docs/metrics.md` and the Grafana dashboard.
 //!
 //! Versions: the `vllm:` entries are vLLM [`crate::gating::VLLM_CATALOG`]'s, and their
 //! [`Deprecation::since`] is a vLLM version; every other entry's is a Vigil version. The gate

@@ -238,7 +238,7 @@ impl Exporter {
         &self,
         def: &'static MetricDef,
         labels: &[(&'static str, String)],
-    ) -> Result<(), String> {
+    ) -> Result<(), SetError> {
         self.set_gauge(def, labels, 1.0)
     }
 
@@ -250,7 +250,7 @@ impl Exporter {
         def: &'static MetricDef,
         labels: &[(&'static str, String)],
         value: f64,
-    ) -> Result<(), String> {
+    ) -> Result<(), SetError> {
         let Some(key) = self.direct_key(def, Kind::Gauge, labels)? else {
             return Ok(());
         };
@@ -266,7 +266,7 @@ impl Exporter {
         def: &'static MetricDef,
         labels: &[(&'static str, String)],
         total: f64,
-    ) -> Result<(), String> {
+    ) -> Result<(), SetError> {
         let Some(key) = self.direct_key(def, Kind::Counter, labels)? else {
             return Ok(());
         };
@@ -284,7 +284,7 @@ impl Exporter {
         labels: &[(&'static str, String)],
         counts: &[u64],
         sum: f64,
-    ) -> Result<(), String> {
+    ) -> Result<(), SetError> {
         let Some(key) = self.direct_key(def, Kind::Histogram, labels)? else {
             return Ok(());
         };
@@ -294,11 +294,11 @@ impl Exporter {
             .get_or_create_histogram(&key, Arc::clone);
         let buckets = h.snapshot().buckets.len();
         if counts.len() != buckets {
-            return Err(format!(
-                "{} has {buckets} buckets, got {} counts",
-                def.name,
-                counts.len()
-            ));
+            return Err(SetError::BucketCount {
+                name: def.name,
+                buckets,
+                counts: counts.len(),
+            });
         }
         h.set_counts(counts, sum);
         Ok(())
@@ -329,18 +329,19 @@ impl Exporter {
         def: &'static MetricDef,
         kind: Kind,
         labels: &[(&'static str, String)],
-    ) -> Result<Option<Key>, String> {
+    ) -> Result<Option<Key>, SetError> {
         let mut expected: Vec<&str> = def.label_names().collect();
         let mut given: Vec<&str> = labels.iter().map(|(k, _)| *k).collect();
         expected.sort_unstable();
         given.sort_unstable();
         if def.kind != kind || expected != given {
-            return Err(format!(
-                "{} is a {} with labels {expected:?}; got a {} with {given:?}",
-                def.name,
-                def.kind.as_str(),
-                kind.as_str()
-            ));
+            return Err(SetError::NotInCatalog {
+                name: def.name,
+                kind: def.kind.as_str(),
+                labels: format!("{expected:?}"),
+                given_kind: kind.as_str(),
+                given: format!("{given:?}"),
+            });
         }
         if !self.inner.config.engine_stats && def.engine_stat {
             return Ok(None);
@@ -351,6 +352,25 @@ impl Exporter {
             .collect();
         Ok(Some(Key::from_parts(def.name, labels)))
     }
+}
+
+/// A series set directly that does not match its catalog entry: a bug in the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetError {
+    #[error("{name} is a {kind} with labels {labels}; got a {given_kind} with {given}")]
+    NotInCatalog {
+        name: &'static str,
+        kind: &'static str,
+        labels: String,
+        given_kind: &'static str,
+        given: String,
+    },
+    #[error("{name} has {buckets} buckets, got {counts} counts")]
+    BucketCount {
+        name: &'static str,
+        buckets: usize,
+        counts: usize,
+    },
 }
 
 /// Whether `key` carries exactly the label names of `def` (in any order: `metrics` compares keys'

@@ -116,7 +116,7 @@ impl Poller {
                             current = snap;
                             let mut total = before.clone();
                             total.add(&current);
-                            export::apply(&exporter, &total)
+                            export::apply(&exporter, &total).map_err(|e| e.to_string())
                         });
                         if let Err(e) = read {
                             status::set(&exporter, Probe::Ebpf, &State::off("failed", e));

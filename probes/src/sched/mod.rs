@@ -158,7 +158,9 @@ impl Poller {
                 let exporter = exporter.clone();
                 move || {
                     while !stopped.load(Ordering::Relaxed) {
-                        let exported = probe.read().and_then(|s| export::apply(&exporter, &s));
+                        let exported = probe
+                            .read()
+                            .and_then(|s| export::apply(&exporter, &s).map_err(|e| e.to_string()));
                         if let Err(e) = exported {
                             status::set(&exporter, Probe::Ebpf, &State::off("failed", e));
                             return;
