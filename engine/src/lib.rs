@@ -1,75 +1,24 @@
-//! Vigil's engine crate: the engine loop (schedule, execute, update, record) with its scheduler,
-//! KV cache, executor and sampling; the HTTP server and the API; the command line and its side
-//! commands (the node agent, the benchmark client, the GPU node check). Models are the `model`
-//! crate's, backends the `backend` crate's. `main.rs` is a thin wrapper around [`run`].
+//! Vigil's engine core: what turns requests into tokens, with no HTTP, no tracing export and no
+//! device code of its own. One thread ([`engine_loop`]) owns the [`Scheduler`] and the
+//! [`Executor`]; each step is schedule -> execute -> update -> record, as vLLM v1's engine core
+//! runs it:
+//!
+//! - [`scheduler`]: which requests compute how many tokens (token budget, chunked prefill,
+//!   preemption by recompute), and what becomes of the sampled tokens (stops, lengths).
+//! - [`kv_cache`]: the paged KV cache's blocks and the prefix cache.
+//! - [`executor`]: the backend (from the `backend` crate) and every request's sampler.
+//! - [`sampling`]: penalties, temperature, top-k/top-p/min-p, seeded draws, log-probabilities.
+//! - [`metrics`]: the `vllm:` engine series, recorded from each step's output.
 
-pub mod agent;
-pub mod api;
-pub mod bench;
-pub mod body_end;
-pub mod cli;
-pub mod engine_core;
-pub mod env_file;
+pub mod engine_loop;
 pub mod executor;
-pub mod gpu_check;
 pub mod kv_cache;
-pub mod lifecycle;
-pub mod listener;
-pub mod logging;
 pub mod metrics;
 pub mod sampling;
 pub mod scheduler;
-pub mod server;
-pub mod system_server;
-pub mod traces;
 
-use anyhow::Context;
-
-/// Runs the command the user asked for.
-pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
-    match cli.command {
-        cli::Command::Serve(args) => {
-            // Name the CPU backend's workers so the eBPF probe can tell them apart (the kernel
-            // keeps 15 bytes of a thread name: "vigil-compute-N").
-            rayon::ThreadPoolBuilder::new()
-                .thread_name(|i| format!("vigil-compute-{i}"))
-                .build_global()
-                .context("starting the compute thread pool")?;
-            http_runtime()?.block_on(server::serve(*args))
-        }
-        cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
-        cli::Command::Probe(args) => http_runtime()?.block_on(agent::run(*args)),
-        cli::Command::SchedLatency(args) => {
-            let probe = probes::sched::SchedProbe::attach(args.pid).map_err(|state| {
-                anyhow::anyhow!("the eBPF probe cannot run here ({})", state.describe())
-            })?;
-            eprintln!(
-                "attached to {}; measuring for {:?}",
-                match args.pid {
-                    0 => "every process".to_owned(),
-                    pid => format!("process {pid}"),
-                },
-                args.duration
-            );
-            std::thread::sleep(args.duration);
-            let snap = probe.read().map_err(anyhow::Error::msg)?;
-            print!("{}", probes::sched::report::format(&snap));
-            Ok(())
-        }
-        cli::Command::EnvFile => {
-            print!("{}", env_file::render());
-            Ok(())
-        }
-        cli::Command::CheckGpu(args) => gpu_check::run(&args),
-    }
-}
-
-/// The tokio runtime of the HTTP servers; its workers are named `vigil-http` so that the eBPF
-/// probe counts them under the `http` role.
-fn http_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("vigil-http")
-        .build()
-        .context("starting the tokio runtime")
-}
+pub use engine_loop::{
+    event_channel, spawn, EngineHandle, EngineStopped, Event, Finished, NewRequest, EVENT_BUFFER,
+};
+pub use executor::Executor;
+pub use scheduler::{Scheduler, SchedulerConfig};

@@ -120,11 +120,11 @@ mod tests {
     use super::*;
     use crate::gguf::GgufFile;
 
-    /// `tests/fixtures/quant.gguf` holds one tensor per type, quantized by the `gguf` Python
+    /// `model/tests/fixtures/quant.gguf` holds one tensor per type, quantized by the `gguf` Python
     /// package; `quant.json` holds what that package's dequantizer returns for each.
     #[test]
     fn dequantization_matches_the_gguf_python_package() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
         let file = GgufFile::open(&dir.join("quant.gguf")).unwrap();
         let expected: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("quant.json")).unwrap())

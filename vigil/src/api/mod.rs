@@ -1,6 +1,6 @@
 //! The OpenAI-compatible API: `/v1/completions`, `/v1/chat/completions` (streaming or not),
 //! `/v1/models`, `/tokenize` and `/detokenize`. Handlers parse and validate, then talk to the
-//! engine thread through [`crate::engine_core::EngineHandle`].
+//! engine thread through [`engine::engine_loop::EngineHandle`].
 
 pub mod access_log;
 mod admission;
@@ -32,7 +32,7 @@ use serde_json::json;
 use error::ApiBody;
 pub use error::ApiError;
 
-use crate::engine_core::EngineHandle;
+use engine::engine_loop::EngineHandle;
 use model::Tokenizer;
 
 /// Largest request body accepted (as vLLM's default is unbounded, pick a generous limit).

@@ -13,10 +13,10 @@ use super::access_log::{AccessNote, Note};
 use super::dynamo::RequestRecord;
 use super::error::ApiError;
 use super::AppState;
-use crate::engine_core::{Event, NewRequest};
-use crate::sampling::{Sampled, SamplingParams};
-use crate::scheduler::{FinishReason, StopReason};
 use crate::traces::RequestTrace;
+use engine::engine_loop::{Event, NewRequest};
+use engine::sampling::{Sampled, SamplingParams};
+use engine::scheduler::{FinishReason, StopReason};
 use model::Detokenizer;
 use model::Tokenizer;
 
@@ -155,7 +155,7 @@ impl Generation {
         for (p, prompt) in req.prompts.iter().enumerate() {
             for i in 0..req.n {
                 let index = p * req.n + i;
-                let (tx, rx) = crate::engine_core::event_channel();
+                let (tx, rx) = engine::engine_loop::event_channel();
                 let engine_id = if total == 1 {
                     req.request_id.clone()
                 } else {

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use crate::kv_cache::manager::KvCacheManager;
-use crate::scheduler::{Scheduler, SchedulerConfig};
 use backend::{Backend, BackendError, Logits, SeqInput};
+use engine::kv_cache::manager::KvCacheManager;
+use engine::scheduler::{Scheduler, SchedulerConfig};
 use model::testing::{byte_tokenizer, tiny_config};
 use model::LlamaConfig;
 
@@ -65,7 +65,7 @@ fn serve(backend: FailsAfter) -> String {
         vec![],
     );
     let state = Arc::new(AppState {
-        engine: crate::engine_core::spawn(Box::new(backend), scheduler, None),
+        engine: engine::engine_loop::spawn(Box::new(backend), scheduler, None),
         tokenizer: Arc::new(byte_tokenizer()),
         served_model_names: vec!["tiny".into()],
         max_model_len: 64,

@@ -14,17 +14,17 @@ use std::sync::Arc;
 
 use crate::api::{self, AppState};
 use crate::cli::{Device, ServeArgs, DEFAULT_MODEL};
-use crate::engine_core;
-use crate::kv_cache::manager::KvCacheManager;
 use crate::lifecycle::drain::{self, Drain};
 use crate::lifecycle::systemd;
-use crate::metrics::EngineMetrics;
-use crate::scheduler::{Scheduler, SchedulerConfig};
 use crate::system_server::{self, SystemState};
 use crate::traces;
 use backend::cpu::{host_memory, CpuBackend, CpuOptions, WeightFormat};
 use backend::cuda::{CudaBackend, CudaOptions};
 use backend::Backend;
+use engine::engine_loop;
+use engine::kv_cache::manager::KvCacheManager;
+use engine::metrics::EngineMetrics;
+use engine::scheduler::{Scheduler, SchedulerConfig};
 use model::Model;
 
 /// The engine indexes this process serves (`engine` label values).
@@ -181,7 +181,7 @@ fn set_dynamo_model_config(
 
 /// The application's routes. `/health` answers 503 once the engine thread has died or while
 /// the server drains for a stop, so that load balancers move on.
-pub fn app(exporter: Exporter, engine: engine_core::EngineHandle, drain: Arc<Drain>) -> Router {
+pub fn app(exporter: Exporter, engine: engine_loop::EngineHandle, drain: Arc<Drain>) -> Router {
     let health = move || {
         let healthy = engine.is_alive() && !drain.is_draining();
         async move {
@@ -466,7 +466,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         model.tokenizer.eos_token_ids.clone(),
     );
     let metrics = (!args.disable_log_stats).then(|| EngineMetrics::new(&model_name, ENGINES[0]));
-    let engine = engine_core::spawn(backend, scheduler, metrics);
+    let engine = engine_loop::spawn(backend, scheduler, metrics);
     systemd::start_watchdog(engine.clone());
     let served_model_names = if args.served_model_name.is_empty() {
         vec![model_name.clone()]

@@ -18,7 +18,7 @@ use super::protocol::CommonParams;
 use super::start;
 use super::stream::{delivered, sse, ChunkFormat};
 use super::{request_id, unix_now, AppState};
-use crate::scheduler::StopReason;
+use engine::scheduler::StopReason;
 
 pub async fn handle(
     State(state): State<Arc<AppState>>,

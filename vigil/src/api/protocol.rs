@@ -4,7 +4,7 @@
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::sampling::SamplingParams;
+use engine::sampling::SamplingParams;
 use model::ChatMessage;
 
 /// `stop`: one string or a list.

@@ -96,7 +96,7 @@ fn compare_prompt(
         .fold(0f32, f32::max);
     let scale = b.data.iter().map(|v| v.abs()).fold(0f32, f32::max);
     let flips = (0..b.rows())
-        .filter(|&r| crate::sampling::argmax(a.row(r)) != crate::sampling::argmax(b.row(r)))
+        .filter(|&r| engine::sampling::argmax(a.row(r)) != engine::sampling::argmax(b.row(r)))
         .count();
     Ok((diff, scale, flips))
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use exporter::catalog::service::DRAIN_REQUESTS;
 use tokio::sync::Notify;
 
-use crate::engine_core::EngineHandle;
+use engine::engine_loop::EngineHandle;
 
 /// How long aborted requests get to send their last event before the server stops anyway.
 const ABORT_WAIT: Duration = Duration::from_secs(5);

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::engine_core::EngineHandle;
+use engine::engine_loop::EngineHandle;
 
 fn send(states: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(states) {

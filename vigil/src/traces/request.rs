@@ -15,8 +15,8 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 
-use crate::scheduler::request::Timestamps;
-use crate::scheduler::FinishReason;
+use engine::scheduler::request::Timestamps;
+use engine::scheduler::FinishReason;
 
 /// What a trace records about the request from the start.
 pub struct TraceRequest<'a> {

@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::Router;
 use exporter::Exporter;
 
-use crate::engine_core::EngineHandle;
+use engine::engine_loop::EngineHandle;
 
 /// Where the system server listens, from the environment; `None` when it is off.
 #[derive(Debug, Clone, PartialEq, Eq)]

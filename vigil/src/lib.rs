@@ -1,0 +1,70 @@
+//! The `vigil` program: the command line ([`cli`]), the server it runs ([`server`]: the OpenAI
+//! API in [`api`], the Dynamo system status server, life as a systemd service in [`lifecycle`],
+//! OTLP traces in [`traces`]) around the engine core (the `engine` crate), and the side commands:
+//! the node agent ([`agent`]), the benchmark client ([`bench`]), the GPU node check
+//! ([`gpu_check`]). `main.rs` is a thin wrapper around [`run`].
+
+pub mod agent;
+pub mod api;
+pub mod bench;
+pub mod body_end;
+pub mod cli;
+pub mod env_file;
+pub mod gpu_check;
+pub mod lifecycle;
+pub mod listener;
+pub mod logging;
+pub mod server;
+pub mod system_server;
+pub mod traces;
+
+use anyhow::Context;
+
+/// Runs the command the user asked for.
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    match cli.command {
+        cli::Command::Serve(args) => {
+            // Name the CPU backend's workers so the eBPF probe can tell them apart (the kernel
+            // keeps 15 bytes of a thread name: "vigil-compute-N").
+            rayon::ThreadPoolBuilder::new()
+                .thread_name(|i| format!("vigil-compute-{i}"))
+                .build_global()
+                .context("starting the compute thread pool")?;
+            http_runtime()?.block_on(server::serve(*args))
+        }
+        cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
+        cli::Command::Probe(args) => http_runtime()?.block_on(agent::run(*args)),
+        cli::Command::SchedLatency(args) => {
+            let probe = probes::sched::SchedProbe::attach(args.pid).map_err(|state| {
+                anyhow::anyhow!("the eBPF probe cannot run here ({})", state.describe())
+            })?;
+            eprintln!(
+                "attached to {}; measuring for {:?}",
+                match args.pid {
+                    0 => "every process".to_owned(),
+                    pid => format!("process {pid}"),
+                },
+                args.duration
+            );
+            std::thread::sleep(args.duration);
+            let snap = probe.read().map_err(anyhow::Error::msg)?;
+            print!("{}", probes::sched::report::format(&snap));
+            Ok(())
+        }
+        cli::Command::EnvFile => {
+            print!("{}", env_file::render());
+            Ok(())
+        }
+        cli::Command::CheckGpu(args) => gpu_check::run(&args),
+    }
+}
+
+/// The tokio runtime of the HTTP servers; its workers are named `vigil-http` so that the eBPF
+/// probe counts them under the `http` role.
+fn http_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("vigil-http")
+        .build()
+        .context("starting the tokio runtime")
+}
