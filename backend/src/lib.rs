@@ -138,14 +138,21 @@ pub enum BackendError {
     Device(String),
 }
 
-/// What the scheduler needs from a backend.
+/// The KV cache a backend holds, in blocks: the scheduler's block pool mirrors it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvGeometry {
+    /// Tokens per block.
+    pub block_size: usize,
+    /// Blocks in the cache.
+    pub num_blocks: usize,
+}
+
+/// What the executor needs from a backend.
 pub trait Backend: Send {
     fn name(&self) -> &'static str;
     fn config(&self) -> &LlamaConfig;
-    /// Tokens per KV block.
-    fn block_size(&self) -> usize;
-    /// KV blocks in the cache.
-    fn num_blocks(&self) -> usize;
+    /// The KV cache it holds.
+    fn kv_geometry(&self) -> KvGeometry;
     /// Runs one step over `batch`.
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError>;
     /// The device's timing of the last step, once (backends that measure it).
@@ -224,7 +231,7 @@ pub fn greedy_generate(
     max_new: usize,
     stop: &[u32],
 ) -> Result<Vec<u32>, BackendError> {
-    let table: Vec<u32> = (0..backend.num_blocks() as u32).collect();
+    let table: Vec<u32> = (0..backend.kv_geometry().num_blocks as u32).collect();
     let mut tokens = prompt.to_vec();
     let mut cached = 0;
     for _ in 0..max_new {

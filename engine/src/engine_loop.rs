@@ -431,7 +431,7 @@ mod tests {
     use super::*;
     use crate::kv_cache::manager::KvCacheManager;
     use crate::scheduler::SchedulerConfig;
-    use backend::{BackendError, Logits, SeqInput};
+    use backend::{BackendError, KvGeometry, Logits, SeqInput};
     use model::LlamaConfig;
 
     /// A greedy request with the defaults tests do not care about.
@@ -466,11 +466,11 @@ mod tests {
         fn config(&self) -> &LlamaConfig {
             &self.0
         }
-        fn block_size(&self) -> usize {
-            4
-        }
-        fn num_blocks(&self) -> usize {
-            8
+        fn kv_geometry(&self) -> KvGeometry {
+            KvGeometry {
+                block_size: 4,
+                num_blocks: 8,
+            }
         }
         fn forward(&mut self, _: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
             panic!("backend bug");
@@ -512,11 +512,11 @@ mod tests {
         fn config(&self) -> &LlamaConfig {
             &self.config
         }
-        fn block_size(&self) -> usize {
-            4
-        }
-        fn num_blocks(&self) -> usize {
-            8
+        fn kv_geometry(&self) -> KvGeometry {
+            KvGeometry {
+                block_size: 4,
+                num_blocks: 8,
+            }
         }
         fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
             let kinds: Vec<String> = batch
@@ -614,11 +614,11 @@ mod tests {
         fn config(&self) -> &LlamaConfig {
             &self.config
         }
-        fn block_size(&self) -> usize {
-            4
-        }
-        fn num_blocks(&self) -> usize {
-            8
+        fn kv_geometry(&self) -> KvGeometry {
+            KvGeometry {
+                block_size: 4,
+                num_blocks: 8,
+            }
         }
         fn beat_while_working(&mut self, heartbeat: Arc<Heartbeat>) {
             self.heartbeat = Some(heartbeat);

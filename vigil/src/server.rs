@@ -443,7 +443,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // --device auto fell back to the CPU: its budget.
         args.settle_batch_token_budget(max_model_len, false)?;
     }
-    let (num_blocks, block_size) = (backend.num_blocks(), backend.block_size());
+    let backend::KvGeometry {
+        num_blocks,
+        block_size,
+    } = backend.kv_geometry();
     for engine in ENGINES {
         exporter
             .set_info(

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::host_weights::{untied_lm_head, HostLayer};
-use super::{validate_batch, Backend, BackendError, Logits, LogitsFor, SeqInput};
+use super::{validate_batch, Backend, BackendError, KvGeometry, Logits, LogitsFor, SeqInput};
 pub use linear::{Linear, WeightFormat};
 use model::names;
 use model::{LlamaConfig, LoadError, Model, WeightSource};
@@ -137,12 +137,11 @@ impl Backend for CpuBackend {
         &self.config
     }
 
-    fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    fn num_blocks(&self) -> usize {
-        self.num_blocks
+    fn kv_geometry(&self) -> KvGeometry {
+        KvGeometry {
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+        }
     }
 
     fn beat_while_working(&mut self, heartbeat: Arc<crate::heartbeat::Heartbeat>) {

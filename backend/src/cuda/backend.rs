@@ -16,7 +16,9 @@ use super::step_plan::StepPlan;
 use super::timing::StepClock;
 use super::weights::{Bf16Buf, DeviceWeights};
 use super::workspace::{Widths, Workspace};
-use crate::{validate_batch, Backend, BackendError, GreedyToken, Logits, SeqInput, StepTiming};
+use crate::{
+    validate_batch, Backend, BackendError, GreedyToken, KvGeometry, Logits, SeqInput, StepTiming,
+};
 use model::{LlamaConfig, Model, WeightSource};
 
 /// The attention kernel's limit (`kernels/attention.cu`).
@@ -371,12 +373,11 @@ impl Backend for CudaBackend {
         &self.config
     }
 
-    fn block_size(&self) -> usize {
-        self.block_size
-    }
-
-    fn num_blocks(&self) -> usize {
-        self.num_blocks
+    fn kv_geometry(&self) -> KvGeometry {
+        KvGeometry {
+            block_size: self.block_size,
+            num_blocks: self.num_blocks,
+        }
     }
 
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use backend::{Backend, BackendError, Logits, SeqInput};
+use backend::{Backend, BackendError, KvGeometry, Logits, SeqInput};
 use engine::kv_cache::manager::KvCacheManager;
 use engine::scheduler::{Scheduler, SchedulerConfig};
 use model::testing::{byte_tokenizer, tiny_config};
@@ -24,11 +24,11 @@ impl Backend for FailsAfter {
     fn config(&self) -> &LlamaConfig {
         &self.config
     }
-    fn block_size(&self) -> usize {
-        4
-    }
-    fn num_blocks(&self) -> usize {
-        32
+    fn kv_geometry(&self) -> KvGeometry {
+        KvGeometry {
+            block_size: 4,
+            num_blocks: 32,
+        }
     }
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
         if self.ok_steps == 0 {
@@ -61,7 +61,11 @@ fn serve(backend: FailsAfter) -> String {
             max_model_len: 64,
             chunked_prefill: true,
         },
-        KvCacheManager::new(backend.num_blocks(), backend.block_size(), true),
+        KvCacheManager::new(
+            backend.kv_geometry().num_blocks,
+            backend.kv_geometry().block_size,
+            true,
+        ),
         vec![],
     );
     let state = Arc::new(AppState {

@@ -35,7 +35,7 @@ fn last_logits(
     backend: &mut dyn Backend,
     tokens: &[u32],
 ) -> Result<Vec<f32>, backend::BackendError> {
-    let table: Vec<u32> = (0..backend.num_blocks() as u32).collect();
+    let table: Vec<u32> = (0..backend.kv_geometry().num_blocks as u32).collect();
     let logits = backend.forward(&[SeqInput {
         tokens,
         start_pos: 0,
@@ -80,7 +80,7 @@ fn compare_prompt(
     cpu: &mut dyn Backend,
     prompt: &[u32],
 ) -> anyhow::Result<(f32, f32, usize)> {
-    let table: Vec<u32> = (0..gpu.num_blocks() as u32).collect();
+    let table: Vec<u32> = (0..gpu.kv_geometry().num_blocks as u32).collect();
     let input = [SeqInput {
         tokens: prompt,
         start_pos: 0,
