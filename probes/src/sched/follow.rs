@@ -5,8 +5,6 @@
 //! that one. The status says which it is (`running` or `no_target`), and the counters carry on
 //! across processes, so a restart is not a counter reset.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use exporter::Exporter;
@@ -53,86 +51,57 @@ impl Poller {
         mut find: impl FnMut() -> Option<u32> + Send + 'static,
         interval: Duration,
     ) -> Option<Poller> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
         status::set(
             &exporter,
             Probe::Ebpf,
             &State::off("no_target", "looking for the engine's process"),
         );
-        let thread_exporter = exporter.clone();
-        let spawned = std::thread::Builder::new()
-            .name("vigil-sched-probe".into())
-            .spawn(move || {
-                let exporter = thread_exporter;
-                let mut watched: Option<(Process, SchedProbe)> = None;
-                // What processes watched before counted, and the current one so far.
-                let mut before = Snapshot::default();
-                let mut current = Snapshot::default();
-                let mut searching_logged = true;
-                while !stopped.load(Ordering::Relaxed) {
-                    if let Some((process, _)) = &watched {
-                        if !process.is_alive() {
-                            tracing::info!(pid = process.pid, "the engine's process is gone");
-                            watched = None;
-                            before.add(&current);
-                            current = Snapshot::default();
-                            status::set(
-                                &exporter,
-                                Probe::Ebpf,
-                                &State::off(
-                                    "no_target",
-                                    "the engine's process exited; looking for its successor",
-                                ),
-                            );
-                        }
-                    }
-                    if watched.is_none() {
-                        match find().and_then(Process::live) {
-                            Some(process) => match SchedProbe::attach(process.pid) {
-                                Ok(probe) => {
-                                    tracing::info!(
-                                        pid = process.pid,
-                                        "watching the engine's process"
-                                    );
-                                    status::set(&exporter, Probe::Ebpf, &State::Running);
-                                    watched = Some((process, probe));
-                                    searching_logged = false;
-                                }
-                                Err(state) => {
-                                    status::set(&exporter, Probe::Ebpf, &state);
-                                    return;
-                                }
-                            },
-                            None if !searching_logged => {
-                                searching_logged = true;
-                                tracing::info!("no engine process yet; looking each interval");
-                            }
-                            None => {}
-                        }
-                    }
-                    if let Some((_, probe)) = &watched {
-                        let read = probe.read().and_then(|snap| {
-                            current = snap;
-                            let mut total = before.clone();
-                            total.add(&current);
-                            export::apply(&exporter, &total).map_err(|e| e.to_string())
-                        });
-                        if let Err(e) = read {
-                            status::set(&exporter, Probe::Ebpf, &State::off("failed", e));
-                            return;
-                        }
-                    }
-                    std::thread::sleep(interval);
+        let mut watched: Option<(Process, SchedProbe)> = None;
+        // What processes watched before counted, and the current one so far.
+        let mut before = Snapshot::default();
+        let mut current = Snapshot::default();
+        let mut searching_logged = true;
+        Poller::spawn(&exporter, interval, move |exporter| {
+            if let Some((process, _)) = &watched {
+                if !process.is_alive() {
+                    tracing::info!(pid = process.pid, "the engine's process is gone");
+                    watched = None;
+                    before.add(&current);
+                    current = Snapshot::default();
+                    status::set(
+                        exporter,
+                        Probe::Ebpf,
+                        &State::off(
+                            "no_target",
+                            "the engine's process exited; looking for its successor",
+                        ),
+                    );
                 }
-            });
-        match spawned {
-            Ok(_) => Some(Poller { stop }),
-            Err(e) => {
-                status::set(&exporter, Probe::Ebpf, &State::off("failed", e.to_string()));
-                None
             }
-        }
+            if watched.is_none() {
+                match find().and_then(Process::live) {
+                    Some(process) => {
+                        let probe = SchedProbe::attach(process.pid)?;
+                        tracing::info!(pid = process.pid, "watching the engine's process");
+                        status::set(exporter, Probe::Ebpf, &State::Running);
+                        watched = Some((process, probe));
+                        searching_logged = false;
+                    }
+                    None if !searching_logged => {
+                        searching_logged = true;
+                        tracing::info!("no engine process yet; looking each interval");
+                    }
+                    None => {}
+                }
+            }
+            if let Some((_, probe)) = &watched {
+                current = probe.read().map_err(|e| State::off("failed", e))?;
+                let mut total = before.clone();
+                total.add(&current);
+                export::apply(exporter, &total).map_err(|e| State::off("failed", e.to_string()))?;
+            }
+            Ok(())
+        })
     }
 }
 

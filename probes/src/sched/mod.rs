@@ -148,31 +148,41 @@ impl Poller {
                 return None;
             }
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = Arc::clone(&stop);
         // Running before the thread starts, so that a failure it meets is not overwritten.
         status::set(&exporter, Probe::Ebpf, &State::Running);
+        Poller::spawn(&exporter, interval, move |exporter| {
+            probe
+                .read()
+                .and_then(|s| export::apply(exporter, &s).map_err(|e| e.to_string()))
+                .map_err(|e| State::off("failed", e))
+        })
+    }
+
+    /// Runs `tick` on the probe's own thread every `interval` until the poller is dropped, or
+    /// until `tick` fails: the probe's status then says why.
+    fn spawn(
+        exporter: &Exporter,
+        interval: Duration,
+        mut tick: impl FnMut(&Exporter) -> Result<(), State> + Send + 'static,
+    ) -> Option<Poller> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread_exporter = exporter.clone();
         let spawned = std::thread::Builder::new()
             .name("vigil-sched-probe".into())
-            .spawn({
-                let exporter = exporter.clone();
-                move || {
-                    while !stopped.load(Ordering::Relaxed) {
-                        let exported = probe
-                            .read()
-                            .and_then(|s| export::apply(&exporter, &s).map_err(|e| e.to_string()));
-                        if let Err(e) = exported {
-                            status::set(&exporter, Probe::Ebpf, &State::off("failed", e));
-                            return;
-                        }
-                        std::thread::sleep(interval);
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    if let Err(state) = tick(&thread_exporter) {
+                        status::set(&thread_exporter, Probe::Ebpf, &state);
+                        return;
                     }
+                    std::thread::sleep(interval);
                 }
             });
         match spawned {
             Ok(_) => Some(Poller { stop }),
             Err(e) => {
-                status::set(&exporter, Probe::Ebpf, &State::off("failed", e.to_string()));
+                status::set(exporter, Probe::Ebpf, &State::off("failed", e.to_string()));
                 None
             }
         }
