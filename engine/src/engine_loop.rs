@@ -14,9 +14,7 @@ use crate::executor::Executor;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::request::Timestamps;
-use crate::scheduler::{
-    FinishReason, ModelRunnerOutput, Request, Scheduler, StepOutput, StopReason,
-};
+use crate::scheduler::{FinishReason, Request, Scheduler, StepOutput, StopReason};
 pub use backend::heartbeat::Heartbeat;
 use backend::Backend;
 use model::Detokenizer;
@@ -235,12 +233,9 @@ impl Core<'_> {
                 continue;
             }
             let step = self.scheduler.schedule();
-            let executed = if step.is_empty() {
-                Ok(ModelRunnerOutput::default())
-            } else {
-                executor.execute(&step)
-            };
-            match executed {
+            // Even a step with nothing to compute goes to the executor: it carries the ids of
+            // requests that finished, whose samplers it drops.
+            match executor.execute(&step) {
                 Ok(result) => {
                     let out = self.scheduler.update_from_output(&step, result);
                     // Metrics first, then events: a client that has its answer finds it counted.

@@ -107,6 +107,14 @@ fn run(
         steps += 1;
         assert!(steps < 10_000, "no progress");
     }
+    // The next step, empty, tells the executor every request finished: no sampler is left.
+    assert!(be.num_samplers() > 0 || prompts.is_empty());
+    s.step(&mut be).unwrap();
+    assert_eq!(
+        be.num_samplers(),
+        0,
+        "samplers of finished requests dropped"
+    );
     (outputs, total, s)
 }
 
