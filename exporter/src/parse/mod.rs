@@ -224,14 +224,11 @@ impl<'a> Exposition<'a> {
                         timestamp_ms: parsed.timestamp_ms,
                     };
                     let labels: Vec<_> = sample.labels.iter().collect();
-                    if out
-                        .find(sample.name, labels.iter().map(|(n, v)| (*n, v.as_ref())))
-                        .is_some()
-                    {
+                    let labels = || labels.iter().map(|(n, v)| (*n, v.as_ref()));
+                    let hash = series_hash(sample.name, labels());
+                    if out.find_hashed(hash, sample.name, labels()).is_some() {
                         Some(Problem::DuplicateSeries)
                     } else {
-                        let hash =
-                            series_hash(sample.name, labels.iter().map(|(n, v)| (*n, v.as_ref())));
                         let f = out.family_of_sample(&mut index, parsed.name);
                         let at = (f as u32, out.families[f].samples.len() as u32);
                         out.families[f].samples.push(sample);
@@ -260,7 +257,16 @@ impl<'a> Exposition<'a> {
         name: &str,
         labels: impl Iterator<Item = (&'s str, &'s str)> + Clone,
     ) -> Option<&Sample<'a>> {
-        let hash = series_hash(name, labels.clone());
+        self.find_hashed(series_hash(name, labels.clone()), name, labels)
+    }
+
+    /// [`Exposition::find`] with the series' hash already computed.
+    fn find_hashed<'s>(
+        &self,
+        hash: u64,
+        name: &str,
+        labels: impl Iterator<Item = (&'s str, &'s str)>,
+    ) -> Option<&Sample<'a>> {
         let mut wanted: Vec<(&str, &str)> = labels.collect();
         wanted.sort_unstable();
         let same = |&(f, i): &(u32, u32)| {
