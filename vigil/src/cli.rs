@@ -7,9 +7,9 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use exporter::buckets::BucketConfig;
 use exporter::gating::parse_show_hidden_flag;
 use exporter::MinorVersion;
+use server::ServerConfig;
 
-/// The model `vigil serve` serves when none is named.
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use server::DEFAULT_MODEL;
 
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about = "An instrumented LLM serving engine.")]
@@ -241,10 +241,6 @@ pub struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_num_batched_tokens: Option<u32>,
 
-    /// The budget [`ServeArgs::settle_batch_token_budget`] settled on.
-    #[arg(skip)]
-    pub settled_batch_token_budget: Option<u32>,
-
     /// Requests running at once.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_num_seqs: u32,
@@ -352,8 +348,8 @@ pub struct DynamoFlags {
 
 impl DynamoFlags {
     /// The names, sanitized as Dynamo sanitizes label values.
-    pub fn names(&self) -> crate::api::dynamo::DynamoNames {
-        crate::api::dynamo::DynamoNames::new(
+    pub fn names(&self) -> server::DynamoNames {
+        server::DynamoNames::new(
             &self.dynamo_namespace,
             &self.dynamo_component,
             &self.dynamo_endpoint,
@@ -362,20 +358,49 @@ impl DynamoFlags {
 }
 
 impl ServeArgs {
-    /// The name the model is served under (the `model_name` label).
-    pub fn model_name(&self) -> String {
-        match self.served_model_name.first() {
-            Some(name) => name.clone(),
-            None => self.model.display().to_string(),
+    /// The server's configuration: the flags settled into plain values.
+    pub fn into_config(self) -> ServerConfig {
+        let max_connections = self.connection_limit();
+        ServerConfig {
+            served_model_names: self.served_model_name,
+            max_model_len: self.max_model_len,
+            engine_stats: !self.disable_log_stats,
+            access_log: !(self.disable_uvicorn_access_log || self.disable_log_requests),
+            show_hidden_metrics_for_version: self.show_hidden_metrics_for_version,
+            enable_exemplars: self.enable_exemplars,
+            custom_histogram_buckets: self.custom_histogram_buckets.map_or(Vec::new(), |c| c.0),
+            block_size: self.block_size,
+            gpu_memory_utilization: self.gpu_memory_utilization,
+            num_gpu_blocks_override: self.num_gpu_blocks_override,
+            device: match self.device {
+                Device::Auto => server::Device::Auto,
+                Device::Cpu => server::Device::Cpu,
+                Device::Cuda => server::Device::Cuda,
+            },
+            kv_cache_dtype: self.kv_cache_dtype,
+            max_num_batched_tokens: self.max_num_batched_tokens,
+            max_num_seqs: self.max_num_seqs,
+            kv_cache_memory_bytes: self.kv_cache_memory_bytes,
+            api_key: self.api_key,
+            prefix_caching: !self.no_enable_prefix_caching,
+            chunked_prefill: !self.no_enable_chunked_prefill,
+            otlp_traces_endpoint: self.otlp_traces_endpoint,
+            max_connections,
+            http_idle_timeout: self.http_idle_timeout,
+            http_read_timeout: self.http_read_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            probe_interval: self.probes.probe_interval,
+            nvml_probe: !self.probes.disable_nvml_probe,
+            ebpf_probe: !self.probes.disable_ebpf_probe,
+            dynamo: self.dynamo.names(),
+            model: self.model,
+            host: self.host,
+            port: self.port,
         }
     }
 
-    pub fn prefix_caching(&self) -> bool {
-        !self.no_enable_prefix_caching
-    }
-
     /// `--max-connections`, or what the open-file limit leaves room for.
-    pub fn connection_limit(&self) -> usize {
+    fn connection_limit(&self) -> usize {
         if let Some(n) = self.max_connections {
             return n as usize;
         }
@@ -392,69 +417,11 @@ impl ServeArgs {
         // Descriptors for the model, logs, probes and the engine: kept out of the pool.
         files.saturating_sub(FILE_RESERVE).clamp(16, 10_000)
     }
-
-    /// Whether to write one access-log line per request.
-    pub fn access_log(&self) -> bool {
-        !(self.disable_uvicorn_access_log || self.disable_log_requests)
-    }
-
-    pub fn chunked_prefill(&self) -> bool {
-        !self.no_enable_chunked_prefill
-    }
-
-    /// The token budget per step, once [`ServeArgs::settle_batch_token_budget`] has run.
-    pub fn batch_token_budget(&self) -> u32 {
-        self.settled_batch_token_budget
-            .or(self.max_num_batched_tokens)
-            .unwrap_or(DEFAULT_MAX_NUM_BATCHED_TOKENS)
-    }
-
-    /// Settles `--max-num-batched-tokens` as vLLM's `SchedulerConfig` does once the context
-    /// length and the device are known: with chunked prefill a per-device default (vLLM also
-    /// picks per-device defaults), else enough for a whole prompt of `max_model_len` (a budget
-    /// below that, given without chunked prefill, is an error: no longer prompt could ever run).
-    pub fn settle_batch_token_budget(
-        &mut self,
-        max_model_len: u64,
-        on_gpu: bool,
-    ) -> anyhow::Result<()> {
-        let chunked_default = if on_gpu {
-            DEFAULT_MAX_NUM_BATCHED_TOKENS
-        } else {
-            CPU_MAX_NUM_BATCHED_TOKENS
-        };
-        let budget = match (self.max_num_batched_tokens, self.chunked_prefill()) {
-            (Some(given), false) if u64::from(given) < max_model_len => anyhow::bail!(
-                "--max-num-batched-tokens ({given}) is smaller than --max-model-len ({max_model_len}) \
-                 with --no-enable-chunked-prefill: prompts longer than {given} tokens could never \
-                 run. Raise --max-num-batched-tokens, lower --max-model-len, or enable chunked prefill"
-            ),
-            (Some(given), _) => given,
-            (None, true) => chunked_default,
-            (None, false) => u32::try_from(max_model_len)
-                .unwrap_or(u32::MAX)
-                .max(chunked_default),
-        };
-        self.settled_batch_token_budget = Some(budget);
-        Ok(())
-    }
 }
 
 /// `--custom-histogram-buckets`, validated family by family.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CustomBuckets(pub Vec<(String, Vec<f64>)>);
-
-impl CustomBuckets {
-    /// Applies the overrides to `config` (they were validated when parsed).
-    pub fn apply(&self, mut config: BucketConfig) -> BucketConfig {
-        for (family, bounds) in &self.0 {
-            config = config
-                .with_override(family, bounds.clone())
-                .expect("validated at parse time");
-        }
-        config
-    }
-}
 
 fn parse_custom_buckets(s: &str) -> Result<CustomBuckets, String> {
     let value: serde_json::Value = serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))?;
@@ -539,14 +506,6 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 /// File descriptors kept for everything but client connections.
 const FILE_RESERVE: usize = 64;
 
-/// vLLM's default token budget per step with chunked prefill (a GPU's).
-pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
-
-/// The CPU backend's: a step of 256 tokens takes about half a second on two cores, so a long
-/// prompt delays other streams' next tokens by that, not by seconds.
-pub const CPU_MAX_NUM_BATCHED_TOKENS: u32 = 256;
-
-/// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
 /// The longest model name accepted: a Hugging Face repository id is at most 96 characters a
 /// part; the name is a label of every series, so it is bounded.
 pub const MAX_MODEL_NAME_CHARS: usize = 256;
@@ -571,6 +530,7 @@ fn parse_served_model_name(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// vLLM's human-readable lengths: `32k` = 32000, `32K` = 32768.
 fn parse_max_model_len(s: &str) -> Result<u64, String> {
     let (digits, multiplier) = match s.chars().last() {
         Some('k') => (&s[..s.len() - 1], 1_000),
@@ -622,7 +582,7 @@ mod tests {
             let mut v = vec!["vigil", "serve"];
             v.extend_from_slice(args);
             match Cli::try_parse_from(v).unwrap().command {
-                Command::Serve(a) => a.prefix_caching(),
+                Command::Serve(a) => a.into_config().prefix_caching,
                 _ => unreachable!(),
             }
         };

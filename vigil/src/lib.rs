@@ -1,22 +1,14 @@
-//! The `vigil` program: the command line ([`cli`]), the server it runs ([`server`]: the OpenAI
-//! API in [`api`], the Dynamo system status server, life as a systemd service in [`lifecycle`],
-//! OTLP traces in [`traces`]) around the engine core (the `engine` crate), and the side commands:
-//! the node agent ([`agent`]), the benchmark client ([`bench`]), the GPU node check
-//! ([`gpu_check`]). `main.rs` is a thin wrapper around [`run`].
+//! The `vigil` program: the command line ([`cli`]), which turns `vigil serve`'s flags into the
+//! `server` crate's configuration, and the side commands: the node agent ([`agent`]), the
+//! benchmark client ([`bench`]), the GPU node check ([`gpu_check`]). `main.rs` is a thin wrapper
+//! around [`run`].
 
 pub mod agent;
-pub mod api;
 pub mod bench;
-pub mod body_end;
 pub mod cli;
 pub mod env_file;
 pub mod gpu_check;
-pub mod lifecycle;
-pub mod listener;
 pub mod logging;
-pub mod server;
-pub mod system_server;
-pub mod traces;
 
 use anyhow::Context;
 
@@ -30,7 +22,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
                 .thread_name(|i| format!("vigil-compute-{i}"))
                 .build_global()
                 .context("starting the compute thread pool")?;
-            http_runtime()?.block_on(server::serve(*args))
+            http_runtime()?.block_on(server::serve(args.into_config()))
         }
         cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
         cli::Command::Probe(args) => http_runtime()?.block_on(agent::run(*args)),

@@ -58,7 +58,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
     exporter
         .install()
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
-    crate::api::dynamo::export_uptime(&exporter, Instant::now());
+    server::api::dynamo::export_uptime(&exporter, Instant::now());
     // The engine's process as given, else whichever listens on its port, looked for again
     // whenever the one watched is gone.
     let fixed = args.engine_pid;
@@ -103,8 +103,8 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(agent);
-    let listener = crate::server::bind(args.host, args.port).await?;
-    let mut signals = crate::server::Signals::install();
+    let listener = server::bind(args.host, args.port).await?;
+    let mut signals = server::Signals::install();
     let stop = async move { signals.next().await };
     tracing::info!(engine = %args.engine_metrics_url, "listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app)

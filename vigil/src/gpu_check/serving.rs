@@ -39,7 +39,7 @@ fn start(model_path: &std::path::Path) -> anyhow::Result<Server> {
     std::thread::spawn(move || {
         let mut tail: Vec<String> = Vec::new();
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = crate::server::listening_url(&line) {
+            if let Some(url) = server::listening_url(&line) {
                 let _ = tx.send(Ok(url));
             }
             eprintln!("  serve: {line}");

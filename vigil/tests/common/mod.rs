@@ -95,7 +95,7 @@ impl Vigil {
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(url) = vigil::server::listening_url(&line) {
+                if let Some(url) = server::listening_url(&line) {
                     let _ = tx.send(url);
                 }
                 let mut log = sink.lock().unwrap();

@@ -1,0 +1,210 @@
+//! `vigil serve`: loads the model, builds the backend and the engine thread, and serves the
+//! OpenAI API, `/metrics` (the exporter), `/health` and `/version` until SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use engine::engine_loop;
+use engine::kv_cache::manager::KvCacheManager;
+use engine::metrics::EngineMetrics;
+use engine::scheduler::{Scheduler, SchedulerConfig};
+use exporter::catalog::vllm;
+use exporter::Exporter;
+
+use crate::api::{self, AppState};
+use crate::backend_choice::{build_backend, load_model, max_model_len, wants_cuda};
+use crate::config::ServerConfig;
+use crate::lifecycle::drain::{self, Drain};
+use crate::lifecycle::systemd;
+use crate::listener::{ClientAddr, GuardedListener, Timeouts};
+use crate::metrics_setup::{cache_config_labels, exporter_config, set_dynamo_model_config};
+use crate::routes::app;
+use crate::signals::{bind, Signals};
+use crate::system_server::{self, SystemState};
+use crate::traces;
+
+/// The engine indexes this process serves (`engine` label values).
+const ENGINES: &[&str] = &["0"];
+
+/// Runs `vigil serve` until SIGTERM or Ctrl-C.
+pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let process_started = std::time::Instant::now();
+    // Listening from the start: a stop while the model loads is a clean exit, not a kill.
+    let mut signals = Signals::install();
+    // Dynamo's system status server comes up first, so that it says `notready` while loading.
+    let system = SystemState::new();
+    if let Some(status) =
+        system_server::config_from_env(&|name| std::env::var(name).ok(), config.host)?
+    {
+        if let Some(clash) = system_server::clash_with_api(&status, config.host, config.port) {
+            anyhow::bail!(clash);
+        }
+        system_server::start(&status, system.clone()).await?;
+    }
+    // Tracing set-up fails fast (a bad URL or protocol), before minutes of model loading.
+    let traces = match &config.otlp_traces_endpoint {
+        Some(endpoint) => {
+            let protocol = std::env::var(traces::PROTOCOL_VAR).ok();
+            Some(Arc::new(traces::Traces::start(
+                endpoint,
+                protocol.as_deref(),
+            )?))
+        }
+        None => None,
+    };
+    // Settled before minutes of model loading, so that `--device cuda` fails fast.
+    let cuda = wants_cuda(config.device)?;
+    systemd::status(&format!("loading {}", config.model.display()));
+    let model = {
+        let config = config.clone();
+        let load = tokio::task::spawn_blocking(move || load_model(&config));
+        tokio::select! {
+            model = load => model??,
+            () = signals.next() => {
+                tracing::info!("stopped while loading the model; exiting");
+                return Ok(());
+            }
+        }
+    };
+    let max_model_len = max_model_len(&config, &model)?;
+    let mut budget = config.batch_token_budget(max_model_len, cuda)?;
+    let exporter = Exporter::new(exporter_config(&config, max_model_len)?);
+    exporter
+        .install()
+        .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
+    let model_name = config.model_name();
+    exporter.precreate(&model_name, ENGINES);
+    let _ = system.exporter.set(exporter.clone());
+    api::dynamo::export_uptime(&exporter, process_started);
+    // Held for the server's lifetime: dropping them stops the probes.
+    let _probes = probes::start(&exporter, &config.probes());
+
+    let backend = tokio::task::block_in_place(|| {
+        build_backend(&config, &model, max_model_len, budget, cuda)
+    })?;
+    if backend.name() == "cpu" {
+        // --device auto fell back to the CPU: its budget.
+        budget = config.batch_token_budget(max_model_len, false)?;
+    }
+    let backend::KvGeometry {
+        num_blocks,
+        block_size,
+    } = backend.kv_geometry();
+    for engine in ENGINES {
+        exporter
+            .set_info(
+                &vllm::CACHE_CONFIG_INFO,
+                &cache_config_labels(&config, engine, num_blocks, max_model_len),
+            )
+            .map_err(anyhow::Error::msg)?;
+    }
+    if !config.engine_stats {
+        tracing::info!("--disable-log-stats: no engine statistics are recorded");
+    }
+    let scheduler = Scheduler::new(
+        SchedulerConfig {
+            max_num_batched_tokens: budget as usize,
+            max_num_seqs: config.max_num_seqs as usize,
+            max_model_len: max_model_len as usize,
+            chunked_prefill: config.chunked_prefill,
+        },
+        KvCacheManager::new(num_blocks, block_size, config.prefix_caching),
+        model.tokenizer.eos_token_ids.clone(),
+    );
+    let metrics = config
+        .engine_stats
+        .then(|| EngineMetrics::new(&model_name, ENGINES[0]));
+    let engine = engine_loop::spawn(backend, scheduler, metrics);
+    systemd::start_watchdog(engine.clone());
+    let served_model_names = if config.served_model_names.is_empty() {
+        vec![model_name.clone()]
+    } else {
+        config.served_model_names.clone()
+    };
+    let state = Arc::new(AppState {
+        engine: engine.clone(),
+        tokenizer: Arc::new(model.tokenizer),
+        served_model_names,
+        max_model_len: max_model_len as usize,
+        api_key: config.api_key.clone(),
+        created: api::unix_now(),
+        dynamo: config.dynamo.clone(),
+        drain: Drain::new(),
+        traces: traces.clone(),
+        cpu: api::cpu_pool::CpuPool::for_this_host(),
+    });
+    let _ = system.engine.set(state.engine.clone());
+    let _ = system.endpoint.set(state.dynamo.endpoint.clone());
+    set_dynamo_model_config(
+        &exporter,
+        &state,
+        num_blocks,
+        block_size,
+        &config,
+        budget,
+        max_model_len,
+    )?;
+
+    let listener = bind(config.host, config.port).await?;
+    let local = listener.local_addr()?;
+    // Ready before the line that says so: whoever reads it (a test, a supervisor) finds the
+    // status server agreeing.
+    system.readiness.set_ready();
+    tracing::info!(%model_name, "listening on http://{local}");
+    systemd::ready(&format!("serving {model_name} on http://{local}"));
+    let readiness = system.readiness.clone();
+    let mut router =
+        app(exporter, engine.clone(), Arc::clone(&state.drain)).merge(api::router(state.clone()));
+    if config.access_log {
+        router = router.layer(axum::middleware::from_fn(api::access_log::log_requests));
+    }
+    router = router.layer(axum::middleware::from_fn(
+        crate::listener::mark_request_read,
+    ));
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
+    let grace = config.shutdown_timeout;
+    let service = router.into_make_service_with_connect_info::<ClientAddr>();
+    let max_connections = config.max_connections;
+    let timeouts = Timeouts {
+        idle: config.http_idle_timeout,
+        read: config.http_read_timeout,
+    };
+    tracing::info!(max_connections, ?timeouts, "connection limits");
+    let listener = GuardedListener::new(listener, max_connections, timeouts);
+    let server = axum::serve(listener, service).with_graceful_shutdown(async move {
+        signals.next().await;
+        readiness.set_draining();
+        systemd::stopping("draining");
+        let mut second = false;
+        let cut_short = async {
+            signals.next().await;
+            second = true;
+        };
+        drain::drain(&state.drain, &engine, grace, cut_short).await;
+        let _ = drained_tx.send(second);
+    });
+    // Once drained, connections get a few seconds to close (an idle keep-alive client must not
+    // hold the stop up); after a second signal, none.
+    let closing = async {
+        match drained_rx.await {
+            Ok(false) => {
+                tokio::time::sleep(CLOSE_WAIT).await;
+                tracing::warn!("connections still open {CLOSE_WAIT:?} after the drain; exiting");
+            }
+            Ok(true) => {}
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        res = server => res.context("HTTP server failed")?,
+        () = closing => {}
+    }
+    if let Some(traces) = &traces {
+        traces.shutdown().await;
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// How long connections may stay open after the drain.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
