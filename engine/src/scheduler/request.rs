@@ -36,15 +36,6 @@ pub enum StopReason {
     Text(String),
 }
 
-impl StopReason {
-    pub fn to_json(&self) -> serde_json::Value {
-        match self {
-            StopReason::Token(t) => serde_json::Value::from(*t),
-            StopReason::Text(s) => serde_json::Value::from(s.as_str()),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Waiting,

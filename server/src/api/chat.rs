@@ -1,65 +1,116 @@
 //! `POST /v1/chat/completions`: the model's chat template renders the messages, then it runs as
-//! a completion.
+//! a completion; answers are chat completions and their chunks.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::response::Response;
-use serde_json::{json, Value};
-
-use super::access_log::AccessNote;
 use super::dynamo::Route;
-use super::error::{ApiBody, ApiError};
+use super::endpoint::GenerationApi;
+use super::error::ApiError;
 use super::fields::Endpoint;
-use super::generate::{Delta, GenRequest, PromptIn, TokenLogprob, Usage};
-use super::protocol::ChatRequest;
-use super::protocol::CommonParams;
-use super::start;
-use super::stream::{delivered, sse, ChunkFormat};
-use super::{request_id, unix_now, AppState};
-use engine::scheduler::StopReason;
+use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usage};
+use super::protocol::{
+    AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
+    ChatDelta, ChatLogprobs, ChatRequest, ChatTokenLogprob, ChatTopLogprob, CommonParams, Head,
+    StopReasonOut,
+};
+use super::{request_id, AppState};
 
-pub async fn handle(
-    State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
-    access: Option<axum::Extension<AccessNote>>,
-    ApiBody(body): ApiBody,
-) -> Result<Response, ApiError> {
-    let started = start::start(
-        &state,
-        &headers,
-        access.map(|a| a.0),
-        body,
-        start::EndpointParts::<ChatRequest> {
-            endpoint: Endpoint::Chat,
-            route: Route::ChatCompletions,
-            operation: "chat",
-            prepare,
-        },
-    )
-    .await?;
-    let (mut gen, id, model) = (started.generation, started.request_id, started.model);
-    let format = Format {
-        id,
-        model,
-        created: unix_now(),
-    };
-    if let Some(usage) = started.streaming {
-        return Ok(sse(gen, format, usage));
+/// The chat endpoint's part of [`GenerationApi`].
+pub struct Chat;
+
+impl GenerationApi for Chat {
+    type Request = ChatRequest;
+    type Response = ChatCompletionResponse;
+    type Chunk = ChatCompletionChunk;
+    const ENDPOINT: Endpoint = Endpoint::Chat;
+    const ROUTE: Route = Route::ChatCompletions;
+    const OPERATION: &'static str = "chat";
+
+    fn prepare(
+        state: &AppState,
+        common: &CommonParams,
+        request: &ChatRequest,
+        arrival: Instant,
+    ) -> Result<GenRequest, ApiError> {
+        prepare(state, common, request, arrival)
     }
-    let want_logprobs = gen.wants_logprobs();
-    let out = gen.collect().await?;
-    let choices: Vec<Value> = (0..gen.n())
-        .map(|i| {
-            json!({"index": i, "message": {"role": "assistant", "content": out.texts[i]},
-                   "logprobs": if want_logprobs { logprobs_json(&out.logprobs[i]) } else { Value::Null },
-                   "finish_reason": out.finish_reasons[i], "stop_reason": out.stop_reasons[i].as_ref().map(StopReason::to_json)})
-        })
-        .collect();
-    let body = json!({"id": format.id, "object": "chat.completion", "created": format.created, "model": format.model,
-                       "choices": choices, "usage": gen.usage.to_json()});
-    Ok(delivered(&mut gen, &body))
+
+    fn response(
+        head: Head,
+        out: Collected,
+        usage: Usage,
+        logprobs: bool,
+    ) -> ChatCompletionResponse {
+        let choices = out
+            .into_choices()
+            .enumerate()
+            .map(|(index, choice)| ChatChoice {
+                index,
+                message: AssistantMessage {
+                    role: "assistant",
+                    content: choice.text,
+                },
+                logprobs: logprobs.then(|| chat_logprobs(&choice.logprobs)),
+                finish_reason: choice.finish_reason,
+                stop_reason: choice.stop_reason.as_ref().map(StopReasonOut::from),
+            })
+            .collect();
+        ChatCompletionResponse {
+            id: head.id,
+            object: "chat.completion",
+            created: head.created,
+            model: head.model,
+            choices,
+            usage: usage.into(),
+        }
+    }
+
+    fn preamble(head: &Head, n: usize, usage: Option<Usage>) -> Vec<ChatCompletionChunk> {
+        (0..n)
+            .map(|index| {
+                let role = ChatChunkChoice {
+                    index,
+                    delta: ChatDelta {
+                        role: Some("assistant"),
+                        content: String::new(),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                    stop_reason: None,
+                };
+                chunk(head, vec![role], usage)
+            })
+            .collect()
+    }
+
+    fn chunk(head: &Head, delta: Delta, usage: Option<Usage>) -> ChatCompletionChunk {
+        let choice = ChatChunkChoice {
+            index: delta.index,
+            delta: ChatDelta {
+                role: None,
+                content: delta.text,
+            },
+            logprobs: (!delta.logprobs.is_empty()).then(|| chat_logprobs(&delta.logprobs)),
+            finish_reason: delta.finish_reason,
+            stop_reason: Some(delta.stop_reason.as_ref().map(StopReasonOut::from)),
+        };
+        chunk(head, vec![choice], usage)
+    }
+
+    fn usage_chunk(head: &Head, usage: Usage) -> ChatCompletionChunk {
+        chunk(head, Vec::new(), Some(usage))
+    }
+}
+
+fn chunk(head: &Head, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
+    ChatCompletionChunk {
+        id: head.id.clone(),
+        object: "chat.completion.chunk",
+        created: head.created,
+        model: head.model.clone(),
+        choices,
+        usage: usage.map(Usage::into),
+    }
 }
 
 /// Checks the request and turns it into what the engine runs.
@@ -112,50 +163,26 @@ fn prepare(
     })
 }
 
-fn logprobs_json(lps: &[TokenLogprob]) -> Value {
-    // Only an echoed prompt's first token lacks a log-probability, and chat does not echo.
-    let entry = |t: &str, l: Option<f32>| json!({"token": t, "logprob": l, "bytes": t.as_bytes()});
-    json!({"content": lps.iter().map(|lp| {
-        let mut e = entry(&lp.token, lp.logprob);
-        e["top_logprobs"] = lp.top.iter().map(|(t, l)| entry(t, Some(*l))).collect::<Vec<_>>().into();
-        e
-    }).collect::<Vec<_>>()})
-}
-
-struct Format {
-    id: String,
-    model: String,
-    created: u64,
-}
-
-impl Format {
-    fn envelope(&self, choices: Value) -> Value {
-        json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": choices})
-    }
-}
-
-impl ChunkFormat for Format {
-    fn preamble(&self, n: usize) -> Vec<Value> {
-        (0..n)
-            .map(|i| {
-                self.envelope(json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]))
+/// A chat choice's log-probabilities. Only an echoed prompt's first token lacks one, and chat
+/// does not echo.
+fn chat_logprobs(lps: &[TokenLogprob]) -> ChatLogprobs {
+    ChatLogprobs {
+        content: lps
+            .iter()
+            .map(|lp| ChatTokenLogprob {
+                token: lp.token.clone(),
+                logprob: lp.logprob.map(f64::from),
+                bytes: lp.token.as_bytes().to_vec(),
+                top_logprobs: lp
+                    .top
+                    .iter()
+                    .map(|(token, logprob)| ChatTopLogprob {
+                        token: token.clone(),
+                        logprob: f64::from(*logprob),
+                        bytes: token.as_bytes().to_vec(),
+                    })
+                    .collect(),
             })
-            .collect()
-    }
-
-    fn chunk(&self, d: &Delta) -> Value {
-        let delta = json!({"content": d.text});
-        let logprobs = if d.logprobs.is_empty() {
-            Value::Null
-        } else {
-            logprobs_json(&d.logprobs)
-        };
-        self.envelope(json!([{"index": d.index, "delta": delta, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason.as_ref().map(StopReason::to_json)}]))
-    }
-
-    fn usage_chunk(&self, u: &Usage) -> Value {
-        let mut v = self.envelope(json!([]));
-        v["usage"] = u.to_json();
-        v
+            .collect(),
     }
 }

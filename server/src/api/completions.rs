@@ -1,53 +1,93 @@
 //! `POST /v1/completions`.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::response::Response;
-use serde_json::{json, Value};
-
-use super::access_log::AccessNote;
 use super::dynamo::Route;
-use super::error::{ApiBody, ApiError};
+use super::endpoint::GenerationApi;
+use super::error::ApiError;
 use super::fields::Endpoint;
-use super::generate::{Delta, GenRequest, Generation, PromptIn, TokenLogprob, Usage};
-use super::protocol::CommonParams;
-use super::protocol::{CompletionRequest, Prompt};
-use super::start;
-use super::stream::{delivered, sse, ChunkFormat};
-use super::{request_id, unix_now, AppState};
-use engine::scheduler::StopReason;
+use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usage};
+use super::protocol::{
+    CommonParams, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest,
+    CompletionResponse, Head, Prompt, StopReasonOut,
+};
+use super::{request_id, AppState};
 
-pub async fn handle(
-    State(state): State<Arc<AppState>>,
-    headers: axum::http::HeaderMap,
-    access: Option<axum::Extension<AccessNote>>,
-    ApiBody(body): ApiBody,
-) -> Result<Response, ApiError> {
-    let started = start::start(
-        &state,
-        &headers,
-        access.map(|a| a.0),
-        body,
-        start::EndpointParts::<CompletionRequest> {
-            endpoint: Endpoint::Completions,
-            route: Route::Completions,
-            operation: "text_completion",
-            prepare,
-        },
-    )
-    .await?;
-    let (gen, id, model) = (started.generation, started.request_id, started.model);
-    let format = Format {
-        id,
-        model,
-        created: unix_now(),
-    };
-    if let Some(usage) = started.streaming {
-        return Ok(sse(gen, format, usage));
+/// The completions endpoint's part of [`GenerationApi`].
+pub struct Completions;
+
+impl GenerationApi for Completions {
+    type Request = CompletionRequest;
+    type Response = CompletionResponse;
+    type Chunk = CompletionChunk;
+    const ENDPOINT: Endpoint = Endpoint::Completions;
+    const ROUTE: Route = Route::Completions;
+    const OPERATION: &'static str = "text_completion";
+
+    fn prepare(
+        state: &AppState,
+        common: &CommonParams,
+        request: &CompletionRequest,
+        arrival: Instant,
+    ) -> Result<GenRequest, ApiError> {
+        prepare(state, common, request, arrival)
     }
-    collect(gen, format).await
+
+    fn response(head: Head, out: Collected, usage: Usage, logprobs: bool) -> CompletionResponse {
+        let choices = out
+            .into_choices()
+            .enumerate()
+            .map(|(index, choice)| CompletionChoice {
+                index,
+                text: choice.text,
+                logprobs: logprobs.then(|| completion_logprobs(&choice.logprobs, 0)),
+                finish_reason: choice.finish_reason,
+                stop_reason: choice.stop_reason.as_ref().map(StopReasonOut::from),
+            })
+            .collect();
+        CompletionResponse {
+            id: head.id,
+            object: OBJECT,
+            created: head.created,
+            model: head.model,
+            choices,
+            usage: usage.into(),
+        }
+    }
+
+    /// A completion stream starts with its first tokens.
+    fn preamble(_head: &Head, _n: usize, _usage: Option<Usage>) -> Vec<CompletionChunk> {
+        Vec::new()
+    }
+
+    fn chunk(head: &Head, delta: Delta, usage: Option<Usage>) -> CompletionChunk {
+        let choice = CompletionChoice {
+            index: delta.index,
+            logprobs: (!delta.logprobs.is_empty()).then(|| completion_logprobs(&delta.logprobs, 0)),
+            text: delta.text,
+            finish_reason: delta.finish_reason,
+            stop_reason: delta.stop_reason.as_ref().map(StopReasonOut::from),
+        };
+        chunk(head, vec![choice], usage)
+    }
+
+    fn usage_chunk(head: &Head, usage: Usage) -> CompletionChunk {
+        chunk(head, Vec::new(), Some(usage))
+    }
+}
+
+/// The `object` of completions and their chunks alike.
+const OBJECT: &str = "text_completion";
+
+fn chunk(head: &Head, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> CompletionChunk {
+    CompletionChunk {
+        id: head.id.clone(),
+        object: OBJECT,
+        created: head.created,
+        model: head.model.clone(),
+        choices,
+        usage: usage.map(Usage::into),
+    }
 }
 
 /// Checks the request and turns it into what the engine runs.
@@ -121,72 +161,25 @@ fn prepare(
 
 /// vLLM's completion logprobs: per token its text, log-probability and alternatives (`null`
 /// for an echoed prompt's first token), and each token's offset in the choice's text.
-fn logprobs_json(lps: &[TokenLogprob], offset: usize) -> Value {
-    let mut text_offset = Vec::new();
+fn completion_logprobs(lps: &[TokenLogprob], offset: usize) -> CompletionLogprobs {
+    let mut text_offset = Vec::with_capacity(lps.len());
     let mut at = offset;
     for lp in lps {
         text_offset.push(at);
         at += lp.token.len();
     }
-    let top = |lp: &TokenLogprob| match lp.logprob {
-        None => Value::Null,
-        Some(_) => lp
-            .top
-            .iter()
-            .map(|(t, p)| (t.clone(), json!(p)))
-            .collect::<serde_json::Map<_, _>>()
-            .into(),
-    };
-    json!({
-        "tokens": lps.iter().map(|l| l.token.clone()).collect::<Vec<_>>(),
-        "token_logprobs": lps.iter().map(|l| l.logprob).collect::<Vec<_>>(),
-        "top_logprobs": lps.iter().map(top).collect::<Vec<_>>(),
-        "text_offset": text_offset,
-    })
-}
-
-async fn collect(mut gen: Generation, f: Format) -> Result<Response, ApiError> {
-    let want_logprobs = gen.wants_logprobs();
-    let out = gen.collect().await?;
-    let choices: Vec<Value> = (0..gen.n())
-        .map(|i| {
-            let logprobs = if want_logprobs {
-                logprobs_json(&out.logprobs[i], 0)
-            } else {
-                Value::Null
-            };
-            json!({"index": i, "text": out.texts[i], "logprobs": logprobs,
-                   "finish_reason": out.finish_reasons[i], "stop_reason": out.stop_reasons[i].as_ref().map(StopReason::to_json)})
+    let top = |lp: &TokenLogprob| {
+        lp.logprob.map(|_| {
+            lp.top
+                .iter()
+                .map(|(t, p)| (t.clone(), serde_json::Value::from(f64::from(*p))))
+                .collect::<serde_json::Map<_, _>>()
         })
-        .collect();
-    let body = json!({"id": f.id, "object": "text_completion", "created": f.created, "model": f.model,
-                      "choices": choices, "usage": gen.usage.to_json()});
-    Ok(delivered(&mut gen, &body))
-}
-
-struct Format {
-    id: String,
-    model: String,
-    created: u64,
-}
-
-impl ChunkFormat for Format {
-    fn preamble(&self, _n: usize) -> Vec<Value> {
-        Vec::new()
-    }
-
-    fn chunk(&self, d: &Delta) -> Value {
-        let logprobs = if d.logprobs.is_empty() {
-            Value::Null
-        } else {
-            logprobs_json(&d.logprobs, 0)
-        };
-        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-               "choices": [{"index": d.index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason, "stop_reason": d.stop_reason.as_ref().map(StopReason::to_json)}]})
-    }
-
-    fn usage_chunk(&self, u: &Usage) -> Value {
-        json!({"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
-               "choices": [], "usage": u.to_json()})
+    };
+    CompletionLogprobs {
+        tokens: lps.iter().map(|l| l.token.clone()).collect(),
+        token_logprobs: lps.iter().map(|l| l.logprob.map(f64::from)).collect(),
+        top_logprobs: lps.iter().map(top).collect(),
+        text_offset,
     }
 }

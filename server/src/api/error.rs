@@ -3,7 +3,21 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+
+/// vLLM's `ErrorResponse`.
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorResponse<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct ErrorDetail<'a> {
+    pub message: &'a str,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub param: Option<&'a str>,
+    pub code: u16,
+}
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -72,8 +86,16 @@ impl ApiError {
         Some(self.message.as_str()) == self.status.canonical_reason()
     }
 
-    pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.status.as_u16()}})
+    /// The error envelope, as a response body or a stream's last `data:` event.
+    pub fn body(&self) -> ErrorResponse<'_> {
+        ErrorResponse {
+            error: ErrorDetail {
+                message: &self.message,
+                kind: self.kind(),
+                param: self.param.as_deref(),
+                code: self.status.as_u16(),
+            },
+        }
     }
 }
 
@@ -106,16 +128,33 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
 /// whitespace after the JSON value is refused (a body is one value).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() || path == "." || path == "?" || path.is_empty() {
-            ApiError::bad_request(format!("invalid JSON body: {inner}"), None)
-        } else {
-            ApiError::bad_request(format!("{path}: {inner}"), Some(&path))
-        }
-    })?;
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(field_error)?;
     de.end()
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}"), None))?;
     Ok(value)
+}
+
+/// Parses a body into a JSON tree, for bodies read more than one way (their fields checked,
+/// then the shared and the endpoint's fields read with [`read_fields`]): the text is parsed
+/// once.
+pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    parse_json(body)
+}
+
+/// Reads `T` from a parsed body, naming the offending field in the error.
+pub fn read_fields<T: serde::de::DeserializeOwned>(
+    body: &serde_json::Value,
+) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(field_error)
+}
+
+/// A body that does not fit: a syntax error, or the path to the field that is wrong.
+fn field_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.into_inner();
+    if inner.is_syntax() || inner.is_eof() || path == "." || path == "?" || path.is_empty() {
+        ApiError::bad_request(format!("invalid JSON body: {inner}"), None)
+    } else {
+        ApiError::bad_request(format!("{path}: {inner}"), Some(&path))
+    }
 }

@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::access_log::{AccessNote, Note};
 use super::dynamo::RequestRecord;
 use super::error::ApiError;
+use super::protocol::{PromptTokensDetails, UsageOut};
 use super::AppState;
 use crate::traces::RequestTrace;
 use engine::engine_loop::{Event, NewRequest};
@@ -91,23 +92,35 @@ pub struct Usage {
     pub cached_tokens: usize,
 }
 
-impl Usage {
-    pub fn to_json(self) -> serde_json::Value {
-        serde_json::json!({
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
-        })
+impl From<Usage> for UsageOut {
+    fn from(u: Usage) -> UsageOut {
+        UsageOut {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+            prompt_tokens_details: PromptTokensDetails {
+                cached_tokens: u.cached_tokens,
+            },
+        }
     }
 }
 
-/// Every choice's whole output, for non-streaming responses.
-pub struct Collected {
-    pub texts: Vec<String>,
-    pub logprobs: Vec<Vec<TokenLogprob>>,
-    pub finish_reasons: Vec<Option<&'static str>>,
-    pub stop_reasons: Vec<Option<StopReason>>,
+/// Every choice's whole output, for non-streaming responses, in choice order.
+pub struct Collected(Vec<CollectedChoice>);
+
+/// One choice's whole output.
+#[derive(Default)]
+pub struct CollectedChoice {
+    pub text: String,
+    pub logprobs: Vec<TokenLogprob>,
+    pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReason>,
+}
+
+impl Collected {
+    pub fn into_choices(self) -> impl Iterator<Item = CollectedChoice> {
+        self.0.into_iter()
+    }
 }
 
 pub struct Generation {
@@ -277,22 +290,18 @@ impl Generation {
     /// Runs every choice to the end.
     pub async fn collect(&mut self) -> Result<Collected, ApiError> {
         let n = self.n();
-        let mut out = Collected {
-            texts: vec![String::new(); n],
-            logprobs: vec![Vec::new(); n],
-            finish_reasons: vec![None; n],
-            stop_reasons: vec![None; n],
-        };
+        let mut out: Vec<CollectedChoice> = (0..n).map(|_| CollectedChoice::default()).collect();
         while let Some(delta) = self.next().await {
             let d = delta?;
-            out.texts[d.index].push_str(&d.text);
-            out.logprobs[d.index].extend(d.logprobs);
+            let choice = &mut out[d.index];
+            choice.text.push_str(&d.text);
+            choice.logprobs.extend(d.logprobs);
             if d.finish_reason.is_some() {
-                out.finish_reasons[d.index] = d.finish_reason;
-                out.stop_reasons[d.index] = d.stop_reason;
+                choice.finish_reason = d.finish_reason;
+                choice.stop_reason = d.stop_reason;
             }
         }
-        Ok(out)
+        Ok(Collected(out))
     }
 
     fn token_text(&self, id: u32) -> String {

@@ -8,11 +8,11 @@ mod chat;
 mod completions;
 pub mod cpu_pool;
 pub mod dynamo;
+mod endpoint;
 pub mod error;
 mod fields;
 mod generate;
 pub mod protocol;
-mod start;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -27,10 +27,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde_json::json;
 
 use error::ApiBody;
 pub use error::ApiError;
+use protocol::{DetokenizeResponse, ModelCard, ModelList, TokenizeResponse};
 
 use engine::engine_loop::EngineHandle;
 use model::Tokenizer;
@@ -180,8 +180,11 @@ pub fn unix_now() -> u64 {
 /// behind the drain's admission gate.
 pub fn router(state: Arc<AppState>) -> Router {
     let generate = Router::new()
-        .route("/v1/completions", post(completions::handle))
-        .route("/v1/chat/completions", post(chat::handle))
+        .route(
+            "/v1/completions",
+            post(endpoint::handle::<completions::Completions>),
+        )
+        .route("/v1/chat/completions", post(endpoint::handle::<chat::Chat>))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state.drain),
             admission::admission,
@@ -251,25 +254,35 @@ async fn require_api_key(State(state): State<Arc<AppState>>, req: Request, next:
     next.run(req).await
 }
 
-fn model_card(state: &AppState, name: &str) -> serde_json::Value {
-    json!({"id": name, "object": "model", "created": state.created, "owned_by": "vigil",
-           "root": name, "parent": null, "max_model_len": state.max_model_len})
+fn model_card(state: &AppState, name: &str) -> ModelCard {
+    ModelCard {
+        id: name.to_owned(),
+        object: "model",
+        created: state.created,
+        owned_by: "vigil",
+        root: name.to_owned(),
+        parent: None,
+        max_model_len: state.max_model_len,
+    }
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let data: Vec<_> = state
+async fn models(State(state): State<Arc<AppState>>) -> Json<ModelList> {
+    let data = state
         .served_model_names
         .iter()
         .map(|name| model_card(&state, name))
         .collect();
-    Json(json!({"object": "list", "data": data}))
+    Json(ModelList {
+        object: "list",
+        data,
+    })
 }
 
 /// `GET /v1/models/{id}`: one served model's card, or vLLM's 404.
 async fn model(
     State(state): State<Arc<AppState>>,
     axum::extract::Path(id): axum::extract::Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ModelCard>, ApiError> {
     let name = state.check_model(Some(&id))?;
     Ok(Json(model_card(&state, &name)))
 }
@@ -277,15 +290,17 @@ async fn model(
 async fn tokenize(
     State(state): State<Arc<AppState>>,
     ApiBody(body): ApiBody,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<TokenizeResponse>, ApiError> {
     let work_state = Arc::clone(&state);
     let tokens = state
         .cpu
         .run(move || tokenize_body(&work_state, &body))
         .await??;
-    Ok(Json(
-        json!({"count": tokens.len(), "max_model_len": state.max_model_len, "tokens": tokens}),
-    ))
+    Ok(Json(TokenizeResponse {
+        count: tokens.len(),
+        max_model_len: state.max_model_len,
+        tokens,
+    }))
 }
 
 /// `/tokenize`'s work: parse, render, encode.
@@ -330,7 +345,7 @@ fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
 async fn detokenize(
     State(state): State<Arc<AppState>>,
     ApiBody(body): ApiBody,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<DetokenizeResponse>, ApiError> {
     #[derive(serde::Deserialize)]
     struct Req {
         model: Option<String>,
@@ -350,5 +365,5 @@ async fn detokenize(
                 .map_err(|e| ApiError::bad_request(e.to_string(), Some("tokens")))
         })
         .await??;
-    Ok(Json(json!({"prompt": text})))
+    Ok(Json(DetokenizeResponse { prompt: text }))
 }

@@ -8,102 +8,62 @@ use std::convert::Infallible;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
-use serde_json::Value;
+use serde::Serialize;
 
-use super::generate::{Delta, Generation, Usage};
-use super::protocol::StreamUsage;
+use super::endpoint::GenerationApi;
+use super::generate::Generation;
+use super::protocol::{Head, StreamUsage};
 
-/// How an endpoint shapes its chunks.
-pub trait ChunkFormat: Send + 'static {
-    /// Chunks sent before any token (chat's role chunks).
-    fn preamble(&self, n: usize) -> Vec<Value>;
-    fn chunk(&self, delta: &Delta) -> Value;
-    fn usage_chunk(&self, usage: &Usage) -> Value;
-}
-
-enum Phase {
-    Preamble(Vec<Value>),
+enum Phase<C> {
+    Preamble(std::vec::IntoIter<C>),
     Tokens,
     Usage,
     Done,
     End,
 }
 
-pub fn sse<F: ChunkFormat>(generation: Generation, format: F, usage: StreamUsage) -> Response {
-    let mut preamble = format.preamble(generation.n());
-    if usage.continuous {
-        for chunk in &mut preamble {
-            chunk["usage"] = generation.usage_so_far(0).to_json();
-        }
-    }
-    let include_usage = usage.include_usage;
-    let init = (generation, format, Phase::Preamble(preamble), include_usage);
-    let events = stream::unfold(
-        init,
-        move |(mut generation, format, phase, include_usage)| async move {
-            match phase {
-                Phase::Preamble(mut chunks) => {
-                    if chunks.is_empty() {
-                        return Some((None, (generation, format, Phase::Tokens, include_usage)));
-                    }
-                    let first = chunks.remove(0);
-                    Some((
-                        Some(data(&mut generation, &first)),
-                        (generation, format, Phase::Preamble(chunks), include_usage),
-                    ))
+/// Streams `generation` as `A`'s chunks.
+pub fn sse<A: GenerationApi>(generation: Generation, head: Head, usage: StreamUsage) -> Response {
+    let continuous =
+        move |g: &Generation, tokens: usize| usage.continuous.then(|| g.usage_so_far(tokens));
+    let preamble = A::preamble(&head, generation.n(), continuous(&generation, 0));
+    let init = (generation, head, Phase::Preamble(preamble.into_iter()));
+    let events = stream::unfold(init, move |(mut generation, head, phase)| async move {
+        let (event, next) = match phase {
+            Phase::Preamble(mut chunks) => match chunks.next() {
+                Some(chunk) => (Some(data(&mut generation, &chunk)), Phase::Preamble(chunks)),
+                None => (None, Phase::Tokens),
+            },
+            Phase::Tokens => match generation.next().await {
+                Some(Ok(delta)) => {
+                    let so_far = continuous(&generation, delta.completion_tokens);
+                    let chunk = A::chunk(&head, delta, so_far);
+                    (Some(data(&mut generation, &chunk)), Phase::Tokens)
                 }
-                Phase::Tokens => match generation.next().await {
-                    Some(Ok(delta)) => {
-                        let mut chunk = format.chunk(&delta);
-                        if usage.continuous {
-                            chunk["usage"] =
-                                generation.usage_so_far(delta.completion_tokens).to_json();
-                        }
-                        Some((
-                            Some(data(&mut generation, &chunk)),
-                            (generation, format, Phase::Tokens, include_usage),
-                        ))
-                    }
-                    Some(Err(err)) => Some((
-                        Some(data(&mut generation, &err.body())),
-                        (generation, format, Phase::Done, include_usage),
-                    )),
-                    None => {
-                        let next = if include_usage {
-                            Phase::Usage
-                        } else {
-                            Phase::Done
-                        };
-                        Some((None, (generation, format, next, include_usage)))
-                    }
-                },
-                Phase::Usage => {
-                    let chunk = format.usage_chunk(&generation.usage);
-                    Some((
-                        Some(data(&mut generation, &chunk)),
-                        (generation, format, Phase::Done, include_usage),
-                    ))
-                }
-                Phase::Done => {
-                    generation.delivered(DONE.len());
-                    Some((
-                        Some(Event::default().data(DONE)),
-                        (generation, format, Phase::End, include_usage),
-                    ))
-                }
-                Phase::End => None,
+                Some(Err(err)) => (Some(data(&mut generation, &err.body())), Phase::Done),
+                None if usage.include_usage => (None, Phase::Usage),
+                None => (None, Phase::Done),
+            },
+            Phase::Usage => {
+                let chunk = A::usage_chunk(&head, generation.usage);
+                (Some(data(&mut generation, &chunk)), Phase::Done)
             }
-        },
-    );
-    let events = filter_some(events);
-    Sse::new(events).into_response()
+            Phase::Done => {
+                generation.delivered(DONE.len());
+                (Some(Event::default().data(DONE)), Phase::End)
+            }
+            Phase::End => return None,
+        };
+        Some((event, (generation, head, next)))
+    });
+    Sse::new(filter_some(events)).into_response()
 }
 
 const DONE: &str = "[DONE]";
 
 /// A whole (non-streaming) JSON response, counted as delivered.
-pub fn delivered(generation: &mut Generation, body: &Value) -> Response {
-    let text = body.to_string();
+pub fn delivered(generation: &mut Generation, body: &impl Serialize) -> Response {
+    let text = to_json(body);
     generation.delivered(text.len());
     (
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -113,10 +73,16 @@ pub fn delivered(generation: &mut Generation, body: &Value) -> Response {
 }
 
 /// An SSE `data:` event, counted as sent.
-fn data(generation: &mut Generation, v: &Value) -> Event {
-    let text = v.to_string();
+fn data(generation: &mut Generation, v: &impl Serialize) -> Event {
+    let text = to_json(v);
     generation.sent(text.len());
     Event::default().data(text)
+}
+
+/// The protocol's types hold only strings, numbers and maps with string keys, which always
+/// serialize.
+fn to_json(v: &impl Serialize) -> String {
+    serde_json::to_string(v).expect("protocol types serialize")
 }
 
 fn filter_some(

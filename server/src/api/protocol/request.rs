@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use super::error::ApiError;
+use crate::api::error::ApiError;
 use engine::sampling::SamplingParams;
 use model::ChatMessage;
 

@@ -1,0 +1,122 @@
+//! The one path a generation request takes, whichever endpoint it came to: parse the body once
+//! and check its fields (off the async workers), check the model, open Dynamo's record, let the
+//! endpoint turn the request into what the engine runs (templates and tokenization, off the
+//! workers too), submit it, and answer with the endpoint's response or stream of chunks.
+//! `/v1/completions` and `/v1/chat/completions` differ only in their [`GenerationApi`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::access_log::AccessNote;
+use super::dynamo::{RequestRecord, Route};
+use super::error::{parse_body, read_fields, ApiBody, ApiError};
+use super::fields::{self, Endpoint};
+use super::generate::{Collected, Delta, GenRequest, Usage};
+use super::protocol::{CommonParams, Head};
+use super::stream::{delivered, sse};
+use super::{unix_now, AppState};
+
+/// What makes a generation endpoint itself: its request fields, how they become engine
+/// requests, and the shape of its answers.
+pub trait GenerationApi: Send + Sync + 'static {
+    /// The endpoint's own fields (the shared ones are [`CommonParams`]).
+    type Request: DeserializeOwned + Send + 'static;
+    type Response: Serialize;
+    type Chunk: Serialize + Send + 'static;
+
+    /// Which fields the endpoint takes ([`fields::check`]).
+    const ENDPOINT: Endpoint;
+    /// Dynamo's route label.
+    const ROUTE: Route;
+    /// GenAI's operation name for the trace (`text_completion`, `chat`).
+    const OPERATION: &'static str;
+
+    /// Checks the request (with its shared fields) and turns it into what the engine runs.
+    fn prepare(
+        state: &AppState,
+        common: &CommonParams,
+        request: &Self::Request,
+        arrival: Instant,
+    ) -> Result<GenRequest, ApiError>;
+
+    /// The whole response, once every choice has finished.
+    fn response(head: Head, out: Collected, usage: Usage, logprobs: bool) -> Self::Response;
+
+    /// Chunks sent before any token (chat's role chunks), one per choice.
+    fn preamble(head: &Head, n: usize, usage: Option<Usage>) -> Vec<Self::Chunk>;
+
+    /// A choice's new output.
+    fn chunk(head: &Head, delta: Delta, usage: Option<Usage>) -> Self::Chunk;
+
+    /// The last chunk of a stream that asked for usage: no choices, the totals.
+    fn usage_chunk(head: &Head, usage: Usage) -> Self::Chunk;
+}
+
+/// The handler of a generation endpoint.
+pub async fn handle<A: GenerationApi>(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    access: Option<axum::Extension<AccessNote>>,
+    ApiBody(body): ApiBody,
+) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
+    let (common, request, body_len) = state
+        .cpu
+        .run(move || -> Result<_, ApiError> {
+            let fields = parse_body(&body)?;
+            fields::check(&fields, A::ENDPOINT)?;
+            let common: CommonParams = read_fields(&fields)?;
+            let request: A::Request = read_fields(&fields)?;
+            Ok((common, request, body.len()))
+        })
+        .await??;
+    let model = state.check_model(common.model.as_deref())?;
+    let mut record = RequestRecord::start(
+        &state.dynamo,
+        &model,
+        A::ROUTE,
+        common.is_stream(),
+        body_len,
+    );
+    let work_state = Arc::clone(&state);
+    let prepared = state
+        .cpu
+        .run(move || {
+            let streaming = common.streaming()?;
+            Ok((
+                streaming,
+                A::prepare(&work_state, &common, &request, arrival)?,
+            ))
+        })
+        .await
+        .and_then(|r| r);
+    let (streaming, request) = match prepared {
+        Ok(p) => p,
+        Err(e) => {
+            record.fail(&e);
+            return Err(e);
+        }
+    };
+    let head = Head {
+        id: request.request_id.clone(),
+        created: unix_now(),
+        model,
+    };
+    let trace = state.start_trace(&headers, &head.model, A::OPERATION, &request);
+    let mut generation =
+        super::generate::Generation::start(Arc::clone(&state), request, record, trace)?;
+    generation.note_to(access.map(|a| a.0));
+    if let Some(usage) = streaming {
+        return Ok(sse::<A>(generation, head, usage));
+    }
+    let logprobs = generation.wants_logprobs();
+    let out = generation.collect().await?;
+    let response = A::response(head, out, generation.usage, logprobs);
+    Ok(delivered(&mut generation, &response))
+}

@@ -1,0 +1,9 @@
+//! The OpenAI-compatible protocol as types: what clients send ([`request`]) and what Vigil
+//! answers ([`response`]), with vLLM's extensions (`stop_reason`, `prompt_tokens_details`,
+//! continuous usage in streams).
+
+mod request;
+mod response;
+
+pub use request::*;
+pub use response::*;

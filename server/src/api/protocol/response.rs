@@ -1,0 +1,206 @@
+//! Response bodies and stream chunks of the OpenAI-compatible endpoints, shaped as vLLM
+//! serializes them: every field vLLM sets is present (`null` when empty), and the fields vLLM
+//! leaves unset in a chunk are absent. Log-probabilities are computed in f32 and written as the
+//! f64 of that f32, as vLLM's Python floats are.
+
+use serde::Serialize;
+
+use engine::scheduler::StopReason;
+
+/// What every response and chunk of one request carries besides its `object` kind.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// Token counts, with vLLM's `prompt_tokens_details`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct UsageOut {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens served from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+/// vLLM's `stop_reason`: the stop token id or the stop string that ended a choice.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum StopReasonOut {
+    Token(u32),
+    Text(String),
+}
+
+impl From<&StopReason> for StopReasonOut {
+    fn from(reason: &StopReason) -> Self {
+        match reason {
+            StopReason::Token(t) => StopReasonOut::Token(*t),
+            StopReason::Text(s) => StopReasonOut::Text(s.clone()),
+        }
+    }
+}
+
+/// `POST /v1/completions`, whole.
+#[derive(Debug, Serialize)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    pub usage: UsageOut,
+}
+
+/// One choice of a completion, or its new text in a chunk.
+#[derive(Debug, Serialize)]
+pub struct CompletionChoice {
+    pub index: usize,
+    pub text: String,
+    pub logprobs: Option<CompletionLogprobs>,
+    pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReasonOut>,
+}
+
+/// A completion's log-probabilities, in the legacy OpenAI layout: parallel lists of the
+/// tokens, their log-probabilities, their alternatives (token text to log-probability; `null`
+/// for an echoed prompt's first token) and their offsets in the choice's text.
+#[derive(Debug, Serialize)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<Option<f64>>,
+    pub top_logprobs: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
+    pub text_offset: Vec<usize>,
+}
+
+/// A chunk of a streamed completion. The last chunk of a stream with `include_usage` has no
+/// choices and the usage; with `continuous_usage_stats` every chunk has the usage so far.
+#[derive(Debug, Serialize)]
+pub struct CompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageOut>,
+}
+
+/// `POST /v1/chat/completions`, whole.
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: UsageOut,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChoice {
+    pub index: usize,
+    pub message: AssistantMessage,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+    pub stop_reason: Option<StopReasonOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AssistantMessage {
+    pub role: &'static str,
+    pub content: String,
+}
+
+/// A chat choice's log-probabilities: one entry per token, with its alternatives.
+#[derive(Debug, Serialize)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTokenLogprob {
+    pub token: String,
+    pub logprob: Option<f64>,
+    /// The token's UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f64,
+    pub bytes: Vec<u8>,
+}
+
+/// A chunk of a streamed chat completion (see [`CompletionChunk`] for the usage).
+#[derive(Debug, Serialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub choices: Vec<ChatChunkChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageOut>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ChatChunkChoice {
+    pub index: usize,
+    pub delta: ChatDelta,
+    pub logprobs: Option<ChatLogprobs>,
+    pub finish_reason: Option<&'static str>,
+    /// Absent from the first chunk of a choice (the role chunk), as vLLM leaves it unset there;
+    /// `null` or the reason on every other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<Option<StopReasonOut>>,
+}
+
+/// New message content; the first chunk of a choice also names the role.
+#[derive(Debug, Serialize)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    pub content: String,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Serialize)]
+pub struct ModelList {
+    pub object: &'static str,
+    pub data: Vec<ModelCard>,
+}
+
+/// One served model, as `/v1/models` lists it.
+#[derive(Debug, Serialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub owned_by: &'static str,
+    pub root: String,
+    pub parent: Option<String>,
+    pub max_model_len: usize,
+}
+
+/// `POST /tokenize`.
+#[derive(Debug, Serialize)]
+pub struct TokenizeResponse {
+    pub count: usize,
+    pub max_model_len: usize,
+    pub tokens: Vec<u32>,
+}
+
+/// `POST /detokenize`.
+#[derive(Debug, Serialize)]
+pub struct DetokenizeResponse {
+    pub prompt: String,
+}
