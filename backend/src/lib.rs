@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod heartbeat;
 pub mod host_weights;
+mod llama;
 mod row;
 
 pub use row::{argmax, logprobs, GreedyToken};

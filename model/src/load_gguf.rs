@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
+use crate::error::check_shape;
 use crate::gguf::reader::TensorInfo;
 use crate::gguf::{quant, GgufFile};
-use crate::model::check_shape;
 use crate::names;
 use crate::tokenizer::Tokenizer;
 use crate::{EncodedTensor, HostTensor, LlamaConfig, LoadError, Model, WeightSource};

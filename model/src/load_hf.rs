@@ -8,7 +8,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::model::check_shape;
+use crate::error::check_shape;
 use crate::tokenizer::Tokenizer;
 use crate::{HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 

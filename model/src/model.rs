@@ -70,21 +70,3 @@ impl Model {
         }
     }
 }
-
-/// Checks a tensor's shape against the one the architecture needs.
-pub(crate) fn check_shape(
-    file: &Path,
-    name: &str,
-    got: &[usize],
-    want: &[usize],
-) -> Result<(), LoadError> {
-    if got == want {
-        Ok(())
-    } else {
-        Err(LoadError::Tensor {
-            file: file.to_owned(),
-            tensor: name.to_owned(),
-            what: format!("shape mismatch: the file has {got:?}, the model config needs {want:?}"),
-        })
-    }
-}

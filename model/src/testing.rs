@@ -36,7 +36,7 @@ impl WeightSource for MemWeights {
             tensor: name.into(),
             what: "missing".into(),
         })?;
-        crate::model::check_shape("memory".as_ref(), name, &t.shape, shape)?;
+        crate::error::check_shape("memory".as_ref(), name, &t.shape, shape)?;
         Ok(t.clone())
     }
 }

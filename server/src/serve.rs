@@ -31,27 +31,10 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let process_started = std::time::Instant::now();
     // Listening from the start: a stop while the model loads is a clean exit, not a kill.
     let mut signals = Signals::install();
-    // Dynamo's system status server comes up first, so that it says `notready` while loading.
     let system = SystemState::new();
-    if let Some(status) =
-        system_server::config_from_env(&|name| std::env::var(name).ok(), config.host)?
-    {
-        if let Some(clash) = system_server::clash_with_api(&status, config.host, config.port) {
-            anyhow::bail!(clash);
-        }
-        system_server::start(&status, system.clone()).await?;
-    }
+    start_status_server(&config, &system).await?;
     // Tracing set-up fails fast (a bad URL or protocol), before minutes of model loading.
-    let traces = match &config.otlp_traces_endpoint {
-        Some(endpoint) => {
-            let protocol = std::env::var(traces::PROTOCOL_VAR).ok();
-            Some(Arc::new(traces::Traces::start(
-                endpoint,
-                protocol.as_deref(),
-            )?))
-        }
-        None => None,
-    };
+    let traces = start_traces(&config)?;
     // Settled before minutes of model loading, so that `--device cuda` fails fast.
     let cuda = wants_cuda(config.device)?;
     systemd::status(&format!("loading {}", config.model.display()));
@@ -152,7 +135,6 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     system.readiness.set_ready();
     tracing::info!(%model_name, "listening on http://{local}");
     systemd::ready(&format!("serving {model_name} on http://{local}"));
-    let readiness = system.readiness.clone();
     let mut router =
         app(exporter, engine.clone(), Arc::clone(&state.drain)).merge(api::router(state.clone()));
     if config.access_log {
@@ -161,16 +143,84 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     router = router.layer(axum::middleware::from_fn(
         crate::listener::mark_request_read,
     ));
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
-    let grace = config.shutdown_timeout;
-    let service = router.into_make_service_with_connect_info::<ClientAddr>();
-    let max_connections = config.max_connections;
     let timeouts = Timeouts {
         idle: config.http_idle_timeout,
         read: config.http_read_timeout,
     };
-    tracing::info!(max_connections, ?timeouts, "connection limits");
-    let listener = GuardedListener::new(listener, max_connections, timeouts);
+    tracing::info!(
+        max_connections = config.max_connections,
+        ?timeouts,
+        "connection limits"
+    );
+    let listener = GuardedListener::new(listener, config.max_connections, timeouts);
+    let stop = Stop {
+        signals,
+        readiness: system.readiness.clone(),
+        drain: Arc::clone(&state.drain),
+        engine,
+        grace: config.shutdown_timeout,
+    };
+    serve_until_stopped(listener, router, stop).await?;
+    if let Some(traces) = &traces {
+        traces.shutdown().await;
+    }
+    tracing::info!("shut down");
+    Ok(())
+}
+
+/// Dynamo's system status server, when its environment asks for one; it comes up before the
+/// model loads, so that it says `notready` meanwhile.
+async fn start_status_server(config: &ServerConfig, system: &SystemState) -> anyhow::Result<()> {
+    let env = |name: &str| std::env::var(name).ok();
+    if let Some(status) = system_server::config_from_env(&env, config.host)? {
+        if let Some(clash) = system_server::clash_with_api(&status, config.host, config.port) {
+            anyhow::bail!(clash);
+        }
+        system_server::start(&status, system.clone()).await?;
+    }
+    Ok(())
+}
+
+/// The OTLP exporter, with `--otlp-traces-endpoint`.
+fn start_traces(config: &ServerConfig) -> anyhow::Result<Option<Arc<traces::Traces>>> {
+    let Some(endpoint) = &config.otlp_traces_endpoint else {
+        return Ok(None);
+    };
+    let protocol = std::env::var(traces::PROTOCOL_VAR).ok();
+    Ok(Some(Arc::new(traces::Traces::start(
+        endpoint,
+        protocol.as_deref(),
+    )?)))
+}
+
+/// What a stop needs: the signals, what to tell the status server, the requests in flight and
+/// the engine to drain, and how long they get.
+struct Stop {
+    signals: Signals,
+    readiness: system_server::Readiness,
+    drain: Arc<Drain>,
+    engine: engine_loop::EngineHandle,
+    grace: std::time::Duration,
+}
+
+/// Serves until a signal, then drains: new requests get 503 while those in flight get `grace`
+/// to finish (a second signal cuts it short), and once drained, connections get
+/// [`CLOSE_WAIT`] to close (an idle keep-alive client must not hold the stop up; after a second
+/// signal, none).
+async fn serve_until_stopped(
+    listener: GuardedListener,
+    router: axum::Router,
+    stop: Stop,
+) -> anyhow::Result<()> {
+    let Stop {
+        mut signals,
+        readiness,
+        drain,
+        engine,
+        grace,
+    } = stop;
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<bool>();
+    let service = router.into_make_service_with_connect_info::<ClientAddr>();
     let server = axum::serve(listener, service).with_graceful_shutdown(async move {
         signals.next().await;
         readiness.set_draining();
@@ -180,11 +230,9 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             signals.next().await;
             second = true;
         };
-        drain::drain(&state.drain, &engine, grace, cut_short).await;
+        drain::drain(&drain, &engine, grace, cut_short).await;
         let _ = drained_tx.send(second);
     });
-    // Once drained, connections get a few seconds to close (an idle keep-alive client must not
-    // hold the stop up); after a second signal, none.
     let closing = async {
         match drained_rx.await {
             Ok(false) => {
@@ -199,10 +247,6 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         res = server => res.context("HTTP server failed")?,
         () = closing => {}
     }
-    if let Some(traces) = &traces {
-        traces.shutdown().await;
-    }
-    tracing::info!("shut down");
     Ok(())
 }
 

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use super::host_weights::{untied_lm_head, HostLayer};
-use super::{validate_batch, Backend, BackendError, KvGeometry, Logits, LogitsFor, SeqInput};
+use super::{
+    llama, validate_batch, Backend, BackendError, KvGeometry, Logits, LogitsFor, SeqInput,
+};
 pub use linear::{Linear, WeightFormat};
 use model::names;
 use model::{LlamaConfig, LoadError, Model, WeightSource};
@@ -150,7 +152,50 @@ impl Backend for CpuBackend {
 
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
         validate_batch(batch, &self.config, self.block_size, self.num_blocks)?;
-        let c = &self.config;
+        let (layers, vocab) = (self.layers.len(), self.config.vocab_size);
+        let mut step = CpuStep::new(self, batch);
+        if !step.rows.is_empty() {
+            llama::forward(&mut step, layers)?;
+        }
+        Ok(Logits::from_rows(batch, vocab, step.logits))
+    }
+}
+
+/// One forward step on the host: the batch flattened into rows (one per new token), the
+/// residual stream `x`, and the scratch the layers reuse.
+struct CpuStep<'a, 'b> {
+    backend: &'a mut CpuBackend,
+    batch: &'a [SeqInput<'b>],
+    /// One per new token, with its sequence and position.
+    rows: Vec<attention::Row>,
+    /// The residual stream, `[rows, hidden]`.
+    x: Vec<f32>,
+    /// `x` normalised, the input of the next projection.
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    /// A sub-layer's output, before it is added to `x`.
+    out: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    /// The LM head's rows, `[rows wanted, vocab]`.
+    logits: Vec<f32>,
+}
+
+impl<'a, 'b> CpuStep<'a, 'b> {
+    fn new(backend: &'a mut CpuBackend, batch: &'a [SeqInput<'b>]) -> Self {
+        let c = &backend.config;
+        let rows: Vec<attention::Row> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(seq, s)| {
+                (0..s.tokens.len()).map(move |i| attention::Row {
+                    seq,
+                    pos: s.start_pos + i,
+                })
+            })
+            .collect();
+        let t = rows.len();
         let (h, hd, nh, nkv, inter) = (
             c.hidden_size,
             c.head_dim,
@@ -158,91 +203,117 @@ impl Backend for CpuBackend {
             c.num_key_value_heads,
             c.intermediate_size,
         );
-        // Flatten the batch: one row per new token, with its sequence and position.
-        let mut rows: Vec<attention::Row> = Vec::new();
-        for (seq, s) in batch.iter().enumerate() {
-            for i in 0..s.tokens.len() {
-                rows.push(attention::Row {
-                    seq,
-                    pos: s.start_pos + i,
-                });
-            }
+        CpuStep {
+            x: vec![0f32; t * h],
+            xn: vec![0f32; t * h],
+            qkv: vec![0f32; t * (nh + 2 * nkv) * hd],
+            attn: vec![0f32; t * nh * hd],
+            out: vec![0f32; t * h],
+            gate_up: vec![0f32; t * 2 * inter],
+            act: vec![0f32; t * inter],
+            logits: Vec::new(),
+            rows,
+            backend,
+            batch,
         }
-        let t = rows.len();
-        let vocab = c.vocab_size;
-        if t == 0 {
-            return Ok(Logits::from_rows(batch, vocab, Vec::new()));
+    }
+}
+
+impl llama::LlamaStep for CpuStep<'_, '_> {
+    type Error = BackendError;
+
+    fn embed(&mut self) -> Result<(), BackendError> {
+        let h = self.backend.config.hidden_size;
+        let tokens = self.batch.iter().flat_map(|s| s.tokens.iter());
+        for (row, &tok) in self.x.chunks_exact_mut(h).zip(tokens) {
+            let tok = tok as usize;
+            row.copy_from_slice(&self.backend.embed[tok * h..(tok + 1) * h]);
         }
-        let mut x = vec![0f32; t * h];
-        for (row, tok) in x
-            .chunks_exact_mut(h)
-            .zip(batch.iter().flat_map(|s| s.tokens.iter()))
-        {
-            row.copy_from_slice(&self.embed[*tok as usize * h..(*tok as usize + 1) * h]);
-        }
-        let tables: Vec<&[u32]> = batch.iter().map(|s| s.block_table).collect();
+        Ok(())
+    }
+
+    fn attention(&mut self, l: usize) -> Result<(), BackendError> {
+        let b = &mut *self.backend;
+        let c = &b.config;
+        let (t, hd, nh, nkv) = (
+            self.rows.len(),
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        );
+        let layer = &b.layers[l];
+        ops::rms_norm_rows(&self.x, &layer.attn_norm, c.rms_norm_eps, &mut self.xn);
+        layer.qkv.forward(&self.xn, t, &mut self.qkv);
+        let inv_freq = &b.inv_freq;
+        self.qkv
+            .par_chunks_mut((nh + 2 * nkv) * hd)
+            .zip(self.rows.par_iter())
+            .for_each(|(r, row)| {
+                let (q, k) = r.split_at_mut(nh * hd);
+                ops::rope(q, nh, hd, row.pos, inv_freq);
+                ops::rope(&mut k[..nkv * hd], nkv, hd, row.pos, inv_freq);
+            });
+        let tables: Vec<&[u32]> = self.batch.iter().map(|s| s.block_table).collect();
         let geometry = attention::Geometry {
-            block_size: self.block_size,
+            block_size: b.block_size,
             n_heads: nh,
             n_kv_heads: nkv,
             head_dim: hd,
         };
-        let qkv_width = (nh + 2 * nkv) * hd;
-        let mut xn = vec![0f32; t * h];
-        let mut qkv = vec![0f32; t * qkv_width];
-        let mut attn = vec![0f32; t * nh * hd];
-        let mut tmp = vec![0f32; t * h];
-        let mut gate_up = vec![0f32; t * 2 * inter];
-        let mut act = vec![0f32; t * inter];
-        for (l, layer) in self.layers.iter().enumerate() {
-            ops::rms_norm_rows(&x, &layer.attn_norm, c.rms_norm_eps, &mut xn);
-            layer.qkv.forward(&xn, t, &mut qkv);
-            qkv.par_chunks_mut(qkv_width)
-                .zip(rows.par_iter())
-                .for_each(|(r, row)| {
-                    let (q, k) = r.split_at_mut(nh * hd);
-                    ops::rope(q, nh, hd, row.pos, &self.inv_freq);
-                    ops::rope(&mut k[..nkv * hd], nkv, hd, row.pos, &self.inv_freq);
-                });
-            attention::write_kv(
-                &qkv,
-                &rows,
-                &tables,
-                geometry,
-                &mut self.kv.k[l],
-                &mut self.kv.v[l],
-            );
-            attention::paged_attention(
-                &qkv,
-                &rows,
-                &tables,
-                geometry,
-                &self.kv.k[l],
-                &self.kv.v[l],
-                &mut attn,
-            );
-            layer.o.forward(&attn, t, &mut tmp);
-            ops::add_assign(&mut x, &tmp);
-            ops::rms_norm_rows(&x, &layer.ffn_norm, c.rms_norm_eps, &mut xn);
-            layer.gate_up.forward(&xn, t, &mut gate_up);
-            act.par_chunks_mut(inter)
-                .zip(gate_up.par_chunks(2 * inter))
-                .for_each(|(a, gu)| {
-                    let (g, u) = gu.split_at(inter);
-                    for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
-                        *a = ops::silu(*g) * u;
-                    }
-                });
-            layer.down.forward(&act, t, &mut tmp);
-            ops::add_assign(&mut x, &tmp);
-            if let Some(heartbeat) = &self.heartbeat {
-                heartbeat.beat();
-            }
+        let (k_cache, v_cache) = (&mut b.kv.k[l], &mut b.kv.v[l]);
+        attention::write_kv(&self.qkv, &self.rows, &tables, geometry, k_cache, v_cache);
+        attention::paged_attention(
+            &self.qkv,
+            &self.rows,
+            &tables,
+            geometry,
+            k_cache,
+            v_cache,
+            &mut self.attn,
+        );
+        layer.o.forward(&self.attn, t, &mut self.out);
+        ops::add_assign(&mut self.x, &self.out);
+        Ok(())
+    }
+
+    fn mlp(&mut self, l: usize) -> Result<(), BackendError> {
+        let b = &*self.backend;
+        let (t, inter) = (self.rows.len(), b.config.intermediate_size);
+        let layer = &b.layers[l];
+        ops::rms_norm_rows(
+            &self.x,
+            &layer.ffn_norm,
+            b.config.rms_norm_eps,
+            &mut self.xn,
+        );
+        layer.gate_up.forward(&self.xn, t, &mut self.gate_up);
+        self.act
+            .par_chunks_mut(inter)
+            .zip(self.gate_up.par_chunks(2 * inter))
+            .for_each(|(a, gu)| {
+                let (g, u) = gu.split_at(inter);
+                for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
+                    *a = ops::silu(*g) * u;
+                }
+            });
+        layer.down.forward(&self.act, t, &mut self.out);
+        ops::add_assign(&mut self.x, &self.out);
+        if let Some(heartbeat) = &b.heartbeat {
+            heartbeat.beat();
         }
-        // Final norm and LM head on the rows asked for.
+        Ok(())
+    }
+
+    fn lm_head(&mut self) -> Result<(), BackendError> {
+        let b = &*self.backend;
+        let (h, vocab, eps) = (
+            b.config.hidden_size,
+            b.config.vocab_size,
+            b.config.rms_norm_eps,
+        );
         let mut picked = Vec::new();
         let mut offset = 0;
-        for s in batch {
+        for s in self.batch {
             let n = s.tokens.len();
             match s.logits_for {
                 LogitsFor::None => {}
@@ -252,15 +323,15 @@ impl Backend for CpuBackend {
             }
             offset += n;
         }
-        let mut sel = vec![0f32; picked.len() * h];
-        for (dst, &r) in sel.chunks_exact_mut(h).zip(&picked) {
-            ops::rms_norm(&x[r * h..(r + 1) * h], &self.norm, c.rms_norm_eps, dst);
+        let mut selected = vec![0f32; picked.len() * h];
+        for (dst, &r) in selected.chunks_exact_mut(h).zip(&picked) {
+            ops::rms_norm(&self.x[r * h..(r + 1) * h], &b.norm, eps, dst);
         }
-        let mut data = vec![0f32; picked.len() * vocab];
+        self.logits = vec![0f32; picked.len() * vocab];
         if !picked.is_empty() {
-            self.lm_head.forward(&sel, picked.len(), &mut data);
+            b.lm_head.forward(&selected, picked.len(), &mut self.logits);
         }
-        Ok(Logits::from_rows(batch, vocab, data))
+        Ok(())
     }
 }
 

@@ -9,7 +9,7 @@
 use super::error::CudaError;
 use super::gemm::{Matrix, Output};
 use super::gpu::{DeviceInfo, Gpu};
-use super::kernels::{DevPtr, Grid};
+use super::kernels::{Bf16, DevPtr, Grid};
 use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
 use super::step_plan::StepPlan;
@@ -17,7 +17,8 @@ use super::timing::StepClock;
 use super::weights::{Bf16Buf, DeviceWeights};
 use super::workspace::{Widths, Workspace};
 use crate::{
-    validate_batch, Backend, BackendError, GreedyToken, KvGeometry, Logits, SeqInput, StepTiming,
+    llama, validate_batch, Backend, BackendError, GreedyToken, KvGeometry, Logits, SeqInput,
+    StepTiming,
 };
 use model::{LlamaConfig, Model, WeightSource};
 
@@ -163,181 +164,23 @@ impl CudaBackend {
         self.weights.bytes
     }
 
-    /// The step itself, with device errors as [`CudaError`].
+    /// The step itself, with device errors as [`CudaError`]: upload the plan, run the layers
+    /// ([`llama::forward`] over a [`CudaStep`]), and copy back what the host needs.
     fn run(&mut self, plan: &StepPlan) -> Result<Logits, CudaError> {
-        let c = &self.config;
-        let (h, hd, nh, nkv) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-        );
-        let w = self.work.widths;
         let (t, rows) = (plan.tokens, plan.logit_rows());
         let s = &self.gpu.stream;
-        let k = &self.gpu.kernels;
         self.work.fit(s, t, rows, plan.packed.len())?;
         self.clock.begin(s)?;
         s.memcpy_htod(&plan.packed, &mut self.work.meta)?;
-        let work = &self.work;
-        // The plan's parts, as the kernels read them (u32 words; tables, slots and sequence
-        // numbers are the kernels' `int`).
-        let meta = |r: std::ops::Range<usize>| addr(&work.meta, s, r.start);
-        let meta_int = |r: std::ops::Range<usize>| meta(r).cast::<i32>();
-        let (residual, delta, normed) = (
-            addr(&work.residual, s, 0),
-            addr(&work.delta, s, 0),
-            addr(&work.normed, s, 0),
-        );
-        let qkv = |offset: usize| addr(&work.qkv, s, offset);
-        let eps = c.rms_norm_eps;
-        let per_token = Grid::Blocks(t as u32, 1);
-
-        k.embedding_gather(
-            s,
-            per_token,
-            addr(&self.weights.embed, s, 0),
-            meta(plan.ids()),
-            residual,
-            h as i32,
+        llama::forward(
+            &mut CudaStep {
+                backend: self,
+                plan,
+            },
+            self.config.num_hidden_layers,
         )?;
-        // With a residual, rms_norm adds x to it first. The first layer normalises the
-        // embeddings as they are; every later norm adds the previous sub-layer's output on the
-        // way.
-        let norm = |x, res, weight: &Bf16Buf| {
-            k.rms_norm(
-                s,
-                per_token,
-                x,
-                res,
-                addr(weight, s, 0),
-                normed,
-                h as i32,
-                eps,
-            )
-        };
-        for (l, layer) in self.weights.layers.iter().enumerate() {
-            if l == 0 {
-                norm(residual, DevPtr::null(), &layer.attn_norm)?;
-            } else {
-                norm(delta, residual, &layer.attn_norm)?;
-            }
-            let matrix = |w: &Bf16Buf, out, inp| Matrix {
-                addr: addr(w, s, 0),
-                out,
-                inp,
-            };
-            self.gpu.gemm.linear(
-                normed,
-                t,
-                matrix(&layer.qkv, w.qkv, h),
-                Output::Bf16(qkv(0)),
-            )?;
-            k.rope(
-                s,
-                per_token,
-                qkv(0),
-                qkv(nh * hd),
-                meta(plan.positions()),
-                addr(&self.rope_cos, s, 0),
-                addr(&self.rope_sin, s, 0),
-                nh as i32,
-                nkv as i32,
-                hd as i32,
-                w.qkv as i32,
-            )?;
-            let cache = &self.cache[l];
-            k.kv_cache_write(
-                s,
-                per_token,
-                qkv(nh * hd),
-                qkv((nh + nkv) * hd),
-                addr(&cache.k, s, 0),
-                addr(&cache.v, s, 0),
-                meta_int(plan.slots()),
-                (nkv * hd) as i32,
-                w.qkv as i32,
-            )?;
-            k.paged_attention(
-                s,
-                Grid::Blocks(t as u32, nh as u32),
-                addr(&work.attn, s, 0),
-                qkv(0),
-                addr(&cache.k, s, 0),
-                addr(&cache.v, s, 0),
-                meta_int(plan.block_tables()),
-                plan.max_blocks as i32,
-                meta_int(plan.token_seq()),
-                meta_int(plan.positions()),
-                nh as i32,
-                nkv as i32,
-                hd as i32,
-                self.block_size as i32,
-                1.0 / (hd as f32).sqrt(),
-                w.qkv as i32,
-            )?;
-            self.gpu.gemm.linear(
-                addr(&work.attn, s, 0),
-                t,
-                matrix(&layer.o, h, w.attn),
-                Output::Bf16(delta),
-            )?;
-            norm(delta, residual, &layer.ffn_norm)?;
-            self.gpu.gemm.linear(
-                normed,
-                t,
-                matrix(&layer.gate_up, 2 * w.inter, h),
-                Output::Bf16(addr(&work.gate_up, s, 0)),
-            )?;
-            k.silu_and_mul(
-                s,
-                Grid::Elements(t * w.inter),
-                addr(&work.gate_up, s, 0),
-                addr(&work.act, s, 0),
-                w.inter as i32,
-                t as u64,
-            )?;
-            self.gpu.gemm.linear(
-                addr(&work.act, s, 0),
-                t,
-                matrix(&layer.down, h, w.inter),
-                Output::Bf16(delta),
-            )?;
-        }
-        norm(delta, residual, &self.weights.norm)?;
 
-        let vocab = w.vocab;
-        if rows > 0 {
-            // The rows that get logits, full ones first (embedding_gather gathers any rows).
-            k.embedding_gather(
-                s,
-                Grid::Blocks(rows as u32, 1),
-                normed,
-                meta(plan.logit_row_ids()),
-                addr(&work.selected, s, 0),
-                h as i32,
-            )?;
-            self.gpu.gemm.linear(
-                addr(&work.selected, s, 0),
-                rows,
-                Matrix {
-                    addr: addr(self.weights.lm_head(), s, 0),
-                    out: vocab,
-                    inp: h,
-                },
-                Output::F32(addr(&work.logits, s, 0)),
-            )?;
-        }
-        if plan.greedy_rows > 0 {
-            k.argmax_rows(
-                s,
-                Grid::Blocks(plan.greedy_rows as u32, 1),
-                addr(&work.logits, s, plan.full_rows * vocab),
-                vocab as i32,
-                addr(&work.greedy_ids, s, 0),
-                addr(&work.greedy_logprobs, s, 0),
-            )?;
-        }
+        let (s, work, vocab) = (&self.gpu.stream, &self.work, self.work.widths.vocab);
         let mut data = vec![0f32; plan.full_rows * vocab];
         let mut ids = vec![0u32; plan.greedy_rows];
         let mut logprobs = vec![0f32; plan.greedy_rows];
@@ -361,6 +204,227 @@ impl CudaBackend {
             data,
             greedy,
         })
+    }
+}
+
+/// One forward step on the device, enqueued on the backend's stream. The residual stream lives
+/// in `residual`; each sub-layer writes its output to `delta`, and the next norm adds `delta`
+/// to `residual` on the way (the `rms_norm` kernel fuses the add), so the first norm of a step
+/// has nothing to add.
+struct CudaStep<'a> {
+    backend: &'a CudaBackend,
+    plan: &'a StepPlan,
+}
+
+impl CudaStep<'_> {
+    fn stream(&self) -> &cudarc::driver::CudaStream {
+        &self.backend.gpu.stream
+    }
+
+    /// A part of the uploaded plan, as the kernels read it.
+    fn meta(&self, r: std::ops::Range<usize>) -> DevPtr<u32> {
+        addr(&self.backend.work.meta, self.stream(), r.start)
+    }
+
+    /// A part of the plan the kernels read as `int` (tables, slots, sequence numbers).
+    fn meta_int(&self, r: std::ops::Range<usize>) -> DevPtr<i32> {
+        self.meta(r).cast::<i32>()
+    }
+
+    fn buf<T>(&self, buf: &cudarc::driver::CudaSlice<T>) -> DevPtr<T> {
+        addr(buf, self.stream(), 0)
+    }
+
+    /// One grid block per new token.
+    fn per_token(&self) -> Grid {
+        Grid::Blocks(self.plan.tokens as u32, 1)
+    }
+
+    /// `normed = rms_norm(x + residual)`, and `residual += x` first when a residual is given.
+    fn norm(
+        &self,
+        x: DevPtr<Bf16>,
+        residual: DevPtr<Bf16>,
+        weight: &Bf16Buf,
+    ) -> Result<(), CudaError> {
+        let b = self.backend;
+        b.gpu.kernels.rms_norm(
+            self.stream(),
+            self.per_token(),
+            x,
+            residual,
+            self.buf(weight),
+            self.buf(&b.work.normed),
+            b.config.hidden_size as i32,
+            b.config.rms_norm_eps,
+        )
+    }
+
+    /// `y = x W^T` for the step's tokens.
+    fn linear(
+        &self,
+        x: DevPtr<Bf16>,
+        w: &Bf16Buf,
+        out: usize,
+        inp: usize,
+        y: DevPtr<Bf16>,
+    ) -> Result<(), CudaError> {
+        let matrix = Matrix {
+            addr: self.buf(w),
+            out,
+            inp,
+        };
+        self.backend
+            .gpu
+            .gemm
+            .linear(x, self.plan.tokens, matrix, Output::Bf16(y))
+    }
+}
+
+impl llama::LlamaStep for CudaStep<'_> {
+    type Error = CudaError;
+
+    fn embed(&mut self) -> Result<(), CudaError> {
+        let b = self.backend;
+        b.gpu.kernels.embedding_gather(
+            self.stream(),
+            self.per_token(),
+            self.buf(&b.weights.embed),
+            self.meta(self.plan.ids()),
+            self.buf(&b.work.residual),
+            b.config.hidden_size as i32,
+        )
+    }
+
+    fn attention(&mut self, l: usize) -> Result<(), CudaError> {
+        let (b, plan, s) = (self.backend, self.plan, self.stream());
+        let (k, work, w) = (&b.gpu.kernels, &b.work, b.work.widths);
+        let c = &b.config;
+        let (h, hd, nh, nkv) = (
+            c.hidden_size,
+            c.head_dim,
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        );
+        let layer = &b.weights.layers[l];
+        let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
+        if l == 0 {
+            self.norm(residual, DevPtr::null(), &layer.attn_norm)?;
+        } else {
+            self.norm(delta, residual, &layer.attn_norm)?;
+        }
+        let qkv = |offset: usize| addr(&work.qkv, s, offset);
+        self.linear(self.buf(&work.normed), &layer.qkv, w.qkv, h, qkv(0))?;
+        k.rope(
+            s,
+            self.per_token(),
+            qkv(0),
+            qkv(nh * hd),
+            self.meta(plan.positions()),
+            self.buf(&b.rope_cos),
+            self.buf(&b.rope_sin),
+            nh as i32,
+            nkv as i32,
+            hd as i32,
+            w.qkv as i32,
+        )?;
+        let cache = &b.cache[l];
+        k.kv_cache_write(
+            s,
+            self.per_token(),
+            qkv(nh * hd),
+            qkv((nh + nkv) * hd),
+            self.buf(&cache.k),
+            self.buf(&cache.v),
+            self.meta_int(plan.slots()),
+            (nkv * hd) as i32,
+            w.qkv as i32,
+        )?;
+        k.paged_attention(
+            s,
+            Grid::Blocks(plan.tokens as u32, nh as u32),
+            self.buf(&work.attn),
+            qkv(0),
+            self.buf(&cache.k),
+            self.buf(&cache.v),
+            self.meta_int(plan.block_tables()),
+            plan.max_blocks as i32,
+            self.meta_int(plan.token_seq()),
+            self.meta_int(plan.positions()),
+            nh as i32,
+            nkv as i32,
+            hd as i32,
+            b.block_size as i32,
+            1.0 / (hd as f32).sqrt(),
+            w.qkv as i32,
+        )?;
+        self.linear(self.buf(&work.attn), &layer.o, h, w.attn, delta)
+    }
+
+    fn mlp(&mut self, l: usize) -> Result<(), CudaError> {
+        let b = self.backend;
+        let (work, w, h) = (&b.work, b.work.widths, b.config.hidden_size);
+        let layer = &b.weights.layers[l];
+        let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
+        self.norm(delta, residual, &layer.ffn_norm)?;
+        let (gate_up, act) = (self.buf(&work.gate_up), self.buf(&work.act));
+        self.linear(
+            self.buf(&work.normed),
+            &layer.gate_up,
+            2 * w.inter,
+            h,
+            gate_up,
+        )?;
+        b.gpu.kernels.silu_and_mul(
+            self.stream(),
+            Grid::Elements(self.plan.tokens * w.inter),
+            gate_up,
+            act,
+            w.inter as i32,
+            self.plan.tokens as u64,
+        )?;
+        self.linear(act, &layer.down, h, w.inter, delta)
+    }
+
+    fn lm_head(&mut self) -> Result<(), CudaError> {
+        let (b, plan, s) = (self.backend, self.plan, self.stream());
+        let (k, work) = (&b.gpu.kernels, &b.work);
+        let (h, vocab) = (b.config.hidden_size, work.widths.vocab);
+        let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
+        self.norm(delta, residual, &b.weights.norm)?;
+        let rows = plan.logit_rows();
+        if rows > 0 {
+            // The rows that get logits, full ones first (embedding_gather gathers any rows).
+            k.embedding_gather(
+                s,
+                Grid::Blocks(rows as u32, 1),
+                self.buf(&work.normed),
+                self.meta(plan.logit_row_ids()),
+                self.buf(&work.selected),
+                h as i32,
+            )?;
+            b.gpu.gemm.linear(
+                self.buf(&work.selected),
+                rows,
+                Matrix {
+                    addr: self.buf(b.weights.lm_head()),
+                    out: vocab,
+                    inp: h,
+                },
+                Output::F32(self.buf(&work.logits)),
+            )?;
+        }
+        if plan.greedy_rows > 0 {
+            k.argmax_rows(
+                s,
+                Grid::Blocks(plan.greedy_rows as u32, 1),
+                addr(&work.logits, s, plan.full_rows * vocab),
+                vocab as i32,
+                self.buf(&work.greedy_ids),
+                self.buf(&work.greedy_logprobs),
+            )?;
+        }
+        Ok(())
     }
 }
 
