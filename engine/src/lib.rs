@@ -16,6 +16,7 @@ pub mod kv_cache;
 pub mod metrics;
 pub mod sampling;
 pub mod scheduler;
+pub mod structured;
 
 pub use engine_loop::{
     event_channel, spawn, EngineHandle, EngineStopped, Event, Finished, NewRequest, EVENT_BUFFER,

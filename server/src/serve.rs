@@ -8,6 +8,7 @@ use engine::engine_loop;
 use engine::kv_cache::manager::KvCacheManager;
 use engine::metrics::EngineMetrics;
 use engine::scheduler::{Scheduler, SchedulerConfig};
+use engine::structured::Grammars;
 use exporter::catalog::vllm;
 use exporter::Exporter;
 
@@ -104,9 +105,11 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     } else {
         config.served_model_names.clone()
     };
+    let tokenizer = Arc::new(model.tokenizer);
+    let grammars = tokio::task::block_in_place(|| structured_outputs(&tokenizer, &model.config));
     let state = Arc::new(AppState {
         engine: engine.clone(),
-        tokenizer: Arc::new(model.tokenizer),
+        tokenizer,
         served_model_names,
         max_model_len: max_model_len as usize,
         api_key: config.api_key.clone(),
@@ -115,6 +118,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         drain: Drain::new(),
         traces: traces.clone(),
         cpu: api::cpu_pool::CpuPool::for_this_host(),
+        grammars,
     });
     let _ = system.engine.set(state.engine.clone());
     let _ = system.endpoint.set(state.dynamo.endpoint.clone());
@@ -166,6 +170,25 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     }
     tracing::info!("shut down");
     Ok(())
+}
+
+/// The structured-output compiler for the model's tokenizer; without one (a tokenizer
+/// llguidance cannot read), requests that ask for structured output get a 400 saying why.
+fn structured_outputs(
+    tokenizer: &Arc<model::Tokenizer>,
+    config: &model::LlamaConfig,
+) -> Result<Arc<Grammars>, String> {
+    let started = std::time::Instant::now();
+    match Grammars::new(Arc::clone(tokenizer), config.vocab_size) {
+        Ok(grammars) => {
+            tracing::info!("structured outputs ready in {:.2?}", started.elapsed());
+            Ok(Arc::new(grammars))
+        }
+        Err(e) => {
+            tracing::warn!("structured outputs are off: {e}");
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Dynamo's system status server, when its environment asks for one; it comes up before the

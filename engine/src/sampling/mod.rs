@@ -9,6 +9,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use backend::{argmax, logprobs, GreedyToken};
+
+use crate::structured::{CompiledConstraint, Constraint};
 pub use params::{SamplingError, SamplingParams, TokenStop};
 
 /// Temperatures below this are greedy (vLLM's `_SAMPLING_EPS`).
@@ -33,6 +35,9 @@ pub struct Sampler {
     output_counts: std::collections::HashMap<u32, u32>,
     /// Tokens of the prompt (the repetition penalty covers prompt and output).
     prompt_tokens: std::collections::HashSet<u32>,
+    /// The output's constraint, advanced with every token (kept across preemptions, since the
+    /// sampler is).
+    constraint: Option<Constraint>,
     scratch: Vec<f32>,
 }
 
@@ -42,11 +47,13 @@ impl Sampler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let constraint = params.structured.as_ref().map(CompiledConstraint::start);
         Sampler {
             params,
             rng,
             output_counts: Default::default(),
             prompt_tokens: prompt.iter().copied().collect(),
+            constraint,
             scratch: Vec::new(),
         }
     }
@@ -86,6 +93,11 @@ impl Sampler {
         x.clear();
         x.extend_from_slice(logits);
         self.apply_penalties(&mut x);
+        if let Some(constraint) = &mut self.constraint {
+            if let Err(e) = constraint.mask(&mut x) {
+                tracing::warn!("structured output: {e}; sampling this token unconstrained");
+            }
+        }
         let p_temp = p.temperature;
         let token = if p_temp < GREEDY_EPS {
             argmax(&x)
@@ -99,6 +111,12 @@ impl Sampler {
         self.scratch = x;
         let (logprob, top_logprobs) = logprobs(logits, token, self.params.logprobs.unwrap_or(0));
         self.observe(token);
+        if let Some(constraint) = &mut self.constraint {
+            if let Err(e) = constraint.consume(token) {
+                tracing::warn!("structured output: {e}; the rest of the output is unconstrained");
+                self.constraint = None;
+            }
+        }
         Sampled {
             token,
             logprob,

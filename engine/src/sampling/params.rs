@@ -1,5 +1,7 @@
 //! Sampling parameters, with the same meanings, defaults and limits as vLLM's `SamplingParams`.
 
+use crate::structured::CompiledConstraint;
+
 /// How to pick tokens for one request.
 /// Which kind of token ended a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,8 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Keep generating past EOS.
     pub ignore_eos: bool,
+    /// Hold the output to a schema, expression, choice or grammar (structured outputs).
+    pub structured: Option<CompiledConstraint>,
 }
 
 impl Default for SamplingParams {
@@ -50,6 +54,7 @@ impl Default for SamplingParams {
             logprobs: None,
             stop_token_ids: Vec::new(),
             ignore_eos: false,
+            structured: None,
         }
     }
 }
@@ -75,6 +80,7 @@ impl SamplingParams {
             && self.presence_penalty == 0.0
             && self.frequency_penalty == 0.0
             && self.logprobs.unwrap_or(0) == 0
+            && self.structured.is_none()
     }
 
     pub fn greedy() -> SamplingParams {

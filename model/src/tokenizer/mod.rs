@@ -84,6 +84,14 @@ impl Tokenizer {
         })
     }
 
+    /// The tokenizer as HF's `tokenizer.json` (for tools that read that format, such as the
+    /// constrained decoder's token table).
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| TokenizerError(e.to_string()))
+    }
+
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }

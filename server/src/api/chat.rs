@@ -141,7 +141,7 @@ fn prepare(
         }
         _ => None,
     };
-    let params = common.sampling(logprobs)?;
+    let params = state.sampling_params(common, logprobs)?;
     let max_param = req.max_completion_tokens.or(common.max_tokens);
     let max_tokens = state.output_budget(prompt.len(), max_param)?;
     let n = common.n()?;

@@ -144,7 +144,7 @@ fn prepare(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let params = common.sampling(req.logprobs)?;
+    let params = state.sampling_params(common, req.logprobs)?;
     let n = common.n()?;
     Ok(GenRequest {
         request_id: request_id("cmpl"),

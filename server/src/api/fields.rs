@@ -34,8 +34,6 @@ const COMPLETIONS: &[Endpoint] = &[Endpoint::Completions];
 const CHAT: &[Endpoint] = &[Endpoint::Chat];
 
 const NOT_YET: &str = "is not supported by this server";
-const STRUCTURED: &str =
-    "is not supported by this server: it does not constrain its output (structured outputs)";
 
 /// The fields, with the endpoints that take them.
 const FIELDS: &[(&str, &[Endpoint], Support)] = &[
@@ -235,60 +233,19 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
             why: NOT_YET,
         },
     ),
-    (
-        "response_format",
-        BOTH,
-        Refused {
-            defaults: &["{\"type\":\"text\"}"],
-            why: STRUCTURED,
-        },
-    ),
-    (
-        "structured_outputs",
-        BOTH,
-        Refused {
-            defaults: &[],
-            why: STRUCTURED,
-        },
-    ),
-    (
-        "guided_json",
-        BOTH,
-        Refused {
-            defaults: &[],
-            why: STRUCTURED,
-        },
-    ),
-    (
-        "guided_regex",
-        BOTH,
-        Refused {
-            defaults: &[],
-            why: STRUCTURED,
-        },
-    ),
-    (
-        "guided_choice",
-        BOTH,
-        Refused {
-            defaults: &[],
-            why: STRUCTURED,
-        },
-    ),
-    (
-        "guided_grammar",
-        BOTH,
-        Refused {
-            defaults: &[],
-            why: STRUCTURED,
-        },
-    ),
+    // Structured outputs: read and compiled by the endpoint (`CommonParams::constraint`).
+    ("response_format", BOTH, Works),
+    ("structured_outputs", BOTH, Works),
+    ("guided_json", BOTH, Works),
+    ("guided_regex", BOTH, Works),
+    ("guided_choice", BOTH, Works),
+    ("guided_grammar", BOTH, Works),
     (
         "guided_decoding_backend",
         BOTH,
         Refused {
-            defaults: &[],
-            why: STRUCTURED,
+            defaults: &["\"auto\"", "\"guidance\"", "\"llguidance\""],
+            why: "names a backend this server does not have: it constrains output with llguidance",
         },
     ),
     (
@@ -296,7 +253,7 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
         BOTH,
         Refused {
             defaults: &[],
-            why: STRUCTURED,
+            why: "is not supported by this server: JSON output uses llguidance's whitespace rules",
         },
     ),
     // Tools are checked together with tool_choice (see `check_tools`).
@@ -447,8 +404,8 @@ mod tests {
             ("best_of", json!(2)),
             ("logit_bias", json!({"5": 10})),
             ("min_tokens", json!(3)),
-            ("response_format", json!({"type": "json_object"})),
-            ("guided_json", json!({})),
+            ("guided_decoding_backend", json!("xgrammar")),
+            ("guided_whitespace_pattern", json!(" *")),
             ("priority", json!(1)),
             ("functions", json!([])),
         ] {

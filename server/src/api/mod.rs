@@ -55,6 +55,8 @@ pub struct AppState {
     pub traces: Option<Arc<crate::traces::Traces>>,
     /// Where requests' CPU work (parsing, templates, tokenization) runs.
     pub cpu: cpu_pool::CpuPool,
+    /// The compiler of structured-output constraints, or why there is none for this tokenizer.
+    pub grammars: Result<Arc<engine::structured::Grammars>, String>,
 }
 
 impl AppState {
@@ -93,6 +95,33 @@ impl AppState {
                 "The model `{m}` does not exist."
             ))),
         }
+    }
+
+    /// The request's sampling parameters, with its structured-output constraint compiled (an
+    /// invalid schema, expression or grammar is a 400 naming the field, before anything is
+    /// queued).
+    pub fn sampling_params(
+        &self,
+        common: &protocol::CommonParams,
+        logprobs: Option<i64>,
+    ) -> Result<engine::sampling::SamplingParams, ApiError> {
+        let mut params = common.sampling(logprobs)?;
+        if let Some((spec, param)) = common.constraint()? {
+            let grammars = self.grammars.as_ref().map_err(|why| {
+                ApiError::bad_request(
+                    format!("{param}: structured outputs are not available for this model: {why}"),
+                    Some(param),
+                )
+            })?;
+            let compiled = grammars.compile(&spec).map_err(|e| {
+                ApiError::bad_request(
+                    format!("{param}: invalid {}: {e}", spec.kind()),
+                    Some(param),
+                )
+            })?;
+            params.structured = Some(compiled);
+        }
+        Ok(params)
     }
 
     /// Refuses a prompt text longer than any text of `max_model_len` tokens can be (so that one

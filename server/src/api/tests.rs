@@ -79,6 +79,7 @@ fn serve(backend: FailsAfter) -> String {
         drain: crate::lifecycle::drain::Drain::new(),
         traces: None,
         cpu: crate::api::cpu_pool::CpuPool::new(1),
+        grammars: Err("no grammars in these tests".into()),
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

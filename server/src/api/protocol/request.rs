@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use crate::api::error::ApiError;
 use engine::sampling::SamplingParams;
+use engine::structured::ConstraintSpec;
 use model::ChatMessage;
 
 /// `stop`: one string or a list.
@@ -60,6 +61,43 @@ pub struct CommonParams {
     pub add_special_tokens: Option<bool>,
     pub stream: Option<bool>,
     pub stream_options: Option<StreamOptions>,
+    pub response_format: Option<ResponseFormat>,
+    pub structured_outputs: Option<StructuredOutputs>,
+    /// vLLM's older names for the fields of `structured_outputs`.
+    pub guided_json: Option<serde_json::Value>,
+    pub guided_regex: Option<String>,
+    pub guided_choice: Option<Vec<String>>,
+    pub guided_grammar: Option<String>,
+}
+
+/// OpenAI's `response_format`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ResponseFormat {
+    Text,
+    JsonObject,
+    JsonSchema { json_schema: JsonSchemaFormat },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonSchemaFormat {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub schema: Option<serde_json::Value>,
+    pub strict: Option<bool>,
+}
+
+/// vLLM's `structured_outputs`: at most one of its constraints.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StructuredOutputs {
+    /// A JSON schema, as an object or as a string holding one.
+    pub json: Option<serde_json::Value>,
+    pub regex: Option<String>,
+    pub choice: Option<Vec<String>>,
+    /// A grammar in Lark syntax.
+    pub grammar: Option<String>,
+    pub json_object: Option<bool>,
 }
 
 /// The most choices one request may ask for.
@@ -101,6 +139,7 @@ impl CommonParams {
             logprobs,
             stop_token_ids: self.stop_token_ids.clone().unwrap_or_default(),
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            structured: None,
         };
         p.validate()
             .map_err(|e| ApiError::bad_request(e.to_string(), Some(e.field)))?;
@@ -154,6 +193,93 @@ impl CommonParams {
             ));
         }
         Ok(stop)
+    }
+}
+
+impl CommonParams {
+    /// The constraint the request puts on its output, with the field that asks for it: at most
+    /// one of `response_format` (other than text), `structured_outputs`' fields and the
+    /// `guided_*` fields, as vLLM allows one.
+    pub fn constraint(&self) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
+        let mut found: Vec<(ConstraintSpec, &'static str)> = Vec::new();
+        match &self.response_format {
+            None | Some(ResponseFormat::Text) => {}
+            Some(ResponseFormat::JsonObject) => {
+                found.push((ConstraintSpec::JsonObject, "response_format"))
+            }
+            Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
+                Some(schema) => found.push((
+                    ConstraintSpec::JsonSchema(schema.clone()),
+                    "response_format",
+                )),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "response_format.json_schema.schema is required with type json_schema",
+                        Some("response_format"),
+                    ))
+                }
+            },
+        }
+        let so = self.structured_outputs.clone().unwrap_or_default();
+        if let Some(json) = so.json.as_ref().or(self.guided_json.as_ref()) {
+            let param = if so.json.is_some() {
+                "structured_outputs"
+            } else {
+                "guided_json"
+            };
+            found.push((
+                ConstraintSpec::JsonSchema(schema_value(json, param)?),
+                param,
+            ));
+        }
+        for (value, param) in [
+            (&so.regex, "structured_outputs"),
+            (&self.guided_regex, "guided_regex"),
+        ] {
+            if let Some(rx) = value {
+                found.push((ConstraintSpec::Regex(rx.clone()), param));
+            }
+        }
+        for (value, param) in [
+            (&so.choice, "structured_outputs"),
+            (&self.guided_choice, "guided_choice"),
+        ] {
+            if let Some(choices) = value {
+                found.push((ConstraintSpec::Choice(choices.clone()), param));
+            }
+        }
+        for (value, param) in [
+            (&so.grammar, "structured_outputs"),
+            (&self.guided_grammar, "guided_grammar"),
+        ] {
+            if let Some(grammar) = value {
+                found.push((ConstraintSpec::Lark(grammar.clone()), param));
+            }
+        }
+        if so.json_object == Some(true) {
+            found.push((ConstraintSpec::JsonObject, "structured_outputs"));
+        }
+        if found.len() > 1 {
+            let fields: Vec<&str> = found.iter().map(|(_, p)| *p).collect();
+            return Err(ApiError::bad_request(
+                format!(
+                    "only one kind of structured output may be asked for at once (got {})",
+                    fields.join(", ")
+                ),
+                Some(found[1].1),
+            ));
+        }
+        Ok(found.pop())
+    }
+}
+
+/// A JSON schema given as an object, or as a string holding one (vLLM takes both).
+fn schema_value(v: &serde_json::Value, param: &str) -> Result<serde_json::Value, ApiError> {
+    match v {
+        serde_json::Value::String(s) => serde_json::from_str(s).map_err(|e| {
+            ApiError::bad_request(format!("{param}: the schema is not JSON: {e}"), Some(param))
+        }),
+        other => Ok(other.clone()),
     }
 }
 

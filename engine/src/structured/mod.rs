@@ -1,0 +1,16 @@
+//! Structured outputs: a request's output held to a JSON schema, a regular expression, a list of
+//! choices or a Lark grammar, by masking at every step the tokens that could not continue it
+//! (llguidance computes the masks; vLLM and llama.cpp use the same library).
+//!
+//! A [`Grammars`] is built once per tokenizer; it compiles a request's [`ConstraintSpec`] into a
+//! [`CompiledConstraint`] before the request is queued (a bad schema is the client's error, not
+//! the engine's), and each sampler then runs its own [`Constraint`] from it.
+
+mod constraint;
+mod grammars;
+
+pub use constraint::{CompiledConstraint, Constraint};
+pub use grammars::{ConstraintError, ConstraintSpec, Grammars};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,106 @@
+use std::sync::Arc;
+
+use rand::{Rng, SeedableRng};
+
+use super::{ConstraintSpec, Grammars};
+use crate::sampling::{Sampler, SamplingParams};
+
+/// The byte-level test tokenizer (token id = byte), with byte 0 as end of sequence.
+fn grammars() -> Grammars {
+    let mut tokenizer = model::testing::byte_tokenizer();
+    tokenizer.eos_token_ids = vec![0];
+    Grammars::new(Arc::new(tokenizer), 256).expect("a trie of 256 byte tokens")
+}
+
+/// Samples until end of sequence (or `max` tokens) from random logits, at temperature 1: what
+/// comes out is only what the constraint allows.
+fn sample_text(grammars: &Grammars, spec: ConstraintSpec, seed: u64, max: usize) -> String {
+    let params = SamplingParams {
+        seed: Some(seed),
+        structured: Some(grammars.compile(&spec).expect("compiles")),
+        ..SamplingParams::default()
+    };
+    let mut sampler = Sampler::new(params, &[]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::new();
+    for _ in 0..max {
+        let logits: Vec<f32> = (0..256).map(|_| rng.random_range(-5.0..5.0)).collect();
+        let token = sampler.sample(&logits).token;
+        if token == 0 {
+            break;
+        }
+        out.push(token as u8);
+    }
+    String::from_utf8(out).expect("utf-8")
+}
+
+#[test]
+fn random_logits_yield_only_what_the_constraint_allows() {
+    let grammars = grammars();
+    for seed in 0..20 {
+        let choice = sample_text(
+            &grammars,
+            ConstraintSpec::Choice(vec!["yes".into(), "no".into(), "maybe so".into()]),
+            seed,
+            50,
+        );
+        assert!(
+            ["yes", "no", "maybe so"].contains(&choice.as_str()),
+            "{choice:?}"
+        );
+
+        let phone = sample_text(
+            &grammars,
+            ConstraintSpec::Regex("[0-9]{3}-[0-9]{4}".into()),
+            seed,
+            50,
+        );
+        assert_eq!(phone.len(), 8, "{phone:?}");
+        assert!(phone.chars().enumerate().all(|(i, c)| if i == 3 {
+            c == '-'
+        } else {
+            c.is_ascii_digit()
+        }));
+
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"n": {"type": "integer"}, "k": {"enum": ["a", "b"]}},
+            "required": ["n", "k"],
+            "additionalProperties": false
+        });
+        let json = sample_text(&grammars, ConstraintSpec::JsonSchema(schema), seed, 400);
+        let value: serde_json::Value = serde_json::from_str(&json).expect(&json);
+        assert!(value["n"].is_i64(), "{json}");
+        assert!(value["k"] == "a" || value["k"] == "b", "{json}");
+        assert_eq!(value.as_object().unwrap().len(), 2, "{json}");
+    }
+}
+
+#[test]
+fn invalid_constraints_are_refused_with_the_reason() {
+    let grammars = grammars();
+    for (spec, words) in [
+        (ConstraintSpec::Regex("[0-9".into()), "unclosed"),
+        (ConstraintSpec::Choice(vec![]), "empty"),
+        (
+            ConstraintSpec::Lark("start: undefined_rule".into()),
+            "undefined_rule",
+        ),
+        (
+            ConstraintSpec::JsonSchema(serde_json::json!({"type": "no-such-type"})),
+            "no-such-type",
+        ),
+    ] {
+        let err = grammars.compile(&spec).expect_err(&format!("{spec:?}"));
+        assert!(err.0.contains(words), "{spec:?}: {err}");
+    }
+}
+
+#[test]
+fn a_request_with_a_constraint_needs_its_whole_row() {
+    let grammars = grammars();
+    let mut params = SamplingParams::greedy();
+    assert!(params.is_plain_greedy());
+    params.structured = Some(grammars.compile(&ConstraintSpec::JsonObject).unwrap());
+    assert!(!params.is_plain_greedy());
+}
