@@ -38,12 +38,15 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
         None => nvrtc.into_os_string(),
     };
     let cuda_sim = build_cuda_sim()?;
+    // The OpenAI client and a JSON-schema validator, for the tests that drive Vigil as users do.
+    let python_clients = crate::python_clients::run()?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra_args)
         .env("LD_LIBRARY_PATH", library_path)
         .env("VIGIL_PTXAS", ptxas)
         .env("VIGIL_CUDA_SIM", cuda_sim)
+        .env("VIGIL_TEST_PYTHONPATH", python_clients)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test")?;

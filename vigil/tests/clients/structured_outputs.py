@@ -1,0 +1,161 @@
+"""Structured outputs through the official `openai` client, checked against the specification:
+every output validates against its JSON schema (with `jsonschema`), matches its regex, is one of
+its choices, or parses under its grammar. Usage: structured_outputs.py BASE_URL MODEL.
+Prints one line per check and exits non-zero at the first failure."""
+
+import json
+import re
+import sys
+
+import jsonschema
+import openai
+
+BASE, MODEL = sys.argv[1], sys.argv[2]
+client = openai.OpenAI(base_url=BASE + "/v1", api_key="none", max_retries=0, timeout=300)
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 16},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "role": {"enum": ["engineer", "doctor", "artist"]},
+        "address": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 16},
+                "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
+            },
+            "required": ["city", "zip"],
+            "additionalProperties": False,
+        },
+        "skills": {
+            "type": "array",
+            "items": {"type": "string", "maxLength": 12},
+            "minItems": 1,
+            "maxItems": 3,
+        },
+    },
+    "required": ["name", "age", "role", "address", "skills"],
+    "additionalProperties": False,
+}
+
+PROMPTS = [
+    "Describe a software engineer from Berlin.",
+    "Invent a doctor who lives by the sea.",
+    "Tell me about a painter.",
+    "Make up a person who likes music.",
+    "Who is your favourite scientist?",
+    "Describe your neighbour.",
+    "Create a character for a novel.",
+    "Describe a chef from Lyon.",
+    "Invent a pilot.",
+    "Tell me about a teacher in a small town.",
+    "Describe a gardener.",
+    "Make up a young programmer.",
+    "Describe an old sailor.",
+    "Invent a nurse who runs marathons.",
+    "Describe a street musician.",
+    "Tell me about an architect.",
+    "Create a villain for a film.",
+    "Describe a farmer.",
+    "Invent an astronaut.",
+    "Describe a librarian who paints.",
+]
+
+
+def check(name, ok, detail=""):
+    print(("ok   " if ok else "FAIL ") + name + (": " + detail if detail else ""), flush=True)
+    if not ok:
+        sys.exit(1)
+
+
+def chat(prompt, stream=False, **kw):
+    messages = [{"role": "user", "content": prompt}]
+    if not stream:
+        r = client.chat.completions.create(model=MODEL, messages=messages, **kw)
+        return r.choices[0].message.content, r.choices[0].finish_reason
+    text, finish = "", None
+    for chunk in client.chat.completions.create(model=MODEL, messages=messages, stream=True, **kw):
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    return text, finish
+
+
+def completion(prompt, stream=False, **kw):
+    if not stream:
+        r = client.completions.create(model=MODEL, prompt=prompt, **kw)
+        return r.choices[0].text, r.choices[0].finish_reason
+    text, finish = "", None
+    for chunk in client.completions.create(model=MODEL, prompt=prompt, stream=True, **kw):
+        for c in chunk.choices:
+            text += c.text or ""
+            finish = c.finish_reason or finish
+    return text, finish
+
+
+schema_format = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}}
+for i, prompt in enumerate(PROMPTS):
+    stream = i % 2 == 1
+    text, finish = chat(prompt, stream=stream, temperature=1.0, seed=i, max_tokens=300,
+                        response_format=schema_format)
+    try:
+        jsonschema.validate(json.loads(text), PERSON)
+        valid = True
+    except (ValueError, jsonschema.ValidationError) as e:
+        valid, text = False, f"{text!r}: {e}"
+    check(f"json_schema {'stream' if stream else 'whole'} #{i}", finish == "stop" and valid,
+          f"finish={finish} {text}")
+
+for stream in (False, True):
+    text, finish = chat("Give me any JSON object.", stream=stream, temperature=1.0, seed=7,
+                        max_tokens=200, response_format={"type": "json_object"})
+    check(f"json_object stream={stream}", finish == "stop" and isinstance(json.loads(text), dict), text)
+
+PHONE = r"\(\d{3}\) \d{3}-\d{4}"
+for stream in (False, True):
+    text, finish = completion("Call me at", stream=stream, temperature=1.0, seed=3, max_tokens=40,
+                              extra_body={"structured_outputs": {"regex": PHONE}})
+    check(f"regex (structured_outputs) stream={stream}", re.fullmatch(PHONE, text) is not None, repr(text))
+    text, finish = chat("What is my phone number?", stream=stream, temperature=1.0, seed=4,
+                        max_tokens=40, extra_body={"guided_regex": PHONE})
+    check(f"regex (guided_regex) stream={stream}", re.fullmatch(PHONE, text) is not None, repr(text))
+
+CHOICES = ["positive", "negative", "neutral"]
+for stream in (False, True):
+    text, finish = chat("The film was wonderful. Sentiment?", stream=stream, temperature=1.0, seed=5,
+                        max_tokens=10, extra_body={"guided_choice": CHOICES})
+    check(f"choice (guided_choice) stream={stream}", text in CHOICES, repr(text))
+    text, finish = completion("Sentiment of 'awful food':", stream=stream, temperature=1.0, seed=6,
+                              max_tokens=10, extra_body={"structured_outputs": {"choice": CHOICES}})
+    check(f"choice (structured_outputs) stream={stream}", text in CHOICES, repr(text))
+
+GRAMMAR = 'start: "SELECT " column " FROM " table\ncolumn: "name" | "age" | "*"\ntable: "users" | "orders"'
+SQL = r"SELECT (name|age|\*) FROM (users|orders)"
+for stream in (False, True):
+    text, finish = completion("SQL:", stream=stream, temperature=1.0, seed=8, max_tokens=20,
+                              extra_body={"structured_outputs": {"grammar": GRAMMAR}})
+    check(f"grammar stream={stream}", re.fullmatch(SQL, text) is not None, repr(text))
+
+# A greedy output the constraint allows is what the model says without it.
+free, _ = completion("The capital of France is", temperature=0, max_tokens=8)
+held, _ = completion("The capital of France is", temperature=0, max_tokens=8,
+                     extra_body={"structured_outputs": {"regex": re.escape(free)}})
+check("greedy output inside the constraint is unchanged", held == free, f"{free!r} vs {held!r}")
+again, _ = completion("The capital of France is", temperature=0, max_tokens=8)
+check("greedy output without a constraint is unchanged after constrained ones", again == free,
+      f"{free!r} vs {again!r}")
+
+for field, value, param in [
+    ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}, "response_format"),
+    ("guided_regex", "[0-9", "guided_regex"),
+    ("structured_outputs", {"grammar": "start: missing_rule"}, "structured_outputs"),
+    ("structured_outputs", {"regex": "a", "choice": ["a"]}, "structured_outputs"),
+]:
+    try:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=5, extra_body={field: value})
+        check(f"invalid {field} is refused", False, "no error")
+    except openai.BadRequestError as e:
+        body = e.body if isinstance(e.body, dict) else {}
+        check(f"invalid {field} is refused", body.get("param") == param, str(e.body))
+print("all structured-output checks passed")
