@@ -253,6 +253,9 @@ impl Core<'_> {
                         if let Some(timing) = executor.take_step_timing() {
                             m.record_device_step(timing);
                         }
+                        if let Some(masks) = executor.take_mask_time() {
+                            m.record_mask_time(masks.as_secs_f64());
+                        }
                     }
                     self.record_state();
                     self.emit(out);

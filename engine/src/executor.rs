@@ -28,6 +28,9 @@ pub enum ExecuteError {
 pub struct Executor {
     backend: Box<dyn Backend>,
     samplers: HashMap<String, Sampler>,
+    /// The last step's time computing structured-output masks (`None`: no constrained request
+    /// sampled in it).
+    mask_time: Option<std::time::Duration>,
 }
 
 impl Executor {
@@ -35,11 +38,13 @@ impl Executor {
         Executor {
             backend,
             samplers: HashMap::new(),
+            mask_time: None,
         }
     }
 
     /// Runs one step: the forward pass, then sampling.
     pub fn execute(&mut self, step: &SchedulerOutput) -> Result<ModelRunnerOutput, ExecuteError> {
+        self.mask_time = None;
         for id in &step.finished_ids {
             self.samplers.remove(id);
         }
@@ -82,13 +87,17 @@ impl Executor {
                     .samplers
                     .get_mut(&r.id)
                     .ok_or_else(|| ExecuteError::NoSampler(r.id.clone()))?;
-                Some(match rows.last() {
+                let sampled = match rows.last() {
                     Some(last) => sampler.sample(logits.row(last)),
                     None => {
                         let reduced = greedy.next().ok_or(ExecuteError::MissingGreedyToken)?;
                         sampler.accept(*reduced)
                     }
-                })
+                };
+                if sampler.is_constrained() {
+                    *self.mask_time.get_or_insert_default() += sampler.take_mask_time();
+                }
+                Some(sampled)
             } else {
                 None
             };
@@ -98,6 +107,12 @@ impl Executor {
             });
         }
         Ok(ModelRunnerOutput { requests: out })
+    }
+
+    /// The last step's time computing structured-output masks, once; `None` when no
+    /// constrained request sampled in it.
+    pub fn take_mask_time(&mut self) -> Option<std::time::Duration> {
+        self.mask_time.take()
     }
 
     /// Samplers held (requests between their first step and the step after they finish).

@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use exporter::catalog::structured;
 use exporter::catalog::vllm as cat;
 use exporter::exemplar::with_request;
 use metrics::{Counter, Gauge, Histogram};
@@ -48,6 +49,9 @@ pub struct EngineMetrics {
     prefill_kv_computed: Histogram,
     device_busy: Histogram,
     device_gap: Histogram,
+    /// Finished constrained requests, by kind of constraint.
+    structured: Vec<(&'static str, Counter)>,
+    mask_seconds: Histogram,
 }
 
 impl EngineMetrics {
@@ -134,6 +138,11 @@ impl EngineMetrics {
             prefill_kv_computed: histogram(cat::REQUEST_PREFILL_KV_COMPUTED_TOKENS.name),
             device_busy: histogram(exporter::catalog::device::STEP_BUSY.name),
             device_gap: histogram(exporter::catalog::device::STEP_GAP.name),
+            structured: structured::KINDS
+                .iter()
+                .map(|kind| (*kind, with(structured::REQUESTS.name, "kind", kind)))
+                .collect(),
+            mask_seconds: histogram(structured::MASK_SECONDS.name),
         }
     }
 
@@ -156,6 +165,11 @@ impl EngineMetrics {
         if stats.num_generated > 0 {
             self.iteration_tokens.record(stats.iteration_tokens as f64);
         }
+    }
+
+    /// After a step with constrained requests: the time their token masks took.
+    pub fn record_mask_time(&self, seconds: f64) {
+        self.mask_seconds.record(seconds);
     }
 
     /// After a step on a device backend: its GPU busy time and the gap before it.
@@ -199,6 +213,15 @@ impl EngineMetrics {
     pub fn record_finished(&self, req: &Request, reason: FinishReason) {
         if let Some((_, c)) = self.success.iter().find(|(r, _)| *r == reason) {
             c.increment(1);
+        }
+        if let Some(constraint) = &req.params.structured {
+            if let Some((_, c)) = self
+                .structured
+                .iter()
+                .find(|(k, _)| *k == constraint.kind())
+            {
+                c.increment(1);
+            }
         }
         let now = Instant::now();
         let t = &req.times;

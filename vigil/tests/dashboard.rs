@@ -39,10 +39,11 @@ fn load(vigil: &Vigil, duration: Duration) {
             std::thread::spawn(move || {
                 let mut n = 0;
                 while started.elapsed() < duration {
-                    let (url, body) = match (i + n) % 3 {
+                    let (url, body) = match (i + n) % 4 {
                         0 => (&completions, format!(r#"{{"prompt": "Write a story number {n}", "max_tokens": 24}}"#)),
                         1 => (&chat, format!(r#"{{"messages": [{{"role": "user", "content": "Say hi {n}"}}], "max_tokens": 16, "stream": true}}"#)),
-                        _ => (&completions, format!(r#"{{"prompt": "Count: 1, 2, 3,", "max_tokens": 12, "stop": [" 5"], "seed": {n}}}"#)),
+                        2 => (&completions, format!(r#"{{"prompt": "Count: 1, 2, 3,", "max_tokens": 12, "stop": [" 5"], "seed": {n}}}"#)),
+                        _ => (&completions, format!(r#"{{"prompt": "Mood {n}:", "max_tokens": 8, "guided_choice": ["happy", "sad"]}}"#)),
                     };
                     let (status, text) = http_post(url, body.as_bytes(), &[]);
                     assert_eq!(status, 200, "{text}");

@@ -1,14 +1,14 @@
 //! `cargo xtask dashboard`: the Grafana dashboard, generated from the metric catalog (every
 //! series name comes from its catalog entry, so a renamed metric cannot leave a dead panel).
 //!
-//! Rows: "Why is it slow?" (TTFT, queue time, KV cache usage, preemptions, GPU utilization and
-//! the engine thread's run-queue latency side by side), every panel of vLLM's own dashboard
+//! Rows: "Why is it slow?" (TTFT, queue time, KV cache usage, preemptions, GPU utilization,
+//! the engine thread's run-queue latency and structured outputs' mask time side by side), every panel of vLLM's own dashboard
 //! (examples/online_serving/prometheus_grafana/grafana.json, same queries, with the current
 //! names where vLLM's used deprecated ones), GPU, host scheduling by thread role, Dynamo's
 //! frontend, and Vigil's own telemetry (what became of its request traces). Variables: the
 //! Prometheus data source, `model_name` and `instance`.
 
-use exporter::catalog::{dynamo, gpu, probe, sched, service, vllm, MetricDef};
+use exporter::catalog::{dynamo, gpu, probe, sched, service, structured, vllm, MetricDef};
 use serde_json::{json, Value};
 
 /// Where the dashboard lives, relative to the workspace root.
@@ -169,6 +169,15 @@ fn why_is_it_slow() -> Vec<Panel> {
                     "instance, ",
                 ),
                 "{{instance}}",
+            ),
+        ),
+        panel(
+            "Structured-output mask time p99 per step",
+            "Engine time computing the token masks of constrained requests in one step: it adds to every request's inter-token latency in that step.",
+            "s",
+            one(
+                quantile(0.99, &structured::MASK_SECONDS, MODEL, ""),
+                "mask p99",
             ),
         ),
     ]

@@ -38,6 +38,8 @@ pub struct Sampler {
     /// The output's constraint, advanced with every token (kept across preemptions, since the
     /// sampler is).
     constraint: Option<Constraint>,
+    /// Time spent computing the constraint's masks since [`Sampler::take_mask_time`].
+    mask_time: std::time::Duration,
     scratch: Vec<f32>,
 }
 
@@ -54,6 +56,7 @@ impl Sampler {
             output_counts: Default::default(),
             prompt_tokens: prompt.iter().copied().collect(),
             constraint,
+            mask_time: std::time::Duration::ZERO,
             scratch: Vec::new(),
         }
     }
@@ -94,9 +97,11 @@ impl Sampler {
         x.extend_from_slice(logits);
         self.apply_penalties(&mut x);
         if let Some(constraint) = &mut self.constraint {
+            let started = std::time::Instant::now();
             if let Err(e) = constraint.mask(&mut x) {
                 tracing::warn!("structured output: {e}; sampling this token unconstrained");
             }
+            self.mask_time += started.elapsed();
         }
         let p_temp = p.temperature;
         let token = if p_temp < GREEDY_EPS {
@@ -122,6 +127,16 @@ impl Sampler {
             logprob,
             top_logprobs,
         }
+    }
+
+    /// Whether the output is held to a constraint.
+    pub fn is_constrained(&self) -> bool {
+        self.constraint.is_some()
+    }
+
+    /// The time spent computing masks since the last call.
+    pub fn take_mask_time(&mut self) -> std::time::Duration {
+        std::mem::take(&mut self.mask_time)
     }
 
     fn apply_penalties(&self, x: &mut [f32]) {

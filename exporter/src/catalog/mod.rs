@@ -16,6 +16,7 @@ pub mod gpu;
 pub mod probe;
 pub mod sched;
 pub mod service;
+pub mod structured;
 pub mod vllm;
 
 use std::borrow::Cow;
@@ -213,6 +214,7 @@ pub fn all() -> impl Iterator<Item = &'static MetricDef> {
         device::ALL,
         agent::ALL,
         service::ALL,
+        structured::ALL,
     ]
     .into_iter()
     .flat_map(|family| family.iter().copied())

@@ -1,0 +1,39 @@
+//! Structured outputs (`response_format`, `structured_outputs`, vLLM's `guided_*` fields): how
+//! many requests held their output to a constraint, by kind, and the time the engine spent
+//! computing their token masks. The mask is computed on the engine thread before a constrained
+//! request's token is sampled, so its time adds to every request's inter-token latency in that
+//! step: read it next to `vllm:inter_token_latency_seconds`.
+
+use super::{Kind, Label, MetricDef};
+use crate::buckets::BucketFamily;
+
+/// Values of `kind`: a JSON schema, any JSON object, a regular expression, a list of choices, a
+/// Lark grammar.
+pub const KINDS: &[&str] = &["json", "json_object", "regex", "choice", "grammar"];
+
+pub static REQUESTS: MetricDef = MetricDef::new(
+    "vigil_structured_output_requests",
+    Kind::Counter,
+    "Finished requests whose output was held to a structured-output constraint, by kind of constraint.",
+    &[
+        Label::ModelName,
+        Label::Engine,
+        Label::OneOf {
+            name: "kind",
+            values: KINDS,
+        },
+    ],
+)
+.precreate()
+.engine_stat();
+
+pub static MASK_SECONDS: MetricDef = MetricDef::new(
+    "vigil_structured_output_mask_seconds",
+    Kind::Histogram,
+    "Time one engine step spent computing the token masks of its constrained requests (added to that step's inter-token latency).",
+    &[Label::ModelName, Label::Engine],
+)
+.buckets(BucketFamily::Log2Microseconds)
+.engine_stat();
+
+pub static ALL: &[&MetricDef] = &[&REQUESTS, &MASK_SECONDS];
