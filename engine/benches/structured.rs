@@ -19,6 +19,8 @@ const BLOCK: usize = 16;
 const BATCH: usize = 8;
 const STEPS: usize = 48;
 const ROUNDS: usize = 4;
+/// Room in the cache for the chat-templated prompt.
+const MAX_PROMPT: usize = 64;
 
 fn main() {
     let path = std::env::args()
@@ -32,8 +34,19 @@ fn main() {
             ))
         });
     let model = Model::load(&path).expect("load model");
-    let tokenizer = Arc::new(model.tokenizer.clone());
-    let grammars = Grammars::new(Arc::clone(&tokenizer), model.config.vocab_size).unwrap();
+    let vocab_size = model.config.vocab_size;
+    let blocks_per = (MAX_PROMPT + STEPS + 1).div_ceil(BLOCK);
+    let mut be = CpuBackend::new(
+        &model,
+        &CpuOptions {
+            block_size: BLOCK,
+            num_blocks: BATCH * blocks_per + 1,
+            weight_format: WeightFormat::default(),
+        },
+    )
+    .expect("backend");
+    let tokenizer = Arc::new(model.tokenizer);
+    let grammars = Grammars::new(Arc::clone(&tokenizer), vocab_size).unwrap();
     let schema = serde_json::json!({
         "type": "object",
         "properties": {
@@ -59,16 +72,7 @@ fn main() {
         )
         .unwrap();
     let prompt = tokenizer.encode(&prompt_text, false).unwrap();
-    let blocks_per = (prompt.len() + STEPS + 1).div_ceil(BLOCK);
-    let mut be = CpuBackend::new(
-        &model,
-        &CpuOptions {
-            block_size: BLOCK,
-            num_blocks: BATCH * blocks_per + 1,
-            weight_format: WeightFormat::default(),
-        },
-    )
-    .expect("backend");
+    assert!(prompt.len() <= MAX_PROMPT, "{} prompt tokens", prompt.len());
     let tables: Vec<Vec<u32>> = (0..BATCH)
         .map(|s| ((s * blocks_per + 1) as u32..((s + 1) * blocks_per + 1) as u32).collect())
         .collect();
@@ -89,7 +93,11 @@ fn main() {
         let step = |be: &mut CpuBackend, seqs: &[Vec<u32>], first: bool| {
             let inputs: Vec<SeqInput> = (0..BATCH)
                 .map(|s| SeqInput {
-                    tokens: if first { &seqs[s] } else { &seqs[s][seqs[s].len() - 1..] },
+                    tokens: if first {
+                        &seqs[s]
+                    } else {
+                        &seqs[s][seqs[s].len() - 1..]
+                    },
                     start_pos: if first { 0 } else { seqs[s].len() - 1 },
                     block_table: &tables[s],
                     logits_for: LogitsFor::Last,
