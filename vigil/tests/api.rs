@@ -689,7 +689,7 @@ fn a_list_of_prompts_gets_n_choices_each() {
 }
 
 /// Request fields vLLM acts on that Vigil does not implement are refused by name (never
-/// ignored), unless left at vLLM's default.
+/// ignored), unless left at vLLM's default; so are invalid values of those it implements.
 #[test]
 fn unsupported_fields_are_refused_by_name() {
     let v = Vigil::serve(&[]);
@@ -703,13 +703,8 @@ fn unsupported_fields_are_refused_by_name() {
             "suffix",
         ),
         (
-            "/v1/completions",
-            json!({"prompt": "x", "response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (
             "/v1/chat/completions",
-            json!({"messages": msg, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            json!({"messages": msg, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "no-such-type"}}}}),
             "response_format",
         ),
         (
@@ -719,13 +714,13 @@ fn unsupported_fields_are_refused_by_name() {
         ),
         (
             "/v1/chat/completions",
-            json!({"messages": msg, "tools": tools, "tool_choice": "required"}),
+            json!({"messages": msg, "tools": tools, "tool_choice": {"type": "function", "function": {"name": "g"}}}),
             "tool_choice",
         ),
         (
             "/v1/completions",
-            json!({"prompt": "x", "guided_regex": "a+"}),
-            "guided_regex",
+            json!({"prompt": "x", "guided_regex": "a+", "guided_whitespace_pattern": " *"}),
+            "guided_whitespace_pattern",
         ),
         (
             "/v1/completions",

@@ -10,9 +10,10 @@ use super::fields::Endpoint;
 use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usage};
 use super::protocol::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
-    ChatDelta, ChatLogprobs, ChatRequest, ChatTokenLogprob, ChatTopLogprob, CommonParams, Head,
-    StopReasonOut,
+    ChatDelta, ChatLogprobs, ChatRequest, ChatTokenLogprob, ChatTopLogprob, CommonParams,
+    DeltaFunctionCall, DeltaToolCall, Head, StopReasonOut,
 };
+use super::tools::{self, ToolCalling};
 use super::{request_id, AppState};
 
 /// The chat endpoint's part of [`GenerationApi`].
@@ -44,15 +45,30 @@ impl GenerationApi for Chat {
         let choices = out
             .into_choices()
             .enumerate()
-            .map(|(index, choice)| ChatChoice {
-                index,
-                message: AssistantMessage {
-                    role: "assistant",
-                    content: choice.text,
-                },
-                logprobs: logprobs.then(|| chat_logprobs(&choice.logprobs)),
-                finish_reason: choice.finish_reason,
-                stop_reason: choice.stop_reason.as_ref().map(StopReasonOut::from),
+            .map(|(index, choice)| {
+                let calls = head
+                    .tool_calling
+                    .as_ref()
+                    .and_then(|calling| tools::tool_calls(calling, &choice.text));
+                let (content, tool_calls, finish_reason) = match calls {
+                    Some(calls) => (
+                        String::new(),
+                        calls,
+                        tool_finish_reason(head.tool_calling.as_ref(), choice.finish_reason),
+                    ),
+                    None => (choice.text, Vec::new(), choice.finish_reason),
+                };
+                ChatChoice {
+                    index,
+                    message: AssistantMessage {
+                        role: "assistant",
+                        content,
+                        tool_calls,
+                    },
+                    logprobs: logprobs.then(|| chat_logprobs(&choice.logprobs)),
+                    finish_reason,
+                    stop_reason: choice.stop_reason.as_ref().map(StopReasonOut::from),
+                }
             })
             .collect();
         ChatCompletionResponse {
@@ -72,7 +88,8 @@ impl GenerationApi for Chat {
                     index,
                     delta: ChatDelta {
                         role: Some("assistant"),
-                        content: String::new(),
+                        content: Some(String::new()),
+                        tool_calls: Vec::new(),
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -83,15 +100,20 @@ impl GenerationApi for Chat {
             .collect()
     }
 
-    fn chunk(head: &Head, delta: Delta, usage: Option<Usage>) -> ChatCompletionChunk {
+    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> ChatCompletionChunk {
+        let (content, tool_calls, finish_reason) = match head.tool_calling.clone() {
+            None => (Some(delta.text.clone()), Vec::new(), delta.finish_reason),
+            Some(calling) => stream_tool_calls(head, &calling, &delta),
+        };
         let choice = ChatChunkChoice {
             index: delta.index,
             delta: ChatDelta {
                 role: None,
-                content: delta.text,
+                content,
+                tool_calls,
             },
             logprobs: (!delta.logprobs.is_empty()).then(|| chat_logprobs(&delta.logprobs)),
-            finish_reason: delta.finish_reason,
+            finish_reason,
             stop_reason: Some(delta.stop_reason.as_ref().map(StopReasonOut::from)),
         };
         chunk(head, vec![choice], usage)
@@ -99,6 +121,77 @@ impl GenerationApi for Chat {
 
     fn usage_chunk(head: &Head, usage: Usage) -> ChatCompletionChunk {
         chunk(head, Vec::new(), Some(usage))
+    }
+}
+
+/// vLLM's finish reason for tool calls: `tool_calls` when `required` ended as the constraint
+/// allows (a named function keeps `stop`).
+fn tool_finish_reason(
+    calling: Option<&ToolCalling>,
+    finish: Option<&'static str>,
+) -> Option<&'static str> {
+    match (calling, finish) {
+        (Some(ToolCalling::Required), Some("stop")) => Some("tool_calls"),
+        _ => finish,
+    }
+}
+
+/// A stream's tool calls. A named function's arguments are the output itself, so they stream
+/// as they come (the first piece with the call's id and name); `required`'s list of calls is
+/// held until the choice ends, then sent whole. An output cut short is sent as content.
+fn stream_tool_calls(
+    head: &mut Head,
+    calling: &ToolCalling,
+    delta: &Delta,
+) -> (Option<String>, Vec<DeltaToolCall>, Option<&'static str>) {
+    if head.held_text.len() <= delta.index {
+        head.held_text.resize(delta.index + 1, String::new());
+    }
+    let first = head.held_text[delta.index].is_empty();
+    head.held_text[delta.index].push_str(&delta.text);
+    let finish = tool_finish_reason(Some(calling), delta.finish_reason);
+    match calling {
+        ToolCalling::Named(name) => {
+            if delta.text.is_empty() {
+                return (None, Vec::new(), finish);
+            }
+            let call = tools::call(name.clone(), String::new());
+            let piece = DeltaToolCall {
+                index: 0,
+                id: first.then_some(call.id),
+                kind: first.then_some("function"),
+                function: DeltaFunctionCall {
+                    name: first.then(|| name.clone()),
+                    arguments: delta.text.clone(),
+                },
+            };
+            (None, vec![piece], finish)
+        }
+        ToolCalling::Required => {
+            if delta.finish_reason.is_none() {
+                return (None, Vec::new(), None);
+            }
+            let text = std::mem::take(&mut head.held_text[delta.index]);
+            match tools::tool_calls(calling, &text) {
+                Some(calls) => {
+                    let pieces = calls
+                        .into_iter()
+                        .enumerate()
+                        .map(|(index, c)| DeltaToolCall {
+                            index,
+                            id: Some(c.id),
+                            kind: Some("function"),
+                            function: DeltaFunctionCall {
+                                name: Some(c.function.name),
+                                arguments: c.function.arguments,
+                            },
+                        })
+                        .collect();
+                    (None, pieces, finish)
+                }
+                None => (Some(text), Vec::new(), delta.finish_reason),
+            }
+        }
     }
 }
 
@@ -141,7 +234,13 @@ fn prepare(
         }
         _ => None,
     };
-    let params = state.sampling_params(common, logprobs)?;
+    let tools = tools::plan(
+        req.tools.as_deref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls,
+    )?;
+    let (tool_spec, tool_calling) = tools.unzip();
+    let params = state.sampling_params(common, logprobs, tool_spec)?;
     let max_param = req.max_completion_tokens.or(common.max_tokens);
     let max_tokens = state.output_budget(prompt.len(), max_param)?;
     let n = common.n()?;
@@ -160,6 +259,7 @@ fn prepare(
         include_stop_str_in_output: common.include_stop_str_in_output.unwrap_or(false),
         skip_special_tokens: common.skip_special_tokens.unwrap_or(true),
         arrival,
+        tool_calling,
     })
 }
 

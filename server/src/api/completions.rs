@@ -60,7 +60,7 @@ impl GenerationApi for Completions {
         Vec::new()
     }
 
-    fn chunk(head: &Head, delta: Delta, usage: Option<Usage>) -> CompletionChunk {
+    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> CompletionChunk {
         let choice = CompletionChoice {
             index: delta.index,
             logprobs: (!delta.logprobs.is_empty()).then(|| completion_logprobs(&delta.logprobs, 0)),
@@ -144,7 +144,7 @@ fn prepare(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let params = state.sampling_params(common, req.logprobs)?;
+    let params = state.sampling_params(common, req.logprobs, None)?;
     let n = common.n()?;
     Ok(GenRequest {
         request_id: request_id("cmpl"),
@@ -156,6 +156,7 @@ fn prepare(
         include_stop_str_in_output: common.include_stop_str_in_output.unwrap_or(false),
         skip_special_tokens: common.skip_special_tokens.unwrap_or(true),
         arrival,
+        tool_calling: None,
     })
 }
 

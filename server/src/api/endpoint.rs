@@ -52,7 +52,7 @@ pub trait GenerationApi: Send + Sync + 'static {
     fn preamble(head: &Head, n: usize, usage: Option<Usage>) -> Vec<Self::Chunk>;
 
     /// A choice's new output.
-    fn chunk(head: &Head, delta: Delta, usage: Option<Usage>) -> Self::Chunk;
+    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> Self::Chunk;
 
     /// The last chunk of a stream that asked for usage: no choices, the totals.
     fn usage_chunk(head: &Head, usage: Usage) -> Self::Chunk;
@@ -107,6 +107,8 @@ pub async fn handle<A: GenerationApi>(
         id: request.request_id.clone(),
         created: unix_now(),
         model,
+        tool_calling: request.tool_calling.clone(),
+        held_text: Vec::new(),
     };
     let trace = state.start_trace(&headers, &head.model, A::OPERATION, &request);
     let mut generation =

@@ -256,7 +256,7 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
             why: "is not supported by this server: JSON output uses llguidance's whitespace rules",
         },
     ),
-    // Tools are checked together with tool_choice (see `check_tools`).
+    // Tools: read by the chat endpoint (`tools::plan`).
     ("tools", CHAT, Works),
     ("tool_choice", CHAT, Works),
     ("parallel_tool_calls", CHAT, Works),
@@ -360,32 +360,7 @@ pub fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
             "The following fields were present in the request but ignored"
         );
     }
-    if endpoint == Endpoint::Chat {
-        check_tools(fields)?;
-    }
     Ok(())
-}
-
-/// `tools` are accepted only with `tool_choice: "none"` (no tool is called): any other choice,
-/// including the default `auto` when tools are given, needs tool calling.
-fn check_tools(fields: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
-    let has_tools = fields
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
-    let choice = fields.get("tool_choice").filter(|c| !c.is_null());
-    match (has_tools, choice) {
-        (_, Some(c)) if c == "none" => Ok(()),
-        (false, None) => Ok(()),
-        (true, None) => Err(ApiError::bad_request(
-            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set",
-            Some("tool_choice"),
-        )),
-        (_, Some(c)) => Err(ApiError::bad_request(
-            format!("tool_choice {c} is not supported by this server: it does not call tools (only \"none\" is)"),
-            Some("tool_choice"),
-        )),
-    }
 }
 
 #[cfg(test)]
@@ -413,30 +388,6 @@ mod tests {
                 .expect_err(field);
             assert_eq!(err.param.as_deref(), Some(field), "{field}");
         }
-    }
-
-    #[test]
-    fn tools_need_tool_choice_none() {
-        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {}}}]);
-        let chat = |extra: serde_json::Value| {
-            let mut body = json!({"messages": [], "tools": tools});
-            body.as_object_mut()
-                .unwrap()
-                .extend(extra.as_object().unwrap().clone());
-            check(&body, Endpoint::Chat)
-        };
-        assert!(chat(json!({"tool_choice": "none"})).is_ok());
-        assert!(chat(json!({})).is_err());
-        assert!(chat(json!({"tool_choice": "auto"})).is_err());
-        assert!(chat(json!({"tool_choice": "required"})).is_err());
-        assert!(
-            chat(json!({"tool_choice": {"type": "function", "function": {"name": "f"}}})).is_err()
-        );
-        assert!(check(
-            &json!({"messages": [], "tool_choice": "none"}),
-            Endpoint::Chat
-        )
-        .is_ok());
     }
 
     #[test]

@@ -43,6 +43,8 @@ pub struct GenRequest {
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: bool,
     pub arrival: Instant,
+    /// How the output becomes tool calls, when it does (chat with `tools`).
+    pub tool_calling: Option<crate::api::tools::ToolCalling>,
 }
 
 /// One token's log-probabilities, with token texts. An echoed prompt's first token has none

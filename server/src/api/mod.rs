@@ -16,6 +16,7 @@ pub mod protocol;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tools;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -100,13 +101,26 @@ impl AppState {
     /// The request's sampling parameters, with its structured-output constraint compiled (an
     /// invalid schema, expression or grammar is a 400 naming the field, before anything is
     /// queued).
+    /// `tools` is the constraint tool calling asks for, which excludes any other.
     pub fn sampling_params(
         &self,
         common: &protocol::CommonParams,
         logprobs: Option<i64>,
+        tools: Option<engine::structured::ConstraintSpec>,
     ) -> Result<engine::sampling::SamplingParams, ApiError> {
         let mut params = common.sampling(logprobs)?;
-        if let Some((spec, param)) = common.constraint()? {
+        let constraint = match (common.constraint()?, tools) {
+            (Some((_, param)), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    format!("{param} cannot be combined with tool calling (tool_choice \"required\" or a named function)"),
+                    Some(param),
+                ))
+            }
+            (Some(c), None) => Some(c),
+            (None, Some(spec)) => Some((spec, "tool_choice")),
+            (None, None) => None,
+        };
+        if let Some((spec, param)) = constraint {
             let grammars = self.grammars.as_ref().map_err(|why| {
                 ApiError::bad_request(
                     format!("{param}: structured outputs are not available for this model: {why}"),

@@ -28,7 +28,7 @@ pub fn sse<A: GenerationApi>(generation: Generation, head: Head, usage: StreamUs
         move |g: &Generation, tokens: usize| usage.continuous.then(|| g.usage_so_far(tokens));
     let preamble = A::preamble(&head, generation.n(), continuous(&generation, 0));
     let init = (generation, head, Phase::Preamble(preamble.into_iter()));
-    let events = stream::unfold(init, move |(mut generation, head, phase)| async move {
+    let events = stream::unfold(init, move |(mut generation, mut head, phase)| async move {
         let (event, next) = match phase {
             Phase::Preamble(mut chunks) => match chunks.next() {
                 Some(chunk) => (Some(data(&mut generation, &chunk)), Phase::Preamble(chunks)),
@@ -37,7 +37,7 @@ pub fn sse<A: GenerationApi>(generation: Generation, head: Head, usage: StreamUs
             Phase::Tokens => match generation.next().await {
                 Some(Ok(delta)) => {
                     let so_far = continuous(&generation, delta.completion_tokens);
-                    let chunk = A::chunk(&head, delta, so_far);
+                    let chunk = A::chunk(&mut head, delta, so_far);
                     (Some(data(&mut generation, &chunk)), Phase::Tokens)
                 }
                 Some(Err(err)) => (Some(data(&mut generation, &err.body())), Phase::Done),

@@ -146,6 +146,60 @@ again, _ = completion("The capital of France is", temperature=0, max_tokens=8)
 check("greedy output without a constraint is unchanged after constrained ones", again == free,
       f"{free!r} vs {again!r}")
 
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "minLength": 1, "maxLength": 20},
+            "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "The time in a time zone",
+        "parameters": {"type": "object", "properties": {
+            "zone": {"type": "string", "minLength": 1, "maxLength": 12}},
+            "required": ["zone"], "additionalProperties": False}}},
+]
+SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+ASK = [{"role": "user", "content": "What is the weather in Paris, and the time in Tokyo?"}]
+
+
+def tool_calls(stream, **kw):
+    """The calls (name, arguments) and the finish reason, whole or reassembled from a stream as
+    the openai client's users do."""
+    if not stream:
+        r = client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, **kw)
+        calls = r.choices[0].message.tool_calls or []
+        return [(c.function.name, c.function.arguments, c.id) for c in calls], r.choices[0].finish_reason
+    calls, finish = {}, None
+    for chunk in client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, stream=True, **kw):
+        for c in chunk.choices:
+            finish = c.finish_reason or finish
+            for d in c.delta.tool_calls or []:
+                call = calls.setdefault(d.index, ["", "", None])
+                call[0] += (d.function.name or "") if d.function else ""
+                call[1] += (d.function.arguments or "") if d.function else ""
+                call[2] = call[2] or d.id
+    return [tuple(calls[i]) for i in sorted(calls)], finish
+
+
+for stream in (False, True):
+    calls, finish = tool_calls(stream, tool_choice="required", temperature=1.0, seed=11, max_tokens=200)
+    ok = finish == "tool_calls" and len(calls) >= 1 and all(
+        name in SCHEMAS and cid and jsonschema.validate(json.loads(args), SCHEMAS[name]) is None
+        for name, args, cid in calls)
+    check(f"tool_choice required stream={stream}", ok, f"finish={finish} {calls}")
+    named = {"type": "function", "function": {"name": "get_time"}}
+    calls, finish = tool_calls(stream, tool_choice=named, temperature=1.0, seed=12, max_tokens=200)
+    ok = finish == "stop" and len(calls) == 1 and calls[0][0] == "get_time" and calls[0][2] and \
+        jsonschema.validate(json.loads(calls[0][1]), SCHEMAS["get_time"]) is None
+    check(f"tool_choice named stream={stream}", ok, f"finish={finish} {calls}")
+try:
+    client.chat.completions.create(model=MODEL, messages=ASK, tools=TOOLS, tool_choice="auto", max_tokens=5)
+    check("tool_choice auto without a parser is refused", False, "no error")
+except openai.BadRequestError as e:
+    check("tool_choice auto without a parser is refused",
+          "--enable-auto-tool-choice" in str(e.body) and e.body.get("param") == "tool_choice", str(e.body))
+
 for field, value, param in [
     ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nope"}}}, "response_format"),
     ("guided_regex", "[0-9", "guided_regex"),

@@ -331,6 +331,9 @@ pub struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<i64>,
     pub add_generation_prompt: Option<bool>,
+    pub tools: Option<Vec<crate::api::tools::Tool>>,
+    pub tool_choice: Option<crate::api::tools::ToolChoice>,
+    pub parallel_tool_calls: Option<bool>,
 }
 
 impl ChatRequest {

@@ -7,12 +7,17 @@ use serde::Serialize;
 
 use engine::scheduler::StopReason;
 
-/// What every response and chunk of one request carries besides its `object` kind.
+/// What every response and chunk of one request carries besides its `object` kind, and what
+/// shaping them needs to know of the request.
 #[derive(Debug, Clone)]
 pub struct Head {
     pub id: String,
     pub created: u64,
     pub model: String,
+    /// How the output becomes tool calls, when it does.
+    pub tool_calling: Option<crate::api::tools::ToolCalling>,
+    /// Each choice's output so far, for a stream whose tool calls are sent once complete.
+    pub held_text: Vec<String>,
 }
 
 /// Token counts, with vLLM's `prompt_tokens_details`.
@@ -116,6 +121,43 @@ pub struct ChatChoice {
 pub struct AssistantMessage {
     pub role: &'static str,
     pub content: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCallOut>,
+}
+
+/// A call of one of the request's tools.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolCallOut {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCallOut,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionCallOut {
+    pub name: String,
+    /// The arguments, as a JSON text.
+    pub arguments: String,
+}
+
+/// A tool call in a stream: the first delta of a call has its id, type and name; the
+/// arguments' text may come in pieces.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaToolCall {
+    pub index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: DeltaFunctionCall,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeltaFunctionCall {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 /// A chat choice's log-probabilities: one entry per token, with its alternatives.
@@ -164,12 +206,16 @@ pub struct ChatChunkChoice {
     pub stop_reason: Option<Option<StopReasonOut>>,
 }
 
-/// New message content; the first chunk of a choice also names the role.
+/// New message content; the first chunk of a choice also names the role. A tool call's chunks
+/// carry `tool_calls` instead of content.
 #[derive(Debug, Serialize)]
 pub struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
-    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<DeltaToolCall>,
 }
 
 /// `GET /v1/models`.

@@ -1,0 +1,163 @@
+//! Tool calling as vLLM does it without a tool parser: `tool_choice: "required"` and a named
+//! function hold the output to a JSON schema built from the tool definitions (structured
+//! outputs), and the output is returned as `tool_calls`. `"none"` calls no tool; `"auto"` (the
+//! default when tools are given) needs a tool-call parser, which this server does not have:
+//! vLLM's 400.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::protocol::{FunctionCallOut, ToolCallOut};
+use engine::structured::ConstraintSpec;
+
+/// A tool a chat request offers the model.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Tool {
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    pub function: FunctionDef,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolKind {
+    Function,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FunctionDef {
+    pub name: String,
+    pub description: Option<String>,
+    /// The arguments' JSON schema (absent: any JSON object).
+    pub parameters: Option<Value>,
+    pub strict: Option<bool>,
+}
+
+/// `tool_choice`: a mode, or one named function.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ToolChoice {
+    Mode(String),
+    Named(NamedToolChoice),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedToolChoice {
+    #[serde(rename = "type")]
+    pub kind: ToolKind,
+    pub function: NamedFunction,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct NamedFunction {
+    pub name: String,
+}
+
+/// How a request's output becomes tool calls.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolCalling {
+    /// The output is a JSON list of `{"name", "parameters"}`, one call each.
+    Required,
+    /// The output is the arguments of this function.
+    Named(String),
+}
+
+/// The constraint and the tool calling `tools` and `tool_choice` ask for (`None`: no tool is
+/// called), or vLLM's 400.
+pub fn plan(
+    tools: Option<&[Tool]>,
+    choice: Option<&ToolChoice>,
+    parallel_tool_calls: Option<bool>,
+) -> Result<Option<(ConstraintSpec, ToolCalling)>, ApiError> {
+    let tools = tools.unwrap_or_default();
+    let refuse = |message: String| Err(ApiError::bad_request(message, Some("tool_choice")));
+    let choice = match choice {
+        Some(ToolChoice::Mode(mode)) if mode == "none" => return Ok(None),
+        None if tools.is_empty() => return Ok(None),
+        None => ToolChoice::Mode("auto".into()),
+        Some(c) => c.clone(),
+    };
+    if tools.is_empty() {
+        return refuse("When using `tool_choice`, `tools` must be set.".into());
+    }
+    match choice {
+        ToolChoice::Mode(mode) if mode == "auto" => refuse(
+            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set"
+                .into(),
+        ),
+        ToolChoice::Mode(mode) if mode == "required" => {
+            let calls: Vec<Value> = tools
+                .iter()
+                .map(|t| {
+                    json!({
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string", "enum": [t.function.name]},
+                            "parameters": parameters(&t.function),
+                        },
+                        "required": ["name", "parameters"],
+                    })
+                })
+                .collect();
+            let mut schema = json!({"type": "array", "minItems": 1, "items": {"anyOf": calls}});
+            if parallel_tool_calls == Some(false) {
+                schema["maxItems"] = json!(1);
+            }
+            Ok(Some((ConstraintSpec::JsonSchema(schema), ToolCalling::Required)))
+        }
+        ToolChoice::Mode(mode) => refuse(format!(
+            "tool_choice {mode:?} is not one of \"none\", \"auto\", \"required\" or a named function"
+        )),
+        ToolChoice::Named(named) => {
+            let name = named.function.name;
+            let Some(tool) = tools.iter().find(|t| t.function.name == name) else {
+                return refuse(format!("Tool '{name}' has not been passed in `tools`."));
+            };
+            Ok(Some((
+                ConstraintSpec::JsonSchema(parameters(&tool.function)),
+                ToolCalling::Named(name),
+            )))
+        }
+    }
+}
+
+fn parameters(f: &FunctionDef) -> Value {
+    f.parameters
+        .clone()
+        .unwrap_or_else(|| json!({"type": "object"}))
+}
+
+/// The tool calls of a whole output; `None` when it is not what the constraint makes (an
+/// output cut short by `max_tokens`).
+pub fn tool_calls(calling: &ToolCalling, text: &str) -> Option<Vec<ToolCallOut>> {
+    match calling {
+        ToolCalling::Named(name) => {
+            serde_json::from_str::<Value>(text).ok()?;
+            Some(vec![call(name.clone(), text.to_owned())])
+        }
+        ToolCalling::Required => {
+            #[derive(Deserialize)]
+            struct Call {
+                name: String,
+                parameters: Value,
+            }
+            let calls: Vec<Call> = serde_json::from_str(text).ok()?;
+            Some(
+                calls
+                    .into_iter()
+                    .map(|c| call(c.name, c.parameters.to_string()))
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// A call with a fresh id (vLLM's `chatcmpl-tool-` ids).
+pub fn call(name: String, arguments: String) -> ToolCallOut {
+    ToolCallOut {
+        id: super::request_id("chatcmpl-tool"),
+        kind: "function",
+        function: FunctionCallOut { name, arguments },
+    }
+}
