@@ -82,6 +82,8 @@ pub struct ServerConfig {
     pub ebpf_probe: bool,
     /// Dynamo's label values.
     pub dynamo: DynamoNames,
+    /// `tool_choice: "auto"` with this parser (`None`: auto tool choice is off, vLLM's 400).
+    pub auto_tool_parser: Option<crate::api::ToolParser>,
 }
 
 impl ServerConfig {

@@ -17,6 +17,7 @@ mod system_server;
 pub mod traces;
 
 pub use api::dynamo::DynamoNames;
+pub use api::ToolParser;
 pub use config::{
     Device, ServerConfig, CPU_MAX_NUM_BATCHED_TOKENS, DEFAULT_MAX_NUM_BATCHED_TOKENS, DEFAULT_MODEL,
 };

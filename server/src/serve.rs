@@ -119,6 +119,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         traces: traces.clone(),
         cpu: api::cpu_pool::CpuPool::for_this_host(),
         grammars,
+        auto_tool_parser: config.auto_tool_parser,
     });
     let _ = system.engine.set(state.engine.clone());
     let _ = system.endpoint.set(state.dynamo.endpoint.clone());

@@ -295,6 +295,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_grace)]
     pub shutdown_timeout: std::time::Duration,
 
+    /// Let the model call tools on its own (`tool_choice: "auto"`, the default when a request
+    /// has tools), read by --tool-call-parser.
+    #[arg(long, requires = "tool_call_parser")]
+    pub enable_auto_tool_choice: bool,
+
+    /// The format the model calls tools in, for --enable-auto-tool-choice.
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(server::ToolParser::NAMES))]
+    pub tool_call_parser: Option<String>,
+
     #[command(flatten)]
     pub probes: ProbeFlags,
 
@@ -393,6 +402,11 @@ impl ServeArgs {
             nvml_probe: !self.probes.disable_nvml_probe,
             ebpf_probe: !self.probes.disable_ebpf_probe,
             dynamo: self.dynamo.names(),
+            auto_tool_parser: self
+                .tool_call_parser
+                .as_deref()
+                .filter(|_| self.enable_auto_tool_choice)
+                .and_then(server::ToolParser::from_name),
             model: self.model,
             host: self.host,
             port: self.port,

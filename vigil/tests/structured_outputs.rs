@@ -2,7 +2,8 @@
 //! `cargo xtask test` into the folder `VIGIL_TEST_PYTHONPATH` names): JSON schemas on 20 prompts
 //! at temperature 1.0 validated with `jsonschema`, `json_object`, regex, choice and Lark
 //! grammars through every field name vLLM takes, whole and streamed, greedy outputs unchanged
-//! where the constraint allows them, and invalid constraints refused with a 400 naming the
+//! where the constraint allows them, tool calls with `tool_choice` `required`, a named function
+//! and `auto` read by the hermes parser, and invalid constraints refused with a 400 naming the
 //! field. The checks are in `clients/structured_outputs.py`.
 
 mod common;
@@ -18,7 +19,13 @@ fn the_openai_client_gets_outputs_that_meet_their_constraints() {
         "VIGIL_TEST_PYTHONPATH names the folder with the openai and jsonschema packages: run \
          `cargo xtask test`, which installs them",
     );
-    let v = Vigil::serve(&["--served-model-name", "smol"]);
+    let v = Vigil::serve(&[
+        "--served-model-name",
+        "smol",
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "hermes",
+    ]);
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/clients/structured_outputs.py"

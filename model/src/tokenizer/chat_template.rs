@@ -65,11 +65,25 @@ impl ChatTemplate {
         bos_token: Option<&str>,
         eos_token: Option<&str>,
     ) -> Result<String, Error> {
+        self.render_with_tools(messages, add_generation_prompt, bos_token, eos_token, None)
+    }
+
+    /// [`ChatTemplate::render`], with the request's tool definitions as `tools` (as
+    /// transformers passes them; templates of tool-calling models describe them to the model).
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        bos_token: Option<&str>,
+        eos_token: Option<&str>,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String, Error> {
         self.env.get_template(NAME)?.render(context! {
             messages => messages,
             add_generation_prompt => add_generation_prompt,
             bos_token => bos_token.unwrap_or(""),
             eos_token => eos_token.unwrap_or(""),
+            tools => minijinja::Value::from_serialize(tools),
         })
     }
 }
@@ -80,6 +94,22 @@ mod tests {
 
     /// SmolLM2's template (ChatML with a default system prompt), as its GGUF carries it.
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn tools_reach_the_template() {
+        let t = ChatTemplate::new(
+            "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}{{ messages[0].content }}",
+        )
+        .unwrap();
+        let tools = [serde_json::json!({"type": "function", "function": {"name": "get_weather"}})];
+        let m = [ChatMessage::new("user", "hi")];
+        assert_eq!(
+            t.render_with_tools(&m, false, None, None, Some(&tools))
+                .unwrap(),
+            "[get_weather]hi"
+        );
+        assert_eq!(t.render(&m, false, None, None).unwrap(), "hi");
+    }
 
     #[test]
     fn renders_chatml() {

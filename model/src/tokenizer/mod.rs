@@ -130,16 +130,27 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.apply_chat_template_with_tools(messages, add_generation_prompt, None)
+    }
+
+    /// Renders the chat template over `messages`, with the request's tool definitions.
+    pub fn apply_chat_template_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String, TokenizerError> {
         let template = self
             .chat_template
             .as_ref()
             .ok_or_else(|| TokenizerError("the model has no chat template".into()))?;
         template
-            .render(
+            .render_with_tools(
                 messages,
                 add_generation_prompt,
                 self.bos_token.as_deref(),
                 self.eos_token.as_deref(),
+                tools,
             )
             .map_err(|e| TokenizerError(e.to_string()))
     }

@@ -46,17 +46,29 @@ impl GenerationApi for Chat {
             .into_choices()
             .enumerate()
             .map(|(index, choice)| {
-                let calls = head
-                    .tool_calling
-                    .as_ref()
-                    .and_then(|calling| tools::tool_calls(calling, &choice.text));
-                let (content, tool_calls, finish_reason) = match calls {
-                    Some(calls) => (
-                        String::new(),
-                        calls,
-                        tool_finish_reason(head.tool_calling.as_ref(), choice.finish_reason),
-                    ),
-                    None => (choice.text, Vec::new(), choice.finish_reason),
+                let (content, tool_calls, finish_reason) = match &head.tool_calling {
+                    None => (Some(choice.text), Vec::new(), choice.finish_reason),
+                    Some(ToolCalling::Auto(parser)) => {
+                        let parsed = parser.parse(&choice.text);
+                        if parsed.calls.is_empty() {
+                            (Some(choice.text), Vec::new(), choice.finish_reason)
+                        } else {
+                            let calls = parsed
+                                .calls
+                                .into_iter()
+                                .map(|(name, arguments)| tools::call(name, arguments))
+                                .collect();
+                            (parsed.content, calls, Some("tool_calls"))
+                        }
+                    }
+                    Some(calling) => match tools::tool_calls(calling, &choice.text) {
+                        Some(calls) => (
+                            Some(String::new()),
+                            calls,
+                            tool_finish_reason(Some(calling), choice.finish_reason),
+                        ),
+                        None => (Some(choice.text), Vec::new(), choice.finish_reason),
+                    },
                 };
                 ChatChoice {
                     index,
@@ -100,11 +112,18 @@ impl GenerationApi for Chat {
             .collect()
     }
 
-    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> ChatCompletionChunk {
+    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> Option<ChatCompletionChunk> {
         let (content, tool_calls, finish_reason) = match head.tool_calling.clone() {
             None => (Some(delta.text.clone()), Vec::new(), delta.finish_reason),
             Some(calling) => stream_tool_calls(head, &calling, &delta),
         };
+        if content.is_none()
+            && tool_calls.is_empty()
+            && finish_reason.is_none()
+            && delta.logprobs.is_empty()
+        {
+            return None;
+        }
         let choice = ChatChunkChoice {
             index: delta.index,
             delta: ChatDelta {
@@ -116,7 +135,7 @@ impl GenerationApi for Chat {
             finish_reason,
             stop_reason: Some(delta.stop_reason.as_ref().map(StopReasonOut::from)),
         };
-        chunk(head, vec![choice], usage)
+        Some(chunk(head, vec![choice], usage))
     }
 
     fn usage_chunk(head: &Head, usage: Usage) -> ChatCompletionChunk {
@@ -151,6 +170,48 @@ fn stream_tool_calls(
     head.held_text[delta.index].push_str(&delta.text);
     let finish = tool_finish_reason(Some(calling), delta.finish_reason);
     match calling {
+        ToolCalling::Auto(parser) => {
+            let i = delta.index;
+            if head.released.len() <= i {
+                head.released.resize(i + 1, 0);
+            }
+            let (held, from) = (&head.held_text[i], head.released[i]);
+            if delta.finish_reason.is_none() {
+                let settled = parser.settled_content(held);
+                if settled <= from {
+                    return (None, Vec::new(), None);
+                }
+                head.released[i] = settled;
+                return (Some(held[from..settled].to_owned()), Vec::new(), None);
+            }
+            let parsed = parser.parse(held);
+            if parsed.calls.is_empty() {
+                return (
+                    Some(held[from..].to_owned()),
+                    Vec::new(),
+                    delta.finish_reason,
+                );
+            }
+            let content = parsed
+                .content
+                .filter(|c| c.len() > from)
+                .map(|c| c[from..].to_owned());
+            let pieces = parsed
+                .calls
+                .into_iter()
+                .enumerate()
+                .map(|(index, (name, arguments))| DeltaToolCall {
+                    index,
+                    id: Some(tools::call(name.clone(), String::new()).id),
+                    kind: Some("function"),
+                    function: DeltaFunctionCall {
+                        name: Some(name),
+                        arguments,
+                    },
+                })
+                .collect();
+            (content, pieces, Some("tool_calls"))
+        }
         ToolCalling::Named(name) => {
             if delta.text.is_empty() {
                 return (None, Vec::new(), finish);
@@ -218,7 +279,11 @@ fn prepare(
     state.check_prompt_bytes(bytes, "messages")?;
     let text = state
         .tokenizer
-        .apply_chat_template(&messages, req.add_generation_prompt.unwrap_or(true))
+        .apply_chat_template_with_tools(
+            &messages,
+            req.add_generation_prompt.unwrap_or(true),
+            req.tool_definitions().as_deref(),
+        )
         .map_err(|e| ApiError::bad_request(e.to_string(), Some("messages")))?;
     let prompt = state
         .tokenizer
@@ -238,8 +303,10 @@ fn prepare(
         req.tools.as_deref(),
         req.tool_choice.as_ref(),
         req.parallel_tool_calls,
+        state.auto_tool_parser,
     )?;
     let (tool_spec, tool_calling) = tools.unzip();
+    let tool_spec = tool_spec.flatten();
     let params = state.sampling_params(common, logprobs, tool_spec)?;
     let max_param = req.max_completion_tokens.or(common.max_tokens);
     let max_tokens = state.output_budget(prompt.len(), max_param)?;

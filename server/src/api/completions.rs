@@ -60,7 +60,7 @@ impl GenerationApi for Completions {
         Vec::new()
     }
 
-    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> CompletionChunk {
+    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> Option<CompletionChunk> {
         let choice = CompletionChoice {
             index: delta.index,
             logprobs: (!delta.logprobs.is_empty()).then(|| completion_logprobs(&delta.logprobs, 0)),
@@ -68,7 +68,7 @@ impl GenerationApi for Completions {
             finish_reason: delta.finish_reason,
             stop_reason: delta.stop_reason.as_ref().map(StopReasonOut::from),
         };
-        chunk(head, vec![choice], usage)
+        Some(chunk(head, vec![choice], usage))
     }
 
     fn usage_chunk(head: &Head, usage: Usage) -> CompletionChunk {

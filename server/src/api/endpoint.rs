@@ -51,8 +51,9 @@ pub trait GenerationApi: Send + Sync + 'static {
     /// Chunks sent before any token (chat's role chunks), one per choice.
     fn preamble(head: &Head, n: usize, usage: Option<Usage>) -> Vec<Self::Chunk>;
 
-    /// A choice's new output.
-    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> Self::Chunk;
+    /// A choice's new output; `None` when there is nothing to send yet (output held back
+    /// until it can be read as tool calls).
+    fn chunk(head: &mut Head, delta: Delta, usage: Option<Usage>) -> Option<Self::Chunk>;
 
     /// The last chunk of a stream that asked for usage: no choices, the totals.
     fn usage_chunk(head: &Head, usage: Usage) -> Self::Chunk;
@@ -109,6 +110,7 @@ pub async fn handle<A: GenerationApi>(
         model,
         tool_calling: request.tool_calling.clone(),
         held_text: Vec::new(),
+        released: Vec::new(),
     };
     let trace = state.start_trace(&headers, &head.model, A::OPERATION, &request);
     let mut generation =

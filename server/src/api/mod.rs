@@ -16,6 +16,7 @@ pub mod protocol;
 mod stream;
 #[cfg(test)]
 mod tests;
+mod tool_parsers;
 mod tools;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use axum::{Json, Router};
 use error::ApiBody;
 pub use error::ApiError;
 use protocol::{DetokenizeResponse, ModelCard, ModelList, TokenizeResponse};
+pub use tool_parsers::ToolParser;
 
 use engine::engine_loop::EngineHandle;
 use model::Tokenizer;
@@ -58,6 +60,8 @@ pub struct AppState {
     pub cpu: cpu_pool::CpuPool,
     /// The compiler of structured-output constraints, or why there is none for this tokenizer.
     pub grammars: Result<Arc<engine::structured::Grammars>, String>,
+    /// `tool_choice: "auto"`'s parser (`--enable-auto-tool-choice --tool-call-parser`).
+    pub auto_tool_parser: Option<ToolParser>,
 }
 
 impl AppState {

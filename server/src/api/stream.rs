@@ -38,7 +38,7 @@ pub fn sse<A: GenerationApi>(generation: Generation, head: Head, usage: StreamUs
                 Some(Ok(delta)) => {
                     let so_far = continuous(&generation, delta.completion_tokens);
                     let chunk = A::chunk(&mut head, delta, so_far);
-                    (Some(data(&mut generation, &chunk)), Phase::Tokens)
+                    (chunk.map(|c| data(&mut generation, &c)), Phase::Tokens)
                 }
                 Some(Err(err)) => (Some(data(&mut generation, &err.body())), Phase::Done),
                 None if usage.include_usage => (None, Phase::Usage),

@@ -80,6 +80,7 @@ fn serve(backend: FailsAfter) -> String {
         traces: None,
         cpu: crate::api::cpu_pool::CpuPool::new(1),
         grammars: Err("no grammars in these tests".into()),
+        auto_tool_parser: None,
     });
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();

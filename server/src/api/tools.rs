@@ -1,14 +1,15 @@
-//! Tool calling as vLLM does it without a tool parser: `tool_choice: "required"` and a named
-//! function hold the output to a JSON schema built from the tool definitions (structured
-//! outputs), and the output is returned as `tool_calls`. `"none"` calls no tool; `"auto"` (the
-//! default when tools are given) needs a tool-call parser, which this server does not have:
-//! vLLM's 400.
+//! Tool calling as vLLM does it: `tool_choice: "required"` and a named function hold the output
+//! to a JSON schema built from the tool definitions (structured outputs), and the output is
+//! returned as `tool_calls`. `"none"` calls no tool. `"auto"` (the default when tools are given)
+//! lets the model decide, in its own format, which the `--tool-call-parser` reads
+//! ([`super::tool_parsers`]); without `--enable-auto-tool-choice` it is vLLM's 400.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::protocol::{FunctionCallOut, ToolCallOut};
+use super::tool_parsers::ToolParser;
 use engine::structured::ConstraintSpec;
 
 /// A tool a chat request offers the model.
@@ -17,6 +18,21 @@ pub struct Tool {
     #[serde(rename = "type")]
     pub kind: ToolKind,
     pub function: FunctionDef,
+}
+
+impl Tool {
+    /// The definition as OpenAI's JSON (what chat templates iterate over).
+    pub fn definition(&self) -> Value {
+        let f = &self.function;
+        let mut function = json!({"name": f.name, "parameters": parameters(f)});
+        if let Some(d) = &f.description {
+            function["description"] = json!(d);
+        }
+        if let Some(strict) = f.strict {
+            function["strict"] = json!(strict);
+        }
+        json!({"type": "function", "function": function})
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -57,6 +73,8 @@ pub struct NamedFunction {
 /// How a request's output becomes tool calls.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToolCalling {
+    /// The model may call tools in its own format, which this parser reads.
+    Auto(ToolParser),
     /// The output is a JSON list of `{"name", "parameters"}`, one call each.
     Required,
     /// The output is the arguments of this function.
@@ -69,7 +87,8 @@ pub fn plan(
     tools: Option<&[Tool]>,
     choice: Option<&ToolChoice>,
     parallel_tool_calls: Option<bool>,
-) -> Result<Option<(ConstraintSpec, ToolCalling)>, ApiError> {
+    auto: Option<ToolParser>,
+) -> Result<Option<(Option<ConstraintSpec>, ToolCalling)>, ApiError> {
     let tools = tools.unwrap_or_default();
     let refuse = |message: String| Err(ApiError::bad_request(message, Some("tool_choice")));
     let choice = match choice {
@@ -82,10 +101,13 @@ pub fn plan(
         return refuse("When using `tool_choice`, `tools` must be set.".into());
     }
     match choice {
-        ToolChoice::Mode(mode) if mode == "auto" => refuse(
-            "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set"
-                .into(),
-        ),
+        ToolChoice::Mode(mode) if mode == "auto" => match auto {
+            Some(parser) => Ok(Some((None, ToolCalling::Auto(parser)))),
+            None => refuse(
+                "\"auto\" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set"
+                    .into(),
+            ),
+        },
         ToolChoice::Mode(mode) if mode == "required" => {
             let calls: Vec<Value> = tools
                 .iter()
@@ -104,7 +126,10 @@ pub fn plan(
             if parallel_tool_calls == Some(false) {
                 schema["maxItems"] = json!(1);
             }
-            Ok(Some((ConstraintSpec::JsonSchema(schema), ToolCalling::Required)))
+            Ok(Some((
+                Some(ConstraintSpec::JsonSchema(schema)),
+                ToolCalling::Required,
+            )))
         }
         ToolChoice::Mode(mode) => refuse(format!(
             "tool_choice {mode:?} is not one of \"none\", \"auto\", \"required\" or a named function"
@@ -115,7 +140,7 @@ pub fn plan(
                 return refuse(format!("Tool '{name}' has not been passed in `tools`."));
             };
             Ok(Some((
-                ConstraintSpec::JsonSchema(parameters(&tool.function)),
+                Some(ConstraintSpec::JsonSchema(parameters(&tool.function))),
                 ToolCalling::Named(name),
             )))
         }
@@ -129,9 +154,19 @@ fn parameters(f: &FunctionDef) -> Value {
 }
 
 /// The tool calls of a whole output; `None` when it is not what the constraint makes (an
-/// output cut short by `max_tokens`).
+/// output cut short by `max_tokens`) or, with `auto`, when it calls no tool.
 pub fn tool_calls(calling: &ToolCalling, text: &str) -> Option<Vec<ToolCallOut>> {
     match calling {
+        ToolCalling::Auto(parser) => {
+            let parsed = parser.parse(text);
+            (!parsed.calls.is_empty()).then(|| {
+                parsed
+                    .calls
+                    .into_iter()
+                    .map(|(name, arguments)| call(name, arguments))
+                    .collect()
+            })
+        }
         ToolCalling::Named(name) => {
             serde_json::from_str::<Value>(text).ok()?;
             Some(vec![call(name.clone(), text.to_owned())])

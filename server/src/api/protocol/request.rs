@@ -337,6 +337,19 @@ pub struct ChatRequest {
 }
 
 impl ChatRequest {
+    /// The tools as the chat template gets them (their JSON, as the client sent it), unless
+    /// `tool_choice` is `none`.
+    pub fn tool_definitions(&self) -> Option<Vec<serde_json::Value>> {
+        let none = matches!(&self.tool_choice, Some(crate::api::tools::ToolChoice::Mode(m)) if m == "none");
+        let tools = self.tools.as_ref().filter(|t| !t.is_empty() && !none)?;
+        Some(
+            tools
+                .iter()
+                .map(crate::api::tools::Tool::definition)
+                .collect(),
+        )
+    }
+
     pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         chat_messages(&self.messages)
     }

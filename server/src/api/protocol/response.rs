@@ -18,6 +18,8 @@ pub struct Head {
     pub tool_calling: Option<crate::api::tools::ToolCalling>,
     /// Each choice's output so far, for a stream whose tool calls are sent once complete.
     pub held_text: Vec<String>,
+    /// How much of each choice's held output a stream has sent as content.
+    pub released: Vec<usize>,
 }
 
 /// Token counts, with vLLM's `prompt_tokens_details`.
@@ -120,7 +122,8 @@ pub struct ChatChoice {
 #[derive(Debug, Serialize)]
 pub struct AssistantMessage {
     pub role: &'static str,
-    pub content: String,
+    /// `null` when the model only called tools.
+    pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCallOut>,
 }
