@@ -50,3 +50,69 @@ fn the_openai_client_gets_outputs_that_meet_their_constraints() {
     );
     assert_eq!(stdout.matches("ok   json_schema").count(), 20, "{stdout}");
 }
+
+/// Constrained requests on a deliberately tiny KV cache with chunked prefill: they are
+/// preempted and recomputed mid-output, and each output still matches its constraint (the
+/// sampler keeps the constraint's state across the preemption); they are counted by kind and
+/// their mask time is recorded.
+#[test]
+fn constraints_hold_across_preemption_and_chunked_prefill() {
+    use common::{http_post, sample};
+    // 12 blocks of 16 tokens (one is the null block): four requests of 32 + 41 tokens need 20.
+    let v = Vigil::serve(&[
+        "--served-model-name",
+        "m",
+        "--num-gpu-blocks-override",
+        "12",
+        "--max-model-len",
+        "176",
+        "--max-num-batched-tokens",
+        "16",
+        "--no-enable-prefix-caching",
+    ]);
+    let digits = regex_lite_digits(40);
+    let handles: Vec<_> = (0..4u32)
+        .map(|i| {
+            let url = v.url("/v1/completions");
+            let prompt: Vec<u32> = (0..32).map(|t| 1000 + t * 7 + i * 13).collect();
+            let body = serde_json::json!({"prompt": prompt, "max_tokens": 60, "temperature": 1.0,
+                "seed": i, "structured_outputs": {"regex": digits}})
+            .to_string();
+            std::thread::spawn(move || http_post(&url, body.as_bytes(), &[]))
+        })
+        .collect();
+    for h in handles {
+        let (status, text) = h.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+        let b: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let out = b["choices"][0]["text"].as_str().unwrap();
+        assert!(
+            out.len() == 40 && out.bytes().all(|c| c.is_ascii_digit()),
+            "{out:?} does not match {digits}"
+        );
+        assert_eq!(b["choices"][0]["finish_reason"], "stop", "{text}");
+    }
+    let m = v.metrics();
+    let l = "{engine=\"0\",model_name=\"m\"}";
+    let preemptions = sample(&m, &format!("vllm:num_preemptions_total{l}")).unwrap();
+    assert!(preemptions > 0.0, "a 12-block cache must preempt");
+    assert_eq!(
+        sample(
+            &m,
+            "vigil_structured_output_requests_total{engine=\"0\",kind=\"regex\",model_name=\"m\"}"
+        ),
+        Some(4.0),
+        "{m}"
+    );
+    let masks = sample(
+        &m,
+        &format!("vigil_structured_output_mask_seconds_count{l}"),
+    )
+    .unwrap();
+    assert!(masks >= 40.0, "{masks} steps with masks");
+}
+
+/// A regular expression for exactly `n` digits.
+fn regex_lite_digits(n: usize) -> String {
+    format!("[0-9]{{{n}}}")
+}
