@@ -67,7 +67,7 @@ impl Executor {
                 logits_for: r.logits_for,
             })
             .collect();
-        let logits = self.backend.forward(&inputs)?;
+        let logits = self.forward_preparing_masks(step, &inputs)?;
         let mut row = 0;
         let mut greedy = logits.greedy.iter();
         let mut out = Vec::with_capacity(step.requests.len());
@@ -107,6 +107,45 @@ impl Executor {
             });
         }
         Ok(ModelRunnerOutput { requests: out })
+    }
+
+    /// The forward pass, with the masks of the constrained requests that sample in this step
+    /// computed on another thread meanwhile: the next token of each is known (it was sampled
+    /// last step), so its mask need not wait for the logits. On a GPU the masks cost nothing
+    /// then; on the CPU backend they take a share of the cores the pass uses.
+    fn forward_preparing_masks(
+        &mut self,
+        step: &SchedulerOutput,
+        inputs: &[SeqInput],
+    ) -> Result<Logits, BackendError> {
+        let sampling: std::collections::HashSet<&str> = step
+            .requests
+            .iter()
+            .filter(|r| r.samples)
+            .map(|r| r.id.as_str())
+            .collect();
+        let mut constrained: Vec<&mut Sampler> = self
+            .samplers
+            .iter_mut()
+            .filter(|(id, s)| s.is_constrained() && sampling.contains(id.as_str()))
+            .map(|(_, s)| s)
+            .collect();
+        if constrained.is_empty() {
+            return self.backend.forward(inputs);
+        }
+        let backend = &mut self.backend;
+        std::thread::scope(|scope| {
+            let masks = scope.spawn(move || {
+                for sampler in &mut constrained {
+                    sampler.prepare_mask();
+                }
+            });
+            let logits = backend.forward(inputs);
+            // A panic in llguidance is caught inside it (it reports errors); a panic here
+            // would be a bug of ours, and the masks are then computed at sampling.
+            let _ = masks.join();
+            logits
+        })
     }
 
     /// The last step's time computing structured-output masks, once; `None` when no

@@ -58,7 +58,8 @@ fn complete(v: &Vigil, body: Value) -> Value {
 
 /// The scheduler's paths on the device: a KV cache of 12 blocks (192 tokens) that four
 /// requests of 80 tokens each outgrow (preemption and recompute), a prompt served twice (prefix
-/// cache), a stream whose client leaves (abort), and the device series in `/metrics`.
+/// cache), a stream whose client leaves (abort), structured outputs, and the device series in
+/// `/metrics`.
 #[test]
 fn serve_on_the_simulated_device_preempts_caches_prefixes_and_aborts() {
     let path = simulated_library_path();
@@ -94,6 +95,23 @@ fn serve_on_the_simulated_device_preempts_caches_prefixes_and_aborts() {
     // vLLM's rule: the full blocks of all but the last prompt token.
     assert_eq!(cached, 16 * ((prompt_tokens - 1) / 16), "{again}");
     assert!(cached >= 16, "{again}");
+
+    // Structured output on the device: a constrained request takes its whole row back and is
+    // masked on the host, sampled or greedy.
+    for temperature in [0.0, 1.0] {
+        let held = complete(
+            &v,
+            json!({"prompt": prompt, "max_tokens": 20, "temperature": temperature, "seed": 1,
+                   "structured_outputs": {"regex": "(yes|no|[0-9]{3}-[0-9]{4})"}}),
+        );
+        let text = held["choices"][0]["text"].as_str().unwrap();
+        let phone = text.len() == 8
+            && text
+                .char_indices()
+                .all(|(i, c)| if i == 3 { c == '-' } else { c.is_ascii_digit() });
+        assert!(text == "yes" || text == "no" || phone, "{held}");
+        assert_eq!(held["choices"][0]["finish_reason"], "stop", "{held}");
+    }
 
     // Four at once need 4 x 5 blocks of 12: some are preempted, and all finish.
     let clients: Vec<_> = (0..4)

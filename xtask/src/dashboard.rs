@@ -173,7 +173,7 @@ fn why_is_it_slow() -> Vec<Panel> {
         ),
         panel(
             "Structured-output mask time p99 per step",
-            "Engine time computing the token masks of constrained requests in one step: it adds to every request's inter-token latency in that step.",
+            "Time computing the token masks of constrained requests in one step, beside its forward pass: near the step time, it adds to every request's inter-token latency.",
             "s",
             one(
                 quantile(0.99, &structured::MASK_SECONDS, MODEL, ""),

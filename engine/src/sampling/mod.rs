@@ -129,6 +129,16 @@ impl Sampler {
         }
     }
 
+    /// Computes the constraint's mask for the next token now (while the step's forward pass
+    /// runs), so that [`Sampler::sample`] only applies it.
+    pub fn prepare_mask(&mut self) {
+        if let Some(constraint) = &mut self.constraint {
+            let started = std::time::Instant::now();
+            constraint.prepare();
+            self.mask_time += started.elapsed();
+        }
+    }
+
     /// Whether the output is held to a constraint.
     pub fn is_constrained(&self) -> bool {
         self.constraint.is_some()

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use llguidance::toktrie::SimpleVob;
 use llguidance::Matcher;
 
 use super::grammars::ConstraintError;
@@ -37,6 +38,7 @@ impl CompiledConstraint {
     pub fn start(&self) -> Constraint {
         Constraint {
             matcher: self.fresh.deep_clone(),
+            next: None,
         }
     }
 }
@@ -59,17 +61,33 @@ impl PartialEq for CompiledConstraint {
 /// One request's constraint, advanced token by token.
 pub struct Constraint {
     matcher: Matcher,
+    /// The tokens allowed next, computed ahead by [`Constraint::prepare`].
+    next: Option<Result<SimpleVob, ConstraintError>>,
 }
 
 impl Constraint {
+    /// Computes the tokens allowed next, ahead of [`Constraint::mask`] (so that it can run
+    /// while the step's forward pass does).
+    pub fn prepare(&mut self) {
+        if self.next.is_none() {
+            self.next = Some(self.allowed());
+        }
+    }
+
+    fn allowed(&mut self) -> Result<SimpleVob, ConstraintError> {
+        self.matcher
+            .compute_mask_or_eos()
+            .map_err(|e| ConstraintError(e.to_string()))
+    }
+
     /// Sets every logit the constraint forbids next to minus infinity. When the constraint is
     /// complete, only the end-of-sequence token remains. When it failed (which llguidance
     /// reports rather than panics), the row is left as it is and the failure returned.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), ConstraintError> {
-        let allowed = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| ConstraintError(e.to_string()))?;
+        let allowed = match self.next.take() {
+            Some(prepared) => prepared?,
+            None => self.allowed()?,
+        };
         for (id, logit) in logits.iter_mut().enumerate() {
             if id >= allowed.len() || !allowed.get(id) {
                 *logit = f32::NEG_INFINITY;
@@ -80,6 +98,7 @@ impl Constraint {
 
     /// Advances past `token` (the one sampled from the masked row).
     pub fn consume(&mut self, token: u32) -> Result<(), ConstraintError> {
+        self.next = None;
         if self.matcher.is_stopped() {
             return Ok(());
         }

@@ -1,8 +1,8 @@
 //! Structured outputs (`response_format`, `structured_outputs`, vLLM's `guided_*` fields): how
 //! many requests held their output to a constraint, by kind, and the time the engine spent
-//! computing their token masks. The mask is computed on the engine thread before a constrained
-//! request's token is sampled, so its time adds to every request's inter-token latency in that
-//! step: read it next to `vllm:inter_token_latency_seconds`.
+//! computing their token masks. The masks are computed beside the step's forward pass (the next
+//! token's mask needs only the tokens already sampled), so they add to the step's latency only
+//! where they outlast the pass: read them next to `vllm:inter_token_latency_seconds`.
 
 use super::{Kind, Label, MetricDef};
 use crate::buckets::BucketFamily;
@@ -30,7 +30,7 @@ pub static REQUESTS: MetricDef = MetricDef::new(
 pub static MASK_SECONDS: MetricDef = MetricDef::new(
     "vigil_structured_output_mask_seconds",
     Kind::Histogram,
-    "Time one engine step spent computing the token masks of its constrained requests (added to that step's inter-token latency).",
+    "Time one engine step spent computing the token masks of its constrained requests (beside the forward pass; it adds to the step's latency where it outlasts the pass).",
     &[Label::ModelName, Label::Engine],
 )
 .buckets(BucketFamily::Log2Microseconds)

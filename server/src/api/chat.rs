@@ -11,8 +11,9 @@ use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usag
 use super::protocol::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
     ChatDelta, ChatLogprobs, ChatRequest, ChatTokenLogprob, ChatTopLogprob, CommonParams,
-    DeltaFunctionCall, DeltaToolCall, Head, StopReasonOut,
+    DeltaFunctionCall, DeltaToolCall, Head, StopReasonOut, ToolCallOut,
 };
+use super::tool_parsers::ToolParser;
 use super::tools::{self, ToolCalling};
 use super::{request_id, AppState};
 
@@ -158,68 +159,24 @@ fn tool_finish_reason(
 /// A stream's tool calls. A named function's arguments are the output itself, so they stream
 /// as they come (the first piece with the call's id and name); `required`'s list of calls is
 /// held until the choice ends, then sent whole. An output cut short is sent as content.
-fn stream_tool_calls(
-    head: &mut Head,
-    calling: &ToolCalling,
-    delta: &Delta,
-) -> (Option<String>, Vec<DeltaToolCall>, Option<&'static str>) {
-    if head.held_text.len() <= delta.index {
-        head.held_text.resize(delta.index + 1, String::new());
+fn stream_tool_calls(head: &mut Head, calling: &ToolCalling, delta: &Delta) -> StreamedPart {
+    let i = delta.index;
+    if head.held_text.len() <= i {
+        head.held_text.resize(i + 1, String::new());
+        head.released.resize(i + 1, 0);
     }
-    let first = head.held_text[delta.index].is_empty();
-    head.held_text[delta.index].push_str(&delta.text);
-    let finish = tool_finish_reason(Some(calling), delta.finish_reason);
+    let first = head.held_text[i].is_empty();
+    head.held_text[i].push_str(&delta.text);
     match calling {
-        ToolCalling::Auto(parser) => {
-            let i = delta.index;
-            if head.released.len() <= i {
-                head.released.resize(i + 1, 0);
-            }
-            let (held, from) = (&head.held_text[i], head.released[i]);
-            if delta.finish_reason.is_none() {
-                let settled = parser.settled_content(held);
-                if settled <= from {
-                    return (None, Vec::new(), None);
-                }
-                head.released[i] = settled;
-                return (Some(held[from..settled].to_owned()), Vec::new(), None);
-            }
-            let parsed = parser.parse(held);
-            if parsed.calls.is_empty() {
-                return (
-                    Some(held[from..].to_owned()),
-                    Vec::new(),
-                    delta.finish_reason,
-                );
-            }
-            let content = parsed
-                .content
-                .filter(|c| c.len() > from)
-                .map(|c| c[from..].to_owned());
-            let pieces = parsed
-                .calls
-                .into_iter()
-                .enumerate()
-                .map(|(index, (name, arguments))| DeltaToolCall {
-                    index,
-                    id: Some(tools::call(name.clone(), String::new()).id),
-                    kind: Some("function"),
-                    function: DeltaFunctionCall {
-                        name: Some(name),
-                        arguments,
-                    },
-                })
-                .collect();
-            (content, pieces, Some("tool_calls"))
-        }
+        ToolCalling::Auto(parser) => stream_auto(head, *parser, delta),
         ToolCalling::Named(name) => {
+            let finish = tool_finish_reason(Some(calling), delta.finish_reason);
             if delta.text.is_empty() {
                 return (None, Vec::new(), finish);
             }
-            let call = tools::call(name.clone(), String::new());
             let piece = DeltaToolCall {
                 index: 0,
-                id: first.then_some(call.id),
+                id: first.then(|| tools::call(name.clone(), String::new()).id),
                 kind: first.then_some("function"),
                 function: DeltaFunctionCall {
                     name: first.then(|| name.clone()),
@@ -232,28 +189,70 @@ fn stream_tool_calls(
             if delta.finish_reason.is_none() {
                 return (None, Vec::new(), None);
             }
-            let text = std::mem::take(&mut head.held_text[delta.index]);
+            let text = std::mem::take(&mut head.held_text[i]);
             match tools::tool_calls(calling, &text) {
-                Some(calls) => {
-                    let pieces = calls
-                        .into_iter()
-                        .enumerate()
-                        .map(|(index, c)| DeltaToolCall {
-                            index,
-                            id: Some(c.id),
-                            kind: Some("function"),
-                            function: DeltaFunctionCall {
-                                name: Some(c.function.name),
-                                arguments: c.function.arguments,
-                            },
-                        })
-                        .collect();
-                    (None, pieces, finish)
-                }
+                Some(calls) => (
+                    None,
+                    whole_calls(calls),
+                    tool_finish_reason(Some(calling), delta.finish_reason),
+                ),
                 None => (Some(text), Vec::new(), delta.finish_reason),
             }
         }
     }
+}
+
+/// A chunk's content, tool calls and finish reason.
+type StreamedPart = (Option<String>, Vec<DeltaToolCall>, Option<&'static str>);
+
+/// `auto`: content as soon as it cannot be the start of a call; at the end, the rest of the
+/// content and the calls the parser reads.
+fn stream_auto(head: &mut Head, parser: ToolParser, delta: &Delta) -> StreamedPart {
+    let i = delta.index;
+    let (held, from) = (&head.held_text[i], head.released[i]);
+    if delta.finish_reason.is_none() {
+        let settled = parser.settled_content(held);
+        if settled <= from {
+            return (None, Vec::new(), None);
+        }
+        head.released[i] = settled;
+        return (Some(held[from..settled].to_owned()), Vec::new(), None);
+    }
+    let parsed = parser.parse(held);
+    if parsed.calls.is_empty() {
+        return (
+            Some(held[from..].to_owned()),
+            Vec::new(),
+            delta.finish_reason,
+        );
+    }
+    let content = parsed
+        .content
+        .filter(|c| c.len() > from)
+        .map(|c| c[from..].to_owned());
+    let calls = parsed
+        .calls
+        .into_iter()
+        .map(|(name, arguments)| tools::call(name, arguments))
+        .collect();
+    (content, whole_calls(calls), Some("tool_calls"))
+}
+
+/// Complete calls as stream deltas: each with its id, type, name and all its arguments.
+fn whole_calls(calls: Vec<ToolCallOut>) -> Vec<DeltaToolCall> {
+    calls
+        .into_iter()
+        .enumerate()
+        .map(|(index, c)| DeltaToolCall {
+            index,
+            id: Some(c.id),
+            kind: Some("function"),
+            function: DeltaFunctionCall {
+                name: Some(c.function.name),
+                arguments: c.function.arguments,
+            },
+        })
+        .collect()
 }
 
 fn chunk(head: &Head, choices: Vec<ChatChunkChoice>, usage: Option<Usage>) -> ChatCompletionChunk {
