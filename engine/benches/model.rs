@@ -4,7 +4,8 @@
 //!
 //! Usage: cargo bench -p vigil-engine --bench model [-- MODEL]
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Instant;
 
 use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
@@ -18,16 +19,7 @@ const DECODE_PROMPT: usize = 32;
 const DECODE_STEPS: usize = 32;
 
 fn main() {
-    let path = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
+    let path = common::model_path();
     let format = match std::env::var("VIGIL_WEIGHT_FORMAT").as_deref() {
         Ok("f32") => WeightFormat::F32,
         _ => WeightFormat::default(),

@@ -5,7 +5,8 @@
 //!
 //! Usage: cargo bench -p vigil-engine --bench structured [-- MODEL]
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,16 +24,7 @@ const ROUNDS: usize = 4;
 const MAX_PROMPT: usize = 64;
 
 fn main() {
-    let path = std::env::args()
-        .skip(1)
-        .find(|a| !a.starts_with("--"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        });
+    let path = common::model_path();
     let model = Model::load(&path).expect("load model");
     let vocab_size = model.config.vocab_size;
     let blocks_per = (MAX_PROMPT + STEPS + 1).div_ceil(BLOCK);

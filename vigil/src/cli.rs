@@ -83,6 +83,18 @@ pub enum Command {
     /// Measure run-queue latency of a process's threads by role with the eBPF probe, print it
     /// like runqlat, and exit.
     SchedLatency(SchedLatencyArgs),
+    /// Write the model's tokenizer as a Hugging Face tokenizer folder (tokenizer.json,
+    /// tokenizer_config.json with the chat template), for clients that count tokens offline
+    /// (aiperf and guidellm's --tokenizer DIR).
+    ExportTokenizer(ExportTokenizerArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportTokenizerArgs {
+    /// The model: an HF folder or a GGUF file.
+    pub model: PathBuf,
+    /// The folder to write (created if missing).
+    pub dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,12 +1,14 @@
 //! The `vigil` program: the command line ([`cli`]), which turns `vigil serve`'s flags into the
 //! `server` crate's configuration, and the side commands: the node agent ([`agent`]), the
-//! benchmark client ([`bench`]), the GPU node check ([`gpu_check`]). `main.rs` is a thin wrapper
+//! benchmark client ([`bench`]), the GPU node check ([`gpu_check`]), the tokenizer export
+//! ([`export_tokenizer`]). `main.rs` is a thin wrapper
 //! around [`run`].
 
 pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod env_file;
+pub mod export_tokenizer;
 pub mod gpu_check;
 pub mod logging;
 
@@ -48,6 +50,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             Ok(())
         }
         cli::Command::CheckGpu(args) => gpu_check::run(&args),
+        cli::Command::ExportTokenizer(args) => export_tokenizer::run(&args.model, &args.dir),
     }
 }
 
