@@ -142,6 +142,19 @@ free, _ = completion("The capital of France is", temperature=0, max_tokens=8)
 held, _ = completion("The capital of France is", temperature=0, max_tokens=8,
                      extra_body={"structured_outputs": {"regex": re.escape(free)}})
 check("greedy output inside the constraint is unchanged", held == free, f"{free!r} vs {held!r}")
+# Where the constraint forbids the greedy token, greedy takes the most likely token it allows:
+# among the unconstrained top 20, the best one that starts one of the choices.
+CITIES = ["London", "Berlin", " Madrid", " Rome"]
+top = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0,
+                                max_tokens=1, logprobs=20).choices[0].logprobs.top_logprobs[0]
+allowed = sorted(((lp, t) for t, lp in top.items() if t and any(c.startswith(t) for c in CITIES)),
+                 reverse=True)
+check("the top 20 hold a token the choices allow", bool(allowed), str(top))
+first = client.completions.create(model=MODEL, prompt="The capital of France is", temperature=0,
+                                  max_tokens=1, logprobs=0,
+                                  extra_body={"guided_choice": CITIES}).choices[0].logprobs.tokens[0]
+check("greedy under a constraint takes the best token it allows", first == allowed[0][1],
+      f"{first!r} vs {allowed[:3]}")
 again, _ = completion("The capital of France is", temperature=0, max_tokens=8)
 check("greedy output without a constraint is unchanged after constrained ones", again == free,
       f"{free!r} vs {again!r}")
