@@ -118,6 +118,9 @@ impl Executor {
         step: &SchedulerOutput,
         inputs: &[SeqInput],
     ) -> Result<Logits, BackendError> {
+        if !self.samplers.values().any(Sampler::is_constrained) {
+            return self.backend.forward(inputs);
+        }
         let sampling: std::collections::HashSet<&str> = step
             .requests
             .iter()

@@ -43,47 +43,34 @@ impl GenerationApi for Chat {
         usage: Usage,
         logprobs: bool,
     ) -> ChatCompletionResponse {
-        let choices = out
-            .into_choices()
-            .enumerate()
-            .map(|(index, choice)| {
-                let (content, tool_calls, finish_reason) = match &head.tool_calling {
-                    None => (Some(choice.text), Vec::new(), choice.finish_reason),
-                    Some(ToolCalling::Auto(parser)) => {
-                        let parsed = parser.parse(&choice.text);
-                        if parsed.calls.is_empty() {
-                            (Some(choice.text), Vec::new(), choice.finish_reason)
-                        } else {
-                            let calls = parsed
-                                .calls
-                                .into_iter()
-                                .map(|(name, arguments)| tools::call(name, arguments))
-                                .collect();
-                            (parsed.content, calls, Some("tool_calls"))
-                        }
-                    }
-                    Some(calling) => match tools::tool_calls(calling, &choice.text) {
-                        Some(calls) => (
-                            Some(String::new()),
+        let choices =
+            out.into_choices()
+                .enumerate()
+                .map(|(index, choice)| {
+                    let read = head.tool_calling.as_ref().and_then(|calling| {
+                        Some((calling, tools::read_calls(calling, &choice.text)?))
+                    });
+                    let (content, tool_calls, finish_reason) = match read {
+                        Some((calling, (content, calls))) => (
+                            content,
                             calls,
-                            tool_finish_reason(Some(calling), choice.finish_reason),
+                            tools::finish_reason(calling, choice.finish_reason),
                         ),
                         None => (Some(choice.text), Vec::new(), choice.finish_reason),
-                    },
-                };
-                ChatChoice {
-                    index,
-                    message: AssistantMessage {
-                        role: "assistant",
-                        content,
-                        tool_calls,
-                    },
-                    logprobs: logprobs.then(|| chat_logprobs(&choice.logprobs)),
-                    finish_reason,
-                    stop_reason: choice.stop_reason.as_ref().map(StopReasonOut::from),
-                }
-            })
-            .collect();
+                    };
+                    ChatChoice {
+                        index,
+                        message: AssistantMessage {
+                            role: "assistant",
+                            content,
+                            tool_calls,
+                        },
+                        logprobs: logprobs.then(|| chat_logprobs(&choice.logprobs)),
+                        finish_reason,
+                        stop_reason: choice.stop_reason.as_ref().map(StopReasonOut::from),
+                    }
+                })
+                .collect();
         ChatCompletionResponse {
             id: head.id,
             object: "chat.completion",
@@ -144,18 +131,6 @@ impl GenerationApi for Chat {
     }
 }
 
-/// vLLM's finish reason for tool calls: `tool_calls` when `required` ended as the constraint
-/// allows (a named function keeps `stop`).
-fn tool_finish_reason(
-    calling: Option<&ToolCalling>,
-    finish: Option<&'static str>,
-) -> Option<&'static str> {
-    match (calling, finish) {
-        (Some(ToolCalling::Required), Some("stop")) => Some("tool_calls"),
-        _ => finish,
-    }
-}
-
 /// A stream's tool calls. A named function's arguments are the output itself, so they stream
 /// as they come (the first piece with the call's id and name); `required`'s list of calls is
 /// held until the choice ends, then sent whole. An output cut short is sent as content.
@@ -168,15 +143,15 @@ fn stream_tool_calls(head: &mut Head, calling: &ToolCalling, delta: &Delta) -> S
     let first = head.held_text[i].is_empty();
     head.held_text[i].push_str(&delta.text);
     match calling {
-        ToolCalling::Auto(parser) => stream_auto(head, *parser, delta),
+        ToolCalling::Auto(parser) => stream_auto(head, calling, *parser, delta),
         ToolCalling::Named(name) => {
-            let finish = tool_finish_reason(Some(calling), delta.finish_reason);
+            let finish = tools::finish_reason(calling, delta.finish_reason);
             if delta.text.is_empty() {
                 return (None, Vec::new(), finish);
             }
             let piece = DeltaToolCall {
                 index: 0,
-                id: first.then(|| tools::call(name.clone(), String::new()).id),
+                id: first.then(tools::call_id),
                 kind: first.then_some("function"),
                 function: DeltaFunctionCall {
                     name: first.then(|| name.clone()),
@@ -190,11 +165,11 @@ fn stream_tool_calls(head: &mut Head, calling: &ToolCalling, delta: &Delta) -> S
                 return (None, Vec::new(), None);
             }
             let text = std::mem::take(&mut head.held_text[i]);
-            match tools::tool_calls(calling, &text) {
-                Some(calls) => (
+            match tools::read_calls(calling, &text) {
+                Some((_, calls)) => (
                     None,
                     whole_calls(calls),
-                    tool_finish_reason(Some(calling), delta.finish_reason),
+                    tools::finish_reason(calling, delta.finish_reason),
                 ),
                 None => (Some(text), Vec::new(), delta.finish_reason),
             }
@@ -207,7 +182,12 @@ type StreamedPart = (Option<String>, Vec<DeltaToolCall>, Option<&'static str>);
 
 /// `auto`: content as soon as it cannot be the start of a call; at the end, the rest of the
 /// content and the calls the parser reads.
-fn stream_auto(head: &mut Head, parser: ToolParser, delta: &Delta) -> StreamedPart {
+fn stream_auto(
+    head: &mut Head,
+    calling: &ToolCalling,
+    parser: ToolParser,
+    delta: &Delta,
+) -> StreamedPart {
     let i = delta.index;
     let (held, from) = (&head.held_text[i], head.released[i]);
     if delta.finish_reason.is_none() {
@@ -218,24 +198,20 @@ fn stream_auto(head: &mut Head, parser: ToolParser, delta: &Delta) -> StreamedPa
         head.released[i] = settled;
         return (Some(held[from..settled].to_owned()), Vec::new(), None);
     }
-    let parsed = parser.parse(held);
-    if parsed.calls.is_empty() {
-        return (
+    match tools::read_calls(calling, held) {
+        None => (
             Some(held[from..].to_owned()),
             Vec::new(),
             delta.finish_reason,
-        );
+        ),
+        Some((content, calls)) => (
+            content
+                .filter(|c| c.len() > from)
+                .map(|c| c[from..].to_owned()),
+            whole_calls(calls),
+            tools::finish_reason(calling, delta.finish_reason),
+        ),
     }
-    let content = parsed
-        .content
-        .filter(|c| c.len() > from)
-        .map(|c| c[from..].to_owned());
-    let calls = parsed
-        .calls
-        .into_iter()
-        .map(|(name, arguments)| tools::call(name, arguments))
-        .collect();
-    (content, whole_calls(calls), Some("tool_calls"))
 }
 
 /// Complete calls as stream deltas: each with its id, type, name and all its arguments.

@@ -153,23 +153,30 @@ fn parameters(f: &FunctionDef) -> Value {
         .unwrap_or_else(|| json!({"type": "object"}))
 }
 
-/// The tool calls of a whole output; `None` when it is not what the constraint makes (an
-/// output cut short by `max_tokens`) or, with `auto`, when it calls no tool.
-pub fn tool_calls(calling: &ToolCalling, text: &str) -> Option<Vec<ToolCallOut>> {
+/// A whole output read as tool calls: the content beside them (`auto` keeps the text before
+/// the calls, `null` when there is none; the constrained modes have none) and the calls.
+/// `None` when the output is not calls: cut short by `max_tokens`, or, with `auto`, calling
+/// no tool.
+pub fn read_calls(calling: &ToolCalling, text: &str) -> Option<(Option<String>, Vec<ToolCallOut>)> {
     match calling {
         ToolCalling::Auto(parser) => {
             let parsed = parser.parse(text);
-            (!parsed.calls.is_empty()).then(|| {
-                parsed
-                    .calls
-                    .into_iter()
-                    .map(|(name, arguments)| call(name, arguments))
-                    .collect()
-            })
+            if parsed.calls.is_empty() {
+                return None;
+            }
+            let calls = parsed
+                .calls
+                .into_iter()
+                .map(|(name, arguments)| call(name, arguments))
+                .collect();
+            Some((parsed.content, calls))
         }
         ToolCalling::Named(name) => {
             serde_json::from_str::<Value>(text).ok()?;
-            Some(vec![call(name.clone(), text.to_owned())])
+            Some((
+                Some(String::new()),
+                vec![call(name.clone(), text.to_owned())],
+            ))
         }
         ToolCalling::Required => {
             #[derive(Deserialize)]
@@ -178,20 +185,33 @@ pub fn tool_calls(calling: &ToolCalling, text: &str) -> Option<Vec<ToolCallOut>>
                 parameters: Value,
             }
             let calls: Vec<Call> = serde_json::from_str(text).ok()?;
-            Some(
-                calls
-                    .into_iter()
-                    .map(|c| call(c.name, c.parameters.to_string()))
-                    .collect(),
-            )
+            let calls = calls
+                .into_iter()
+                .map(|c| call(c.name, c.parameters.to_string()))
+                .collect();
+            Some((Some(String::new()), calls))
         }
     }
 }
 
-/// A call with a fresh id (vLLM's `chatcmpl-tool-` ids).
+/// vLLM's finish reason for an output read as tool calls: `tool_calls` for `auto`, and for
+/// `required` when it ended as the constraint allows; a named function keeps its own (`stop`).
+pub fn finish_reason(calling: &ToolCalling, finish: Option<&'static str>) -> Option<&'static str> {
+    match (calling, finish) {
+        (ToolCalling::Auto(_), _) | (ToolCalling::Required, Some("stop")) => Some("tool_calls"),
+        _ => finish,
+    }
+}
+
+/// A fresh call id (vLLM's `chatcmpl-tool-` ids).
+pub fn call_id() -> String {
+    super::request_id("chatcmpl-tool")
+}
+
+/// A call with a fresh id.
 pub fn call(name: String, arguments: String) -> ToolCallOut {
     ToolCallOut {
-        id: super::request_id("chatcmpl-tool"),
+        id: call_id(),
         kind: "function",
         function: FunctionCallOut { name, arguments },
     }
