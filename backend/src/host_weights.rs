@@ -1,23 +1,11 @@
-//! A layer's weights as every backend reads them: in f32 from the [`WeightSource`], checked
-//! against the config's shapes, with Q, K and V fused into one matrix (rows: Q heads, then K,
-//! then V) and gate and up fused into another (rows: gate, then up), so that each takes one GEMM.
-//! Backends turn these into their own format (Q8 blocks on the CPU, bf16 on a GPU).
+//! A layer's weights as every backend reads them: groups of the [`WeightSource`]'s tensors,
+//! checked against the config's shapes, with Q, K and V fused into one matrix (rows: Q heads,
+//! then K, then V) and gate and up fused into another (rows: gate, then up), so that each takes
+//! one GEMM. A backend reads a group in f32 or as the file encodes it, and turns it into its
+//! own format (the file's blocks or Q8 on the CPU, bf16 or the file's blocks on a GPU).
 
 use model::names::{self, LayerTensor};
 use model::{LlamaConfig, LoadError, WeightSource};
-
-pub struct HostLayer {
-    pub attn_norm: Vec<f32>,
-    /// `[(n_heads + 2 n_kv_heads) head_dim, hidden]`.
-    pub qkv: Vec<f32>,
-    /// `[hidden, n_heads head_dim]`.
-    pub o: Vec<f32>,
-    pub ffn_norm: Vec<f32>,
-    /// `[2 intermediate, hidden]`.
-    pub gate_up: Vec<f32>,
-    /// `[hidden, intermediate]`.
-    pub down: Vec<f32>,
-}
 
 /// One matrix (or vector) of a layer as backends use it: the file's tensors, by canonical name
 /// and shape, whose rows are stacked in this order.
@@ -25,8 +13,7 @@ pub struct Group {
     pub tensors: Vec<(String, Vec<usize>)>,
 }
 
-/// Layer `l`'s groups, in [`HostLayer`]'s field order: attention norm, QKV, O, FFN norm,
-/// gate/up, down.
+/// Layer `l`'s groups: attention norm, QKV, O, FFN norm, gate/up, down.
 pub fn layer_groups(c: &LlamaConfig, l: usize) -> [Group; 6] {
     let (h, hd, nh, nkv, inter) = (
         c.hidden_size,
@@ -81,7 +68,7 @@ impl Group {
                 return Ok(None);
             }
             kind = Some(t.ggml_type);
-            bytes.extend_from_slice(t.bytes);
+            bytes.extend_from_slice(&t.bytes);
         }
         Ok(kind.map(|k| (k, bytes)))
     }
@@ -96,36 +83,8 @@ impl Group {
     }
 }
 
-impl HostLayer {
-    /// Reads layer `l`.
-    pub fn read(c: &LlamaConfig, w: &dyn WeightSource, l: usize) -> Result<HostLayer, LoadError> {
-        let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l).map(|g| g.read(w));
-        Ok(HostLayer {
-            attn_norm: attn_norm?,
-            qkv: qkv?,
-            o: o?,
-            ffn_norm: ffn_norm?,
-            gate_up: gate_up?,
-            down: down?,
-        })
-    }
-}
-
 /// Whether the LM head is a matrix of its own (else it is the embedding: tied, or absent from
 /// the file).
 pub fn has_untied_lm_head(c: &LlamaConfig, w: &dyn WeightSource) -> bool {
     !c.tie_word_embeddings && w.has(names::LM_HEAD)
-}
-
-/// The LM head's own matrix `[vocab, hidden]`, or `None` when it is the embedding.
-pub fn untied_lm_head(
-    c: &LlamaConfig,
-    w: &dyn WeightSource,
-) -> Result<Option<Vec<f32>>, LoadError> {
-    if !has_untied_lm_head(c, w) {
-        return Ok(None);
-    }
-    Ok(Some(
-        Group::one(names::LM_HEAD, &[c.vocab_size, c.hidden_size]).read(w)?,
-    ))
 }

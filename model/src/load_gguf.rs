@@ -48,13 +48,21 @@ impl WeightSource for GgufWeights {
     fn encoded(&self, name: &str, shape: &[usize]) -> Result<Option<EncodedTensor<'_>>, LoadError> {
         use quant::GgmlType::*;
         let (info, bytes) = self.stored(name, shape)?;
-        let device_decodable = matches!(info.ggml_type, Q8_0 | Q4_0 | Q4_1 | F16);
-        Ok(
-            (device_decodable && self.permuted_heads(name).is_none()).then_some(EncodedTensor {
-                ggml_type: info.ggml_type,
-                bytes,
-            }),
-        )
+        if !matches!(info.ggml_type, Q8_0 | Q4_0 | Q4_1 | F16) {
+            return Ok(None);
+        }
+        let bytes = match self.permuted_heads(name) {
+            // Rows are whole blocks, so reordering rows of the encoded bytes is exact.
+            Some(heads) => {
+                let row_bytes = bytes.len() / shape[0];
+                unpermute_rows(bytes, heads, shape[0] / heads, row_bytes).into()
+            }
+            None => bytes.into(),
+        };
+        Ok(Some(EncodedTensor {
+            ggml_type: info.ggml_type,
+            bytes,
+        }))
     }
 }
 
@@ -91,8 +99,13 @@ impl GgufWeights {
 /// Undoes llama.cpp's Q/K permutation: its converter reorders each head's rows from HF's
 /// half-split RoPE layout to interleaved pairs. Row `h*hd + 2i + j` of the GGUF tensor is row
 /// `h*hd + j*hd/2 + i` of the HF tensor.
-pub fn unpermute_rows(data: &[f32], heads: usize, head_dim: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; data.len()];
+pub fn unpermute_rows<T: Copy + Default>(
+    data: &[T],
+    heads: usize,
+    head_dim: usize,
+    cols: usize,
+) -> Vec<T> {
+    let mut out = vec![T::default(); data.len()];
     let half = head_dim / 2;
     for h in 0..heads {
         for i in 0..half {

@@ -18,12 +18,13 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// A weight tensor as the file stores it, in a GGUF block encoding (row-major, rows of whole
-/// blocks), for a backend that decodes on its own device.
-#[derive(Debug, Clone, Copy)]
+/// A weight tensor in the file's GGUF block encoding (row-major, rows of whole blocks, in HF's
+/// row order), for a backend that computes on the encoded blocks: borrowed from the file, or
+/// owned where the loader had to reorder rows.
+#[derive(Debug, Clone)]
 pub struct EncodedTensor<'a> {
     pub ggml_type: crate::gguf::quant::GgmlType,
-    pub bytes: &'a [u8],
+    pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
 /// Where a model's weights come from.
@@ -33,9 +34,9 @@ pub trait WeightSource: Send + Sync {
     /// Whether the source has a tensor of that canonical name.
     fn has(&self, name: &str) -> bool;
     /// The tensor `name` as stored, checked against `shape`, when the file keeps it quantized
-    /// (Q8_0, Q4_0, Q4_1) or in f16 exactly as the model uses it. `None` when it must go
-    /// through [`WeightSource::tensor`]: f32 in the file, other sources, or rows the loader
-    /// rearranges (GGUF's permuted Q and K).
+    /// (Q8_0, Q4_0, Q4_1) or in f16 exactly as the model uses it (GGUF's permuted Q and K rows
+    /// put back in HF's order). `None` when it must go through [`WeightSource::tensor`]: f32 in
+    /// the file, or other sources.
     fn encoded(&self, name: &str, shape: &[usize]) -> Result<Option<EncodedTensor<'_>>, LoadError> {
         let _ = (name, shape);
         Ok(None)

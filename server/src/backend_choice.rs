@@ -123,7 +123,8 @@ pub fn build_backend(
         }
     }
     let block_size = config.block_size as usize;
-    let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config);
+    let per_block =
+        block_size * CpuBackend::kv_bytes_per_token(&model.config, WeightFormat::default());
     let num_blocks = match config.num_gpu_blocks_override {
         Some(n) => n as usize,
         None => config.kv_cache_memory_bytes as usize / per_block,

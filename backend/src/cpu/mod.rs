@@ -10,12 +10,14 @@ pub mod ops;
 
 use std::sync::Arc;
 
+use half::f16;
 use rayon::prelude::*;
 
-use super::host_weights::{untied_lm_head, HostLayer};
+use super::host_weights::{has_untied_lm_head, layer_groups, Group};
 use super::{
     llama, validate_batch, Backend, BackendError, KvGeometry, Logits, LogitsFor, SeqInput,
 };
+use attention::KvElement;
 pub use linear::{Linear, WeightFormat};
 use model::names;
 use model::{LlamaConfig, LoadError, Model, WeightSource};
@@ -32,9 +34,43 @@ struct Layer {
 }
 
 /// K and V of every layer, paged: `[num_blocks, block_size, n_kv_heads, head_dim]` per layer.
-struct KvCache {
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
+/// f32 beside f32 weights (the exact reference); f16 beside quantized ones, as llama.cpp and
+/// vLLM keep it for a half-precision model.
+enum KvCache {
+    F32(LayerCaches<f32>),
+    F16(LayerCaches<f16>),
+}
+
+struct LayerCaches<T> {
+    k: Vec<Vec<T>>,
+    v: Vec<Vec<T>>,
+}
+
+impl<T: KvElement> LayerCaches<T> {
+    fn new(layers: usize, per_layer: usize) -> Self {
+        LayerCaches {
+            k: (0..layers).map(|_| T::zeroed(per_layer)).collect(),
+            v: (0..layers).map(|_| T::zeroed(per_layer)).collect(),
+        }
+    }
+
+    /// Writes the step's K and V (in `qkv`) of layer `l` and attends over the cache.
+    fn attend(
+        &mut self,
+        l: usize,
+        (qkv, rows, tables): (&[f32], &[attention::Row], &[&[u32]]),
+        g: attention::Geometry,
+        out: &mut [f32],
+    ) {
+        let (k, v) = (&mut self.k[l], &mut self.v[l]);
+        attention::write_kv(qkv, rows, tables, g, k, v);
+        attention::paged_attention(qkv, rows, tables, g, k, v, out);
+    }
+}
+
+/// The cache's element for weights kept in `format`.
+fn kv_is_f32(format: WeightFormat) -> bool {
+    format == WeightFormat::F32
 }
 
 pub struct CpuBackend {
@@ -79,33 +115,43 @@ impl CpuBackend {
             c.intermediate_size,
         );
         let fmt = options.weight_format;
+        // A group's matrix as the file stores it where that is computed natively, else from f32.
+        let linear = |group: &Group, out: usize, inp: usize| -> Result<Linear, LoadError> {
+            if fmt == WeightFormat::Native {
+                if let Some((kind, bytes)) = group.encoded(w)? {
+                    if let Some(linear) = Linear::from_file_blocks(kind, &bytes, out, inp) {
+                        return Ok(linear);
+                    }
+                }
+            }
+            Ok(Linear::new(group.read(w)?, out, inp, fmt))
+        };
         let embed = w.tensor(names::EMBED, &[c.vocab_size, h])?.data;
         let layers = (0..c.num_hidden_layers)
             .map(|l| -> Result<Layer, LoadError> {
-                let host = HostLayer::read(c, w, l)?;
+                let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l);
                 Ok(Layer {
-                    attn_norm: host.attn_norm,
-                    qkv: Linear::new(host.qkv, (nh + 2 * nkv) * hd, h, fmt),
-                    o: Linear::new(host.o, h, nh * hd, fmt),
-                    ffn_norm: host.ffn_norm,
-                    gate_up: Linear::new(host.gate_up, 2 * inter, h, fmt),
-                    down: Linear::new(host.down, h, inter, fmt),
+                    attn_norm: attn_norm.read(w)?,
+                    qkv: linear(&qkv, (nh + 2 * nkv) * hd, h)?,
+                    o: linear(&o, h, nh * hd)?,
+                    ffn_norm: ffn_norm.read(w)?,
+                    gate_up: linear(&gate_up, 2 * inter, h)?,
+                    down: linear(&down, h, inter)?,
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let norm = w.tensor(names::FINAL_NORM, &[h])?.data;
-        let lm_head = match untied_lm_head(c, w)? {
-            Some(head) => Linear::new(head, c.vocab_size, h, fmt),
-            None => Linear::new(embed.clone(), c.vocab_size, h, fmt),
+        let head = if has_untied_lm_head(c, w) {
+            Group::one(names::LM_HEAD, &[c.vocab_size, h])
+        } else {
+            Group::one(names::EMBED, &[c.vocab_size, h])
         };
+        let lm_head = linear(&head, c.vocab_size, h)?;
         let per_layer = options.num_blocks * options.block_size * nkv * hd;
-        let kv = KvCache {
-            k: (0..c.num_hidden_layers)
-                .map(|_| vec![0f32; per_layer])
-                .collect(),
-            v: (0..c.num_hidden_layers)
-                .map(|_| vec![0f32; per_layer])
-                .collect(),
+        let kv = if kv_is_f32(fmt) {
+            KvCache::F32(LayerCaches::new(c.num_hidden_layers, per_layer))
+        } else {
+            KvCache::F16(LayerCaches::new(c.num_hidden_layers, per_layer))
         };
         Ok(CpuBackend {
             config: c.clone(),
@@ -121,12 +167,10 @@ impl CpuBackend {
         })
     }
 
-    /// Bytes of KV cache per token (K and V, every layer).
-    pub fn kv_bytes_per_token(config: &LlamaConfig) -> usize {
-        2 * config.num_hidden_layers
-            * config.num_key_value_heads
-            * config.head_dim
-            * std::mem::size_of::<f32>()
+    /// Bytes of KV cache per token (K and V, every layer) beside weights in `format`.
+    pub fn kv_bytes_per_token(config: &LlamaConfig, format: WeightFormat) -> usize {
+        let element = if kv_is_f32(format) { 4 } else { 2 };
+        2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
     }
 }
 
@@ -260,17 +304,11 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
             n_kv_heads: nkv,
             head_dim: hd,
         };
-        let (k_cache, v_cache) = (&mut b.kv.k[l], &mut b.kv.v[l]);
-        attention::write_kv(&self.qkv, &self.rows, &tables, geometry, k_cache, v_cache);
-        attention::paged_attention(
-            &self.qkv,
-            &self.rows,
-            &tables,
-            geometry,
-            k_cache,
-            v_cache,
-            &mut self.attn,
-        );
+        let step = (&self.qkv[..], &self.rows[..], &tables[..]);
+        match &mut b.kv {
+            KvCache::F32(cache) => cache.attend(l, step, geometry, &mut self.attn),
+            KvCache::F16(cache) => cache.attend(l, step, geometry, &mut self.attn),
+        }
         layer.o.forward(&self.attn, t, &mut self.out);
         ops::add_assign(&mut self.x, &self.out);
         Ok(())

@@ -3,7 +3,8 @@
 use rayon::prelude::*;
 
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    // The sum of squares in f64, as llama.cpp takes it.
+    let ms = (x.iter().map(|v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;
     let scale = 1.0 / (ms + eps).sqrt();
     for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
         *o = v * scale * w;

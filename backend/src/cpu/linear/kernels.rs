@@ -1,0 +1,309 @@
+//! Tile kernels: the dot products of one panel's [`PANEL_ROWS`] weight rows with `X`
+//! activation rows (`X` up to [`MAX_X`]), over every block, accumulated in registers and
+//! summed once at the end; the weight block is unpacked once and used `X` times, each
+//! activation block loaded once and used for every row.
+//!
+//! Three implementations, chosen once at run time: AVX-512 VNNI (`vpdpbusd` on 256-bit
+//! registers, as llama.cpp uses where the CPU has it), AVX2 (`maddubs` + `madd`), and a
+//! portable one that the others are tested against.
+
+use half::f16;
+
+use super::panels::{BlockFormat, PANEL_ROWS, QK};
+
+/// Most activation rows per tile.
+pub const MAX_X: usize = 4;
+
+/// One tile's activation rows: per row its quants, block scales and (for Q4_1) block sums.
+pub struct Acts<'a> {
+    pub qs: [&'a [i8]; MAX_X],
+    pub d: [&'a [f32]; MAX_X],
+    pub s: [&'a [f32]; MAX_X],
+    pub n: usize,
+}
+
+/// The instruction set the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best this CPU runs.
+    pub fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma") && has!("f16c");
+            if avx2 && has!("avx512vnni") && has!("avx512vl") {
+                return Isa::Avx512Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Portable
+    }
+
+    /// Every instruction set this CPU runs, best first.
+    #[cfg(test)]
+    pub fn available() -> Vec<Isa> {
+        let mut all = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            match Isa::detect() {
+                Isa::Avx512Vnni => all.extend([Isa::Avx512Vnni, Isa::Avx2]),
+                Isa::Avx2 => all.push(Isa::Avx2),
+                Isa::Portable => {}
+            }
+        }
+        all.reverse();
+        all
+    }
+}
+
+/// `out[x][r]`: panel row `r` · activation row `x`, for `x < acts.n`.
+pub fn tile(
+    isa: Isa,
+    format: BlockFormat,
+    panel: &[u8],
+    blocks: usize,
+    acts: &Acts,
+) -> [[f32; PANEL_ROWS]; MAX_X] {
+    assert!(panel.len() >= blocks * format.panel_block_bytes());
+    assert!((1..=MAX_X).contains(&acts.n));
+    for x in 0..acts.n {
+        assert!(acts.qs[x].len() >= blocks * QK && acts.d[x].len() >= blocks);
+        assert!(!format.needs_sums() || acts.s[x].len() >= blocks);
+    }
+    match isa {
+        Isa::Portable => portable(format, panel, blocks, acts),
+        // SAFETY: `detect` found the features; the slices were checked above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::avx2::tile(format, panel, blocks, acts) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Vnni => unsafe { x86::vnni::tile(format, panel, blocks, acts) },
+    }
+}
+
+fn f16_at(bytes: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+}
+
+/// Weight row `r`'s 32 quants in block `blk` as integers (`q - 8` for Q4_0).
+fn weight_quants(format: BlockFormat, blk: &[u8], r: usize) -> [i32; QK] {
+    let qs = &blk[format.quants_offset() + r * format.quant_bytes()..][..format.quant_bytes()];
+    let mut w = [0i32; QK];
+    match format {
+        BlockFormat::Q8_0 => {
+            for (w, q) in w.iter_mut().zip(qs) {
+                *w = *q as i8 as i32;
+            }
+        }
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+            let offset = if format == BlockFormat::Q4_0 { 8 } else { 0 };
+            for j in 0..16 {
+                w[j] = (qs[j] & 0x0f) as i32 - offset;
+                w[j + 16] = (qs[j] >> 4) as i32 - offset;
+            }
+        }
+    }
+    w
+}
+
+// `r` and `x` index the weights, the activations and the results alike.
+#[allow(clippy::needless_range_loop)]
+fn portable(
+    format: BlockFormat,
+    panel: &[u8],
+    blocks: usize,
+    acts: &Acts,
+) -> [[f32; PANEL_ROWS]; MAX_X] {
+    let pb = format.panel_block_bytes();
+    let mut out = [[0f32; PANEL_ROWS]; MAX_X];
+    for b in 0..blocks {
+        let blk = &panel[b * pb..(b + 1) * pb];
+        for r in 0..PANEL_ROWS {
+            let w = weight_quants(format, blk, r);
+            let dw = f16_at(blk, r);
+            for x in 0..acts.n {
+                let xq = &acts.qs[x][b * QK..(b + 1) * QK];
+                let sum: i32 = w.iter().zip(xq).map(|(w, x)| w * *x as i32).sum();
+                out[x][r] += sum as f32 * (dw * acts.d[x][b]);
+                if format.needs_sums() {
+                    out[x][r] += f16_at(blk, PANEL_ROWS + r) * acts.s[x][b];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    /// The AVX2 tile kernel, with `$dot(a: unsigned bytes, b: signed bytes)` giving eight i32
+    /// sums of four products each.
+    macro_rules! tile_kernel {
+        ($features:literal, $dot:path) => {
+            use std::arch::x86_64::*;
+
+            use super::super::{Acts, BlockFormat, MAX_X, PANEL_ROWS, QK};
+
+            /// # Safety
+            /// The CPU has `$features`; `tile` checked the slices.
+            #[target_feature(enable = $features)]
+            pub unsafe fn tile(
+                format: BlockFormat,
+                panel: &[u8],
+                blocks: usize,
+                acts: &Acts,
+            ) -> [[f32; PANEL_ROWS]; MAX_X] {
+                let (p, b) = (panel.as_ptr(), blocks);
+                match (format, acts.n) {
+                    (BlockFormat::Q4_0, 1) => run::<1, 0>(p, b, acts),
+                    (BlockFormat::Q4_0, 2) => run::<2, 0>(p, b, acts),
+                    (BlockFormat::Q4_0, 3) => run::<3, 0>(p, b, acts),
+                    (BlockFormat::Q4_0, _) => run::<4, 0>(p, b, acts),
+                    (BlockFormat::Q4_1, 1) => run::<1, 1>(p, b, acts),
+                    (BlockFormat::Q4_1, 2) => run::<2, 1>(p, b, acts),
+                    (BlockFormat::Q4_1, 3) => run::<3, 1>(p, b, acts),
+                    (BlockFormat::Q4_1, _) => run::<4, 1>(p, b, acts),
+                    (BlockFormat::Q8_0, 1) => run::<1, 2>(p, b, acts),
+                    (BlockFormat::Q8_0, 2) => run::<2, 2>(p, b, acts),
+                    (BlockFormat::Q8_0, 3) => run::<3, 2>(p, b, acts),
+                    (BlockFormat::Q8_0, _) => run::<4, 2>(p, b, acts),
+                }
+            }
+
+            const Q4_0: u8 = 0;
+            const Q4_1: u8 = 1;
+            const Q8_0: u8 = 2;
+
+            const fn panel_block_bytes(f: u8) -> usize {
+                match f {
+                    Q4_0 => 4 * 18,
+                    Q4_1 => 4 * 20,
+                    _ => 4 * 34,
+                }
+            }
+
+            const fn quants_offset(f: u8) -> usize {
+                if f == Q4_1 {
+                    16
+                } else {
+                    8
+                }
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn run<const X: usize, const F: u8>(
+                panel: *const u8,
+                blocks: usize,
+                acts: &Acts,
+            ) -> [[f32; PANEL_ROWS]; MAX_X] {
+                let mut acc = [[_mm256_setzero_ps(); X]; PANEL_ROWS];
+                let mut mins = [_mm_setzero_ps(); X];
+                let low = _mm256_set1_epi8(0x0f);
+                let low128 = _mm_set1_epi8(0x0f);
+                let eight = _mm256_set1_epi8(8);
+                let xq: [*const i8; X] = std::array::from_fn(|x| acts.qs[x].as_ptr());
+                let xd: [*const f32; X] = std::array::from_fn(|x| acts.d[x].as_ptr());
+                let xs: [*const f32; X] = std::array::from_fn(|x| acts.s[x].as_ptr());
+                let _ = low;
+                for b in 0..blocks {
+                    let blk = panel.add(b * panel_block_bytes(F));
+                    let dw: [f32; 4] =
+                        std::mem::transmute(_mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i)));
+                    let xv: [__m256i; X] = std::array::from_fn(|x| {
+                        _mm256_loadu_si256(xq[x].add(b * QK) as *const __m256i)
+                    });
+                    let dx: [f32; X] = std::array::from_fn(|x| *xd[x].add(b));
+                    if F == Q4_1 {
+                        let m = _mm_cvtph_ps(_mm_loadl_epi64(blk.add(8) as *const __m128i));
+                        for x in 0..X {
+                            mins[x] = _mm_fmadd_ps(m, _mm_set1_ps(*xs[x].add(b)), mins[x]);
+                        }
+                    }
+                    let qs = blk.add(quants_offset(F));
+                    for r in 0..PANEL_ROWS {
+                        let w = if F == Q8_0 {
+                            _mm256_loadu_si256(qs.add(r * 32) as *const __m256i)
+                        } else {
+                            let q = _mm_loadu_si128(qs.add(r * 16) as *const __m128i);
+                            let lo = _mm_and_si128(q, low128);
+                            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low128);
+                            let w = _mm256_set_m128i(hi, lo);
+                            if F == Q4_0 {
+                                _mm256_sub_epi8(w, eight)
+                            } else {
+                                w
+                            }
+                        };
+                        // Q4_1's quants are unsigned already; signed ones move their sign
+                        // onto the activations.
+                        let a = if F == Q4_1 { w } else { _mm256_sign_epi8(w, w) };
+                        for x in 0..X {
+                            let bx = if F == Q4_1 {
+                                xv[x]
+                            } else {
+                                _mm256_sign_epi8(xv[x], w)
+                            };
+                            let dot = $dot(a, bx);
+                            let d = _mm256_set1_ps(dw[r] * dx[x]);
+                            acc[r][x] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[r][x]);
+                        }
+                    }
+                }
+                let mut out = [[0f32; PANEL_ROWS]; MAX_X];
+                for x in 0..X {
+                    let m: [f32; 4] = std::mem::transmute(mins[x]);
+                    for r in 0..PANEL_ROWS {
+                        out[x][r] = hsum(acc[r][x]) + m[r];
+                    }
+                }
+                out
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn hsum(v: __m256) -> f32 {
+                let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                _mm_cvtss_f32(s)
+            }
+        };
+    }
+
+    pub mod avx2 {
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        unsafe fn dot(
+            a: std::arch::x86_64::__m256i,
+            b: std::arch::x86_64::__m256i,
+        ) -> std::arch::x86_64::__m256i {
+            use std::arch::x86_64::*;
+            // Pairs of products fit in i16: |q| <= 127 and weights <= 15 or |w| <= 127.
+            _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1))
+        }
+        tile_kernel!("avx2,fma,f16c", dot);
+    }
+
+    pub mod vnni {
+        #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+        #[inline]
+        unsafe fn dot(
+            a: std::arch::x86_64::__m256i,
+            b: std::arch::x86_64::__m256i,
+        ) -> std::arch::x86_64::__m256i {
+            use std::arch::x86_64::*;
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b)
+        }
+        tile_kernel!("avx2,fma,f16c,avx512vnni,avx512vl", dot);
+    }
+}

@@ -1,0 +1,187 @@
+//! Linear layers `y = x W^T` with `W` of shape `[out, in]`, in one of these formats:
+//!
+//! - [`WeightFormat::F32`]: exact; multiplied with the `gemm` crate. The reference.
+//! - GGUF's block formats (Q4_0, Q4_1, Q8_0), computed as stored: the weights keep the file's
+//!   4.5 to 8.5 bits per weight, the activations are quantized per block as llama.cpp does
+//!   (Q8_0, or Q8_1 for Q4_1), and each block is an integer dot product scaled once. Decode
+//!   streams every weight once per token, so bits per weight is what bounds it; and computing
+//!   the file's own numbers is what makes Vigil's output agree with llama.cpp's on a GGUF.
+//!
+//! The weights are repacked into panels of four rows ([`panels`]) and multiplied by tile
+//! kernels ([`kernels`]) that hold a 4 x `X` block of results in registers, for decode
+//! (`X = 1`) and batches alike.
+
+mod activations;
+mod kernels;
+mod panels;
+
+use rayon::prelude::*;
+
+use kernels::{Acts, Isa, MAX_X};
+use model::gguf::quant::GgmlType;
+pub use panels::QK;
+use panels::{BlockFormat, Panels, PANEL_ROWS};
+
+/// How the CPU backend keeps weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// f32: exact, 4 bytes per weight.
+    F32,
+    /// Q8_0 blocks, re-quantized from any source: 8.5 bits per weight.
+    Q8,
+    /// As the GGUF stores them where that is Q4_0, Q4_1 or Q8_0 (4.5 to 8.5 bits per weight);
+    /// otherwise Q8_0.
+    #[default]
+    Native,
+}
+
+pub struct Linear {
+    out: usize,
+    inp: usize,
+    w: Weights,
+    isa: Isa,
+}
+
+enum Weights {
+    F32(Vec<f32>),
+    Blocks(Panels),
+}
+
+/// Where a tile writes its results: rows of `y`, disjoint between panels.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: every panel writes only its own columns of `y` (see `forward_blocks`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Linear {
+    /// Wraps `w` (`out * inp` values, row-major). Block formats need `inp` to be a multiple of
+    /// 32; other shapes stay f32.
+    pub fn new(w: Vec<f32>, out: usize, inp: usize, format: WeightFormat) -> Linear {
+        assert_eq!(w.len(), out * inp, "linear weight size");
+        let w = match format {
+            WeightFormat::Q8 | WeightFormat::Native if inp.is_multiple_of(QK) => {
+                let blocks = panels::quantize_q8_0(&w);
+                Weights::Blocks(Panels::from_file_blocks(
+                    BlockFormat::Q8_0,
+                    &blocks,
+                    out,
+                    inp,
+                ))
+            }
+            _ => Weights::F32(w),
+        };
+        Linear {
+            out,
+            inp,
+            w,
+            isa: Isa::detect(),
+        }
+    }
+
+    /// Wraps GGUF blocks (`out` rows of `inp` elements) when they are in a format computed
+    /// natively; `None` otherwise.
+    pub fn from_file_blocks(
+        ggml_type: GgmlType,
+        bytes: &[u8],
+        out: usize,
+        inp: usize,
+    ) -> Option<Linear> {
+        let format = BlockFormat::from_ggml(ggml_type)?;
+        if !inp.is_multiple_of(QK) {
+            return None;
+        }
+        Some(Linear {
+            out,
+            inp,
+            w: Weights::Blocks(Panels::from_file_blocks(format, bytes, out, inp)),
+            isa: Isa::detect(),
+        })
+    }
+
+    /// Bytes the weights take.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.w {
+            Weights::F32(w) => w.len() * 4,
+            Weights::Blocks(p) => p.bytes(),
+        }
+    }
+
+    /// `y[t, out] = x[t, in] · W^T`.
+    pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
+        assert_eq!(x.len(), t * self.inp);
+        assert_eq!(y.len(), t * self.out);
+        match &self.w {
+            Weights::F32(w) => gemm_f32(w, self.out, self.inp, x, t, y),
+            Weights::Blocks(p) => self.forward_blocks(p, x, t, y),
+        }
+    }
+
+    fn forward_blocks(&self, p: &Panels, x: &[f32], t: usize, y: &mut [f32]) {
+        let (out, isa) = (self.out, self.isa);
+        let xq = activations::quantize(x, self.inp, p.format.needs_sums());
+        let y = Out(y.as_mut_ptr());
+        // Each task takes a few panels (rows of W) and every activation row, in tiles of
+        // MAX_X rows: the panels stay in L1 while the activations stream past.
+        (0..p.count)
+            .into_par_iter()
+            .with_min_len(4)
+            .for_each(move |pi| {
+                let y = y;
+                let panel = p.panel(pi);
+                let rows = (out - pi * PANEL_ROWS).min(PANEL_ROWS);
+                let mut r0 = 0;
+                while r0 < t {
+                    let n = (t - r0).min(MAX_X);
+                    let mut acts = Acts {
+                        qs: [&[]; MAX_X],
+                        d: [&[]; MAX_X],
+                        s: [&[]; MAX_X],
+                        n,
+                    };
+                    for i in 0..n {
+                        (acts.qs[i], acts.d[i], acts.s[i]) = xq.row(r0 + i);
+                    }
+                    let tile = kernels::tile(isa, p.format, panel, p.blocks, &acts);
+                    for (i, values) in tile.iter().take(n).enumerate() {
+                        let at = (r0 + i) * out + pi * PANEL_ROWS;
+                        // SAFETY: row `r0 + i` < t and columns `at..at + rows` < out lie in
+                        // `y`, and no other panel writes these columns.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(y.0.add(at), rows) };
+                        dst.copy_from_slice(&values[..rows]);
+                    }
+                    r0 += n;
+                }
+            });
+    }
+}
+
+fn gemm_f32(w: &[f32], out: usize, inp: usize, x: &[f32], t: usize, y: &mut [f32]) {
+    // SAFETY: the slices hold exactly the elements the strides address (checked by the caller).
+    unsafe {
+        gemm::gemm(
+            t,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            1,
+            out as isize,
+            false,
+            x.as_ptr(),
+            1,
+            inp as isize,
+            w.as_ptr(),
+            inp as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;
