@@ -1,5 +1,10 @@
-"""The peer for `cargo xtask bench-model`: llama.cpp (llama-cpp-python, 2 threads) on the same
-GGUF, the same prompt text and the same measurements as engine/benches/model.rs.
+"""The peer for `cargo xtask bench-model`: llama.cpp (llama-cpp-python's bindings, 2 threads)
+on the same GGUF, the same prompt text and the same measurements as engine/benches/model.rs:
+prefill of 512 tokens, and decode at batch 1, 8 and 32 with every sequence's token of a step in
+one `llama_batch` (as llama.cpp's server decodes its parallel slots).
+
+The context is set up as llama-cpp-python's `Llama` sets it up (f16 KV cache, flash attention
+off), with a KV cache per sequence.
 
 Usage: python3 llama_cpp_peer.py MODEL.gguf -> prints JSON
 """
@@ -8,46 +13,102 @@ import json
 import sys
 import time
 
+import llama_cpp as L
 import numpy as np
-from llama_cpp import Llama
 
 PREFILL_TOKENS = 512
 DECODE_PROMPT = 32
 DECODE_STEPS = 32
+BATCHES = (1, 8, 32)
+
+
+class Peer:
+    def __init__(self, path):
+        # llama.cpp logs every tensor it loads; keep stderr for errors.
+        self._quiet = L.llama_log_callback(lambda level, text, data: None)
+        L.llama_log_set(self._quiet, None)
+        L.llama_backend_init()
+        self.model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        self.ctx = None
+
+    def context(self, n_seq, n_ctx_per_seq):
+        """A fresh context for `n_seq` sequences, each with its own KV cache (`kv_unified` off,
+        as llama.cpp advises when sequences share no prefix)."""
+        if self.ctx is not None:
+            L.llama_free(self.ctx)
+            L.llama_batch_free(self.batch)
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_seq * n_ctx_per_seq
+        cp.n_batch = max(512, n_seq * DECODE_PROMPT)
+        cp.n_ubatch = 512
+        cp.n_seq_max = n_seq
+        cp.n_threads = 2
+        cp.n_threads_batch = 2
+        cp.kv_unified = False
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        self.batch = L.llama_batch_init(cp.n_batch, 0, 1)
+
+    def tokenize(self, text):
+        data = text.encode()
+        out = (L.llama_token * (len(data) + 8))()
+        n = L.llama_tokenize(self.vocab, data, len(data), out, len(out), False, False)
+        return list(out[:n])
+
+    def clear(self):
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+
+    def decode(self, entries):
+        """entries: (token, pos, seq, wants_logits); returns the rows' logits, in order."""
+        b = self.batch
+        b.n_tokens = len(entries)
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            b.token[i] = token
+            b.pos[i] = pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits
+        assert L.llama_decode(self.ctx, b) == 0
+        return [
+            np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+            for i, e in enumerate(entries)
+            if e[3]
+        ]
 
 
 def main():
-    path = sys.argv[1]
-    llm = Llama(model_path=path, n_threads=2, n_threads_batch=2, n_ctx=1024, n_batch=512, verbose=False)
+    peer = Peer(sys.argv[1])
     text = "The quick brown fox jumps over the lazy dog while the capital of France is Paris. " * 64
-    tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
+    tokens = peer.tokenize(text)
     prompt = tokens[:PREFILL_TOKENS]
 
+    peer.context(1, 1024)
     prefill = float("inf")
     for _ in range(3):
-        llm.reset()
+        peer.clear()
         start = time.perf_counter()
-        llm.eval(prompt)
+        peer.decode([(t, p, 0, p == len(prompt) - 1) for p, t in enumerate(prompt)])
         prefill = min(prefill, time.perf_counter() - start)
 
-    llm.reset()
-    llm.eval(tokens[:DECODE_PROMPT])
-    next_token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    start = time.perf_counter()
-    for _ in range(DECODE_STEPS):
-        llm.eval([next_token])
-        next_token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-    decode = DECODE_STEPS / (time.perf_counter() - start)
-
-    import llama_cpp
-    json.dump(
-        {
-            "llama_cpp_python": llama_cpp.__version__,
-            f"prefill_{PREFILL_TOKENS}_tok_s": PREFILL_TOKENS / prefill,
-            "decode_batch_1_tok_s": decode,
-        },
-        sys.stdout,
-    )
+    result = {
+        "llama_cpp_python": L.__version__,
+        f"prefill_{PREFILL_TOKENS}_tok_s": PREFILL_TOKENS / prefill,
+    }
+    for n in BATCHES:
+        peer.context(n, 256)
+        seqs = [tokens[s : s + DECODE_PROMPT] for s in range(n)]
+        entries = [(t, p, s, p == DECODE_PROMPT - 1) for s in range(n) for p, t in enumerate(seqs[s])]
+        for logits, seq in zip(peer.decode(entries), seqs):
+            seq.append(int(np.argmax(logits)))
+        start = time.perf_counter()
+        for _ in range(DECODE_STEPS):
+            rows = peer.decode([(seq[-1], len(seq) - 1, s, True) for s, seq in enumerate(seqs)])
+            for logits, seq in zip(rows, seqs):
+                seq.append(int(np.argmax(logits)))
+        result[f"decode_batch_{n}_tok_s"] = n * DECODE_STEPS / (time.perf_counter() - start)
+    json.dump(result, sys.stdout)
 
 
 if __name__ == "__main__":

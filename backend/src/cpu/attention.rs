@@ -14,10 +14,12 @@ pub trait KvElement: Copy + Default + Send + Sync + 'static {
     /// `n` zeros, allocated zeroed so that pages no one writes are never touched.
     fn zeroed(n: usize) -> Vec<Self>;
     fn store(x: f32) -> Self;
-    /// `src` widened into `out`.
-    fn widen(src: &[Self], out: &mut [f32]);
     /// `x` as the operand that meets a cache row.
     fn operand(x: f32) -> f32;
+    /// `q · k` over one cache row, summed in f32.
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+    /// `o += w v` over one cache row.
+    fn axpy(w: f32, v: &[Self], o: &mut [f32]);
 }
 
 impl KvElement for f32 {
@@ -27,11 +29,18 @@ impl KvElement for f32 {
     fn store(x: f32) -> f32 {
         x
     }
-    fn widen(src: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(src);
-    }
     fn operand(x: f32) -> f32 {
         x
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        dot(q, k)
+    }
+    #[inline(always)]
+    fn axpy(w: f32, v: &[f32], o: &mut [f32]) {
+        for (o, v) in o.iter_mut().zip(v) {
+            *o += w * v;
+        }
     }
 }
 
@@ -43,12 +52,94 @@ impl KvElement for f16 {
     fn store(x: f32) -> f16 {
         f16::from_f32(x)
     }
-    fn widen(src: &[f16], out: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        src.convert_to_f32_slice(out);
-    }
     fn operand(x: f32) -> f32 {
         f16::from_f32(x).to_f32()
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        if f16c::available() {
+            // SAFETY: the CPU has the features; the slices are read within their lengths.
+            return unsafe { f16c::dot(q, k) };
+        }
+        q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum()
+    }
+    #[inline(always)]
+    fn axpy(w: f32, v: &[f16], o: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if f16c::available() {
+            // SAFETY: as `dot`.
+            return unsafe { f16c::axpy(w, v, o) };
+        }
+        for (o, v) in o.iter_mut().zip(v) {
+            *o += w * v.to_f32();
+        }
+    }
+}
+
+/// f16 cache rows widened eight at a time with F16C (`vcvtph2ps`) as they are read.
+#[cfg(target_arch = "x86_64")]
+mod f16c {
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    pub fn available() -> bool {
+        use std::arch::is_x86_feature_detected as has;
+        has!("avx2") && has!("fma") && has!("f16c")
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load(k: &[f16], i: usize) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i))
+    }
+
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot(q: &[f32], k: &[f16]) -> f32 {
+        let n = q.len().min(k.len());
+        let mut acc = [_mm256_setzero_ps(); 2];
+        let mut i = 0;
+        while i + 16 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load(k, i), acc[0]);
+            acc[1] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(q.as_ptr().add(i + 8)),
+                load(k, i + 8),
+                acc[1],
+            );
+            i += 16;
+        }
+        if i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load(k, i), acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(acc[0], acc[1]);
+        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        let mut sum = _mm_cvtss_f32(s);
+        for j in i..n {
+            sum += q[j] * k[j].to_f32();
+        }
+        sum
+    }
+
+    /// # Safety
+    /// As [`dot`].
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy(w: f32, v: &[f16], o: &mut [f32]) {
+        let n = o.len().min(v.len());
+        let wv = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            let at = o.as_mut_ptr().add(i);
+            _mm256_storeu_ps(at, _mm256_fmadd_ps(wv, load(v, i), _mm256_loadu_ps(at)));
+            i += 8;
+        }
+        for j in i..n {
+            o[j] += w * v[j].to_f32();
+        }
     }
 }
 
@@ -166,7 +257,7 @@ fn attend_row<T: KvElement>(
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let mut scores = vec![0f32; n];
-    let (mut q, mut cached) = (vec![0f32; hd], vec![0f32; hd]);
+    let mut q = vec![0f32; hd];
     for head in 0..g.n_heads {
         let kvh = head / group;
         for (q, x) in q.iter_mut().zip(&q_all[head * hd..(head + 1) * hd]) {
@@ -175,8 +266,7 @@ fn attend_row<T: KvElement>(
         let mut max = f32::NEG_INFINITY;
         for (j, s) in scores.iter_mut().enumerate() {
             let at = g.slot(table, j) + kvh * hd;
-            T::widen(&k_cache[at..at + hd], &mut cached);
-            *s = dot(&q, &cached) * scale;
+            *s = T::dot(&q, &k_cache[at..at + hd]) * scale;
             max = max.max(*s);
         }
         // As llama.cpp: the sum in f64, then the weights scaled by its reciprocal.
@@ -190,11 +280,7 @@ fn attend_row<T: KvElement>(
         o.fill(0.0);
         for (j, s) in scores.iter().enumerate() {
             let at = g.slot(table, j) + kvh * hd;
-            T::widen(&v_cache[at..at + hd], &mut cached);
-            let w = T::operand(s * inv);
-            for (o, v) in o.iter_mut().zip(&cached) {
-                *o += w * v;
-            }
+            T::axpy(T::operand(s * inv), &v_cache[at..at + hd], o);
         }
     }
 }
@@ -215,4 +301,31 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f16_rows_are_read_as_their_f32_values() {
+        // 67 elements: two 16-wide steps, one 8-wide, three left over.
+        let q: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
+        let k: Vec<f16> = (0..67)
+            .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
+            .collect();
+        let wide: Vec<f32> = k.iter().map(|k| k.to_f32()).collect();
+        let want: f64 = q
+            .iter()
+            .zip(&wide)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let got = <f16 as KvElement>::dot(&q, &k);
+        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        let mut o = q.clone();
+        <f16 as KvElement>::axpy(0.5, &k, &mut o);
+        for ((o, q), k) in o.iter().zip(&q).zip(&wide) {
+            assert!((o - (q + 0.5 * k)).abs() < 1e-6);
+        }
+    }
 }

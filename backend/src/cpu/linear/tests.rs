@@ -195,6 +195,16 @@ fn activations_round_as_llama_cpp_does() {
         rows.s[0],
         f16::from_f32(0.1 / 127.0 * 127.0 * 32.0).to_f32()
     );
+    // Every value a block can hold rounds as f32::round_ties_even does.
+    for i in -127_000..=127_000 {
+        let mut x = [0f32; QK];
+        x[0] = 127.0;
+        x[1] = i as f32 / 1000.0;
+        x[2] = i as f32 / 1000.0 + 0.0005;
+        quantize_block(&x, &mut q);
+        assert_eq!(q[1], x[1].round_ties_even() as i8, "{}", x[1]);
+        assert_eq!(q[2], x[2].round_ties_even() as i8, "{}", x[2]);
+    }
     let zero = activations::quantize(&[0f32; QK], QK, true);
     assert_eq!((zero.d[0], zero.s[0], zero.qs[0]), (0.0, 0.0, 0));
 }
