@@ -3,6 +3,10 @@
 //! bench-model` runs it beside llama.cpp on the same GGUF and prints the ratios.
 //!
 //! Usage: cargo bench -p vigil-engine --bench model [-- MODEL]
+//!
+//! With `VIGIL_BENCH_DECODE_ONLY=N` it only decodes N tokens at batch 1 after a 32-token
+//! prompt and prints nothing: run under `perf stat` with two values of N, the difference in
+//! instructions over the difference in N is the instructions per decoded token.
 
 mod common;
 
@@ -22,6 +26,7 @@ fn main() {
     let path = common::model_path();
     let format = match std::env::var("VIGIL_WEIGHT_FORMAT").as_deref() {
         Ok("f32") => WeightFormat::F32,
+        Ok("q8") => WeightFormat::Q8,
         _ => WeightFormat::default(),
     };
     let model = Model::load(&path).expect("load model");
@@ -40,6 +45,26 @@ fn main() {
         .repeat(64);
     let all = model.tokenizer.encode(&text, false).unwrap();
     let prompt = &all[..PREFILL_TOKENS];
+    if let Ok(steps) = std::env::var("VIGIL_BENCH_DECODE_ONLY") {
+        let steps: usize = steps
+            .parse()
+            .expect("VIGIL_BENCH_DECODE_ONLY: a number of tokens");
+        let table: Vec<u32> = (0..num_blocks as u32).collect();
+        let mut seq = all[..DECODE_PROMPT].to_vec();
+        for step in 0..=steps {
+            let start = if step == 0 { 0 } else { seq.len() - 1 };
+            let logits = be
+                .forward(&[SeqInput {
+                    tokens: &seq[start..],
+                    start_pos: start,
+                    block_table: &table,
+                    logits_for: LogitsFor::Last,
+                }])
+                .unwrap();
+            seq.push(argmax(logits.row(0)));
+        }
+        return;
+    }
 
     // Prefill: best of 3.
     let table: Vec<u32> = (0..per_seq_blocks as u32).collect();

@@ -48,56 +48,161 @@ pub fn run() -> anyhow::Result<()> {
         );
     }
     let llama = last_json_line(&out.stdout)?;
-    let f = |v: &Value, k: &str| v[k].as_f64();
-    let llama_b1 = f(&llama, "decode_batch_1_tok_s").unwrap_or(f64::NAN);
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     println!("model: {}", model.display());
     println!(
-        "vigil weights: {}; llama-cpp-python {}, n_threads=2",
+        "vigil weights: {}; llama-cpp-python {}, n_threads=2, batches in one llama_batch, \
+         the faster of flash attention off and on",
         vigil["weight_format"], llama["llama_cpp_python"]
     );
     println!(
-        "{:<28} {:>12} {:>12} {:>22}",
-        "", "vigil", "llama.cpp", "ratio"
+        "{:<26} {:>10} {:>10} {:>8} {:>8}",
+        "", "vigil", "llama.cpp", "ratio", "target"
     );
-    let row = |label: &str, key: &str, peer: Option<f64>, vs: &str| {
-        let v = f(&vigil, key).unwrap_or(f64::NAN);
-        let (p, r) = match peer {
-            Some(p) => (format!("{p:.1}"), format!("{:.2}x {vs}", v / p)),
-            None => ("-".into(), "-".into()),
+    let row = |label: &str, key: &str, peer_key: &str, target: f64| {
+        let (v, p) = (f(&vigil, key), f(&llama, peer_key));
+        let mark = if v / p >= target { "met" } else { "MISSED" };
+        let fa = peer_key.replace("_tok_s", "_flash_attn");
+        let fa = if llama[fa.as_str()].as_bool() == Some(true) {
+            " (llama.cpp with flash attention)"
+        } else {
+            ""
         };
-        println!("{label:<28} {v:>12.1} {p:>12} {r:>22}");
+        println!(
+            "{label:<26} {v:>10.1} {p:>10.1} {:>7.2}x {:>5.1}x {mark}{fa}",
+            v / p,
+            target
+        );
     };
     row(
         "prefill 512 (tok/s)",
         "prefill_512_tok_s",
-        f(&llama, "prefill_512_tok_s"),
-        "llama.cpp",
+        "prefill_512_tok_s",
+        1.2,
     );
     row(
         "decode batch 1 (tok/s)",
         "decode_batch_1_tok_s",
-        Some(llama_b1),
-        "llama.cpp b1",
+        "decode_batch_1_tok_s",
+        1.1,
     );
     row(
         "decode batch 8 (tok/s)",
         "decode_batch_8_tok_s",
-        Some(llama_b1),
-        "llama.cpp b1",
+        "decode_batch_8_tok_s",
+        1.3,
     );
     row(
         "decode batch 32 (tok/s)",
         "decode_batch_32_tok_s",
-        Some(llama_b1),
-        "llama.cpp b1",
+        "decode_batch_32_tok_s",
+        1.3,
+    );
+    row(
+        "  vs llama.cpp batch 1",
+        "decode_batch_32_tok_s",
+        "decode_batch_1_tok_s",
+        3.0,
     );
     println!(
-        "{:<28} {:>12.1}",
+        "{:<26} {:>10.1}",
         "peak RSS (MiB)",
-        f(&vigil, "peak_rss_mib").unwrap_or(f64::NAN)
+        f(&vigil, "peak_rss_mib")
     );
-    println!(
-        "targets: batch-1 decode >= 0.5x llama.cpp; batch-32 aggregate >= 3x llama.cpp batch 1"
-    );
+    instructions_per_token(&root, &model);
+    agreement(&root)
+}
+
+/// Instructions per batch-1 decoded token of each, from `perf stat` over two decode lengths
+/// (the difference cancels loading and the prompt).
+fn instructions_per_token(root: &std::path::Path, model: &std::path::Path) {
+    let count = |command: &mut Command| -> Result<f64, String> {
+        let out = command.output().map_err(|e| format!("perf: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stderr);
+        let line = text
+            .lines()
+            .find(|l| l.contains(",instructions"))
+            .ok_or_else(|| format!("perf printed no count: {}", text.trim()))?;
+        line.split(',')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("no instruction counter here (perf says {line:?})"))
+    };
+    let bench = |steps: usize| {
+        let mut c = Command::new(env!("CARGO"));
+        c.args([
+            "bench",
+            "-q",
+            "-p",
+            "vigil-engine",
+            "--bench",
+            "model",
+            "--",
+        ])
+        .arg(model)
+        .env("VIGIL_BENCH_DECODE_ONLY", steps.to_string())
+        .current_dir(root);
+        c
+    };
+    let peer = |steps: usize| {
+        let mut c = Command::new("python3");
+        c.arg(root.join("xtask/bench/llama_cpp_peer.py"))
+            .arg(model)
+            .args(["--decode-only", &steps.to_string()]);
+        c
+    };
+    let per_token = |make: &dyn Fn(usize) -> Command| -> Result<f64, String> {
+        let perf = |steps: usize| {
+            let inner = make(steps);
+            let mut c = Command::new("perf");
+            c.args(["stat", "-x,", "-e", "instructions", "--"])
+                .arg(inner.get_program())
+                .args(inner.get_args())
+                .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            if let Some(dir) = inner.get_current_dir() {
+                c.current_dir(dir);
+            }
+            count(&mut c)
+        };
+        Ok((perf(160)? - perf(32)?) / 128.0)
+    };
+    match (per_token(&bench), per_token(&peer)) {
+        (Ok(v), Ok(p)) => println!(
+            "{:<26} {:>10.3e} {:>10.3e} {:>7.2}x",
+            "instructions/token (b1)",
+            v,
+            p,
+            v / p
+        ),
+        (Err(e), _) | (_, Err(e)) => println!("instructions/token (b1): not measured: {e}"),
+    }
+}
+
+/// Greedy agreement with llama.cpp on eight prompts (the test that holds it, which also reruns
+/// llama.cpp against its recording).
+fn agreement(root: &std::path::Path) -> anyhow::Result<()> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "-q",
+            "-p",
+            "vigil",
+            "--test",
+            "llama_cpp_agreement",
+            "--",
+            "--nocapture",
+        ])
+        .current_dir(root)
+        .output()
+        .context("running the agreement test")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    for line in text.lines().filter(|l| {
+        l.starts_with("tokens agreeing") || l.get(2..3) == Some("/") || l.contains("not installed")
+    }) {
+        println!("{line}");
+    }
+    if !out.status.success() {
+        bail!("the agreement test failed:\n{text}");
+    }
     Ok(())
 }

@@ -199,7 +199,10 @@ impl Backend for CpuBackend {
         let (layers, vocab) = (self.layers.len(), self.config.vocab_size);
         let mut step = CpuStep::new(self, batch);
         if !step.rows.is_empty() {
-            llama::forward(&mut step, layers)?;
+            // The whole pass runs on one of rayon's workers: each of its parallel loops then
+            // splits between the workers directly, instead of this thread handing every loop to
+            // the pool and sleeping until it is done (hundreds of wake-ups per decoded token).
+            rayon::scope(|_| llama::forward(&mut step, layers))?;
         }
         Ok(Logits::from_rows(batch, vocab, step.logits))
     }
