@@ -38,6 +38,7 @@ fn main() {
             block_size: BLOCK,
             num_blocks,
             weight_format: format,
+            kv_dtype: None,
         },
     )
     .expect("backend");

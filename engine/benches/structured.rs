@@ -34,6 +34,7 @@ fn main() {
             block_size: BLOCK,
             num_blocks: BATCH * blocks_per + 1,
             weight_format: WeightFormat::default(),
+            kv_dtype: None,
         },
     )
     .expect("backend");

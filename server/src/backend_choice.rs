@@ -2,7 +2,7 @@
 //! is ready.
 
 use anyhow::Context;
-use backend::cpu::{host_memory, CpuBackend, CpuOptions, WeightFormat};
+use backend::cpu::{host_memory, CpuBackend, CpuOptions, KvDtype, WeightFormat};
 use backend::cuda::{CudaBackend, CudaOptions};
 use backend::Backend;
 use model::Model;
@@ -84,7 +84,19 @@ pub fn build_backend(
     cuda: bool,
 ) -> anyhow::Result<Box<dyn Backend>> {
     let started = std::time::Instant::now();
-    if cuda {
+    let cuda_kv_dtype = matches!(config.kv_cache_dtype.as_str(), "auto" | "bfloat16");
+    if cuda && !cuda_kv_dtype {
+        let why = format!(
+            "--kv-cache-dtype {}: the CUDA backend keeps its KV cache in bfloat16 (auto or \
+             bfloat16)",
+            config.kv_cache_dtype
+        );
+        if config.device == Device::Cuda {
+            anyhow::bail!(why);
+        }
+        tracing::error!("{why}; serving on the CPU");
+    }
+    if cuda && cuda_kv_dtype {
         let options = CudaOptions {
             ordinal: 0,
             block_size: config.block_size as usize,
@@ -123,8 +135,14 @@ pub fn build_backend(
         }
     }
     let block_size = config.block_size as usize;
-    let per_block =
-        block_size * CpuBackend::kv_bytes_per_token(&model.config, WeightFormat::default());
+    let weight_format = WeightFormat::default();
+    let kv_dtype = match config.kv_cache_dtype.as_str() {
+        "float32" => KvDtype::F32,
+        "float16" => KvDtype::F16,
+        "bfloat16" => KvDtype::Bf16,
+        _ => KvDtype::auto(weight_format),
+    };
+    let per_block = block_size * CpuBackend::kv_bytes_per_token(&model.config, kv_dtype);
     let num_blocks = match config.num_gpu_blocks_override {
         Some(n) => n as usize,
         None => config.kv_cache_memory_bytes as usize / per_block,
@@ -148,7 +166,8 @@ pub fn build_backend(
     let options = CpuOptions {
         block_size,
         num_blocks,
-        weight_format: WeightFormat::default(),
+        weight_format,
+        kv_dtype: Some(kv_dtype),
     };
     let mut backend = CpuBackend::new(model, &options)
         .with_context(|| format!("preparing the weights of {}", config.model.display()))?;
@@ -157,6 +176,7 @@ pub fn build_backend(
         num_blocks,
         block_size,
         kv_cache_tokens = num_blocks * block_size,
+        kv_cache_dtype = ?kv_dtype,
         "CPU backend ready in {:.2?}",
         started.elapsed()
     );

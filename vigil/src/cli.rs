@@ -243,7 +243,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     pub device: Device,
 
-    /// Data type of the KV cache.
+    /// Data type of the KV cache. auto: on the CPU f16 beside quantized weights (llama.cpp's
+    /// default), on CUDA bfloat16; float16 and float32 are CPU-only.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bfloat16", "float16", "float32"])]
     pub kv_cache_dtype: String,
 

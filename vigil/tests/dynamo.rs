@@ -152,7 +152,8 @@ fn frontend_and_component_series_count_the_traffic() {
         f("dynamo_frontend_model_max_num_batched_tokens"),
         Some(256.0)
     );
-    assert_eq!(f("dynamo_frontend_model_total_kv_blocks"), Some(1456.0));
+    // 1 GiB of f16 K and V (16 tokens x 30 layers x 2 x 3 heads x 64 dims x 2 bytes a block).
+    assert_eq!(f("dynamo_frontend_model_total_kv_blocks"), Some(2912.0));
     // One engine: requests never migrate (Dynamo's own HTTP metrics test asserts the series).
     assert_eq!(f("dynamo_frontend_model_migration_limit"), Some(0.0));
 

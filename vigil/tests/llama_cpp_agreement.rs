@@ -55,6 +55,7 @@ fn greedy_output_agrees_with_llama_cpp_on_eight_prompts() {
             block_size: 16,
             num_blocks: 64,
             weight_format: WeightFormat::default(),
+            kv_dtype: None,
         },
     )
     .unwrap();

@@ -113,9 +113,11 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
         "engine=\"0\"",
         "gpu_memory_utilization=\"0.9\"",
         "num_cpu_blocks=\"None\"",
-        "num_gpu_blocks=\"1456\"",
+        // 1 GiB over blocks of 16 tokens x 30 layers x K and V x 3 KV heads x 64 dims x 2 bytes
+        // (f16, the CPU's cache beside quantized weights): 2912 blocks, the first one reserved.
+        "num_gpu_blocks=\"2912\"",
         "num_gpu_blocks_override=\"None\"",
-        "kv_cache_size_tokens=\"23280\"",
+        "kv_cache_size_tokens=\"46576\"",
         "kv_cache_memory_bytes=\"1073741824\"",
         "prefix_caching_hash_algo=\"sha256\"",
     ] {
@@ -292,4 +294,27 @@ fn metrics_are_gzip_compressed_when_the_scraper_asks() {
     let (head, body) = common::raw_get(vigil.addr, "/metrics", "");
     assert!(!head.contains("content-encoding"), "{head}");
     assert!(String::from_utf8_lossy(&body).contains("vllm:num_requests_running{"));
+}
+
+/// `--kv-cache-dtype` decides the CPU cache's element, so the blocks 1 GiB holds: f32 takes
+/// twice f16's bytes; bfloat16 as many as f16.
+#[test]
+fn the_kv_cache_dtype_sets_the_cpu_cache_size() {
+    for (dtype, blocks) in [("float32", 1456), ("bfloat16", 2912), ("float16", 2912)] {
+        let vigil = Vigil::serve(&["--served-model-name", "smol", "--kv-cache-dtype", dtype]);
+        let body = vigil.metrics();
+        let info = body
+            .lines()
+            .find(|l| l.starts_with("vllm:cache_config_info{"))
+            .unwrap();
+        assert!(
+            info.contains(&format!("num_gpu_blocks=\"{blocks}\"")),
+            "{dtype}: {info}"
+        );
+        assert!(
+            info.contains(&format!("cache_dtype=\"{dtype}\"")),
+            "{dtype}: {info}"
+        );
+        assert!(vigil.log().contains("CPU backend ready"), "{}", vigil.log());
+    }
 }

@@ -22,6 +22,7 @@ fn backend(model: &Model, format: WeightFormat) -> CpuBackend {
             block_size: 16,
             num_blocks: 16,
             weight_format: format,
+            kv_dtype: None,
         },
     )
     .unwrap()

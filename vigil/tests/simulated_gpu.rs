@@ -167,3 +167,22 @@ fn serve_on_the_simulated_device_preempts_caches_prefixes_and_aborts() {
         v.log()
     );
 }
+
+/// The CUDA backend keeps its KV cache in bfloat16: another `--kv-cache-dtype` is refused by
+/// name with `--device cuda` (it is not silently ignored).
+#[test]
+fn cuda_refuses_a_kv_cache_dtype_it_does_not_keep() {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["serve", common::require_model(), "--device", "cuda"])
+        .args(["--kv-cache-dtype", "float16", "--port", "0"])
+        .env("LD_LIBRARY_PATH", simulated_library_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr
+            .contains("--kv-cache-dtype float16: the CUDA backend keeps its KV cache in bfloat16"),
+        "{stderr}"
+    );
+}

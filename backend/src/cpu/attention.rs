@@ -1,7 +1,7 @@
 //! Paged attention on the CPU: K/V writes into blocks and causal attention over block tables,
 //! with grouped-query heads, over a cache of f32 or f16 ([`KvElement`]).
 
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 /// An element of the KV cache.
@@ -73,6 +73,43 @@ impl KvElement for f16 {
         }
         for (o, v) in o.iter_mut().zip(v) {
             *o += w * v.to_f32();
+        }
+    }
+}
+
+/// bf16 is f32 with the low 16 bits of its mantissa dropped: widening is a shift, which
+/// the compiler vectorizes on its own. Operands are rounded to bf16 as for f16.
+impl KvElement for bf16 {
+    fn zeroed(n: usize) -> Vec<bf16> {
+        use half::vec::HalfBitsVecExt;
+        vec![0u16; n].reinterpret_into()
+    }
+    fn store(x: f32) -> bf16 {
+        bf16::from_f32(x)
+    }
+    fn operand(x: f32) -> f32 {
+        bf16::from_f32(x).to_f32()
+    }
+    #[inline(always)]
+    fn dot(q: &[f32], k: &[bf16]) -> f32 {
+        let mut acc = [0f32; 8];
+        for (q, k) in q.chunks_exact(8).zip(k.chunks_exact(8)) {
+            for i in 0..8 {
+                acc[i] += q[i] * f32::from_bits((k[i].to_bits() as u32) << 16);
+            }
+        }
+        let tail = q.len() / 8 * 8;
+        let rest: f32 = q[tail..]
+            .iter()
+            .zip(&k[tail..])
+            .map(|(q, k)| q * k.to_f32())
+            .sum();
+        acc.iter().sum::<f32>() + rest
+    }
+    #[inline(always)]
+    fn axpy(w: f32, v: &[bf16], o: &mut [f32]) {
+        for (o, v) in o.iter_mut().zip(v) {
+            *o += w * f32::from_bits((v.to_bits() as u32) << 16);
         }
     }
 }
@@ -306,6 +343,27 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bf16_rows_are_read_as_their_f32_values() {
+        let q: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
+        let k: Vec<bf16> = (0..67)
+            .map(|i| bf16::from_f32((i as f32 * 0.11).cos()))
+            .collect();
+        let wide: Vec<f32> = k.iter().map(|k| k.to_f32()).collect();
+        let want: f64 = q
+            .iter()
+            .zip(&wide)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
+        let got = <bf16 as KvElement>::dot(&q, &k);
+        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
+        let mut o = q.clone();
+        <bf16 as KvElement>::axpy(0.5, &k, &mut o);
+        for ((o, q), k) in o.iter().zip(&q).zip(&wide) {
+            assert!((o - (q + 0.5 * k)).abs() < 1e-6);
+        }
+    }
 
     #[test]
     fn f16_rows_are_read_as_their_f32_values() {

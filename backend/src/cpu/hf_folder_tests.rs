@@ -107,6 +107,7 @@ fn logits(config: &model::LlamaConfig, weights: &dyn model::WeightSource) -> Vec
         block_size: 4,
         num_blocks: 4,
         weight_format: WeightFormat::F32,
+        kv_dtype: None,
     };
     let mut be = CpuBackend::from_weights(config, weights, &options).unwrap();
     let tokens: Vec<u32> = (0..10).map(|i| i * 25).collect();
@@ -170,6 +171,7 @@ fn broken_folders_name_the_file_and_tensor() {
         block_size: 4,
         num_blocks: 4,
         weight_format: WeightFormat::F32,
+        kv_dtype: None,
     };
     let err = CpuBackend::new(&model, &options).err().unwrap().to_string();
     assert!(

@@ -10,7 +10,7 @@ pub mod ops;
 
 use std::sync::Arc;
 
-use half::f16;
+use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::host_weights::{has_untied_lm_head, layer_groups, Group};
@@ -39,6 +39,7 @@ struct Layer {
 enum KvCache {
     F32(LayerCaches<f32>),
     F16(LayerCaches<f16>),
+    Bf16(LayerCaches<bf16>),
 }
 
 struct LayerCaches<T> {
@@ -68,11 +69,6 @@ impl<T: KvElement> LayerCaches<T> {
     }
 }
 
-/// The cache's element for weights kept in `format`.
-fn kv_is_f32(format: WeightFormat) -> bool {
-    format == WeightFormat::F32
-}
-
 pub struct CpuBackend {
     config: LlamaConfig,
     embed: Arc<Vec<f32>>,
@@ -93,6 +89,34 @@ pub struct CpuOptions {
     pub block_size: usize,
     pub num_blocks: usize,
     pub weight_format: WeightFormat,
+    /// The KV cache's element; `None` (vLLM's `auto`): f32 beside f32 weights, else f16.
+    pub kv_dtype: Option<KvDtype>,
+}
+
+/// Element types of the CPU backend's KV cache (`--kv-cache-dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl KvDtype {
+    /// The element used beside weights in `format` when none is asked for.
+    pub fn auto(format: WeightFormat) -> KvDtype {
+        if format == WeightFormat::F32 {
+            KvDtype::F32
+        } else {
+            KvDtype::F16
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 | KvDtype::Bf16 => 2,
+        }
+    }
 }
 
 impl CpuBackend {
@@ -148,10 +172,11 @@ impl CpuBackend {
         };
         let lm_head = linear(&head, c.vocab_size, h)?;
         let per_layer = options.num_blocks * options.block_size * nkv * hd;
-        let kv = if kv_is_f32(fmt) {
-            KvCache::F32(LayerCaches::new(c.num_hidden_layers, per_layer))
-        } else {
-            KvCache::F16(LayerCaches::new(c.num_hidden_layers, per_layer))
+        let layers_n = c.num_hidden_layers;
+        let kv = match options.kv_dtype.unwrap_or(KvDtype::auto(fmt)) {
+            KvDtype::F32 => KvCache::F32(LayerCaches::new(layers_n, per_layer)),
+            KvDtype::F16 => KvCache::F16(LayerCaches::new(layers_n, per_layer)),
+            KvDtype::Bf16 => KvCache::Bf16(LayerCaches::new(layers_n, per_layer)),
         };
         Ok(CpuBackend {
             config: c.clone(),
@@ -167,10 +192,9 @@ impl CpuBackend {
         })
     }
 
-    /// Bytes of KV cache per token (K and V, every layer) beside weights in `format`.
-    pub fn kv_bytes_per_token(config: &LlamaConfig, format: WeightFormat) -> usize {
-        let element = if kv_is_f32(format) { 4 } else { 2 };
-        2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
+    /// Bytes of KV cache per token (K and V, every layer) in elements of `dtype`.
+    pub fn kv_bytes_per_token(config: &LlamaConfig, dtype: KvDtype) -> usize {
+        2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.bytes()
     }
 }
 
@@ -311,6 +335,7 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
         match &mut b.kv {
             KvCache::F32(cache) => cache.attend(l, step, geometry, &mut self.attn),
             KvCache::F16(cache) => cache.attend(l, step, geometry, &mut self.attn),
+            KvCache::Bf16(cache) => cache.attend(l, step, geometry, &mut self.attn),
         }
         layer.o.forward(&self.attn, t, &mut self.out);
         ops::add_assign(&mut self.x, &self.out);

@@ -9,6 +9,7 @@ fn backend(config: &LlamaConfig, weights: &MemWeights, num_blocks: usize) -> Cpu
         block_size: 4,
         num_blocks,
         weight_format: WeightFormat::F32,
+        kv_dtype: None,
     };
     CpuBackend::from_weights(config, weights, &options).unwrap()
 }

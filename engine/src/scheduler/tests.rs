@@ -29,6 +29,7 @@ fn backend(num_blocks: usize) -> CpuBackend {
         block_size: BLOCK,
         num_blocks,
         weight_format: WeightFormat::F32,
+        kv_dtype: None,
     };
     CpuBackend::from_weights(&c, &random_weights(&c, 21), &options).unwrap()
 }

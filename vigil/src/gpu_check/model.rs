@@ -69,6 +69,7 @@ pub(super) fn cpu(
             block_size: 16,
             num_blocks,
             weight_format: WeightFormat::F32,
+            kv_dtype: None,
         },
     )?)
 }
