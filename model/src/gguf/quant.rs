@@ -7,6 +7,12 @@
 //!
 //! In the 4-bit types byte `j` holds element `j` in its low nibble and element `j + 16` in its
 //! high nibble.
+//!
+//! The k-quants, in super-blocks of 256 elements:
+//! - `Q4_K` (144 bytes): f16 `d` and `dmin`, 12 bytes packing eight 6-bit scales and mins, 128
+//!   bytes of nibbles; sub-block `j` of 32 is `x = d sc_j q - dmin m_j`.
+//! - `Q6_K` (210 bytes): 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 signed 8-bit
+//!   scales (one per 16 elements), f16 `d`; `x = d sc (q - 32)`.
 
 use half::{bf16, f16};
 
@@ -19,6 +25,8 @@ pub enum GgmlType {
     Q4_0 = 2,
     Q4_1 = 3,
     Q8_0 = 8,
+    Q4_K = 12,
+    Q6_K = 14,
     BF16 = 30,
 }
 
@@ -30,6 +38,8 @@ impl GgmlType {
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
+            14 => GgmlType::Q6_K,
             30 => GgmlType::BF16,
             _ => return None,
         })
@@ -43,6 +53,8 @@ impl GgmlType {
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q4_K => (256, 144),
+            GgmlType::Q6_K => (256, 210),
         }
     }
 
@@ -110,6 +122,61 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Q4_K => {
+            for (o, b) in out.chunks_exact_mut(256).zip(data.chunks_exact(144)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
+                let (scales, qs) = (&b[4..16], &b[16..]);
+                // 64 elements per pass: 32 low nibbles, then 32 high nibbles of the same bytes.
+                for (pass, (o, q)) in o.chunks_exact_mut(64).zip(qs.chunks_exact(32)).enumerate() {
+                    let (sc0, m0) = q4k_scale_min(2 * pass, scales);
+                    let (sc1, m1) = q4k_scale_min(2 * pass + 1, scales);
+                    let (d0, d1) = (d * sc0 as f32, d * sc1 as f32);
+                    let (m0, m1) = (dmin * m0 as f32, dmin * m1 as f32);
+                    for l in 0..32 {
+                        o[l] = d0 * (q[l] & 0x0f) as f32 - m0;
+                        o[32 + l] = d1 * (q[l] >> 4) as f32 - m1;
+                    }
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            for (o, b) in out.chunks_exact_mut(256).zip(data.chunks_exact(210)) {
+                let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+                let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+                // Two halves of 128: each reads 64 bytes of ql, 32 of qh and 8 scales.
+                for half in 0..2 {
+                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                    let (sc, o) = (&sc[8 * half..], &mut o[128 * half..]);
+                    for l in 0..32 {
+                        let is = l / 16;
+                        let q = [
+                            (ql[l] & 0x0f) | ((qh[l] & 3) << 4),
+                            (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4),
+                            (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4),
+                            (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4),
+                        ];
+                        for (k, q) in q.into_iter().enumerate() {
+                            let scale = sc[is + 2 * k] as i8 as f32;
+                            o[l + 32 * k] = d * scale * (q as i32 - 32) as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Q4_K's scale and min of sub-block `j` (0..8), 6 bits each, packed into 12 bytes
+/// (llama.cpp's `get_scale_min_k4`).
+fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -130,14 +197,20 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.join("quant.json")).unwrap())
                 .unwrap();
         let tensors = expected["tensors"].as_object().unwrap();
-        assert_eq!(tensors.len(), 6);
+        assert_eq!(tensors.len(), 8);
         for (name, want) in tensors {
             let info = file
                 .tensor(name)
                 .unwrap_or_else(|| panic!("{name} in quant.gguf"));
             assert_eq!(format!("{:?}", info.ggml_type), *name);
-            assert_eq!(info.dims, vec![64, 2]);
-            let mut got = vec![0f32; 128];
+            let shape: Vec<u64> = expected["shapes"][name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d.as_u64().unwrap())
+                .collect();
+            assert_eq!(info.dims, vec![shape[1], shape[0]]);
+            let mut got = vec![0f32; (shape[0] * shape[1]) as usize];
             dequantize(info.ggml_type, file.tensor_bytes(info).unwrap(), &mut got);
             for (i, (g, w)) in got.iter().zip(want.as_array().unwrap()).enumerate() {
                 let w = w.as_f64().unwrap() as f32;
@@ -153,6 +226,8 @@ mod tests {
     fn block_sizes() {
         assert_eq!(GgmlType::Q4_1.bytes_for(64), Some(40));
         assert_eq!(GgmlType::Q8_0.bytes_for(33), None);
-        assert_eq!(GgmlType::from_id(12), None, "Q4_K is not supported");
+        assert_eq!(GgmlType::Q4_K.bytes_for(512), Some(288));
+        assert_eq!(GgmlType::Q6_K.bytes_for(255), None);
+        assert_eq!(GgmlType::from_id(13), None, "Q5_K is not supported");
     }
 }

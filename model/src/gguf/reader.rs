@@ -545,14 +545,14 @@ pub(crate) mod tests {
         let bytes = Writer::default()
             .tensor("blk.0.attn_q.weight", &[32], GgmlType::F32, &[0; 128])
             .finish();
-        // Patch the type id (u32 after the dims) to 12 (Q4_K).
+        // Patch the type id (u32 after the dims) to 13 (Q5_K).
         let name_end = bytes
             .windows(19)
             .position(|w| w == b"blk.0.attn_q.weight")
             .unwrap()
             + 19;
         let mut patched = bytes.clone();
-        patched[name_end + 12..name_end + 16].copy_from_slice(&12u32.to_le_bytes());
+        patched[name_end + 12..name_end + 16].copy_from_slice(&13u32.to_le_bytes());
         let err = GgufFile::from_bytes(Path::new("q.gguf"), patched)
             .err()
             .unwrap()
@@ -560,7 +560,7 @@ pub(crate) mod tests {
         assert!(
             err.contains("q.gguf")
                 && err.contains("blk.0.attn_q.weight")
-                && err.contains("quantization type 12"),
+                && err.contains("quantization type 13"),
             "{err}"
         );
     }
