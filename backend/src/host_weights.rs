@@ -53,10 +53,11 @@ impl Group {
     }
 
     /// The group as the file stores it, rows stacked, when every tensor of it is stored in the
-    /// same device-decodable encoding ([`WeightSource::encoded`]).
+    /// same encoding ([`WeightSource::encoded`]), one of those in `accept`.
     pub fn encoded(
         &self,
         w: &dyn WeightSource,
+        accept: &[model::gguf::quant::GgmlType],
     ) -> Result<Option<(model::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
         let mut kind = None;
         let mut bytes = Vec::new();
@@ -64,7 +65,7 @@ impl Group {
             let Some(t) = w.encoded(name, shape)? else {
                 return Ok(None);
             };
-            if kind.is_some_and(|k| k != t.ggml_type) {
+            if kind.is_some_and(|k| k != t.ggml_type) || !accept.contains(&t.ggml_type) {
                 return Ok(None);
             }
             kind = Some(t.ggml_type);

@@ -48,7 +48,7 @@ impl WeightSource for GgufWeights {
     fn encoded(&self, name: &str, shape: &[usize]) -> Result<Option<EncodedTensor<'_>>, LoadError> {
         use quant::GgmlType::*;
         let (info, bytes) = self.stored(name, shape)?;
-        if !matches!(info.ggml_type, Q8_0 | Q4_0 | Q4_1 | F16) {
+        if !matches!(info.ggml_type, Q8_0 | Q4_0 | Q4_1 | Q4_K | Q6_K | F16) {
             return Ok(None);
         }
         let bytes = match self.permuted_heads(name) {

@@ -34,7 +34,7 @@ pub trait WeightSource: Send + Sync {
     /// Whether the source has a tensor of that canonical name.
     fn has(&self, name: &str) -> bool;
     /// The tensor `name` as stored, checked against `shape`, when the file keeps it quantized
-    /// (Q8_0, Q4_0, Q4_1) or in f16 exactly as the model uses it (GGUF's permuted Q and K rows
+    /// (Q8_0, Q4_0, Q4_1, Q4_K, Q6_K) or in f16 exactly as the model uses it (GGUF's permuted Q and K rows
     /// put back in HF's order). `None` when it must go through [`WeightSource::tensor`]: f32 in
     /// the file, or other sources.
     fn encoded(&self, name: &str, shape: &[usize]) -> Result<Option<EncodedTensor<'_>>, LoadError> {

@@ -99,6 +99,7 @@ fn the_chat_template_drives_an_answer() {
 /// in HF's order by the loader); only the norms, f32 in the file, are not offered encoded.
 #[test]
 fn encoded_weight_groups_decode_to_the_f32_path() {
+    use backend::cuda::weights::DEVICE_DECODED;
     use backend::host_weights::{layer_groups, Group};
     use model::gguf::quant::{dequantize, GgmlType};
     let model = load();
@@ -115,7 +116,7 @@ fn encoded_weight_groups_decode_to_the_f32_path() {
     for group in &groups {
         let names: Vec<&str> = group.tensors.iter().map(|(n, _)| n.as_str()).collect();
         let f32s = group.read(w).unwrap();
-        match group.encoded(w).unwrap() {
+        match group.encoded(w, DEVICE_DECODED).unwrap() {
             Some((kind, bytes)) => {
                 assert!(
                     matches!(

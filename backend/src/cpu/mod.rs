@@ -142,7 +142,7 @@ impl CpuBackend {
         // A group's matrix as the file stores it where that is computed natively, else from f32.
         let linear = |group: &Group, out: usize, inp: usize| -> Result<Linear, LoadError> {
             if fmt == WeightFormat::Native {
-                if let Some((kind, bytes)) = group.encoded(w)? {
+                if let Some((kind, bytes)) = group.encoded(w, Linear::NATIVE)? {
                     if let Some(linear) = Linear::from_file_blocks(kind, &bytes, out, inp) {
                         return Ok(linear);
                     }

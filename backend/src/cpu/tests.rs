@@ -426,3 +426,105 @@ fn greedy_rows_are_the_argmax_of_the_full_rows() {
         assert!(g.logprob <= 0.0);
     }
 }
+
+/// A model whose linears the source offers as Q4_K super-blocks (random ones: any bits are a
+/// valid block), and whose f32 tensors are those blocks decoded by the loader's dequantizer.
+struct Q4kWeights {
+    decoded: MemWeights,
+    blocks: std::collections::HashMap<String, Vec<u8>>,
+}
+
+impl WeightSource for Q4kWeights {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<model::HostTensor, LoadError> {
+        self.decoded.tensor(name, shape)
+    }
+    fn has(&self, name: &str) -> bool {
+        self.decoded.has(name)
+    }
+    fn encoded(
+        &self,
+        name: &str,
+        _shape: &[usize],
+    ) -> Result<Option<model::EncodedTensor<'_>>, LoadError> {
+        Ok(self.blocks.get(name).map(|bytes| model::EncodedTensor {
+            ggml_type: model::gguf::quant::GgmlType::Q4_K,
+            bytes: bytes[..].into(),
+        }))
+    }
+}
+
+fn q4k_model() -> (LlamaConfig, Q4kWeights) {
+    use model::gguf::quant::{dequantize, GgmlType};
+    let mut c = tiny_config();
+    (c.hidden_size, c.intermediate_size, c.head_dim) = (256, 512, 64);
+    let mut decoded = random_weights(&c, 9);
+    let mut blocks = std::collections::HashMap::new();
+    let mut state = 77u64;
+    let mut byte = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 24) as u8
+    };
+    for (name, t) in decoded.0.iter_mut() {
+        if t.shape.len() != 2 {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        for _ in 0..t.data.len() / 256 {
+            let mut block: Vec<u8> = (0..144).map(|_| byte()).collect();
+            // d small enough that the activations stay in range; dmin near 7.5 d centres the
+            // weights (mean sc q is 31.5 x 7.5, mean min 31.5).
+            block[..2].copy_from_slice(&half::f16::from_f32(2e-4).to_le_bytes());
+            block[2..4].copy_from_slice(&half::f16::from_f32(1.5e-3).to_le_bytes());
+            bytes.extend(block);
+        }
+        dequantize(GgmlType::Q4_K, &bytes, &mut t.data);
+        blocks.insert(name.clone(), bytes);
+    }
+    (c, Q4kWeights { decoded, blocks })
+}
+
+#[test]
+fn q4_k_blocks_run_natively_and_give_the_f32_paths_logits() {
+    let (config, weights) = q4k_model();
+    let tokens: Vec<u32> = (0..19).map(|i| (i * 37 % 256) as u32).collect();
+    let table: Vec<u32> = (0..5).collect();
+    let logits = |format| {
+        let options = CpuOptions {
+            block_size: 4,
+            num_blocks: 5,
+            weight_format: format,
+            kv_dtype: Some(KvDtype::F32),
+        };
+        let mut be = CpuBackend::from_weights(&config, &weights, &options).unwrap();
+        let bytes: usize = be.layers.iter().map(|l| l.qkv.weight_bytes()).sum();
+        let out = be
+            .forward(&[SeqInput {
+                tokens: &tokens,
+                start_pos: 0,
+                block_table: &table,
+                logits_for: LogitsFor::All,
+            }])
+            .unwrap();
+        (out.data, bytes)
+    };
+    let (exact, f32_bytes) = logits(WeightFormat::F32);
+    let (native, native_bytes) = logits(WeightFormat::Native);
+    // Native keeps the Q4_K quants: 6 bits per weight against f32's 32.
+    assert_eq!(native_bytes * 32, f32_bytes * 6);
+    let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = exact
+        .iter()
+        .zip(&native)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    // Only the activations' 8-bit rounding separates them.
+    assert!(diff < 0.05 * scale, "{diff} vs {scale}");
+    let rows = |v: &[f32]| v.chunks(256).map(argmax).collect::<Vec<_>>();
+    let same = rows(&exact)
+        .iter()
+        .zip(rows(&native))
+        .filter(|(a, b)| **a == *b)
+        .count();
+    assert!(same >= 17, "{same} of 19 rows pick the same token");
+}

@@ -50,7 +50,7 @@ impl DeviceWeights {
         let h = c.hidden_size;
         let mut bytes = 0u64;
         let mut put = |group: &Group| -> Result<Bf16Buf, CudaError> {
-            let buf = match group.encoded(w)? {
+            let buf = match group.encoded(w, DEVICE_DECODED)? {
                 Some((kind, encoded)) => decode(stream, kernels, kind, &encoded)?,
                 None => to_bf16(stream, kernels, &group.read(w)?)?,
             };
@@ -113,6 +113,14 @@ pub fn to_bf16(
 
 /// Uploads GGUF-encoded rows and decodes them to bf16 on the device: the quantized bytes cross
 /// the bus, not f32.
+/// The encodings [`decode`] turns into bf16 on the device.
+pub const DEVICE_DECODED: &[GgmlType] = &[
+    GgmlType::Q8_0,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::F16,
+];
+
 pub fn decode(
     stream: &Arc<CudaStream>,
     kernels: &Kernels,
@@ -122,10 +130,7 @@ pub fn decode(
     let (per_block, block_bytes) = kind.block();
     let blocks = encoded.len() / block_bytes as usize;
     let elements = blocks * per_block as usize;
-    if !matches!(
-        kind,
-        GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::F16
-    ) {
+    if !DEVICE_DECODED.contains(&kind) {
         return Err(CudaError::Unsupported(format!(
             "{kind:?} is not decoded on the device"
         )));

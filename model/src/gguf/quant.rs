@@ -4,6 +4,8 @@
 //! - `Q4_0`: f16 scale `d`, 16 bytes of nibbles; `x = (q - 8) * d`.
 //! - `Q4_1`: f16 scale `d`, f16 minimum `m`, 16 bytes of nibbles; `x = q * d + m`.
 //! - `Q8_0`: f16 scale `d`, 32 signed bytes; `x = q * d`.
+//! - `Q5_0`: f16 `d`, 4 bytes of fifth bits, 16 bytes of nibbles; `x = (q - 16) * d`.
+//! - `Q5_1`: f16 `d` and `m`, 4 bytes of fifth bits, 16 bytes of nibbles; `x = q * d + m`.
 //!
 //! In the 4-bit types byte `j` holds element `j` in its low nibble and element `j + 16` in its
 //! high nibble.
@@ -16,14 +18,17 @@
 
 use half::{bf16, f16};
 
-/// The tensor types Vigil reads.
+/// The tensor types Vigil reads, by GGML's names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
+#[allow(non_camel_case_types)]
 pub enum GgmlType {
     F32 = 0,
     F16 = 1,
     Q4_0 = 2,
     Q4_1 = 3,
+    Q5_0 = 6,
+    Q5_1 = 7,
     Q8_0 = 8,
     Q4_K = 12,
     Q6_K = 14,
@@ -37,6 +42,8 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
+            7 => GgmlType::Q5_1,
             8 => GgmlType::Q8_0,
             12 => GgmlType::Q4_K,
             14 => GgmlType::Q6_K,
@@ -52,6 +59,8 @@ impl GgmlType {
             GgmlType::F16 | GgmlType::BF16 => (1, 2),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
+            GgmlType::Q5_1 => (32, 24),
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4_K => (256, 144),
             GgmlType::Q6_K => (256, 210),
@@ -122,6 +131,27 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
                 }
             }
         }
+        GgmlType::Q5_0 | GgmlType::Q5_1 => {
+            let (bytes, offset) = if ty == GgmlType::Q5_0 { (22, 16) } else { (24, 0) };
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(bytes)) {
+                let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                let (m, rest) = if ty == GgmlType::Q5_0 {
+                    (0.0, &b[2..])
+                } else {
+                    (f16::from_le_bytes([b[2], b[3]]).to_f32(), &b[4..])
+                };
+                let qh = u32::from_le_bytes(rest[..4].try_into().unwrap());
+                let qs = &rest[4..];
+                for j in 0..16 {
+                    let h0 = ((qh >> j) << 4) & 0x10;
+                    let h1 = (qh >> (j + 12)) & 0x10;
+                    let x0 = ((qs[j] & 0x0f) as u32 | h0) as i32 - offset;
+                    let x1 = ((qs[j] >> 4) as u32 | h1) as i32 - offset;
+                    o[j] = x0 as f32 * d + m;
+                    o[j + 16] = x1 as f32 * d + m;
+                }
+            }
+        }
         GgmlType::Q4_K => {
             for (o, b) in out.chunks_exact_mut(256).zip(data.chunks_exact(144)) {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
@@ -169,7 +199,7 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
 
 /// Q4_K's scale and min of sub-block `j` (0..8), 6 bits each, packed into 12 bytes
 /// (llama.cpp's `get_scale_min_k4`).
-fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub fn q4k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -197,7 +227,7 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(dir.join("quant.json")).unwrap())
                 .unwrap();
         let tensors = expected["tensors"].as_object().unwrap();
-        assert_eq!(tensors.len(), 8);
+        assert_eq!(tensors.len(), 10);
         for (name, want) in tensors {
             let info = file
                 .tensor(name)
@@ -228,6 +258,7 @@ mod tests {
         assert_eq!(GgmlType::Q8_0.bytes_for(33), None);
         assert_eq!(GgmlType::Q4_K.bytes_for(512), Some(288));
         assert_eq!(GgmlType::Q6_K.bytes_for(255), None);
+        assert_eq!(GgmlType::Q5_0.bytes_for(64), Some(44));
         assert_eq!(GgmlType::from_id(13), None, "Q5_K is not supported");
     }
 }

@@ -14,7 +14,8 @@ use super::panels::{BlockFormat, PANEL_ROWS, QK};
 /// Most activation rows per tile.
 pub const MAX_X: usize = 4;
 
-/// One tile's activation rows: per row its quants, block scales and (for Q4_1) block sums.
+/// One tile's activation rows: per row its quants, block scales and (for Q4_1 and Q4_K) block
+/// sums.
 pub struct Acts<'a> {
     pub qs: [&'a [i8]; MAX_X],
     pub d: [&'a [f32]; MAX_X],
@@ -52,7 +53,7 @@ impl Isa {
     /// Every instruction set this CPU runs, best first.
     #[cfg(test)]
     pub fn available() -> Vec<Isa> {
-        let mut all = vec![Isa::Portable];
+        let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             match Isa::detect() {
@@ -61,7 +62,7 @@ impl Isa {
                 Isa::Portable => {}
             }
         }
-        all.reverse();
+        all.push(Isa::Portable);
         all
     }
 }
@@ -90,8 +91,12 @@ pub fn tile(
     }
 }
 
-fn f16_at(bytes: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32()
+/// Scale `i` of a panel block (`d[r]` is `i = r`, `m[r]` is `i = PANEL_ROWS + r`).
+fn scale_at(format: BlockFormat, bytes: &[u8], i: usize) -> f32 {
+    match format.scale_width() {
+        2 => f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
+        _ => f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()),
+    }
 }
 
 /// Weight row `r`'s 32 quants in block `blk` as integers (`q - 8` for Q4_0).
@@ -104,7 +109,7 @@ fn weight_quants(format: BlockFormat, blk: &[u8], r: usize) -> [i32; QK] {
                 *w = *q as i8 as i32;
             }
         }
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 => {
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4K => {
             let offset = if format == BlockFormat::Q4_0 { 8 } else { 0 };
             for j in 0..16 {
                 w[j] = (qs[j] & 0x0f) as i32 - offset;
@@ -129,13 +134,13 @@ fn portable(
         let blk = &panel[b * pb..(b + 1) * pb];
         for r in 0..PANEL_ROWS {
             let w = weight_quants(format, blk, r);
-            let dw = f16_at(blk, r);
+            let dw = scale_at(format, blk, r);
             for x in 0..acts.n {
                 let xq = &acts.qs[x][b * QK..(b + 1) * QK];
                 let sum: i32 = w.iter().zip(xq).map(|(w, x)| w * *x as i32).sum();
                 out[x][r] += sum as f32 * (dw * acts.d[x][b]);
                 if format.needs_sums() {
-                    out[x][r] += f16_at(blk, PANEL_ROWS + r) * acts.s[x][b];
+                    out[x][r] += scale_at(format, blk, PANEL_ROWS + r) * acts.s[x][b];
                 }
             }
         }
@@ -176,26 +181,33 @@ mod x86 {
                     (BlockFormat::Q8_0, 2) => run::<2, 2>(p, b, acts),
                     (BlockFormat::Q8_0, 3) => run::<3, 2>(p, b, acts),
                     (BlockFormat::Q8_0, _) => run::<4, 2>(p, b, acts),
+                    (BlockFormat::Q4K, 1) => run::<1, 3>(p, b, acts),
+                    (BlockFormat::Q4K, 2) => run::<2, 3>(p, b, acts),
+                    (BlockFormat::Q4K, 3) => run::<3, 3>(p, b, acts),
+                    (BlockFormat::Q4K, _) => run::<4, 3>(p, b, acts),
                 }
             }
 
             const Q4_0: u8 = 0;
             const Q4_1: u8 = 1;
             const Q8_0: u8 = 2;
+            /// Q4_K as blocks of 32: Q4_1 with f32 scales.
+            const Q4K: u8 = 3;
 
             const fn panel_block_bytes(f: u8) -> usize {
                 match f {
                     Q4_0 => 4 * 18,
                     Q4_1 => 4 * 20,
+                    Q4K => 4 * 24,
                     _ => 4 * 34,
                 }
             }
 
             const fn quants_offset(f: u8) -> usize {
-                if f == Q4_1 {
-                    16
-                } else {
-                    8
+                match f {
+                    Q4_1 => 16,
+                    Q4K => 32,
+                    _ => 8,
                 }
             }
 
@@ -208,23 +220,28 @@ mod x86 {
             ) -> [[f32; PANEL_ROWS]; MAX_X] {
                 let mut acc = [[_mm256_setzero_ps(); X]; PANEL_ROWS];
                 let mut mins = [_mm_setzero_ps(); X];
-                let low = _mm256_set1_epi8(0x0f);
                 let low128 = _mm_set1_epi8(0x0f);
                 let eight = _mm256_set1_epi8(8);
                 let xq: [*const i8; X] = std::array::from_fn(|x| acts.qs[x].as_ptr());
                 let xd: [*const f32; X] = std::array::from_fn(|x| acts.d[x].as_ptr());
                 let xs: [*const f32; X] = std::array::from_fn(|x| acts.s[x].as_ptr());
-                let _ = low;
                 for b in 0..blocks {
                     let blk = panel.add(b * panel_block_bytes(F));
-                    let dw: [f32; 4] =
-                        std::mem::transmute(_mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i)));
+                    let dw: [f32; 4] = if F == Q4K {
+                        std::mem::transmute(_mm_loadu_ps(blk as *const f32))
+                    } else {
+                        std::mem::transmute(_mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i)))
+                    };
                     let xv: [__m256i; X] = std::array::from_fn(|x| {
                         _mm256_loadu_si256(xq[x].add(b * QK) as *const __m256i)
                     });
                     let dx: [f32; X] = std::array::from_fn(|x| *xd[x].add(b));
-                    if F == Q4_1 {
-                        let m = _mm_cvtph_ps(_mm_loadl_epi64(blk.add(8) as *const __m128i));
+                    if F == Q4_1 || F == Q4K {
+                        let m = if F == Q4K {
+                            _mm_loadu_ps(blk.add(16) as *const f32)
+                        } else {
+                            _mm_cvtph_ps(_mm_loadl_epi64(blk.add(8) as *const __m128i))
+                        };
                         for x in 0..X {
                             mins[x] = _mm_fmadd_ps(m, _mm_set1_ps(*xs[x].add(b)), mins[x]);
                         }
@@ -244,11 +261,12 @@ mod x86 {
                                 w
                             }
                         };
-                        // Q4_1's quants are unsigned already; signed ones move their sign
-                        // onto the activations.
-                        let a = if F == Q4_1 { w } else { _mm256_sign_epi8(w, w) };
+                        // Q4_1's and Q4_K's quants are unsigned already; signed ones move their
+                        // sign onto the activations.
+                        let unsigned = F == Q4_1 || F == Q4K;
+                        let a = if unsigned { w } else { _mm256_sign_epi8(w, w) };
                         for x in 0..X {
-                            let bx = if F == Q4_1 {
+                            let bx = if unsigned {
                                 xv[x]
                             } else {
                                 _mm256_sign_epi8(xv[x], w)

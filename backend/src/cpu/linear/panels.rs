@@ -3,9 +3,12 @@
 //! several rows at once reads one contiguous stream, and the same layout serves a single
 //! activation row (decode) and many (prefill).
 //!
-//! A panel block, for 4 rows: `d[4]` (f16), then `m[4]` (f16, Q4_1 only), then each row's
-//! quants as the file stores them (16 bytes of nibbles for Q4_0/Q4_1, 32 signed bytes for
-//! Q8_0). The values are the file's, bit for bit; only their order changes.
+//! A panel block, for 4 rows: `d[4]`, then `m[4]` (Q4_1 and Q4_K), then each row's quants (16
+//! bytes of nibbles for the 4-bit formats, 32 signed bytes for Q8_0). For Q4_0, Q4_1 and Q8_0
+//! these are the file's bytes, only reordered (scales in f16). Q4_K's super-blocks of 256 become
+//! eight blocks of 32 with `d = d_super * sc` and `m = -dmin * min` in f32 (exact: an f16 times
+//! a 6-bit integer) and the nibbles regrouped to Q4_1's order, so Q4_K runs Q4_1's kernel: 6
+//! bits per weight rather than the file's 4.5, the same values.
 
 use half::f16;
 use model::gguf::quant::GgmlType;
@@ -24,6 +27,8 @@ pub enum BlockFormat {
     Q4_1,
     /// `x = q d`, against Q8_0 activations.
     Q8_0,
+    /// Q4_K as blocks of 32: `x = q d + m` with f32 `d` and `m`, against Q8_1 activations.
+    Q4K,
 }
 
 impl BlockFormat {
@@ -32,21 +37,41 @@ impl BlockFormat {
             GgmlType::Q4_0 => Some(BlockFormat::Q4_0),
             GgmlType::Q4_1 => Some(BlockFormat::Q4_1),
             GgmlType::Q8_0 => Some(BlockFormat::Q8_0),
+            GgmlType::Q4_K => Some(BlockFormat::Q4K),
             _ => None,
         }
     }
 
-    /// Bytes of one block in the file: scales, then quants.
-    fn file_block_bytes(self) -> usize {
-        self.scale_bytes() + self.quant_bytes()
+    fn ggml(self) -> GgmlType {
+        match self {
+            BlockFormat::Q4_0 => GgmlType::Q4_0,
+            BlockFormat::Q4_1 => GgmlType::Q4_1,
+            BlockFormat::Q8_0 => GgmlType::Q8_0,
+            BlockFormat::Q4K => GgmlType::Q4_K,
+        }
     }
 
-    /// Bytes of one row's scales in a block: `d`, and `m` for Q4_1.
-    fn scale_bytes(self) -> usize {
-        match self {
-            BlockFormat::Q4_1 => 4,
-            _ => 2,
+    /// Bytes of one scale (`d` or `m`): f16, or f32 for Q4_K's products.
+    pub fn scale_width(self) -> usize {
+        if self == BlockFormat::Q4K {
+            4
+        } else {
+            2
         }
+    }
+
+    /// Scales per row and block: `d`, and `m` where there is one.
+    fn scales(self) -> usize {
+        if self.needs_sums() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Bytes of one row's block in a panel: scales, then quants.
+    fn unit_bytes(self) -> usize {
+        self.scales() * self.scale_width() + self.quant_bytes()
     }
 
     /// Bytes of one row's quants in a block.
@@ -59,17 +84,44 @@ impl BlockFormat {
 
     /// Bytes of one panel block.
     pub fn panel_block_bytes(self) -> usize {
-        PANEL_ROWS * self.file_block_bytes()
+        PANEL_ROWS * self.unit_bytes()
     }
 
     /// Offset of the quants in a panel block.
     pub fn quants_offset(self) -> usize {
-        PANEL_ROWS * self.scale_bytes()
+        PANEL_ROWS * self.scales() * self.scale_width()
     }
 
     /// Whether the activations need their per-block sums (`d Σq`), Q8_1 rather than Q8_0.
     pub fn needs_sums(self) -> bool {
-        self == BlockFormat::Q4_1
+        matches!(self, BlockFormat::Q4_1 | BlockFormat::Q4K)
+    }
+
+    /// One row's blocks of 32 as the panels hold them: per block its scales (`scale_width`
+    /// bytes each), then its quants.
+    fn units(self, row: &[u8]) -> Vec<u8> {
+        match self {
+            // The file's blocks are already scales then quants.
+            BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => row.to_vec(),
+            BlockFormat::Q4K => {
+                let mut out = Vec::with_capacity(row.len() / 144 * 8 * self.unit_bytes());
+                for b in row.chunks_exact(144) {
+                    let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                    let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
+                    let (scales, qs) = (&b[4..16], &b[16..]);
+                    for j in 0..8 {
+                        let (sc, min) = model::gguf::quant::q4k_scale_min(j, scales);
+                        out.extend((d * sc as f32).to_le_bytes());
+                        out.extend((-(dmin * min as f32)).to_le_bytes());
+                        // Sub-block j is the low (even j) or high (odd j) nibbles of 32 bytes.
+                        let q = &qs[32 * (j / 2)..][..32];
+                        let nibble = |i: usize| if j % 2 == 0 { q[i] & 0x0f } else { q[i] >> 4 };
+                        out.extend((0..16).map(|i| nibble(i) | (nibble(i + 16) << 4)));
+                    }
+                }
+                out
+            }
+        }
     }
 }
 
@@ -85,30 +137,33 @@ pub struct Panels {
 impl Panels {
     /// Repacks `bytes`, `out` rows of `inp / 32` blocks of `format` as a GGUF file stores them.
     pub fn from_file_blocks(format: BlockFormat, bytes: &[u8], out: usize, inp: usize) -> Panels {
-        assert!(inp.is_multiple_of(QK), "rows of whole blocks");
-        let blocks = inp / QK;
-        let fb = format.file_block_bytes();
+        let row_bytes = format
+            .ggml()
+            .bytes_for(inp as u64)
+            .expect("rows of whole blocks") as usize;
         assert_eq!(
             bytes.len(),
-            out * blocks * fb,
+            out * row_bytes,
             "block bytes for [{out}, {inp}]"
         );
+        let blocks = inp / QK;
         let count = out.div_ceil(PANEL_ROWS);
-        let (sb, qb, pb) = (
-            format.scale_bytes(),
+        let (w, qb, ub, pb) = (
+            format.scale_width(),
             format.quant_bytes(),
+            format.unit_bytes(),
             format.panel_block_bytes(),
         );
+        let sb = ub - qb;
         let mut packed = vec![0u8; count * blocks * pb];
-        for row in 0..out {
+        for (row, file_row) in bytes.chunks_exact(row_bytes).enumerate() {
             let (p, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
-            for b in 0..blocks {
-                let src = &bytes[(row * blocks + b) * fb..][..fb];
+            for (b, src) in format.units(file_row).chunks_exact(ub).enumerate() {
                 let dst = &mut packed[(p * blocks + b) * pb..][..pb];
-                // d, then m: each an array of PANEL_ROWS f16s.
-                for (k, half) in src[..sb].chunks_exact(2).enumerate() {
-                    let at = k * 2 * PANEL_ROWS + 2 * r;
-                    dst[at..at + 2].copy_from_slice(half);
+                // d, then m: each an array of PANEL_ROWS scales.
+                for (k, scale) in src[..sb].chunks_exact(w).enumerate() {
+                    let at = (k * PANEL_ROWS + r) * w;
+                    dst[at..at + w].copy_from_slice(scale);
                 }
                 let at = format.quants_offset() + r * qb;
                 dst[at..at + qb].copy_from_slice(&src[sb..]);

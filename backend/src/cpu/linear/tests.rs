@@ -18,9 +18,20 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// GGUF blocks of `w` in `t`, quantized as llama.cpp's reference quantizers do.
+/// GGUF blocks of `w` in `t`, quantized as llama.cpp's reference quantizers do; for Q4_K,
+/// random super-blocks (any bits are a valid block) with small positive `d` and `dmin`.
 fn file_blocks(t: GgmlType, w: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
+    if t == GgmlType::Q4_K {
+        let bits = random(w.len() / 256 * 144, 99);
+        for (i, chunk) in bits.chunks_exact(144).enumerate() {
+            let mut block: Vec<u8> = chunk.iter().map(|v| (v.abs() * 255.0) as u8).collect();
+            block[..2].copy_from_slice(&f16::from_f32(0.002 + (i % 7) as f32 * 1e-3).to_le_bytes());
+            block[2..4].copy_from_slice(&f16::from_f32(0.01 + (i % 5) as f32 * 1e-3).to_le_bytes());
+            out.extend(block);
+        }
+        return out;
+    }
     for x in w.chunks_exact(QK) {
         match t {
             GgmlType::Q8_0 => out.extend(panels::quantize_q8_0(x)),
@@ -70,14 +81,29 @@ fn exact(t: GgmlType, blocks: &[u8], out: usize, inp: usize, x: &[f32]) -> Vec<f
     y
 }
 
-const FORMATS: [GgmlType; 3] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+const FORMATS: [GgmlType; 4] = [
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+];
+
+/// Columns for a test of `t`: three blocks, or two super-blocks for Q4_K.
+fn columns(t: GgmlType) -> usize {
+    if t == GgmlType::Q4_K {
+        512
+    } else {
+        96
+    }
+}
 
 #[test]
 fn block_formats_compute_the_files_weights_for_every_batch_shape() {
-    // 37 rows: the last panel is padded. 96 columns: three blocks.
-    let (out, inp) = (37, 96);
-    let w = random(out * inp, 1);
+    // 37 rows: the last panel is padded.
+    let out = 37;
     for t in FORMATS {
+        let inp = columns(t);
+        let w = random(out * inp, 1);
         let blocks = file_blocks(t, &w);
         let linear = Linear::from_file_blocks(t, &blocks, out, inp).unwrap();
         for rows in [1, 2, 3, 4, 5, 9] {
@@ -138,12 +164,13 @@ fn q4_weights_take_their_file_size() {
 
 #[test]
 fn every_instruction_set_gives_the_portable_result() {
-    let (out, inp) = (8, 320);
-    let w = random(out * inp, 3);
-    let x = random(MAX_X * inp, 4);
+    let out = 8;
     let isas = Isa::available();
     eprintln!("instruction sets here: {isas:?}");
     for t in FORMATS {
+        let inp = columns(t) * 2;
+        let w = random(out * inp, 3);
+        let x = random(MAX_X * inp, 4);
         let format = BlockFormat::from_ggml(t).unwrap();
         let p = Panels::from_file_blocks(format, &file_blocks(t, &w), out, inp);
         let xq = activations::quantize(&x, inp, format.needs_sums());
