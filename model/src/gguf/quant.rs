@@ -132,7 +132,11 @@ pub fn dequantize(ty: GgmlType, data: &[u8], out: &mut [f32]) {
             }
         }
         GgmlType::Q5_0 | GgmlType::Q5_1 => {
-            let (bytes, offset) = if ty == GgmlType::Q5_0 { (22, 16) } else { (24, 0) };
+            let (bytes, offset) = if ty == GgmlType::Q5_0 {
+                (22, 16)
+            } else {
+                (24, 0)
+            };
             for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(bytes)) {
                 let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                 let (m, rest) = if ty == GgmlType::Q5_0 {

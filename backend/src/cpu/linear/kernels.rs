@@ -227,11 +227,11 @@ mod x86 {
                 let xs: [*const f32; X] = std::array::from_fn(|x| acts.s[x].as_ptr());
                 for b in 0..blocks {
                     let blk = panel.add(b * panel_block_bytes(F));
-                    let dw: [f32; 4] = if F == Q4K {
-                        std::mem::transmute(_mm_loadu_ps(blk as *const f32))
+                    let dw = lanes(if F == Q4K {
+                        _mm_loadu_ps(blk as *const f32)
                     } else {
-                        std::mem::transmute(_mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i)))
-                    };
+                        _mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i))
+                    });
                     let xv: [__m256i; X] = std::array::from_fn(|x| {
                         _mm256_loadu_si256(xq[x].add(b * QK) as *const __m256i)
                     });
@@ -279,11 +279,19 @@ mod x86 {
                 }
                 let mut out = [[0f32; PANEL_ROWS]; MAX_X];
                 for x in 0..X {
-                    let m: [f32; 4] = std::mem::transmute(mins[x]);
+                    let m = lanes(mins[x]);
                     for r in 0..PANEL_ROWS {
                         out[x][r] = hsum(acc[r][x]) + m[r];
                     }
                 }
+                out
+            }
+
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn lanes(v: __m128) -> [f32; 4] {
+                let mut out = [0f32; 4];
+                _mm_storeu_ps(out.as_mut_ptr(), v);
                 out
             }
 
