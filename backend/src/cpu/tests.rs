@@ -427,14 +427,15 @@ fn greedy_rows_are_the_argmax_of_the_full_rows() {
     }
 }
 
-/// A model whose linears the source offers as Q4_K super-blocks (random ones: any bits are a
-/// valid block), and whose f32 tensors are those blocks decoded by the loader's dequantizer.
-struct Q4kWeights {
+/// A model mixed as llama.cpp's Q4_K_M mixes it: V and down projections in Q6_K, the other
+/// linears in Q4_K (random super-blocks: any bits are a valid block); its f32 tensors are those
+/// blocks decoded by the loader's dequantizer.
+struct KQuantWeights {
     decoded: MemWeights,
-    blocks: std::collections::HashMap<String, Vec<u8>>,
+    blocks: std::collections::HashMap<String, (model::gguf::quant::GgmlType, Vec<u8>)>,
 }
 
-impl WeightSource for Q4kWeights {
+impl WeightSource for KQuantWeights {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<model::HostTensor, LoadError> {
         self.decoded.tensor(name, shape)
     }
@@ -446,14 +447,17 @@ impl WeightSource for Q4kWeights {
         name: &str,
         _shape: &[usize],
     ) -> Result<Option<model::EncodedTensor<'_>>, LoadError> {
-        Ok(self.blocks.get(name).map(|bytes| model::EncodedTensor {
-            ggml_type: model::gguf::quant::GgmlType::Q4_K,
-            bytes: bytes[..].into(),
-        }))
+        Ok(self
+            .blocks
+            .get(name)
+            .map(|(ggml_type, bytes)| model::EncodedTensor {
+                ggml_type: *ggml_type,
+                bytes: bytes[..].into(),
+            }))
     }
 }
 
-fn q4k_model() -> (LlamaConfig, Q4kWeights) {
+fn k_quant_model() -> (LlamaConfig, KQuantWeights) {
     use model::gguf::quant::{dequantize, GgmlType};
     let mut c = tiny_config();
     (c.hidden_size, c.intermediate_size, c.head_dim) = (256, 512, 64);
@@ -470,24 +474,33 @@ fn q4k_model() -> (LlamaConfig, Q4kWeights) {
         if t.shape.len() != 2 {
             continue;
         }
+        let q6 = name.contains("v_proj") || name.contains("down_proj");
         let mut bytes = Vec::new();
         for _ in 0..t.data.len() / 256 {
-            let mut block: Vec<u8> = (0..144).map(|_| byte()).collect();
-            // d small enough that the activations stay in range; dmin near 7.5 d centres the
-            // weights (mean sc q is 31.5 x 7.5, mean min 31.5).
-            block[..2].copy_from_slice(&half::f16::from_f32(2e-4).to_le_bytes());
-            block[2..4].copy_from_slice(&half::f16::from_f32(1.5e-3).to_le_bytes());
-            bytes.extend(block);
+            if q6 {
+                // Signed scales and quants centred on 32: centred weights.
+                let mut block: Vec<u8> = (0..210).map(|_| byte()).collect();
+                block[208..].copy_from_slice(&half::f16::from_f32(2e-4).to_le_bytes());
+                bytes.extend(block);
+            } else {
+                let mut block: Vec<u8> = (0..144).map(|_| byte()).collect();
+                // d small enough that the activations stay in range; dmin near 7.5 d centres
+                // the weights (mean sc q is 31.5 x 7.5, mean min 31.5).
+                block[..2].copy_from_slice(&half::f16::from_f32(2e-4).to_le_bytes());
+                block[2..4].copy_from_slice(&half::f16::from_f32(1.5e-3).to_le_bytes());
+                bytes.extend(block);
+            }
         }
-        dequantize(GgmlType::Q4_K, &bytes, &mut t.data);
-        blocks.insert(name.clone(), bytes);
+        let kind = if q6 { GgmlType::Q6_K } else { GgmlType::Q4_K };
+        dequantize(kind, &bytes, &mut t.data);
+        blocks.insert(name.clone(), (kind, bytes));
     }
-    (c, Q4kWeights { decoded, blocks })
+    (c, KQuantWeights { decoded, blocks })
 }
 
 #[test]
-fn q4_k_blocks_run_natively_and_give_the_f32_paths_logits() {
-    let (config, weights) = q4k_model();
+fn k_quant_blocks_run_natively_and_give_the_f32_paths_logits() {
+    let (config, weights) = k_quant_model();
     let tokens: Vec<u32> = (0..19).map(|i| (i * 37 % 256) as u32).collect();
     let table: Vec<u32> = (0..5).collect();
     let logits = |format| {
@@ -498,7 +511,8 @@ fn q4_k_blocks_run_natively_and_give_the_f32_paths_logits() {
             kv_dtype: Some(KvDtype::F32),
         };
         let mut be = CpuBackend::from_weights(&config, &weights, &options).unwrap();
-        let bytes: usize = be.layers.iter().map(|l| l.qkv.weight_bytes()).sum();
+        let l = &be.layers[0];
+        let bytes = [&l.gate_up, &l.down, &l.qkv].map(|m| m.weight_bytes());
         let out = be
             .forward(&[SeqInput {
                 tokens: &tokens,
@@ -511,8 +525,10 @@ fn q4_k_blocks_run_natively_and_give_the_f32_paths_logits() {
     };
     let (exact, f32_bytes) = logits(WeightFormat::F32);
     let (native, native_bytes) = logits(WeightFormat::Native);
-    // Native keeps the Q4_K quants: 6 bits per weight against f32's 32.
-    assert_eq!(native_bytes * 32, f32_bytes * 6);
+    // Native keeps the quants: Q4_K's gate/up at 6 bits per weight against f32's 32, Q6_K's
+    // down at 8; Q, K (Q4_K) and V (Q6_K) differ, so their fused matrix goes to Q8_0 (8.5).
+    let bits = |i: usize| native_bytes[i] as f64 * 32.0 / f32_bytes[i] as f64;
+    assert_eq!([bits(0), bits(1), bits(2)], [6.0, 8.0, 8.5]);
     let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = exact
         .iter()

@@ -109,11 +109,20 @@ fn weight_quants(format: BlockFormat, blk: &[u8], r: usize) -> [i32; QK] {
                 *w = *q as i8 as i32;
             }
         }
-        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4K => {
-            let offset = if format == BlockFormat::Q4_0 { 8 } else { 0 };
+        BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q4K | BlockFormat::Q6K => {
+            let offset = match format {
+                BlockFormat::Q4_0 => 8,
+                BlockFormat::Q6K => 32,
+                _ => 0,
+            };
+            // Q6_K's high bit pairs: byte i holds elements i, i + 8, i + 16, i + 24.
+            let high = |e: usize| match format {
+                BlockFormat::Q6K => (((qs[16 + e % 8] >> (2 * (e / 8))) & 3) << 4) as i32,
+                _ => 0,
+            };
             for j in 0..16 {
-                w[j] = (qs[j] & 0x0f) as i32 - offset;
-                w[j + 16] = (qs[j] >> 4) as i32 - offset;
+                w[j] = ((qs[j] & 0x0f) as i32 | high(j)) - offset;
+                w[j + 16] = ((qs[j] >> 4) as i32 | high(j + 16)) - offset;
             }
         }
     }
@@ -137,8 +146,17 @@ fn portable(
             let dw = scale_at(format, blk, r);
             for x in 0..acts.n {
                 let xq = &acts.qs[x][b * QK..(b + 1) * QK];
-                let sum: i32 = w.iter().zip(xq).map(|(w, x)| w * *x as i32).sum();
-                out[x][r] += sum as f32 * (dw * acts.d[x][b]);
+                let dot = |range: std::ops::Range<usize>| -> i32 {
+                    range.map(|i| w[i] * xq[i] as i32).sum()
+                };
+                if format == BlockFormat::Q6K {
+                    // A scale per half block.
+                    let dw2 = scale_at(format, blk, PANEL_ROWS + r);
+                    out[x][r] += dot(0..16) as f32 * (dw * acts.d[x][b]);
+                    out[x][r] += dot(16..32) as f32 * (dw2 * acts.d[x][b]);
+                    continue;
+                }
+                out[x][r] += dot(0..QK) as f32 * (dw * acts.d[x][b]);
                 if format.needs_sums() {
                     out[x][r] += scale_at(format, blk, PANEL_ROWS + r) * acts.s[x][b];
                 }
@@ -185,6 +203,10 @@ mod x86 {
                     (BlockFormat::Q4K, 2) => run::<2, 3>(p, b, acts),
                     (BlockFormat::Q4K, 3) => run::<3, 3>(p, b, acts),
                     (BlockFormat::Q4K, _) => run::<4, 3>(p, b, acts),
+                    (BlockFormat::Q6K, 1) => run::<1, 4>(p, b, acts),
+                    (BlockFormat::Q6K, 2) => run::<2, 4>(p, b, acts),
+                    (BlockFormat::Q6K, 3) => run::<3, 4>(p, b, acts),
+                    (BlockFormat::Q6K, _) => run::<4, 4>(p, b, acts),
                 }
             }
 
@@ -193,12 +215,15 @@ mod x86 {
             const Q8_0: u8 = 2;
             /// Q4_K as blocks of 32: Q4_1 with f32 scales.
             const Q4K: u8 = 3;
+            /// Q6_K as blocks of 32: 6-bit quants, an f32 scale per half block.
+            const Q6K: u8 = 4;
 
             const fn panel_block_bytes(f: u8) -> usize {
                 match f {
                     Q4_0 => 4 * 18,
                     Q4_1 => 4 * 20,
                     Q4K => 4 * 24,
+                    Q6K => 4 * 32,
                     _ => 4 * 34,
                 }
             }
@@ -206,7 +231,7 @@ mod x86 {
             const fn quants_offset(f: u8) -> usize {
                 match f {
                     Q4_1 => 16,
-                    Q4K => 32,
+                    Q4K | Q6K => 32,
                     _ => 8,
                 }
             }
@@ -227,7 +252,7 @@ mod x86 {
                 let xs: [*const f32; X] = std::array::from_fn(|x| acts.s[x].as_ptr());
                 for b in 0..blocks {
                     let blk = panel.add(b * panel_block_bytes(F));
-                    let dw = lanes(if F == Q4K {
+                    let dw = lanes(if F == Q4K || F == Q6K {
                         _mm_loadu_ps(blk as *const f32)
                     } else {
                         _mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i))
@@ -247,9 +272,33 @@ mod x86 {
                         }
                     }
                     let qs = blk.add(quants_offset(F));
+                    // Q6_K's second scale of each row: the half block's lanes 4..8.
+                    let dw2 = if F == Q6K {
+                        lanes(_mm_loadu_ps(blk.add(16) as *const f32))
+                    } else {
+                        [0.0; 4]
+                    };
                     for r in 0..PANEL_ROWS {
                         let w = if F == Q8_0 {
                             _mm256_loadu_si256(qs.add(r * 32) as *const __m256i)
+                        } else if F == Q6K {
+                            let row = qs.add(r * 24);
+                            let q = _mm_loadu_si128(row as *const __m128i);
+                            let lo = _mm_and_si128(q, low128);
+                            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low128);
+                            // Byte i of the 8 holds the high pairs of elements i + 8k in bits
+                            // 2k..2k+2: 64-bit lane k shifted by 2k puts them in order.
+                            let bits = std::ptr::read_unaligned(row.add(16) as *const i64);
+                            let pairs = _mm256_srlv_epi64(
+                                _mm256_set1_epi64x(bits),
+                                _mm256_set_epi64x(6, 4, 2, 0),
+                            );
+                            let pairs = _mm256_and_si256(pairs, _mm256_set1_epi8(3));
+                            let q = _mm256_or_si256(
+                                _mm256_set_m128i(hi, lo),
+                                _mm256_slli_epi16(pairs, 4),
+                            );
+                            _mm256_sub_epi8(q, _mm256_set1_epi8(32))
                         } else {
                             let q = _mm_loadu_si128(qs.add(r * 16) as *const __m128i);
                             let lo = _mm_and_si128(q, low128);
@@ -272,7 +321,14 @@ mod x86 {
                                 _mm256_sign_epi8(xv[x], w)
                             };
                             let dot = $dot(a, bx);
-                            let d = _mm256_set1_ps(dw[r] * dx[x]);
+                            let d = if F == Q6K {
+                                _mm256_mul_ps(
+                                    _mm256_set_m128(_mm_set1_ps(dw2[r]), _mm_set1_ps(dw[r])),
+                                    _mm256_set1_ps(dx[x]),
+                                )
+                            } else {
+                                _mm256_set1_ps(dw[r] * dx[x])
+                            };
                             acc[r][x] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[r][x]);
                         }
                     }

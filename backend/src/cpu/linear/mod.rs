@@ -1,8 +1,9 @@
 //! Linear layers `y = x W^T` with `W` of shape `[out, in]`, in one of these formats:
 //!
 //! - [`WeightFormat::F32`]: exact; multiplied with the `gemm` crate. The reference.
-//! - GGUF's block formats (Q4_0, Q4_1, Q8_0, and Q4_K as blocks of 32), computed as stored:
-//!   the weights keep the file's quants at 4.5 to 8.5 bits per weight (6 for Q4_K), the activations are quantized per block as llama.cpp does
+//! - GGUF's block formats (Q4_0, Q4_1, Q8_0, and Q4_K and Q6_K as blocks of 32), computed as
+//!   stored: the weights keep the file's quants at 4.5 to 8.5 bits per weight (6 for Q4_K, 8
+//!   for Q6_K), the activations are quantized per block as llama.cpp does
 //!   (Q8_0, or Q8_1 for Q4_1), and each block is an integer dot product scaled once. Decode
 //!   streams every weight once per token, so bits per weight is what bounds it; and computing
 //!   the file's own numbers is what makes Vigil's output agree with llama.cpp's on a GGUF.
@@ -29,8 +30,8 @@ pub enum WeightFormat {
     F32,
     /// Q8_0 blocks, re-quantized from any source: 8.5 bits per weight.
     Q8,
-    /// As the GGUF stores them where that is Q4_0, Q4_1, Q8_0 or Q4_K (4.5 to 8.5 bits per
-    /// weight); otherwise Q8_0.
+    /// As the GGUF stores them where that is Q4_0, Q4_1, Q8_0, Q4_K or Q6_K (4.5 to 8.5 bits
+    /// per weight); otherwise Q8_0.
     #[default]
     Native,
 }
@@ -61,6 +62,7 @@ impl Linear {
         GgmlType::Q4_1,
         GgmlType::Q8_0,
         GgmlType::Q4_K,
+        GgmlType::Q6_K,
     ];
 
     /// Wraps `w` (`out * inp` values, row-major). Block formats need `inp` to be a multiple of

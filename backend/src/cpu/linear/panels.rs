@@ -8,7 +8,9 @@
 //! these are the file's bytes, only reordered (scales in f16). Q4_K's super-blocks of 256 become
 //! eight blocks of 32 with `d = d_super * sc` and `m = -dmin * min` in f32 (exact: an f16 times
 //! a 6-bit integer) and the nibbles regrouped to Q4_1's order, so Q4_K runs Q4_1's kernel: 6
-//! bits per weight rather than the file's 4.5, the same values.
+//! bits per weight rather than the file's 4.5, the same values. Q6_K's become blocks of 32 with
+//! an f32 scale per half (`d * sc`, exact) and the 6-bit quants as 16 bytes of low nibbles and
+//! 8 of high bit pairs: 8 bits per weight rather than 6.5625.
 
 use half::f16;
 use model::gguf::quant::GgmlType;
@@ -29,6 +31,9 @@ pub enum BlockFormat {
     Q8_0,
     /// Q4_K as blocks of 32: `x = q d + m` with f32 `d` and `m`, against Q8_1 activations.
     Q4K,
+    /// Q6_K as blocks of 32: `x = (q - 32) d`, a 6-bit `q` (16 bytes of low nibbles, 8 of
+    /// high bit pairs) and an f32 `d` per half block, against Q8_0 activations.
+    Q6K,
 }
 
 impl BlockFormat {
@@ -38,6 +43,7 @@ impl BlockFormat {
             GgmlType::Q4_1 => Some(BlockFormat::Q4_1),
             GgmlType::Q8_0 => Some(BlockFormat::Q8_0),
             GgmlType::Q4_K => Some(BlockFormat::Q4K),
+            GgmlType::Q6_K => Some(BlockFormat::Q6K),
             _ => None,
         }
     }
@@ -48,24 +54,23 @@ impl BlockFormat {
             BlockFormat::Q4_1 => GgmlType::Q4_1,
             BlockFormat::Q8_0 => GgmlType::Q8_0,
             BlockFormat::Q4K => GgmlType::Q4_K,
+            BlockFormat::Q6K => GgmlType::Q6_K,
         }
     }
 
-    /// Bytes of one scale (`d` or `m`): f16, or f32 for Q4_K's products.
+    /// Bytes of one scale: f16, or f32 for the k-quants' products.
     pub fn scale_width(self) -> usize {
-        if self == BlockFormat::Q4K {
-            4
-        } else {
-            2
+        match self {
+            BlockFormat::Q4K | BlockFormat::Q6K => 4,
+            _ => 2,
         }
     }
 
-    /// Scales per row and block: `d`, and `m` where there is one.
+    /// Scales per row and block: `d`, then `m` where there is one (Q6_K: `d` of each half).
     fn scales(self) -> usize {
-        if self.needs_sums() {
-            2
-        } else {
-            1
+        match self {
+            BlockFormat::Q4_1 | BlockFormat::Q4K | BlockFormat::Q6K => 2,
+            _ => 1,
         }
     }
 
@@ -78,6 +83,7 @@ impl BlockFormat {
     pub fn quant_bytes(self) -> usize {
         match self {
             BlockFormat::Q8_0 => 32,
+            BlockFormat::Q6K => 24,
             _ => 16,
         }
     }
@@ -117,6 +123,33 @@ impl BlockFormat {
                         let q = &qs[32 * (j / 2)..][..32];
                         let nibble = |i: usize| if j % 2 == 0 { q[i] & 0x0f } else { q[i] >> 4 };
                         out.extend((0..16).map(|i| nibble(i) | (nibble(i + 16) << 4)));
+                    }
+                }
+                out
+            }
+            BlockFormat::Q6K => {
+                let mut out = Vec::with_capacity(row.len() / 210 * 8 * self.unit_bytes());
+                for b in row.chunks_exact(210) {
+                    let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+                    let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+                    // Element e: its low nibble and high bit pair where llama.cpp's layout puts
+                    // them (halves of 128; within a half, four runs of 32), its scale sc[e / 16].
+                    let q = |e: usize| {
+                        let (h, r) = (e / 128, e % 128);
+                        let (k, l) = (r / 32, r % 32);
+                        let byte = ql[64 * h + l + 32 * (k % 2)];
+                        let low = if k < 2 { byte & 0x0f } else { byte >> 4 };
+                        low | (((qh[32 * h + l] >> (2 * k)) & 3) << 4)
+                    };
+                    for j in 0..8 {
+                        for half in 0..2 {
+                            out.extend((d * sc[2 * j + half] as i8 as f32).to_le_bytes());
+                        }
+                        let e = |i: usize| q(32 * j + i);
+                        out.extend((0..16).map(|i| (e(i) & 0x0f) | ((e(i + 16) & 0x0f) << 4)));
+                        out.extend((0..8).map(|i| {
+                            (0..4).fold(0u8, |acc, k| acc | ((e(i + 8 * k) >> 4) << (2 * k)))
+                        }));
                     }
                 }
                 out

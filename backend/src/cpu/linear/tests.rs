@@ -32,6 +32,16 @@ fn file_blocks(t: GgmlType, w: &[f32]) -> Vec<u8> {
         }
         return out;
     }
+    if t == GgmlType::Q6_K {
+        let bits = random(w.len() / 256 * 210, 98);
+        for (i, chunk) in bits.chunks_exact(210).enumerate() {
+            let mut block: Vec<u8> = chunk.iter().map(|v| (v.abs() * 255.0) as u8).collect();
+            block[208..]
+                .copy_from_slice(&f16::from_f32(1e-4 + (i % 3) as f32 * 1e-4).to_le_bytes());
+            out.extend(block);
+        }
+        return out;
+    }
     for x in w.chunks_exact(QK) {
         match t {
             GgmlType::Q8_0 => out.extend(panels::quantize_q8_0(x)),
@@ -145,7 +155,7 @@ fn q8_from_f32_is_close_to_f32_and_a_quarter_of_its_bytes() {
 }
 
 #[test]
-fn q4_weights_take_their_file_size() {
+fn block_weights_take_their_bits() {
     let (out, inp) = (64, 256);
     let w = random(out * inp, 2);
     for (t, bits) in [
