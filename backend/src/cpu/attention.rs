@@ -306,13 +306,10 @@ fn attend_row<T: KvElement>(
             *s = T::dot(&q, &k_cache[at..at + hd]) * scale;
             max = max.max(*s);
         }
-        // As llama.cpp: the sum in f64, then the weights scaled by its reciprocal.
-        let mut sum = 0f64;
         for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s as f64;
+            *s = super::ops::exp(*s - max);
         }
-        let inv = (1.0 / sum) as f32;
+        let inv = (1.0 / softmax_sum(&scores)) as f32;
         let o = &mut o[head * hd..(head + 1) * hd];
         o.fill(0.0);
         for (j, s) in scores.iter().enumerate() {
@@ -320,6 +317,26 @@ fn attend_row<T: KvElement>(
             T::axpy(T::operand(s * inv), &v_cache[at..at + hd], o);
         }
     }
+}
+
+/// The sum of a softmax row as llama.cpp's AVX-512 build takes it: in f64 over sums of 16
+/// values (its rows are padded with masked zeros to a multiple of 16), each added pairwise in
+/// f32 as `_mm512_reduce_add_ps` does. The weights are then scaled by the sum's reciprocal.
+fn softmax_sum(e: &[f32]) -> f64 {
+    e.chunks(16)
+        .map(|c| {
+            let mut v = [0f32; 16];
+            v[..c.len()].copy_from_slice(c);
+            let mut width = 8;
+            while width > 0 {
+                for i in 0..width {
+                    v[i] += v[i + width];
+                }
+                width /= 2;
+            }
+            v[0] as f64
+        })
+        .sum()
 }
 
 #[inline(always)]

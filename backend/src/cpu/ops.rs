@@ -35,11 +35,58 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, inv_freq: 
 
 #[inline]
 pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+    x / (1.0 + exp(-x))
+}
+
+/// `e^x` as llama.cpp's CPU backend computes it for SiLU and softmax (`ggml_v_expf`, after
+/// ARM's optimized routine: `x = n ln2 + b`, a degree-5 polynomial in `b`, scaled by `2^n`;
+/// under 2 ulp from the true value), so that activations follow llama.cpp's to the bit where
+/// the rest of the arithmetic does.
+#[inline]
+pub fn exp(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0; // 0x1.8p23: adding it rounds to an integer.
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), SHIFT); // log2(e)
+    let n = z - SHIFT;
+    // b = x - n ln2, with ln2 in two parts.
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
+    );
+    if n.abs() > 126.0 {
+        // Outside the normal range: the library's answer (0 or infinity in practice).
+        return x.exp();
+    }
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010) // 0x1.0e4020p-7
+        .mul_add(b, f32::from_bits(0x3d2b_9f17)) // 0x1.573e2ep-5
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
+        )
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
+                                                                  // j * 2^n, exactly (n is an integer in the normal exponent range).
+    j * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_within_two_ulp_of_the_true_value() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (got, want) = (super::exp(x), (x as f64).exp());
+            let ulp = (want as f32).to_bits().abs_diff(got.to_bits());
+            assert!(ulp <= 2, "exp({x}) = {got}, want {want}");
+            x += 0.0137;
+        }
+        assert_eq!(super::exp(0.0), 1.0);
+        assert_eq!(super::exp(-200.0), 0.0);
+        assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
     }
 }
