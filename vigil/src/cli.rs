@@ -87,6 +87,27 @@ pub enum Command {
     /// tokenizer_config.json with the chat template), for clients that count tokens offline
     /// (aiperf and guidellm's --tokenizer DIR).
     ExportTokenizer(ExportTokenizerArgs),
+    /// Serving health at a glance from /metrics endpoints (a Vigil, a vLLM, several): per engine
+    /// queue, KV cache, throughput and latency quantiles over the last window, per GPU, per
+    /// thread role, and the likeliest reason it is slow.
+    Top(TopArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TopArgs {
+    /// An endpoint to read (`http://host:port` or its `/metrics` URL); repeat for several.
+    /// Default: this node's Vigil (VIGIL_PORT, from the environment or /etc/vigil/vigil.env).
+    #[arg(long)]
+    pub url: Vec<String>,
+    /// Print one window as plain text and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Seconds between the two scrapes of a window.
+    #[arg(long, default_value = "2", value_parser = parse_interval)]
+    pub interval: std::time::Duration,
+    /// Keep each window's scrapes in this folder (`I-0.prom`, `I-1.prom` and their `.time`).
+    #[arg(long)]
+    pub save_scrapes: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -11,6 +11,7 @@ pub mod env_file;
 pub mod export_tokenizer;
 pub mod gpu_check;
 pub mod logging;
+pub mod top;
 
 use anyhow::Context;
 
@@ -51,6 +52,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         cli::Command::CheckGpu(args) => gpu_check::run(&args),
         cli::Command::ExportTokenizer(args) => export_tokenizer::run(&args.model, &args.dir),
+        cli::Command::Top(args) => top::run(&args),
     }
 }
 

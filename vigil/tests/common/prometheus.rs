@@ -19,10 +19,24 @@ impl Prometheus {
         Self::start_with_rules(targets, &[])
     }
 
+    /// A Prometheus that scrapes nothing and answers from the TSDB in `data` (blocks written
+    /// by `promtool tsdb create-blocks-from`).
+    pub fn start_on_data(data: &std::path::Path) -> Prometheus {
+        Self::launch(&[], &[], Some(data))
+    }
+
     /// Like [`Prometheus::start`], evaluating the rule files `rules` every second.
     pub fn start_with_rules(
         targets: &[(&str, String)],
         rules: &[std::path::PathBuf],
+    ) -> Prometheus {
+        Self::launch(targets, rules, None)
+    }
+
+    fn launch(
+        targets: &[(&str, String)],
+        rules: &[std::path::PathBuf],
+        data: Option<&std::path::Path>,
     ) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let mut config = String::from(
@@ -35,6 +49,9 @@ impl Prometheus {
             }
         }
         config.push_str("scrape_configs:\n");
+        if targets.is_empty() {
+            config.push_str("  []\n");
+        }
         for (job, target) in targets {
             config.push_str(&format!(
                 "  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n"
@@ -47,7 +64,8 @@ impl Prometheus {
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
-                dir.path().join("data").display()
+                data.map_or_else(|| dir.path().join("data"), |d| d.to_owned())
+                    .display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--enable-feature=exemplar-storage")
@@ -78,6 +96,15 @@ impl Prometheus {
         let v: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["status"], "success", "{body}");
         v["data"].clone()
+    }
+
+    /// The result of `promql` evaluated at `time` (seconds since the epoch).
+    pub fn query_at(&self, promql: &str, time: f64) -> Vec<Value> {
+        let q = encode(promql);
+        self.api(&format!("/api/v1/query?query={q}&time={time}"))["result"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     pub fn query(&self, promql: &str) -> Vec<Value> {

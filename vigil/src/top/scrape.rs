@@ -1,0 +1,103 @@
+//! One reading of a `/metrics` endpoint: when it was taken and its samples, by name.
+
+use std::collections::HashMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use exporter::parse::Exposition;
+
+/// A sample's labels, in the order the exposition gave them.
+pub type Labels = Vec<(String, String)>;
+
+pub struct Scrape {
+    /// Seconds since the Unix epoch, when the response arrived.
+    pub at: f64,
+    /// The body as received (kept for `--save-scrapes`).
+    pub body: String,
+    samples: HashMap<String, Vec<(Labels, f64)>>,
+}
+
+impl Scrape {
+    /// Fetches `url`; an error says what went wrong (the endpoint may be away).
+    pub fn fetch(url: &str) -> Result<Scrape, String> {
+        let agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(5)))
+            .build()
+            .new_agent();
+        let body = agent
+            .get(url)
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("{url}: {e}"))?;
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        Ok(Scrape::from_text(at, body))
+    }
+
+    pub fn from_text(at: f64, body: String) -> Scrape {
+        let mut samples: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
+        let exposition = Exposition::parse(body.as_bytes(), |_| false);
+        for family in &exposition.families {
+            for s in &family.samples {
+                let labels = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.into_owned()))
+                    .collect();
+                samples
+                    .entry(s.name.to_owned())
+                    .or_default()
+                    .push((labels, s.value));
+            }
+        }
+        Scrape { at, body, samples }
+    }
+
+    /// Every sample of `name`.
+    pub fn all(&self, name: &str) -> &[(Labels, f64)] {
+        self.samples.get(name).map_or(&[], |v| v.as_slice())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.samples.contains_key(name)
+    }
+
+    /// The sample of `name` whose labels include every pair of `matching`.
+    pub fn value(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
+        self.all(name)
+            .iter()
+            .find(|(labels, _)| matches(labels, matching))
+            .map(|(_, v)| *v)
+    }
+
+    /// The cumulative buckets `(le, count)` of histogram `name` for the series `matching`.
+    pub fn buckets(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(f64, f64)> {
+        self.all(&format!("{name}_bucket"))
+            .iter()
+            .filter(|(labels, _)| matches(labels, matching))
+            .filter_map(|(labels, v)| {
+                let le = label(labels, "le")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, *v))
+            })
+            .collect()
+    }
+}
+
+pub fn label<'a>(labels: &'a Labels, name: &str) -> Option<&'a str> {
+    labels
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn matches(labels: &Labels, matching: &[(&str, &str)]) -> bool {
+    matching.iter().all(|(k, v)| label(labels, k) == Some(*v))
+}

@@ -1,0 +1,245 @@
+//! The dashboard's numbers for one window: two scrapes of each endpoint turned into rows per
+//! engine, per GPU and per thread role, with the catalog's series names.
+
+use exporter::catalog::{device, gpu, sched, vllm};
+
+use super::scrape::{label, Scrape};
+use super::window::{histogram_quantile, rate};
+
+/// One engine (`model_name`, `engine`) of one endpoint over the window.
+#[derive(Debug, Clone)]
+pub struct EngineRow {
+    pub url: String,
+    pub model_name: String,
+    pub engine: String,
+    pub running: f64,
+    pub waiting: f64,
+    /// `(reason, requests)` from the waiting-by-reason gauge.
+    pub waiting_by_reason: Vec<(String, f64)>,
+    pub kv_cache_usage: f64,
+    /// Hits over queries in the window; NaN without queries.
+    pub prefix_cache_hit_rate: f64,
+    pub preemptions_per_s: f64,
+    pub prompt_tokens_per_s: f64,
+    pub generation_tokens_per_s: f64,
+    /// `(p50, p99)` in seconds of the requests finished in the window; NaN without any.
+    pub ttft: (f64, f64),
+    pub itl: (f64, f64),
+    pub e2e: (f64, f64),
+    pub queue: (f64, f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct GpuRow {
+    pub url: String,
+    pub gpu: String,
+    pub model: String,
+    pub utilization: f64,
+    pub memory_used: f64,
+    pub memory_total: f64,
+    pub power_watts: f64,
+    pub temperature: f64,
+    /// Reasons holding the clocks down now (idle excepted).
+    pub throttled_by: Vec<String>,
+    /// XID errors and ECC errors counted in the window.
+    pub xid_errors: f64,
+    pub ecc_errors: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct HostRow {
+    pub url: String,
+    pub role: String,
+    pub runqueue_p99: f64,
+    pub involuntary_switches_per_s: f64,
+}
+
+/// Device time in the window: the share of it the GPU spent in steps.
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub url: String,
+    pub busy_fraction: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub seconds: f64,
+    pub engines: Vec<EngineRow>,
+    pub gpus: Vec<GpuRow>,
+    pub host: Vec<HostRow>,
+    pub device: Vec<DeviceRow>,
+    /// What an endpoint does not expose, by section: `(url, what)`.
+    pub missing: Vec<(String, String)>,
+}
+
+fn counter(name: &str) -> String {
+    format!("{name}_total")
+}
+
+impl Snapshot {
+    /// Adds the rows of one endpoint, read at `before` and `after`.
+    pub fn add(&mut self, url: &str, before: &Scrape, after: &Scrape) {
+        let dt = (after.at - before.at).max(1e-3);
+        self.seconds = dt;
+        self.add_engines(url, before, after, dt);
+        self.add_gpus(url, before, after);
+        self.add_host(url, before, after, dt);
+        self.add_device(url, before, after);
+    }
+
+    fn add_engines(&mut self, url: &str, before: &Scrape, after: &Scrape, dt: f64) {
+        let running = vllm::NUM_REQUESTS_RUNNING.name;
+        if !after.has(running) {
+            self.missing.push((
+                url.into(),
+                format!("engine: no {running} (not a vLLM-compatible engine)"),
+            ));
+            return;
+        }
+        for (labels, value) in after.all(running) {
+            let model = label(labels, "model_name").unwrap_or("").to_owned();
+            let engine = label(labels, "engine").unwrap_or("").to_owned();
+            let id = [("model_name", model.as_str()), ("engine", engine.as_str())];
+            let gauge = |name: &str| after.value(name, &id).unwrap_or(f64::NAN);
+            let per_s = |name: &str| {
+                let name = counter(name);
+                match (before.value(&name, &id), after.value(&name, &id)) {
+                    (Some(b), Some(a)) => rate(b, a, dt),
+                    _ => f64::NAN,
+                }
+            };
+            let quantiles = |name: &str| {
+                let (b, a) = (before.buckets(name, &id), after.buckets(name, &id));
+                (
+                    histogram_quantile(0.5, &b, &a),
+                    histogram_quantile(0.99, &b, &a),
+                )
+            };
+            let waiting_by_reason = after
+                .all(vllm::NUM_REQUESTS_WAITING_BY_REASON.name)
+                .iter()
+                .filter(|(l, _)| {
+                    label(l, "model_name") == Some(&model) && label(l, "engine") == Some(&engine)
+                })
+                .filter_map(|(l, v)| Some((label(l, "reason")?.to_owned(), *v)))
+                .collect();
+            self.engines.push(EngineRow {
+                url: url.into(),
+                running: *value,
+                waiting: gauge(vllm::NUM_REQUESTS_WAITING.name),
+                waiting_by_reason,
+                kv_cache_usage: gauge(vllm::KV_CACHE_USAGE_PERC.name),
+                prefix_cache_hit_rate: per_s(vllm::PREFIX_CACHE_HITS.name)
+                    / per_s(vllm::PREFIX_CACHE_QUERIES.name),
+                preemptions_per_s: per_s(vllm::NUM_PREEMPTIONS.name),
+                prompt_tokens_per_s: per_s(vllm::PROMPT_TOKENS.name),
+                generation_tokens_per_s: per_s(vllm::GENERATION_TOKENS.name),
+                ttft: quantiles(vllm::TIME_TO_FIRST_TOKEN_SECONDS.name),
+                itl: quantiles(vllm::INTER_TOKEN_LATENCY_SECONDS.name),
+                e2e: quantiles(vllm::E2E_REQUEST_LATENCY_SECONDS.name),
+                queue: quantiles(vllm::REQUEST_QUEUE_TIME_SECONDS.name),
+                model_name: model,
+                engine,
+            });
+        }
+    }
+
+    fn add_gpus(&mut self, url: &str, before: &Scrape, after: &Scrape) {
+        let util = gpu::UTILIZATION.name;
+        if !after.has(util) {
+            self.missing.push((
+                url.into(),
+                format!("GPU: no {util} (NVML probe off or no GPU)"),
+            ));
+            return;
+        }
+        for (labels, value) in after.all(util) {
+            let id = label(labels, "gpu").unwrap_or("").to_owned();
+            let one = [("gpu", id.as_str())];
+            let gauge = |name: &str| after.value(name, &one).unwrap_or(f64::NAN);
+            let counted = |name: &str| {
+                let name = counter(name);
+                let sum = |s: &Scrape| -> f64 {
+                    s.all(&name)
+                        .iter()
+                        .filter(|(l, _)| label(l, "gpu") == Some(&id))
+                        .map(|(_, v)| v)
+                        .sum()
+                };
+                (sum(after) - sum(before)).max(0.0)
+            };
+            let throttled_by = after
+                .all(gpu::CLOCK_EVENT.name)
+                .iter()
+                .filter(|(l, v)| label(l, "gpu") == Some(&id) && *v > 0.0)
+                .filter_map(|(l, _)| label(l, "reason"))
+                .filter(|r| *r != "gpu_idle")
+                .map(str::to_owned)
+                .collect();
+            self.gpus.push(GpuRow {
+                url: url.into(),
+                model: label(labels, "gpu_model").unwrap_or("").to_owned(),
+                utilization: *value,
+                memory_used: gauge(gpu::MEMORY_USED.name),
+                memory_total: gauge(gpu::MEMORY_TOTAL.name),
+                power_watts: gauge(gpu::POWER.name),
+                temperature: gauge(gpu::TEMPERATURE.name),
+                throttled_by,
+                xid_errors: counted(gpu::XID_ERRORS.name),
+                ecc_errors: counted(gpu::ECC_ERRORS.name),
+                gpu: id,
+            });
+        }
+    }
+
+    fn add_host(&mut self, url: &str, before: &Scrape, after: &Scrape, dt: f64) {
+        let latency = sched::RUNQUEUE_LATENCY.name;
+        if after.buckets(latency, &[]).is_empty() {
+            self.missing
+                .push((url.into(), format!("host: no {latency} (eBPF probe off)")));
+            return;
+        }
+        for role in sched::ROLES {
+            let id = [("role", *role)];
+            let (b, a) = (before.buckets(latency, &id), after.buckets(latency, &id));
+            if a.is_empty() {
+                continue;
+            }
+            let switches = counter(sched::INVOLUNTARY_SWITCHES.name);
+            self.host.push(HostRow {
+                url: url.into(),
+                role: (*role).to_owned(),
+                runqueue_p99: histogram_quantile(0.99, &b, &a),
+                involuntary_switches_per_s: match (
+                    before.value(&switches, &id),
+                    after.value(&switches, &id),
+                ) {
+                    (Some(b), Some(a)) => rate(b, a, dt),
+                    _ => f64::NAN,
+                },
+            });
+        }
+    }
+
+    fn add_device(&mut self, url: &str, before: &Scrape, after: &Scrape) {
+        let total = |s: &Scrape, name: &str| -> Option<f64> {
+            let all = s.all(&format!("{name}_sum"));
+            (!all.is_empty()).then(|| all.iter().map(|(_, v)| v).sum())
+        };
+        let (busy, gap) = (device::STEP_BUSY.name, device::STEP_GAP.name);
+        if let (Some(b0), Some(b1), Some(g0), Some(g1)) = (
+            total(before, busy),
+            total(after, busy),
+            total(before, gap),
+            total(after, gap),
+        ) {
+            let (busy, gap) = (b1 - b0, g1 - g0);
+            if busy + gap > 0.0 {
+                self.device.push(DeviceRow {
+                    url: url.into(),
+                    busy_fraction: busy / (busy + gap),
+                });
+            }
+        }
+    }
+}

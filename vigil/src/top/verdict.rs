@@ -1,0 +1,145 @@
+//! "Why is it slow?": the likeliest culprit of the window, from the signals the dashboard's
+//! first row shows, checked from the hardware up (a throttled GPU or a starved engine thread
+//! makes every other number worse, so it is named first), with the numbers behind it.
+
+use super::snapshot::Snapshot;
+
+/// Run-queue latency (p99) of the engine thread beyond which its steps wait on the CPU.
+const STARVED_ENGINE_S: f64 = 0.001;
+/// KV cache usage beyond which admission stalls and preemption follows.
+const KV_PRESSURE: f64 = 0.9;
+
+pub fn why_slow(s: &Snapshot) -> String {
+    for g in &s.gpus {
+        if !g.throttled_by.is_empty() {
+            return format!(
+                "GPU {} is throttled ({}) at {:.0} W, {:.0} °C",
+                g.gpu,
+                g.throttled_by.join(", "),
+                g.power_watts,
+                g.temperature
+            );
+        }
+        if g.xid_errors > 0.0 || g.ecc_errors > 0.0 {
+            return format!(
+                "GPU {} reports errors: {} XID, {} ECC in the window",
+                g.gpu, g.xid_errors, g.ecc_errors
+            );
+        }
+    }
+    for h in &s.host {
+        if h.role == "engine" && h.runqueue_p99 > STARVED_ENGINE_S {
+            return format!(
+                "host CPU starvation: the engine thread waits {:.1} ms (p99) for a CPU, {:.0} \
+                 involuntary switches/s",
+                h.runqueue_p99 * 1e3,
+                h.involuntary_switches_per_s
+            );
+        }
+    }
+    for e in &s.engines {
+        if e.preemptions_per_s > 0.0 || e.kv_cache_usage > KV_PRESSURE {
+            return format!(
+                "KV cache pressure on {}: {:.0}% used, {:.2} preemptions/s",
+                e.model_name,
+                e.kv_cache_usage * 100.0,
+                e.preemptions_per_s
+            );
+        }
+    }
+    for e in &s.engines {
+        if e.waiting > 0.0 {
+            return format!(
+                "queueing on {}: {} waiting behind {} running, queue time p99 {}",
+                e.model_name,
+                e.waiting,
+                e.running,
+                seconds(e.queue.1)
+            );
+        }
+    }
+    if s.engines.is_empty() {
+        return "no engine series: nothing to judge".into();
+    }
+    "nothing stands out: no queue, no KV pressure, no CPU starvation, no GPU throttling".into()
+}
+
+/// Seconds as ms, or `-` where the window had no observations.
+pub fn seconds(v: f64) -> String {
+    if v.is_nan() {
+        "-".into()
+    } else {
+        format!("{:.1} ms", v * 1e3)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::snapshot::{EngineRow, GpuRow, HostRow};
+    use super::*;
+
+    fn engine(waiting: f64, kv: f64, preemptions: f64) -> EngineRow {
+        EngineRow {
+            url: "u".into(),
+            model_name: "m".into(),
+            engine: "0".into(),
+            running: 4.0,
+            waiting,
+            waiting_by_reason: vec![],
+            kv_cache_usage: kv,
+            prefix_cache_hit_rate: f64::NAN,
+            preemptions_per_s: preemptions,
+            prompt_tokens_per_s: 0.0,
+            generation_tokens_per_s: 0.0,
+            ttft: (f64::NAN, f64::NAN),
+            itl: (f64::NAN, f64::NAN),
+            e2e: (f64::NAN, f64::NAN),
+            queue: (0.2, 0.5),
+        }
+    }
+
+    #[test]
+    fn the_hardware_is_named_before_what_it_causes() {
+        let mut s = Snapshot {
+            engines: vec![engine(3.0, 0.95, 1.5)],
+            ..Default::default()
+        };
+        assert!(why_slow(&s).starts_with("KV cache pressure on m: 95% used, 1.50 preemptions/s"));
+        s.engines[0] = engine(3.0, 0.5, 0.0);
+        assert!(
+            why_slow(&s).starts_with("queueing on m: 3 waiting behind 4 running"),
+            "{}",
+            why_slow(&s)
+        );
+        s.host.push(HostRow {
+            url: "u".into(),
+            role: "engine".into(),
+            runqueue_p99: 0.004,
+            involuntary_switches_per_s: 120.0,
+        });
+        assert!(why_slow(&s).starts_with("host CPU starvation: the engine thread waits 4.0 ms"));
+        s.gpus.push(GpuRow {
+            url: "u".into(),
+            gpu: "0".into(),
+            model: "H100".into(),
+            utilization: 1.0,
+            memory_used: 0.0,
+            memory_total: 0.0,
+            power_watts: 700.0,
+            temperature: 91.0,
+            throttled_by: vec!["hw_thermal_slowdown".into()],
+            xid_errors: 0.0,
+            ecc_errors: 0.0,
+        });
+        assert!(why_slow(&s).starts_with("GPU 0 is throttled (hw_thermal_slowdown)"));
+    }
+
+    #[test]
+    fn a_quiet_window_says_so() {
+        let s = Snapshot {
+            engines: vec![engine(0.0, 0.1, 0.0)],
+            ..Default::default()
+        };
+        assert!(why_slow(&s).starts_with("nothing stands out"));
+    }
+}

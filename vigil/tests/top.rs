@@ -1,0 +1,197 @@
+//! `vigil top --once` against a running `vigil serve` under traffic: its rates and quantiles
+//! are what a real Prometheus computes (`rate`, `histogram_quantile`) from the same two
+//! scrapes, which `--save-scrapes` keeps and `promtool` backfills into a TSDB.
+
+mod common;
+
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::prometheus::Prometheus;
+use common::{http_post, Vigil};
+
+/// The `key=value` fields of the first output line starting with `kind `.
+fn fields(out: &str, kind: &str) -> HashMap<String, String> {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{kind} ")))
+        .unwrap_or_else(|| panic!("no {kind} line in:\n{out}"));
+    line.split(' ')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// A scrape as OpenMetrics input for `promtool tsdb create-blocks-from openmetrics`: its
+/// samples stamped with the time it was taken, without metadata (Prometheus treats every
+/// series alike for `rate` and `histogram_quantile`).
+fn as_openmetrics(scrape: &str, seconds: f64) -> String {
+    let mut out = String::new();
+    for line in scrape
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        out.push_str(&format!("{line} {seconds:.3}\n"));
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+#[test]
+fn once_gives_what_prometheus_computes_from_the_same_scrapes() {
+    let vigil = Vigil::serve(&["--served-model-name", "smol"]);
+    let url = vigil.url("/v1/completions");
+    let complete = move |n: usize| {
+        let body = format!(
+            r#"{{"model":"smol","prompt":"Count to ten: one, two,","max_tokens":{n},"temperature":0}}"#
+        );
+        http_post(
+            &url,
+            body.as_bytes(),
+            &[("content-type", "application/json")],
+        )
+        .0
+    };
+    // Counters above zero before the window, then steady traffic through it.
+    assert_eq!(complete(4), 200);
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic: Vec<_> = (0..3)
+        .map(|i| {
+            let (stop, complete) = (stop.clone(), complete.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(complete(8 + 4 * i), 200);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = tempfile::tempdir().unwrap();
+    let scrapes = dir.path().join("scrapes");
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["top", "--once", "--interval", "3", "--url", &vigil.url("")])
+        .arg("--save-scrapes")
+        .arg(&scrapes)
+        .output()
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in traffic {
+        t.join().unwrap();
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let engine = fields(&stdout, "engine");
+    assert_eq!(engine["model_name"], "smol");
+    assert!(stdout.contains("\nwhy: "), "{stdout}");
+
+    // The same two scrapes, backfilled into a TSDB for a real Prometheus.
+    let times: Vec<f64> = (0..2)
+        .map(|n| {
+            std::fs::read_to_string(scrapes.join(format!("0-{n}.time")))
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let data = dir.path().join("data");
+    for (n, time) in times.iter().enumerate() {
+        let body = std::fs::read_to_string(scrapes.join(format!("0-{n}.prom"))).unwrap();
+        let om = dir.path().join(format!("{n}.om"));
+        std::fs::write(&om, as_openmetrics(&body, *time)).unwrap();
+        let made = Command::new("promtool")
+            .args(["tsdb", "create-blocks-from", "openmetrics"])
+            .arg(&om)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+    }
+    let prometheus = Prometheus::start_on_data(&data);
+    // At the second scrape, over a range reaching just past the first: rate() then divides
+    // the increase by the time between the scrapes (in ms, as the TSDB keeps them).
+    let (t0, t1) = (
+        (times[0] * 1e3).round() as i64,
+        (times[1] * 1e3).round() as i64,
+    );
+    let range = format!("{}ms", t1 - t0 + 1);
+    let at = t1 as f64 / 1e3;
+    let id = r#"model_name="smol",engine="0""#;
+    let prom = |promql: String| -> f64 {
+        let result = prometheus.query_at(&promql, at);
+        assert_eq!(result.len(), 1, "{promql}: {result:?}");
+        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    let rate = |name: &str| prom(format!("rate({name}{{{id}}}[{range}])"));
+    let quantile = |q: f64, name: &str| {
+        prom(format!(
+            "histogram_quantile({q}, rate({name}_bucket{{{id}}}[{range}]))"
+        ))
+    };
+    let mut checks: Vec<(String, f64)> = vec![
+        (
+            "running".into(),
+            prom(format!("vllm:num_requests_running{{{id}}}")),
+        ),
+        (
+            "kv_cache_usage".into(),
+            prom(format!("vllm:kv_cache_usage_perc{{{id}}}")),
+        ),
+        (
+            "generation_tokens_per_s".into(),
+            rate("vllm:generation_tokens_total"),
+        ),
+        (
+            "prompt_tokens_per_s".into(),
+            rate("vllm:prompt_tokens_total"),
+        ),
+        (
+            "preemptions_per_s".into(),
+            rate("vllm:num_preemptions_total"),
+        ),
+    ];
+    for (key, name) in [
+        ("ttft", "vllm:time_to_first_token_seconds"),
+        ("itl", "vllm:inter_token_latency_seconds"),
+        ("e2e", "vllm:e2e_request_latency_seconds"),
+        ("queue", "vllm:request_queue_time_seconds"),
+    ] {
+        checks.push((format!("{key}_p50_s"), quantile(0.5, name)));
+        checks.push((format!("{key}_p99_s"), quantile(0.99, name)));
+    }
+    for (key, want) in checks {
+        let got: f64 = engine[&key].parse().unwrap();
+        let close =
+            (got.is_nan() && want.is_nan()) || (got - want).abs() <= 1e-3 * want.abs().max(1e-9);
+        assert!(close, "{key}: vigil top {got}, Prometheus {want}\n{stdout}");
+    }
+    // The window saw the traffic.
+    let got = |k: &str| engine[k].parse::<f64>().unwrap();
+    assert!(got("generation_tokens_per_s") > 0.0, "{stdout}");
+    assert!(got("itl_p99_s") > 0.0, "{stdout}");
+    assert!(got("ttft_p99_s") > 0.0, "{stdout}");
+}
+
+#[test]
+fn an_endpoint_that_is_away_is_reported_not_fatal() {
+    let port = common::free_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["top", "--once", "--interval", "0.1", "--url"])
+        .arg(format!("http://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(stdout.contains("unreachable"), "{stdout}");
+    assert!(stdout.contains("why: no engine series"), "{stdout}");
+}
