@@ -195,3 +195,157 @@ fn an_endpoint_that_is_away_is_reported_not_fatal() {
     assert!(stdout.contains("unreachable"), "{stdout}");
     assert!(stdout.contains("why: no engine series"), "{stdout}");
 }
+
+/// A tmux server of its own, holding one window that runs `command`.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(command: &str, width: u16, height: u16) -> Tmux {
+        let tmux = Tmux {
+            socket: format!("vigil-top-test-{}", std::process::id()),
+        };
+        tmux.run(&["new-session", "-d", "-s", "top", "-x", &width.to_string()])
+            .run(&["set-option", "-g", "remain-on-exit", "on"]);
+        tmux.run(&["resize-window", "-t", "top", "-y", &height.to_string()]);
+        tmux.run(&["respawn-pane", "-k", "-t", "top", command]);
+        tmux
+    }
+
+    fn run(&self, args: &[&str]) -> &Tmux {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket])
+            .args(args)
+            .output()
+            .expect("tmux is installed (.ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "top"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "top"];
+        args.extend(keys);
+        self.run(&args);
+    }
+
+    /// Waits until the screen satisfies `ok`, and returns it.
+    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        common::wait_for(what, Duration::from_secs(30), || {
+            let s = self.screen();
+            ok(&s).then_some(s)
+        })
+    }
+
+    fn pane(&self, format: &str) -> String {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "display-message",
+                "-p",
+                "-t",
+                "top",
+                format,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .output();
+    }
+}
+
+fn serve_on(port: u16, name: &str) -> Vigil {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    command
+        .args(["serve", common::require_model(), "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--served-model-name", name]);
+    Vigil::spawn(command)
+}
+
+/// The screen in a real terminal: its panels, its keys, a resize, and an endpoint that goes
+/// away and comes back.
+#[test]
+fn the_screen_answers_keys_resizes_and_outlives_an_endpoint() {
+    let alpha = Vigil::serve(&["--served-model-name", "alpha"]);
+    let port = common::free_port();
+    let mut beta = serve_on(port, "beta");
+    // The exit status is written down by the shell (tmux does not always learn it).
+    let status = tempfile::NamedTempFile::new().unwrap();
+    let command = format!(
+        "{} top --interval 0.5 --url {} --url http://127.0.0.1:{port}; echo $? > {}",
+        env!("CARGO_BIN_EXE_vigil"),
+        alpha.url(""),
+        status.path().display()
+    );
+    let tmux = Tmux::start(&command, 160, 45);
+    let screen = tmux.wait("both engines on screen", |s| {
+        s.contains("alpha") && s.contains("beta")
+    });
+    for panel in [
+        "Why is it slow?",
+        "Engines",
+        "GPUs",
+        "Host scheduling",
+        "q quit",
+    ] {
+        assert!(screen.contains(panel), "{panel}:\n{screen}");
+    }
+    // The selected engine's sparklines follow the arrow keys.
+    assert!(screen.contains("gen tokens/s: alpha"), "{screen}");
+    tmux.keys(&["Down"]);
+    tmux.wait("beta selected", |s| s.contains("gen tokens/s: beta"));
+    tmux.keys(&["Up"]);
+    tmux.wait("alpha selected", |s| s.contains("gen tokens/s: alpha"));
+    tmux.keys(&["p"]);
+    tmux.wait("paused", |s| s.contains("[PAUSED]"));
+    tmux.keys(&["p"]);
+    tmux.wait("running again", |s| !s.contains("[PAUSED]"));
+    tmux.keys(&["+"]);
+    tmux.wait("a longer window", |s| s.contains("window 1.0 s"));
+    tmux.keys(&["-"]);
+    tmux.wait("the window back", |s| s.contains("window 0.5 s"));
+
+    // Smaller: still drawn, still alive.
+    tmux.run(&["resize-window", "-t", "top", "-x", "90", "-y", "30"]);
+    let small = tmux.wait("redrawn at 90 columns", |s| {
+        s.lines().all(|l| l.chars().count() <= 90) && s.contains("Engines")
+    });
+    assert_eq!(tmux.pane("#{pane_dead}"), "0", "{small}");
+    tmux.run(&["resize-window", "-t", "top", "-x", "160", "-y", "45"]);
+
+    // beta goes away: reported, the screen carries on; it comes back on the same port.
+    beta.kill();
+    tmux.wait("beta unreachable", |s| s.contains("unreachable"));
+    assert_eq!(tmux.pane("#{pane_dead}"), "0");
+    let _beta = serve_on(port, "beta");
+    tmux.wait("beta back", |s| {
+        s.contains("beta") && !s.contains("unreachable")
+    });
+
+    tmux.keys(&["q"]);
+    let code = common::wait_for("vigil top exits", Duration::from_secs(10), || {
+        let code = std::fs::read_to_string(status.path()).unwrap();
+        (!code.is_empty()).then_some(code)
+    });
+    assert_eq!(code.trim(), "0", "{}", tmux.screen());
+}

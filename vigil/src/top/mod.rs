@@ -5,6 +5,7 @@
 //! ([`verdict`]).
 
 mod scrape;
+mod screen;
 mod snapshot;
 mod text;
 mod verdict;
@@ -55,7 +56,7 @@ fn urls(args: &TopArgs) -> Vec<String> {
 
 /// One window over every endpoint: a scrape of each, `interval` apart. An endpoint that does
 /// not answer is reported, not fatal.
-fn window(urls: &[String], interval: Duration, save: Option<&PathBuf>) -> anyhow::Result<String> {
+fn window(urls: &[String], interval: Duration, save: Option<&PathBuf>) -> anyhow::Result<Snapshot> {
     let first: Vec<Result<Scrape, String>> = urls.iter().map(|u| Scrape::fetch(u)).collect();
     std::thread::sleep(interval);
     let mut snapshot = Snapshot::default();
@@ -73,7 +74,10 @@ fn window(urls: &[String], interval: Duration, save: Option<&PathBuf>) -> anyhow
                 .push((url.clone(), format!("unreachable: {e}"))),
         }
     }
-    Ok(text::render(&snapshot))
+    if snapshot.seconds == 0.0 {
+        snapshot.seconds = interval.as_secs_f64();
+    }
+    Ok(snapshot)
 }
 
 /// Writes endpoint `i`'s two scrapes as `DIR/i-0.prom` and `DIR/i-1.prom`, each with the time
@@ -91,14 +95,9 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
     let urls = urls(args);
     let interval = args.interval;
     if args.once {
-        print!("{}", window(&urls, interval, args.save_scrapes.as_ref())?);
+        let snapshot = window(&urls, interval, args.save_scrapes.as_ref())?;
+        print!("{}", text::render(&snapshot));
         return Ok(());
     }
-    // Until interrupted: each window replaces the last on the screen.
-    loop {
-        let view = window(&urls, interval, args.save_scrapes.as_ref())?;
-        print!("\x1b[2J\x1b[H{view}");
-        use std::io::Write;
-        std::io::stdout().flush()?;
-    }
+    screen::run(urls, interval, args.save_scrapes.clone())
 }
