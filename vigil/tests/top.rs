@@ -5,6 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -348,4 +349,94 @@ fn the_screen_answers_keys_resizes_and_outlives_an_endpoint() {
         (!code.is_empty()).then_some(code)
     });
     assert_eq!(code.trim(), "0", "{}", tmux.screen());
+}
+
+/// Serves `bodies` as `/metrics`, one per request in order (the last one from then on).
+fn serve_scrapes(bodies: Vec<String>) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let body = &bodies[i.min(bodies.len() - 1)];
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
+fn fixture_pair(name: &str) -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/top");
+    (0..2)
+        .map(|n| std::fs::read_to_string(dir.join(format!("{name}-{n}.prom"))).unwrap())
+        .collect()
+}
+
+fn top_once(url: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["top", "--once", "--interval", "1", "--url", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Between the fixture's two scrapes four requests finished with 48 generated tokens (56 - 8).
+#[test]
+fn a_vllm_engine_renders_and_its_missing_probes_are_named() {
+    let out = top_once(&serve_scrapes(fixture_pair("vllm-0.33")));
+    let engine = fields(&out, "engine");
+    assert_eq!(engine["model_name"], "meta-llama/Llama-3.1-8B-Instruct");
+    assert_eq!(engine["running"], "0");
+    let window: f64 = out.lines().next().unwrap()["window_seconds=".len()..]
+        .parse()
+        .unwrap();
+    let gen: f64 = engine["generation_tokens_per_s"].parse().unwrap();
+    assert!(
+        (gen * window - 48.0).abs() < 1e-6,
+        "{gen} x {window}\n{out}"
+    );
+    for k in ["ttft_p50_s", "ttft_p99_s", "itl_p99_s", "e2e_p99_s"] {
+        let v: f64 = engine[k].parse().unwrap();
+        assert!(v > 0.0, "{k}: {out}");
+    }
+    assert!(out.contains("GPU: no vigil_gpu_utilization_ratio"), "{out}");
+    assert!(
+        out.contains("host: no vigil_runqueue_latency_seconds"),
+        "{out}"
+    );
+    assert!(!out.contains("\nfrontend "), "{out}");
+}
+
+#[test]
+fn a_dynamo_frontend_renders_and_the_missing_engine_is_named() {
+    let out = top_once(&serve_scrapes(fixture_pair("dynamo-frontend")));
+    let frontend = fields(&out, "frontend");
+    assert_eq!(frontend["model"], "Qwen/Qwen3-0.6B");
+    let window: f64 = out.lines().next().unwrap()["window_seconds=".len()..]
+        .parse()
+        .unwrap();
+    let requests: f64 = frontend["requests_per_s"].parse().unwrap();
+    assert!((requests * window - 4.0).abs() < 1e-9, "{out}");
+    let ttft: f64 = frontend["ttft_p99_s"].parse().unwrap();
+    assert!(ttft > 0.0, "{out}");
+    assert!(
+        out.contains("engine: no vllm:num_requests_running"),
+        "{out}"
+    );
+    assert!(!out.contains("\nengine "), "{out}");
 }

@@ -139,13 +139,16 @@ fn draw(f: &mut Frame, state: &State) {
     let s = state.snapshot.as_ref();
     let engines = s.map_or(0, |s| s.engines.len()) as u16;
     let gpus = s.map_or(0, |s| s.gpus.len()) as u16;
+    let frontends = s.map_or(0, |s| s.frontends.len()) as u16;
     let host = s.map_or(0, |s| s.host.len() + s.device.len()) as u16;
     let missing = s.map_or(0, |s| s.missing.len()) as u16;
-    let [header, why, engine_area, spark_area, gpu_area, host_area, missing_area, _, footer] =
+    let [header, why, engine_area, frontend_area, spark_area, gpu_area, host_area, missing_area, _, footer] =
         Layout::vertical([
             Constraint::Length(1),
             Constraint::Length(3),
             Constraint::Length(engines.max(1) + 3),
+            // Shown only where an endpoint is a Dynamo frontend (or a Vigil, which is one too).
+            Constraint::Length(if frontends > 0 { frontends + 3 } else { 0 }),
             Constraint::Length(5),
             Constraint::Length(gpus.max(1) + 3),
             Constraint::Length(host.max(1) + 3),
@@ -183,6 +186,7 @@ fn draw(f: &mut Frame, state: &State) {
         why,
     );
     draw_engines(f, engine_area, s, state.engine);
+    draw_frontends(f, frontend_area, s);
     draw_sparklines(f, spark_area, s, state);
     draw_gpus(f, gpu_area, s, state.gpu);
     draw_host(f, host_area, s);
@@ -276,6 +280,53 @@ fn draw_engines(f: &mut Frame, area: Rect, s: &Snapshot, selected: usize) {
         Table::new(rows, widths)
             .header(header)
             .block(Block::default().borders(Borders::ALL).title("Engines")),
+        area,
+    );
+}
+
+fn draw_frontends(f: &mut Frame, area: Rect, s: &Snapshot) {
+    if area.height == 0 {
+        return;
+    }
+    let header = Row::new([
+        "model",
+        "in flight",
+        "queued",
+        "requests/s",
+        "out t/s",
+        "TTFT p50/p99",
+        "ITL p50/p99",
+        "duration p50/p99",
+    ])
+    .style(Style::new().add_modifier(Modifier::BOLD));
+    let rows = s.frontends.iter().map(|fe| {
+        Row::new([
+            fe.model.clone(),
+            num(fe.inflight, 0),
+            num(fe.queued, 0),
+            num(fe.requests_per_s, 2),
+            num(fe.output_tokens_per_s, 1),
+            pair(fe.ttft),
+            pair(fe.itl),
+            pair(fe.duration),
+        ])
+    });
+    let widths = [
+        Constraint::Min(10),
+        Constraint::Length(9),
+        Constraint::Length(7),
+        Constraint::Length(10),
+        Constraint::Length(8),
+        Constraint::Length(18),
+        Constraint::Length(18),
+        Constraint::Length(18),
+    ];
+    f.render_widget(
+        Table::new(rows, widths).header(header).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title("Dynamo frontends"),
+        ),
         area,
     );
 }

@@ -1,7 +1,7 @@
 //! The dashboard's numbers for one window: two scrapes of each endpoint turned into rows per
 //! engine, per GPU and per thread role, with the catalog's series names.
 
-use exporter::catalog::{device, gpu, sched, vllm};
+use exporter::catalog::{device, dynamo, gpu, sched, vllm};
 
 use super::scrape::{label, Scrape};
 use super::window::{histogram_quantile, rate};
@@ -27,6 +27,20 @@ pub struct EngineRow {
     pub itl: (f64, f64),
     pub e2e: (f64, f64),
     pub queue: (f64, f64),
+}
+
+/// One model behind a Dynamo frontend (`model`) over the window.
+#[derive(Debug, Clone)]
+pub struct FrontendRow {
+    pub url: String,
+    pub model: String,
+    pub inflight: f64,
+    pub queued: f64,
+    pub requests_per_s: f64,
+    pub output_tokens_per_s: f64,
+    pub ttft: (f64, f64),
+    pub itl: (f64, f64),
+    pub duration: (f64, f64),
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +79,7 @@ pub struct DeviceRow {
 pub struct Snapshot {
     pub seconds: f64,
     pub engines: Vec<EngineRow>,
+    pub frontends: Vec<FrontendRow>,
     pub gpus: Vec<GpuRow>,
     pub host: Vec<HostRow>,
     pub device: Vec<DeviceRow>,
@@ -82,6 +97,7 @@ impl Snapshot {
         let dt = (after.at - before.at).max(1e-3);
         self.seconds = dt;
         self.add_engines(url, before, after, dt);
+        self.add_frontends(url, before, after, dt);
         self.add_gpus(url, before, after);
         self.add_host(url, before, after, dt);
         self.add_device(url, before, after);
@@ -140,6 +156,58 @@ impl Snapshot {
                 queue: quantiles(vllm::REQUEST_QUEUE_TIME_SECONDS.name),
                 model_name: model,
                 engine,
+            });
+        }
+    }
+
+    /// Dynamo frontends' models (a Vigil shows these beside its engines too).
+    fn add_frontends(&mut self, url: &str, before: &Scrape, after: &Scrape, dt: f64) {
+        // Dynamo deprecated the in-flight gauge for the active one; either is read.
+        let active = dynamo::FRONTEND_ACTIVE_REQUESTS.name;
+        let inflight = if after.has(active) {
+            active
+        } else {
+            dynamo::FRONTEND_INFLIGHT_REQUESTS.name
+        };
+        for (labels, value) in after.all(inflight) {
+            let model = label(labels, "model").unwrap_or("").to_owned();
+            let id = [("model", model.as_str())];
+            // Summed over the other labels (endpoint, request type, status).
+            let per_s = |name: &str| {
+                let name = counter(name);
+                let sum = |s: &Scrape| -> Option<f64> {
+                    let all: Vec<f64> = s
+                        .all(&name)
+                        .iter()
+                        .filter(|(l, _)| label(l, "model") == Some(&model))
+                        .map(|(_, v)| *v)
+                        .collect();
+                    (!all.is_empty()).then(|| all.iter().sum())
+                };
+                match (sum(before), sum(after)) {
+                    (Some(b), Some(a)) => rate(b, a, dt),
+                    _ => f64::NAN,
+                }
+            };
+            let quantiles = |name: &str| {
+                let (b, a) = (before.buckets(name, &id), after.buckets(name, &id));
+                (
+                    histogram_quantile(0.5, &b, &a),
+                    histogram_quantile(0.99, &b, &a),
+                )
+            };
+            self.frontends.push(FrontendRow {
+                url: url.into(),
+                inflight: *value,
+                queued: after
+                    .value(dynamo::FRONTEND_QUEUED_REQUESTS.name, &id)
+                    .unwrap_or(f64::NAN),
+                requests_per_s: per_s(dynamo::FRONTEND_REQUESTS.name),
+                output_tokens_per_s: per_s(dynamo::FRONTEND_OUTPUT_TOKENS.name),
+                ttft: quantiles(dynamo::FRONTEND_TIME_TO_FIRST_TOKEN.name),
+                itl: quantiles(dynamo::FRONTEND_INTER_TOKEN_LATENCY.name),
+                duration: quantiles(dynamo::FRONTEND_REQUEST_DURATION.name),
+                model,
             });
         }
     }

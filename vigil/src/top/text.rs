@@ -37,6 +37,26 @@ pub fn render(s: &Snapshot) -> String {
             e.queue.1
         );
     }
+    for f in &s.frontends {
+        let _ = writeln!(
+            out,
+            "frontend url={} model={} inflight={} queued={} requests_per_s={} \
+             output_tokens_per_s={} ttft_p50_s={} ttft_p99_s={} itl_p50_s={} itl_p99_s={} \
+             duration_p50_s={} duration_p99_s={}",
+            f.url,
+            f.model,
+            f.inflight,
+            f.queued,
+            f.requests_per_s,
+            f.output_tokens_per_s,
+            f.ttft.0,
+            f.ttft.1,
+            f.itl.0,
+            f.itl.1,
+            f.duration.0,
+            f.duration.1
+        );
+    }
     for g in &s.gpus {
         let throttled = if g.throttled_by.is_empty() {
             "none".to_owned()

@@ -58,7 +58,15 @@ pub fn why_slow(s: &Snapshot) -> String {
             );
         }
     }
-    if s.engines.is_empty() {
+    for f in &s.frontends {
+        if f.queued > 0.0 {
+            return format!(
+                "queueing at the frontend for {}: {} queued, {} in flight",
+                f.model, f.queued, f.inflight
+            );
+        }
+    }
+    if s.engines.is_empty() && s.frontends.is_empty() {
         return "no engine series: nothing to judge".into();
     }
     "nothing stands out: no queue, no KV pressure, no CPU starvation, no GPU throttling".into()
