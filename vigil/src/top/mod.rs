@@ -39,19 +39,28 @@ fn urls(args: &TopArgs) -> Vec<String> {
             })
             .collect();
     }
+    let env_file = std::fs::read_to_string(ENV_FILE).ok();
+    vec![default_url(
+        std::env::var("VIGIL_PORT").ok(),
+        env_file.as_deref(),
+    )]
+}
+
+/// This node's Vigil: the port from `VIGIL_PORT` in the environment, else from the unit's
+/// environment file (its last uncommented `VIGIL_PORT=`), else vLLM's 8000.
+fn default_url(env_port: Option<String>, env_file: Option<&str>) -> String {
     let from_file = || {
-        std::fs::read_to_string(ENV_FILE).ok().and_then(|text| {
-            text.lines()
-                .filter_map(|l| l.trim().strip_prefix("VIGIL_PORT="))
-                .map(|v| v.trim_matches('"').to_owned())
-                .next_back()
-        })
+        env_file?
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("VIGIL_PORT="))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .next_back()
     };
-    let port = std::env::var("VIGIL_PORT")
-        .ok()
+    let port = env_port
+        .filter(|p| !p.is_empty())
         .or_else(from_file)
         .unwrap_or_else(|| "8000".into());
-    vec![format!("http://127.0.0.1:{port}/metrics")]
+    format!("http://127.0.0.1:{port}/metrics")
 }
 
 /// One window over every endpoint: a scrape of each, `interval` apart. An endpoint that does
@@ -100,4 +109,31 @@ pub fn run(args: &TopArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     screen::run(urls, interval, args.save_scrapes.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_url;
+
+    #[test]
+    fn the_default_endpoint_follows_the_environment_then_the_units_file() {
+        let file = "# The port\n#VIGIL_PORT=8000\nVIGIL_PORT=9123\n";
+        assert_eq!(
+            default_url(Some("9200".into()), Some(file)),
+            "http://127.0.0.1:9200/metrics"
+        );
+        assert_eq!(
+            default_url(None, Some(file)),
+            "http://127.0.0.1:9123/metrics"
+        );
+        assert_eq!(
+            default_url(Some(String::new()), Some(file)),
+            "http://127.0.0.1:9123/metrics"
+        );
+        assert_eq!(
+            default_url(None, Some("#VIGIL_PORT=1\n")),
+            "http://127.0.0.1:8000/metrics"
+        );
+        assert_eq!(default_url(None, None), "http://127.0.0.1:8000/metrics");
+    }
 }
