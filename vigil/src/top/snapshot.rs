@@ -87,6 +87,15 @@ pub struct Snapshot {
     pub missing: Vec<(String, String)>,
 }
 
+/// The median and 99th percentile of histogram `name`'s observations in the window.
+fn p50_p99(name: &str, id: &[(&str, &str)], before: &Scrape, after: &Scrape) -> (f64, f64) {
+    let (b, a) = (before.buckets(name, id), after.buckets(name, id));
+    (
+        histogram_quantile(0.5, &b, &a),
+        histogram_quantile(0.99, &b, &a),
+    )
+}
+
 fn counter(name: &str) -> String {
     format!("{name}_total")
 }
@@ -124,13 +133,7 @@ impl Snapshot {
                     _ => f64::NAN,
                 }
             };
-            let quantiles = |name: &str| {
-                let (b, a) = (before.buckets(name, &id), after.buckets(name, &id));
-                (
-                    histogram_quantile(0.5, &b, &a),
-                    histogram_quantile(0.99, &b, &a),
-                )
-            };
+            let quantiles = |name: &str| p50_p99(name, &id, before, after);
             let waiting_by_reason = after
                 .all(vllm::NUM_REQUESTS_WAITING_BY_REASON.name)
                 .iter()
@@ -189,13 +192,7 @@ impl Snapshot {
                     _ => f64::NAN,
                 }
             };
-            let quantiles = |name: &str| {
-                let (b, a) = (before.buckets(name, &id), after.buckets(name, &id));
-                (
-                    histogram_quantile(0.5, &b, &a),
-                    histogram_quantile(0.99, &b, &a),
-                )
-            };
+            let quantiles = |name: &str| p50_p99(name, &id, before, after);
             self.frontends.push(FrontendRow {
                 url: url.into(),
                 inflight: *value,
