@@ -358,9 +358,7 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
             .zip(self.gate_up.par_chunks(2 * inter))
             .for_each(|(a, gu)| {
                 let (g, u) = gu.split_at(inter);
-                for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
-                    *a = ops::silu(*g) * u;
-                }
+                ops::swiglu(a, g, u);
             });
         layer.down.forward(&self.act, t, &mut self.out);
         ops::add_assign(&mut self.x, &self.out);

@@ -33,16 +33,40 @@ pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, inv_freq: 
     }
 }
 
-#[inline]
+#[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
+}
+
+/// `a = silu(g) * u` over one row (SwiGLU), compiled with FMA where the CPU has it: [`exp`]'s
+/// fused multiply-adds are then single instructions rather than calls to the C library's `fmaf`.
+pub fn swiglu(a: &mut [f32], g: &[f32], u: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA.
+        return unsafe { swiglu_fma(a, g, u) };
+    }
+    swiglu_row(a, g, u)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn swiglu_fma(a: &mut [f32], g: &[f32], u: &[f32]) {
+    swiglu_row(a, g, u)
+}
+
+#[inline(always)]
+fn swiglu_row(a: &mut [f32], g: &[f32], u: &[f32]) {
+    for ((a, g), u) in a.iter_mut().zip(g).zip(u) {
+        *a = silu(*g) * u;
+    }
 }
 
 /// `e^x` as llama.cpp's CPU backend computes it for SiLU and softmax (`ggml_v_expf`, after
 /// ARM's optimized routine: `x = n ln2 + b`, a degree-5 polynomial in `b`, scaled by `2^n`;
 /// under 2 ulp from the true value), so that activations follow llama.cpp's to the bit where
-/// the rest of the arithmetic does.
-#[inline]
+/// the rest of the arithmetic does. Inlined, so that a caller compiled with FMA gets it.
+#[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 0x1.8p23: adding it rounds to an integer.
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), SHIFT); // log2(e)
