@@ -440,3 +440,39 @@ fn a_dynamo_frontend_renders_and_the_missing_engine_is_named() {
     );
     assert!(!out.contains("\nengine "), "{out}");
 }
+
+/// GPU rows on a simulated node (`cuda-sim`'s NVML answering from `failing-node.json`): GPU 2
+/// is held down by hardware slowdown and thermal slowdown from its first second at 92 °C, and
+/// the verdict names it before anything else (GPU 1's XID at 2 s and loss at 3 s included); the
+/// idle reason of GPU 0 is not throttling.
+#[test]
+fn gpu_rows_show_a_throttled_gpu_and_the_verdict_names_it() {
+    let env = common::simulated_node("failing-node");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let vigil = Vigil::serve_env(&["--device", "cpu", "--probe-interval", "0.2"], &env);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = top_once(&vigil.url(""));
+    let gpus: Vec<HashMap<String, String>> = out
+        .lines()
+        .filter(|l| l.starts_with("gpu "))
+        .map(|l| fields(&format!("{l}\n"), "gpu"))
+        .collect();
+    // GPU 1 falls off the bus at 3 s: three or four rows, depending on the window.
+    assert!(gpus.len() >= 3, "{out}");
+    let gpu = |i: &str| gpus.iter().find(|g| g["gpu"] == i).unwrap();
+    assert_eq!(gpu("0")["throttled_by"], "none", "{out}");
+    assert_eq!(
+        gpu("2")["throttled_by"],
+        "hw_slowdown,hw_thermal_slowdown",
+        "{out}"
+    );
+    assert_eq!(gpu("2")["temperature_celsius"], "92");
+    // The profile's milliwatts and percent in the series' watts and ratio.
+    assert_eq!(gpu("3")["power_watts"], "175");
+    assert_eq!(gpu("3")["utilization"], "0.3");
+    assert_eq!(gpu("3")["memory_used_bytes"], "4294967296");
+    assert!(
+        out.contains("why: GPU 2 is throttled (hw_slowdown, hw_thermal_slowdown) at 150 W, 92 °C"),
+        "{out}"
+    );
+}

@@ -20,6 +20,8 @@ pub fn why_slow(s: &Snapshot) -> String {
                 g.temperature
             );
         }
+    }
+    for g in &s.gpus {
         if g.xid_errors > 0.0 || g.ecc_errors > 0.0 {
             return format!(
                 "GPU {} reports errors: {} XID, {} ECC in the window",
@@ -140,6 +142,21 @@ mod tests {
             ecc_errors: 0.0,
         });
         assert!(why_slow(&s).starts_with("GPU 0 is throttled (hw_thermal_slowdown)"));
+        // An erroring GPU listed first does not hide a throttled one.
+        let mut erroring = s.gpus[0].clone();
+        (erroring.gpu, erroring.throttled_by, erroring.xid_errors) = ("7".into(), vec![], 1.0);
+        s.gpus.insert(0, erroring);
+        assert!(
+            why_slow(&s).starts_with("GPU 0 is throttled"),
+            "{}",
+            why_slow(&s)
+        );
+        s.gpus.pop();
+        assert!(
+            why_slow(&s).starts_with("GPU 7 reports errors: 1 XID, 0 ECC"),
+            "{}",
+            why_slow(&s)
+        );
     }
 
     #[test]

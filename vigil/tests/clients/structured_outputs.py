@@ -107,10 +107,48 @@ for i, prompt in enumerate(PROMPTS):
     check(f"json_schema {'stream' if stream else 'whole'} #{i}", finish == "stop" and valid,
           f"finish={finish} {text}")
 
+def json_object_prefix(text):
+    """Whether `text` begins a JSON object that closing its open string, a missing value and its
+    open brackets would complete: what a json_object constraint guarantees of an output that
+    max_tokens cut short."""
+    stack, in_string, escaped = [], False, False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            stack.append(ch)
+        elif ch in "}]" and stack:
+            stack.pop()
+    if escaped:
+        text = text[:-1]
+    closers = "".join("}" if c == "{" else "]" for c in reversed(stack))
+    opened = '"' if in_string else ""
+    for filler in ("", "null", ":null", "0", '"'):
+        try:
+            if isinstance(json.loads(text + opened + filler + closers), dict):
+                return True
+        except ValueError:
+            pass
+    return False
+
+
+# Any object: complete where the model stopped; where max_tokens cut it (a 135M model at
+# temperature 1 may write a string for hundreds of tokens), a prefix of one.
 for stream in (False, True):
     text, finish = chat("Give me any JSON object.", stream=stream, temperature=1.0, seed=7,
                         max_tokens=200, response_format={"type": "json_object"})
-    check(f"json_object stream={stream}", finish == "stop" and isinstance(json.loads(text), dict), text)
+    whole = finish == "stop" and isinstance(json.loads(text), dict)
+    cut = finish == "length" and json_object_prefix(text)
+    check(f"json_object stream={stream} ({finish})", whole or cut, text)
+assert json_object_prefix('{"a": [1, {"b": "tex') and json_object_prefix('{"a"')
+assert not json_object_prefix('{"a": }') and not json_object_prefix("[1, 2")
 
 PHONE = r"\(\d{3}\) \d{3}-\d{4}"
 for stream in (False, True):
@@ -195,8 +233,10 @@ def tool_calls(stream, **kw):
     return [tuple(calls[i]) for i in sorted(calls)], finish
 
 
+# Greedy: sampled at temperature 1 this small model keeps adding calls and properties (the
+# required schema, as vLLM builds it, allows more items and extra keys) past max_tokens.
 for stream in (False, True):
-    calls, finish = tool_calls(stream, tool_choice="required", temperature=1.0, seed=11, max_tokens=200)
+    calls, finish = tool_calls(stream, tool_choice="required", temperature=0, max_tokens=200)
     ok = finish == "tool_calls" and len(calls) >= 1 and all(
         name in SCHEMAS and cid and jsonschema.validate(json.loads(args), SCHEMAS[name]) is None
         for name, args, cid in calls)
