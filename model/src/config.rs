@@ -78,40 +78,54 @@ impl LlamaConfig {
 
     /// The RoPE inverse frequencies, one per pair of dimensions, scaling applied.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let half = self.head_dim / 2;
-        (0..half)
-            .map(|i| {
-                let f = 1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / self.head_dim as f64);
-                match &self.rope_scaling {
-                    None => f as f32,
-                    Some(RopeScaling::Linear { factor }) => (f / *factor as f64) as f32,
-                    Some(RopeScaling::Llama3 {
-                        factor,
-                        low_freq_factor,
-                        high_freq_factor,
-                        original_max_position_embeddings,
-                    }) => {
-                        let (factor, low, high, orig) = (
-                            *factor as f64,
-                            *low_freq_factor as f64,
-                            *high_freq_factor as f64,
-                            *original_max_position_embeddings as f64,
-                        );
-                        let wavelen = 2.0 * std::f64::consts::PI / f;
-                        let (low_wavelen, high_wavelen) = (orig / low, orig / high);
-                        let scaled = if wavelen < high_wavelen {
-                            f
-                        } else if wavelen > low_wavelen {
-                            f / factor
-                        } else {
-                            let smooth = (orig / wavelen - low) / (high - low);
-                            (1.0 - smooth) * f / factor + smooth * f
-                        };
-                        scaled as f32
-                    }
-                }
-            })
+        (0..self.head_dim / 2)
+            .map(|i| self.scaled_inv_freq(i) as f32)
             .collect()
+    }
+
+    /// Per pair of dimensions, what Llama 3's band-wise scaling divides the angle by (the
+    /// `rope_freqs` tensor llama.cpp's converter writes); `None` for the other scalings.
+    pub fn rope_freq_factors(&self) -> Option<Vec<f32>> {
+        matches!(self.rope_scaling, Some(RopeScaling::Llama3 { .. })).then(|| {
+            (0..self.head_dim / 2)
+                .map(|i| (self.unscaled_inv_freq(i) / self.scaled_inv_freq(i)) as f32)
+                .collect()
+        })
+    }
+
+    fn unscaled_inv_freq(&self, i: usize) -> f64 {
+        1.0 / (self.rope_theta as f64).powf(2.0 * i as f64 / self.head_dim as f64)
+    }
+
+    fn scaled_inv_freq(&self, i: usize) -> f64 {
+        let f = self.unscaled_inv_freq(i);
+        match &self.rope_scaling {
+            None => f,
+            Some(RopeScaling::Linear { factor }) => f / *factor as f64,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let (factor, low, high, orig) = (
+                    *factor as f64,
+                    *low_freq_factor as f64,
+                    *high_freq_factor as f64,
+                    *original_max_position_embeddings as f64,
+                );
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                let (low_wavelen, high_wavelen) = (orig / low, orig / high);
+                if wavelen < high_wavelen {
+                    f
+                } else if wavelen > low_wavelen {
+                    f / factor
+                } else {
+                    let smooth = (orig / wavelen - low) / (high - low);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            }
+        }
     }
 
     /// From an HF `config.json`.

@@ -1,15 +1,15 @@
-//! The CPU backend computes what llama.cpp computes on the same GGUF (the file's own Q4_1 and
-//! Q8_0 blocks against activations quantized as llama.cpp quantizes them, an f16 KV cache):
-//! greedy continuations of eight prompts agree with llama.cpp's token for token.
+//! The CPU backend computes what llama.cpp computes on the same GGUF, to the bit: the file's
+//! own Q4_1 and Q8_0 blocks against activations quantized as llama.cpp quantizes them, an f16
+//! KV cache, and llama.cpp's arithmetic where the last bits depend on it (RoPE's angles and
+//! fused rotation, `exp`, the orders in which attention's products are summed). So greedy
+//! continuations of eight prompts are llama.cpp's, token for token, for as long as they were
+//! recorded (32 tokens).
 //!
-//! Agreement is measured, not exact: the two differ in the last bits (summation order, `exp`),
-//! and with 8-bit activations a last-bit difference can flip one rounding and, tokens later,
-//! a near tie. The floor below is what is held: every prompt agrees for its first 8 tokens,
-//! and of the first 24 tokens of the eight continuations, at least two thirds agree.
-//!
-//! llama.cpp's continuations are recorded in `fixtures/llama_cpp_greedy.json` (by
-//! `xtask/bench/llama_cpp_greedy.py`, llama-cpp-python, argmax of each step's logits), so the
-//! check runs everywhere; where llama-cpp-python is installed the test runs it again and first
+//! The reference is llama.cpp's x86 build with AVX-512 (the orders Vigil follows on every
+//! machine; its own kernels give the same bits on every instruction set). Its continuations
+//! are recorded in `fixtures/llama_cpp_greedy.json` (by `xtask/bench/llama_cpp_greedy.py`,
+//! llama-cpp-python, argmax of each step's logits), so the check runs everywhere; where
+//! llama-cpp-python is installed on a CPU with AVX-512, the test runs it again and first
 //! checks that the recording is still what llama.cpp says.
 
 mod common;
@@ -21,13 +21,6 @@ use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use backend::greedy_generate;
 use common::require_model;
 use model::Model;
-
-/// The tokens of each continuation compared.
-const AGREE: usize = 24;
-/// Of `8 * AGREE`, the tokens that must agree (leading tokens of each continuation).
-const AGREEING_TOTAL: usize = 8 * AGREE * 2 / 3;
-/// Tokens that must agree for every prompt.
-const ALWAYS_AGREE: usize = 8;
 
 fn fixtures() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
@@ -64,7 +57,6 @@ fn greedy_output_agrees_with_llama_cpp_on_eight_prompts() {
     assert_eq!(continuations.len(), 8);
     let mut report = Vec::new();
     let mut failures = Vec::new();
-    let mut total = 0;
     for c in continuations {
         let prompt = c["prompt"].as_str().unwrap();
         let prompt_ids = model.tokenizer.encode(prompt, false).unwrap();
@@ -83,10 +75,7 @@ fn greedy_output_agrees_with_llama_cpp_on_eight_prompts() {
         .unwrap();
         let agree = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
         report.push(format!("{agree:>2}/{} {prompt:?}", want.len()));
-        // A continuation that ends (EOS) where llama.cpp's ends agrees in full.
-        let whole = agree == want.len() && got.len() == want.len();
-        total += if whole { AGREE } else { agree.min(AGREE) };
-        if agree < ALWAYS_AGREE {
+        if got != want {
             failures.push(format!(
                 "{prompt:?}: agrees for {agree} tokens\n  vigil:     {:?}\n  llama.cpp: {:?}",
                 model.tokenizer.decode(&got, false).unwrap(),
@@ -96,11 +85,6 @@ fn greedy_output_agrees_with_llama_cpp_on_eight_prompts() {
     }
     eprintln!("tokens agreeing with llama.cpp:\n{}", report.join("\n"));
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert!(
-        total >= AGREEING_TOTAL,
-        "{total} of the first {AGREE} tokens of 8 continuations agree:\n{}",
-        report.join("\n")
-    );
 }
 
 #[test]
@@ -110,6 +94,14 @@ fn the_recording_is_what_llama_cpp_says_where_it_is_installed() {
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("llama-cpp-python is not installed here; the recorded continuations stand");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    if !avx512 {
+        eprintln!("without AVX-512, llama.cpp sums in other orders; the recording stands");
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

@@ -4,22 +4,23 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::summation::{self, SumOrder};
+
 /// An element of the KV cache.
 ///
 /// An f16 cache is what llama.cpp and vLLM keep for a half-precision model by default, and
 /// half the bytes of f32. With it, attention computes as llama.cpp's does: the query and the
 /// softmax weights are rounded to f16 before they meet the cache (llama.cpp converts a
-/// matmul's right-hand side to the left-hand side's f16), and the products are summed in f32.
+/// matmul's right-hand side to the left-hand side's f16), and the exact products are summed
+/// in f32 in llama.cpp's orders ([`super::summation`]).
 pub trait KvElement: Copy + Default + Send + Sync + 'static {
     /// `n` zeros, allocated zeroed so that pages no one writes are never touched.
     fn zeroed(n: usize) -> Vec<Self>;
     fn store(x: f32) -> Self;
     /// `x` as the operand that meets a cache row.
     fn operand(x: f32) -> f32;
-    /// `q · k` over one cache row, summed in f32.
-    fn dot(q: &[f32], k: &[Self]) -> f32;
-    /// `o += w v` over one cache row.
-    fn axpy(w: f32, v: &[Self], o: &mut [f32]);
+    /// A cache row as f32.
+    fn widen(row: &[Self], out: &mut [f32]);
 }
 
 impl KvElement for f32 {
@@ -33,14 +34,8 @@ impl KvElement for f32 {
         x
     }
     #[inline(always)]
-    fn dot(q: &[f32], k: &[f32]) -> f32 {
-        dot(q, k)
-    }
-    #[inline(always)]
-    fn axpy(w: f32, v: &[f32], o: &mut [f32]) {
-        for (o, v) in o.iter_mut().zip(v) {
-            *o += w * v;
-        }
+    fn widen(row: &[f32], out: &mut [f32]) {
+        out.copy_from_slice(row);
     }
 }
 
@@ -56,23 +51,14 @@ impl KvElement for f16 {
         f16::from_f32(x).to_f32()
     }
     #[inline(always)]
-    fn dot(q: &[f32], k: &[f16]) -> f32 {
+    fn widen(row: &[f16], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if f16c::available() {
-            // SAFETY: the CPU has the features; the slices are read within their lengths.
-            return unsafe { f16c::dot(q, k) };
+            // SAFETY: the CPU has F16C; `out` is as long as `row`.
+            return unsafe { f16c::widen(row, out) };
         }
-        q.iter().zip(k).map(|(q, k)| q * k.to_f32()).sum()
-    }
-    #[inline(always)]
-    fn axpy(w: f32, v: &[f16], o: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if f16c::available() {
-            // SAFETY: as `dot`.
-            return unsafe { f16c::axpy(w, v, o) };
-        }
-        for (o, v) in o.iter_mut().zip(v) {
-            *o += w * v.to_f32();
+        for (o, x) in out.iter_mut().zip(row) {
+            *o = x.to_f32();
         }
     }
 }
@@ -91,30 +77,14 @@ impl KvElement for bf16 {
         bf16::from_f32(x).to_f32()
     }
     #[inline(always)]
-    fn dot(q: &[f32], k: &[bf16]) -> f32 {
-        let mut acc = [0f32; 8];
-        for (q, k) in q.chunks_exact(8).zip(k.chunks_exact(8)) {
-            for i in 0..8 {
-                acc[i] += q[i] * f32::from_bits((k[i].to_bits() as u32) << 16);
-            }
-        }
-        let tail = q.len() / 8 * 8;
-        let rest: f32 = q[tail..]
-            .iter()
-            .zip(&k[tail..])
-            .map(|(q, k)| q * k.to_f32())
-            .sum();
-        acc.iter().sum::<f32>() + rest
-    }
-    #[inline(always)]
-    fn axpy(w: f32, v: &[bf16], o: &mut [f32]) {
-        for (o, v) in o.iter_mut().zip(v) {
-            *o += w * f32::from_bits((v.to_bits() as u32) << 16);
+    fn widen(row: &[bf16], out: &mut [f32]) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o = f32::from_bits((x.to_bits() as u32) << 16);
         }
     }
 }
 
-/// f16 cache rows widened eight at a time with F16C (`vcvtph2ps`) as they are read.
+/// f16 cache rows widened eight at a time with F16C (`vcvtph2ps`).
 #[cfg(target_arch = "x86_64")]
 mod f16c {
     use std::arch::x86_64::*;
@@ -122,60 +92,22 @@ mod f16c {
     use half::f16;
 
     pub fn available() -> bool {
-        use std::arch::is_x86_feature_detected as has;
-        has!("avx2") && has!("fma") && has!("f16c")
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load(k: &[f16], i: usize) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128(k.as_ptr().add(i) as *const __m128i))
+        std::arch::is_x86_feature_detected!("f16c")
     }
 
     /// # Safety
-    /// The CPU has AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot(q: &[f32], k: &[f16]) -> f32 {
-        let n = q.len().min(k.len());
-        let mut acc = [_mm256_setzero_ps(); 2];
-        let mut i = 0;
-        while i + 16 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load(k, i), acc[0]);
-            acc[1] = _mm256_fmadd_ps(
-                _mm256_loadu_ps(q.as_ptr().add(i + 8)),
-                load(k, i + 8),
-                acc[1],
-            );
-            i += 16;
-        }
-        if i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(i)), load(k, i), acc[0]);
-            i += 8;
-        }
-        let v = _mm256_add_ps(acc[0], acc[1]);
-        let s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        let mut sum = _mm_cvtss_f32(s);
-        for j in i..n {
-            sum += q[j] * k[j].to_f32();
-        }
-        sum
-    }
-
-    /// # Safety
-    /// As [`dot`].
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy(w: f32, v: &[f16], o: &mut [f32]) {
-        let n = o.len().min(v.len());
-        let wv = _mm256_set1_ps(w);
+    /// The CPU has F16C and `out.len() >= row.len()`.
+    #[target_feature(enable = "avx,f16c")]
+    pub unsafe fn widen(row: &[f16], out: &mut [f32]) {
+        let n = row.len();
         let mut i = 0;
         while i + 8 <= n {
-            let at = o.as_mut_ptr().add(i);
-            _mm256_storeu_ps(at, _mm256_fmadd_ps(wv, load(v, i), _mm256_loadu_ps(at)));
+            let x = _mm_loadu_si128(row.as_ptr().add(i) as *const __m128i);
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(x));
             i += 8;
         }
         for j in i..n {
-            o[j] += w * v[j].to_f32();
+            out[j] = row[j].to_f32();
         }
     }
 }
@@ -204,7 +136,22 @@ impl Geometry {
     }
 }
 
-/// Writes each row's K and V (from the fused QKV activations) into its slot.
+/// Which of a head's dimensions (in HF's order, RoPE pairing `i` with `i + head_dim/2`) the
+/// cache keeps at index `i`: the pairs interleaved, `0, h, 1, h + 1, ...`, the order of
+/// llama.cpp's rows (GGUF's Q and K weights are stored so). K is cached, and the query meets
+/// it, in this order, so that `q·k`'s products are summed in llama.cpp's order; V, and the
+/// value of the product, are unchanged.
+#[inline(always)]
+fn interleaved(i: usize, head_dim: usize) -> usize {
+    if i.is_multiple_of(2) {
+        i / 2
+    } else {
+        head_dim / 2 + i / 2
+    }
+}
+
+/// Writes each row's K (its dimensions [`interleaved`]) and V (from the fused QKV
+/// activations) into its slot.
 pub fn write_kv<T: KvElement>(
     qkv: &[f32],
     rows: &[Row],
@@ -217,8 +164,13 @@ pub fn write_kv<T: KvElement>(
     let width = q_w + 2 * kv_w;
     for (r, row) in qkv.chunks_exact(width).zip(rows) {
         let at = g.slot(tables[row.seq], row.pos);
-        for (c, x) in k_cache[at..at + kv_w].iter_mut().zip(&r[q_w..q_w + kv_w]) {
-            *c = T::store(*x);
+        for (c, head) in k_cache[at..at + kv_w]
+            .chunks_exact_mut(g.head_dim)
+            .zip(r[q_w..q_w + kv_w].chunks_exact(g.head_dim))
+        {
+            for (i, c) in c.iter_mut().enumerate() {
+                *c = T::store(head[interleaved(i, g.head_dim)]);
+            }
         }
         for (c, x) in v_cache[at..at + kv_w].iter_mut().zip(&r[q_w + kv_w..]) {
             *c = T::store(*x);
@@ -226,7 +178,8 @@ pub fn write_kv<T: KvElement>(
     }
 }
 
-/// For every row and head: softmax(q·K^T / sqrt(d)) V over positions `0..=pos` of its sequence.
+/// For every row and head: softmax(q·K^T / sqrt(d)) V over positions `0..=pos` of its sequence,
+/// summed in llama.cpp's order for a step of this many rows.
 pub fn paged_attention<T: KvElement>(
     qkv: &[f32],
     rows: &[Row],
@@ -238,17 +191,39 @@ pub fn paged_attention<T: KvElement>(
 ) {
     let hd = g.head_dim;
     let width = (g.n_heads + 2 * g.n_kv_heads) * hd;
+    let orders = Orders {
+        scores: SumOrder::for_step(rows.len(), hd),
+        // llama.cpp pads the positions to a multiple of 256, so whole registers.
+        values: SumOrder::for_step(rows.len(), 0),
+    };
     let attend = attend_kernel::<T>();
     out.par_chunks_mut(g.n_heads * hd)
         .zip(rows.par_iter())
         .enumerate()
         .for_each(|(i, (o, row))| {
             let q_all = &qkv[i * width..i * width + g.n_heads * hd];
-            attend(q_all, tables[row.seq], row.pos + 1, g, k_cache, v_cache, o);
+            attend(
+                q_all,
+                tables[row.seq],
+                row.pos + 1,
+                g,
+                orders,
+                k_cache,
+                v_cache,
+                o,
+            );
         });
 }
 
-type AttendFn<T> = fn(&[f32], &[u32], usize, Geometry, &[T], &[T], &mut [f32]);
+/// The summation orders of the two products: `q·K` over the head's dimensions, and
+/// `softmax·V` over the positions.
+#[derive(Debug, Clone, Copy)]
+struct Orders {
+    scores: SumOrder,
+    values: SumOrder,
+}
+
+type AttendFn<T> = fn(&[f32], &[u32], usize, Geometry, Orders, &[T], &[T], &mut [f32]);
 
 /// The row kernel, compiled for AVX2+FMA when the CPU has them (the same code; the wider
 /// instructions roughly halve attention time).
@@ -257,7 +232,7 @@ fn attend_kernel<T: KvElement>() -> AttendFn<T> {
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return |q, t, n, g, k, v, o| unsafe { attend_avx2(q, t, n, g, k, v, o) };
+            return |q, t, n, g, s, k, v, o| unsafe { attend_avx2(q, t, n, g, s, k, v, o) };
         }
     }
     attend_row
@@ -267,25 +242,30 @@ fn attend_kernel<T: KvElement>() -> AttendFn<T> {
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx2<T: KvElement>(
     q: &[f32],
     table: &[u32],
     n: usize,
     g: Geometry,
+    orders: Orders,
     k: &[T],
     v: &[T],
     o: &mut [f32],
 ) {
-    attend_row(q, table, n, g, k, v, o)
+    attend_row(q, table, n, g, orders, k, v, o)
 }
 
-/// Attention of one row (all its heads) over the first `n` positions of its sequence.
+/// Attention of one row (all its heads) over the first `n` positions of its sequence, a KV
+/// head at a time: each cache row is widened once for the query heads that share it.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn attend_row<T: KvElement>(
     q_all: &[f32],
     table: &[u32],
     n: usize,
     g: Geometry,
+    orders: Orders,
     k_cache: &[T],
     v_cache: &[T],
     o: &mut [f32],
@@ -293,28 +273,57 @@ fn attend_row<T: KvElement>(
     let hd = g.head_dim;
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let mut scores = vec![0f32; n];
-    let mut q = vec![0f32; hd];
-    for head in 0..g.n_heads {
-        let kvh = head / group;
-        for (q, x) in q.iter_mut().zip(&q_all[head * hd..(head + 1) * hd]) {
-            *q = T::operand(*x);
+    let slots = orders.values.slots();
+    let mut q = vec![0f32; group * hd];
+    let mut scores = vec![0f32; group * n];
+    let mut row = vec![0f32; hd];
+    // Per query head, the weighted sum of V's rows by slot (position `j` into `j % slots`).
+    let mut acc = vec![0f32; group * slots * hd];
+    for kvh in 0..g.n_kv_heads {
+        let heads = kvh * group * hd..(kvh + 1) * group * hd;
+        for (q, head) in q
+            .chunks_exact_mut(hd)
+            .zip(q_all[heads.clone()].chunks_exact(hd))
+        {
+            for (i, q) in q.iter_mut().enumerate() {
+                *q = T::operand(head[interleaved(i, hd)]);
+            }
         }
-        let mut max = f32::NEG_INFINITY;
-        for (j, s) in scores.iter_mut().enumerate() {
+        for j in 0..n {
             let at = g.slot(table, j) + kvh * hd;
-            *s = T::dot(&q, &k_cache[at..at + hd]) * scale;
-            max = max.max(*s);
+            T::widen(&k_cache[at..at + hd], &mut row);
+            for (h, q) in q.chunks_exact(hd).enumerate() {
+                scores[h * n + j] = summation::dot(orders.scores, q, &row) * scale;
+            }
         }
-        for s in scores.iter_mut() {
-            *s = super::ops::exp(*s - max);
+        for s in scores.chunks_exact_mut(n) {
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            for x in s.iter_mut() {
+                *x = super::ops::exp(*x - max);
+            }
+            let inv = (1.0 / softmax_sum(s)) as f32;
+            for x in s.iter_mut() {
+                *x = T::operand(*x * inv);
+            }
         }
-        let inv = (1.0 / softmax_sum(&scores)) as f32;
-        let o = &mut o[head * hd..(head + 1) * hd];
-        o.fill(0.0);
-        for (j, s) in scores.iter().enumerate() {
+        // Every slot starts at zero (the reduction below used them as scratch).
+        acc.fill(0.0);
+        for j in 0..n {
             let at = g.slot(table, j) + kvh * hd;
-            T::axpy(T::operand(s * inv), &v_cache[at..at + hd], o);
+            T::widen(&v_cache[at..at + hd], &mut row);
+            for h in 0..group {
+                let w = scores[h * n + j];
+                let a = &mut acc[(h * slots + j % slots) * hd..][..hd];
+                for (a, v) in a.iter_mut().zip(&row) {
+                    *a += w * v;
+                }
+            }
+        }
+        for (o, acc) in o[heads]
+            .chunks_exact_mut(hd)
+            .zip(acc.chunks_exact_mut(slots * hd))
+        {
+            summation::reduce_columns(orders.values, acc, o);
         }
     }
 }
@@ -339,68 +348,25 @@ fn softmax_sum(e: &[f32]) -> f64 {
         .sum()
 }
 
-#[inline(always)]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent accumulators let the compiler vectorise without reassociating.
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn bf16_rows_are_read_as_their_f32_values() {
-        let q: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
-        let k: Vec<bf16> = (0..67)
-            .map(|i| bf16::from_f32((i as f32 * 0.11).cos()))
-            .collect();
-        let wide: Vec<f32> = k.iter().map(|k| k.to_f32()).collect();
-        let want: f64 = q
-            .iter()
-            .zip(&wide)
-            .map(|(a, b)| *a as f64 * *b as f64)
-            .sum();
-        let got = <bf16 as KvElement>::dot(&q, &k);
-        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
-        let mut o = q.clone();
-        <bf16 as KvElement>::axpy(0.5, &k, &mut o);
-        for ((o, q), k) in o.iter().zip(&q).zip(&wide) {
-            assert!((o - (q + 0.5 * k)).abs() < 1e-6);
+    /// Widened rows are the elements' own values: 67 elements, so the F16C path's eight-wide
+    /// steps and its tail are both taken.
+    fn widens_exactly<T: KvElement>(from: fn(f32) -> T, to: fn(T) -> f32) {
+        let row: Vec<T> = (0..67).map(|i| from((i as f32 * 0.11).cos())).collect();
+        let mut out = vec![0f32; 67];
+        T::widen(&row, &mut out);
+        for (o, x) in out.iter().zip(&row) {
+            assert_eq!(o.to_bits(), to(*x).to_bits());
         }
     }
 
     #[test]
-    fn f16_rows_are_read_as_their_f32_values() {
-        // 67 elements: two 16-wide steps, one 8-wide, three left over.
-        let q: Vec<f32> = (0..67).map(|i| (i as f32 * 0.37).sin()).collect();
-        let k: Vec<f16> = (0..67)
-            .map(|i| f16::from_f32((i as f32 * 0.11).cos()))
-            .collect();
-        let wide: Vec<f32> = k.iter().map(|k| k.to_f32()).collect();
-        let want: f64 = q
-            .iter()
-            .zip(&wide)
-            .map(|(a, b)| *a as f64 * *b as f64)
-            .sum();
-        let got = <f16 as KvElement>::dot(&q, &k);
-        assert!((got as f64 - want).abs() < 1e-5, "{got} vs {want}");
-        let mut o = q.clone();
-        <f16 as KvElement>::axpy(0.5, &k, &mut o);
-        for ((o, q), k) in o.iter().zip(&q).zip(&wide) {
-            assert!((o - (q + 0.5 * k)).abs() < 1e-6);
-        }
+    fn cache_rows_widen_to_their_values() {
+        widens_exactly::<f16>(f16::from_f32, f16::to_f32);
+        widens_exactly::<bf16>(bf16::from_f32, bf16::to_f32);
+        widens_exactly::<f32>(|x| x, |x| x);
     }
 }

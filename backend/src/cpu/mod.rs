@@ -7,6 +7,7 @@ pub mod host_memory;
 mod linear;
 /// Norms, RoPE, activations on the host: also references for the CUDA kernels.
 pub mod ops;
+mod summation;
 
 use std::sync::Arc;
 
@@ -75,7 +76,7 @@ pub struct CpuBackend {
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Linear,
-    inv_freq: Vec<f32>,
+    rope: ops::RopeAngles,
     kv: KvCache,
     block_size: usize,
     num_blocks: usize,
@@ -184,7 +185,7 @@ impl CpuBackend {
             layers,
             norm,
             lm_head,
-            inv_freq: c.rope_inv_freq(),
+            rope: ops::RopeAngles::new(c),
             kv,
             block_size: options.block_size,
             num_blocks: options.num_blocks,
@@ -244,6 +245,8 @@ struct CpuStep<'a, 'b> {
     /// `x` normalised, the input of the next projection.
     xn: Vec<f32>,
     qkv: Vec<f32>,
+    /// Each row's RoPE cosines and sines, `[rows, head_dim]`.
+    rope: Vec<f32>,
     attn: Vec<f32>,
     /// A sub-layer's output, before it is added to `x`.
     out: Vec<f32>,
@@ -274,7 +277,12 @@ impl<'a, 'b> CpuStep<'a, 'b> {
             c.num_key_value_heads,
             c.intermediate_size,
         );
+        let mut rope = vec![0f32; t * hd];
+        for (cos_sin, row) in rope.chunks_exact_mut(hd).zip(&rows) {
+            backend.rope.at(row.pos, cos_sin);
+        }
         CpuStep {
+            rope,
             x: vec![0f32; t * h],
             xn: vec![0f32; t * h],
             qkv: vec![0f32; t * (nh + 2 * nkv) * hd],
@@ -315,14 +323,13 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
         let layer = &b.layers[l];
         ops::rms_norm_rows(&self.x, &layer.attn_norm, c.rms_norm_eps, &mut self.xn);
         layer.qkv.forward(&self.xn, t, &mut self.qkv);
-        let inv_freq = &b.inv_freq;
         self.qkv
             .par_chunks_mut((nh + 2 * nkv) * hd)
-            .zip(self.rows.par_iter())
-            .for_each(|(r, row)| {
+            .zip(self.rope.par_chunks(hd))
+            .for_each(|(r, cos_sin)| {
                 let (q, k) = r.split_at_mut(nh * hd);
-                ops::rope(q, nh, hd, row.pos, inv_freq);
-                ops::rope(&mut k[..nkv * hd], nkv, hd, row.pos, inv_freq);
+                ops::rope(q, nh, hd, cos_sin);
+                ops::rope(&mut k[..nkv * hd], nkv, hd, cos_sin);
             });
         let tables: Vec<&[u32]> = self.batch.iter().map(|s| s.block_table).collect();
         let geometry = attention::Geometry {

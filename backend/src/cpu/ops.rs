@@ -18,17 +18,77 @@ pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
         .for_each(|(o, x)| rms_norm(x, w, eps, o));
 }
 
-/// Rotates each of `heads` heads of `x` (laid out head after head) for position `pos`:
-/// HF's `rotate_half` form, pairing dimension `i` with `i + head_dim/2`.
-pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, inv_freq: &[f32]) {
+/// RoPE's angle for each pair of dimensions at a position: `pos * inv_freq[i]`, computed as
+/// llama.cpp computes it, so that the rotated queries and keys agree with llama.cpp's to the bit:
+/// `pos * theta_scale^i` by repeated f32 multiplication (`theta_scale = base^(-2/head_dim)`),
+/// then linear scaling's `1/factor` multiplied in, or Llama 3's per-pair factor divided out.
+#[derive(Debug, Clone)]
+pub struct RopeAngles {
+    theta_scale: f32,
+    freq_scale: f32,
+    factors: Option<Vec<f32>>,
+}
+
+impl RopeAngles {
+    pub fn new(c: &model::LlamaConfig) -> RopeAngles {
+        let freq_scale = match c.rope_scaling {
+            Some(model::RopeScaling::Linear { factor }) => 1.0 / factor,
+            _ => 1.0,
+        };
+        RopeAngles {
+            theta_scale: c.rope_theta.powf(-2.0 / c.head_dim as f32),
+            freq_scale,
+            factors: c.rope_freq_factors(),
+        }
+    }
+
+    /// Fills `cos_sin` (`head_dim` long) with the cosines of position `pos`'s angles, one per
+    /// pair of dimensions, then their sines: what [`rope`] takes.
+    pub fn at(&self, pos: usize, cos_sin: &mut [f32]) {
+        let (cos, sin) = cos_sin.split_at_mut(cos_sin.len() / 2);
+        let mut theta = pos as f32;
+        for (i, (cos, sin)) in cos.iter_mut().zip(sin).enumerate() {
+            let extrapolated = match &self.factors {
+                Some(f) => theta / f[i],
+                None => theta,
+            };
+            let angle = self.freq_scale * extrapolated;
+            (*cos, *sin) = (angle.cos(), angle.sin());
+            theta *= self.theta_scale;
+        }
+    }
+}
+
+/// Rotates each of `heads` heads of `x` (laid out head after head) by the angles whose cosines
+/// and sines `cos_sin` holds ([`RopeAngles::at`]): HF's `rotate_half` form, pairing dimension
+/// `i` with `i + head_dim/2`. Each output is one product fused with the other's rounded
+/// product, as llama.cpp's compiled rotation is.
+pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, cos_sin: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has FMA.
+        return unsafe { rope_fma(x, heads, head_dim, cos_sin) };
+    }
+    rope_heads(x, heads, head_dim, cos_sin)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rope_fma(x: &mut [f32], heads: usize, head_dim: usize, cos_sin: &[f32]) {
+    rope_heads(x, heads, head_dim, cos_sin)
+}
+
+#[inline(always)]
+fn rope_heads(x: &mut [f32], heads: usize, head_dim: usize, cos_sin: &[f32]) {
     let half = head_dim / 2;
+    let (cos, sin) = cos_sin.split_at(half);
     for head in x.chunks_exact_mut(head_dim).take(heads) {
         let (a, b) = head.split_at_mut(half);
         for i in 0..half {
-            let (sin, cos) = (pos as f32 * inv_freq[i]).sin_cos();
+            let (sin, cos) = (sin[i], cos[i]);
             let (x1, x2) = (a[i], b[i]);
-            a[i] = x1 * cos - x2 * sin;
-            b[i] = x2 * cos + x1 * sin;
+            a[i] = x1.mul_add(cos, -(x2 * sin));
+            b[i] = x1.mul_add(sin, x2 * cos);
         }
     }
 }
@@ -100,6 +160,71 @@ pub fn add_assign(x: &mut [f32], y: &[f32]) {
 
 #[cfg(test)]
 mod tests {
+    use super::{rope, RopeAngles};
+
+    /// HF's RoPE: angle `pos / base^(2i/d)` (scaled as the config says), in f64.
+    fn hf_angle(c: &model::LlamaConfig, pos: usize, i: usize) -> f64 {
+        let unscaled = 1.0 / (c.rope_theta as f64).powf(2.0 * i as f64 / c.head_dim as f64);
+        let scaled = match c.rope_scaling {
+            None => unscaled,
+            Some(model::RopeScaling::Linear { factor }) => unscaled / factor as f64,
+            // The band-wise scaling's frequencies are the config's own (tested with it).
+            Some(model::RopeScaling::Llama3 { .. }) => c.rope_inv_freq()[i] as f64,
+        };
+        pos as f64 * scaled
+    }
+
+    #[test]
+    fn rope_angles_are_hf_angles_to_float_precision() {
+        let mut c = model::testing::tiny_config();
+        c.head_dim = 64;
+        c.rope_theta = 100_000.0;
+        let scalings = [
+            None,
+            Some(model::RopeScaling::Linear { factor: 4.0 }),
+            Some(model::RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64.0,
+            }),
+        ];
+        for scaling in scalings {
+            c.rope_scaling = scaling;
+            let angles = RopeAngles::new(&c);
+            for pos in [0, 1, 17, 500, 4095] {
+                let mut cos_sin = vec![0f32; 64];
+                angles.at(pos, &mut cos_sin);
+                for i in 0..32 {
+                    let want = hf_angle(&c, pos, i);
+                    // f32 angles: a few ulp of the angle per multiplication of the power.
+                    let tolerance = 4e-6 * want + 1e-6;
+                    let (cos, sin) = (cos_sin[i] as f64, cos_sin[32 + i] as f64);
+                    assert!(
+                        (cos - want.cos()).abs() <= tolerance
+                            && (sin - want.sin()).abs() <= tolerance,
+                        "{:?} pos {pos} pair {i}: ({cos}, {sin}) vs angle {want}",
+                        c.rope_scaling
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rope_rotates_each_pair_by_its_angle() {
+        // Head dim 4: pairs (0, 2) and (1, 3); angles 0.5 and 2.0.
+        let cos_sin = [0.5f32.cos(), 2f32.cos(), 0.5f32.sin(), 2f32.sin()];
+        let mut x = [1.0f32, 2.0, 3.0, 4.0];
+        rope(&mut x, 1, 4, &cos_sin);
+        let rotate =
+            |a: f64, b: f64, t: f64| (a * t.cos() - b * t.sin(), a * t.sin() + b * t.cos());
+        let ((a0, a2), (a1, a3)) = (rotate(1.0, 3.0, 0.5), rotate(2.0, 4.0, 2.0));
+        for (got, want) in x.iter().zip([a0, a1, a2, a3]) {
+            assert!((*got as f64 - want).abs() < 1e-6, "{x:?}");
+        }
+    }
+
     #[test]
     fn exp_is_within_two_ulp_of_the_true_value() {
         let mut x = -87.0f32;

@@ -176,9 +176,16 @@ fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     )?;
     let mut want = qkv.clone();
     for (row, &pos) in want.chunks_exact_mut(stride).zip(&positions) {
+        // The kernel's tables hold the angles `pos * inv_freq[i]`.
+        let angles = inv_freq.iter().map(|f| pos as f32 * f);
+        let cos_sin: Vec<f32> = angles
+            .clone()
+            .map(f32::cos)
+            .chain(angles.map(f32::sin))
+            .collect();
         let (q, k) = row.split_at_mut(nh * hd);
-        ops::rope(q, nh, hd, pos as usize, &inv_freq);
-        ops::rope(&mut k[..nkv * hd], nkv, hd, pos as usize, &inv_freq);
+        ops::rope(q, nh, hd, &cos_sin);
+        ops::rope(&mut k[..nkv * hd], nkv, hd, &cos_sin);
     }
     Ok((max_error(&dev.read_bf16(&d_qkv)?, &want), BF16_TOL))
 }
