@@ -8,8 +8,9 @@ and on (llama.cpp's server default, `auto`, on a CPU), and the faster is kept: t
 llama.cpp at its best here. f16 KV cache, a KV cache per sequence.
 
 Usage: python3 llama_cpp_peer.py MODEL.gguf -> prints JSON
-       python3 llama_cpp_peer.py MODEL.gguf --decode-only N: decodes N tokens at batch 1 after a
-       32-token prompt and prints nothing (for `perf stat`, as engine/benches/model.rs)
+       python3 llama_cpp_peer.py MODEL.gguf --decode-only N [THREADS]: decodes N tokens at
+       batch 1 after a 32-token prompt with THREADS threads (2) and prints nothing (for counting
+       instructions, as engine/benches/model.rs)
 """
 
 import json
@@ -36,7 +37,7 @@ class Peer:
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.ctx = None
 
-    def context(self, n_seq, n_ctx_per_seq, flash_attn=False):
+    def context(self, n_seq, n_ctx_per_seq, flash_attn=False, threads=2):
         """A fresh context for `n_seq` sequences, each with its own KV cache (`kv_unified` off,
         as llama.cpp advises when sequences share no prefix)."""
         if self.ctx is not None:
@@ -47,8 +48,8 @@ class Peer:
         cp.n_batch = max(512, n_seq * DECODE_PROMPT)
         cp.n_ubatch = 512
         cp.n_seq_max = n_seq
-        cp.n_threads = 2
-        cp.n_threads_batch = 2
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
         cp.kv_unified = False
         cp.flash_attn_type = (
             L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -113,7 +114,7 @@ def main():
     text = "The quick brown fox jumps over the lazy dog while the capital of France is Paris. " * 64
     tokens = peer.tokenize(text)
     if sys.argv[2:3] == ["--decode-only"]:
-        peer.context(1, 1024)
+        peer.context(1, 1024, threads=int(sys.argv[4]) if len(sys.argv) > 4 else 2)
         seq = tokens[:DECODE_PROMPT]
         (logits,) = peer.decode([(t, p, 0, p == len(seq) - 1) for p, t in enumerate(seq)])
         for _ in range(int(sys.argv[3])):

@@ -109,73 +109,8 @@ pub fn run() -> anyhow::Result<()> {
         "peak RSS (MiB)",
         f(&vigil, "peak_rss_mib")
     );
-    instructions_per_token(&root, &model);
+    crate::instructions::report(&root, &model);
     agreement(&root)
-}
-
-/// Instructions per batch-1 decoded token of each, from `perf stat` over two decode lengths
-/// (the difference cancels loading and the prompt).
-fn instructions_per_token(root: &std::path::Path, model: &std::path::Path) {
-    let count = |command: &mut Command| -> Result<f64, String> {
-        let out = command.output().map_err(|e| format!("perf: {e}"))?;
-        let text = String::from_utf8_lossy(&out.stderr);
-        let line = text
-            .lines()
-            .find(|l| l.contains(",instructions"))
-            .ok_or_else(|| format!("perf printed no count: {}", text.trim()))?;
-        line.split(',')
-            .next()
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| format!("no instruction counter here (perf says {line:?})"))
-    };
-    let bench = |steps: usize| {
-        let mut c = Command::new(env!("CARGO"));
-        c.args([
-            "bench",
-            "-q",
-            "-p",
-            "vigil-engine",
-            "--bench",
-            "model",
-            "--",
-        ])
-        .arg(model)
-        .env("VIGIL_BENCH_DECODE_ONLY", steps.to_string())
-        .current_dir(root);
-        c
-    };
-    let peer = |steps: usize| {
-        let mut c = Command::new("python3");
-        c.arg(root.join("xtask/bench/llama_cpp_peer.py"))
-            .arg(model)
-            .args(["--decode-only", &steps.to_string()]);
-        c
-    };
-    let per_token = |make: &dyn Fn(usize) -> Command| -> Result<f64, String> {
-        let perf = |steps: usize| {
-            let inner = make(steps);
-            let mut c = Command::new("perf");
-            c.args(["stat", "-x,", "-e", "instructions", "--"])
-                .arg(inner.get_program())
-                .args(inner.get_args())
-                .envs(inner.get_envs().filter_map(|(k, v)| Some((k, v?))));
-            if let Some(dir) = inner.get_current_dir() {
-                c.current_dir(dir);
-            }
-            count(&mut c)
-        };
-        Ok((perf(160)? - perf(32)?) / 128.0)
-    };
-    match (per_token(&bench), per_token(&peer)) {
-        (Ok(v), Ok(p)) => println!(
-            "{:<26} {:>10.3e} {:>10.3e} {:>7.2}x",
-            "instructions/token (b1)",
-            v,
-            p,
-            v / p
-        ),
-        (Err(e), _) | (_, Err(e)) => println!("instructions/token (b1): not measured: {e}"),
-    }
 }
 
 /// Greedy agreement with llama.cpp on eight prompts (the test that holds it, which also reruns

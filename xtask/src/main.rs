@@ -32,6 +32,7 @@ mod docs;
 mod fetch_model;
 mod fetch_nvrtc;
 mod install;
+mod instructions;
 mod python_clients;
 mod sim;
 mod test;
