@@ -279,6 +279,7 @@ fn attend_row<T: KvElement>(
     let mut row = vec![0f32; hd];
     // Per query head, the weighted sum of V's rows by slot (position `j` into `j % slots`).
     let mut acc = vec![0f32; group * slots * hd];
+    let mut lanes = vec![0f32; summation::LANES * hd];
     for kvh in 0..g.n_kv_heads {
         let heads = kvh * group * hd..(kvh + 1) * group * hd;
         for (q, head) in q
@@ -306,8 +307,11 @@ fn attend_row<T: KvElement>(
                 *x = T::operand(*x * inv);
             }
         }
-        // Every slot starts at zero (the reduction below used them as scratch).
-        acc.fill(0.0);
+        // The slots positions reach start at zero; the others stay zero from the start.
+        let used = n.min(slots);
+        for acc in acc.chunks_exact_mut(slots * hd) {
+            acc[..used * hd].fill(0.0);
+        }
         for j in 0..n {
             let at = g.slot(table, j) + kvh * hd;
             T::widen(&v_cache[at..at + hd], &mut row);
@@ -321,9 +325,9 @@ fn attend_row<T: KvElement>(
         }
         for (o, acc) in o[heads]
             .chunks_exact_mut(hd)
-            .zip(acc.chunks_exact_mut(slots * hd))
+            .zip(acc.chunks_exact(slots * hd))
         {
-            summation::reduce_columns(orders.values, acc, o);
+            summation::reduce_columns(orders.values, acc, &mut lanes, o);
         }
     }
 }

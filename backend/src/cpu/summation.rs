@@ -62,25 +62,32 @@ impl SumOrder {
 }
 
 /// Column by column, what [`reduce`](Self::reduce) gives: `acc` holds [`slots`](Self::slots)
-/// rows of `out.len()` (row `s` the accumulator of slot `s`), and is used as scratch.
+/// rows of `out.len()` (row `s` the accumulator of slot `s`); `lanes` is scratch for
+/// [`LANES`] rows.
 #[inline(always)]
-pub fn reduce_columns(order: SumOrder, acc: &mut [f32], out: &mut [f32]) {
+pub fn reduce_columns(order: SumOrder, acc: &[f32], lanes: &mut [f32], out: &mut [f32]) {
     let w = out.len();
     assert_eq!(acc.len(), order.slots() * w);
-    // In place, row `r` of `acc` being `acc[r * w..][..w]`: each step's writes read only rows
-    // that step does not write.
-    let mut add = |dst: usize, a: usize, b: usize| {
-        for d in 0..w {
-            acc[dst * w + d] = acc[a * w + d] + acc[b * w + d];
-        }
-    };
-    if order == SumOrder::Dot {
-        for l in 0..LANES {
-            add(2 * LANES + l, l, 2 * LANES + l);
-            add(3 * LANES + l, LANES + l, 3 * LANES + l);
-            add(l, 2 * LANES + l, 3 * LANES + l);
+    assert_eq!(lanes.len(), LANES * w);
+    let row = |r: usize| &acc[r * w..(r + 1) * w];
+    match order {
+        SumOrder::Gemm => lanes.copy_from_slice(acc),
+        SumOrder::Dot => {
+            for (l, lane) in lanes.chunks_exact_mut(w).enumerate() {
+                let (a, b) = (row(l), row(2 * LANES + l));
+                let (c, d) = (row(LANES + l), row(3 * LANES + l));
+                for i in 0..w {
+                    lane[i] = (a[i] + b[i]) + (c[i] + d[i]);
+                }
+            }
         }
     }
+    // `_mm512_reduce_add_ps`'s tree, in place: each step reads only rows it does not write.
+    let mut add = |dst: usize, a: usize, b: usize| {
+        for i in 0..w {
+            lanes[dst * w + i] = lanes[a * w + i] + lanes[b * w + i];
+        }
+    };
     for i in 0..8 {
         add(i, 8 + i, i);
     }
@@ -89,8 +96,8 @@ pub fn reduce_columns(order: SumOrder, acc: &mut [f32], out: &mut [f32]) {
     }
     add(0, 0, 2);
     add(1, 1, 3);
-    for (d, o) in out.iter_mut().enumerate() {
-        *o = acc[d] + acc[w + d];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = lanes[i] + lanes[w + i];
     }
 }
 
@@ -203,7 +210,7 @@ mod tests {
             let w = 5;
             let acc = values(order.slots() * w, 8);
             let mut out = vec![0f32; w];
-            reduce_columns(order, &mut acc.clone(), &mut out);
+            reduce_columns(order, &acc, &mut vec![0f32; LANES * w], &mut out);
             for (d, o) in out.iter().enumerate() {
                 let column: Vec<f32> = (0..order.slots()).map(|s| acc[s * w + d]).collect();
                 assert_eq!(*o, order.reduce(&column), "{order:?} column {d}");
