@@ -95,9 +95,12 @@ mod f16c {
         std::arch::is_x86_feature_detected!("f16c")
     }
 
+    /// Inlined into the attention kernel, which is compiled with F16C: a call per cache row
+    /// would cost more than the conversion.
+    ///
     /// # Safety
     /// The CPU has F16C and `out.len() >= row.len()`.
-    #[target_feature(enable = "avx,f16c")]
+    #[inline(always)]
     pub unsafe fn widen(row: &[f16], out: &mut [f32]) {
         let n = row.len();
         let mut i = 0;
@@ -225,13 +228,13 @@ struct Orders {
 
 type AttendFn<T> = fn(&[f32], &[u32], usize, Geometry, Orders, &[T], &[T], &mut [f32]);
 
-/// The row kernel, compiled for AVX2+FMA when the CPU has them (the same code; the wider
-/// instructions roughly halve attention time).
+/// The row kernel, compiled for AVX2, FMA and F16C when the CPU has them (the same code; the
+/// wider instructions roughly halve attention time).
 fn attend_kernel<T: KvElement>() -> AttendFn<T> {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx2") && has!("fma") && has!("f16c") {
             return |q, t, n, g, s, k, v, o| unsafe { attend_avx2(q, t, n, g, s, k, v, o) };
         }
     }
@@ -239,9 +242,9 @@ fn attend_kernel<T: KvElement>() -> AttendFn<T> {
 }
 
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx2<T: KvElement>(
     q: &[f32],
@@ -315,9 +318,11 @@ fn attend_row<T: KvElement>(
         for j in 0..n {
             let at = g.slot(table, j) + kvh * hd;
             T::widen(&v_cache[at..at + hd], &mut row);
+            // `j % slots`, slots being a power of two (a division here costs more than the row).
+            let slot = j & (slots - 1);
             for h in 0..group {
                 let w = scores[h * n + j];
-                let a = &mut acc[(h * slots + j % slots) * hd..][..hd];
+                let a = &mut acc[(h * slots + slot) * hd..][..hd];
                 for (a, v) in a.iter_mut().zip(&row) {
                     *a += w * v;
                 }

@@ -35,7 +35,8 @@ impl SumOrder {
         }
     }
 
-    /// Accumulators a weighted sum in this order keeps: element `j` goes into `j % slots()`.
+    /// Accumulators a weighted sum in this order keeps (a power of two): element `j` goes into
+    /// `j % slots()`.
     pub fn slots(self) -> usize {
         match self {
             SumOrder::Gemm => LANES,
@@ -44,9 +45,10 @@ impl SumOrder {
     }
 
     /// Reduces accumulators filled as [`slots`](Self::slots) says (`acc[s]` holds the sum of
-    /// elements `j` with `j % slots == s`; missing slots are zero) to the order's result.
-    #[inline(always)]
-    pub fn reduce(self, acc: &[f32]) -> f32 {
+    /// elements `j` with `j % slots == s`; missing slots are zero) to the order's result: one
+    /// column of [`reduce_columns`], written apart as the tests' reference.
+    #[cfg(test)]
+    fn reduce(self, acc: &[f32]) -> f32 {
         let mut lanes = [0f32; LANES];
         match self {
             SumOrder::Gemm => lanes[..acc.len()].copy_from_slice(acc),
@@ -138,7 +140,10 @@ pub fn dot(order: SumOrder, a: &[f32], b: &[f32]) -> f32 {
                     acc[i] += x[i] * y[i];
                 }
             }
-            let mut sum = SumOrder::Dot.reduce(&acc) as f64;
+            let lanes = std::array::from_fn(|l| {
+                (acc[l] + acc[2 * LANES + l]) + (acc[LANES + l] + acc[3 * LANES + l])
+            });
+            let mut sum = reduce16(lanes) as f64;
             for i in whole..n {
                 sum += (a[i] * b[i]) as f64;
             }
