@@ -3,6 +3,7 @@
 
 /// Paged attention on the host: also the reference `vigil check-gpu` holds the CUDA kernels to.
 pub mod attention;
+mod embedding;
 pub mod host_memory;
 mod linear;
 /// Norms, RoPE, activations on the host: also references for the CUDA kernels.
@@ -72,7 +73,7 @@ impl<T: KvElement> LayerCaches<T> {
 
 pub struct CpuBackend {
     config: LlamaConfig,
-    embed: Arc<Vec<f32>>,
+    embed: embedding::Embedding,
     layers: Vec<Layer>,
     norm: Vec<f32>,
     lm_head: Linear,
@@ -151,7 +152,7 @@ impl CpuBackend {
             }
             Ok(Linear::new(group.read(w)?, out, inp, fmt))
         };
-        let embed = w.tensor(names::EMBED, &[c.vocab_size, h])?.data;
+        let embed = embedding::Embedding::load(w, c.vocab_size, h)?;
         let layers = (0..c.num_hidden_layers)
             .map(|l| -> Result<Layer, LoadError> {
                 let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l);
@@ -181,7 +182,7 @@ impl CpuBackend {
         };
         Ok(CpuBackend {
             config: c.clone(),
-            embed: Arc::new(embed),
+            embed,
             layers,
             norm,
             lm_head,
@@ -306,7 +307,7 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
         let tokens = self.batch.iter().flat_map(|s| s.tokens.iter());
         for (row, &tok) in self.x.chunks_exact_mut(h).zip(tokens) {
             let tok = tok as usize;
-            row.copy_from_slice(&self.backend.embed[tok * h..(tok + 1) * h]);
+            self.backend.embed.row(tok, row);
         }
         Ok(())
     }
