@@ -75,7 +75,8 @@ pub fn tile(
     blocks: usize,
     acts: &Acts,
 ) -> [[f32; PANEL_ROWS]; MAX_X] {
-    assert!(panel.len() >= blocks * format.panel_block_bytes());
+    assert!(blocks.is_multiple_of(format.super_blocks()));
+    assert!(panel.len() >= format.panel_bytes(blocks));
     assert!((1..=MAX_X).contains(&acts.n));
     for x in 0..acts.n {
         assert!(acts.qs[x].len() >= blocks * QK && acts.d[x].len() >= blocks);
@@ -91,11 +92,25 @@ pub fn tile(
     }
 }
 
-/// Scale `i` of a panel block (`d[r]` is `i = r`, `m[r]` is `i = PANEL_ROWS + r`).
-fn scale_at(format: BlockFormat, bytes: &[u8], i: usize) -> f32 {
-    match format.scale_width() {
-        2 => f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
-        _ => f32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap()),
+/// Row `r`'s two scales for block `b` of `panel`: `d` and `m` (Q4_1, Q4_K), `d` of each half
+/// (Q6_K), or `d` and 0. The k-quants' are products of the super-block's f32 and the block's
+/// small integers, exact in f32.
+fn block_scales(format: BlockFormat, panel: &[u8], b: usize, r: usize) -> (f32, f32) {
+    let blk = &panel[format.block_offset(b)..];
+    let header = &panel[format.header_offset(b)..];
+    let f16_at = |i: usize| f16::from_le_bytes([blk[2 * i], blk[2 * i + 1]]).to_f32();
+    let f32_at = |i: usize| f32::from_le_bytes(header[4 * i..4 * i + 4].try_into().unwrap());
+    match format {
+        BlockFormat::Q4_0 | BlockFormat::Q8_0 => (f16_at(r), 0.0),
+        BlockFormat::Q4_1 => (f16_at(r), f16_at(PANEL_ROWS + r)),
+        BlockFormat::Q4K => (
+            f32_at(r) * blk[r] as f32,
+            f32_at(PANEL_ROWS + r) * blk[PANEL_ROWS + r] as f32,
+        ),
+        BlockFormat::Q6K => (
+            f32_at(r) * blk[r] as i8 as f32,
+            f32_at(r) * blk[PANEL_ROWS + r] as i8 as f32,
+        ),
     }
 }
 
@@ -137,13 +152,12 @@ fn portable(
     blocks: usize,
     acts: &Acts,
 ) -> [[f32; PANEL_ROWS]; MAX_X] {
-    let pb = format.panel_block_bytes();
     let mut out = [[0f32; PANEL_ROWS]; MAX_X];
     for b in 0..blocks {
-        let blk = &panel[b * pb..(b + 1) * pb];
+        let blk = &panel[format.block_offset(b)..][..format.panel_block_bytes()];
         for r in 0..PANEL_ROWS {
             let w = weight_quants(format, blk, r);
-            let dw = scale_at(format, blk, r);
+            let (dw, second) = block_scales(format, panel, b, r);
             for x in 0..acts.n {
                 let xq = &acts.qs[x][b * QK..(b + 1) * QK];
                 let dot = |range: std::ops::Range<usize>| -> i32 {
@@ -151,14 +165,13 @@ fn portable(
                 };
                 if format == BlockFormat::Q6K {
                     // A scale per half block.
-                    let dw2 = scale_at(format, blk, PANEL_ROWS + r);
                     out[x][r] += dot(0..16) as f32 * (dw * acts.d[x][b]);
-                    out[x][r] += dot(16..32) as f32 * (dw2 * acts.d[x][b]);
+                    out[x][r] += dot(16..32) as f32 * (second * acts.d[x][b]);
                     continue;
                 }
                 out[x][r] += dot(0..QK) as f32 * (dw * acts.d[x][b]);
                 if format.needs_sums() {
-                    out[x][r] += scale_at(format, blk, PANEL_ROWS + r) * acts.s[x][b];
+                    out[x][r] += second * acts.s[x][b];
                 }
             }
         }
@@ -213,17 +226,18 @@ mod x86 {
             const Q4_0: u8 = 0;
             const Q4_1: u8 = 1;
             const Q8_0: u8 = 2;
-            /// Q4_K as blocks of 32: Q4_1 with f32 scales.
+            /// Q4_K as blocks of 32: Q4_1 with `d sc` and `-dmin min` for scales.
             const Q4K: u8 = 3;
-            /// Q6_K as blocks of 32: 6-bit quants, an f32 scale per half block.
+            /// Q6_K as blocks of 32: 6-bit quants, `d sc` for each half block.
             const Q6K: u8 = 4;
 
+            /// As `BlockFormat`'s, for the kernel's constant format.
             const fn panel_block_bytes(f: u8) -> usize {
                 match f {
                     Q4_0 => 4 * 18,
                     Q4_1 => 4 * 20,
-                    Q4K => 4 * 24,
-                    Q6K => 4 * 32,
+                    Q4K => 4 * 18,
+                    Q6K => 4 * 26,
                     _ => 4 * 34,
                 }
             }
@@ -231,9 +245,43 @@ mod x86 {
             const fn quants_offset(f: u8) -> usize {
                 match f {
                     Q4_1 => 16,
-                    Q4K | Q6K => 32,
                     _ => 8,
                 }
+            }
+
+            const fn header_bytes(f: u8) -> usize {
+                match f {
+                    Q4K => 32,
+                    Q6K => 16,
+                    _ => 0,
+                }
+            }
+
+            const fn super_blocks(f: u8) -> usize {
+                match f {
+                    Q4K | Q6K => 8,
+                    _ => 1,
+                }
+            }
+
+            const fn header_offset(f: u8, b: usize) -> usize {
+                b / super_blocks(f) * (header_bytes(f) + super_blocks(f) * panel_block_bytes(f))
+            }
+
+            const fn block_offset(f: u8, b: usize) -> usize {
+                header_offset(f, b) + header_bytes(f) + b % super_blocks(f) * panel_block_bytes(f)
+            }
+
+            /// Four bytes at `p` as f32s, unsigned or signed.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn bytes_ps(p: *const u8, signed: bool) -> __m128 {
+                let v = _mm_cvtsi32_si128(std::ptr::read_unaligned(p as *const i32));
+                _mm_cvtepi32_ps(if signed {
+                    _mm_cvtepi8_epi32(v)
+                } else {
+                    _mm_cvtepu8_epi32(v)
+                })
             }
 
             #[target_feature(enable = $features)]
@@ -251,9 +299,11 @@ mod x86 {
                 let xd: [*const f32; X] = std::array::from_fn(|x| acts.d[x].as_ptr());
                 let xs: [*const f32; X] = std::array::from_fn(|x| acts.s[x].as_ptr());
                 for b in 0..blocks {
-                    let blk = panel.add(b * panel_block_bytes(F));
+                    let blk = panel.add(block_offset(F, b));
+                    // The k-quants' super-block scales, one f32 per row.
+                    let header = panel.add(header_offset(F, b)) as *const f32;
                     let dw = lanes(if F == Q4K || F == Q6K {
-                        _mm_loadu_ps(blk as *const f32)
+                        _mm_mul_ps(_mm_loadu_ps(header), bytes_ps(blk, F == Q6K))
                     } else {
                         _mm_cvtph_ps(_mm_loadl_epi64(blk as *const __m128i))
                     });
@@ -263,7 +313,7 @@ mod x86 {
                     let dx: [f32; X] = std::array::from_fn(|x| *xd[x].add(b));
                     if F == Q4_1 || F == Q4K {
                         let m = if F == Q4K {
-                            _mm_loadu_ps(blk.add(16) as *const f32)
+                            _mm_mul_ps(_mm_loadu_ps(header.add(4)), bytes_ps(blk.add(4), false))
                         } else {
                             _mm_cvtph_ps(_mm_loadl_epi64(blk.add(8) as *const __m128i))
                         };
@@ -274,7 +324,7 @@ mod x86 {
                     let qs = blk.add(quants_offset(F));
                     // Q6_K's second scale of each row: the half block's lanes 4..8.
                     let dw2 = if F == Q6K {
-                        lanes(_mm_loadu_ps(blk.add(16) as *const f32))
+                        lanes(_mm_mul_ps(_mm_loadu_ps(header), bytes_ps(blk.add(4), true)))
                     } else {
                         [0.0; 4]
                     };

@@ -5,12 +5,15 @@
 //!
 //! A panel block, for 4 rows: `d[4]`, then `m[4]` (Q4_1 and Q4_K), then each row's quants (16
 //! bytes of nibbles for the 4-bit formats, 32 signed bytes for Q8_0). For Q4_0, Q4_1 and Q8_0
-//! these are the file's bytes, only reordered (scales in f16). Q4_K's super-blocks of 256 become
-//! eight blocks of 32 with `d = d_super * sc` and `m = -dmin * min` in f32 (exact: an f16 times
-//! a 6-bit integer) and the nibbles regrouped to Q4_1's order, so Q4_K runs Q4_1's kernel: 6
-//! bits per weight rather than the file's 4.5, the same values. Q6_K's become blocks of 32 with
-//! an f32 scale per half (`d * sc`, exact) and the 6-bit quants as 16 bytes of low nibbles and
-//! 8 of high bit pairs: 8 bits per weight rather than 6.5625.
+//! these are the file's bytes, only reordered (scales in f16).
+//!
+//! The k-quants keep their super-blocks of 256: a panel's super-block is a header of the rows'
+//! super-block scales in f32, then its eight blocks of 32, each with one byte per row and scale.
+//! Q4_K: header `d[4]`, `-dmin[4]`; block `sc[4]`, `min[4]` (6-bit), then the nibbles regrouped
+//! to Q4_1's order, so that `d sc` and `-dmin min` (exact products) make Q4_1's `d` and `m`:
+//! 4.75 bits per weight (the file's 4.5). Q6_K: header `d[4]`; block the signed scales of each
+//! half (`sc0[4]`, `sc1[4]`), then the 6-bit quants as 16 bytes of low nibbles and 8 of high bit
+//! pairs: 6.625 bits per weight (the file's 6.5625).
 
 use half::f16;
 use model::gguf::quant::GgmlType;
@@ -58,10 +61,10 @@ impl BlockFormat {
         }
     }
 
-    /// Bytes of one scale: f16, or f32 for the k-quants' products.
+    /// Bytes of one scale in a block: f16, or one byte for the k-quants' small integers.
     pub fn scale_width(self) -> usize {
         match self {
-            BlockFormat::Q4K | BlockFormat::Q6K => 4,
+            BlockFormat::Q4K | BlockFormat::Q6K => 1,
             _ => 2,
         }
     }
@@ -98,27 +101,66 @@ impl BlockFormat {
         PANEL_ROWS * self.scales() * self.scale_width()
     }
 
+    /// Blocks per super-block: 8 for the k-quants, whose super-blocks carry a header.
+    pub fn super_blocks(self) -> usize {
+        match self {
+            BlockFormat::Q4K | BlockFormat::Q6K => 8,
+            _ => 1,
+        }
+    }
+
+    /// Bytes of a super-block's header: f32 scales per row (Q4_K `d` and `-dmin`, Q6_K `d`).
+    pub fn header_bytes(self) -> usize {
+        match self {
+            BlockFormat::Q4K => 2 * 4 * PANEL_ROWS,
+            BlockFormat::Q6K => 4 * PANEL_ROWS,
+            _ => 0,
+        }
+    }
+
+    /// Bytes of a panel's super-block: header and blocks.
+    pub fn super_bytes(self) -> usize {
+        self.header_bytes() + self.super_blocks() * self.panel_block_bytes()
+    }
+
+    /// Offset of block `b` in a panel.
+    pub fn block_offset(self, b: usize) -> usize {
+        let n = self.super_blocks();
+        b / n * self.super_bytes() + self.header_bytes() + b % n * self.panel_block_bytes()
+    }
+
+    /// Offset of the header of block `b`'s super-block in a panel.
+    pub fn header_offset(self, b: usize) -> usize {
+        b / self.super_blocks() * self.super_bytes()
+    }
+
+    /// Bytes of a panel of `blocks` blocks (a whole number of super-blocks).
+    pub fn panel_bytes(self, blocks: usize) -> usize {
+        blocks / self.super_blocks() * self.super_bytes()
+    }
+
     /// Whether the activations need their per-block sums (`d Σq`), Q8_1 rather than Q8_0.
     pub fn needs_sums(self) -> bool {
         matches!(self, BlockFormat::Q4_1 | BlockFormat::Q4K)
     }
 
-    /// One row's blocks of 32 as the panels hold them: per block its scales (`scale_width`
-    /// bytes each), then its quants.
+    /// One row's super-blocks as the panels hold them: per super-block its header (one f32
+    /// per header scale), then per block of 32 its scales (`scale_width` bytes each) and quants.
     fn units(self, row: &[u8]) -> Vec<u8> {
         match self {
             // The file's blocks are already scales then quants.
             BlockFormat::Q4_0 | BlockFormat::Q4_1 | BlockFormat::Q8_0 => row.to_vec(),
             BlockFormat::Q4K => {
-                let mut out = Vec::with_capacity(row.len() / 144 * 8 * self.unit_bytes());
+                let mut out = Vec::with_capacity(row.len() / 144 * (8 + 8 * self.unit_bytes()));
                 for b in row.chunks_exact(144) {
                     let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
                     let dmin = f16::from_le_bytes([b[2], b[3]]).to_f32();
+                    out.extend(d.to_le_bytes());
+                    out.extend((-dmin).to_le_bytes());
                     let (scales, qs) = (&b[4..16], &b[16..]);
                     for j in 0..8 {
                         let (sc, min) = model::gguf::quant::q4k_scale_min(j, scales);
-                        out.extend((d * sc as f32).to_le_bytes());
-                        out.extend((-(dmin * min as f32)).to_le_bytes());
+                        out.extend([sc, min]);
                         // Sub-block j is the low (even j) or high (odd j) nibbles of 32 bytes.
                         let q = &qs[32 * (j / 2)..][..32];
                         let nibble = |i: usize| if j % 2 == 0 { q[i] & 0x0f } else { q[i] >> 4 };
@@ -128,10 +170,11 @@ impl BlockFormat {
                 out
             }
             BlockFormat::Q6K => {
-                let mut out = Vec::with_capacity(row.len() / 210 * 8 * self.unit_bytes());
+                let mut out = Vec::with_capacity(row.len() / 210 * (4 + 8 * self.unit_bytes()));
                 for b in row.chunks_exact(210) {
                     let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
                     let d = f16::from_le_bytes([b[208], b[209]]).to_f32();
+                    out.extend(d.to_le_bytes());
                     // Element e: its low nibble and high bit pair where llama.cpp's layout puts
                     // them (halves of 128; within a half, four runs of 32), its scale sc[e / 16].
                     let q = |e: usize| {
@@ -142,9 +185,7 @@ impl BlockFormat {
                         low | (((qh[32 * h + l] >> (2 * k)) & 3) << 4)
                     };
                     for j in 0..8 {
-                        for half in 0..2 {
-                            out.extend((d * sc[2 * j + half] as i8 as f32).to_le_bytes());
-                        }
+                        out.extend([sc[2 * j], sc[2 * j + 1]]);
                         let e = |i: usize| q(32 * j + i);
                         out.extend((0..16).map(|i| (e(i) & 0x0f) | ((e(i + 16) & 0x0f) << 4)));
                         out.extend((0..8).map(|i| {
@@ -181,25 +222,40 @@ impl Panels {
         );
         let blocks = inp / QK;
         let count = out.div_ceil(PANEL_ROWS);
-        let (w, qb, ub, pb) = (
+        let (w, qb, ub) = (
             format.scale_width(),
             format.quant_bytes(),
             format.unit_bytes(),
-            format.panel_block_bytes(),
         );
         let sb = ub - qb;
-        let mut packed = vec![0u8; count * blocks * pb];
+        let (hb, per_super) = (format.header_bytes(), format.super_blocks());
+        // Header scales per row: the header is that many arrays of PANEL_ROWS f32s.
+        let hs = hb / (4 * PANEL_ROWS);
+        let panel_bytes = format.panel_bytes(blocks);
+        let mut packed = vec![0u8; count * panel_bytes];
         for (row, file_row) in bytes.chunks_exact(row_bytes).enumerate() {
             let (p, r) = (row / PANEL_ROWS, row % PANEL_ROWS);
-            for (b, src) in format.units(file_row).chunks_exact(ub).enumerate() {
-                let dst = &mut packed[(p * blocks + b) * pb..][..pb];
+            let panel = &mut packed[p * panel_bytes..(p + 1) * panel_bytes];
+            let units = format.units(file_row);
+            let mut src = &units[..];
+            for b in 0..blocks {
+                if b % per_super == 0 && hb > 0 {
+                    let header = &mut panel[format.header_offset(b)..][..hb];
+                    for k in 0..hs {
+                        let at = (k * PANEL_ROWS + r) * 4;
+                        header[at..at + 4].copy_from_slice(&src[4 * k..4 * k + 4]);
+                    }
+                    src = &src[4 * hs..];
+                }
+                let dst = &mut panel[format.block_offset(b)..][..format.panel_block_bytes()];
                 // d, then m: each an array of PANEL_ROWS scales.
                 for (k, scale) in src[..sb].chunks_exact(w).enumerate() {
                     let at = (k * PANEL_ROWS + r) * w;
                     dst[at..at + w].copy_from_slice(scale);
                 }
                 let at = format.quants_offset() + r * qb;
-                dst[at..at + qb].copy_from_slice(&src[sb..]);
+                dst[at..at + qb].copy_from_slice(&src[sb..ub]);
+                src = &src[ub..];
             }
         }
         Panels {
@@ -212,7 +268,7 @@ impl Panels {
 
     /// Panel `p`'s blocks.
     pub fn panel(&self, p: usize) -> &[u8] {
-        let len = self.blocks * self.format.panel_block_bytes();
+        let len = self.format.panel_bytes(self.blocks);
         &self.bytes[p * len..(p + 1) * len]
     }
 

@@ -91,16 +91,17 @@ fn exact(t: GgmlType, blocks: &[u8], out: usize, inp: usize, x: &[f32]) -> Vec<f
     y
 }
 
-const FORMATS: [GgmlType; 4] = [
+const FORMATS: [GgmlType; 5] = [
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
+    GgmlType::Q6_K,
 ];
 
-/// Columns for a test of `t`: three blocks, or two super-blocks for Q4_K.
+/// Columns for a test of `t`: three blocks, or two super-blocks for the k-quants.
 fn columns(t: GgmlType) -> usize {
-    if t == GgmlType::Q4_K {
+    if matches!(t, GgmlType::Q4_K | GgmlType::Q6_K) {
         512
     } else {
         96
@@ -158,10 +159,14 @@ fn q8_from_f32_is_close_to_f32_and_a_quarter_of_its_bytes() {
 fn block_weights_take_their_bits() {
     let (out, inp) = (64, 256);
     let w = random(out * inp, 2);
+    // The files' bits per weight, and for the k-quants a quarter bit (Q4_K) or a sixteenth
+    // (Q6_K) more: their block scales take a byte each rather than six bits.
     for (t, bits) in [
         (GgmlType::Q4_0, 4.5),
         (GgmlType::Q4_1, 5.0),
         (GgmlType::Q8_0, 8.5),
+        (GgmlType::Q4_K, 4.75),
+        (GgmlType::Q6_K, 6.625),
     ] {
         let linear = Linear::from_file_blocks(t, &file_blocks(t, &w), out, inp).unwrap();
         assert_eq!(
