@@ -74,6 +74,25 @@ impl Group {
         Ok(kind.map(|k| (k, bytes)))
     }
 
+    /// Each tensor of the group as the file stores it (its encoding, bytes and rows), in order,
+    /// when every one is stored in an encoding of `accept`, the same or not.
+    pub fn encoded_parts(
+        &self,
+        w: &dyn WeightSource,
+        accept: &[model::gguf::quant::GgmlType],
+    ) -> Result<Option<Vec<(model::gguf::quant::GgmlType, Vec<u8>, usize)>>, LoadError> {
+        let mut parts = Vec::with_capacity(self.tensors.len());
+        for (name, shape) in &self.tensors {
+            match w.encoded(name, shape)? {
+                Some(t) if accept.contains(&t.ggml_type) => {
+                    parts.push((t.ggml_type, t.bytes.into_owned(), shape[0]));
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(parts))
+    }
+
     /// The group's values in f32, rows stacked.
     pub fn read(&self, w: &dyn WeightSource) -> Result<Vec<f32>, LoadError> {
         let mut out = Vec::new();

@@ -141,11 +141,17 @@ impl CpuBackend {
             c.intermediate_size,
         );
         let fmt = options.weight_format;
-        // A group's matrix as the file stores it where that is computed natively, else from f32.
+        // A group's matrix as the file stores it (each tensor in its own format) where that is
+        // computed natively, else from f32.
         let linear = |group: &Group, out: usize, inp: usize| -> Result<Linear, LoadError> {
             if fmt == WeightFormat::Native {
-                if let Some((kind, bytes)) = group.encoded(w, Linear::NATIVE)? {
-                    if let Some(linear) = Linear::from_file_blocks(kind, &bytes, out, inp) {
+                if let Some(parts) = group.encoded_parts(w, Linear::NATIVE)? {
+                    let parts: Vec<_> = parts
+                        .iter()
+                        .map(|(t, b, rows)| (*t, &b[..], *rows))
+                        .collect();
+                    if let Some(linear) = Linear::from_file_parts(&parts, inp) {
+                        assert_eq!(linear.out(), out, "a group's rows");
                         return Ok(linear);
                     }
                 }

@@ -526,10 +526,15 @@ fn k_quant_blocks_run_natively_and_give_the_f32_paths_logits() {
     let (exact, f32_bytes) = logits(WeightFormat::F32);
     let (native, native_bytes) = logits(WeightFormat::Native);
     // Native keeps the quants and their super-blocks: Q4_K's gate/up at 4.75 bits per weight
-    // (the file's 4.5) against f32's 32, Q6_K's down at 6.625 (the file's 6.5625); Q, K (Q4_K)
-    // and V (Q6_K) differ, so their fused matrix goes to Q8_0 (8.5).
+    // (the file's 4.5) against f32's 32, Q6_K's down at 6.625 (the file's 6.5625); the fused
+    // QKV keeps Q and K in Q4_K and V in Q6_K.
     let bits = |i: usize| native_bytes[i] as f64 * 32.0 / f32_bytes[i] as f64;
-    assert_eq!([bits(0), bits(1), bits(2)], [4.75, 6.625, 8.5]);
+    let (q, kv) = (
+        config.num_attention_heads as f64,
+        config.num_key_value_heads as f64,
+    );
+    let qkv_bits = (4.75 * (q + kv) + 6.625 * kv) / (q + 2.0 * kv);
+    assert_eq!([bits(0), bits(1), bits(2)], [4.75, 6.625, qkv_bits]);
     let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
     let diff = exact
         .iter()

@@ -2,15 +2,17 @@
 //!
 //! - [`WeightFormat::F32`]: exact; multiplied with the `gemm` crate. The reference.
 //! - GGUF's block formats (Q4_0, Q4_1, Q8_0, and Q4_K and Q6_K as blocks of 32), computed as
-//!   stored: the weights keep the file's quants at 4.5 to 8.5 bits per weight (6 for Q4_K, 8
-//!   for Q6_K), the activations are quantized per block as llama.cpp does
+//!   stored: the weights keep the file's quants at 4.5 to 8.5 bits per weight (4.75 for Q4_K,
+//!   6.625 for Q6_K), the activations are quantized per block as llama.cpp does
 //!   (Q8_0, or Q8_1 for Q4_1), and each block is an integer dot product scaled once. Decode
 //!   streams every weight once per token, so bits per weight is what bounds it; and computing
 //!   the file's own numbers is what makes Vigil's output agree with llama.cpp's on a GGUF.
 //!
 //! The weights are repacked into panels of four rows ([`panels`]) and multiplied by tile
 //! kernels ([`kernels`]) that hold a 4 x `X` block of results in registers, for decode
-//! (`X = 1`) and batches alike.
+//! (`X = 1`) and batches alike. A fused matrix whose parts the file stores in different
+//! formats (llama.cpp's Q4_K_M keeps V in Q6_K beside Q and K in Q4_K) keeps each part in its
+//! own format, the parts' rows stacked.
 
 mod activations;
 mod kernels;
@@ -45,7 +47,15 @@ pub struct Linear {
 
 enum Weights {
     F32(Vec<f32>),
-    Blocks(Panels),
+    /// Row blocks of the matrix, each in its file's format, stacked in order.
+    Blocks(Vec<Part>),
+}
+
+/// Rows `first..first + rows` of a matrix, as panels.
+struct Part {
+    first: usize,
+    rows: usize,
+    panels: Panels,
 }
 
 /// Where a tile writes its results: rows of `y`, disjoint between panels.
@@ -72,12 +82,11 @@ impl Linear {
         let w = match format {
             WeightFormat::Q8 | WeightFormat::Native if inp.is_multiple_of(QK) => {
                 let blocks = panels::quantize_q8_0(&w);
-                Weights::Blocks(Panels::from_file_blocks(
-                    BlockFormat::Q8_0,
-                    &blocks,
-                    out,
-                    inp,
-                ))
+                Weights::Blocks(vec![Part {
+                    first: 0,
+                    rows: out,
+                    panels: Panels::from_file_blocks(BlockFormat::Q8_0, &blocks, out, inp),
+                }])
             }
             _ => Weights::F32(w),
         };
@@ -97,23 +106,48 @@ impl Linear {
         out: usize,
         inp: usize,
     ) -> Option<Linear> {
-        let format = BlockFormat::from_ggml(ggml_type)?;
+        Linear::from_file_parts(&[(ggml_type, bytes, out)], inp)
+    }
+
+    /// Wraps a matrix of `inp` columns whose row blocks the file stores each in its own
+    /// format (`(format, bytes, rows)`, stacked in order), when every one is computed
+    /// natively; `None` otherwise.
+    pub fn from_file_parts(parts: &[(GgmlType, &[u8], usize)], inp: usize) -> Option<Linear> {
         if !inp.is_multiple_of(QK) {
             return None;
         }
+        let mut first = 0;
+        let mut stacked = Vec::with_capacity(parts.len());
+        for &(ggml_type, bytes, rows) in parts {
+            let format = BlockFormat::from_ggml(ggml_type)?;
+            if !inp.is_multiple_of(QK * format.super_blocks()) {
+                return None;
+            }
+            stacked.push(Part {
+                first,
+                rows,
+                panels: Panels::from_file_blocks(format, bytes, rows, inp),
+            });
+            first += rows;
+        }
         Some(Linear {
-            out,
+            out: first,
             inp,
-            w: Weights::Blocks(Panels::from_file_blocks(format, bytes, out, inp)),
+            w: Weights::Blocks(stacked),
             isa: Isa::detect(),
         })
+    }
+
+    /// Rows of the matrix (the output's width).
+    pub fn out(&self) -> usize {
+        self.out
     }
 
     /// Bytes the weights take.
     pub fn weight_bytes(&self) -> usize {
         match &self.w {
             Weights::F32(w) => w.len() * 4,
-            Weights::Blocks(p) => p.bytes(),
+            Weights::Blocks(parts) => parts.iter().map(|p| p.panels.bytes()).sum(),
         }
     }
 
@@ -123,23 +157,39 @@ impl Linear {
         assert_eq!(y.len(), t * self.out);
         match &self.w {
             Weights::F32(w) => gemm_f32(w, self.out, self.inp, x, t, y),
-            Weights::Blocks(p) => self.forward_blocks(p, x, t, y),
+            Weights::Blocks(parts) => self.forward_blocks(parts, x, t, y),
         }
     }
 
-    fn forward_blocks(&self, p: &Panels, x: &[f32], t: usize, y: &mut [f32]) {
+    fn forward_blocks(&self, parts: &[Part], x: &[f32], t: usize, y: &mut [f32]) {
         let (out, isa) = (self.out, self.isa);
-        let xq = activations::quantize(x, self.inp, p.format.needs_sums());
+        // Q8_1's quants and scales are Q8_0's: one quantization serves every part.
+        let sums = parts.iter().any(|p| p.panels.format.needs_sums());
+        let xq = activations::quantize(x, self.inp, sums);
         let y = Out(y.as_mut_ptr());
+        // Every part's panels, numbered in order.
+        let panels: usize = parts.iter().map(|p| p.panels.count).sum();
+        let locate = |mut i: usize| {
+            for part in parts {
+                if i < part.panels.count {
+                    return (part, i);
+                }
+                i -= part.panels.count;
+            }
+            unreachable!("panel index within the parts")
+        };
         // Each task takes a few panels (rows of W) and every activation row, in tiles of
         // MAX_X rows: the panels stay in L1 while the activations stream past.
-        (0..p.count)
+        (0..panels)
             .into_par_iter()
             .with_min_len(4)
-            .for_each(move |pi| {
+            .for_each(move |i| {
                 let y = y;
+                let (part, pi) = locate(i);
+                let p = &part.panels;
                 let panel = p.panel(pi);
-                let rows = (out - pi * PANEL_ROWS).min(PANEL_ROWS);
+                let rows = (part.rows - pi * PANEL_ROWS).min(PANEL_ROWS);
+                let column = part.first + pi * PANEL_ROWS;
                 let mut r0 = 0;
                 while r0 < t {
                     let n = (t - r0).min(MAX_X);
@@ -154,7 +204,7 @@ impl Linear {
                     }
                     let tile = kernels::tile(isa, p.format, panel, p.blocks, &acts);
                     for (i, values) in tile.iter().take(n).enumerate() {
-                        let at = (r0 + i) * out + pi * PANEL_ROWS;
+                        let at = (r0 + i) * out + column;
                         // SAFETY: row `r0 + i` < t and columns `at..at + rows` < out lie in
                         // `y`, and no other panel writes these columns.
                         let dst = unsafe { std::slice::from_raw_parts_mut(y.0.add(at), rows) };

@@ -134,6 +134,51 @@ fn block_formats_compute_the_files_weights_for_every_batch_shape() {
     }
 }
 
+/// A matrix whose row blocks are in different formats (as Q4_K_M's fused QKV): each part's
+/// rows are that part's own product, whatever its neighbours' formats.
+#[test]
+fn stacked_parts_in_different_formats_compute_their_own_rows() {
+    let inp = 512;
+    // 9 and 6 rows: panels padded inside the matrix, not only at its end.
+    let parts = [
+        (GgmlType::Q4_K, 9),
+        (GgmlType::Q6_K, 6),
+        (GgmlType::Q4_1, 5),
+    ];
+    let blocks: Vec<Vec<u8>> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, &(t, rows))| file_blocks(t, &random(rows * inp, 20 + i as u64)))
+        .collect();
+    let spec: Vec<(GgmlType, &[u8], usize)> = parts
+        .iter()
+        .zip(&blocks)
+        .map(|(&(t, rows), b)| (t, &b[..], rows))
+        .collect();
+    let linear = Linear::from_file_parts(&spec, inp).unwrap();
+    let out = 20;
+    for rows in [1, 3, 6] {
+        let x = random(rows * inp, 30 + rows as u64);
+        let mut got = vec![0f32; rows * out];
+        linear.forward(&x, rows, &mut got);
+        let mut first = 0;
+        for &(t, b, n) in &spec {
+            let want = exact(t, b, n, inp, &x);
+            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+            for r in 0..rows {
+                for o in 0..n {
+                    let (g, w) = (got[r * out + first + o] as f64, want[r * n + o]);
+                    assert!(
+                        (g - w).abs() < 0.01 * scale,
+                        "{t:?} rows={rows} [{r}, {o}]: {g} vs {w}"
+                    );
+                }
+            }
+            first += n;
+        }
+    }
+}
+
 #[test]
 fn q8_from_f32_is_close_to_f32_and_a_quarter_of_its_bytes() {
     let (out, inp) = (37, 96);
