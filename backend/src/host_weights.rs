@@ -4,6 +4,7 @@
 //! one GEMM. A backend reads a group in f32 or as the file encodes it, and turns it into its
 //! own format (the file's blocks or Q8 on the CPU, bf16 or the file's blocks on a GPU).
 
+use model::gguf::quant::GgmlType;
 use model::names::{self, LayerTensor};
 use model::{LlamaConfig, LoadError, WeightSource};
 
@@ -45,6 +46,13 @@ pub fn layer_groups(c: &LlamaConfig, l: usize) -> [Group; 6] {
     ]
 }
 
+/// One tensor of a group as the file stores it: its `rows` in `ggml_type`.
+pub struct EncodedPart {
+    pub ggml_type: GgmlType,
+    pub bytes: Vec<u8>,
+    pub rows: usize,
+}
+
 impl Group {
     pub fn one(name: &str, shape: &[usize]) -> Group {
         Group {
@@ -74,19 +82,21 @@ impl Group {
         Ok(kind.map(|k| (k, bytes)))
     }
 
-    /// Each tensor of the group as the file stores it (its encoding, bytes and rows), in order,
-    /// when every one is stored in an encoding of `accept`, the same or not.
+    /// Each tensor of the group as the file stores it, in order, when every one is stored in
+    /// an encoding of `accept`, the same or not.
     pub fn encoded_parts(
         &self,
         w: &dyn WeightSource,
-        accept: &[model::gguf::quant::GgmlType],
-    ) -> Result<Option<Vec<(model::gguf::quant::GgmlType, Vec<u8>, usize)>>, LoadError> {
+        accept: &[GgmlType],
+    ) -> Result<Option<Vec<EncodedPart>>, LoadError> {
         let mut parts = Vec::with_capacity(self.tensors.len());
         for (name, shape) in &self.tensors {
             match w.encoded(name, shape)? {
-                Some(t) if accept.contains(&t.ggml_type) => {
-                    parts.push((t.ggml_type, t.bytes.into_owned(), shape[0]));
-                }
+                Some(t) if accept.contains(&t.ggml_type) => parts.push(EncodedPart {
+                    ggml_type: t.ggml_type,
+                    bytes: t.bytes.into_owned(),
+                    rows: shape[0],
+                }),
                 _ => return Ok(None),
             }
         }

@@ -148,7 +148,7 @@ impl CpuBackend {
                 if let Some(parts) = group.encoded_parts(w, Linear::NATIVE)? {
                     let parts: Vec<_> = parts
                         .iter()
-                        .map(|(t, b, rows)| (*t, &b[..], *rows))
+                        .map(|p| (p.ggml_type, &p.bytes[..], p.rows))
                         .collect();
                     if let Some(linear) = Linear::from_file_parts(&parts, inp) {
                         assert_eq!(linear.out(), out, "a group's rows");
