@@ -65,8 +65,8 @@ impl Group {
     pub fn encoded(
         &self,
         w: &dyn WeightSource,
-        accept: &[model::gguf::quant::GgmlType],
-    ) -> Result<Option<(model::gguf::quant::GgmlType, Vec<u8>)>, LoadError> {
+        accept: &[GgmlType],
+    ) -> Result<Option<(GgmlType, Vec<u8>)>, LoadError> {
         let mut kind = None;
         let mut bytes = Vec::new();
         for (name, shape) in &self.tensors {
