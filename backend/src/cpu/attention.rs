@@ -277,64 +277,107 @@ fn attend_row<T: KvElement>(
     let group = g.n_heads / g.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let slots = orders.values.slots();
-    let mut q = vec![0f32; group * hd];
-    let mut scores = vec![0f32; group * n];
-    let mut row = vec![0f32; hd];
-    // Per query head, the weighted sum of V's rows by slot (position `j` into `j % slots`).
-    let mut acc = vec![0f32; group * slots * hd];
-    let mut lanes = vec![0f32; summation::LANES * hd];
-    for kvh in 0..g.n_kv_heads {
-        let heads = kvh * group * hd..(kvh + 1) * group * hd;
-        for (q, head) in q
-            .chunks_exact_mut(hd)
-            .zip(q_all[heads.clone()].chunks_exact(hd))
-        {
-            for (i, q) in q.iter_mut().enumerate() {
-                *q = T::operand(head[interleaved(i, hd)]);
-            }
-        }
-        for j in 0..n {
-            let at = g.slot(table, j) + kvh * hd;
-            T::widen(&k_cache[at..at + hd], &mut row);
-            for (h, q) in q.chunks_exact(hd).enumerate() {
-                scores[h * n + j] = summation::dot(orders.scores, q, &row) * scale;
-            }
-        }
-        for s in scores.chunks_exact_mut(n) {
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            for x in s.iter_mut() {
-                *x = super::ops::exp(*x - max);
-            }
-            let inv = (1.0 / softmax_sum(s)) as f32;
-            for x in s.iter_mut() {
-                *x = T::operand(*x * inv);
-            }
-        }
-        // The slots positions reach start at zero; the others stay zero from the start.
+    // Taken out of the thread's slot and put back at the end, rather than used inside a
+    // closure: a closure would not be compiled with this kernel's target features.
+    let mut scratch = SCRATCH.take();
+    {
+        let [q, scores, row, acc, lanes] = scratch.take([
+            group * hd,
+            group * n,
+            hd,
+            // Per query head, the weighted sum of V's rows by slot (position `j` into
+            // `j % slots`).
+            group * slots * hd,
+            summation::LANES * hd,
+        ]);
+        // Slots no position reaches hold zeros for the reduction (they may hold another
+        // row's sums).
         let used = n.min(slots);
         for acc in acc.chunks_exact_mut(slots * hd) {
-            acc[..used * hd].fill(0.0);
+            acc[used * hd..].fill(0.0);
         }
-        for j in 0..n {
-            let at = g.slot(table, j) + kvh * hd;
-            T::widen(&v_cache[at..at + hd], &mut row);
-            // `j % slots`, slots being a power of two (a division here costs more than the row).
-            let slot = j & (slots - 1);
-            for h in 0..group {
-                let w = scores[h * n + j];
-                let a = &mut acc[(h * slots + slot) * hd..][..hd];
-                for (a, v) in a.iter_mut().zip(&row) {
-                    *a += w * v;
+        for kvh in 0..g.n_kv_heads {
+            let heads = kvh * group * hd..(kvh + 1) * group * hd;
+            for (q, head) in q
+                .chunks_exact_mut(hd)
+                .zip(q_all[heads.clone()].chunks_exact(hd))
+            {
+                for (i, q) in q.iter_mut().enumerate() {
+                    *q = T::operand(head[interleaved(i, hd)]);
                 }
             }
-        }
-        for (o, acc) in o[heads]
-            .chunks_exact_mut(hd)
-            .zip(acc.chunks_exact(slots * hd))
-        {
-            summation::reduce_columns(orders.values, acc, &mut lanes, o);
+            for j in 0..n {
+                let at = g.slot(table, j) + kvh * hd;
+                T::widen(&k_cache[at..at + hd], row);
+                for (h, q) in q.chunks_exact(hd).enumerate() {
+                    scores[h * n + j] = summation::dot(orders.scores, q, row) * scale;
+                }
+            }
+            for s in scores.chunks_exact_mut(n) {
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                for x in s.iter_mut() {
+                    *x = super::ops::exp(*x - max);
+                }
+                let inv = (1.0 / softmax_sum(s)) as f32;
+                for x in s.iter_mut() {
+                    *x = T::operand(*x * inv);
+                }
+            }
+            for j in 0..n {
+                let at = g.slot(table, j) + kvh * hd;
+                T::widen(&v_cache[at..at + hd], row);
+                // `j % slots`, slots being a power of two (a division here costs more than
+                // the row).
+                let slot = j & (slots - 1);
+                for h in 0..group {
+                    let w = scores[h * n + j];
+                    let a = &mut acc[(h * slots + slot) * hd..][..hd];
+                    if j < slots {
+                        // A slot's first product, added to zero as an accumulator starting
+                        // at zero would (0 + -0 is +0), without zeroing the slot first.
+                        for (a, v) in a.iter_mut().zip(row.iter()) {
+                            *a = 0.0 + w * v;
+                        }
+                    } else {
+                        for (a, v) in a.iter_mut().zip(row.iter()) {
+                            *a += w * v;
+                        }
+                    }
+                }
+            }
+            for (o, acc) in o[heads]
+                .chunks_exact_mut(hd)
+                .zip(acc.chunks_exact(slots * hd))
+            {
+                summation::reduce_columns(orders.values, acc, lanes, o);
+            }
         }
     }
+    SCRATCH.set(scratch);
+}
+
+/// Buffers the attention of a row reuses: one set per thread, grown as needed.
+#[derive(Default)]
+struct Scratch(Vec<f32>);
+
+impl Scratch {
+    /// Disjoint buffers of these lengths (contents unspecified).
+    fn take<const N: usize>(&mut self, lens: [usize; N]) -> [&mut [f32]; N] {
+        let total = lens.iter().sum();
+        if self.0.len() < total {
+            self.0.resize(total, 0.0);
+        }
+        let mut rest = &mut self.0[..];
+        lens.map(|len| {
+            let (buf, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            rest = tail;
+            buf
+        })
+    }
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::default();
 }
 
 /// The sum of a softmax row as llama.cpp's AVX-512 build takes it: in f64 over sums of 16

@@ -72,8 +72,17 @@ pub fn reduce_columns(order: SumOrder, acc: &[f32], lanes: &mut [f32], out: &mut
     assert_eq!(acc.len(), order.slots() * w);
     assert_eq!(lanes.len(), LANES * w);
     let row = |r: usize| &acc[r * w..(r + 1) * w];
+    // `_mm512_reduce_add_ps`'s tree over the 16 lanes, in `lanes`: its first step (upper eight
+    // plus lower) reads Gemm's lanes from `acc`, Dot's once its registers are paired.
     match order {
-        SumOrder::Gemm => lanes.copy_from_slice(acc),
+        SumOrder::Gemm => {
+            for (i, lane) in lanes.chunks_exact_mut(w).take(8).enumerate() {
+                let (a, b) = (row(8 + i), row(i));
+                for d in 0..w {
+                    lane[d] = a[d] + b[d];
+                }
+            }
+        }
         SumOrder::Dot => {
             for (l, lane) in lanes.chunks_exact_mut(w).enumerate() {
                 let (a, b) = (row(l), row(2 * LANES + l));
@@ -82,17 +91,18 @@ pub fn reduce_columns(order: SumOrder, acc: &[f32], lanes: &mut [f32], out: &mut
                     lane[i] = (a[i] + b[i]) + (c[i] + d[i]);
                 }
             }
+            let (low, high) = lanes.split_at_mut(8 * w);
+            for (l, h) in low.iter_mut().zip(high.iter()) {
+                *l += *h;
+            }
         }
     }
-    // `_mm512_reduce_add_ps`'s tree, in place: each step reads only rows it does not write.
+    // The rest of the tree, in place: each step reads only rows it does not write.
     let mut add = |dst: usize, a: usize, b: usize| {
         for i in 0..w {
             lanes[dst * w + i] = lanes[a * w + i] + lanes[b * w + i];
         }
     };
-    for i in 0..8 {
-        add(i, 8 + i, i);
-    }
     for i in 0..4 {
         add(i, 4 + i, i);
     }
