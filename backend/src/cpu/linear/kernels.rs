@@ -231,45 +231,16 @@ mod x86 {
             /// Q6_K as blocks of 32: 6-bit quants, `d sc` for each half block.
             const Q6K: u8 = 4;
 
-            /// As `BlockFormat`'s, for the kernel's constant format.
-            const fn panel_block_bytes(f: u8) -> usize {
+            /// The kernel's constant format, whose layout (`BlockFormat`'s const methods) the
+            /// kernel reads.
+            const fn format(f: u8) -> BlockFormat {
                 match f {
-                    Q4_0 => 4 * 18,
-                    Q4_1 => 4 * 20,
-                    Q4K => 4 * 18,
-                    Q6K => 4 * 26,
-                    _ => 4 * 34,
+                    Q4_0 => BlockFormat::Q4_0,
+                    Q4_1 => BlockFormat::Q4_1,
+                    Q8_0 => BlockFormat::Q8_0,
+                    Q4K => BlockFormat::Q4K,
+                    _ => BlockFormat::Q6K,
                 }
-            }
-
-            const fn quants_offset(f: u8) -> usize {
-                match f {
-                    Q4_1 => 16,
-                    _ => 8,
-                }
-            }
-
-            const fn header_bytes(f: u8) -> usize {
-                match f {
-                    Q4K => 32,
-                    Q6K => 16,
-                    _ => 0,
-                }
-            }
-
-            const fn super_blocks(f: u8) -> usize {
-                match f {
-                    Q4K | Q6K => 8,
-                    _ => 1,
-                }
-            }
-
-            const fn header_offset(f: u8, b: usize) -> usize {
-                b / super_blocks(f) * (header_bytes(f) + super_blocks(f) * panel_block_bytes(f))
-            }
-
-            const fn block_offset(f: u8, b: usize) -> usize {
-                header_offset(f, b) + header_bytes(f) + b % super_blocks(f) * panel_block_bytes(f)
             }
 
             /// Four bytes at `p` as f32s, unsigned or signed.
@@ -299,9 +270,9 @@ mod x86 {
                 let xd: [*const f32; X] = std::array::from_fn(|x| acts.d[x].as_ptr());
                 let xs: [*const f32; X] = std::array::from_fn(|x| acts.s[x].as_ptr());
                 for b in 0..blocks {
-                    let blk = panel.add(block_offset(F, b));
+                    let blk = panel.add(format(F).block_offset(b));
                     // The k-quants' super-block scales, one f32 per row.
-                    let header = panel.add(header_offset(F, b)) as *const f32;
+                    let header = panel.add(format(F).header_offset(b)) as *const f32;
                     let dw = lanes(if F == Q4K || F == Q6K {
                         _mm_mul_ps(_mm_loadu_ps(header), bytes_ps(blk, F == Q6K))
                     } else {
@@ -321,7 +292,7 @@ mod x86 {
                             mins[x] = _mm_fmadd_ps(m, _mm_set1_ps(*xs[x].add(b)), mins[x]);
                         }
                     }
-                    let qs = blk.add(quants_offset(F));
+                    let qs = blk.add(format(F).quants_offset());
                     // Q6_K's second scale of each row: the half block's lanes 4..8.
                     let dw2 = if F == Q6K {
                         lanes(_mm_mul_ps(_mm_loadu_ps(header), bytes_ps(blk.add(4), true)))

@@ -62,7 +62,7 @@ impl BlockFormat {
     }
 
     /// Bytes of one scale in a block: f16, or one byte for the k-quants' small integers.
-    pub fn scale_width(self) -> usize {
+    pub const fn scale_width(self) -> usize {
         match self {
             BlockFormat::Q4K | BlockFormat::Q6K => 1,
             _ => 2,
@@ -70,7 +70,7 @@ impl BlockFormat {
     }
 
     /// Scales per row and block: `d`, then `m` where there is one (Q6_K: `d` of each half).
-    fn scales(self) -> usize {
+    const fn scales(self) -> usize {
         match self {
             BlockFormat::Q4_1 | BlockFormat::Q4K | BlockFormat::Q6K => 2,
             _ => 1,
@@ -78,12 +78,12 @@ impl BlockFormat {
     }
 
     /// Bytes of one row's block in a panel: scales, then quants.
-    fn unit_bytes(self) -> usize {
+    const fn unit_bytes(self) -> usize {
         self.scales() * self.scale_width() + self.quant_bytes()
     }
 
     /// Bytes of one row's quants in a block.
-    pub fn quant_bytes(self) -> usize {
+    pub const fn quant_bytes(self) -> usize {
         match self {
             BlockFormat::Q8_0 => 32,
             BlockFormat::Q6K => 24,
@@ -92,17 +92,17 @@ impl BlockFormat {
     }
 
     /// Bytes of one panel block.
-    pub fn panel_block_bytes(self) -> usize {
+    pub const fn panel_block_bytes(self) -> usize {
         PANEL_ROWS * self.unit_bytes()
     }
 
     /// Offset of the quants in a panel block.
-    pub fn quants_offset(self) -> usize {
+    pub const fn quants_offset(self) -> usize {
         PANEL_ROWS * self.scales() * self.scale_width()
     }
 
     /// Blocks per super-block: 8 for the k-quants, whose super-blocks carry a header.
-    pub fn super_blocks(self) -> usize {
+    pub const fn super_blocks(self) -> usize {
         match self {
             BlockFormat::Q4K | BlockFormat::Q6K => 8,
             _ => 1,
@@ -110,7 +110,7 @@ impl BlockFormat {
     }
 
     /// Bytes of a super-block's header: f32 scales per row (Q4_K `d` and `-dmin`, Q6_K `d`).
-    pub fn header_bytes(self) -> usize {
+    pub const fn header_bytes(self) -> usize {
         match self {
             BlockFormat::Q4K => 2 * 4 * PANEL_ROWS,
             BlockFormat::Q6K => 4 * PANEL_ROWS,
@@ -119,23 +119,23 @@ impl BlockFormat {
     }
 
     /// Bytes of a panel's super-block: header and blocks.
-    pub fn super_bytes(self) -> usize {
+    pub const fn super_bytes(self) -> usize {
         self.header_bytes() + self.super_blocks() * self.panel_block_bytes()
     }
 
     /// Offset of block `b` in a panel.
-    pub fn block_offset(self, b: usize) -> usize {
+    pub const fn block_offset(self, b: usize) -> usize {
         let n = self.super_blocks();
         b / n * self.super_bytes() + self.header_bytes() + b % n * self.panel_block_bytes()
     }
 
     /// Offset of the header of block `b`'s super-block in a panel.
-    pub fn header_offset(self, b: usize) -> usize {
+    pub const fn header_offset(self, b: usize) -> usize {
         b / self.super_blocks() * self.super_bytes()
     }
 
     /// Bytes of a panel of `blocks` blocks (a whole number of super-blocks).
-    pub fn panel_bytes(self, blocks: usize) -> usize {
+    pub const fn panel_bytes(self, blocks: usize) -> usize {
         blocks / self.super_blocks() * self.super_bytes()
     }
 
