@@ -64,7 +64,7 @@ impl Poller {
         Poller::spawn(&exporter, interval, move |exporter| {
             if let Some((process, _)) = &watched {
                 if !process.is_alive() {
-                    tracing::info!(pid = process.pid, "the engine's process is gone");
+                    let pid = process.pid;
                     watched = None;
                     before.add(&current);
                     current = Snapshot::default();
@@ -76,6 +76,9 @@ impl Poller {
                             "the engine's process exited; looking for its successor",
                         ),
                     );
+                    // Logged once the status says so: a reader of the log then finds
+                    // `/metrics` agreeing.
+                    tracing::info!(pid, "the engine's process is gone");
                 }
             }
             if watched.is_none() {
