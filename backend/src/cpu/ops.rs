@@ -125,7 +125,8 @@ fn swiglu_row(a: &mut [f32], g: &[f32], u: &[f32]) {
 /// `e^x` as llama.cpp's CPU backend computes it for SiLU and softmax (`ggml_v_expf`, after
 /// ARM's optimized routine: `x = n ln2 + b`, a degree-5 polynomial in `b`, scaled by `2^n`;
 /// under 2 ulp from the true value), so that activations follow llama.cpp's to the bit where
-/// the rest of the arithmetic does. Inlined, so that a caller compiled with FMA gets it.
+/// the rest of the arithmetic does. Inlined and without branches, so that a caller compiled
+/// with FMA gets it, in vectors.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const SHIFT: f32 = 12_582_912.0; // 0x1.8p23: adding it rounds to an integer.
@@ -136,10 +137,6 @@ pub fn exp(x: f32) -> f32 {
         f32::from_bits(0x35bf_be8e),                  // 0x1.7f7d1cp-20
         (-n).mul_add(f32::from_bits(0x3f31_7200), x), // 0x1.62e4p-1
     );
-    if n.abs() > 126.0 {
-        // Outside the normal range: the library's answer (0 or infinity in practice).
-        return x.exp();
-    }
     let u = b * b;
     let j = f32::from_bits(0x3c07_2010) // 0x1.0e4020p-7
         .mul_add(b, f32::from_bits(0x3d2b_9f17)) // 0x1.573e2ep-5
@@ -148,8 +145,26 @@ pub fn exp(x: f32) -> f32 {
             f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)), // 0x1.555e66p-3, 0x1.fffdb6p-2
         )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0)); // 0x1.ffffecp-1
-                                                                  // j * 2^n, exactly (n is an integer in the normal exponent range).
-    j * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    scale_by_power_of_two(j, n)
+}
+
+/// `j * 2^n` for `j` in `[0.7, 1.5]` and an integral `n`, rounded once, as AVX-512's `scalef`
+/// (which `ggml_v_expf` ends with) rounds it, including to a subnormal or to infinity; past
+/// `|n| > 192`, zero or infinity by `n`'s sign, as `ggml_v_expf` answers there. Two exact
+/// steps: `j * 2^n1` with `n1` clamped to where the product stays normal, then one rounding
+/// in the multiplication by the rest.
+#[inline(always)]
+fn scale_by_power_of_two(j: f32, n: f32) -> f32 {
+    let pow2 = |k: f32| f32::from_bits(((k as i32 + 127) as u32) << 23);
+    let n1 = n.clamp(-125.0, 127.0);
+    let n2 = (n - n1).clamp(-126.0, 127.0);
+    let scaled = j * pow2(n1) * pow2(n2);
+    let beyond = if n > 0.0 { f32::INFINITY } else { 0.0 };
+    if n.abs() > 192.0 {
+        beyond
+    } else {
+        scaled
+    }
 }
 
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
@@ -237,5 +252,23 @@ mod tests {
         assert_eq!(super::exp(0.0), 1.0);
         assert_eq!(super::exp(-200.0), 0.0);
         assert_eq!(super::exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(super::exp(89.0), f32::INFINITY);
+        assert_eq!(super::exp(200.0), f32::INFINITY);
+        assert!(super::exp(f32::NAN).is_nan());
+    }
+
+    /// Below `e^-87` the result is subnormal: rounded once from the polynomial's value, so still
+    /// within two units of the last place (subnormal bit patterns count up as the values do),
+    /// and zero where even the smallest subnormal is more than twice the true value.
+    #[test]
+    fn exp_rounds_into_the_subnormals_once() {
+        let mut x = -104.0f32;
+        while x < -87.0 {
+            let (got, want) = (super::exp(x), (x as f64).exp());
+            let ulp = (want as f32).to_bits().abs_diff(got.to_bits());
+            assert!(ulp <= 2, "exp({x}) = {got:e}, want {want:e}");
+            x += 0.0137;
+        }
+        assert_eq!(super::exp(-104.5), 0.0);
     }
 }

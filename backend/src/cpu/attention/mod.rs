@@ -1,119 +1,16 @@
 //! Paged attention on the CPU: K/V writes into blocks and causal attention over block tables,
 //! with grouped-query heads, over a cache of f32 or f16 ([`KvElement`]).
 
-use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::summation::{self, SumOrder};
+use head::HeadMath;
+pub use kv_element::KvElement;
 
-/// An element of the KV cache.
-///
-/// An f16 cache is what llama.cpp and vLLM keep for a half-precision model by default, and
-/// half the bytes of f32. With it, attention computes as llama.cpp's does: the query and the
-/// softmax weights are rounded to f16 before they meet the cache (llama.cpp converts a
-/// matmul's right-hand side to the left-hand side's f16), and the exact products are summed
-/// in f32 in llama.cpp's orders ([`super::summation`]).
-pub trait KvElement: Copy + Default + Send + Sync + 'static {
-    /// `n` zeros, allocated zeroed so that pages no one writes are never touched.
-    fn zeroed(n: usize) -> Vec<Self>;
-    fn store(x: f32) -> Self;
-    /// `x` as the operand that meets a cache row.
-    fn operand(x: f32) -> f32;
-    /// A cache row as f32.
-    fn widen(row: &[Self], out: &mut [f32]);
-}
-
-impl KvElement for f32 {
-    fn zeroed(n: usize) -> Vec<f32> {
-        vec![0f32; n]
-    }
-    fn store(x: f32) -> f32 {
-        x
-    }
-    fn operand(x: f32) -> f32 {
-        x
-    }
-    #[inline(always)]
-    fn widen(row: &[f32], out: &mut [f32]) {
-        out.copy_from_slice(row);
-    }
-}
-
-impl KvElement for f16 {
-    fn zeroed(n: usize) -> Vec<f16> {
-        use half::vec::HalfBitsVecExt;
-        vec![0u16; n].reinterpret_into()
-    }
-    fn store(x: f32) -> f16 {
-        f16::from_f32(x)
-    }
-    fn operand(x: f32) -> f32 {
-        f16::from_f32(x).to_f32()
-    }
-    #[inline(always)]
-    fn widen(row: &[f16], out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if f16c::available() {
-            // SAFETY: the CPU has F16C; `out` is as long as `row`.
-            return unsafe { f16c::widen(row, out) };
-        }
-        for (o, x) in out.iter_mut().zip(row) {
-            *o = x.to_f32();
-        }
-    }
-}
-
-/// bf16 is f32 with the low 16 bits of its mantissa dropped: widening is a shift, which
-/// the compiler vectorizes on its own. Operands are rounded to bf16 as for f16.
-impl KvElement for bf16 {
-    fn zeroed(n: usize) -> Vec<bf16> {
-        use half::vec::HalfBitsVecExt;
-        vec![0u16; n].reinterpret_into()
-    }
-    fn store(x: f32) -> bf16 {
-        bf16::from_f32(x)
-    }
-    fn operand(x: f32) -> f32 {
-        bf16::from_f32(x).to_f32()
-    }
-    #[inline(always)]
-    fn widen(row: &[bf16], out: &mut [f32]) {
-        for (o, x) in out.iter_mut().zip(row) {
-            *o = f32::from_bits((x.to_bits() as u32) << 16);
-        }
-    }
-}
-
-/// f16 cache rows widened eight at a time with F16C (`vcvtph2ps`).
+mod head;
+mod kv_element;
 #[cfg(target_arch = "x86_64")]
-mod f16c {
-    use std::arch::x86_64::*;
-
-    use half::f16;
-
-    pub fn available() -> bool {
-        std::arch::is_x86_feature_detected!("f16c")
-    }
-
-    /// Inlined into the attention kernel, which is compiled with F16C: a call per cache row
-    /// would cost more than the conversion.
-    ///
-    /// # Safety
-    /// The CPU has F16C and `out.len() >= row.len()`.
-    #[inline(always)]
-    pub unsafe fn widen(row: &[f16], out: &mut [f32]) {
-        let n = row.len();
-        let mut i = 0;
-        while i + 8 <= n {
-            let x = _mm_loadu_si128(row.as_ptr().add(i) as *const __m128i);
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(x));
-            i += 8;
-        }
-        for j in i..n {
-            out[j] = row[j].to_f32();
-        }
-    }
-}
+mod x86;
 
 /// One new token of the step: its sequence (index into the batch) and position.
 #[derive(Debug, Clone, Copy)]
@@ -228,8 +125,8 @@ struct Orders {
 
 type AttendFn<T> = fn(&[f32], &[u32], usize, Geometry, Orders, &[T], &[T], &mut [f32]);
 
-/// The row kernel, compiled for AVX2, FMA and F16C when the CPU has them (the same code; the
-/// wider instructions roughly halve attention time).
+/// The row kernel, compiled for AVX2, FMA and F16C with [`HeadMath`] in registers when the CPU
+/// has them, else the portable reference (the same sums, in the same order).
 fn attend_kernel<T: KvElement>() -> AttendFn<T> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -238,7 +135,8 @@ fn attend_kernel<T: KvElement>() -> AttendFn<T> {
             return |q, t, n, g, s, k, v, o| unsafe { attend_avx2(q, t, n, g, s, k, v, o) };
         }
     }
-    attend_row
+    // SAFETY: the portable math needs nothing of the CPU.
+    |q, t, n, g, s, k, v, o| unsafe { attend_row::<T, head::Portable>(q, t, n, g, s, k, v, o) }
 }
 
 /// # Safety
@@ -256,14 +154,17 @@ unsafe fn attend_avx2<T: KvElement>(
     v: &[T],
     o: &mut [f32],
 ) {
-    attend_row(q, table, n, g, orders, k, v, o)
+    attend_row::<T, x86::Avx2>(q, table, n, g, orders, k, v, o)
 }
 
 /// Attention of one row (all its heads) over the first `n` positions of its sequence, a KV
-/// head at a time: each cache row is widened once for the query heads that share it.
+/// head at a time: the head's cache rows are widened once for the query heads that share them.
+///
+/// # Safety
+/// The CPU has what `M` needs.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn attend_row<T: KvElement>(
+unsafe fn attend_row<T: KvElement, M: HeadMath>(
     q_all: &[f32],
     table: &[u32],
     n: usize,
@@ -281,21 +182,15 @@ fn attend_row<T: KvElement>(
     // closure: a closure would not be compiled with this kernel's target features.
     let mut scratch = SCRATCH.take();
     {
-        let [q, scores, row, acc, lanes] = scratch.take([
+        let [q, scores, k, v, acc, lanes] = scratch.take([
             group * hd,
             group * n,
-            hd,
-            // Per query head, the weighted sum of V's rows by slot (position `j` into
-            // `j % slots`).
+            n * hd,
+            n * hd,
+            // Per query head, the weighted sum of V's rows by slot.
             group * slots * hd,
             summation::LANES * hd,
         ]);
-        // Slots no position reaches hold zeros for the reduction (they may hold another
-        // row's sums).
-        let used = n.min(slots);
-        for acc in acc.chunks_exact_mut(slots * hd) {
-            acc[used * hd..].fill(0.0);
-        }
         for kvh in 0..g.n_kv_heads {
             let heads = kvh * group * hd..(kvh + 1) * group * hd;
             for (q, head) in q
@@ -303,16 +198,20 @@ fn attend_row<T: KvElement>(
                 .zip(q_all[heads.clone()].chunks_exact(hd))
             {
                 for (i, q) in q.iter_mut().enumerate() {
-                    *q = T::operand(head[interleaved(i, hd)]);
+                    *q = head[interleaved(i, hd)];
                 }
             }
-            for j in 0..n {
+            T::operands(q);
+            for (j, (k, v)) in k
+                .chunks_exact_mut(hd)
+                .zip(v.chunks_exact_mut(hd))
+                .enumerate()
+            {
                 let at = g.slot(table, j) + kvh * hd;
-                T::widen(&k_cache[at..at + hd], row);
-                for (h, q) in q.chunks_exact(hd).enumerate() {
-                    scores[h * n + j] = summation::dot(orders.scores, q, row) * scale;
-                }
+                T::widen(&k_cache[at..at + hd], k);
+                T::widen(&v_cache[at..at + hd], v);
             }
+            M::scores(orders.scores, q, k, hd, scale, scores);
             for s in scores.chunks_exact_mut(n) {
                 let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 for x in s.iter_mut() {
@@ -320,31 +219,11 @@ fn attend_row<T: KvElement>(
                 }
                 let inv = (1.0 / softmax_sum(s)) as f32;
                 for x in s.iter_mut() {
-                    *x = T::operand(*x * inv);
+                    *x *= inv;
                 }
+                T::operands(s);
             }
-            for j in 0..n {
-                let at = g.slot(table, j) + kvh * hd;
-                T::widen(&v_cache[at..at + hd], row);
-                // `j % slots`, slots being a power of two (a division here costs more than
-                // the row).
-                let slot = j & (slots - 1);
-                for h in 0..group {
-                    let w = scores[h * n + j];
-                    let a = &mut acc[(h * slots + slot) * hd..][..hd];
-                    if j < slots {
-                        // A slot's first product, added to zero as an accumulator starting
-                        // at zero would (0 + -0 is +0), without zeroing the slot first.
-                        for (a, v) in a.iter_mut().zip(row.iter()) {
-                            *a = 0.0 + w * v;
-                        }
-                    } else {
-                        for (a, v) in a.iter_mut().zip(row.iter()) {
-                            *a += w * v;
-                        }
-                    }
-                }
-            }
+            M::weighted_values(orders.values, scores, v, hd, acc);
             for (o, acc) in o[heads]
                 .chunks_exact_mut(hd)
                 .zip(acc.chunks_exact(slots * hd))
@@ -398,27 +277,4 @@ fn softmax_sum(e: &[f32]) -> f64 {
             v[0] as f64
         })
         .sum()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Widened rows are the elements' own values: 67 elements, so the F16C path's eight-wide
-    /// steps and its tail are both taken.
-    fn widens_exactly<T: KvElement>(from: fn(f32) -> T, to: fn(T) -> f32) {
-        let row: Vec<T> = (0..67).map(|i| from((i as f32 * 0.11).cos())).collect();
-        let mut out = vec![0f32; 67];
-        T::widen(&row, &mut out);
-        for (o, x) in out.iter().zip(&row) {
-            assert_eq!(o.to_bits(), to(*x).to_bits());
-        }
-    }
-
-    #[test]
-    fn cache_rows_widen_to_their_values() {
-        widens_exactly::<f16>(f16::from_f32, f16::to_f32);
-        widens_exactly::<bf16>(bf16::from_f32, bf16::to_f32);
-        widens_exactly::<f32>(|x| x, |x| x);
-    }
 }
