@@ -281,7 +281,9 @@ mod x86 {
                     let xv: [__m256i; X] = std::array::from_fn(|x| {
                         _mm256_loadu_si256(xq[x].add(b * QK) as *const __m256i)
                     });
-                    let dx: [f32; X] = std::array::from_fn(|x| *xd[x].add(b));
+                    // The activation rows' scales, broadcast once per block: each weight row's
+                    // product with them is then one vector multiplication.
+                    let dx: [__m256; X] = std::array::from_fn(|x| _mm256_set1_ps(*xd[x].add(b)));
                     if F == Q4_1 || F == Q4K {
                         let m = if F == Q4K {
                             _mm_mul_ps(_mm_loadu_ps(header.add(4)), bytes_ps(blk.add(4), false))
@@ -300,6 +302,11 @@ mod x86 {
                         [0.0; 4]
                     };
                     for r in 0..PANEL_ROWS {
+                        let dwr = if F == Q6K {
+                            _mm256_set_m128(_mm_set1_ps(dw2[r]), _mm_set1_ps(dw[r]))
+                        } else {
+                            _mm256_set1_ps(dw[r])
+                        };
                         let w = if F == Q8_0 {
                             _mm256_loadu_si256(qs.add(r * 32) as *const __m256i)
                         } else if F == Q6K {
@@ -342,14 +349,7 @@ mod x86 {
                                 _mm256_sign_epi8(xv[x], w)
                             };
                             let dot = $dot(a, bx);
-                            let d = if F == Q6K {
-                                _mm256_mul_ps(
-                                    _mm256_set_m128(_mm_set1_ps(dw2[r]), _mm_set1_ps(dw[r])),
-                                    _mm256_set1_ps(dx[x]),
-                                )
-                            } else {
-                                _mm256_set1_ps(dw[r] * dx[x])
-                            };
+                            let d = _mm256_mul_ps(dwr, dx[x]);
                             acc[r][x] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), d, acc[r][x]);
                         }
                     }
