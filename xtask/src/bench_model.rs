@@ -19,59 +19,58 @@ fn last_json_line(out: &[u8]) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// Rounds of the two benchmarks, alternating, unless `VIGIL_BENCH_ROUNDS` says otherwise: on a
+/// shared machine one measurement of either side moves by 10% or more, so each figure is the
+/// median of its rounds and the spread is printed beside it.
+const ROUNDS: usize = 3;
+
 pub fn run() -> anyhow::Result<()> {
     crate::fetch_model::run()?;
     let root = workspace_root();
     let model = root.join("models").join(FILE);
-    let out = Command::new(env!("CARGO"))
-        .args(["bench", "-p", "vigil-engine", "--bench", "model", "--"])
-        .arg(&model)
-        .current_dir(&root)
-        .output()
-        .context("running cargo bench")?;
-    if !out.status.success() {
-        bail!(
-            "cargo bench failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    let rounds = match std::env::var("VIGIL_BENCH_ROUNDS") {
+        Ok(r) => r
+            .parse::<usize>()
+            .ok()
+            .filter(|r| *r > 0)
+            .context("VIGIL_BENCH_ROUNDS: a number of rounds, at least 1")?,
+        Err(_) => ROUNDS,
+    };
+    let (mut vigil, mut llama) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}");
+        vigil.push(vigil_round(&root, &model)?);
+        llama.push(llama_round(&root, &model)?);
     }
-    let vigil = last_json_line(&out.stdout)?;
-    let out = Command::new("python3")
-        .arg(root.join("xtask/bench/llama_cpp_peer.py"))
-        .arg(&model)
-        .output()
-        .context("running python3")?;
-    if !out.status.success() {
-        bail!(
-            "the llama.cpp peer failed (pip install llama-cpp-python numpy?):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let llama = last_json_line(&out.stdout)?;
-    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let first = |v: &[Value], k: &str| v[0][k].clone();
     println!("model: {}", model.display());
     println!(
         "vigil weights: {}; llama-cpp-python {}, n_threads=2, batches in one llama_batch, \
          the faster of flash attention off and on",
-        vigil["weight_format"], llama["llama_cpp_python"]
+        first(&vigil, "weight_format"),
+        first(&llama, "llama_cpp_python")
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>8} {:>8}",
+        "medians of {rounds} alternating rounds (each side's range in brackets), ratios of the medians"
+    );
+    println!(
+        "{:<26} {:>22} {:>22} {:>8} {:>8}",
         "", "vigil", "llama.cpp", "ratio", "target"
     );
     let row = |label: &str, key: &str, peer_key: &str, target: f64| {
-        let (v, p) = (f(&vigil, key), f(&llama, peer_key));
-        let mark = if v / p >= target { "met" } else { "MISSED" };
+        let (v, p) = (Spread::of(&vigil, key), Spread::of(&llama, peer_key));
+        let ratio = v.median / p.median;
+        let mark = if ratio >= target { "met" } else { "MISSED" };
         let fa = peer_key.replace("_tok_s", "_flash_attn");
-        let fa = if llama[fa.as_str()].as_bool() == Some(true) {
+        let fa = if llama.iter().all(|l| l[fa.as_str()].as_bool() == Some(true)) {
             " (llama.cpp with flash attention)"
         } else {
             ""
         };
         println!(
-            "{label:<26} {v:>10.1} {p:>10.1} {:>7.2}x {:>5.1}x {mark}{fa}",
-            v / p,
-            target
+            "{label:<26} {:>22} {:>22} {ratio:>7.2}x {target:>5.1}x {mark}{fa}",
+            v.to_string(),
+            p.to_string(),
         );
     };
     row(
@@ -105,12 +104,79 @@ pub fn run() -> anyhow::Result<()> {
         3.0,
     );
     println!(
-        "{:<26} {:>10.1}",
+        "{:<26} {:>22}",
         "peak RSS (MiB)",
-        f(&vigil, "peak_rss_mib")
+        Spread::of(&vigil, "peak_rss_mib").to_string()
     );
     crate::instructions::report(&root, &model);
     agreement(&root)
+}
+
+/// One figure over the rounds: its median and range.
+struct Spread {
+    median: f64,
+    low: f64,
+    high: f64,
+}
+
+impl Spread {
+    fn of(rounds: &[Value], key: &str) -> Spread {
+        let mut v: Vec<f64> = rounds
+            .iter()
+            .map(|r| r[key].as_f64().unwrap_or(f64::NAN))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let mid = v.len() / 2;
+        let median = if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        };
+        Spread {
+            median,
+            low: v[0],
+            high: v[v.len() - 1],
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "{:.1} [{:.0}-{:.0}]", self.median, self.low, self.high)
+    }
+}
+
+/// Vigil's benchmark (engine/benches/model.rs), once.
+fn vigil_round(root: &std::path::Path, model: &std::path::Path) -> anyhow::Result<Value> {
+    let out = Command::new(env!("CARGO"))
+        .args(["bench", "-p", "vigil-engine", "--bench", "model", "--"])
+        .arg(model)
+        .current_dir(root)
+        .output()
+        .context("running cargo bench")?;
+    if !out.status.success() {
+        bail!(
+            "cargo bench failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    last_json_line(&out.stdout)
+}
+
+/// The llama.cpp peer (xtask/bench/llama_cpp_peer.py), once.
+fn llama_round(root: &std::path::Path, model: &std::path::Path) -> anyhow::Result<Value> {
+    let out = Command::new("python3")
+        .arg(root.join("xtask/bench/llama_cpp_peer.py"))
+        .arg(model)
+        .output()
+        .context("running python3")?;
+    if !out.status.success() {
+        bail!(
+            "the llama.cpp peer failed (pip install llama-cpp-python numpy?):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    last_json_line(&out.stdout)
 }
 
 /// Greedy agreement with llama.cpp on eight prompts (the test that holds it, which also reruns
