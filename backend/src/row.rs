@@ -25,18 +25,7 @@ impl GreedyToken {
 /// Two passes the compiler vectorizes (a row is a vocabulary long, and a greedy batch reduces
 /// one per sequence each step): the largest value, in eight lanes, then its first index.
 pub fn argmax(x: &[f32]) -> u32 {
-    let mut lanes = [f32::NEG_INFINITY; 8];
-    let chunks = x.chunks_exact(8);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (m, v) in lanes.iter_mut().zip(c) {
-            *m = m.max(*v);
-        }
-    }
-    let max = tail
-        .iter()
-        .chain(&lanes)
-        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let max = max_value(x);
     match x.iter().position(|v| *v == max) {
         Some(i) => i as u32,
         // Nothing but NaN.
@@ -48,7 +37,7 @@ pub fn argmax(x: &[f32]) -> u32 {
 /// probabilities (zero where filtered out).
 /// Log-softmax of `logits` at `token`, and the `n` best tokens with theirs.
 pub fn logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_value(logits);
     let lse = sum_exp(logits, max).ln() as f32 + max;
     let chosen = logits[token as usize] - lse;
     if n == 0 {
@@ -65,6 +54,22 @@ pub fn logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) 
         .collect();
     top.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     (chosen, top)
+}
+
+/// The largest value of a row that is not NaN (-∞ for none), in eight lanes, which the compiler
+/// vectorizes where a single running maximum compares one element at a time.
+fn max_value(x: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, v) in lanes.iter_mut().zip(c) {
+            *m = m.max(*v);
+        }
+    }
+    tail.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v))
 }
 
 /// `Σ e^(x - max)` over a row, in f64, each exponential taken in f32 as the CPU backend's
