@@ -172,15 +172,11 @@ mod tests {
 
     use super::*;
 
-    /// f16 values (so that every product is exact) of mixed magnitudes, whose sums round
-    /// differently in different orders.
+    /// The summation tests' values rounded to f16, so that every product is exact.
     fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let x = ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 / u32::MAX as f32;
-                let x = (x - 0.5) * if i % 7 == 0 { 300.0 } else { 1.0 };
-                f16::from_f32(x).to_f32()
-            })
+        crate::cpu::summation::tests::values(n, seed)
+            .into_iter()
+            .map(|x| f16::from_f32(x).to_f32())
             .collect()
     }
 
