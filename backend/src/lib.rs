@@ -14,7 +14,7 @@ pub mod host_weights;
 mod llama;
 mod row;
 
-pub use row::{argmax, logprobs, GreedyToken};
+pub use row::{argmax, logprobs, softmax, GreedyToken};
 
 use model::LlamaConfig;
 

@@ -105,9 +105,73 @@ fn sum_exp_lanes(x: &[f32], max: f32) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
+/// The probabilities of a row (its softmax) into `out`, in f64, the exponentials taken as
+/// [`sum_exp`] takes them and scaled by the reciprocal of their sum: what a sampler draws
+/// from, for every sampled token.
+pub fn softmax(x: &[f32], out: &mut Vec<f64>) {
+    let max = max_value(x);
+    out.clear();
+    out.resize(x.len(), 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { softmax_fma(x, max, out) };
+    }
+    softmax_lanes(x, max, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_fma(x: &[f32], max: f32, out: &mut [f64]) {
+    softmax_lanes(x, max, out)
+}
+
+#[inline(always)]
+fn softmax_lanes(x: &[f32], max: f32, out: &mut [f64]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = crate::cpu::ops::exp(v - max) as f64;
+    }
+    let mut lanes = [0f64; 8];
+    let chunks = out.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v;
+        }
+    }
+    let inv = 1.0 / (lanes.iter().sum::<f64>() + tail);
+    for p in out.iter_mut() {
+        *p *= inv;
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{argmax, logprobs};
+    use super::{argmax, logprobs, softmax};
+
+    /// Probabilities are the row's softmax (computed here in f64 from its definition) to f32's
+    /// precision (the logit difference rounds to f32: half an ulp of 30 is 1e-6 of e^x), and sum
+    /// to one.
+    #[test]
+    fn softmax_is_the_rows_probabilities() {
+        let row: Vec<f32> = (0..49_157)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761) as f32 / u32::MAX as f32) * 30.0 - 20.0
+            })
+            .collect();
+        let max = row
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
+        let total: f64 = row.iter().map(|v| (*v as f64 - max).exp()).sum();
+        let mut p = Vec::new();
+        softmax(&row, &mut p);
+        for (p, v) in p.iter().zip(&row) {
+            let want = (*v as f64 - max).exp() / total;
+            assert!((p - want).abs() <= want * 3e-6, "{p} vs {want}");
+        }
+        assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
 
     /// Log-probabilities are the log-softmax of the row (computed here in f64 from its
     /// definition) to well within f32's precision, on a vocabulary-sized row.

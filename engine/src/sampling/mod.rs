@@ -40,7 +40,15 @@ pub struct Sampler {
     constraint: Option<Constraint>,
     /// Time spent computing the constraint's masks since [`Sampler::take_mask_time`].
     mask_time: std::time::Duration,
-    scratch: Vec<f32>,
+    /// Buffers reused from token to token (each a vocabulary long).
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    logits: Vec<f32>,
+    probs: Vec<f64>,
+    order: Vec<u32>,
 }
 
 impl Sampler {
@@ -57,7 +65,7 @@ impl Sampler {
             prompt_tokens: prompt.iter().copied().collect(),
             constraint,
             mask_time: std::time::Duration::ZERO,
-            scratch: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -92,7 +100,7 @@ impl Sampler {
     /// Picks the next token from `logits` and records it.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
         let p = &self.params;
-        let mut x = std::mem::take(&mut self.scratch);
+        let mut x = std::mem::take(&mut self.scratch.logits);
         x.clear();
         x.extend_from_slice(logits);
         self.apply_penalties(&mut x);
@@ -110,10 +118,11 @@ impl Sampler {
             for v in x.iter_mut() {
                 *v /= p_temp;
             }
-            let probs = filtered_probs(&x, p.top_k, p.top_p, p.min_p);
-            draw(&probs, self.rng.random::<f64>())
+            let Scratch { probs, order, .. } = &mut self.scratch;
+            filtered_probs(&x, (p.top_k, p.top_p, p.min_p), probs, order);
+            draw(probs, self.rng.random::<f64>())
         };
-        self.scratch = x;
+        self.scratch.logits = x;
         let (logprob, top_logprobs) = logprobs(logits, token, self.params.logprobs.unwrap_or(0));
         self.observe(token);
         if let Some(constraint) = &mut self.constraint {
@@ -173,32 +182,20 @@ impl Sampler {
     }
 }
 
-fn filtered_probs(x: &[f32], top_k: Option<usize>, top_p: f32, min_p: f32) -> Vec<f64> {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut probs: Vec<f64> = x.iter().map(|v| ((v - max) as f64).exp()).collect();
-    let sum: f64 = probs.iter().sum();
-    for p in probs.iter_mut() {
-        *p /= sum;
-    }
-    let needs_order = top_k.is_some_and(|k| k < probs.len()) || top_p < 1.0;
-    if needs_order {
-        let mut order: Vec<usize> = (0..probs.len()).collect();
-        order.sort_unstable_by(|a, b| probs[*b].total_cmp(&probs[*a]).then(a.cmp(b)));
-        let mut keep = top_k.map_or(order.len(), |k| k.clamp(1, order.len()));
-        if top_p < 1.0 {
-            let mut cum = 0.0;
-            let mut n = 0;
-            for &i in &order[..keep] {
-                cum += probs[i];
-                n += 1;
-                if cum >= top_p as f64 {
-                    break;
-                }
-            }
-            keep = n.max(1);
-        }
-        for &i in &order[keep..] {
-            probs[i] = 0.0;
+/// The softmax of `x` into `probs`, then top-k, top-p and min-p (`filters`) applied: filtered
+/// tokens are zero, the others keep their probabilities unnormalised. `order` is scratch.
+fn filtered_probs(
+    x: &[f32],
+    (top_k, top_p, min_p): (Option<usize>, f32, f32),
+    probs: &mut Vec<f64>,
+    order: &mut Vec<u32>,
+) {
+    backend::softmax(x, probs);
+    if most_likely(probs, top_k, top_p, order) {
+        let kept: Vec<f64> = order.iter().map(|&i| probs[i as usize]).collect();
+        probs.fill(0.0);
+        for (&i, p) in order.iter().zip(kept) {
+            probs[i as usize] = p;
         }
     }
     if min_p > 0.0 {
@@ -209,12 +206,94 @@ fn filtered_probs(x: &[f32], top_k: Option<usize>, top_p: f32, min_p: f32) -> Ve
             }
         }
     }
-    probs
+}
+
+/// Puts into `kept` the tokens top-k and top-p keep, and says whether they drop any: in order
+/// of probability (ties to the lower id), the first `top_k`, cut after the first whose
+/// cumulative probability reaches `top_p` (at least one).
+///
+/// A vocabulary is tens of thousands of tokens and the nucleus usually far fewer, so the order
+/// is taken for the `m` most likely only (an O(n) selection, then a sort of `m`), with `m`
+/// grown eightfold until the nucleus closes inside it or `top_k` is reached: sorting the whole
+/// row cost milliseconds per token, on the engine's thread, for every request that sets top-k
+/// or top-p.
+fn most_likely(probs: &[f64], top_k: Option<usize>, top_p: f32, kept: &mut Vec<u32>) -> bool {
+    let len = probs.len();
+    let limit = top_k.map_or(len, |k| k.clamp(1, len));
+    if limit == len && top_p >= 1.0 {
+        return false;
+    }
+    let order = |a: &u32, b: &u32| {
+        probs[*b as usize]
+            .total_cmp(&probs[*a as usize])
+            .then(a.cmp(b))
+    };
+    let mut m = limit.min(64);
+    loop {
+        candidates(probs, m, kept);
+        if m < kept.len() {
+            kept.select_nth_unstable_by(m - 1, order);
+            kept.truncate(m);
+        }
+        kept.sort_unstable_by(order);
+        if top_p >= 1.0 {
+            return true;
+        }
+        let mut cum = 0.0;
+        let reached = kept.iter().position(|&i| {
+            cum += probs[i as usize];
+            cum >= top_p as f64
+        });
+        match reached {
+            Some(n) => {
+                kept.truncate(n + 1);
+                return true;
+            }
+            None if m == limit => return true,
+            None => m = (m * 8).min(limit),
+        }
+    }
+}
+
+/// Puts into `out` the tokens whose probability's binary exponent is at least that of the
+/// `m`-th most likely: every one of the `m` most likely, and rarely more than twice as many, found
+/// in two passes over the row (a histogram of exponents, then the filter) so that the selection
+/// and the sort only see those.
+fn candidates(probs: &[f64], m: usize, out: &mut Vec<u32>) {
+    // Probabilities are at least zero, so their bits, and the exponent in the top 12, grow with
+    // them.
+    let exponent = |p: f64| (p.to_bits() >> 52) as usize & 0x7ff;
+    let mut counts = [0u32; 2048];
+    for p in probs {
+        counts[exponent(*p)] += 1;
+    }
+    let (mut lowest, mut seen) = (counts.len(), 0);
+    while lowest > 0 && seen < m {
+        lowest -= 1;
+        seen += counts[lowest] as usize;
+    }
+    out.clear();
+    out.extend(
+        probs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| exponent(**p) >= lowest)
+            .map(|(i, _)| i as u32),
+    );
 }
 
 /// Inverse-CDF draw with `u` uniform in [0, 1).
 fn draw(probs: &[f64], u: f64) -> u32 {
-    let total: f64 = probs.iter().sum();
+    // In lanes, which vectorize where one running sum waits on each addition.
+    let mut lanes = [0f64; 4];
+    let chunks = probs.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (l, p) in lanes.iter_mut().zip(c) {
+            *l += p;
+        }
+    }
+    let total = lanes.iter().sum::<f64>() + tail;
     let target = u * total;
     let mut cum = 0.0;
     let mut last_kept = 0;

@@ -169,3 +169,49 @@ fn stop_tokens() {
     let p = params(|p| p.ignore_eos = true);
     assert_eq!(p.token_stop(2, &[2]), None);
 }
+
+/// Top-k and top-p keep what their definitions keep on a vocabulary-sized row: in order of
+/// probability (ties to the lower id, here written as one full sort), the first `top_k`, cut
+/// after the first token whose cumulative probability reaches `top_p`. The rows range from
+/// peaked (a nucleus of a few tokens) to flat (tens of thousands), with ties.
+#[test]
+fn top_k_and_top_p_keep_their_definitions_on_a_whole_vocabulary() {
+    let vocab = 49_152;
+    for spread in [0.5f32, 4.0, 40.0] {
+        // Quantized to a few hundred levels, so that many tokens tie.
+        let x: Vec<f32> = (0..vocab)
+            .map(|i| {
+                let u = (i as u32).wrapping_mul(2_654_435_761) as f32 / u32::MAX as f32;
+                (u * 300.0).round() / 300.0 * spread
+            })
+            .collect();
+        for (top_k, top_p) in [
+            (None, 0.9f32),
+            (None, 0.999),
+            (Some(50), 1.0),
+            (Some(5000), 0.95),
+            (Some(1), 0.5),
+            (None, 1e-9),
+        ] {
+            let (mut probs, mut order) = (Vec::new(), Vec::new());
+            super::filtered_probs(&x, (top_k, top_p, 0.0), &mut probs, &mut order);
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f64> = x.iter().map(|v| ((v - max) as f64).exp()).collect();
+            let total: f64 = e.iter().sum();
+            let mut order: Vec<usize> = (0..vocab).collect();
+            order.sort_by(|a, b| e[*b].total_cmp(&e[*a]).then(a.cmp(b)));
+            let mut want: Vec<usize> = Vec::new();
+            let mut cum = 0.0;
+            for &i in order.iter().take(top_k.unwrap_or(vocab)) {
+                want.push(i);
+                cum += e[i] / total;
+                if cum >= top_p as f64 {
+                    break;
+                }
+            }
+            want.sort_unstable();
+            let kept: Vec<usize> = (0..vocab).filter(|i| probs[*i] > 0.0).collect();
+            assert_eq!(kept, want, "spread {spread} top_k {top_k:?} top_p {top_p}");
+        }
+    }
+}
