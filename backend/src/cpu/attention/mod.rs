@@ -97,22 +97,117 @@ pub fn paged_attention<T: KvElement>(
         values: SumOrder::for_step(rows.len(), 0),
     };
     let attend = attend_kernel::<T>();
+    let mut widened = WIDENED.take();
+    let shared = widen_shared(rows, tables, g, k_cache, v_cache, &mut widened);
     out.par_chunks_mut(g.n_heads * hd)
         .zip(rows.par_iter())
         .enumerate()
         .for_each(|(i, (o, row))| {
             let q_all = &qkv[i * width..i * width + g.n_heads * hd];
-            attend(
-                q_all,
-                tables[row.seq],
-                row.pos + 1,
-                g,
-                orders,
-                k_cache,
-                v_cache,
-                o,
-            );
+            let keys = match shared.get(row.seq).copied().flatten() {
+                Some((at, len)) => Keys::Widened {
+                    k: &widened[at..at + g.n_kv_heads * len * hd],
+                    v: &widened[at + g.n_kv_heads * len * hd..][..g.n_kv_heads * len * hd],
+                    len,
+                },
+                None => Keys::Paged {
+                    table: tables[row.seq],
+                    k: k_cache,
+                    v: v_cache,
+                },
+            };
+            attend(q_all, keys, row.pos + 1, g, orders, o);
         });
+    WIDENED.set(widened);
+}
+
+/// Where a row's keys and values come from.
+#[derive(Clone, Copy)]
+enum Keys<'a, T> {
+    /// The paged cache: the row widens each position it reads.
+    Paged {
+        table: &'a [u32],
+        k: &'a [T],
+        v: &'a [T],
+    },
+    /// Its sequence's positions, widened once for all the sequence's rows of the step:
+    /// `[kv head][position][dimension]`, `len` positions per head.
+    Widened {
+        k: &'a [f32],
+        v: &'a [f32],
+        len: usize,
+    },
+}
+
+/// Most bytes of widened keys and values a step keeps (beyond that, rows widen for
+/// themselves): 64 MiB, a few thousand positions of a large model.
+const WIDENED_BYTES: usize = 64 << 20;
+
+/// The positions of a step's sequences that have several rows in it (a prompt, or a chunk of
+/// one), widened to f32 once and shared by those rows, where each row would otherwise widen
+/// every position before it again: in a 512-token prefill, 131,000 widened rows per KV head
+/// and layer instead of 512.
+///
+/// Widens into `buf` the positions of each such sequence, and says per sequence where its keys
+/// start in `buf` and how many positions it holds (its values follow its keys).
+fn widen_shared<T: KvElement>(
+    rows: &[Row],
+    tables: &[&[u32]],
+    g: Geometry,
+    k_cache: &[T],
+    v_cache: &[T],
+    buf: &mut Vec<f32>,
+) -> Vec<Option<(usize, usize)>> {
+    let hd = g.head_dim;
+    let mut count = vec![0usize; tables.len()];
+    let mut len = vec![0usize; tables.len()];
+    for row in rows {
+        count[row.seq] += 1;
+        len[row.seq] = len[row.seq].max(row.pos + 1);
+    }
+    let mut at = vec![None; tables.len()];
+    let mut total = 0;
+    for seq in 0..tables.len() {
+        let size = 2 * g.n_kv_heads * len[seq] * hd;
+        if count[seq] > 1 && (total + size) * 4 <= WIDENED_BYTES {
+            at[seq] = Some((total, len[seq]));
+            total += size;
+        }
+    }
+    buf.resize(total, 0.0);
+    let mut rest = &mut buf[..];
+    for (seq, at) in at.iter().enumerate() {
+        let Some((_, n)) = *at else { continue };
+        let (mine, tail) = std::mem::take(&mut rest).split_at_mut(2 * g.n_kv_heads * n * hd);
+        rest = tail;
+        // K's heads then V's, each `n` rows of one KV head: a task each.
+        mine.par_chunks_mut(n * hd)
+            .enumerate()
+            .for_each(|(i, head)| {
+                let (cache, kvh) = if i < g.n_kv_heads {
+                    (k_cache, i)
+                } else {
+                    (v_cache, i - g.n_kv_heads)
+                };
+                widen_rows(cache, tables[seq], g, kvh, head);
+            });
+    }
+    at
+}
+
+/// Positions `0..out.len() / head_dim` of KV head `kvh` from the paged `cache`, as f32 rows.
+#[inline(always)]
+fn widen_rows<T: KvElement>(cache: &[T], table: &[u32], g: Geometry, kvh: usize, out: &mut [f32]) {
+    let hd = g.head_dim;
+    for (j, row) in out.chunks_exact_mut(hd).enumerate() {
+        let at = g.slot(table, j) + kvh * hd;
+        T::widen(&cache[at..at + hd], row);
+    }
+}
+
+thread_local! {
+    /// The step's widened positions, kept for the next step of the calling thread.
+    static WIDENED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// The summation orders of the two products: `q·K` over the head's dimensions, and
@@ -123,7 +218,7 @@ struct Orders {
     values: SumOrder,
 }
 
-type AttendFn<T> = fn(&[f32], &[u32], usize, Geometry, Orders, &[T], &[T], &mut [f32]);
+type AttendFn<T> = for<'a> fn(&[f32], Keys<'a, T>, usize, Geometry, Orders, &mut [f32]);
 
 /// The row kernel, compiled for AVX2, FMA and F16C with [`HeadMath`] in registers when the CPU
 /// has them, else the portable reference (the same sums, in the same order).
@@ -132,46 +227,40 @@ fn attend_kernel<T: KvElement>() -> AttendFn<T> {
     {
         use std::arch::is_x86_feature_detected as has;
         if has!("avx2") && has!("fma") && has!("f16c") {
-            return |q, t, n, g, s, k, v, o| unsafe { attend_avx2(q, t, n, g, s, k, v, o) };
+            return |q, keys, n, g, s, o| unsafe { attend_avx2(q, keys, n, g, s, o) };
         }
     }
     // SAFETY: the portable math needs nothing of the CPU.
-    |q, t, n, g, s, k, v, o| unsafe { attend_row::<T, head::Portable>(q, t, n, g, s, k, v, o) }
+    |q, keys, n, g, s, o| unsafe { attend_row::<T, head::Portable>(q, keys, n, g, s, o) }
 }
 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn attend_avx2<T: KvElement>(
     q: &[f32],
-    table: &[u32],
+    keys: Keys<T>,
     n: usize,
     g: Geometry,
     orders: Orders,
-    k: &[T],
-    v: &[T],
     o: &mut [f32],
 ) {
-    attend_row::<T, x86::Avx2>(q, table, n, g, orders, k, v, o)
+    attend_row::<T, x86::Avx2>(q, keys, n, g, orders, o)
 }
 
 /// Attention of one row (all its heads) over the first `n` positions of its sequence, a KV
-/// head at a time: the head's cache rows are widened once for the query heads that share them.
+/// head at a time, for the query heads that share it.
 ///
 /// # Safety
 /// The CPU has what `M` needs.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn attend_row<T: KvElement, M: HeadMath>(
     q_all: &[f32],
-    table: &[u32],
+    keys: Keys<T>,
     n: usize,
     g: Geometry,
     orders: Orders,
-    k_cache: &[T],
-    v_cache: &[T],
     o: &mut [f32],
 ) {
     let hd = g.head_dim;
@@ -182,11 +271,12 @@ unsafe fn attend_row<T: KvElement, M: HeadMath>(
     // closure: a closure would not be compiled with this kernel's target features.
     let mut scratch = SCRATCH.take();
     {
-        let [q, scores, k, v, acc, lanes] = scratch.take([
+        let widen = matches!(keys, Keys::Paged { .. });
+        let [q, scores, k_rows, v_rows, acc, lanes] = scratch.take([
             group * hd,
             group * n,
-            n * hd,
-            n * hd,
+            if widen { n * hd } else { 0 },
+            if widen { n * hd } else { 0 },
             // Per query head, the weighted sum of V's rows by slot.
             group * slots * hd,
             summation::LANES * hd,
@@ -202,15 +292,17 @@ unsafe fn attend_row<T: KvElement, M: HeadMath>(
                 }
             }
             T::operands(q);
-            for (j, (k, v)) in k
-                .chunks_exact_mut(hd)
-                .zip(v.chunks_exact_mut(hd))
-                .enumerate()
-            {
-                let at = g.slot(table, j) + kvh * hd;
-                T::widen(&k_cache[at..at + hd], k);
-                T::widen(&v_cache[at..at + hd], v);
-            }
+            let (k, v): (&[f32], &[f32]) = match keys {
+                Keys::Paged { table, k, v } => {
+                    widen_rows(k, table, g, kvh, k_rows);
+                    widen_rows(v, table, g, kvh, v_rows);
+                    (k_rows, v_rows)
+                }
+                Keys::Widened { k, v, len } => {
+                    let head = kvh * len * hd;
+                    (&k[head..head + n * hd], &v[head..head + n * hd])
+                }
+            };
             M::scores(orders.scores, q, k, hd, scale, scores);
             for s in scores.chunks_exact_mut(n) {
                 let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
@@ -277,4 +369,70 @@ fn softmax_sum(e: &[f32]) -> f64 {
             v[0] as f64
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    /// A step of three sequences (a chunk of 5 rows, one decoding row, a prompt of 4): rows of a
+    /// sequence with several rows read its positions widened once, and give the bits each row
+    /// gives reading the paged cache for itself, in the step's summation orders.
+    #[test]
+    fn rows_sharing_widened_positions_equal_rows_that_widen_their_own() {
+        let g = Geometry {
+            block_size: 4,
+            n_heads: 6,
+            n_kv_heads: 2,
+            head_dim: 32,
+        };
+        let value = |i: usize, seed: usize| {
+            let x = (i.wrapping_mul(2_654_435_761) ^ seed) as u32 as f32 / u32::MAX as f32;
+            x * 2.0 - 1.0
+        };
+        let cache_len = 8 * g.block_size * g.n_kv_heads * g.head_dim;
+        let k: Vec<f16> = (0..cache_len).map(|i| f16::from_f32(value(i, 1))).collect();
+        let v: Vec<f16> = (0..cache_len).map(|i| f16::from_f32(value(i, 2))).collect();
+        let tables: [&[u32]; 3] = [&[3, 0, 5], &[1, 6], &[2, 4, 7]];
+        let rows: Vec<Row> = (4..9)
+            .map(|pos| Row { seq: 0, pos })
+            .chain([Row { seq: 1, pos: 6 }])
+            .chain((0..4).map(|pos| Row { seq: 2, pos }))
+            .collect();
+        let width = (g.n_heads + 2 * g.n_kv_heads) * g.head_dim;
+        let qkv: Vec<f32> = (0..rows.len() * width).map(|i| value(i, 3)).collect();
+        let q_w = g.n_heads * g.head_dim;
+        let mut out = vec![f32::NAN; rows.len() * q_w];
+        paged_attention(&qkv, &rows, &tables, g, &k, &v, &mut out);
+
+        let orders = Orders {
+            scores: SumOrder::for_step(rows.len(), g.head_dim),
+            values: SumOrder::for_step(rows.len(), 0),
+        };
+        let attend = attend_kernel::<f16>();
+        for (i, row) in rows.iter().enumerate() {
+            let mut alone = vec![f32::NAN; q_w];
+            let keys = Keys::Paged {
+                table: tables[row.seq],
+                k: &k,
+                v: &v,
+            };
+            attend(
+                &qkv[i * width..][..q_w],
+                keys,
+                row.pos + 1,
+                g,
+                orders,
+                &mut alone,
+            );
+            let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&out[i * q_w..][..q_w]),
+                bits(&alone),
+                "row {i}: {row:?}"
+            );
+        }
+    }
 }
