@@ -149,11 +149,8 @@ fn softmax_lanes(x: &[f32], max: f32, out: &mut [f64]) {
 mod tests {
     use super::{argmax, logprobs, softmax};
 
-    /// Probabilities are the row's softmax (computed here in f64 from its definition) to f32's
-    /// precision (the logit difference rounds to f32: half an ulp of 30 is 1e-6 of e^x), and sum
-    /// to one.
-    #[test]
-    fn softmax_is_the_rows_probabilities() {
+    /// A vocabulary-sized row of logits spread over 30 nats, and its largest value in f64.
+    fn vocabulary_row() -> (Vec<f32>, f64) {
         let row: Vec<f32> = (0..49_157)
             .map(|i| {
                 ((i as u32).wrapping_mul(2_654_435_761) as f32 / u32::MAX as f32) * 30.0 - 20.0
@@ -163,6 +160,15 @@ mod tests {
             .iter()
             .copied()
             .fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
+        (row, max)
+    }
+
+    /// Probabilities are the row's softmax (computed here in f64 from its definition) to f32's
+    /// precision (the logit difference rounds to f32: half an ulp of 30 is 1e-6 of e^x), and sum
+    /// to one.
+    #[test]
+    fn softmax_is_the_rows_probabilities() {
+        let (row, max) = vocabulary_row();
         let total: f64 = row.iter().map(|v| (*v as f64 - max).exp()).sum();
         let mut p = Vec::new();
         softmax(&row, &mut p);
@@ -177,15 +183,7 @@ mod tests {
     /// definition) to well within f32's precision, on a vocabulary-sized row.
     #[test]
     fn logprobs_are_the_rows_log_softmax() {
-        let row: Vec<f32> = (0..49_157)
-            .map(|i| {
-                ((i as u32).wrapping_mul(2_654_435_761) as f32 / u32::MAX as f32) * 30.0 - 20.0
-            })
-            .collect();
-        let max = row
-            .iter()
-            .copied()
-            .fold(f64::NEG_INFINITY, |m, v| m.max(v as f64));
+        let (row, max) = vocabulary_row();
         let lse = row
             .iter()
             .map(|v| (*v as f64 - max).exp())
