@@ -148,33 +148,33 @@ impl std::fmt::Display for Spread {
 
 /// Vigil's benchmark (engine/benches/model.rs), once.
 fn vigil_round(root: &std::path::Path, model: &std::path::Path) -> anyhow::Result<Value> {
-    let out = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
         .args(["bench", "-p", "vigil-engine", "--bench", "model", "--"])
         .arg(model)
-        .current_dir(root)
-        .output()
-        .context("running cargo bench")?;
-    if !out.status.success() {
-        bail!(
-            "cargo bench failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    last_json_line(&out.stdout)
+        .current_dir(root);
+    json_of(cargo, "cargo bench")
 }
 
 /// The llama.cpp peer (xtask/bench/llama_cpp_peer.py), once.
 fn llama_round(root: &std::path::Path, model: &std::path::Path) -> anyhow::Result<Value> {
-    let out = Command::new("python3")
+    let mut python = Command::new("python3");
+    python
         .arg(root.join("xtask/bench/llama_cpp_peer.py"))
-        .arg(model)
+        .arg(model);
+    json_of(
+        python,
+        "the llama.cpp peer (pip install llama-cpp-python numpy?)",
+    )
+}
+
+/// The last JSON line `command` prints, or its error output under `what`.
+fn json_of(mut command: Command, what: &str) -> anyhow::Result<Value> {
+    let out = command
         .output()
-        .context("running python3")?;
+        .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!(
-            "the llama.cpp peer failed (pip install llama-cpp-python numpy?):\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     }
     last_json_line(&out.stdout)
 }
