@@ -14,7 +14,7 @@ pub mod host_weights;
 mod llama;
 mod row;
 
-pub use row::{argmax, logprobs, softmax, GreedyToken};
+pub use row::{argmax, logprobs, softmax, sum_probabilities, GreedyToken};
 
 use model::LlamaConfig;
 

@@ -33,8 +33,6 @@ pub fn argmax(x: &[f32]) -> u32 {
     }
 }
 
-/// Softmax of `x`, then top-k, top-p and min-p filtering; returns unnormalised kept
-/// probabilities (zero where filtered out).
 /// Log-softmax of `logits` at `token`, and the `n` best tokens with theirs.
 pub fn logprobs(logits: &[f32], token: u32, n: usize) -> (f32, Vec<(u32, f32)>) {
     let max = max_value(logits);
@@ -131,18 +129,25 @@ fn softmax_lanes(x: &[f32], max: f32, out: &mut [f64]) {
     for (o, v) in out.iter_mut().zip(x) {
         *o = crate::cpu::ops::exp(v - max) as f64;
     }
+    let inv = 1.0 / sum_probabilities(out);
+    for p in out.iter_mut() {
+        *p *= inv;
+    }
+}
+
+/// The sum of a row of probabilities, in eight lanes, which vectorize where one running sum
+/// waits on each addition.
+#[inline(always)]
+pub fn sum_probabilities(x: &[f64]) -> f64 {
     let mut lanes = [0f64; 8];
-    let chunks = out.chunks_exact(8);
+    let chunks = x.chunks_exact(8);
     let tail: f64 = chunks.remainder().iter().sum();
     for c in chunks {
         for (l, v) in lanes.iter_mut().zip(c) {
             *l += v;
         }
     }
-    let inv = 1.0 / (lanes.iter().sum::<f64>() + tail);
-    for p in out.iter_mut() {
-        *p *= inv;
-    }
+    lanes.iter().sum::<f64>() + tail
 }
 
 #[cfg(test)]

@@ -284,16 +284,7 @@ fn candidates(probs: &[f64], m: usize, out: &mut Vec<u32>) {
 
 /// Inverse-CDF draw with `u` uniform in [0, 1).
 fn draw(probs: &[f64], u: f64) -> u32 {
-    // In lanes, which vectorize where one running sum waits on each addition.
-    let mut lanes = [0f64; 4];
-    let chunks = probs.chunks_exact(4);
-    let tail: f64 = chunks.remainder().iter().sum();
-    for c in chunks {
-        for (l, p) in lanes.iter_mut().zip(c) {
-            *l += p;
-        }
-    }
-    let total = lanes.iter().sum::<f64>() + tail;
+    let total = backend::sum_probabilities(probs);
     let target = u * total;
     let mut cum = 0.0;
     let mut last_kept = 0;
