@@ -182,8 +182,8 @@ impl Sampler {
     }
 }
 
-/// The softmax of `x` into `probs`, then top-k, top-p and min-p (`filters`) applied: filtered
-/// tokens are zero, the others keep their probabilities unnormalised. `order` is scratch.
+/// The softmax of `x` into `probs`, then top-k, top-p and min-p applied: filtered tokens are
+/// zero, the others keep their probabilities (not renormalised). `order` is scratch.
 fn filtered_probs(
     x: &[f32],
     (top_k, top_p, min_p): (Option<usize>, f32, f32),
@@ -256,9 +256,10 @@ fn most_likely(probs: &[f64], top_k: Option<usize>, top_p: f32, kept: &mut Vec<u
 }
 
 /// Puts into `out` the tokens whose probability's binary exponent is at least that of the
-/// `m`-th most likely: every one of the `m` most likely, and rarely more than twice as many, found
-/// in two passes over the row (a histogram of exponents, then the filter) so that the selection
-/// and the sort only see those.
+/// `m`-th most likely: every one of the `m` most likely, and those that share the `m`-th's
+/// exponent (few in a peaked row; in a flat one, nearly all), found in two passes over the row
+/// (a histogram of exponents, then the filter) so that the selection and the sort only see
+/// those.
 fn candidates(probs: &[f64], m: usize, out: &mut Vec<u32>) {
     // Probabilities are at least zero, so their bits, and the exponent in the top 12, grow with
     // them.
