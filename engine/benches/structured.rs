@@ -39,7 +39,7 @@ fn main() {
     )
     .expect("backend");
     let tokenizer = Arc::new(model.tokenizer);
-    let grammars = Grammars::new(Arc::clone(&tokenizer), vocab_size).unwrap();
+    let grammars = Grammars::new(Arc::clone(&tokenizer), vocab_size, Default::default()).unwrap();
     let schema = serde_json::json!({
         "type": "object",
         "properties": {

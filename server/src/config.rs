@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub dynamo: DynamoNames,
     /// `tool_choice: "auto"` with this parser (`None`: auto tool choice is off, vLLM's 400).
     pub auto_tool_parser: Option<crate::api::ToolParser>,
+    /// What a JSON schema's object that does not say `additionalProperties` allows
+    /// (`--structured-outputs-config`).
+    pub structured_objects: engine::structured::ObjectDefault,
 }
 
 impl ServerConfig {

@@ -106,7 +106,9 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         config.served_model_names.clone()
     };
     let tokenizer = Arc::new(model.tokenizer);
-    let grammars = tokio::task::block_in_place(|| structured_outputs(&tokenizer, &model.config));
+    let grammars = tokio::task::block_in_place(|| {
+        structured_outputs(&tokenizer, &model.config, config.structured_objects)
+    });
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tokenizer,
@@ -117,7 +119,8 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         dynamo: config.dynamo.clone(),
         drain: Drain::new(),
         traces: traces.clone(),
-        cpu: api::cpu_pool::CpuPool::for_this_host(),
+        cpu: api::cpu_pool::CpuPool::for_requests(),
+        grammar_cpu: api::cpu_pool::CpuPool::for_grammars(),
         grammars,
         auto_tool_parser: config.auto_tool_parser,
     });
@@ -178,9 +181,10 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 fn structured_outputs(
     tokenizer: &Arc<model::Tokenizer>,
     config: &model::LlamaConfig,
+    objects: engine::structured::ObjectDefault,
 ) -> Result<Arc<Grammars>, String> {
     let started = std::time::Instant::now();
-    match Grammars::new(Arc::clone(tokenizer), config.vocab_size) {
+    match Grammars::new(Arc::clone(tokenizer), config.vocab_size, objects) {
         Ok(grammars) => {
             tracing::info!("structured outputs ready in {:.2?}", started.elapsed());
             Ok(Arc::new(grammars))

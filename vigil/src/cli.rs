@@ -338,6 +338,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(server::ToolParser::NAMES))]
     pub tool_call_parser: Option<String>,
 
+    /// vLLM's structured-outputs settings, as JSON. `backend` ("auto", "xgrammar" or
+    /// "guidance"; Vigil compiles with llguidance whichever is named) and
+    /// `disable_additional_properties` decide what a JSON schema's object that does not say
+    /// `additionalProperties` allows: nothing beyond its properties (the default, as vLLM's
+    /// xgrammar), or any key ('{"backend": "guidance"}', JSON Schema's own default).
+    #[arg(long, value_name = "JSON", default_value = "{}", value_parser = parse_structured_outputs_config)]
+    pub structured_outputs_config: engine::structured::ObjectDefault,
+
     #[command(flatten)]
     pub probes: ProbeFlags,
 
@@ -441,6 +449,7 @@ impl ServeArgs {
                 .as_deref()
                 .filter(|_| self.enable_auto_tool_choice)
                 .and_then(server::ToolParser::from_name),
+            structured_objects: self.structured_outputs_config,
             model: self.model,
             host: self.host,
             port: self.port,
@@ -495,6 +504,52 @@ fn parse_custom_buckets(s: &str) -> Result<CustomBuckets, String> {
         out.push((family.clone(), bounds));
     }
     Ok(CustomBuckets(out))
+}
+
+/// Reads `--structured-outputs-config` as vLLM's `StructuredOutputsConfig`: the keys Vigil
+/// acts on, and a clear refusal of the others (none is ignored silently).
+fn parse_structured_outputs_config(
+    text: &str,
+) -> Result<engine::structured::ObjectDefault, String> {
+    use engine::structured::ObjectDefault;
+    let config: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
+    let mut guidance = false;
+    let mut disable_additional_properties = false;
+    for (key, value) in &config {
+        match (key.as_str(), value) {
+            ("backend", serde_json::Value::String(backend)) => match backend.as_str() {
+                "auto" | "xgrammar" => guidance = false,
+                "guidance" => guidance = true,
+                "outlines" | "lm-format-enforcer" => {
+                    return Err(format!(
+                        "backend {backend:?} is not available: Vigil compiles constraints with llguidance (\"auto\", \"xgrammar\" and \"guidance\" are accepted)"
+                    ))
+                }
+                other => return Err(format!("unknown backend {other:?}")),
+            },
+            ("disable_additional_properties", serde_json::Value::Bool(b)) => {
+                disable_additional_properties = *b
+            }
+            ("backend" | "disable_additional_properties", _) => {
+                return Err(format!("{key} has the wrong type: {value}"))
+            }
+            (
+                "disable_fallback"
+                | "disable_any_whitespace"
+                | "reasoning_parser"
+                | "reasoning_parser_plugin"
+                | "enable_in_reasoning",
+                _,
+            ) => return Err(format!("{key} is not supported by Vigil")),
+            _ => return Err(format!("unknown key {key:?}")),
+        }
+    }
+    Ok(if guidance && !disable_additional_properties {
+        ObjectDefault::Open
+    } else {
+        ObjectDefault::Closed
+    })
 }
 
 fn parse_show_hidden(s: &str) -> Result<MinorVersion, String> {
@@ -610,6 +665,23 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn structured_outputs_config_reads_as_vllm_backends_do() {
+        use engine::structured::ObjectDefault::{Closed, Open};
+        for (json, objects) in [
+            ("{}", Closed),
+            (r#"{"backend": "auto"}"#, Closed),
+            (r#"{"backend": "xgrammar"}"#, Closed),
+            (r#"{"backend": "guidance"}"#, Open),
+            (
+                r#"{"backend": "guidance", "disable_additional_properties": true}"#,
+                Closed,
+            ),
+        ] {
+            assert_eq!(parse_structured_outputs_config(json), Ok(objects), "{json}");
+        }
     }
 
     #[test]

@@ -68,6 +68,29 @@ fn bad_values_name_their_flag() {
             "not JSON",
         ),
         (
+            &["--structured-outputs-config", "guidance"],
+            "--structured-outputs-config",
+            "not a JSON object",
+        ),
+        (
+            &["--structured-outputs-config", "{\"backend\": \"outlines\"}"],
+            "--structured-outputs-config",
+            "llguidance",
+        ),
+        (
+            &[
+                "--structured-outputs-config",
+                "{\"disable_any_whitespace\": true}",
+            ],
+            "--structured-outputs-config",
+            "disable_any_whitespace is not supported",
+        ),
+        (
+            &["--structured-outputs-config", "{\"backnd\": \"guidance\"}"],
+            "--structured-outputs-config",
+            "unknown key \"backnd\"",
+        ),
+        (
             &["--gpu-memory-utilization", "1.5"],
             "--gpu-memory-utilization",
             "(0, 1]",

@@ -141,3 +141,56 @@ fn huge_prompts_do_not_stall_health_or_streams() {
     );
     drop(reader);
 }
+
+/// Constraint compiles run on threads of their own, apart from the request threads that parse
+/// and tokenize every request: while one client's compiles (the largest schemas accepted, 128
+/// `patternProperties` each) queue there, a plain request is answered, and the queue shows in
+/// `vigil_cpu_pool_jobs` (requests there are in no `vllm:` queue yet).
+#[test]
+fn grammar_compiles_do_not_hold_up_plain_requests() {
+    use common::{sample, wait_for};
+    let v = Vigil::serve(&["--served-model-name", "m"]);
+    let patterns: serde_json::Map<String, Value> = (0..128)
+        .map(|i| (format!("^k{i}[a-z]+$"), json!({"type": "integer"})))
+        .collect();
+    let constrained = json!({"prompt": "Hello", "max_tokens": 2,
+        "guided_json": {"type": "object", "patternProperties": patterns}})
+    .to_string();
+    let clients: Vec<_> = (0..24)
+        .map(|_| {
+            let (url, body) = (v.url("/v1/completions"), constrained.clone());
+            std::thread::spawn(move || http_post(&url, body.as_bytes(), &[]))
+        })
+        .collect();
+    let waiting = "vigil_cpu_pool_jobs{pool=\"grammar\",state=\"waiting\"}";
+    wait_for(
+        "compiles waiting for a grammar thread",
+        Duration::from_secs(10),
+        || (sample(&v.metrics(), waiting)? > 0.0).then_some(()),
+    );
+    let (status, body) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "Hello", "max_tokens": 1}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let still_waiting = sample(&v.metrics(), waiting).unwrap();
+    assert!(
+        still_waiting > 0.0,
+        "the plain request was answered only once the compiles were done"
+    );
+    for c in clients {
+        let (status, text) = c.join().unwrap();
+        assert_eq!(status, 200, "{text}");
+    }
+    let m = v.metrics();
+    assert_eq!(sample(&m, waiting), Some(0.0), "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "vigil_structured_output_compile_seconds_count{kind=\"json\",outcome=\"compiled\"}"
+        ),
+        Some(24.0),
+        "{m}"
+    );
+}

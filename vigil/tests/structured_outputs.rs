@@ -116,3 +116,117 @@ fn constraints_hold_across_preemption_and_chunked_prefill() {
 fn regex_lite_digits(n: usize) -> String {
     format!("[0-9]{{{n}}}")
 }
+
+/// A constraint that would recurse too deep in the compiler, overflow its stack and abort the
+/// whole server (a JSON schema's chain of 650 or more `$ref`s, a Lark grammar's chain of 490
+/// rules), or one that would hold a compile thread for seconds (100,000 choices, a regular
+/// expression that unrolls to a million units or is a 4 MB literal, 400 `patternProperties`),
+/// is refused with a 400 naming the field and the bound; the server lives on, answers a plain
+/// request, and counts the refused compiles.
+#[test]
+fn hostile_constraints_are_refused_and_the_server_lives_on() {
+    use common::{http_post, sample};
+    use serde_json::{json, Value};
+    let v = Vigil::serve(&["--served-model-name", "m"]);
+    let post = |body: Value| {
+        let (status, text) = http_post(&v.url("/v1/completions"), body.to_string().as_bytes(), &[]);
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let ref_chain = |n: usize| {
+        let mut defs = serde_json::Map::new();
+        for i in 0..n {
+            defs.insert(
+                format!("d{i}"),
+                json!({"$ref": format!("#/$defs/d{}", i + 1)}),
+            );
+        }
+        defs.insert(format!("d{n}"), json!({"type": "string"}));
+        json!({"$defs": defs, "$ref": "#/$defs/d0"})
+    };
+    let rule_chain = |n: usize| {
+        let mut grammar = String::from("start: r0\n");
+        for i in 0..n {
+            grammar.push_str(&format!("r{i}: r{}\n", i + 1));
+        }
+        grammar + &format!("r{n}: \"x\"\n")
+    };
+    let patterns: serde_json::Map<String, Value> = (0..400)
+        .map(|i| (format!("^k{i}[a-z]+$"), json!({"type": "integer"})))
+        .collect();
+    let base = json!({"prompt": "Hello", "max_tokens": 4});
+    let with = |field: &str, value: Value| {
+        let mut body = base.clone();
+        body[field] = value;
+        body
+    };
+    let cases = [
+        (
+            with(
+                "response_format",
+                json!({"type": "json_schema", "json_schema": {"name": "chain", "schema": ref_chain(650)}}),
+            ),
+            "response_format",
+            "256 levels",
+        ),
+        (
+            with("guided_json", ref_chain(5000)),
+            "guided_json",
+            "256 levels",
+        ),
+        (
+            with("structured_outputs", json!({"grammar": rule_chain(490)})),
+            "structured_outputs",
+            "256 levels",
+        ),
+        (
+            with(
+                "guided_choice",
+                json!((0..100_000).map(|i| i.to_string()).collect::<Vec<_>>()),
+            ),
+            "guided_choice",
+            "4096",
+        ),
+        (
+            with("guided_regex", json!("(a{1000}){1000}")),
+            "guided_regex",
+            "unrolled",
+        ),
+        (
+            with("guided_regex", json!("a".repeat(4 << 20))),
+            "guided_regex",
+            "unrolled",
+        ),
+        (
+            with(
+                "guided_json",
+                json!({"type": "object", "patternProperties": patterns}),
+            ),
+            "guided_json",
+            "patternProperties",
+        ),
+    ];
+    for (body, param, words) in &cases {
+        let (status, b) = post(body.clone());
+        assert_eq!(status, 400, "{param}: {b}\nserver log:\n{}", v.log());
+        assert_eq!(b["error"]["param"], *param, "{b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{param}: {message}");
+    }
+    let (status, b) = post(base.clone());
+    assert_eq!(status, 200, "{b}\nserver log:\n{}", v.log());
+    let m = v.metrics();
+    let refused = |kind: &str| {
+        sample(
+            &m,
+            &format!(
+                "vigil_structured_output_compile_seconds_count{{kind=\"{kind}\",outcome=\"refused\"}}"
+            ),
+        )
+    };
+    assert_eq!(refused("json"), Some(3.0), "{m}");
+    assert_eq!(refused("grammar"), Some(1.0), "{m}");
+    assert_eq!(refused("regex"), Some(2.0), "{m}");
+}

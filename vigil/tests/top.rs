@@ -443,22 +443,25 @@ fn a_dynamo_frontend_renders_and_the_missing_engine_is_named() {
 
 /// GPU rows on a simulated node (`cuda-sim`'s NVML answering from `failing-node.json`): GPU 2
 /// is held down by hardware slowdown and thermal slowdown from its first second at 92 °C, and
-/// the verdict names it before anything else (GPU 1's XID at 2 s and loss at 3 s included); the
-/// idle reason of GPU 0 is not throttling.
+/// the verdict names it before anything else but GPU 1, which reports XID 79 at 2 s and falls
+/// off the bus at 3 s: once lost it keeps its row (`up=0`, its fatal XID), and the verdict
+/// names it first. The idle reason of GPU 0 is not throttling.
 #[test]
-fn gpu_rows_show_a_throttled_gpu_and_the_verdict_names_it() {
+fn gpu_rows_show_a_throttled_or_lost_gpu_and_the_verdict_names_it() {
     let env = common::simulated_node("failing-node");
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let vigil = Vigil::serve_env(&["--device", "cpu", "--probe-interval", "0.2"], &env);
     std::thread::sleep(Duration::from_millis(1500));
+    let rows = |out: &str| -> Vec<HashMap<String, String>> {
+        out.lines()
+            .filter(|l| l.starts_with("gpu "))
+            .map(|l| fields(&format!("{l}\n"), "gpu"))
+            .collect()
+    };
     let out = top_once(&vigil.url(""));
-    let gpus: Vec<HashMap<String, String>> = out
-        .lines()
-        .filter(|l| l.starts_with("gpu "))
-        .map(|l| fields(&format!("{l}\n"), "gpu"))
-        .collect();
-    // GPU 1 falls off the bus at 3 s: three or four rows, depending on the window.
-    assert!(gpus.len() >= 3, "{out}");
+    let gpus = rows(&out);
+    // Every GPU has its row, a lost one too.
+    assert_eq!(gpus.len(), 4, "{out}");
     let gpu = |i: &str| gpus.iter().find(|g| g["gpu"] == i).unwrap();
     assert_eq!(gpu("0")["throttled_by"], "none", "{out}");
     assert_eq!(
@@ -471,8 +474,28 @@ fn gpu_rows_show_a_throttled_gpu_and_the_verdict_names_it() {
     assert_eq!(gpu("3")["power_watts"], "175");
     assert_eq!(gpu("3")["utilization"], "0.3");
     assert_eq!(gpu("3")["memory_used_bytes"], "4294967296");
+    if gpu("1")["up"] == "1" && gpu("1")["fatal_xids"] == "none" {
+        assert!(
+            out.contains(
+                "why: GPU 2 is throttled (hw_slowdown, hw_thermal_slowdown) at 150 W, 92 °C"
+            ),
+            "{out}"
+        );
+    }
+    // Past 3 s GPU 1 is lost: its row stays, and it is named first.
+    let lost = common::wait_for("GPU 1 lost", Duration::from_secs(10), || {
+        let out = top_once(&vigil.url(""));
+        rows(&out)
+            .iter()
+            .any(|g| g["gpu"] == "1" && g["up"] == "0")
+            .then_some(out)
+    });
+    let gpus = rows(&lost);
+    assert_eq!(gpus.len(), 4, "{lost}");
+    let one = gpus.iter().find(|g| g["gpu"] == "1").unwrap();
+    assert_eq!(one["fatal_xids"], "79", "{lost}");
     assert!(
-        out.contains("why: GPU 2 is throttled (hw_slowdown, hw_thermal_slowdown) at 150 W, 92 °C"),
-        "{out}"
+        lost.contains("why: GPU 1 is lost: the probe cannot read it after XID 79"),
+        "{lost}"
     );
 }

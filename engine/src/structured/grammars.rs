@@ -37,9 +37,15 @@ impl ConstraintSpec {
         }
     }
 
-    fn grammar(&self) -> Result<TopLevelGrammar, ConstraintError> {
+    fn grammar(&self, objects: ObjectDefault) -> Result<TopLevelGrammar, ConstraintError> {
         Ok(match self {
-            ConstraintSpec::JsonSchema(schema) => TopLevelGrammar::from_json_schema(schema.clone()),
+            ConstraintSpec::JsonSchema(schema) => {
+                let mut schema = schema.clone();
+                if objects == ObjectDefault::Closed {
+                    close_objects(&mut schema);
+                }
+                TopLevelGrammar::from_json_schema(schema)
+            }
             ConstraintSpec::JsonObject => {
                 TopLevelGrammar::from_json_schema(serde_json::json!({"type": "object"}))
             }
@@ -59,6 +65,40 @@ impl ConstraintSpec {
     }
 }
 
+/// What a JSON schema's object that does not say `additionalProperties` allows besides its
+/// listed properties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ObjectDefault {
+    /// Nothing: as vLLM's default backend (xgrammar, strict) and its `guidance` backend with
+    /// `disable_additional_properties` read such a schema, and as the clients that send them
+    /// (pydantic, instructor, LangChain) mean it.
+    #[default]
+    Closed,
+    /// Any other key, JSON Schema's own default (vLLM's `guidance` backend as it comes).
+    Open,
+}
+
+/// Writes `"additionalProperties": false` into every object schema of `schema` that lists
+/// `properties` or `patternProperties` and says nothing of others (vLLM's walk for its
+/// `guidance` backend). Recursion follows the schema's nesting, which [`super::bounds`] checks
+/// first.
+fn close_objects(schema: &mut serde_json::Value) {
+    match schema {
+        serde_json::Value::Object(fields) => {
+            for value in fields.values_mut() {
+                close_objects(value);
+            }
+            if !fields.contains_key("additionalProperties")
+                && (fields.contains_key("properties") || fields.contains_key("patternProperties"))
+            {
+                fields.insert("additionalProperties".into(), false.into());
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(close_objects),
+        _ => {}
+    }
+}
+
 /// Why a constraint cannot be compiled: the schema, expression or grammar is invalid or beyond
 /// the limits (the message says which).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -68,6 +108,7 @@ pub struct ConstraintError(pub String);
 /// The constraint compiler of one tokenizer.
 pub struct Grammars {
     factory: ParserFactory,
+    objects: ObjectDefault,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -79,7 +120,11 @@ impl std::fmt::Debug for Grammars {
 impl Grammars {
     /// Builds the token trie of `tokenizer` for rows of `vocab_size` logits (the model's
     /// vocabulary may be larger than the tokenizer's: the extra ids are never allowed).
-    pub fn new(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Result<Grammars, ConstraintError> {
+    pub fn new(
+        tokenizer: Arc<Tokenizer>,
+        vocab_size: usize,
+        objects: ObjectDefault,
+    ) -> Result<Grammars, ConstraintError> {
         let json = tokenizer
             .to_json()
             .map_err(|e| ConstraintError(e.to_string()))?;
@@ -102,14 +147,17 @@ impl Grammars {
             .map_err(|e| ConstraintError(format!("building the token trie: {e}")))?;
         factory.quiet();
         *factory.limits_mut() = limits();
-        Ok(Grammars { factory })
+        Ok(Grammars { factory, objects })
     }
 
-    /// Compiles `spec`; its errors are the client's (an invalid schema, regex or grammar).
+    /// Compiles `spec`; its errors are the client's (an invalid schema, regex or grammar, or
+    /// one past the bounds of [`super::bounds`]). Run it on a thread with a stack of
+    /// [`super::COMPILE_STACK_BYTES`]: within the bounds, the compiler's recursion fits there.
     pub fn compile(&self, spec: &ConstraintSpec) -> Result<CompiledConstraint, ConstraintError> {
+        super::bounds::check(spec)?;
         let parser = self
             .factory
-            .create_parser(spec.grammar()?)
+            .create_parser(spec.grammar(self.objects)?)
             .map_err(|e| ConstraintError(e.to_string()))?;
         CompiledConstraint::new(llguidance::Matcher::new(Ok(parser)), spec.kind())
     }

@@ -6,11 +6,16 @@
 //! [`CompiledConstraint`] before the request is queued (a bad schema is the client's error, not
 //! the engine's), and each sampler then runs its own [`Constraint`] from it.
 
+mod bounds;
 mod constraint;
 mod grammars;
 
+pub use bounds::{
+    COMPILE_STACK_BYTES, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_GRAMMAR_BYTES, MAX_NESTING,
+    MAX_PATTERN_PROPERTIES, MAX_REGEX_UNROLLED,
+};
 pub use constraint::{CompiledConstraint, Constraint};
-pub use grammars::{ConstraintError, ConstraintSpec, Grammars};
+pub use grammars::{ConstraintError, ConstraintSpec, Grammars, ObjectDefault};
 
 #[cfg(test)]
 mod tests;

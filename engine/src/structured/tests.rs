@@ -9,7 +9,7 @@ use crate::sampling::{Sampler, SamplingParams};
 fn grammars() -> Grammars {
     let mut tokenizer = model::testing::byte_tokenizer();
     tokenizer.eos_token_ids = vec![0];
-    Grammars::new(Arc::new(tokenizer), 256).expect("a trie of 256 byte tokens")
+    Grammars::new(Arc::new(tokenizer), 256, Default::default()).expect("a trie of 256 byte tokens")
 }
 
 /// Samples until end of sequence (or `max` tokens) from random logits, at temperature 1: what
@@ -103,4 +103,51 @@ fn a_request_with_a_constraint_needs_its_whole_row() {
     assert!(params.is_plain_greedy());
     params.structured = Some(grammars.compile(&ConstraintSpec::JsonObject).unwrap());
     assert!(!params.is_plain_greedy());
+}
+
+/// A schema's object that does not say `additionalProperties` has only its listed properties
+/// (vLLM's default, xgrammar's strict mode): random logits, which under JSON Schema's open
+/// default soon add keys of their own, never do here; nested objects alike.
+#[test]
+fn objects_that_do_not_say_additional_properties_are_closed() {
+    let grammars = grammars();
+    let schema = serde_json::json!({
+        "type": "object",
+        "properties": {"a": {"type": "integer"},
+                       "b": {"type": "object", "properties": {"c": {"type": "boolean"}}}},
+        "required": ["a"]
+    });
+    for seed in 0..20 {
+        let json = sample_text(
+            &grammars,
+            ConstraintSpec::JsonSchema(schema.clone()),
+            seed,
+            400,
+        );
+        let value: serde_json::Value = serde_json::from_str(&json).expect(&json);
+        let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
+        assert!(keys.iter().all(|k| *k == "a" || *k == "b"), "{json}");
+        if let Some(b) = value.get("b") {
+            assert!(b.as_object().unwrap().keys().all(|k| k == "c"), "{json}");
+        }
+    }
+}
+
+/// `--structured-outputs-config '{"backend": "guidance"}'`: JSON Schema's own default, where
+/// such an object takes other keys too.
+#[test]
+fn the_open_default_admits_other_keys() {
+    let mut tokenizer = model::testing::byte_tokenizer();
+    tokenizer.eos_token_ids = vec![0];
+    let open = Grammars::new(Arc::new(tokenizer), 256, super::ObjectDefault::Open).unwrap();
+    let schema = serde_json::json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    let extra = (0..40).any(|seed| {
+        let json = sample_text(&open, ConstraintSpec::JsonSchema(schema.clone()), seed, 400);
+        serde_json::from_str::<serde_json::Value>(&json)
+            .is_ok_and(|v| v.as_object().is_some_and(|o| o.keys().any(|k| k != "a")))
+    });
+    assert!(
+        extra,
+        "40 random outputs of an open object all kept to its one key"
+    );
 }

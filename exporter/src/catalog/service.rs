@@ -1,5 +1,5 @@
 //! Vigil as a service: what happened to requests while it drained for a stop (SIGTERM),
-//! connections the HTTP server turned away, and what became of the request traces it exports.
+//! connections the HTTP server turned away, requests' CPU work waiting for a thread, and what became of the request traces it exports.
 
 use super::{Kind, Label, MetricDef};
 
@@ -69,7 +69,32 @@ pub static TRACE_SPANS: MetricDef = MetricDef::new(
 )
 .precreate();
 
+/// Values of `pool`: requests' body parsing, chat templates and tokenization (`request`), and
+/// structured-output compiles (`grammar`).
+pub const CPU_POOLS: &[&str] = &["request", "grammar"];
+
+/// Values of `state`: queued for a thread of the pool, or on one.
+pub const CPU_POOL_JOB_STATES: &[&str] = &["waiting", "running"];
+
+pub static CPU_POOL_JOBS: MetricDef = MetricDef::new(
+    "vigil_cpu_pool_jobs",
+    Kind::Gauge,
+    "Requests' CPU work before the engine sees them (parsing, templates, tokenization; constraint compiles), waiting for or running on a thread of its pool. Requests here are in no vllm: queue yet.",
+    &[
+        Label::OneOf {
+            name: "pool",
+            values: CPU_POOLS,
+        },
+        Label::OneOf {
+            name: "state",
+            values: CPU_POOL_JOB_STATES,
+        },
+    ],
+)
+.precreate();
+
 pub static ALL: &[&MetricDef] = &[
+    &CPU_POOL_JOBS,
     &DRAIN_REQUESTS,
     &SLOW_CLIENT_ABORTS,
     &HTTP_CONNECTIONS_DROPPED,

@@ -1,6 +1,6 @@
 //! Structured outputs (`response_format`, `structured_outputs`, vLLM's `guided_*` fields): how
 //! many requests held their output to a constraint, by kind, and the time the engine spent
-//! computing their token masks. The masks are computed beside the step's forward pass (the next
+//! computing their token masks, and the time compiling the constraints took. The masks are computed beside the step's forward pass (the next
 //! token's mask needs only the tokens already sampled), so they add to the step's latency only
 //! where they outlast the pass: read them next to `vllm:inter_token_latency_seconds`.
 
@@ -36,4 +36,25 @@ pub static MASK_SECONDS: MetricDef = MetricDef::new(
 .buckets(BucketFamily::Log2Microseconds)
 .engine_stat();
 
-pub static ALL: &[&MetricDef] = &[&REQUESTS, &MASK_SECONDS];
+/// Values of `outcome`: compiled, refused (invalid or past a bound: a 400), or given up at the
+/// compile deadline (a 400 when it was running, a 503 when it never started).
+pub const COMPILE_OUTCOMES: &[&str] = &["compiled", "refused", "timed_out"];
+
+pub static COMPILE_SECONDS: MetricDef = MetricDef::new(
+    "vigil_structured_output_compile_seconds",
+    Kind::Histogram,
+    "Time compiling requests' constraints took on the grammar threads (apart from requests that have none; waiting for a thread not included), by kind and outcome.",
+    &[
+        Label::OneOf {
+            name: "kind",
+            values: KINDS,
+        },
+        Label::OneOf {
+            name: "outcome",
+            values: COMPILE_OUTCOMES,
+        },
+    ],
+)
+.buckets(BucketFamily::Log2Microseconds);
+
+pub static ALL: &[&MetricDef] = &[&REQUESTS, &MASK_SECONDS, &COMPILE_SECONDS];

@@ -282,7 +282,7 @@ fn prepare(
     )?;
     let (tool_spec, tool_calling) = tools.unzip();
     let tool_spec = tool_spec.flatten();
-    let params = state.sampling_params(common, logprobs, tool_spec)?;
+    let (params, constraint) = state.sampling_params(common, logprobs, tool_spec)?;
     let max_param = req.max_completion_tokens.or(common.max_tokens);
     let max_tokens = state.output_budget(prompt.len(), max_param)?;
     let n = common.n()?;
@@ -295,6 +295,7 @@ fn prepare(
             echo: None,
         }],
         params,
+        constraint,
         max_tokens_param: max_param.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,

@@ -144,12 +144,13 @@ fn prepare(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let params = state.sampling_params(common, req.logprobs, None)?;
+    let (params, constraint) = state.sampling_params(common, req.logprobs, None)?;
     let n = common.n()?;
     Ok(GenRequest {
         request_id: request_id("cmpl"),
         prompts,
         params,
+        constraint,
         max_tokens_param: common.max_tokens.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,

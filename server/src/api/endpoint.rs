@@ -1,7 +1,7 @@
 //! The one path a generation request takes, whichever endpoint it came to: parse the body once
 //! and check its fields (off the async workers), check the model, open Dynamo's record, let the
 //! endpoint turn the request into what the engine runs (templates and tokenization, off the
-//! workers too), submit it, and answer with the endpoint's response or stream of chunks.
+//! workers too), compile its constraint (on threads of its own), submit it, and answer with the endpoint's response or stream of chunks.
 //! `/v1/completions` and `/v1/chat/completions` differ only in their [`GenerationApi`].
 
 use std::sync::Arc;
@@ -97,6 +97,16 @@ pub async fn handle<A: GenerationApi>(
         })
         .await
         .and_then(|r| r);
+    let prepared = match prepared {
+        Ok((streaming, mut request)) => match request.constraint.take() {
+            Some(pending) => state.compile_constraint(pending).await.map(|compiled| {
+                request.params.structured = Some(compiled);
+                (streaming, request)
+            }),
+            None => Ok((streaming, request)),
+        },
+        Err(e) => Err(e),
+    };
     let (streaming, request) = match prepared {
         Ok(p) => p,
         Err(e) => {

@@ -37,6 +37,8 @@ pub struct GenRequest {
     pub request_id: String,
     pub prompts: Vec<PromptIn>,
     pub params: SamplingParams,
+    /// The structured-output constraint still to be compiled into `params`.
+    pub constraint: Option<super::PendingConstraint>,
     pub max_tokens_param: Option<usize>,
     pub n: usize,
     pub stop: Vec<String>,

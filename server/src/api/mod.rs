@@ -38,6 +38,17 @@ pub use tool_parsers::ToolParser;
 use engine::engine_loop::EngineHandle;
 use model::Tokenizer;
 
+/// How long a request's structured-output constraint may take to compile, from the request's
+/// turn to compile (waiting for a free grammar thread included).
+pub const COMPILE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request's constraint, not yet compiled, and the field it came from.
+pub struct PendingConstraint {
+    spec: engine::structured::ConstraintSpec,
+    param: &'static str,
+    grammars: Arc<engine::structured::Grammars>,
+}
+
 /// Largest request body accepted (as vLLM's default is unbounded, pick a generous limit).
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
@@ -58,6 +69,8 @@ pub struct AppState {
     pub traces: Option<Arc<crate::traces::Traces>>,
     /// Where requests' CPU work (parsing, templates, tokenization) runs.
     pub cpu: cpu_pool::CpuPool,
+    /// Where structured-output constraints compile, apart from `cpu`.
+    pub grammar_cpu: cpu_pool::CpuPool,
     /// The compiler of structured-output constraints, or why there is none for this tokenizer.
     pub grammars: Result<Arc<engine::structured::Grammars>, String>,
     /// `tool_choice: "auto"`'s parser (`--enable-auto-tool-choice --tool-call-parser`).
@@ -102,17 +115,16 @@ impl AppState {
         }
     }
 
-    /// The request's sampling parameters, with its structured-output constraint compiled (an
-    /// invalid schema, expression or grammar is a 400 naming the field, before anything is
-    /// queued).
+    /// The request's sampling parameters, and its structured-output constraint, to be compiled
+    /// with [`AppState::compile_constraint`] before anything is queued.
     /// `tools` is the constraint tool calling asks for, which excludes any other.
     pub fn sampling_params(
         &self,
         common: &protocol::CommonParams,
         logprobs: Option<i64>,
         tools: Option<engine::structured::ConstraintSpec>,
-    ) -> Result<engine::sampling::SamplingParams, ApiError> {
-        let mut params = common.sampling(logprobs)?;
+    ) -> Result<(engine::sampling::SamplingParams, Option<PendingConstraint>), ApiError> {
+        let params = common.sampling(logprobs)?;
         let constraint = match (common.constraint()?, tools) {
             (Some((_, param)), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -131,15 +143,66 @@ impl AppState {
                     Some(param),
                 )
             })?;
-            let compiled = grammars.compile(&spec).map_err(|e| {
-                ApiError::bad_request(
-                    format!("{param}: invalid {}: {e}", spec.kind()),
-                    Some(param),
-                )
-            })?;
-            params.structured = Some(compiled);
+            let pending = PendingConstraint {
+                spec,
+                param,
+                grammars: Arc::clone(grammars),
+            };
+            return Ok((params, Some(pending)));
         }
-        Ok(params)
+        Ok((params, None))
+    }
+
+    /// Compiles a request's constraint on the grammar threads, within [`COMPILE_DEADLINE`]: an
+    /// invalid schema, expression or grammar, one past the compiler's bounds or one whose
+    /// compile outlasts the deadline is a 400 naming the field; a compile that found no free
+    /// thread by then is a 503.
+    pub async fn compile_constraint(
+        &self,
+        pending: PendingConstraint,
+    ) -> Result<engine::structured::CompiledConstraint, ApiError> {
+        use exporter::catalog::structured::COMPILE_SECONDS;
+        let PendingConstraint {
+            spec,
+            param,
+            grammars,
+        } = pending;
+        let kind = spec.kind();
+        let submitted = std::time::Instant::now();
+        let compiled = self
+            .grammar_cpu
+            .run_within(COMPILE_DEADLINE, move || {
+                let start = std::time::Instant::now();
+                let compiled = grammars.compile(&spec);
+                let outcome = match &compiled {
+                    _ if submitted.elapsed() > COMPILE_DEADLINE => "timed_out",
+                    Ok(_) => "compiled",
+                    Err(_) => "refused",
+                };
+                metrics::histogram!(COMPILE_SECONDS.name, "kind" => kind, "outcome" => outcome)
+                    .record(start.elapsed());
+                compiled
+            })
+            .await;
+        match compiled {
+            Ok(Ok(Ok(compiled))) => Ok(compiled),
+            Ok(Ok(Err(e))) => Err(ApiError::bad_request(
+                format!("{param}: invalid {kind}: {e}"),
+                Some(param),
+            )),
+            Ok(Err(e)) => Err(e),
+            Err(cpu_pool::Overdue::Running) => Err(ApiError::bad_request(
+                format!(
+                    "{param}: compiling the {kind} constraint took longer than {} s; simplify it",
+                    COMPILE_DEADLINE.as_secs()
+                ),
+                Some(param),
+            )),
+            Err(cpu_pool::Overdue::NotStarted) => Err(ApiError::unavailable(format!(
+                "every structured-output compile thread was busy for {} s; retry later",
+                COMPILE_DEADLINE.as_secs()
+            ))),
+        }
     }
 
     /// Refuses a prompt text longer than any text of `max_model_len` tokens can be (so that one

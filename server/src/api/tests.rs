@@ -78,7 +78,8 @@ fn serve(backend: FailsAfter) -> String {
         dynamo: super::dynamo::DynamoNames::new("dynamo", "backend", "generate"),
         drain: crate::lifecycle::drain::Drain::new(),
         traces: None,
-        cpu: crate::api::cpu_pool::CpuPool::new(1),
+        cpu: crate::api::cpu_pool::CpuPool::new("request", 1, 2 << 20),
+        grammar_cpu: crate::api::cpu_pool::CpuPool::new("grammar", 1, 2 << 20),
         grammars: Err("no grammars in these tests".into()),
         auto_tool_parser: None,
     });

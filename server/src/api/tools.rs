@@ -109,22 +109,48 @@ pub fn plan(
             ),
         },
         ToolChoice::Mode(mode) if mode == "required" => {
-            let calls: Vec<Value> = tools
-                .iter()
-                .map(|t| {
-                    json!({
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string", "enum": [t.function.name]},
-                            "parameters": parameters(&t.function),
-                        },
-                        "required": ["name", "parameters"],
-                    })
-                })
-                .collect();
+            // Each tool's `$defs` move to the root, where its `#/$defs/...` references then
+            // point (as vLLM builds this schema); two tools defining one name differently
+            // cannot share it.
+            let mut defs = serde_json::Map::new();
+            let mut calls = Vec::with_capacity(tools.len());
+            for t in tools {
+                let mut parameters = parameters(&t.function);
+                if let Some(Value::Object(own)) = parameters
+                    .as_object_mut()
+                    .and_then(|p| p.remove("$defs"))
+                {
+                    for (name, def) in own {
+                        match defs.get(&name) {
+                            Some(existing) if *existing != def => {
+                                return refuse(format!(
+                                    "Tool definition '{name}' has multiple schemas, which is not supported."
+                                ))
+                            }
+                            _ => {
+                                defs.insert(name, def);
+                            }
+                        }
+                    }
+                }
+                // The wrapper is ours: it has exactly these two keys, whatever the default
+                // for objects that do not say.
+                calls.push(json!({
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "enum": [t.function.name]},
+                        "parameters": parameters,
+                    },
+                    "required": ["name", "parameters"],
+                    "additionalProperties": false,
+                }));
+            }
             let mut schema = json!({"type": "array", "minItems": 1, "items": {"anyOf": calls}});
             if parallel_tool_calls == Some(false) {
                 schema["maxItems"] = json!(1);
+            }
+            if !defs.is_empty() {
+                schema["$defs"] = Value::Object(defs);
             }
             Ok(Some((
                 Some(ConstraintSpec::JsonSchema(schema)),
@@ -155,8 +181,9 @@ fn parameters(f: &FunctionDef) -> Value {
 
 /// A whole output read as tool calls: the content beside them (`auto` keeps the text before
 /// the calls, `null` when there is none; the constrained modes have none) and the calls.
-/// `None` when the output is not calls: cut short by `max_tokens`, or, with `auto`, calling
-/// no tool.
+/// `None` when the output is not calls: `required`'s cut short by `max_tokens`, or, with
+/// `auto`, calling no tool. A named function's output is its arguments even when cut short
+/// (as vLLM returns it: the client sees the call and the `length` finish).
 pub fn read_calls(calling: &ToolCalling, text: &str) -> Option<(Option<String>, Vec<ToolCallOut>)> {
     match calling {
         ToolCalling::Auto(parser) => {
@@ -171,13 +198,10 @@ pub fn read_calls(calling: &ToolCalling, text: &str) -> Option<(Option<String>, 
                 .collect();
             Some((parsed.content, calls))
         }
-        ToolCalling::Named(name) => {
-            serde_json::from_str::<Value>(text).ok()?;
-            Some((
-                Some(String::new()),
-                vec![call(name.clone(), text.to_owned())],
-            ))
-        }
+        ToolCalling::Named(name) => Some((
+            Some(String::new()),
+            vec![call(name.clone(), text.to_owned())],
+        )),
         ToolCalling::Required => {
             #[derive(Deserialize)]
             struct Call {
@@ -214,5 +238,76 @@ pub fn call(name: String, arguments: String) -> ToolCallOut {
         id: call_id(),
         kind: "function",
         function: FunctionCallOut { name, arguments },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tool(name: &str, parameters: Value) -> Tool {
+        serde_json::from_value(json!({"type": "function",
+            "function": {"name": name, "parameters": parameters}}))
+        .unwrap()
+    }
+
+    fn required_schema(tools: &[Tool]) -> Result<Value, ApiError> {
+        let choice = ToolChoice::Mode("required".into());
+        match plan(Some(tools), Some(&choice), None, None)? {
+            Some((Some(ConstraintSpec::JsonSchema(schema)), ToolCalling::Required)) => Ok(schema),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What pydantic writes for a model with a nested model: the nested one in `$defs`,
+    /// referred to from the root of the parameters.
+    fn nested(name: &str, inner: &str) -> Tool {
+        tool(
+            name,
+            json!({"type": "object", "properties": {"x": {"$ref": format!("#/$defs/{inner}")}},
+                "required": ["x"],
+                "$defs": {inner: {"type": "object", "properties": {"n": {"type": "integer"}}}}}),
+        )
+    }
+
+    #[test]
+    fn required_moves_each_tools_defs_to_the_root_where_its_refs_point() {
+        let schema = required_schema(&[nested("a", "Inner"), nested("b", "Other")]).unwrap();
+        for (i, def) in ["Inner", "Other"].iter().enumerate() {
+            let reference = schema["items"]["anyOf"][i]["properties"]["parameters"]["properties"]
+                ["x"]["$ref"]
+                .as_str()
+                .unwrap();
+            let target = schema.pointer(reference.strip_prefix('#').unwrap());
+            assert_eq!(target, Some(&schema["$defs"][def]), "{schema}");
+            assert!(schema["items"]["anyOf"][i]["properties"]["parameters"]
+                .get("$defs")
+                .is_none());
+        }
+        // Two tools sharing a definition share it; two defining one name apart are refused.
+        required_schema(&[nested("a", "Inner"), nested("b", "Inner")]).unwrap();
+        let mut clash = nested("b", "Inner");
+        clash.function.parameters.as_mut().unwrap()["$defs"]["Inner"] = json!({"type": "string"});
+        let err = required_schema(&[nested("a", "Inner"), clash]).unwrap_err();
+        assert!(
+            err.message.contains("'Inner' has multiple schemas"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn required_allows_no_key_but_name_and_parameters() {
+        let schema = required_schema(&[tool("a", json!({"type": "object"}))]).unwrap();
+        assert_eq!(schema["items"]["anyOf"][0]["additionalProperties"], false);
+    }
+
+    #[test]
+    fn a_named_functions_output_cut_short_is_still_its_call() {
+        let calling = ToolCalling::Named("get_weather".into());
+        let (content, calls) = read_calls(&calling, r#"{"city": "Par"#).unwrap();
+        assert_eq!(content.as_deref(), Some(""));
+        assert_eq!(calls[0].function.name, "get_weather");
+        assert_eq!(calls[0].function.arguments, r#"{"city": "Par"#);
     }
 }

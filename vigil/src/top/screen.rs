@@ -393,7 +393,7 @@ fn draw_gpus(f: &mut Frame, area: Rect, s: &Snapshot, selected: usize) {
     .style(Style::new().add_modifier(Modifier::BOLD));
     let gib = |b: f64| b / (1u64 << 30) as f64;
     let rows = s.gpus.iter().enumerate().map(|(i, g)| {
-        let errors = g.xid_errors > 0.0 || g.ecc_errors > 0.0;
+        let errors = g.xid_errors > 0.0 || g.ecc_errors > 0.0 || !g.up || !g.fatal_xids.is_empty();
         let mut style = Style::new();
         if errors || !g.throttled_by.is_empty() {
             style = style.fg(Color::Red);
@@ -412,7 +412,9 @@ fn draw_gpus(f: &mut Frame, area: Rect, s: &Snapshot, selected: usize) {
             ),
             num(g.power_watts, 0),
             num(g.temperature, 0),
-            if g.throttled_by.is_empty() {
+            if !g.up {
+                "LOST".into()
+            } else if g.throttled_by.is_empty() {
                 "-".into()
             } else {
                 g.throttled_by.join(",")

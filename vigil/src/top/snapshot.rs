@@ -3,7 +3,7 @@
 
 use exporter::catalog::{device, dynamo, gpu, sched, vllm};
 
-use super::scrape::{label, Scrape};
+use super::scrape::{label, Labels, Scrape};
 use super::window::{histogram_quantile, rate};
 
 /// One engine (`model_name`, `engine`) of one endpoint over the window.
@@ -58,7 +58,18 @@ pub struct GpuRow {
     /// XID errors and ECC errors counted in the window.
     pub xid_errors: f64,
     pub ecc_errors: f64,
+    /// Whether the probe's last poll read the GPU (`vigil_gpu_up`): a GPU that fell off the bus
+    /// reads nothing, and its other series are gone.
+    pub up: bool,
+    /// The XIDs reported since the probe started after which the GPU needs a reset (in code
+    /// order), whether in the window or before it: the GPU stays broken until then.
+    pub fatal_xids: Vec<u64>,
 }
+
+/// XIDs after which a GPU needs a reset (NVIDIA's XID catalog): double-bit ECC (48),
+/// micro-controller halts (61, 62), a failed row remap (64), NVLink (74), fallen off the bus
+/// (79), uncontained ECC (95), GSP errors (119, 120), unrecovered ECC (140).
+pub const FATAL_XIDS: &[u64] = &[48, 61, 62, 64, 74, 79, 95, 119, 120, 140];
 
 #[derive(Debug, Clone)]
 pub struct HostRow {
@@ -211,14 +222,28 @@ impl Snapshot {
 
     fn add_gpus(&mut self, url: &str, before: &Scrape, after: &Scrape) {
         let util = gpu::UTILIZATION.name;
-        if !after.has(util) {
+        let up = gpu::GPU_UP.name;
+        if !after.has(util) && !after.has(up) {
             self.missing.push((
                 url.into(),
                 format!("GPU: no {util} (NVML probe off or no GPU)"),
             ));
             return;
         }
-        for (labels, value) in after.all(util) {
+        // Every GPU the probe knows (`vigil_gpu_up`), a lost one included, and any other
+        // reporting utilization; in the order of their ids.
+        let mut gpus: Vec<&Labels> = after.all(up).iter().map(|(l, _)| l).collect();
+        for (labels, _) in after.all(util) {
+            if !gpus.iter().any(|l| label(l, "gpu") == label(labels, "gpu")) {
+                gpus.push(labels);
+            }
+        }
+        let gpu_order = |l: &&Labels| {
+            let id = label(l, "gpu").unwrap_or("");
+            (id.parse::<u64>().unwrap_or(u64::MAX), id.to_owned())
+        };
+        gpus.sort_by_key(gpu_order);
+        for labels in gpus {
             let id = label(labels, "gpu").unwrap_or("").to_owned();
             let one = [("gpu", id.as_str())];
             let gauge = |name: &str| after.value(name, &one).unwrap_or(f64::NAN);
@@ -241,10 +266,21 @@ impl Snapshot {
                 .filter(|r| *r != "gpu_idle")
                 .map(str::to_owned)
                 .collect();
+            let mut fatal_xids: Vec<u64> = after
+                .all(&counter(gpu::XID_ERRORS.name))
+                .iter()
+                .filter(|(l, v)| label(l, "gpu") == Some(&id) && *v > 0.0)
+                .filter_map(|(l, _)| label(l, "xid")?.parse().ok())
+                .filter(|xid| FATAL_XIDS.contains(xid))
+                .collect();
+            fatal_xids.sort_unstable();
+            fatal_xids.dedup();
             self.gpus.push(GpuRow {
                 url: url.into(),
                 model: label(labels, "gpu_model").unwrap_or("").to_owned(),
-                utilization: *value,
+                utilization: gauge(util),
+                up: after.value(up, &one).is_none_or(|v| v > 0.0),
+                fatal_xids,
                 memory_used: gauge(gpu::MEMORY_USED.name),
                 memory_total: gauge(gpu::MEMORY_TOTAL.name),
                 power_watts: gauge(gpu::POWER.name),

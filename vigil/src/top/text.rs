@@ -67,7 +67,7 @@ pub fn render(s: &Snapshot) -> String {
             out,
             "gpu url={} gpu={} model={:?} utilization={} memory_used_bytes={} memory_total_bytes={} \
              power_watts={} temperature_celsius={} throttled_by={throttled} xid_errors={} \
-             ecc_errors={}",
+             ecc_errors={} up={} fatal_xids={}",
             g.url,
             g.gpu,
             g.model,
@@ -77,7 +77,17 @@ pub fn render(s: &Snapshot) -> String {
             g.power_watts,
             g.temperature,
             g.xid_errors,
-            g.ecc_errors
+            g.ecc_errors,
+            u8::from(g.up),
+            if g.fatal_xids.is_empty() {
+                "none".to_owned()
+            } else {
+                g.fatal_xids
+                    .iter()
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
         );
     }
     for h in &s.host {

@@ -1,6 +1,7 @@
 //! "Why is it slow?": the likeliest culprit of the window, from the signals the dashboard's
-//! first row shows, checked from the hardware up (a throttled GPU or a starved engine thread
-//! makes every other number worse, so it is named first), with the numbers behind it.
+//! first row shows, checked from the hardware up (a lost GPU or one whose XID needs a reset
+//! first, then a throttled GPU or a starved engine thread, which make every other number
+//! worse), with the numbers behind it.
 
 use super::snapshot::Snapshot;
 
@@ -10,6 +11,25 @@ const STARVED_ENGINE_S: f64 = 0.001;
 const KV_PRESSURE: f64 = 0.9;
 
 pub fn why_slow(s: &Snapshot) -> String {
+    // A GPU lost, then one broken: nothing it ran is being served.
+    let xids = |g: &super::snapshot::GpuRow| {
+        g.fatal_xids
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(g) = s.gpus.iter().find(|g| !g.up) {
+        let after = if g.fatal_xids.is_empty() {
+            String::new()
+        } else {
+            format!(" after XID {}", xids(g))
+        };
+        return format!("GPU {} is lost: the probe cannot read it{after}", g.gpu);
+    }
+    if let Some(g) = s.gpus.iter().find(|g| !g.fatal_xids.is_empty()) {
+        return format!("GPU {} reported XID {}: it needs a reset", g.gpu, xids(g));
+    }
     for g in &s.gpus {
         if !g.throttled_by.is_empty() {
             return format!(
@@ -140,6 +160,8 @@ mod tests {
             throttled_by: vec!["hw_thermal_slowdown".into()],
             xid_errors: 0.0,
             ecc_errors: 0.0,
+            up: true,
+            fatal_xids: Vec::new(),
         });
         assert!(why_slow(&s).starts_with("GPU 0 is throttled (hw_thermal_slowdown)"));
         // An erroring GPU listed first does not hide a throttled one.
@@ -156,6 +178,21 @@ mod tests {
             why_slow(&s).starts_with("GPU 7 reports errors: 1 XID, 0 ECC"),
             "{}",
             why_slow(&s)
+        );
+        // A lost GPU, then one whose XID needs a reset, is named before a throttled one,
+        // wherever it is listed.
+        let mut throttled = s.gpus[0].clone();
+        (throttled.gpu, throttled.throttled_by) = ("0".into(), vec!["hw_slowdown".into()]);
+        let mut broken = s.gpus[0].clone();
+        (broken.gpu, broken.fatal_xids) = ("4".into(), vec![48, 95]);
+        let mut lost = s.gpus[0].clone();
+        (lost.gpu, lost.up, lost.fatal_xids) = ("3".into(), false, vec![79]);
+        s.gpus = vec![throttled.clone(), broken.clone()];
+        assert_eq!(why_slow(&s), "GPU 4 reported XID 48, 95: it needs a reset");
+        s.gpus = vec![throttled, broken, lost];
+        assert_eq!(
+            why_slow(&s),
+            "GPU 3 is lost: the probe cannot read it after XID 79"
         );
     }
 
