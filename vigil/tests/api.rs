@@ -961,7 +961,15 @@ fn every_request_gets_an_access_log_line() {
         v.addr,
         r#"{"prompt": "Hi", "max_tokens": 1000, "ignore_eos": true, "stream": true}"#,
     );
-    drop(gone);
+    // Four more token chunks reach the client before it goes away: five tokens at least.
+    let mut reader = std::io::BufReader::new(gone.try_clone().unwrap());
+    let mut chunks = 1;
+    while chunks < 5 {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut reader, &mut line).unwrap() > 0);
+        chunks += usize::from(line.starts_with("data: "));
+    }
+    drop((reader, gone));
     let lines = wait_for("four access lines", Duration::from_secs(10), || {
         let log = v.log();
         let lines: Vec<String> = log
@@ -989,6 +997,12 @@ fn every_request_gets_an_access_log_line() {
     assert!(find("\" 404").contains("GET /no/such/route"));
     let aborted = find("complete=false");
     assert!(aborted.contains("request_id=\"cmpl-"), "{aborted}");
+    let delivered: usize = aborted
+        .split("output_tokens=")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{aborted}"));
+    assert!(delivered >= 5, "{aborted}");
 
     for flag in ["--disable-uvicorn-access-log", "--disable-log-requests"] {
         let quiet = Vigil::serve(&[flag]);

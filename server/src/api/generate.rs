@@ -145,10 +145,17 @@ pub struct Generation {
 impl Drop for Generation {
     fn drop(&mut self) {
         if let Some(access) = &self.access {
+            // A choice still running (its client went away) counts the tokens it had produced.
+            let unfinished: usize = self
+                .choices
+                .iter()
+                .filter(|c| !c.finished)
+                .map(|c| c.tokens)
+                .sum();
             access.set(Note {
                 request_id: Some(self.request_id.clone()),
                 prompt_tokens: self.usage.prompt_tokens,
-                completion_tokens: self.usage.completion_tokens,
+                completion_tokens: self.usage.completion_tokens + unfinished,
             });
         }
     }
