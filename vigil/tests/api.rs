@@ -388,7 +388,22 @@ fn bad_requests_get_openai_errors() {
         "/v1/completions",
         json!({"model": "gpt-4", "prompt": "x"}),
     );
-    assert_error(s, &b, 404, "The model `gpt-4` does not exist.");
+    // vLLM 0.34's words for it, naming the field.
+    assert_error(
+        s,
+        &b,
+        404,
+        "The model `gpt-4` does not exist. Valid aliases: smol.",
+    );
+    assert_eq!(b["error"]["param"], "model", "{b}");
+    // `json_schema` must have a name (vLLM's `JsonSchemaResponseFormat`).
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}}),
+    );
+    assert_error(s, &b, 400, "json_schema.name is required");
+    assert_eq!(b["error"]["param"], "response_format", "{b}");
     let (s, b) = post(
         &v,
         "/v1/completions",
@@ -727,11 +742,6 @@ fn unsupported_fields_are_refused_by_name() {
             json!({"prompt": "x", "logit_bias": {"5": 3}}),
             "logit_bias",
         ),
-        (
-            "/v1/chat/completions",
-            json!({"messages": msg, "functions": [{"name": "f"}]}),
-            "functions",
-        ),
     ] {
         let (s, b) = post(&v, path, body);
         let needle = if field == "tool_choice" {
@@ -751,6 +761,15 @@ fn unsupported_fields_are_refused_by_name() {
         (
             "/v1/chat/completions",
             json!({"messages": msg, "max_tokens": 1, "tools": tools, "tool_choice": "none"}),
+        ),
+        // What vLLM takes and ignores: `best_of`, OpenAI's legacy `functions`.
+        (
+            "/v1/completions",
+            json!({"prompt": "x", "max_tokens": 1, "best_of": 3}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": msg, "max_tokens": 1, "functions": [{"name": "f"}], "function_call": "auto"}),
         ),
     ] {
         let (s, b) = post(&v, path, body);
@@ -809,6 +828,28 @@ fn models_tokenize_detokenize() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["smol", "alias"]);
+    // vLLM's card: owned by "vllm", with one permission of vLLM's values.
+    let card = &b["data"][0];
+    assert_eq!(card["owned_by"], "vllm", "{card}");
+    let permission = &card["permission"][0];
+    assert!(
+        permission["id"].as_str().unwrap().starts_with("modelperm-"),
+        "{card}"
+    );
+    assert_eq!(permission["object"], "model_permission");
+    for (field, value) in [
+        ("allow_create_engine", json!(false)),
+        ("allow_sampling", json!(true)),
+        ("allow_logprobs", json!(true)),
+        ("allow_search_indices", json!(false)),
+        ("allow_view", json!(true)),
+        ("allow_fine_tuning", json!(false)),
+        ("organization", json!("*")),
+        ("group", json!(null)),
+        ("is_blocking", json!(false)),
+    ] {
+        assert_eq!(permission[field], value, "{field}: {card}");
+    }
     let (s, b) = post(
         &v,
         "/tokenize",
@@ -816,6 +857,18 @@ fn models_tokenize_detokenize() {
     );
     assert_eq!(s, 200);
     assert_eq!(b["tokens"], json!([504, 3575, 282, 4649, 314]));
+    assert_eq!(b["token_strs"], json!(null));
+    // The vocabulary's own strings of the tokens (byte-level BPE marks a space with Ġ).
+    let (_, b) = post(
+        &v,
+        "/tokenize",
+        json!({"prompt": "The capital of France is", "return_token_strs": true}),
+    );
+    assert_eq!(
+        b["token_strs"],
+        json!(["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis"]),
+        "{b}"
+    );
     let (s, b) = post(
         &v,
         "/detokenize",

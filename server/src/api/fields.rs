@@ -1,9 +1,9 @@
 //! Every request field vLLM's `CompletionRequest` and `ChatCompletionRequest`
 //! (`vllm/entrypoints/openai/protocol.py`) accept, and what Vigil does with each: it works, or
 //! it is refused with a 400 that names it, unless the request leaves it at vLLM's default. No
-//! field vLLM acts on is ignored silently. Fields vLLM does not know either are ignored with a
-//! warning in the log, as vLLM does (clients send their own extras), except OpenAI's function
-//! calling, which a client would expect to act.
+//! field vLLM acts on is ignored silently. Fields vLLM does not know, or takes and does nothing
+//! with (`best_of`, OpenAI's legacy `functions`), are ignored with a warning in the log, as
+//! vLLM ignores them (clients send their own extras, and frameworks send these by default).
 
 use serde_json::Value;
 
@@ -25,9 +25,11 @@ enum Support {
         defaults: &'static [&'static str],
         why: &'static str,
     },
+    /// Taken and ignored, as vLLM ignores it (with a warning in the log).
+    Ignored,
 }
 
-use Support::{Refused, Works};
+use Support::{Ignored, Refused, Works};
 
 const BOTH: &[Endpoint] = &[Endpoint::Completions, Endpoint::Chat];
 const COMPLETIONS: &[Endpoint] = &[Endpoint::Completions];
@@ -70,7 +72,7 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
         COMPLETIONS,
         Refused {
             defaults: &["\"\""],
-            why: "suffix is not currently supported",
+            why: "is not currently supported",
         },
     ),
     (
@@ -81,14 +83,11 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
             why: NOT_YET,
         },
     ),
-    (
-        "best_of",
-        BOTH,
-        Refused {
-            defaults: &["1"],
-            why: NOT_YET,
-        },
-    ),
+    // vLLM's v1 engine takes `best_of` and does nothing with it.
+    ("best_of", BOTH, Ignored),
+    // OpenAI's legacy function calling: not vLLM's fields; `tools` is.
+    ("functions", CHAT, Ignored),
+    ("function_call", CHAT, Ignored),
     (
         "use_beam_search",
         BOTH,
@@ -318,9 +317,6 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
     ),
 ];
 
-/// OpenAI fields vLLM does not know but a client would expect to act.
-const EXPECTED_TO_ACT: &[&str] = &["functions", "function_call"];
-
 /// Checks every field of a request body against what Vigil does with it.
 pub fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
     let Some(fields) = body.as_object() else {
@@ -333,6 +329,7 @@ pub fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
             .find(|(n, endpoints, _)| n == name && endpoints.contains(&endpoint));
         match known {
             Some((_, _, Works)) => {}
+            Some((_, _, Ignored)) => ignored.push(name.as_str()),
             Some((_, _, Refused { defaults, why })) => {
                 let is_default = value.is_null()
                     || defaults
@@ -344,12 +341,6 @@ pub fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
                         Some(name.as_str()),
                     ));
                 }
-            }
-            None if EXPECTED_TO_ACT.contains(&name.as_str()) && !value.is_null() => {
-                return Err(ApiError::bad_request(
-                    format!("`{name}` is not supported (use `tools` and `tool_choice`)"),
-                    Some(name.as_str()),
-                ));
             }
             None => ignored.push(name.as_str()),
         }
@@ -376,18 +367,33 @@ mod tests {
         assert!(check(&ok, Endpoint::Completions).is_ok());
         for (field, value) in [
             ("suffix", json!("!")),
-            ("best_of", json!(2)),
             ("logit_bias", json!({"5": 10})),
             ("min_tokens", json!(3)),
             ("guided_decoding_backend", json!("xgrammar")),
             ("guided_whitespace_pattern", json!(" *")),
             ("priority", json!(1)),
-            ("functions", json!([])),
         ] {
             let err = check(&json!({"prompt": "x", field: value}), Endpoint::Completions)
                 .expect_err(field);
             assert_eq!(err.param.as_deref(), Some(field), "{field}");
         }
+        let err = check(
+            &json!({"prompt": "x", "suffix": "!"}),
+            Endpoint::Completions,
+        )
+        .unwrap_err();
+        assert_eq!(err.message, "`suffix` is not currently supported");
+    }
+
+    /// vLLM takes `best_of` and OpenAI's legacy `functions` and does nothing with them; clients
+    /// (LangChain, litellm) send them by default.
+    #[test]
+    fn fields_vllm_ignores_are_accepted() {
+        let body = json!({"prompt": "x", "best_of": 3});
+        assert!(check(&body, Endpoint::Completions).is_ok());
+        let body = json!({"messages": [], "best_of": 2, "functions": [{"name": "f"}],
+                          "function_call": "auto"});
+        assert!(check(&body, Endpoint::Chat).is_ok());
     }
 
     #[test]

@@ -109,9 +109,13 @@ impl AppState {
         match requested {
             None => Ok(self.served_model_names[0].clone()),
             Some(m) if self.served_model_names.iter().any(|s| s == m) => Ok(m.to_owned()),
-            Some(m) => Err(ApiError::not_found(format!(
-                "The model `{m}` does not exist."
-            ))),
+            Some(m) => Err(ApiError {
+                param: Some("model".into()),
+                ..ApiError::not_found(format!(
+                    "The model `{m}` does not exist. Valid aliases: {}.",
+                    self.served_model_names.join(", ")
+                ))
+            }),
         }
     }
 
@@ -369,10 +373,11 @@ fn model_card(state: &AppState, name: &str) -> ModelCard {
         id: name.to_owned(),
         object: "model",
         created: state.created,
-        owned_by: "vigil",
+        owned_by: "vllm",
         root: name.to_owned(),
         parent: None,
         max_model_len: state.max_model_len,
+        permission: vec![protocol::ModelPermission::new(state.created)],
     }
 }
 
@@ -402,7 +407,7 @@ async fn tokenize(
     ApiBody(body): ApiBody,
 ) -> Result<Json<TokenizeResponse>, ApiError> {
     let work_state = Arc::clone(&state);
-    let tokens = state
+    let (tokens, token_strs) = state
         .cpu
         .run(move || tokenize_body(&work_state, &body))
         .await??;
@@ -410,11 +415,16 @@ async fn tokenize(
         count: tokens.len(),
         max_model_len: state.max_model_len,
         tokens,
+        token_strs,
     }))
 }
 
-/// `/tokenize`'s work: parse, render, encode.
-fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
+/// `/tokenize`'s work: parse, render, encode; with `return_token_strs`, each token's own
+/// string in the vocabulary too (as vLLM's `convert_ids_to_tokens`).
+fn tokenize_body(
+    state: &AppState,
+    body: &[u8],
+) -> Result<(Vec<u32>, Option<Vec<String>>), ApiError> {
     /// vLLM's `TokenizeCompletionRequest` (`prompt`) or `TokenizeChatRequest` (`messages`,
     /// rendered by the chat template first; special tokens then default to off, as the
     /// template writes them).
@@ -425,6 +435,7 @@ fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
         messages: Option<Vec<protocol::ChatMessageIn>>,
         add_generation_prompt: Option<bool>,
         add_special_tokens: Option<bool>,
+        return_token_strs: Option<bool>,
     }
     let req: Req = error::parse_json(body)?;
     state.check_model(req.model.as_deref())?;
@@ -446,10 +457,17 @@ fn tokenize_body(state: &AppState, body: &[u8]) -> Result<Vec<u32>, ApiError> {
         }
     };
     state.check_prompt_bytes(text.len(), param)?;
-    state
+    let tokens = state
         .tokenizer
         .encode(&text, req.add_special_tokens.unwrap_or(special_default))
-        .map_err(|e| ApiError::bad_request(e.to_string(), Some(param)))
+        .map_err(|e| ApiError::bad_request(e.to_string(), Some(param)))?;
+    let token_strs = (req.return_token_strs == Some(true)).then(|| {
+        tokens
+            .iter()
+            .map(|t| state.tokenizer.id_to_token(*t).unwrap_or_default())
+            .collect()
+    });
+    Ok((tokens, token_strs))
 }
 
 async fn detokenize(

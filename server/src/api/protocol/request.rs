@@ -207,6 +207,12 @@ impl CommonParams {
             Some(ResponseFormat::JsonObject) => {
                 found.push((ConstraintSpec::JsonObject, "response_format"))
             }
+            Some(ResponseFormat::JsonSchema { json_schema }) if json_schema.name.is_none() => {
+                return Err(ApiError::bad_request(
+                    "response_format.json_schema.name is required",
+                    Some("response_format"),
+                ))
+            }
             Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
                 Some(schema) => found.push((
                     ConstraintSpec::JsonSchema(schema.clone()),

@@ -238,6 +238,44 @@ pub struct ModelCard {
     pub root: String,
     pub parent: Option<String>,
     pub max_model_len: usize,
+    pub permission: Vec<ModelPermission>,
+}
+
+/// vLLM's `ModelPermission`, which its model cards carry (OpenAI's old field), with vLLM's
+/// values: sampling, logprobs and viewing allowed, nothing else.
+#[derive(Debug, Serialize)]
+pub struct ModelPermission {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub allow_create_engine: bool,
+    pub allow_sampling: bool,
+    pub allow_logprobs: bool,
+    pub allow_search_indices: bool,
+    pub allow_view: bool,
+    pub allow_fine_tuning: bool,
+    pub organization: &'static str,
+    pub group: Option<String>,
+    pub is_blocking: bool,
+}
+
+impl ModelPermission {
+    pub fn new(created: u64) -> ModelPermission {
+        ModelPermission {
+            id: crate::api::request_id("modelperm"),
+            object: "model_permission",
+            created,
+            allow_create_engine: false,
+            allow_sampling: true,
+            allow_logprobs: true,
+            allow_search_indices: false,
+            allow_view: true,
+            allow_fine_tuning: false,
+            organization: "*",
+            group: None,
+            is_blocking: false,
+        }
+    }
 }
 
 /// `POST /tokenize`.
@@ -246,6 +284,8 @@ pub struct TokenizeResponse {
     pub count: usize,
     pub max_model_len: usize,
     pub tokens: Vec<u32>,
+    /// With `return_token_strs`.
+    pub token_strs: Option<Vec<String>>,
 }
 
 /// `POST /detokenize`.
