@@ -57,10 +57,7 @@ fn main() {
         .unwrap();
     let prompt_text = tokenizer
         .apply_chat_template(
-            &[ChatMessage {
-                role: "user".into(),
-                content: "Describe a person as JSON.".into(),
-            }],
+            &[ChatMessage::new("user", "Describe a person as JSON.")],
             true,
         )
         .unwrap();

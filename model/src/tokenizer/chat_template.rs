@@ -5,11 +5,21 @@
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::Serialize;
 
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+/// One chat message, with the fields of tool turns that templates of tool-calling models render
+/// (Qwen's, Llama 3's): an assistant's `tool_calls` (each `{"id", "type", "function": {"name",
+/// "arguments"}}`, the arguments an object, as transformers expects them) and a tool message's
+/// `tool_call_id`; `name` where the client gave one. Absent fields are absent in the template
+/// too (`is defined` is false).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -17,6 +27,7 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            ..ChatMessage::default()
         }
     }
 }
@@ -47,6 +58,7 @@ impl ChatTemplate {
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
             Err(Error::new(ErrorKind::InvalidOperation, msg))
         });
+        env.add_filter("tojson", python_tojson);
         env.add_template_owned(NAME, source.to_owned())?;
         Ok(ChatTemplate {
             env,
@@ -88,9 +100,125 @@ impl ChatTemplate {
     }
 }
 
+/// transformers' `tojson` filter: Python's `json.dumps(value, ensure_ascii=False, indent=...,
+/// sort_keys=...)`, whose separators are `", "` and `": "` (minijinja's own filter writes
+/// compact JSON and escapes `<`, `>`, `&` and `'` for HTML, which a model trained on
+/// transformers' prompts never saw).
+fn python_tojson(
+    value: minijinja::Value,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let mut json = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    if sort_keys == Some(true) {
+        sort_object_keys(&mut json);
+    }
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(width) => {
+            let pad = vec![b' '; width];
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&pad),
+            );
+            serde::Serialize::serialize(&json, &mut ser)
+        }
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonSeparators);
+            serde::Serialize::serialize(&json, &mut ser)
+        }
+    };
+    written.map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    let text = String::from_utf8(out)
+        .map_err(|e| Error::new(ErrorKind::BadSerialization, e.to_string()))?;
+    Ok(minijinja::Value::from_safe_string(text))
+}
+
+fn sort_object_keys(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = std::mem::take(map).into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            for (key, mut v) in entries {
+                sort_object_keys(&mut v);
+                map.insert(key, v);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(sort_object_keys),
+        _ => {}
+    }
+}
+
+/// JSON on one line with Python's default separators: `", "` between items, `": "` after keys.
+struct PythonSeparators;
+
+impl serde_json::ser::Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What Python's `json.dumps` writes (transformers' `tojson`), not minijinja's compact,
+    /// HTML-escaped JSON.
+    #[test]
+    fn tojson_writes_what_python_writes() {
+        let m = [ChatMessage {
+            tool_calls: Some(vec![serde_json::json!({"b": [1, 2], "a": "<x> & 'y' é"})]),
+            ..ChatMessage::new("assistant", "")
+        }];
+        let render = |src: &str| {
+            ChatTemplate::new(src)
+                .unwrap()
+                .render(&m, false, None, None)
+                .unwrap()
+        };
+        assert_eq!(
+            render("{{ messages[0].tool_calls[0] | tojson }}"),
+            r#"{"b": [1, 2], "a": "<x> & 'y' é"}"#
+        );
+        assert_eq!(
+            render("{{ messages[0].tool_calls[0] | tojson(sort_keys=true) }}"),
+            r#"{"a": "<x> & 'y' é", "b": [1, 2]}"#
+        );
+        assert_eq!(
+            render("{{ messages[0].tool_calls[0] | tojson(indent=2) }}"),
+            "{\n  \"b\": [\n    1,\n    2\n  ],\n  \"a\": \"<x> & 'y' é\"\n}"
+        );
+    }
 
     /// SmolLM2's template (ChatML with a default system prompt), as its GGUF carries it.
     const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";

@@ -327,6 +327,11 @@ pub struct ContentPart {
 pub struct ChatMessageIn {
     pub role: String,
     pub content: Option<Content>,
+    /// An assistant's earlier calls (OpenAI's shape, the arguments a JSON string).
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// The call a tool message answers.
+    pub tool_call_id: Option<String>,
+    pub name: Option<String>,
 }
 
 /// The chat-only fields (see [`CompletionRequest`] for why the shared ones are separate).
@@ -394,10 +399,161 @@ pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, Api
                     out
                 }
             };
+            let tool_calls = match (m.role.as_str(), &m.tool_calls) {
+                ("assistant", Some(calls)) => template_tool_calls(i, calls)?,
+                _ => None,
+            };
             Ok(ChatMessage {
                 role: m.role.clone(),
                 content,
+                tool_calls,
+                tool_call_id: m.tool_call_id.clone().filter(|_| m.role == "tool"),
+                name: m.name.clone(),
             })
         })
         .collect()
+}
+
+/// An assistant's `tool_calls` as chat templates take them (vLLM's `_postprocess_messages`):
+/// none when the list is empty, each call's `arguments` parsed into an object (a string that
+/// is not a JSON object, which would fail every later turn of the conversation, becomes `{}`),
+/// and anything but function calls refused.
+fn template_tool_calls(
+    i: usize,
+    calls: &[serde_json::Value],
+) -> Result<Option<Vec<serde_json::Value>>, ApiError> {
+    use serde_json::Value;
+    if calls.is_empty() {
+        return Ok(None);
+    }
+    let refuse = |why: &str| {
+        Err(ApiError::bad_request(
+            format!("messages[{i}].tool_calls: {why}"),
+            Some("tool_calls"),
+        ))
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for call in calls {
+        let Some(fields) = call.as_object() else {
+            return refuse("assistant tool_calls entries must be objects.");
+        };
+        let is_function = fields.get("type").is_none_or(|t| t == "function");
+        let mut call = fields.clone();
+        let Some(Value::Object(function)) = call.get_mut("function").filter(|_| is_function) else {
+            return refuse(
+                "chat completions only support assistant tool_calls of type 'function'.",
+            );
+        };
+        let arguments = match function.get("arguments") {
+            Some(Value::Object(object)) => Value::Object(object.clone()),
+            Some(Value::String(text)) if !text.is_empty() => {
+                match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(object)) => Value::Object(object),
+                    _ => {
+                        tracing::warn!(
+                            "a tool call's arguments are not a JSON object ({} bytes); the template gets {{}}",
+                            text.len()
+                        );
+                        Value::Object(Default::default())
+                    }
+                }
+            }
+            _ => Value::Object(Default::default()),
+        };
+        function.insert("arguments".into(), arguments);
+        out.push(Value::Object(call));
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn messages(value: serde_json::Value) -> Result<Vec<ChatMessage>, ApiError> {
+        chat_messages(&serde_json::from_value::<Vec<ChatMessageIn>>(value).unwrap())
+    }
+
+    /// Qwen2.5's template, its assistant and tool turns as it ships them.
+    const QWEN_TOOL_TURNS: &str = r#"{%- for message in messages %}
+    {%- if message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\n<tool_call>\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == "tool" %}
+        {{- '<|im_start|>user\n<tool_response>\n' }}
+        {{- message.content }}
+        {{- '\n</tool_response><|im_end|>\n' }}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}"#;
+
+    #[test]
+    fn tool_turns_reach_the_chat_template() {
+        let conversation = messages(json!([
+            {"role": "user", "content": "Weather in Paris?"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "18 C"},
+        ]))
+        .unwrap();
+        let rendered = model::ChatTemplate::new(QWEN_TOOL_TURNS)
+            .unwrap()
+            .render(&conversation, false, None, None)
+            .unwrap();
+        assert_eq!(
+            rendered,
+            "<|im_start|>user\nWeather in Paris?<|im_end|>\n\
+             <|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n\
+             <|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n"
+        );
+        let ids = model::ChatTemplate::new(
+            "{% for m in messages %}{% if m.tool_call_id is defined %}[{{ m.tool_call_id }}]{% endif %}{% endfor %}",
+        )
+        .unwrap()
+        .render(&conversation, false, None, None)
+        .unwrap();
+        assert_eq!(ids, "[call_1]");
+    }
+
+    #[test]
+    fn tool_call_arguments_become_objects_and_bad_calls_are_refused() {
+        let calls = |calls: serde_json::Value| {
+            messages(json!([{"role": "assistant", "content": "", "tool_calls": calls}]))
+        };
+        // Not JSON, or JSON but not an object: {} (a bad turn in the history must not fail
+        // every later turn); empty: the template's plain assistant path.
+        for arguments in [json!("{\"city\": "), json!("[1]"), json!(""), json!(null)] {
+            let m = calls(
+                json!([{"type": "function", "function": {"name": "f", "arguments": arguments}}]),
+            )
+            .unwrap();
+            assert_eq!(
+                m[0].tool_calls.as_ref().unwrap()[0]["function"]["arguments"],
+                json!({})
+            );
+        }
+        assert_eq!(calls(json!([])).unwrap()[0].tool_calls, None);
+        for bad in [
+            json!(["call"]),
+            json!([{"type": "code", "function": {"name": "f"}}]),
+        ] {
+            let err = calls(bad).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some("tool_calls"), "{}", err.message);
+        }
+    }
 }
