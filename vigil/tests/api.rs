@@ -657,6 +657,50 @@ fn echo_returns_the_prompt_and_its_logprobs() {
         .map(|c| c["choices"][0]["text"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(whole, text);
+
+    // `max_tokens: 0` with `echo` scores the prompt (lm-eval-harness's loglikelihood requests):
+    // vLLM answers the prompt alone with its tokens' log-probabilities, generating one token it
+    // does not show (and counts), finished by `length`.
+    let scored = json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 1});
+    let (s, b) = post(&v, "/v1/completions", scored.clone());
+    assert_eq!(s, 200, "{b}");
+    let c = &b["choices"][0];
+    assert_eq!(c["text"], "The capital of France is", "{b}");
+    assert_eq!(c["finish_reason"], "length", "{b}");
+    let scored_lp = &c["logprobs"]["token_logprobs"];
+    assert_eq!(scored_lp.as_array().unwrap().len(), prompt.len(), "{b}");
+    assert!(scored_lp[0].is_null(), "{b}");
+    for k in 1..prompt.len() {
+        let (got, want) = (
+            scored_lp[k].as_f64().unwrap(),
+            lp["token_logprobs"][k].as_f64().unwrap(),
+        );
+        assert!(
+            (got - want).abs() < 0.15,
+            "prompt token {k}: {got} vs {want}"
+        );
+    }
+    assert_eq!(b["usage"]["prompt_tokens"], prompt.len(), "{b}");
+    assert_eq!(b["usage"]["completion_tokens"], 1, "{b}");
+    let mut streamed = scored;
+    streamed["stream"] = json!(true);
+    let (_, body) = http_post(
+        &v.url("/v1/completions"),
+        streamed.to_string().as_bytes(),
+        &[],
+    );
+    let whole: String = sse_chunks(&body)
+        .iter()
+        .map(|c| c["choices"][0]["text"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(whole, "The capital of France is", "{body}");
+    // Without `echo`, `max_tokens: 0` asks for nothing: still vLLM's 400.
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": prompt, "max_tokens": 0}),
+    );
+    assert_error(s, &b, 400, "max_tokens");
 }
 
 /// A list of prompts (strings, or lists of token ids): each prompt gets `n` choices, indexed

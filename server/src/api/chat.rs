@@ -293,6 +293,7 @@ fn prepare(
             tokens: prompt,
             max_tokens,
             echo: None,
+            score_only: false,
         }],
         params,
         constraint,

@@ -122,11 +122,18 @@ fn prepare(
         ));
     }
     let echo = req.echo == Some(true);
+    // `echo` with `max_tokens: 0` scores the prompt: vLLM generates one token and drops it.
+    let score_only = echo && common.max_tokens == Some(0);
+    let max_tokens_asked = if score_only {
+        Some(1)
+    } else {
+        common.max_tokens
+    };
     let prompts = prompts
         .into_iter()
         .map(|(tokens, text)| {
             state.check_token_ids(&tokens, "prompt")?;
-            let max_tokens = state.output_budget(tokens.len(), common.max_tokens)?;
+            let max_tokens = state.output_budget(tokens.len(), max_tokens_asked)?;
             let echo = match (echo, text) {
                 (false, _) => None,
                 (true, Some(text)) => Some(text),
@@ -141,6 +148,7 @@ fn prepare(
                 tokens,
                 max_tokens,
                 echo,
+                score_only,
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

@@ -29,6 +29,9 @@ pub struct PromptIn {
     /// With `echo`: the prompt's text, which leads each of its choices' output (and, with
     /// `logprobs`, its tokens' log-probabilities lead theirs).
     pub echo: Option<String>,
+    /// The prompt is only scored (`echo` with `max_tokens: 0`, as evaluation harnesses ask):
+    /// as vLLM, one token is generated and not shown, and the choice is the echoed prompt.
+    pub score_only: bool,
 }
 
 /// What a client request asks of the engine: `n` choices of each prompt, indexed prompt by
@@ -80,6 +83,8 @@ struct Choice {
     tokens: usize,
     /// The echoed prompt, until the choice's first delta carries it.
     echo: Option<Echo>,
+    /// Its generated output is not shown ([`PromptIn::score_only`]).
+    score_only: bool,
 }
 
 /// An echoed prompt: its text, and (with logprobs) its tokens' log-probabilities.
@@ -226,6 +231,7 @@ impl Generation {
                     finished: false,
                     tokens: 0,
                     echo,
+                    score_only: prompt.score_only,
                 });
             }
         }
@@ -417,6 +423,11 @@ impl Generation {
         stop_reason: Option<StopReason>,
     ) -> Delta {
         let c = &mut self.choices[index];
+        let (text, logprobs) = if c.score_only {
+            (String::new(), Vec::new())
+        } else {
+            (text, logprobs)
+        };
         let (text, logprobs) = match c.echo.take() {
             Some(mut echo) => {
                 echo.text.push_str(&text);
