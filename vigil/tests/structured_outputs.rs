@@ -51,6 +51,37 @@ fn the_openai_client_gets_outputs_that_meet_their_constraints() {
     assert_eq!(stdout.matches("ok   json_schema").count(), 20, "{stdout}");
 }
 
+/// The frameworks people wire to an OpenAI-compatible server, each on its default path, extract
+/// a small pydantic model (with a nested one, which pydantic puts in `$defs`) from the default
+/// model: instructor's `Mode.TOOLS` (a named function), LangChain's `bind_tools(...,
+/// tool_choice="any")` and litellm's `tool_choice="required"` (the list of calls), and
+/// pydantic-ai's default structured output (its output tool). Each runs from its own folder of
+/// packages (`cargo xtask test` installs them; their pins conflict).
+#[test]
+fn frameworks_extract_a_model_on_their_default_paths() {
+    require_model();
+    let root = std::env::var("VIGIL_TEST_FRAMEWORKS").expect(
+        "VIGIL_TEST_FRAMEWORKS names the folder with a folder of packages per framework: run \
+         `cargo xtask test`, which installs them",
+    );
+    let v = Vigil::serve(&["--served-model-name", "smol"]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/frameworks.py");
+    for framework in ["instructor", "langchain", "litellm", "pydantic-ai"] {
+        let out = Command::new("python3")
+            .args([script, &v.url(""), "smol", framework])
+            .env("PYTHONPATH", format!("{root}/{framework}"))
+            .output()
+            .expect("python3 runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("ok {framework} ")),
+            "{framework}: {stdout}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            v.log()
+        );
+    }
+}
+
 /// Constrained requests on a deliberately tiny KV cache with chunked prefill: they are
 /// preempted and recomputed mid-output, and each output still matches its constraint (the
 /// sampler keeps the constraint's state across the preemption); they are counted by kind and

@@ -40,6 +40,8 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
     let cuda_sim = build_cuda_sim()?;
     // The OpenAI client and a JSON-schema validator, for the tests that drive Vigil as users do.
     let python_clients = crate::python_clients::run()?;
+    // instructor, LangChain, litellm and pydantic-ai, for the test of their default paths.
+    let frameworks = crate::python_clients::frameworks()?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra_args)
@@ -47,6 +49,7 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
         .env("VIGIL_PTXAS", ptxas)
         .env("VIGIL_CUDA_SIM", cuda_sim)
         .env("VIGIL_TEST_PYTHONPATH", python_clients)
+        .env("VIGIL_TEST_FRAMEWORKS", frameworks)
         .current_dir(workspace_root())
         .status()
         .context("running cargo test")?;
