@@ -15,6 +15,7 @@ struct Entry {
 }
 
 fn main() {
+    require_clang();
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let engine_kernels = root.join("../backend/src/cuda/kernels");
@@ -114,6 +115,28 @@ fn main() {
         .flag("-Wno-unused-function")
         .files(&sources)
         .compile("cuda_sim_kernels");
+}
+
+/// Stops the build with what to install when clang (for the kernels, C++17) is missing: the
+/// simulator is for tests, and a plain `cargo build --workspace` should say so rather than
+/// panic in `cc`.
+fn require_clang() {
+    let found = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(missing) = ["clang++", "clang"].into_iter().find(|p| !found(p)) {
+        eprintln!(
+            "error: {missing} is not installed. vigil-cuda-sim, the simulated GPU the tests run \
+             the CUDA backend on, compiles the CUDA kernels for the host with clang. Install it \
+             (`apt-get install clang` on Debian; `cargo xtask test` and `cargo xtask sim` do it \
+             when run as root), or build without the simulator: \
+             `cargo build --workspace --exclude vigil-cuda-sim`."
+        );
+        std::process::exit(1);
+    }
 }
 
 /// The NVML of an older driver (`old-driver/`): a shared library of its own, since what it

@@ -23,7 +23,17 @@ def last_logits(llm):
     return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 
 
+def model_params_without_extra_buffers(default=llama_cpp.llama_cpp.llama_model_default_params):
+    """llama.cpp's model parameters without extra buffer types (weight repacking): on CPUs with
+    AMX, its AMX buffers crash on Q4_1 (a known upstream bug). `Llama` takes no argument for
+    it, so its source of default parameters is replaced."""
+    params = default()
+    params.use_extra_bufts = False
+    return params
+
+
 def main():
+    llama_cpp.llama_cpp.llama_model_default_params = model_params_without_extra_buffers
     path, prompts_file, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
     prompts = json.load(open(prompts_file))
     llm = Llama(model_path=path, n_threads=2, n_threads_batch=2, n_ctx=512, n_batch=512, verbose=False)

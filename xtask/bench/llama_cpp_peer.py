@@ -32,7 +32,11 @@ class Peer:
         self._quiet = L.llama_log_callback(lambda level, text, data: None)
         L.llama_log_set(self._quiet, None)
         L.llama_backend_init()
-        self.model = L.llama_model_load_from_file(path.encode(), L.llama_model_default_params())
+        params = L.llama_model_default_params()
+        # No extra buffer types (weight repacking): on CPUs with AMX, llama.cpp's AMX buffers
+        # crash on Q4_1 (a known upstream bug); the repacking is not what is compared here.
+        params.use_extra_bufts = False
+        self.model = L.llama_model_load_from_file(path.encode(), params)
         self.vocab = L.llama_model_get_vocab(self.model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
         self.ctx = None

@@ -174,7 +174,13 @@ fn json_of(mut command: Command, what: &str) -> anyhow::Result<Value> {
         .output()
         .with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!("{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        // A crash (a signal) leaves no error output of its own: say how it ended.
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
     last_json_line(&out.stdout)
 }

@@ -15,6 +15,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     let Some((program, rest)) = args.split_first() else {
         bail!("usage: cargo xtask sim COMMAND [ARGS]");
     };
+    // The simulator's kernels are compiled for the host by clang.
+    crate::test::ensure_tools(&[("clang", "clang"), ("clang++", "clang")])?;
     let sim = crate::test::build_cuda_sim()?;
     let nvrtc = crate::fetch_nvrtc::run()?;
     let mut paths = vec![sim, nvrtc];
