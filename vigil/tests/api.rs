@@ -745,6 +745,34 @@ fn a_list_of_prompts_gets_n_choices_each() {
         assert_eq!(b["usage"]["prompt_tokens"], prompt_tokens, "{b}");
         assert_eq!(b["usage"]["completion_tokens"], 16, "{b}");
     }
+    // One body may not fan out without bound: at most 1,024 prompts (vLLM's default bound),
+    // and 1,024 choices in all (prompts times n); an 8 KB body once queued 128,000.
+    let many = vec!["a"; 1025];
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": many, "max_tokens": 1}),
+    );
+    assert_error(s, &b, 400, "exceeds the maximum allowed count of 1024");
+    assert_eq!(b["error"]["param"], "prompt", "{b}");
+    let (s, b) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": vec![[1u32]; 1000], "max_tokens": 1, "n": 128}),
+    );
+    assert_error(s, &b, 400, "128000 choices");
+    assert_eq!(b["error"]["param"], "n", "{b}");
+    let (s, _) = post(
+        &v,
+        "/v1/completions",
+        json!({"prompt": vec![[1u32]; 8], "max_tokens": 1, "n": 128}),
+    );
+    assert_eq!(s, 200);
+    let m = v.metrics();
+    assert!(
+        common::sample(&m, "vllm:num_requests_waiting").is_some_and(|w| w == 0.0),
+        "{m}"
+    );
 }
 
 /// Request fields vLLM acts on that Vigil does not implement are refused by name (never

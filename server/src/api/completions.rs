@@ -9,7 +9,7 @@ use super::fields::Endpoint;
 use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usage};
 use super::protocol::{
     CommonParams, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest,
-    CompletionResponse, Head, Prompt, StopReasonOut,
+    CompletionResponse, Head, Prompt, StopReasonOut, MAX_CHOICES, MAX_PROMPTS,
 };
 use super::{request_id, AppState};
 
@@ -98,6 +98,29 @@ fn prepare(
     arrival: Instant,
 ) -> Result<GenRequest, ApiError> {
     let add_special = common.add_special_tokens.unwrap_or(true);
+    let listed = match &req.prompt {
+        Prompt::Texts(v) => v.len(),
+        Prompt::TokenLists(lists) => lists.len(),
+        Prompt::Text(_) | Prompt::Tokens(_) => 1,
+    };
+    if listed > MAX_PROMPTS {
+        return Err(ApiError::bad_request(
+            format!(
+                "prompt list length {listed} exceeds the maximum allowed count of {MAX_PROMPTS}."
+            ),
+            Some("prompt"),
+        ));
+    }
+    let n = common.n()?;
+    if listed * n > MAX_CHOICES {
+        return Err(ApiError::bad_request(
+            format!(
+                "{listed} prompts with n={n} ask for {} choices: at most {MAX_CHOICES} are accepted in one request.",
+                listed * n
+            ),
+            Some("n"),
+        ));
+    }
     let encode = |text: &str| {
         state.check_prompt_bytes(text.len(), "prompt")?;
         state
@@ -153,7 +176,6 @@ fn prepare(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let (params, constraint) = state.sampling_params(common, req.logprobs, None)?;
-    let n = common.n()?;
     Ok(GenRequest {
         request_id: request_id("cmpl"),
         prompts,

@@ -100,8 +100,17 @@ pub struct StructuredOutputs {
     pub json_object: Option<bool>,
 }
 
-/// The most choices one request may ask for.
+/// The most choices one request may ask for of each prompt.
 pub const MAX_N: i64 = 128;
+
+/// The most prompts one completions request may list (vLLM's `VLLM_MAX_COMPLETION_PROMPTS`
+/// default), before any is tokenized.
+pub const MAX_PROMPTS: usize = 1024;
+
+/// The most choices one request may ask for in all (prompts times `n`): each is an engine
+/// request, and one request body must not queue more than the engine's default
+/// `--max-num-seqs` four times over.
+pub const MAX_CHOICES: usize = 1024;
 
 impl CommonParams {
     /// Sampling parameters (vLLM's defaults where a field is absent), validated.
