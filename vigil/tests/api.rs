@@ -396,6 +396,23 @@ fn bad_requests_get_openai_errors() {
         "The model `gpt-4` does not exist. Valid aliases: smol.",
     );
     assert_eq!(b["error"]["param"], "model", "{b}");
+    // Each refusal names the field the client sent.
+    let msg = json!([{"role": "user", "content": "Hi"}]);
+    for (body, field) in [
+        (
+            json!({"messages": msg, "logprobs": true, "top_logprobs": -1}),
+            "top_logprobs",
+        ),
+        (
+            json!({"messages": msg, "max_completion_tokens": 0}),
+            "max_completion_tokens",
+        ),
+        (json!({"messages": msg, "max_tokens": 0}), "max_tokens"),
+    ] {
+        let (s, b) = post(&v, "/v1/chat/completions", body);
+        assert_error(s, &b, 400, field);
+        assert_eq!(b["error"]["param"], field, "{b}");
+    }
     // `json_schema` must have a name (vLLM's `JsonSchemaResponseFormat`).
     let (s, b) = post(
         &v,

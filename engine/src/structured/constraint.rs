@@ -21,7 +21,7 @@ impl CompiledConstraint {
         kind: &'static str,
     ) -> Result<CompiledConstraint, ConstraintError> {
         if let Some(error) = matcher.get_error() {
-            return Err(ConstraintError(error));
+            return Err(ConstraintError::from_llguidance(error));
         }
         Ok(CompiledConstraint {
             fresh: Arc::new(matcher),
@@ -77,7 +77,7 @@ impl Constraint {
     fn allowed(&mut self) -> Result<SimpleVob, ConstraintError> {
         self.matcher
             .compute_mask_or_eos()
-            .map_err(|e| ConstraintError(e.to_string()))
+            .map_err(|e| ConstraintError::from_llguidance(e.to_string()))
     }
 
     /// Sets every logit the constraint forbids next to minus infinity. When the constraint is
@@ -104,6 +104,6 @@ impl Constraint {
         }
         self.matcher
             .consume_token(token)
-            .map_err(|e| ConstraintError(e.to_string()))
+            .map_err(|e| ConstraintError::from_llguidance(e.to_string()))
     }
 }

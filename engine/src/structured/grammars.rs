@@ -105,6 +105,24 @@ fn close_objects(schema: &mut serde_json::Value) {
 #[error("{0}")]
 pub struct ConstraintError(pub String);
 
+impl ConstraintError {
+    /// An error llguidance reported, fit for a client: llguidance turns a panic of its own into
+    /// an error whose text is `panic: MESSAGE` and a `<backtrace>`; that is the server's
+    /// trouble, not the request's, so the client gets a plain sentence and the log the rest.
+    pub fn from_llguidance(text: impl Into<String>) -> ConstraintError {
+        let text = text.into();
+        let internal = text.starts_with("panic:") || text.contains("<backtrace>");
+        if !internal {
+            return ConstraintError(text);
+        }
+        tracing::warn!(error = %text, "the constraint compiler failed");
+        ConstraintError(
+            "the constraint compiler failed on it (an internal error; the server log has the details)"
+                .into(),
+        )
+    }
+}
+
 /// The constraint compiler of one tokenizer.
 pub struct Grammars {
     factory: ParserFactory,
@@ -158,7 +176,7 @@ impl Grammars {
         let parser = self
             .factory
             .create_parser(spec.grammar(self.objects)?)
-            .map_err(|e| ConstraintError(e.to_string()))?;
+            .map_err(|e| ConstraintError::from_llguidance(e.to_string()))?;
         CompiledConstraint::new(llguidance::Matcher::new(Ok(parser)), spec.kind())
     }
 }

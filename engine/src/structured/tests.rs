@@ -151,3 +151,18 @@ fn the_open_default_admits_other_keys() {
         "40 random outputs of an open object all kept to its one key"
     );
 }
+
+/// llguidance reports a panic of its own as `panic: MESSAGE` with a backtrace: the client gets a
+/// plain sentence (the backtrace belongs in the log), while its ordinary errors pass as they are.
+#[test]
+fn the_compilers_panics_do_not_reach_the_client() {
+    use super::ConstraintError;
+    let panic = "panic: index out of bounds: the len is 3 but the index is 7\n<backtrace>\n   0: llguidance::earley::parser::Parser::new\n             at /root/.cargo/registry/src/llguidance-1.9.1/src/earley/parser.rs:412:9\n</backtrace>";
+    let err = ConstraintError::from_llguidance(panic);
+    assert!(!err.0.contains("backtrace"), "{err}");
+    assert!(!err.0.contains("parser.rs"), "{err}");
+    assert!(!err.0.contains("index out of bounds"), "{err}");
+    assert!(err.0.contains("internal error"), "{err}");
+    let plain = "unknown type: no-such-type";
+    assert_eq!(ConstraintError::from_llguidance(plain).0, plain);
+}

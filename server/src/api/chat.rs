@@ -282,9 +282,15 @@ fn prepare(
     )?;
     let (tool_spec, tool_calling) = tools.unzip();
     let tool_spec = tool_spec.flatten();
-    let (params, constraint) = state.sampling_params(common, logprobs, tool_spec)?;
+    let (params, constraint) =
+        state.sampling_params(common, (logprobs, "top_logprobs"), tool_spec)?;
     let max_param = req.max_completion_tokens.or(common.max_tokens);
-    let max_tokens = state.output_budget(prompt.len(), max_param)?;
+    let max_field = if req.max_completion_tokens.is_some() {
+        "max_completion_tokens"
+    } else {
+        "max_tokens"
+    };
+    let max_tokens = state.output_budget(prompt.len(), max_param, max_field)?;
     let n = common.n()?;
     let id = request_id("chatcmpl");
     Ok(GenRequest {

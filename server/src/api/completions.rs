@@ -156,7 +156,7 @@ fn prepare(
         .into_iter()
         .map(|(tokens, text)| {
             state.check_token_ids(&tokens, "prompt")?;
-            let max_tokens = state.output_budget(tokens.len(), max_tokens_asked)?;
+            let max_tokens = state.output_budget(tokens.len(), max_tokens_asked, "max_tokens")?;
             let echo = match (echo, text) {
                 (false, _) => None,
                 (true, Some(text)) => Some(text),
@@ -175,7 +175,7 @@ fn prepare(
             })
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
-    let (params, constraint) = state.sampling_params(common, req.logprobs, None)?;
+    let (params, constraint) = state.sampling_params(common, (req.logprobs, "logprobs"), None)?;
     Ok(GenRequest {
         request_id: request_id("cmpl"),
         prompts,

@@ -121,14 +121,15 @@ impl AppState {
 
     /// The request's sampling parameters, and its structured-output constraint, to be compiled
     /// with [`AppState::compile_constraint`] before anything is queued.
-    /// `tools` is the constraint tool calling asks for, which excludes any other.
+    /// `tools` is the constraint tool calling asks for, which excludes any other; `logprobs`
+    /// comes from the field `logprobs_param` names.
     pub fn sampling_params(
         &self,
         common: &protocol::CommonParams,
-        logprobs: Option<i64>,
+        (logprobs, logprobs_param): (Option<i64>, &'static str),
         tools: Option<engine::structured::ConstraintSpec>,
     ) -> Result<(engine::sampling::SamplingParams, Option<PendingConstraint>), ApiError> {
-        let params = common.sampling(logprobs)?;
+        let params = common.sampling(logprobs, logprobs_param)?;
         let constraint = match (common.constraint()?, tools) {
             (Some((_, param)), Some(_)) => {
                 return Err(ApiError::bad_request(
@@ -238,11 +239,13 @@ impl AppState {
     }
 
     /// Checks that `prompt_len` prompt tokens plus `max_tokens` fit the context, and returns the
-    /// number of tokens to generate (`max_tokens`, or whatever room is left).
+    /// number of tokens to generate (`max_tokens`, or whatever room is left); `param` is the
+    /// field `max_tokens` came from (chat's `max_completion_tokens`).
     pub fn output_budget(
         &self,
         prompt_len: usize,
         max_tokens: Option<i64>,
+        param: &'static str,
     ) -> Result<usize, ApiError> {
         if prompt_len == 0 {
             return Err(ApiError::bad_request(
@@ -255,8 +258,8 @@ impl AppState {
             Some(m) if m >= 1 => m as usize,
             Some(m) => {
                 return Err(ApiError::bad_request(
-                    format!("max_tokens must be at least 1, got {m}"),
-                    Some("max_tokens"),
+                    format!("{param} must be at least 1, got {m}"),
+                    Some(param),
                 ))
             }
         };

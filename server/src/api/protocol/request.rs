@@ -113,8 +113,13 @@ pub const MAX_PROMPTS: usize = 1024;
 pub const MAX_CHOICES: usize = 1024;
 
 impl CommonParams {
-    /// Sampling parameters (vLLM's defaults where a field is absent), validated.
-    pub fn sampling(&self, logprobs: Option<i64>) -> Result<SamplingParams, ApiError> {
+    /// Sampling parameters (vLLM's defaults where a field is absent), validated; `logprobs`
+    /// comes from the field `logprobs_param` names (chat's `top_logprobs`).
+    pub fn sampling(
+        &self,
+        logprobs: Option<i64>,
+        logprobs_param: &'static str,
+    ) -> Result<SamplingParams, ApiError> {
         let d = SamplingParams::default();
         let top_k = match self.top_k {
             None | Some(-1) | Some(0) => None,
@@ -131,8 +136,8 @@ impl CommonParams {
             Some(n) if n >= 0 => Some(n as usize),
             Some(n) => {
                 return Err(ApiError::bad_request(
-                    format!("logprobs must be non-negative, got {n}"),
-                    Some("logprobs"),
+                    format!("{logprobs_param} must be non-negative, got {n}"),
+                    Some(logprobs_param),
                 ))
             }
         };
