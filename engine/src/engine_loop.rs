@@ -77,8 +77,8 @@ pub struct Finished {
     pub reason: FinishReason,
     pub stop_reason: Option<StopReason>,
     /// With [`FinishReason::Error`]: why, when the engine can say (a request the cache can
-    /// never hold).
-    pub error: Option<String>,
+    /// never hold, a constraint that failed mid-answer).
+    pub error: Option<crate::scheduler::RequestError>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub cached_tokens: usize,

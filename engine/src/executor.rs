@@ -82,6 +82,7 @@ impl Executor {
                 Some(job) => prompt_logprobs(job, r.start, rows.start, &logits),
                 None => Vec::new(),
             };
+            let mut constraint_failure = None;
             let sampled = if r.samples {
                 let sampler = self
                     .samplers
@@ -97,6 +98,7 @@ impl Executor {
                 if sampler.is_constrained() {
                     *self.mask_time.get_or_insert_default() += sampler.take_mask_time();
                 }
+                constraint_failure = sampler.take_constraint_failure();
                 Some(sampled)
             } else {
                 None
@@ -104,6 +106,7 @@ impl Executor {
             out.push(RequestOutput {
                 sampled,
                 prompt_logprobs,
+                constraint_failure,
             });
         }
         Ok(ModelRunnerOutput { requests: out })

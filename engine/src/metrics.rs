@@ -51,6 +51,8 @@ pub struct EngineMetrics {
     device_gap: Histogram,
     /// Finished constrained requests, by kind of constraint.
     structured: Vec<(&'static str, Counter)>,
+    /// Constrained requests ended by their constraint's failure, by kind.
+    structured_failed: Vec<(&'static str, Counter)>,
     mask_seconds: Histogram,
 }
 
@@ -142,6 +144,10 @@ impl EngineMetrics {
                 .iter()
                 .map(|kind| (*kind, with(structured::REQUESTS.name, "kind", kind)))
                 .collect(),
+            structured_failed: structured::KINDS
+                .iter()
+                .map(|kind| (*kind, with(structured::FAILED.name, "kind", kind)))
+                .collect(),
             mask_seconds: histogram(structured::MASK_SECONDS.name),
         }
     }
@@ -215,12 +221,19 @@ impl EngineMetrics {
             c.increment(1);
         }
         if let Some(constraint) = &req.params.structured {
-            if let Some((_, c)) = self
-                .structured
-                .iter()
-                .find(|(k, _)| *k == constraint.kind())
-            {
+            let of_kind = |counters: &[(&'static str, Counter)]| {
+                counters
+                    .iter()
+                    .find(|(k, _)| *k == constraint.kind())
+                    .map(|(_, c)| c.clone())
+            };
+            if let Some(c) = of_kind(&self.structured) {
                 c.increment(1);
+            }
+            if let Some(crate::scheduler::RequestError::ConstraintFailed(_)) = req.error {
+                if let Some(c) = of_kind(&self.structured_failed) {
+                    c.increment(1);
+                }
             }
         }
         let now = Instant::now();

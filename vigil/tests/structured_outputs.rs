@@ -261,3 +261,57 @@ fn hostile_constraints_are_refused_and_the_server_lives_on() {
     assert_eq!(refused("grammar"), Some(1.0), "{m}");
     assert_eq!(refused("regex"), Some(2.0), "{m}");
 }
+
+/// A grammar so ambiguous that llguidance's parser reaches its limit of items per row a few
+/// tokens into the answer: the request ends there with vLLM's error body naming the field (a
+/// stream with an error event), never with output that stopped following the grammar, and the
+/// failure is counted.
+#[test]
+fn a_constraint_that_fails_mid_answer_ends_the_request_with_an_error() {
+    use common::{http_post, sample};
+    use serde_json::{json, Value};
+    let v = Vigil::serve(&["--served-model-name", "m"]);
+    let concatenations: Vec<String> = (2..=24).map(|k| vec!["s"; k].join(" ")).collect();
+    let grammar = format!("start: s\ns: {} | \"x\"", concatenations.join(" | "));
+    let body = json!({"prompt": "xxxx", "max_tokens": 200, "temperature": 1.0, "seed": 3,
+        "guided_grammar": grammar, "ignore_eos": true});
+    let (status, text) = http_post(&v.url("/v1/completions"), body.to_string().as_bytes(), &[]);
+    let b: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(status, 400, "{b}");
+    assert_eq!(b["error"]["param"], "guided_grammar", "{b}");
+    let message = b["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("could not be held to its structured-output constraint"),
+        "{message}"
+    );
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let (status, text) = http_post(
+        &v.url("/v1/completions"),
+        streamed.to_string().as_bytes(),
+        &[],
+    );
+    assert_eq!(status, 200);
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let output: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert!(output.bytes().all(|c| c == b'x'), "{output:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last["error"]["param"], "guided_grammar", "{text}");
+    let m = v.metrics();
+    assert_eq!(
+        sample(
+            &m,
+            "vigil_structured_output_failures_total{engine=\"0\",kind=\"grammar\",model_name=\"m\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+}

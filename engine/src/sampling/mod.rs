@@ -40,6 +40,8 @@ pub struct Sampler {
     constraint: Option<Constraint>,
     /// Time spent computing the constraint's masks since [`Sampler::take_mask_time`].
     mask_time: std::time::Duration,
+    /// Why the constraint failed, until [`Sampler::take_constraint_failure`] takes it.
+    constraint_failure: Option<String>,
     /// Buffers reused from token to token (each a vocabulary long).
     scratch: Scratch,
 }
@@ -65,6 +67,7 @@ impl Sampler {
             prompt_tokens: prompt.iter().copied().collect(),
             constraint,
             mask_time: std::time::Duration::ZERO,
+            constraint_failure: None,
             scratch: Scratch::default(),
         }
     }
@@ -107,7 +110,7 @@ impl Sampler {
         if let Some(constraint) = &mut self.constraint {
             let started = std::time::Instant::now();
             if let Err(e) = constraint.mask(&mut x) {
-                tracing::warn!("structured output: {e}; sampling this token unconstrained");
+                self.constraint_failure = Some(e.0);
             }
             self.mask_time += started.elapsed();
         }
@@ -127,15 +130,25 @@ impl Sampler {
         self.observe(token);
         if let Some(constraint) = &mut self.constraint {
             if let Err(e) = constraint.consume(token) {
-                tracing::warn!("structured output: {e}; the rest of the output is unconstrained");
-                self.constraint = None;
+                self.constraint_failure.get_or_insert(e.0);
             }
+        }
+        if self.constraint_failure.is_some() {
+            // The constraint is of no more use; the request ends with the failure.
+            self.constraint = None;
         }
         Sampled {
             token,
             logprob,
             top_logprobs,
         }
+    }
+
+    /// Why the request's constraint failed (llguidance reached one of its limits on it), once:
+    /// the token just sampled is not held to it, and the request must end with the failure
+    /// rather than go on unconstrained.
+    pub fn take_constraint_failure(&mut self) -> Option<String> {
+        self.constraint_failure.take()
     }
 
     /// Computes the constraint's mask for the next token now (while the step's forward pass

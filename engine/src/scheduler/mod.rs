@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use output::{ModelRunnerOutput, SchedulerOutput};
-pub use request::{FinishReason, Request, Status, StopReason};
+pub use request::{FinishReason, Request, RequestError, Status, StopReason};
 
 use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
 use crate::sampling::{Sampled, TokenStop};
@@ -307,11 +307,11 @@ impl Scheduler {
                     if self.running.is_empty() {
                         // Nothing holds a block, and still it does not fit: it never will.
                         let mut req = self.waiting.pop_front().expect("front exists");
-                        req.error = Some(format!(
+                        req.error = Some(RequestError::CannotFit(format!(
                             "the request needs {} tokens of KV cache and the whole cache holds {}",
                             req.tokens.len(),
                             self.kv.capacity_tokens()
-                        ));
+                        )));
                         self.finished_ids.push(req.id.clone());
                         self.refused.push((req, FinishReason::Error));
                         continue;
@@ -407,7 +407,10 @@ impl Scheduler {
             if token_stop == Some(TokenStop::StopTokenId) {
                 req.stop_reason = Some(StopReason::Token(sampled.token));
             }
-            let reason = if token_stop.is_some() {
+            let reason = if let Some(why) = o.constraint_failure {
+                req.error = Some(RequestError::ConstraintFailed(why));
+                Some(FinishReason::Error)
+            } else if token_stop.is_some() {
                 Some(FinishReason::Stop)
             } else if req.num_output_tokens() >= req.max_tokens
                 || req.tokens.len() >= self.config.max_model_len

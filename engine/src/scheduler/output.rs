@@ -79,4 +79,7 @@ pub struct RequestOutput {
     pub sampled: Option<Sampled>,
     /// The prompt log-probabilities its [`PromptLogprobsJob`] asked for.
     pub prompt_logprobs: Vec<Sampled>,
+    /// Why its structured-output constraint failed at this token, when it did: the request
+    /// ends with an error there.
+    pub constraint_failure: Option<String>,
 }

@@ -27,6 +27,29 @@ impl FinishReason {
     }
 }
 
+/// Why a request finished with [`FinishReason::Error`], when the engine can say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// The KV cache can never hold it (the request's own size).
+    CannotFit(String),
+    /// Its structured-output constraint failed mid-answer (llguidance hit one of its limits on
+    /// this grammar): the output could no longer be held to it, so it ended there rather than
+    /// go on unconstrained.
+    ConstraintFailed(String),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::CannotFit(why) => f.write_str(why),
+            RequestError::ConstraintFailed(why) => write!(
+                f,
+                "the output could not be held to its structured-output constraint: {why}"
+            ),
+        }
+    }
+}
+
 /// What stopped a request that finished with [`FinishReason::Stop`], as vLLM's `stop_reason`
 /// reports it: a stop token id from `stop_token_ids`, or a matched stop string. The model's own
 /// EOS token has none (vLLM's `null`).
@@ -73,7 +96,7 @@ pub struct Request {
     /// Set when a stop token id or a stop string ended it.
     pub stop_reason: Option<StopReason>,
     /// Why it finished with [`FinishReason::Error`], when the engine can say.
-    pub error: Option<String>,
+    pub error: Option<RequestError>,
     /// How many alternatives to report with each prompt token's log-probability, when the
     /// client asked for the prompt's log-probabilities (`echo` with `logprobs`).
     pub prompt_logprobs: Option<usize>,

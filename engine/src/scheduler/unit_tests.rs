@@ -58,6 +58,7 @@ fn made_up(step: &SchedulerOutput, next: u32) -> ModelRunnerOutput {
                     .iter()
                     .flat_map(|job| job.targets.iter().map(|t| token(*t)))
                     .collect(),
+                constraint_failure: None,
             })
             .collect(),
     }

@@ -183,9 +183,13 @@ impl Grammars {
 
 /// llguidance's limits, which bound the work one request's grammar can cost per step (so that
 /// a hostile schema slows no other request): its defaults, which its authors size for
-/// serving.
+/// serving, but for the parser's state and grammar in its errors (kilobytes a client would
+/// get in its error body).
 fn limits() -> ParserLimits {
-    ParserLimits::default()
+    ParserLimits {
+        verbose_errors: false,
+        ..ParserLimits::default()
+    }
 }
 
 /// The tokenizer as llguidance sees it: the trie of token bytes, and encoding for the

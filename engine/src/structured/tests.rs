@@ -166,3 +166,50 @@ fn the_compilers_panics_do_not_reach_the_client() {
     let plain = "unknown type: no-such-type";
     assert_eq!(ConstraintError::from_llguidance(plain).0, plain);
 }
+
+/// A grammar so ambiguous that llguidance's parser reaches its limit of items per row within a
+/// few tokens: `s` is a concatenation of 2 to 24 `s`, or `x`.
+pub(crate) fn too_ambiguous() -> String {
+    let concatenations: Vec<String> = (2..=24).map(|k| vec!["s"; k].join(" ")).collect();
+    format!("start: s\ns: {} | \"x\"", concatenations.join(" | "))
+}
+
+/// When the constraint fails mid-answer (llguidance reaches one of its limits), the sampler
+/// says so, once, and holds no constraint after it: the request is to end with the failure,
+/// never to go on unconstrained as if nothing happened.
+#[test]
+fn a_constraint_that_fails_mid_answer_is_reported() {
+    let grammars = grammars();
+    let params = SamplingParams {
+        seed: Some(1),
+        structured: Some(
+            grammars
+                .compile(&ConstraintSpec::Lark(too_ambiguous()))
+                .unwrap(),
+        ),
+        ..SamplingParams::default()
+    };
+    let mut sampler = Sampler::new(params, &[]);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let mut failure = None;
+    for step in 0..100 {
+        let mut logits: Vec<f32> = (0..256).map(|_| rng.random_range(-5.0..5.0)).collect();
+        logits[0] = -50.0; // the output goes on (end of sequence is allowed after each `x`)
+        let token = sampler.sample(&logits).token;
+        if let Some(why) = sampler.take_constraint_failure() {
+            failure = Some((step, why));
+            break;
+        }
+        assert_eq!(token, u32::from(b'x'), "step {step}");
+    }
+    let (step, why) = failure.expect("the parser's limit is reached within 100 tokens");
+    assert!(step < 50, "at token {step}");
+    assert!(why.contains("max is 2000"), "{why}");
+    // Without the parser's state and grammar: a client reads this.
+    assert!(
+        !why.contains("<state>") && !why.contains("<grammar>"),
+        "{why}"
+    );
+    assert!(!sampler.is_constrained());
+    assert_eq!(sampler.take_constraint_failure(), None);
+}

@@ -36,6 +36,22 @@ pub static MASK_SECONDS: MetricDef = MetricDef::new(
 .buckets(BucketFamily::Log2Microseconds)
 .engine_stat();
 
+pub static FAILED: MetricDef = MetricDef::new(
+    "vigil_structured_output_failures",
+    Kind::Counter,
+    "Requests that ended with an error because their constraint failed mid-answer (llguidance reached one of its limits on the grammar), by kind of constraint: their output could no longer be held to it.",
+    &[
+        Label::ModelName,
+        Label::Engine,
+        Label::OneOf {
+            name: "kind",
+            values: KINDS,
+        },
+    ],
+)
+.precreate()
+.engine_stat();
+
 /// Values of `outcome`: compiled, refused (invalid or past a bound: a 400), or given up at the
 /// compile deadline (a 400 when it was running, a 503 when it never started).
 pub const COMPILE_OUTCOMES: &[&str] = &["compiled", "refused", "timed_out"];
@@ -57,4 +73,4 @@ pub static COMPILE_SECONDS: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::Log2Microseconds);
 
-pub static ALL: &[&MetricDef] = &[&REQUESTS, &MASK_SECONDS, &COMPILE_SECONDS];
+pub static ALL: &[&MetricDef] = &[&REQUESTS, &FAILED, &MASK_SECONDS, &COMPILE_SECONDS];

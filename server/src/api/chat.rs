@@ -303,6 +303,7 @@ fn prepare(
         }],
         params,
         constraint,
+        constraint_param: None,
         max_tokens_param: max_param.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,

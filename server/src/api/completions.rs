@@ -181,6 +181,7 @@ fn prepare(
         prompts,
         params,
         constraint,
+        constraint_param: None,
         max_tokens_param: common.max_tokens.map(|m| m as usize),
         n,
         stop: common.stop_strings()?,

@@ -99,10 +99,13 @@ pub async fn handle<A: GenerationApi>(
         .and_then(|r| r);
     let prepared = match prepared {
         Ok((streaming, mut request)) => match request.constraint.take() {
-            Some(pending) => state.compile_constraint(pending).await.map(|compiled| {
-                request.params.structured = Some(compiled);
-                (streaming, request)
-            }),
+            Some(pending) => {
+                request.constraint_param = Some(pending.param);
+                state.compile_constraint(pending).await.map(|compiled| {
+                    request.params.structured = Some(compiled);
+                    (streaming, request)
+                })
+            }
             None => Ok((streaming, request)),
         },
         Err(e) => Err(e),

@@ -17,7 +17,7 @@ use super::AppState;
 use crate::traces::RequestTrace;
 use engine::engine_loop::{Event, NewRequest};
 use engine::sampling::{Sampled, SamplingParams};
-use engine::scheduler::{FinishReason, StopReason};
+use engine::scheduler::{FinishReason, RequestError, StopReason};
 use model::Detokenizer;
 use model::Tokenizer;
 
@@ -42,6 +42,8 @@ pub struct GenRequest {
     pub params: SamplingParams,
     /// The structured-output constraint still to be compiled into `params`.
     pub constraint: Option<super::PendingConstraint>,
+    /// The field the constraint came from (`response_format`, `tool_choice`, ...), once compiled.
+    pub constraint_param: Option<&'static str>,
     pub max_tokens_param: Option<usize>,
     pub n: usize,
     pub stop: Vec<String>,
@@ -145,6 +147,8 @@ pub struct Generation {
     request_id: String,
     /// The access log's note of this request, filled when the generation is dropped.
     access: Option<AccessNote>,
+    /// The field the request's constraint came from, which a failure of it names.
+    constraint_param: Option<&'static str>,
 }
 
 impl Drop for Generation {
@@ -248,6 +252,7 @@ impl Generation {
             trace,
             request_id: req.request_id.clone(),
             access: None,
+            constraint_param: req.constraint_param,
         };
         // An echoed prompt's first token has no log-probability: it leads the list.
         for (c, prompt) in generation.choices.iter_mut().zip(
@@ -387,8 +392,16 @@ impl Generation {
                     if f.reason == FinishReason::Error {
                         let err = match f.error {
                             // The engine refused it (it can never fit): the request's fault.
-                            Some(why) => {
-                                let err = ApiError::bad_request(why, Some("input_tokens"));
+                            Some(why @ RequestError::CannotFit(_)) => {
+                                let err =
+                                    ApiError::bad_request(why.to_string(), Some("input_tokens"));
+                                self.record.fail(&err);
+                                err
+                            }
+                            // Its grammar took llguidance past a limit: the request's too.
+                            Some(why @ RequestError::ConstraintFailed(_)) => {
+                                let err =
+                                    ApiError::bad_request(why.to_string(), self.constraint_param);
                                 self.record.fail(&err);
                                 err
                             }
