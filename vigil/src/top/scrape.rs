@@ -1,5 +1,6 @@
 //! One reading of a `/metrics` endpoint: when it was taken and its samples, by name.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +15,15 @@ pub struct Scrape {
     /// The body as received (kept for `--save-scrapes`).
     pub body: String,
     samples: HashMap<String, Vec<(Labels, f64)>>,
+    /// For a name and a list of label names, the samples of that name by their values of
+    /// those labels: built on the first look-up of that kind, so that reading every engine's
+    /// row of an endpoint with thousands of engines costs one pass over each family, not one
+    /// per engine.
+    index: RefCell<HashMap<(String, Vec<String>), Index>>,
 }
+
+/// Positions of a family's samples, by their values of some labels.
+type Index = HashMap<Vec<String>, Vec<usize>>;
 
 impl Scrape {
     /// Fetches `url`; an error says what went wrong (the endpoint may be away).
@@ -53,7 +62,12 @@ impl Scrape {
                     .push((labels, s.value));
             }
         }
-        Scrape { at, body, samples }
+        Scrape {
+            at,
+            body,
+            samples,
+            index: RefCell::default(),
+        }
     }
 
     /// Every sample of `name`.
@@ -67,17 +81,43 @@ impl Scrape {
 
     /// The sample of `name` whose labels include every pair of `matching`.
     pub fn value(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
-        self.all(name)
-            .iter()
-            .find(|(labels, _)| matches(labels, matching))
-            .map(|(_, v)| *v)
+        self.matching(name, matching).first().map(|(_, v)| *v)
+    }
+
+    /// Every sample of `name` whose labels include every pair of `matching`, in the order of
+    /// the exposition.
+    pub fn matching(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(&Labels, f64)> {
+        let all = self.all(name);
+        if matching.is_empty() {
+            return all.iter().map(|(l, v)| (l, *v)).collect();
+        }
+        let keys: Vec<String> = matching.iter().map(|(k, _)| (*k).to_owned()).collect();
+        let values: Vec<String> = matching.iter().map(|(_, v)| (*v).to_owned()).collect();
+        let mut index = self.index.borrow_mut();
+        let by_values = index
+            .entry((name.to_owned(), keys))
+            .or_insert_with_key(|(_, keys)| {
+                let mut by_values: Index = HashMap::new();
+                for (i, (labels, _)) in all.iter().enumerate() {
+                    let values: Option<Vec<String>> = keys
+                        .iter()
+                        .map(|k| label(labels, k).map(str::to_owned))
+                        .collect();
+                    if let Some(values) = values {
+                        by_values.entry(values).or_default().push(i);
+                    }
+                }
+                by_values
+            });
+        by_values.get(&values).map_or(Vec::new(), |positions| {
+            positions.iter().map(|&i| (&all[i].0, all[i].1)).collect()
+        })
     }
 
     /// The cumulative buckets `(le, count)` of histogram `name` for the series `matching`.
     pub fn buckets(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(f64, f64)> {
-        self.all(&format!("{name}_bucket"))
-            .iter()
-            .filter(|(labels, _)| matches(labels, matching))
+        self.matching(&format!("{name}_bucket"), matching)
+            .into_iter()
             .filter_map(|(labels, v)| {
                 let le = label(labels, "le")?;
                 let le = if le == "+Inf" {
@@ -85,7 +125,7 @@ impl Scrape {
                 } else {
                     le.parse().ok()?
                 };
-                Some((le, *v))
+                Some((le, v))
             })
             .collect()
     }
@@ -96,8 +136,4 @@ pub fn label<'a>(labels: &'a Labels, name: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
-}
-
-fn matches(labels: &Labels, matching: &[(&str, &str)]) -> bool {
-    matching.iter().all(|(k, v)| label(labels, k) == Some(*v))
 }

@@ -1,10 +1,10 @@
 //! The dashboard's numbers for one window: two scrapes of each endpoint turned into rows per
 //! engine, per GPU and per thread role, with the catalog's series names.
 
-use exporter::catalog::{device, dynamo, gpu, sched, vllm};
+use exporter::catalog::{device, dynamo, gpu, sched, service, vllm};
 
 use super::scrape::{label, Labels, Scrape};
-use super::window::{histogram_quantile, rate};
+use super::window::{histogram_quantile, increase, rate};
 
 /// One engine (`model_name`, `engine`) of one endpoint over the window.
 #[derive(Debug, Clone)]
@@ -86,6 +86,17 @@ pub struct DeviceRow {
     pub busy_fraction: f64,
 }
 
+/// Requests' CPU work before the engine (a Vigil's `vigil_cpu_pool_jobs`): requests here are in
+/// no `vllm:` queue yet.
+#[derive(Debug, Clone)]
+pub struct PoolRow {
+    pub url: String,
+    /// `request` (parsing, templates, tokenization) or `grammar` (constraint compiles).
+    pub pool: String,
+    pub waiting: f64,
+    pub running: f64,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub seconds: f64,
@@ -94,6 +105,7 @@ pub struct Snapshot {
     pub gpus: Vec<GpuRow>,
     pub host: Vec<HostRow>,
     pub device: Vec<DeviceRow>,
+    pub pools: Vec<PoolRow>,
     /// What an endpoint does not expose, by section: `(url, what)`.
     pub missing: Vec<(String, String)>,
 }
@@ -104,6 +116,29 @@ fn p50_p99(name: &str, id: &[(&str, &str)], before: &Scrape, after: &Scrape) -> 
     (
         histogram_quantile(0.5, &b, &a),
         histogram_quantile(0.99, &b, &a),
+    )
+}
+
+/// The increase of counter `name` in the window, summed over its series that match `id`: each
+/// series' own increase, as PromQL's `sum(increase(...))` counts it (a series that went down
+/// was reset and counts from zero, so 5 then 2 is 2; one new in the window counts its whole
+/// value). `None` when no series matches.
+fn increase_of(name: &str, id: &[(&str, &str)], before: &Scrape, after: &Scrape) -> Option<f64> {
+    let now = after.matching(name, id);
+    if now.is_empty() {
+        return None;
+    }
+    let then = before.matching(name, id);
+    Some(
+        now.iter()
+            .map(|(labels, a)| {
+                let b = then
+                    .iter()
+                    .find(|(l, _)| l == labels)
+                    .map_or(0.0, |(_, b)| *b);
+                increase(b, *a)
+            })
+            .sum(),
     )
 }
 
@@ -121,6 +156,23 @@ impl Snapshot {
         self.add_gpus(url, before, after);
         self.add_host(url, before, after, dt);
         self.add_device(url, before, after);
+        self.add_pools(url, after);
+    }
+
+    /// A Vigil's CPU pools (other engines have none, and nothing is missing then).
+    fn add_pools(&mut self, url: &str, after: &Scrape) {
+        let jobs = service::CPU_POOL_JOBS.name;
+        for pool in service::CPU_POOLS {
+            let state = |state: &str| after.value(jobs, &[("pool", pool), ("state", state)]);
+            if let (Some(waiting), Some(running)) = (state("waiting"), state("running")) {
+                self.pools.push(PoolRow {
+                    url: url.into(),
+                    pool: (*pool).to_owned(),
+                    waiting,
+                    running,
+                });
+            }
+        }
     }
 
     fn add_engines(&mut self, url: &str, before: &Scrape, after: &Scrape, dt: f64) {
@@ -146,12 +198,9 @@ impl Snapshot {
             };
             let quantiles = |name: &str| p50_p99(name, &id, before, after);
             let waiting_by_reason = after
-                .all(vllm::NUM_REQUESTS_WAITING_BY_REASON.name)
-                .iter()
-                .filter(|(l, _)| {
-                    label(l, "model_name") == Some(&model) && label(l, "engine") == Some(&engine)
-                })
-                .filter_map(|(l, v)| Some((label(l, "reason")?.to_owned(), *v)))
+                .matching(vllm::NUM_REQUESTS_WAITING_BY_REASON.name, &id)
+                .into_iter()
+                .filter_map(|(l, v)| Some((label(l, "reason")?.to_owned(), v)))
                 .collect();
             self.engines.push(EngineRow {
                 url: url.into(),
@@ -189,19 +238,10 @@ impl Snapshot {
             // Summed over the other labels (endpoint, request type, status).
             let per_s = |name: &str| {
                 let name = counter(name);
-                let sum = |s: &Scrape| -> Option<f64> {
-                    let all: Vec<f64> = s
-                        .all(&name)
-                        .iter()
-                        .filter(|(l, _)| label(l, "model") == Some(&model))
-                        .map(|(_, v)| *v)
-                        .collect();
-                    (!all.is_empty()).then(|| all.iter().sum())
-                };
-                match (sum(before), sum(after)) {
-                    (Some(b), Some(a)) => rate(b, a, dt),
-                    _ => f64::NAN,
+                if before.matching(&name, &id).is_empty() {
+                    return f64::NAN;
                 }
+                increase_of(&name, &id, before, after).map_or(f64::NAN, |n| n / dt)
             };
             let quantiles = |name: &str| p50_p99(name, &id, before, after);
             self.frontends.push(FrontendRow {
@@ -247,29 +287,20 @@ impl Snapshot {
             let id = label(labels, "gpu").unwrap_or("").to_owned();
             let one = [("gpu", id.as_str())];
             let gauge = |name: &str| after.value(name, &one).unwrap_or(f64::NAN);
-            let counted = |name: &str| {
-                let name = counter(name);
-                let sum = |s: &Scrape| -> f64 {
-                    s.all(&name)
-                        .iter()
-                        .filter(|(l, _)| label(l, "gpu") == Some(&id))
-                        .map(|(_, v)| v)
-                        .sum()
-                };
-                (sum(after) - sum(before)).max(0.0)
-            };
+            let counted =
+                |name: &str| increase_of(&counter(name), &one, before, after).unwrap_or(0.0);
             let throttled_by = after
-                .all(gpu::CLOCK_EVENT.name)
-                .iter()
-                .filter(|(l, v)| label(l, "gpu") == Some(&id) && *v > 0.0)
+                .matching(gpu::CLOCK_EVENT.name, &one)
+                .into_iter()
+                .filter(|(_, v)| *v > 0.0)
                 .filter_map(|(l, _)| label(l, "reason"))
                 .filter(|r| *r != "gpu_idle")
                 .map(str::to_owned)
                 .collect();
             let mut fatal_xids: Vec<u64> = after
-                .all(&counter(gpu::XID_ERRORS.name))
-                .iter()
-                .filter(|(l, v)| label(l, "gpu") == Some(&id) && *v > 0.0)
+                .matching(&counter(gpu::XID_ERRORS.name), &one)
+                .into_iter()
+                .filter(|(_, v)| *v > 0.0)
                 .filter_map(|(l, _)| label(l, "xid")?.parse().ok())
                 .filter(|xid| FATAL_XIDS.contains(xid))
                 .collect();
@@ -342,5 +373,57 @@ impl Snapshot {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(before: &str, after: &str) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.add(
+            "u",
+            &Scrape::from_text(0.0, before.to_owned()),
+            &Scrape::from_text(1.0, after.to_owned()),
+        );
+        s
+    }
+
+    /// XID and ECC counters reset between two scrapes (the driver reloaded, the exporter
+    /// restarted): 5 then 2 is 2 errors in the window, as PromQL's `increase` counts it, and
+    /// each series (XID code) counts on its own.
+    #[test]
+    fn a_counter_reset_between_scrapes_still_counts() {
+        let gpu = "vigil_gpu_utilization_ratio{gpu=\"0\"} 0.5\n";
+        let before = format!(
+            "{gpu}vigil_gpu_xid_errors_total{{gpu=\"0\",xid=\"79\"}} 5\n\
+             vigil_gpu_xid_errors_total{{gpu=\"0\",xid=\"48\"}} 1\n"
+        );
+        let after = format!(
+            "{gpu}vigil_gpu_xid_errors_total{{gpu=\"0\",xid=\"79\"}} 2\n\
+             vigil_gpu_xid_errors_total{{gpu=\"0\",xid=\"48\"}} 4\n"
+        );
+        let s = window(&before, &after);
+        assert_eq!(s.gpus[0].xid_errors, 2.0 + 3.0);
+    }
+
+    /// Thousands of engines on one endpoint: each row reads its own engine's series (the
+    /// scrape is indexed once per family, not searched once per engine).
+    #[test]
+    fn thousands_of_engines_each_get_their_own_row() {
+        let mut body = String::new();
+        for e in 0..3400 {
+            body.push_str(&format!(
+                "vllm:num_requests_running{{model_name=\"m\",engine=\"{e}\"}} {e}\n\
+                 vllm:num_requests_waiting{{model_name=\"m\",engine=\"{e}\"}} {}\n\
+                 vllm:kv_cache_usage_perc{{model_name=\"m\",engine=\"{e}\"}} 0.5\n",
+                e * 2
+            ));
+        }
+        let s = window(&body, &body);
+        assert_eq!(s.engines.len(), 3400);
+        let row = s.engines.iter().find(|r| r.engine == "1234").unwrap();
+        assert_eq!((row.running, row.waiting), (1234.0, 2468.0));
     }
 }

@@ -69,6 +69,14 @@ pub fn why_slow(s: &Snapshot) -> String {
             );
         }
     }
+    // Requests waiting for a CPU thread before the engine sees them (tokenization behind a
+    // huge prompt, compiles behind a slow grammar): no vllm: gauge counts them.
+    if let Some(p) = s.pools.iter().find(|p| p.waiting > 0.0) {
+        return format!(
+            "queueing before the engine: {} requests wait for a {} thread ({} running)",
+            p.waiting, p.pool, p.running
+        );
+    }
     for e in &s.engines {
         if e.waiting > 0.0 {
             return format!(
@@ -203,5 +211,27 @@ mod tests {
             ..Default::default()
         };
         assert!(why_slow(&s).starts_with("nothing stands out"));
+    }
+
+    /// Requests stuck before the engine (waiting for a CPU thread) are in no vllm: gauge: the
+    /// verdict names the pool they wait for, ahead of an engine queue that reads empty.
+    #[test]
+    fn requests_waiting_for_a_cpu_thread_are_named() {
+        use super::super::snapshot::PoolRow;
+        let pool = |pool: &str, waiting: f64| PoolRow {
+            url: "u".into(),
+            pool: pool.into(),
+            waiting,
+            running: 1.0,
+        };
+        let s = Snapshot {
+            engines: vec![engine(0.0, 0.1, 0.0)],
+            pools: vec![pool("request", 0.0), pool("grammar", 7.0)],
+            ..Default::default()
+        };
+        assert_eq!(
+            why_slow(&s),
+            "queueing before the engine: 7 requests wait for a grammar thread (1 running)"
+        );
     }
 }

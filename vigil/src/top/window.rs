@@ -4,9 +4,13 @@
 //! rank falls in; the first bucket starts at 0; a rank in the `+Inf` bucket gives the highest
 //! finite bound; no observations give NaN).
 
-/// A counter's increase between two readings.
+/// A counter's increase between two readings. A counter that went down was reset and counts
+/// from zero; a negative or NaN reading is no counter value (the exposition is broken) and
+/// counts nothing, so that no rate comes out negative.
 pub fn increase(before: f64, after: f64) -> f64 {
-    if after < before {
+    if after.is_nan() || after < 0.0 {
+        0.0
+    } else if before.is_nan() || before < 0.0 || before > after {
         after
     } else {
         after - before
@@ -79,6 +83,17 @@ mod tests {
     fn counters_reset_to_zero() {
         assert_eq!(rate(10.0, 30.0, 4.0), 5.0);
         assert_eq!(rate(30.0, 6.0, 2.0), 3.0);
+        assert_eq!(increase(5.0, 2.0), 2.0);
+    }
+
+    /// A counter is never negative: a reading below zero (a broken exposition) counts nothing,
+    /// and one after it counts from zero, so no rate is negative.
+    #[test]
+    fn negative_readings_give_no_negative_rate() {
+        assert_eq!(rate(0.0, -4.0, 2.0), 0.0);
+        assert_eq!(rate(-4.0, 6.0, 2.0), 3.0);
+        assert_eq!(rate(f64::NAN, 6.0, 2.0), 3.0);
+        assert_eq!(rate(1.0, f64::NAN, 2.0), 0.0);
     }
 
     /// The examples follow Prometheus's documentation of `histogram_quantile`.
