@@ -1112,14 +1112,34 @@ fn every_request_gets_an_access_log_line() {
         chunks += usize::from(line.starts_with("data: "));
     }
     drop((reader, gone));
-    let lines = wait_for("four access lines", Duration::from_secs(10), || {
+    // A client that leaves a request that is not streamed before its answer.
+    {
+        use std::io::Write;
+        let body = r#"{"prompt": "Hi", "max_tokens": 1000, "ignore_eos": true}"#;
+        let mut left = std::net::TcpStream::connect(v.addr).unwrap();
+        write!(
+            left,
+            "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        wait_for("its first tokens", Duration::from_secs(10), || {
+            let m = v.metrics();
+            common::sample(&m, "vllm:num_requests_running")
+                .filter(|n| *n > 0.0)
+                .and_then(|_| {
+                    common::sample(&m, "vllm:generation_tokens_total").filter(|n| *n > 8.0)
+                })
+        });
+    }
+    let lines = wait_for("the access lines", Duration::from_secs(15), || {
         let log = v.log();
         let lines: Vec<String> = log
             .lines()
             .filter(|l| l.contains("vigil::access"))
             .map(str::to_owned)
             .collect();
-        (lines.len() >= 4).then_some(lines)
+        lines.iter().any(|l| l.contains("\" 499")).then_some(lines)
     });
     let find = |needle: &str| {
         lines
@@ -1137,7 +1157,10 @@ fn every_request_gets_an_access_log_line() {
     assert!(line.contains("complete=true"), "{line}");
     assert!(find("\" 400").contains("POST /v1/completions"));
     assert!(find("\" 404").contains("GET /no/such/route"));
-    let aborted = find("complete=false");
+    let aborted = lines
+        .iter()
+        .find(|l| l.contains("complete=false") && l.contains("\" 200"))
+        .unwrap_or_else(|| panic!("no aborted stream: {lines:#?}"));
     assert!(aborted.contains("request_id=\"cmpl-"), "{aborted}");
     let delivered: usize = aborted
         .split("output_tokens=")
@@ -1145,6 +1168,10 @@ fn every_request_gets_an_access_log_line() {
         .and_then(|rest| rest.split(' ').next()?.parse().ok())
         .unwrap_or_else(|| panic!("{aborted}"));
     assert!(delivered >= 5, "{aborted}");
+    let left = find("\" 499");
+    assert!(left.contains("POST /v1/completions"), "{left}");
+    assert!(left.contains("complete=false"), "{left}");
+    assert!(left.contains("request_id=\"cmpl-"), "{left}");
 
     for flag in ["--disable-uvicorn-access-log", "--disable-log-requests"] {
         let quiet = Vigil::serve(&[flag]);

@@ -1,7 +1,8 @@
 //! The access log: one line per request, as vLLM's server (uvicorn) writes one, when its answer
 //! is done: the client, method, path, status, duration, and for generation requests the request
 //! id and its prompt and output tokens. A line is written when the response body ends, or when
-//! it is dropped unsent (the client went away), so aborted streams are logged too.
+//! it is dropped unsent (the client went away), so aborted streams are logged too, and so is a
+//! request whose client left before its answer existed (status 499).
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -50,13 +51,32 @@ pub async fn log_requests(mut req: Request, next: Next) -> Response {
         note: AccessNote::default(),
     };
     req.extensions_mut().insert(line.note.clone());
+    // A client that goes away before the answer (a request that is not streamed) drops this
+    // future at the await, and the guard writes the line then: status 499, nginx's "client
+    // closed request", since no status was sent.
+    let mut unanswered = Unanswered(Some(line));
     let (parts, body) = next.run(req).await.into_parts();
     let mut line = Line {
         status: parts.status.as_u16(),
-        ..line
+        ..unanswered.0.take().expect("taken once")
     };
     let body = crate::body_end::on_end(body, move |complete| line.write(complete));
     Response::from_parts(parts, body)
+}
+
+/// The status an access line gives a request whose client went away before its answer.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// A request's line until its answer exists; dropped unanswered, it writes the line itself.
+struct Unanswered(Option<Line>);
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let Some(mut line) = self.0.take() {
+            line.status = CLIENT_CLOSED_REQUEST;
+            line.write(false);
+        }
+    }
 }
 
 struct Line {
