@@ -345,6 +345,28 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     })
 }
 
+/// NVML's `nvmlMemory_t`, of the v1 call older drivers have (no reserved memory: it counts as
+/// used, as those drivers report it).
+#[repr(C)]
+pub struct MemoryV1 {
+    total: c_ulonglong,
+    free: c_ulonglong,
+    used: c_ulonglong,
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+    device: *mut c_void,
+    memory: *mut MemoryV1,
+) -> Return {
+    answer!(device, "memory", |g, t| {
+        let m = &mut *memory;
+        m.total = g.memory_total;
+        m.used = g.memory_used.saturating_add(g.memory_reserved);
+        m.free = g.memory_total.saturating_sub(m.used);
+    })
+}
+
 #[repr(C)]
 pub struct Utilization {
     gpu: c_uint,

@@ -143,3 +143,37 @@ fn later_polls_update_drop_and_count() {
     // The healthy GPU is untouched by its neighbour's failure.
     assert_eq!(v("vigil_gpu_up", H100), Some(1.0));
 }
+
+/// The driver's versions: an info series with what is known of them, and why not counted on
+/// every GPU, so that `vigil_gpu_driver_info` never vanishes without a reason.
+#[test]
+fn a_driver_version_that_cannot_be_read_is_counted() {
+    let exporter = Exporter::new(ExporterConfig::new(2048));
+    let mut poll = recording().poll();
+    poll.cuda_driver_version = Err(probes::nvml::reading::ErrorKind::MissingFunction);
+    let mut series = GpuSeries::new();
+    series.apply(&exporter, &poll);
+    let text = render(&exporter, Format::Prometheus);
+    let driver = poll.driver_version.clone().unwrap();
+    assert_eq!(
+        value(
+            &text,
+            "vigil_gpu_driver_info",
+            &format!("cuda_driver_version=\"\",driver_version=\"{driver}\"")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("vigil_gpu_read_errors_total{")
+                && l.contains("field=\"driver_version\"")
+                && l.contains("error=\"missing_function\"")
+                && l.contains("gpu=\"0\"")),
+        "{text}"
+    );
+    poll.driver_version = Err(probes::nvml::reading::ErrorKind::Other);
+    series.apply(&exporter, &poll);
+    let text = render(&exporter, Format::Prometheus);
+    assert!(!text.contains("vigil_gpu_driver_info{"), "{text}");
+}

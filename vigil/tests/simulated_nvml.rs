@@ -307,26 +307,57 @@ fn a_workstation_without_permission_or_ecc_reports_what_it_can() {
     assert!([0.0, 0.5, 1.0].contains(&ratio), "{ratio}");
 }
 
-/// An older driver's NVML lacks functions Vigil calls (memory info v2, compute processes v3,
-/// the event wait v2): nvml-wrapper finds them missing at load, and the poller keeps every
-/// other field, counting the missing ones as `missing_function` at each poll.
+/// An older driver's NVML (R470-era) lacks functions Vigil calls (memory info v2, the CUDA
+/// driver version v2, compute processes v3, the event wait v2): the poller reads memory and
+/// the CUDA version through the v1 calls such a driver has (its memory info has no reserved
+/// figure: reserved memory counts as used, as that driver reports it), keeps every other
+/// field, and counts what has no older call as `missing_function` at each poll.
 #[test]
 fn an_older_driver_without_some_functions_keeps_the_probe_running() {
     let (_, node) = profile("h100x8");
     let v = serve_with_nvml("h100x8", &format!("{}/old-driver", common::simulator()));
     let s = common::wait_for("polls counted", Duration::from_secs(20), || {
         let s = samples(&v.metrics());
-        let polls = value(&s, "vigil_gpu_read_errors_total", 7, &[("field", "memory")]);
+        let polls = value(
+            &s,
+            "vigil_gpu_read_errors_total",
+            7,
+            &[("field", "processes")],
+        );
         polls.is_some_and(|n| n >= 3.0).then_some(s)
     });
+    let m = v.metrics();
+    assert!(
+        m.lines().any(|l| l.starts_with("vigil_gpu_driver_info{")
+            && l.contains(&format!(
+                "driver_version=\"{}\"",
+                node["driver_version"].as_str().unwrap()
+            ))),
+        "{m}"
+    );
     for (i, g) in node["gpus"].as_array().unwrap().iter().enumerate() {
         assert_eq!(value(&s, "vigil_gpu_up", i, &[]), Some(1.0), "GPU {i}");
         assert_eq!(
             value(&s, "vigil_gpu_power_watts", i, &[]),
             Some(u(g, "power_mw") / 1000.0)
         );
-        assert_eq!(value(&s, "vigil_gpu_memory_used_bytes", i, &[]), None);
-        for field in ["memory", "processes", "xid_events"] {
+        assert_eq!(
+            value(&s, "vigil_gpu_memory_used_bytes", i, &[]),
+            Some(u(g, "memory_used") + u(g, "memory_reserved")),
+            "GPU {i}"
+        );
+        assert_eq!(
+            value(&s, "vigil_gpu_memory_total_bytes", i, &[]),
+            Some(u(g, "memory_total")),
+            "GPU {i}"
+        );
+        assert_eq!(value(&s, "vigil_gpu_memory_reserved_bytes", i, &[]), None);
+        assert_eq!(
+            value(&s, "vigil_gpu_read_errors_total", i, &[("field", "memory")]),
+            None,
+            "GPU {i}: memory is read"
+        );
+        for field in ["processes", "xid_events"] {
             let n = value(
                 &s,
                 "vigil_gpu_read_errors_total",

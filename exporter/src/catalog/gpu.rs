@@ -37,6 +37,7 @@ pub const FIELDS: &[&str] = &[
     "remapped_rows",
     "processes",
     "xid_events",
+    "driver_version",
 ];
 
 /// NVML's error kinds, as the values of `vigil_gpu_read_errors_total`'s `error`.

@@ -66,15 +66,34 @@ impl GpuSeries {
     /// The samples of `poll`, counting its errors and XID events.
     pub fn samples(&mut self, poll: &Poll) -> Vec<Sample> {
         let mut out = Vec::new();
-        if let (Ok(driver), Ok(cuda)) = (&poll.driver_version, &poll.cuda_driver_version) {
+        // The driver's versions: what is known of them (an empty CUDA version where the driver
+        // did not say), and why not counted on every GPU's read errors, so that the info
+        // series never vanishes without a reason.
+        if let Ok(driver) = &poll.driver_version {
             out.push(Sample {
                 def: &DRIVER_INFO,
                 labels: vec![
                     ("driver_version", driver.clone()),
-                    ("cuda_driver_version", cuda.clone()),
+                    (
+                        "cuda_driver_version",
+                        poll.cuda_driver_version.clone().unwrap_or_default(),
+                    ),
                 ],
                 value: 1.0,
             });
+        }
+        let driver_error = poll
+            .driver_version
+            .as_ref()
+            .err()
+            .or(poll.cuda_driver_version.as_ref().err());
+        if let Some(kind) = driver_error {
+            for g in &poll.gpus {
+                *self
+                    .read_errors
+                    .entry((g.index, "driver_version", *kind))
+                    .or_default() += 1;
+            }
         }
         for gpu in &poll.gpus {
             self.gpu_samples(gpu, &mut out);

@@ -65,6 +65,57 @@ pub fn kind_of(e: &NvmlError) -> ErrorKind {
     }
 }
 
+/// A GPU's memory: NVML's v2 call (R510 and later drivers; it reports reserved memory too), or
+/// on an older driver, which lacks it, the v1 call every driver has.
+fn memory_info(nvml: &Nvml, d: &nvml_wrapper::Device<'_>) -> Result<Memory, NvmlError> {
+    match d.memory_info() {
+        Ok(m) => Ok(Memory {
+            total: m.total,
+            used: m.used,
+            free: m.free,
+            reserved: (m.version >= 2).then_some(m.reserved),
+        }),
+        Err(NvmlError::FailedToLoadSymbol(_)) => {
+            /// NVML's `nvmlMemory_t`.
+            #[repr(C)]
+            #[derive(Default)]
+            struct MemoryV1 {
+                total: u64,
+                free: u64,
+                used: u64,
+            }
+            let v1 = nvml_wrapper::error::nvml_sym(nvml.lib().nvmlDeviceGetMemoryInfo.as_ref())?;
+            let mut m = MemoryV1::default();
+            // SAFETY: the handle is the live device's, and `m` has nvmlMemory_t's layout.
+            nvml_wrapper::error::nvml_try(unsafe {
+                v1(d.handle(), &mut m as *mut MemoryV1 as *mut _)
+            })?;
+            Ok(Memory {
+                total: m.total,
+                used: m.used,
+                free: m.free,
+                reserved: None,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The CUDA version the driver supports: NVML's v2 call, or the v1 call of older drivers.
+fn cuda_driver_version(nvml: &Nvml) -> Result<i32, NvmlError> {
+    match nvml.sys_cuda_driver_version() {
+        Err(NvmlError::FailedToLoadSymbol(_)) => {
+            let v1 =
+                nvml_wrapper::error::nvml_sym(nvml.lib().nvmlSystemGetCudaDriverVersion.as_ref())?;
+            let mut version = 0;
+            // SAFETY: v1 writes one int through a valid pointer.
+            nvml_wrapper::error::nvml_try(unsafe { v1(&mut version) })?;
+            Ok(version)
+        }
+        answer => answer,
+    }
+}
+
 /// A reading from an NVML result.
 fn r<T>(res: Result<T, NvmlError>) -> Reading<T> {
     res.map_err(|e| kind_of(&e))
@@ -139,12 +190,7 @@ impl NvmlSource {
         GpuPoll {
             index,
             identity: r(identity),
-            memory: r(d.memory_info().map(|m| Memory {
-                total: m.total,
-                used: m.used,
-                free: m.free,
-                reserved: (m.version >= 2).then_some(m.reserved),
-            })),
+            memory: r(memory_info(&self.nvml, d)),
             utilization: r(d.utilization_rates().map(|u| Utilization {
                 gpu_percent: u.gpu,
                 memory_percent: u.memory,
@@ -211,9 +257,7 @@ impl GpuSource for NvmlSource {
         }
         Poll {
             driver_version: self.nvml.sys_driver_version().map_err(|e| kind_of(&e)),
-            cuda_driver_version: self
-                .nvml
-                .sys_cuda_driver_version()
+            cuda_driver_version: cuda_driver_version(&self.nvml)
                 .map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10))
                 .map_err(|e| kind_of(&e)),
             gpus,
