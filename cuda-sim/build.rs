@@ -36,6 +36,13 @@ fn main() {
         for file in cu_files(dir) {
             let text = std::fs::read_to_string(&file).unwrap();
             let file_name = file.file_name().unwrap().to_string_lossy().into_owned();
+            // What NVRTC compiles: the prelude, a newline, the file (the backend's
+            // `kernels::compile`); the PTX carries this digest of it.
+            let compiled = match prelude {
+                Some(prelude) => format!("{}\n{text}", std::fs::read_to_string(prelude).unwrap()),
+                None => text.clone(),
+            };
+            let digest = hex_sha256(&compiled);
             let entries = entries(&text).unwrap_or_else(|e| panic!("{file_name}: {e}"));
             let mut unit = String::new();
             if let Some(prelude) = prelude {
@@ -76,7 +83,7 @@ fn main() {
                 .unwrap();
                 writeln!(
                     table,
-                    "    {{\"{n}\", \"{file_name}\", cuda_sim_launch_{n}, {}, cuda_sim_sizes_{n}}},",
+                    "    {{\"{n}\", \"{file_name}\", \"{digest}\", cuda_sim_launch_{n}, {}, cuda_sim_sizes_{n}}},",
                     entry.params.len(),
                     n = entry.name
                 )
@@ -89,8 +96,8 @@ fn main() {
         }
     }
     let registry = format!(
-        "struct CudaSimKernel {{ const char* name; const char* file; void (*launch)(void**); \
-         unsigned n_params; const unsigned* sizes; }};\n{declarations}\n\
+        "struct CudaSimKernel {{ const char* name; const char* file; const char* digest; \
+         void (*launch)(void**); unsigned n_params; const unsigned* sizes; }};\n{declarations}\n\
          extern \"C\" const CudaSimKernel cuda_sim_kernels[] = {{\n{table}}};\n\
          extern \"C\" const unsigned cuda_sim_kernel_count = {count};\n"
     );
@@ -115,6 +122,15 @@ fn main() {
         .flag("-Wno-unused-function")
         .files(&sources)
         .compile("cuda_sim_kernels");
+}
+
+/// The SHA-256 of `text` in lower-case hex.
+fn hex_sha256(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Stops the build with what to install when clang (for the kernels, C++17) is missing: the

@@ -548,8 +548,10 @@ struct Module {
     functions: HashMap<String, Box<Function>>,
 }
 
-/// Checks a PTX module against the kernels compiled for the host: same target family, and for
-/// every entry point a host kernel of that name with the same parameter sizes.
+/// Checks a PTX module against the kernels compiled for the host: same target family, for
+/// every entry point a host kernel of that name with the same parameter sizes, and where the
+/// PTX carries its source's digest (the backend's always do), the same source: a simulator
+/// built from another version of a kernel file would otherwise run its old code silently.
 fn load_ptx(text: &str) -> Result<Module, String> {
     let module = ptx::parse(text)?;
     let arch: u32 = module
@@ -577,6 +579,16 @@ fn load_ptx(text: &str) -> Result<Module, String> {
                 entry.name
             )
         })?;
+        if let Some(digest) = &module.source_digest {
+            if digest != kernel.digest {
+                return Err(format!(
+                    "entry point `{}`: the PTX was compiled from another version of {} than \
+                     this simulator was built from (source digest {digest}, the simulator's \
+                     {}): rebuild it (`cargo build -p vigil-cuda-sim`, or `cargo xtask test`)",
+                    entry.name, kernel.file, kernel.digest
+                ));
+            }
+        }
         if kernel.param_sizes != entry.param_sizes.as_slice() {
             return Err(format!(
                 "entry point `{}`: the PTX's parameters ({:?} bytes) differ from those of {} \

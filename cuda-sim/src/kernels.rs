@@ -11,6 +11,7 @@ pub type Launcher = unsafe extern "C" fn(*mut *mut c_void);
 struct RawKernel {
     name: *const c_char,
     file: *const c_char,
+    digest: *const c_char,
     launch: Launcher,
     n_params: u32,
     sizes: *const u32,
@@ -26,6 +27,9 @@ extern "C" {
 pub struct HostKernel {
     pub name: &'static str,
     pub file: &'static str,
+    /// The SHA-256 (hex) of the source NVRTC compiles for it (the file, after `common.cuh`
+    /// for the engine's kernels), which the backend's PTX carries as `vigil_source_digest`.
+    pub digest: &'static str,
     pub launch: Launcher,
     /// Each parameter's size in bytes, in order, as the C signature declares them.
     pub param_sizes: &'static [u32],
@@ -46,6 +50,7 @@ pub fn all() -> &'static [HostKernel] {
                 .map(|k| HostKernel {
                     name: CStr::from_ptr(k.name).to_str().unwrap(),
                     file: CStr::from_ptr(k.file).to_str().unwrap(),
+                    digest: CStr::from_ptr(k.digest).to_str().unwrap(),
                     launch: k.launch,
                     param_sizes: std::slice::from_raw_parts(k.sizes, k.n_params as usize),
                 })

@@ -18,6 +18,29 @@ pub struct PtxModule {
     /// `.target`, e.g. `sm_90`.
     pub target: String,
     pub entries: Vec<PtxEntry>,
+    /// The digest of the source the PTX came from, where it carries one (the backend's
+    /// `vigil_source_digest` global: the SHA-256 of the source it gave NVRTC, in hex).
+    pub source_digest: Option<String>,
+}
+
+/// The name of the global the backend's kernels carry their source's digest in.
+pub const SOURCE_DIGEST: &str = "vigil_source_digest";
+
+/// The string a `.global .b8 NAME[N] = {b, b, ...};` declaration holds (its NUL dropped).
+fn source_digest(text: &str) -> Option<String> {
+    let at = text.find(&format!("{SOURCE_DIGEST}["))?;
+    let rest = &text[at..];
+    let open = rest.find('{')?;
+    let close = rest[open..].find('}')? + open;
+    let bytes: Option<Vec<u8>> = rest[open + 1..close]
+        .split(',')
+        .map(|b| b.trim().parse().ok())
+        .collect();
+    let mut bytes = bytes?;
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// The size of a `.param` or `.shared` declaration: `.b8 name[N]` is N bytes, a scalar its
@@ -116,7 +139,11 @@ pub fn parse(text: &str) -> Result<PtxModule, String> {
     if entries.is_empty() {
         return Err("no .entry in the module".into());
     }
-    Ok(PtxModule { target, entries })
+    Ok(PtxModule {
+        target,
+        entries,
+        source_digest: source_digest(text),
+    })
 }
 
 #[cfg(test)]

@@ -253,6 +253,49 @@ fn a_module_from_other_sources_is_refused() {
     }
 }
 
+/// PTX that carries the digest of its source (as the backend's does) is refused when the
+/// simulator was built from another version of that source: a stale host build of a kernel
+/// cannot pass for the current one. The same PTX with the digest of the source the simulator
+/// has loads.
+#[test]
+fn ptx_from_another_version_of_the_source_is_refused() {
+    use sha2::Digest;
+    let with_digest = |digest: &str| {
+        let source = format!(
+            "{SOURCE}\nextern \"C\" __device__ const char vigil_source_digest[] = \"{digest}\";\n"
+        );
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
+            source,
+            cudarc::nvrtc::CompileOptions {
+                arch: Some("sm_90"),
+                ..Default::default()
+            },
+        )
+        .expect("NVRTC (run the tests with `cargo xtask test`, which fetches it)");
+        std::ffi::CString::new(ptx.to_src()).unwrap()
+    };
+    let current: String = sha2::Sha256::digest(SOURCE.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let other: String = current.chars().rev().collect();
+    // SAFETY: plain driver calls with valid pointers.
+    unsafe {
+        ok(cuInit(0), "init");
+        let mut module = std::ptr::null_mut();
+        let stale = with_digest(&other);
+        assert_eq!(
+            cuModuleLoadData(&mut module, stale.as_ptr() as *const c_void),
+            CUDA_ERROR_INVALID_PTX
+        );
+        let fresh = with_digest(&current);
+        ok(
+            cuModuleLoadData(&mut module, fresh.as_ptr() as *const c_void),
+            "the current source's PTX",
+        );
+    }
+}
+
 /// Runs `kernel`'s out-of-bounds case in a child process (a memcheck report ends the process,
 /// as an illegal address ends a CUDA context) and returns its exit status and stderr.
 fn bad_access_in_a_child(kernel: &str) -> (Option<i32>, String) {

@@ -182,13 +182,24 @@ pub fn nvrtc_available() -> bool {
 /// NVRTC options besides the architecture.
 pub const OPTIONS: &[&str] = &["-std=c++17"];
 
+/// The global each module's PTX carries its source's digest in: the SHA-256 (hex) of
+/// `common.cuh`, a newline and the file, as NVRTC compiles them. The simulated GPU compares it
+/// with the digest of the source it compiled the same kernels from for the host.
+pub const SOURCE_DIGEST: &str = "vigil_source_digest";
+
 /// Compiles `file` to PTX for `arch` (e.g. `sm_90`, from the device's compute capability).
 /// Panics inside cudarc when libnvrtc is missing: check [`nvrtc_available`] first.
 pub fn compile(file: &KernelFile, arch: &str) -> Result<Ptx, CompileError> {
+    use sha2::Digest;
     let mut options = vec![format!("--gpu-architecture={arch}")];
     options.extend(OPTIONS.iter().map(|o| o.to_string()));
+    let source = format!("{COMMON}\n{}", file.source);
+    let digest: String = sha2::Sha256::digest(source.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     compile_ptx_with_opts(
-        format!("{COMMON}\n{}", file.source),
+        format!("{source}\nextern \"C\" __device__ const char {SOURCE_DIGEST}[] = \"{digest}\";\n"),
         CompileOptions {
             options,
             name: Some(file.name.to_owned()),
@@ -216,6 +227,12 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{} for {arch}: {e:?}", file.name))
                     .to_src();
                 assert!(ptx.contains(&format!(".target {arch}")), "{}", file.name);
+                // The source's digest, for the simulated GPU to check (64 hex digits + NUL).
+                assert!(
+                    ptx.contains(&format!(".b8 {SOURCE_DIGEST}[65] = {{")),
+                    "{}: no source digest",
+                    file.name
+                );
                 for entry in file.entries {
                     assert!(
                         ptx.contains(&format!(".entry {}(", entry.name)),
