@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use cudarc::nvrtc::{CompileError, Ptx};
 use sha2::{Digest, Sha256};
 
-use super::kernels::{compile, KernelFile, COMMON, OPTIONS};
+use super::kernels::{compile, KernelFile, COMMON, OPTIONS, SOURCE_DIGEST};
 
 /// Where the cache lives here, if anywhere.
 pub fn default_dir() -> Option<PathBuf> {
@@ -44,7 +44,9 @@ fn nvrtc_version() -> (i32, i32) {
 /// The cache file of `file` for `arch`.
 pub fn entry(dir: &Path, file: &KernelFile, arch: &str) -> PathBuf {
     let mut h = Sha256::new();
-    for part in [COMMON, file.source, arch, &OPTIONS.join(" ")] {
+    // The digest global's name stands for how `compile` extends the source: PTX cached before
+    // it carried the digest is not taken for PTX that does.
+    for part in [COMMON, file.source, arch, &OPTIONS.join(" "), SOURCE_DIGEST] {
         h.update(part.as_bytes());
         h.update([0]);
     }
