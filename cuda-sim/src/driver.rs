@@ -30,6 +30,7 @@ pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
 pub const CUDA_ERROR_INVALID_IMAGE: CUresult = 200;
 pub const CUDA_ERROR_INVALID_PTX: CUresult = 218;
 pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
+pub const CUDA_ERROR_ILLEGAL_ADDRESS: CUresult = 700;
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
 pub const CUDA_ERROR_LAUNCH_FAILED: CUresult = 719;
 pub const CUDA_ERROR_NOT_SUPPORTED: CUresult = 801;
@@ -796,11 +797,11 @@ pub unsafe extern "C" fn cuLaunchKernel(
         block,
     };
     if let Err(e) = threads::run_grid(launch, params) {
-        return fail(
-            "cuLaunchKernel",
-            CUDA_ERROR_LAUNCH_FAILED,
-            format_args!("{name}: {e}"),
-        );
+        let code = match e {
+            threads::LaunchError::IllegalAddress { .. } => CUDA_ERROR_ILLEGAL_ADDRESS,
+            threads::LaunchError::Deadlock { .. } => CUDA_ERROR_LAUNCH_FAILED,
+        };
+        return fail("cuLaunchKernel", code, format_args!("{name}: {e}"));
     }
     if let Some(damage) = memory::check_canaries(addresses) {
         let side = if damage.offset < 0 {
@@ -816,7 +817,11 @@ pub unsafe extern "C" fn cuLaunchKernel(
             damage.size,
             damage.data
         );
-        std::process::exit(crate::memcheck::EXIT_STATUS);
+        return fail(
+            "cuLaunchKernel",
+            CUDA_ERROR_ILLEGAL_ADDRESS,
+            format_args!("{name}: an invalid write of device memory"),
+        );
     }
     CUDA_SUCCESS
 }
@@ -835,6 +840,7 @@ pub unsafe extern "C" fn cuGetErrorName(error: CUresult, name: *mut *const c_cha
         218 => c"CUDA_ERROR_INVALID_PTX",
         400 => c"CUDA_ERROR_INVALID_HANDLE",
         500 => c"CUDA_ERROR_NOT_FOUND",
+        700 => c"CUDA_ERROR_ILLEGAL_ADDRESS",
         719 => c"CUDA_ERROR_LAUNCH_FAILED",
         801 => c"CUDA_ERROR_NOT_SUPPORTED",
         _ => return CUDA_ERROR_INVALID_VALUE,

@@ -1,9 +1,13 @@
 //! Reporting bad memory accesses of kernels, as compute-sanitizer's memcheck does: a kernel
 //! that touches a guard page ([`crate::memory`]) faults, and the fault handler names the
 //! kernel, the block, the thread, read or write, and where the address lies relative to the
-//! allocation. On a GPU such an access is a sticky error that ends the context (every later
-//! call fails); here the process ends with the report, exit status [`EXIT_STATUS`]. A fault
-//! anywhere else is left to the previous handler.
+//! allocation. The faulting CUDA thread (a fiber) is then ended through its coroutine's trap
+//! handler, and the launch fails with CUDA's illegal address (700), so that a caller such as
+//! `vigil check-gpu` reports that check's failure and goes on. Unlike a GPU's, whose context is
+//! lost after such an error, the simulated context stays usable: the guard caught the access
+//! before it touched anything. Where the fiber cannot be ended so (not x86-64, or the fault is
+//! not on a fiber's stack), the process ends with the report, exit status [`EXIT_STATUS`]. A
+//! fault anywhere else is left to the previous handler.
 
 use std::io::Write as _;
 use std::sync::Once;
@@ -67,6 +71,41 @@ fn was_write(context: *mut libc::c_void) -> Option<bool> {
     }
 }
 
+/// Ends the running fiber where the fault interrupted it: its coroutine returns as if the
+/// kernel had, and the block's scheduler, told so, fails the launch. Whether it could.
+fn end_the_fiber(context: *mut libc::c_void) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let Some(trap) = crate::threads::take_trap_handler() else {
+            return false;
+        };
+        // SAFETY: the kernel passes a ucontext_t to SA_SIGINFO handlers; the registers are
+        // rewritten as corosensei's trap handler asks, so that on return from this handler the
+        // fiber runs the trap function on its own (reset) stack and returns to its scheduler.
+        // The kernel's writes before the fault stay as they were, as on a GPU.
+        unsafe {
+            let uc = &mut *(context as *mut libc::ucontext_t);
+            let regs = &mut uc.uc_mcontext.gregs;
+            if !trap.stack_ptr_in_bounds(regs[libc::REG_RSP as usize] as usize) {
+                return false;
+            }
+            crate::threads::mark_faulted();
+            let to = trap.setup_trap_handler(|| ());
+            regs[libc::REG_RIP as usize] = to.rip as i64;
+            regs[libc::REG_RSP as usize] = to.rsp as i64;
+            regs[libc::REG_RBP as usize] = to.rbp as i64;
+            regs[libc::REG_RDI as usize] = to.rdi as i64;
+            regs[libc::REG_RSI as usize] = to.rsi as i64;
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = context;
+        false
+    }
+}
+
 extern "C" fn on_fault(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo_t.
     let addr = unsafe { (*info).si_addr() } as usize;
@@ -92,11 +131,13 @@ extern "C" fn on_fault(signal: i32, info: *mut libc::siginfo_t, context: *mut li
             r.kernel, r.block, r.thread
         );
         let len = 512 - w.len();
-        // SAFETY: write(2) and _exit(2) are async-signal-safe.
-        unsafe {
-            libc::write(2, buf.as_ptr() as *const _, len);
-            libc::_exit(EXIT_STATUS);
+        // SAFETY: write(2) is async-signal-safe.
+        unsafe { libc::write(2, buf.as_ptr() as *const _, len) };
+        if end_the_fiber(context) {
+            return;
         }
+        // SAFETY: _exit(2) is async-signal-safe.
+        unsafe { libc::_exit(EXIT_STATUS) };
     }
     if let Some(r) = running {
         let mut buf = [0u8; 256];

@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 
 use corosensei::stack::DefaultStack;
+use corosensei::trap::CoroutineTrapHandler;
 use corosensei::{Coroutine, CoroutineResult, Yielder};
 
 use crate::kernels::HostKernel;
@@ -40,6 +41,21 @@ thread_local! {
     /// The block this OS thread is running, while it runs one.
     static BLOCK: Cell<*mut BlockState> = const { Cell::new(std::ptr::null_mut()) };
     static STACKS: RefCell<Vec<DefaultStack>> = const { RefCell::new(Vec::new()) };
+    /// The running fiber's trap handler, for the fault handler to end it with.
+    static TRAP: Cell<Option<CoroutineTrapHandler<()>>> = const { Cell::new(None) };
+    /// Set by the fault handler when it ended the running fiber at an invalid access.
+    static FAULTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The running fiber's trap handler, taken (for the fault handler: it ends the fiber with it
+/// at most once).
+pub fn take_trap_handler() -> Option<CoroutineTrapHandler<()>> {
+    TRAP.with(|t| t.take())
+}
+
+/// Tells the block's scheduler that the fiber it resumed was ended by the fault handler.
+pub fn mark_faulted() {
+    FAULTED.with(|f| f.set(true));
 }
 
 /// The CUDA thread running on this OS thread, if any (for the fault handler).
@@ -212,7 +228,15 @@ pub extern "C" fn cuda_sim_activemask() -> u32 {
 /// Why a launch failed inside the simulator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LaunchError {
-    Deadlock { block: [u32; 3], waiting: usize },
+    Deadlock {
+        block: [u32; 3],
+        waiting: usize,
+    },
+    /// A thread of the block touched memory outside its allocations (the report is on
+    /// stderr): CUDA's illegal address.
+    IllegalAddress {
+        block: [u32; 3],
+    },
 }
 
 impl std::fmt::Display for LaunchError {
@@ -221,6 +245,10 @@ impl std::fmt::Display for LaunchError {
             LaunchError::Deadlock { block, waiting } => write!(
                 f,
                 "block {block:?}: {waiting} thread(s) wait at a barrier the others never reach"
+            ),
+            LaunchError::IllegalAddress { block } => write!(
+                f,
+                "block {block:?}: an invalid access of device memory (memcheck's report is above)"
             ),
         }
     }
@@ -330,7 +358,14 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
                 }))
             });
             moved = true;
-            if let CoroutineResult::Return(()) = fiber.resume(()) {
+            TRAP.with(|trap| trap.set(Some(fiber.trap_handler())));
+            let resumed = fiber.resume(());
+            TRAP.with(|trap| trap.set(None));
+            if FAULTED.with(|f| f.replace(false)) {
+                result = Err(LaunchError::IllegalAddress { block });
+                break;
+            }
+            if let CoroutineResult::Return(()) = resumed {
                 let done = slot.take().expect("a running fiber");
                 STACKS.with(|s| s.borrow_mut().push(done.into_stack()));
                 remaining -= 1;
@@ -342,6 +377,14 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
                 warp.active &= !(1 << (t % 32));
                 warp.complete_if_all_arrived();
             }
+        }
+        if result.is_err() {
+            // The fault handler ended a fiber at an invalid access: the block cannot go on,
+            // and its other fibers are left suspended (leaked, as on a deadlock).
+            for fiber in fibers.iter_mut().filter_map(Option::take) {
+                std::mem::forget(fiber);
+            }
+            break;
         }
         if !moved {
             result = Err(LaunchError::Deadlock {
