@@ -63,6 +63,8 @@ pub const EXPOSITION_PROBLEMS: &[&str] = &[
     "invalid_timestamp",
     // One label twice in a sample.
     "duplicate_label",
+    // A `__name__` label, which Prometheus's parser refuses.
+    "reserved_label",
     // A second HELP or TYPE for a family.
     "duplicate_metadata",
     // A second sample with the same name and labels.

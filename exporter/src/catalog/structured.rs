@@ -71,6 +71,9 @@ pub static COMPILE_SECONDS: MetricDef = MetricDef::new(
         },
     ],
 )
-.buckets(BucketFamily::Log2Microseconds);
+// The Prometheus client's default buckets (5 ms .. 10 s) span compiles from trivial to the
+// deadline; every kind and outcome is there from the start.
+.buckets(BucketFamily::PrometheusDefault)
+.precreate();
 
 pub static ALL: &[&MetricDef] = &[&REQUESTS, &FAILED, &MASK_SECONDS, &COMPILE_SECONDS];

@@ -114,6 +114,9 @@ fn sample(line: &str) -> Result<ParsedSample<'_>, Problem> {
             if names[..i].contains(label) {
                 return Err(Problem::DuplicateLabel);
             }
+            if *label == "__name__" {
+                return Err(Problem::ReservedLabel);
+            }
         }
     } else if name_end == line.len() || !line[name_end..].starts_with([' ', '\t']) {
         return Err(Problem::Malformed);

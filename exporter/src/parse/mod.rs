@@ -38,6 +38,9 @@ pub enum Problem {
     InvalidTimestamp,
     /// The same label twice in one sample.
     DuplicateLabel,
+    /// A sample with a `__name__` label, which Prometheus's parser refuses ("label name
+    /// `__name__` is reserved"), failing the whole scrape.
+    ReservedLabel,
     /// A second `# HELP` or `# TYPE` for a family.
     DuplicateMetadata,
     /// A sample whose name and labels repeat an earlier one's.
@@ -48,7 +51,7 @@ pub enum Problem {
 }
 
 impl Problem {
-    pub const ALL: [Problem; 10] = [
+    pub const ALL: [Problem; 11] = [
         Problem::InvalidUtf8,
         Problem::Malformed,
         Problem::MalformedMetadata,
@@ -56,6 +59,7 @@ impl Problem {
         Problem::InvalidValue,
         Problem::InvalidTimestamp,
         Problem::DuplicateLabel,
+        Problem::ReservedLabel,
         Problem::DuplicateMetadata,
         Problem::DuplicateSeries,
         Problem::Exemplar,
@@ -71,6 +75,7 @@ impl Problem {
             Problem::InvalidValue => "invalid_value",
             Problem::InvalidTimestamp => "invalid_timestamp",
             Problem::DuplicateLabel => "duplicate_label",
+            Problem::ReservedLabel => "reserved_label",
             Problem::DuplicateMetadata => "duplicate_metadata",
             Problem::DuplicateSeries => "duplicate_series",
             Problem::Exemplar => "exemplar",
@@ -328,7 +333,7 @@ impl<'a> Exposition<'a> {
     }
 
     /// How many problems of each kind, in [`Problem::ALL`]'s order.
-    pub fn problem_counts(&self) -> [(Problem, u64); 10] {
+    pub fn problem_counts(&self) -> [(Problem, u64); 11] {
         Problem::ALL.map(|p| {
             (
                 p,

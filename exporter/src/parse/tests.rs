@@ -116,6 +116,15 @@ fn an_unterminated_quote_costs_its_own_line_only() {
     assert_eq!(render(&e), "vllm:ok 1.0\nvllm:also_ok 3.0\n");
 }
 
+/// Prometheus's parser refuses a `__name__` label ("label name `__name__` is reserved") and
+/// marks the whole target down: the sample is left out, the rest passes.
+#[test]
+fn a_name_label_is_left_out() {
+    let e = all("vllm:x{__name__=\"vllm:y\"} 1\nvllm:x{a=\"__name__\"} 2\n");
+    assert_eq!(reasons(&e), vec!["reserved_label"]);
+    assert_eq!(render(&e), "vllm:x{a=\"__name__\"} 2.0\n");
+}
+
 #[test]
 fn an_exemplar_is_dropped_and_its_sample_kept() {
     let e = all("vllm:h_bucket{le=\"1\"} 3 # {trace_id=\"abc\"} 0.5 1700000000.1\n");

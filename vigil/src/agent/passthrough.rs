@@ -4,8 +4,8 @@
 //! already set. The engine's exposition arrives parsed ([`exporter::parse`]), so what is written
 //! back is valid whatever the engine sent, and three rules keep it one valid exposition with the
 //! agent's own series: a family the agent exports itself is not copied (it would appear twice),
-//! and a label is not injected where that would make a sample identical to another of the
-//! engine's (two distinct series would become one).
+//! and labels are not injected into samples where that would make two of the engine's series
+//! one (whether the other keeps its labels or gets the same injection).
 
 use std::collections::HashSet;
 
@@ -56,32 +56,61 @@ impl Relay {
     /// The families that pass, relabeled, in the text format.
     pub fn relay(&self, exposition: &Exposition) -> String {
         let mut out = String::new();
-        let mut inject: Vec<(&str, &str)> = Vec::with_capacity(self.inject.len());
         for family in exposition.families.iter().filter(|f| self.passes(f.name)) {
             family.render_metadata(&mut out);
-            for sample in &family.samples {
-                inject.clear();
-                inject.extend(
-                    self.inject
-                        .iter()
-                        .filter(|(name, _)| sample.label(name).is_none())
-                        .map(|(n, v)| (n.as_str(), v.as_str())),
-                );
-                // Not where the labels would make the sample another of the engine's series.
-                if !inject.is_empty() {
-                    let labels: Vec<_> = sample.labels.iter().collect();
-                    let relabeled = labels
-                        .iter()
-                        .map(|(n, v)| (*n, v.as_ref()))
-                        .chain(inject.iter().copied());
-                    if exposition.find(sample.name, relabeled).is_some() {
-                        inject.clear();
-                    }
-                }
+            let injected = self.injections(&family.samples);
+            for (sample, inject) in family.samples.iter().zip(&injected) {
+                let inject: Vec<(&str, &str)> = inject
+                    .iter()
+                    .map(|&i| (self.inject[i].0.as_str(), self.inject[i].1.as_str()))
+                    .collect();
                 sample.render(&mut out, &inject);
             }
         }
         out
+    }
+
+    /// Which of the labels to inject each sample gets (indexes into `inject`): those it does
+    /// not set itself, except where the result would be the series of another sample as that
+    /// one comes out. Such samples keep their own labels only; since the engine's series are
+    /// distinct, undoing injections until no two coincide ends with every series distinct.
+    fn injections(&self, samples: &[exporter::parse::Sample<'_>]) -> Vec<Vec<usize>> {
+        let mut injected: Vec<Vec<usize>> = samples
+            .iter()
+            .map(|s| {
+                (0..self.inject.len())
+                    .filter(|&i| s.label(&self.inject[i].0).is_none())
+                    .collect()
+            })
+            .collect();
+        // A series' identity as it comes out: its name and labels in name order.
+        let identity = |s: &exporter::parse::Sample<'_>, inject: &[usize]| {
+            let mut labels: Vec<(String, String)> = s
+                .labels
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.into_owned()))
+                .chain(inject.iter().map(|&i| self.inject[i].clone()))
+                .collect();
+            labels.sort_unstable();
+            (s.name.to_owned(), labels)
+        };
+        loop {
+            let mut seen: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
+            let mut undo = Vec::new();
+            for (i, (s, inject)) in samples.iter().zip(&injected).enumerate() {
+                if let Some(&other) = seen.get(&identity(s, inject)) {
+                    undo.extend([other, i].into_iter().filter(|&k| !injected[k].is_empty()));
+                } else {
+                    seen.insert(identity(s, inject), i);
+                }
+            }
+            if undo.is_empty() {
+                return injected;
+            }
+            for k in undo {
+                injected[k].clear();
+            }
+        }
     }
 }
 
@@ -179,6 +208,19 @@ mod tests {
         assert_eq!(
             relay(text, &["vllm:"], &[], inject),
             "vllm:x 2.0\nvllm:x{dynamo_namespace=\"ns\"} 1.0\n"
+        );
+    }
+
+    /// Two of the engine's series that each lack a different one of the injected labels would
+    /// both come out with all of them, as one series: neither gets the injection.
+    #[test]
+    fn injections_into_both_of_two_series_never_make_them_one() {
+        let text = "vllm:x{dynamo_component=\"backend\"} 1\nvllm:x 2\nvllm:y 3\n";
+        let out = relay(text, &["vllm:"], &[], inject());
+        assert_eq!(
+            out,
+            "vllm:x{dynamo_component=\"backend\"} 1.0\nvllm:x 2.0\n\
+             vllm:y{dynamo_namespace=\"ns\",dynamo_component=\"backend\",dynamo_endpoint=\"generate\"} 3.0\n"
         );
     }
 
