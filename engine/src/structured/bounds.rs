@@ -444,31 +444,22 @@ mod tests {
 
     #[test]
     fn shared_definitions_are_measured_once() {
-        // Each level refers to the next twice: walked without memory this is 2^200 visits.
-        let mut defs = serde_json::Map::new();
-        for i in 0..60 {
-            let next = format!("#/$defs/d{}", i + 1);
-            defs.insert(
-                format!("d{i}"),
-                json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
-            );
-        }
-        defs.insert("d60".into(), json!({"type": "integer"}));
-        check(&ConstraintSpec::JsonSchema(
-            json!({"$defs": defs, "$ref": "#/$defs/d0"}),
-        ))
-        .unwrap();
-        let mut defs = serde_json::Map::new();
-        for i in 0..200 {
-            let next = format!("#/$defs/d{}", i + 1);
-            defs.insert(
-                format!("d{i}"),
-                json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
-            );
-        }
-        defs.insert("d200".into(), json!({"type": "integer"}));
-        let deep = json!({"$defs": defs, "$ref": "#/$defs/d0"});
-        assert!(check(&ConstraintSpec::JsonSchema(deep)).is_err());
+        // Each of `levels` definitions refers to the next twice: walked without memory this is
+        // 2^levels visits. Three levels of nesting each (object, array, object).
+        let diamonds = |levels: usize| {
+            let mut defs = serde_json::Map::new();
+            for i in 0..levels {
+                let next = format!("#/$defs/d{}", i + 1);
+                defs.insert(
+                    format!("d{i}"),
+                    json!({"anyOf": [{"$ref": next}, {"$ref": next}]}),
+                );
+            }
+            defs.insert(format!("d{levels}"), json!({"type": "integer"}));
+            ConstraintSpec::JsonSchema(json!({"$defs": defs, "$ref": "#/$defs/d0"}))
+        };
+        check(&diamonds(60)).unwrap();
+        assert!(check(&diamonds(200)).is_err());
     }
 
     #[test]

@@ -155,17 +155,24 @@ fn sort_object_keys(value: &mut serde_json::Value) {
 /// JSON on one line with Python's default separators: `", "` between items, `": "` after keys.
 struct PythonSeparators;
 
+impl PythonSeparators {
+    /// `", "` before every item of an array or object but the first.
+    fn item<W: ?Sized + std::io::Write>(writer: &mut W, first: bool) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+}
+
 impl serde_json::ser::Formatter for PythonSeparators {
     fn begin_array_value<W: ?Sized + std::io::Write>(
         &mut self,
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        Self::item(writer, first)
     }
 
     fn begin_object_key<W: ?Sized + std::io::Write>(
@@ -173,11 +180,7 @@ impl serde_json::ser::Formatter for PythonSeparators {
         writer: &mut W,
         first: bool,
     ) -> std::io::Result<()> {
-        if first {
-            Ok(())
-        } else {
-            writer.write_all(b", ")
-        }
+        Self::item(writer, first)
     }
 
     fn begin_object_value<W: ?Sized + std::io::Write>(
