@@ -728,3 +728,190 @@ fn the_probe_follows_the_engine_through_start_and_restart() {
         agent.log
     );
 }
+
+/// The seed the fuzz test mutates: an engine's exposition of every type, with escapes in HELP
+/// and label values, and a label the agent injects already set on one series.
+const FUZZ_SEED: &str = r#"# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+vllm:num_requests_running{engine="1",model_name="m",dynamo_namespace="theirs"} 1.0
+# HELP vllm:prompt_tokens_total Number of prefill tokens processed \\ with "quotes" and a\nnewline.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{engine="0",model_name="m\"q\\b\nc"} 42.0
+# HELP vllm:ttft_seconds Histogram of time to first token in seconds.
+# TYPE vllm:ttft_seconds histogram
+vllm:ttft_seconds_bucket{engine="0",le="0.5"} 1.0
+vllm:ttft_seconds_bucket{engine="0",le="1.0"} 2.0
+vllm:ttft_seconds_bucket{engine="0",le="+Inf"} 3.0
+vllm:ttft_seconds_sum{engine="0"} 1.5
+vllm:ttft_seconds_count{engine="0"} 3.0
+# HELP vllm:latency_seconds A summary.
+# TYPE vllm:latency_seconds summary
+vllm:latency_seconds{quantile="0.5"} 0.1
+vllm:latency_seconds{quantile="0.99"} 0.9
+vllm:latency_seconds_sum 12.0
+vllm:latency_seconds_count 40
+vllm:plain_untyped 7 1700000000000
+"#;
+
+/// Pieces a mutation inserts: what engines get wrong, and what a hostile one sends.
+const FUZZ_PIECES: &[&str] = &[
+    "{",
+    "}",
+    "\"",
+    "\\",
+    ",",
+    "=",
+    " ",
+    "\n",
+    "#",
+    "_total",
+    "_count",
+    "_bucket",
+    "_sum",
+    "__name__=\"x\",",
+    "le=\"abc\",",
+    "quantile=\"NaN\",",
+    "le=\"1e400\",",
+    "dynamo_component=\"backend\",",
+    "dynamo_namespace=\"ns\",",
+    "\\q",
+    "\\n",
+    "1e400",
+    "NaN",
+    "-Inf",
+    "# TYPE vllm:ttft_seconds_count counter\n",
+    "# HELP vllm:ttft_seconds_sum x\\y\n",
+    "# TYPE vllm:prompt_tokens counter\n",
+    "# HELP vllm:prompt_tokens Help.\n",
+    "# TYPE vllm:latency_seconds histogram\n",
+    "# TYPE vllm:x_total gauge\n",
+    "vllm:x 1\n",
+    "vllm:x_total 2\n",
+    "vllm:x{a=\"1\"} 3 4 5\n",
+];
+
+/// The engine's exposition mutated at random (a deterministic generator, so that a failure
+/// reproduces): lines dropped, doubled and swapped, pieces inserted, values and label values
+/// replaced.
+fn mutate(seed: u64) -> String {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % n.max(1)
+    };
+    let mut lines: Vec<String> = FUZZ_SEED.lines().map(str::to_owned).collect();
+    for _ in 0..1 + next(4) {
+        let i = next(lines.len());
+        match next(6) {
+            0 => {
+                lines.remove(i);
+            }
+            1 => {
+                let copy = lines[i].clone();
+                lines.insert(next(lines.len()), copy);
+            }
+            2 => {
+                let j = next(lines.len());
+                lines.swap(i, j);
+            }
+            _ => {
+                let line = &mut lines[i];
+                let at = next(line.len() + 1);
+                let at = (0..=at)
+                    .rev()
+                    .find(|a| line.is_char_boundary(*a))
+                    .unwrap_or(0);
+                let piece = FUZZ_PIECES[next(FUZZ_PIECES.len())];
+                if next(3) == 0 {
+                    let end = (at + 1 + next(6)).min(line.len());
+                    let end = (end..=line.len())
+                        .find(|e| line.is_char_boundary(*e))
+                        .unwrap();
+                    line.replace_range(at..end, piece);
+                } else {
+                    line.insert_str(at, piece);
+                }
+            }
+        }
+        if lines.is_empty() {
+            break;
+        }
+    }
+    lines.join("\n") + "\n"
+}
+
+/// The agent's output is a valid exposition whatever the engine sends: 1,000 mutations of an
+/// engine's exposition, each relayed with the Dynamo labels injected, are each accepted by
+/// `promtool check metrics` (which parses as Prometheus's scrape does; its lint findings about
+/// the engine's names are not rejections), and each keeps every series the reader accepted,
+/// none lost, none merged into another.
+#[test]
+fn the_agents_output_is_always_a_valid_exposition() {
+    use exporter::parse::Exposition;
+    use vigil::agent::passthrough::Relay;
+    let relay = Relay::new(
+        vec!["vllm:".to_owned()],
+        Default::default(),
+        [
+            ("dynamo_namespace", "ns"),
+            ("dynamo_component", "backend"),
+            ("dynamo_endpoint", "generate"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .to_vec(),
+    );
+    let mut rejected = Vec::new();
+    for seed in 0..1000 {
+        let input = mutate(seed);
+        let parsed = Exposition::parse(input.as_bytes(), |n| relay.passes(n));
+        let kept: usize = parsed
+            .families
+            .iter()
+            .filter(|f| relay.passes(f.name))
+            .map(|f| f.samples.len())
+            .sum();
+        let output = relay.relay(&parsed);
+        let reread = Exposition::parse(output.as_bytes(), |_| true);
+        let out_series: usize = reread.families.iter().map(|f| f.samples.len()).sum();
+        let problems = promtool_rejection(&output);
+        if out_series != kept || !reread.problems.is_empty() || problems.is_some() {
+            rejected.push(format!(
+                "seed {seed}: kept {kept}, output {out_series}, reread problems {:?}, promtool {problems:?}\n--- input\n{input}--- output\n{output}",
+                reread.problems
+            ));
+        }
+    }
+    assert!(
+        rejected.is_empty(),
+        "{} of 1000 outputs rejected; the first:\n{}",
+        rejected.len(),
+        rejected[0]
+    );
+}
+
+/// What `promtool check metrics` says when it cannot parse `exposition` (its lint findings
+/// exit 3 and are not rejections).
+fn promtool_rejection(exposition: &str) -> Option<String> {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (!matches!(out.status.code(), Some(0) | Some(3)))
+        .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+}

@@ -78,6 +78,13 @@ fn metadata(rest: &str) -> Result<Line<'_>, Problem> {
     }
     let rest = rest.strip_prefix([' ', '\t']).unwrap_or(rest);
     if keyword == "HELP" {
+        // Prometheus's parser takes only `\\` and `\n` in a docstring.
+        let mut chars = rest.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' && !matches!(chars.next(), Some('\\' | 'n')) {
+                return Err(Problem::MalformedMetadata);
+            }
+        }
         return Ok(Line::Help { name, text: rest });
     }
     let kind = match rest.trim_matches([' ', '\t']) {
@@ -251,7 +258,7 @@ fn quoted(s: &str) -> Result<(Cow<'_, str>, &str), Problem> {
 
 /// A sample value as Go's `strconv.ParseFloat` reads it: decimal, `Inf`/`NaN` in any case;
 /// a finite literal beyond f64's range (`1e400`) is an error there, not infinity.
-fn value(text: &str) -> Result<f64, Problem> {
+pub(super) fn value(text: &str) -> Result<f64, Problem> {
     let v: f64 = text.parse().map_err(|_| Problem::InvalidValue)?;
     let word = text.trim_start_matches(['+', '-']).to_ascii_lowercase();
     let special = word.starts_with("inf") || word == "nan";

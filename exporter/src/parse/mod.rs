@@ -27,12 +27,14 @@ pub enum Problem {
     /// A sample line that does not follow the grammar (a broken label set, a label value cut
     /// by a raw newline, no value).
     Malformed,
-    /// A `# HELP`/`# TYPE` line without a valid metric name.
+    /// A `# HELP`/`# TYPE` line without a valid metric name, or a HELP with an escape other
+    /// than `\\` and `\n`.
     MalformedMetadata,
     /// A `# TYPE` other than counter, gauge, histogram, summary, untyped (OpenMetrics' types
     /// in a text scrape): the line is dropped and the family's samples stay, untyped.
     UnknownType,
-    /// A value Go's `ParseFloat` refuses (not a number, or out of range like `1e400`).
+    /// A value Go's `ParseFloat` refuses (not a number, or out of range like `1e400`), or
+    /// such a histogram bucket's `le` or summary quantile's `quantile`.
     InvalidValue,
     /// A timestamp that is not a 64-bit integer of milliseconds.
     InvalidTimestamp,
@@ -235,13 +237,17 @@ impl<'a> Exposition<'a> {
                         Some(Problem::DuplicateSeries)
                     } else {
                         let f = out.family_of_sample(&mut index, parsed.name);
-                        let at = (f as u32, out.families[f].samples.len() as u32);
-                        out.families[f].samples.push(sample);
-                        if let Some(other) = out.series.insert(hash, at) {
-                            // Keep both: `find` compares the samples themselves.
-                            out.collisions.push((hash, other));
+                        if !out.families[f].bound_is_a_number(&sample) {
+                            Some(Problem::InvalidValue)
+                        } else {
+                            let at = (f as u32, out.families[f].samples.len() as u32);
+                            out.families[f].samples.push(sample);
+                            if let Some(other) = out.series.insert(hash, at) {
+                                // Keep both: `find` compares the samples themselves.
+                                out.collisions.push((hash, other));
+                            }
+                            parsed.had_exemplar.then_some(Problem::Exemplar)
                         }
-                        parsed.had_exemplar.then_some(Problem::Exemplar)
                     }
                 }
                 Err(problem) => Some(problem),
@@ -253,7 +259,64 @@ impl<'a> Exposition<'a> {
                 }
             }
         }
+        out.join_suffixed_families(&relevant);
         out
+    }
+
+    /// Moves the samples of a family named like a sample of a histogram or summary (`x_count`
+    /// beside summary `x`: the engine wrote metadata for it, or its samples came before the
+    /// summary's TYPE) into that family, which is what Prometheus's parser takes them for; the
+    /// suffixed family keeps its metadata only, for the renderer to leave out. A moved sample
+    /// whose bound is not a number is left out as such samples are.
+    fn join_suffixed_families(&mut self, relevant: &impl Fn(&str) -> bool) {
+        let mut moved = false;
+        for child in 0..self.families.len() {
+            let Some(base) = self.base_of(child) else {
+                continue;
+            };
+            for sample in std::mem::take(&mut self.families[child].samples) {
+                if self.families[base].bound_is_a_number(&sample) {
+                    self.families[base].samples.push(sample);
+                } else if relevant(sample.name) {
+                    self.problems
+                        .push((Problem::InvalidValue, sample.name.to_owned()));
+                }
+                moved = true;
+            }
+        }
+        if moved {
+            self.series.clear();
+            self.collisions.clear();
+            for (f, family) in self.families.iter().enumerate() {
+                for (i, sample) in family.samples.iter().enumerate() {
+                    let labels: Vec<_> = sample.labels.iter().collect();
+                    let hash =
+                        series_hash(sample.name, labels.iter().map(|(n, v)| (*n, v.as_ref())));
+                    if let Some(other) = self.series.insert(hash, (f as u32, i as u32)) {
+                        self.collisions.push((hash, other));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The histogram or summary family whose samples family `f`'s name is one of (`x` for
+    /// `x_count` beside summary `x`), if the exposition has it.
+    fn base_of(&self, f: usize) -> Option<usize> {
+        let name = self.families[f].name;
+        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = name.strip_suffix(suffix)?;
+            self.families.iter().position(|b| {
+                b.name == base && b.kind.is_some_and(|k| k.sample_suffixes().contains(suffix))
+            })
+        })
+    }
+
+    /// Whether family `f` is named like a sample of a histogram or summary family of this
+    /// exposition: its samples are that family's, and its own metadata is not to be written
+    /// (Prometheus's parser refuses a second HELP or TYPE for that family).
+    pub fn is_suffix_of_another(&self, f: usize) -> bool {
+        self.base_of(f).is_some()
     }
 
     /// The sample of the series `name{labels}`, if the exposition has it.
@@ -371,6 +434,20 @@ fn continued<'b>(text: &str, after: impl Iterator<Item = &'b [u8]>) -> Option<us
 }
 
 impl Family<'_> {
+    /// Whether `sample`'s bound, where its family's type has one (a histogram's `le`, a
+    /// summary's `quantile`, on whichever of its samples carries it), is a number as
+    /// Prometheus's parser reads it: it refuses the whole scrape otherwise.
+    fn bound_is_a_number(&self, sample: &Sample<'_>) -> bool {
+        let bound = match self.kind {
+            Some(MetricType::Histogram) => Some("le"),
+            Some(MetricType::Summary) => Some("quantile"),
+            _ => None,
+        };
+        bound
+            .and_then(|label| sample.label(label))
+            .is_none_or(|v| line::value(&v).is_ok())
+    }
+
     /// Appends the family in the text format: HELP, TYPE, then its samples.
     pub fn render(&self, out: &mut String) {
         self.render_metadata(out);

@@ -125,6 +125,51 @@ fn a_name_label_is_left_out() {
     assert_eq!(render(&e), "vllm:x{a=\"__name__\"} 2.0\n");
 }
 
+/// What else Prometheus's parser refuses, and so the whole scrape with it: a HELP escape other
+/// than `\\` and `\n`, a histogram's `le` or a summary's `quantile` that is not a number.
+#[test]
+fn bad_help_escapes_and_bounds_are_left_out() {
+    let body = "# HELP vllm:x A \\q escape.\n# HELP vllm:y Fine \\\\ and \\n.\n\
+                # TYPE vllm:h histogram\nvllm:h_bucket{le=\"abc\"} 1\nvllm:h_bucket{le=\"+Inf\"} 2\n\
+                vllm:h_sum{le=\"x\"} 3\n# TYPE vllm:s summary\nvllm:s{quantile=\"NaN\"} 4\n\
+                vllm:s{quantile=\"high\"} 5\n";
+    let e = all(body);
+    assert_eq!(
+        reasons(&e),
+        vec![
+            "malformed_metadata",
+            "invalid_value",
+            "invalid_value",
+            "invalid_value"
+        ]
+    );
+    assert_eq!(
+        render(&e),
+        "# HELP vllm:y Fine \\\\ and \\n.\n# TYPE vllm:h histogram\nvllm:h_bucket{le=\"+Inf\"} 2.0\n\
+         # TYPE vllm:s summary\nvllm:s{quantile=\"NaN\"} 4.0\n"
+    );
+}
+
+/// Metadata the engine wrote for a name that is a sample of a histogram or summary (`x_count`
+/// beside summary `x`) would be a second HELP or TYPE of that family to Prometheus: the samples
+/// are the family's, whichever came first.
+#[test]
+fn a_family_named_like_a_summarys_sample_joins_it() {
+    let body = "vllm:s_count 9\n# TYPE vllm:s summary\nvllm:s_sum 3\n# TYPE vllm:s_count counter\n";
+    let e = all(body);
+    let s = e.families.iter().position(|f| f.name == "vllm:s").unwrap();
+    let names: Vec<&str> = e.families[s].samples.iter().map(|x| x.name).collect();
+    assert_eq!(names, vec!["vllm:s_sum", "vllm:s_count"]);
+    let count = e
+        .families
+        .iter()
+        .position(|f| f.name == "vllm:s_count")
+        .unwrap();
+    assert!(e.is_suffix_of_another(count));
+    assert!(e.families[count].samples.is_empty());
+    assert!(e.find("vllm:s_count", std::iter::empty()).is_some());
+}
+
 #[test]
 fn an_exemplar_is_dropped_and_its_sample_kept() {
     let e = all("vllm:h_bucket{le=\"1\"} 3 # {trace_id=\"abc\"} 0.5 1700000000.1\n");

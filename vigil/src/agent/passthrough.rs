@@ -53,10 +53,16 @@ impl Relay {
             .any(|f| self.passes(f.name) && !f.samples.is_empty())
     }
 
-    /// The families that pass, relabeled, in the text format.
+    /// The families that pass, relabeled, in the text format. A family named like a sample of
+    /// a histogram or summary (`x_count` beside summary `x`, from metadata the engine wrote for
+    /// it) is one family to Prometheus's parser, which refuses its second HELP or TYPE: the
+    /// reader gave its samples to that family, and its metadata is left out.
     pub fn relay(&self, exposition: &Exposition) -> String {
         let mut out = String::new();
-        for family in exposition.families.iter().filter(|f| self.passes(f.name)) {
+        for (f, family) in exposition.families.iter().enumerate() {
+            if !self.passes(family.name) || exposition.is_suffix_of_another(f) {
+                continue;
+            }
             family.render_metadata(&mut out);
             let injected = self.injections(&family.samples);
             for (sample, inject) in family.samples.iter().zip(&injected) {
