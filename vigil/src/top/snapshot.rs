@@ -1,7 +1,7 @@
 //! The dashboard's numbers for one window: two scrapes of each endpoint turned into rows per
 //! engine, per GPU and per thread role, with the catalog's series names.
 
-use exporter::catalog::{device, dynamo, gpu, sched, service, vllm};
+use exporter::catalog::{device, dynamo, gpu, sched, service, structured, vllm};
 
 use super::scrape::{label, Labels, Scrape};
 use super::window::{histogram_quantile, increase, rate};
@@ -95,6 +95,9 @@ pub struct PoolRow {
     pub pool: String,
     pub waiting: f64,
     pub running: f64,
+    /// Seconds of constraint compiling per second of the window (`grammar` only; NaN for the
+    /// request pool, which records no time).
+    pub busy: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -156,20 +159,28 @@ impl Snapshot {
         self.add_gpus(url, before, after);
         self.add_host(url, before, after, dt);
         self.add_device(url, before, after);
-        self.add_pools(url, after);
+        self.add_pools(url, before, after, dt);
     }
 
     /// A Vigil's CPU pools (other engines have none, and nothing is missing then).
-    fn add_pools(&mut self, url: &str, after: &Scrape) {
+    fn add_pools(&mut self, url: &str, before: &Scrape, after: &Scrape, dt: f64) {
         let jobs = service::CPU_POOL_JOBS.name;
+        let compiling = format!("{}_sum", structured::COMPILE_SECONDS.name);
         for pool in service::CPU_POOLS {
             let state = |state: &str| after.value(jobs, &[("pool", pool), ("state", state)]);
             if let (Some(waiting), Some(running)) = (state("waiting"), state("running")) {
+                let busy = match *pool {
+                    "grammar" => {
+                        increase_of(&compiling, &[], before, after).map_or(f64::NAN, |s| s / dt)
+                    }
+                    _ => f64::NAN,
+                };
                 self.pools.push(PoolRow {
                     url: url.into(),
                     pool: (*pool).to_owned(),
                     waiting,
                     running,
+                    busy,
                 });
             }
         }
@@ -406,6 +417,31 @@ mod tests {
         );
         let s = window(&before, &after);
         assert_eq!(s.gpus[0].xid_errors, 2.0 + 3.0);
+    }
+
+    /// Vigil's CPU pools: the requests waiting and running on each, and for the grammar pool
+    /// the seconds of compiling per second (constraints of every kind and outcome).
+    #[test]
+    fn the_pools_show_their_queue_and_the_compile_time() {
+        let scrape = |compiled: f64| {
+            format!(
+                "vigil_cpu_pool_jobs{{pool=\"request\",state=\"waiting\"}} 0\n\
+                 vigil_cpu_pool_jobs{{pool=\"request\",state=\"running\"}} 1\n\
+                 vigil_cpu_pool_jobs{{pool=\"grammar\",state=\"waiting\"}} 7\n\
+                 vigil_cpu_pool_jobs{{pool=\"grammar\",state=\"running\"}} 1\n\
+                 vigil_structured_output_compile_seconds_sum{{kind=\"json\",outcome=\"compiled\"}} {compiled}\n\
+                 vigil_structured_output_compile_seconds_sum{{kind=\"regex\",outcome=\"refused\"}} 0.25\n"
+            )
+        };
+        let s = window(&scrape(1.0), &scrape(1.5));
+        let grammar = s.pools.iter().find(|p| p.pool == "grammar").unwrap();
+        assert_eq!(
+            (grammar.waiting, grammar.running, grammar.busy),
+            (7.0, 1.0, 0.5)
+        );
+        let request = s.pools.iter().find(|p| p.pool == "request").unwrap();
+        assert_eq!((request.waiting, request.running), (0.0, 1.0));
+        assert!(request.busy.is_nan());
     }
 
     /// Thousands of engines on one endpoint: each row reads its own engine's series (the

@@ -118,11 +118,12 @@ pub fn render(s: &Snapshot) -> String {
     for p in &s.pools {
         let _ = writeln!(
             out,
-            "pool url={} pool={} waiting={} running={}",
+            "pool url={} pool={} waiting={} running={} busy={}",
             field(&p.url),
             field(&p.pool),
             p.waiting,
-            p.running
+            p.running,
+            p.busy
         );
     }
     for (url, what) in &s.missing {

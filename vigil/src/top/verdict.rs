@@ -223,6 +223,7 @@ mod tests {
             pool: pool.into(),
             waiting,
             running: 1.0,
+            busy: f64::NAN,
         };
         let s = Snapshot {
             engines: vec![engine(0.0, 0.1, 0.0)],
