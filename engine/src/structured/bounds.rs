@@ -525,6 +525,45 @@ mod tests {
         check(&ConstraintSpec::JsonSchema(schema)).unwrap();
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+        /// A chain of `$ref`s or Lark rules of any length, compiled as the server compiles it
+        /// (on a thread with the compile stack): within the bound it compiles, past it it is
+        /// refused, and never does the compiler's recursion take the process down.
+        #[test]
+        fn a_chain_of_any_length_compiles_or_is_refused(length in 0usize..1500, lark: bool) {
+            let spec = if lark {
+                ConstraintSpec::Lark(rule_chain(length))
+            } else {
+                ConstraintSpec::JsonSchema(ref_chain(length))
+            };
+            let compiled = std::thread::Builder::new()
+                .stack_size(COMPILE_STACK_BYTES)
+                .spawn(move || {
+                    let mut tokenizer = model::testing::byte_tokenizer();
+                    tokenizer.eos_token_ids = vec![0];
+                    let grammars = crate::structured::Grammars::new(
+                        std::sync::Arc::new(tokenizer),
+                        256,
+                        Default::default(),
+                    )
+                    .unwrap();
+                    grammars.compile(&spec).map(|_| ())
+                })
+                .unwrap()
+                .join()
+                .unwrap();
+            match compiled {
+                Ok(()) => proptest::prop_assert!(length <= MAX_NESTING, "{length} compiled"),
+                Err(e) => {
+                    proptest::prop_assert!(length + 4 > MAX_NESTING, "{length}: {e}");
+                    proptest::prop_assert!(e.0.contains("levels"), "{e}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn choices_are_bounded_in_count_and_bytes() {
         let many: Vec<String> = (0..100_000).map(|i| i.to_string()).collect();
