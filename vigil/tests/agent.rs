@@ -897,21 +897,6 @@ fn the_agents_output_is_always_a_valid_exposition() {
 /// What `promtool check metrics` says when it cannot parse `exposition` (its lint findings
 /// exit 3 and are not rejections).
 fn promtool_rejection(exposition: &str) -> Option<String> {
-    use std::io::Write;
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool is installed (Debian package prometheus; .ci/run installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(exposition.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (!matches!(out.status.code(), Some(0) | Some(3)))
-        .then(|| String::from_utf8_lossy(&out.stderr).into_owned())
+    let (code, text) = common::promtool_check(exposition);
+    (!matches!(code, Some(0) | Some(3))).then_some(text)
 }

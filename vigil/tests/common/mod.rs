@@ -257,10 +257,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
-/// Runs `promtool check metrics` on `exposition` and returns the problems it reports that are
-/// not the two inherent to vLLM's names (colons in names, and `vllm:iteration_tokens_total`
-/// being a histogram whose name ends in `_total`). Parse errors always count.
-pub fn promtool_problems(exposition: &str) -> Vec<String> {
+/// Runs `promtool check metrics` on `exposition`: its exit status (0 clean, 3 lint findings
+/// only, 1 when it cannot parse the exposition) and what it printed.
+pub fn promtool_check(exposition: &str) -> (Option<i32>, String) {
     use std::io::Write;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -281,7 +280,14 @@ pub fn promtool_problems(exposition: &str) -> Vec<String> {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let code = out.status.code();
+    (out.status.code(), text)
+}
+
+/// Runs `promtool check metrics` on `exposition` and returns the problems it reports that are
+/// not the two inherent to vLLM's names (colons in names, and `vllm:iteration_tokens_total`
+/// being a histogram whose name ends in `_total`). Parse errors always count.
+pub fn promtool_problems(exposition: &str) -> Vec<String> {
+    let (code, text) = promtool_check(exposition);
     // promtool exits 0 when clean, 3 when only lint problems were found, 1 on parse errors.
     let mut problems: Vec<String> = text
         .lines()
