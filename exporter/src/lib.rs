@@ -14,7 +14,8 @@
 //! assert!(text.contains(r#"vllm:prompt_tokens_total{engine="0",model_name="my-model"} 5.0"#));
 //! ```
 //!
-//! This crate depends on no other crate of Vigil's.
+//! This crate depends on no other crate of Vigil's. Its `/metrics` route (module `route`, axum and
+//! gzip) is behind the `http` feature, which only the crates that serve HTTP enable.
 
 pub mod buckets;
 pub mod catalog;
@@ -24,6 +25,7 @@ pub mod gating;
 pub mod parse;
 pub mod recorder;
 pub mod render;
+#[cfg(feature = "http")]
 pub mod route;
 pub mod version;
 
