@@ -149,6 +149,8 @@ pub struct Exposition<'a> {
     series: HashMap<u64, (u32, u32)>,
     /// Series whose hash another had already (rare).
     collisions: Vec<(u64, (u32, u32))>,
+    /// The families named like a sample of a histogram or summary family, in order.
+    suffixed: Vec<usize>,
 }
 
 /// A series' identity: its name and its labels in name order.
@@ -259,7 +261,7 @@ impl<'a> Exposition<'a> {
                 }
             }
         }
-        out.join_suffixed_families(&relevant);
+        out.join_suffixed_families(&index, &relevant);
         out
     }
 
@@ -268,12 +270,17 @@ impl<'a> Exposition<'a> {
     /// summary's TYPE) into that family, which is what Prometheus's parser takes them for; the
     /// suffixed family keeps its metadata only, for the renderer to leave out. A moved sample
     /// whose bound is not a number is left out as such samples are.
-    fn join_suffixed_families(&mut self, relevant: &impl Fn(&str) -> bool) {
+    fn join_suffixed_families(
+        &mut self,
+        index: &HashMap<&'a str, usize>,
+        relevant: &impl Fn(&str) -> bool,
+    ) {
         let mut moved = false;
         for child in 0..self.families.len() {
-            let Some(base) = self.base_of(child) else {
+            let Some(base) = base_family(&self.families, index, self.families[child].name) else {
                 continue;
             };
+            self.suffixed.push(child);
             for sample in std::mem::take(&mut self.families[child].samples) {
                 if self.families[base].bound_is_a_number(&sample) {
                     self.families[base].samples.push(sample);
@@ -300,23 +307,11 @@ impl<'a> Exposition<'a> {
         }
     }
 
-    /// The histogram or summary family whose samples family `f`'s name is one of (`x` for
-    /// `x_count` beside summary `x`), if the exposition has it.
-    fn base_of(&self, f: usize) -> Option<usize> {
-        let name = self.families[f].name;
-        ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
-            let base = name.strip_suffix(suffix)?;
-            self.families.iter().position(|b| {
-                b.name == base && b.kind.is_some_and(|k| k.sample_suffixes().contains(suffix))
-            })
-        })
-    }
-
     /// Whether family `f` is named like a sample of a histogram or summary family of this
     /// exposition: its samples are that family's, and its own metadata is not to be written
     /// (Prometheus's parser refuses a second HELP or TYPE for that family).
     pub fn is_suffix_of_another(&self, f: usize) -> bool {
-        self.base_of(f).is_some()
+        self.suffixed.binary_search(&f).is_ok()
     }
 
     /// The sample of the series `name{labels}`, if the exposition has it.
@@ -380,16 +375,8 @@ impl<'a> Exposition<'a> {
         if let Some(&i) = index.get(name) {
             return i;
         }
-        for suffix in ["_bucket", "_sum", "_count"] {
-            let Some(base) = name.strip_suffix(suffix) else {
-                continue;
-            };
-            if let Some(&i) = index.get(base) {
-                let kind = self.families[i].kind;
-                if kind.is_some_and(|k| k.sample_suffixes().contains(&suffix)) {
-                    return i;
-                }
-            }
+        if let Some(i) = base_family(&self.families, index, name) {
+            return i;
         }
         self.family_mut(index, name);
         index[name]
@@ -409,6 +396,18 @@ impl<'a> Exposition<'a> {
     pub fn has_samples(&self) -> bool {
         self.families.iter().any(|f| !f.samples.is_empty())
     }
+}
+
+/// The histogram or summary family (of `families`, found by name in `index`) that a sample
+/// named `name` belongs to by its suffix: `x` for `x_count` beside summary `x`.
+fn base_family(families: &[Family<'_>], index: &HashMap<&str, usize>, name: &str) -> Option<usize> {
+    ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+        let i = *index.get(name.strip_suffix(suffix)?)?;
+        families[i]
+            .kind
+            .is_some_and(|k| k.sample_suffixes().contains(suffix))
+            .then_some(i)
+    })
 }
 
 /// How far a quoted label value may run over raw newlines.

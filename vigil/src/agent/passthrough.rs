@@ -89,25 +89,32 @@ impl Relay {
                     .collect()
             })
             .collect();
-        // A series' identity as it comes out: its name and labels in name order.
+        // A series' identity as it comes out, hashed (two distinct series with one hash, a
+        // 64-bit chance, only lose their injections: the output stays distinct).
         let identity = |s: &exporter::parse::Sample<'_>, inject: &[usize]| {
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .map(|(n, v)| (n.to_owned(), v.into_owned()))
-                .chain(inject.iter().map(|&i| self.inject[i].clone()))
-                .collect();
-            labels.sort_unstable();
-            (s.name.to_owned(), labels)
+            let labels: Vec<_> = s.labels.iter().collect();
+            exporter::parse::series_hash(
+                s.name,
+                labels.iter().map(|(n, v)| (*n, v.as_ref())).chain(
+                    inject
+                        .iter()
+                        .map(|&i| (self.inject[i].0.as_str(), self.inject[i].1.as_str())),
+                ),
+            )
         };
         loop {
-            let mut seen: std::collections::HashMap<_, usize> = std::collections::HashMap::new();
+            let mut seen: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
             let mut undo = Vec::new();
             for (i, (s, inject)) in samples.iter().zip(&injected).enumerate() {
-                if let Some(&other) = seen.get(&identity(s, inject)) {
-                    undo.extend([other, i].into_iter().filter(|&k| !injected[k].is_empty()));
-                } else {
-                    seen.insert(identity(s, inject), i);
+                match seen.entry(identity(s, inject)) {
+                    std::collections::hash_map::Entry::Occupied(other) => undo.extend(
+                        [*other.get(), i]
+                            .into_iter()
+                            .filter(|&k| !injected[k].is_empty()),
+                    ),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        slot.insert(i);
+                    }
                 }
             }
             if undo.is_empty() {
