@@ -17,17 +17,22 @@ fn ok(code: CUresult, what: &str) {
     assert_eq!(code, CUDA_SUCCESS, "{what}");
 }
 
+/// `source` compiled for sm_90 by the real NVRTC, as the text the driver loads.
+fn ptx(source: String) -> std::ffi::CString {
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(
+        source,
+        cudarc::nvrtc::CompileOptions {
+            arch: Some("sm_90"),
+            ..Default::default()
+        },
+    )
+    .expect("NVRTC (run the tests with `cargo xtask test`, which fetches it)");
+    std::ffi::CString::new(ptx.to_src()).unwrap()
+}
+
 impl Device {
     fn open() -> Device {
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-            SOURCE,
-            cudarc::nvrtc::CompileOptions {
-                arch: Some("sm_90"),
-                ..Default::default()
-            },
-        )
-        .expect("NVRTC (run the tests with `cargo xtask test`, which fetches it)");
-        let text = std::ffi::CString::new(ptx.to_src()).unwrap();
+        let text = ptx(SOURCE.to_owned());
         let mut module = std::ptr::null_mut();
         // SAFETY: plain calls of the simulated driver with valid out-pointers.
         unsafe {
@@ -261,18 +266,9 @@ fn a_module_from_other_sources_is_refused() {
 fn ptx_from_another_version_of_the_source_is_refused() {
     use sha2::Digest;
     let with_digest = |digest: &str| {
-        let source = format!(
+        ptx(format!(
             "{SOURCE}\nextern \"C\" __device__ const char vigil_source_digest[] = \"{digest}\";\n"
-        );
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(
-            source,
-            cudarc::nvrtc::CompileOptions {
-                arch: Some("sm_90"),
-                ..Default::default()
-            },
-        )
-        .expect("NVRTC (run the tests with `cargo xtask test`, which fetches it)");
-        std::ffi::CString::new(ptx.to_src()).unwrap()
+        ))
     };
     let current: String = sha2::Sha256::digest(SOURCE.as_bytes())
         .iter()
