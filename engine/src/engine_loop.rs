@@ -327,7 +327,9 @@ impl Core<'_> {
                 unread = EVENT_BUFFER,
                 "aborting a request whose client stopped reading"
             );
-            metrics::counter!(exporter::catalog::service::SLOW_CLIENT_ABORTS.name).increment(1);
+            if let Some(m) = &self.metrics {
+                m.record_slow_client_abort();
+            }
             self.finish(&id, FinishReason::Abort);
         }
     }

@@ -54,6 +54,8 @@ pub struct EngineMetrics {
     /// Constrained requests ended by their constraint's failure, by kind.
     structured_failed: Vec<(&'static str, Counter)>,
     mask_seconds: Histogram,
+    /// Requests aborted because their client stopped reading (`vigil_slow_client_aborts`).
+    slow_client_aborts: Counter,
 }
 
 impl EngineMetrics {
@@ -149,6 +151,9 @@ impl EngineMetrics {
                 .map(|kind| (*kind, with(structured::FAILED.name, "kind", kind)))
                 .collect(),
             mask_seconds: histogram(structured::MASK_SECONDS.name),
+            slow_client_aborts: metrics::counter!(
+                exporter::catalog::service::SLOW_CLIENT_ABORTS.name
+            ),
         }
     }
 
@@ -171,6 +176,11 @@ impl EngineMetrics {
         if stats.num_generated > 0 {
             self.iteration_tokens.record(stats.iteration_tokens as f64);
         }
+    }
+
+    /// A request was aborted because its client stopped reading its events.
+    pub fn record_slow_client_abort(&self) {
+        self.slow_client_aborts.increment(1);
     }
 
     /// After a step with constrained requests: the time their token masks took.

@@ -109,6 +109,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let grammars = tokio::task::block_in_place(|| {
         structured_outputs(&tokenizer, &model.config, config.structured_objects)
     });
+    let dynamo_series = api::dynamo::DynamoSeries::new(&config.dynamo, &served_model_names);
     let state = Arc::new(AppState {
         engine: engine.clone(),
         tokenizer,
@@ -117,6 +118,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
         api_key: config.api_key.clone(),
         created: api::unix_now(),
         dynamo: config.dynamo.clone(),
+        dynamo_series,
         drain: Drain::new(),
         traces: traces.clone(),
         cpu: api::cpu_pool::CpuPool::for_requests(),

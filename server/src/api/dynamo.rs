@@ -5,10 +5,12 @@
 //! One [`RequestRecord`] follows each request from the moment its model is known to the end of
 //! its response (or the client's disconnect, which Dropping it without an outcome means).
 
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use exporter::catalog::dynamo::*;
-use metrics::{counter, gauge, histogram};
+use exporter::catalog::MetricDef;
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use super::error::ApiError;
 
@@ -89,53 +91,198 @@ pub fn error_type(err: &ApiError) -> &'static str {
     }
 }
 
+/// The ways a request can end, as Dynamo's `error_type` label says them ("" is success).
+const OUTCOMES: [&str; 8] = [
+    "",
+    "validation",
+    "not_found",
+    "overload",
+    "unavailable",
+    "internal",
+    "backend_error",
+    "cancelled",
+];
+
+/// A metric handle resolved from the registry the first time it is used, then kept: a series
+/// appears in `/metrics` when Dynamo would first record it, and no later use looks it up again.
+struct Lazy<T>(OnceLock<T>);
+
+impl<T> Lazy<T> {
+    const fn new() -> Self {
+        Lazy(OnceLock::new())
+    }
+
+    fn get(&self, resolve: impl FnOnce() -> T) -> &T {
+        self.0.get_or_init(resolve)
+    }
+}
+
+/// Dynamo's series of one served model (frontend family) and of the engine's endpoint for it
+/// (component family): the handles every request for that model records through.
+pub struct ModelSeries {
+    /// The `model` label: the served name, lowercased as Dynamo's frontend does.
+    model: String,
+    component: [(&'static str, String); 5],
+    active: Lazy<Gauge>,
+    inflight: Lazy<Gauge>,
+    queued: Lazy<Gauge>,
+    disconnected: Lazy<Gauge>,
+    duration: Lazy<Histogram>,
+    input_tokens: Lazy<Histogram>,
+    output_sequence_tokens: Lazy<Histogram>,
+    cached_tokens: Lazy<Histogram>,
+    ttft: Lazy<Histogram>,
+    itl: Lazy<Histogram>,
+    output_tokens: Lazy<Counter>,
+    /// `dynamo_frontend_requests_total`, by route, streaming, then outcome (index of
+    /// [`OUTCOMES`]).
+    requests: [[[Lazy<Counter>; OUTCOMES.len()]; 2]; 2],
+    component_requests: Lazy<Counter>,
+    component_inflight: Lazy<Gauge>,
+    component_request_bytes: Lazy<Counter>,
+    component_response_bytes: Lazy<Counter>,
+    component_duration: Lazy<Histogram>,
+    component_generate_errors: Lazy<Counter>,
+}
+
+impl ModelSeries {
+    fn new(names: &DynamoNames, served_name: &str) -> ModelSeries {
+        let model = served_name.to_lowercase();
+        ModelSeries {
+            component: [
+                ("dynamo_namespace", names.namespace.clone()),
+                ("dynamo_component", names.component.clone()),
+                ("dynamo_endpoint", names.endpoint.clone()),
+                ("model", model.clone()),
+                ("model_name", model.clone()),
+            ],
+            model,
+            active: Lazy::new(),
+            inflight: Lazy::new(),
+            queued: Lazy::new(),
+            disconnected: Lazy::new(),
+            duration: Lazy::new(),
+            input_tokens: Lazy::new(),
+            output_sequence_tokens: Lazy::new(),
+            cached_tokens: Lazy::new(),
+            ttft: Lazy::new(),
+            itl: Lazy::new(),
+            output_tokens: Lazy::new(),
+            requests: std::array::from_fn(|_| {
+                std::array::from_fn(|_| std::array::from_fn(|_| Lazy::new()))
+            }),
+            component_requests: Lazy::new(),
+            component_inflight: Lazy::new(),
+            component_request_bytes: Lazy::new(),
+            component_response_bytes: Lazy::new(),
+            component_duration: Lazy::new(),
+            component_generate_errors: Lazy::new(),
+        }
+    }
+
+    fn model_labels(&self) -> [(&'static str, String); 1] {
+        [("model", self.model.clone())]
+    }
+
+    fn gauge<'a>(&self, cell: &'a Lazy<Gauge>, def: &'static MetricDef) -> &'a Gauge {
+        cell.get(|| gauge!(def.name, &self.model_labels()))
+    }
+
+    fn histogram<'a>(&self, cell: &'a Lazy<Histogram>, def: &'static MetricDef) -> &'a Histogram {
+        cell.get(|| histogram!(def.name, &self.model_labels()))
+    }
+
+    fn component_counter<'a>(
+        &self,
+        cell: &'a Lazy<Counter>,
+        def: &'static MetricDef,
+    ) -> &'a Counter {
+        cell.get(|| counter!(def.name, &self.component))
+    }
+
+    fn request_counter(&self, route: Route, streaming: bool, outcome: usize) -> &Counter {
+        self.requests[route as usize][usize::from(streaming)][outcome].get(|| {
+            let error_type = OUTCOMES[outcome];
+            counter!(
+                FRONTEND_REQUESTS.name,
+                "model" => self.model.clone(),
+                "endpoint" => route.label(),
+                "request_type" => if streaming { "stream" } else { "unary" },
+                "status" => if error_type.is_empty() { "success" } else { "error" },
+                "error_type" => error_type,
+            )
+        })
+    }
+}
+
+/// Dynamo's series of every served model name, made once for the server.
+pub struct DynamoSeries {
+    models: Vec<(String, Arc<ModelSeries>)>,
+}
+
+impl DynamoSeries {
+    /// The series of `served_model_names` (bounded: the server's own names), published under
+    /// `names`.
+    pub fn new(names: &DynamoNames, served_model_names: &[String]) -> DynamoSeries {
+        DynamoSeries {
+            models: served_model_names
+                .iter()
+                .map(|n| (n.clone(), Arc::new(ModelSeries::new(names, n))))
+                .collect(),
+        }
+    }
+
+    /// The series of a served model name (checked by the caller).
+    pub fn model(&self, served_name: &str) -> Option<&Arc<ModelSeries>> {
+        self.models
+            .iter()
+            .find(|(n, _)| n == served_name)
+            .map(|(_, s)| s)
+    }
+}
+
 /// The life of one request, as Dynamo's frontend (InflightGuard, ResponseCollector) and work
 /// handler record it.
 pub struct RequestRecord {
-    model: String,
+    series: Arc<ModelSeries>,
     route: Route,
     streaming: bool,
-    component: [(&'static str, String); 5],
     start: Instant,
     input_tokens: usize,
     first_token: bool,
     last_token_at: Option<Instant>,
     output_tokens: u64,
     cached_tokens: usize,
-    outcome: Option<&'static str>,
+    /// The index in [`OUTCOMES`] of how the request ended, once known.
+    outcome: Option<usize>,
     response_bytes: u64,
 }
 
 impl RequestRecord {
-    /// Starts the record of a request for `model` (a served name: bounded) whose body was
+    /// Starts the record of a request for the model of `series` whose body was
     /// `request_bytes` long.
     pub fn start(
-        names: &DynamoNames,
-        model: &str,
+        series: &Arc<ModelSeries>,
         route: Route,
         streaming: bool,
         request_bytes: usize,
     ) -> RequestRecord {
-        let model = model.to_lowercase();
-        let component = [
-            ("dynamo_namespace", names.namespace.clone()),
-            ("dynamo_component", names.component.clone()),
-            ("dynamo_endpoint", names.endpoint.clone()),
-            ("model", model.clone()),
-            ("model_name", model.clone()),
-        ];
-        let m = [("model", model.clone())];
-        gauge!(FRONTEND_ACTIVE_REQUESTS.name, &m).increment(1.0);
-        gauge!(FRONTEND_INFLIGHT_REQUESTS.name, &m).increment(1.0);
-        gauge!(FRONTEND_QUEUED_REQUESTS.name, &m).increment(1.0);
-        counter!(COMPONENT_REQUESTS.name, &component).increment(1);
-        gauge!(COMPONENT_INFLIGHT_REQUESTS.name, &component).increment(1.0);
-        counter!(COMPONENT_REQUEST_BYTES.name, &component).increment(request_bytes as u64);
+        let s = series;
+        s.gauge(&s.active, &FRONTEND_ACTIVE_REQUESTS).increment(1.0);
+        s.gauge(&s.inflight, &FRONTEND_INFLIGHT_REQUESTS)
+            .increment(1.0);
+        s.gauge(&s.queued, &FRONTEND_QUEUED_REQUESTS).increment(1.0);
+        s.component_counter(&s.component_requests, &COMPONENT_REQUESTS)
+            .increment(1);
+        s.component_inflight
+            .get(|| gauge!(COMPONENT_INFLIGHT_REQUESTS.name, &s.component))
+            .increment(1.0);
+        s.component_counter(&s.component_request_bytes, &COMPONENT_REQUEST_BYTES)
+            .increment(request_bytes as u64);
         RequestRecord {
-            model,
+            series: Arc::clone(series),
             route,
             streaming,
-            component,
             start: Instant::now(),
             input_tokens: 0,
             first_token: false,
@@ -145,10 +292,6 @@ impl RequestRecord {
             outcome: None,
             response_bytes: 0,
         }
-    }
-
-    fn model_label(&self) -> [(&'static str, String); 1] {
-        [("model", self.model.clone())]
     }
 
     /// The prompt's length, observed as the input sequence at the first token.
@@ -165,23 +308,26 @@ impl RequestRecord {
     /// observed `n` times, as Dynamo's response collector does.
     pub fn tokens(&mut self, n: usize) {
         let now = Instant::now();
-        let m = self.model_label();
+        let s = &*self.series;
         if !self.first_token {
             self.first_token = true;
-            histogram!(FRONTEND_TIME_TO_FIRST_TOKEN.name, &m)
+            s.histogram(&s.ttft, &FRONTEND_TIME_TO_FIRST_TOKEN)
                 .record(now.duration_since(self.start).as_secs_f64());
-            histogram!(FRONTEND_INPUT_SEQUENCE_TOKENS.name, &m).record(self.input_tokens as f64);
-            gauge!(FRONTEND_QUEUED_REQUESTS.name, &m).decrement(1.0);
+            s.histogram(&s.input_tokens, &FRONTEND_INPUT_SEQUENCE_TOKENS)
+                .record(self.input_tokens as f64);
+            s.gauge(&s.queued, &FRONTEND_QUEUED_REQUESTS).decrement(1.0);
         } else if let Some(last) = self.last_token_at {
             let itl = now.duration_since(last).as_secs_f64() / n as f64;
-            let h = histogram!(FRONTEND_INTER_TOKEN_LATENCY.name, &m);
+            let h = s.histogram(&s.itl, &FRONTEND_INTER_TOKEN_LATENCY);
             for _ in 0..n {
                 h.record(itl);
             }
         }
         self.last_token_at = Some(now);
         self.output_tokens += n as u64;
-        counter!(FRONTEND_OUTPUT_TOKENS.name, &m).increment(n as u64);
+        s.output_tokens
+            .get(|| counter!(FRONTEND_OUTPUT_TOKENS.name, &s.model_labels()))
+            .increment(n as u64);
     }
 
     /// Bytes of the response sent to the client.
@@ -190,74 +336,78 @@ impl RequestRecord {
     }
 
     pub fn succeed(&mut self) {
-        self.outcome.get_or_insert("");
+        self.outcome.get_or_insert(0);
     }
 
     pub fn fail(&mut self, err: &ApiError) {
-        self.outcome.get_or_insert(error_type(err));
+        let error_type = error_type(err);
+        self.outcome
+            .get_or_insert_with(|| outcome_index(error_type));
     }
 
     /// The engine failed while running the request.
     pub fn fail_in_backend(&mut self) {
         if self.outcome.is_none() {
-            self.outcome = Some("backend_error");
-            counter!(
-                COMPONENT_ERRORS.name,
-                &[
-                    self.component[0].clone(),
-                    self.component[1].clone(),
-                    self.component[2].clone(),
-                    self.component[3].clone(),
-                    self.component[4].clone(),
-                    ("error_type", "generate".to_owned()),
-                ]
-            )
-            .increment(1);
+            self.outcome = Some(outcome_index("backend_error"));
+            let s = &*self.series;
+            s.component_generate_errors
+                .get(|| {
+                    let mut labels = s.component.to_vec();
+                    labels.push(("error_type", "generate".to_owned()));
+                    counter!(COMPONENT_ERRORS.name, &labels)
+                })
+                .increment(1);
         }
     }
 }
 
+/// The index of `error_type` in [`OUTCOMES`] (every value [`error_type`] gives is there).
+fn outcome_index(error_type: &str) -> usize {
+    OUTCOMES
+        .iter()
+        .position(|o| *o == error_type)
+        .expect("a Dynamo error type")
+}
+
 impl Drop for RequestRecord {
     fn drop(&mut self) {
-        let m = self.model_label();
+        let s = &*self.series;
         // No outcome: the response was dropped before it ended, i.e. the client went away.
-        let error_type = match self.outcome {
-            Some(e) => e,
+        let outcome = match self.outcome {
+            Some(o) => o,
             None => {
-                gauge!(FRONTEND_DISCONNECTED_CLIENTS.name).increment(1.0);
-                "cancelled"
+                s.disconnected
+                    .get(|| gauge!(FRONTEND_DISCONNECTED_CLIENTS.name))
+                    .increment(1.0);
+                outcome_index("cancelled")
             }
         };
-        let status = if error_type.is_empty() {
-            "success"
-        } else {
-            "error"
-        };
-        counter!(
-            FRONTEND_REQUESTS.name,
-            "model" => self.model.clone(),
-            "endpoint" => self.route.label(),
-            "request_type" => if self.streaming { "stream" } else { "unary" },
-            "status" => status,
-            "error_type" => error_type,
-        )
-        .increment(1);
+        s.request_counter(self.route, self.streaming, outcome)
+            .increment(1);
         let elapsed = self.start.elapsed().as_secs_f64();
-        histogram!(FRONTEND_REQUEST_DURATION.name, &m).record(elapsed);
+        s.histogram(&s.duration, &FRONTEND_REQUEST_DURATION)
+            .record(elapsed);
         if self.output_tokens > 0 {
-            histogram!(FRONTEND_OUTPUT_SEQUENCE_TOKENS.name, &m).record(self.output_tokens as f64);
+            s.histogram(&s.output_sequence_tokens, &FRONTEND_OUTPUT_SEQUENCE_TOKENS)
+                .record(self.output_tokens as f64);
         }
         if self.first_token {
-            histogram!(FRONTEND_CACHED_TOKENS.name, &m).record(self.cached_tokens as f64);
+            s.histogram(&s.cached_tokens, &FRONTEND_CACHED_TOKENS)
+                .record(self.cached_tokens as f64);
         } else {
-            gauge!(FRONTEND_QUEUED_REQUESTS.name, &m).decrement(1.0);
+            s.gauge(&s.queued, &FRONTEND_QUEUED_REQUESTS).decrement(1.0);
         }
-        gauge!(FRONTEND_ACTIVE_REQUESTS.name, &m).decrement(1.0);
-        gauge!(FRONTEND_INFLIGHT_REQUESTS.name, &m).decrement(1.0);
-        let c = &self.component;
-        histogram!(COMPONENT_REQUEST_DURATION.name, c).record(elapsed);
-        gauge!(COMPONENT_INFLIGHT_REQUESTS.name, c).decrement(1.0);
-        counter!(COMPONENT_RESPONSE_BYTES.name, c).increment(self.response_bytes);
+        s.gauge(&s.active, &FRONTEND_ACTIVE_REQUESTS).decrement(1.0);
+        s.gauge(&s.inflight, &FRONTEND_INFLIGHT_REQUESTS)
+            .decrement(1.0);
+        s.component_duration
+            .get(|| histogram!(COMPONENT_REQUEST_DURATION.name, &s.component))
+            .record(elapsed);
+        s.component_inflight
+            .get(|| gauge!(COMPONENT_INFLIGHT_REQUESTS.name, &s.component))
+            .decrement(1.0);
+        s.component_counter(&s.component_response_bytes, &COMPONENT_RESPONSE_BYTES)
+            .increment(self.response_bytes);
     }
 }
 

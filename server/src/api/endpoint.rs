@@ -78,13 +78,11 @@ pub async fn handle<A: GenerationApi>(
         })
         .await??;
     let model = state.check_model(common.model.as_deref())?;
-    let mut record = RequestRecord::start(
-        &state.dynamo,
-        &model,
-        A::ROUTE,
-        common.is_stream(),
-        body_len,
-    );
+    let series = state
+        .dynamo_series
+        .model(&model)
+        .expect("check_model returns a served name");
+    let mut record = RequestRecord::start(series, A::ROUTE, common.is_stream(), body_len);
     let work_state = Arc::clone(&state);
     let prepared = state
         .cpu

@@ -63,6 +63,8 @@ pub struct AppState {
     pub created: u64,
     /// The names Dynamo's component series carry.
     pub dynamo: dynamo::DynamoNames,
+    /// Dynamo's per-request series of each served model name.
+    pub dynamo_series: dynamo::DynamoSeries,
     /// Generation requests in flight, and whether the server is draining for a stop.
     pub drain: Arc<crate::lifecycle::drain::Drain>,
     /// The OTLP tracer, with `--otlp-traces-endpoint`.

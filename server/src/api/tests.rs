@@ -68,6 +68,7 @@ fn serve(backend: FailsAfter) -> String {
         ),
         vec![],
     );
+    let names = super::dynamo::DynamoNames::new("dynamo", "backend", "generate");
     let state = Arc::new(AppState {
         engine: engine::engine_loop::spawn(Box::new(backend), scheduler, None),
         tokenizer: Arc::new(byte_tokenizer()),
@@ -75,7 +76,8 @@ fn serve(backend: FailsAfter) -> String {
         max_model_len: 64,
         api_key: None,
         created: 0,
-        dynamo: super::dynamo::DynamoNames::new("dynamo", "backend", "generate"),
+        dynamo: names.clone(),
+        dynamo_series: super::dynamo::DynamoSeries::new(&names, &["tiny".to_owned()]),
         drain: crate::lifecycle::drain::Drain::new(),
         traces: None,
         cpu: crate::api::cpu_pool::CpuPool::new("request", 1, 2 << 20),
