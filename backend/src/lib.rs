@@ -13,8 +13,10 @@ pub mod heartbeat;
 pub mod host_weights;
 mod llama;
 mod row;
+mod shape;
 
 pub use row::{argmax, logprobs, softmax, sum_probabilities, GreedyToken};
+pub use shape::LayerShape;
 
 use model::LlamaConfig;
 

@@ -19,6 +19,7 @@ use super::host_weights::{has_untied_lm_head, layer_groups, Group};
 use super::{
     llama, validate_batch, Backend, BackendError, KvGeometry, Logits, LogitsFor, SeqInput,
 };
+use crate::shape::LayerShape;
 use attention::KvElement;
 pub use linear::{Linear, WeightFormat};
 use model::names;
@@ -73,6 +74,8 @@ impl<T: KvElement> LayerCaches<T> {
 
 pub struct CpuBackend {
     config: LlamaConfig,
+    /// The layers' widths, from `config`.
+    shape: LayerShape,
     embed: embedding::Embedding,
     layers: Vec<Layer>,
     norm: Vec<f32>,
@@ -133,13 +136,8 @@ impl CpuBackend {
         options: &CpuOptions,
     ) -> Result<CpuBackend, LoadError> {
         let c = config;
-        let (h, hd, nh, nkv, inter) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.intermediate_size,
-        );
+        let shape = LayerShape::of(c);
+        let (h, inter) = (shape.hidden, shape.inter);
         let fmt = options.weight_format;
         // A group's matrix as the file stores it (each tensor in its own format) where that is
         // computed natively, else from f32.
@@ -164,8 +162,8 @@ impl CpuBackend {
                 let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l);
                 Ok(Layer {
                     attn_norm: attn_norm.read(w)?,
-                    qkv: linear(&qkv, (nh + 2 * nkv) * hd, h)?,
-                    o: linear(&o, h, nh * hd)?,
+                    qkv: linear(&qkv, shape.qkv_width(), h)?,
+                    o: linear(&o, h, shape.q_width())?,
                     ffn_norm: ffn_norm.read(w)?,
                     gate_up: linear(&gate_up, 2 * inter, h)?,
                     down: linear(&down, h, inter)?,
@@ -179,7 +177,7 @@ impl CpuBackend {
             Group::one(names::EMBED, &[c.vocab_size, h])
         };
         let lm_head = linear(&head, c.vocab_size, h)?;
-        let per_layer = options.num_blocks * options.block_size * nkv * hd;
+        let per_layer = options.num_blocks * options.block_size * shape.kv_width();
         let layers_n = c.num_hidden_layers;
         let kv = match options.kv_dtype.unwrap_or(KvDtype::auto(fmt)) {
             KvDtype::F32 => KvCache::F32(LayerCaches::new(layers_n, per_layer)),
@@ -188,6 +186,7 @@ impl CpuBackend {
         };
         Ok(CpuBackend {
             config: c.clone(),
+            shape,
             embed,
             layers,
             norm,
@@ -265,7 +264,6 @@ struct CpuStep<'a, 'b> {
 
 impl<'a, 'b> CpuStep<'a, 'b> {
     fn new(backend: &'a mut CpuBackend, batch: &'a [SeqInput<'b>]) -> Self {
-        let c = &backend.config;
         let rows: Vec<attention::Row> = batch
             .iter()
             .enumerate()
@@ -277,13 +275,8 @@ impl<'a, 'b> CpuStep<'a, 'b> {
             })
             .collect();
         let t = rows.len();
-        let (h, hd, nh, nkv, inter) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-            c.intermediate_size,
-        );
+        let shape = backend.shape;
+        let (h, hd, inter) = (shape.hidden, shape.head_dim, shape.inter);
         let mut rope = vec![0f32; t * hd];
         for (cos_sin, row) in rope.chunks_exact_mut(hd).zip(&rows) {
             backend.rope.at(row.pos, cos_sin);
@@ -292,8 +285,8 @@ impl<'a, 'b> CpuStep<'a, 'b> {
             rope,
             x: vec![0f32; t * h],
             xn: vec![0f32; t * h],
-            qkv: vec![0f32; t * (nh + 2 * nkv) * hd],
-            attn: vec![0f32; t * nh * hd],
+            qkv: vec![0f32; t * shape.qkv_width()],
+            attn: vec![0f32; t * shape.q_width()],
             out: vec![0f32; t * h],
             gate_up: vec![0f32; t * 2 * inter],
             act: vec![0f32; t * inter],
@@ -309,7 +302,7 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
     type Error = BackendError;
 
     fn embed(&mut self) -> Result<(), BackendError> {
-        let h = self.backend.config.hidden_size;
+        let h = self.backend.shape.hidden;
         let tokens = self.batch.iter().flat_map(|s| s.tokens.iter());
         for (row, &tok) in self.x.chunks_exact_mut(h).zip(tokens) {
             let tok = tok as usize;
@@ -321,22 +314,23 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
     fn attention(&mut self, l: usize) -> Result<(), BackendError> {
         let b = &mut *self.backend;
         let c = &b.config;
+        let shape = b.shape;
         let (t, hd, nh, nkv) = (
             self.rows.len(),
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
+            shape.head_dim,
+            shape.n_heads,
+            shape.n_kv_heads,
         );
         let layer = &b.layers[l];
         ops::rms_norm_rows(&self.x, &layer.attn_norm, c.rms_norm_eps, &mut self.xn);
         layer.qkv.forward(&self.xn, t, &mut self.qkv);
         self.qkv
-            .par_chunks_mut((nh + 2 * nkv) * hd)
+            .par_chunks_mut(shape.qkv_width())
             .zip(self.rope.par_chunks(hd))
             .for_each(|(r, cos_sin)| {
-                let (q, k) = r.split_at_mut(nh * hd);
+                let (q, k) = r.split_at_mut(shape.q_width());
                 ops::rope(q, nh, hd, cos_sin);
-                ops::rope(&mut k[..nkv * hd], nkv, hd, cos_sin);
+                ops::rope(&mut k[..shape.kv_width()], nkv, hd, cos_sin);
             });
         let tables: Vec<&[u32]> = self.batch.iter().map(|s| s.block_table).collect();
         let geometry = attention::Geometry {
@@ -358,7 +352,7 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
 
     fn mlp(&mut self, l: usize) -> Result<(), BackendError> {
         let b = &*self.backend;
-        let (t, inter) = (self.rows.len(), b.config.intermediate_size);
+        let (t, inter) = (self.rows.len(), b.shape.inter);
         let layer = &b.layers[l];
         ops::rms_norm_rows(
             &self.x,
@@ -384,11 +378,7 @@ impl llama::LlamaStep for CpuStep<'_, '_> {
 
     fn lm_head(&mut self) -> Result<(), BackendError> {
         let b = &*self.backend;
-        let (h, vocab, eps) = (
-            b.config.hidden_size,
-            b.config.vocab_size,
-            b.config.rms_norm_eps,
-        );
+        let (h, vocab, eps) = (b.shape.hidden, b.shape.vocab, b.config.rms_norm_eps);
         let mut picked = Vec::new();
         let mut offset = 0;
         for s in self.batch {

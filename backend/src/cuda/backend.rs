@@ -9,13 +9,17 @@
 use super::error::CudaError;
 use super::gemm::{Matrix, Output};
 use super::gpu::{DeviceInfo, Gpu};
-use super::kernels::{Bf16, DevPtr, Grid};
+use super::kernels::{
+    ArgmaxRows, Bf16, DevPtr, EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads,
+    PagedAttention, RmsNorm, Rope, SiluAndMul,
+};
 use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
 use super::step_plan::StepPlan;
 use super::timing::StepClock;
 use super::weights::{Bf16Buf, DeviceWeights};
-use super::workspace::{Widths, Workspace};
+use super::workspace::Workspace;
+use crate::shape::LayerShape;
 use crate::{
     llama, validate_batch, Backend, BackendError, GreedyToken, KvGeometry, Logits, SeqInput,
     StepTiming,
@@ -92,13 +96,13 @@ impl CudaBackend {
         let rope_cos = stream.clone_htod(&cos)?;
         let rope_sin = stream.clone_htod(&sin)?;
 
-        let widths = Widths::of(c);
+        let shape = LayerShape::of(c);
         let tokens = options.max_num_batched_tokens.max(1);
         let rows = options.max_num_seqs.max(1);
         let max_blocks = c.max_position_embeddings.div_ceil(options.block_size);
         let work = Workspace::new(
             stream,
-            widths,
+            shape,
             tokens,
             rows,
             4 * tokens + rows * max_blocks + rows,
@@ -180,7 +184,7 @@ impl CudaBackend {
             self.config.num_hidden_layers,
         )?;
 
-        let (s, work, vocab) = (&self.gpu.stream, &self.work, self.work.widths.vocab);
+        let (s, work, vocab) = (&self.gpu.stream, &self.work, self.work.shape.vocab);
         let mut data = vec![0f32; plan.full_rows * vocab];
         let mut ids = vec![0u32; plan.greedy_rows];
         let mut logprobs = vec![0f32; plan.greedy_rows];
@@ -251,12 +255,14 @@ impl CudaStep<'_> {
         b.gpu.kernels.rms_norm(
             self.stream(),
             self.per_token(),
-            x,
-            residual,
-            self.buf(weight),
-            self.buf(&b.work.normed),
-            b.config.hidden_size as i32,
-            b.config.rms_norm_eps,
+            RmsNorm {
+                x,
+                residual,
+                w: self.buf(weight),
+                out: self.buf(&b.work.normed),
+                hidden: b.work.shape.hidden as i32,
+                eps: b.config.rms_norm_eps,
+            },
         )
     }
 
@@ -289,23 +295,20 @@ impl llama::LlamaStep for CudaStep<'_> {
         b.gpu.kernels.embedding_gather(
             self.stream(),
             self.per_token(),
-            self.buf(&b.weights.embed),
-            self.meta(self.plan.ids()),
-            self.buf(&b.work.residual),
-            b.config.hidden_size as i32,
+            EmbeddingGather {
+                table: self.buf(&b.weights.embed),
+                ids: self.meta(self.plan.ids()),
+                out: self.buf(&b.work.residual),
+                hidden: b.work.shape.hidden as i32,
+            },
         )
     }
 
     fn attention(&mut self, l: usize) -> Result<(), CudaError> {
         let (b, plan, s) = (self.backend, self.plan, self.stream());
-        let (k, work, w) = (&b.gpu.kernels, &b.work, b.work.widths);
-        let c = &b.config;
-        let (h, hd, nh, nkv) = (
-            c.hidden_size,
-            c.head_dim,
-            c.num_attention_heads,
-            c.num_key_value_heads,
-        );
+        let (k, work, shape) = (&b.gpu.kernels, &b.work, &b.work.shape);
+        let (h, hd) = (shape.hidden, shape.head_dim);
+        let (q_width, kv_width, qkv_width) = (shape.q_width(), shape.kv_width(), shape.qkv_width());
         let layer = &b.weights.layers[l];
         let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
         if l == 0 {
@@ -314,56 +317,63 @@ impl llama::LlamaStep for CudaStep<'_> {
             self.norm(delta, residual, &layer.attn_norm)?;
         }
         let qkv = |offset: usize| addr(&work.qkv, s, offset);
-        self.linear(self.buf(&work.normed), &layer.qkv, w.qkv, h, qkv(0))?;
+        self.linear(self.buf(&work.normed), &layer.qkv, qkv_width, h, qkv(0))?;
         k.rope(
             s,
             self.per_token(),
-            qkv(0),
-            qkv(nh * hd),
-            self.meta(plan.positions()),
-            self.buf(&b.rope_cos),
-            self.buf(&b.rope_sin),
-            nh as i32,
-            nkv as i32,
-            hd as i32,
-            w.qkv as i32,
+            Rope {
+                q: qkv(0),
+                k: qkv(q_width),
+                positions: self.meta(plan.positions()),
+                cos_table: self.buf(&b.rope_cos),
+                sin_table: self.buf(&b.rope_sin),
+                n_heads: Heads::of(shape),
+                n_kv_heads: KvHeads::of(shape),
+                head_dim: HeadDim::of(shape),
+                stride: qkv_width as i32,
+            },
         )?;
         let cache = &b.cache[l];
         k.kv_cache_write(
             s,
             self.per_token(),
-            qkv(nh * hd),
-            qkv((nh + nkv) * hd),
-            self.buf(&cache.k),
-            self.buf(&cache.v),
-            self.meta_int(plan.slots()),
-            (nkv * hd) as i32,
-            w.qkv as i32,
+            KvCacheWrite {
+                k: qkv(q_width),
+                v: qkv(q_width + kv_width),
+                k_cache: self.buf(&cache.k),
+                v_cache: self.buf(&cache.v),
+                slots: self.meta_int(plan.slots()),
+                kv_width: kv_width as i32,
+                stride: qkv_width as i32,
+            },
         )?;
         k.paged_attention(
             s,
-            Grid::Blocks(plan.tokens as u32, nh as u32),
-            self.buf(&work.attn),
-            qkv(0),
-            self.buf(&cache.k),
-            self.buf(&cache.v),
-            self.meta_int(plan.block_tables()),
-            plan.max_blocks as i32,
-            self.meta_int(plan.token_seq()),
-            self.meta_int(plan.positions()),
-            nh as i32,
-            nkv as i32,
-            hd as i32,
-            b.block_size as i32,
-            1.0 / (hd as f32).sqrt(),
-            w.qkv as i32,
+            Grid::Blocks(plan.tokens as u32, shape.n_heads as u32),
+            PagedAttention {
+                out: self.buf(&work.attn),
+                q: qkv(0),
+                k_cache: self.buf(&cache.k),
+                v_cache: self.buf(&cache.v),
+                block_tables: self.meta_int(plan.block_tables()),
+                max_blocks_per_seq: plan.max_blocks as i32,
+                token_seq: self.meta_int(plan.token_seq()),
+                token_pos: self.meta_int(plan.positions()),
+                n_heads: Heads::of(shape),
+                n_kv_heads: KvHeads::of(shape),
+                head_dim: HeadDim::of(shape),
+                block_size: b.block_size as i32,
+                scale: 1.0 / (hd as f32).sqrt(),
+                q_stride: qkv_width as i32,
+            },
         )?;
-        self.linear(self.buf(&work.attn), &layer.o, h, w.attn, delta)
+        self.linear(self.buf(&work.attn), &layer.o, h, q_width, delta)
     }
 
     fn mlp(&mut self, l: usize) -> Result<(), CudaError> {
         let b = self.backend;
-        let (work, w, h) = (&b.work, b.work.widths, b.config.hidden_size);
+        let (work, w) = (&b.work, b.work.shape);
+        let h = w.hidden;
         let layer = &b.weights.layers[l];
         let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
         self.norm(delta, residual, &layer.ffn_norm)?;
@@ -378,10 +388,12 @@ impl llama::LlamaStep for CudaStep<'_> {
         b.gpu.kernels.silu_and_mul(
             self.stream(),
             Grid::Elements(self.plan.tokens * w.inter),
-            gate_up,
-            act,
-            w.inter as i32,
-            self.plan.tokens as u64,
+            SiluAndMul {
+                gate_up,
+                out: act,
+                inter: w.inter as i32,
+                tokens: self.plan.tokens as u64,
+            },
         )?;
         self.linear(act, &layer.down, h, w.inter, delta)
     }
@@ -389,7 +401,7 @@ impl llama::LlamaStep for CudaStep<'_> {
     fn lm_head(&mut self) -> Result<(), CudaError> {
         let (b, plan, s) = (self.backend, self.plan, self.stream());
         let (k, work) = (&b.gpu.kernels, &b.work);
-        let (h, vocab) = (b.config.hidden_size, work.widths.vocab);
+        let (h, vocab) = (work.shape.hidden, work.shape.vocab);
         let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
         self.norm(delta, residual, &b.weights.norm)?;
         let rows = plan.logit_rows();
@@ -398,10 +410,12 @@ impl llama::LlamaStep for CudaStep<'_> {
             k.embedding_gather(
                 s,
                 Grid::Blocks(rows as u32, 1),
-                self.buf(&work.normed),
-                self.meta(plan.logit_row_ids()),
-                self.buf(&work.selected),
-                h as i32,
+                EmbeddingGather {
+                    table: self.buf(&work.normed),
+                    ids: self.meta(plan.logit_row_ids()),
+                    out: self.buf(&work.selected),
+                    hidden: h as i32,
+                },
             )?;
             b.gpu.gemm.linear(
                 self.buf(&work.selected),
@@ -418,10 +432,12 @@ impl llama::LlamaStep for CudaStep<'_> {
             k.argmax_rows(
                 s,
                 Grid::Blocks(plan.greedy_rows as u32, 1),
-                addr(&work.logits, s, plan.full_rows * vocab),
-                vocab as i32,
-                self.buf(&work.greedy_ids),
-                self.buf(&work.greedy_logprobs),
+                ArgmaxRows {
+                    logits: addr(&work.logits, s, plan.full_rows * vocab),
+                    vocab: vocab as i32,
+                    ids: self.buf(&work.greedy_ids),
+                    logprobs: self.buf(&work.greedy_logprobs),
+                },
             )?;
         }
         Ok(())

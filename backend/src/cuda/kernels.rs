@@ -5,6 +5,8 @@
 
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions, Ptx};
 
+use crate::shape::LayerShape;
+
 /// Helpers every kernel file uses (bf16 conversions, warp and block reductions).
 pub const COMMON: &str = include_str!("kernels/common.cuh");
 
@@ -77,15 +79,49 @@ pub enum Grid {
     Elements(usize),
 }
 
+/// A count of query heads (a kernel's `int n_heads`): its own type, so that it cannot be passed
+/// where key/value heads or a head's width are meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heads(pub i32);
+
+/// A count of key/value heads (a kernel's `int n_kv_heads`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvHeads(pub i32);
+
+/// The width of one attention head (a kernel's `int head_dim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadDim(pub i32);
+
+impl Heads {
+    pub fn of(shape: &LayerShape) -> Heads {
+        Heads(shape.n_heads as i32)
+    }
+}
+
+impl KvHeads {
+    pub fn of(shape: &LayerShape) -> KvHeads {
+        KvHeads(shape.n_kv_heads as i32)
+    }
+}
+
+impl HeadDim {
+    pub fn of(shape: &LayerShape) -> HeadDim {
+        HeadDim(shape.head_dim as i32)
+    }
+}
+
+/// The Rust types of the table that stand for a C `int` besides `i32`.
+pub const INT_NEWTYPES: &[&str] = &["Heads", "KvHeads", "HeadDim"];
+
 /// The kernel table: each file with its entry points, each entry point's threads per block and
-/// its parameters, in the order and with the types of its C signature. From it come [`FILES`]
-/// and one launch method per entry point on [`super::launch::Kernels`], so a call site's
-/// arguments are checked by the compiler; `the_launch_methods_mirror_the_c_signatures` checks
-/// the table against the `.cu` sources.
+/// its parameters, in the order and with the types of its C signature. From it come [`FILES`],
+/// one argument struct per entry point (named fields, so a call site says which value is which)
+/// and one launch method per entry point on [`super::launch::Kernels`] taking that struct;
+/// `the_launch_methods_mirror_the_c_signatures` checks the table against the `.cu` sources.
 macro_rules! kernel_table {
     ($($file:literal => [$(
         $(#[doc = $doc:literal])*
-        $name:ident($($param:ident: $ty:ty),* $(,)?) threads $threads:literal;
+        $name:ident($args:ident { $($param:ident: $ty:ty),* $(,)? }) threads $threads:literal;
     )*])*) => {
         /// Every kernel file of the backend.
         pub const FILES: &[KernelFile] = &[$(KernelFile {
@@ -98,17 +134,26 @@ macro_rules! kernel_table {
             }),*],
         }),*];
 
+        $($(
+            #[doc = concat!("The arguments of `", stringify!($name), "`, as its C signature names them.")]
+            $(#[doc = ""] #[doc = $doc])*
+            #[derive(Debug, Clone, Copy)]
+            pub struct $args {
+                $(#[allow(missing_docs)] pub $param: $ty),*
+            }
+        )*)*
+
         impl super::launch::Kernels {
             $($(
                 $(#[doc = $doc])*
-                #[allow(clippy::too_many_arguments)]
                 pub fn $name(
                     &self,
                     stream: &cudarc::driver::CudaStream,
                     grid: Grid,
-                    $($param: $ty),*
+                    args: $args,
                 ) -> Result<(), super::error::CudaError> {
                     use super::launch::IntoArg;
+                    let $args { $($param),* } = args;
                     self.launch(stream, stringify!($name), grid, &[$($param.into_arg()),*])
                 }
             )*)*
@@ -119,57 +164,69 @@ macro_rules! kernel_table {
 kernel_table! {
     "embedding.cu" => [
         /// `out[t, :] = table[ids[t], :]`, one block per token.
-        embedding_gather(table: DevPtr<Bf16>, ids: DevPtr<u32>, out: DevPtr<Bf16>, hidden: i32)
-            threads 256;
+        embedding_gather(EmbeddingGather {
+            table: DevPtr<Bf16>, ids: DevPtr<u32>, out: DevPtr<Bf16>, hidden: i32,
+        }) threads 256;
     ]
     "norm.cu" => [
         /// RMSNorm per token (one block each); with `residual` non-null, `residual += x` first.
-        rms_norm(x: DevPtr<Bf16>, residual: DevPtr<Bf16>, w: DevPtr<Bf16>, out: DevPtr<Bf16>,
-                 hidden: i32, eps: f32) threads 256;
+        rms_norm(RmsNorm {
+            x: DevPtr<Bf16>, residual: DevPtr<Bf16>, w: DevPtr<Bf16>, out: DevPtr<Bf16>,
+            hidden: i32, eps: f32,
+        }) threads 256;
         /// `x += y`, one thread per element.
-        add_inplace(x: DevPtr<Bf16>, y: DevPtr<Bf16>, n: u64) threads 256;
+        add_inplace(AddInplace { x: DevPtr<Bf16>, y: DevPtr<Bf16>, n: u64 }) threads 256;
     ]
     "rope.cu" => [
         /// Rotary embedding of q and k in place, one block per token.
-        rope(q: DevPtr<Bf16>, k: DevPtr<Bf16>, positions: DevPtr<u32>, cos_table: DevPtr<f32>,
-             sin_table: DevPtr<f32>, n_heads: i32, n_kv_heads: i32, head_dim: i32, stride: i32)
-            threads 128;
+        rope(Rope {
+            q: DevPtr<Bf16>, k: DevPtr<Bf16>, positions: DevPtr<u32>, cos_table: DevPtr<f32>,
+            sin_table: DevPtr<f32>, n_heads: Heads, n_kv_heads: KvHeads, head_dim: HeadDim,
+            stride: i32,
+        }) threads 128;
     ]
     "activation.cu" => [
         /// SwiGLU, one thread per output element.
-        silu_and_mul(gate_up: DevPtr<Bf16>, out: DevPtr<Bf16>, inter: i32, tokens: u64)
-            threads 256;
+        silu_and_mul(SiluAndMul {
+            gate_up: DevPtr<Bf16>, out: DevPtr<Bf16>, inter: i32, tokens: u64,
+        }) threads 256;
     ]
     "kv_cache.cu" => [
         /// Each token's K and V into its cache slot (negative: skipped), one block per token.
-        kv_cache_write(k: DevPtr<Bf16>, v: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
-                       v_cache: DevPtr<Bf16>, slots: DevPtr<i32>, kv_width: i32, stride: i32)
-            threads 256;
+        kv_cache_write(KvCacheWrite {
+            k: DevPtr<Bf16>, v: DevPtr<Bf16>, k_cache: DevPtr<Bf16>, v_cache: DevPtr<Bf16>,
+            slots: DevPtr<i32>, kv_width: i32, stride: i32,
+        }) threads 256;
     ]
     "attention.cu" => [
         /// Paged attention, grid (query tokens, heads).
-        paged_attention(out: DevPtr<Bf16>, q: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
-                        v_cache: DevPtr<Bf16>, block_tables: DevPtr<i32>,
-                        max_blocks_per_seq: i32, token_seq: DevPtr<i32>,
-                        token_pos: DevPtr<i32>, n_heads: i32, n_kv_heads: i32, head_dim: i32,
-                        block_size: i32, scale: f32, q_stride: i32) threads 128;
+        paged_attention(PagedAttention {
+            out: DevPtr<Bf16>, q: DevPtr<Bf16>, k_cache: DevPtr<Bf16>, v_cache: DevPtr<Bf16>,
+            block_tables: DevPtr<i32>, max_blocks_per_seq: i32, token_seq: DevPtr<i32>,
+            token_pos: DevPtr<i32>, n_heads: Heads, n_kv_heads: KvHeads, head_dim: HeadDim,
+            block_size: i32, scale: f32, q_stride: i32,
+        }) threads 128;
     ]
     "sampling.cu" => [
         /// Each row's argmax and its log-probability, one block per row.
-        argmax_rows(logits: DevPtr<f32>, vocab: i32, ids: DevPtr<u32>, logprobs: DevPtr<f32>)
-            threads 1024;
+        argmax_rows(ArgmaxRows {
+            logits: DevPtr<f32>, vocab: i32, ids: DevPtr<u32>, logprobs: DevPtr<f32>,
+        }) threads 1024;
     ]
     "dequant.cu" => [
         /// GGUF Q8_0 blocks to bf16, one thread per 32-value block.
-        dequant_q8_0(blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64) threads 256;
+        dequant_q8_0(DequantQ8_0 { blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64 })
+            threads 256;
         /// GGUF Q4_0 blocks to bf16, one thread per block.
-        dequant_q4_0(blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64) threads 256;
+        dequant_q4_0(DequantQ4_0 { blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64 })
+            threads 256;
         /// GGUF Q4_1 blocks to bf16, one thread per block.
-        dequant_q4_1(blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64) threads 256;
+        dequant_q4_1(DequantQ4_1 { blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64 })
+            threads 256;
         /// IEEE half to bf16, one thread per element.
-        convert_f16(r#in: DevPtr<u16>, out: DevPtr<Bf16>, n: u64) threads 256;
+        convert_f16(ConvertF16 { r#in: DevPtr<u16>, out: DevPtr<Bf16>, n: u64 }) threads 256;
         /// f32 to bf16, one thread per element.
-        convert_f32(r#in: DevPtr<f32>, out: DevPtr<Bf16>, n: u64) threads 256;
+        convert_f32(ConvertF32 { r#in: DevPtr<f32>, out: DevPtr<Bf16>, n: u64 }) threads 256;
     ]
 }
 
@@ -386,7 +443,15 @@ mod tests {
                 let rust: Vec<(String, String)> = entry
                     .params
                     .iter()
-                    .map(|(n, t)| (n.trim_start_matches("r#").to_owned(), t.replace(' ', "")))
+                    .map(|(n, t)| {
+                        let t = t.replace(' ', "");
+                        let abi = if INT_NEWTYPES.contains(&t.as_str()) {
+                            "i32".to_owned()
+                        } else {
+                            t
+                        };
+                        (n.trim_start_matches("r#").to_owned(), abi)
+                    })
                     .collect();
                 let from_c: Vec<(String, String)> = params
                     .iter()

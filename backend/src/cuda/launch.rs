@@ -15,7 +15,7 @@ use cudarc::driver::{
 
 use super::error::CudaError;
 use super::kernel_cache::{compile_cached, Source};
-use super::kernels::{DevPtr, Grid, FILES};
+use super::kernels::{DevPtr, Grid, HeadDim, Heads, KvHeads, FILES};
 
 /// One kernel argument, as the kernel's C signature declares it.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +56,24 @@ impl IntoArg for u64 {
 impl IntoArg for f32 {
     fn into_arg(self) -> Arg {
         Arg::F32(self)
+    }
+}
+
+impl IntoArg for Heads {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self.0)
+    }
+}
+
+impl IntoArg for KvHeads {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self.0)
+    }
+}
+
+impl IntoArg for HeadDim {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self.0)
     }
 }
 

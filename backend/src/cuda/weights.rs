@@ -9,7 +9,7 @@ use std::sync::Arc;
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::error::CudaError;
-use super::kernels::{DevPtr, Grid};
+use super::kernels::{ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr, Grid};
 use super::launch::{addr, Kernels};
 use crate::host_weights::{has_untied_lm_head, layer_groups, Group};
 use model::gguf::quant::GgmlType;
@@ -103,9 +103,11 @@ pub fn to_bf16(
     kernels.convert_f32(
         stream,
         Grid::Elements(host.len()),
-        addr(&staging, stream, 0),
-        addr(&out, stream, 0),
-        host.len() as u64,
+        ConvertF32 {
+            r#in: addr(&staging, stream, 0),
+            out: addr(&out, stream, 0),
+            n: host.len() as u64,
+        },
     )?;
     stream.synchronize()?;
     Ok(out)
@@ -137,18 +139,50 @@ pub fn decode(
     }
     let staging = stream.clone_htod(encoded)?;
     // SAFETY: every element is written by the kernel below before anything reads it.
-    let out = unsafe { stream.alloc::<u16>(elements) }?;
-    let (bytes, bf16) = (addr(&staging, stream, 0), addr(&out, stream, 0));
+    let out_buf = unsafe { stream.alloc::<u16>(elements) }?;
+    let (blocks_at, out) = (addr(&staging, stream, 0), addr(&out_buf, stream, 0));
     // One thread per 32-value block; f16 one per element (a "block" of one).
     let grid = Grid::Elements(blocks);
-    let n = blocks as u64;
+    let n_blocks = blocks as u64;
     match kind {
-        GgmlType::Q8_0 => kernels.dequant_q8_0(stream, grid, bytes, bf16, n),
-        GgmlType::Q4_0 => kernels.dequant_q4_0(stream, grid, bytes, bf16, n),
-        GgmlType::Q4_1 => kernels.dequant_q4_1(stream, grid, bytes, bf16, n),
+        GgmlType::Q8_0 => kernels.dequant_q8_0(
+            stream,
+            grid,
+            DequantQ8_0 {
+                blocks: blocks_at,
+                out,
+                n_blocks,
+            },
+        ),
+        GgmlType::Q4_0 => kernels.dequant_q4_0(
+            stream,
+            grid,
+            DequantQ4_0 {
+                blocks: blocks_at,
+                out,
+                n_blocks,
+            },
+        ),
+        GgmlType::Q4_1 => kernels.dequant_q4_1(
+            stream,
+            grid,
+            DequantQ4_1 {
+                blocks: blocks_at,
+                out,
+                n_blocks,
+            },
+        ),
         // The staging bytes are the f16 values, two bytes each.
-        _ => kernels.convert_f16(stream, grid, DevPtr::new(bytes.addr()), bf16, n),
+        _ => kernels.convert_f16(
+            stream,
+            grid,
+            ConvertF16 {
+                r#in: DevPtr::new(blocks_at.addr()),
+                out,
+                n: n_blocks,
+            },
+        ),
     }?;
     stream.synchronize()?;
-    Ok(out)
+    Ok(out_buf)
 }

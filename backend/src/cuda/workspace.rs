@@ -8,32 +8,11 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 
 use super::error::CudaError;
 use super::weights::Bf16Buf;
-use model::LlamaConfig;
-
-/// Widths of the per-token activations.
-#[derive(Debug, Clone, Copy)]
-pub struct Widths {
-    pub hidden: usize,
-    pub qkv: usize,
-    pub attn: usize,
-    pub inter: usize,
-    pub vocab: usize,
-}
-
-impl Widths {
-    pub fn of(c: &LlamaConfig) -> Widths {
-        Widths {
-            hidden: c.hidden_size,
-            qkv: (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim,
-            attn: c.num_attention_heads * c.head_dim,
-            inter: c.intermediate_size,
-            vocab: c.vocab_size,
-        }
-    }
-}
+use crate::shape::LayerShape;
 
 pub struct Workspace {
-    pub widths: Widths,
+    /// The widths the buffers are sized for.
+    pub shape: LayerShape,
     tokens: usize,
     rows: usize,
     /// The residual stream.
@@ -65,21 +44,21 @@ fn alloc<T: DeviceRepr + ValidAsZeroBits>(
 impl Workspace {
     pub fn new(
         stream: &Arc<CudaStream>,
-        widths: Widths,
+        shape: LayerShape,
         tokens: usize,
         rows: usize,
         meta: usize,
     ) -> Result<Workspace, CudaError> {
-        let w = widths;
+        let w = shape;
         Ok(Workspace {
-            widths,
+            shape,
             tokens,
             rows,
             residual: alloc(stream, tokens * w.hidden)?,
             delta: alloc(stream, tokens * w.hidden)?,
             normed: alloc(stream, tokens * w.hidden)?,
-            qkv: alloc(stream, tokens * w.qkv)?,
-            attn: alloc(stream, tokens * w.attn)?,
+            qkv: alloc(stream, tokens * w.qkv_width())?,
+            attn: alloc(stream, tokens * w.q_width())?,
             gate_up: alloc(stream, tokens * 2 * w.inter)?,
             act: alloc(stream, tokens * w.inter)?,
             selected: alloc(stream, rows * w.hidden)?,
@@ -122,7 +101,7 @@ impl Workspace {
             stream.synchronize()?;
             *self = Workspace::new(
                 stream,
-                self.widths,
+                self.shape,
                 tokens.max(self.tokens),
                 rows.max(self.rows),
                 meta.max(self.meta.len()),

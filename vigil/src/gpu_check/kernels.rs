@@ -10,10 +10,14 @@ use super::report::{max_error, round_bf16, Report};
 use backend::cpu::attention::{self, Geometry, Row};
 use backend::cpu::ops;
 use backend::cuda::gemm::{Matrix, Output};
-use backend::cuda::kernels::{DevPtr, Grid};
+use backend::cuda::kernels::{
+    ArgmaxRows, ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr,
+    EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads, PagedAttention, RmsNorm, Rope,
+    SiluAndMul,
+};
 use backend::cuda::step_plan::StepPlan;
 use backend::cuda::{rope, CudaError};
-use backend::{GreedyToken, LogitsFor, SeqInput};
+use backend::{GreedyToken, LayerShape, LogitsFor, SeqInput};
 use model::gguf::quant::{dequantize, GgmlType};
 use model::{LlamaConfig, RopeScaling};
 
@@ -66,10 +70,12 @@ fn embedding(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     k.embedding_gather(
         s,
         Grid::Blocks(ids.len() as u32, 1),
-        dev.at(&d_table, 0),
-        dev.at(&d_ids, 0),
-        dev.at(&out, 0),
-        h as i32,
+        EmbeddingGather {
+            table: dev.at(&d_table, 0),
+            ids: dev.at(&d_ids, 0),
+            out: dev.at(&out, 0),
+            hidden: h as i32,
+        },
     )?;
     let want: Vec<f32> = ids
         .iter()
@@ -88,12 +94,14 @@ fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     k.rms_norm(
         s,
         Grid::Blocks(t as u32, 1),
-        dev.at(&d_x, 0),
-        DevPtr::null(),
-        dev.at(&d_w, 0),
-        dev.at(&out, 0),
-        h as i32,
-        eps,
+        RmsNorm {
+            x: dev.at(&d_x, 0),
+            residual: DevPtr::null(),
+            w: dev.at(&d_w, 0),
+            out: dev.at(&out, 0),
+            hidden: h as i32,
+            eps,
+        },
     )?;
     let mut want = vec![0f32; t * h];
     ops::rms_norm_rows(&x, &w, eps, &mut want);
@@ -111,12 +119,14 @@ fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErro
     k.rms_norm(
         s,
         Grid::Blocks(t as u32, 1),
-        dev.at(&d_x, 0),
-        dev.at(&d_res, 0),
-        dev.at(&d_w, 0),
-        dev.at(&out, 0),
-        h as i32,
-        eps,
+        RmsNorm {
+            x: dev.at(&d_x, 0),
+            residual: dev.at(&d_res, 0),
+            w: dev.at(&d_w, 0),
+            out: dev.at(&out, 0),
+            hidden: h as i32,
+            eps,
+        },
     )?;
     // The residual becomes x + residual (rounded to bf16), and that is what is normalised.
     let sum: Vec<f32> = round_bf16(&x.iter().zip(&res).map(|(a, b)| a + b).collect::<Vec<_>>());
@@ -147,8 +157,9 @@ fn rope_config() -> LlamaConfig {
 
 fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let c = rope_config();
-    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-    let stride = (nh + 2 * nkv) * hd;
+    let shape = LayerShape::of(&c);
+    let (nh, nkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
+    let stride = shape.qkv_width();
     let positions = [0u32, 7, 300, 2047];
     let t = positions.len();
     let qkv = round_bf16(&random(rng, t * stride, 2.0));
@@ -164,15 +175,17 @@ fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     k.rope(
         s,
         Grid::Blocks(t as u32, 1),
-        dev.at(&d_qkv, 0),
-        dev.at(&d_qkv, nh * hd),
-        dev.at(&d_pos, 0),
-        dev.at(&d_cos, 0),
-        dev.at(&d_sin, 0),
-        nh as i32,
-        nkv as i32,
-        hd as i32,
-        stride as i32,
+        Rope {
+            q: dev.at(&d_qkv, 0),
+            k: dev.at(&d_qkv, shape.q_width()),
+            positions: dev.at(&d_pos, 0),
+            cos_table: dev.at(&d_cos, 0),
+            sin_table: dev.at(&d_sin, 0),
+            n_heads: Heads::of(&shape),
+            n_kv_heads: KvHeads::of(&shape),
+            head_dim: HeadDim::of(&shape),
+            stride: stride as i32,
+        },
     )?;
     let mut want = qkv.clone();
     for (row, &pos) in want.chunks_exact_mut(stride).zip(&positions) {
@@ -199,10 +212,12 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     k.silu_and_mul(
         s,
         Grid::Elements(t * inter),
-        dev.at(&d_in, 0),
-        dev.at(&out, 0),
-        inter as i32,
-        t as u64,
+        SiluAndMul {
+            gate_up: dev.at(&d_in, 0),
+            out: dev.at(&out, 0),
+            inter: inter as i32,
+            tokens: t as u64,
+        },
     )?;
     let want: Vec<f32> = gate_up
         .chunks_exact(2 * inter)
@@ -224,6 +239,14 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
 fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let mut worst = 0f32;
     for (nh, nkv, hd) in [(9, 3, 64), (32, 8, 128)] {
+        let shape = LayerShape {
+            hidden: nh * hd,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            inter: 0,
+            vocab: 0,
+        };
         let g = Geometry {
             block_size: 16,
             n_heads: nh,
@@ -278,31 +301,35 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             k.kv_cache_write(
                 s,
                 Grid::Blocks(t as u32, 1),
-                dev.at(&d_qkv, nh * hd),
-                dev.at(&d_qkv, (nh + nkv) * hd),
-                dev.at(&d_k, 0),
-                dev.at(&d_v, 0),
-                meta(plan.slots().start),
-                (nkv * hd) as i32,
-                width as i32,
+                KvCacheWrite {
+                    k: dev.at(&d_qkv, shape.q_width()),
+                    v: dev.at(&d_qkv, shape.q_width() + shape.kv_width()),
+                    k_cache: dev.at(&d_k, 0),
+                    v_cache: dev.at(&d_v, 0),
+                    slots: meta(plan.slots().start),
+                    kv_width: shape.kv_width() as i32,
+                    stride: width as i32,
+                },
             )?;
             k.paged_attention(
                 s,
                 Grid::Blocks(t as u32, nh as u32),
-                dev.at(&d_out, 0),
-                dev.at(&d_qkv, 0),
-                dev.at(&d_k, 0),
-                dev.at(&d_v, 0),
-                meta(plan.block_tables().start),
-                plan.max_blocks as i32,
-                meta(plan.token_seq().start),
-                meta(plan.positions().start),
-                nh as i32,
-                nkv as i32,
-                hd as i32,
-                g.block_size as i32,
-                1.0 / (hd as f32).sqrt(),
-                width as i32,
+                PagedAttention {
+                    out: dev.at(&d_out, 0),
+                    q: dev.at(&d_qkv, 0),
+                    k_cache: dev.at(&d_k, 0),
+                    v_cache: dev.at(&d_v, 0),
+                    block_tables: meta(plan.block_tables().start),
+                    max_blocks_per_seq: plan.max_blocks as i32,
+                    token_seq: meta(plan.token_seq().start),
+                    token_pos: meta(plan.positions().start),
+                    n_heads: Heads::of(&shape),
+                    n_kv_heads: KvHeads::of(&shape),
+                    head_dim: HeadDim::of(&shape),
+                    block_size: g.block_size as i32,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                    q_stride: width as i32,
+                },
             )?;
             if i == 1 {
                 out = vec![(dev.read_bf16(&d_out)?, want)];
@@ -327,10 +354,12 @@ fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     k.argmax_rows(
         s,
         Grid::Blocks(3, 1),
-        dev.at(&d_logits, 0),
-        vocab as i32,
-        dev.at(&ids, 0),
-        dev.at(&lps, 0),
+        ArgmaxRows {
+            logits: dev.at(&d_logits, 0),
+            vocab: vocab as i32,
+            ids: dev.at(&ids, 0),
+            logprobs: dev.at(&lps, 0),
+        },
     )?;
     let (ids, lps) = (dev.read(&ids)?, dev.read(&lps)?);
     let mut error = 0f32;
@@ -369,9 +398,33 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         let (blocks, bf16, n) = (dev.at(&d_data, 0), dev.at(&out, 0), n_blocks as u64);
         let grid = Grid::Elements(n_blocks);
         match ty {
-            GgmlType::Q8_0 => k.dequant_q8_0(s, grid, blocks, bf16, n),
-            GgmlType::Q4_0 => k.dequant_q4_0(s, grid, blocks, bf16, n),
-            _ => k.dequant_q4_1(s, grid, blocks, bf16, n),
+            GgmlType::Q8_0 => k.dequant_q8_0(
+                s,
+                grid,
+                DequantQ8_0 {
+                    blocks,
+                    out: bf16,
+                    n_blocks: n,
+                },
+            ),
+            GgmlType::Q4_0 => k.dequant_q4_0(
+                s,
+                grid,
+                DequantQ4_0 {
+                    blocks,
+                    out: bf16,
+                    n_blocks: n,
+                },
+            ),
+            _ => k.dequant_q4_1(
+                s,
+                grid,
+                DequantQ4_1 {
+                    blocks,
+                    out: bf16,
+                    n_blocks: n,
+                },
+            ),
         }?;
         worst = worst.max(max_error(&dev.read_bf16(&out)?, &round_bf16(&want)));
     }
@@ -395,10 +448,20 @@ fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     for from_f16 in [false, true] {
         let out = dev.zeros::<u16>(x.len())?;
         let want = if from_f16 {
-            k.convert_f16(s, grid, dev.at(&d_f16, 0), dev.at(&out, 0), n)?;
+            let args = ConvertF16 {
+                r#in: dev.at(&d_f16, 0),
+                out: dev.at(&out, 0),
+                n,
+            };
+            k.convert_f16(s, grid, args)?;
             round_bf16(&from_half)
         } else {
-            k.convert_f32(s, grid, dev.at(&d_f32, 0), dev.at(&out, 0), n)?;
+            let args = ConvertF32 {
+                r#in: dev.at(&d_f32, 0),
+                out: dev.at(&out, 0),
+                n,
+            };
+            k.convert_f32(s, grid, args)?;
             round_bf16(&x)
         };
         worst = worst.max(max_error(&dev.read_bf16(&out)?, &want));
