@@ -14,7 +14,7 @@ use crate::executor::Executor;
 use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::request::Timestamps;
-use crate::scheduler::{FinishReason, Request, Scheduler, StepOutput, StopReason};
+use crate::scheduler::{FinishReason, Request, Scheduler, StepOutcome, StopReason};
 pub use backend::heartbeat::Heartbeat;
 use backend::Backend;
 use model::Detokenizer;
@@ -130,14 +130,16 @@ impl EngineHandle {
     }
 }
 
-struct Meta {
+/// Where a running request's events go: its handler's channel, the detokenizer that turns its
+/// tokens into text, and the client request (of `n` choices) it belongs to.
+struct RequestSink {
     events: Sender<Event>,
     detokenizer: Option<Detokenizer>,
     parent: String,
 }
 
 /// A client request's choices still running, and the most tokens one of them made.
-struct Parent {
+struct ClientRequest {
     n: usize,
     remaining: usize,
     max_generated: usize,
@@ -174,10 +176,10 @@ pub fn spawn(
     std::thread::Builder::new()
         .name("vigil-engine".into())
         .spawn(move || {
-            let mut core = Core {
+            let mut core = EngineLoop {
                 scheduler: &mut scheduler,
                 metrics,
-                meta: HashMap::new(),
+                sinks: HashMap::new(),
                 parents: HashMap::new(),
                 heartbeat: beats,
             };
@@ -194,15 +196,17 @@ pub fn spawn(
     }
 }
 
-struct Core<'a> {
+/// The engine thread's state: the scheduler, the metrics, and where each request's events go.
+struct EngineLoop<'a> {
     scheduler: &'a mut Scheduler,
     metrics: Option<EngineMetrics>,
-    meta: HashMap<String, Meta>,
-    parents: HashMap<String, Parent>,
+    /// Where each running request's events go.
+    sinks: HashMap<String, RequestSink>,
+    parents: HashMap<String, ClientRequest>,
     heartbeat: Arc<Heartbeat>,
 }
 
-impl Core<'_> {
+impl EngineLoop<'_> {
     /// The engine loop: schedule -> execute -> update -> record, then the events.
     fn run(&mut self, executor: &mut Executor, rx: mpsc::Receiver<Command>) {
         loop {
@@ -219,7 +223,7 @@ impl Core<'_> {
                 self.handle(cmd);
             }
             let gone: Vec<String> = self
-                .meta
+                .sinks
                 .iter()
                 .filter(|(_, m)| m.events.is_closed())
                 .map(|(id, _)| id.clone())
@@ -273,12 +277,12 @@ impl Core<'_> {
     /// Turns a step's tokens into text and events (vLLM's output processor): a stop string
     /// ends its request here, before the next step, and a finished request's last token
     /// travels in its [`Finished`] event.
-    fn emit(&mut self, out: StepOutput) {
+    fn emit(&mut self, out: StepOutcome) {
         let mut finished = out.finished;
         // Requests whose client left a full buffer unread: aborted after this step's events.
         let mut unread = Vec::new();
         for u in out.updates {
-            let Some(meta) = self.meta.get_mut(&u.id) else {
+            let Some(meta) = self.sinks.get_mut(&u.id) else {
                 continue;
             };
             if !u.prompt_logprobs.is_empty()
@@ -349,15 +353,15 @@ impl Core<'_> {
                     Request::new(r.id.clone(), r.prompt, r.max_tokens, r.params, r.arrival);
                 req.trace_id = r.trace_id;
                 req.prompt_logprobs = r.prompt_logprobs;
-                self.meta.insert(
+                self.sinks.insert(
                     r.id,
-                    Meta {
+                    RequestSink {
                         events: r.events,
                         detokenizer: r.detokenizer,
                         parent: r.parent.clone(),
                     },
                 );
-                self.parents.entry(r.parent).or_insert(Parent {
+                self.parents.entry(r.parent).or_insert(ClientRequest {
                     n: r.n,
                     remaining: r.n,
                     max_generated: 0,
@@ -384,7 +388,7 @@ impl Core<'_> {
     /// Records a finished request and tells its handler; `last` is the token its final step
     /// sampled.
     fn retire(&mut self, req: &Request, reason: FinishReason, last: Option<Sampled>) {
-        let Some(mut meta) = self.meta.remove(&req.id) else {
+        let Some(mut meta) = self.sinks.remove(&req.id) else {
             return;
         };
         let parent_done = match self.parents.get_mut(&meta.parent) {

@@ -1,5 +1,5 @@
 //! The executor (vLLM v1's model runner): owns the backend and every request's sampler, and
-//! turns a [`SchedulerOutput`] into sampled tokens. It keeps a request's sampler (its seeded
+//! turns a [`ScheduledBatch`] into sampled tokens. It keeps a request's sampler (its seeded
 //! generator, the token counts its penalties need) from the step that first schedules it to the
 //! step after it finishes, preemptions included.
 
@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::sampling::{Sampled, Sampler};
-use crate::scheduler::output::{ModelRunnerOutput, PromptLogprobsJob, RequestOutput};
-use crate::scheduler::SchedulerOutput;
+use crate::scheduler::output::{ExecutedBatch, PromptLogprobsJob, RequestComputed};
+use crate::scheduler::ScheduledBatch;
 use backend::heartbeat::Heartbeat;
 use backend::{Backend, BackendError, Logits, LogitsFor, SeqInput, StepTiming};
 
@@ -43,7 +43,7 @@ impl Executor {
     }
 
     /// Runs one step: the forward pass, then sampling.
-    pub fn execute(&mut self, step: &SchedulerOutput) -> Result<ModelRunnerOutput, ExecuteError> {
+    pub fn execute(&mut self, step: &ScheduledBatch) -> Result<ExecutedBatch, ExecuteError> {
         self.mask_time = None;
         for id in &step.finished_ids {
             self.samplers.remove(id);
@@ -55,7 +55,7 @@ impl Executor {
             }
         }
         if step.requests.is_empty() {
-            return Ok(ModelRunnerOutput::default());
+            return Ok(ExecutedBatch::default());
         }
         let inputs: Vec<SeqInput> = step
             .requests
@@ -103,13 +103,13 @@ impl Executor {
             } else {
                 None
             };
-            out.push(RequestOutput {
+            out.push(RequestComputed {
                 sampled,
                 prompt_logprobs,
                 constraint_failure,
             });
         }
-        Ok(ModelRunnerOutput { requests: out })
+        Ok(ExecutedBatch { requests: out })
     }
 
     /// The forward pass, with the masks of the constrained requests that sample in this step
@@ -118,7 +118,7 @@ impl Executor {
     /// then; on the CPU backend they take a share of the cores the pass uses.
     fn forward_preparing_masks(
         &mut self,
-        step: &SchedulerOutput,
+        step: &ScheduledBatch,
         inputs: &[SeqInput],
     ) -> Result<Logits, BackendError> {
         if !self.samplers.values().any(Sampler::is_constrained) {

@@ -11,7 +11,7 @@ pub mod request;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use output::{ModelRunnerOutput, SchedulerOutput};
+pub use output::{ExecutedBatch, ScheduledBatch};
 pub use request::{FinishReason, Request, RequestError, Status, StopReason};
 
 use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
@@ -80,7 +80,7 @@ pub struct StepStats {
 }
 
 /// The result of a step: updates to stream, finished requests (removed, blocks freed) and stats.
-pub struct StepOutput {
+pub struct StepOutcome {
     pub updates: Vec<RequestUpdate>,
     pub finished: Vec<(Request, FinishReason)>,
     pub stats: StepStats,
@@ -179,11 +179,11 @@ impl Scheduler {
 
     /// Decides the next step: which requests compute how many tokens (admitting, preempting
     /// and refusing as the budget and the cache allow).
-    pub fn schedule(&mut self) -> SchedulerOutput {
+    pub fn schedule(&mut self) -> ScheduledBatch {
         let mut stats = StepStats::default();
         let scheduled = self.schedule_slots(&mut stats);
         let requests = scheduled.iter().map(|s| self.describe(s)).collect();
-        SchedulerOutput {
+        ScheduledBatch {
             requests,
             finished_ids: std::mem::take(&mut self.finished_ids),
             num_preempted: stats.num_preempted,
@@ -349,11 +349,7 @@ impl Scheduler {
     /// Takes a step's results back: appends the sampled tokens, checks stops and lengths,
     /// retires finished requests (their blocks freed), and returns what to stream and record.
     /// `step` is the last [`Scheduler::schedule`]'s output and `out` the executor's for it.
-    pub fn update_from_output(
-        &mut self,
-        step: &SchedulerOutput,
-        out: ModelRunnerOutput,
-    ) -> StepOutput {
+    pub fn update_from_output(&mut self, step: &ScheduledBatch, out: ExecutedBatch) -> StepOutcome {
         let mut stats = StepStats {
             num_preempted: step.num_preempted,
             prefix_queries: step.prefix_queries,
@@ -444,7 +440,7 @@ impl Scheduler {
             self.finished_ids.push(req.id.clone());
             finished.push((req, reason));
         }
-        StepOutput {
+        StepOutcome {
             updates,
             finished,
             stats,

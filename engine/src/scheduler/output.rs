@@ -1,5 +1,6 @@
-//! What passes between the scheduler and the executor each step, as plain data (vLLM v1's
-//! `SchedulerOutput` and `ModelRunnerOutput`): the scheduler says what to compute, the executor
+//! What passes between the scheduler and the executor each step, as plain data: a
+//! [`ScheduledBatch`] (vLLM v1's `SchedulerOutput`) and an [`ExecutedBatch`] (its
+//! `ModelRunnerOutput`): the scheduler says what to compute, the executor
 //! computes and samples it, and the scheduler takes the result back in
 //! [`Scheduler::update_from_output`](super::Scheduler::update_from_output). Neither side reaches
 //! into the other, so the scheduler is tested by feeding it made-up outputs, with no model.
@@ -9,7 +10,7 @@ use backend::LogitsFor;
 
 /// One step's work.
 #[derive(Debug, Clone, Default)]
-pub struct SchedulerOutput {
+pub struct ScheduledBatch {
     /// The requests to compute, in batch order.
     pub requests: Vec<ScheduledRequest>,
     /// Requests that finished or were aborted since the last step: the executor drops their
@@ -24,7 +25,7 @@ pub struct SchedulerOutput {
     pub(super) slots: Vec<usize>,
 }
 
-impl SchedulerOutput {
+impl ScheduledBatch {
     /// Whether there is nothing to compute.
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty()
@@ -69,12 +70,13 @@ pub struct PromptLogprobsJob {
 
 /// What the executor computed: one entry per scheduled request, in the same order.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct ModelRunnerOutput {
-    pub requests: Vec<RequestOutput>,
+pub struct ExecutedBatch {
+    pub requests: Vec<RequestComputed>,
 }
 
+/// What the executor computed for one scheduled request.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RequestOutput {
+pub struct RequestComputed {
     /// The sampled token, when the request's step reached its end.
     pub sampled: Option<Sampled>,
     /// The prompt log-probabilities its [`PromptLogprobsJob`] asked for.

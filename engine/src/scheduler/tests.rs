@@ -40,11 +40,11 @@ fn executor(num_blocks: usize) -> Executor {
 
 /// One step as the engine loop runs it: schedule, execute, update.
 trait Step {
-    fn step(&mut self, executor: &mut Executor) -> Result<StepOutput, ExecuteError>;
+    fn step(&mut self, executor: &mut Executor) -> Result<StepOutcome, ExecuteError>;
 }
 
 impl Step for Scheduler {
-    fn step(&mut self, executor: &mut Executor) -> Result<StepOutput, ExecuteError> {
+    fn step(&mut self, executor: &mut Executor) -> Result<StepOutcome, ExecuteError> {
         let step = self.schedule();
         let out = executor.execute(&step)?;
         Ok(self.update_from_output(&step, out))

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::output::{ModelRunnerOutput, RequestOutput};
+use super::output::{ExecutedBatch, RequestComputed};
 use super::*;
 use crate::sampling::SamplingParams;
 
@@ -46,12 +46,12 @@ fn token(t: u32) -> Sampled {
 
 /// What an executor would answer: `next` for each request that samples, and the prompt
 /// log-probabilities asked for.
-fn made_up(step: &SchedulerOutput, next: u32) -> ModelRunnerOutput {
-    ModelRunnerOutput {
+fn made_up(step: &ScheduledBatch, next: u32) -> ExecutedBatch {
+    ExecutedBatch {
         requests: step
             .requests
             .iter()
-            .map(|r| RequestOutput {
+            .map(|r| RequestComputed {
                 sampled: r.samples.then(|| token(next)),
                 prompt_logprobs: r
                     .prompt_logprobs
