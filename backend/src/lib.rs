@@ -14,6 +14,9 @@ pub mod host_weights;
 mod llama;
 mod row;
 mod shape;
+/// A scripted backend for tests (the `testing` feature).
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use row::{argmax, logprobs, softmax, sum_probabilities, GreedyToken};
 pub use shape::LayerShape;

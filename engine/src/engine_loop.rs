@@ -435,8 +435,7 @@ mod tests {
     use super::*;
     use crate::kv_cache::manager::KvCacheManager;
     use crate::scheduler::SchedulerConfig;
-    use backend::{BackendError, KvGeometry, Logits, SeqInput};
-    use model::LlamaConfig;
+    use backend::testing::FakeBackend;
 
     /// A greedy request with the defaults tests do not care about.
     fn greedy_request(
@@ -460,27 +459,6 @@ mod tests {
         }
     }
 
-    /// A backend that fails the way a bug would: it panics.
-    struct Panics(LlamaConfig);
-
-    impl Backend for Panics {
-        fn name(&self) -> &'static str {
-            "panics"
-        }
-        fn config(&self) -> &LlamaConfig {
-            &self.0
-        }
-        fn kv_geometry(&self) -> KvGeometry {
-            KvGeometry {
-                block_size: 4,
-                num_blocks: 8,
-            }
-        }
-        fn forward(&mut self, _: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
-            panic!("backend bug");
-        }
-    }
-
     #[test]
     fn a_panicking_engine_reports_itself_dead_and_drops_its_requests() {
         let config = model::testing::tiny_config();
@@ -491,7 +469,11 @@ mod tests {
             chunked_prefill: true,
         };
         let scheduler = Scheduler::new(cfg, KvCacheManager::new(8, 4, true), vec![]);
-        let engine = spawn(Box::new(Panics(config)), scheduler, None);
+        let engine = spawn(
+            Box::new(FakeBackend::new(config, 4, 8).panicking()),
+            scheduler,
+            None,
+        );
         assert!(engine.is_alive());
         let (tx, mut rx) = event_channel();
         engine
@@ -503,70 +485,15 @@ mod tests {
         assert!(engine.submit_is_refused());
     }
 
-    /// A backend that logs what the engine loop asks of it and answers every step with token 5.
-    struct Logged {
-        config: LlamaConfig,
-        log: Arc<std::sync::Mutex<Vec<String>>>,
-    }
-
-    impl Backend for Logged {
-        fn name(&self) -> &'static str {
-            "logged"
-        }
-        fn config(&self) -> &LlamaConfig {
-            &self.config
-        }
-        fn kv_geometry(&self) -> KvGeometry {
-            KvGeometry {
-                block_size: 4,
-                num_blocks: 8,
-            }
-        }
-        fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
-            let kinds: Vec<String> = batch
-                .iter()
-                .map(|s| format!("{:?}", s.logits_for))
-                .collect();
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("forward {}", kinds.join(",")));
-            let vocab = self.config.vocab_size;
-            let rows: usize = batch
-                .iter()
-                .map(|s| s.logits_for.positions(s.tokens.len()))
-                .sum();
-            let mut data = vec![0f32; rows * vocab];
-            for row in data.chunks_mut(vocab) {
-                row[5] = 1.0;
-            }
-            Ok(Logits::from_rows(batch, vocab, data))
-        }
-        fn take_step_timing(&mut self) -> Option<backend::StepTiming> {
-            self.log.lock().unwrap().push("timing".into());
-            Some(backend::StepTiming {
-                busy: Duration::from_micros(300),
-                gap: None,
-            })
-        }
-        fn idle(&mut self) {
-            let mut log = self.log.lock().unwrap();
-            if log.last().map(String::as_str) != Some("idle") {
-                log.push("idle".into());
-            }
-        }
-    }
-
     /// The engine loop tells the backend when it goes idle (so a device backend does not count
     /// the wait for requests as a host gap), takes each step's device timing, and a greedy
     /// request's steps ask for [`LogitsFor::Greedy`] rows.
     #[test]
     fn the_engine_loop_reports_idleness_and_takes_each_steps_timing() {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let backend = Logged {
-            config: model::testing::tiny_config(),
-            log: Arc::clone(&log),
-        };
+        let backend = FakeBackend::new(model::testing::tiny_config(), 4, 8)
+            .preferring(5)
+            .logging_to(Arc::clone(&log));
         let cfg = SchedulerConfig {
             max_num_batched_tokens: 64,
             max_num_seqs: 4,
@@ -603,58 +530,13 @@ mod tests {
         assert_eq!(log, want);
     }
 
-    /// A backend whose step takes `step`, beating every 20 ms of it when `beats`.
-    struct Slow {
-        config: LlamaConfig,
-        step: Duration,
-        beats: bool,
-        heartbeat: Option<Arc<Heartbeat>>,
-    }
-
-    impl Backend for Slow {
-        fn name(&self) -> &'static str {
-            "slow"
-        }
-        fn config(&self) -> &LlamaConfig {
-            &self.config
-        }
-        fn kv_geometry(&self) -> KvGeometry {
-            KvGeometry {
-                block_size: 4,
-                num_blocks: 8,
-            }
-        }
-        fn beat_while_working(&mut self, heartbeat: Arc<Heartbeat>) {
-            self.heartbeat = Some(heartbeat);
-        }
-        fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
-            let started = Instant::now();
-            while started.elapsed() < self.step {
-                std::thread::sleep(Duration::from_millis(20));
-                if let (true, Some(h)) = (self.beats, &self.heartbeat) {
-                    h.beat();
-                }
-            }
-            let vocab = self.config.vocab_size;
-            let rows: usize = batch
-                .iter()
-                .map(|s| s.logits_for.positions(s.tokens.len()))
-                .sum();
-            Ok(Logits::from_rows(batch, vocab, vec![0.0; rows * vocab]))
-        }
-    }
-
     /// The watchdog's signal: a step that beats as it works keeps the heartbeat young however
     /// long it takes; one stuck without progress lets it age (and the watchdog is withheld).
     #[test]
     fn a_moving_step_keeps_the_heartbeat_young_and_a_stuck_one_does_not() {
         for beats in [true, false] {
-            let backend = Slow {
-                config: model::testing::tiny_config(),
-                step: Duration::from_millis(800),
-                beats,
-                heartbeat: None,
-            };
+            let backend = FakeBackend::new(model::testing::tiny_config(), 4, 8)
+                .taking(Duration::from_millis(800), beats);
             let cfg = SchedulerConfig {
                 max_num_batched_tokens: 64,
                 max_num_seqs: 4,
@@ -685,12 +567,7 @@ mod tests {
     /// the others.
     #[test]
     fn a_request_whose_client_stops_reading_is_aborted_at_the_bound() {
-        let backend = Slow {
-            config: model::testing::tiny_config(),
-            step: Duration::ZERO,
-            beats: false,
-            heartbeat: None,
-        };
+        let backend = FakeBackend::new(model::testing::tiny_config(), 4, 8);
         let cfg = SchedulerConfig {
             max_num_batched_tokens: 64,
             max_num_seqs: 4,

@@ -2,6 +2,7 @@
 //! binary (cargo runs test binaries one at a time), so other tests' servers do not share the
 //! CPUs while the latencies are taken.
 
+#[path = "e2e/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -3,57 +3,28 @@
 
 use std::sync::Arc;
 
-use backend::{Backend, BackendError, KvGeometry, Logits, SeqInput};
+use backend::testing::FakeBackend;
+use backend::Backend;
 use engine::kv_cache::manager::KvCacheManager;
 use engine::scheduler::{Scheduler, SchedulerConfig};
 use model::testing::{byte_tokenizer, tiny_config};
-use model::LlamaConfig;
 
 use super::AppState;
 
 /// Always prefers byte `b'a'`; refuses every step after the first `ok_steps`.
-struct FailsAfter {
-    config: LlamaConfig,
-    ok_steps: usize,
+fn fails_after(ok_steps: usize) -> FakeBackend {
+    FakeBackend::new(tiny_config(), 4, 32)
+        .preferring(u32::from(b'a'))
+        .failing_after(ok_steps)
 }
 
-impl Backend for FailsAfter {
-    fn name(&self) -> &'static str {
-        "fails-after"
-    }
-    fn config(&self) -> &LlamaConfig {
-        &self.config
-    }
-    fn kv_geometry(&self) -> KvGeometry {
-        KvGeometry {
-            block_size: 4,
-            num_blocks: 32,
-        }
-    }
-    fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
-        if self.ok_steps == 0 {
-            return Err(BackendError::TokenOutOfVocab {
-                seq: 0,
-                token: u32::MAX,
-                vocab: self.config.vocab_size,
-            });
-        }
-        self.ok_steps -= 1;
-        let vocab = self.config.vocab_size;
-        let rows: usize = batch
-            .iter()
-            .map(|s| s.logits_for.positions(s.tokens.len()))
-            .sum();
-        let mut data = vec![0.0; rows * vocab];
-        for row in data.chunks_mut(vocab) {
-            row[b'a' as usize] = 10.0;
-        }
-        Ok(Logits::from_rows(batch, vocab, data))
-    }
+/// Always prefers byte `b'a'` and never fails.
+fn never_fails() -> FakeBackend {
+    FakeBackend::new(tiny_config(), 4, 32).preferring(u32::from(b'a'))
 }
 
 /// Serves the API over `backend` on a free local port; returns its base URL.
-fn serve(backend: FailsAfter) -> String {
+fn serve(backend: FakeBackend) -> String {
     let scheduler = Scheduler::new(
         SchedulerConfig {
             max_num_batched_tokens: 64,
@@ -136,10 +107,7 @@ fn an_engine_failure_mid_stream_arrives_as_an_error_event_then_done() {
         ),
     ] {
         // Step 1 prefills and samples a token, step 2 decodes one more, step 3 fails.
-        let base = serve(FailsAfter {
-            config: tiny_config(),
-            ok_steps: 2,
-        });
+        let base = serve(fails_after(2));
         let (status, body) = post(&base, path, body);
         // The stream had started (200) before the failure.
         assert_eq!(status, 200, "{path}: {body}");
@@ -170,10 +138,7 @@ fn an_engine_failure_mid_stream_arrives_as_an_error_event_then_done() {
 
 #[test]
 fn an_engine_failure_without_streaming_answers_503_with_the_error_envelope() {
-    let base = serve(FailsAfter {
-        config: tiny_config(),
-        ok_steps: 2,
-    });
+    let base = serve(fails_after(2));
     let (status, body) = post(
         &base,
         "/v1/completions",
@@ -194,8 +159,7 @@ mod bodies {
     use proptest::prelude::*;
     use serde_json::{json, Map, Value};
 
-    use super::{post, serve, FailsAfter};
-    use model::testing::tiny_config;
+    use super::{never_fails, post, serve};
 
     /// Any JSON value, nested a little.
     fn any_json() -> impl Strategy<Value = Value> {
@@ -293,7 +257,7 @@ mod bodies {
         #[test]
         fn no_body_gets_a_5xx_or_a_malformed_error(body in body(), route in 0usize..4) {
             thread_local! {
-                static BASE: String = serve(FailsAfter { config: tiny_config(), ok_steps: usize::MAX });
+                static BASE: String = serve(never_fails());
             }
             let path = ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"][route];
             let (status, text) = BASE.with(|base| post(base, path, body.clone()));

@@ -4,7 +4,7 @@
 //! bound of where it stood after a warm-up (plus the KV cache, whose pages fill as it is used),
 //! and no error in its log.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -6,7 +6,7 @@
 //! and `auto` read by the hermes parser, and invalid constraints refused with a 400 naming the
 //! field. The checks are in `clients/structured_outputs.py`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

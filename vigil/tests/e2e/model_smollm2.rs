@@ -1,7 +1,7 @@
 //! The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), loaded and run for real on the CPU
 //! backend.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! `vigil probe`, the node agent, in front of a real engine speaking the Prometheus text format
 //! (a `vigil serve`, whose `vllm:` series are vLLM's).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,7 +1,7 @@
 //! The OpenAI-compatible API of `vigil serve` with the default model, over real HTTP, and the
 //! vllm: series it moves.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! an absurd `Content-Length` is refused before the body is read. Each turned-away connection is
 //! counted in `vigil_http_connections_dropped_total`.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -3,7 +3,7 @@
 //! environment file and the unit's user and capabilities, and every system call Vigil makes
 //! (traced with strace) inside the unit's `SystemCallFilter=`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The hardware probes in the served binary: their status on /metrics, the eBPF probe watching
 //! Vigil's own threads by role while it serves, and degrading without privilege or hardware.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

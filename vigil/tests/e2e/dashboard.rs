@@ -6,7 +6,7 @@
 //! failing-node profile: GPUs at work, one that reports an XID and is lost, one throttling), so
 //! the GPU panels read the series the NVML probe itself polled.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -2,7 +2,7 @@
 //! files check clean, the alert rules pass their unit tests (`promtool test rules`), and every
 //! series they read is one the catalog defines.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

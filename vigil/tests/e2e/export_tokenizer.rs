@@ -2,7 +2,7 @@
 //! crate (what aiperf's and guidellm's `--tokenizer DIR` load, through transformers), gives the
 //! ids the running server's `/tokenize` gives, on strings that trip tokenizers up.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -4,7 +4,7 @@
 //! listener and the series all run; every expected value is computed here from the profile with
 //! NVML's units (milliwatts, millijoules, MHz, percent) converted to the series' base units.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -26,7 +26,7 @@
 //!   (so `16 * floor((prompt - 1) / 16)` for a prompt sent a second time, blocks of 16).
 //! - `vllm/v1/engine/parent_request.py`: `n` choices are `n` engine requests.
 
-mod common;
+use crate::common;
 
 use common::{http_post, sample, Vigil};
 use serde_json::{json, Value};

@@ -1,6 +1,6 @@
 //! `vigil serve` end to end: the real binary, scraped over HTTP and linted by promtool.
 
-mod common;
+use crate::common;
 
 use common::{promtool_problems, Vigil};
 use exporter::catalog::{self, vllm, Kind};

@@ -3,7 +3,7 @@
 //! real notification socket, the drain on SIGTERM with real requests in flight, JSON logs, and
 //! flags set from the environment (what `EnvironmentFile=` does).
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::time::{Duration, Instant};

@@ -5,7 +5,7 @@
 //! attributes against the response's usage, child spans inside their parent, and the trace id
 //! in the OpenMetrics exemplars.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

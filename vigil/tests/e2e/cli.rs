@@ -1,6 +1,6 @@
 //! Command-line errors name the flag and the reason, and exit non-zero without serving.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

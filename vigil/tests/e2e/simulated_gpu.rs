@@ -3,7 +3,7 @@
 //! --device cuda` run with the simulator first on `LD_LIBRARY_PATH`, so the CUDA backend's own
 //! code, kernels and cuBLAS calls execute, on the CPU.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

@@ -12,7 +12,7 @@
 //! llama-cpp-python is installed on a CPU with AVX-512, the test runs it again and first
 //! checks that the recording is still what llama.cpp says.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

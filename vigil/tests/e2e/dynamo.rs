@@ -1,6 +1,6 @@
 //! Dynamo's series from Vigil's own serving, checked against known traffic.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! A real Prometheus server (Debian's package) scrapes Vigil, and its HTTP API shows that the
 //! series arrived with the right types, HELP and labels, and that exemplars survive ingestion.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -2,7 +2,7 @@
 //! are what a real Prometheus computes (`rate`, `histogram_quantile`) from the same two
 //! scrapes, which `--save-scrapes` keeps and `promtool` backfills into a TSDB.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;
