@@ -28,7 +28,7 @@ fn barriers(c: &mut Criterion) {
             grid: [1, 1, 1],
             block: [THREADS, 1, 1],
         };
-        b.iter(|| run_grid(launch, params.as_mut_ptr()).unwrap());
+        b.iter(|| run_grid(launch, params.as_mut_ptr(), || {}).unwrap());
         assert_eq!(out[0], ROUNDS);
     });
     group.bench_function("OS threads", |b| {

@@ -50,6 +50,7 @@ pub unsafe extern "C" fn cublasSetStream_v2(handle: *mut c_void, stream: *mut c_
     CUBLAS_STATUS_SUCCESS
 }
 
+#[inline(always)]
 fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
@@ -205,11 +206,111 @@ pub unsafe extern "C" fn cublasGemmEx(
         return CUBLAS_STATUS_SUCCESS;
     }
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
+    if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && n <= DOT_MAX_COLUMNS && beta == 0.0 {
+        gemm_dot(k, alpha, a, b, c);
+        return CUBLAS_STATUS_SUCCESS;
+    }
     SCRATCH.with(|scratch| {
         let [a32, b32, c32] = &mut *scratch.borrow_mut();
         gemm_f32(k, (alpha, beta), (a, a32), (b, b32), (c, c32))
     });
     CUBLAS_STATUS_SUCCESS
+}
+
+/// The most columns of `op(B)` (tokens of a step) [`gemm_dot`] takes: beyond, converting A once
+/// and multiplying by blocks is cheaper than converting each row of A once per column.
+const DOT_MAX_COLUMNS: usize = 16;
+
+/// `C = alpha op(A) op(B)` for a bf16 `A` stored with its rows of `op(A)` contiguous (a weight
+/// matrix, `W` read as `Wᵀ`) and a few contiguous columns of `op(B)` (a decode step's tokens):
+/// one dot product per element of C, rows of A in parallel, each bf16 row widened as it is
+/// read. The general path would first widen the whole of A to f32, which costs more than the
+/// product itself when B has a column or two.
+unsafe fn gemm_dot(k: usize, alpha: f32, a: Operand, b: Operand, c: Operand) {
+    use rayon::prelude::*;
+    let (m, n) = (c.rows, c.cols);
+    let columns: Vec<Vec<f32>> = (0..n)
+        .map(|j| {
+            let mut column = Vec::with_capacity(k);
+            match b.ty {
+                CUDA_R_16BF => column.extend(
+                    std::slice::from_raw_parts((b.ptr as *const u16).add(j * b.ld), k)
+                        .iter()
+                        .map(|&v| bf16_to_f32(v)),
+                ),
+                _ => column.extend_from_slice(std::slice::from_raw_parts(
+                    (b.ptr as *const f32).add(j * b.ld),
+                    k,
+                )),
+            }
+            column
+        })
+        .collect();
+    let (a_ptr, c_ptr) = (a.ptr as usize, c.ptr as usize);
+    const ROWS_PER_TASK: usize = 64;
+    (0..m.div_ceil(ROWS_PER_TASK))
+        .into_par_iter()
+        .for_each(|task| {
+            for i in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m) {
+                // SAFETY: row i of op(A) is k contiguous elements inside A's allocation (checked by
+                // the caller), and each element of C is written by exactly one task.
+                let row = std::slice::from_raw_parts((a_ptr as *const u16).add(i * a.ld), k);
+                for (j, column) in columns.iter().enumerate() {
+                    let v = alpha * dot_bf16_f32(row, column);
+                    let at = i + j * c.ld;
+                    match c.ty {
+                        CUDA_R_16BF => *(c_ptr as *mut u16).add(at) = f32_to_bf16(v),
+                        _ => *(c_ptr as *mut f32).add(at) = v,
+                    }
+                }
+            }
+        });
+}
+
+/// `Σ a[i]·b[i]` with `a` in bf16, in f32 (eight partial sums, as a vector unit keeps them).
+fn dot_bf16_f32(a: &[u16], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { dot_bf16_f32_avx2(a, b) };
+        }
+    }
+    dot_bf16_f32_lanes::<false>(a, b)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_bf16_f32_avx2(a: &[u16], b: &[f32]) -> f32 {
+    dot_bf16_f32_lanes::<true>(a, b)
+}
+
+/// The dot product in `LANES` partial sums, each step fused (`FUSED`: where the CPU has FMA;
+/// without it `mul_add` would call the C library's slow exact `fmaf`).
+#[inline(always)]
+fn dot_bf16_f32_lanes<const FUSED: bool>(a: &[u16], b: &[f32]) -> f32 {
+    let step = |x: f32, y: f32, acc: f32| {
+        if FUSED {
+            x.mul_add(y, acc)
+        } else {
+            acc + x * y
+        }
+    };
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for l in 0..LANES {
+            acc[l] = step(bf16_to_f32(x[l]), y[l], acc[l]);
+        }
+    }
+    let mut sum = acc.iter().sum::<f32>();
+    for (x, y) in a_rest.iter().zip(b_rest) {
+        sum = step(bf16_to_f32(*x), *y, sum);
+    }
+    sum
 }
 
 /// The GEMM of [`cublasGemmEx`] once its arguments are checked: operands converted to f32
@@ -269,6 +370,82 @@ unsafe fn gemm_f32(
             }
             _ => std::slice::from_raw_parts_mut((c.ptr as *mut f32).add(col * ldc), m)
                 .copy_from_slice(column),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `op(A)·op(B)` by its definition, in f64: the reference both paths are held to.
+    fn reference(m: usize, n: usize, k: usize, a_t: &[f32], b: &[f32]) -> Vec<f64> {
+        let mut c = vec![0f64; m * n];
+        for j in 0..n {
+            for i in 0..m {
+                c[i + j * m] = (0..k)
+                    .map(|l| a_t[l + i * k] as f64 * b[l + j * k] as f64)
+                    .sum();
+            }
+        }
+        c
+    }
+
+    /// A weight read transposed times a few columns: the dot-product path (small n) and the
+    /// blocked path (any n) both compute `Wᵀ·x` to f32 accuracy, into f32 and into bf16.
+    #[test]
+    fn both_gemm_paths_compute_the_product() {
+        let (m, k) = (37, 203);
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 24) as f32 - 0.5
+        };
+        let a_bits: Vec<u16> = (0..m * k).map(|_| f32_to_bf16(next())).collect();
+        let a_t: Vec<f32> = a_bits.iter().map(|&b| bf16_to_f32(b)).collect();
+        for n in [1, 3, DOT_MAX_COLUMNS, DOT_MAX_COLUMNS + 1] {
+            let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
+            let want = reference(m, n, k, &a_t, &b);
+            let a = Operand::new(
+                a_bits.as_ptr() as _,
+                CUDA_R_16BF,
+                k as c_int,
+                CUBLAS_OP_T,
+                m,
+                k,
+            );
+            let b_op = Operand::new(b.as_ptr() as _, CUDA_R_32F, k as c_int, CUBLAS_OP_N, k, n);
+            for dot in [true, false] {
+                if dot && n > DOT_MAX_COLUMNS {
+                    continue;
+                }
+                for c_type in [CUDA_R_32F, CUDA_R_16BF] {
+                    let mut out = vec![0u32; m * n];
+                    let c = Operand::new(out.as_mut_ptr() as _, c_type, m as c_int, 0, m, n);
+                    // SAFETY: host buffers of the operands' spans.
+                    unsafe {
+                        if dot {
+                            gemm_dot(k, 1.0, a, b_op, c);
+                        } else {
+                            let mut s = [Vec::new(), Vec::new(), Vec::new()];
+                            let [a32, b32, c32] = &mut s;
+                            gemm_f32(k, (1.0, 0.0), (a, a32), (b_op, b32), (c, c32));
+                        }
+                    }
+                    for (i, w) in want.iter().enumerate() {
+                        let got = if c_type == CUDA_R_32F {
+                            f32::from_bits(out[i])
+                        } else {
+                            bf16_to_f32(unsafe { *(out.as_ptr() as *const u16).add(i) })
+                        };
+                        let tolerance = if c_type == CUDA_R_32F { 1e-5 } else { 8e-3 };
+                        assert!(
+                            (got as f64 - w).abs() <= tolerance * (1.0 + w.abs()),
+                            "n {n} dot {dot} type {c_type} at {i}: {got} vs {w}"
+                        );
+                    }
+                }
+            }
         }
     }
 }

@@ -796,7 +796,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
         grid,
         block,
     };
-    if let Err(e) = threads::run_grid(launch, params) {
+    if let Err(e) = threads::run_grid(launch, params, crate::memcheck::prepare_this_thread) {
         let code = match e {
             threads::LaunchError::IllegalAddress { .. } => CUDA_ERROR_ILLEGAL_ADDRESS,
             threads::LaunchError::Deadlock { .. } => CUDA_ERROR_LAUNCH_FAILED,

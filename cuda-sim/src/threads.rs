@@ -37,30 +37,44 @@ pub struct Running {
 }
 
 thread_local! {
-    static RUNNING: Cell<Option<Running>> = const { Cell::new(None) };
-    /// The block this OS thread is running, while it runs one.
+    /// The block this OS thread is running, while it runs one. Everything else the built-ins
+    /// and the fault handler need is in its state: a thread-local read costs a call in a shared
+    /// library, and the scheduler switches fibers millions of times a second.
     static BLOCK: Cell<*mut BlockState> = const { Cell::new(std::ptr::null_mut()) };
     static STACKS: RefCell<Vec<DefaultStack>> = const { RefCell::new(Vec::new()) };
-    /// The running fiber's trap handler, for the fault handler to end it with.
-    static TRAP: Cell<Option<CoroutineTrapHandler<()>>> = const { Cell::new(None) };
-    /// Set by the fault handler when it ended the running fiber at an invalid access.
-    static FAULTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The state of the block this OS thread runs, while one of its fibers runs.
+fn in_fiber() -> Option<&'static mut BlockState> {
+    let block = BLOCK.with(|b| b.get());
+    // SAFETY: set by `run_block` for the duration of the block, on this OS thread only; the
+    // fault handler interrupts the fiber that runs, and nothing else touches the state then.
+    let state = unsafe { block.as_mut()? };
+    state.in_fiber.then_some(state)
 }
 
 /// The running fiber's trap handler, taken (for the fault handler: it ends the fiber with it
 /// at most once).
 pub fn take_trap_handler() -> Option<CoroutineTrapHandler<()>> {
-    TRAP.with(|t| t.take())
+    let state = in_fiber()?;
+    state.traps[state.current].take()
 }
 
 /// Tells the block's scheduler that the fiber it resumed was ended by the fault handler.
 pub fn mark_faulted() {
-    FAULTED.with(|f| f.set(true));
+    if let Some(state) = in_fiber() {
+        state.faulted = true;
+    }
 }
 
 /// The CUDA thread running on this OS thread, if any (for the fault handler).
 pub fn running() -> Option<Running> {
-    RUNNING.with(|r| r.get())
+    let state = in_fiber()?;
+    Some(Running {
+        kernel: state.kernel,
+        block: state.block,
+        thread: state.coords(state.current),
+    })
 }
 
 extern "C" {
@@ -129,10 +143,27 @@ struct BlockState {
     warps: Vec<Warp>,
     waits: Vec<Option<Wait>>,
     yielders: Vec<*const Yielder<(), ()>>,
+    /// Each fiber's trap handler, for the fault handler to end it with.
+    traps: Vec<Option<CoroutineTrapHandler<()>>>,
     current: usize,
+    /// Whether `current` runs (rather than the scheduler between fibers).
+    in_fiber: bool,
+    /// Set by the fault handler when it ended the running fiber at an invalid access.
+    faulted: bool,
+    kernel: &'static str,
+    block: [u32; 3],
+    /// The block's shape, for a thread's coordinates.
+    dims: [u32; 3],
 }
 
 impl BlockState {
+    /// The coordinates of thread `t` in the block.
+    fn coords(&self, t: usize) -> [u32; 3] {
+        let t = t as u32;
+        let [bx, by, _] = self.dims;
+        [t % bx, t / bx % by, t / (bx * by)]
+    }
+
     fn released(&self, thread: usize, wait: Wait) -> bool {
         match wait {
             Wait::Block(g) => self.barrier.generation != g,
@@ -254,8 +285,14 @@ impl std::fmt::Display for LaunchError {
     }
 }
 
-/// Runs every block of `launch` with `params` (cuLaunchKernel's array, valid for the call).
-pub fn run_grid(launch: Launch, params: *mut *mut c_void) -> Result<(), LaunchError> {
+/// Runs every block of `launch` with `params` (cuLaunchKernel's array, valid for the call),
+/// calling `prepare_thread` on each OS thread before it runs a block (the memory checker's
+/// fault handler is set up so, without this module knowing of it).
+pub fn run_grid(
+    launch: Launch,
+    params: *mut *mut c_void,
+    prepare_thread: fn(),
+) -> Result<(), LaunchError> {
     use rayon::prelude::*;
     let [gx, gy, gz] = launch.grid;
     let blocks = gx as u64 * gy as u64 * gz as u64;
@@ -266,14 +303,13 @@ pub fn run_grid(launch: Launch, params: *mut *mut c_void) -> Result<(), LaunchEr
             (i / gx as u64 % gy as u64) as u32,
             (i / (gx as u64 * gy as u64)) as u32,
         ];
+        prepare_thread();
         run_block(launch, block, params as *mut *mut c_void)
     })
 }
 
 fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Result<(), LaunchError> {
-    crate::memcheck::prepare_this_thread();
-    let [bx, by, bz] = launch.block;
-    let threads = (bx * by * bz) as usize;
+    let threads = launch.block.iter().product::<u32>() as usize;
     let warps = threads.div_ceil(32);
     let state = Box::into_raw(Box::new(BlockState {
         barrier: Barrier {
@@ -299,7 +335,13 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
             .collect(),
         waits: vec![None; threads],
         yielders: vec![std::ptr::null(); threads],
+        traps: vec![None; threads],
         current: 0,
+        in_fiber: false,
+        faulted: false,
+        kernel: launch.kernel.name,
+        block,
+        dims: launch.block,
     }));
     // The block's state is reached through this pointer, by the scheduler between fibers and
     // by the built-ins inside them, never by both at once: fibers run one at a time.
@@ -328,10 +370,9 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
             ))
         })
         .collect();
-    let coords = |t: usize| {
-        let t = t as u32;
-        [t % bx, t / bx % by, t / (bx * by)]
-    };
+    for (trap, fiber) in st().traps.iter_mut().zip(&fibers) {
+        *trap = fiber.as_ref().map(|f| f.trap_handler());
+    }
     let mut result = Ok(());
     let mut remaining = threads;
     while remaining > 0 {
@@ -346,22 +387,17 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
                 }
                 st().waits[t] = None;
             }
-            st().current = t;
-            let [x, y, z] = coords(t);
+            let state = st();
+            state.current = t;
+            let [x, y, z] = state.coords(t);
             // SAFETY: plain stores to this OS thread's built-in variables.
             unsafe { cuda_sim_set_thread(x, y, z) };
-            RUNNING.with(|r| {
-                r.set(Some(Running {
-                    kernel: launch.kernel.name,
-                    block,
-                    thread: [x, y, z],
-                }))
-            });
             moved = true;
-            TRAP.with(|trap| trap.set(Some(fiber.trap_handler())));
+            state.in_fiber = true;
             let resumed = fiber.resume(());
-            TRAP.with(|trap| trap.set(None));
-            if FAULTED.with(|f| f.replace(false)) {
+            let state = st();
+            state.in_fiber = false;
+            if state.faulted {
                 result = Err(LaunchError::IllegalAddress { block });
                 break;
             }
@@ -399,7 +435,6 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
             break;
         }
     }
-    RUNNING.with(|r| r.set(None));
     BLOCK.with(|b| b.set(std::ptr::null_mut()));
     if result.is_ok() {
         // SAFETY: every fiber finished; nothing refers to the state any more. (After a

@@ -1,5 +1,5 @@
 """llama.cpp's greedy continuations of fixed prompts on a GGUF: the reference Vigil's CPU backend
-is held to (`vigil/tests/llama_cpp_agreement.rs`, `cargo xtask bench-model`).
+is held to (`vigil/tests/e2e/llama_cpp_agreement.rs`, `cargo xtask bench-model`).
 
 Usage: python3 llama_cpp_greedy.py MODEL.gguf PROMPTS.json TOKENS -> prints JSON
   {"llama_cpp_python": version, "continuations": [{"prompt": ..., "prompt_ids": [...], "ids": [...]}]}

@@ -37,11 +37,37 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
         }
         None => nvrtc.into_os_string(),
     };
-    let cuda_sim = build_cuda_sim()?;
-    // The OpenAI client and a JSON-schema validator, for the tests that drive Vigil as users do.
-    let python_clients = crate::python_clients::run()?;
-    // instructor, LangChain, litellm and pydantic-ai, for the test of their default paths.
-    let frameworks = crate::python_clients::frameworks()?;
+    // The Python packages install while the tests compile: pip waits on the network and the
+    // disk, the compiler on the CPU.
+    let python = std::thread::spawn(|| -> anyhow::Result<_> {
+        // The OpenAI client and a JSON-schema validator, for the tests that drive Vigil as
+        // users do; instructor, LangChain, litellm and pydantic-ai, for the test of their
+        // default paths.
+        Ok((
+            crate::python_clients::run()?,
+            crate::python_clients::frameworks()?,
+        ))
+    });
+    // Every test target of the workspace, with the features `cargo test --workspace` unifies,
+    // so that the run below compiles nothing more; the simulated GPU's library is among them.
+    // (The run's own target selection applies to the run; its profile to both.)
+    let mut build = vec!["test", "--workspace", "--no-run"];
+    let cargo_args = extra_args.iter().take_while(|a| *a != "--");
+    let mut profile = cargo_args.skip_while(|a| !(*a == "--release" || a.starts_with("--profile")));
+    if let Some(flag) = profile.next() {
+        build.push(flag);
+        if flag == "--profile" {
+            build.extend(profile.next().map(String::as_str));
+        }
+    }
+    let built = cargo(&build)?;
+    let (python_clients, frameworks) = python
+        .join()
+        .map_err(|_| anyhow::anyhow!("the Python package installs panicked"))??;
+    if !built {
+        bail!("the tests did not compile");
+    }
+    let cuda_sim = link_cuda_sim()?;
     let status = Command::new(env!("CARGO"))
         .args(["test", "--workspace"])
         .args(extra_args)
@@ -59,20 +85,31 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the simulated GPU (`cuda-sim/`) and links it as `libcuda.so` and `libcublas.so` in
-/// `target/cuda-sim/` (in Cargo's target folder), the folder a test puts first on `LD_LIBRARY_PATH` to run the CUDA backend
-/// on the CPU. It is not on the tests' own path: every other test sees no GPU.
-/// `target/cuda-sim/old-driver/libnvidia-ml.so.1` is the NVML of an older driver (fewer
-/// functions), forwarding to the simulator that `VIGIL_NVML_SIM_LIB` names.
-pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "vigil-cuda-sim"])
+/// Runs cargo with `args` in the workspace; whether it succeeded.
+fn cargo(args: &[&str]) -> anyhow::Result<bool> {
+    Ok(Command::new(env!("CARGO"))
+        .args(args)
         .current_dir(workspace_root())
         .status()
-        .context("building cuda-sim")?;
-    if !status.success() {
+        .with_context(|| format!("running cargo {}", args.join(" ")))?
+        .success())
+}
+
+/// Builds the simulated GPU (`cuda-sim/`) and links it as [`link_cuda_sim`] does.
+pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
+    if !cargo(&["build", "-p", "vigil-cuda-sim"])? {
         bail!("building cuda-sim failed");
     }
+    link_cuda_sim()
+}
+
+/// Links the simulated GPU's library (`cuda-sim/`, built) as `libcuda.so` and `libcublas.so` in
+/// `target/cuda-sim/` (in Cargo's target folder), the folder a test puts first on
+/// `LD_LIBRARY_PATH` to run the CUDA backend on the CPU. It is not on the tests' own path:
+/// every other test sees no GPU. `target/cuda-sim/old-driver/libnvidia-ml.so.1` is the NVML of
+/// an older driver (fewer functions), forwarding to the simulator that `VIGIL_NVML_SIM_LIB`
+/// names.
+pub fn link_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     // Cargo's target folder: CARGO_TARGET_DIR when set, else the workspace's.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -85,6 +122,11 @@ pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
         })
         .unwrap_or_else(|| workspace_root().join("target"));
     let library = target.join("debug/libvigil_cuda_sim.so");
+    anyhow::ensure!(
+        library.is_file(),
+        "{} is missing: the simulated GPU was not built",
+        library.display()
+    );
     let dir = target.join("cuda-sim");
     std::fs::create_dir_all(&dir)?;
     for name in [

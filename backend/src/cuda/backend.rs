@@ -252,7 +252,7 @@ impl CudaStep<'_> {
         weight: &Bf16Buf,
     ) -> Result<(), CudaError> {
         let b = self.backend;
-        b.gpu.kernels.rms_norm(
+        b.gpu.kernels.run(
             self.stream(),
             self.per_token(),
             RmsNorm {
@@ -292,7 +292,7 @@ impl llama::LlamaStep for CudaStep<'_> {
 
     fn embed(&mut self) -> Result<(), CudaError> {
         let b = self.backend;
-        b.gpu.kernels.embedding_gather(
+        b.gpu.kernels.run(
             self.stream(),
             self.per_token(),
             EmbeddingGather {
@@ -318,7 +318,7 @@ impl llama::LlamaStep for CudaStep<'_> {
         }
         let qkv = |offset: usize| addr(&work.qkv, s, offset);
         self.linear(self.buf(&work.normed), &layer.qkv, qkv_width, h, qkv(0))?;
-        k.rope(
+        k.run(
             s,
             self.per_token(),
             Rope {
@@ -334,7 +334,7 @@ impl llama::LlamaStep for CudaStep<'_> {
             },
         )?;
         let cache = &b.cache[l];
-        k.kv_cache_write(
+        k.run(
             s,
             self.per_token(),
             KvCacheWrite {
@@ -347,7 +347,7 @@ impl llama::LlamaStep for CudaStep<'_> {
                 stride: qkv_width as i32,
             },
         )?;
-        k.paged_attention(
+        k.run(
             s,
             Grid::Blocks(plan.tokens as u32, shape.n_heads as u32),
             PagedAttention {
@@ -385,7 +385,7 @@ impl llama::LlamaStep for CudaStep<'_> {
             h,
             gate_up,
         )?;
-        b.gpu.kernels.silu_and_mul(
+        b.gpu.kernels.run(
             self.stream(),
             Grid::Elements(self.plan.tokens * w.inter),
             SiluAndMul {
@@ -407,7 +407,7 @@ impl llama::LlamaStep for CudaStep<'_> {
         let rows = plan.logit_rows();
         if rows > 0 {
             // The rows that get logits, full ones first (embedding_gather gathers any rows).
-            k.embedding_gather(
+            k.run(
                 s,
                 Grid::Blocks(rows as u32, 1),
                 EmbeddingGather {
@@ -429,7 +429,7 @@ impl llama::LlamaStep for CudaStep<'_> {
             )?;
         }
         if plan.greedy_rows > 0 {
-            k.argmax_rows(
+            k.run(
                 s,
                 Grid::Blocks(plan.greedy_rows as u32, 1),
                 ArgmaxRows {

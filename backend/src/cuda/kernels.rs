@@ -79,6 +79,66 @@ pub enum Grid {
     Elements(usize),
 }
 
+/// One kernel argument, as the kernel's C signature declares it.
+#[derive(Debug, Clone, Copy)]
+pub enum Arg {
+    /// A pointer (`T*`): a device address.
+    Ptr(u64),
+    /// `int`.
+    I32(i32),
+    /// `size_t`.
+    Size(u64),
+    /// `float`.
+    F32(f32),
+}
+
+/// A launch method's parameter as the argument cuLaunchKernel takes.
+pub trait IntoArg {
+    fn into_arg(self) -> Arg;
+}
+
+impl<T> IntoArg for DevPtr<T> {
+    fn into_arg(self) -> Arg {
+        Arg::Ptr(self.addr())
+    }
+}
+
+impl IntoArg for i32 {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self)
+    }
+}
+
+impl IntoArg for u64 {
+    fn into_arg(self) -> Arg {
+        Arg::Size(self)
+    }
+}
+
+impl IntoArg for f32 {
+    fn into_arg(self) -> Arg {
+        Arg::F32(self)
+    }
+}
+
+impl IntoArg for Heads {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self.0)
+    }
+}
+
+impl IntoArg for KvHeads {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self.0)
+    }
+}
+
+impl IntoArg for HeadDim {
+    fn into_arg(self) -> Arg {
+        Arg::I32(self.0)
+    }
+}
+
 /// A count of query heads (a kernel's `int n_heads`): its own type, so that it cannot be passed
 /// where key/value heads or a head's width are meant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,10 +173,19 @@ impl HeadDim {
 /// The Rust types of the table that stand for a C `int` besides `i32`.
 pub const INT_NEWTYPES: &[&str] = &["Heads", "KvHeads", "HeadDim"];
 
+/// The argument struct of one entry point: which kernel it launches, and its fields as the
+/// kernel's arguments, in the C signature's order.
+pub trait KernelArgs: Copy {
+    /// The entry point's name.
+    const ENTRY: &'static str;
+    /// Calls `f` with the arguments.
+    fn with_args<R>(self, f: impl FnOnce(&[Arg]) -> R) -> R;
+}
+
 /// The kernel table: each file with its entry points, each entry point's threads per block and
-/// its parameters, in the order and with the types of its C signature. From it come [`FILES`],
-/// one argument struct per entry point (named fields, so a call site says which value is which)
-/// and one launch method per entry point on [`super::launch::Kernels`] taking that struct;
+/// its parameters, in the order and with the types of its C signature. From it come [`FILES`]
+/// and one argument struct per entry point (named fields, so a call site says which value is
+/// which), launched by [`super::launch::Kernels::run`];
 /// `the_launch_methods_mirror_the_c_signatures` checks the table against the `.cu` sources.
 macro_rules! kernel_table {
     ($($file:literal => [$(
@@ -141,23 +210,16 @@ macro_rules! kernel_table {
             pub struct $args {
                 $(#[allow(missing_docs)] pub $param: $ty),*
             }
-        )*)*
 
-        impl super::launch::Kernels {
-            $($(
-                $(#[doc = $doc])*
-                pub fn $name(
-                    &self,
-                    stream: &cudarc::driver::CudaStream,
-                    grid: Grid,
-                    args: $args,
-                ) -> Result<(), super::error::CudaError> {
-                    use super::launch::IntoArg;
-                    let $args { $($param),* } = args;
-                    self.launch(stream, stringify!($name), grid, &[$($param.into_arg()),*])
+            impl KernelArgs for $args {
+                const ENTRY: &'static str = stringify!($name);
+
+                fn with_args<R>(self, f: impl FnOnce(&[Arg]) -> R) -> R {
+                    let $args { $($param),* } = self;
+                    f(&[$($param.into_arg()),*])
                 }
-            )*)*
-        }
+            }
+        )*)*
     };
 }
 

@@ -1,5 +1,5 @@
-//! The compiled kernels of one device, launched through one typed method per entry point (made
-//! from the kernel table in [`super::kernels`]).
+//! The compiled kernels of one device, launched with the argument struct of an entry point
+//! (made from the kernel table in [`super::kernels`]).
 //!
 //! Buffers are passed as typed device addresses ([`DevPtr`]): several kernels read and write
 //! parts of one buffer at once (Q, K and V inside the fused QKV projection's output), which
@@ -15,67 +15,7 @@ use cudarc::driver::{
 
 use super::error::CudaError;
 use super::kernel_cache::{compile_cached, Source};
-use super::kernels::{DevPtr, Grid, HeadDim, Heads, KvHeads, FILES};
-
-/// One kernel argument, as the kernel's C signature declares it.
-#[derive(Debug, Clone, Copy)]
-pub enum Arg {
-    /// A pointer (`T*`): a device address.
-    Ptr(u64),
-    /// `int`.
-    I32(i32),
-    /// `size_t`.
-    Size(u64),
-    /// `float`.
-    F32(f32),
-}
-
-/// A launch method's parameter as the argument cuLaunchKernel takes.
-pub trait IntoArg {
-    fn into_arg(self) -> Arg;
-}
-
-impl<T> IntoArg for DevPtr<T> {
-    fn into_arg(self) -> Arg {
-        Arg::Ptr(self.addr())
-    }
-}
-
-impl IntoArg for i32 {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self)
-    }
-}
-
-impl IntoArg for u64 {
-    fn into_arg(self) -> Arg {
-        Arg::Size(self)
-    }
-}
-
-impl IntoArg for f32 {
-    fn into_arg(self) -> Arg {
-        Arg::F32(self)
-    }
-}
-
-impl IntoArg for Heads {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self.0)
-    }
-}
-
-impl IntoArg for KvHeads {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self.0)
-    }
-}
-
-impl IntoArg for HeadDim {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self.0)
-    }
-}
+use super::kernels::{Arg, DevPtr, Grid, KernelArgs, FILES};
 
 /// The device address of element `offset` of `buf`.
 pub fn addr<T>(buf: &CudaSlice<T>, stream: &CudaStream, offset: usize) -> DevPtr<T> {
@@ -127,10 +67,20 @@ impl Kernels {
             .unwrap_or_else(|| panic!("no kernel named {name} in kernels::FILES"))
     }
 
+    /// Launches the kernel `args` are for on `stream` over `grid`, with the threads per block
+    /// its [`super::kernels::Entry`] gives.
+    pub fn run<A: KernelArgs>(
+        &self,
+        stream: &CudaStream,
+        grid: Grid,
+        args: A,
+    ) -> Result<(), CudaError> {
+        args.with_args(|list| self.launch(stream, A::ENTRY, grid, list))
+    }
+
     /// Launches `name` on `stream` over `grid`, with the threads per block its
-    /// [`super::kernels::Entry`] gives. Called by the typed launch methods only, whose
-    /// parameters mirror the kernel's C signature.
-    pub(super) fn launch(
+    /// [`super::kernels::Entry`] gives; `args` mirror the kernel's C signature.
+    fn launch(
         &self,
         stream: &CudaStream,
         name: &str,

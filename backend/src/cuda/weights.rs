@@ -100,7 +100,7 @@ pub fn to_bf16(
     let staging = stream.clone_htod(host)?;
     // SAFETY: every element is written by the conversion below before anything reads it.
     let out = unsafe { stream.alloc::<u16>(host.len()) }?;
-    kernels.convert_f32(
+    kernels.run(
         stream,
         Grid::Elements(host.len()),
         ConvertF32 {
@@ -145,7 +145,7 @@ pub fn decode(
     let grid = Grid::Elements(blocks);
     let n_blocks = blocks as u64;
     match kind {
-        GgmlType::Q8_0 => kernels.dequant_q8_0(
+        GgmlType::Q8_0 => kernels.run(
             stream,
             grid,
             DequantQ8_0 {
@@ -154,7 +154,7 @@ pub fn decode(
                 n_blocks,
             },
         ),
-        GgmlType::Q4_0 => kernels.dequant_q4_0(
+        GgmlType::Q4_0 => kernels.run(
             stream,
             grid,
             DequantQ4_0 {
@@ -163,7 +163,7 @@ pub fn decode(
                 n_blocks,
             },
         ),
-        GgmlType::Q4_1 => kernels.dequant_q4_1(
+        GgmlType::Q4_1 => kernels.run(
             stream,
             grid,
             DequantQ4_1 {
@@ -173,7 +173,7 @@ pub fn decode(
             },
         ),
         // The staging bytes are the f16 values, two bytes each.
-        _ => kernels.convert_f16(
+        _ => kernels.run(
             stream,
             grid,
             ConvertF16 {

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::grammars::{ConstraintError, ConstraintSpec};
+use super::spec::{ConstraintError, ConstraintSpec};
 
 /// The deepest nesting a schema or grammar may reach: each JSON object or array a schema nests,
 /// each `$ref` it follows and each rule a grammar's rule refers to counts one level.

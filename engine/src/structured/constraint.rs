@@ -5,7 +5,7 @@ use std::sync::Arc;
 use llguidance::toktrie::SimpleVob;
 use llguidance::Matcher;
 
-use super::grammars::ConstraintError;
+use super::spec::ConstraintError;
 
 /// A compiled constraint, fresh (no token consumed), shared by the choices of a request: each
 /// sampler starts its own [`Constraint`] from it.

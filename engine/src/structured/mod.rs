@@ -9,13 +9,15 @@
 mod bounds;
 mod constraint;
 mod grammars;
+mod spec;
 
 pub use bounds::{
     COMPILE_STACK_BYTES, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_GRAMMAR_BYTES, MAX_NESTING,
     MAX_PATTERN_PROPERTIES, MAX_REGEX_UNROLLED,
 };
 pub use constraint::{CompiledConstraint, Constraint};
-pub use grammars::{ConstraintError, ConstraintSpec, Grammars, ObjectDefault};
+pub use grammars::{Grammars, ObjectDefault};
+pub use spec::{ConstraintError, ConstraintSpec};
 
 #[cfg(test)]
 mod tests;

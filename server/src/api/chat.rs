@@ -4,10 +4,10 @@
 use std::time::Instant;
 
 use super::dynamo::Route;
-use super::endpoint::GenerationApi;
 use super::error::ApiError;
 use super::fields::Endpoint;
 use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usage};
+use super::generation_api::GenerationApi;
 use super::protocol::{
     AssistantMessage, ChatChoice, ChatChunkChoice, ChatCompletionChunk, ChatCompletionResponse,
     ChatDelta, ChatLogprobs, ChatRequest, ChatTokenLogprob, ChatTopLogprob, CommonParams,

@@ -3,10 +3,10 @@
 use std::time::Instant;
 
 use super::dynamo::Route;
-use super::endpoint::GenerationApi;
 use super::error::ApiError;
 use super::fields::Endpoint;
 use super::generate::{Collected, Delta, GenRequest, PromptIn, TokenLogprob, Usage};
+use super::generation_api::GenerationApi;
 use super::protocol::{
     CommonParams, CompletionChoice, CompletionChunk, CompletionLogprobs, CompletionRequest,
     CompletionResponse, Head, Prompt, StopReasonOut, MAX_CHOICES, MAX_PROMPTS,

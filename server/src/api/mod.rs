@@ -12,6 +12,7 @@ mod endpoint;
 pub mod error;
 mod fields;
 mod generate;
+mod generation_api;
 pub mod protocol;
 mod stream;
 #[cfg(test)]

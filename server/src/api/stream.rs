@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use serde::Serialize;
 
-use super::endpoint::GenerationApi;
 use super::generate::Generation;
+use super::generation_api::GenerationApi;
 use super::protocol::{Head, StreamUsage};
 
 enum Phase<C> {

@@ -67,7 +67,7 @@ fn embedding(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let d_ids = dev.upload(&ids)?;
     let out = dev.zeros::<u16>(ids.len() * h)?;
     let (k, s) = dev.kernels();
-    k.embedding_gather(
+    k.run(
         s,
         Grid::Blocks(ids.len() as u32, 1),
         EmbeddingGather {
@@ -91,7 +91,7 @@ fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let (d_x, d_w) = (dev.bf16(&x)?, dev.bf16(&w)?);
     let out = dev.zeros::<u16>(t * h)?;
     let (k, s) = dev.kernels();
-    k.rms_norm(
+    k.run(
         s,
         Grid::Blocks(t as u32, 1),
         RmsNorm {
@@ -116,7 +116,7 @@ fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErro
     let (d_x, d_res, d_w) = (dev.bf16(&x)?, dev.bf16(&res)?, dev.bf16(&w)?);
     let out = dev.zeros::<u16>(t * h)?;
     let (k, s) = dev.kernels();
-    k.rms_norm(
+    k.run(
         s,
         Grid::Blocks(t as u32, 1),
         RmsNorm {
@@ -172,7 +172,7 @@ fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         dev.upload(&sin)?,
     );
     let (k, s) = dev.kernels();
-    k.rope(
+    k.run(
         s,
         Grid::Blocks(t as u32, 1),
         Rope {
@@ -209,7 +209,7 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let d_in = dev.bf16(&gate_up)?;
     let out = dev.zeros::<u16>(t * inter)?;
     let (k, s) = dev.kernels();
-    k.silu_and_mul(
+    k.run(
         s,
         Grid::Elements(t * inter),
         SiluAndMul {
@@ -298,7 +298,7 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             let d_out = dev.zeros::<u16>(t * nh * hd)?;
             let (k, s) = dev.kernels();
             let meta = |at: usize| dev.at(&d_meta, at).cast::<i32>();
-            k.kv_cache_write(
+            k.run(
                 s,
                 Grid::Blocks(t as u32, 1),
                 KvCacheWrite {
@@ -311,7 +311,7 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
                     stride: width as i32,
                 },
             )?;
-            k.paged_attention(
+            k.run(
                 s,
                 Grid::Blocks(t as u32, nh as u32),
                 PagedAttention {
@@ -351,7 +351,7 @@ fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let d_logits = dev.upload(&logits)?;
     let (ids, lps) = (dev.zeros::<u32>(3)?, dev.zeros::<f32>(3)?);
     let (k, s) = dev.kernels();
-    k.argmax_rows(
+    k.run(
         s,
         Grid::Blocks(3, 1),
         ArgmaxRows {
@@ -398,7 +398,7 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         let (blocks, bf16, n) = (dev.at(&d_data, 0), dev.at(&out, 0), n_blocks as u64);
         let grid = Grid::Elements(n_blocks);
         match ty {
-            GgmlType::Q8_0 => k.dequant_q8_0(
+            GgmlType::Q8_0 => k.run(
                 s,
                 grid,
                 DequantQ8_0 {
@@ -407,7 +407,7 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
                     n_blocks: n,
                 },
             ),
-            GgmlType::Q4_0 => k.dequant_q4_0(
+            GgmlType::Q4_0 => k.run(
                 s,
                 grid,
                 DequantQ4_0 {
@@ -416,7 +416,7 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
                     n_blocks: n,
                 },
             ),
-            _ => k.dequant_q4_1(
+            _ => k.run(
                 s,
                 grid,
                 DequantQ4_1 {
@@ -453,7 +453,7 @@ fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
                 out: dev.at(&out, 0),
                 n,
             };
-            k.convert_f16(s, grid, args)?;
+            k.run(s, grid, args)?;
             round_bf16(&from_half)
         } else {
             let args = ConvertF32 {
@@ -461,7 +461,7 @@ fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
                 out: dev.at(&out, 0),
                 n,
             };
-            k.convert_f32(s, grid, args)?;
+            k.run(s, grid, args)?;
             round_bf16(&x)
         };
         worst = worst.max(max_error(&dev.read_bf16(&out)?, &want));

@@ -81,7 +81,7 @@ impl Linear {
         assert_eq!(w.len(), out * inp, "linear weight size");
         let w = match format {
             WeightFormat::Q8 | WeightFormat::Native if inp.is_multiple_of(QK) => {
-                let blocks = panels::quantize_q8_0(&w);
+                let blocks = activations::quantize_q8_0(&w);
                 Weights::Blocks(vec![Part {
                     first: 0,
                     rows: out,

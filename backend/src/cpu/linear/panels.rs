@@ -276,15 +276,3 @@ impl Panels {
         self.bytes.len()
     }
 }
-
-/// `w` (rows of `inp` f32s) in Q8_0 file blocks, rounded as llama.cpp's quantizer does.
-pub fn quantize_q8_0(w: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(w.len() / QK * 34);
-    let mut qs = [0i8; QK];
-    for block in w.chunks_exact(QK) {
-        let d = crate::cpu::linear::activations::quantize_block(block, &mut qs);
-        out.extend_from_slice(&f16::from_f32(d).to_le_bytes());
-        out.extend(qs.iter().map(|q| *q as u8));
-    }
-    out
-}

@@ -44,7 +44,7 @@ fn file_blocks(t: GgmlType, w: &[f32]) -> Vec<u8> {
     }
     for x in w.chunks_exact(QK) {
         match t {
-            GgmlType::Q8_0 => out.extend(panels::quantize_q8_0(x)),
+            GgmlType::Q8_0 => out.extend(activations::quantize_q8_0(x)),
             GgmlType::Q4_0 => {
                 let max = x
                     .iter()
