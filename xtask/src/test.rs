@@ -48,10 +48,12 @@ pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
             crate::python_clients::frameworks()?,
         ))
     });
-    // Every test target of the workspace, with the features `cargo test --workspace` unifies,
-    // so that the run below compiles nothing more; the simulated GPU's library is among them.
-    // (The run's own target selection applies to the run; its profile to both.)
-    let mut build = vec!["test", "--workspace", "--no-run"];
+    // Every target of the workspace (benchmarks and examples too, so that a lint run through
+    // RUSTC_WORKSPACE_WRAPPER, as CI's, sees them all), with the features `cargo test
+    // --workspace` unifies, so that the run below compiles nothing more; the simulated GPU's
+    // library is among them. (The run's own target selection applies to the run; its profile
+    // to both.)
+    let mut build = vec!["test", "--workspace", "--all-targets", "--no-run"];
     let cargo_args = extra_args.iter().take_while(|a| *a != "--");
     let mut profile = cargo_args.skip_while(|a| !(*a == "--release" || a.starts_with("--profile")));
     if let Some(flag) = profile.next() {
@@ -121,7 +123,9 @@ pub fn link_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
             }
         })
         .unwrap_or_else(|| workspace_root().join("target"));
-    let library = target.join("debug/libvigil_cuda_sim.so");
+    // Where every build of the library writes it (a `cargo build` copies it up to `debug/`
+    // too, `cargo test` does not).
+    let library = target.join("debug/deps/libvigil_cuda_sim.so");
     anyhow::ensure!(
         library.is_file(),
         "{} is missing: the simulated GPU was not built",
