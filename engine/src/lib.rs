@@ -13,6 +13,7 @@
 pub mod engine_loop;
 pub mod executor;
 pub mod kv_cache;
+pub mod launch;
 pub mod metrics;
 pub mod sampling;
 pub mod scheduler;

@@ -2,7 +2,6 @@
 //! else starts a server) builds a [`ServerConfig`], and nothing in this crate reads flags.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use exporter::buckets::BucketConfig;
@@ -10,40 +9,58 @@ use exporter::MinorVersion;
 
 use crate::api::dynamo::DynamoNames;
 
-/// The model `vigil serve` serves when none is named.
-pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The environment variables a server honours besides its flags, read once by whoever builds
+/// the config (the command line takes the process's): OpenTelemetry's
+/// `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` and `OTEL_BSP_MAX_QUEUE_SIZE`, prometheus_client's
+/// `PROMETHEUS_DISABLE_CREATED_SERIES`, and Dynamo's `DYN_*` (its system status server and its
+/// histogram buckets). Nothing in this crate reads the process's environment itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Environment(std::collections::BTreeMap<String, String>);
 
-/// vLLM's default token budget per step with chunked prefill (a GPU's).
-pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
+impl Environment {
+    /// The variables a server honours, as this process has them (values that are not UTF-8 are
+    /// left out, as `std::env::var` would not read them either).
+    pub fn from_process() -> Environment {
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| Self::honoured(k))
+            .collect()
+    }
 
-/// The CPU backend's: a step of 256 tokens takes about half a second on two cores, so a long
-/// prompt delays other streams' next tokens by that, not by seconds.
-pub const CPU_MAX_NUM_BATCHED_TOKENS: u32 = 256;
+    fn honoured(name: &str) -> bool {
+        name.starts_with("DYN_")
+            || [
+                crate::traces::PROTOCOL_VAR,
+                crate::traces::QUEUE_SIZE_VAR,
+                crate::metrics_setup::CREATED_SERIES_VAR,
+            ]
+            .contains(&name)
+    }
 
-/// Where to run the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    /// A GPU when the CUDA backend can run here, else the CPU.
-    Auto,
-    Cpu,
-    /// The CUDA backend, or a start-up error saying why it cannot run.
-    Cuda,
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+impl FromIterator<(String, String)> for Environment {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(vars: I) -> Self {
+        Environment(vars.into_iter().collect())
+    }
 }
 
 /// Everything a server needs to start. Field names follow the `vllm serve` flags they come from,
 /// so that an error message can name the flag.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// An HF folder or a GGUF file.
-    pub model: PathBuf,
+    /// The engine: the model, the device, the KV cache and the scheduler's limits.
+    pub engine: engine::launch::EngineConfig,
     pub host: IpAddr,
     /// 0 picks a free port (logged).
     pub port: u16,
     /// The names the model is served under; the first is the `model_name` label. Empty: the
     /// model path.
     pub served_model_names: Vec<String>,
-    /// The context length asked for; `None` is the model's own.
-    pub max_model_len: Option<u64>,
     /// Record engine statistics (the `vllm:` series); vLLM's `--disable-log-stats` turns it off.
     pub engine_stats: bool,
     /// One access-log line per request.
@@ -52,22 +69,8 @@ pub struct ServerConfig {
     pub enable_exemplars: bool,
     /// Histogram bucket overrides by family, validated when given.
     pub custom_histogram_buckets: Vec<(String, Vec<f64>)>,
-    /// KV-cache block size in tokens.
-    pub block_size: u32,
-    pub gpu_memory_utilization: f64,
-    pub num_gpu_blocks_override: Option<u64>,
-    pub device: Device,
-    /// `auto`, `bfloat16`, `float16` or `float32` (reported in `vllm:cache_config_info`).
-    pub kv_cache_dtype: String,
-    /// The step's token budget asked for; [`ServerConfig::batch_token_budget`] settles it.
-    pub max_num_batched_tokens: Option<u32>,
-    pub max_num_seqs: u32,
-    /// The CPU backend's KV-cache size when no block count is given.
-    pub kv_cache_memory_bytes: u64,
     /// Required as `Authorization: Bearer KEY` on /v1/* when set.
     pub api_key: Option<String>,
-    pub prefix_caching: bool,
-    pub chunked_prefill: bool,
     pub otlp_traces_endpoint: Option<String>,
     /// Connections held open at once.
     pub max_connections: usize,
@@ -87,6 +90,8 @@ pub struct ServerConfig {
     /// What a JSON schema's object that does not say `additionalProperties` allows
     /// (`--structured-outputs-config`).
     pub structured_objects: engine::structured::ObjectDefault,
+    /// The environment variables it honours.
+    pub environment: Environment,
 }
 
 impl ServerConfig {
@@ -94,7 +99,7 @@ impl ServerConfig {
     pub fn model_name(&self) -> String {
         match self.served_model_names.first() {
             Some(name) => name.clone(),
-            None => self.model.display().to_string(),
+            None => self.engine.model.display().to_string(),
         }
     }
 
@@ -105,32 +110,7 @@ impl ServerConfig {
                 .with_override(family, bounds.clone())
                 .map_err(|e| anyhow::anyhow!("--custom-histogram-buckets: {e}"))?;
         }
-        Ok(config.with_dynamo_env(&|name| std::env::var(name).ok()))
-    }
-
-    /// The token budget per step, settled as vLLM's `SchedulerConfig` settles
-    /// `--max-num-batched-tokens` once the context length and the device are known: with chunked
-    /// prefill a per-device default (vLLM also picks per-device defaults), else enough for a
-    /// whole prompt of `max_model_len` (a budget below that, given without chunked prefill, is
-    /// an error: no longer prompt could ever run).
-    pub fn batch_token_budget(&self, max_model_len: u64, on_gpu: bool) -> anyhow::Result<u32> {
-        let chunked_default = if on_gpu {
-            DEFAULT_MAX_NUM_BATCHED_TOKENS
-        } else {
-            CPU_MAX_NUM_BATCHED_TOKENS
-        };
-        Ok(match (self.max_num_batched_tokens, self.chunked_prefill) {
-            (Some(given), false) if u64::from(given) < max_model_len => anyhow::bail!(
-                "--max-num-batched-tokens ({given}) is smaller than --max-model-len ({max_model_len}) \
-                 with --no-enable-chunked-prefill: prompts longer than {given} tokens could never \
-                 run. Raise --max-num-batched-tokens, lower --max-model-len, or enable chunked prefill"
-            ),
-            (Some(given), _) => given,
-            (None, true) => chunked_default,
-            (None, false) => u32::try_from(max_model_len)
-                .unwrap_or(u32::MAX)
-                .max(chunked_default),
-        })
+        Ok(config.with_dynamo_env(&|name| self.environment.get(name)))
     }
 
     /// The probes to start, watching this process.

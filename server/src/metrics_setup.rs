@@ -18,14 +18,19 @@ pub fn exporter_config(
     exporter.show_hidden_for = config.show_hidden_metrics_for_version;
     exporter.enable_exemplars = config.enable_exemplars;
     exporter.engine_stats = config.engine_stats;
-    exporter.created_series = !created_series_disabled();
+    exporter.created_series = !created_series_disabled(config);
     Ok(exporter)
 }
 
-/// prometheus_client's `PROMETHEUS_DISABLE_CREATED_SERIES` (true, 1 or t, any case).
-fn created_series_disabled() -> bool {
-    std::env::var("PROMETHEUS_DISABLE_CREATED_SERIES")
-        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "t"))
+/// prometheus_client's variable that turns the `_created` series off.
+pub const CREATED_SERIES_VAR: &str = "PROMETHEUS_DISABLE_CREATED_SERIES";
+
+/// Whether [`CREATED_SERIES_VAR`] says so (true, 1 or t, any case).
+fn created_series_disabled(config: &ServerConfig) -> bool {
+    config
+        .environment
+        .get(CREATED_SERIES_VAR)
+        .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "t"))
 }
 
 /// `vllm:cache_config_info`'s labels: the cache settings of this run (Python's spelling of
@@ -39,29 +44,32 @@ pub fn cache_config_labels(
     let py_bool = |b: bool| if b { "True" } else { "False" }.to_owned();
     let py_opt = |v: Option<u64>| v.map_or("None".to_owned(), |n| n.to_string());
     let none = || "None".to_owned();
-    let block = config.block_size.to_string();
-    let kv_tokens = num_blocks.saturating_sub(1) * config.block_size as usize;
+    let block = config.engine.block_size.to_string();
+    let kv_tokens = num_blocks.saturating_sub(1) * config.engine.block_size as usize;
     vec![
         ("block_size", block.clone()),
         (
             "user_specified_block_size",
-            py_bool(config.block_size != 16),
+            py_bool(config.engine.block_size != 16),
         ),
         ("kv_cache_layout", none()),
         ("prefix_match_unit", block.clone()),
         (
             "gpu_memory_utilization",
-            format_float(config.gpu_memory_utilization),
+            format_float(config.engine.gpu_memory_utilization),
         ),
-        ("cache_dtype", config.kv_cache_dtype.clone()),
+        ("cache_dtype", config.engine.kv_cache_dtype.clone()),
         ("is_attention_free", py_bool(false)),
         (
             "num_gpu_blocks_override",
-            py_opt(config.num_gpu_blocks_override),
+            py_opt(config.engine.num_gpu_blocks_override),
         ),
         // Llama has no sliding window.
         ("sliding_window", none()),
-        ("enable_prefix_caching", py_bool(config.prefix_caching)),
+        (
+            "enable_prefix_caching",
+            py_bool(config.engine.prefix_caching),
+        ),
         // Vigil's block hashes are SHA-256 (kv_cache/block_hash.rs).
         ("prefix_caching_hash_algo", "sha256".to_owned()),
         ("prefix_cache_retention_interval", none()),
@@ -95,9 +103,10 @@ pub fn cache_config_labels(
             "kv_cache_memory_bytes",
             py_opt(
                 config
+                    .engine
                     .num_gpu_blocks_override
                     .is_none()
-                    .then_some(config.kv_cache_memory_bytes),
+                    .then_some(config.engine.kv_cache_memory_bytes),
             ),
         ),
         // No KV offloading.
@@ -124,7 +133,7 @@ pub fn set_dynamo_model_config(
         let labels = [("model", name.to_lowercase())];
         for (def, value) in [
             (&MODEL_TOTAL_KV_BLOCKS, num_blocks as f64),
-            (&MODEL_MAX_NUM_SEQS, f64::from(config.max_num_seqs)),
+            (&MODEL_MAX_NUM_SEQS, f64::from(config.engine.max_num_seqs)),
             (&MODEL_MAX_NUM_BATCHED_TOKENS, f64::from(batch_token_budget)),
             (&MODEL_CONTEXT_LENGTH, max_model_len as f64),
             (&MODEL_KV_CACHE_BLOCK_SIZE, block_size as f64),

@@ -1,19 +1,17 @@
-//! `vigil serve`: loads the model, builds the backend and the engine thread, and serves the
+//! `vigil serve`: launches the engine (`engine::launch`: the model, the device, the KV cache and
+//! the engine thread) and serves the
 //! OpenAI API, `/metrics` (the exporter), `/health` and `/version` until SIGTERM.
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use engine::engine_loop;
-use engine::kv_cache::manager::KvCacheManager;
 use engine::metrics::EngineMetrics;
-use engine::scheduler::{Scheduler, SchedulerConfig};
 use engine::structured::Grammars;
 use exporter::catalog::vllm;
 use exporter::Exporter;
 
 use crate::api::{self, AppState};
-use crate::backend_choice::{build_backend, load_model, max_model_len, wants_cuda};
 use crate::config::ServerConfig;
 use crate::lifecycle::drain::{self, Drain};
 use crate::lifecycle::systemd;
@@ -36,22 +34,20 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     start_status_server(&config, &system).await?;
     // Tracing set-up fails fast (a bad URL or protocol), before minutes of model loading.
     let traces = start_traces(&config)?;
-    // Settled before minutes of model loading, so that `--device cuda` fails fast.
-    let cuda = wants_cuda(config.device)?;
-    systemd::status(&format!("loading {}", config.model.display()));
-    let model = {
-        let config = config.clone();
-        let load = tokio::task::spawn_blocking(move || load_model(&config));
+    systemd::status(&format!("loading {}", config.engine.model.display()));
+    // The device is settled first, so that `--device cuda` fails fast, then the model loads.
+    let loaded = {
+        let engine_config = config.engine.clone();
+        let load = tokio::task::spawn_blocking(move || engine::launch::load(&engine_config));
         tokio::select! {
-            model = load => model??,
+            loaded = load => loaded??,
             () = signals.next() => {
                 tracing::info!("stopped while loading the model; exiting");
                 return Ok(());
             }
         }
     };
-    let max_model_len = max_model_len(&config, &model)?;
-    let mut budget = config.batch_token_budget(max_model_len, cuda)?;
+    let max_model_len = loaded.max_model_len;
     let exporter = Exporter::new(exporter_config(&config, max_model_len)?);
     exporter
         .install()
@@ -63,17 +59,14 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // Held for the server's lifetime: dropping them stops the probes.
     let _probes = probes::start(&exporter, &config.probes());
 
-    let backend = tokio::task::block_in_place(|| {
-        build_backend(&config, &model, max_model_len, budget, cuda)
-    })?;
-    if backend.name() == "cpu" {
-        // --device auto fell back to the CPU: its budget.
-        budget = config.batch_token_budget(max_model_len, false)?;
+    if !config.engine_stats {
+        tracing::info!("--disable-log-stats: no engine statistics are recorded");
     }
-    let backend::KvGeometry {
-        num_blocks,
-        block_size,
-    } = backend.kv_geometry();
+    let metrics = config
+        .engine_stats
+        .then(|| EngineMetrics::new(&model_name, ENGINES[0]));
+    let launched = tokio::task::block_in_place(|| loaded.launch(&config.engine, metrics))?;
+    let (num_blocks, block_size) = (launched.kv.num_blocks, launched.kv.block_size);
     for engine in ENGINES {
         exporter
             .set_info(
@@ -82,32 +75,21 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
             )
             .map_err(anyhow::Error::msg)?;
     }
-    if !config.engine_stats {
-        tracing::info!("--disable-log-stats: no engine statistics are recorded");
-    }
-    let scheduler = Scheduler::new(
-        SchedulerConfig {
-            max_num_batched_tokens: budget as usize,
-            max_num_seqs: config.max_num_seqs as usize,
-            max_model_len: max_model_len as usize,
-            chunked_prefill: config.chunked_prefill,
-        },
-        KvCacheManager::new(num_blocks, block_size, config.prefix_caching),
-        model.tokenizer.eos_token_ids.clone(),
-    );
-    let metrics = config
-        .engine_stats
-        .then(|| EngineMetrics::new(&model_name, ENGINES[0]));
-    let engine = engine_loop::spawn(backend, scheduler, metrics);
+    let budget = launched.batch_token_budget;
+    let engine = launched.handle;
     systemd::start_watchdog(engine.clone());
     let served_model_names = if config.served_model_names.is_empty() {
         vec![model_name.clone()]
     } else {
         config.served_model_names.clone()
     };
-    let tokenizer = Arc::new(model.tokenizer);
+    let tokenizer = Arc::new(launched.tokenizer);
     let grammars = tokio::task::block_in_place(|| {
-        structured_outputs(&tokenizer, &model.config, config.structured_objects)
+        structured_outputs(
+            &tokenizer,
+            &launched.model_config,
+            config.structured_objects,
+        )
     });
     let dynamo_series = api::dynamo::DynamoSeries::new(&config.dynamo, &served_model_names);
     let state = Arc::new(AppState {
@@ -201,7 +183,7 @@ fn structured_outputs(
 /// Dynamo's system status server, when its environment asks for one; it comes up before the
 /// model loads, so that it says `notready` meanwhile.
 async fn start_status_server(config: &ServerConfig, system: &SystemState) -> anyhow::Result<()> {
-    let env = |name: &str| std::env::var(name).ok();
+    let env = |name: &str| config.environment.get(name);
     if let Some(status) = system_server::config_from_env(&env, config.host)? {
         if let Some(clash) = system_server::clash_with_api(&status, config.host, config.port) {
             anyhow::bail!(clash);
@@ -216,10 +198,11 @@ fn start_traces(config: &ServerConfig) -> anyhow::Result<Option<Arc<traces::Trac
     let Some(endpoint) = &config.otlp_traces_endpoint else {
         return Ok(None);
     };
-    let protocol = std::env::var(traces::PROTOCOL_VAR).ok();
+    let env = &config.environment;
     Ok(Some(Arc::new(traces::Traces::start(
         endpoint,
-        protocol.as_deref(),
+        env.get(traces::PROTOCOL_VAR).as_deref(),
+        env.get(traces::QUEUE_SIZE_VAR).as_deref(),
     )?)))
 }
 

@@ -9,7 +9,7 @@ use exporter::gating::parse_show_hidden_flag;
 use exporter::MinorVersion;
 use server::ServerConfig;
 
-pub use server::DEFAULT_MODEL;
+pub use engine::launch::DEFAULT_MODEL;
 
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about = "An instrumented LLM serving engine.")]
@@ -414,27 +414,30 @@ impl ServeArgs {
         let max_connections = self.connection_limit();
         ServerConfig {
             served_model_names: self.served_model_name,
-            max_model_len: self.max_model_len,
+            engine: engine::launch::EngineConfig {
+                model: self.model,
+                max_model_len: self.max_model_len,
+                device: match self.device {
+                    Device::Auto => engine::launch::Device::Auto,
+                    Device::Cpu => engine::launch::Device::Cpu,
+                    Device::Cuda => engine::launch::Device::Cuda,
+                },
+                block_size: self.block_size,
+                gpu_memory_utilization: self.gpu_memory_utilization,
+                num_gpu_blocks_override: self.num_gpu_blocks_override,
+                kv_cache_dtype: self.kv_cache_dtype,
+                max_num_batched_tokens: self.max_num_batched_tokens,
+                max_num_seqs: self.max_num_seqs,
+                kv_cache_memory_bytes: self.kv_cache_memory_bytes,
+                prefix_caching: !self.no_enable_prefix_caching,
+                chunked_prefill: !self.no_enable_chunked_prefill,
+            },
             engine_stats: !self.disable_log_stats,
             access_log: !(self.disable_uvicorn_access_log || self.disable_log_requests),
             show_hidden_metrics_for_version: self.show_hidden_metrics_for_version,
             enable_exemplars: self.enable_exemplars,
             custom_histogram_buckets: self.custom_histogram_buckets.map_or(Vec::new(), |c| c.0),
-            block_size: self.block_size,
-            gpu_memory_utilization: self.gpu_memory_utilization,
-            num_gpu_blocks_override: self.num_gpu_blocks_override,
-            device: match self.device {
-                Device::Auto => server::Device::Auto,
-                Device::Cpu => server::Device::Cpu,
-                Device::Cuda => server::Device::Cuda,
-            },
-            kv_cache_dtype: self.kv_cache_dtype,
-            max_num_batched_tokens: self.max_num_batched_tokens,
-            max_num_seqs: self.max_num_seqs,
-            kv_cache_memory_bytes: self.kv_cache_memory_bytes,
             api_key: self.api_key,
-            prefix_caching: !self.no_enable_prefix_caching,
-            chunked_prefill: !self.no_enable_chunked_prefill,
             otlp_traces_endpoint: self.otlp_traces_endpoint,
             max_connections,
             http_idle_timeout: self.http_idle_timeout,
@@ -450,7 +453,7 @@ impl ServeArgs {
                 .filter(|_| self.enable_auto_tool_choice)
                 .and_then(server::ToolParser::from_name),
             structured_objects: self.structured_outputs_config,
-            model: self.model,
+            environment: server::Environment::from_process(),
             host: self.host,
             port: self.port,
         }
@@ -702,7 +705,7 @@ mod tests {
             let mut v = vec!["vigil", "serve"];
             v.extend_from_slice(args);
             match Cli::try_parse_from(v).unwrap().command {
-                Command::Serve(a) => a.into_config().prefix_caching,
+                Command::Serve(a) => a.into_config().engine.prefix_caching,
                 _ => unreachable!(),
             }
         };

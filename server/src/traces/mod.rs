@@ -33,7 +33,12 @@ impl Traces {
     /// Sets up the exporter for `endpoint` (a URL: `http://collector:4317` for gRPC, the full
     /// `http://collector:4318/v1/traces` for HTTP, as the OpenTelemetry exporters take them).
     /// Runs inside the Tokio runtime: the gRPC client lives on it.
-    pub fn start(endpoint: &str, protocol: Option<&str>) -> anyhow::Result<Traces> {
+    /// `protocol` and `queue_size` are the values of [`PROTOCOL_VAR`] and [`QUEUE_SIZE_VAR`].
+    pub fn start(
+        endpoint: &str,
+        protocol: Option<&str>,
+        queue_size: Option<&str>,
+    ) -> anyhow::Result<Traces> {
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             bail!("--otlp-traces-endpoint {endpoint}: not an http:// or https:// URL");
         }
@@ -57,7 +62,7 @@ impl Traces {
             .with_service_name("vigil")
             .build();
         // The SDK reads its other batch settings (OTEL_BSP_*) from the environment itself.
-        let queue = queue_size()?;
+        let queue = queue_capacity(queue_size)?;
         let counts = Arc::new(accounting::SpanCounts::default());
         let processor = BatchSpanProcessor::builder(accounting::CountedExporter::new(
             exporter,
@@ -93,14 +98,16 @@ impl Traces {
     }
 }
 
-/// The span queue's size: `OTEL_BSP_MAX_QUEUE_SIZE` (OpenTelemetry's variable), else 2048.
-fn queue_size() -> anyhow::Result<usize> {
-    const VAR: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
-    match std::env::var(VAR) {
-        Ok(v) => match v.trim().parse::<usize>() {
+/// OpenTelemetry's variable for the span queue's size.
+pub const QUEUE_SIZE_VAR: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+
+/// The span queue's size: [`QUEUE_SIZE_VAR`]'s `value` when set, else 2048.
+fn queue_capacity(value: Option<&str>) -> anyhow::Result<usize> {
+    match value {
+        Some(v) => match v.trim().parse::<usize>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => bail!("{VAR}={v}: expected a positive number of spans"),
+            _ => bail!("{QUEUE_SIZE_VAR}={v}: expected a positive number of spans"),
         },
-        Err(_) => Ok(2048),
+        None => Ok(2048),
     }
 }
