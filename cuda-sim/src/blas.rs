@@ -206,7 +206,7 @@ pub unsafe extern "C" fn cublasGemmEx(
         return CUBLAS_STATUS_SUCCESS;
     }
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
-    if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && n <= DOT_MAX_COLUMNS && beta == 0.0 {
+    if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && beta == 0.0 {
         gemm_dot(k, alpha, a, b, c);
         return CUBLAS_STATUS_SUCCESS;
     }
@@ -217,47 +217,53 @@ pub unsafe extern "C" fn cublasGemmEx(
     CUBLAS_STATUS_SUCCESS
 }
 
-/// The most columns of `op(B)` (tokens of a step) [`gemm_dot`] takes: beyond, converting A once
-/// and multiplying by blocks is cheaper than converting each row of A once per column.
-const DOT_MAX_COLUMNS: usize = 16;
-
-/// `C = alpha op(A) op(B)` for a bf16 `A` stored with its rows of `op(A)` contiguous (a weight
-/// matrix, `W` read as `Wᵀ`) and a few contiguous columns of `op(B)` (a decode step's tokens):
-/// one dot product per element of C, rows of A in parallel, each bf16 row widened as it is
-/// read. The general path would first widen the whole of A to f32, which costs more than the
-/// product itself when B has a column or two.
+/// `C = alpha op(A) op(B)` for a bf16 `A` stored with the rows of `op(A)` contiguous (a weight
+/// matrix, `W` read as `Wᵀ`) and contiguous columns of `op(B)` (a step's tokens): the layout
+/// the backend's projections use. Each element of C is one dot product over `k` in the same
+/// order whatever the number of columns, so a token's result does not depend on the batch it
+/// came in (a prompt computed whole and one computed after a cached prefix agree to the bit, as
+/// the prefix cache's test expects). Rows of A are widened to f32 once per block of rows, not
+/// the whole of A per call.
 unsafe fn gemm_dot(k: usize, alpha: f32, a: Operand, b: Operand, c: Operand) {
     use rayon::prelude::*;
     let (m, n) = (c.rows, c.cols);
-    let columns: Vec<Vec<f32>> = (0..n)
-        .map(|j| {
-            let mut column = Vec::with_capacity(k);
-            match b.ty {
-                CUDA_R_16BF => column.extend(
-                    std::slice::from_raw_parts((b.ptr as *const u16).add(j * b.ld), k)
-                        .iter()
-                        .map(|&v| bf16_to_f32(v)),
-                ),
-                _ => column.extend_from_slice(std::slice::from_raw_parts(
-                    (b.ptr as *const f32).add(j * b.ld),
-                    k,
-                )),
+    let width = k.max(1);
+    let mut columns = vec![0f32; n * k];
+    for (j, column) in columns.chunks_exact_mut(width).enumerate().take(n) {
+        match b.ty {
+            CUDA_R_16BF => {
+                let from = std::slice::from_raw_parts((b.ptr as *const u16).add(j * b.ld), k);
+                for (to, v) in column.iter_mut().zip(from) {
+                    *to = bf16_to_f32(*v);
+                }
             }
-            column
-        })
-        .collect();
+            _ => column.copy_from_slice(std::slice::from_raw_parts(
+                (b.ptr as *const f32).add(j * b.ld),
+                k,
+            )),
+        }
+    }
     let (a_ptr, c_ptr) = (a.ptr as usize, c.ptr as usize);
-    const ROWS_PER_TASK: usize = 64;
+    const ROWS_PER_TASK: usize = 32;
     (0..m.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
         .for_each(|task| {
-            for i in task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m) {
-                // SAFETY: row i of op(A) is k contiguous elements inside A's allocation (checked by
-                // the caller), and each element of C is written by exactly one task.
-                let row = std::slice::from_raw_parts((a_ptr as *const u16).add(i * a.ld), k);
-                for (j, column) in columns.iter().enumerate() {
-                    let v = alpha * dot_bf16_f32(row, column);
+            let rows = task * ROWS_PER_TASK..((task + 1) * ROWS_PER_TASK).min(m);
+            let mut widened = vec![0f32; rows.len() * k];
+            for (i, row) in rows.clone().zip(widened.chunks_exact_mut(width)) {
+                // SAFETY: row i of op(A) is k contiguous elements inside A's allocation (checked
+                // by the caller).
+                let from = std::slice::from_raw_parts((a_ptr as *const u16).add(i * a.ld), k);
+                for (to, v) in row.iter_mut().zip(from) {
+                    *to = bf16_to_f32(*v);
+                }
+            }
+            for (j, column) in columns.chunks_exact(width).enumerate().take(n) {
+                for (i, row) in rows.clone().zip(widened.chunks_exact(width)) {
+                    let v = alpha * dot(row, column);
                     let at = i + j * c.ld;
+                    // SAFETY: each element of C is written by exactly one task, inside C's
+                    // allocation (checked by the caller).
                     match c.ty {
                         CUDA_R_16BF => *(c_ptr as *mut u16).add(at) = f32_to_bf16(v),
                         _ => *(c_ptr as *mut f32).add(at) = v,
@@ -267,29 +273,31 @@ unsafe fn gemm_dot(k: usize, alpha: f32, a: Operand, b: Operand, c: Operand) {
         });
 }
 
-/// `Σ a[i]·b[i]` with `a` in bf16, in f32 (eight partial sums, as a vector unit keeps them).
-fn dot_bf16_f32(a: &[u16], b: &[f32]) -> f32 {
+/// `Σ a[i]·b[i]` in f32, in eight partial sums (as a vector unit keeps them), fused where the
+/// CPU has FMA.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { dot_bf16_f32_avx2(a, b) };
+            return unsafe { dot_avx2(a, b) };
         }
     }
-    dot_bf16_f32_lanes::<false>(a, b)
+    dot_lanes::<false>(a, b)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_bf16_f32_avx2(a: &[u16], b: &[f32]) -> f32 {
-    dot_bf16_f32_lanes::<true>(a, b)
+unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
+    dot_lanes::<true>(a, b)
 }
 
 /// The dot product in `LANES` partial sums, each step fused (`FUSED`: where the CPU has FMA;
 /// without it `mul_add` would call the C library's slow exact `fmaf`).
 #[inline(always)]
-fn dot_bf16_f32_lanes<const FUSED: bool>(a: &[u16], b: &[f32]) -> f32 {
+fn dot_lanes<const FUSED: bool>(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
     let step = |x: f32, y: f32, acc: f32| {
         if FUSED {
             x.mul_add(y, acc)
@@ -297,18 +305,17 @@ fn dot_bf16_f32_lanes<const FUSED: bool>(a: &[u16], b: &[f32]) -> f32 {
             acc + x * y
         }
     };
-    const LANES: usize = 8;
     let mut acc = [0f32; LANES];
     let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
     for (x, y) in a_chunks.zip(b_chunks) {
         for l in 0..LANES {
-            acc[l] = step(bf16_to_f32(x[l]), y[l], acc[l]);
+            acc[l] = step(x[l], y[l], acc[l]);
         }
     }
     let mut sum = acc.iter().sum::<f32>();
     for (x, y) in a_rest.iter().zip(b_rest) {
-        sum = step(bf16_to_f32(*x), *y, sum);
+        sum = step(*x, *y, sum);
     }
     sum
 }
@@ -403,7 +410,7 @@ mod tests {
         };
         let a_bits: Vec<u16> = (0..m * k).map(|_| f32_to_bf16(next())).collect();
         let a_t: Vec<f32> = a_bits.iter().map(|&b| bf16_to_f32(b)).collect();
-        for n in [1, 3, DOT_MAX_COLUMNS, DOT_MAX_COLUMNS + 1] {
+        for n in [1, 3, 16, 40] {
             let b: Vec<f32> = (0..k * n).map(|_| next()).collect();
             let want = reference(m, n, k, &a_t, &b);
             let a = Operand::new(
@@ -416,9 +423,6 @@ mod tests {
             );
             let b_op = Operand::new(b.as_ptr() as _, CUDA_R_32F, k as c_int, CUBLAS_OP_N, k, n);
             for dot in [true, false] {
-                if dot && n > DOT_MAX_COLUMNS {
-                    continue;
-                }
                 for c_type in [CUDA_R_32F, CUDA_R_16BF] {
                     let mut out = vec![0u32; m * n];
                     let c = Operand::new(out.as_mut_ptr() as _, c_type, m as c_int, 0, m, n);
