@@ -6,6 +6,7 @@
 
 mod common;
 
+mod accelerator_simulated;
 mod agent;
 mod api;
 mod cli;
@@ -21,7 +22,6 @@ mod probes;
 mod prometheus_rules;
 mod prometheus_scrape;
 mod service;
-mod simulated_gpu;
 mod simulated_nvml;
 mod soak;
 mod structured_outputs;
