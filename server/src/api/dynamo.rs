@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use exporter::catalog::dynamo::*;
-use exporter::catalog::MetricDef;
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
 use super::error::ApiError;
@@ -117,6 +116,22 @@ impl<T> Lazy<T> {
     }
 }
 
+/// An accessor per handle of [`ModelSeries`]: the handle, resolved from its catalog entry and
+/// the series' labels the first time it is asked for. Each field and its metric are paired here
+/// once, not at every use.
+macro_rules! handles {
+    ($($field:ident: $kind:ident!($def:ident, $labels:ident)),* $(,)?) => {
+        $(
+            fn $field(&self) -> &handles!(@type $kind) {
+                self.$field.get(|| $kind!($def.name, &self.$labels()))
+            }
+        )*
+    };
+    (@type gauge) => { Gauge };
+    (@type histogram) => { Histogram };
+    (@type counter) => { Counter };
+}
+
 /// Dynamo's series of one served model (frontend family) and of the engine's endpoint for it
 /// (component family): the handles every request for that model records through.
 pub struct ModelSeries {
@@ -184,20 +199,31 @@ impl ModelSeries {
         [("model", self.model.clone())]
     }
 
-    fn gauge<'a>(&self, cell: &'a Lazy<Gauge>, def: &'static MetricDef) -> &'a Gauge {
-        cell.get(|| gauge!(def.name, &self.model_labels()))
+    fn component_labels(&self) -> [(&'static str, String); 5] {
+        self.component.clone()
     }
 
-    fn histogram<'a>(&self, cell: &'a Lazy<Histogram>, def: &'static MetricDef) -> &'a Histogram {
-        cell.get(|| histogram!(def.name, &self.model_labels()))
+    handles! {
+        active: gauge!(FRONTEND_ACTIVE_REQUESTS, model_labels),
+        inflight: gauge!(FRONTEND_INFLIGHT_REQUESTS, model_labels),
+        queued: gauge!(FRONTEND_QUEUED_REQUESTS, model_labels),
+        duration: histogram!(FRONTEND_REQUEST_DURATION, model_labels),
+        input_tokens: histogram!(FRONTEND_INPUT_SEQUENCE_TOKENS, model_labels),
+        output_sequence_tokens: histogram!(FRONTEND_OUTPUT_SEQUENCE_TOKENS, model_labels),
+        cached_tokens: histogram!(FRONTEND_CACHED_TOKENS, model_labels),
+        ttft: histogram!(FRONTEND_TIME_TO_FIRST_TOKEN, model_labels),
+        itl: histogram!(FRONTEND_INTER_TOKEN_LATENCY, model_labels),
+        output_tokens: counter!(FRONTEND_OUTPUT_TOKENS, model_labels),
+        component_requests: counter!(COMPONENT_REQUESTS, component_labels),
+        component_inflight: gauge!(COMPONENT_INFLIGHT_REQUESTS, component_labels),
+        component_request_bytes: counter!(COMPONENT_REQUEST_BYTES, component_labels),
+        component_response_bytes: counter!(COMPONENT_RESPONSE_BYTES, component_labels),
+        component_duration: histogram!(COMPONENT_REQUEST_DURATION, component_labels),
     }
 
-    fn component_counter<'a>(
-        &self,
-        cell: &'a Lazy<Counter>,
-        def: &'static MetricDef,
-    ) -> &'a Counter {
-        cell.get(|| counter!(def.name, &self.component))
+    fn disconnected(&self) -> &Gauge {
+        self.disconnected
+            .get(|| gauge!(FRONTEND_DISCONNECTED_CLIENTS.name))
     }
 
     fn request_counter(&self, route: Route, streaming: bool, outcome: usize) -> &Counter {
@@ -268,17 +294,12 @@ impl RequestRecord {
         request_bytes: usize,
     ) -> RequestRecord {
         let s = series;
-        s.gauge(&s.active, &FRONTEND_ACTIVE_REQUESTS).increment(1.0);
-        s.gauge(&s.inflight, &FRONTEND_INFLIGHT_REQUESTS)
-            .increment(1.0);
-        s.gauge(&s.queued, &FRONTEND_QUEUED_REQUESTS).increment(1.0);
-        s.component_counter(&s.component_requests, &COMPONENT_REQUESTS)
-            .increment(1);
-        s.component_inflight
-            .get(|| gauge!(COMPONENT_INFLIGHT_REQUESTS.name, &s.component))
-            .increment(1.0);
-        s.component_counter(&s.component_request_bytes, &COMPONENT_REQUEST_BYTES)
-            .increment(request_bytes as u64);
+        s.active().increment(1.0);
+        s.inflight().increment(1.0);
+        s.queued().increment(1.0);
+        s.component_requests().increment(1);
+        s.component_inflight().increment(1.0);
+        s.component_request_bytes().increment(request_bytes as u64);
         RequestRecord {
             series: Arc::clone(series),
             route,
@@ -311,23 +332,20 @@ impl RequestRecord {
         let s = &*self.series;
         if !self.first_token {
             self.first_token = true;
-            s.histogram(&s.ttft, &FRONTEND_TIME_TO_FIRST_TOKEN)
+            s.ttft()
                 .record(now.duration_since(self.start).as_secs_f64());
-            s.histogram(&s.input_tokens, &FRONTEND_INPUT_SEQUENCE_TOKENS)
-                .record(self.input_tokens as f64);
-            s.gauge(&s.queued, &FRONTEND_QUEUED_REQUESTS).decrement(1.0);
+            s.input_tokens().record(self.input_tokens as f64);
+            s.queued().decrement(1.0);
         } else if let Some(last) = self.last_token_at {
             let itl = now.duration_since(last).as_secs_f64() / n as f64;
-            let h = s.histogram(&s.itl, &FRONTEND_INTER_TOKEN_LATENCY);
+            let h = s.itl();
             for _ in 0..n {
                 h.record(itl);
             }
         }
         self.last_token_at = Some(now);
         self.output_tokens += n as u64;
-        s.output_tokens
-            .get(|| counter!(FRONTEND_OUTPUT_TOKENS.name, &s.model_labels()))
-            .increment(n as u64);
+        s.output_tokens().increment(n as u64);
     }
 
     /// Bytes of the response sent to the client.
@@ -376,38 +394,27 @@ impl Drop for RequestRecord {
         let outcome = match self.outcome {
             Some(o) => o,
             None => {
-                s.disconnected
-                    .get(|| gauge!(FRONTEND_DISCONNECTED_CLIENTS.name))
-                    .increment(1.0);
+                s.disconnected().increment(1.0);
                 outcome_index("cancelled")
             }
         };
         s.request_counter(self.route, self.streaming, outcome)
             .increment(1);
         let elapsed = self.start.elapsed().as_secs_f64();
-        s.histogram(&s.duration, &FRONTEND_REQUEST_DURATION)
-            .record(elapsed);
+        s.duration().record(elapsed);
         if self.output_tokens > 0 {
-            s.histogram(&s.output_sequence_tokens, &FRONTEND_OUTPUT_SEQUENCE_TOKENS)
-                .record(self.output_tokens as f64);
+            s.output_sequence_tokens().record(self.output_tokens as f64);
         }
         if self.first_token {
-            s.histogram(&s.cached_tokens, &FRONTEND_CACHED_TOKENS)
-                .record(self.cached_tokens as f64);
+            s.cached_tokens().record(self.cached_tokens as f64);
         } else {
-            s.gauge(&s.queued, &FRONTEND_QUEUED_REQUESTS).decrement(1.0);
+            s.queued().decrement(1.0);
         }
-        s.gauge(&s.active, &FRONTEND_ACTIVE_REQUESTS).decrement(1.0);
-        s.gauge(&s.inflight, &FRONTEND_INFLIGHT_REQUESTS)
-            .decrement(1.0);
-        s.component_duration
-            .get(|| histogram!(COMPONENT_REQUEST_DURATION.name, &s.component))
-            .record(elapsed);
-        s.component_inflight
-            .get(|| gauge!(COMPONENT_INFLIGHT_REQUESTS.name, &s.component))
-            .decrement(1.0);
-        s.component_counter(&s.component_response_bytes, &COMPONENT_RESPONSE_BYTES)
-            .increment(self.response_bytes);
+        s.active().decrement(1.0);
+        s.inflight().decrement(1.0);
+        s.component_duration().record(elapsed);
+        s.component_inflight().decrement(1.0);
+        s.component_response_bytes().increment(self.response_bytes);
     }
 }
 
