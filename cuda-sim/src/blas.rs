@@ -69,13 +69,20 @@ pub fn f32_to_bf16(f: f32) -> u16 {
 /// size cost more in page faults than the conversion itself).
 unsafe fn read_f32(ptr: *const c_void, ty: c_int, len: usize, out: &mut Vec<f32>) {
     out.clear();
+    out.resize(len, 0.0);
+    widen(ptr, ty, out);
+}
+
+/// `out.len()` elements of type `ty` at `ptr`, as f32, into `out`.
+unsafe fn widen(ptr: *const c_void, ty: c_int, out: &mut [f32]) {
     match ty {
-        CUDA_R_16BF => out.extend(
-            std::slice::from_raw_parts(ptr as *const u16, len)
-                .iter()
-                .map(|&b| bf16_to_f32(b)),
-        ),
-        _ => out.extend_from_slice(std::slice::from_raw_parts(ptr as *const f32, len)),
+        CUDA_R_16BF => {
+            let from = std::slice::from_raw_parts(ptr as *const u16, out.len());
+            for (to, v) in out.iter_mut().zip(from) {
+                *to = bf16_to_f32(*v);
+            }
+        }
+        _ => out.copy_from_slice(std::slice::from_raw_parts(ptr as *const f32, out.len())),
     }
 }
 
@@ -98,6 +105,10 @@ struct Operand {
     transposed: bool,
 }
 
+// SAFETY: an operand is an address and a shape; the GEMM's workers read through it into their
+// own buffers and write disjoint elements of C.
+unsafe impl Sync for Operand {}
+
 impl Operand {
     fn new(ptr: *const c_void, ty: c_int, ld: c_int, op: c_int, rows: usize, cols: usize) -> Self {
         Operand {
@@ -107,6 +118,19 @@ impl Operand {
             rows,
             cols,
             transposed: op == CUBLAS_OP_T,
+        }
+    }
+
+    /// The address of its stored element `index` (in elements of its type).
+    fn element(&self, index: usize) -> *const c_void {
+        (self.ptr as *const u8).wrapping_add(index * self.element_size()) as *const c_void
+    }
+
+    fn element_size(&self) -> usize {
+        if self.ty == CUDA_R_16BF {
+            2
+        } else {
+            4
         }
     }
 
@@ -130,7 +154,7 @@ impl Operand {
     }
 
     fn bytes(&self) -> usize {
-        self.span() * if self.ty == CUDA_R_16BF { 2 } else { 4 }
+        self.span() * self.element_size()
     }
 
     /// (row stride, column stride) of `op(X)` in the stored elements.
@@ -206,7 +230,7 @@ pub unsafe extern "C" fn cublasGemmEx(
         return CUBLAS_STATUS_SUCCESS;
     }
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
-    if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && beta == 0.0 {
+    if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && beta == 0.0 && k > 0 {
         gemm_dot(k, alpha, a, b, c);
         return CUBLAS_STATUS_SUCCESS;
     }
@@ -230,20 +254,10 @@ unsafe fn gemm_dot(k: usize, alpha: f32, a: Operand, b: Operand, c: Operand) {
     let width = k.max(1);
     let mut columns = vec![0f32; n * k];
     for (j, column) in columns.chunks_exact_mut(width).enumerate().take(n) {
-        match b.ty {
-            CUDA_R_16BF => {
-                let from = std::slice::from_raw_parts((b.ptr as *const u16).add(j * b.ld), k);
-                for (to, v) in column.iter_mut().zip(from) {
-                    *to = bf16_to_f32(*v);
-                }
-            }
-            _ => column.copy_from_slice(std::slice::from_raw_parts(
-                (b.ptr as *const f32).add(j * b.ld),
-                k,
-            )),
-        }
+        widen(b.element(j * b.ld), b.ty, column);
     }
-    let (a_ptr, c_ptr) = (a.ptr as usize, c.ptr as usize);
+    // An address rather than the pointer: the workers write disjoint elements through it.
+    let c_ptr = c.ptr as usize;
     const ROWS_PER_TASK: usize = 32;
     (0..m.div_ceil(ROWS_PER_TASK))
         .into_par_iter()
@@ -253,10 +267,7 @@ unsafe fn gemm_dot(k: usize, alpha: f32, a: Operand, b: Operand, c: Operand) {
             for (i, row) in rows.clone().zip(widened.chunks_exact_mut(width)) {
                 // SAFETY: row i of op(A) is k contiguous elements inside A's allocation (checked
                 // by the caller).
-                let from = std::slice::from_raw_parts((a_ptr as *const u16).add(i * a.ld), k);
-                for (to, v) in row.iter_mut().zip(from) {
-                    *to = bf16_to_f32(*v);
-                }
+                widen(a.element(i * a.ld), a.ty, row);
             }
             for (j, column) in columns.chunks_exact(width).enumerate().take(n) {
                 for (i, row) in rows.clone().zip(widened.chunks_exact(width)) {
@@ -398,8 +409,8 @@ mod tests {
         c
     }
 
-    /// A weight read transposed times a few columns: the dot-product path (small n) and the
-    /// blocked path (any n) both compute `Wᵀ·x` to f32 accuracy, into f32 and into bf16.
+    /// A weight read transposed times one to forty columns: the dot-product path and the
+    /// blocked path both compute `Wᵀ·x` to f32 accuracy, into f32 and into bf16.
     #[test]
     fn both_gemm_paths_compute_the_product() {
         let (m, k) = (37, 203);

@@ -19,7 +19,7 @@ pub struct KernelFile {
 
 /// An entry point, the threads per block every launch of it uses (the one place that says so:
 /// launches read it from here, and a test checks with ptxas that it fits the registers), and
-/// its parameters as the Rust launch method declares them (name, type), which a test compares
+/// its parameters as its Rust argument struct declares them (name, type), which a test compares
 /// with the kernel's C signature.
 pub struct Entry {
     pub name: &'static str,
@@ -92,7 +92,7 @@ pub enum Arg {
     F32(f32),
 }
 
-/// A launch method's parameter as the argument cuLaunchKernel takes.
+/// An argument struct's field as the argument cuLaunchKernel takes.
 pub trait IntoArg {
     fn into_arg(self) -> Arg;
 }
@@ -121,57 +121,43 @@ impl IntoArg for f32 {
     }
 }
 
-impl IntoArg for Heads {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self.0)
-    }
+/// Dimensions a kernel takes as a C `int`, each its own type so that one cannot be passed
+/// where another is meant (a swapped `n_heads` and `n_kv_heads` does not compile); each is
+/// built from the [`LayerShape`] field of the same name.
+macro_rules! int_dimensions {
+    ($($(#[doc = $doc:literal])* $name:ident($field:ident)),* $(,)?) => {
+        $(
+            $(#[doc = $doc])*
+            #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+            pub struct $name(pub i32);
+
+            impl $name {
+                /// The dimension of `shape`.
+                pub fn of(shape: &LayerShape) -> $name {
+                    $name(shape.$field as i32)
+                }
+            }
+
+            impl IntoArg for $name {
+                fn into_arg(self) -> Arg {
+                    Arg::I32(self.0)
+                }
+            }
+        )*
+
+        /// The Rust types of the table that stand for a C `int` besides `i32`.
+        pub const INT_NEWTYPES: &[&str] = &[$(stringify!($name)),*];
+    };
 }
 
-impl IntoArg for KvHeads {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self.0)
-    }
+int_dimensions! {
+    /// A count of query heads (a kernel's `int n_heads`).
+    Heads(n_heads),
+    /// A count of key/value heads (a kernel's `int n_kv_heads`).
+    KvHeads(n_kv_heads),
+    /// The width of one attention head (a kernel's `int head_dim`).
+    HeadDim(head_dim),
 }
-
-impl IntoArg for HeadDim {
-    fn into_arg(self) -> Arg {
-        Arg::I32(self.0)
-    }
-}
-
-/// A count of query heads (a kernel's `int n_heads`): its own type, so that it cannot be passed
-/// where key/value heads or a head's width are meant.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Heads(pub i32);
-
-/// A count of key/value heads (a kernel's `int n_kv_heads`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KvHeads(pub i32);
-
-/// The width of one attention head (a kernel's `int head_dim`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeadDim(pub i32);
-
-impl Heads {
-    pub fn of(shape: &LayerShape) -> Heads {
-        Heads(shape.n_heads as i32)
-    }
-}
-
-impl KvHeads {
-    pub fn of(shape: &LayerShape) -> KvHeads {
-        KvHeads(shape.n_kv_heads as i32)
-    }
-}
-
-impl HeadDim {
-    pub fn of(shape: &LayerShape) -> HeadDim {
-        HeadDim(shape.head_dim as i32)
-    }
-}
-
-/// The Rust types of the table that stand for a C `int` besides `i32`.
-pub const INT_NEWTYPES: &[&str] = &["Heads", "KvHeads", "HeadDim"];
 
 /// The argument struct of one entry point: which kernel it launches, and its fields as the
 /// kernel's arguments, in the C signature's order.
@@ -186,7 +172,7 @@ pub trait KernelArgs: Copy {
 /// its parameters, in the order and with the types of its C signature. From it come [`FILES`]
 /// and one argument struct per entry point (named fields, so a call site says which value is
 /// which), launched by [`super::launch::Kernels::run`];
-/// `the_launch_methods_mirror_the_c_signatures` checks the table against the `.cu` sources.
+/// `the_argument_structs_mirror_the_c_signatures` checks the table against the `.cu` sources.
 macro_rules! kernel_table {
     ($($file:literal => [$(
         $(#[doc = $doc:literal])*
@@ -492,10 +478,11 @@ mod tests {
             .collect()
     }
 
-    /// Each launch method's parameters are the kernel's, in order, by name and by type: the
-    /// compiler checks the call sites against the methods, this test the methods against C.
+    /// Each argument struct's fields are the kernel's parameters, in order, by name and by type
+    /// (a dimension newtype standing for `int`): the compiler checks the call sites against the
+    /// structs, this test the structs against C.
     #[test]
-    fn the_launch_methods_mirror_the_c_signatures() {
+    fn the_argument_structs_mirror_the_c_signatures() {
         for file in FILES {
             let c = c_signatures(file.source);
             let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
