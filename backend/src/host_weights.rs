@@ -4,8 +4,8 @@
 //! one GEMM. A backend reads a group in f32 or as the file encodes it, and turns it into its
 //! own format (the file's blocks or Q8 on the CPU, bf16 or the file's blocks on a GPU).
 
-use model::gguf::quant::GgmlType;
 use model::names::{self, LayerTensor};
+use model::GgmlType;
 use model::{LlamaConfig, LoadError, WeightSource};
 
 /// One matrix (or vector) of a layer as backends use it: the file's tensors, by canonical name
@@ -115,6 +115,6 @@ impl Group {
 
 /// Whether the LM head is a matrix of its own (else it is the embedding: tied, or absent from
 /// the file).
-pub fn has_untied_lm_head(c: &LlamaConfig, w: &dyn WeightSource) -> bool {
+pub(crate) fn has_untied_lm_head(c: &LlamaConfig, w: &dyn WeightSource) -> bool {
     !c.tie_word_embeddings && w.has(names::LM_HEAD)
 }

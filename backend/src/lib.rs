@@ -7,10 +7,10 @@
 //! `0..start_pos + tokens.len()` in order. The backend writes the new tokens' K/V into those
 //! blocks, attends over everything before them, and returns logits for the positions asked for.
 
-pub mod cpu;
-pub mod cuda;
-pub mod heartbeat;
-pub mod host_weights;
+mod cpu;
+mod cuda;
+mod heartbeat;
+mod host_weights;
 mod llama;
 mod row;
 mod shape;
@@ -18,8 +18,28 @@ mod shape;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use cpu::host_memory::available_bytes as available_host_memory;
+pub use cpu::{CpuBackend, CpuOptions, KvDtype, WeightFormat};
+pub use cuda::availability::{probe as probe_cuda, NoCuda};
+pub use cuda::{CudaBackend, CudaError, CudaOptions};
+pub use heartbeat::Heartbeat;
 pub use row::{argmax, logprobs, softmax, sum_probabilities, GreedyToken};
 pub use shape::LayerShape;
+
+/// The device pieces `vigil check-gpu` runs one at a time against host references: the kernels
+/// with their launcher, cuBLAS GEMMs, the step plan, RoPE tables, and the CPU backend's
+/// attention and row operations that serve as the references.
+pub mod kernel_check {
+    pub use crate::cpu::{attention, ops};
+    pub use crate::cuda::gemm::{Matrix, Output};
+    pub use crate::cuda::gpu::Gpu;
+    pub use crate::cuda::kernels::*;
+    pub use crate::cuda::launch::{addr, Kernels};
+    pub use crate::cuda::rope;
+    pub use crate::cuda::step_plan::StepPlan;
+    pub use crate::cuda::weights::DEVICE_DECODED;
+    pub use crate::host_weights::{layer_groups, Group};
+}
 
 use model::LlamaConfig;
 

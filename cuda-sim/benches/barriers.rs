@@ -6,7 +6,7 @@ use std::ffi::c_void;
 use std::sync::Barrier;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use vigil_cuda_sim::threads::{run_grid, Launch};
+use vigil_cuda_sim::{run_grid, Launch};
 
 const THREADS: u32 = 256;
 const ROUNDS: i32 = 100;
@@ -14,7 +14,7 @@ const ROUNDS: i32 = 100;
 fn barriers(c: &mut Criterion) {
     let mut group = c.benchmark_group(format!("{ROUNDS} barriers of {THREADS} threads"));
     group.sample_size(10);
-    let kernel = vigil_cuda_sim::kernels::find("barrier_loop").expect("the fidelity kernels");
+    let kernel = vigil_cuda_sim::find_kernel("barrier_loop").expect("the fidelity kernels");
     group.bench_function("simulator fibers", |b| {
         let mut out = [0i32; 1];
         let mut out_ptr = out.as_mut_ptr();

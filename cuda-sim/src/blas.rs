@@ -8,10 +8,10 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 
-pub type Status = c_uint;
-pub const CUBLAS_STATUS_SUCCESS: Status = 0;
-pub const CUBLAS_STATUS_INVALID_VALUE: Status = 7;
-pub const CUBLAS_STATUS_NOT_SUPPORTED: Status = 15;
+pub(crate) type Status = c_uint;
+pub(crate) const CUBLAS_STATUS_SUCCESS: Status = 0;
+pub(crate) const CUBLAS_STATUS_INVALID_VALUE: Status = 7;
+pub(crate) const CUBLAS_STATUS_NOT_SUPPORTED: Status = 15;
 
 const CUDA_R_32F: c_int = 0;
 const CUDA_R_16BF: c_int = 14;
@@ -25,7 +25,7 @@ struct Handle {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cublasCreate_v2(handle: *mut *mut c_void) -> Status {
+pub(crate) unsafe extern "C" fn cublasCreate_v2(handle: *mut *mut c_void) -> Status {
     *handle = Box::into_raw(Box::new(Handle {
         _stream: std::ptr::null_mut(),
     })) as *mut c_void;
@@ -33,7 +33,7 @@ pub unsafe extern "C" fn cublasCreate_v2(handle: *mut *mut c_void) -> Status {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cublasDestroy_v2(handle: *mut c_void) -> Status {
+pub(crate) unsafe extern "C" fn cublasDestroy_v2(handle: *mut c_void) -> Status {
     if handle.is_null() {
         return CUBLAS_STATUS_INVALID_VALUE;
     }
@@ -42,7 +42,10 @@ pub unsafe extern "C" fn cublasDestroy_v2(handle: *mut c_void) -> Status {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cublasSetStream_v2(handle: *mut c_void, stream: *mut c_void) -> Status {
+pub(crate) unsafe extern "C" fn cublasSetStream_v2(
+    handle: *mut c_void,
+    stream: *mut c_void,
+) -> Status {
     if handle.is_null() {
         return CUBLAS_STATUS_INVALID_VALUE;
     }
@@ -56,7 +59,7 @@ fn bf16_to_f32(bits: u16) -> f32 {
 }
 
 /// Round to nearest even, NaN kept (as the kernels' `f32_to_bf16`).
-pub fn f32_to_bf16(f: f32) -> u16 {
+pub(crate) fn f32_to_bf16(f: f32) -> u16 {
     let u = f.to_bits();
     if u & 0x7fff_ffff > 0x7f80_0000 {
         return ((u >> 16) | 0x40) as u16;
@@ -168,7 +171,7 @@ impl Operand {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cublasGemmEx(
+pub(crate) unsafe extern "C" fn cublasGemmEx(
     handle: *mut c_void,
     trans_a: c_int,
     trans_b: c_int,

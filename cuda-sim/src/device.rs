@@ -3,14 +3,14 @@
 
 /// The name the driver reports. It says plainly that the device is simulated, so every log line
 /// and report that prints the device's name says so too.
-pub const NAME: &str = "NVIDIA H100 80GB HBM3 (simulated by vigil-cuda-sim)";
+pub(crate) const NAME: &str = "NVIDIA H100 80GB HBM3 (simulated by vigil-cuda-sim)";
 
 /// The CUDA version the driver claims (12.8, what cudarc is built against).
-pub const DRIVER_VERSION: i32 = 12080;
+pub(crate) const DRIVER_VERSION: i32 = 12080;
 
 /// Device memory, in bytes: `CUDA_SIM_MEMORY_MIB` (default 2048). An H100 has 80 GiB; the
 /// host running the tests does not, and allocations are real host memory.
-pub fn total_memory() -> u64 {
+pub(crate) fn total_memory() -> u64 {
     std::env::var("CUDA_SIM_MEMORY_MIB")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
@@ -18,15 +18,15 @@ pub fn total_memory() -> u64 {
         << 20
 }
 
-pub const MAX_THREADS_PER_BLOCK: u32 = 1024;
-pub const MAX_BLOCK_DIM: [u32; 3] = [1024, 1024, 64];
-pub const MAX_GRID_DIM: [u32; 3] = [i32::MAX as u32, 65535, 65535];
+pub(crate) const MAX_THREADS_PER_BLOCK: u32 = 1024;
+pub(crate) const MAX_BLOCK_DIM: [u32; 3] = [1024, 1024, 64];
+pub(crate) const MAX_GRID_DIM: [u32; 3] = [i32::MAX as u32, 65535, 65535];
 /// Static plus dynamic shared memory a block may use without opting in.
-pub const MAX_SHARED_PER_BLOCK: u64 = 48 * 1024;
+pub(crate) const MAX_SHARED_PER_BLOCK: u64 = 48 * 1024;
 
 /// `cuDeviceGetAttribute`: the H100 SXM's values, `None` for attributes not simulated (the
 /// call then fails with the attribute's number).
-pub fn attribute(attribute: i32) -> Option<i32> {
+pub(crate) fn attribute(attribute: i32) -> Option<i32> {
     Some(match attribute {
         1 => MAX_THREADS_PER_BLOCK as i32,
         2..=4 => MAX_BLOCK_DIM[(attribute - 2) as usize] as i32,

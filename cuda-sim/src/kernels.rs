@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void, CStr};
 use std::sync::OnceLock;
 
 /// Runs one CUDA thread of an entry point with cuLaunchKernel's parameter array.
-pub type Launcher = unsafe extern "C" fn(*mut *mut c_void);
+pub(crate) type Launcher = unsafe extern "C" fn(*mut *mut c_void);
 
 #[repr(C)]
 struct RawKernel {
@@ -36,7 +36,7 @@ pub struct HostKernel {
 }
 
 /// Every entry point build.rs found.
-pub fn all() -> &'static [HostKernel] {
+pub(crate) fn all() -> &'static [HostKernel] {
     static ALL: OnceLock<Vec<HostKernel>> = OnceLock::new();
     ALL.get_or_init(|| {
         // SAFETY: build.rs writes `cuda_sim_kernel_count` entries of static, NUL-terminated

@@ -20,12 +20,15 @@
 //! What it cannot show: timing, the GPU's memory model (a race that works when threads run in
 //! turn), the driver's and the hardware's own behaviour.
 
-pub mod blas;
-pub mod device;
+mod blas;
+mod device;
 pub mod driver;
-pub mod kernels;
-pub mod memcheck;
-pub mod memory;
-pub mod nvml;
-pub mod ptx;
-pub mod threads;
+mod kernels;
+mod memcheck;
+mod memory;
+mod nvml;
+mod ptx;
+mod threads;
+
+pub use kernels::find as find_kernel;
+pub use threads::{run_grid, Launch};

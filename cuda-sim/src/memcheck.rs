@@ -13,12 +13,12 @@ use std::io::Write as _;
 use std::sync::Once;
 
 /// The exit status after a memcheck report.
-pub const EXIT_STATUS: i32 = 86;
+pub(crate) const EXIT_STATUS: i32 = 86;
 
 static INSTALL: Once = Once::new();
 
 /// Installs the fault handler (once per process).
-pub fn install() {
+pub(crate) fn install() {
     INSTALL.call_once(|| {
         // SAFETY: installs a handler for SIGSEGV and SIGBUS, which only reads (try_lock) and
         // writes to stderr before ending the process, or restores the default and returns.
@@ -39,7 +39,7 @@ thread_local! {
 
 /// Gives this OS thread an alternate signal stack, so the handler runs even when the fault is a
 /// fiber's stack overflowing.
-pub fn prepare_this_thread() {
+pub(crate) fn prepare_this_thread() {
     ALT_STACK.with(|done| {
         if done.replace(true) {
             return;

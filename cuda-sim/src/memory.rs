@@ -38,13 +38,13 @@ impl Allocation {
 static LIVE: Mutex<BTreeMap<usize, Allocation>> = Mutex::new(BTreeMap::new());
 
 /// Bytes allocated now.
-pub fn used() -> u64 {
+pub(crate) fn used() -> u64 {
     LIVE.lock().unwrap().values().map(|a| a.size as u64).sum()
 }
 
 /// A new allocation of `size` bytes, filled with the poison pattern; `None` when the device's
 /// memory would be exceeded or the host refuses the mapping.
-pub fn alloc(size: usize) -> Option<u64> {
+pub(crate) fn alloc(size: usize) -> Option<u64> {
     if used() + size as u64 > crate::device::total_memory() {
         return None;
     }
@@ -81,7 +81,7 @@ pub fn alloc(size: usize) -> Option<u64> {
 }
 
 /// Frees the allocation at `addr`; false if no allocation starts there.
-pub fn free(addr: u64) -> bool {
+pub(crate) fn free(addr: u64) -> bool {
     let Some(a) = LIVE.lock().unwrap().remove(&(addr as usize)) else {
         return false;
     };
@@ -91,7 +91,7 @@ pub fn free(addr: u64) -> bool {
 }
 
 /// Whether `[addr, addr + len)` lies inside one live allocation.
-pub fn contains(addr: u64, len: usize) -> bool {
+pub(crate) fn contains(addr: u64, len: usize) -> bool {
     let live = LIVE.lock().unwrap();
     let addr = addr as usize;
     live.range(..=addr)
@@ -102,7 +102,7 @@ pub fn contains(addr: u64, len: usize) -> bool {
 /// The allocation (data address and size) whose guard zone `addr` falls in, and where: bytes
 /// past the end (positive) or before the start (negative). Called from the fault handler, so it
 /// never waits for the lock.
-pub fn guard_hit(addr: usize) -> Option<(usize, usize, isize)> {
+pub(crate) fn guard_hit(addr: usize) -> Option<(usize, usize, isize)> {
     let live = LIVE.try_lock().ok()?;
     live.iter().find_map(|(&data, a)| {
         let end = data + a.size;
@@ -118,7 +118,7 @@ pub fn guard_hit(addr: usize) -> Option<(usize, usize, isize)> {
 
 /// A write outside an allocation found by its canary bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CanaryDamage {
+pub(crate) struct CanaryDamage {
     pub data: usize,
     pub size: usize,
     /// Offset of the first damaged byte from the data's start (negative: before it).
@@ -127,7 +127,7 @@ pub struct CanaryDamage {
 
 /// Checks the canaries of the allocations that contain any of `addresses` (a launch's
 /// parameters; values that are no device address are skipped).
-pub fn check_canaries(addresses: impl IntoIterator<Item = u64>) -> Option<CanaryDamage> {
+pub(crate) fn check_canaries(addresses: impl IntoIterator<Item = u64>) -> Option<CanaryDamage> {
     let live = LIVE.lock().unwrap();
     for addr in addresses {
         let addr = addr as usize;

@@ -16,21 +16,21 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-pub type Return = c_uint;
-pub const SUCCESS: Return = 0;
-pub const UNINITIALIZED: Return = 1;
-pub const INVALID_ARGUMENT: Return = 2;
-pub const NOT_SUPPORTED: Return = 3;
-pub const NO_PERMISSION: Return = 4;
-pub const NOT_FOUND: Return = 6;
-pub const INSUFFICIENT_SIZE: Return = 7;
-pub const TIMEOUT: Return = 10;
-pub const GPU_IS_LOST: Return = 15;
-pub const UNKNOWN: Return = 999;
+pub(crate) type Return = c_uint;
+pub(crate) const SUCCESS: Return = 0;
+pub(crate) const UNINITIALIZED: Return = 1;
+pub(crate) const INVALID_ARGUMENT: Return = 2;
+pub(crate) const NOT_SUPPORTED: Return = 3;
+pub(crate) const NO_PERMISSION: Return = 4;
+pub(crate) const NOT_FOUND: Return = 6;
+pub(crate) const INSUFFICIENT_SIZE: Return = 7;
+pub(crate) const TIMEOUT: Return = 10;
+pub(crate) const GPU_IS_LOST: Return = 15;
+pub(crate) const UNKNOWN: Return = 999;
 
 /// One scheduled happening, at `at_s` seconds after `nvmlInit`.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Event {
+pub(crate) struct Event {
     pub at_s: f64,
     /// A critical XID error delivered to event sets.
     #[serde(default)]
@@ -45,7 +45,7 @@ pub struct Event {
 
 /// One GPU of a profile, in NVML's units.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Gpu {
+pub(crate) struct Gpu {
     pub name: String,
     pub uuid: String,
     pub pci_bus_id: String,
@@ -91,7 +91,7 @@ pub struct Gpu {
 
 /// A node: its driver and its GPUs.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Profile {
+pub(crate) struct Profile {
     pub driver_version: String,
     /// As NVML reports it: 12040 is CUDA 12.4.
     pub cuda_driver_version: i32,
@@ -168,7 +168,7 @@ unsafe fn write_str(out: *mut c_char, len: c_uint, s: &str) -> Return {
 }
 
 #[no_mangle]
-pub extern "C" fn nvmlInit_v2() -> Return {
+pub(crate) extern "C" fn nvmlInit_v2() -> Return {
     let loaded = NODE.get_or_init(|| {
         let path = std::env::var("VIGIL_NVML_PROFILE")
             .map_err(|_| "VIGIL_NVML_PROFILE names no profile".to_owned())?;
@@ -189,17 +189,17 @@ pub extern "C" fn nvmlInit_v2() -> Return {
 }
 
 #[no_mangle]
-pub extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> Return {
+pub(crate) extern "C" fn nvmlInitWithFlags(_flags: c_uint) -> Return {
     nvmlInit_v2()
 }
 
 #[no_mangle]
-pub extern "C" fn nvmlShutdown() -> Return {
+pub(crate) extern "C" fn nvmlShutdown() -> Return {
     SUCCESS
 }
 
 #[no_mangle]
-pub extern "C" fn nvmlErrorString(result: Return) -> *const c_char {
+pub(crate) extern "C" fn nvmlErrorString(result: Return) -> *const c_char {
     match result {
         SUCCESS => c"Success",
         UNINITIALIZED => c"Uninitialized",
@@ -216,7 +216,10 @@ pub extern "C" fn nvmlErrorString(result: Return) -> *const c_char {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetDriverVersion(out: *mut c_char, len: c_uint) -> Return {
+pub(crate) unsafe extern "C" fn nvmlSystemGetDriverVersion(
+    out: *mut c_char,
+    len: c_uint,
+) -> Return {
     match node() {
         Ok(n) => write_str(out, len, &n.profile.driver_version),
         Err(e) => e,
@@ -224,7 +227,7 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(out: *mut c_char, len: c_uin
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> Return {
+pub(crate) unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) -> Return {
     match node() {
         Ok(n) => {
             *version = n.profile.cuda_driver_version;
@@ -235,12 +238,12 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> Return {
+pub(crate) unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(version: *mut c_int) -> Return {
     nvmlSystemGetCudaDriverVersion_v2(version)
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Return {
+pub(crate) unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Return {
     match node() {
         Ok(n) => {
             *count = n.profile.gpus.len() as c_uint;
@@ -251,7 +254,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> Return {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
     index: c_uint,
     device: *mut *mut c_void,
 ) -> Return {
@@ -266,13 +269,16 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(device: *mut c_void, index: *mut c_uint) -> Return {
+pub(crate) unsafe extern "C" fn nvmlDeviceGetIndex(
+    device: *mut c_void,
+    index: *mut c_uint,
+) -> Return {
     *index = index_of(device) as c_uint;
     SUCCESS
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetUUID(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetUUID(
     device: *mut c_void,
     out: *mut c_char,
     len: c_uint,
@@ -284,7 +290,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetName(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetName(
     device: *mut c_void,
     out: *mut c_char,
     len: c_uint,
@@ -296,7 +302,7 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
 }
 
 #[repr(C)]
-pub struct PciInfo {
+pub(crate) struct PciInfo {
     bus_id_legacy: [c_char; 16],
     domain: c_uint,
     bus: c_uint,
@@ -307,7 +313,10 @@ pub struct PciInfo {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: *mut c_void, pci: *mut PciInfo) -> Return {
+pub(crate) unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
+    device: *mut c_void,
+    pci: *mut PciInfo,
+) -> Return {
     answer!(device, "identity", |g, t| {
         let p = &mut *pci;
         p.bus_id = [0; 32];
@@ -320,7 +329,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: *mut c_void, pci: *mut 
 }
 
 #[repr(C)]
-pub struct MemoryV2 {
+pub(crate) struct MemoryV2 {
     version: c_uint,
     total: c_ulonglong,
     reserved: c_ulonglong,
@@ -329,7 +338,7 @@ pub struct MemoryV2 {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     device: *mut c_void,
     memory: *mut MemoryV2,
 ) -> Return {
@@ -348,14 +357,14 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
 /// NVML's `nvmlMemory_t`, of the v1 call older drivers have (no reserved memory: it counts as
 /// used, as those drivers report it).
 #[repr(C)]
-pub struct MemoryV1 {
+pub(crate) struct MemoryV1 {
     total: c_ulonglong,
     free: c_ulonglong,
     used: c_ulonglong,
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     device: *mut c_void,
     memory: *mut MemoryV1,
 ) -> Return {
@@ -368,13 +377,13 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
 }
 
 #[repr(C)]
-pub struct Utilization {
+pub(crate) struct Utilization {
     gpu: c_uint,
     memory: c_uint,
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: *mut c_void,
     out: *mut Utilization,
 ) -> Return {
@@ -389,12 +398,15 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: *mut c_void, mw: *mut c_uint) -> Return {
+pub(crate) unsafe extern "C" fn nvmlDeviceGetPowerUsage(
+    device: *mut c_void,
+    mw: *mut c_uint,
+) -> Return {
     answer!(device, "power", |g, t| { *mw = g.power_mw })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
     device: *mut c_void,
     mw: *mut c_uint,
 ) -> Return {
@@ -402,7 +414,7 @@ pub unsafe extern "C" fn nvmlDeviceGetEnforcedPowerLimit(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     device: *mut c_void,
     mj: *mut c_ulonglong,
 ) -> Return {
@@ -413,7 +425,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetTemperature(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetTemperature(
     device: *mut c_void,
     sensor: c_int,
     celsius: *mut c_uint,
@@ -426,7 +438,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTemperature(
 
 /// NVML_CLOCK_GRAPHICS 0, SM 1, MEM 2.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetClockInfo(
     device: *mut c_void,
     clock: c_int,
     mhz: *mut c_uint,
@@ -441,7 +453,7 @@ pub unsafe extern "C" fn nvmlDeviceGetClockInfo(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
     device: *mut c_void,
     clock: c_int,
     mhz: *mut c_uint,
@@ -455,7 +467,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMaxClockInfo(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetMemoryBusWidth(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetMemoryBusWidth(
     device: *mut c_void,
     bits: *mut c_uint,
 ) -> Return {
@@ -463,7 +475,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryBusWidth(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
     device: *mut c_void,
     reasons: *mut c_ulonglong,
 ) -> Return {
@@ -479,7 +491,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCurrentClocksThrottleReasons(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetPcieReplayCounter(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetPcieReplayCounter(
     device: *mut c_void,
     count: *mut c_uint,
 ) -> Return {
@@ -488,7 +500,7 @@ pub unsafe extern "C" fn nvmlDeviceGetPcieReplayCounter(
 
 /// NVML_MEMORY_ERROR_TYPE_CORRECTED 0, UNCORRECTED 1.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
     device: *mut c_void,
     kind: c_int,
     _counter: c_int,
@@ -505,7 +517,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEccErrors(
 
 /// NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS 0, DOUBLE_BIT_ECC_ERROR 1.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetRetiredPages_v2(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetRetiredPages_v2(
     device: *mut c_void,
     cause: c_int,
     count: *mut c_uint,
@@ -543,7 +555,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRetiredPages_v2(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetRetiredPages(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetRetiredPages(
     device: *mut c_void,
     cause: c_int,
     count: *mut c_uint,
@@ -553,7 +565,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRetiredPages(
 }
 
 #[repr(C)]
-pub struct FieldValue {
+pub(crate) struct FieldValue {
     field_id: c_uint,
     scope_id: c_uint,
     timestamp: i64,
@@ -566,7 +578,7 @@ pub struct FieldValue {
 /// Row remapping through field values: NVML_FI_DEV_REMAPPED_COR 142, UNC 143, PENDING 144,
 /// FAILURE 145, each an unsigned long long.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetFieldValues(
     device: *mut c_void,
     count: c_int,
     values: *mut FieldValue,
@@ -599,7 +611,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
 }
 
 #[repr(C)]
-pub struct ProcessInfo {
+pub(crate) struct ProcessInfo {
     pid: c_uint,
     used_gpu_memory: c_ulonglong,
     gpu_instance_id: c_uint,
@@ -608,7 +620,7 @@ pub struct ProcessInfo {
 
 /// One compute process: the caller, with the profile's `process_memory`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
+pub(crate) unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     device: *mut c_void,
     count: *mut c_uint,
     infos: *mut ProcessInfo,
@@ -641,7 +653,7 @@ struct EventSet {
 static EVENT_SETS: Mutex<Vec<Option<EventSet>>> = Mutex::new(Vec::new());
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut *mut c_void) -> Return {
+pub(crate) unsafe extern "C" fn nvmlEventSetCreate(set: *mut *mut c_void) -> Return {
     if let Err(e) = node() {
         return e;
     }
@@ -655,7 +667,7 @@ pub unsafe extern "C" fn nvmlEventSetCreate(set: *mut *mut c_void) -> Return {
 }
 
 #[no_mangle]
-pub extern "C" fn nvmlEventSetFree(set: *mut c_void) -> Return {
+pub(crate) extern "C" fn nvmlEventSetFree(set: *mut c_void) -> Return {
     if let Some(slot) = EVENT_SETS
         .lock()
         .unwrap()
@@ -670,7 +682,7 @@ pub extern "C" fn nvmlEventSetFree(set: *mut c_void) -> Return {
 const XID_CRITICAL: u64 = 0x8;
 
 #[no_mangle]
-pub extern "C" fn nvmlDeviceRegisterEvents(
+pub(crate) extern "C" fn nvmlDeviceRegisterEvents(
     device: *mut c_void,
     types: c_ulonglong,
     set: *mut c_void,
@@ -696,7 +708,7 @@ pub extern "C" fn nvmlDeviceRegisterEvents(
 }
 
 #[repr(C)]
-pub struct EventData {
+pub(crate) struct EventData {
     device: *mut c_void,
     event_type: c_ulonglong,
     event_data: c_ulonglong,
@@ -706,7 +718,7 @@ pub struct EventData {
 
 /// The next due XID of the set's GPUs, waiting up to `timeout_ms` for one.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlEventSetWait_v2(
+pub(crate) unsafe extern "C" fn nvmlEventSetWait_v2(
     set: *mut c_void,
     data: *mut EventData,
     timeout_ms: c_uint,

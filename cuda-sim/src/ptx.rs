@@ -5,7 +5,7 @@
 
 /// One `.entry` of a PTX module.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PtxEntry {
+pub(crate) struct PtxEntry {
     pub name: String,
     /// Each `.param`'s size in bytes.
     pub param_sizes: Vec<u32>,
@@ -14,7 +14,7 @@ pub struct PtxEntry {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PtxModule {
+pub(crate) struct PtxModule {
     /// `.target`, e.g. `sm_90`.
     pub target: String,
     pub entries: Vec<PtxEntry>,
@@ -24,7 +24,7 @@ pub struct PtxModule {
 }
 
 /// The name of the global the backend's kernels carry their source's digest in.
-pub const SOURCE_DIGEST: &str = "vigil_source_digest";
+pub(crate) const SOURCE_DIGEST: &str = "vigil_source_digest";
 
 /// The string a `.global .b8 NAME[N] = {b, b, ...};` declaration holds (its NUL dropped).
 fn source_digest(text: &str) -> Option<String> {
@@ -66,7 +66,7 @@ fn shared_name(decl: &str) -> Option<&str> {
     Some(last.split('[').next().unwrap_or(last))
 }
 
-pub fn parse(text: &str) -> Result<PtxModule, String> {
+pub(crate) fn parse(text: &str) -> Result<PtxModule, String> {
     let target = text
         .lines()
         .find_map(|l| l.trim().strip_prefix(".target "))

@@ -30,7 +30,7 @@ pub struct Launch {
 
 /// What the fault handler tells about the thread that faulted.
 #[derive(Debug, Clone, Copy)]
-pub struct Running {
+pub(crate) struct Running {
     pub kernel: &'static str,
     pub block: [u32; 3],
     pub thread: [u32; 3],
@@ -55,20 +55,20 @@ fn in_fiber() -> Option<&'static mut BlockState> {
 
 /// The running fiber's trap handler, taken (for the fault handler: it ends the fiber with it
 /// at most once).
-pub fn take_trap_handler() -> Option<CoroutineTrapHandler<()>> {
+pub(crate) fn take_trap_handler() -> Option<CoroutineTrapHandler<()>> {
     let state = in_fiber()?;
     state.traps[state.current].take()
 }
 
 /// Tells the block's scheduler that the fiber it resumed was ended by the fault handler.
-pub fn mark_faulted() {
+pub(crate) fn mark_faulted() {
     if let Some(state) = in_fiber() {
         state.faulted = true;
     }
 }
 
 /// The CUDA thread running on this OS thread, if any (for the fault handler).
-pub fn running() -> Option<Running> {
+pub(crate) fn running() -> Option<Running> {
     let state = in_fiber()?;
     Some(Running {
         kernel: state.kernel,
@@ -190,7 +190,7 @@ fn with_block<T>(f: impl FnOnce(&mut BlockState) -> T) -> T {
 }
 
 #[no_mangle]
-pub extern "C" fn cuda_sim_syncthreads() {
+pub(crate) extern "C" fn cuda_sim_syncthreads() {
     with_block(|b| {
         let generation = b.barrier.generation;
         if !b.barrier.arrive() {
@@ -219,12 +219,18 @@ fn warp_exchange(value: u32) -> ([u32; 32], u32, usize) {
 }
 
 #[no_mangle]
-pub extern "C" fn cuda_sim_syncwarp(_mask: u32) {
+pub(crate) extern "C" fn cuda_sim_syncwarp(_mask: u32) {
     warp_exchange(0);
 }
 
 #[no_mangle]
-pub extern "C" fn cuda_sim_shfl(_mask: u32, bits: u32, kind: i32, arg: i32, width: i32) -> u32 {
+pub(crate) extern "C" fn cuda_sim_shfl(
+    _mask: u32,
+    bits: u32,
+    kind: i32,
+    arg: i32,
+    width: i32,
+) -> u32 {
     let (values, active, lane) = warp_exchange(bits);
     let width = width.clamp(1, 32);
     let lane = lane as i32;
@@ -244,7 +250,7 @@ pub extern "C" fn cuda_sim_shfl(_mask: u32, bits: u32, kind: i32, arg: i32, widt
 }
 
 #[no_mangle]
-pub extern "C" fn cuda_sim_ballot(_mask: u32, predicate: i32) -> u32 {
+pub(crate) extern "C" fn cuda_sim_ballot(_mask: u32, predicate: i32) -> u32 {
     let (values, active, _) = warp_exchange(u32::from(predicate != 0));
     (0..32)
         .filter(|&l| active & (1 << l) != 0 && values[l] != 0)
@@ -252,7 +258,7 @@ pub extern "C" fn cuda_sim_ballot(_mask: u32, predicate: i32) -> u32 {
 }
 
 #[no_mangle]
-pub extern "C" fn cuda_sim_activemask() -> u32 {
+pub(crate) extern "C" fn cuda_sim_activemask() -> u32 {
     with_block(|b| b.warps[b.current / 32].active)
 }
 

@@ -12,9 +12,9 @@ mod common;
 
 use std::time::Instant;
 
-use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use backend::{Backend, LogitsFor, SeqInput};
-use engine::sampling::argmax;
+use backend::{CpuBackend, CpuOptions, WeightFormat};
+use engine::argmax;
 use model::Model;
 
 const BLOCK: usize = 16;

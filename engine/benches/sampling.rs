@@ -9,7 +9,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use engine::sampling::{Sampler, SamplingParams};
+use engine::{Sampler, SamplingParams};
 
 const VOCAB: usize = 49_152;
 

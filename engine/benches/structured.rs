@@ -10,10 +10,10 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use backend::{Backend, LogitsFor, SeqInput};
-use engine::sampling::{Sampler, SamplingParams};
-use engine::structured::{ConstraintSpec, Grammars};
+use backend::{CpuBackend, CpuOptions, WeightFormat};
+use engine::{ConstraintSpec, Grammars};
+use engine::{Sampler, SamplingParams};
 use model::{ChatMessage, Model};
 
 const BLOCK: usize = 16;

@@ -15,8 +15,8 @@ use crate::metrics::EngineMetrics;
 use crate::sampling::{Sampled, SamplingParams};
 use crate::scheduler::request::Timestamps;
 use crate::scheduler::{FinishReason, Request, Scheduler, StepOutcome, StopReason};
-pub use backend::heartbeat::Heartbeat;
 use backend::Backend;
+pub(crate) use backend::Heartbeat;
 use model::Detokenizer;
 
 /// A request for the engine.
@@ -92,7 +92,7 @@ enum Command {
 }
 
 /// How often an idle engine loop wakes to beat (a busy one beats at every step).
-pub const IDLE_BEAT: Duration = Duration::from_millis(250);
+pub(crate) const IDLE_BEAT: Duration = Duration::from_millis(250);
 
 /// The handlers' side of the engine. Cheap to clone.
 #[derive(Clone)]

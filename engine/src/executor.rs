@@ -9,7 +9,7 @@ use std::sync::Arc;
 use crate::sampling::{Sampled, Sampler};
 use crate::scheduler::output::{ExecutedBatch, PromptLogprobsJob, RequestComputed};
 use crate::scheduler::ScheduledBatch;
-use backend::heartbeat::Heartbeat;
+use backend::Heartbeat;
 use backend::{Backend, BackendError, Logits, LogitsFor, SeqInput, StepTiming};
 
 /// A step the executor could not run: the backend refused the batch, or the scheduler's output

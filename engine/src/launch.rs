@@ -9,9 +9,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use backend::cpu::{host_memory, CpuBackend, CpuOptions, KvDtype, WeightFormat};
-use backend::cuda::{CudaBackend, CudaOptions};
 use backend::{Backend, KvGeometry};
+use backend::{CpuBackend, CpuOptions, KvDtype, WeightFormat};
+use backend::{CudaBackend, CudaOptions};
 use model::{LlamaConfig, Model, Tokenizer};
 
 use crate::engine_loop::{self, EngineHandle};
@@ -23,11 +23,11 @@ use crate::scheduler::{Scheduler, SchedulerConfig};
 pub const DEFAULT_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// vLLM's default token budget per step with chunked prefill (a GPU's).
-pub const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
+pub(crate) const DEFAULT_MAX_NUM_BATCHED_TOKENS: u32 = 2048;
 
 /// The CPU backend's: a step of 256 tokens takes about half a second on two cores, so a long
 /// prompt delays other streams' next tokens by that, not by seconds.
-pub const CPU_MAX_NUM_BATCHED_TOKENS: u32 = 256;
+pub(crate) const CPU_MAX_NUM_BATCHED_TOKENS: u32 = 256;
 
 /// Where to run the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +220,7 @@ fn max_model_len(config: &EngineConfig, model: &Model) -> anyhow::Result<u64> {
 /// and the libraries it needs, and logs why not otherwise; `--device cuda` turns a "no" into a
 /// start-up error naming the reason.
 fn wants_cuda(requested: Device) -> anyhow::Result<bool> {
-    use backend::cuda::availability::probe;
+    use backend::probe_cuda as probe;
     match (requested, probe()) {
         (Device::Cpu, _) => {
             tracing::info!("--device cpu: serving on the CPU");
@@ -319,7 +319,7 @@ fn build_backend(
         "--kv-cache-memory-bytes or --num-gpu-blocks-override",
     )?;
     let kv_bytes = (num_blocks * per_block) as u64;
-    if let Some(available) = host_memory::available_bytes().filter(|a| kv_bytes > *a) {
+    if let Some(available) = backend::available_host_memory().filter(|a| kv_bytes > *a) {
         anyhow::bail!(
             "the KV cache needs {:.2} GiB ({num_blocks} blocks of {block_size} tokens), but this \
              process can take only {:.2} GiB more on this host (MemAvailable, and ulimit -v if \

@@ -10,17 +10,25 @@
 //! - [`sampling`]: penalties, temperature, top-k/top-p/min-p, seeded draws, log-probabilities.
 //! - [`metrics`]: the `vllm:` engine series, recorded from each step's output.
 
-pub mod engine_loop;
-pub mod executor;
-pub mod kv_cache;
-pub mod launch;
-pub mod metrics;
-pub mod sampling;
-pub mod scheduler;
-pub mod structured;
+mod engine_loop;
+mod executor;
+mod kv_cache;
+mod launch;
+mod metrics;
+mod sampling;
+mod scheduler;
+mod structured;
 
 pub use engine_loop::{
     event_channel, spawn, EngineHandle, EngineStopped, Event, Finished, NewRequest, EVENT_BUFFER,
 };
 pub use executor::Executor;
-pub use scheduler::{Scheduler, SchedulerConfig};
+pub use kv_cache::manager::KvCacheManager;
+pub use launch::{load, Device, Engine, EngineConfig, LoadedModel, DEFAULT_MODEL};
+pub use metrics::EngineMetrics;
+pub use sampling::{argmax, Sampled, Sampler, SamplingParams};
+pub use scheduler::request::Timestamps;
+pub use scheduler::{FinishReason, RequestError, Scheduler, SchedulerConfig, StopReason};
+pub use structured::{
+    CompiledConstraint, ConstraintSpec, Grammars, ObjectDefault, COMPILE_STACK_BYTES,
+};

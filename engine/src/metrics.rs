@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use exporter::catalog::structured;
 use exporter::catalog::vllm as cat;
-use exporter::exemplar::with_request;
+use exporter::with_request;
 use metrics::{Counter, Gauge, Histogram};
 
 use crate::scheduler::{FinishReason, FirstToken, Request, StepStats};

@@ -26,11 +26,7 @@ fn bench(c: &mut Criterion) {
     });
     // What a scrape that asks for gzip (Prometheus does by default) costs on top.
     g.bench_function("vigil/prometheus_text+gzip", |b| {
-        b.iter(|| {
-            black_box(exporter::route::gzip(
-                vigil.render(Format::Prometheus).as_bytes(),
-            ))
-        })
+        b.iter(|| black_box(exporter::gzip(vigil.render(Format::Prometheus).as_bytes())))
     });
     g.bench_function("metrics_exporter_prometheus/prometheus_text", |b| {
         b.iter(|| black_box(peer.render()))

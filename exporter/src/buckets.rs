@@ -142,7 +142,7 @@ impl BucketFamily {
 /// that override them (`DYN_METRICS_<KEY>_{MIN,MAX,COUNT}`, and the older
 /// `DYN_HISTOGRAM_DYN_METRICS_<KEY>_*` spelling Dynamo still reads).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct DynamoLogBuckets {
+pub(crate) struct DynamoLogBuckets {
     pub family: BucketFamily,
     pub env_key: &'static str,
     pub min: f64,
@@ -151,7 +151,7 @@ pub struct DynamoLogBuckets {
 }
 
 impl DynamoLogBuckets {
-    pub const ALL: [DynamoLogBuckets; 5] = [
+    pub(crate) const ALL: [DynamoLogBuckets; 5] = [
         DynamoLogBuckets::new(
             BucketFamily::DynamoRequestDuration,
             "REQUEST_DURATION",
@@ -199,14 +199,14 @@ impl DynamoLogBuckets {
         }
     }
 
-    pub fn of(family: BucketFamily) -> Option<DynamoLogBuckets> {
+    pub(crate) fn of(family: BucketFamily) -> Option<DynamoLogBuckets> {
         Self::ALL.into_iter().find(|d| d.family == family)
     }
 
     /// The bounds after the environment's overrides, read through `env` (so tests need not
     /// touch the process environment). Invalid settings (min <= 0, min >= max, count 0 or
     /// above 512, unparsable) fall back to the defaults, as in Dynamo; the warning says so.
-    pub fn bounds_from_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<f64> {
+    pub(crate) fn bounds_from_env(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<f64> {
         let read = |part: &str| {
             let name = format!("DYN_METRICS_{}_{part}", self.env_key);
             env(&name).or_else(|| env(&format!("DYN_HISTOGRAM_{name}")))
@@ -246,7 +246,7 @@ impl DynamoLogBuckets {
 /// Dynamo's `generate_log_buckets`: `0`, then `count - 1` log-spaced values from
 /// `min * (max/min)^(1/(count-1))` up to `max`, each rounded to two significant figures, with
 /// consecutive duplicates removed.
-pub fn generate_log_buckets(min: f64, max: f64, count: u32) -> Vec<f64> {
+pub(crate) fn generate_log_buckets(min: f64, max: f64, count: u32) -> Vec<f64> {
     let mut buckets = vec![0.0];
     if count <= 1 {
         return buckets;
@@ -272,7 +272,7 @@ fn round_to_significant(v: f64, figures: i32) -> f64 {
 
 /// vLLM's `build_1_2_5_buckets`: 1, 2, 5, 10, 20, 50, ... up to and including `max_value`,
 /// stopping at the first value that exceeds it.
-pub fn build_1_2_5_buckets(max_value: u64) -> Vec<f64> {
+pub(crate) fn build_1_2_5_buckets(max_value: u64) -> Vec<f64> {
     let mut buckets = Vec::new();
     let mut scale: u64 = 1;
     loop {

@@ -17,15 +17,15 @@
 use std::cell::RefCell;
 
 /// OpenMetrics caps an exemplar's label set at 128 UTF-8 characters, names and values together.
-pub const MAX_LABEL_SET_CHARS: usize = 128;
+pub(crate) const MAX_LABEL_SET_CHARS: usize = 128;
 /// The exemplar's request label.
-pub const LABEL: &str = "request_id";
+pub(crate) const LABEL: &str = "request_id";
 /// The exemplar's trace label, present when the request is traced.
-pub const TRACE_LABEL: &str = "trace_id";
+pub(crate) const TRACE_LABEL: &str = "trace_id";
 
 /// The labels of the exemplars recorded in a scope.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
+pub(crate) struct Scope {
     pub request_id: String,
     pub trace_id: Option<String>,
 }

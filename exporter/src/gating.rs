@@ -15,7 +15,7 @@ use crate::catalog::MetricDef;
 use crate::version::MinorVersion;
 
 /// The vLLM release whose metrics the catalog reproduces.
-pub const VLLM_CATALOG: MinorVersion = MinorVersion::new(0, 33);
+pub(crate) const VLLM_CATALOG: MinorVersion = MinorVersion::new(0, 33);
 
 /// The versions the gate compares against, one per version line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,23 +14,32 @@
 //! assert!(text.contains(r#"vllm:prompt_tokens_total{engine="0",model_name="my-model"} 5.0"#));
 //! ```
 //!
-//! This crate depends on no other crate of Vigil's. Its `/metrics` route (module `route`, axum and
+//! This crate depends on no other crate of Vigil's. Its `/metrics` route ([`router`], axum and
 //! gzip) is behind the `http` feature, which only the crates that serve HTTP enable.
 
-pub mod buckets;
+mod buckets;
 pub mod catalog;
-pub mod docs;
-pub mod exemplar;
-pub mod gating;
-pub mod parse;
-pub mod recorder;
-pub mod render;
+mod docs;
+mod exemplar;
+mod gating;
+mod parse;
+mod recorder;
+mod render;
 #[cfg(feature = "http")]
-pub mod route;
-pub mod version;
+mod route;
+mod version;
 
+pub use buckets::{BucketConfig, BucketFamily};
+pub use docs::metrics_markdown;
+pub use exemplar::{with_request, with_request_id};
+pub use gating::{parse_show_hidden_flag, visibility, Running, Visibility};
+pub use parse::{series_hash, Exposition, Sample};
 pub use recorder::{Exporter, ExporterConfig, SetError};
-pub use render::Format;
+pub use render::escape::write_help;
+pub use render::number::{format_float, write_float};
+pub use render::{render, Format};
+#[cfg(feature = "http")]
+pub use route::{accepts_gzip, gzip, gzip_parts, gzipped, respond, router};
 pub use version::MinorVersion;
 
 impl Exporter {

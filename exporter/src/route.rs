@@ -33,7 +33,7 @@ pub fn respond(exporter: &Exporter, headers: &HeaderMap) -> Response {
 
 /// A text response of `content_type`, gzip-compressed when the request's `Accept-Encoding`
 /// takes gzip (Prometheus sends `gzip` by default; vLLM's exporter answers compressed).
-pub fn encoded(content_type: &'static str, body: String, request: &HeaderMap) -> Response {
+pub(crate) fn encoded(content_type: &'static str, body: String, request: &HeaderMap) -> Response {
     if accepts_gzip(request) {
         if let Some(compressed) = gzip(body.as_bytes()) {
             return gzipped(content_type, compressed);

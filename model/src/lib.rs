@@ -9,7 +9,7 @@
 mod config;
 mod detokenizer;
 mod error;
-pub mod gguf;
+mod gguf;
 mod load_gguf;
 mod load_hf;
 mod model;
@@ -20,5 +20,6 @@ mod tokenizer;
 pub use config::{LlamaConfig, RopeScaling};
 pub use detokenizer::Detokenizer;
 pub use error::LoadError;
+pub use gguf::quant::{dequantize, q4k_scale_min, GgmlType};
 pub use model::{EncodedTensor, HostTensor, Model, WeightSource};
 pub use tokenizer::{ChatMessage, ChatTemplate, DecodeStream, Tokenizer, TokenizerError};

@@ -10,7 +10,7 @@ use crate::names;
 use crate::tokenizer::Tokenizer;
 use crate::{EncodedTensor, HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 
-pub fn load(path: &Path) -> Result<Model, LoadError> {
+pub(crate) fn load(path: &Path) -> Result<Model, LoadError> {
     let file = GgufFile::open(path)?;
     let config = LlamaConfig::from_gguf(&file)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
@@ -99,7 +99,7 @@ impl GgufWeights {
 /// Undoes llama.cpp's Q/K permutation: its converter reorders each head's rows from HF's
 /// half-split RoPE layout to interleaved pairs. Row `h*hd + 2i + j` of the GGUF tensor is row
 /// `h*hd + j*hd/2 + i` of the HF tensor.
-pub fn unpermute_rows<T: Copy + Default>(
+pub(crate) fn unpermute_rows<T: Copy + Default>(
     data: &[T],
     heads: usize,
     head_dim: usize,

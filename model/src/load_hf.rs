@@ -12,7 +12,7 @@ use crate::error::check_shape;
 use crate::tokenizer::Tokenizer;
 use crate::{HostTensor, LlamaConfig, LoadError, Model, WeightSource};
 
-pub fn load(dir: &Path) -> Result<Model, LoadError> {
+pub(crate) fn load(dir: &Path) -> Result<Model, LoadError> {
     let config_path = dir.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| LoadError::io(&config_path, e))?;
     let config = LlamaConfig::from_hf_json(&config_path, &text)?;

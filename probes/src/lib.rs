@@ -10,9 +10,18 @@
 //! Missing hardware degrades, never crashes: no NVML, no GPU, no BTF or no privilege turns that
 //! probe off with one log line and its status series, and everything else runs.
 
-pub mod nvml;
-pub mod sched;
-pub mod status;
+mod nvml;
+mod sched;
+mod status;
+
+pub use nvml::check::run as check_nvml;
+pub use nvml::reading::ErrorKind as NvmlErrorKind;
+pub use nvml::source::peak_memory_bandwidth;
+pub use nvml::{GpuSeries, GpuSource, NvmlSource, Recorded};
+pub use sched::export::apply as export_sched_snapshot;
+pub use sched::maps::{RoleStats, Snapshot as SchedSnapshot};
+pub use sched::report::format as format_sched_report;
+pub use sched::SchedProbe;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -6,13 +6,13 @@ use exporter::catalog::probe::{self, PROBE_UP};
 use exporter::Exporter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Probe {
+pub(crate) enum Probe {
     Nvml,
     Ebpf,
 }
 
 impl Probe {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Probe::Nvml => "nvml",
             Probe::Ebpf => "ebpf",
@@ -62,7 +62,7 @@ impl State {
 }
 
 /// Sets the probe's status series (removing the one of its previous reason) and logs the change.
-pub fn set(exporter: &Exporter, which: Probe, state: &State) {
+pub(crate) fn set(exporter: &Exporter, which: Probe, state: &State) {
     for reason in probe::REASONS {
         exporter.remove_series(&PROBE_UP, &labels(which, reason));
     }

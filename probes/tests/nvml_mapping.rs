@@ -2,9 +2,9 @@
 //! the errors NVML returns: not supported, no permission, GPU lost) through the real exporter
 //! and its Prometheus rendering.
 
-use exporter::render::{render, Format};
+use exporter::{render, Format};
 use exporter::{Exporter, ExporterConfig};
-use probes::nvml::{GpuSeries, GpuSource, Recorded};
+use probes::{GpuSeries, GpuSource, Recorded};
 
 const H100: &str = r#"gpu="0",gpu_model="NVIDIA H100 80GB HBM3",pci_bus_id="00000000:18:00.0",uuid="GPU-6b6e5a5f-2c1d-4e9a-9a0b-3f5c2d1e8a77""#;
 const RTX: &str = r#"gpu="1",gpu_model="NVIDIA GeForce RTX 4090",pci_bus_id="00000000:41:00.0",uuid="GPU-0d1f9c3e-77aa-4b21-8c5e-5e2f4a6b9d10""#;
@@ -150,7 +150,7 @@ fn later_polls_update_drop_and_count() {
 fn a_driver_version_that_cannot_be_read_is_counted() {
     let exporter = Exporter::new(ExporterConfig::new(2048));
     let mut poll = recording().poll();
-    poll.cuda_driver_version = Err(probes::nvml::reading::ErrorKind::MissingFunction);
+    poll.cuda_driver_version = Err(probes::NvmlErrorKind::MissingFunction);
     let mut series = GpuSeries::new();
     series.apply(&exporter, &poll);
     let text = render(&exporter, Format::Prometheus);
@@ -172,7 +172,7 @@ fn a_driver_version_that_cannot_be_read_is_counted() {
                 && l.contains("gpu=\"0\"")),
         "{text}"
     );
-    poll.driver_version = Err(probes::nvml::reading::ErrorKind::Other);
+    poll.driver_version = Err(probes::NvmlErrorKind::Other);
     series.apply(&exporter, &poll);
     let text = render(&exporter, Format::Prometheus);
     assert!(!text.contains("vigil_gpu_driver_info{"), "{text}");

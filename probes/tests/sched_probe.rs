@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use probes::sched::maps::{RoleStats, Snapshot};
-use probes::sched::SchedProbe;
+use probes::SchedProbe;
+use probes::{RoleStats, SchedSnapshot as Snapshot};
 
 const ENGINE: usize = 0;
 const COMPUTE: usize = 2;
@@ -270,8 +270,8 @@ fn the_probe_exports_its_histograms_through_the_exporter() {
     workload(Work::Sleeper, 0, Duration::from_millis(100), |_| ());
     let snap: Snapshot = probe.read().unwrap();
     let exporter = exporter::Exporter::new(exporter::ExporterConfig::new(2048));
-    probes::sched::export::apply(&exporter, &snap).unwrap();
-    let text = exporter::render::render(&exporter, exporter::render::Format::Prometheus);
+    probes::export_sched_snapshot(&exporter, &snap).unwrap();
+    let text = exporter::render(&exporter, exporter::Format::Prometheus);
     let count_line = text
         .lines()
         .find(|l| l.starts_with("vigil_runqueue_latency_seconds_count{role=\"engine\"}"))

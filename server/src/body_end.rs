@@ -11,7 +11,7 @@ use axum::body::{Body, Bytes, HttpBody};
 /// Wraps `body` so that `on_end(complete)` runs once: `true` when it has been read to its end,
 /// `false` when it is dropped before. The inner body is dropped first (whatever it owns, a
 /// generation filling the access log's note among them, is gone by then).
-pub fn on_end<F>(body: Body, on_end: F) -> Body
+pub(crate) fn on_end<F>(body: Body, on_end: F) -> Body
 where
     F: FnOnce(bool) + Send + Unpin + 'static,
 {

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use exporter::buckets::BucketConfig;
+use exporter::BucketConfig;
 use exporter::MinorVersion;
 
 use crate::api::dynamo::DynamoNames;
@@ -54,7 +54,7 @@ impl FromIterator<(String, String)> for Environment {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The engine: the model, the device, the KV cache and the scheduler's limits.
-    pub engine: engine::launch::EngineConfig,
+    pub engine: engine::EngineConfig,
     pub host: IpAddr,
     /// 0 picks a free port (logged).
     pub port: u16,
@@ -89,7 +89,7 @@ pub struct ServerConfig {
     pub auto_tool_parser: Option<crate::api::ToolParser>,
     /// What a JSON schema's object that does not say `additionalProperties` allows
     /// (`--structured-outputs-config`).
-    pub structured_objects: engine::structured::ObjectDefault,
+    pub structured_objects: engine::ObjectDefault,
     /// The environment variables it honours.
     pub environment: Environment,
 }

@@ -3,20 +3,21 @@
 //! draining stop), OTLP traces, and connection limits, around the engine (the `engine`
 //! crate, which composes itself: [`engine::launch`]). It reads no flags: it is given a [`ServerConfig`].
 
-pub mod api;
+mod api;
 mod body_end;
 mod config;
-pub mod lifecycle;
+mod lifecycle;
 mod listener;
 mod metrics_setup;
 mod routes;
 mod serve;
 mod signals;
 mod system_server;
-pub mod traces;
+mod traces;
 
-pub use api::dynamo::DynamoNames;
-pub use api::ToolParser;
+pub use api::dynamo::{export_uptime, DynamoNames};
+pub use api::{unix_now, ToolParser};
 pub use config::{Environment, ServerConfig};
 pub use serve::serve;
 pub use signals::{bind, listening_url, Signals};
+pub use traces::PROTOCOL_VAR as TRACES_PROTOCOL_VAR;

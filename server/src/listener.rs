@@ -21,12 +21,12 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a connection may wait: idle between requests, and reading one request.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     pub idle: Duration,
     pub read: Duration,
 }
 
-pub struct GuardedListener {
+pub(crate) struct GuardedListener {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     max: usize,
@@ -35,7 +35,7 @@ pub struct GuardedListener {
 }
 
 impl GuardedListener {
-    pub fn new(
+    pub(crate) fn new(
         listener: TcpListener,
         max_connections: usize,
         timeouts: Timeouts,
@@ -121,7 +121,7 @@ impl axum::serve::Listener for GuardedListener {
 /// The client's address, as the handlers' `ConnectInfo` (the access log's), and the handle by
 /// which the server tells the connection its request has been read whole.
 #[derive(Debug, Clone)]
-pub struct ClientAddr(pub std::net::SocketAddr, pub RequestSignals);
+pub(crate) struct ClientAddr(pub std::net::SocketAddr, pub RequestSignals);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
     for ClientAddr
@@ -135,7 +135,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guar
 /// it has none: from then on it is being answered, and no read deadline applies), and answered
 /// (the response sent or dropped: from then on the connection is idle).
 #[derive(Debug, Clone, Default)]
-pub struct RequestSignals {
+pub(crate) struct RequestSignals {
     read: Arc<std::sync::atomic::AtomicBool>,
     answered: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -162,7 +162,7 @@ impl RequestSignals {
 
 /// Middleware: tells the connection when its request has been read whole, and when it has been
 /// answered.
-pub async fn mark_request_read(
+pub(crate) async fn mark_request_read(
     axum::extract::ConnectInfo(client): axum::extract::ConnectInfo<ClientAddr>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
@@ -212,7 +212,7 @@ enum Phase {
 }
 
 /// A connection holding its slot, under its timeouts.
-pub struct GuardedIo {
+pub(crate) struct GuardedIo {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
     timeouts: Timeouts,

@@ -1,7 +1,7 @@
 //! The metrics a server sets up before it serves: the exporter's configuration, the cache
 //! settings in `vllm:cache_config_info`, Dynamo's model configuration gauges.
 
-use exporter::render::number::format_float;
+use exporter::format_float;
 use exporter::{Exporter, ExporterConfig};
 
 use crate::api::AppState;
@@ -9,7 +9,7 @@ use crate::config::ServerConfig;
 
 /// The exporter's configuration for a server with `config`, for a model context of
 /// `max_model_len`.
-pub fn exporter_config(
+pub(crate) fn exporter_config(
     config: &ServerConfig,
     max_model_len: u64,
 ) -> anyhow::Result<ExporterConfig> {
@@ -23,7 +23,7 @@ pub fn exporter_config(
 }
 
 /// prometheus_client's variable that turns the `_created` series off.
-pub const CREATED_SERIES_VAR: &str = "PROMETHEUS_DISABLE_CREATED_SERIES";
+pub(crate) const CREATED_SERIES_VAR: &str = "PROMETHEUS_DISABLE_CREATED_SERIES";
 
 /// Whether [`CREATED_SERIES_VAR`] says so (true, 1 or t, any case).
 fn created_series_disabled(config: &ServerConfig) -> bool {
@@ -35,7 +35,7 @@ fn created_series_disabled(config: &ServerConfig) -> bool {
 
 /// `vllm:cache_config_info`'s labels: the cache settings of this run (Python's spelling of
 /// values, as vLLM prints them; the CPU backend has no separate CPU swap space, hence `None`).
-pub fn cache_config_labels(
+pub(crate) fn cache_config_labels(
     config: &ServerConfig,
     engine: &str,
     num_blocks: usize,
@@ -119,7 +119,7 @@ pub fn cache_config_labels(
 
 /// Dynamo's model configuration gauges for every served name (lower-cased, as Dynamo labels
 /// them).
-pub fn set_dynamo_model_config(
+pub(crate) fn set_dynamo_model_config(
     exporter: &Exporter,
     state: &AppState,
     num_blocks: usize,

@@ -4,14 +4,14 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use engine::engine_loop;
+
 use exporter::Exporter;
 
 use crate::lifecycle::drain::Drain;
 
 /// The application's routes. `/health` answers 503 once the engine thread has died or while
 /// the server drains for a stop, so that load balancers move on.
-pub fn app(exporter: Exporter, engine: engine_loop::EngineHandle, drain: Arc<Drain>) -> Router {
+pub(crate) fn app(exporter: Exporter, engine: engine::EngineHandle, drain: Arc<Drain>) -> Router {
     let health = move || {
         let healthy = engine.is_alive() && !drain.is_draining();
         async move {
@@ -28,5 +28,5 @@ pub fn app(exporter: Exporter, engine: engine_loop::EngineHandle, drain: Arc<Dra
             "/version",
             get(|| async { Json(serde_json::json!({ "version": env!("CARGO_PKG_VERSION") })) }),
         )
-        .merge(exporter::route::router(exporter))
+        .merge(exporter::router(exporter))
 }

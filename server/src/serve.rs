@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use engine::engine_loop;
-use engine::metrics::EngineMetrics;
-use engine::structured::Grammars;
+
+use engine::EngineMetrics;
+use engine::Grammars;
 use exporter::catalog::vllm;
 use exporter::Exporter;
 
@@ -38,7 +38,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     // The device is settled first, so that `--device cuda` fails fast, then the model loads.
     let loaded = {
         let engine_config = config.engine.clone();
-        let load = tokio::task::spawn_blocking(move || engine::launch::load(&engine_config));
+        let load = tokio::task::spawn_blocking(move || engine::load(&engine_config));
         tokio::select! {
             loaded = load => loaded??,
             () = signals.next() => {
@@ -165,7 +165,7 @@ pub async fn serve(config: ServerConfig) -> anyhow::Result<()> {
 fn structured_outputs(
     tokenizer: &Arc<model::Tokenizer>,
     config: &model::LlamaConfig,
-    objects: engine::structured::ObjectDefault,
+    objects: engine::ObjectDefault,
 ) -> Result<Arc<Grammars>, String> {
     let started = std::time::Instant::now();
     match Grammars::new(Arc::clone(tokenizer), config.vocab_size, objects) {
@@ -212,7 +212,7 @@ struct Stop {
     signals: Signals,
     readiness: system_server::Readiness,
     drain: Arc<Drain>,
-    engine: engine_loop::EngineHandle,
+    engine: engine::EngineHandle,
     grace: std::time::Duration,
 }
 

@@ -23,18 +23,18 @@ use axum::routing::get;
 use axum::Router;
 use exporter::Exporter;
 
-use engine::engine_loop::EngineHandle;
+use engine::EngineHandle;
 
 /// Where the system server listens, from the environment; `None` when it is off.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SystemServerConfig {
+pub(crate) struct SystemServerConfig {
     pub host: IpAddr,
     pub port: u16,
 }
 
 /// Reads `DYN_SYSTEM_PORT`, `DYN_SYSTEM_HOST` and `DYN_SYSTEM_ENABLED` through `env`; without
 /// `DYN_SYSTEM_HOST` the server listens where the API does (`api_host`).
-pub fn config_from_env(
+pub(crate) fn config_from_env(
     env: &dyn Fn(&str) -> Option<String>,
     api_host: IpAddr,
 ) -> anyhow::Result<Option<SystemServerConfig>> {
@@ -70,7 +70,7 @@ pub fn config_from_env(
 
 /// Why the system status server and the API cannot both listen as configured: the same port
 /// on overlapping addresses. Checked before the model loads, so the clash costs no minutes.
-pub fn clash_with_api(
+pub(crate) fn clash_with_api(
     config: &SystemServerConfig,
     api_host: IpAddr,
     api_port: u16,
@@ -88,7 +88,7 @@ pub fn clash_with_api(
 
 /// What `/health` says, shared by the server's phases.
 #[derive(Debug, Clone)]
-pub struct Readiness(Arc<AtomicU8>);
+pub(crate) struct Readiness(Arc<AtomicU8>);
 
 const NOT_READY: u8 = 0;
 const READY: u8 = 1;
@@ -101,20 +101,20 @@ impl Default for Readiness {
 }
 
 impl Readiness {
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.0.store(READY, Ordering::SeqCst);
     }
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.0.store(DRAINING, Ordering::SeqCst);
     }
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst) == READY
     }
 }
 
 /// The parts the system server reads, filled in as start-up proceeds.
 #[derive(Clone, Default)]
-pub struct SystemState {
+pub(crate) struct SystemState {
     pub readiness: Readiness,
     pub exporter: Arc<OnceLock<Exporter>>,
     pub engine: Arc<OnceLock<EngineHandle>>,
@@ -123,7 +123,7 @@ pub struct SystemState {
 }
 
 impl SystemState {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let s = SystemState::default();
         let _ = s.started.set(Instant::now());
         s
@@ -135,7 +135,10 @@ impl SystemState {
 }
 
 /// Binds the system server and serves it in the background; returns the bound address.
-pub async fn start(config: &SystemServerConfig, state: SystemState) -> anyhow::Result<SocketAddr> {
+pub(crate) async fn start(
+    config: &SystemServerConfig,
+    state: SystemState,
+) -> anyhow::Result<SocketAddr> {
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -150,7 +153,7 @@ pub async fn start(config: &SystemServerConfig, state: SystemState) -> anyhow::R
     Ok(local)
 }
 
-pub fn router(state: SystemState) -> Router {
+pub(crate) fn router(state: SystemState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/live", get(health))
@@ -189,7 +192,7 @@ async fn health(State(state): State<SystemState>) -> Response {
 
 async fn metrics(State(state): State<SystemState>, headers: HeaderMap) -> Response {
     match state.exporter.get() {
-        Some(e) => exporter::route::respond(e, &headers),
+        Some(e) => exporter::respond(e, &headers),
         // Still loading: nothing recorded yet.
         None => String::new().into_response(),
     }

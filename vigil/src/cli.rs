@@ -4,12 +4,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
-use exporter::buckets::BucketConfig;
-use exporter::gating::parse_show_hidden_flag;
+use exporter::parse_show_hidden_flag;
+use exporter::BucketConfig;
 use exporter::MinorVersion;
 use server::ServerConfig;
 
-pub use engine::launch::DEFAULT_MODEL;
+pub use engine::DEFAULT_MODEL;
 
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about = "An instrumented LLM serving engine.")]
@@ -344,7 +344,7 @@ pub struct ServeArgs {
     /// `additionalProperties` allows: nothing beyond its properties (the default, as vLLM's
     /// xgrammar), or any key ('{"backend": "guidance"}', JSON Schema's own default).
     #[arg(long, value_name = "JSON", default_value = "{}", value_parser = parse_structured_outputs_config)]
-    pub structured_outputs_config: engine::structured::ObjectDefault,
+    pub structured_outputs_config: engine::ObjectDefault,
 
     #[command(flatten)]
     pub probes: ProbeFlags,
@@ -414,13 +414,13 @@ impl ServeArgs {
         let max_connections = self.connection_limit();
         ServerConfig {
             served_model_names: self.served_model_name,
-            engine: engine::launch::EngineConfig {
+            engine: engine::EngineConfig {
                 model: self.model,
                 max_model_len: self.max_model_len,
                 device: match self.device {
-                    Device::Auto => engine::launch::Device::Auto,
-                    Device::Cpu => engine::launch::Device::Cpu,
-                    Device::Cuda => engine::launch::Device::Cuda,
+                    Device::Auto => engine::Device::Auto,
+                    Device::Cpu => engine::Device::Cpu,
+                    Device::Cuda => engine::Device::Cuda,
                 },
                 block_size: self.block_size,
                 gpu_memory_utilization: self.gpu_memory_utilization,
@@ -511,10 +511,8 @@ fn parse_custom_buckets(s: &str) -> Result<CustomBuckets, String> {
 
 /// Reads `--structured-outputs-config` as vLLM's `StructuredOutputsConfig`: the keys Vigil
 /// acts on, and a clear refusal of the others (none is ignored silently).
-fn parse_structured_outputs_config(
-    text: &str,
-) -> Result<engine::structured::ObjectDefault, String> {
-    use engine::structured::ObjectDefault;
+fn parse_structured_outputs_config(text: &str) -> Result<engine::ObjectDefault, String> {
+    use engine::ObjectDefault;
     let config: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(text).map_err(|e| format!("not a JSON object: {e}"))?;
     let mut guidance = false;
@@ -556,7 +554,7 @@ fn parse_structured_outputs_config(
 }
 
 fn parse_show_hidden(s: &str) -> Result<MinorVersion, String> {
-    parse_show_hidden_flag(s, exporter::gating::Running::current()).map_err(|e| e.to_string())
+    parse_show_hidden_flag(s, exporter::Running::current()).map_err(|e| e.to_string())
 }
 
 fn parse_seconds(s: &str, min: f64, max: f64) -> Result<std::time::Duration, String> {
@@ -672,7 +670,7 @@ mod tests {
 
     #[test]
     fn structured_outputs_config_reads_as_vllm_backends_do() {
-        use engine::structured::ObjectDefault::{Closed, Open};
+        use engine::ObjectDefault::{Closed, Open};
         for (json, objects) in [
             ("{}", Closed),
             (r#"{"backend": "auto"}"#, Closed),

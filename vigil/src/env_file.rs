@@ -35,7 +35,7 @@ const OTHER: &[(&str, &str, &str)] = &[
         "Dynamo frontend histogram buckets: DYN_METRICS_{TTFT,ITL,REQUEST_DURATION,INPUT_SEQUENCE_TOKENS,OUTPUT_SEQUENCE_TOKENS}_{MIN,MAX,COUNT}.",
     ),
     (
-        server::traces::PROTOCOL_VAR,
+        server::TRACES_PROTOCOL_VAR,
         "grpc",
         "Protocol of --otlp-traces-endpoint: grpc or http/protobuf (OTEL_BSP_* tune the span batches).",
     ),

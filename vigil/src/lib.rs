@@ -30,7 +30,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Serve(args)) => bench::run(*args),
         cli::Command::Probe(args) => http_runtime()?.block_on(agent::run(*args)),
         cli::Command::SchedLatency(args) => {
-            let probe = probes::sched::SchedProbe::attach(args.pid).map_err(|state| {
+            let probe = probes::SchedProbe::attach(args.pid).map_err(|state| {
                 anyhow::anyhow!("the eBPF probe cannot run here ({})", state.describe())
             })?;
             eprintln!(
@@ -43,7 +43,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             );
             std::thread::sleep(args.duration);
             let snap = probe.read().map_err(anyhow::Error::msg)?;
-            print!("{}", probes::sched::report::format(&snap));
+            print!("{}", probes::format_sched_report(&snap));
             Ok(())
         }
         cli::Command::EnvFile => {

@@ -17,7 +17,7 @@ use crate::workspace_root;
 const MODEL: &str = "SmolLM2-135M-Instruct";
 const MAX_MODEL_LEN: u64 = 8192;
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let root = workspace_root();
     let status = Command::new(env!("CARGO"))
         .args(["bench", "-p", "vigil-exporter"])

@@ -60,7 +60,7 @@ struct Run {
     programs: Vec<(String, f64)>,
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let rounds: usize = match args {
         [] => 3,
         [flag, n] if flag == "--rounds" => n.parse().context("--rounds: not a number")?,

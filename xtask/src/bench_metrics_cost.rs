@@ -33,7 +33,7 @@ struct Run {
     cpu_s_per_1k_tokens: f64,
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let rounds: usize = match args {
         [] => 5,
         [flag, n] if flag == "--rounds" => n.parse().context("--rounds: not a number")?,

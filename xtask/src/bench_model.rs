@@ -24,7 +24,7 @@ fn last_json_line(out: &[u8]) -> anyhow::Result<Value> {
 /// median of its rounds and the spread is printed beside it.
 const ROUNDS: usize = 3;
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     crate::fetch_model::run()?;
     let root = workspace_root();
     let model = root.join("models").join(FILE);

@@ -9,7 +9,7 @@ use anyhow::{bail, Context};
 
 use crate::workspace_root;
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let dir = workspace_root().join("probes/bpf");
     let status = Command::new(env!("CARGO"))
         .args(["build", "-p", "vigil-probes"])

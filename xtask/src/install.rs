@@ -22,7 +22,7 @@ use anyhow::{bail, Context};
 use crate::workspace_root;
 
 /// The binary path the unit in the repository names; replaced by `PREFIX/bin/vigil`.
-pub const UNIT_BINARY: &str = "/usr/local/bin/vigil";
+pub(crate) const UNIT_BINARY: &str = "/usr/local/bin/vigil";
 
 struct Options {
     prefix: PathBuf,
@@ -65,7 +65,7 @@ fn parse(args: &[String]) -> anyhow::Result<Options> {
 }
 
 /// The unit with its ExecStart naming the binary under `prefix`.
-pub fn unit_for_prefix(unit: &str, prefix: &Path) -> String {
+pub(crate) fn unit_for_prefix(unit: &str, prefix: &Path) -> String {
     let bin = prefix.join("bin/vigil");
     unit.replace(UNIT_BINARY, &bin.to_string_lossy())
 }
@@ -91,7 +91,7 @@ struct Step {
     keep_existing: bool,
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let opts = parse(args)?;
     let root = workspace_root();
     let bin = match &opts.bin {

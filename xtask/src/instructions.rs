@@ -129,7 +129,7 @@ fn count_from_callgrind(text: &str) -> anyhow::Result<f64> {
 }
 
 /// Prints Vigil's and llama.cpp's instructions per batch-1 decoded token, and their ratio.
-pub fn report(root: &Path, model: &Path) {
+pub(crate) fn report(root: &Path, model: &Path) {
     let counter = match Counter::detect() {
         Ok(counter) => counter,
         Err(why) => return println!("instructions/token (b1): not measured: {why}"),

@@ -28,12 +28,12 @@ const FRAMEWORKS: &[(&str, &str)] = &[
 ];
 
 /// Returns the folder holding the packages, installing them first when the pins changed.
-pub fn run() -> anyhow::Result<PathBuf> {
+pub(crate) fn run() -> anyhow::Result<PathBuf> {
     install(&workspace_root().join("target/py-clients"), PACKAGES)
 }
 
 /// Returns the folder holding one folder per framework, installing those whose pins changed.
-pub fn frameworks() -> anyhow::Result<PathBuf> {
+pub(crate) fn frameworks() -> anyhow::Result<PathBuf> {
     let root = workspace_root().join("target/py-frameworks");
     for (name, package) in FRAMEWORKS {
         install(&root.join(name), &[package])?;

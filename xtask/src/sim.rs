@@ -11,7 +11,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let Some((program, rest)) = args.split_first() else {
         bail!("usage: cargo xtask sim COMMAND [ARGS]");
     };

@@ -23,7 +23,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("strace", "strace"),
 ];
 
-pub fn run(extra_args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(extra_args: &[String]) -> anyhow::Result<()> {
     ensure_tools(TOOLS)?;
     crate::fetch_model::run()?;
     // The CUDA kernels' checks load NVRTC and run ptxas, from PyPI on machines without CUDA.
@@ -98,7 +98,7 @@ fn cargo(args: &[&str]) -> anyhow::Result<bool> {
 }
 
 /// Builds the simulated GPU (`cuda-sim/`) and links it as [`link_cuda_sim`] does.
-pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     if !cargo(&["build", "-p", "vigil-cuda-sim"])? {
         bail!("building cuda-sim failed");
     }
@@ -111,7 +111,7 @@ pub fn build_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
 /// every other test sees no GPU. `target/cuda-sim/old-driver/libnvidia-ml.so.1` is the NVML of
 /// an older driver (fewer functions), forwarding to the simulator that `VIGIL_NVML_SIM_LIB`
 /// names.
-pub fn link_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn link_cuda_sim() -> anyhow::Result<std::path::PathBuf> {
     // Cargo's target folder: CARGO_TARGET_DIR when set, else the workspace's.
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -167,7 +167,7 @@ fn on_path(program: &str) -> bool {
 
 /// Checks that each of `tools` (a program on PATH, or an absolute file path) is there, and
 /// installs the Debian packages of the missing ones with apt when run as root on Debian.
-pub fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+pub(crate) fn ensure_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = tools
         .iter()
         .filter(|(what, _)| {

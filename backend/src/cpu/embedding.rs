@@ -2,10 +2,10 @@
 //! looks it up, as llama.cpp's `get_rows` does. For a GGUF whose table is Q8_0 that is 30 MB
 //! instead of 113 MB of f32 for the default model, with the same values.
 
-use model::gguf::quant::{dequantize, GgmlType};
+use model::{dequantize, GgmlType};
 use model::{names, LoadError, WeightSource};
 
-pub enum Embedding {
+pub(super) enum Embedding {
     /// f32 rows, from sources that keep the table in f32 (or that offer it only so).
     F32 { rows: Vec<f32>, width: usize },
     /// The file's blocks, `row_bytes` per row.
@@ -18,7 +18,11 @@ pub enum Embedding {
 
 impl Embedding {
     /// The `[vocab, width]` table of `w`.
-    pub fn load(w: &dyn WeightSource, vocab: usize, width: usize) -> Result<Embedding, LoadError> {
+    pub(super) fn load(
+        w: &dyn WeightSource,
+        vocab: usize,
+        width: usize,
+    ) -> Result<Embedding, LoadError> {
         if let Some(t) = w.encoded(names::EMBED, &[vocab, width])? {
             if let Some(row_bytes) = t.ggml_type.bytes_for(width as u64) {
                 return Ok(Embedding::Blocks {
@@ -33,7 +37,7 @@ impl Embedding {
     }
 
     /// Token `token`'s row, into `out` (the table's width).
-    pub fn row(&self, token: usize, out: &mut [f32]) {
+    pub(super) fn row(&self, token: usize, out: &mut [f32]) {
         match self {
             Embedding::F32 { rows, width } => {
                 out.copy_from_slice(&rows[token * width..(token + 1) * width])

@@ -4,7 +4,7 @@
 /// Paged attention on the host: also the reference `vigil check-gpu` holds the CUDA kernels to.
 pub mod attention;
 mod embedding;
-pub mod host_memory;
+pub(crate) mod host_memory;
 mod linear;
 /// Norms, RoPE, activations on the host: also references for the CUDA kernels.
 pub mod ops;
@@ -21,7 +21,8 @@ use super::{
 };
 use crate::shape::LayerShape;
 use attention::KvElement;
-pub use linear::{Linear, WeightFormat};
+pub(crate) use linear::Linear;
+pub use linear::WeightFormat;
 use model::names;
 use model::{LlamaConfig, LoadError, Model, WeightSource};
 

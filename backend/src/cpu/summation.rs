@@ -14,20 +14,20 @@
 
 /// Which of llama.cpp's summation orders a reduction follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SumOrder {
+pub(super) enum SumOrder {
     Gemm,
     Dot,
 }
 
 /// Lanes of an AVX-512 register of f32.
-pub const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 /// Elements `ggml_vec_dot_f16` takes per step: four registers.
-pub const DOT_BLOCK: usize = 4 * LANES;
+pub(super) const DOT_BLOCK: usize = 4 * LANES;
 
 impl SumOrder {
     /// llama.cpp's order for a reduction of `len` elements in a step of `tokens` tokens:
     /// tinyBLAS takes several tokens when the length is whole registers, else the vector dot.
-    pub fn for_step(tokens: usize, len: usize) -> SumOrder {
+    pub(super) fn for_step(tokens: usize, len: usize) -> SumOrder {
         if tokens > 1 && len.is_multiple_of(LANES) {
             SumOrder::Gemm
         } else {
@@ -37,7 +37,7 @@ impl SumOrder {
 
     /// Accumulators a weighted sum in this order keeps (a power of two): element `j` goes into
     /// `j % slots()`.
-    pub fn slots(self) -> usize {
+    pub(super) fn slots(self) -> usize {
         match self {
             SumOrder::Gemm => LANES,
             SumOrder::Dot => DOT_BLOCK,
@@ -67,7 +67,7 @@ impl SumOrder {
 /// rows of `out.len()` (row `s` the accumulator of slot `s`); `lanes` is scratch for
 /// [`LANES`] rows.
 #[inline(always)]
-pub fn reduce_columns(order: SumOrder, acc: &[f32], lanes: &mut [f32], out: &mut [f32]) {
+pub(super) fn reduce_columns(order: SumOrder, acc: &[f32], lanes: &mut [f32], out: &mut [f32]) {
     let w = out.len();
     assert_eq!(acc.len(), order.slots() * w);
     assert_eq!(lanes.len(), LANES * w);
@@ -116,7 +116,7 @@ pub fn reduce_columns(order: SumOrder, acc: &[f32], lanes: &mut [f32], out: &mut
 /// `_mm512_reduce_add_ps` as GCC expands it: the upper eight lanes added to the lower, then
 /// the upper four of those to the lower, then lanes `0+2` and `1+3`, then the two.
 #[inline(always)]
-pub fn reduce16(v: [f32; LANES]) -> f32 {
+pub(super) fn reduce16(v: [f32; LANES]) -> f32 {
     let mut t = [0f32; 8];
     for i in 0..8 {
         t[i] = v[8 + i] + v[i];
@@ -127,7 +127,7 @@ pub fn reduce16(v: [f32; LANES]) -> f32 {
 
 /// `Σ a_i b_i` in `order` (the products taken in f32; exact for f16 operands).
 #[inline(always)]
-pub fn dot(order: SumOrder, a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(order: SumOrder, a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     match order {
         SumOrder::Gemm => {

@@ -292,7 +292,7 @@ mod naive {
         }
     }
 
-    pub fn logits(c: &LlamaConfig, w: &MemWeights, tokens: &[u32]) -> Vec<f64> {
+    pub(super) fn logits(c: &LlamaConfig, w: &MemWeights, tokens: &[u32]) -> Vec<f64> {
         let (h, hd) = (c.hidden_size, c.head_dim);
         let embed = get(w, names::EMBED);
         let mut xs: Vec<Vec<f64>> = tokens
@@ -432,7 +432,7 @@ fn greedy_rows_are_the_argmax_of_the_full_rows() {
 /// blocks decoded by the loader's dequantizer.
 struct KQuantWeights {
     decoded: MemWeights,
-    blocks: std::collections::HashMap<String, (model::gguf::quant::GgmlType, Vec<u8>)>,
+    blocks: std::collections::HashMap<String, (model::GgmlType, Vec<u8>)>,
 }
 
 impl WeightSource for KQuantWeights {
@@ -458,7 +458,7 @@ impl WeightSource for KQuantWeights {
 }
 
 fn k_quant_model() -> (LlamaConfig, KQuantWeights) {
-    use model::gguf::quant::{dequantize, GgmlType};
+    use model::{dequantize, GgmlType};
     let mut c = tiny_config();
     (c.hidden_size, c.intermediate_size, c.head_dim) = (256, 512, 64);
     let mut decoded = random_weights(&c, 9);

@@ -56,7 +56,10 @@ impl Gpu {
 }
 
 /// The device's name, architecture for NVRTC, and peak memory bandwidth.
-pub fn device_info(ctx: &Arc<CudaContext>, total_memory: u64) -> Result<DeviceInfo, CudaError> {
+pub(crate) fn device_info(
+    ctx: &Arc<CudaContext>,
+    total_memory: u64,
+) -> Result<DeviceInfo, CudaError> {
     use cudarc::driver::sys::CUdevice_attribute as A;
     let (major, minor) = ctx.compute_capability()?;
     let clock_khz = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE).ok();

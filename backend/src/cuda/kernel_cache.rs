@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 use super::kernels::{compile, KernelFile, COMMON, OPTIONS, SOURCE_DIGEST};
 
 /// Where the cache lives here, if anywhere.
-pub fn default_dir() -> Option<PathBuf> {
+pub(crate) fn default_dir() -> Option<PathBuf> {
     dir_from(&|name| std::env::var(name).ok())
 }
 
 /// [`default_dir`] with the environment as `env`.
-pub fn dir_from(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
+pub(crate) fn dir_from(env: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
     let var = |name: &str| env(name).filter(|v| !v.is_empty());
     if let Some(dir) = var("CACHE_DIRECTORY") {
         // systemd may list several, colon-separated; the first is ours.
@@ -42,7 +42,7 @@ fn nvrtc_version() -> (i32, i32) {
 }
 
 /// The cache file of `file` for `arch`.
-pub fn entry(dir: &Path, file: &KernelFile, arch: &str) -> PathBuf {
+pub(crate) fn entry(dir: &Path, file: &KernelFile, arch: &str) -> PathBuf {
     let mut h = Sha256::new();
     // The digest global's name stands for how `compile` extends the source: PTX cached before
     // it carried the digest is not taken for PTX that does.
@@ -63,13 +63,13 @@ pub fn entry(dir: &Path, file: &KernelFile, arch: &str) -> PathBuf {
 
 /// Outcome of [`compile_cached`], for the start-up log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Cache,
     Compiled,
 }
 
 /// `file`'s PTX for `arch`: from the cache when there, else compiled and stored.
-pub fn compile_cached(
+pub(crate) fn compile_cached(
     file: &KernelFile,
     arch: &str,
     dir: Option<&Path>,

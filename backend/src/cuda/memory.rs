@@ -20,7 +20,7 @@ fn gib(bytes: u64) -> String {
 }
 
 /// Plans the KV cache. `block_bytes` is one block of K and V for every layer.
-pub fn plan_kv_cache(
+pub(crate) fn plan_kv_cache(
     total: u64,
     free: u64,
     utilization: f64,

@@ -11,21 +11,20 @@
 //! Everything is loaded at run time through cudarc (libcuda, libnvrtc, libcublas), so the binary
 //! builds and runs on machines without CUDA.
 
-pub mod availability;
-pub mod backend;
-pub mod error;
-pub mod gemm;
-pub mod gpu;
-pub mod kernel_cache;
-pub mod kernels;
-pub mod launch;
-pub mod memory;
+pub(crate) mod availability;
+pub(crate) mod backend;
+pub(crate) mod error;
+pub(crate) mod gemm;
+pub(crate) mod gpu;
+pub(crate) mod kernel_cache;
+pub(crate) mod kernels;
+pub(crate) mod launch;
+pub(crate) mod memory;
 pub mod rope;
-pub mod step_plan;
-pub mod timing;
-pub mod weights;
-pub mod workspace;
+pub(crate) mod step_plan;
+pub(crate) mod timing;
+pub(crate) mod weights;
+pub(crate) mod workspace;
 
 pub use backend::{CudaBackend, CudaOptions};
 pub use error::CudaError;
-pub use gpu::{DeviceInfo, Gpu};

@@ -10,7 +10,7 @@ use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
 use super::error::CudaError;
 use crate::StepTiming;
 
-pub struct StepClock {
+pub(crate) struct StepClock {
     start: CudaEvent,
     end: CudaEvent,
     /// The previous step's end, while the engine has had work since.
@@ -27,7 +27,7 @@ fn ms(v: f32) -> Duration {
 }
 
 impl StepClock {
-    pub fn new(ctx: &Arc<CudaContext>) -> Result<StepClock, CudaError> {
+    pub(crate) fn new(ctx: &Arc<CudaContext>) -> Result<StepClock, CudaError> {
         Ok(StepClock {
             start: timing_event(ctx)?,
             end: timing_event(ctx)?,
@@ -36,17 +36,17 @@ impl StepClock {
         })
     }
 
-    pub fn begin(&self, stream: &CudaStream) -> Result<(), CudaError> {
+    pub(crate) fn begin(&self, stream: &CudaStream) -> Result<(), CudaError> {
         Ok(self.start.record(stream)?)
     }
 
-    pub fn end(&self, stream: &CudaStream) -> Result<(), CudaError> {
+    pub(crate) fn end(&self, stream: &CudaStream) -> Result<(), CudaError> {
         Ok(self.end.record(stream)?)
     }
 
     /// After the step's stream synchronised: its timing. This step's end becomes the previous
     /// end for the next one.
-    pub fn read(&mut self) -> Result<StepTiming, CudaError> {
+    pub(crate) fn read(&mut self) -> Result<StepTiming, CudaError> {
         let busy = ms(self.start.elapsed_ms(&self.end)?);
         let gap = match &self.previous_end {
             Some(previous) => Some(ms(previous.elapsed_ms(&self.start)?)),
@@ -61,7 +61,7 @@ impl StepClock {
     }
 
     /// The engine ran out of work: the next step has no gap to report.
-    pub fn idle(&mut self) {
+    pub(crate) fn idle(&mut self) {
         self.previous_end = None;
     }
 }

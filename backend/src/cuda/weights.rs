@@ -12,14 +12,14 @@ use super::error::CudaError;
 use super::kernels::{ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr, Grid};
 use super::launch::{addr, Kernels};
 use crate::host_weights::{has_untied_lm_head, layer_groups, Group};
-use model::gguf::quant::GgmlType;
 use model::names;
+use model::GgmlType;
 use model::{LlamaConfig, WeightSource};
 
 /// bf16 values, carried as their 16 bits.
-pub type Bf16Buf = CudaSlice<u16>;
+pub(crate) type Bf16Buf = CudaSlice<u16>;
 
-pub struct LayerWeights {
+pub(crate) struct LayerWeights {
     pub attn_norm: Bf16Buf,
     /// `[(n_heads + 2 n_kv_heads) head_dim, hidden]`: Q rows, then K, then V.
     pub qkv: Bf16Buf,
@@ -30,7 +30,7 @@ pub struct LayerWeights {
     pub down: Bf16Buf,
 }
 
-pub struct DeviceWeights {
+pub(crate) struct DeviceWeights {
     pub embed: Bf16Buf,
     pub layers: Vec<LayerWeights>,
     pub norm: Bf16Buf,
@@ -41,7 +41,7 @@ pub struct DeviceWeights {
 }
 
 impl DeviceWeights {
-    pub fn upload(
+    pub(crate) fn upload(
         stream: &Arc<CudaStream>,
         kernels: &Kernels,
         c: &LlamaConfig,
@@ -86,13 +86,13 @@ impl DeviceWeights {
     }
 
     /// The LM head: its own matrix, or the embedding when tied.
-    pub fn lm_head(&self) -> &Bf16Buf {
+    pub(crate) fn lm_head(&self) -> &Bf16Buf {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 }
 
 /// Uploads `host` and converts it to bf16 on the device.
-pub fn to_bf16(
+pub(crate) fn to_bf16(
     stream: &Arc<CudaStream>,
     kernels: &Kernels,
     host: &[f32],
@@ -123,7 +123,7 @@ pub const DEVICE_DECODED: &[GgmlType] = &[
     GgmlType::F16,
 ];
 
-pub fn decode(
+pub(crate) fn decode(
     stream: &Arc<CudaStream>,
     kernels: &Kernels,
     kind: GgmlType,

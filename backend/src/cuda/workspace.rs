@@ -10,7 +10,7 @@ use super::error::CudaError;
 use super::weights::Bf16Buf;
 use crate::shape::LayerShape;
 
-pub struct Workspace {
+pub(crate) struct Workspace {
     /// The widths the buffers are sized for.
     pub shape: LayerShape,
     tokens: usize,
@@ -42,7 +42,7 @@ fn alloc<T: DeviceRepr + ValidAsZeroBits>(
 }
 
 impl Workspace {
-    pub fn new(
+    pub(crate) fn new(
         stream: &Arc<CudaStream>,
         shape: LayerShape,
         tokens: usize,
@@ -70,7 +70,7 @@ impl Workspace {
     }
 
     /// Device bytes of every buffer (for the KV plan's activation share).
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         let bf16 = [
             &self.residual,
             &self.delta,
@@ -90,7 +90,7 @@ impl Workspace {
     }
 
     /// Makes room for a step of `tokens` tokens, `rows` logit rows and `meta` metadata words.
-    pub fn fit(
+    pub(crate) fn fit(
         &mut self,
         stream: &Arc<CudaStream>,
         tokens: usize,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 /// The model to measure: the first argument that is not a flag (cargo bench passes
 /// `--bench`), else the default model.
-pub fn model_path() -> PathBuf {
+pub(crate) fn model_path() -> PathBuf {
     std::env::args()
         .skip(1)
         .find(|a| !a.starts_with("--"))

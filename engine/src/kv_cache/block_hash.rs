@@ -12,14 +12,15 @@ pub struct BlockHash(pub [u8; 32]);
 const ROOT: BlockHash = BlockHash([0x5a; 32]);
 
 /// Hashes of every full block of `tokens` (a trailing partial block has none).
-pub fn hash_full_blocks(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
+#[cfg(test)]
+pub(crate) fn hash_full_blocks(tokens: &[u32], block_size: usize) -> Vec<BlockHash> {
     let mut out = Vec::with_capacity(tokens.len() / block_size);
     extend_hashes(&mut out, tokens, block_size);
     out
 }
 
 /// Appends the hashes of the blocks of `tokens` that became full since `hashes` was computed.
-pub fn extend_hashes(hashes: &mut Vec<BlockHash>, tokens: &[u32], block_size: usize) {
+pub(crate) fn extend_hashes(hashes: &mut Vec<BlockHash>, tokens: &[u32], block_size: usize) {
     let full = tokens.len() / block_size;
     for i in hashes.len()..full {
         let parent = if i == 0 { ROOT } else { hashes[i - 1] };

@@ -4,9 +4,9 @@
 //! hits and slots. The tensors themselves live in the backend; this module only decides which
 //! block holds which tokens.
 
-pub mod block_hash;
-pub mod block_pool;
-pub mod manager;
+pub(crate) mod block_hash;
+pub(crate) mod block_pool;
+pub(crate) mod manager;
 
 /// Index of a block in the backend's KV cache.
-pub type BlockId = u32;
+pub(crate) type BlockId = u32;

@@ -8,13 +8,15 @@ mod params;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-pub use backend::{argmax, logprobs, GreedyToken};
+pub use backend::argmax;
+pub(crate) use backend::{logprobs, GreedyToken};
 
 use crate::structured::{CompiledConstraint, Constraint};
-pub use params::{SamplingError, SamplingParams, TokenStop};
+pub use params::SamplingParams;
+pub(crate) use params::TokenStop;
 
 /// Temperatures below this are greedy (vLLM's `_SAMPLING_EPS`).
-pub const GREEDY_EPS: f32 = 1e-5;
+pub(crate) const GREEDY_EPS: f32 = 1e-5;
 
 /// The token chosen at one step, with log-probabilities when asked for.
 #[derive(Debug, Clone, PartialEq)]

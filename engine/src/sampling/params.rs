@@ -68,7 +68,7 @@ pub struct SamplingError {
 }
 
 /// The most top log-probabilities a request may ask for (vLLM's default `max_logprobs`).
-pub const MAX_LOGPROBS: usize = 20;
+pub(super) const MAX_LOGPROBS: usize = 20;
 
 impl SamplingParams {
     /// Whether the next token is the raw logits' argmax and nothing else of the row is needed

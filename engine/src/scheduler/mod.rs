@@ -5,14 +5,15 @@
 //! as plain data), the executor's work, then [`Scheduler::update_from_output`] (append the
 //! sampled tokens, check stops, retire finished requests, and say what the metrics need).
 
-pub mod output;
-pub mod request;
+pub(crate) mod output;
+pub(crate) mod request;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-pub use output::{ExecutedBatch, ScheduledBatch};
-pub use request::{FinishReason, Request, RequestError, Status, StopReason};
+pub(crate) use output::{ExecutedBatch, ScheduledBatch};
+pub use request::{FinishReason, RequestError, StopReason};
+pub(crate) use request::{Request, Status};
 
 use crate::kv_cache::manager::{KvCacheManager, PrefixHit};
 use crate::sampling::{Sampled, TokenStop};

@@ -8,9 +8,9 @@ use std::time::Instant;
 use super::*;
 use crate::executor::{ExecuteError, Executor};
 use crate::sampling::{Sampled, SamplingParams};
-use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use backend::greedy_generate;
 use backend::{Backend, LogitsFor, SeqInput};
+use backend::{CpuBackend, CpuOptions, WeightFormat};
 use model::testing::{random_weights, tiny_config};
 use model::LlamaConfig;
 

@@ -18,7 +18,7 @@ use super::spec::{ConstraintError, ConstraintSpec};
 
 /// The deepest nesting a schema or grammar may reach: each JSON object or array a schema nests,
 /// each `$ref` it follows and each rule a grammar's rule refers to counts one level.
-pub const MAX_NESTING: usize = 256;
+pub(crate) const MAX_NESTING: usize = 256;
 
 /// The stack of a thread that compiles constraints: at about 4 KiB of the compiler's stack per
 /// level, 64 MiB holds some 16,000 levels, 60 times [`MAX_NESTING`] (the pages are only mapped,
@@ -26,26 +26,26 @@ pub const MAX_NESTING: usize = 256;
 pub const COMPILE_STACK_BYTES: usize = 64 << 20;
 
 /// The most strings a `choice` constraint may list.
-pub const MAX_CHOICES: usize = 4096;
+pub(crate) const MAX_CHOICES: usize = 4096;
 
 /// The most bytes a `choice` constraint's strings may hold together.
-pub const MAX_CHOICE_BYTES: usize = 256 << 10;
+pub(crate) const MAX_CHOICE_BYTES: usize = 256 << 10;
 
 /// The most bytes a Lark grammar may hold.
-pub const MAX_GRAMMAR_BYTES: usize = 256 << 10;
+pub(crate) const MAX_GRAMMAR_BYTES: usize = 256 << 10;
 
 /// The most `patternProperties` a JSON schema may have, all its objects together: the
 /// compiler's work grows much faster than their number (on the default model's vocabulary, 100
 /// compile in 65 ms, 200 in 0.6 s, 400 in 12 s).
-pub const MAX_PATTERN_PROPERTIES: usize = 128;
+pub(crate) const MAX_PATTERN_PROPERTIES: usize = 128;
 
 /// The largest a regular expression may be with its repetitions unrolled (`a{3}` counts 3,
 /// `(ab){1000}` 2000; an unbounded repetition counts its body once), whether it is a `regex`
 /// constraint, a schema's `pattern` or `patternProperties`, or a grammar's `/.../` token.
-pub const MAX_REGEX_UNROLLED: u64 = 65_536;
+pub(crate) const MAX_REGEX_UNROLLED: u64 = 65_536;
 
 /// Checks `spec` against the bounds; the error names the bound it exceeds.
-pub fn check(spec: &ConstraintSpec) -> Result<(), ConstraintError> {
+pub(super) fn check(spec: &ConstraintSpec) -> Result<(), ConstraintError> {
     match spec {
         ConstraintSpec::JsonSchema(schema) => check_schema(schema),
         ConstraintSpec::JsonObject => Ok(()),

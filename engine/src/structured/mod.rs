@@ -11,13 +11,11 @@ mod constraint;
 mod grammars;
 mod spec;
 
-pub use bounds::{
-    COMPILE_STACK_BYTES, MAX_CHOICES, MAX_CHOICE_BYTES, MAX_GRAMMAR_BYTES, MAX_NESTING,
-    MAX_PATTERN_PROPERTIES, MAX_REGEX_UNROLLED,
-};
-pub use constraint::{CompiledConstraint, Constraint};
+pub use bounds::COMPILE_STACK_BYTES;
+pub use constraint::CompiledConstraint;
+pub(crate) use constraint::Constraint;
 pub use grammars::{Grammars, ObjectDefault};
-pub use spec::{ConstraintError, ConstraintSpec};
+pub use spec::ConstraintSpec;
 
 #[cfg(test)]
 mod tests;

@@ -156,7 +156,7 @@ fn the_open_default_admits_other_keys() {
 /// plain sentence (the backtrace belongs in the log), while its ordinary errors pass as they are.
 #[test]
 fn the_compilers_panics_do_not_reach_the_client() {
-    use super::ConstraintError;
+    use super::spec::ConstraintError;
     let panic = "panic: index out of bounds: the len is 3 but the index is 7\n<backtrace>\n   0: llguidance::earley::parser::Parser::new\n             at /root/.cargo/registry/src/llguidance-1.9.1/src/earley/parser.rs:412:9\n</backtrace>";
     let err = ConstraintError::from_llguidance(panic);
     assert!(!err.0.contains("backtrace"), "{err}");

@@ -7,19 +7,19 @@ use exporter::catalog::{self, Kind};
 use exporter::{Exporter, ExporterConfig};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
-pub const MODEL: &str = "SmolLM2-135M-Instruct";
-pub const ENGINES: &[&str] = &["0"];
-pub const MAX_MODEL_LEN: u64 = 8192;
+pub(crate) const MODEL: &str = "SmolLM2-135M-Instruct";
+pub(crate) const ENGINES: &[&str] = &["0"];
+pub(crate) const MAX_MODEL_LEN: u64 = 8192;
 
 /// Vigil's exporter with every series pre-created (as `vigil serve` does at start-up).
-pub fn vigil() -> Exporter {
+pub(crate) fn vigil() -> Exporter {
     let exporter = Exporter::new(ExporterConfig::new(MAX_MODEL_LEN));
     exporter.precreate(MODEL, ENGINES);
     exporter
 }
 
 /// metrics-exporter-prometheus with the catalog's buckets and the same series registered.
-pub fn peer() -> PrometheusRecorder {
+pub(crate) fn peer() -> PrometheusRecorder {
     let buckets = ExporterConfig::new(MAX_MODEL_LEN).buckets;
     let mut builder = PrometheusBuilder::new();
     for def in catalog::all().filter(|d| d.kind == Kind::Histogram && d.mirror_of.is_none()) {
@@ -39,7 +39,7 @@ pub fn peer() -> PrometheusRecorder {
 }
 
 /// Registers every pre-creatable series through the facade (for recorders without `precreate`).
-pub fn touch_every_series() {
+pub(crate) fn touch_every_series() {
     for def in catalog::all().filter(|d| d.precreate && d.mirror_of.is_none()) {
         for labels in catalog::precreated_label_sets(def, MODEL, ENGINES) {
             match def.kind {
@@ -54,7 +54,7 @@ pub fn touch_every_series() {
 }
 
 /// One observation in every histogram and an increment of every counter: a realistic scrape.
-pub fn observe_everything() {
+pub(crate) fn observe_everything() {
     for def in catalog::all().filter(|d| d.precreate && d.mirror_of.is_none()) {
         for labels in catalog::precreated_label_sets(def, MODEL, ENGINES) {
             match def.kind {

@@ -9,7 +9,7 @@ use super::{MetricType, Problem};
 
 /// What one line holds.
 #[derive(Debug, PartialEq)]
-pub enum Line<'a> {
+pub(super) enum Line<'a> {
     /// Blank, or a comment that is not metadata.
     Nothing,
     Help {
@@ -25,7 +25,7 @@ pub enum Line<'a> {
 }
 
 #[derive(Debug, PartialEq)]
-pub struct ParsedSample<'a> {
+pub(super) struct ParsedSample<'a> {
     pub name: &'a str,
     /// The label set as written (between the braces), checked.
     pub labels: LabelSet<'a>,
@@ -38,7 +38,7 @@ pub struct ParsedSample<'a> {
 
 /// The name a line is about (a sample's metric name, a metadata line's family), read leniently
 /// so that a broken line can still be attributed to its family.
-pub fn subject(line: &str) -> &str {
+pub(super) fn subject(line: &str) -> &str {
     let line = line.trim_start_matches([' ', '\t']);
     if let Some(rest) = line.strip_prefix('#') {
         let mut words = rest.split_whitespace();
@@ -54,7 +54,7 @@ pub fn subject(line: &str) -> &str {
 }
 
 /// Reads one line (without its newline).
-pub fn parse(line: &str) -> Result<Line<'_>, Problem> {
+pub(super) fn parse(line: &str) -> Result<Line<'_>, Problem> {
     let line = line.trim_start_matches([' ', '\t']);
     if line.is_empty() {
         return Ok(Line::Nothing);
@@ -273,7 +273,7 @@ pub(super) fn value(text: &str) -> Result<f64, Problem> {
 }
 
 /// `[a-zA-Z_:][a-zA-Z0-9_:]*`
-pub fn is_metric_name(name: &str) -> bool {
+pub(crate) fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()

@@ -15,7 +15,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
-pub use line::{is_metric_name, LabelIter, LabelSet};
+pub(crate) use line::LabelSet;
 
 use crate::render::escape::write_label_value;
 

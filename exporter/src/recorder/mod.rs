@@ -6,7 +6,7 @@
 //! keeps series in metrics-util's sharded [`Registry`] with Vigil's own cells
 //! ([`storage`]), and takes names, buckets and exemplar eligibility from the catalog.
 
-pub mod storage;
+pub(crate) mod storage;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -56,7 +56,7 @@ impl ExporterConfig {
 
 /// Creates cells for the registry, sized from the catalog.
 #[derive(Debug)]
-pub struct CatalogStorage {
+pub(crate) struct CatalogStorage {
     buckets: BucketConfig,
     enable_exemplars: bool,
     warned: Mutex<HashSet<String>>,

@@ -27,7 +27,7 @@ pub(crate) fn unix_now() -> f64 {
 /// from the kernel, joules from NVML) are fractional and set whole with [`CounterCell::set_total`].
 /// Both live in one cell so a family renders the same way whichever way it was fed.
 #[derive(Debug)]
-pub struct CounterCell {
+pub(crate) struct CounterCell {
     value: AtomicU64,
     /// `f64` bits of a total set by [`CounterCell::set_total`].
     fractional: AtomicU64,
@@ -42,20 +42,20 @@ impl CounterCell {
             created: unix_now(),
         }
     }
-    pub fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         self.value.load(Ordering::Relaxed) as f64
             + f64::from_bits(self.fractional.load(Ordering::Relaxed))
     }
     /// Sets a cumulative total kept by another counter (the kernel's, the driver's); it never
     /// goes down, as a counter must not between resets of the process.
-    pub fn set_total(&self, total: f64) {
+    pub(crate) fn set_total(&self, total: f64) {
         let _ = self
             .fractional
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
                 (total > f64::from_bits(bits)).then_some(total.to_bits())
             });
     }
-    pub fn created(&self) -> f64 {
+    pub(crate) fn created(&self) -> f64 {
         self.created
     }
 }
@@ -71,7 +71,7 @@ impl CounterFn for CounterCell {
 
 /// A gauge holding an `f64`.
 #[derive(Debug)]
-pub struct GaugeCell {
+pub(crate) struct GaugeCell {
     bits: AtomicU64,
 }
 
@@ -81,7 +81,7 @@ impl GaugeCell {
             bits: AtomicU64::new(0f64.to_bits()),
         }
     }
-    pub fn value(&self) -> f64 {
+    pub(crate) fn value(&self) -> f64 {
         f64::from_bits(self.bits.load(Ordering::Relaxed))
     }
     fn add(&self, delta: f64) {
@@ -107,7 +107,7 @@ impl GaugeFn for GaugeCell {
 
 /// The most recent observation that carried a request id, kept per bucket.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Exemplar {
+pub(crate) struct Exemplar {
     pub request_id: Box<str>,
     /// The request's trace id, when tracing is on.
     pub trace_id: Option<Box<str>>,
@@ -121,7 +121,7 @@ pub struct Exemplar {
 /// writes to one shard: two threads observing the same histogram (the engine loop and an HTTP
 /// worker, say) do not bounce one cache line between cores. Rendering adds the shards up.
 #[derive(Debug)]
-pub struct HistogramCell {
+pub(crate) struct HistogramCell {
     bounds: Arc<[f64]>,
     /// `shards` blocks of `stride` words: per shard, the non-cumulative count of each bucket
     /// (the last one is `+Inf`), then the sum's bits, then padding.
@@ -163,7 +163,7 @@ fn this_threads_shard() -> usize {
 
 /// A consistent-enough read of a histogram for rendering: cumulative counts per bound.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HistogramSnapshot {
+pub(crate) struct HistogramSnapshot {
     /// `(upper bound, cumulative count)`, ending with `+Inf`.
     pub buckets: Vec<(f64, u64)>,
     pub count: u64,
@@ -192,11 +192,11 @@ impl HistogramCell {
         self.bounds.len() + 1
     }
 
-    pub fn created(&self) -> f64 {
+    pub(crate) fn created(&self) -> f64 {
         self.created
     }
 
-    pub fn snapshot(&self) -> HistogramSnapshot {
+    pub(crate) fn snapshot(&self) -> HistogramSnapshot {
         let mut cumulative = 0;
         let buckets = (0..self.buckets())
             .map(|i| {
@@ -233,7 +233,7 @@ impl HistogramCell {
 impl HistogramCell {
     /// Replaces the whole state with counts aggregated elsewhere (the kernel's log2 histograms):
     /// `counts` per bucket, not cumulative, one per bound plus `+Inf`.
-    pub fn set_counts(&self, counts: &[u64], sum: f64) {
+    pub(crate) fn set_counts(&self, counts: &[u64], sum: f64) {
         assert_eq!(counts.len(), self.buckets(), "one count per bucket");
         for (i, shard) in self.cells.chunks(self.stride).enumerate() {
             for (b, cell) in shard[..self.buckets()].iter().enumerate() {

@@ -1,7 +1,7 @@
 //! Escaping for the text formats.
 
 /// A label value: backslash, double quote and newline are escaped (both formats).
-pub fn write_label_value(out: &mut String, value: &str) {
+pub(crate) fn write_label_value(out: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '\\' => out.push_str("\\\\"),

@@ -12,8 +12,8 @@
 //! series, numbers in Rust's shortest form (`16`, not `16.0`), `le` after the other labels,
 //! `_sum` before `_count` ([`Dialect`]).
 
-pub mod escape;
-pub mod number;
+pub(crate) mod escape;
+pub(crate) mod number;
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -104,7 +104,7 @@ fn collect(exporter: &Exporter) -> HashMap<&'static str, Vec<(Labels, Cell)>> {
 
 /// Whose exporter a family's text output copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
+pub(crate) enum Dialect {
     /// Python's prometheus_client (vLLM, and Vigil's own series).
     PrometheusClient,
     /// Rust's `prometheus` crate (Dynamo's frontend and components).
@@ -112,7 +112,7 @@ pub enum Dialect {
 }
 
 impl Dialect {
-    pub fn of(def: &MetricDef) -> Dialect {
+    pub(crate) fn of(def: &MetricDef) -> Dialect {
         if def.name.starts_with("dynamo_") {
             Dialect::RustPrometheus
         } else {

@@ -5,8 +5,7 @@
 //! inside candle-core), so the parser is small, bounds-checked everywhere, and fuzzed by the
 //! tests with truncated and corrupted files.
 
-pub mod quant;
-pub mod reader;
+pub(crate) mod quant;
+pub(crate) mod reader;
 
-pub use quant::GgmlType;
-pub use reader::{GgufFile, MetaValue, TensorInfo};
+pub(crate) use reader::{GgufFile, MetaValue};

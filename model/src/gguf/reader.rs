@@ -366,7 +366,7 @@ pub(crate) mod tests {
 
     /// A GGUF writer for tests: metadata and F32/Q8_0/... tensors, laid out as llama.cpp does.
     #[derive(Default)]
-    pub struct Writer {
+    pub(crate) struct Writer {
         kv: Vec<u8>,
         kv_count: u64,
         infos: Vec<u8>,
@@ -380,28 +380,28 @@ pub(crate) mod tests {
     }
 
     impl Writer {
-        pub fn u32(&mut self, key: &str, v: u32) -> &mut Self {
+        pub(crate) fn u32(&mut self, key: &str, v: u32) -> &mut Self {
             put_str(&mut self.kv, key);
             self.kv.extend(4u32.to_le_bytes());
             self.kv.extend(v.to_le_bytes());
             self.kv_count += 1;
             self
         }
-        pub fn f32(&mut self, key: &str, v: f32) -> &mut Self {
+        pub(crate) fn f32(&mut self, key: &str, v: f32) -> &mut Self {
             put_str(&mut self.kv, key);
             self.kv.extend(6u32.to_le_bytes());
             self.kv.extend(v.to_le_bytes());
             self.kv_count += 1;
             self
         }
-        pub fn str(&mut self, key: &str, v: &str) -> &mut Self {
+        pub(crate) fn str(&mut self, key: &str, v: &str) -> &mut Self {
             put_str(&mut self.kv, key);
             self.kv.extend(8u32.to_le_bytes());
             put_str(&mut self.kv, v);
             self.kv_count += 1;
             self
         }
-        pub fn strs(&mut self, key: &str, v: &[&str]) -> &mut Self {
+        pub(crate) fn strs(&mut self, key: &str, v: &[&str]) -> &mut Self {
             put_str(&mut self.kv, key);
             self.kv.extend(9u32.to_le_bytes());
             self.kv.extend(8u32.to_le_bytes());
@@ -412,7 +412,7 @@ pub(crate) mod tests {
             self.kv_count += 1;
             self
         }
-        pub fn i32s(&mut self, key: &str, v: &[i32]) -> &mut Self {
+        pub(crate) fn i32s(&mut self, key: &str, v: &[i32]) -> &mut Self {
             put_str(&mut self.kv, key);
             self.kv.extend(9u32.to_le_bytes());
             self.kv.extend(5u32.to_le_bytes());
@@ -424,7 +424,7 @@ pub(crate) mod tests {
             self
         }
         /// Adds a tensor with raw (already encoded) bytes.
-        pub fn tensor(
+        pub(crate) fn tensor(
             &mut self,
             name: &str,
             dims: &[u64],
@@ -445,11 +445,11 @@ pub(crate) mod tests {
             self.tensor_count += 1;
             self
         }
-        pub fn f32_tensor(&mut self, name: &str, dims: &[u64], values: &[f32]) -> &mut Self {
+        pub(crate) fn f32_tensor(&mut self, name: &str, dims: &[u64], values: &[f32]) -> &mut Self {
             let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             self.tensor(name, dims, GgmlType::F32, &bytes)
         }
-        pub fn finish(&self) -> Vec<u8> {
+        pub(crate) fn finish(&self) -> Vec<u8> {
             let mut out = Vec::new();
             out.extend(b"GGUF");
             out.extend(3u32.to_le_bytes());

@@ -15,7 +15,7 @@ const TOKEN_TYPE_USER_DEFINED: u64 = 4;
 /// Llama 3's pre-tokenizer split pattern (llama.cpp `LLAMA_VOCAB_PRE_TYPE_LLAMA3`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-pub fn load(file: &GgufFile) -> Result<Tokenizer, LoadError> {
+pub(super) fn load(file: &GgufFile) -> Result<Tokenizer, LoadError> {
     let path = &file.path;
     let bad = |what: String| LoadError::format(path, what);
     let model = file

@@ -27,7 +27,7 @@ fn token_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
-pub fn load(dir: &Path) -> Result<Tokenizer, LoadError> {
+pub(super) fn load(dir: &Path) -> Result<Tokenizer, LoadError> {
     let tok_path = dir.join("tokenizer.json");
     if !tok_path.exists() {
         return Err(LoadError::format(

@@ -1,7 +1,7 @@
 //! Tokenizers and chat templates: HF's `tokenizers` crate for encoding and decoding (built from
 //! `tokenizer.json`, or from GGUF metadata), and minijinja for chat templates.
 
-pub mod chat_template;
+pub(crate) mod chat_template;
 mod from_gguf;
 mod from_hf;
 

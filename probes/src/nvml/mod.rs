@@ -1,10 +1,10 @@
 //! The NVML probe: a poller thread (`vigil-nvml`, off the engine's threads) that reads every
 //! GPU each interval and sets the `vigil_gpu_*` series.
 
-pub mod check;
-pub mod export;
-pub mod reading;
-pub mod source;
+pub(crate) mod check;
+pub(crate) mod export;
+pub(crate) mod reading;
+pub(crate) mod source;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,14 +17,14 @@ pub use export::GpuSeries;
 pub use source::{GpuSource, NvmlSource, Recorded};
 
 /// The running poller; dropping it stops the thread.
-pub struct Poller {
+pub(crate) struct Poller {
     stop: Arc<AtomicBool>,
 }
 
 impl Poller {
     /// Opens NVML and starts polling; `None` (with the probe's status set to why) when NVML or
     /// a GPU is missing.
-    pub fn start(exporter: Exporter, interval: Duration) -> Option<Poller> {
+    pub(crate) fn start(exporter: Exporter, interval: Duration) -> Option<Poller> {
         match NvmlSource::open() {
             Ok(source) => Self::with_source(exporter, Box::new(source), interval),
             Err(state) => {
@@ -35,7 +35,7 @@ impl Poller {
     }
 
     /// Polls `source` every `interval` on a thread of its own.
-    pub fn with_source(
+    pub(crate) fn with_source(
         exporter: Exporter,
         mut source: Box<dyn GpuSource>,
         interval: Duration,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One field's reading: the value, or the kind of error NVML returned for it.
-pub type Reading<T> = Result<T, ErrorKind>;
+pub(crate) type Reading<T> = Result<T, ErrorKind>;
 
 /// NVML's errors, reduced to the kinds an operator acts on differently (the values of
 /// `vigil_gpu_read_errors_total`'s `error` label).

@@ -52,7 +52,7 @@ impl GpuSource for Recorded {
 }
 
 /// The error kinds of [`ErrorKind`] from NVML's errors.
-pub fn kind_of(e: &NvmlError) -> ErrorKind {
+pub(crate) fn kind_of(e: &NvmlError) -> ErrorKind {
     match e {
         NvmlError::NotSupported => ErrorKind::NotSupported,
         NvmlError::NoPermission => ErrorKind::NoPermission,
@@ -122,7 +122,7 @@ fn r<T>(res: Result<T, NvmlError>) -> Reading<T> {
 }
 
 /// Why NVML cannot be used at all, as the probe's state.
-pub fn init_failure(e: &NvmlError) -> State {
+pub(crate) fn init_failure(e: &NvmlError) -> State {
     match e {
         NvmlError::LibloadingError(_) | NvmlError::LibraryNotFound => State::off(
             "no_library",

@@ -8,7 +8,7 @@ use exporter::{Exporter, SetError};
 use super::maps::Snapshot;
 
 /// Sets every series from `snap`. The kernel's slot `k` is the bucket `le=2^(k+1)` µs of
-/// [`exporter::buckets::BucketFamily::Log2Microseconds`], its last slot `+Inf`, so the counts
+/// [`exporter::BucketFamily::Log2Microseconds`], its last slot `+Inf`, so the counts
 /// carry over as they are; the sum is exact (the kernel adds nanoseconds).
 pub fn apply(exporter: &Exporter, snap: &Snapshot) -> Result<(), SetError> {
     for (role, stats) in ROLES.iter().zip(&snap.roles) {

@@ -15,7 +15,7 @@ use crate::status::{self, Probe, State};
 
 /// One process, told apart from a later one that reuses its PID.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Process {
+pub(crate) struct Process {
     pub pid: u32,
     /// Field 22 of `/proc/PID/stat`: clock ticks after boot.
     start_time: u64,
@@ -23,7 +23,7 @@ pub struct Process {
 
 impl Process {
     /// The live process `pid` (`None` when there is none, or only its zombie).
-    pub fn live(pid: u32) -> Option<Process> {
+    pub(crate) fn live(pid: u32) -> Option<Process> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // The command name is in parentheses and may hold anything: fields follow the last ')'.
         let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
@@ -37,7 +37,7 @@ impl Process {
         })
     }
 
-    pub fn is_alive(&self) -> bool {
+    pub(crate) fn is_alive(&self) -> bool {
         Process::live(self.pid) == Some(*self)
     }
 }
@@ -46,7 +46,7 @@ impl Poller {
     /// Watches the process `find` names, whenever there is one: `find` is asked at start and
     /// again each interval while no live process is watched. Stops (with the status saying why)
     /// only when the probe cannot run on this machine at all.
-    pub fn follow(
+    pub(crate) fn follow(
         exporter: Exporter,
         mut find: impl FnMut() -> Option<u32> + Send + 'static,
         interval: Duration,

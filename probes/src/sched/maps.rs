@@ -1,11 +1,11 @@
 //! Rust mirrors of the kernel side's map values (probes/bpf/sched.h), and their read-out.
 
-use exporter::buckets::BucketFamily;
+use exporter::BucketFamily;
 
 /// Roles in the kernel's order (`ROLE_*`), which is the catalog's [`exporter::catalog::sched::ROLES`].
-pub const NR_ROLES: usize = 4;
+pub(crate) const NR_ROLES: usize = 4;
 /// `NR_SLOTS`: log2 slots of run-queue latency in microseconds.
-pub const NR_SLOTS: usize = BucketFamily::LOG2_SLOTS;
+pub(crate) const NR_SLOTS: usize = BucketFamily::LOG2_SLOTS;
 
 /// `struct role_stats`.
 #[repr(C)]

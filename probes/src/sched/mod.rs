@@ -7,10 +7,10 @@
 //! per-CPU arrays, so the per-event cost is a few loads and adds (see the numbers in
 //! the closing note and `cargo xtask bench-ebpf`).
 
-pub mod export;
-pub mod follow;
-pub mod maps;
-pub mod report;
+pub(crate) mod export;
+pub(crate) mod follow;
+pub(crate) mod maps;
+pub(crate) mod report;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -133,14 +133,14 @@ fn classify(e: &dyn std::error::Error, what: &str) -> State {
 }
 
 /// The running reader thread; dropping it stops the thread and detaches the programs.
-pub struct Poller {
+pub(crate) struct Poller {
     stop: Arc<AtomicBool>,
 }
 
 impl Poller {
     /// Attaches to `tgid`'s threads and exports their numbers every `interval`; `None` (with
     /// the probe's status set to why) when the probe cannot run here.
-    pub fn start(exporter: Exporter, tgid: u32, interval: Duration) -> Option<Poller> {
+    pub(crate) fn start(exporter: Exporter, tgid: u32, interval: Duration) -> Option<Poller> {
         let probe = match SchedProbe::attach(tgid) {
             Ok(p) => p,
             Err(state) => {

@@ -13,7 +13,7 @@ use axum::response::Response;
 
 /// What a generation handler adds to its request's line.
 #[derive(Debug, Default, Clone)]
-pub struct Note {
+pub(crate) struct Note {
     pub request_id: Option<String>,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -21,10 +21,10 @@ pub struct Note {
 
 /// A request's note, shared by the handler (which fills it) and the line (which reads it).
 #[derive(Debug, Clone, Default)]
-pub struct AccessNote(Arc<Mutex<Note>>);
+pub(crate) struct AccessNote(Arc<Mutex<Note>>);
 
 impl AccessNote {
-    pub fn set(&self, note: Note) {
+    pub(crate) fn set(&self, note: Note) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = note;
     }
 
@@ -34,7 +34,7 @@ impl AccessNote {
 }
 
 /// Middleware: gives the request a note and logs its line when the answer is done.
-pub async fn log_requests(mut req: Request, next: Next) -> Response {
+pub(crate) async fn log_requests(mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let client = req
         .extensions()
@@ -65,7 +65,7 @@ pub async fn log_requests(mut req: Request, next: Next) -> Response {
 }
 
 /// The status an access line gives a request whose client went away before its answer.
-pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 /// A request's line until its answer exists; dropped unanswered, it writes the line itself.
 struct Unanswered(Option<Line>);

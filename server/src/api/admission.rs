@@ -20,7 +20,11 @@ impl From<Draining> for ApiError {
 }
 
 /// Middleware of the generation routes.
-pub async fn admission(State(drain): State<Arc<Drain>>, req: Request, next: Next) -> Response {
+pub(super) async fn admission(
+    State(drain): State<Arc<Drain>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let guard = match drain.admit() {
         Ok(guard) => guard,
         Err(draining) => {

@@ -18,7 +18,7 @@ use super::tools::{self, ToolCalling};
 use super::{request_id, AppState};
 
 /// The chat endpoint's part of [`GenerationApi`].
-pub struct Chat;
+pub(super) struct Chat;
 
 impl GenerationApi for Chat {
     type Request = ChatRequest;

@@ -14,7 +14,7 @@ use super::protocol::{
 use super::{request_id, AppState};
 
 /// The completions endpoint's part of [`GenerationApi`].
-pub struct Completions;
+pub(super) struct Completions;
 
 impl GenerationApi for Completions {
     type Request = CompletionRequest;

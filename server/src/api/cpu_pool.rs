@@ -25,7 +25,7 @@ type Job = Box<dyn FnOnce() + Send>;
 /// How much nicer than the rest of the process the pool's threads are.
 const NICENESS: i32 = 10;
 
-pub struct CpuPool {
+pub(crate) struct CpuPool {
     jobs: mpsc::Sender<Job>,
     /// The pool's `pool` label (`request`, `grammar`).
     name: &'static str,
@@ -38,7 +38,7 @@ const ABANDONED: u8 = 2;
 
 /// Why [`CpuPool::run_within`] gave up on a job.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Overdue {
+pub(crate) enum Overdue {
     /// No thread had taken the job by the deadline; it will not run.
     NotStarted,
     /// The job was still running at the deadline (it runs to its end; its answer is dropped).
@@ -48,7 +48,7 @@ pub enum Overdue {
 impl CpuPool {
     /// `threads` dedicated threads (at least 1), named `vigil-<name>-<i>`, each with a stack
     /// of `stack_bytes`; jobs beyond them wait their turn.
-    pub fn new(name: &'static str, threads: usize, stack_bytes: usize) -> CpuPool {
+    pub(crate) fn new(name: &'static str, threads: usize, stack_bytes: usize) -> CpuPool {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         for i in 0..threads.max(1) {
@@ -77,7 +77,7 @@ impl CpuPool {
 
     /// The pool of requests' parsing, templates and tokenization: half the machine's CPUs (at
     /// least one), the rest staying for the engine and the server; Rust's default 2 MiB stacks.
-    pub fn for_requests() -> CpuPool {
+    pub(crate) fn for_requests() -> CpuPool {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         CpuPool::new("request", cpus / 2, 2 << 20)
     }
@@ -85,14 +85,14 @@ impl CpuPool {
     /// The pool of structured-output compiles, apart from [`CpuPool::for_requests`] so that a
     /// slow compile holds up only requests that have a constraint to compile: as many threads,
     /// with the stacks the compiler's bounded recursion needs.
-    pub fn for_grammars() -> CpuPool {
+    pub(crate) fn for_grammars() -> CpuPool {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        CpuPool::new("grammar", cpus / 2, engine::structured::COMPILE_STACK_BYTES)
+        CpuPool::new("grammar", cpus / 2, engine::COMPILE_STACK_BYTES)
     }
 
     /// Runs `job` on a pool thread once one is free. A job that panics answers an error; the
     /// thread lives on.
-    pub async fn run<T: Send + 'static>(
+    pub(crate) async fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -105,7 +105,7 @@ impl CpuPool {
     /// Runs `job` as [`CpuPool::run`] does, giving up at `deadline` after the call: a job no
     /// thread has taken by then is dropped unrun, and one still running is left to finish
     /// without anyone waiting for it.
-    pub async fn run_within<T: Send + 'static>(
+    pub(crate) async fn run_within<T: Send + 'static>(
         &self,
         deadline: Duration,
         job: impl FnOnce() -> T + Send + 'static,

@@ -34,7 +34,7 @@ impl DynamoNames {
 
 /// Dynamo's `sanitize_prometheus_label`: every character outside `[a-zA-Z0-9_]` becomes `_`, a
 /// leading digit gets a `_` in front, and a leading `__` (reserved) is stripped.
-pub fn sanitize_label(value: &str) -> String {
+pub(crate) fn sanitize_label(value: &str) -> String {
     let mut s: String = value
         .chars()
         .map(|c| {
@@ -64,7 +64,7 @@ pub fn export_uptime(exporter: &exporter::Exporter, started: Instant) {
 
 /// Which OpenAI route a request came in on (Dynamo's `endpoint` label).
 #[derive(Debug, Clone, Copy)]
-pub enum Route {
+pub(crate) enum Route {
     Completions,
     ChatCompletions,
 }
@@ -79,7 +79,7 @@ impl Route {
 }
 
 /// Dynamo's `error_type` for an API error.
-pub fn error_type(err: &ApiError) -> &'static str {
+pub(crate) fn error_type(err: &ApiError) -> &'static str {
     match err.status.as_u16() {
         400 | 413 | 422 => "validation",
         401 | 403 => "validation",
@@ -134,7 +134,7 @@ macro_rules! handles {
 
 /// Dynamo's series of one served model (frontend family) and of the engine's endpoint for it
 /// (component family): the handles every request for that model records through.
-pub struct ModelSeries {
+pub(crate) struct ModelSeries {
     /// The `model` label: the served name, lowercased as Dynamo's frontend does.
     model: String,
     component: [(&'static str, String); 5],
@@ -242,14 +242,14 @@ impl ModelSeries {
 }
 
 /// Dynamo's series of every served model name, made once for the server.
-pub struct DynamoSeries {
+pub(crate) struct DynamoSeries {
     models: Vec<(String, Arc<ModelSeries>)>,
 }
 
 impl DynamoSeries {
     /// The series of `served_model_names` (bounded: the server's own names), published under
     /// `names`.
-    pub fn new(names: &DynamoNames, served_model_names: &[String]) -> DynamoSeries {
+    pub(crate) fn new(names: &DynamoNames, served_model_names: &[String]) -> DynamoSeries {
         DynamoSeries {
             models: served_model_names
                 .iter()
@@ -259,7 +259,7 @@ impl DynamoSeries {
     }
 
     /// The series of a served model name (checked by the caller).
-    pub fn model(&self, served_name: &str) -> Option<&Arc<ModelSeries>> {
+    pub(crate) fn model(&self, served_name: &str) -> Option<&Arc<ModelSeries>> {
         self.models
             .iter()
             .find(|(n, _)| n == served_name)
@@ -269,7 +269,7 @@ impl DynamoSeries {
 
 /// The life of one request, as Dynamo's frontend (InflightGuard, ResponseCollector) and work
 /// handler record it.
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     series: Arc<ModelSeries>,
     route: Route,
     streaming: bool,
@@ -287,7 +287,7 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// Starts the record of a request for the model of `series` whose body was
     /// `request_bytes` long.
-    pub fn start(
+    pub(crate) fn start(
         series: &Arc<ModelSeries>,
         route: Route,
         streaming: bool,
@@ -316,18 +316,18 @@ impl RequestRecord {
     }
 
     /// The prompt's length, observed as the input sequence at the first token.
-    pub fn set_input_tokens(&mut self, n: usize) {
+    pub(crate) fn set_input_tokens(&mut self, n: usize) {
         self.input_tokens = n;
     }
 
-    pub fn set_cached_tokens(&mut self, n: usize) {
+    pub(crate) fn set_cached_tokens(&mut self, n: usize) {
         self.cached_tokens = n;
     }
 
     /// `n` new output tokens arrived together: the first one is the time to first token;
     /// later arrivals give an inter-token latency of (time since the last arrival) / `n`,
     /// observed `n` times, as Dynamo's response collector does.
-    pub fn tokens(&mut self, n: usize) {
+    pub(crate) fn tokens(&mut self, n: usize) {
         let now = Instant::now();
         let s = &*self.series;
         if !self.first_token {
@@ -349,22 +349,22 @@ impl RequestRecord {
     }
 
     /// Bytes of the response sent to the client.
-    pub fn sent(&mut self, bytes: usize) {
+    pub(crate) fn sent(&mut self, bytes: usize) {
         self.response_bytes += bytes as u64;
     }
 
-    pub fn succeed(&mut self) {
+    pub(crate) fn succeed(&mut self) {
         self.outcome.get_or_insert(0);
     }
 
-    pub fn fail(&mut self, err: &ApiError) {
+    pub(crate) fn fail(&mut self, err: &ApiError) {
         let error_type = error_type(err);
         self.outcome
             .get_or_insert_with(|| outcome_index(error_type));
     }
 
     /// The engine failed while running the request.
-    pub fn fail_in_backend(&mut self) {
+    pub(crate) fn fail_in_backend(&mut self) {
         if self.outcome.is_none() {
             self.outcome = Some(outcome_index("backend_error"));
             let s = &*self.series;

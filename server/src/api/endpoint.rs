@@ -21,7 +21,7 @@ use super::stream::{delivered, sse};
 use super::{unix_now, AppState};
 
 /// The handler of a generation endpoint.
-pub async fn handle<A: GenerationApi>(
+pub(super) async fn handle<A: GenerationApi>(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     access: Option<axum::Extension<AccessNote>>,

@@ -6,12 +6,12 @@ use axum::Json;
 
 /// vLLM's `ErrorResponse`.
 #[derive(Debug, serde::Serialize)]
-pub struct ErrorResponse<'a> {
+pub(crate) struct ErrorResponse<'a> {
     pub error: ErrorDetail<'a>,
 }
 
 #[derive(Debug, serde::Serialize)]
-pub struct ErrorDetail<'a> {
+pub(crate) struct ErrorDetail<'a> {
     pub message: &'a str,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -20,14 +20,14 @@ pub struct ErrorDetail<'a> {
 }
 
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub message: String,
     pub param: Option<String>,
 }
 
 impl ApiError {
-    pub fn bad_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>, param: Option<&str>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
@@ -35,7 +35,7 @@ impl ApiError {
         }
     }
 
-    pub fn not_found(message: impl Into<String>) -> ApiError {
+    pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::NOT_FOUND,
             message: message.into(),
@@ -43,7 +43,7 @@ impl ApiError {
         }
     }
 
-    pub fn unavailable(message: impl Into<String>) -> ApiError {
+    pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: message.into(),
@@ -53,7 +53,7 @@ impl ApiError {
 
     /// A request no route answers (404) or a method a route does not take (405), in vLLM's
     /// envelope (its `HTTPException` handler: the status phrase as message and type).
-    pub fn route(status: StatusCode) -> ApiError {
+    pub(crate) fn route(status: StatusCode) -> ApiError {
         ApiError {
             status,
             message: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -61,7 +61,7 @@ impl ApiError {
         }
     }
 
-    pub fn unauthorized() -> ApiError {
+    pub(crate) fn unauthorized() -> ApiError {
         ApiError {
             status: StatusCode::UNAUTHORIZED,
             message: "Unauthorized".into(),
@@ -87,7 +87,7 @@ impl ApiError {
     }
 
     /// The error envelope, as a response body or a stream's last `data:` event.
-    pub fn body(&self) -> ErrorResponse<'_> {
+    pub(crate) fn body(&self) -> ErrorResponse<'_> {
         ErrorResponse {
             error: ErrorDetail {
                 message: &self.message,
@@ -107,7 +107,7 @@ impl IntoResponse for ApiError {
 
 /// A request body for the API's handlers: reading it may fail (too large, cut off), and the
 /// failure answers with the API's JSON error envelope rather than axum's plain text.
-pub struct ApiBody(pub axum::body::Bytes);
+pub(crate) struct ApiBody(pub axum::body::Bytes);
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
     type Rejection = ApiError;
@@ -126,7 +126,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for ApiBody {
 
 /// Parses a JSON body into `T`, naming the offending field in the error. Anything but
 /// whitespace after the JSON value is refused (a body is one value).
-pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut *de).map_err(field_error)?;
     de.end()
@@ -137,12 +137,12 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiE
 /// Parses a body into a JSON tree, for bodies read more than one way (their fields checked,
 /// then the shared and the endpoint's fields read with [`read_fields`]): the text is parsed
 /// once.
-pub fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+pub(crate) fn parse_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
     parse_json(body)
 }
 
 /// Reads `T` from a parsed body, naming the offending field in the error.
-pub fn read_fields<T: serde::de::DeserializeOwned>(
+pub(crate) fn read_fields<T: serde::de::DeserializeOwned>(
     body: &serde_json::Value,
 ) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(field_error)

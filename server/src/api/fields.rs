@@ -11,7 +11,7 @@ use super::error::ApiError;
 
 /// Which endpoint a body was sent to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub(super) enum Endpoint {
     Completions,
     Chat,
 }
@@ -318,7 +318,7 @@ const FIELDS: &[(&str, &[Endpoint], Support)] = &[
 ];
 
 /// Checks every field of a request body against what Vigil does with it.
-pub fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
+pub(super) fn check(body: &Value, endpoint: Endpoint) -> Result<(), ApiError> {
     let Some(fields) = body.as_object() else {
         return Ok(()); // the endpoint's own parse reports a body that is not an object
     };

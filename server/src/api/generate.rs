@@ -15,14 +15,14 @@ use super::error::ApiError;
 use super::protocol::{PromptTokensDetails, UsageOut};
 use super::AppState;
 use crate::traces::RequestTrace;
-use engine::engine_loop::{Event, NewRequest};
-use engine::sampling::{Sampled, SamplingParams};
-use engine::scheduler::{FinishReason, RequestError, StopReason};
+use engine::{Event, NewRequest};
+use engine::{FinishReason, RequestError, StopReason};
+use engine::{Sampled, SamplingParams};
 use model::Detokenizer;
 use model::Tokenizer;
 
 /// One prompt of a client request (a completions request may send a list).
-pub struct PromptIn {
+pub(crate) struct PromptIn {
     pub tokens: Vec<u32>,
     /// Tokens to generate at most for it (capped by the context left after it).
     pub max_tokens: usize,
@@ -36,7 +36,7 @@ pub struct PromptIn {
 
 /// What a client request asks of the engine: `n` choices of each prompt, indexed prompt by
 /// prompt (choice `i` of prompt `p` is index `p * n + i`), as vLLM indexes them.
-pub struct GenRequest {
+pub(crate) struct GenRequest {
     pub request_id: String,
     pub prompts: Vec<PromptIn>,
     pub params: SamplingParams,
@@ -57,7 +57,7 @@ pub struct GenRequest {
 /// One token's log-probabilities, with token texts. An echoed prompt's first token has none
 /// (nothing precedes it): `logprob` is `None` and so is its entry of alternatives.
 #[derive(Debug, Clone)]
-pub struct TokenLogprob {
+pub(super) struct TokenLogprob {
     pub token: String,
     pub logprob: Option<f32>,
     pub top: Vec<(String, f32)>,
@@ -65,7 +65,7 @@ pub struct TokenLogprob {
 
 /// New output of one choice.
 #[derive(Debug, Clone, Default)]
-pub struct Delta {
+pub(super) struct Delta {
     pub index: usize,
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
@@ -97,7 +97,7 @@ struct Echo {
 
 /// Token counts for the `usage` object.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Usage {
+pub(crate) struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
@@ -117,11 +117,11 @@ impl From<Usage> for UsageOut {
 }
 
 /// Every choice's whole output, for non-streaming responses, in choice order.
-pub struct Collected(Vec<CollectedChoice>);
+pub(super) struct Collected(Vec<CollectedChoice>);
 
 /// One choice's whole output.
 #[derive(Default)]
-pub struct CollectedChoice {
+pub(super) struct CollectedChoice {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
     pub finish_reason: Option<&'static str>,
@@ -129,12 +129,12 @@ pub struct CollectedChoice {
 }
 
 impl Collected {
-    pub fn into_choices(self) -> impl Iterator<Item = CollectedChoice> {
+    pub(super) fn into_choices(self) -> impl Iterator<Item = CollectedChoice> {
         self.0.into_iter()
     }
 }
 
-pub struct Generation {
+pub(super) struct Generation {
     tokenizer: Arc<Tokenizer>,
     events: SelectAll<futures_util::stream::BoxStream<'static, (usize, Event)>>,
     choices: Vec<Choice>,
@@ -172,7 +172,7 @@ impl Drop for Generation {
 
 impl Generation {
     /// Submits every choice to the engine.
-    pub fn start(
+    pub(super) fn start(
         state: Arc<AppState>,
         req: GenRequest,
         mut record: RequestRecord,
@@ -188,7 +188,7 @@ impl Generation {
         for (p, prompt) in req.prompts.iter().enumerate() {
             for i in 0..req.n {
                 let index = p * req.n + i;
-                let (tx, rx) = engine::engine_loop::event_channel();
+                let (tx, rx) = engine::event_channel();
                 let engine_id = if total == 1 {
                     req.request_id.clone()
                 } else {
@@ -277,21 +277,21 @@ impl Generation {
     }
 
     /// Reports this request's id and token counts in the access log's line.
-    pub fn note_to(&mut self, access: Option<AccessNote>) {
+    pub(super) fn note_to(&mut self, access: Option<AccessNote>) {
         self.access = access;
     }
 
-    pub fn n(&self) -> usize {
+    pub(super) fn n(&self) -> usize {
         self.choices.len()
     }
 
-    pub fn wants_logprobs(&self) -> bool {
+    pub(super) fn wants_logprobs(&self) -> bool {
         self.want_logprobs
     }
 
     /// Usage of a stream so far, for a chunk of a choice that has generated `completion_tokens`
     /// (vLLM's `continuous_usage_stats`).
-    pub fn usage_so_far(&self, completion_tokens: usize) -> Usage {
+    pub(super) fn usage_so_far(&self, completion_tokens: usize) -> Usage {
         Usage {
             completion_tokens,
             ..self.usage
@@ -299,18 +299,18 @@ impl Generation {
     }
 
     /// The response went out whole: `bytes` of it.
-    pub fn delivered(&mut self, bytes: usize) {
+    pub(super) fn delivered(&mut self, bytes: usize) {
         self.record.sent(bytes);
         self.record.succeed();
     }
 
     /// `bytes` more of a streamed response went out.
-    pub fn sent(&mut self, bytes: usize) {
+    pub(super) fn sent(&mut self, bytes: usize) {
         self.record.sent(bytes);
     }
 
     /// Runs every choice to the end.
-    pub async fn collect(&mut self) -> Result<Collected, ApiError> {
+    pub(super) async fn collect(&mut self) -> Result<Collected, ApiError> {
         let n = self.n();
         let mut out: Vec<CollectedChoice> = (0..n).map(|_| CollectedChoice::default()).collect();
         while let Some(delta) = self.next().await {
@@ -331,7 +331,7 @@ impl Generation {
     }
 
     /// The next piece of output of any choice; `None` when every choice has finished.
-    pub async fn next(&mut self) -> Option<Result<Delta, ApiError>> {
+    pub(super) async fn next(&mut self) -> Option<Result<Delta, ApiError>> {
         loop {
             if self.choices.iter().all(|c| c.finished) {
                 return None;

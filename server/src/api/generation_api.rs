@@ -16,7 +16,7 @@ use super::AppState;
 
 /// What makes a generation endpoint itself: its request fields, how they become engine
 /// requests, and the shape of its answers.
-pub trait GenerationApi: Send + Sync + 'static {
+pub(super) trait GenerationApi: Send + Sync + 'static {
     /// The endpoint's own fields (the shared ones are [`CommonParams`]).
     type Request: DeserializeOwned + Send + 'static;
     type Response: Serialize;

@@ -1,19 +1,19 @@
 //! The OpenAI-compatible API: `/v1/completions`, `/v1/chat/completions` (streaming or not),
 //! `/v1/models`, `/tokenize` and `/detokenize`. Handlers parse and validate, then talk to the
-//! engine thread through [`engine::engine_loop::EngineHandle`].
+//! engine thread through [`engine::EngineHandle`].
 
-pub mod access_log;
+pub(crate) mod access_log;
 mod admission;
 mod chat;
 mod completions;
-pub mod cpu_pool;
-pub mod dynamo;
+pub(crate) mod cpu_pool;
+pub(crate) mod dynamo;
 mod endpoint;
-pub mod error;
+pub(crate) mod error;
 mod fields;
 mod generate;
 mod generation_api;
-pub mod protocol;
+pub(crate) mod protocol;
 mod stream;
 #[cfg(test)]
 mod tests;
@@ -32,28 +32,28 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 
 use error::ApiBody;
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 use protocol::{DetokenizeResponse, ModelCard, ModelList, TokenizeResponse};
 pub use tool_parsers::ToolParser;
 
-use engine::engine_loop::EngineHandle;
+use engine::EngineHandle;
 use model::Tokenizer;
 
 /// How long a request's structured-output constraint may take to compile, from the request's
 /// turn to compile (waiting for a free grammar thread included).
-pub const COMPILE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const COMPILE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A request's constraint, not yet compiled, and the field it came from.
-pub struct PendingConstraint {
-    spec: engine::structured::ConstraintSpec,
+pub(crate) struct PendingConstraint {
+    spec: engine::ConstraintSpec,
     param: &'static str,
-    grammars: Arc<engine::structured::Grammars>,
+    grammars: Arc<engine::Grammars>,
 }
 
 /// Largest request body accepted (as vLLM's default is unbounded, pick a generous limit).
-pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 
-pub struct AppState {
+pub(crate) struct AppState {
     pub engine: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
     /// `--served-model-name` values (the first one is the metrics label).
@@ -75,7 +75,7 @@ pub struct AppState {
     /// Where structured-output constraints compile, apart from `cpu`.
     pub grammar_cpu: cpu_pool::CpuPool,
     /// The compiler of structured-output constraints, or why there is none for this tokenizer.
-    pub grammars: Result<Arc<engine::structured::Grammars>, String>,
+    pub grammars: Result<Arc<engine::Grammars>, String>,
     /// `tool_choice: "auto"`'s parser (`--enable-auto-tool-choice --tool-call-parser`).
     pub auto_tool_parser: Option<ToolParser>,
 }
@@ -83,7 +83,7 @@ pub struct AppState {
 impl AppState {
     /// The span of a request about to run, when tracing is on; `operation` is GenAI's name
     /// for the route (`text_completion`, `chat`).
-    pub fn start_trace(
+    pub(crate) fn start_trace(
         &self,
         headers: &axum::http::HeaderMap,
         model: &str,
@@ -108,7 +108,7 @@ impl AppState {
     }
 
     /// The model name a request addresses, checked against the served names.
-    pub fn check_model(&self, requested: Option<&str>) -> Result<String, ApiError> {
+    pub(crate) fn check_model(&self, requested: Option<&str>) -> Result<String, ApiError> {
         match requested {
             None => Ok(self.served_model_names[0].clone()),
             Some(m) if self.served_model_names.iter().any(|s| s == m) => Ok(m.to_owned()),
@@ -126,12 +126,12 @@ impl AppState {
     /// with [`AppState::compile_constraint`] before anything is queued.
     /// `tools` is the constraint tool calling asks for, which excludes any other; `logprobs`
     /// comes from the field `logprobs_param` names.
-    pub fn sampling_params(
+    pub(crate) fn sampling_params(
         &self,
         common: &protocol::CommonParams,
         (logprobs, logprobs_param): (Option<i64>, &'static str),
-        tools: Option<engine::structured::ConstraintSpec>,
-    ) -> Result<(engine::sampling::SamplingParams, Option<PendingConstraint>), ApiError> {
+        tools: Option<engine::ConstraintSpec>,
+    ) -> Result<(engine::SamplingParams, Option<PendingConstraint>), ApiError> {
         let params = common.sampling(logprobs, logprobs_param)?;
         let constraint = match (common.constraint()?, tools) {
             (Some((_, param)), Some(_)) => {
@@ -165,10 +165,10 @@ impl AppState {
     /// invalid schema, expression or grammar, one past the compiler's bounds or one whose
     /// compile outlasts the deadline is a 400 naming the field; a compile that found no free
     /// thread by then is a 503.
-    pub async fn compile_constraint(
+    pub(crate) async fn compile_constraint(
         &self,
         pending: PendingConstraint,
-    ) -> Result<engine::structured::CompiledConstraint, ApiError> {
+    ) -> Result<engine::CompiledConstraint, ApiError> {
         use exporter::catalog::structured::COMPILE_SECONDS;
         let PendingConstraint {
             spec,
@@ -215,7 +215,7 @@ impl AppState {
 
     /// Refuses a prompt text longer than any text of `max_model_len` tokens can be (so that one
     /// request cannot cost seconds of tokenization only to be refused for its length).
-    pub fn check_prompt_bytes(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_prompt_bytes(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
         let limit = self.max_model_len * self.tokenizer.max_token_bytes();
         if bytes > limit {
             return Err(ApiError::bad_request(
@@ -230,7 +230,7 @@ impl AppState {
     }
 
     /// Checks client-given token ids against the vocabulary; `param` names the field.
-    pub fn check_token_ids(&self, ids: &[u32], param: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_token_ids(&self, ids: &[u32], param: &str) -> Result<(), ApiError> {
         let vocab = self.tokenizer.vocab_size() as u32;
         match ids.iter().find(|t| **t >= vocab) {
             Some(t) => Err(ApiError::bad_request(
@@ -244,7 +244,7 @@ impl AppState {
     /// Checks that `prompt_len` prompt tokens plus `max_tokens` fit the context, and returns the
     /// number of tokens to generate (`max_tokens`, or whatever room is left); `param` is the
     /// field `max_tokens` came from (chat's `max_completion_tokens`).
-    pub fn output_budget(
+    pub(crate) fn output_budget(
         &self,
         prompt_len: usize,
         max_tokens: Option<i64>,
@@ -285,7 +285,7 @@ impl AppState {
 }
 
 /// A fresh request id with `prefix` (`cmpl`, `chatcmpl`).
-pub fn request_id(prefix: &str) -> String {
+pub(crate) fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:032x}", rand::random::<u128>())
 }
 
@@ -298,7 +298,7 @@ pub fn unix_now() -> u64 {
 
 /// The API routes; `/v1/*` sits behind `--api-key` when one is set, and the generation routes
 /// behind the drain's admission gate.
-pub fn router(state: Arc<AppState>) -> Router {
+pub(crate) fn router(state: Arc<AppState>) -> Router {
     let generate = Router::new()
         .route(
             "/v1/completions",

@@ -23,7 +23,11 @@ enum Phase<C> {
 }
 
 /// Streams `generation` as `A`'s chunks.
-pub fn sse<A: GenerationApi>(generation: Generation, head: Head, usage: StreamUsage) -> Response {
+pub(super) fn sse<A: GenerationApi>(
+    generation: Generation,
+    head: Head,
+    usage: StreamUsage,
+) -> Response {
     let continuous =
         move |g: &Generation, tokens: usize| usage.continuous.then(|| g.usage_so_far(tokens));
     let preamble = A::preamble(&head, generation.n(), continuous(&generation, 0));
@@ -62,7 +66,7 @@ pub fn sse<A: GenerationApi>(generation: Generation, head: Head, usage: StreamUs
 const DONE: &str = "[DONE]";
 
 /// A whole (non-streaming) JSON response, counted as delivered.
-pub fn delivered(generation: &mut Generation, body: &impl Serialize) -> Response {
+pub(super) fn delivered(generation: &mut Generation, body: &impl Serialize) -> Response {
     let text = to_json(body);
     generation.delivered(text.len());
     (

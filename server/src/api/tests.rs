@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use backend::testing::FakeBackend;
 use backend::Backend;
-use engine::kv_cache::manager::KvCacheManager;
-use engine::scheduler::{Scheduler, SchedulerConfig};
+use engine::KvCacheManager;
+use engine::{Scheduler, SchedulerConfig};
 use model::testing::{byte_tokenizer, tiny_config};
 
 use super::AppState;
@@ -41,7 +41,7 @@ fn serve(backend: FakeBackend) -> String {
     );
     let names = super::dynamo::DynamoNames::new("dynamo", "backend", "generate");
     let state = Arc::new(AppState {
-        engine: engine::engine_loop::spawn(Box::new(backend), scheduler, None),
+        engine: engine::spawn(Box::new(backend), scheduler, None),
         tokenizer: Arc::new(byte_tokenizer()),
         served_model_names: vec!["tiny".into()],
         max_model_len: 64,

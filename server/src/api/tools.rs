@@ -10,19 +10,23 @@ use serde_json::{json, Value};
 use super::error::ApiError;
 use super::protocol::{FunctionCallOut, ToolCallOut};
 use super::tool_parsers::ToolParser;
-use engine::structured::ConstraintSpec;
+use engine::ConstraintSpec;
 
 /// A tool a chat request offers the model.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Tool {
+pub(crate) struct Tool {
     #[serde(rename = "type")]
+    #[expect(
+        dead_code,
+        reason = "checked by deserializing: \"function\" is the only kind"
+    )]
     pub kind: ToolKind,
     pub function: FunctionDef,
 }
 
 impl Tool {
     /// The definition as OpenAI's JSON (what chat templates iterate over).
-    pub fn definition(&self) -> Value {
+    pub(crate) fn definition(&self) -> Value {
         let f = &self.function;
         let mut function = json!({"name": f.name, "parameters": parameters(f)});
         if let Some(d) = &f.description {
@@ -37,12 +41,12 @@ impl Tool {
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ToolKind {
+pub(crate) enum ToolKind {
     Function,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct FunctionDef {
+pub(crate) struct FunctionDef {
     pub name: String,
     pub description: Option<String>,
     /// The arguments' JSON schema (absent: any JSON object).
@@ -53,26 +57,30 @@ pub struct FunctionDef {
 /// `tool_choice`: a mode, or one named function.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum ToolChoice {
+pub(crate) enum ToolChoice {
     Mode(String),
     Named(NamedToolChoice),
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct NamedToolChoice {
+pub(crate) struct NamedToolChoice {
     #[serde(rename = "type")]
+    #[expect(
+        dead_code,
+        reason = "checked by deserializing: \"function\" is the only kind"
+    )]
     pub kind: ToolKind,
     pub function: NamedFunction,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct NamedFunction {
+pub(crate) struct NamedFunction {
     pub name: String,
 }
 
 /// How a request's output becomes tool calls.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ToolCalling {
+pub(crate) enum ToolCalling {
     /// The model may call tools in its own format, which this parser reads.
     Auto(ToolParser),
     /// The output is a JSON list of `{"name", "parameters"}`, one call each.
@@ -83,7 +91,7 @@ pub enum ToolCalling {
 
 /// The constraint and the tool calling `tools` and `tool_choice` ask for (`None`: no tool is
 /// called), or vLLM's 400.
-pub fn plan(
+pub(super) fn plan(
     tools: Option<&[Tool]>,
     choice: Option<&ToolChoice>,
     parallel_tool_calls: Option<bool>,
@@ -184,7 +192,10 @@ fn parameters(f: &FunctionDef) -> Value {
 /// `None` when the output is not calls: `required`'s cut short by `max_tokens`, or, with
 /// `auto`, calling no tool. A named function's output is its arguments even when cut short
 /// (as vLLM returns it: the client sees the call and the `length` finish).
-pub fn read_calls(calling: &ToolCalling, text: &str) -> Option<(Option<String>, Vec<ToolCallOut>)> {
+pub(super) fn read_calls(
+    calling: &ToolCalling,
+    text: &str,
+) -> Option<(Option<String>, Vec<ToolCallOut>)> {
     match calling {
         ToolCalling::Auto(parser) => {
             let parsed = parser.parse(text);
@@ -220,7 +231,10 @@ pub fn read_calls(calling: &ToolCalling, text: &str) -> Option<(Option<String>, 
 
 /// vLLM's finish reason for an output read as tool calls: `tool_calls` for `auto`, and for
 /// `required` when it ended as the constraint allows; a named function keeps its own (`stop`).
-pub fn finish_reason(calling: &ToolCalling, finish: Option<&'static str>) -> Option<&'static str> {
+pub(super) fn finish_reason(
+    calling: &ToolCalling,
+    finish: Option<&'static str>,
+) -> Option<&'static str> {
     match (calling, finish) {
         (ToolCalling::Auto(_), _) | (ToolCalling::Required, Some("stop")) => Some("tool_calls"),
         _ => finish,
@@ -228,12 +242,12 @@ pub fn finish_reason(calling: &ToolCalling, finish: Option<&'static str>) -> Opt
 }
 
 /// A fresh call id (vLLM's `chatcmpl-tool-` ids).
-pub fn call_id() -> String {
+pub(super) fn call_id() -> String {
     super::request_id("chatcmpl-tool")
 }
 
 /// A call with a fresh id.
-pub fn call(name: String, arguments: String) -> ToolCallOut {
+pub(super) fn call(name: String, arguments: String) -> ToolCallOut {
     ToolCallOut {
         id: call_id(),
         kind: "function",

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use exporter::catalog::service::DRAIN_REQUESTS;
 use tokio::sync::Notify;
 
-use engine::engine_loop::EngineHandle;
+use engine::EngineHandle;
 
 /// How long aborted requests get to send their last event before the server stops anyway.
 const ABORT_WAIT: Duration = Duration::from_secs(5);
 
 /// Requests in flight, and whether the server is draining.
 #[derive(Default)]
-pub struct Drain {
+pub(crate) struct Drain {
     draining: AtomicBool,
     /// Set when what is left has been aborted: requests leaving after it count as aborted.
     aborting: AtomicBool,
@@ -34,17 +34,17 @@ pub struct Drain {
 }
 
 /// A request counted in flight; leaving when dropped.
-pub struct InFlight(Arc<Drain>);
+pub(crate) struct InFlight(Arc<Drain>);
 
 /// A request refused because the server is draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Draining {
+pub(crate) struct Draining {
     /// Seconds until the grace period ends (at least 1): when this server will be gone.
     pub retry_after_secs: u64,
 }
 
 impl Draining {
-    pub const MESSAGE: &'static str =
+    pub(crate) const MESSAGE: &'static str =
         "The server is shutting down and admits no new requests; retry later or on another replica.";
 }
 
@@ -64,21 +64,21 @@ impl Drop for InFlight {
 }
 
 impl Drain {
-    pub fn new() -> Arc<Drain> {
+    pub(crate) fn new() -> Arc<Drain> {
         Arc::new(Drain::default())
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Counts a request in, unless the server is draining. The count goes up before the check,
     /// so a request either sees the drain or is seen by it: none slips between.
-    pub fn admit(self: &Arc<Self>) -> Result<InFlight, Draining> {
+    pub(crate) fn admit(self: &Arc<Self>) -> Result<InFlight, Draining> {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         if self.is_draining() {
             // Out again, counted as refused only (not as a request that completed).
@@ -97,7 +97,7 @@ impl Drain {
     }
 
     /// Starts refusing requests; returns how many are in flight.
-    pub fn begin(&self, grace: Duration) -> usize {
+    pub(crate) fn begin(&self, grace: Duration) -> usize {
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + grace);
         self.draining.store(true, Ordering::SeqCst);
         self.in_flight()
@@ -117,7 +117,7 @@ impl Drain {
     }
 
     /// Resolves once no request is in flight.
-    pub async fn until_idle(&self) {
+    pub(crate) async fn until_idle(&self) {
         loop {
             let left = self.left.notified();
             tokio::pin!(left);
@@ -132,14 +132,14 @@ impl Drain {
 
 /// What a drain did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Drained {
+pub(crate) struct Drained {
     pub completed: usize,
     pub aborted: usize,
 }
 
 /// Drains: refuse new requests, give those in flight `grace` to finish (or until `cut_short`
 /// resolves: a second signal), abort the rest.
-pub async fn drain(
+pub(crate) async fn drain(
     drain: &Drain,
     engine: &EngineHandle,
     grace: Duration,

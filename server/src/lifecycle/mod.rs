@@ -6,5 +6,5 @@
 //! with `Retry-After`, requests in flight finish within `--shutdown-timeout` or are aborted, and
 //! the process exits 0.
 
-pub mod drain;
-pub mod systemd;
+pub(crate) mod drain;
+pub(crate) mod systemd;

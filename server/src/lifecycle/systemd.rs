@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use engine::engine_loop::EngineHandle;
+use engine::EngineHandle;
 
 fn send(states: &[NotifyState]) {
     if let Err(err) = sd_notify::notify(states) {
@@ -18,23 +18,23 @@ fn send(states: &[NotifyState]) {
 }
 
 /// `READY=1` with a status line.
-pub fn ready(status: &str) {
+pub(crate) fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
 /// `STOPPING=1` with a status line.
-pub fn stopping(status: &str) {
+pub(crate) fn stopping(status: &str) {
     send(&[NotifyState::Stopping, NotifyState::Status(status)]);
 }
 
 /// A status line alone (`systemctl status` shows it).
-pub fn status(status: &str) {
+pub(crate) fn status(status: &str) {
     send(&[NotifyState::Status(status)]);
 }
 
 /// What the watchdog thread does on one tick.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tick {
+pub(crate) enum Tick {
     /// The engine loop went round recently: `WATCHDOG=1`.
     Feed,
     /// The engine loop is stuck in one step: send nothing, so that systemd's timer runs out.
@@ -47,7 +47,7 @@ pub enum Tick {
 /// thread ticks every half period; the engine counts as stuck once it has not beaten for half a
 /// period (neither its loop gone round nor the step in progress finished a layer), so systemd
 /// restarts a wedged engine within one and a half periods, and never a slow one that moves.
-pub fn tick(alive: bool, heartbeat_age: Duration, period: Duration) -> Tick {
+pub(crate) fn tick(alive: bool, heartbeat_age: Duration, period: Duration) -> Tick {
     if !alive {
         Tick::Trigger
     } else if heartbeat_age < period / 2 {
@@ -59,7 +59,7 @@ pub fn tick(alive: bool, heartbeat_age: Duration, period: Duration) -> Tick {
 
 /// Starts the `vigil-watchdog` thread when systemd set `WatchdogSec=` (`WATCHDOG_USEC` for this
 /// process); returns the period.
-pub fn start_watchdog(engine: EngineHandle) -> Option<Duration> {
+pub(crate) fn start_watchdog(engine: EngineHandle) -> Option<Duration> {
     let period = sd_notify::watchdog_enabled()?;
     let every = period / 2;
     tracing::info!(

@@ -20,11 +20,11 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 /// The least time between two log lines about the same kind of loss.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(30);
+pub(super) const LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The spans' counts, shared by the two wrappers.
 #[derive(Debug, Default)]
-pub struct SpanCounts {
+pub(super) struct SpanCounts {
     /// Handed on to the batch processor.
     admitted: AtomicU64,
     /// Taken by the exporter in a batch.
@@ -62,14 +62,14 @@ impl Throttled {
 
 /// The OTLP exporter, counting what it exports and what fails.
 #[derive(Debug)]
-pub struct CountedExporter<E> {
+pub(super) struct CountedExporter<E> {
     inner: E,
     counts: Arc<SpanCounts>,
     endpoint: String,
 }
 
 impl<E> CountedExporter<E> {
-    pub fn new(inner: E, counts: Arc<SpanCounts>, endpoint: &str) -> Self {
+    pub(super) fn new(inner: E, counts: Arc<SpanCounts>, endpoint: &str) -> Self {
         CountedExporter {
             inner,
             counts,
@@ -116,7 +116,7 @@ impl<E: SpanExporter> SpanExporter for CountedExporter<E> {
 
 /// The batch processor, refusing spans its queue has no room for (and counting them).
 #[derive(Debug)]
-pub struct Admission<P> {
+pub(super) struct Admission<P> {
     inner: P,
     counts: Arc<SpanCounts>,
     /// The processor's queue size.
@@ -124,7 +124,7 @@ pub struct Admission<P> {
 }
 
 impl<P> Admission<P> {
-    pub fn new(inner: P, counts: Arc<SpanCounts>, capacity: usize) -> Self {
+    pub(super) fn new(inner: P, counts: Arc<SpanCounts>, capacity: usize) -> Self {
         Admission {
             inner,
             counts,

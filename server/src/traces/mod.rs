@@ -18,13 +18,13 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
 };
 
-pub use request::{RequestTrace, TraceRequest};
+pub(crate) use request::{RequestTrace, TraceRequest};
 
 /// The environment variable vLLM reads for the protocol (OpenTelemetry's name).
 pub const PROTOCOL_VAR: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
 
 /// The tracer of a `vigil serve` with `--otlp-traces-endpoint`.
-pub struct Traces {
+pub(crate) struct Traces {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
 }
@@ -34,7 +34,7 @@ impl Traces {
     /// `http://collector:4318/v1/traces` for HTTP, as the OpenTelemetry exporters take them).
     /// Runs inside the Tokio runtime: the gRPC client lives on it.
     /// `protocol` and `queue_size` are the values of [`PROTOCOL_VAR`] and [`QUEUE_SIZE_VAR`].
-    pub fn start(
+    pub(crate) fn start(
         endpoint: &str,
         protocol: Option<&str>,
         queue_size: Option<&str>,
@@ -84,12 +84,12 @@ impl Traces {
         Ok(Traces { provider, tracer })
     }
 
-    pub fn tracer(&self) -> &SdkTracer {
+    pub(crate) fn tracer(&self) -> &SdkTracer {
         &self.tracer
     }
 
     /// Exports what is still batched and stops the exporter (at the end of a drain).
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         let provider = self.provider.clone();
         let done = tokio::task::spawn_blocking(move || provider.shutdown()).await;
         if let Ok(Err(err)) = done {
@@ -99,7 +99,7 @@ impl Traces {
 }
 
 /// OpenTelemetry's variable for the span queue's size.
-pub const QUEUE_SIZE_VAR: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
+pub(crate) const QUEUE_SIZE_VAR: &str = "OTEL_BSP_MAX_QUEUE_SIZE";
 
 /// The span queue's size: [`QUEUE_SIZE_VAR`]'s `value` when set, else 2048.
 fn queue_capacity(value: Option<&str>) -> anyhow::Result<usize> {

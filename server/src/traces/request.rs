@@ -15,11 +15,11 @@ use opentelemetry::{Array, Context, KeyValue, StringValue, Value};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracer;
 
-use engine::scheduler::request::Timestamps;
-use engine::scheduler::FinishReason;
+use engine::FinishReason;
+use engine::Timestamps;
 
 /// What a trace records about the request from the start.
-pub struct TraceRequest<'a> {
+pub(crate) struct TraceRequest<'a> {
     pub request_id: &'a str,
     /// The served name the client asked for.
     pub model: &'a str,
@@ -33,7 +33,7 @@ pub struct TraceRequest<'a> {
 }
 
 /// The span of one client request; ended on drop.
-pub struct RequestTrace {
+pub(crate) struct RequestTrace {
     tracer: SdkTracer,
     cx: Context,
     trace_id: String,
@@ -75,7 +75,11 @@ fn secs(a: Option<Instant>, b: Option<Instant>) -> f64 {
 
 impl RequestTrace {
     /// Starts the span, a child of the caller's when `headers` carry a valid `traceparent`.
-    pub fn start(tracer: &SdkTracer, headers: &HeaderMap, req: &TraceRequest<'_>) -> RequestTrace {
+    pub(crate) fn start(
+        tracer: &SdkTracer,
+        headers: &HeaderMap,
+        req: &TraceRequest<'_>,
+    ) -> RequestTrace {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         let mut attributes = vec![
             KeyValue::new("gen_ai.operation.name", req.operation),
@@ -112,13 +116,13 @@ impl RequestTrace {
     }
 
     /// The trace id, 32 hex digits (for the exemplars).
-    pub fn trace_id(&self) -> &str {
+    pub(crate) fn trace_id(&self) -> &str {
         &self.trace_id
     }
 
     /// A choice has finished (`times` is None when the handler ended it on a stop string
     /// before the engine reported back).
-    pub fn choice_finished(
+    pub(crate) fn choice_finished(
         &mut self,
         index: usize,
         reason: FinishReason,

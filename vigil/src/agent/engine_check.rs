@@ -3,13 +3,13 @@
 //! a proxy's error page or another exporter's metrics would otherwise count as an engine that is
 //! up).
 
-use exporter::parse::Exposition;
+use exporter::Exposition;
 
 use super::passthrough::Relay;
 
 /// Why an answer is not the engine's metrics: a value of the scrape errors' `reason`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotTheEngine {
+pub(super) enum NotTheEngine {
     /// No line of the body is a valid sample of the text format.
     NotExposition,
     /// Samples, but none of a family the agent passes through.
@@ -17,7 +17,7 @@ pub enum NotTheEngine {
 }
 
 impl NotTheEngine {
-    pub fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             NotTheEngine::NotExposition => "not_exposition",
             NotTheEngine::NoEngineFamilies => "no_engine_families",
@@ -26,7 +26,7 @@ impl NotTheEngine {
 }
 
 /// Checks that `exposition` has a sample of a family `relay` passes.
-pub fn check(exposition: &Exposition, relay: &Relay) -> Result<(), NotTheEngine> {
+pub(super) fn check(exposition: &Exposition, relay: &Relay) -> Result<(), NotTheEngine> {
     if relay.has_engine_samples(exposition) {
         Ok(())
     } else if exposition.has_samples() {

@@ -32,7 +32,7 @@ use exporter::catalog::agent::{
     SCRAPE_FAILURES,
 };
 use exporter::catalog::MetricDef;
-use exporter::render::{render, Format};
+use exporter::{render, Format};
 use exporter::{Exporter, ExporterConfig};
 
 use crate::cli::ProbeArgs;
@@ -58,7 +58,7 @@ pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
     exporter
         .install()
         .map_err(|_| anyhow::anyhow!("a metrics recorder is already installed"))?;
-    server::api::dynamo::export_uptime(&exporter, Instant::now());
+    server::export_uptime(&exporter, Instant::now());
     // The engine's process as given, else whichever listens on its port, looked for again
     // whenever the one watched is gone.
     let fixed = args.engine_pid;
@@ -162,9 +162,9 @@ fn budget(headers: &HeaderMap) -> Duration {
 /// `# HELP`, `# TYPE` and the one sample of a gauge without labels.
 fn gauge_text(def: &MetricDef, value: f64) -> String {
     let mut out = format!("# HELP {} ", def.name);
-    exporter::render::escape::write_help(&mut out, def.help, false);
+    exporter::write_help(&mut out, def.help, false);
     out.push_str(&format!("\n# TYPE {} gauge\n{} ", def.name, def.name));
-    exporter::render::number::write_float(&mut out, value);
+    exporter::write_float(&mut out, value);
     out.push('\n');
     out
 }
@@ -192,7 +192,7 @@ async fn respond(
     headers: &HeaderMap,
 ) -> Response {
     let content_type = Format::Prometheus.content_type();
-    if !exporter::route::accepts_gzip(headers) {
+    if !exporter::accepts_gzip(headers) {
         return plain(content_type, own, engine);
     }
     let Ok(_permit) = agent.compressions.acquire().await else {
@@ -200,14 +200,14 @@ async fn respond(
     };
     let compressed = tokio::task::spawn_blocking(move || {
         let text = engine.as_ref().map_or(&b""[..], |p| &p.text[..]);
-        match exporter::route::gzip_parts(&[own.as_bytes(), text]) {
+        match exporter::gzip_parts(&[own.as_bytes(), text]) {
             Some(body) => Ok(body),
             None => Err((own, engine)),
         }
     })
     .await;
     match compressed {
-        Ok(Ok(body)) => exporter::route::gzipped(content_type, body),
+        Ok(Ok(body)) => exporter::gzipped(content_type, body),
         // Compression failed: the plain text is a valid answer too.
         Ok(Err((own, engine))) => plain(content_type, own, engine),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),

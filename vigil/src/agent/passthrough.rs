@@ -1,7 +1,7 @@
 //! Passing an engine's own metrics through, as Dynamo's engine-metrics callback does
 //! (`register_engine_metrics_callback`): keep the families whose names start with the configured
 //! prefixes, and add the `dynamo_*` labels to every sample without overwriting labels the engine
-//! already set. The engine's exposition arrives parsed ([`exporter::parse`]), so what is written
+//! already set. The engine's exposition arrives parsed ([`exporter::Exposition`]), so what is written
 //! back is valid whatever the engine sent, and three rules keep it one valid exposition with the
 //! agent's own series: a family the agent exports itself is not copied (it would appear twice),
 //! and labels are not injected into samples where that would make two of the engine's series
@@ -9,7 +9,7 @@
 
 use std::collections::HashSet;
 
-use exporter::parse::Exposition;
+use exporter::Exposition;
 
 /// Suffixes a sample's name adds to its family's name.
 const SAMPLE_SUFFIXES: &[&str] = &["_total", "_created", "_bucket", "_sum", "_count", "_info"];
@@ -80,7 +80,7 @@ impl Relay {
     /// not set itself, except where the result would be the series of another sample as that
     /// one comes out. Such samples keep their own labels only; since the engine's series are
     /// distinct, undoing injections until no two coincide ends with every series distinct.
-    fn injections(&self, samples: &[exporter::parse::Sample<'_>]) -> Vec<Vec<usize>> {
+    fn injections(&self, samples: &[exporter::Sample<'_>]) -> Vec<Vec<usize>> {
         let mut injected: Vec<Vec<usize>> = samples
             .iter()
             .map(|s| {
@@ -91,9 +91,9 @@ impl Relay {
             .collect();
         // A series' identity as it comes out, hashed (two distinct series with one hash, a
         // 64-bit chance, only lose their injections: the output stays distinct).
-        let identity = |s: &exporter::parse::Sample<'_>, inject: &[usize]| {
+        let identity = |s: &exporter::Sample<'_>, inject: &[usize]| {
             let labels: Vec<_> = s.labels.iter().collect();
-            exporter::parse::series_hash(
+            exporter::series_hash(
                 s.name,
                 labels.iter().map(|(n, v)| (*n, v.as_ref())).chain(
                     inject

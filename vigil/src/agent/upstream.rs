@@ -21,28 +21,28 @@ use axum::body::Bytes;
 use exporter::catalog::agent::{
     ENGINE_EXPOSITION_PROBLEMS, ENGINE_SCRAPE_DURATION, ENGINE_SCRAPE_ERRORS, ENGINE_UP,
 };
-use exporter::parse::Exposition;
 use exporter::Exporter;
+use exporter::Exposition;
 use tokio::sync::watch;
 
 use super::engine_check;
 use super::passthrough::Relay;
 
 /// How long one fetch of the engine may take in all; scrapes do not wait this long.
-pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest engine exposition the agent reads.
-pub const MAX_BODY: u64 = 10 << 20;
+pub(super) const MAX_BODY: u64 = 10 << 20;
 /// How often, at most, the agent logs that the engine's exposition had lines it left out.
 const PROBLEM_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The engine's series as one fetch relayed them.
-pub struct EnginePart {
+pub(super) struct EnginePart {
     /// The passed-through families, relabeled, in the text format.
     pub text: Bytes,
     pub fetched_at: Instant,
 }
 
-pub struct Upstream {
+pub(super) struct Upstream {
     url: String,
     http: ureq::Agent,
     relay: Relay,
@@ -66,7 +66,12 @@ struct State {
 }
 
 impl Upstream {
-    pub fn new(url: String, relay: Relay, exporter: Exporter, stale_after: Duration) -> Self {
+    pub(super) fn new(
+        url: String,
+        relay: Relay,
+        exporter: Exporter,
+        stale_after: Duration,
+    ) -> Self {
         Upstream {
             url,
             http: ureq::Agent::config_builder()
@@ -86,7 +91,7 @@ impl Upstream {
     }
 
     /// The engine's part of a scrape that may wait `budget` for it.
-    pub async fn engine_part(self: &Arc<Self>, budget: Duration) -> Option<Arc<EnginePart>> {
+    pub(super) async fn engine_part(self: &Arc<Self>, budget: Duration) -> Option<Arc<EnginePart>> {
         let mut completed = self.completed.subscribe();
         let arrived_after = {
             let mut state = self.lock();

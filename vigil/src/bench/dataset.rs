@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::BenchServeArgs;
 
-pub struct BenchRequest {
+pub(super) struct BenchRequest {
     pub json: String,
     pub prompt_len: usize,
 }
@@ -45,7 +45,11 @@ fn random_ids(base: &str, rng: &mut StdRng, len: usize) -> anyhow::Result<Vec<u3
     }
 }
 
-pub fn build(args: &BenchServeArgs, base: &str, model: &str) -> anyhow::Result<Vec<BenchRequest>> {
+pub(super) fn build(
+    args: &BenchServeArgs,
+    base: &str,
+    model: &str,
+) -> anyhow::Result<Vec<BenchRequest>> {
     let mut rng = StdRng::seed_from_u64(args.seed);
     let chat = args.endpoint.contains("chat");
     match args.dataset_name.as_str() {

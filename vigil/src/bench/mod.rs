@@ -156,7 +156,7 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         let name = args
             .result_filename
             .clone()
-            .unwrap_or_else(|| format!("vigil-bench-{}.json", server::api::unix_now()));
+            .unwrap_or_else(|| format!("vigil-bench-{}.json", server::unix_now()));
         let path = args.result_dir.join(name);
         std::fs::write(&path, serde_json::to_string_pretty(&summary.json)?)
             .with_context(|| format!("writing {}", path.display()))?;

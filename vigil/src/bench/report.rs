@@ -17,7 +17,7 @@ pub struct RequestResult {
     pub latency: f64,
 }
 
-pub struct Summary {
+pub(super) struct Summary {
     pub rows: Vec<(String, String)>,
     pub sections: Vec<(&'static str, &'static str, Vec<f64>)>,
     pub json: Value,
@@ -33,7 +33,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
 }
 
-pub fn summarize(
+pub(super) fn summarize(
     results: &[RequestResult],
     duration: f64,
     args: &BenchServeArgs,
@@ -132,7 +132,7 @@ fn fmt_p(p: f64) -> String {
     }
 }
 
-pub fn render(s: &Summary, percentiles: &[f64]) -> String {
+pub(super) fn render(s: &Summary, percentiles: &[f64]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "{:=^50}", " Serving Benchmark Result ");
     for (k, v) in &s.rows {

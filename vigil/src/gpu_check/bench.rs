@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use backend::cuda::{CudaBackend, CudaOptions};
 use backend::{Backend, LogitsFor, SeqInput};
+use backend::{CudaBackend, CudaOptions};
 use model::Model;
 
 use super::report::Report;
@@ -52,7 +52,7 @@ pub fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<BenchRow>> 
     // either, the fraction is not known and the bandwidth check fails saying so.
     let peak = info
         .memory_bandwidth
-        .or_else(|| probes::nvml::source::peak_memory_bandwidth(0))
+        .or_else(|| probes::peak_memory_bandwidth(0))
         .unwrap_or(f64::NAN);
     let kv_bytes_per_token =
         (2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 2) as f64;

@@ -3,10 +3,10 @@
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 
-use backend::cuda::gpu::Gpu;
-use backend::cuda::kernels::DevPtr;
-use backend::cuda::launch::{addr, Kernels};
-use backend::cuda::CudaError;
+use backend::kernel_check::DevPtr;
+use backend::kernel_check::Gpu;
+use backend::kernel_check::{addr, Kernels};
+use backend::CudaError;
 
 pub struct Dev {
     pub gpu: Gpu,

@@ -7,18 +7,18 @@ use rand::{Rng, SeedableRng};
 
 use super::kernel_device::Dev;
 use super::report::{max_error, round_bf16, Report};
-use backend::cpu::attention::{self, Geometry, Row};
-use backend::cpu::ops;
-use backend::cuda::gemm::{Matrix, Output};
-use backend::cuda::kernels::{
+use backend::kernel_check::attention::{self, Geometry, Row};
+use backend::kernel_check::ops;
+use backend::kernel_check::StepPlan;
+use backend::kernel_check::{
     ArgmaxRows, ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr,
     EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads, PagedAttention, RmsNorm, Rope,
     SiluAndMul,
 };
-use backend::cuda::step_plan::StepPlan;
-use backend::cuda::{rope, CudaError};
+use backend::kernel_check::{Matrix, Output};
+use backend::{kernel_check::rope, CudaError};
 use backend::{GreedyToken, LayerShape, LogitsFor, SeqInput};
-use model::gguf::quant::{dequantize, GgmlType};
+use model::{dequantize, GgmlType};
 use model::{LlamaConfig, RopeScaling};
 
 /// bf16 keeps 8 bits of mantissa: one rounding of the output is 2^-9 relative; a few chained

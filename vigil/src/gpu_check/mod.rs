@@ -27,7 +27,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
     let mut report = Report::default();
     if wants(CheckSection::Nvml) {
         println!("== NVML vs nvidia-smi");
-        match probes::nvml::check::run(args.record.as_deref()) {
+        match probes::check_nvml(args.record.as_deref()) {
             Ok((text, ok)) => {
                 print!("{text}");
                 report.check("NVML readings = nvidia-smi", ok, "see the fields above");
@@ -42,7 +42,7 @@ pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
         CheckSection::Bench,
     ];
     if device_sections.iter().any(|s| wants(*s)) {
-        match backend::cuda::availability::probe() {
+        match backend::probe_cuda() {
             Ok(n) => {
                 let name = cudarc::driver::CudaContext::new(0)
                     .and_then(|ctx| ctx.name())

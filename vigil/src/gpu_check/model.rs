@@ -2,9 +2,9 @@
 //! the kernels' corner shapes, then the served model: logits of every prompt position, and 64
 //! greedy steps on several prompts, which must produce the same tokens.
 
-use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
-use backend::cuda::{CudaBackend, CudaOptions};
 use backend::{greedy_generate, Backend, LogitsFor, SeqInput};
+use backend::{CpuBackend, CpuOptions, WeightFormat};
+use backend::{CudaBackend, CudaOptions};
 use model::{LlamaConfig, Model, WeightSource};
 
 use super::report::Report;
@@ -97,7 +97,7 @@ fn compare_prompt(
         .fold(0f32, f32::max);
     let scale = b.data.iter().map(|v| v.abs()).fold(0f32, f32::max);
     let flips = (0..b.rows())
-        .filter(|&r| engine::sampling::argmax(a.row(r)) != engine::sampling::argmax(b.row(r)))
+        .filter(|&r| engine::argmax(a.row(r)) != engine::argmax(b.row(r)))
         .count();
     Ok((diff, scale, flips))
 }

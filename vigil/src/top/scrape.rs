@@ -4,12 +4,12 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use exporter::parse::Exposition;
+use exporter::Exposition;
 
 /// A sample's labels, in the order the exposition gave them.
-pub type Labels = Vec<(String, String)>;
+pub(super) type Labels = Vec<(String, String)>;
 
-pub struct Scrape {
+pub(super) struct Scrape {
     /// Seconds since the Unix epoch, when the response arrived.
     pub at: f64,
     /// The body as received (kept for `--save-scrapes`).
@@ -27,7 +27,7 @@ type Index = HashMap<Vec<String>, Vec<usize>>;
 
 impl Scrape {
     /// Fetches `url`; an error says what went wrong (the endpoint may be away).
-    pub fn fetch(url: &str) -> Result<Scrape, String> {
+    pub(super) fn fetch(url: &str) -> Result<Scrape, String> {
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(5)))
             .build()
@@ -46,7 +46,7 @@ impl Scrape {
         Ok(Scrape::from_text(at, body))
     }
 
-    pub fn from_text(at: f64, body: String) -> Scrape {
+    pub(super) fn from_text(at: f64, body: String) -> Scrape {
         let mut samples: HashMap<String, Vec<(Labels, f64)>> = HashMap::new();
         let exposition = Exposition::parse(body.as_bytes(), |_| false);
         for family in &exposition.families {
@@ -71,22 +71,22 @@ impl Scrape {
     }
 
     /// Every sample of `name`.
-    pub fn all(&self, name: &str) -> &[(Labels, f64)] {
+    pub(super) fn all(&self, name: &str) -> &[(Labels, f64)] {
         self.samples.get(name).map_or(&[], |v| v.as_slice())
     }
 
-    pub fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.samples.contains_key(name)
     }
 
     /// The sample of `name` whose labels include every pair of `matching`.
-    pub fn value(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
+    pub(super) fn value(&self, name: &str, matching: &[(&str, &str)]) -> Option<f64> {
         self.matching(name, matching).first().map(|(_, v)| *v)
     }
 
     /// Every sample of `name` whose labels include every pair of `matching`, in the order of
     /// the exposition.
-    pub fn matching(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(&Labels, f64)> {
+    pub(super) fn matching(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(&Labels, f64)> {
         let all = self.all(name);
         if matching.is_empty() {
             return all.iter().map(|(l, v)| (l, *v)).collect();
@@ -115,7 +115,7 @@ impl Scrape {
     }
 
     /// The cumulative buckets `(le, count)` of histogram `name` for the series `matching`.
-    pub fn buckets(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    pub(super) fn buckets(&self, name: &str, matching: &[(&str, &str)]) -> Vec<(f64, f64)> {
         self.matching(&format!("{name}_bucket"), matching)
             .into_iter()
             .filter_map(|(labels, v)| {
@@ -131,7 +131,7 @@ impl Scrape {
     }
 }
 
-pub fn label<'a>(labels: &'a Labels, name: &str) -> Option<&'a str> {
+pub(super) fn label<'a>(labels: &'a Labels, name: &str) -> Option<&'a str> {
     labels
         .iter()
         .find(|(k, _)| k == name)

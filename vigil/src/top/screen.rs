@@ -50,7 +50,11 @@ impl State {
     }
 }
 
-pub fn run(urls: Vec<String>, window: Duration, save: Option<PathBuf>) -> anyhow::Result<()> {
+pub(super) fn run(
+    urls: Vec<String>,
+    window: Duration,
+    save: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let window_ms = Arc::new(AtomicU64::new(window.as_millis() as u64));
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();

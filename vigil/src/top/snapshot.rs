@@ -8,7 +8,7 @@ use super::window::{histogram_quantile, increase, rate};
 
 /// One engine (`model_name`, `engine`) of one endpoint over the window.
 #[derive(Debug, Clone)]
-pub struct EngineRow {
+pub(super) struct EngineRow {
     pub url: String,
     pub model_name: String,
     pub engine: String,
@@ -31,7 +31,7 @@ pub struct EngineRow {
 
 /// One model behind a Dynamo frontend (`model`) over the window.
 #[derive(Debug, Clone)]
-pub struct FrontendRow {
+pub(super) struct FrontendRow {
     pub url: String,
     pub model: String,
     pub inflight: f64,
@@ -44,7 +44,7 @@ pub struct FrontendRow {
 }
 
 #[derive(Debug, Clone)]
-pub struct GpuRow {
+pub(super) struct GpuRow {
     pub url: String,
     pub gpu: String,
     pub model: String,
@@ -69,10 +69,10 @@ pub struct GpuRow {
 /// XIDs after which a GPU needs a reset (NVIDIA's XID catalog): double-bit ECC (48),
 /// micro-controller halts (61, 62), a failed row remap (64), NVLink (74), fallen off the bus
 /// (79), uncontained ECC (95), GSP errors (119, 120), unrecovered ECC (140).
-pub const FATAL_XIDS: &[u64] = &[48, 61, 62, 64, 74, 79, 95, 119, 120, 140];
+pub(super) const FATAL_XIDS: &[u64] = &[48, 61, 62, 64, 74, 79, 95, 119, 120, 140];
 
 #[derive(Debug, Clone)]
-pub struct HostRow {
+pub(super) struct HostRow {
     pub url: String,
     pub role: String,
     pub runqueue_p99: f64,
@@ -81,7 +81,7 @@ pub struct HostRow {
 
 /// Device time in the window: the share of it the GPU spent in steps.
 #[derive(Debug, Clone)]
-pub struct DeviceRow {
+pub(super) struct DeviceRow {
     pub url: String,
     pub busy_fraction: f64,
 }
@@ -89,7 +89,7 @@ pub struct DeviceRow {
 /// Requests' CPU work before the engine (a Vigil's `vigil_cpu_pool_jobs`): requests here are in
 /// no `vllm:` queue yet.
 #[derive(Debug, Clone)]
-pub struct PoolRow {
+pub(super) struct PoolRow {
     pub url: String,
     /// `request` (parsing, templates, tokenization) or `grammar` (constraint compiles).
     pub pool: String,
@@ -101,7 +101,7 @@ pub struct PoolRow {
 }
 
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(super) struct Snapshot {
     pub seconds: f64,
     pub engines: Vec<EngineRow>,
     pub frontends: Vec<FrontendRow>,
@@ -151,7 +151,7 @@ fn counter(name: &str) -> String {
 
 impl Snapshot {
     /// Adds the rows of one endpoint, read at `before` and `after`.
-    pub fn add(&mut self, url: &str, before: &Scrape, after: &Scrape) {
+    pub(super) fn add(&mut self, url: &str, before: &Scrape, after: &Scrape) {
         let dt = (after.at - before.at).max(1e-3);
         self.seconds = dt;
         self.add_engines(url, before, after, dt);

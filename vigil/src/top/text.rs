@@ -9,7 +9,7 @@ use std::fmt::Write;
 use super::snapshot::Snapshot;
 use super::verdict::why_slow;
 
-pub fn render(s: &Snapshot) -> String {
+pub(super) fn render(s: &Snapshot) -> String {
     let mut out = format!("window_seconds={}\n", s.seconds);
     for e in &s.engines {
         let _ = write!(

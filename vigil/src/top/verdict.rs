@@ -10,7 +10,7 @@ const STARVED_ENGINE_S: f64 = 0.001;
 /// KV cache usage beyond which admission stalls and preemption follows.
 const KV_PRESSURE: f64 = 0.9;
 
-pub fn why_slow(s: &Snapshot) -> String {
+pub(super) fn why_slow(s: &Snapshot) -> String {
     // A GPU lost, then one broken: nothing it ran is being served.
     let xids = |g: &super::snapshot::GpuRow| {
         g.fatal_xids
@@ -103,7 +103,7 @@ pub fn why_slow(s: &Snapshot) -> String {
 }
 
 /// Seconds as ms, or `-` where the window had no observations.
-pub fn seconds(v: f64) -> String {
+pub(super) fn seconds(v: f64) -> String {
     if v.is_nan() {
         "-".into()
     } else {

@@ -7,7 +7,7 @@
 /// A counter's increase between two readings. A counter that went down was reset and counts
 /// from zero; a negative or NaN reading is no counter value (the exposition is broken) and
 /// counts nothing, so that no rate comes out negative.
-pub fn increase(before: f64, after: f64) -> f64 {
+pub(super) fn increase(before: f64, after: f64) -> f64 {
     if after.is_nan() || after < 0.0 {
         0.0
     } else if before.is_nan() || before < 0.0 || before > after {
@@ -18,13 +18,13 @@ pub fn increase(before: f64, after: f64) -> f64 {
 }
 
 /// The per-second rate of a counter between two readings `seconds` apart.
-pub fn rate(before: f64, after: f64, seconds: f64) -> f64 {
+pub(super) fn rate(before: f64, after: f64, seconds: f64) -> f64 {
     increase(before, after) / seconds
 }
 
 /// The `q` quantile of a histogram's observations in the window, from its cumulative buckets
 /// (upper bound `le`, count) before and after; buckets in any order, `+Inf` included.
-pub fn histogram_quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> f64 {
+pub(super) fn histogram_quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -> f64 {
     let mut buckets: Vec<(f64, f64)> = after
         .iter()
         .map(|&(le, count)| {
@@ -40,7 +40,7 @@ pub fn histogram_quantile(q: f64, before: &[(f64, f64)], after: &[(f64, f64)]) -
 }
 
 /// Prometheus's `bucketQuantile` over cumulative `(le, count)` buckets sorted by `le`.
-pub fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
+pub(super) fn quantile(q: f64, buckets: &[(f64, f64)]) -> f64 {
     if q.is_nan() || buckets.len() < 2 || buckets.last().map(|b| b.0) != Some(f64::INFINITY) {
         return f64::NAN;
     }

@@ -852,7 +852,7 @@ fn mutate(seed: u64) -> String {
 /// none lost, none merged into another.
 #[test]
 fn the_agents_output_is_always_a_valid_exposition() {
-    use exporter::parse::Exposition;
+    use exporter::Exposition;
     use vigil::agent::passthrough::Relay;
     let relay = Relay::new(
         vec!["vllm:".to_owned()],

@@ -17,8 +17,8 @@ use crate::common;
 use std::path::Path;
 use std::process::Command;
 
-use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use backend::greedy_generate;
+use backend::{CpuBackend, CpuOptions, WeightFormat};
 use common::require_model;
 use model::Model;
 

@@ -4,8 +4,8 @@ use crate::common;
 
 use common::{promtool_problems, Vigil};
 use exporter::catalog::{self, vllm, Kind};
-use exporter::gating::{visibility, Visibility};
 use exporter::MinorVersion;
+use exporter::{visibility, Visibility};
 
 /// The sample names a catalog entry exposes in the Prometheus text format.
 fn first_sample_name(def: &catalog::MetricDef) -> String {
@@ -24,7 +24,7 @@ fn every_visible_series_exists_at_zero_from_startup_and_promtool_accepts_it() {
     assert_eq!(ctype, "text/plain; version=0.0.4; charset=utf-8");
     assert_eq!(promtool_problems(&body), Vec::<String>::new(), "{body}");
 
-    let running = exporter::gating::Running::current();
+    let running = exporter::Running::current();
     // vLLM's series and the probes' status exist from start-up; the hardware series exist where
     // the hardware does (tests/probes.rs checks them).
     for def in vllm::ALL.iter().chain(catalog::probe::ALL).copied() {

@@ -5,8 +5,8 @@ use crate::common;
 
 use std::path::Path;
 
-use backend::cpu::{CpuBackend, CpuOptions, WeightFormat};
 use backend::greedy_generate;
+use backend::{CpuBackend, CpuOptions, WeightFormat};
 use common::require_model;
 use model::ChatMessage;
 use model::Model;
@@ -99,9 +99,9 @@ fn the_chat_template_drives_an_answer() {
 /// in HF's order by the loader); only the norms, f32 in the file, are not offered encoded.
 #[test]
 fn encoded_weight_groups_decode_to_the_f32_path() {
-    use backend::cuda::weights::DEVICE_DECODED;
-    use backend::host_weights::{layer_groups, Group};
-    use model::gguf::quant::{dequantize, GgmlType};
+    use backend::kernel_check::DEVICE_DECODED;
+    use backend::kernel_check::{layer_groups, Group};
+    use model::{dequantize, GgmlType};
     let model = load();
     let c = &model.config;
     let w = model.weights.as_ref();

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::prometheus::{encode, Prometheus};
 use common::{wait_for, Vigil};
 use exporter::catalog::{self, vllm, Kind};
-use exporter::exemplar::with_request_id;
+use exporter::with_request_id;
 use exporter::{Exporter, ExporterConfig};
 
 /// Whether `def`'s series exist on this machine before any request: GPU series need a GPU (and
@@ -99,7 +99,7 @@ fn prometheus_stores_request_id_exemplars() {
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let router: axum::Router = exporter::route::router(exporter.clone());
+    let router: axum::Router = exporter::router(exporter.clone());
     runtime.spawn(async move { axum::serve(listener, router).await });
 
     let prom = Prometheus::start(&[("exemplars", addr.to_string())]);

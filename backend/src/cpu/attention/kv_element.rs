@@ -111,7 +111,7 @@ mod f16c {
 
     use half::f16;
 
-    pub fn available() -> bool {
+    pub(super) fn available() -> bool {
         std::arch::is_x86_feature_detected!("f16c")
     }
 
@@ -121,7 +121,7 @@ mod f16c {
     /// # Safety
     /// The CPU has F16C and `out.len() >= row.len()`.
     #[inline(always)]
-    pub unsafe fn widen(row: &[f16], out: &mut [f32]) {
+    pub(super) unsafe fn widen(row: &[f16], out: &mut [f32]) {
         let n = row.len();
         assert!(out.len() >= n);
         let mut i = 0;
@@ -140,7 +140,7 @@ mod f16c {
     /// # Safety
     /// The CPU has F16C.
     #[inline(always)]
-    pub unsafe fn round(xs: &mut [f32]) {
+    pub(super) unsafe fn round(xs: &mut [f32]) {
         let n = xs.len();
         let mut i = 0;
         while i + 8 <= n {

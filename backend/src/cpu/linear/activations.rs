@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use super::panels::QK;
 
 /// Rows of activations in Q8 blocks; scales and sums already rounded through f16.
-pub struct QuantizedRows {
+pub(super) struct QuantizedRows {
     pub qs: Vec<i8>,
     /// Per block: `d`.
     pub d: Vec<f32>,
@@ -21,7 +21,7 @@ pub struct QuantizedRows {
 
 impl QuantizedRows {
     /// Row `r`'s quants, scales and sums.
-    pub fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
+    pub(super) fn row(&self, r: usize) -> (&[i8], &[f32], &[f32]) {
         let nb = self.blocks;
         let s = if self.s.is_empty() {
             &self.s[..]
@@ -37,7 +37,7 @@ impl QuantizedRows {
 }
 
 /// Quantizes one block into `qs`; returns its scale `d` before f16 rounding.
-pub fn quantize_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
+pub(super) fn quantize_block(x: &[f32], qs: &mut [i8; QK]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
@@ -57,7 +57,7 @@ fn round_ties_even(x: f32) -> f32 {
 }
 
 /// Quantizes `x` (rows of `inp`, a multiple of 32), with per-block sums when `sums`.
-pub fn quantize(x: &[f32], inp: usize, sums: bool) -> QuantizedRows {
+pub(super) fn quantize(x: &[f32], inp: usize, sums: bool) -> QuantizedRows {
     let blocks = inp / QK;
     let n = x.len() / QK;
     let mut qs = vec![0i8; x.len()];
@@ -93,7 +93,7 @@ pub fn quantize(x: &[f32], inp: usize, sums: bool) -> QuantizedRows {
 }
 
 /// `w` (rows of `inp` f32s) in Q8_0 file blocks, rounded as llama.cpp's quantizer does.
-pub fn quantize_q8_0(w: &[f32]) -> Vec<u8> {
+pub(super) fn quantize_q8_0(w: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(w.len() / QK * 34);
     let mut qs = [0i8; QK];
     for block in w.chunks_exact(QK) {

@@ -12,11 +12,11 @@ use half::f16;
 use super::panels::{BlockFormat, PANEL_ROWS, QK};
 
 /// Most activation rows per tile.
-pub const MAX_X: usize = 4;
+pub(super) const MAX_X: usize = 4;
 
 /// One tile's activation rows: per row its quants, block scales and (for Q4_1 and Q4_K) block
 /// sums.
-pub struct Acts<'a> {
+pub(super) struct Acts<'a> {
     pub qs: [&'a [i8]; MAX_X],
     pub d: [&'a [f32]; MAX_X],
     pub s: [&'a [f32]; MAX_X],
@@ -25,7 +25,7 @@ pub struct Acts<'a> {
 
 /// The instruction set the kernels use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Isa {
+pub(super) enum Isa {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -35,7 +35,7 @@ pub enum Isa {
 
 impl Isa {
     /// The best this CPU runs.
-    pub fn detect() -> Isa {
+    pub(super) fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -52,7 +52,7 @@ impl Isa {
 
     /// Every instruction set this CPU runs, best first.
     #[cfg(test)]
-    pub fn available() -> Vec<Isa> {
+    pub(super) fn available() -> Vec<Isa> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
@@ -68,7 +68,7 @@ impl Isa {
 }
 
 /// `out[x][r]`: panel row `r` · activation row `x`, for `x < acts.n`.
-pub fn tile(
+pub(super) fn tile(
     isa: Isa,
     format: BlockFormat,
     panel: &[u8],
@@ -192,7 +192,7 @@ mod x86 {
             /// # Safety
             /// The CPU has `$features`; `tile` checked the slices.
             #[target_feature(enable = $features)]
-            pub unsafe fn tile(
+            pub(crate) unsafe fn tile(
                 format: BlockFormat,
                 panel: &[u8],
                 blocks: usize,
@@ -383,7 +383,7 @@ mod x86 {
         };
     }
 
-    pub mod avx2 {
+    pub(super) mod avx2 {
         #[target_feature(enable = "avx2,fma,f16c")]
         #[inline]
         unsafe fn dot(
@@ -397,7 +397,7 @@ mod x86 {
         tile_kernel!("avx2,fma,f16c", dot);
     }
 
-    pub mod vnni {
+    pub(super) mod vnni {
         #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
         #[inline]
         unsafe fn dot(

@@ -21,8 +21,8 @@ mod panels;
 use rayon::prelude::*;
 
 use kernels::{Acts, Isa, MAX_X};
-use model::gguf::quant::GgmlType;
-pub use panels::QK;
+use model::GgmlType;
+pub(crate) use panels::QK;
 use panels::{BlockFormat, Panels, PANEL_ROWS};
 
 /// How the CPU backend keeps weights.
@@ -38,7 +38,7 @@ pub enum WeightFormat {
     Native,
 }
 
-pub struct Linear {
+pub(crate) struct Linear {
     out: usize,
     inp: usize,
     w: Weights,
@@ -67,7 +67,7 @@ unsafe impl Sync for Out {}
 
 impl Linear {
     /// The GGUF encodings computed as stored.
-    pub const NATIVE: &[GgmlType] = &[
+    pub(crate) const NATIVE: &[GgmlType] = &[
         GgmlType::Q4_0,
         GgmlType::Q4_1,
         GgmlType::Q8_0,
@@ -77,7 +77,7 @@ impl Linear {
 
     /// Wraps `w` (`out * inp` values, row-major). Block formats need `inp` to be a multiple of
     /// 32; other shapes stay f32.
-    pub fn new(w: Vec<f32>, out: usize, inp: usize, format: WeightFormat) -> Linear {
+    pub(crate) fn new(w: Vec<f32>, out: usize, inp: usize, format: WeightFormat) -> Linear {
         assert_eq!(w.len(), out * inp, "linear weight size");
         let w = match format {
             WeightFormat::Q8 | WeightFormat::Native if inp.is_multiple_of(QK) => {
@@ -100,7 +100,8 @@ impl Linear {
 
     /// Wraps GGUF blocks (`out` rows of `inp` elements) when they are in a format computed
     /// natively; `None` otherwise.
-    pub fn from_file_blocks(
+    #[cfg(test)]
+    pub(crate) fn from_file_blocks(
         ggml_type: GgmlType,
         bytes: &[u8],
         out: usize,
@@ -112,7 +113,10 @@ impl Linear {
     /// Wraps a matrix of `inp` columns whose row blocks the file stores each in its own
     /// format (`(format, bytes, rows)`, stacked in order), when every one is computed
     /// natively; `None` otherwise.
-    pub fn from_file_parts(parts: &[(GgmlType, &[u8], usize)], inp: usize) -> Option<Linear> {
+    pub(crate) fn from_file_parts(
+        parts: &[(GgmlType, &[u8], usize)],
+        inp: usize,
+    ) -> Option<Linear> {
         if !inp.is_multiple_of(QK) {
             return None;
         }
@@ -139,12 +143,13 @@ impl Linear {
     }
 
     /// Rows of the matrix (the output's width).
-    pub fn out(&self) -> usize {
+    pub(crate) fn out(&self) -> usize {
         self.out
     }
 
     /// Bytes the weights take.
-    pub fn weight_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn weight_bytes(&self) -> usize {
         match &self.w {
             Weights::F32(w) => w.len() * 4,
             Weights::Blocks(parts) => parts.iter().map(|p| p.panels.bytes()).sum(),
@@ -152,7 +157,7 @@ impl Linear {
     }
 
     /// `y[t, out] = x[t, in] · W^T`.
-    pub fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
+    pub(crate) fn forward(&self, x: &[f32], t: usize, y: &mut [f32]) {
         assert_eq!(x.len(), t * self.inp);
         assert_eq!(y.len(), t * self.out);
         match &self.w {

@@ -16,16 +16,16 @@
 //! pairs: 6.625 bits per weight (the file's 6.5625).
 
 use half::f16;
-use model::gguf::quant::GgmlType;
+use model::GgmlType;
 
 /// Weight rows per panel.
-pub const PANEL_ROWS: usize = 4;
+pub(super) const PANEL_ROWS: usize = 4;
 /// Elements per block, in every format here.
-pub const QK: usize = 32;
+pub(crate) const QK: usize = 32;
 
 /// The block formats computed without dequantizing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BlockFormat {
+pub(super) enum BlockFormat {
     /// `x = (q - 8) d`, against Q8_0 activations.
     Q4_0,
     /// `x = q d + m`, against Q8_1 activations (which carry `d Σq` for the `m` term).
@@ -40,7 +40,7 @@ pub enum BlockFormat {
 }
 
 impl BlockFormat {
-    pub fn from_ggml(t: GgmlType) -> Option<BlockFormat> {
+    pub(super) fn from_ggml(t: GgmlType) -> Option<BlockFormat> {
         match t {
             GgmlType::Q4_0 => Some(BlockFormat::Q4_0),
             GgmlType::Q4_1 => Some(BlockFormat::Q4_1),
@@ -62,7 +62,7 @@ impl BlockFormat {
     }
 
     /// Bytes of one scale in a block: f16, or one byte for the k-quants' small integers.
-    pub const fn scale_width(self) -> usize {
+    pub(super) const fn scale_width(self) -> usize {
         match self {
             BlockFormat::Q4K | BlockFormat::Q6K => 1,
             _ => 2,
@@ -83,7 +83,7 @@ impl BlockFormat {
     }
 
     /// Bytes of one row's quants in a block.
-    pub const fn quant_bytes(self) -> usize {
+    pub(super) const fn quant_bytes(self) -> usize {
         match self {
             BlockFormat::Q8_0 => 32,
             BlockFormat::Q6K => 24,
@@ -92,17 +92,17 @@ impl BlockFormat {
     }
 
     /// Bytes of one panel block.
-    pub const fn panel_block_bytes(self) -> usize {
+    pub(super) const fn panel_block_bytes(self) -> usize {
         PANEL_ROWS * self.unit_bytes()
     }
 
     /// Offset of the quants in a panel block.
-    pub const fn quants_offset(self) -> usize {
+    pub(super) const fn quants_offset(self) -> usize {
         PANEL_ROWS * self.scales() * self.scale_width()
     }
 
     /// Blocks per super-block: 8 for the k-quants, whose super-blocks carry a header.
-    pub const fn super_blocks(self) -> usize {
+    pub(super) const fn super_blocks(self) -> usize {
         match self {
             BlockFormat::Q4K | BlockFormat::Q6K => 8,
             _ => 1,
@@ -110,7 +110,7 @@ impl BlockFormat {
     }
 
     /// Bytes of a super-block's header: f32 scales per row (Q4_K `d` and `-dmin`, Q6_K `d`).
-    pub const fn header_bytes(self) -> usize {
+    pub(super) const fn header_bytes(self) -> usize {
         match self {
             BlockFormat::Q4K => 2 * 4 * PANEL_ROWS,
             BlockFormat::Q6K => 4 * PANEL_ROWS,
@@ -119,28 +119,28 @@ impl BlockFormat {
     }
 
     /// Bytes of a panel's super-block: header and blocks.
-    pub const fn super_bytes(self) -> usize {
+    pub(super) const fn super_bytes(self) -> usize {
         self.header_bytes() + self.super_blocks() * self.panel_block_bytes()
     }
 
     /// Offset of block `b` in a panel.
-    pub const fn block_offset(self, b: usize) -> usize {
+    pub(super) const fn block_offset(self, b: usize) -> usize {
         let n = self.super_blocks();
         b / n * self.super_bytes() + self.header_bytes() + b % n * self.panel_block_bytes()
     }
 
     /// Offset of the header of block `b`'s super-block in a panel.
-    pub const fn header_offset(self, b: usize) -> usize {
+    pub(super) const fn header_offset(self, b: usize) -> usize {
         b / self.super_blocks() * self.super_bytes()
     }
 
     /// Bytes of a panel of `blocks` blocks (a whole number of super-blocks).
-    pub const fn panel_bytes(self, blocks: usize) -> usize {
+    pub(super) const fn panel_bytes(self, blocks: usize) -> usize {
         blocks / self.super_blocks() * self.super_bytes()
     }
 
     /// Whether the activations need their per-block sums (`d Σq`), Q8_1 rather than Q8_0.
-    pub fn needs_sums(self) -> bool {
+    pub(super) fn needs_sums(self) -> bool {
         matches!(self, BlockFormat::Q4_1 | BlockFormat::Q4K)
     }
 
@@ -159,7 +159,7 @@ impl BlockFormat {
                     out.extend((-dmin).to_le_bytes());
                     let (scales, qs) = (&b[4..16], &b[16..]);
                     for j in 0..8 {
-                        let (sc, min) = model::gguf::quant::q4k_scale_min(j, scales);
+                        let (sc, min) = model::q4k_scale_min(j, scales);
                         out.extend([sc, min]);
                         // Sub-block j is the low (even j) or high (odd j) nibbles of 32 bytes.
                         let q = &qs[32 * (j / 2)..][..32];
@@ -200,7 +200,7 @@ impl BlockFormat {
 }
 
 /// A `[out, inp]` weight matrix as panels (the last one padded with zero rows).
-pub struct Panels {
+pub(super) struct Panels {
     pub format: BlockFormat,
     /// Blocks per row.
     pub blocks: usize,
@@ -210,7 +210,12 @@ pub struct Panels {
 
 impl Panels {
     /// Repacks `bytes`, `out` rows of `inp / 32` blocks of `format` as a GGUF file stores them.
-    pub fn from_file_blocks(format: BlockFormat, bytes: &[u8], out: usize, inp: usize) -> Panels {
+    pub(super) fn from_file_blocks(
+        format: BlockFormat,
+        bytes: &[u8],
+        out: usize,
+        inp: usize,
+    ) -> Panels {
         let row_bytes = format
             .ggml()
             .bytes_for(inp as u64)
@@ -267,12 +272,13 @@ impl Panels {
     }
 
     /// Panel `p`'s blocks.
-    pub fn panel(&self, p: usize) -> &[u8] {
+    pub(super) fn panel(&self, p: usize) -> &[u8] {
         let len = self.format.panel_bytes(self.blocks);
         &self.bytes[p * len..(p + 1) * len]
     }
 
-    pub fn bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(super) fn bytes(&self) -> usize {
         self.bytes.len()
     }
 }

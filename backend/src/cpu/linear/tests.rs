@@ -1,5 +1,5 @@
 use half::f16;
-use model::gguf::quant::{dequantize, GgmlType};
+use model::{dequantize, GgmlType};
 
 use super::activations::quantize_block;
 use super::kernels::{self, Acts, Isa, MAX_X};

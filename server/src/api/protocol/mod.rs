@@ -5,5 +5,5 @@
 mod request;
 mod response;
 
-pub use request::*;
-pub use response::*;
+pub(crate) use request::*;
+pub(crate) use response::*;

@@ -4,20 +4,20 @@
 use serde::Deserialize;
 
 use crate::api::error::ApiError;
-use engine::sampling::SamplingParams;
-use engine::structured::ConstraintSpec;
+use engine::ConstraintSpec;
+use engine::SamplingParams;
 use model::ChatMessage;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum OneOrMany {
+pub(crate) enum OneOrMany {
     One(String),
     Many(Vec<String>),
 }
 
 impl OneOrMany {
-    pub fn into_vec(self) -> Vec<String> {
+    pub(crate) fn into_vec(self) -> Vec<String> {
         match self {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
@@ -26,7 +26,7 @@ impl OneOrMany {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct StreamOptions {
+pub(crate) struct StreamOptions {
     pub include_usage: Option<bool>,
     pub continuous_usage_stats: Option<bool>,
 }
@@ -34,14 +34,14 @@ pub struct StreamOptions {
 /// What a stream reports of usage: a last chunk with the totals (`include_usage`), and the
 /// counts so far on every chunk (`continuous_usage_stats`, vLLM's extension).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct StreamUsage {
+pub(crate) struct StreamUsage {
     pub include_usage: bool,
     pub continuous: bool,
 }
 
 /// Parameters shared by completions and chat completions.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct CommonParams {
+pub(crate) struct CommonParams {
     pub model: Option<String>,
     pub max_tokens: Option<i64>,
     pub temperature: Option<f32>,
@@ -73,24 +73,32 @@ pub struct CommonParams {
 /// OpenAI's `response_format`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ResponseFormat {
+pub(crate) enum ResponseFormat {
     Text,
     JsonObject,
     JsonSchema { json_schema: JsonSchemaFormat },
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct JsonSchemaFormat {
+pub(crate) struct JsonSchemaFormat {
     pub name: Option<String>,
+    #[expect(
+        dead_code,
+        reason = "accepted as the OpenAI API defines it; the model is not told"
+    )]
     pub description: Option<String>,
     pub schema: Option<serde_json::Value>,
+    #[expect(
+        dead_code,
+        reason = "accepted as the OpenAI API defines it; schemas always bind"
+    )]
     pub strict: Option<bool>,
 }
 
 /// vLLM's `structured_outputs`: at most one of its constraints.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct StructuredOutputs {
+pub(crate) struct StructuredOutputs {
     /// A JSON schema, as an object or as a string holding one.
     pub json: Option<serde_json::Value>,
     pub regex: Option<String>,
@@ -101,21 +109,21 @@ pub struct StructuredOutputs {
 }
 
 /// The most choices one request may ask for of each prompt.
-pub const MAX_N: i64 = 128;
+pub(crate) const MAX_N: i64 = 128;
 
 /// The most prompts one completions request may list (vLLM's `VLLM_MAX_COMPLETION_PROMPTS`
 /// default), before any is tokenized.
-pub const MAX_PROMPTS: usize = 1024;
+pub(crate) const MAX_PROMPTS: usize = 1024;
 
 /// The most choices one request may ask for in all (prompts times `n`): each is an engine
 /// request, and one request body must not queue more than the engine's default
 /// `--max-num-seqs` four times over.
-pub const MAX_CHOICES: usize = 1024;
+pub(crate) const MAX_CHOICES: usize = 1024;
 
 impl CommonParams {
     /// Sampling parameters (vLLM's defaults where a field is absent), validated; `logprobs`
     /// comes from the field `logprobs_param` names (chat's `top_logprobs`).
-    pub fn sampling(
+    pub(crate) fn sampling(
         &self,
         logprobs: Option<i64>,
         logprobs_param: &'static str,
@@ -160,7 +168,7 @@ impl CommonParams {
         Ok(p)
     }
 
-    pub fn n(&self) -> Result<usize, ApiError> {
+    pub(crate) fn n(&self) -> Result<usize, ApiError> {
         match self.n.unwrap_or(1) {
             n @ 1..=MAX_N => Ok(n as usize),
             n => Err(ApiError::bad_request(
@@ -171,13 +179,13 @@ impl CommonParams {
     }
 
     /// Whether the client asked for a stream.
-    pub fn is_stream(&self) -> bool {
+    pub(crate) fn is_stream(&self) -> bool {
         self.stream == Some(true)
     }
 
     /// The stream's usage reporting when the client asked for a stream; `stream_options`
     /// without `stream: true` is refused, as vLLM refuses it.
-    pub fn streaming(&self) -> Result<Option<StreamUsage>, ApiError> {
+    pub(crate) fn streaming(&self) -> Result<Option<StreamUsage>, ApiError> {
         let options = self.stream_options.clone().unwrap_or_default();
         if !self.is_stream() {
             if self.stream_options.is_some() {
@@ -194,7 +202,7 @@ impl CommonParams {
         }))
     }
 
-    pub fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
+    pub(crate) fn stop_strings(&self) -> Result<Vec<String>, ApiError> {
         let stop = self
             .stop
             .clone()
@@ -214,7 +222,7 @@ impl CommonParams {
     /// The constraint the request puts on its output, with the field that asks for it: at most
     /// one of `response_format` (other than text), `structured_outputs`' fields and the
     /// `guided_*` fields, as vLLM allows one.
-    pub fn constraint(&self) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
+    pub(crate) fn constraint(&self) -> Result<Option<(ConstraintSpec, &'static str)>, ApiError> {
         let mut found: Vec<(ConstraintSpec, &'static str)> = Vec::new();
         match &self.response_format {
             None | Some(ResponseFormat::Text) => {}
@@ -306,7 +314,7 @@ fn schema_value(v: &serde_json::Value, param: &str) -> Result<serde_json::Value,
 /// `prompt`: a string, a list of strings, token ids, or a list of lists of token ids.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum Prompt {
+pub(crate) enum Prompt {
     Text(String),
     Texts(Vec<String>),
     Tokens(Vec<u32>),
@@ -316,7 +324,7 @@ pub enum Prompt {
 /// The completion-only fields (the shared ones are parsed separately as [`CommonParams`], so
 /// that errors keep the path to the offending field, which `#[serde(flatten)]` would lose).
 #[derive(Debug, Clone, Deserialize)]
-pub struct CompletionRequest {
+pub(crate) struct CompletionRequest {
     pub prompt: Prompt,
     pub logprobs: Option<i64>,
     pub echo: Option<bool>,
@@ -325,20 +333,20 @@ pub struct CompletionRequest {
 /// Message content: a string, or a list of parts of which the text ones are used.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-pub enum Content {
+pub(crate) enum Content {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ContentPart {
+pub(crate) struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
     pub text: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ChatMessageIn {
+pub(crate) struct ChatMessageIn {
     pub role: String,
     pub content: Option<Content>,
     /// An assistant's earlier calls (OpenAI's shape, the arguments a JSON string).
@@ -350,7 +358,7 @@ pub struct ChatMessageIn {
 
 /// The chat-only fields (see [`CompletionRequest`] for why the shared ones are separate).
 #[derive(Debug, Clone, Deserialize)]
-pub struct ChatRequest {
+pub(crate) struct ChatRequest {
     pub messages: Vec<ChatMessageIn>,
     pub max_completion_tokens: Option<i64>,
     pub logprobs: Option<bool>,
@@ -364,7 +372,7 @@ pub struct ChatRequest {
 impl ChatRequest {
     /// The tools as the chat template gets them (their JSON, as the client sent it), unless
     /// `tool_choice` is `none`.
-    pub fn tool_definitions(&self) -> Option<Vec<serde_json::Value>> {
+    pub(crate) fn tool_definitions(&self) -> Option<Vec<serde_json::Value>> {
         let none = matches!(&self.tool_choice, Some(crate::api::tools::ToolChoice::Mode(m)) if m == "none");
         let tools = self.tools.as_ref().filter(|t| !t.is_empty() && !none)?;
         Some(
@@ -375,13 +383,13 @@ impl ChatRequest {
         )
     }
 
-    pub fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
+    pub(crate) fn messages(&self) -> Result<Vec<ChatMessage>, ApiError> {
         chat_messages(&self.messages)
     }
 }
 
 /// The messages a chat template renders, with their text parts joined.
-pub fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
+pub(crate) fn chat_messages(messages: &[ChatMessageIn]) -> Result<Vec<ChatMessage>, ApiError> {
     if messages.is_empty() {
         return Err(ApiError::bad_request(
             "messages must not be empty",

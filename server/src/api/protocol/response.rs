@@ -5,12 +5,12 @@
 
 use serde::Serialize;
 
-use engine::scheduler::StopReason;
+use engine::StopReason;
 
 /// What every response and chunk of one request carries besides its `object` kind, and what
 /// shaping them needs to know of the request.
 #[derive(Debug, Clone)]
-pub struct Head {
+pub(crate) struct Head {
     pub id: String,
     pub created: u64,
     pub model: String,
@@ -24,7 +24,7 @@ pub struct Head {
 
 /// Token counts, with vLLM's `prompt_tokens_details`.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct UsageOut {
+pub(crate) struct UsageOut {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
@@ -32,7 +32,7 @@ pub struct UsageOut {
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct PromptTokensDetails {
+pub(crate) struct PromptTokensDetails {
     /// Prompt tokens served from the prefix cache.
     pub cached_tokens: usize,
 }
@@ -40,7 +40,7 @@ pub struct PromptTokensDetails {
 /// vLLM's `stop_reason`: the stop token id or the stop string that ended a choice.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
-pub enum StopReasonOut {
+pub(crate) enum StopReasonOut {
     Token(u32),
     Text(String),
 }
@@ -56,7 +56,7 @@ impl From<&StopReason> for StopReasonOut {
 
 /// `POST /v1/completions`, whole.
 #[derive(Debug, Serialize)]
-pub struct CompletionResponse {
+pub(crate) struct CompletionResponse {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
@@ -67,7 +67,7 @@ pub struct CompletionResponse {
 
 /// One choice of a completion, or its new text in a chunk.
 #[derive(Debug, Serialize)]
-pub struct CompletionChoice {
+pub(crate) struct CompletionChoice {
     pub index: usize,
     pub text: String,
     pub logprobs: Option<CompletionLogprobs>,
@@ -79,7 +79,7 @@ pub struct CompletionChoice {
 /// tokens, their log-probabilities, their alternatives (token text to log-probability; `null`
 /// for an echoed prompt's first token) and their offsets in the choice's text.
 #[derive(Debug, Serialize)]
-pub struct CompletionLogprobs {
+pub(crate) struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f64>>,
     pub top_logprobs: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
@@ -89,7 +89,7 @@ pub struct CompletionLogprobs {
 /// A chunk of a streamed completion. The last chunk of a stream with `include_usage` has no
 /// choices and the usage; with `continuous_usage_stats` every chunk has the usage so far.
 #[derive(Debug, Serialize)]
-pub struct CompletionChunk {
+pub(crate) struct CompletionChunk {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
@@ -101,7 +101,7 @@ pub struct CompletionChunk {
 
 /// `POST /v1/chat/completions`, whole.
 #[derive(Debug, Serialize)]
-pub struct ChatCompletionResponse {
+pub(crate) struct ChatCompletionResponse {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
@@ -111,7 +111,7 @@ pub struct ChatCompletionResponse {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ChatChoice {
+pub(crate) struct ChatChoice {
     pub index: usize,
     pub message: AssistantMessage,
     pub logprobs: Option<ChatLogprobs>,
@@ -120,7 +120,7 @@ pub struct ChatChoice {
 }
 
 #[derive(Debug, Serialize)]
-pub struct AssistantMessage {
+pub(crate) struct AssistantMessage {
     pub role: &'static str,
     /// `null` when the model only called tools.
     pub content: Option<String>,
@@ -130,7 +130,7 @@ pub struct AssistantMessage {
 
 /// A call of one of the request's tools.
 #[derive(Debug, Clone, Serialize)]
-pub struct ToolCallOut {
+pub(crate) struct ToolCallOut {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -138,7 +138,7 @@ pub struct ToolCallOut {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FunctionCallOut {
+pub(crate) struct FunctionCallOut {
     pub name: String,
     /// The arguments, as a JSON text.
     pub arguments: String,
@@ -147,7 +147,7 @@ pub struct FunctionCallOut {
 /// A tool call in a stream: the first delta of a call has its id, type and name; the
 /// arguments' text may come in pieces.
 #[derive(Debug, Clone, Serialize)]
-pub struct DeltaToolCall {
+pub(crate) struct DeltaToolCall {
     pub index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -157,7 +157,7 @@ pub struct DeltaToolCall {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct DeltaFunctionCall {
+pub(crate) struct DeltaFunctionCall {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     pub arguments: String,
@@ -165,12 +165,12 @@ pub struct DeltaFunctionCall {
 
 /// A chat choice's log-probabilities: one entry per token, with its alternatives.
 #[derive(Debug, Serialize)]
-pub struct ChatLogprobs {
+pub(crate) struct ChatLogprobs {
     pub content: Vec<ChatTokenLogprob>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct ChatTokenLogprob {
+pub(crate) struct ChatTokenLogprob {
     pub token: String,
     pub logprob: Option<f64>,
     /// The token's UTF-8 bytes.
@@ -179,7 +179,7 @@ pub struct ChatTokenLogprob {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ChatTopLogprob {
+pub(crate) struct ChatTopLogprob {
     pub token: String,
     pub logprob: f64,
     pub bytes: Vec<u8>,
@@ -187,7 +187,7 @@ pub struct ChatTopLogprob {
 
 /// A chunk of a streamed chat completion (see [`CompletionChunk`] for the usage).
 #[derive(Debug, Serialize)]
-pub struct ChatCompletionChunk {
+pub(crate) struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
@@ -198,7 +198,7 @@ pub struct ChatCompletionChunk {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ChatChunkChoice {
+pub(crate) struct ChatChunkChoice {
     pub index: usize,
     pub delta: ChatDelta,
     pub logprobs: Option<ChatLogprobs>,
@@ -212,7 +212,7 @@ pub struct ChatChunkChoice {
 /// New message content; the first chunk of a choice also names the role. A tool call's chunks
 /// carry `tool_calls` instead of content.
 #[derive(Debug, Serialize)]
-pub struct ChatDelta {
+pub(crate) struct ChatDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -223,14 +223,14 @@ pub struct ChatDelta {
 
 /// `GET /v1/models`.
 #[derive(Debug, Serialize)]
-pub struct ModelList {
+pub(crate) struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelCard>,
 }
 
 /// One served model, as `/v1/models` lists it.
 #[derive(Debug, Serialize)]
-pub struct ModelCard {
+pub(crate) struct ModelCard {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
@@ -244,7 +244,7 @@ pub struct ModelCard {
 /// vLLM's `ModelPermission`, which its model cards carry (OpenAI's old field), with vLLM's
 /// values: sampling, logprobs and viewing allowed, nothing else.
 #[derive(Debug, Serialize)]
-pub struct ModelPermission {
+pub(crate) struct ModelPermission {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
@@ -260,7 +260,7 @@ pub struct ModelPermission {
 }
 
 impl ModelPermission {
-    pub fn new(created: u64) -> ModelPermission {
+    pub(crate) fn new(created: u64) -> ModelPermission {
         ModelPermission {
             id: crate::api::request_id("modelperm"),
             object: "model_permission",
@@ -280,7 +280,7 @@ impl ModelPermission {
 
 /// `POST /tokenize`.
 #[derive(Debug, Serialize)]
-pub struct TokenizeResponse {
+pub(crate) struct TokenizeResponse {
     pub count: usize,
     pub max_model_len: usize,
     pub tokens: Vec<u32>,
@@ -290,6 +290,6 @@ pub struct TokenizeResponse {
 
 /// `POST /detokenize`.
 #[derive(Debug, Serialize)]
-pub struct DetokenizeResponse {
+pub(crate) struct DetokenizeResponse {
     pub prompt: String,
 }

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-pub mod notify;
-pub mod prometheus;
+pub(crate) mod notify;
+pub(crate) mod prometheus;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -14,16 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The binary cargo built for these tests.
-pub const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+pub(crate) const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
 
 /// The default model, fetched by `cargo xtask fetch-model` (which `cargo xtask test` runs).
-pub const MODEL: &str = concat!(
+pub(crate) const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
 );
 
 /// Panics with the command to run when the default model has not been fetched.
-pub fn require_model() -> &'static str {
+pub(crate) fn require_model() -> &'static str {
     assert!(
         std::path::Path::new(MODEL).exists(),
         "{MODEL} is missing: run `cargo xtask fetch-model` (cargo xtask test does)"
@@ -32,7 +32,7 @@ pub fn require_model() -> &'static str {
 }
 
 /// A running `vigil serve`, killed on drop.
-pub struct Vigil {
+pub(crate) struct Vigil {
     child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
@@ -41,17 +41,17 @@ pub struct Vigil {
 impl Vigil {
     /// Starts `vigil serve MODEL --host 127.0.0.1 --port 0 <args>` with the default model and
     /// waits until it listens.
-    pub fn serve(args: &[&str]) -> Vigil {
+    pub(crate) fn serve(args: &[&str]) -> Vigil {
         Self::serve_as(&[], args)
     }
 
     /// Like [`Vigil::serve`], run through `wrapper` (e.g. `setpriv ...` to drop privileges).
-    pub fn serve_as(wrapper: &[&str], args: &[&str]) -> Vigil {
+    pub(crate) fn serve_as(wrapper: &[&str], args: &[&str]) -> Vigil {
         Self::serve_with(wrapper, args, &[])
     }
 
     /// Like [`Vigil::serve`], with `envs` added to its environment.
-    pub fn serve_env(args: &[&str], envs: &[(&str, &str)]) -> Vigil {
+    pub(crate) fn serve_env(args: &[&str], envs: &[(&str, &str)]) -> Vigil {
         Self::serve_with(&[], args, envs)
     }
 
@@ -80,7 +80,7 @@ impl Vigil {
 
     /// Runs `command` (a `vigil serve` however started) with `RUST_LOG=info` unless it sets
     /// its own, and waits until it logs the address it listens on.
-    pub fn spawn(mut command: Command) -> Vigil {
+    pub(crate) fn spawn(mut command: Command) -> Vigil {
         if !command.get_envs().any(|(k, _)| k == "RUST_LOG") {
             command.env("RUST_LOG", "info");
         }
@@ -121,24 +121,24 @@ impl Vigil {
     }
 
     /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Sends SIGTERM and waits (at most `timeout`) for the process to exit; returns its status.
-    pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
         self.send_sigterm();
         self.wait_exit(timeout)
     }
 
     /// Sends SIGTERM and returns at once.
-    pub fn send_sigterm(&self) {
+    pub(crate) fn send_sigterm(&self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
     /// Waits (at most `timeout`) for the process to exit; returns its status.
-    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait for vigil") {
@@ -154,26 +154,26 @@ impl Vigil {
     }
 
     /// Kills the server now (and waits for it).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
 
     /// GET `path` with optional `Accept`; returns (status, content type, body).
-    pub fn get(&self, path: &str, accept: Option<&str>) -> (u16, String, String) {
+    pub(crate) fn get(&self, path: &str, accept: Option<&str>) -> (u16, String, String) {
         http_get(&self.url(path), accept)
     }
 
     /// The Prometheus text exposition.
-    pub fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         let (status, _, body) = self.get("/metrics", None);
         assert_eq!(status, 200);
         body
@@ -188,7 +188,7 @@ impl Drop for Vigil {
 }
 
 /// POST `body` as JSON to `url`; returns (status, body) whatever the status.
-pub fn http_post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
+pub(crate) fn http_post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(120)))
@@ -204,7 +204,7 @@ pub fn http_post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> (u16, Stri
 }
 
 /// The value of the first sample line of `exposition` that starts with `prefix`.
-pub fn sample(exposition: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn sample(exposition: &str, prefix: &str) -> Option<f64> {
     exposition
         .lines()
         .find(|l| l.starts_with(prefix))
@@ -212,7 +212,7 @@ pub fn sample(exposition: &str, prefix: &str) -> Option<f64> {
 }
 
 /// GET `url`; returns (status, content type, body) whatever the status.
-pub fn http_get(url: &str, accept: Option<&str>) -> (u16, String, String) {
+pub(crate) fn http_get(url: &str, accept: Option<&str>) -> (u16, String, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -235,7 +235,7 @@ pub fn http_get(url: &str, accept: Option<&str>) -> (u16, String, String) {
 }
 
 /// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -244,7 +244,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -259,7 +259,7 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 
 /// Runs `promtool check metrics` on `exposition`: its exit status (0 clean, 3 lint findings
 /// only, 1 when it cannot parse the exposition) and what it printed.
-pub fn promtool_check(exposition: &str) -> (Option<i32>, String) {
+pub(crate) fn promtool_check(exposition: &str) -> (Option<i32>, String) {
     use std::io::Write;
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
@@ -286,7 +286,7 @@ pub fn promtool_check(exposition: &str) -> (Option<i32>, String) {
 /// Runs `promtool check metrics` on `exposition` and returns the problems it reports that are
 /// not the two inherent to vLLM's names (colons in names, and `vllm:iteration_tokens_total`
 /// being a histogram whose name ends in `_total`). Parse errors always count.
-pub fn promtool_problems(exposition: &str) -> Vec<String> {
+pub(crate) fn promtool_problems(exposition: &str) -> Vec<String> {
     let (code, text) = promtool_check(exposition);
     // promtool exits 0 when clean, 3 when only lint problems were found, 1 on parse errors.
     let mut problems: Vec<String> = text
@@ -308,7 +308,7 @@ pub fn promtool_problems(exposition: &str) -> Vec<String> {
 /// Sends a streaming `POST /v1/completions` with `body` over a raw connection to `addr` and
 /// returns once the first SSE `data:` event has arrived, with the connection still open (drop it,
 /// or shut it down, to play a client that goes away).
-pub fn stream_until_first_event(
+pub(crate) fn stream_until_first_event(
     addr: impl std::net::ToSocketAddrs,
     body: &str,
 ) -> std::net::TcpStream {
@@ -335,7 +335,7 @@ pub fn stream_until_first_event(
 /// The catalog series names (`vllm:`, `dynamo_`, `vigil_` prefixes) a PromQL expression reads,
 /// each with the catalog entry of its family, or `None` when no entry has it: the check that
 /// rules and dashboards only name series Vigil emits.
-pub fn series_in_promql(
+pub(crate) fn series_in_promql(
     expr: &str,
 ) -> Vec<(String, Option<&'static exporter::catalog::MetricDef>)> {
     use exporter::catalog::{find, Kind};
@@ -369,13 +369,13 @@ pub fn series_in_promql(
 
 /// The folder of the simulated GPU's libraries (`cuda-sim`, built and linked by `cargo xtask
 /// test`, which names the folder in `VIGIL_CUDA_SIM`).
-pub fn simulator() -> String {
+pub(crate) fn simulator() -> String {
     std::env::var("VIGIL_CUDA_SIM")
         .expect("VIGIL_CUDA_SIM names no simulator: run the tests with `cargo xtask test`")
 }
 
 /// `LD_LIBRARY_PATH` with `dir` first.
-pub fn library_path_with(dir: &str) -> String {
+pub(crate) fn library_path_with(dir: &str) -> String {
     match std::env::var("LD_LIBRARY_PATH") {
         Ok(rest) => format!("{dir}:{rest}"),
         Err(_) => dir.to_owned(),
@@ -385,7 +385,7 @@ pub fn library_path_with(dir: &str) -> String {
 /// The environment under which `vigil` sees the GPUs of `cuda-sim/profiles/{profile}.json`
 /// through the simulated NVML. Serve with `--device cpu`: the simulator's folder holds the
 /// simulated CUDA driver too.
-pub fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
     let sim = simulator();
     vec![
         ("LD_LIBRARY_PATH", library_path_with(&sim)),
@@ -402,7 +402,7 @@ pub fn simulated_node(profile: &str) -> Vec<(&'static str, String)> {
 
 /// `vigil probe`, the node agent, in front of the engine whose `/metrics` is at
 /// `engine_metrics_url`, on a free loopback port, polling its probes every 0.2 s.
-pub fn agent_command(engine_metrics_url: &str) -> Command {
+pub(crate) fn agent_command(engine_metrics_url: &str) -> Command {
     let mut command = Command::new(VIGIL);
     command.args([
         "probe",
@@ -419,7 +419,7 @@ pub fn agent_command(engine_metrics_url: &str) -> Command {
 }
 
 /// `GET path` with the request header lines `extra`, over a raw connection: (head, body bytes).
-pub fn raw_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
+pub(crate) fn raw_get(addr: std::net::SocketAddr, path: &str, extra: &str) -> (String, Vec<u8>) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     write!(

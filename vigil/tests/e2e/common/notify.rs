@@ -5,14 +5,14 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 /// A socket standing in for systemd's `NOTIFY_SOCKET`, recording every message with its time.
-pub struct NotifySocket {
+pub(crate) struct NotifySocket {
     socket: UnixDatagram,
     path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl NotifySocket {
-    pub fn new() -> NotifySocket {
+    pub(crate) fn new() -> NotifySocket {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("notify");
         let socket = UnixDatagram::bind(&path).unwrap();
@@ -23,16 +23,16 @@ impl NotifySocket {
         }
     }
 
-    pub fn path_buf(&self) -> &std::path::Path {
+    pub(crate) fn path_buf(&self) -> &std::path::Path {
         &self.path
     }
 
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.path.to_str().unwrap()
     }
 
     /// The next message, or None after `timeout`.
-    pub fn recv(&self, timeout: Duration) -> Option<(Instant, String)> {
+    pub(crate) fn recv(&self, timeout: Duration) -> Option<(Instant, String)> {
         self.socket.set_read_timeout(Some(timeout)).unwrap();
         let mut buf = [0u8; 4096];
         let n = self.socket.recv(&mut buf).ok()?;
@@ -43,7 +43,7 @@ impl NotifySocket {
     }
 
     /// Messages up to and including the first containing `needle`; panics after `timeout`.
-    pub fn until(&self, needle: &str, timeout: Duration) -> Vec<(Instant, String)> {
+    pub(crate) fn until(&self, needle: &str, timeout: Duration) -> Vec<(Instant, String)> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
@@ -61,7 +61,7 @@ impl NotifySocket {
 }
 
 /// How many of `msgs` carry the line `line`.
-pub fn count(msgs: &[(Instant, String)], line: &str) -> usize {
+pub(crate) fn count(msgs: &[(Instant, String)], line: &str) -> usize {
     msgs.iter()
         .filter(|(_, m)| m.lines().any(|l| l == line))
         .count()

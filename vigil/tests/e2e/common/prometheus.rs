@@ -8,25 +8,25 @@ use serde_json::Value;
 
 use super::{free_port, http_get, wait_for};
 
-pub struct Prometheus {
+pub(crate) struct Prometheus {
     child: Child,
     port: u16,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    pub fn start(targets: &[(&str, String)]) -> Prometheus {
+    pub(crate) fn start(targets: &[(&str, String)]) -> Prometheus {
         Self::start_with_rules(targets, &[])
     }
 
     /// A Prometheus that scrapes nothing and answers from the TSDB in `data` (blocks written
     /// by `promtool tsdb create-blocks-from`).
-    pub fn start_on_data(data: &std::path::Path) -> Prometheus {
+    pub(crate) fn start_on_data(data: &std::path::Path) -> Prometheus {
         Self::launch(&[], &[], Some(data))
     }
 
     /// Like [`Prometheus::start`], evaluating the rule files `rules` every second.
-    pub fn start_with_rules(
+    pub(crate) fn start_with_rules(
         targets: &[(&str, String)],
         rules: &[std::path::PathBuf],
     ) -> Prometheus {
@@ -87,7 +87,7 @@ impl Prometheus {
         p
     }
 
-    pub fn api(&self, path_and_query: &str) -> Value {
+    pub(crate) fn api(&self, path_and_query: &str) -> Value {
         let (status, _, body) = http_get(
             &format!("http://127.0.0.1:{}{}", self.port, path_and_query),
             None,
@@ -99,7 +99,7 @@ impl Prometheus {
     }
 
     /// The result of `promql` evaluated at `time` (seconds since the epoch).
-    pub fn query_at(&self, promql: &str, time: f64) -> Vec<Value> {
+    pub(crate) fn query_at(&self, promql: &str, time: f64) -> Vec<Value> {
         let q = encode(promql);
         self.api(&format!("/api/v1/query?query={q}&time={time}"))["result"]
             .as_array()
@@ -107,7 +107,7 @@ impl Prometheus {
             .clone()
     }
 
-    pub fn query(&self, promql: &str) -> Vec<Value> {
+    pub(crate) fn query(&self, promql: &str) -> Vec<Value> {
         let q = encode(promql);
         self.api(&format!("/api/v1/query?query={q}"))["result"]
             .as_array()
@@ -116,7 +116,7 @@ impl Prometheus {
     }
 
     /// Waits until every job's target has been scraped successfully.
-    pub fn wait_up(&self, jobs: &[&str]) {
+    pub(crate) fn wait_up(&self, jobs: &[&str]) {
         wait_for("all targets up", Duration::from_secs(60), || {
             let targets = self.api("/api/v1/targets");
             let active = targets["activeTargets"].as_array().unwrap();
@@ -148,7 +148,7 @@ impl Drop for Prometheus {
 }
 
 /// Percent-encodes a query parameter.
-pub fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
