@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The time of a step's last sign of progress, read by the watchdog.
 pub struct Heartbeat {
     base: Instant,
     /// Milliseconds after `base` of the last beat.
@@ -19,6 +20,7 @@ impl Default for Heartbeat {
 }
 
 impl Heartbeat {
+    /// A heartbeat that beat now.
     pub fn new() -> Heartbeat {
         Heartbeat {
             base: Instant::now(),

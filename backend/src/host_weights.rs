@@ -11,6 +11,7 @@ use model::{LlamaConfig, LoadError, WeightSource};
 /// One matrix (or vector) of a layer as backends use it: the file's tensors, by canonical name
 /// and shape, whose rows are stacked in this order.
 pub struct Group {
+    /// The tensors, by name and shape, in the order they are stacked.
     pub tensors: Vec<(String, Vec<usize>)>,
 }
 
@@ -54,6 +55,7 @@ pub struct EncodedPart {
 }
 
 impl Group {
+    /// A group of one tensor.
     pub fn one(name: &str, shape: &[usize]) -> Group {
         Group {
             tensors: vec![(name.to_owned(), shape.to_vec())],

@@ -72,9 +72,13 @@ impl LogitsFor {
 /// One sequence's share of a step.
 #[derive(Debug, Clone, Copy)]
 pub struct SeqInput<'a> {
+    /// The tokens whose KV is not cached yet.
     pub tokens: &'a [u32],
+    /// The position of the first of `tokens`.
     pub start_pos: usize,
+    /// The physical KV blocks of positions `0..start_pos + tokens.len()`, in order.
     pub block_table: &'a [u32],
+    /// Which positions get logits.
     pub logits_for: LogitsFor,
 }
 
@@ -83,8 +87,11 @@ pub struct SeqInput<'a> {
 /// [`LogitsFor::Greedy`], in batch order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Logits {
+    /// The width of each row.
     pub vocab_size: usize,
+    /// The rows, one after another.
     pub data: Vec<f32>,
+    /// The greedy sequences' reductions.
     pub greedy: Vec<GreedyToken>,
 }
 
@@ -127,9 +134,11 @@ impl Logits {
         }
     }
 
+    /// How many rows `data` holds.
     pub fn rows(&self) -> usize {
         self.data.len() / self.vocab_size.max(1)
     }
+    /// Row `i`.
     pub fn row(&self, i: usize) -> &[f32] {
         &self.data[i * self.vocab_size..(i + 1) * self.vocab_size]
     }
@@ -138,27 +147,48 @@ impl Logits {
 /// A batch the backend refuses (the scheduler's bug, not the user's input).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum BackendError {
+    /// A token id the vocabulary does not have.
     #[error("sequence {seq}: token id {token} is outside the vocabulary of {vocab}")]
     TokenOutOfVocab {
+        /// The sequence's index in the batch.
         seq: usize,
+        /// The token id.
         token: u32,
+        /// The vocabulary's size.
         vocab: usize,
     },
+    /// A block table too short for the sequence's positions.
     #[error("sequence {seq}: {needed} positions need {blocks} blocks, the block table has {have}")]
     BlockTableTooShort {
+        /// The sequence's index in the batch.
         seq: usize,
+        /// Positions the step needs.
         needed: usize,
+        /// Blocks they need.
         blocks: usize,
+        /// Blocks the table has.
         have: usize,
     },
+    /// A block the cache does not have.
     #[error("sequence {seq}: block {block} does not exist (the cache has {num_blocks})")]
     BlockOutOfRange {
+        /// The sequence's index in the batch.
         seq: usize,
+        /// The block.
         block: u32,
+        /// Blocks in the cache.
         num_blocks: usize,
     },
+    /// The sequence reaches past the model's longest context.
     #[error("sequence {seq}: position {pos} exceeds the model's maximum {max}")]
-    PositionTooLarge { seq: usize, pos: usize, max: usize },
+    PositionTooLarge {
+        /// The sequence's index in the batch.
+        seq: usize,
+        /// The position past its last new token.
+        pos: usize,
+        /// The model's maximum.
+        max: usize,
+    },
     /// The device failed (a CUDA or cuBLAS error).
     #[error("device error: {0}")]
     Device(String),
@@ -175,7 +205,9 @@ pub struct KvGeometry {
 
 /// What the executor needs from a backend.
 pub trait Backend: Send {
+    /// The backend's name, for logs and `vigil_device_*` series.
     fn name(&self) -> &'static str;
+    /// The model's configuration.
     fn config(&self) -> &LlamaConfig;
     /// The KV cache it holds.
     fn kv_geometry(&self) -> KvGeometry;

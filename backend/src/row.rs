@@ -7,7 +7,9 @@
 /// (a plain greedy request: greedy, no penalties, no top log-probabilities) instead of the whole row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GreedyToken {
+    /// The most likely token.
     pub token: u32,
+    /// Its log-probability.
     pub logprob: f32,
 }
 

@@ -17,22 +17,38 @@ use crate::memory;
 use crate::ptx;
 use crate::threads::{self, Launch};
 
+/// The driver's status code (`CUresult`).
 pub type CUresult = c_uint;
+/// A device ordinal (`CUdevice`).
 pub type CUdevice = c_int;
+/// A device address (`CUdeviceptr`).
 pub type CUdeviceptr = u64;
+/// An opaque handle: context, stream, event, module or function.
 pub type Handle = *mut c_void;
 
+/// The call succeeded.
 pub const CUDA_SUCCESS: CUresult = 0;
+/// An argument is out of range.
 pub const CUDA_ERROR_INVALID_VALUE: CUresult = 1;
+/// The device's memory cannot hold the allocation.
 pub const CUDA_ERROR_OUT_OF_MEMORY: CUresult = 2;
+/// `cuInit` has not been called.
 pub const CUDA_ERROR_NOT_INITIALIZED: CUresult = 3;
+/// No device has that ordinal.
 pub const CUDA_ERROR_INVALID_DEVICE: CUresult = 101;
+/// The module image is not one this driver loads.
 pub const CUDA_ERROR_INVALID_IMAGE: CUresult = 200;
+/// The PTX declares kernels the host build lacks, or is malformed.
 pub const CUDA_ERROR_INVALID_PTX: CUresult = 218;
+/// A null or destroyed handle.
 pub const CUDA_ERROR_INVALID_HANDLE: CUresult = 400;
+/// A kernel or copy touched memory outside every allocation.
 pub const CUDA_ERROR_ILLEGAL_ADDRESS: CUresult = 700;
+/// No kernel of that name in the module.
 pub const CUDA_ERROR_NOT_FOUND: CUresult = 500;
+/// A kernel trapped or failed.
 pub const CUDA_ERROR_LAUNCH_FAILED: CUresult = 719;
+/// The call is valid but this simulation does not support it.
 pub const CUDA_ERROR_NOT_SUPPORTED: CUresult = 801;
 
 static INITIALISED: AtomicBool = AtomicBool::new(false);
@@ -67,6 +83,7 @@ macro_rules! check_device {
     };
 }
 
+/// Starts the driver (flags must be 0) and installs the out-of-bounds checker.
 #[no_mangle]
 pub extern "C" fn cuInit(flags: c_uint) -> CUresult {
     if flags != 0 {
@@ -77,12 +94,14 @@ pub extern "C" fn cuInit(flags: c_uint) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// The CUDA version this driver reports.
 #[no_mangle]
 pub unsafe extern "C" fn cuDriverGetVersion(version: *mut c_int) -> CUresult {
     *version = device::DRIVER_VERSION;
     CUDA_SUCCESS
 }
 
+/// One device.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
     check_init!();
@@ -90,6 +109,7 @@ pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// The device of `ordinal` (only 0 exists).
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> CUresult {
     check_init!();
@@ -98,6 +118,7 @@ pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> C
     CUDA_SUCCESS
 }
 
+/// The simulated device's name, truncated to `len` bytes with a terminating NUL.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     check_init!();
@@ -109,6 +130,7 @@ pub unsafe extern "C" fn cuDeviceGetName(name: *mut c_char, len: c_int, dev: CUd
     CUDA_SUCCESS
 }
 
+/// One of the device's attributes (an H100's values).
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetAttribute(
     value: *mut c_int,
@@ -130,6 +152,7 @@ pub unsafe extern "C" fn cuDeviceGetAttribute(
     }
 }
 
+/// The device's memory size.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
     check_init!();
@@ -138,6 +161,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     CUDA_SUCCESS
 }
 
+/// The device's UUID.
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
     check_init!();
@@ -146,6 +170,7 @@ pub unsafe extern "C" fn cuDeviceGetUuid(uuid: *mut [u8; 16], dev: CUdevice) -> 
     CUDA_SUCCESS
 }
 
+/// The device's UUID (the `_v2` entry point).
 #[no_mangle]
 pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut [u8; 16], dev: CUdevice) -> CUresult {
     cuDeviceGetUuid(uuid, dev)
@@ -155,6 +180,7 @@ fn primary_context() -> Handle {
     &PRIMARY_CONTEXT as *const u8 as Handle
 }
 
+/// The device's primary context (one per process).
 #[no_mangle]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CUdevice) -> CUresult {
     check_init!();
@@ -163,6 +189,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut Handle, dev: CUdevic
     CUDA_SUCCESS
 }
 
+/// Releases the primary context: nothing to free.
 #[no_mangle]
 pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
     check_init!();
@@ -170,6 +197,7 @@ pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// Makes `ctx` current on the calling thread.
 #[no_mangle]
 pub extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {
     check_init!();
@@ -180,6 +208,7 @@ pub extern "C" fn cuCtxSetCurrent(ctx: Handle) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// The calling thread's current context.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut Handle) -> CUresult {
     check_init!();
@@ -187,6 +216,7 @@ pub unsafe extern "C" fn cuCtxGetCurrent(ctx: *mut Handle) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// The current context's device.
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
     check_init!();
@@ -194,6 +224,7 @@ pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// Waits for the device: work finished when it was submitted.
 #[no_mangle]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
     check_init!();
@@ -202,6 +233,7 @@ pub extern "C" fn cuCtxSynchronize() -> CUresult {
 
 // Streams: work is done on submission, so a stream is only an identity.
 
+/// A new stream: only an identity, since work runs on submission.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreate(stream: *mut Handle, _flags: c_uint) -> CUresult {
     check_init!();
@@ -209,6 +241,7 @@ pub unsafe extern "C" fn cuStreamCreate(stream: *mut Handle, _flags: c_uint) -> 
     CUDA_SUCCESS
 }
 
+/// A new stream; priorities do not matter when work runs on submission.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamCreateWithPriority(
     stream: *mut Handle,
@@ -218,6 +251,7 @@ pub unsafe extern "C" fn cuStreamCreateWithPriority(
     cuStreamCreate(stream, flags)
 }
 
+/// Destroys a stream.
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
     check_init!();
@@ -228,18 +262,21 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// Waits for a stream: its work finished when it was submitted.
 #[no_mangle]
 pub extern "C" fn cuStreamSynchronize(_stream: Handle) -> CUresult {
     check_init!();
     CUDA_SUCCESS
 }
 
+/// A stream's state: always idle.
 #[no_mangle]
 pub extern "C" fn cuStreamQuery(_stream: Handle) -> CUresult {
     check_init!();
     CUDA_SUCCESS
 }
 
+/// Orders a stream after an event: they are always in order.
 #[no_mangle]
 pub extern "C" fn cuStreamWaitEvent(_stream: Handle, _event: Handle, _flags: c_uint) -> CUresult {
     check_init!();
@@ -252,6 +289,7 @@ struct Event {
     recorded: Mutex<Option<Instant>>,
 }
 
+/// A new event, not yet recorded.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventCreate(event: *mut Handle, _flags: c_uint) -> CUresult {
     check_init!();
@@ -261,6 +299,7 @@ pub unsafe extern "C" fn cuEventCreate(event: *mut Handle, _flags: c_uint) -> CU
     CUDA_SUCCESS
 }
 
+/// Destroys an event.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
     check_init!();
@@ -271,6 +310,7 @@ pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// Records the host's clock in `event` (the work before it is done by then).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventRecord(event: Handle, _stream: Handle) -> CUresult {
     check_init!();
@@ -281,18 +321,21 @@ pub unsafe extern "C" fn cuEventRecord(event: Handle, _stream: Handle) -> CUresu
     CUDA_SUCCESS
 }
 
+/// Waits for an event: it completed when recorded.
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(_event: Handle) -> CUresult {
     check_init!();
     CUDA_SUCCESS
 }
 
+/// An event's state: always complete once recorded.
 #[no_mangle]
 pub extern "C" fn cuEventQuery(_event: Handle) -> CUresult {
     check_init!();
     CUDA_SUCCESS
 }
 
+/// Milliseconds between two recorded events; an unrecorded one is an invalid handle.
 #[no_mangle]
 pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Handle, end: Handle) -> CUresult {
     check_init!();
@@ -314,6 +357,7 @@ pub unsafe extern "C" fn cuEventElapsedTime(ms: *mut f32, start: Handle, end: Ha
     }
 }
 
+/// Milliseconds between two recorded events (the `_v2` entry point).
 #[no_mangle]
 pub unsafe extern "C" fn cuEventElapsedTime_v2(
     ms: *mut f32,
@@ -325,6 +369,7 @@ pub unsafe extern "C" fn cuEventElapsedTime_v2(
 
 // Memory.
 
+/// Free and total device memory.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     check_init!();
@@ -334,6 +379,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
     CUDA_SUCCESS
 }
 
+/// Allocates `bytes` of guarded device memory.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> CUresult {
     check_init!();
@@ -349,6 +395,7 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, bytes: usize) -> 
     }
 }
 
+/// Allocates at once: stream order is submission order.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemAllocAsync(
     dptr: *mut CUdeviceptr,
@@ -358,6 +405,7 @@ pub unsafe extern "C" fn cuMemAllocAsync(
     cuMemAlloc_v2(dptr, bytes)
 }
 
+/// Frees an allocation (0 is ignored, as the driver does).
 #[no_mangle]
 pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     check_init!();
@@ -375,6 +423,7 @@ pub extern "C" fn cuMemFree_v2(dptr: CUdeviceptr) -> CUresult {
     }
 }
 
+/// Frees at once: stream order is submission order.
 #[no_mangle]
 pub extern "C" fn cuMemFreeAsync(dptr: CUdeviceptr, _stream: Handle) -> CUresult {
     cuMemFree_v2(dptr)
@@ -410,6 +459,7 @@ unsafe fn copy(
     CUDA_SUCCESS
 }
 
+/// Copies host memory to the device, checking the device range.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     dst: CUdeviceptr,
@@ -425,6 +475,7 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     )
 }
 
+/// Copies host memory to the device, done when it returns.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     dst: CUdeviceptr,
@@ -441,6 +492,7 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     )
 }
 
+/// Copies device memory to the host, checking the device range.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoH_v2(
     dst: *mut c_void,
@@ -456,6 +508,7 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
     )
 }
 
+/// Copies device memory to the host, done when it returns.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     dst: *mut c_void,
@@ -472,6 +525,7 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     )
 }
 
+/// Copies between device ranges, checking both.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoD_v2(
     dst: CUdeviceptr,
@@ -487,6 +541,7 @@ pub unsafe extern "C" fn cuMemcpyDtoD_v2(
     )
 }
 
+/// Copies between device ranges, done when it returns.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     dst: CUdeviceptr,
@@ -497,6 +552,7 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     cuMemcpyDtoD_v2(dst, src, len)
 }
 
+/// Sets `n` bytes of device memory to `value`.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, n: usize) -> CUresult {
     check_init!();
@@ -507,6 +563,7 @@ pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, n: usize) ->
     CUDA_SUCCESS
 }
 
+/// Sets `n` bytes of device memory to `value`, done when it returns.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8Async(
     dst: CUdeviceptr,
@@ -517,6 +574,7 @@ pub unsafe extern "C" fn cuMemsetD8Async(
     cuMemsetD8_v2(dst, value, n)
 }
 
+/// Sets `n` 32-bit words of device memory to `value`.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, n: usize) -> CUresult {
     check_init!();
@@ -527,6 +585,7 @@ pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, n: usiz
     CUDA_SUCCESS
 }
 
+/// Sets `n` 32-bit words of device memory to `value`, done when it returns.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32Async(
     dst: CUdeviceptr,
@@ -608,6 +667,7 @@ fn load_ptx(text: &str) -> Result<Module, String> {
     Ok(Module { functions })
 }
 
+/// Loads a module from NVRTC's PTX: its entry points bind to the host-compiled kernels.
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_void) -> CUresult {
     check_init!();
@@ -639,6 +699,7 @@ pub unsafe extern "C" fn cuModuleLoadData(module: *mut Handle, image: *const c_v
     }
 }
 
+/// Unloads a module.
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleUnload(module: Handle) -> CUresult {
     check_init!();
@@ -649,6 +710,7 @@ pub unsafe extern "C" fn cuModuleUnload(module: Handle) -> CUresult {
     CUDA_SUCCESS
 }
 
+/// The kernel `name` of a module.
 #[no_mangle]
 pub unsafe extern "C" fn cuModuleGetFunction(
     function: *mut Handle,
@@ -670,6 +732,7 @@ pub unsafe extern "C" fn cuModuleGetFunction(
     }
 }
 
+/// An attribute of a kernel (registers, shared memory, threads per block).
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncGetAttribute(
     value: *mut c_int,
@@ -732,6 +795,7 @@ pub fn check_launch_config(grid: [u32; 3], block: [u32; 3], shared: u64) -> Resu
     Ok(())
 }
 
+/// Runs a kernel's grid to completion on the host's cores, checking its launch limits.
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernel(
     function: Handle,
@@ -828,6 +892,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
 
 // Errors by name, as cudarc prints them.
 
+/// The name of a status code.
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorName(error: CUresult, name: *mut *const c_char) -> CUresult {
     let text: &'static CStr = match error {
@@ -849,6 +914,7 @@ pub unsafe extern "C" fn cuGetErrorName(error: CUresult, name: *mut *const c_cha
     CUDA_SUCCESS
 }
 
+/// The description of a status code.
 #[no_mangle]
 pub unsafe extern "C" fn cuGetErrorString(error: CUresult, text: *mut *const c_char) -> CUresult {
     cuGetErrorName(error, text)

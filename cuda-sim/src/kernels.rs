@@ -59,6 +59,7 @@ pub(crate) fn all() -> &'static [HostKernel] {
     })
 }
 
+/// The host-compiled kernel named `name`.
 pub fn find(name: &str) -> Option<&'static HostKernel> {
     all().iter().find(|k| k.name == name)
 }

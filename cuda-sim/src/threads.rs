@@ -23,8 +23,11 @@ const FIBER_STACK: usize = 64 * 1024;
 /// Where a launch runs: its kernel, grid and block.
 #[derive(Debug, Clone, Copy)]
 pub struct Launch {
+    /// The kernel.
     pub kernel: &'static HostKernel,
+    /// Blocks in x, y, z.
     pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
     pub block: [u32; 3],
 }
 

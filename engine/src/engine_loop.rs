@@ -21,8 +21,11 @@ use model::Detokenizer;
 
 /// A request for the engine.
 pub struct NewRequest {
+    /// The request's id, as the API reports it.
     pub id: String,
+    /// The prompt's token ids.
     pub prompt: Vec<u32>,
+    /// How to sample.
     pub params: SamplingParams,
     /// Tokens to generate at most (already capped by the context length).
     pub max_tokens: usize,
@@ -30,7 +33,9 @@ pub struct NewRequest {
     /// has: its `n` and its longest choice are recorded when the last choice finishes (vLLM's
     /// `ParentRequest.observe_finished_request`).
     pub parent: String,
+    /// How many choices (`n`): each is its own sequence.
     pub n: usize,
+    /// When the request arrived (for queue and end-to-end latencies).
     pub arrival: Instant,
     /// The request's trace id when tracing is on (for the exemplars on /metrics).
     pub trace_id: Option<String>,
@@ -61,9 +66,12 @@ pub enum Event {
     PromptLogprobs(Vec<Sampled>),
     /// A token of a request that goes on, with the text it released.
     Token {
+        /// The token drawn, with its log-probabilities.
         sampled: Sampled,
+        /// The text it completes (held back while a stop string may still match).
         text: String,
     },
+    /// The choice ended.
     Finished(Box<Finished>),
 }
 
@@ -74,13 +82,18 @@ pub struct Finished {
     pub last: Option<Sampled>,
     /// The rest of the output text.
     pub text: String,
+    /// Why it ended.
     pub reason: FinishReason,
+    /// The stop token or string that ended it, if one did.
     pub stop_reason: Option<StopReason>,
     /// With [`FinishReason::Error`]: why, when the engine can say (a request the cache can
     /// never hold, a constraint that failed mid-answer).
     pub error: Option<crate::scheduler::RequestError>,
+    /// Prompt tokens.
     pub prompt_tokens: usize,
+    /// Tokens generated.
     pub completion_tokens: usize,
+    /// Prompt tokens the prefix cache served.
     pub cached_tokens: usize,
     /// When it was queued, scheduled, and made its first and last tokens (for its trace).
     pub times: Timestamps,
@@ -108,6 +121,7 @@ pub struct EngineHandle {
 pub struct EngineStopped;
 
 impl EngineHandle {
+    /// Hands `req` to the engine thread.
     pub fn submit(&self, req: NewRequest) -> Result<(), EngineStopped> {
         self.tx
             .send(Command::Add(Box::new(req)))

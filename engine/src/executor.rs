@@ -25,6 +25,7 @@ pub enum ExecuteError {
     MissingGreedyToken,
 }
 
+/// Runs scheduled batches on the backend and samples their tokens.
 pub struct Executor {
     backend: Box<dyn Backend>,
     samplers: HashMap<String, Sampler>,
@@ -34,6 +35,7 @@ pub struct Executor {
 }
 
 impl Executor {
+    /// An executor over `backend`.
     pub fn new(backend: Box<dyn Backend>) -> Executor {
         Executor {
             backend,

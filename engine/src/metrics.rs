@@ -15,6 +15,7 @@ use metrics::{Counter, Gauge, Histogram};
 
 use crate::scheduler::{FinishReason, FirstToken, Request, StepStats};
 
+/// The engine's `vllm:` series, with handles resolved once.
 pub struct EngineMetrics {
     running: Gauge,
     waiting: Gauge,

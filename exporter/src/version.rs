@@ -5,11 +5,14 @@ use std::fmt;
 /// The `major.minor` part of a version; patch releases never change which metrics are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct MinorVersion {
+    /// Major version.
     pub major: u32,
+    /// Minor version.
     pub minor: u32,
 }
 
 impl MinorVersion {
+    /// Version `major.minor`.
     pub const fn new(major: u32, minor: u32) -> Self {
         MinorVersion { major, minor }
     }

@@ -11,29 +11,49 @@ use crate::gguf::{GgufFile, MetaValue};
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
     /// Positions divided by `factor`.
-    Linear { factor: f32 },
+    Linear {
+        /// The divisor.
+        factor: f32,
+    },
     /// Llama 3.1's band-wise scaling.
     Llama3 {
+        /// Overall scaling factor.
         factor: f32,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled fully.
         low_freq_factor: f32,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
         high_freq_factor: f32,
+        /// The context length the model was trained at.
         original_max_position_embeddings: f32,
     },
 }
 
+/// A Llama-family model's shape and hyperparameters, as HF's `config.json` names them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LlamaConfig {
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
     pub intermediate_size: usize,
+    /// Transformer blocks.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// Key/value heads.
     pub num_key_value_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
+    /// Tokens in the vocabulary.
     pub vocab_size: usize,
+    /// The longest context the model supports.
     pub max_position_embeddings: usize,
+    /// RMSNorm's epsilon.
     pub rms_norm_eps: f32,
+    /// RoPE's base.
     pub rope_theta: f32,
+    /// RoPE's scaling for long contexts, if any.
     pub rope_scaling: Option<RopeScaling>,
+    /// Whether the LM head reuses the embedding matrix.
     pub tie_word_embeddings: bool,
 }
 

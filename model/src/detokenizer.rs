@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use crate::tokenizer::{DecodeStream, Tokenizer};
 
+/// Turns a growing sequence of token ids into text increments, as vLLM's incremental detokenizer
+/// does.
 pub struct Detokenizer {
     stream: DecodeStream,
     /// The whole output text so far (truncated at a matched stop string).
@@ -24,6 +26,7 @@ pub struct Detokenizer {
 }
 
 impl Detokenizer {
+    /// A detokenizer of one sequence, ending its text at any of `stops`.
     pub fn new(
         tokenizer: Arc<Tokenizer>,
         skip_special_tokens: bool,

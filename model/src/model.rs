@@ -14,7 +14,9 @@ use crate::tokenizer::Tokenizer;
 /// A weight tensor in `f32`, row-major, in HF's shape convention (`[out, in]` for linears).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostTensor {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<f32>,
 }
 
@@ -23,7 +25,9 @@ pub struct HostTensor {
 /// owned where the loader had to reorder rows.
 #[derive(Debug, Clone)]
 pub struct EncodedTensor<'a> {
+    /// How the bytes encode the values.
     pub ggml_type: crate::gguf::quant::GgmlType,
+    /// The bytes as the file stores them.
     pub bytes: std::borrow::Cow<'a, [u8]>,
 }
 
@@ -45,9 +49,13 @@ pub trait WeightSource: Send + Sync {
 
 /// A loaded model, ready to be turned into a backend.
 pub struct Model {
+    /// Where it was loaded from.
     pub path: PathBuf,
+    /// Its shape and hyperparameters.
     pub config: LlamaConfig,
+    /// Its tensors.
     pub weights: Box<dyn WeightSource>,
+    /// Its tokenizer and chat template.
     pub tokenizer: Tokenizer,
 }
 

@@ -1,24 +1,37 @@
 //! Canonical (HF) tensor names of a Llama model.
 
+/// The token embedding matrix.
 pub const EMBED: &str = "model.embed_tokens.weight";
+/// The RMSNorm weight after the last layer.
 pub const FINAL_NORM: &str = "model.norm.weight";
+/// The output projection (absent when tied to the embedding).
 pub const LM_HEAD: &str = "lm_head.weight";
 
 /// A per-layer tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerTensor {
+    /// RMSNorm before attention.
     AttnNorm,
+    /// Query projection.
     Q,
+    /// Key projection.
     K,
+    /// Value projection.
     V,
+    /// Attention output projection.
     O,
+    /// RMSNorm before the MLP.
     FfnNorm,
+    /// The MLP's gate projection.
     Gate,
+    /// The MLP's up projection.
     Up,
+    /// The MLP's down projection.
     Down,
 }
 
 impl LayerTensor {
+    /// Every tensor of a layer.
     pub const ALL: [LayerTensor; 9] = [
         LayerTensor::AttnNorm,
         LayerTensor::Q,

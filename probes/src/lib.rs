@@ -33,7 +33,9 @@ use exporter::Exporter;
 pub struct ProbeConfig {
     /// How often the pollers read NVML and the kernel's aggregates.
     pub interval: Duration,
+    /// Run the NVML poller.
     pub nvml: bool,
+    /// Run the eBPF scheduler probe.
     pub ebpf: bool,
     /// The process whose threads the eBPF probe watches.
     pub target: Target,

@@ -55,6 +55,7 @@ impl FromIterator<(String, String)> for Environment {
 pub struct ServerConfig {
     /// The engine: the model, the device, the KV cache and the scheduler's limits.
     pub engine: engine::EngineConfig,
+    /// The address to listen on.
     pub host: IpAddr,
     /// 0 picks a free port (logged).
     pub port: u16,
@@ -65,23 +66,29 @@ pub struct ServerConfig {
     pub engine_stats: bool,
     /// One access-log line per request.
     pub access_log: bool,
+    /// `--show-hidden-metrics-for-version`: bring back series deprecated in that version.
     pub show_hidden_metrics_for_version: Option<MinorVersion>,
+    /// Attach trace ids to histogram samples in OpenMetrics.
     pub enable_exemplars: bool,
     /// Histogram bucket overrides by family, validated when given.
     pub custom_histogram_buckets: Vec<(String, Vec<f64>)>,
     /// Required as `Authorization: Bearer KEY` on /v1/* when set.
     pub api_key: Option<String>,
+    /// Where to send OTLP traces, if anywhere.
     pub otlp_traces_endpoint: Option<String>,
     /// Connections held open at once.
     pub max_connections: usize,
     /// How long a connection may idle, and how long a request may take to arrive.
     pub http_idle_timeout: Duration,
+    /// The longest a client may take to send a request's headers and body.
     pub http_read_timeout: Duration,
     /// How long requests in flight get to finish after SIGTERM.
     pub shutdown_timeout: Duration,
     /// The hardware probes; their target is this process.
     pub probe_interval: Duration,
+    /// Run the NVML poller.
     pub nvml_probe: bool,
+    /// Run the eBPF scheduler probe.
     pub ebpf_probe: bool,
     /// Dynamo's label values.
     pub dynamo: DynamoNames,

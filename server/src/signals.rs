@@ -32,6 +32,7 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Listens for SIGTERM, SIGINT and SIGHUP.
     pub fn install() -> Signals {
         #[cfg(unix)]
         {

@@ -9,11 +9,13 @@ use exporter::BucketConfig;
 use exporter::MinorVersion;
 use server::ServerConfig;
 
-pub use engine::DEFAULT_MODEL;
+pub(crate) use engine::DEFAULT_MODEL;
 
+/// The `vigil` command line.
 #[derive(Debug, Parser)]
 #[command(name = "vigil", version, about = "An instrumented LLM serving engine.")]
 pub struct Cli {
+    /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
 
@@ -61,7 +63,7 @@ impl Cli {
 
 /// The environment variable of a `vigil serve` argument: `--max-model-len` is
 /// `VIGIL_MAX_MODEL_LEN`, the model path `VIGIL_MODEL`.
-pub fn serve_env_name(id: &str) -> String {
+pub(crate) fn serve_env_name(id: &str) -> String {
     format!("VIGIL_{}", id.replace('-', "_").to_uppercase())
 }
 
@@ -612,7 +614,7 @@ const FILE_RESERVE: usize = 64;
 
 /// The longest model name accepted: a Hugging Face repository id is at most 96 characters a
 /// part; the name is a label of every series, so it is bounded.
-pub const MAX_MODEL_NAME_CHARS: usize = 256;
+pub(crate) const MAX_MODEL_NAME_CHARS: usize = 256;
 
 /// A model name: not empty, at most [`MAX_MODEL_NAME_CHARS`] characters, no control characters
 /// (a newline in a label value would forge log lines and break the exposition).

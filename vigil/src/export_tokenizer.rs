@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use model::{Model, Tokenizer};
 
 /// Writes the tokenizer of the model at `model` into `dir` (created if missing).
-pub fn run(model: &Path, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(model: &Path, dir: &Path) -> anyhow::Result<()> {
     let loaded = Model::load(model).with_context(|| format!("loading {}", model.display()))?;
     let max_len = loaded.config.max_position_embeddings;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -4,14 +4,18 @@
 //! ([`export_tokenizer`]). `main.rs` is a thin wrapper
 //! around [`run`].
 
-pub mod agent;
-pub mod bench;
-pub mod cli;
-pub mod env_file;
-pub mod export_tokenizer;
-pub mod gpu_check;
-pub mod logging;
-pub mod top;
+mod agent;
+mod bench;
+mod cli;
+mod env_file;
+mod export_tokenizer;
+mod gpu_check;
+mod logging;
+mod top;
+
+pub use agent::passthrough::Relay;
+pub use cli::Cli;
+pub use logging::init as init_logging;
 
 use anyhow::Context;
 

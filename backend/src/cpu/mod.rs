@@ -73,6 +73,7 @@ impl<T: KvElement> LayerCaches<T> {
     }
 }
 
+/// The Llama forward pass on the host's cores, weights computed in their stored formats.
 pub struct CpuBackend {
     config: LlamaConfig,
     /// The layers' widths, from `config`.
@@ -92,8 +93,11 @@ pub struct CpuBackend {
 /// Options for building a [`CpuBackend`].
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
+    /// Tokens per KV block.
     pub block_size: usize,
+    /// Blocks in the KV cache.
     pub num_blocks: usize,
+    /// How the linear layers hold their weights.
     pub weight_format: WeightFormat,
     /// The KV cache's element; `None` (vLLM's `auto`): f32 beside f32 weights, else f16.
     pub kv_dtype: Option<KvDtype>,
@@ -102,8 +106,11 @@ pub struct CpuOptions {
 /// Element types of the CPU backend's KV cache (`--kv-cache-dtype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
+    /// 4 bytes per element.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     Bf16,
 }
 
@@ -117,6 +124,7 @@ impl KvDtype {
         }
     }
 
+    /// Bytes per element.
     pub fn bytes(self) -> usize {
         match self {
             KvDtype::F32 => 4,
@@ -131,6 +139,7 @@ impl CpuBackend {
         Self::from_weights(&model.config, model.weights.as_ref(), options)
     }
 
+    /// A backend over weights from any source (a model file, or tests' in-memory weights).
     pub fn from_weights(
         config: &LlamaConfig,
         w: &dyn WeightSource,

@@ -2,6 +2,7 @@
 
 use rayon::prelude::*;
 
+/// RMSNorm of one row: `out = x / rms(x) * w`.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     // The sum of squares in f64, as llama.cpp takes it.
     let ms = (x.iter().map(|v| (v * v) as f64).sum::<f64>() / x.len() as f64) as f32;
@@ -11,6 +12,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+/// RMSNorm of each row of `x` (rows of `w.len()`).
 pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let h = w.len();
     out.par_chunks_mut(h)
@@ -30,6 +32,7 @@ pub struct RopeAngles {
 }
 
 impl RopeAngles {
+    /// The model's inverse frequencies, with its RoPE scaling applied.
     pub fn new(c: &model::LlamaConfig) -> RopeAngles {
         let freq_scale = match c.rope_scaling {
             Some(model::RopeScaling::Linear { factor }) => 1.0 / factor,
@@ -93,6 +96,7 @@ fn rope_heads(x: &mut [f32], heads: usize, head_dim: usize, cos_sin: &[f32]) {
     }
 }
 
+/// SiLU: `x * sigmoid(x)`.
 #[inline(always)]
 pub fn silu(x: f32) -> f32 {
     x / (1.0 + exp(-x))
@@ -179,6 +183,7 @@ fn scale_by_power_of_two(j: f32, n: f32) -> f32 {
     }
 }
 
+/// `x += y`, element by element.
 pub fn add_assign(x: &mut [f32], y: &[f32]) {
     for (a, b) in x.iter_mut().zip(y) {
         *a += b;

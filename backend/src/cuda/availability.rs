@@ -11,6 +11,7 @@ pub enum NoCuda {
     NoDriverLibrary,
     /// The driver did not initialise (e.g. no kernel module), with its error.
     DriverInit(String),
+    /// The driver loaded but reports no device.
     NoDevice,
     /// libnvrtc (kernels are compiled at start-up) cannot be loaded.
     NoNvrtc,

@@ -34,6 +34,7 @@ const MAX_HEAD_DIM: usize = 256;
 pub struct CudaOptions {
     /// CUDA device index.
     pub ordinal: usize,
+    /// Tokens per KV block.
     pub block_size: usize,
     /// `--gpu-memory-utilization`: the share of the device's memory this engine may use.
     pub gpu_memory_utilization: f64,
@@ -41,6 +42,7 @@ pub struct CudaOptions {
     pub num_blocks_override: Option<usize>,
     /// The largest step the scheduler makes, for the activation workspace.
     pub max_num_batched_tokens: usize,
+    /// The most sequences one step may carry (sizes the step's buffers).
     pub max_num_seqs: usize,
 }
 
@@ -50,6 +52,7 @@ struct LayerCache {
     v: Bf16Buf,
 }
 
+/// The Llama forward pass on one CUDA device: bf16 weights, cuBLAS GEMMs, our kernels.
 pub struct CudaBackend {
     config: LlamaConfig,
     kv_plan: KvPlan,
@@ -71,10 +74,12 @@ pub struct CudaBackend {
 const RESERVE_BYTES: u64 = 256 << 20;
 
 impl CudaBackend {
+    /// Uploads `model`'s weights and sizes the KV cache on the first device.
     pub fn new(model: &Model, options: &CudaOptions) -> Result<CudaBackend, CudaError> {
         Self::from_weights(&model.config, model.weights.as_ref(), options)
     }
 
+    /// A backend over weights from any source (a model file, or tests' in-memory weights).
     pub fn from_weights(
         config: &LlamaConfig,
         w: &dyn WeightSource,
@@ -154,6 +159,7 @@ impl CudaBackend {
         })
     }
 
+    /// The device it runs on.
     pub fn device(&self) -> &DeviceInfo {
         &self.gpu.info
     }

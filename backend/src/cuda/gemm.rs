@@ -16,6 +16,7 @@ use super::kernels::{Bf16, DevPtr};
 /// Where a GEMM writes, and as what.
 #[derive(Debug, Clone, Copy)]
 pub enum Output {
+    /// bf16 output.
     Bf16(DevPtr<Bf16>),
     /// For logits: argmax and log-probabilities want more than bf16's 8 bits of mantissa.
     F32(DevPtr<f32>),
@@ -24,8 +25,11 @@ pub enum Output {
 /// A weight matrix on the device: `[out, inp]`, row-major, bf16.
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix {
+    /// Row-major `[out, inp]` weights on the device.
     pub addr: DevPtr<Bf16>,
+    /// Output features (rows).
     pub out: usize,
+    /// Input features (columns).
     pub inp: usize,
 }
 

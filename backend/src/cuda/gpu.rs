@@ -22,14 +22,19 @@ pub struct DeviceInfo {
 
 /// See the module documentation.
 pub struct Gpu {
+    /// What the device is.
     pub info: DeviceInfo,
     /// Free device memory when the context was made, before anything of ours was loaded (the
     /// KV plan's "free at start").
     pub free_at_open: u64,
     // Field order is drop order: the handles before the stream and context they live on.
+    /// The compiled kernels.
     pub kernels: Kernels,
+    /// The cuBLAS handle, bound to `stream`.
     pub gemm: Gemm,
+    /// The one stream everything runs on.
     pub stream: Arc<CudaStream>,
+    /// The device's primary context.
     pub ctx: Arc<CudaContext>,
 }
 

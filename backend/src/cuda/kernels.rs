@@ -12,8 +12,11 @@ pub const COMMON: &str = include_str!("kernels/common.cuh");
 
 /// One kernel family: its file and the entry points it defines.
 pub struct KernelFile {
+    /// The file's name, for NVRTC's messages.
     pub name: &'static str,
+    /// The CUDA C source.
     pub source: &'static str,
+    /// The kernels it defines.
     pub entries: &'static [Entry],
 }
 
@@ -22,8 +25,11 @@ pub struct KernelFile {
 /// its parameters as its Rust argument struct declares them (name, type), which a test compares
 /// with the kernel's C signature.
 pub struct Entry {
+    /// The `extern "C"` name.
     pub name: &'static str,
+    /// Threads per block it is launched with.
     pub threads: u32,
+    /// Its C parameters as (type, name), checked against the source.
     pub params: &'static [(&'static str, &'static str)],
 }
 
@@ -46,6 +52,7 @@ impl<T> Clone for DevPtr<T> {
 impl<T> Copy for DevPtr<T> {}
 
 impl<T> DevPtr<T> {
+    /// A typed pointer to device memory at `addr`.
     pub fn new(addr: u64) -> DevPtr<T> {
         DevPtr {
             addr,
@@ -58,6 +65,7 @@ impl<T> DevPtr<T> {
         DevPtr::new(0)
     }
 
+    /// The device address.
     pub fn addr(self) -> u64 {
         self.addr
     }
@@ -94,6 +102,7 @@ pub enum Arg {
 
 /// An argument struct's field as the argument cuLaunchKernel takes.
 pub trait IntoArg {
+    /// The value as a launch argument.
     fn into_arg(self) -> Arg;
 }
 

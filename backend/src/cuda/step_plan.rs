@@ -23,6 +23,7 @@ pub struct StepPlan {
     pub max_blocks: usize,
     /// Rows copied back whole, then rows reduced to their argmax.
     pub full_rows: usize,
+    /// Rows reduced on the device to a token and its log-probability (they come last).
     pub greedy_rows: usize,
     /// `ids[tokens] | positions[tokens] | token_seq[tokens] | slots[tokens] |
     /// block_tables[seqs * max_blocks] | logit_rows[full_rows + greedy_rows]`.
@@ -82,21 +83,27 @@ impl StepPlan {
         self.full_rows + self.greedy_rows
     }
 
+    /// Where the token ids lie in the packed buffer.
     pub fn ids(&self) -> Range<usize> {
         0..self.tokens
     }
+    /// Where each token's position lies.
     pub fn positions(&self) -> Range<usize> {
         self.tokens..2 * self.tokens
     }
+    /// Where each token's sequence index lies.
     pub fn token_seq(&self) -> Range<usize> {
         2 * self.tokens..3 * self.tokens
     }
+    /// Where each token's KV slot lies.
     pub fn slots(&self) -> Range<usize> {
         3 * self.tokens..4 * self.tokens
     }
+    /// Where the block tables lie.
     pub fn block_tables(&self) -> Range<usize> {
         4 * self.tokens..4 * self.tokens + self.seqs * self.max_blocks
     }
+    /// Where the ids of the rows that get logits lie.
     pub fn logit_row_ids(&self) -> Range<usize> {
         let start = self.block_tables().end;
         start..start + self.logit_rows()

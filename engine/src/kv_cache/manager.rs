@@ -27,6 +27,7 @@ pub struct PrefixHit {
     pub num_tokens: usize,
 }
 
+/// The paged KV cache's bookkeeping: each request's blocks, the prefix cache, the free pool.
 #[derive(Debug)]
 pub struct KvCacheManager {
     pool: BlockPool,
@@ -35,6 +36,7 @@ pub struct KvCacheManager {
 }
 
 impl KvCacheManager {
+    /// A cache of `num_blocks` blocks of `block_size` tokens, with or without prefix caching.
     pub fn new(num_blocks: usize, block_size: usize, enable_caching: bool) -> KvCacheManager {
         KvCacheManager {
             pool: BlockPool::new(num_blocks),
@@ -43,10 +45,12 @@ impl KvCacheManager {
         }
     }
 
+    /// Tokens per block.
     pub fn block_size(&self) -> usize {
         self.block_size
     }
 
+    /// The block pool.
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }

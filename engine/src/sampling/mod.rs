@@ -21,6 +21,7 @@ pub(crate) const GREEDY_EPS: f32 = 1e-5;
 /// The token chosen at one step, with log-probabilities when asked for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
+    /// The token id.
     pub token: u32,
     /// Log-probability of `token` under the raw logits.
     pub logprob: f32,
@@ -56,6 +57,7 @@ struct Scratch {
 }
 
 impl Sampler {
+    /// A sampler for one sequence of `prompt` (penalties count its tokens).
     pub fn new(params: SamplingParams, prompt: &[u32]) -> Sampler {
         let rng = match params.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -74,6 +76,7 @@ impl Sampler {
         }
     }
 
+    /// Its parameters.
     pub fn params(&self) -> &SamplingParams {
         &self.params
     }

@@ -12,6 +12,7 @@ pub enum TokenStop {
     StopTokenId,
 }
 
+/// How a request samples, as vLLM's `SamplingParams` defines each field.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     /// 0 (or below 1e-5) is greedy.
@@ -22,6 +23,7 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Drop tokens less likely than `min_p` times the most likely one (0: none).
     pub min_p: f32,
+    /// Seed of the request's own random stream; `None` draws from entropy.
     pub seed: Option<u64>,
     /// > 1 discourages tokens seen in the prompt or output (1: off).
     pub repetition_penalty: f32,
@@ -83,6 +85,7 @@ impl SamplingParams {
             && self.structured.is_none()
     }
 
+    /// Greedy decoding: temperature 0, no penalties.
     pub fn greedy() -> SamplingParams {
         SamplingParams {
             temperature: 0.0,

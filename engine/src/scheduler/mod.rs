@@ -20,6 +20,7 @@ use crate::sampling::{Sampled, TokenStop};
 use backend::LogitsFor;
 use output::{NewRequestData, PromptLogprobsJob, ScheduledRequest};
 
+/// The scheduler's budgets and policies (vLLM's `SchedulerConfig`).
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// `--max-num-batched-tokens`: tokens per step across all requests.
@@ -97,6 +98,7 @@ struct Scheduled {
     new: bool,
 }
 
+/// Decides which requests compute how many tokens each step, and applies what they produced.
 pub struct Scheduler {
     config: SchedulerConfig,
     kv: KvCacheManager,
@@ -111,6 +113,7 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler over `kv`, finishing sequences at any of `eos_token_ids`.
     pub fn new(config: SchedulerConfig, kv: KvCacheManager, eos_token_ids: Vec<u32>) -> Scheduler {
         Scheduler {
             config,
@@ -123,18 +126,22 @@ impl Scheduler {
         }
     }
 
+    /// Queues `req` as waiting.
     pub fn add(&mut self, req: Request) {
         self.waiting.push_back(req);
     }
 
+    /// Requests running.
     pub fn num_running(&self) -> usize {
         self.running.len()
     }
 
+    /// Requests waiting.
     pub fn num_waiting(&self) -> usize {
         self.waiting.len()
     }
 
+    /// Whether anything is running or waiting.
     pub fn has_work(&self) -> bool {
         !self.running.is_empty() || !self.waiting.is_empty()
     }
@@ -152,6 +159,7 @@ impl Scheduler {
             .map(|r| r.id.as_str())
     }
 
+    /// The KV cache manager.
     pub fn kv(&self) -> &KvCacheManager {
         &self.kv
     }

@@ -10,13 +10,18 @@ use crate::sampling::{Sampled, SamplingParams};
 /// Why a request finished, as vLLM's `finished_reason` label spells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
+    /// A stop token or string matched.
     Stop,
+    /// `max_tokens` or the model's length was reached.
     Length,
+    /// The client went away or asked to stop.
     Abort,
+    /// The engine failed the request.
     Error,
 }
 
 impl FinishReason {
+    /// The reason as the OpenAI API and vLLM's `finished_reason` label spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             FinishReason::Stop => "stop",
@@ -55,7 +60,9 @@ impl std::fmt::Display for RequestError {
 /// EOS token has none (vLLM's `null`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {
+    /// A stop token id.
     Token(u32),
+    /// A stop string.
     Text(String),
 }
 
@@ -74,8 +81,11 @@ pub struct Timestamps {
     pub arrival: Instant,
     /// When the engine queued it.
     pub queued: Instant,
+    /// When it was first scheduled.
     pub first_scheduled: Option<Instant>,
+    /// When its first token was sampled.
     pub first_token: Option<Instant>,
+    /// When its latest token was sampled.
     pub last_token: Option<Instant>,
 }
 

@@ -20,6 +20,7 @@ pub const SCRAPE_FAILURES: &[&str] = &[
     "no_engine_families",
 ];
 
+/// `vigil_agent_engine_up`.
 pub static ENGINE_UP: MetricDef = MetricDef::new(
     "vigil_agent_engine_up",
     Kind::Gauge,
@@ -28,6 +29,7 @@ pub static ENGINE_UP: MetricDef = MetricDef::new(
     &[],
 );
 
+/// `vigil_agent_engine_scrape_errors`.
 pub static ENGINE_SCRAPE_ERRORS: MetricDef = MetricDef::new(
     "vigil_agent_engine_scrape_errors",
     Kind::Counter,
@@ -39,6 +41,8 @@ pub static ENGINE_SCRAPE_ERRORS: MetricDef = MetricDef::new(
     }],
 );
 
+/// `vigil_agent_engine_scrape_duration_seconds`: How long the last scrape of the engine's metrics
+/// took.
 pub static ENGINE_SCRAPE_DURATION: MetricDef = MetricDef::new(
     "vigil_agent_engine_scrape_duration_seconds",
     Kind::Gauge,
@@ -73,6 +77,7 @@ pub const EXPOSITION_PROBLEMS: &[&str] = &[
     "exemplar",
 ];
 
+/// `vigil_agent_engine_exposition_problems`.
 pub static ENGINE_EXPOSITION_PROBLEMS: MetricDef = MetricDef::new(
     "vigil_agent_engine_exposition_problems",
     Kind::Counter,
@@ -84,6 +89,7 @@ pub static ENGINE_EXPOSITION_PROBLEMS: MetricDef = MetricDef::new(
     }],
 );
 
+/// `vigil_agent_engine_scrape_age_seconds`.
 pub static ENGINE_SCRAPE_AGE: MetricDef = MetricDef::new(
     "vigil_agent_engine_scrape_age_seconds",
     Kind::Gauge,
@@ -93,6 +99,7 @@ pub static ENGINE_SCRAPE_AGE: MetricDef = MetricDef::new(
     &[],
 );
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[
     &ENGINE_UP,
     &ENGINE_SCRAPE_ERRORS,

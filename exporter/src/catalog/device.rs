@@ -10,6 +10,8 @@ use crate::buckets::BucketFamily;
 
 const L: &[Label] = &[Label::ModelName, Label::Engine];
 
+/// `vigil_device_step_busy_seconds`: GPU time of one engine step, from its first upload to its last
+/// copy back (CUDA events).
 pub static STEP_BUSY: MetricDef = MetricDef::new(
     "vigil_device_step_busy_seconds",
     Kind::Histogram,
@@ -19,6 +21,8 @@ pub static STEP_BUSY: MetricDef = MetricDef::new(
 .buckets(BucketFamily::Log2Microseconds)
 .engine_stat();
 
+/// `vigil_device_step_gap_seconds`: GPU idle time between the end of one engine step and the start
+/// of the next, while the engine had work (CUDA events).
 pub static STEP_GAP: MetricDef = MetricDef::new(
     "vigil_device_step_gap_seconds",
     Kind::Histogram,
@@ -28,4 +32,5 @@ pub static STEP_GAP: MetricDef = MetricDef::new(
 .buckets(BucketFamily::Log2Microseconds)
 .engine_stat();
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[&STEP_BUSY, &STEP_GAP];

@@ -68,6 +68,7 @@ const fn labels<const N: usize>(l: &'static [Label; N]) -> &'static [Label] {
     l
 }
 
+/// `dynamo_frontend_requests`: Total number of LLM requests processed.
 pub static FRONTEND_REQUESTS: MetricDef = MetricDef::new(
     "dynamo_frontend_requests",
     Counter,
@@ -93,6 +94,7 @@ pub static FRONTEND_REQUESTS: MetricDef = MetricDef::new(
     ]),
 );
 
+/// `dynamo_frontend_active_requests`: Number of active requests (HTTP entry to response complete).
 pub static FRONTEND_ACTIVE_REQUESTS: MetricDef = MetricDef::new(
     "dynamo_frontend_active_requests",
     Gauge,
@@ -100,6 +102,7 @@ pub static FRONTEND_ACTIVE_REQUESTS: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// `dynamo_frontend_inflight_requests`: Number of inflight requests.
 pub static FRONTEND_INFLIGHT_REQUESTS: MetricDef = MetricDef::new(
     "dynamo_frontend_inflight_requests",
     Gauge,
@@ -111,6 +114,7 @@ pub static FRONTEND_INFLIGHT_REQUESTS: MetricDef = MetricDef::new(
     use_instead: &FRONTEND_ACTIVE_REQUESTS,
 });
 
+/// `dynamo_frontend_queued_requests`: Number of requests in HTTP processing queue.
 pub static FRONTEND_QUEUED_REQUESTS: MetricDef = MetricDef::new(
     "dynamo_frontend_queued_requests",
     Gauge,
@@ -122,6 +126,7 @@ pub static FRONTEND_QUEUED_REQUESTS: MetricDef = MetricDef::new(
     use_instead: &FRONTEND_TIME_TO_FIRST_TOKEN,
 });
 
+/// `dynamo_frontend_disconnected_clients`: Number of disconnected clients.
 pub static FRONTEND_DISCONNECTED_CLIENTS: MetricDef = MetricDef::new(
     "dynamo_frontend_disconnected_clients",
     Gauge,
@@ -129,6 +134,7 @@ pub static FRONTEND_DISCONNECTED_CLIENTS: MetricDef = MetricDef::new(
     &[],
 );
 
+/// `dynamo_frontend_request_duration_seconds`: Duration of LLM requests.
 pub static FRONTEND_REQUEST_DURATION: MetricDef = MetricDef::new(
     "dynamo_frontend_request_duration_seconds",
     Histogram,
@@ -137,6 +143,7 @@ pub static FRONTEND_REQUEST_DURATION: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::DynamoRequestDuration);
 
+/// `dynamo_frontend_input_sequence_tokens`: Input sequence length in tokens.
 pub static FRONTEND_INPUT_SEQUENCE_TOKENS: MetricDef = MetricDef::new(
     "dynamo_frontend_input_sequence_tokens",
     Histogram,
@@ -145,6 +152,7 @@ pub static FRONTEND_INPUT_SEQUENCE_TOKENS: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::DynamoInputSequence);
 
+/// `dynamo_frontend_output_sequence_tokens`: Output sequence length in tokens.
 pub static FRONTEND_OUTPUT_SEQUENCE_TOKENS: MetricDef = MetricDef::new(
     "dynamo_frontend_output_sequence_tokens",
     Histogram,
@@ -153,6 +161,7 @@ pub static FRONTEND_OUTPUT_SEQUENCE_TOKENS: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::DynamoOutputSequence);
 
+/// `dynamo_frontend_cached_tokens`: Number of cached tokens (prefix cache hits) per request.
 pub static FRONTEND_CACHED_TOKENS: MetricDef = MetricDef::new(
     "dynamo_frontend_cached_tokens",
     Histogram,
@@ -161,6 +170,7 @@ pub static FRONTEND_CACHED_TOKENS: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::DynamoInputSequence);
 
+/// `dynamo_frontend_time_to_first_token_seconds`: Time to first token in seconds.
 pub static FRONTEND_TIME_TO_FIRST_TOKEN: MetricDef = MetricDef::new(
     "dynamo_frontend_time_to_first_token_seconds",
     Histogram,
@@ -169,6 +179,7 @@ pub static FRONTEND_TIME_TO_FIRST_TOKEN: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::DynamoTimeToFirstToken);
 
+/// `dynamo_frontend_inter_token_latency_seconds`: Inter-token latency in seconds.
 pub static FRONTEND_INTER_TOKEN_LATENCY: MetricDef = MetricDef::new(
     "dynamo_frontend_inter_token_latency_seconds",
     Histogram,
@@ -177,6 +188,7 @@ pub static FRONTEND_INTER_TOKEN_LATENCY: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::DynamoInterTokenLatency);
 
+/// `dynamo_frontend_output_tokens`: Total number of output tokens generated (updates in real-time).
 pub static FRONTEND_OUTPUT_TOKENS: MetricDef = MetricDef::new(
     "dynamo_frontend_output_tokens",
     Counter,
@@ -184,6 +196,8 @@ pub static FRONTEND_OUTPUT_TOKENS: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// `dynamo_frontend_model_total_kv_blocks`: Total KV cache blocks available for a worker serving
+/// the model.
 pub static MODEL_TOTAL_KV_BLOCKS: MetricDef = MetricDef::new(
     "dynamo_frontend_model_total_kv_blocks",
     Gauge,
@@ -191,6 +205,8 @@ pub static MODEL_TOTAL_KV_BLOCKS: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// `dynamo_frontend_model_max_num_seqs`: Maximum number of sequences for a worker serving the
+/// model.
 pub static MODEL_MAX_NUM_SEQS: MetricDef = MetricDef::new(
     "dynamo_frontend_model_max_num_seqs",
     Gauge,
@@ -198,6 +214,8 @@ pub static MODEL_MAX_NUM_SEQS: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// `dynamo_frontend_model_max_num_batched_tokens`: Maximum number of batched tokens for a worker
+/// serving the model.
 pub static MODEL_MAX_NUM_BATCHED_TOKENS: MetricDef = MetricDef::new(
     "dynamo_frontend_model_max_num_batched_tokens",
     Gauge,
@@ -205,6 +223,8 @@ pub static MODEL_MAX_NUM_BATCHED_TOKENS: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// `dynamo_frontend_model_context_length`: Maximum context length in tokens for a worker serving
+/// the model.
 pub static MODEL_CONTEXT_LENGTH: MetricDef = MetricDef::new(
     "dynamo_frontend_model_context_length",
     Gauge,
@@ -212,6 +232,8 @@ pub static MODEL_CONTEXT_LENGTH: MetricDef = MetricDef::new(
     MODEL,
 );
 
+/// `dynamo_frontend_model_kv_cache_block_size`: KV cache block size in tokens for a worker serving
+/// the model.
 pub static MODEL_KV_CACHE_BLOCK_SIZE: MetricDef = MetricDef::new(
     "dynamo_frontend_model_kv_cache_block_size",
     Gauge,
@@ -237,6 +259,7 @@ const COMPONENT: &[Label] = &[
     Label::Config("model_name"),
 ];
 
+/// `dynamo_component_requests`: Total number of requests processed by work handler.
 pub static COMPONENT_REQUESTS: MetricDef = MetricDef::new(
     "dynamo_component_requests",
     Counter,
@@ -244,6 +267,7 @@ pub static COMPONENT_REQUESTS: MetricDef = MetricDef::new(
     COMPONENT,
 );
 
+/// `dynamo_component_request_duration_seconds`: Time spent processing requests by work handler.
 pub static COMPONENT_REQUEST_DURATION: MetricDef = MetricDef::new(
     "dynamo_component_request_duration_seconds",
     Histogram,
@@ -252,6 +276,8 @@ pub static COMPONENT_REQUEST_DURATION: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::PrometheusDefault);
 
+/// `dynamo_component_inflight_requests`: Number of requests currently being processed by work
+/// handler.
 pub static COMPONENT_INFLIGHT_REQUESTS: MetricDef = MetricDef::new(
     "dynamo_component_inflight_requests",
     Gauge,
@@ -259,6 +285,7 @@ pub static COMPONENT_INFLIGHT_REQUESTS: MetricDef = MetricDef::new(
     COMPONENT,
 );
 
+/// `dynamo_component_request_bytes`: Total number of bytes received in requests by work handler.
 pub static COMPONENT_REQUEST_BYTES: MetricDef = MetricDef::new(
     "dynamo_component_request_bytes",
     Counter,
@@ -266,6 +293,7 @@ pub static COMPONENT_REQUEST_BYTES: MetricDef = MetricDef::new(
     COMPONENT,
 );
 
+/// `dynamo_component_response_bytes`: Total number of bytes sent in responses by work handler.
 pub static COMPONENT_RESPONSE_BYTES: MetricDef = MetricDef::new(
     "dynamo_component_response_bytes",
     Counter,
@@ -273,6 +301,7 @@ pub static COMPONENT_RESPONSE_BYTES: MetricDef = MetricDef::new(
     COMPONENT,
 );
 
+/// `dynamo_component_errors`: Total number of errors in work handler processing.
 pub static COMPONENT_ERRORS: MetricDef = MetricDef::new(
     "dynamo_component_errors",
     Counter,
@@ -290,6 +319,7 @@ pub static COMPONENT_ERRORS: MetricDef = MetricDef::new(
     ]),
 );
 
+/// `dynamo_component_uptime_seconds`: Total uptime of the DistributedRuntime in seconds.
 pub static COMPONENT_UPTIME: MetricDef = MetricDef::new(
     "dynamo_component_uptime_seconds",
     Gauge,
@@ -297,6 +327,7 @@ pub static COMPONENT_UPTIME: MetricDef = MetricDef::new(
     &[],
 );
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[
     &FRONTEND_REQUESTS,
     &FRONTEND_ACTIVE_REQUESTS,

@@ -67,6 +67,7 @@ const fn gpu_with(labels: &'static [Label; 5]) -> &'static [Label] {
     labels
 }
 
+/// `vigil_gpu_up`: 1 if the last poll of this GPU read its identity and at least one field, else 0.
 pub static GPU_UP: MetricDef = MetricDef::new(
     "vigil_gpu_up",
     Gauge,
@@ -74,6 +75,8 @@ pub static GPU_UP: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_read_errors`: Polls in which a field of this GPU could not be read, by field and NVML
+/// error kind.
 pub static READ_ERRORS: MetricDef = MetricDef::new(
     "vigil_gpu_read_errors",
     Counter,
@@ -94,6 +97,7 @@ pub static READ_ERRORS: MetricDef = MetricDef::new(
     ],
 );
 
+/// `vigil_gpu_driver_info`: The NVIDIA driver and the CUDA version it supports (value 1).
 pub static DRIVER_INFO: MetricDef = MetricDef::new(
     "vigil_gpu_driver_info",
     Gauge,
@@ -104,6 +108,7 @@ pub static DRIVER_INFO: MetricDef = MetricDef::new(
     ],
 );
 
+/// `vigil_gpu_memory_used_bytes`: GPU memory in use, all processes (bytes).
 pub static MEMORY_USED: MetricDef = MetricDef::new(
     "vigil_gpu_memory_used_bytes",
     Gauge,
@@ -111,6 +116,7 @@ pub static MEMORY_USED: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_memory_free_bytes`: GPU memory free (bytes).
 pub static MEMORY_FREE: MetricDef = MetricDef::new(
     "vigil_gpu_memory_free_bytes",
     Gauge,
@@ -118,6 +124,7 @@ pub static MEMORY_FREE: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_memory_total_bytes`: GPU memory installed (bytes).
 pub static MEMORY_TOTAL: MetricDef = MetricDef::new(
     "vigil_gpu_memory_total_bytes",
     Gauge,
@@ -125,6 +132,7 @@ pub static MEMORY_TOTAL: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_memory_reserved_bytes`: GPU memory reserved by the driver and firmware (bytes).
 pub static MEMORY_RESERVED: MetricDef = MetricDef::new(
     "vigil_gpu_memory_reserved_bytes",
     Gauge,
@@ -132,6 +140,7 @@ pub static MEMORY_RESERVED: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_process_memory_used_bytes`: GPU memory used by this Vigil process (bytes).
 pub static PROCESS_MEMORY: MetricDef = MetricDef::new(
     "vigil_gpu_process_memory_used_bytes",
     Gauge,
@@ -139,6 +148,8 @@ pub static PROCESS_MEMORY: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_utilization_ratio`: Fraction of the last sample period in which a kernel ran on the
+/// GPU (0-1).
 pub static UTILIZATION: MetricDef = MetricDef::new(
     "vigil_gpu_utilization_ratio",
     Gauge,
@@ -146,6 +157,8 @@ pub static UTILIZATION: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_memory_copy_utilization_ratio`: Fraction of the last sample period in which device
+/// memory was read or written (0-1).
 pub static MEMORY_UTILIZATION: MetricDef = MetricDef::new(
     "vigil_gpu_memory_copy_utilization_ratio",
     Gauge,
@@ -153,6 +166,7 @@ pub static MEMORY_UTILIZATION: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_power_watts`: Power draw of the GPU board (watts).
 pub static POWER: MetricDef = MetricDef::new(
     "vigil_gpu_power_watts",
     Gauge,
@@ -160,6 +174,7 @@ pub static POWER: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_power_limit_watts`: Power limit the driver enforces (watts).
 pub static POWER_LIMIT: MetricDef = MetricDef::new(
     "vigil_gpu_power_limit_watts",
     Gauge,
@@ -167,6 +182,7 @@ pub static POWER_LIMIT: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_energy_joules`: Energy the GPU consumed since the driver was loaded (joules).
 pub static ENERGY: MetricDef = MetricDef::new(
     "vigil_gpu_energy_joules",
     Counter,
@@ -174,6 +190,7 @@ pub static ENERGY: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_temperature_celsius`: GPU core temperature (degrees Celsius).
 pub static TEMPERATURE: MetricDef = MetricDef::new(
     "vigil_gpu_temperature_celsius",
     Gauge,
@@ -181,6 +198,7 @@ pub static TEMPERATURE: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_sm_clock_hertz`: Current SM clock (hertz).
 pub static SM_CLOCK: MetricDef = MetricDef::new(
     "vigil_gpu_sm_clock_hertz",
     Gauge,
@@ -188,6 +206,7 @@ pub static SM_CLOCK: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_memory_clock_hertz`: Current memory clock (hertz).
 pub static MEMORY_CLOCK: MetricDef = MetricDef::new(
     "vigil_gpu_memory_clock_hertz",
     Gauge,
@@ -195,6 +214,8 @@ pub static MEMORY_CLOCK: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_clock_event_active`: 1 while the reason holds the GPU's clocks down (throttling),
+/// else 0.
 pub static CLOCK_EVENT: MetricDef = MetricDef::new(
     "vigil_gpu_clock_event_active",
     Gauge,
@@ -211,6 +232,7 @@ pub static CLOCK_EVENT: MetricDef = MetricDef::new(
     ]),
 );
 
+/// `vigil_gpu_pcie_replays`: PCIe replays (retransmissions after link errors).
 pub static PCIE_REPLAYS: MetricDef = MetricDef::new(
     "vigil_gpu_pcie_replays",
     Counter,
@@ -218,6 +240,8 @@ pub static PCIE_REPLAYS: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_ecc_errors`: ECC memory errors since the driver was loaded (volatile counters),
+/// corrected or uncorrected.
 pub static ECC_ERRORS: MetricDef = MetricDef::new(
     "vigil_gpu_ecc_errors",
     Counter,
@@ -234,6 +258,7 @@ pub static ECC_ERRORS: MetricDef = MetricDef::new(
     ]),
 );
 
+/// `vigil_gpu_retired_pages`: Memory pages retired for ECC errors (GPUs before Ampere), by cause.
 pub static RETIRED_PAGES: MetricDef = MetricDef::new(
     "vigil_gpu_retired_pages",
     Counter,
@@ -250,6 +275,8 @@ pub static RETIRED_PAGES: MetricDef = MetricDef::new(
     ]),
 );
 
+/// `vigil_gpu_remapped_rows`: Memory rows remapped for ECC errors (Ampere and later), correctable
+/// or uncorrectable.
 pub static REMAPPED_ROWS: MetricDef = MetricDef::new(
     "vigil_gpu_remapped_rows",
     Counter,
@@ -266,6 +293,7 @@ pub static REMAPPED_ROWS: MetricDef = MetricDef::new(
     ]),
 );
 
+/// `vigil_gpu_row_remap_failed`: 1 if a row remapping has failed (the GPU needs service), else 0.
 pub static ROW_REMAP_FAILED: MetricDef = MetricDef::new(
     "vigil_gpu_row_remap_failed",
     Gauge,
@@ -273,6 +301,7 @@ pub static ROW_REMAP_FAILED: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_row_remap_pending`: 1 if a row remapping waits for a GPU reset, else 0.
 pub static ROW_REMAP_PENDING: MetricDef = MetricDef::new(
     "vigil_gpu_row_remap_pending",
     Gauge,
@@ -280,6 +309,8 @@ pub static ROW_REMAP_PENDING: MetricDef = MetricDef::new(
     GPU,
 );
 
+/// `vigil_gpu_xid_errors`: Critical XID errors the driver reported for this GPU since Vigil
+/// started, by XID code.
 pub static XID_ERRORS: MetricDef = MetricDef::new(
     "vigil_gpu_xid_errors",
     Counter,
@@ -293,6 +324,7 @@ pub static XID_ERRORS: MetricDef = MetricDef::new(
     ]),
 );
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[
     &GPU_UP,
     &READ_ERRORS,

@@ -31,12 +31,14 @@ use crate::version::MinorVersion;
 pub enum Kind {
     /// Monotonic; exposed as `<name>_total` (plus `<name>_created`).
     Counter,
+    /// A value that goes up and down.
     Gauge,
     /// Cumulative buckets with explicit bounds; exposed as `_bucket`, `_count`, `_sum`, `_created`.
     Histogram,
 }
 
 impl Kind {
+    /// The type as the exposition's `# TYPE` line spells it.
     pub const fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
@@ -56,7 +58,9 @@ pub enum Label {
     Engine,
     /// A label whose value is one of a closed set; every value is pre-created at start-up.
     OneOf {
+        /// The label's name.
         name: &'static str,
+        /// Every value it may take.
         values: &'static [&'static str],
     },
     /// A label whose value is a configuration setting (e.g. `vllm:cache_config_info`).
@@ -67,6 +71,7 @@ pub enum Label {
 }
 
 impl Label {
+    /// The label's name.
     pub const fn name(&self) -> &'static str {
         match self {
             Label::ModelName => "model_name",
@@ -94,6 +99,7 @@ pub struct MetricDef {
     /// The family name as registered through the `metrics` facade. Counters are named without
     /// `_total`; the renderer adds it, as prometheus_client does.
     pub name: &'static str,
+    /// Counter, gauge or histogram.
     pub kind: Kind,
     /// HELP text, exactly as vLLM (or Dynamo) writes it.
     pub help: &'static str,
@@ -103,6 +109,7 @@ pub struct MetricDef {
     pub buckets: Option<BucketFamily>,
     /// Observations may carry a `request_id` exemplar (request-level histograms).
     pub exemplars: bool,
+    /// Since when, and in favour of what, it is deprecated.
     pub deprecated: Option<Deprecation>,
     /// A legacy alias: rendered under this name with the values of the named entry, never
     /// recorded on its own.
@@ -140,36 +147,43 @@ impl MetricDef {
         }
     }
 
+    /// Histogram buckets from `family`.
     pub const fn buckets(mut self, family: BucketFamily) -> Self {
         self.buckets = Some(family);
         self
     }
 
+    /// Samples carry exemplars (trace ids) in OpenMetrics.
     pub const fn with_exemplars(mut self) -> Self {
         self.exemplars = true;
         self
     }
 
+    /// Deprecated as `deprecation` says.
     pub const fn deprecated(mut self, deprecation: Deprecation) -> Self {
         self.deprecated = Some(deprecation);
         self
     }
 
+    /// A legacy alias that shows `entry`'s values under its own name.
     pub const fn mirror_of(mut self, entry: &'static MetricDef) -> Self {
         self.mirror_of = Some(entry);
         self
     }
 
+    /// Created at zero at start-up for every model and engine.
     pub const fn precreate(mut self) -> Self {
         self.precreate = true;
         self
     }
 
+    /// An info series: one sample of value 1 labelled `value`.
     pub const fn initial_one(mut self, value: &'static str) -> Self {
         self.initial_one = Some(value);
         self
     }
 
+    /// Recorded by the engine's per-step statistics.
     pub const fn engine_stat(mut self) -> Self {
         self.engine_stat = true;
         self

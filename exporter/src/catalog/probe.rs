@@ -23,6 +23,7 @@ pub const REASONS: &[&str] = &[
     "failed",
 ];
 
+/// `vigil_probe_up`: Whether a hardware probe is running (1) or off (0); reason says why it is off.
 pub static PROBE_UP: MetricDef = MetricDef::new(
     "vigil_probe_up",
     Kind::Gauge,
@@ -39,4 +40,5 @@ pub static PROBE_UP: MetricDef = MetricDef::new(
     ],
 );
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[&PROBE_UP];

@@ -16,6 +16,8 @@ const ROLE: &[Label] = &[Label::OneOf {
     values: ROLES,
 }];
 
+/// `vigil_runqueue_latency_seconds`: Time Vigil's threads spent runnable but waiting for a CPU
+/// (wakeup or preemption to switch-in), by thread role.
 pub static RUNQUEUE_LATENCY: MetricDef = MetricDef::new(
     "vigil_runqueue_latency_seconds",
     Kind::Histogram,
@@ -24,6 +26,8 @@ pub static RUNQUEUE_LATENCY: MetricDef = MetricDef::new(
 )
 .buckets(BucketFamily::Log2Microseconds);
 
+/// `vigil_off_cpu_seconds`: Time Vigil's threads spent off CPU (from switch-out to the next
+/// switch-in: blocked or waiting to run), by thread role.
 pub static OFF_CPU: MetricDef = MetricDef::new(
     "vigil_off_cpu_seconds",
     Kind::Counter,
@@ -31,6 +35,8 @@ pub static OFF_CPU: MetricDef = MetricDef::new(
     ROLE,
 );
 
+/// `vigil_involuntary_context_switches`: Times Vigil's threads were switched out while still
+/// runnable (preempted), by thread role.
 pub static INVOLUNTARY_SWITCHES: MetricDef = MetricDef::new(
     "vigil_involuntary_context_switches",
     Kind::Counter,
@@ -38,6 +44,8 @@ pub static INVOLUNTARY_SWITCHES: MetricDef = MetricDef::new(
     ROLE,
 );
 
+/// `vigil_voluntary_context_switches`: Times Vigil's threads left the CPU to sleep or block, by
+/// thread role.
 pub static VOLUNTARY_SWITCHES: MetricDef = MetricDef::new(
     "vigil_voluntary_context_switches",
     Kind::Counter,
@@ -45,6 +53,8 @@ pub static VOLUNTARY_SWITCHES: MetricDef = MetricDef::new(
     ROLE,
 );
 
+/// `vigil_sched_probe_missed_events`: Scheduler events the eBPF probe could not account (no task
+/// storage available).
 pub static PROBE_ERRORS: MetricDef = MetricDef::new(
     "vigil_sched_probe_missed_events",
     Kind::Counter,
@@ -52,6 +62,7 @@ pub static PROBE_ERRORS: MetricDef = MetricDef::new(
     &[],
 );
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[
     &RUNQUEUE_LATENCY,
     &OFF_CPU,

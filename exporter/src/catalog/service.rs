@@ -8,6 +8,7 @@ use super::{Kind, Label, MetricDef};
 /// with `Retry-After`).
 pub const DRAIN_OUTCOMES: &[&str] = &["completed", "aborted", "rejected"];
 
+/// `vigil_drain_requests`: Requests seen while draining for shutdown, by what became of them.
 pub static DRAIN_REQUESTS: MetricDef = MetricDef::new(
     "vigil_drain_requests",
     Kind::Counter,
@@ -26,6 +27,7 @@ pub static DRAIN_REQUESTS: MetricDef = MetricDef::new(
 pub const CONNECTION_DROP_REASONS: &[&str] =
     &["over_limit", "out_of_files", "accept_error", "idle"];
 
+/// `vigil_http_connections_dropped`: Connections the HTTP server refused or closed, by reason.
 pub static HTTP_CONNECTIONS_DROPPED: MetricDef = MetricDef::new(
     "vigil_http_connections_dropped",
     Kind::Counter,
@@ -37,6 +39,7 @@ pub static HTTP_CONNECTIONS_DROPPED: MetricDef = MetricDef::new(
 )
 .precreate();
 
+/// `vigil_http_connections_open`: Connections the HTTP server holds open.
 pub static HTTP_CONNECTIONS_OPEN: MetricDef = MetricDef::new(
     "vigil_http_connections_open",
     Kind::Gauge,
@@ -44,6 +47,8 @@ pub static HTTP_CONNECTIONS_OPEN: MetricDef = MetricDef::new(
     &[],
 );
 
+/// `vigil_slow_client_aborts`: Requests aborted because their client stopped reading their stream
+/// (its unread events reached the bound).
 pub static SLOW_CLIENT_ABORTS: MetricDef = MetricDef::new(
     "vigil_slow_client_aborts",
     Kind::Counter,
@@ -57,6 +62,7 @@ pub static SLOW_CLIENT_ABORTS: MetricDef = MetricDef::new(
 /// and spans dropped before export because the queue was full (`dropped`).
 pub const SPAN_OUTCOMES: &[&str] = &["exported", "failed", "dropped"];
 
+/// `vigil_trace_spans`.
 pub static TRACE_SPANS: MetricDef = MetricDef::new(
     "vigil_trace_spans",
     Kind::Counter,
@@ -76,6 +82,9 @@ pub const CPU_POOLS: &[&str] = &["request", "grammar"];
 /// Values of `state`: queued for a thread of the pool, or on one.
 pub const CPU_POOL_JOB_STATES: &[&str] = &["waiting", "running"];
 
+/// `vigil_cpu_pool_jobs`: Requests' CPU work before the engine sees them (parsing, templates,
+/// tokenization; constraint compiles), waiting for or running on a thread of its pool. Requests
+/// here are in no vllm: queue yet.
 pub static CPU_POOL_JOBS: MetricDef = MetricDef::new(
     "vigil_cpu_pool_jobs",
     Kind::Gauge,
@@ -93,6 +102,7 @@ pub static CPU_POOL_JOBS: MetricDef = MetricDef::new(
 )
 .precreate();
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[
     &CPU_POOL_JOBS,
     &DRAIN_REQUESTS,

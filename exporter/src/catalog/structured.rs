@@ -11,6 +11,8 @@ use crate::buckets::BucketFamily;
 /// Lark grammar.
 pub const KINDS: &[&str] = &["json", "json_object", "regex", "choice", "grammar"];
 
+/// `vigil_structured_output_requests`: Finished requests whose output was held to a
+/// structured-output constraint, by kind of constraint.
 pub static REQUESTS: MetricDef = MetricDef::new(
     "vigil_structured_output_requests",
     Kind::Counter,
@@ -27,6 +29,9 @@ pub static REQUESTS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vigil_structured_output_mask_seconds`: Time one engine step spent computing the token masks of
+/// its constrained requests (beside the forward pass; it adds to the step's latency where it
+/// outlasts the pass).
 pub static MASK_SECONDS: MetricDef = MetricDef::new(
     "vigil_structured_output_mask_seconds",
     Kind::Histogram,
@@ -36,6 +41,9 @@ pub static MASK_SECONDS: MetricDef = MetricDef::new(
 .buckets(BucketFamily::Log2Microseconds)
 .engine_stat();
 
+/// `vigil_structured_output_failures`: Requests that ended with an error because their constraint
+/// failed mid-answer (llguidance reached one of its limits on the grammar), by kind of constraint:
+/// their output could no longer be held to it.
 pub static FAILED: MetricDef = MetricDef::new(
     "vigil_structured_output_failures",
     Kind::Counter,
@@ -56,6 +64,9 @@ pub static FAILED: MetricDef = MetricDef::new(
 /// compile deadline (a 400 when it was running, a 503 when it never started).
 pub const COMPILE_OUTCOMES: &[&str] = &["compiled", "refused", "timed_out"];
 
+/// `vigil_structured_output_compile_seconds`: Time compiling requests' constraints took on the
+/// grammar threads (apart from requests that have none; waiting for a thread not included), by kind
+/// and outcome.
 pub static COMPILE_SECONDS: MetricDef = MetricDef::new(
     "vigil_structured_output_compile_seconds",
     Kind::Histogram,
@@ -76,4 +87,5 @@ pub static COMPILE_SECONDS: MetricDef = MetricDef::new(
 .buckets(BucketFamily::PrometheusDefault)
 .precreate();
 
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[&REQUESTS, &FAILED, &MASK_SECONDS, &COMPILE_SECONDS];

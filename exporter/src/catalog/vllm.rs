@@ -42,6 +42,7 @@ const fn labels_with(extra: &'static [Label; 3]) -> &'static [Label] {
 
 // ---- Scheduler state (gauges) ----
 
+/// `vllm:num_requests_running`: Number of requests in model execution batches.
 pub static NUM_REQUESTS_RUNNING: MetricDef = MetricDef::new(
     "vllm:num_requests_running",
     Gauge,
@@ -51,6 +52,7 @@ pub static NUM_REQUESTS_RUNNING: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:num_requests_waiting`: Number of requests waiting to be processed.
 pub static NUM_REQUESTS_WAITING: MetricDef = MetricDef::new(
     "vllm:num_requests_waiting",
     Gauge,
@@ -60,6 +62,9 @@ pub static NUM_REQUESTS_WAITING: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:num_requests_waiting_by_reason`: Number of waiting requests by reason. Reason labels:
+/// 'capacity' = waiting for scheduling capacity; 'deferred' = deferred by transient constraints
+/// (LoRA budget, KV transfer, blocked status). Sum of all reasons equals vllm:num_requests_waiting.
 pub static NUM_REQUESTS_WAITING_BY_REASON: MetricDef = MetricDef::new(
     "vllm:num_requests_waiting_by_reason",
     Gauge,
@@ -69,6 +74,9 @@ pub static NUM_REQUESTS_WAITING_BY_REASON: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:engine_sleep_state`: Engine sleep state; awake = 0 means engine is sleeping; awake = 1
+/// means engine is awake; weights_offloaded = 1 means sleep level 1; discard_all = 1 means sleep
+/// level 2.
 pub static ENGINE_SLEEP_STATE: MetricDef = MetricDef::new(
     "vllm:engine_sleep_state",
     Gauge,
@@ -79,6 +87,7 @@ pub static ENGINE_SLEEP_STATE: MetricDef = MetricDef::new(
 .initial_one("awake")
 .engine_stat();
 
+/// `vllm:kv_cache_usage_perc`: KV-cache usage. 1 means 100 percent usage.
 pub static KV_CACHE_USAGE_PERC: MetricDef = MetricDef::new(
     "vllm:kv_cache_usage_perc",
     Gauge,
@@ -90,6 +99,7 @@ pub static KV_CACHE_USAGE_PERC: MetricDef = MetricDef::new(
 
 // ---- Caches (counters) ----
 
+/// `vllm:prefix_cache_queries`: Prefix cache queries, in terms of number of queried tokens.
 pub static PREFIX_CACHE_QUERIES: MetricDef = MetricDef::new(
     "vllm:prefix_cache_queries",
     Counter,
@@ -99,6 +109,7 @@ pub static PREFIX_CACHE_QUERIES: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:prefix_cache_hits`: Prefix cache hits, in terms of number of cached tokens.
 pub static PREFIX_CACHE_HITS: MetricDef = MetricDef::new(
     "vllm:prefix_cache_hits",
     Counter,
@@ -108,6 +119,8 @@ pub static PREFIX_CACHE_HITS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:external_prefix_cache_queries`: External prefix cache queries from KV connector
+/// cross-instance cache sharing, in terms of number of queried tokens.
 pub static EXTERNAL_PREFIX_CACHE_QUERIES: MetricDef = MetricDef::new(
     "vllm:external_prefix_cache_queries",
     Counter,
@@ -117,6 +130,8 @@ pub static EXTERNAL_PREFIX_CACHE_QUERIES: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:external_prefix_cache_hits`: External prefix cache hits from KV connector cross-instance
+/// cache sharing, in terms of number of cached tokens.
 pub static EXTERNAL_PREFIX_CACHE_HITS: MetricDef = MetricDef::new(
     "vllm:external_prefix_cache_hits",
     Counter,
@@ -126,6 +141,7 @@ pub static EXTERNAL_PREFIX_CACHE_HITS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:mm_cache_queries`: Multi-modal cache queries, in terms of number of queried items.
 pub static MM_CACHE_QUERIES: MetricDef = MetricDef::new(
     "vllm:mm_cache_queries",
     Counter,
@@ -135,6 +151,7 @@ pub static MM_CACHE_QUERIES: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:mm_cache_hits`: Multi-modal cache hits, in terms of number of cached items.
 pub static MM_CACHE_HITS: MetricDef = MetricDef::new(
     "vllm:mm_cache_hits",
     Counter,
@@ -146,6 +163,7 @@ pub static MM_CACHE_HITS: MetricDef = MetricDef::new(
 
 // ---- Throughput and outcomes (counters) ----
 
+/// `vllm:num_preemptions`: Cumulative number of preemption from the engine.
 pub static NUM_PREEMPTIONS: MetricDef = MetricDef::new(
     "vllm:num_preemptions",
     Counter,
@@ -155,6 +173,7 @@ pub static NUM_PREEMPTIONS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:prompt_tokens`: Number of prefill tokens processed.
 pub static PROMPT_TOKENS: MetricDef = MetricDef::new(
     "vllm:prompt_tokens",
     Counter,
@@ -164,6 +183,7 @@ pub static PROMPT_TOKENS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:prompt_tokens_by_source`: Number of prompt tokens by source.
 pub static PROMPT_TOKENS_BY_SOURCE: MetricDef = MetricDef::new(
     "vllm:prompt_tokens_by_source",
     Counter,
@@ -180,6 +200,7 @@ pub static PROMPT_TOKENS_BY_SOURCE: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:prompt_tokens_cached`: Number of cached prompt tokens (local + external).
 pub static PROMPT_TOKENS_CACHED: MetricDef = MetricDef::new(
     "vllm:prompt_tokens_cached",
     Counter,
@@ -189,6 +210,10 @@ pub static PROMPT_TOKENS_CACHED: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:prompt_tokens_cached_by_source`: Prefix-cache hit tokens by the cache tier that supplied
+/// them: device (local HBM), host (offloaded to DRAM), disk, p2p (transferred from another vLLM
+/// instance) or external_unspecified. Counted at admission; sums to vllm:prefix_cache_hits +
+/// vllm:external_prefix_cache_hits.
 pub static PROMPT_TOKENS_CACHED_BY_SOURCE: MetricDef = MetricDef::new(
     "vllm:prompt_tokens_cached_by_source",
     Counter,
@@ -198,6 +223,7 @@ pub static PROMPT_TOKENS_CACHED_BY_SOURCE: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:generation_tokens`: Number of generation tokens processed.
 pub static GENERATION_TOKENS: MetricDef = MetricDef::new(
     "vllm:generation_tokens",
     Counter,
@@ -207,6 +233,7 @@ pub static GENERATION_TOKENS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_success`: Count of successfully processed requests.
 pub static REQUEST_SUCCESS: MetricDef = MetricDef::new(
     "vllm:request_success",
     Counter,
@@ -223,6 +250,7 @@ pub static REQUEST_SUCCESS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:admission_rejections`: Number of admission attempts rejected by a queue limit, by reason.
 pub static ADMISSION_REJECTIONS: MetricDef = MetricDef::new(
     "vllm:admission_rejections",
     Counter,
@@ -240,6 +268,7 @@ pub static ADMISSION_REJECTIONS: MetricDef = MetricDef::new(
 
 // ---- Per-request histograms ----
 
+/// `vllm:request_prompt_tokens`: Number of prefill tokens processed.
 pub static REQUEST_PROMPT_TOKENS: MetricDef = MetricDef::new(
     "vllm:request_prompt_tokens",
     Histogram,
@@ -251,6 +280,7 @@ pub static REQUEST_PROMPT_TOKENS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_generation_tokens`: Number of generation tokens processed.
 pub static REQUEST_GENERATION_TOKENS: MetricDef = MetricDef::new(
     "vllm:request_generation_tokens",
     Histogram,
@@ -273,6 +303,8 @@ pub static ITERATION_TOKENS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_max_num_generation_tokens`: Histogram of maximum number of requested generation
+/// tokens.
 pub static REQUEST_MAX_NUM_GENERATION_TOKENS: MetricDef = MetricDef::new(
     "vllm:request_max_num_generation_tokens",
     Histogram,
@@ -284,6 +316,7 @@ pub static REQUEST_MAX_NUM_GENERATION_TOKENS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_params_n`: Histogram of the n request parameter.
 pub static REQUEST_PARAMS_N: MetricDef = MetricDef::new(
     "vllm:request_params_n",
     Histogram,
@@ -295,6 +328,7 @@ pub static REQUEST_PARAMS_N: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_params_max_tokens`: Histogram of the max_tokens request parameter.
 pub static REQUEST_PARAMS_MAX_TOKENS: MetricDef = MetricDef::new(
     "vllm:request_params_max_tokens",
     Histogram,
@@ -306,6 +340,7 @@ pub static REQUEST_PARAMS_MAX_TOKENS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:time_to_first_token_seconds`: Histogram of time to first token in seconds.
 pub static TIME_TO_FIRST_TOKEN_SECONDS: MetricDef = MetricDef::new(
     "vllm:time_to_first_token_seconds",
     Histogram,
@@ -317,6 +352,7 @@ pub static TIME_TO_FIRST_TOKEN_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:inter_token_latency_seconds`: Histogram of inter-token latency in seconds.
 pub static INTER_TOKEN_LATENCY_SECONDS: MetricDef = MetricDef::new(
     "vllm:inter_token_latency_seconds",
     Histogram,
@@ -328,6 +364,8 @@ pub static INTER_TOKEN_LATENCY_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_time_per_output_token_seconds`: Histogram of time_per_output_token_seconds per
+/// request.
 pub static REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS: MetricDef = MetricDef::new(
     "vllm:request_time_per_output_token_seconds",
     Histogram,
@@ -339,6 +377,7 @@ pub static REQUEST_TIME_PER_OUTPUT_TOKEN_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:e2e_request_latency_seconds`: Histogram of e2e request latency in seconds.
 pub static E2E_REQUEST_LATENCY_SECONDS: MetricDef = MetricDef::new(
     "vllm:e2e_request_latency_seconds",
     Histogram,
@@ -350,6 +389,7 @@ pub static E2E_REQUEST_LATENCY_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_queue_time_seconds`: Histogram of time spent in WAITING phase for request.
 pub static REQUEST_QUEUE_TIME_SECONDS: MetricDef = MetricDef::new(
     "vllm:request_queue_time_seconds",
     Histogram,
@@ -361,6 +401,7 @@ pub static REQUEST_QUEUE_TIME_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_inference_time_seconds`: Histogram of time spent in RUNNING phase for request.
 pub static REQUEST_INFERENCE_TIME_SECONDS: MetricDef = MetricDef::new(
     "vllm:request_inference_time_seconds",
     Histogram,
@@ -372,6 +413,7 @@ pub static REQUEST_INFERENCE_TIME_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_prefill_time_seconds`: Histogram of time spent in PREFILL phase for request.
 pub static REQUEST_PREFILL_TIME_SECONDS: MetricDef = MetricDef::new(
     "vllm:request_prefill_time_seconds",
     Histogram,
@@ -383,6 +425,7 @@ pub static REQUEST_PREFILL_TIME_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_decode_time_seconds`: Histogram of time spent in DECODE phase for request.
 pub static REQUEST_DECODE_TIME_SECONDS: MetricDef = MetricDef::new(
     "vllm:request_decode_time_seconds",
     Histogram,
@@ -394,6 +437,7 @@ pub static REQUEST_DECODE_TIME_SECONDS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_num_preemptions`: Histogram of the number of times a request was preempted.
 pub static REQUEST_NUM_PREEMPTIONS: MetricDef = MetricDef::new(
     "vllm:request_num_preemptions",
     Histogram,
@@ -405,6 +449,8 @@ pub static REQUEST_NUM_PREEMPTIONS: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:request_prefill_kv_computed_tokens`: Histogram of new KV tokens computed during prefill
+/// (excluding cached tokens).
 pub static REQUEST_PREFILL_KV_COMPUTED_TOKENS: MetricDef = MetricDef::new(
     "vllm:request_prefill_kv_computed_tokens",
     Histogram,
@@ -418,6 +464,8 @@ pub static REQUEST_PREFILL_KV_COMPUTED_TOKENS: MetricDef = MetricDef::new(
 
 // ---- Model FLOPs utilisation (registered unconditionally; incremented only when estimated) ----
 
+/// `vllm:estimated_flops_per_gpu`: Estimated number of floating point operations per GPU (for Model
+/// Flops Utilization calculations).
 pub static ESTIMATED_FLOPS_PER_GPU: MetricDef = MetricDef::new(
     "vllm:estimated_flops_per_gpu",
     Counter,
@@ -427,6 +475,8 @@ pub static ESTIMATED_FLOPS_PER_GPU: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:estimated_read_bytes_per_gpu`: Estimated number of bytes read from memory per GPU (for
+/// Model Flops Utilization calculations).
 pub static ESTIMATED_READ_BYTES_PER_GPU: MetricDef = MetricDef::new(
     "vllm:estimated_read_bytes_per_gpu",
     Counter,
@@ -436,6 +486,8 @@ pub static ESTIMATED_READ_BYTES_PER_GPU: MetricDef = MetricDef::new(
 .precreate()
 .engine_stat();
 
+/// `vllm:estimated_write_bytes_per_gpu`: Estimated number of bytes written to memory per GPU (for
+/// Model Flops Utilization calculations).
 pub static ESTIMATED_WRITE_BYTES_PER_GPU: MetricDef = MetricDef::new(
     "vllm:estimated_write_bytes_per_gpu",
     Counter,
@@ -491,6 +543,7 @@ pub const CACHE_CONFIG_LABELS: &[Label] = &[
     Label::Engine,
 ];
 
+/// `vllm:cache_config_info`: Information of the LLMEngine CacheConfig.
 pub static CACHE_CONFIG_INFO: MetricDef = MetricDef::new(
     "vllm:cache_config_info",
     Gauge,
@@ -501,6 +554,7 @@ pub static CACHE_CONFIG_INFO: MetricDef = MetricDef::new(
 
 // ---- Legacy names: deprecated aliases with the values of their replacements ----
 
+/// `vllm:gpu_cache_usage_perc`: GPU KV-cache usage. 1 means 100 percent usage.
 pub static GPU_CACHE_USAGE_PERC: MetricDef = MetricDef::new(
     "vllm:gpu_cache_usage_perc",
     Gauge,
@@ -514,6 +568,7 @@ pub static GPU_CACHE_USAGE_PERC: MetricDef = MetricDef::new(
 })
 .engine_stat();
 
+/// `vllm:gpu_prefix_cache_queries`: GPU prefix cache queries, in terms of number of queried tokens.
 pub static GPU_PREFIX_CACHE_QUERIES: MetricDef = MetricDef::new(
     "vllm:gpu_prefix_cache_queries",
     Counter,
@@ -527,6 +582,7 @@ pub static GPU_PREFIX_CACHE_QUERIES: MetricDef = MetricDef::new(
 })
 .engine_stat();
 
+/// `vllm:gpu_prefix_cache_hits`: GPU prefix cache hits, in terms of number of cached tokens.
 pub static GPU_PREFIX_CACHE_HITS: MetricDef = MetricDef::new(
     "vllm:gpu_prefix_cache_hits",
     Counter,
@@ -540,6 +596,7 @@ pub static GPU_PREFIX_CACHE_HITS: MetricDef = MetricDef::new(
 })
 .engine_stat();
 
+/// `vllm:time_per_output_token_seconds`: Histogram of time per output token in seconds.
 pub static TIME_PER_OUTPUT_TOKEN_SECONDS: MetricDef = MetricDef::new(
     "vllm:time_per_output_token_seconds",
     Histogram,
@@ -556,6 +613,7 @@ pub static TIME_PER_OUTPUT_TOKEN_SECONDS: MetricDef = MetricDef::new(
 .engine_stat();
 
 /// Every vLLM entry, in rendering order.
+/// Every series this module defines.
 pub static ALL: &[&MetricDef] = &[
     &NUM_REQUESTS_RUNNING,
     &NUM_REQUESTS_WAITING,

@@ -115,15 +115,21 @@ impl MetricType {
     }
 }
 
+/// One sample line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample<'a> {
+    /// The series name (with any `_bucket`, `_sum`, `_count` or `_total` suffix).
     pub name: &'a str,
+    /// Its labels, as written.
     pub labels: LabelSet<'a>,
+    /// Its value.
     pub value: f64,
+    /// Its timestamp in milliseconds, if written.
     pub timestamp_ms: Option<i64>,
 }
 
 impl<'a> Sample<'a> {
+    /// The value of label `name`, unescaped.
     pub fn label(&self, name: &str) -> Option<Cow<'a, str>> {
         self.labels.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
     }
@@ -142,6 +148,7 @@ pub struct Family<'a> {
 /// was read from and costs little more memory: the node agent reads expositions of megabytes.
 #[derive(Debug, Default)]
 pub struct Exposition<'a> {
+    /// The families, in the order they appear.
     pub families: Vec<Family<'a>>,
     /// What was left out, with the family (or sample) name the line was about.
     pub problems: Vec<(Problem, String)>,

@@ -140,6 +140,7 @@ impl std::fmt::Debug for Exporter {
 }
 
 impl Exporter {
+    /// An exporter with nothing recorded yet.
     pub fn new(config: ExporterConfig) -> Self {
         let visible = catalog::all()
             .filter(|d| config.engine_stats || !d.engine_stat)
@@ -186,6 +187,7 @@ impl Exporter {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &ExporterConfig {
         &self.inner.config
     }
@@ -357,18 +359,28 @@ impl Exporter {
 /// A series set directly that does not match its catalog entry: a bug in the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SetError {
+    /// A value for a series, or a label set, the catalog does not define.
     #[error("{name} is a {kind} with labels {labels}; got a {given_kind} with {given}")]
     NotInCatalog {
+        /// The series.
         name: &'static str,
+        /// Its kind in the catalog.
         kind: &'static str,
+        /// The labels the catalog defines.
         labels: String,
+        /// The kind it was given as.
         given_kind: &'static str,
+        /// The labels it was given with.
         given: String,
     },
+    /// Histogram counts that do not match the series' buckets.
     #[error("{name} has {buckets} buckets, got {counts} counts")]
     BucketCount {
+        /// The series.
         name: &'static str,
+        /// Its buckets.
         buckets: usize,
+        /// The counts given.
         counts: usize,
     },
 }

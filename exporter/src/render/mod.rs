@@ -57,6 +57,7 @@ impl Format {
         }
     }
 
+    /// The HTTP `Content-Type` of this format.
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",

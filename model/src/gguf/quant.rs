@@ -23,19 +23,30 @@ use half::{bf16, f16};
 #[repr(u32)]
 #[allow(non_camel_case_types)]
 pub enum GgmlType {
+    /// 32-bit floats.
     F32 = 0,
+    /// IEEE half precision.
     F16 = 1,
+    /// Blocks of 32 4-bit values with an f16 scale.
     Q4_0 = 2,
+    /// Blocks of 32 4-bit values with an f16 scale and minimum.
     Q4_1 = 3,
+    /// Blocks of 32 5-bit values with an f16 scale.
     Q5_0 = 6,
+    /// Blocks of 32 5-bit values with an f16 scale and minimum.
     Q5_1 = 7,
+    /// Blocks of 32 8-bit values with an f16 scale.
     Q8_0 = 8,
+    /// Super-blocks of 256 4-bit values in 8 groups with 6-bit scales and minimums.
     Q4_K = 12,
+    /// Super-blocks of 256 6-bit values in 16 groups with 8-bit scales.
     Q6_K = 14,
+    /// bfloat16.
     BF16 = 30,
 }
 
 impl GgmlType {
+    /// The type of GGML's id `id`, if Vigil reads it.
     pub fn from_id(id: u32) -> Option<GgmlType> {
         Some(match id {
             0 => GgmlType::F32,

@@ -12,17 +12,23 @@ use serde::Serialize;
 /// too (`is defined` is false).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
     pub role: String,
+    /// The text.
     pub content: String,
+    /// An assistant message's tool calls, as the OpenAI API writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// The call a `tool` message answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_call_id: Option<String>,
+    /// The participant's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 
 impl ChatMessage {
+    /// A message of `role` with `content` and nothing else.
     pub fn new(role: &str, content: &str) -> Self {
         ChatMessage {
             role: role.into(),
@@ -66,10 +72,12 @@ impl ChatTemplate {
         })
     }
 
+    /// The Jinja source.
     pub fn source(&self) -> &str {
         &self.source
     }
 
+    /// Renders `messages` as the model expects its prompt.
     pub fn render(
         &self,
         messages: &[ChatMessage],

@@ -14,12 +14,15 @@ use crate::error::LoadError;
 /// A model's tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The beginning-of-sequence token's text.
     pub bos_token: Option<String>,
+    /// The end-of-sequence token's text.
     pub eos_token: Option<String>,
     /// Tokens that end generation (EOS, plus `generation_config.json`'s list).
     pub eos_token_ids: Vec<u32>,
     /// Prepend BOS when encoding a prompt.
     pub add_bos: bool,
+    /// The model's chat template, if it has one.
     pub chat_template: Option<ChatTemplate>,
     /// [`Tokenizer::max_token_bytes`], computed on first use.
     max_token_bytes: std::sync::OnceLock<usize>,
@@ -41,6 +44,7 @@ impl std::fmt::Debug for Tokenizer {
 pub struct TokenizerError(pub String);
 
 impl Tokenizer {
+    /// Wraps a `tokenizers` tokenizer, with no special tokens or template known.
     pub fn new(inner: tokenizers::Tokenizer) -> Tokenizer {
         Tokenizer {
             inner,
@@ -64,6 +68,7 @@ impl Tokenizer {
         from_gguf::load(file)
     }
 
+    /// Tokens in the vocabulary, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -92,10 +97,12 @@ impl Tokenizer {
             .map_err(|e| TokenizerError(e.to_string()))
     }
 
+    /// The id of `token`.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
+    /// The text of token `id`.
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
@@ -118,6 +125,7 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// The text of `ids`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizerError> {
         self.inner
             .decode(ids, skip_special_tokens)
@@ -168,6 +176,7 @@ pub struct DecodeStream {
 }
 
 impl DecodeStream {
+    /// A stream over `tokenizer`.
     pub fn new(tokenizer: std::sync::Arc<Tokenizer>, skip_special_tokens: bool) -> Self {
         DecodeStream {
             tokenizer,

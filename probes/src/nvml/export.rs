@@ -34,6 +34,7 @@ pub struct GpuSeries {
 }
 
 impl GpuSeries {
+    /// Handles for every GPU series, resolved once.
     pub fn new() -> Self {
         Self::default()
     }

@@ -18,13 +18,16 @@ pub enum ErrorKind {
     NoPermission,
     /// The GPU fell off the bus (`NVML_ERROR_GPU_IS_LOST`): it needs a reset.
     GpuLost,
+    /// NVML did not answer in time.
     Timeout,
     /// The driver is older than the call (a symbol missing from libnvidia-ml).
     MissingFunction,
+    /// Any other NVML error.
     Other,
 }
 
 impl ErrorKind {
+    /// The value of the series' `reason` label.
     pub fn label(self) -> &'static str {
         match self {
             ErrorKind::NotSupported => "not_supported",

@@ -22,6 +22,7 @@ use crate::status::State;
 
 /// Something that can read every GPU once.
 pub trait GpuSource: Send {
+    /// Reads every GPU once.
     fn poll(&mut self) -> Poll;
 }
 
@@ -32,6 +33,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// A source that answers `polls` in turn, then the last one again.
     pub fn new(polls: Vec<Poll>) -> Recorded {
         assert!(!polls.is_empty(), "a recording has at least one poll");
         Recorded { polls, next: 0 }

@@ -11,10 +11,15 @@ pub(crate) const NR_SLOTS: usize = BucketFamily::LOG2_SLOTS;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RoleStats {
+    /// Run-queue latency histogram: counts per power-of-two microsecond slot.
     pub slots: [u64; NR_SLOTS],
+    /// Total run-queue wait, in nanoseconds.
     pub runq_ns: u64,
+    /// Total time off the CPU, in nanoseconds.
     pub offcpu_ns: u64,
+    /// Context switches the thread did not ask for.
     pub involuntary: u64,
+    /// Context switches the thread asked for (it blocked or yielded).
     pub voluntary: u64,
 }
 
@@ -54,6 +59,7 @@ impl RoleStats {
 /// Everything the kernel side has counted so far (cumulative since attach), all CPUs summed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
+    /// Each role's totals, in `ROLES` order.
     pub roles: [RoleStats; NR_ROLES],
     /// `STAT_NO_STORAGE`: events not accounted.
     pub missed: u64,

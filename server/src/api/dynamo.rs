@@ -17,12 +17,16 @@ use super::error::ApiError;
 /// sanitizes label values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DynamoNames {
+    /// Dynamo's namespace (`DYN_NAMESPACE`).
     pub namespace: String,
+    /// Dynamo's component.
     pub component: String,
+    /// Dynamo's endpoint.
     pub endpoint: String,
 }
 
 impl DynamoNames {
+    /// The names Dynamo's labels carry.
     pub fn new(namespace: &str, component: &str, endpoint: &str) -> Self {
         DynamoNames {
             namespace: sanitize_label(namespace),

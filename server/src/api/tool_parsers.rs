@@ -30,6 +30,7 @@ impl ToolParser {
     /// The names `--tool-call-parser` takes.
     pub const NAMES: &'static [&'static str] = &["hermes", "llama3_json"];
 
+    /// The parser vLLM's `--tool-call-parser` names `name`.
     pub fn from_name(name: &str) -> Option<ToolParser> {
         match name {
             "hermes" => Some(ToolParser::Hermes),

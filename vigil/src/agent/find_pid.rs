@@ -4,7 +4,7 @@
 use std::path::Path;
 
 /// The process listening on `port` (IPv4 or IPv6), if this user can see it.
-pub fn listening_on(port: u16) -> Option<u32> {
+pub(crate) fn listening_on(port: u16) -> Option<u32> {
     let inodes: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())

@@ -11,8 +11,8 @@
 //! comes, goes and restarts.
 
 mod engine_check;
-pub mod find_pid;
-pub mod passthrough;
+pub(crate) mod find_pid;
+pub(crate) mod passthrough;
 mod upstream;
 
 use std::collections::HashSet;
@@ -51,7 +51,7 @@ struct Agent {
     compressions: tokio::sync::Semaphore,
 }
 
-pub async fn run(args: ProbeArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ProbeArgs) -> anyhow::Result<()> {
     let url = args.engine_metrics_url.clone();
     let port = engine_port(&url)?;
     let exporter = Exporter::new(ExporterConfig::new(2048));

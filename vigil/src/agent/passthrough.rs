@@ -23,6 +23,8 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// A relay that passes families starting with any of `prefixes` except the agent's `own`,
+    /// adding the `inject` labels to each sample.
     pub fn new(prefixes: Vec<String>, own: HashSet<String>, inject: Vec<(String, String)>) -> Self {
         Relay {
             prefixes,

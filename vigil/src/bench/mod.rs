@@ -20,7 +20,7 @@ use clap::Args;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-pub use report::RequestResult;
+pub(crate) use report::RequestResult;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchServeArgs {
@@ -70,7 +70,7 @@ pub struct BenchServeArgs {
     pub disable_tqdm: bool,
 }
 
-pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     if args.request_rate.is_nan() || args.request_rate <= 0.0 {
         bail!("--request-rate must be positive or inf");
     }

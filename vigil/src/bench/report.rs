@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::BenchServeArgs;
 
 #[derive(Debug, Clone, Default)]
-pub struct RequestResult {
+pub(crate) struct RequestResult {
     pub success: bool,
     pub error: Option<String>,
     pub prompt_len: usize,

@@ -11,9 +11,9 @@ use model::Model;
 
 use super::report::Report;
 
-pub const BATCHES: &[usize] = &[1, 16, 64, 256];
-pub const PROMPT_LEN: usize = 128;
-pub const NEW_TOKENS: usize = 64;
+pub(crate) const BATCHES: &[usize] = &[1, 16, 64, 256];
+pub(crate) const PROMPT_LEN: usize = 128;
+pub(crate) const NEW_TOKENS: usize = 64;
 /// Prefill steps take at most this many tokens (as `--max-num-batched-tokens` would).
 const PREFILL_CHUNK: usize = 8192;
 const BLOCK_SIZE: usize = 16;
@@ -23,7 +23,7 @@ const BLOCK_SIZE: usize = 16;
 const BATCH1_BANDWIDTH_TARGET: f64 = 0.30;
 
 #[derive(Debug, Clone)]
-pub struct BenchRow {
+pub(crate) struct BenchRow {
     pub batch: usize,
     pub prefill: Duration,
     pub decode: Duration,
@@ -32,7 +32,7 @@ pub struct BenchRow {
     pub bandwidth_fraction: f64,
 }
 
-pub fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<BenchRow>> {
+pub(crate) fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<BenchRow>> {
     let c = &model.config;
     let max_batch = *BATCHES.iter().max().expect("batches");
     let per_seq_blocks = (PROMPT_LEN + NEW_TOKENS).div_ceil(BLOCK_SIZE);

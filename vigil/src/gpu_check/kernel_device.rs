@@ -8,19 +8,19 @@ use backend::kernel_check::Gpu;
 use backend::kernel_check::{addr, Kernels};
 use backend::CudaError;
 
-pub struct Dev {
+pub(crate) struct Dev {
     pub gpu: Gpu,
 }
 
 impl Dev {
-    pub fn open(ordinal: usize) -> Result<Dev, CudaError> {
+    pub(crate) fn open(ordinal: usize) -> Result<Dev, CudaError> {
         Ok(Dev {
             gpu: Gpu::open(ordinal)?,
         })
     }
 
     /// `host` as bf16 on the device (rounded to nearest even, as the kernels round).
-    pub fn bf16(&self, host: &[f32]) -> Result<CudaSlice<u16>, CudaError> {
+    pub(crate) fn bf16(&self, host: &[f32]) -> Result<CudaSlice<u16>, CudaError> {
         let bits: Vec<u16> = host
             .iter()
             .map(|v| half::bf16::from_f32(*v).to_bits())
@@ -28,18 +28,18 @@ impl Dev {
         Ok(self.gpu.stream.clone_htod(&bits)?)
     }
 
-    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, CudaError> {
+    pub(crate) fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>, CudaError> {
         Ok(self.gpu.stream.clone_htod(host)?)
     }
 
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+    pub(crate) fn zeros<T: DeviceRepr + ValidAsZeroBits>(
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>, CudaError> {
         Ok(self.gpu.stream.alloc_zeros::<T>(n.max(1))?)
     }
 
-    pub fn read_bf16(&self, buf: &CudaSlice<u16>) -> Result<Vec<f32>, CudaError> {
+    pub(crate) fn read_bf16(&self, buf: &CudaSlice<u16>) -> Result<Vec<f32>, CudaError> {
         Ok(self
             .read(buf)?
             .into_iter()
@@ -47,18 +47,18 @@ impl Dev {
             .collect())
     }
 
-    pub fn read<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
+    pub(crate) fn read<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>, CudaError> {
         let v = self.gpu.stream.clone_dtoh(buf)?;
         self.gpu.stream.synchronize()?;
         Ok(v)
     }
 
-    pub fn at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> DevPtr<T> {
+    pub(crate) fn at<T>(&self, buf: &CudaSlice<T>, offset: usize) -> DevPtr<T> {
         addr(buf, &self.gpu.stream, offset)
     }
 
     /// The kernels' launch methods and the stream they run on.
-    pub fn kernels(&self) -> (&Kernels, &cudarc::driver::CudaStream) {
+    pub(crate) fn kernels(&self) -> (&Kernels, &cudarc::driver::CudaStream) {
         (&self.gpu.kernels, &self.gpu.stream)
     }
 }

@@ -33,7 +33,7 @@ fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 }
 
 /// Runs every kernel check into `report`.
-pub fn run(dev: &Dev, report: &mut Report) {
+pub(crate) fn run(dev: &Dev, report: &mut Report) {
     let mut rng = StdRng::seed_from_u64(7);
     let checks: [(&str, KernelCheck); 10] = [
         ("kernel embedding_gather", embedding),

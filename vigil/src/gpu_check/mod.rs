@@ -11,18 +11,18 @@
 //!
 //! Every check prints PASS or FAIL with its numbers; the command fails if any failed.
 
-pub mod bench;
-pub mod kernel_device;
-pub mod kernels;
-pub mod model;
-pub mod report;
-pub mod serving;
-pub mod transformers;
+pub(crate) mod bench;
+pub(crate) mod kernel_device;
+pub(crate) mod kernels;
+pub(crate) mod model;
+pub(crate) mod report;
+pub(crate) mod serving;
+pub(crate) mod transformers;
 
 use crate::cli::{CheckGpuArgs, CheckSection};
 use report::Report;
 
-pub fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
     let wants = |s: CheckSection| args.only.is_empty() || args.only.contains(&s);
     let mut report = Report::default();
     if wants(CheckSection::Nvml) {

@@ -10,9 +10,9 @@ use model::{LlamaConfig, Model, WeightSource};
 use super::report::Report;
 
 /// Greedy steps per prompt.
-pub const GREEDY_STEPS: usize = 64;
+pub(crate) const GREEDY_STEPS: usize = 64;
 
-pub const PROMPTS: &[&str] = &[
+pub(crate) const PROMPTS: &[&str] = &[
     "The capital of France is",
     "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     "Once upon a time, in a small village by the sea,",
@@ -103,7 +103,7 @@ fn compare_prompt(
 }
 
 /// The tiny random model of the unit tests (2 layers, GQA 4/2, head_dim 16).
-pub fn run_tiny(report: &mut Report) {
+pub(crate) fn run_tiny(report: &mut Report) {
     let name = "tiny random model logits vs CPU";
     let result = (|| -> anyhow::Result<(f32, f32, usize)> {
         let config = LlamaConfig {
@@ -129,7 +129,7 @@ pub fn run_tiny(report: &mut Report) {
 }
 
 /// The served model: logits on each prompt, then greedy decoding on each.
-pub fn run_model(model: &Model, report: &mut Report) {
+pub(crate) fn run_model(model: &Model, report: &mut Report) {
     let c = &model.config;
     let blocks = (2048usize).div_ceil(16);
     let backends = (|| -> anyhow::Result<(CudaBackend, CpuBackend)> {

@@ -2,14 +2,14 @@
 
 /// One verdict: what was compared, whether it passed, and the numbers behind it.
 #[derive(Debug, Clone)]
-pub struct Check {
+pub(crate) struct Check {
     pub name: String,
     pub passed: bool,
     pub detail: String,
 }
 
 #[derive(Debug, Default)]
-pub struct Report {
+pub(crate) struct Report {
     pub checks: Vec<Check>,
     /// The device checked is the simulator's (its name says so).
     pub simulated: bool,
@@ -17,7 +17,12 @@ pub struct Report {
 
 impl Report {
     /// Records and prints a verdict.
-    pub fn check(&mut self, name: impl Into<String>, passed: bool, detail: impl Into<String>) {
+    pub(crate) fn check(
+        &mut self,
+        name: impl Into<String>,
+        passed: bool,
+        detail: impl Into<String>,
+    ) {
         let check = Check {
             name: name.into(),
             passed,
@@ -33,21 +38,21 @@ impl Report {
     }
 
     /// Records a section that could not run at all as a failure with its reason.
-    pub fn error(&mut self, name: &str, error: impl std::fmt::Display) {
+    pub(crate) fn error(&mut self, name: &str, error: impl std::fmt::Display) {
         self.check(name, false, format!("error: {error}"));
     }
 
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.checks.iter().all(|c| c.passed)
     }
 
-    pub fn failures(&self) -> usize {
+    pub(crate) fn failures(&self) -> usize {
         self.checks.iter().filter(|c| !c.passed).count()
     }
 }
 
 /// The largest of `|got - want| / (1 + |want|)`: absolute near zero, relative for large values.
-pub fn max_error(got: &[f32], want: &[f32]) -> f32 {
+pub(crate) fn max_error(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len(), "compared buffers differ in length");
     got.iter()
         .zip(want)
@@ -63,7 +68,7 @@ pub fn max_error(got: &[f32], want: &[f32]) -> f32 {
 }
 
 /// bf16 rounding on the host (what the device sees of an input).
-pub fn round_bf16(x: &[f32]) -> Vec<f32> {
+pub(crate) fn round_bf16(x: &[f32]) -> Vec<f32> {
     x.iter()
         .map(|v| half::bf16::from_f32(*v).to_f32())
         .collect()

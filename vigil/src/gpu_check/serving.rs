@@ -75,7 +75,7 @@ fn post(base: &str, path: &str, body: serde_json::Value) -> anyhow::Result<(u16,
     Ok((resp.status().as_u16(), resp.body_mut().read_to_string()?))
 }
 
-pub fn run(model: &Model, report: &mut Report) {
+pub(crate) fn run(model: &Model, report: &mut Report) {
     let server = match start(&model.path) {
         Ok(s) => s,
         Err(e) => return report.error("serve --device cuda", e),

@@ -22,7 +22,7 @@ const SCRIPT: &str = include_str!("transformers_bench.py");
 const BATCH64_TARGET: f64 = 3.0;
 
 /// `config.json` for transformers' LlamaForCausalLM.
-pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
+pub(crate) fn hf_config(c: &LlamaConfig) -> serde_json::Value {
     let rope_scaling = match &c.rope_scaling {
         None => serde_json::Value::Null,
         Some(RopeScaling::Linear { factor }) => {
@@ -62,7 +62,7 @@ pub fn hf_config(c: &LlamaConfig) -> serde_json::Value {
 }
 
 /// Writes `model`'s weights as an HF folder: `config.json` and `model.safetensors` (bf16).
-pub fn export_hf(model: &Model, dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn export_hf(model: &Model, dir: &Path) -> anyhow::Result<()> {
     let c = &model.config;
     let w = model.weights.as_ref();
     let mut names_shapes: Vec<(String, Vec<usize>)> = vec![
@@ -117,7 +117,7 @@ pub fn export_hf(model: &Model, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Runs transformers on the same prompts and compares with `ours`.
-pub fn run(model: &Model, python: &str, ours: &[BenchRow], report: &mut Report) {
+pub(crate) fn run(model: &Model, python: &str, ours: &[BenchRow], report: &mut Report) {
     let dir = std::env::temp_dir().join(format!("vigil-check-gpu-{}", std::process::id()));
     let result = (|| -> anyhow::Result<Option<Vec<(usize, f64)>>> {
         std::fs::create_dir_all(&dir)?;

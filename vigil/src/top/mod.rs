@@ -100,7 +100,7 @@ fn save_scrapes(dir: &PathBuf, i: usize, before: &Scrape, after: &Scrape) -> any
     Ok(())
 }
 
-pub fn run(args: &TopArgs) -> anyhow::Result<()> {
+pub(crate) fn run(args: &TopArgs) -> anyhow::Result<()> {
     let urls = urls(args);
     let interval = args.interval;
     if args.once {

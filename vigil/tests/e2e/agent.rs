@@ -853,7 +853,7 @@ fn mutate(seed: u64) -> String {
 #[test]
 fn the_agents_output_is_always_a_valid_exposition() {
     use exporter::Exposition;
-    use vigil::agent::passthrough::Relay;
+    use vigil::Relay;
     let relay = Relay::new(
         vec!["vllm:".to_owned()],
         Default::default(),

@@ -13,6 +13,7 @@ use half::{bf16, f16};
 pub trait KvElement: Copy + Default + Send + Sync + 'static {
     /// `n` zeros, allocated zeroed so that pages no one writes are never touched.
     fn zeroed(n: usize) -> Vec<Self>;
+    /// Rounds an f32 to this element type.
     fn store(x: f32) -> Self;
     /// `x` as the operand that meets a cache row: rounded to the element's precision.
     fn operand(x: f32) -> f32;

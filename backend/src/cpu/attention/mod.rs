@@ -15,15 +15,22 @@ mod x86;
 /// One new token of the step: its sequence (index into the batch) and position.
 #[derive(Debug, Clone, Copy)]
 pub struct Row {
+    /// Which sequence of the batch the query belongs to.
     pub seq: usize,
+    /// The query's position in its sequence (it attends to positions `0..=pos`).
     pub pos: usize,
 }
 
+/// The shape of the paged KV cache and of the heads that read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Geometry {
+    /// Tokens per KV block.
     pub block_size: usize,
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (each serves `n_heads / n_kv_heads` query heads).
     pub n_kv_heads: usize,
+    /// Width of one head.
     pub head_dim: usize,
 }
 
