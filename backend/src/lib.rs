@@ -1,5 +1,5 @@
-//! The backend interface the executor drives, and its implementations: the CPU ([`cpu`]) and
-//! CUDA ([`cuda`], through cudarc with the libraries loaded at run time).
+//! The backend interface the executor drives, and its implementations: the CPU (`cpu`) and
+//! CUDA (`cuda`, through cudarc with the libraries loaded at run time).
 //!
 //! A step is a batch of sequences, each contributing the tokens whose KV is not cached yet
 //! (a whole prompt, a chunk of one, or one decode token), the position of its first new token,

@@ -106,7 +106,7 @@ fn sum_exp_lanes(x: &[f32], max: f32) -> f64 {
 }
 
 /// The probabilities of a row (its softmax) into `out`, in f64, the exponentials taken as
-/// [`sum_exp`] takes them and scaled by the reciprocal of their sum: what a sampler draws
+/// `sum_exp` takes them and scaled by the reciprocal of their sum: what a sampler draws
 /// from, for every sampled token.
 pub fn softmax(x: &[f32], out: &mut Vec<f64>) {
     let max = max_value(x);

@@ -2,15 +2,15 @@
 //! and Vigil call) and `libcublas.so` (handles and `cublasGemmEx`) that run the engine's own
 //! kernels, compiled for the host from the same `.cu` sources, on the CPU.
 //!
-//! - [`driver`]: the driver's C functions; [`blas`]: cuBLAS's.
-//! - [`ptx`]: what a module load reads from NVRTC's PTX, checked against [`kernels`], the entry
+//! - [`driver`]: the driver's C functions; `blas`: cuBLAS's.
+//! - `ptx`: what a module load reads from NVRTC's PTX, checked against `kernels`, the entry
 //!   points build.rs compiled for the host.
-//! - [`threads`]: a grid's blocks on the host's cores, a block's threads as fibers with real
+//! - `threads`: a grid's blocks on the host's cores, a block's threads as fibers with real
 //!   barrier, shuffle and vote semantics.
-//! - [`memory`] and [`memcheck`]: guarded device allocations, and reports of out-of-bounds
+//! - `memory` and `memcheck`: guarded device allocations, and reports of out-of-bounds
 //!   accesses with the kernel, block and thread.
-//! - [`device`]: the simulated GPU's properties (an H100's, with the memory size of our choice).
-//! - [`nvml`]: a simulated NVML (`libnvidia-ml.so.1`) answering from a node profile
+//! - `device`: the simulated GPU's properties (an H100's, with the memory size of our choice).
+//! - `nvml`: a simulated NVML (`libnvidia-ml.so.1`) answering from a node profile
 //!   (`profiles/*.json`).
 //!
 //! `cargo xtask test` builds the cdylib and links it as `libcuda.so`, `libcublas.so` and

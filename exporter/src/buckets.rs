@@ -56,7 +56,7 @@ impl BucketFamily {
     ];
 
     /// Families whose bounds are not set by `--custom-histogram-buckets`: the kernel's log2
-    /// slots, and Dynamo's (set by its `DYN_METRICS_*` environment, see [`DynamoLogBuckets`]).
+    /// slots, and Dynamo's (set by its `DYN_METRICS_*` environment, see `DynamoLogBuckets`).
     pub const FIXED: [BucketFamily; 7] = [
         BucketFamily::Log2Microseconds,
         BucketFamily::DynamoRequestDuration,
@@ -345,7 +345,7 @@ impl BucketConfig {
     }
 
     /// Applies Dynamo's `DYN_METRICS_*` environment (read through `env`) to its histogram
-    /// families; see [`DynamoLogBuckets::bounds_from_env`].
+    /// families; see `DynamoLogBuckets::bounds_from_env`.
     pub fn with_dynamo_env(mut self, env: &dyn Fn(&str) -> Option<String>) -> Self {
         for d in DynamoLogBuckets::ALL {
             self.overrides.insert(d.family, d.bounds_from_env(env));

@@ -1,7 +1,7 @@
 //! Vigil's models, independent of where they run: Llama-family architectures from an HF folder
 //! (`config.json`, safetensors, `tokenizer.json`) or a GGUF file, loaded into a [`Model`] (the
 //! architecture as a [`LlamaConfig`], a [`WeightSource`] handing out tensors by canonical HF
-//! name, the [`Tokenizer`] with its chat template); the GGUF format itself ([`gguf`]); and
+//! name, the [`Tokenizer`] with its chat template); the GGUF format itself (`gguf`); and
 //! the [`Detokenizer`] that turns generated tokens into text and finds stop strings.
 //!
 //! This crate depends on no other crate of Vigil's.

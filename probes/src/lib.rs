@@ -1,11 +1,11 @@
 //! Vigil's hardware probes: the series that tell an operator whether a slow token came from the
 //! GPU or from the host CPU, in the same `/metrics` as the engine's.
 //!
-//! - [`nvml`]: a poller per process that reads every GPU through NVML (loaded at run time) and
+//! - `nvml`: a poller per process that reads every GPU through NVML (loaded at run time) and
 //!   sets the `vigil_gpu_*` series of the catalog.
-//! - [`sched`]: eBPF programs (C, compiled by clang at build time, loaded with aya) that measure
+//! - `sched`: eBPF programs (C, compiled by clang at build time, loaded with aya) that measure
 //!   run-queue latency, off-CPU time and context switches of Vigil's own threads by role.
-//! - [`status`]: `vigil_probe_up{probe,reason}`: each probe says whether it runs, and why not.
+//! - `status`: `vigil_probe_up{probe,reason}`: each probe says whether it runs, and why not.
 //!
 //! Missing hardware degrades, never crashes: no NVML, no GPU, no BTF or no privilege turns that
 //! probe off with one log line and its status series, and everything else runs.

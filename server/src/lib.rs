@@ -1,7 +1,7 @@
-//! The server `vigil serve` runs: the OpenAI API ([`api`]), `/metrics`, `/health` and
+//! The server `vigil serve` runs: the OpenAI API (`api`), `/metrics`, `/health` and
 //! `/version`, Dynamo's system status server, life as a systemd service (ready, watchdog,
 //! draining stop), OTLP traces, and connection limits, around the engine (the `engine`
-//! crate, which composes itself: [`engine::launch`]). It reads no flags: it is given a [`ServerConfig`].
+//! crate, which composes itself: `engine::launch`). It reads no flags: it is given a [`ServerConfig`].
 
 mod api;
 mod body_end;

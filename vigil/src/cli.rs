@@ -47,7 +47,7 @@ impl Cli {
 
     /// The command line, with every `vigil serve` argument that has no environment variable of
     /// its own (as `VLLM_API_KEY` or `DYN_NAMESPACE`) also read from `VIGIL_<NAME>`
-    /// ([`serve_env_name`]); a flag on the command line wins over the environment.
+    /// (`serve_env_name`); a flag on the command line wins over the environment.
     pub fn command_with_env() -> clap::Command {
         <Cli as clap::CommandFactory>::command().mut_subcommand("serve", |serve| {
             serve.mut_args(|arg| {

@@ -1,7 +1,7 @@
-//! The `vigil` program: the command line ([`cli`]), which turns `vigil serve`'s flags into the
-//! `server` crate's configuration, and the side commands: the node agent ([`agent`]), the
-//! benchmark client ([`bench`]), the GPU node check ([`gpu_check`]), the tokenizer export
-//! ([`export_tokenizer`]). `main.rs` is a thin wrapper
+//! The `vigil` program: the command line (`cli`), which turns `vigil serve`'s flags into the
+//! `server` crate's configuration, and the side commands: the node agent (`agent`), the
+//! benchmark client ([`bench`]), the GPU node check (`gpu_check`), the tokenizer export
+//! (`export_tokenizer`). `main.rs` is a thin wrapper
 //! around [`run`].
 
 mod agent;

@@ -30,7 +30,7 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compiles every kernel file with NVRTC for `arch` (e.g. `sm_90`), or takes it from the
-    /// PTX cache ([`super::kernel_cache`]), and loads it.
+    /// PTX cache (`super::kernel_cache`), and loads it.
     pub fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels, CudaError> {
         let started = std::time::Instant::now();
         let cache = super::kernel_cache::default_dir();

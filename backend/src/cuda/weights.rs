@@ -115,7 +115,7 @@ pub(crate) fn to_bf16(
 
 /// Uploads GGUF-encoded rows and decodes them to bf16 on the device: the quantized bytes cross
 /// the bus, not f32.
-/// The encodings [`decode`] turns into bf16 on the device.
+/// The encodings `decode` turns into bf16 on the device.
 pub const DEVICE_DECODED: &[GgmlType] = &[
     GgmlType::Q8_0,
     GgmlType::Q4_0,

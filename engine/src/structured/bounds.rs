@@ -21,7 +21,7 @@ use super::spec::{ConstraintError, ConstraintSpec};
 pub(crate) const MAX_NESTING: usize = 256;
 
 /// The stack of a thread that compiles constraints: at about 4 KiB of the compiler's stack per
-/// level, 64 MiB holds some 16,000 levels, 60 times [`MAX_NESTING`] (the pages are only mapped,
+/// level, 64 MiB holds some 16,000 levels, 60 times `MAX_NESTING` (the pages are only mapped,
 /// and used as touched).
 pub const COMPILE_STACK_BYTES: usize = 64 << 20;
 

@@ -8,7 +8,7 @@ use llguidance::Matcher;
 use super::spec::ConstraintError;
 
 /// A compiled constraint, fresh (no token consumed), shared by the choices of a request: each
-/// sampler starts its own [`Constraint`] from it.
+/// sampler starts its own `Constraint` from it.
 #[derive(Clone)]
 pub struct CompiledConstraint {
     fresh: Arc<Matcher>,

@@ -120,7 +120,7 @@ impl Grammars {
     }
 
     /// Compiles `spec`; its errors are the client's (an invalid schema, regex or grammar, or
-    /// one past the bounds of [`super::bounds`]). Run it on a thread with a stack of
+    /// one past the bounds of `super::bounds`). Run it on a thread with a stack of
     /// [`super::COMPILE_STACK_BYTES`]: within the bounds, the compiler's recursion fits there.
     pub fn compile(&self, spec: &ConstraintSpec) -> Result<CompiledConstraint, ConstraintError> {
         super::bounds::check(spec)?;

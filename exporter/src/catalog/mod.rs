@@ -5,9 +5,9 @@
 //! the code base. The same table drives registration and pre-creation of series, histogram
 //! buckets, deprecation gating, rendering, `docs/metrics.md` and the Grafana dashboard.
 //!
-//! Versions: the `vllm:` entries are vLLM [`crate::gating::VLLM_CATALOG`]'s, and their
+//! Versions: the `vllm:` entries are vLLM `crate::gating::VLLM_CATALOG`'s, and their
 //! [`Deprecation::since`] is a vLLM version; every other entry's is a Vigil version. The gate
-//! (`--show-hidden-metrics-for-version`) measures each entry in its own line ([`crate::gating`]).
+//! (`--show-hidden-metrics-for-version`) measures each entry in its own line (`crate::gating`).
 
 pub mod agent;
 pub mod device;
@@ -83,7 +83,7 @@ impl Label {
     }
 }
 
-/// Deprecation of an entry, for [`crate::gating`].
+/// Deprecation of an entry, for `crate::gating`.
 #[derive(Debug, Clone, Copy)]
 pub struct Deprecation {
     /// The minor version that deprecated it: a vLLM version for a `vllm:` entry, a Vigil version

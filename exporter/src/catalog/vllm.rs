@@ -31,7 +31,7 @@ pub const ADMISSION_REJECTION_REASONS: &[&str] = &["max_num_queued_reqs", "max_n
 
 /// The vLLM minor version the legacy names below count as deprecated in. vLLM deprecated them in
 /// 0.9 and 0.11 and has since removed them; Vigil keeps them as mirrors, deprecated in the minor
-/// before its catalog's release ([`crate::gating::VLLM_CATALOG`]), so they are hidden and the
+/// before its catalog's release (`crate::gating::VLLM_CATALOG`), so they are hidden and the
 /// value a vLLM operator of that release passes, `--show-hidden-metrics-for-version=0.32`,
 /// brings them back for dashboards that still read them.
 pub const LEGACY_DEPRECATED_IN: MinorVersion = MinorVersion::new(0, 32);

@@ -389,7 +389,7 @@ impl<'a> Exposition<'a> {
         index[name]
     }
 
-    /// How many problems of each kind, in [`Problem::ALL`]'s order.
+    /// How many problems of each kind, in `Problem::ALL`'s order.
     pub fn problem_counts(&self) -> [(Problem, u64); 11] {
         Problem::ALL.map(|p| {
             (

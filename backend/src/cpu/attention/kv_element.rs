@@ -9,7 +9,7 @@ use half::{bf16, f16};
 /// half the bytes of f32. With it, attention computes as llama.cpp's does: the query and the
 /// softmax weights are rounded to f16 before they meet the cache (llama.cpp converts a
 /// matmul's right-hand side to the left-hand side's f16), and the exact products are summed
-/// in f32 in llama.cpp's orders ([`crate::cpu::summation`]).
+/// in f32 in llama.cpp's orders (`crate::cpu::summation`).
 pub trait KvElement: Copy + Default + Send + Sync + 'static {
     /// `n` zeros, allocated zeroed so that pages no one writes are never touched.
     fn zeroed(n: usize) -> Vec<Self>;

@@ -57,7 +57,7 @@ fn interleaved(i: usize, head_dim: usize) -> usize {
     }
 }
 
-/// Writes each row's K (its dimensions [`interleaved`]) and V (from the fused QKV
+/// Writes each row's K (its dimensions `interleaved`) and V (from the fused QKV
 /// activations) into its slot.
 pub fn write_kv<T: KvElement>(
     qkv: &[f32],
