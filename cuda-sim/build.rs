@@ -1,3 +1,5 @@
+//! Compiles the CUDA kernels for the host, for the simulator to run.
+//!
 //! Compiles the CUDA kernels for the host: the engine's own `.cu` files (with `common.cuh`
 //! prepended, as the engine does before NVRTC) and this crate's fidelity kernels, each as C++
 //! with `include/cuda_sim.h` force-included. For every `extern "C" __global__` entry point it

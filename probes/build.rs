@@ -1,3 +1,5 @@
+//! Compiles the eBPF programs with clang (CO-RE) for the crate to embed.
+//!
 //! Compiles the eBPF programs (C, under bpf/) with clang into `$OUT_DIR/sched.bpf.o`, which the
 //! crate embeds. CO-RE (`-g` keeps the BTF relocations) makes one object fit every kernel with
 //! BTF.

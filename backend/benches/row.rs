@@ -1,3 +1,5 @@
+//! What reducing a vocabulary-sized row of logits costs, against the plain loops.
+//!
 //! The reductions of a vocabulary-sized row of logits that every generated token pays (its
 //! argmax for greedy decoding, the log-sum-exp behind its log-probability), against the plain
 //! loops they replace, in the same run: a compare and branch per element, and the C library's

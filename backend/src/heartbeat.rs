@@ -1,3 +1,5 @@
+//! When the engine last showed it is alive, for the systemd watchdog.
+//!
 //! When the engine last showed it is alive: its loop going round, or a step in progress
 //! finishing a piece of its work (a layer). The systemd watchdog is fed only while the last beat
 //! is recent, so an engine wedged in a step that makes no progress (or dead) gets the service

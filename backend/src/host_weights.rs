@@ -1,3 +1,5 @@
+//! A layer's weights as every backend reads them: fused, shape-checked groups of tensors.
+//!
 //! A layer's weights as every backend reads them: groups of the [`WeightSource`]'s tensors,
 //! checked against the config's shapes, with Q, K and V fused into one matrix (rows: Q heads,
 //! then K, then V) and gate and up fused into another (rows: gate, then up), so that each takes

@@ -1,3 +1,5 @@
+//! The backend interface the executor drives, with its CPU and CUDA implementations.
+//!
 //! The backend interface the executor drives, and its implementations: the CPU (`cpu`) and
 //! CUDA (`cuda`, through cudarc with the libraries loaded at run time).
 //!

@@ -1,3 +1,5 @@
+//! The Llama forward pass, defined once over the steps each backend supplies.
+//!
 //! The Llama forward pass, defined once: embed the new tokens, then per layer attention and the
 //! MLP, then the final norm and the LM head on the rows that want logits. Each backend supplies
 //! these four steps on its own memory ([`LlamaStep`]), so the CPU's and CUDA's passes read side

@@ -1,3 +1,5 @@
+//! Reductions of one row of logits that backends and samplers share.
+//!
 //! Reductions of one row of logits that backends and samplers share: its argmax, its
 //! log-probabilities, and the [`GreedyToken`] a backend hands over instead of the row when
 //! that is all the sampler needs.

@@ -1,3 +1,5 @@
+//! A scripted backend for the tests of the engine loop and the server.
+//!
 //! A scripted backend for the tests of the layers above it (the engine loop, the server): no
 //! model, rows of logits that always prefer one token, and the failures and delays those tests
 //! provoke on purpose. Built with the `testing` feature, which only dev-dependencies turn on.

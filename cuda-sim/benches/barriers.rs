@@ -1,3 +1,5 @@
+//! Why a block's threads are fibers: a barrier on fibers beside one on OS threads.
+//!
 //! Why a block's threads are fibers: one `__syncthreads` of a 256-thread block on the
 //! simulator (fibers switching on one OS thread) beside the same rendezvous of 256 OS threads
 //! at a `std::sync::Barrier`, measured in the same run.

@@ -1,3 +1,5 @@
+//! The cuBLAS subset Vigil calls, as `libcublas.so`'s C functions.
+//!
 //! The cuBLAS subset Vigil calls, as `libcublas.so`'s C functions: handles, their stream, and
 //! `cublasGemmEx` for every operand layout (either transpose) and the types Vigil uses (bf16 or
 //! f32 inputs, bf16 or f32 output, f32 compute), computed on the host in f32. Column-major, as

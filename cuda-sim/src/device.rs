@@ -1,3 +1,5 @@
+//! The simulated device: an H100-like GPU with a memory size of our choosing.
+//!
 //! The simulated device: an H100-like GPU (compute capability 9.0, its limits and clocks), with
 //! a memory size of our choosing, since its memory is the host's.
 

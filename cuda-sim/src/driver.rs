@@ -1,7 +1,8 @@
-//! The CUDA driver API subset cudarc and Vigil call, as `libcuda.so`'s C functions. Work is
-//! done when it is submitted, in submission order, so every stream is trivially ordered and
-//! an "async" call has finished when it returns; events record the host's clock. A driver
-//! function missing here is missing from the library, and cudarc fails loudly with its name.
+//! The CUDA driver API subset cudarc and Vigil call, as `libcuda.so`'s C functions.
+//!
+//! Work is done when it is submitted, in submission order, so every stream is trivially ordered and
+//! an "async" call has finished when it returns; events record the host's clock. A driver function
+//! missing here is missing from the library, and cudarc fails loudly with its name.
 
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 

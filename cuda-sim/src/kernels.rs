@@ -1,3 +1,5 @@
+//! The kernels compiled for the host, by entry point.
+//!
 //! The kernels compiled for the host (by build.rs): each entry point's name, source file,
 //! launcher and parameter sizes.
 

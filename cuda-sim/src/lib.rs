@@ -1,3 +1,5 @@
+//! A simulated CUDA device for tests, running the engine's own kernels on the CPU.
+//!
 //! A simulated CUDA device for tests: stand-ins for `libcuda.so` (the driver API subset cudarc
 //! and Vigil call) and `libcublas.so` (handles and `cublasGemmEx`) that run the engine's own
 //! kernels, compiled for the host from the same `.cu` sources, on the CPU.

@@ -1,3 +1,5 @@
+//! Reports of kernels' bad memory accesses, as compute-sanitizer's memcheck gives them.
+//!
 //! Reporting bad memory accesses of kernels, as compute-sanitizer's memcheck does: a kernel
 //! that touches a guard page ([`crate::memory`]) faults, and the fault handler names the
 //! kernel, the block, the thread, read or write, and where the address lies relative to the

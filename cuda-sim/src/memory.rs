@@ -1,3 +1,5 @@
+//! Device memory: host memory in guarded mappings.
+//!
 //! Device memory: host memory in guarded mappings, so that kernels running on the host are
 //! checked the way compute-sanitizer's memcheck checks them on a GPU.
 //!

@@ -1,3 +1,5 @@
+//! A simulated NVML answering from a node profile.
+//!
 //! A simulated NVML: the functions Vigil calls through nvml-wrapper, as `libnvidia-ml.so.1`'s C
 //! functions, answering from a profile of a node (`VIGIL_NVML_PROFILE`, a JSON file; see
 //! `profiles/`). Each GPU has its identity, memory, utilization, power, limits, clocks,

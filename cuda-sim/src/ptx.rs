@@ -1,3 +1,5 @@
+//! What the simulated driver reads from the PTX it loads.
+//!
 //! What the simulated driver reads from the PTX it is asked to load: the target, each entry
 //! point's parameters and its static shared memory. A module is accepted only when every entry
 //! point has a kernel compiled for the host from the same source, with the same parameter list

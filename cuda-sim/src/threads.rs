@@ -1,3 +1,5 @@
+//! Running a grid: blocks on the host's cores, a block's threads as fibers.
+//!
 //! Running a grid: blocks in parallel on the host's cores (rayon), and within a block, each CUDA
 //! thread as a fiber (a corosensei coroutine) on one OS thread. A fiber runs until it waits for
 //! others (`__syncthreads`, a shuffle, a vote) or returns; the scheduler then runs the next one.

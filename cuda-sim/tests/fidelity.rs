@@ -1,3 +1,5 @@
+//! The simulator against known answers, through the simulated driver.
+//!
 //! The simulator against known answers: kernels from `tests/kernels/fidelity.cu`, compiled to
 //! PTX by the real NVRTC (as the engine's are) and launched through the simulated driver's C
 //! functions. Each states what a GPU does, independent of how the simulator does it.

@@ -1,3 +1,5 @@
+//! CPU model throughput (prefill, decode at batch 1, 8 and 32, peak RSS) as one JSON object.
+//!
 //! Model throughput on the CPU backend, printed as one JSON object: prefill tokens/s for a
 //! 512-token prompt, decode tokens/s at batch 1, 8 and 32, and peak RSS. `cargo xtask
 //! bench-model` runs it beside llama.cpp on the same GGUF and prints the ratios.

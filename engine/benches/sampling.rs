@@ -1,3 +1,5 @@
+//! What sampling one token costs, against the same steps written plainly.
+//!
 //! One token sampled from a vocabulary-sized row of logits (`Sampler::sample`: softmax, top-k or
 //! top-p, the draw, the token's log-probability), beside the same steps written plainly (a full
 //! sort of the row for top-k and top-p, and the C library's f64 `exp` for the log-probability),

@@ -1,3 +1,5 @@
+//! What structured outputs cost at decode, with and without a JSON-schema constraint.
+//!
 //! The cost of structured outputs at decode: batch-8 decode on the default model (CPU backend),
 //! every sequence sampled through its `Sampler`, with and without a JSON-schema constraint, in
 //! alternating rounds of the same run. Prints one JSON object: tokens/s of each, their ratio,

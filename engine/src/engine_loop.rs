@@ -1,4 +1,5 @@
 //! The engine thread: the one owner of the scheduler, the backend and the metrics handles.
+//!
 //! HTTP handlers talk to it over a command channel, and each request has its own event channel
 //! back. A request whose event channel closes (the client went away) is aborted at the next step.
 

@@ -1,3 +1,5 @@
+//! The executor (vLLM v1's model runner): the backend and every request's sampler.
+//!
 //! The executor (vLLM v1's model runner): owns the backend and every request's sampler, and
 //! turns a [`ScheduledBatch`] into sampled tokens. It keeps a request's sampler (its seeded
 //! generator, the token counts its penalties need) from the step that first schedules it to the

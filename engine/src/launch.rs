@@ -1,3 +1,5 @@
+//! The engine as its own composition root: model, device, KV cache and engine thread.
+//!
 //! The engine as its own composition root: the model loaded, the device chosen and warmed up,
 //! the KV cache sized and the engine thread started (vLLM's `EngineCore.__init__`), so that
 //! whoever serves it is handed a running engine and never touches a backend.

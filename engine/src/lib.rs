@@ -1,3 +1,5 @@
+//! Vigil's engine core: what turns requests into tokens, with no HTTP or device code of its own.
+//!
 //! Vigil's engine core: what turns requests into tokens, with no HTTP, no tracing export and no
 //! device code of its own. One thread (`engine_loop`) owns the [`Scheduler`] and the
 //! [`Executor`]; each step is schedule -> execute -> update -> record, as vLLM v1's engine core

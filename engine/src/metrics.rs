@@ -1,3 +1,5 @@
+//! Recording the engine's `vllm:` series at the moments vLLM records them.
+//!
 //! Recording the engine's vllm: series at the moments vLLM records them: per step (scheduler
 //! state, KV usage, iteration tokens, generation tokens, preemptions, prefix-cache lookups), per
 //! token (TTFT, inter-token latency), at prefill completion (prompt tokens by source) and at

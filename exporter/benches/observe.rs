@@ -1,3 +1,5 @@
+//! What recording through the `metrics` facade costs, against metrics-exporter-prometheus.
+//!
 //! Cost of recording through the `metrics` facade with Vigil's recorder, against
 //! metrics-exporter-prometheus in the same run.
 //!

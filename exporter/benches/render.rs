@@ -1,3 +1,5 @@
+//! What rendering the whole catalog costs, against metrics-exporter-prometheus.
+//!
 //! Render time of the full catalog (every pre-created series, each observed once), Vigil's
 //! Prometheus text and OpenMetrics against metrics-exporter-prometheus in the same run, and the
 //! Prometheus text compressed with gzip (what a scrape asking for it costs).

@@ -1,3 +1,5 @@
+//! Vigil's one exporter: the metric catalog, its recorder and the `/metrics` exposition.
+//!
 //! Vigil's one exporter: the metric catalog, deprecation gating, the recorder behind the
 //! `metrics` facade, and the `/metrics` exposition (Prometheus text and OpenMetrics).
 //!

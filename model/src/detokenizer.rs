@@ -1,3 +1,5 @@
+//! A request's output text, detokenized incrementally with stop strings, as vLLM does it.
+//!
 //! A request's output text, as vLLM's `IncrementalDetokenizer` (`vllm/v1/engine/detokenizer.py`)
 //! makes it: generated tokens are detokenized as they arrive, stop strings are matched against
 //! the text, and only text that no stop string can still claim is handed out.

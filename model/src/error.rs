@@ -1,3 +1,5 @@
+//! Why a model or one of its files could not be loaded, naming the file.
+//!
 //! Why a model, its tokenizer or one of their files could not be loaded: the one error of every
 //! loader (GGUF, safetensors, tokenizer files), naming the file and what is wrong with it.
 

@@ -1,3 +1,5 @@
+//! Vigil's models, independent of where they run: loading, weights, tokenizers, templates.
+//!
 //! Vigil's models, independent of where they run: Llama-family architectures from an HF folder
 //! (`config.json`, safetensors, `tokenizer.json`) or a GGUF file, loaded into a [`Model`] (the
 //! architecture as a [`LlamaConfig`], a [`WeightSource`] handing out tensors by canonical HF

@@ -1,3 +1,5 @@
+//! A Llama model from a GGUF file: config, weights and tokenizer from its metadata.
+//!
 //! A Llama model from a GGUF file: config from `llama.*` metadata, weights dequantized tensor by
 //! tensor (with llama.cpp's Q/K permutation undone), tokenizer from `tokenizer.ggml.*`.
 

@@ -1,3 +1,5 @@
+//! A Llama model from an HF folder: config, safetensors (memory-mapped) and tokenizer.
+//!
 //! A Llama model from an HF folder: `config.json`, `model.safetensors` or shards listed in
 //! `model.safetensors.index.json` (memory-mapped), and the tokenizer files.
 

@@ -1,3 +1,5 @@
+//! Loading Llama-family models from an HF folder or a GGUF file into one [`Model`].
+//!
 //! Loading Llama-family models: an HF folder (`config.json`, safetensors, `tokenizer.json`) or a
 //! GGUF file. Either way the result is a [`Model`]: the architecture ([`LlamaConfig`]), a source
 //! of weights by canonical (HF) tensor name, and the tokenizer with its chat template.

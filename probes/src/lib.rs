@@ -1,3 +1,5 @@
+//! Vigil's hardware probes: GPU (NVML) and host scheduling (eBPF) series beside the engine's.
+//!
 //! Vigil's hardware probes: the series that tell an operator whether a slow token came from the
 //! GPU or from the host CPU, in the same `/metrics` as the engine's.
 //!

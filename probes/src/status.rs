@@ -1,3 +1,5 @@
+//! `vigil_probe_up{probe,reason}`: whether each probe runs, and a closed set of reasons why not.
+//!
 //! `vigil_probe_up{probe,reason}`: one series per probe, 1 while it runs, else 0 with the reason
 //! it is off. The reason is a closed set (the catalog's [`probe::REASONS`]); the details go to
 //! the log line, never into a label.

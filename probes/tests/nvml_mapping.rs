@@ -1,3 +1,5 @@
+//! The NVML probe's mapping from recorded GPU readings to rendered series.
+//!
 //! The NVML probe's mapping from readings to series, driven by polls of real shapes (values and
 //! the errors NVML returns: not supported, no permission, GPU lost) through the real exporter
 //! and its Prometheus rendering.

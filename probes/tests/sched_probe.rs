@@ -1,3 +1,5 @@
+//! The eBPF probe loaded for real, checked against bpftrace on the same threads.
+//!
 //! The eBPF probe loaded for real (root, kernel BTF) against a workload with a known contention
 //! pattern, beside Debian's bpftrace running runqlat's method on the same threads at the same
 //! time.

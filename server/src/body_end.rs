@@ -1,7 +1,8 @@
 //! A body (request or response) that says how it ended: read to its end, or dropped before.
-//! The drain counts a request in flight until its answer ends, the access log writes its line
-//! then, and the listener learns when a request has arrived whole and when it has been
-//! answered: one wrapper serves them all.
+//!
+//! The drain counts a request in flight until its answer ends, the access log writes its line then,
+//! and the listener learns when a request has arrived whole and when it has been answered: one
+//! wrapper serves them all.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -1,3 +1,5 @@
+//! What `vigil serve` was asked to do, as plain settled values.
+//!
 //! What `vigil serve` was asked to do, as plain settled values: the command line (or whatever
 //! else starts a server) builds a [`ServerConfig`], and nothing in this crate reads flags.
 

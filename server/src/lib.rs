@@ -1,3 +1,5 @@
+//! The server `vigil serve` runs around the engine: the API, `/metrics`, lifecycle, traces.
+//!
 //! The server `vigil serve` runs: the OpenAI API (`api`), `/metrics`, `/health` and
 //! `/version`, Dynamo's system status server, life as a systemd service (ready, watchdog,
 //! draining stop), OTLP traces, and connection limits, around the engine (the `engine`

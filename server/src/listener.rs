@@ -1,3 +1,5 @@
+//! The API's listener, with connection, idle and read-time limits.
+//!
 //! The API's listener: at most `--max-connections` connections at once (more are closed at
 //! once, logged and counted), a connection idle (nothing sent since it opened, or since its last
 //! response) for `--http-idle-timeout` is closed, so is one whose request (headers and body)

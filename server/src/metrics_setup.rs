@@ -1,3 +1,5 @@
+//! The metrics a server sets up before it serves.
+//!
 //! The metrics a server sets up before it serves: the exporter's configuration, the cache
 //! settings in `vllm:cache_config_info`, Dynamo's model configuration gauges.
 

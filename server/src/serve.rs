@@ -1,3 +1,5 @@
+//! `vigil serve`: launches the engine and serves the API until a signal drains it.
+//!
 //! `vigil serve`: launches the engine (`engine::launch`: the model, the device, the KV cache and
 //! the engine thread) and serves the
 //! OpenAI API, `/metrics` (the exporter), `/health` and `/version` until SIGTERM.

@@ -1,3 +1,5 @@
+//! Dynamo's system status server: a second listener with `/metrics`, `/health` and `/live`.
+//!
 //! Dynamo's system status server: a second HTTP listener, as every Dynamo runtime process has,
 //! with `/metrics` (the same exporter as the API port), and `/health` and `/live` answering
 //! Dynamo's JSON body with 200 when ready and 503 when not.

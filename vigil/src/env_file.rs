@@ -1,3 +1,5 @@
+//! The systemd environment file, generated from `vigil serve`'s own command line.
+//!
 //! The systemd environment file (`systemd/vigil.env`, printed by `vigil env-file`), generated
 //! from `vigil serve`'s own command line: every flag's environment variable with its help text
 //! and default, so the file documents every setting and cannot drift from the binary (a test

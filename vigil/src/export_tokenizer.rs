@@ -1,3 +1,5 @@
+//! `vigil export-tokenizer`: the served model's tokenizer as a Hugging Face folder.
+//!
 //! `vigil export-tokenizer MODEL DIR`: the served model's tokenizer as a Hugging Face tokenizer
 //! folder (`tokenizer.json`, `tokenizer_config.json` with the chat template and special tokens,
 //! `special_tokens_map.json`), so that clients that count tokens with an HF tokenizer (aiperf's

@@ -1,3 +1,5 @@
+//! The `vigil` program: its command line and its commands.
+//!
 //! The `vigil` program: the command line (`cli`), which turns `vigil serve`'s flags into the
 //! `server` crate's configuration, and the side commands: the node agent (`agent`), the
 //! benchmark client ([`bench`]), the GPU node check (`gpu_check`), the tokenizer export

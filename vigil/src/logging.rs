@@ -1,3 +1,5 @@
+//! Logging to stderr, as text or JSON lines, filtered by `RUST_LOG`.
+//!
 //! Logging set-up: `tracing` to stderr, filtered by `RUST_LOG` (default `info`), as plain text or
 //! as one JSON object per line (`--log-format json`). Under systemd, stderr goes to the journal.
 

@@ -1,3 +1,5 @@
+//! One client's CPU-heavy request never stalls the server.
+//!
 //! One client's CPU-heavy request never stalls the server: measured alone in its own test
 //! binary (cargo runs test binaries one at a time), so other tests' servers do not share the
 //! CPUs while the latencies are taken.

@@ -1,3 +1,5 @@
+//! `cargo xtask bench`: the exporter's benchmarks beside Python's prometheus_client.
+//!
 //! `cargo xtask bench`: the exporter's criterion benchmarks beside Python's prometheus_client
 //! doing the same observations and renders on the same catalog, in the same run, so that the
 //! reported ratios do not depend on how busy the (shared, noisy) machine was.

@@ -1,3 +1,5 @@
+//! `cargo xtask bench-ebpf`: what the eBPF probe costs, beside libbpf-tools' `runqlat`.
+//!
 //! `cargo xtask bench-ebpf [--rounds N]`: what the eBPF probe costs, beside libbpf-tools'
 //! `runqlat` measured the same way in the same run.
 //!

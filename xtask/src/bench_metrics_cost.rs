@@ -1,3 +1,5 @@
+//! `cargo xtask bench-metrics-cost`: what recording the `vllm:` metrics costs a server.
+//!
 //! `cargo xtask bench-metrics-cost [--rounds N]`: what recording the vllm: metrics costs a
 //! serving Vigil: the same load against a server with metrics on and
 //! one with `--disable-log-stats`.

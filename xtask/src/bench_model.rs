@@ -1,3 +1,5 @@
+//! `cargo xtask bench-model`: Vigil's CPU backend beside llama.cpp on the same GGUF.
+//!
 //! `cargo xtask bench-model`: Vigil's CPU backend on the default model (engine/benches/model.rs)
 //! and llama.cpp (llama-cpp-python, 2 threads) on the same GGUF, in the same run, with ratios.
 

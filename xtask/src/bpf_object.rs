@@ -1,3 +1,5 @@
+//! `cargo xtask bpf-object`: the committed eBPF objects, recompiled.
+//!
 //! `cargo xtask bpf-object`: recompiles the eBPF probe for every architecture into
 //! `probes/bpf/sched.bpf.<arch>.o` and records the sources' hash in `sched.bpf.o.sha256`. The
 //! objects are committed so that a build without clang still has the probe; the probes'

@@ -1,3 +1,5 @@
+//! `cargo xtask dashboard`: the Grafana dashboard, generated from the metric catalog.
+//!
 //! `cargo xtask dashboard`: the Grafana dashboard, generated from the metric catalog (every
 //! series name comes from its catalog entry, so a renamed metric cannot leave a dead panel).
 //!

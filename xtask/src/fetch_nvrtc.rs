@@ -1,3 +1,5 @@
+//! The CUDA toolchain pieces the kernels' CI checks need, fetched from PyPI.
+//!
 //! The CUDA toolchain pieces the kernels' CI checks need, on machines without CUDA, from PyPI
 //! (pip caches the wheels) into `target/nvrtc/`: NVRTC (`libnvrtc.so.12` and its builtins, from
 //! `nvidia-cuda-nvrtc-cu12`), which compiles the kernels to PTX, and `ptxas` (from

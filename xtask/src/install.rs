@@ -1,3 +1,5 @@
+//! `cargo xtask install`: the release binary with its systemd unit and files.
+//!
 //! `cargo xtask install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]`: builds the
 //! release binary and installs it with the systemd unit, the sysusers.d entry and the
 //! environment file:

@@ -1,3 +1,5 @@
+//! Instructions per decoded token of Vigil and of llama.cpp, under callgrind.
+//!
 //! Instructions per decoded token (batch 1) of Vigil and of llama.cpp, for `cargo xtask
 //! bench-model`: each decodes two lengths after the same prompt, and the difference in
 //! instructions over the difference in tokens cancels loading and the prompt.

@@ -1,3 +1,5 @@
+//! The Python clients the end-to-end tests drive Vigil with, installed from PyPI.
+//!
 //! The Python clients the end-to-end tests drive Vigil with, as users do: the official `openai`
 //! client, and `jsonschema` to validate structured outputs. Installed from PyPI (pip caches the
 //! wheels) into `target/py-clients/`, for `python3` with that folder on `PYTHONPATH`;

@@ -1,6 +1,7 @@
-//! `cargo xtask sim COMMAND [ARGS]`: runs a command on the simulated GPU. Builds `cuda-sim`,
-//! fetches NVRTC, and runs the command with both first on `LD_LIBRARY_PATH`, so every CUDA
-//! library Vigil loads at run time is the simulator's (NVRTC stays NVIDIA's):
+//! `cargo xtask sim COMMAND [ARGS]`: runs a command on the simulated GPU.
+//!
+//! Builds `cuda-sim`, fetches NVRTC, and runs the command with both first on `LD_LIBRARY_PATH`, so
+//! every CUDA library Vigil loads at run time is the simulator's (NVRTC stays NVIDIA's):
 //!
 //! ```text
 //! cargo build --bin vigil && cargo xtask sim target/debug/vigil check-gpu --only kernels,model,serving

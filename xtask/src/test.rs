@@ -1,6 +1,8 @@
-//! `cargo xtask test`: the project's test command. Checks that the real tools the tests use are
-//! installed (installing them with apt when run as root on Debian), fetches the default model and
-//! NVRTC (for the CUDA kernels' compile check), then runs every test.
+//! `cargo xtask test`: the project's test command.
+//!
+//! Checks that the real tools the tests use are installed (installing them with apt when run as
+//! root on Debian), fetches the default model and NVRTC (for the CUDA kernels' compile check), then
+//! runs every test.
 
 use std::process::Command;
 

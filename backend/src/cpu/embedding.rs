@@ -1,3 +1,5 @@
+//! The token embedding table, kept as the file stores it and dequantized per lookup.
+//!
 //! The token embedding table, kept as the file stores it: a row is dequantized when a token
 //! looks it up, as llama.cpp's `get_rows` does. For a GGUF whose table is Q8_0 that is 30 MB
 //! instead of 113 MB of f32 for the default model, with the same values.

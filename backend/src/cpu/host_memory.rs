@@ -1,3 +1,5 @@
+//! How much memory this process can still take on the host.
+//!
 //! How much memory this process can still take on the host: the kernel's `MemAvailable`
 //! (what can be allocated without swapping), and the address-space limit (`ulimit -v`) less what
 //! the process already maps. The CPU KV cache is checked against it at start-up, so that a cache

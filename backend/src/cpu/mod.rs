@@ -1,3 +1,5 @@
+//! The CPU backend: a Llama forward pass over a paged KV cache, on every core.
+//!
 //! The CPU backend: a Llama forward pass over a paged KV cache, batched across sequences,
 //! using every core (rayon for attention and the quantized matmuls, `gemm` for f32 GEMMs).
 

@@ -1,3 +1,5 @@
+//! The orders in which llama.cpp sums attention's products, to agree with it to the bit.
+//!
 //! The orders in which llama.cpp's x86 build (AVX-512, compiled by GCC) sums attention's
 //! products, so that Vigil's attention over an f16 cache agrees with it to the bit.
 //!

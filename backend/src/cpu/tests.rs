@@ -1,3 +1,5 @@
+//! The CPU backend against itself and against a naive f64 implementation.
+//!
 //! The CPU backend against itself (batching, paging, chunking) and against an independent naive
 //! f64 implementation of the same Llama.
 

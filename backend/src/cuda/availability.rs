@@ -1,3 +1,5 @@
+//! Whether this host can run the CUDA backend, and if not, why.
+//!
 //! Whether this host can run the CUDA backend, and if not, why: the driver library, a device,
 //! NVRTC and cuBLAS, each loaded at run time. `--device auto` uses the answer to fall back to
 //! the CPU (with one log line); `--device cuda` turns a "no" into a start-up error.

@@ -1,3 +1,5 @@
+//! [`CudaBackend`]: the Llama forward pass on one GPU behind the [`Backend`] interface.
+//!
 //! [`CudaBackend`]: the Llama forward pass on one GPU, over a paged bf16 KV cache, behind the
 //! same [`Backend`] interface the scheduler drives on the CPU.
 //!

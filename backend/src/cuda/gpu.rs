@@ -1,3 +1,5 @@
+//! One GPU as the backend uses it: context, stream, compiled kernels and cuBLAS.
+//!
 //! One GPU as the backend (and `vigil check-gpu`) uses it: its context, the single stream
 //! everything runs on, the compiled kernels and a cuBLAS handle on that stream.
 

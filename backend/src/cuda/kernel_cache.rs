@@ -1,3 +1,5 @@
+//! An on-disk cache of the kernels' PTX, so that a restart skips NVRTC.
+//!
 //! An on-disk cache of the kernels' PTX, so that a restart does not pay NVRTC again: one file
 //! per kernel file, named by a hash of everything the PTX depends on (the sources, the
 //! architecture, the compile options and NVRTC's version). A changed kernel or a new NVRTC

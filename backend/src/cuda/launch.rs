@@ -1,3 +1,5 @@
+//! The compiled kernels of one device, launched with typed argument structs.
+//!
 //! The compiled kernels of one device, launched with the argument struct of an entry point
 //! (made from the kernel table in [`super::kernels`]).
 //!

@@ -1,3 +1,5 @@
+//! How many KV blocks fit on the device, sized as vLLM sizes them.
+//!
 //! How many KV blocks fit on the device, as vLLM sizes them: `--gpu-memory-utilization` of the
 //! device's total memory is the engine's budget; the weights and the peak activations of a step
 //! come out of it, and the rest is KV cache. The budget must be free when the engine starts (other

@@ -1,3 +1,5 @@
+//! The RoPE cos/sin tables the `rope` kernel reads.
+//!
 //! The cos/sin tables the `rope` kernel reads, computed on the host from the model's inverse
 //! frequencies (where Llama-3 and linear rope scaling are already applied, see
 //! `LlamaConfig::rope_inv_freq`): row `pos` holds `cos(pos * inv_freq[i])` for each `i` below

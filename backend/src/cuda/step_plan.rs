@@ -1,3 +1,5 @@
+//! A step's metadata packed into one buffer, so it reaches the device in a single copy.
+//!
 //! A step's metadata, flattened on the host into one `u32` buffer so that it reaches the device
 //! in a single copy: the token ids, their positions and sequences, the KV slots they write, the
 //! block tables, and which rows of the hidden state get logits.

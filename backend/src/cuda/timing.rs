@@ -1,3 +1,5 @@
+//! A step's busy time and idle gap on the device, from CUDA events.
+//!
 //! A step's time on the device, by CUDA events recorded on the step's stream: busy time from
 //! the step's first operation to its last, and the idle gap since the previous step ended (none
 //! after the engine went idle, when the wait was for requests, not for the host).

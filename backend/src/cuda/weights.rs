@@ -1,3 +1,5 @@
+//! The model's weights on the device, in bf16, uploaded one tensor at a time.
+//!
 //! The model's weights on the device, in bf16: read from the [`WeightSource`] one tensor at a
 //! time (f32, already dequantized from GGUF blocks and un-permuted by the loader), uploaded, and
 //! converted on the device by the `convert_f32` kernel; or, when the file stores it quantized

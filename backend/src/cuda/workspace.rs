@@ -1,3 +1,5 @@
+//! The activations of one step on the device, allocated once for the largest step.
+//!
 //! The activations of one step, allocated once for the largest step the scheduler makes
 //! (`--max-num-batched-tokens` tokens, `--max-num-seqs` rows of logits) and grown only when a
 //! step asks for more (e.g. every position's logits), so that steps do not allocate.

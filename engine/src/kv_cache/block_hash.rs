@@ -1,3 +1,5 @@
+//! Chained hashes of full blocks of tokens: equal hashes mean equal prefixes.
+//!
 //! Chained hashes of full blocks of tokens: a block's hash covers its tokens and, through its
 //! parent's hash, every token before it, so equal hashes mean equal prefixes (SHA-256, as vLLM's
 //! default `--prefix-caching-hash-algo`).

@@ -1,3 +1,5 @@
+//! The block pool: reference-counted blocks, an LRU free queue and the prefix-cache map.
+//!
 //! The block pool (vLLM's `block_pool.py`): reference-counted blocks, a free queue in LRU order
 //! that still holds evictable cached blocks, and the map from block hash to cached block.
 //!

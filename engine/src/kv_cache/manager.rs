@@ -1,3 +1,5 @@
+//! The KV cache manager: prefix-cache lookups, slot allocation, caching and freeing.
+//!
 //! The KV cache manager (vLLM's `kv_cache_manager.py`): prefix-cache lookups, slot allocation
 //! for the tokens a step will compute, caching of blocks as they fill, and freeing.
 

@@ -1,3 +1,5 @@
+//! The paged KV cache's bookkeeping, after vLLM v1.
+//!
 //! The paged KV cache's bookkeeping, after vLLM v1: a [`block_pool::BlockPool`] of fixed-size
 //! blocks with reference counts, an LRU free queue and a prefix cache keyed by chained block
 //! hashes ([`block_hash`]), and the [`manager::KvCacheManager`] the scheduler asks for prefix

@@ -1,3 +1,5 @@
+//! Turning a row of logits into the next token, as vLLM's sampler does.
+//!
 //! Turning a row of logits into the next token, as vLLM's sampler does: penalties, then
 //! temperature (greedy below 1e-5), then top-k, top-p and min-p, then a draw from the remaining
 //! distribution with the request's own seeded generator. Log-probabilities are reported from the

@@ -1,3 +1,5 @@
+//! The sampler against vLLM's definitions of each parameter.
+
 use super::*;
 
 fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {

@@ -1,3 +1,5 @@
+//! The scheduler (vLLM v1's `scheduler.py`): token budget, chunked prefill, preemption.
+//!
 //! The scheduler (vLLM v1's `scheduler.py`): one token budget per step, running requests first,
 //! then waiting ones; chunked prefill; preemption by recompute (the last running request goes
 //! back to the front of the queue, and nothing is admitted in a step that preempted). It owns

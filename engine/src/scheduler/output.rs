@@ -1,3 +1,5 @@
+//! What passes between the scheduler and the executor each step, as plain data.
+//!
 //! What passes between the scheduler and the executor each step, as plain data: a
 //! [`ScheduledBatch`] (vLLM v1's `SchedulerOutput`) and an [`ExecutedBatch`] (its
 //! `ModelRunnerOutput`): the scheduler says what to compute, the executor

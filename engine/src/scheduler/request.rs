@@ -1,3 +1,5 @@
+//! A request as the scheduler sees it: tokens, cached KV, blocks, stop conditions, timestamps.
+//!
 //! A request as the scheduler sees it: its tokens, how many have KV in the cache, its blocks,
 //! its sampling parameters (for its stop conditions; the executor holds its sampler), and the
 //! timestamps the metrics need.

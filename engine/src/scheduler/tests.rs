@@ -1,3 +1,5 @@
+//! The scheduler with the executor on a tiny random model: outputs independent of batching.
+//!
 //! The scheduler with the executor on the tiny random model: outputs do not depend on batching,
 //! chunking, preemption or prefix hits, and no block leaks whatever happens. (The scheduler
 //! alone, fed made-up outputs, is tested in `unit_tests.rs`.)

@@ -1,3 +1,5 @@
+//! The scheduler alone, fed made-up executor outputs, as vLLM tests its scheduler.
+//!
 //! The scheduler alone, fed made-up executor outputs (no model), as vLLM's
 //! `tests/v1/core/test_scheduler.py` tests its scheduler: what it schedules, and what it makes of
 //! the results.

@@ -1,3 +1,5 @@
+//! Bounds on a constraint before it is compiled, checked on the request's own text.
+//!
 //! What a constraint may be before it is compiled: bounds checked on the request's own text, so
 //! that no schema, grammar, expression or list of choices can overflow the compiler's stack or
 //! hold a compile thread for long.

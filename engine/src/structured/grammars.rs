@@ -1,3 +1,5 @@
+//! The tokenizer's side of constrained decoding, built once.
+//!
 //! The tokenizer's side of constrained decoding, built once: every token's bytes in a trie,
 //! and the compiler of requests' constraints.
 

@@ -1,3 +1,5 @@
+//! Structured outputs: output held to a schema, regex, choice list or grammar by token masks.
+//!
 //! Structured outputs: a request's output held to a JSON schema, a regular expression, a list of
 //! choices or a Lark grammar, by masking at every step the tokens that could not continue it
 //! (llguidance computes the masks; vLLM and llama.cpp use the same library).

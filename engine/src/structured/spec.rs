@@ -1,3 +1,5 @@
+//! What a request asks its output to be, and why a constraint cannot be had.
+//!
 //! What a request asks its output to be, and why a constraint cannot be had: the words the
 //! bounds check, the compiler and the running constraint share.
 

@@ -1,3 +1,5 @@
+//! Constraints compiled and applied on the default model's tokenizer.
+
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};

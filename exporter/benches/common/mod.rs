@@ -1,3 +1,5 @@
+//! The recorders the exporter's benchmarks compare, each holding the whole catalog.
+//!
 //! Set-up shared by the exporter's benchmarks: Vigil's recorder and the peer
 //! (metrics-exporter-prometheus), each holding every pre-created series of the catalog.
 

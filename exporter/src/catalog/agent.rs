@@ -1,3 +1,5 @@
+//! The node agent's own series: the health of its scrapes of the engine it fronts.
+//!
 //! The node agent (`vigil probe`), which passes an existing engine's metrics through: whether
 //! its last scrape of the engine worked, how long it took, how old the engine's series it serves
 //! are, and what of the engine's exposition it had to leave out.

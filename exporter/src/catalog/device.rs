@@ -1,3 +1,5 @@
+//! The device's own clock per engine step: busy time and the idle gap before it.
+//!
 //! The device backend's own clock: how long the GPU worked on each engine step, and how long it
 //! sat idle between two steps while the engine had work, both measured with CUDA events on the
 //! step's stream. A long gap with a short busy time is host-side latency (scheduling, sampling,

@@ -1,3 +1,5 @@
+//! NVIDIA Dynamo's runtime series, named and labelled as Dynamo's Rust runtime does.
+//!
 //! NVIDIA Dynamo's runtime series, as Dynamo's Rust runtime names and labels them
 //! (`lib/llm/src/http/service/metrics.rs` for the frontend, `lib/runtime` for components), so a
 //! node running Vigil fits Dynamo's dashboards.

@@ -1,3 +1,5 @@
+//! Whether each hardware probe runs, and why not when it does not.
+//!
 //! The state of Vigil's hardware probes: one series per probe says whether it runs and, when it
 //! does not, why (no GPU, no NVML library, no BTF, no privilege, ...), so a dashboard can tell
 //! "no data" from "nothing happened".

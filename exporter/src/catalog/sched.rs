@@ -1,3 +1,5 @@
+//! How the host scheduled Vigil's own threads, by role, as the eBPF probe measures it.
+//!
 //! Host scheduling of Vigil's own threads, measured in the kernel by the eBPF probe
 //! (probes/bpf/sched.bpf.c): how long runnable threads waited for a CPU, how long they were off
 //! CPU, and how often they were switched out, by thread role.

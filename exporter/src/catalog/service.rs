@@ -1,3 +1,5 @@
+//! Vigil as a service: drains, refused connections, CPU pool queueing, exported traces.
+//!
 //! Vigil as a service: what happened to requests while it drained for a stop (SIGTERM),
 //! connections the HTTP server turned away, requests' CPU work waiting for a thread, and what became of the request traces it exports.
 

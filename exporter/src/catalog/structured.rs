@@ -1,3 +1,5 @@
+//! Structured outputs' series: constrained requests by kind, mask and compile time.
+//!
 //! Structured outputs (`response_format`, `structured_outputs`, vLLM's `guided_*` fields): how
 //! many requests held their output to a constraint, by kind, and the time the engine spent
 //! computing their token masks, and the time compiling the constraints took. The masks are computed beside the step's forward pass (the next

@@ -1,3 +1,5 @@
+//! vLLM's engine series, with vLLM's exact names, types, HELP, labels and buckets.
+//!
 //! vLLM's core engine metrics (`vllm/v1/metrics/loggers.py`, v0.33.0), with vLLM's exact names,
 //! types, HELP strings, labels and bucket families, plus the legacy names Vigil keeps as
 //! deprecated aliases.

@@ -1,3 +1,5 @@
+//! One line of the Prometheus text format, judged as Prometheus's own parser judges it.
+//!
 //! One line of the Prometheus text format (0.0.4), judged as Prometheus's own parser judges it:
 //! a `# HELP`/`# TYPE` line, a comment, or a sample
 //! `name[{label="value",...}] value [timestamp]`. Whatever Prometheus would refuse (and so fail

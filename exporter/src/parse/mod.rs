@@ -1,3 +1,5 @@
+//! A lenient reader of Prometheus text expositions that names what it leaves out.
+//!
 //! Reading another exporter's Prometheus text exposition (format 0.0.4) line by line, as a
 //! Prometheus server would, but keeping what is valid where Prometheus fails the whole scrape:
 //! a line Prometheus would refuse is left out and named by a [`Problem`], the rest is assembled

@@ -1,3 +1,5 @@
+//! The lenient reader against expositions Prometheus accepts and refuses.
+
 use super::*;
 
 fn all(body: &str) -> Exposition<'_> {

@@ -1,3 +1,5 @@
+//! Numbers written exactly as Python's prometheus_client writes them.
+//!
 //! Numbers exactly as prometheus_client prints them (`floatToGoString`): Python's `repr` of the
 //! float, with Go-style exponents for positive values of a million or more.
 //!

@@ -1,3 +1,5 @@
+//! The renderer's output against the Prometheus and OpenMetrics text formats.
+
 use super::*;
 use crate::catalog::vllm;
 use crate::exemplar::with_request_id;

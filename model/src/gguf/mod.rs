@@ -1,3 +1,5 @@
+//! GGUF files: the container, block dequantization, and what a Llama model needs from them.
+//!
 //! GGUF files (llama.cpp's model format): the container ([`reader`]), block dequantization
 //! ([`quant`]), and the pieces a Llama model needs from it (config, tensors, tokenizer).
 //!

@@ -1,3 +1,5 @@
+//! Chat templates rendered with minijinja the way transformers renders them with Jinja2.
+//!
 //! Chat templates, rendered with minijinja the way HF transformers renders them with Jinja2:
 //! `trim_blocks` and `lstrip_blocks` on, loop controls, `raise_exception`, and Python string
 //! methods (`.strip()`, `.startswith()`, ...) through minijinja-contrib's pycompat.

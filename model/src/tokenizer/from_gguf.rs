@@ -1,3 +1,5 @@
+//! A `tokenizers` tokenizer rebuilt from a GGUF's tokenizer metadata.
+//!
 //! A tokenizer rebuilt from GGUF metadata: the `gpt2` (byte-level BPE) model with its merges,
 //! the pre-tokenizer named by `tokenizer.ggml.pre`, and control tokens as special tokens. It is
 //! built as a `tokenizer.json` document, so the result is exactly what HF would load.

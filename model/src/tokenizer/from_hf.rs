@@ -1,3 +1,5 @@
+//! A tokenizer from an HF folder, with its special tokens, chat template and stop tokens.
+//!
 //! A tokenizer from an HF folder: `tokenizer.json`, with special tokens and the chat template
 //! from `tokenizer_config.json` and stop tokens from `generation_config.json`.
 

@@ -1,3 +1,5 @@
+//! Tokenizers and chat templates: HF's `tokenizers` for text, minijinja for templates.
+//!
 //! Tokenizers and chat templates: HF's `tokenizers` crate for encoding and decoding (built from
 //! `tokenizer.json`, or from GGUF metadata), and minijinja for chat templates.
 

@@ -1,3 +1,5 @@
+//! Tokenizers rebuilt from GGUF metadata: merges, special tokens, streaming decode, refusals.
+
 use std::path::Path;
 
 use crate::gguf::reader::tests::Writer;

@@ -1,3 +1,5 @@
+//! `vigil check-gpu`'s NVML section: the poller's readings against `nvidia-smi`, field by field.
+//!
 //! `vigil check-gpu`: runs the real NVML poller against the real GPUs and compares what it reads
 //! with `nvidia-smi --query-gpu`, field by field; optionally records the polls as JSON for the
 //! tests that run without a GPU.

@@ -1,3 +1,5 @@
+//! From one poll of the GPUs to the `vigil_gpu_*` series, with nothing stale left behind.
+//!
 //! From a [`Poll`] to the `vigil_gpu_*` series: units converted to the catalog's base units,
 //! one series per GPU and field that read, none for a field that did not (and a count of why),
 //! nothing stale: a series shown by the previous poll and not by this one is removed.

@@ -1,3 +1,5 @@
+//! The NVML probe: a poller thread that reads every GPU and sets the `vigil_gpu_*` series.
+//!
 //! The NVML probe: a poller thread (`vigil-nvml`, off the engine's threads) that reads every
 //! GPU each interval and sets the `vigil_gpu_*` series.
 

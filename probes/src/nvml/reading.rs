@@ -1,3 +1,5 @@
+//! One poll of the GPUs as plain, serializable data: NVML's values and errors.
+//!
 //! What one poll of the GPUs read, as plain data: the values NVML returned, in NVML's units, and
 //! the errors it returned in their place. Serializable, so a poll of a real GPU can be recorded
 //! (`vigil check-gpu --record FILE`) and replayed in tests without one.

@@ -1,6 +1,7 @@
 //! Where polls come from: [`GpuSource`] is the seam between NVML and the mapping to series.
-//! [`NvmlSource`] reads real GPUs; [`Recorded`] replays polls recorded from them (tests, and
-//! `vigil check-gpu --record`'s files).
+//!
+//! [`NvmlSource`] reads real GPUs; [`Recorded`] replays polls recorded from them (tests, and `vigil
+//! check-gpu --record`'s files).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;

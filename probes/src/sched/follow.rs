@@ -1,3 +1,5 @@
+//! Following a watched process that starts late, restarts under a new PID, or goes away.
+//!
 //! Watching a process that comes and goes: the engine a node agent fronts may start after the
 //! agent, restart under a new PID, or not run at all. Every interval the poller checks that the
 //! process it watches is still the one it attached to (same PID and start time, not a zombie);

@@ -1,3 +1,5 @@
+//! The eBPF probe: run-queue latency, off-CPU time and switches of one process's threads by role.
+//!
 //! The eBPF probe: run-queue latency, off-CPU time and context switches of one process's
 //! threads by role, measured in the kernel (probes/bpf/sched.bpf.c) and read every interval by
 //! a thread of its own (`vigil-sched-probe`).

@@ -1,3 +1,5 @@
+//! A runqlat-style text report of a scheduling snapshot, for `vigil sched-latency`.
+//!
 //! A runqlat-style text report of a [`Snapshot`]: one log2 histogram per thread role, for
 //! `vigil sched-latency`.
 

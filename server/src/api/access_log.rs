@@ -1,3 +1,5 @@
+//! The access log: one line per request, as vLLM's uvicorn writes it.
+//!
 //! The access log: one line per request, as vLLM's server (uvicorn) writes one, when its answer
 //! is done: the client, method, path, status, duration, and for generation requests the request
 //! id and its prompt and output tokens. A line is written when the response body ends, or when

@@ -1,3 +1,5 @@
+//! The admission gate of the generation routes: counted in flight, or refused while draining.
+//!
 //! The admission gate of the generation routes: each request is counted in flight by the
 //! server's [`Drain`] until its response body has been sent or dropped, or refused with 503, an
 //! OpenAI-style error body and `Retry-After` once a drain has begun.

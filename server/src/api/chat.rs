@@ -1,3 +1,5 @@
+//! `POST /v1/chat/completions`: the chat template renders the messages, then a completion runs.
+//!
 //! `POST /v1/chat/completions`: the model's chat template renders the messages, then it runs as
 //! a completion; answers are chat completions and their chunks.
 

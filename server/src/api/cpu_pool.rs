@@ -1,3 +1,5 @@
+//! A small pool of threads for requests' CPU-bound work, off the async workers.
+//!
 //! CPU-bound work of requests (parsing large bodies, chat templates, tokenization) runs here,
 //! on a few dedicated threads, never on the async workers that answer `/health`, `/metrics`
 //! and every stream: one client's megabytes of prompt queue for a CPU thread instead of

@@ -1,3 +1,5 @@
+//! Dynamo's frontend and component series for the requests this server handles.
+//!
 //! Dynamo's runtime series for the requests this server handles: the frontend family
 //! (`dynamo_frontend_*`, per model) and the component family of the engine's endpoint
 //! (`dynamo_component_*`), recorded as Dynamo's frontend and work handler record them.

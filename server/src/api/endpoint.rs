@@ -1,3 +1,5 @@
+//! The one path a generation request takes, whichever endpoint it came to.
+//!
 //! The one path a generation request takes, whichever endpoint it came to: parse the body once
 //! and check its fields (off the async workers), check the model, open Dynamo's record, let the
 //! endpoint turn the request into what the engine runs (templates and tokenization, off the

@@ -1,3 +1,5 @@
+//! Every request field vLLM accepts, and whether Vigil serves it or refuses it by name.
+//!
 //! Every request field vLLM's `CompletionRequest` and `ChatCompletionRequest`
 //! (`vllm/entrypoints/openai/protocol.py`) accept, and what Vigil does with each: it works, or
 //! it is refused with a 400 that names it, unless the request leaves it at vLLM's default. No

@@ -1,3 +1,5 @@
+//! Driving one client request through the engine, from submission to usage.
+//!
 //! Driving one client request through the engine: submit its `n` choices, relay the text the
 //! engine's detokenizer releases, collect logprobs, and report finish reasons, stop reasons and
 //! usage from each choice's finish event. Dropping a [`Generation`] drops its event receivers,

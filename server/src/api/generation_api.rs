@@ -1,3 +1,5 @@
+//! What makes a generation endpoint itself, as a trait the request path is generic over.
+//!
 //! What makes a generation endpoint itself, as a trait the one request path
 //! ([`super::endpoint`]) and the stream ([`super::stream`]) are generic over: `/v1/completions`
 //! and `/v1/chat/completions` each implement it.

@@ -1,3 +1,5 @@
+//! The OpenAI-compatible API: completions, chat, models, tokenize and detokenize.
+//!
 //! The OpenAI-compatible API: `/v1/completions`, `/v1/chat/completions` (streaming or not),
 //! `/v1/models`, `/tokenize` and `/detokenize`. Handlers parse and validate, then talk to the
 //! engine thread through [`engine::EngineHandle`].

@@ -1,3 +1,5 @@
+//! Server-sent events for streaming responses, as vLLM writes them.
+//!
 //! Server-sent events for streaming responses: one `data:` line per chunk, an optional usage
 //! chunk, and `data: [DONE]`. An error mid-stream is sent as `data: {"error": ...}` followed by
 //! `[DONE]`, as vLLM does. Dropping the stream (client gone) drops the generation, which aborts

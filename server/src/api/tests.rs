@@ -1,3 +1,5 @@
+//! The API in-process over a real socket, with a backend that fails on purpose.
+//!
 //! The API served in-process over a real socket, with a backend that fails on purpose: what a
 //! client sees when the engine breaks in the middle of its request.
 

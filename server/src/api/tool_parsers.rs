@@ -1,3 +1,5 @@
+//! `tool_choice: "auto"`: tool calls parsed out of the model's output.
+//!
 //! `tool_choice: "auto"`: the model decides whether to call a tool, in its own format, and a
 //! parser (`--tool-call-parser`, as vLLM names them) reads the calls out of the output. The
 //! whole output is parsed when it is complete; a stream sends content as long as it cannot be the

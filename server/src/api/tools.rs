@@ -1,3 +1,5 @@
+//! Tool calling as vLLM does it: required and named tool choices through structured outputs.
+//!
 //! Tool calling as vLLM does it: `tool_choice: "required"` and a named function hold the output
 //! to a JSON schema built from the tool definitions (structured outputs), and the output is
 //! returned as `tool_calls`. `"none"` calls no tool. `"auto"` (the default when tools are given)

@@ -1,3 +1,5 @@
+//! Vigil's life as a service: systemd notifications and the draining stop.
+//!
 //! Vigil's life as a service: telling systemd when it is ready, stopping and alive
 //! ([`systemd`]), and draining in-flight requests on SIGTERM ([`drain`]).
 //!

@@ -1,3 +1,5 @@
+//! The sd_notify protocol: ready, stopping, status lines and the watchdog.
+//!
 //! The sd_notify protocol (`Type=notify` services): `READY=1` once the model is loaded, warmed up
 //! and the listener bound; `STOPPING=1` when a drain begins; `STATUS=` lines for
 //! `systemctl status`; and `WATCHDOG=1` while the engine loop keeps going round.

@@ -1,3 +1,5 @@
+//! What became of every exported span, counted where a scrape can see it.
+//!
 //! What became of every span: the OpenTelemetry SDK logs nothing here (its internal logs are
 //! off with its default features) and counts nothing a scrape can see, so a closed port, a black
 //! hole or a slow collector would lose every trace unseen. Two wrappers around the SDK's own

@@ -1,3 +1,5 @@
+//! OTLP traces as vLLM's `--otlp-traces-endpoint` exports them.
+//!
 //! OTLP traces, as vLLM's `--otlp-traces-endpoint`: one `llm_request` span per client request,
 //! with `queue`, `prefill` and `decode` child spans, exported in batches over OTLP to a
 //! collector; gRPC by default, HTTP/protobuf with `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, as vLLM

@@ -1,3 +1,5 @@
+//! The span of one client request, from admission to its last choice.
+//!
 //! The span of one client request: started when the request is admitted (so its trace id is
 //! known for the exemplars while it runs), given its attributes and child spans as its choices
 //! finish, and ended when the response is dropped (sent, failed or abandoned).

@@ -1,3 +1,5 @@
+//! Whether what the engine answered is its metrics, not merely an HTTP 200.
+//!
 //! Whether what the engine answered is its metrics: "up" means a Prometheus exposition with at
 //! least one sample of a family the agent passes through, not merely an HTTP 200 (an HTML page,
 //! a proxy's error page or another exporter's metrics would otherwise count as an engine that is

@@ -1,3 +1,5 @@
+//! Which process listens on a TCP port, from `/proc`.
+//!
 //! Which process listens on a TCP port: the engine the agent fronts, found from its metrics URL
 //! (`/proc/net/tcp{,6}` gives the listening socket's inode, `/proc/PID/fd` who holds it).
 

@@ -1,3 +1,5 @@
+//! `vigil probe`: a node agent for an engine Vigil does not run.
+//!
 //! `vigil probe`: a node agent for an engine Vigil does not run (a vLLM server, or anything that
 //! speaks the Prometheus text format). When its own `/metrics` is scraped it fetches the
 //! engine's ([`upstream`]: one fetch shared by concurrent scrapes, waited for only as long as

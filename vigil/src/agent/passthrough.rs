@@ -1,3 +1,5 @@
+//! Passing an engine's own metrics through, as Dynamo's engine-metrics callback does.
+//!
 //! Passing an engine's own metrics through, as Dynamo's engine-metrics callback does
 //! (`register_engine_metrics_callback`): keep the families whose names start with the configured
 //! prefixes, and add the `dynamo_*` labels to every sample without overwriting labels the engine

@@ -1,3 +1,5 @@
+//! The agent's side of the engine: one fetch at a time, its result shared.
+//!
 //! The agent's side of the engine: its `/metrics` fetched by one request at a time, whatever
 //! the number of scrapers, and the result kept, so that a scrape of the agent never waits on the
 //! engine longer than its scraper allows and never multiplies the engine's load or the agent's

@@ -1,3 +1,5 @@
+//! Benchmark prompts: random token ids or ShareGPT conversations.
+//!
 //! Benchmark prompts: random token ids (exact input and output lengths, `ignore_eos`), or
 //! ShareGPT-format conversations (first human turn as the prompt).
 

@@ -1,6 +1,7 @@
-//! `vigil bench serve`: a load generator after `vllm bench serve`. It sends streaming
-//! completions at a Poisson (or gamma, `--burstiness`) rate, optionally capped by
-//! `--max-concurrency`, measures TTFT, TPOT, ITL and end-to-end latency per request, and prints
+//! `vigil bench serve`: a load generator after `vllm bench serve`.
+//!
+//! It sends streaming completions at a Poisson (or gamma, `--burstiness`) rate, optionally capped
+//! by `--max-concurrency`, measures TTFT, TPOT, ITL and end-to-end latency per request, and prints
 //! vLLM's result block (and `--save-result` JSON).
 //!
 //! Requests run on plain threads with a blocking HTTP client (ureq, HTTP only): the client is

@@ -1,3 +1,5 @@
+//! Throughput of the CUDA backend at batch 1, 16, 64 and 256, and its memory bandwidth.
+//!
 //! Throughput of the CUDA backend at batch 1, 16, 64 and 256: prefill tokens/s (prompts of
 //! [`PROMPT_LEN`] random tokens) and decode tokens/s ([`NEW_TOKENS`] greedy steps), and the
 //! memory bandwidth a decode step achieves (weights plus the KV it reads) as a fraction of the

@@ -1,3 +1,5 @@
+//! A bare device for the per-kernel checks, with upload and download helpers.
+//!
 //! A bare device for the per-kernel checks: the backend's [`Gpu`] (kernels, cuBLAS, stream)
 //! with upload/download helpers (bf16 through the host's rounding).
 

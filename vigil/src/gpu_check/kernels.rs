@@ -1,3 +1,5 @@
+//! Every kernel against the CPU backend's code on random inputs.
+//!
 //! Every kernel against the CPU backend's code (or a plain host loop) on random inputs, at the
 //! default model's shapes and a Llama-8B-like attention shape. Inputs are rounded to bf16 on the
 //! host first, so the comparison measures the kernel, not the input rounding.

@@ -1,3 +1,5 @@
+//! The whole forward pass on the GPU against the CPU backend.
+//!
 //! The whole forward pass against the CPU backend (f32 weights, exact): a tiny random model at
 //! the kernels' corner shapes, then the served model: logits of every prompt position, and 64
 //! greedy steps on several prompts, which must produce the same tokens.

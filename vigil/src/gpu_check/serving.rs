@@ -1,3 +1,5 @@
+//! Serving end to end on the GPU: `vigil serve --device cuda` driven over HTTP.
+//!
 //! Serving end to end on the GPU: this binary's `serve --device cuda` on a free port, driven
 //! over HTTP like a client would: a greedy completion that must match the CPU backend's greedy
 //! tokens, a streamed chat, 32 concurrent requests (continuous batching on the device), the

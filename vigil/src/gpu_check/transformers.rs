@@ -1,3 +1,5 @@
+//! The GPU benchmark beside Hugging Face `transformers` in the same run.
+//!
 //! The same benchmark with Hugging Face `transformers` in the same run, when the machine has
 //! PyTorch and transformers: vigil exports the weights it loaded as an HF folder (config.json and
 //! bf16 safetensors, so GGUF needs no `gguf` Python package), runs `transformers_bench.py`, and

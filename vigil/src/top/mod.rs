@@ -1,3 +1,5 @@
+//! `vigil top`: a node's serving health at a glance, from any vLLM-compatible `/metrics`.
+//!
 //! `vigil top`: the node's serving health at a glance, from any vLLM-compatible `/metrics`
 //! endpoint (a Vigil, a vLLM, several at once). Each window is two scrapes of every endpoint,
 //! turned into what PromQL's `rate` and `histogram_quantile` would give ([`window`]), rows per

@@ -1,3 +1,5 @@
+//! `vigil top`'s interactive screen.
+//!
 //! The interactive screen: a window is taken in the background while the screen answers keys
 //! (switch engine or GPU, change the window, pause, quit) and redraws on each new window and
 //! on resize. An endpoint that goes away shows as unreachable until it answers again.

@@ -1,3 +1,5 @@
+//! The dashboard's numbers for one window, per engine, GPU and thread role.
+//!
 //! The dashboard's numbers for one window: two scrapes of each endpoint turned into rows per
 //! engine, per GPU and per thread role, with the catalog's series names.
 

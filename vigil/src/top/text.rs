@@ -1,3 +1,5 @@
+//! `vigil top --once`: one window as plain `key=value` text.
+//!
 //! `vigil top --once`: one window as plain text, a line per row of `key=value` fields (numbers
 //! in full, NaN where the window had nothing to measure), for scripts and tests. Values read
 //! from an endpoint's labels are quoted and escaped where they hold anything but plain

@@ -1,3 +1,5 @@
+//! "Why is it slow?": the likeliest culprit of a window, checked from the hardware up.
+//!
 //! "Why is it slow?": the likeliest culprit of the window, from the signals the dashboard's
 //! first row shows, checked from the hardware up (a lost GPU or one whose XID needs a reset
 //! first, then a throttled GPU or a starved engine thread, which make every other number

@@ -1,3 +1,5 @@
+//! What happened between two scrapes, as PromQL's `rate` and `histogram_quantile` define it.
+//!
 //! What happened between two scrapes, as PromQL defines it: `rate` of a counter over the
 //! window (a counter that went down was reset, and counts from zero), and
 //! `histogram_quantile` of the buckets' increases (linear interpolation inside the bucket the

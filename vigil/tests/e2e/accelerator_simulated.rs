@@ -1,3 +1,5 @@
+//! The CUDA backend end to end on the simulated GPU.
+//!
 //! The CUDA backend end to end on the simulated GPU (`cuda-sim/`, built and linked by `cargo
 //! xtask test`, which names its folder in `VIGIL_CUDA_SIM`): `vigil check-gpu` and `vigil serve
 //! --device cuda` run with the simulator first on `LD_LIBRARY_PATH`, so the CUDA backend's own

@@ -1,3 +1,5 @@
+//! `vigil probe` in front of a real engine.
+//!
 //! `vigil probe`, the node agent, in front of a real engine speaking the Prometheus text format
 //! (a `vigil serve`, whose `vllm:` series are vLLM's).
 

@@ -1,3 +1,5 @@
+//! The OpenAI-compatible API of `vigil serve` over real HTTP, and the series it moves.
+//!
 //! The OpenAI-compatible API of `vigil serve` with the default model, over real HTTP, and the
 //! vllm: series it moves.
 

@@ -1,3 +1,5 @@
+//! The generated Grafana dashboard's queries, run against a real Prometheus.
+//!
 //! The Grafana dashboard `cargo xtask dashboard` generates (grafana/vigil.json), checked the way
 //! Grafana would run it: every panel query, with the dashboard's variables filled in, goes to a
 //! real Prometheus that scraped a real `vigil serve` under load, and must return data.

@@ -1,3 +1,5 @@
+//! `vigil export-tokenizer`'s folder gives the ids the server's `/tokenize` gives.
+//!
 //! `vigil export-tokenizer`: the exported folder, loaded by Hugging Face's own `tokenizers`
 //! crate (what aiperf's and guidellm's `--tokenizer DIR` load, through transformers), gives the
 //! ids the running server's `/tokenize` gives, on strings that trip tokenizers up.

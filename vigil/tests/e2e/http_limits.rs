@@ -1,3 +1,5 @@
+//! The HTTP server's limits, end to end.
+//!
 //! The HTTP server's limits, end to end: idle connections are closed, so are requests that do
 //! not arrive within the read timeout, connections beyond the cap are refused at once, running out of file descriptors is logged, counted and survived, and
 //! an absurd `Content-Length` is refused before the body is read. Each turned-away connection is

@@ -1,3 +1,5 @@
+//! The CPU backend computes what llama.cpp computes on the same GGUF, to the bit.
+//!
 //! The CPU backend computes what llama.cpp computes on the same GGUF, to the bit: the file's
 //! own Q4_1 and Q8_0 blocks against activations quantized as llama.cpp quantizes them, an f16
 //! KV cache, and llama.cpp's arithmetic where the last bits depend on it (RoPE's angles and

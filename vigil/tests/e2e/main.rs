@@ -1,3 +1,5 @@
+//! The end-to-end tests, one binary: the real `vigil` driven as its users drive it.
+//!
 //! The end-to-end tests, one binary: each module starts the real `vigil` binary (or drives a
 //! real tool against it: Prometheus, promtool, systemd, the OpenAI client, llama.cpp) and talks
 //! to it as its users do. One binary links the stack once and lets libtest run every test in

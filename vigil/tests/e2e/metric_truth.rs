@@ -1,3 +1,5 @@
+//! The `vllm:` series after known traffic, checked against vLLM's own definitions.
+//!
 //! The `vllm:` series after known traffic, every expected value computed here from vLLM's own
 //! definitions (written out beside each, with the vLLM source it follows) and from what the
 //! API answered (usage), never from Vigil's notion of a step.

@@ -1,3 +1,5 @@
+//! The default model, SmolLM2-135M-Instruct, loaded and run on the CPU backend.
+//!
 //! The default model, SmolLM2-135M-Instruct (Q4_1 GGUF), loaded and run for real on the CPU
 //! backend.
 

@@ -1,3 +1,5 @@
+//! The hardware probes in the served binary.
+//!
 //! The hardware probes in the served binary: their status on /metrics, the eBPF probe watching
 //! Vigil's own threads by role while it serves, and degrading without privilege or hardware.
 

@@ -1,3 +1,5 @@
+//! The `prometheus/` folder checked with the real promtool.
+//!
 //! The `prometheus/` folder with the real promtool: the fleet's scrape configuration and rule
 //! files check clean, the alert rules pass their unit tests (`promtool test rules`), and every
 //! series they read is one the catalog defines.

@@ -1,3 +1,5 @@
+//! A real Prometheus scrapes Vigil and its API shows what arrived.
+//!
 //! A real Prometheus server (Debian's package) scrapes Vigil, and its HTTP API shows that the
 //! series arrived with the right types, HELP and labels, and that exemplars survive ingestion.
 

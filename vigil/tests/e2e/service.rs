@@ -1,3 +1,5 @@
+//! Vigil as a systemd service, end to end: notifications, watchdog and draining stop.
+//!
 //! Vigil as a systemd service, end to end with the real binary and the default model: the
 //! sd_notify messages a `Type=notify` unit depends on (READY, WATCHDOG, STOPPING) received on a
 //! real notification socket, the drain on SIGTERM with real requests in flight, JSON logs, and

@@ -1,3 +1,5 @@
+//! The NVML probe end to end on a simulated node.
+//!
 //! The NVML probe end to end on a simulated node: `vigil serve` with the simulated NVML
 //! (`cuda-sim`'s `libnvidia-ml.so.1`, linked by `cargo xtask test` in `VIGIL_CUDA_SIM`) answering
 //! from a profile (`cuda-sim/profiles/*.json`). nvml-wrapper's calls, the poller thread, the XID

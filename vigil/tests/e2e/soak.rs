@@ -1,3 +1,5 @@
+//! A bounded soak of mixed traffic, after which the server is at rest.
+//!
 //! A bounded soak: a minute of mixed traffic (completions, streamed chats, clients that vanish
 //! mid-stream, bad requests, tokenization, scrapes) from several clients at once. Afterwards the
 //! server is at rest: no request running or waiting, no KV block held, resident memory within a

@@ -1,3 +1,5 @@
+//! Structured outputs end to end with the official `openai` Python client.
+//!
 //! Structured outputs end to end with the official `openai` Python client (installed by
 //! `cargo xtask test` into the folder `VIGIL_TEST_PYTHONPATH` names): JSON schemas on 20 prompts
 //! at temperature 1.0 validated with `jsonschema`, `json_object`, regex, choice and Lark

@@ -1,3 +1,5 @@
+//! The systemd unit checked with the real tools and the real binary.
+//!
 //! The systemd unit in `systemd/`, checked with the real tools and the real binary:
 //! `systemd-analyze verify` and `security`, the unit's `ExecStart=` line run as written with the
 //! environment file and the unit's user and capabilities, and every system call Vigil makes

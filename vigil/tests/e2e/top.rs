@@ -1,3 +1,5 @@
+//! `vigil top --once` against a running server, checked against Prometheus's own arithmetic.
+//!
 //! `vigil top --once` against a running `vigil serve` under traffic: its rates and quantiles
 //! are what a real Prometheus computes (`rate`, `histogram_quantile`) from the same two
 //! scrapes, which `--save-scrapes` keeps and `promtool` backfills into a TSDB.

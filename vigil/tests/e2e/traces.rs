@@ -1,3 +1,5 @@
+//! `--otlp-traces-endpoint` end to end, against a real OTLP receiver.
+//!
 //! `--otlp-traces-endpoint` end to end: the real `vigil serve` exports to a real OTLP receiver
 //! built in this test on the official protobuf definitions (opentelemetry-proto) — a tonic gRPC
 //! TraceService (vLLM's default protocol) and an HTTP/protobuf endpoint — and the spans'

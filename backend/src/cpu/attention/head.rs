@@ -1,3 +1,5 @@
+//! The two products of one KV head's attention, summed in llama.cpp's orders.
+//!
 //! The two products of one KV head's attention, `q·K` and `softmax·V`, summed in llama.cpp's
 //! orders ([`SumOrder`]): written once plainly ([`Portable`]) and once with AVX2 registers
 //! (`x86::Avx2`), which must give the same bits.

@@ -1,3 +1,5 @@
+//! What the KV cache stores (f32, f16 or bf16) and how it becomes f32.
+//!
 //! What the KV cache stores: f32, f16 or bf16, and how a cache row and the operands that meet it
 //! become f32.
 

@@ -1,3 +1,5 @@
+//! Paged attention on the CPU: KV writes into blocks and causal attention over block tables.
+//!
 //! Paged attention on the CPU: K/V writes into blocks and causal attention over block tables,
 //! with grouped-query heads, over a cache of f32, f16 or bf16 ([`KvElement`]).
 

@@ -1,3 +1,5 @@
+//! Attention's head math in AVX2 registers.
+//!
 //! [`HeadMath`] in AVX2 registers: a 16-lane accumulator of llama.cpp's orders is two `__m256`,
 //! and a slot's weighted sum of V stays in registers across its positions.
 

@@ -1,3 +1,5 @@
+//! Activation rows quantized per block of 32, as llama.cpp quantizes them for its matmuls.
+//!
 //! Activation rows quantized per block of 32, as llama.cpp quantizes the right-hand side of
 //! a quantized matmul: Q8_0 (`d` as f16, 32 signed bytes) and Q8_1 (also `s = d Σq` as f16).
 //!

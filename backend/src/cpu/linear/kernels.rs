@@ -1,3 +1,5 @@
+//! Tile kernels: dot products of a panel of quantized weight rows with activation rows.
+//!
 //! Tile kernels: the dot products of one panel's [`PANEL_ROWS`] weight rows with `X`
 //! activation rows (`X` up to [`MAX_X`]), over every block, accumulated in registers and
 //! summed once at the end; the weight block is unpacked once and used `X` times, each

@@ -1,3 +1,5 @@
+//! GGUF block weights repacked into panels of rows that kernels read together.
+//!
 //! Weights in GGUF's block formats, repacked into panels of [`PANEL_ROWS`] rows: block `b` of
 //! the panel's rows lies together (their scales, then their quants), so a kernel computing
 //! several rows at once reads one contiguous stream, and the same layout serves a single

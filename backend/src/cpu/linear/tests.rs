@@ -1,3 +1,5 @@
+//! Quantized linear layers against exact f64 products of the file's own weights.
+
 use half::f16;
 use model::{dequantize, GgmlType};
 

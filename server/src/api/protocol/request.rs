@@ -1,3 +1,5 @@
+//! Request bodies, and their conversion to sampling parameters with vLLM's defaults and limits.
+//!
 //! Request bodies of the OpenAI-compatible endpoints, and their conversion to sampling
 //! parameters with vLLM's defaults and limits.
 

@@ -1,3 +1,5 @@
+//! Response bodies and stream chunks, shaped as vLLM serializes them.
+//!
 //! Response bodies and stream chunks of the OpenAI-compatible endpoints, shaped as vLLM
 //! serializes them: every field vLLM sets is present (`null` when empty), and the fields vLLM
 //! leaves unset in a chunk are absent. Log-probabilities are computed in f32 and written as the

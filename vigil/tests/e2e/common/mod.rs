@@ -1,3 +1,5 @@
+//! Helpers shared by the end-to-end tests.
+//!
 //! Helpers shared by the end-to-end tests: start the real `vigil` binary and talk to it over
 //! real HTTP.
 

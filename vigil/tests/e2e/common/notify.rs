@@ -1,3 +1,5 @@
+//! A socket standing in for systemd's `NOTIFY_SOCKET`.
+//!
 //! A socket standing in for systemd's `NOTIFY_SOCKET`: the sd_notify messages a `Type=notify`
 //! service sends, received for real.
 

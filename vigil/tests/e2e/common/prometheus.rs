@@ -1,3 +1,5 @@
+//! A real Prometheus server for the end-to-end tests.
+//!
 //! A real Prometheus server (Debian's package) for the end-to-end tests: it scrapes the given
 //! targets every second, and its HTTP API answers queries.
 
