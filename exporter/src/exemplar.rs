@@ -9,7 +9,7 @@
 //! exemplars off the histograms have no exemplar slots and this costs one thread-local write.
 //!
 //! ```
-//! use exporter::exemplar::with_request_id;
+//! use exporter::with_request_id;
 //! # let ttft = metrics::Histogram::noop();
 //! with_request_id("cmpl-8f2c", || ttft.record(0.042));
 //! ```

@@ -72,9 +72,7 @@ fn check_gpu_serving_passes_on_the_simulated_device() {
 }
 
 fn complete(v: &Vigil, body: Value) -> Value {
-    let (status, text) = http_post(&v.url("/v1/completions"), body.to_string().as_bytes(), &[]);
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).unwrap()
+    v.post_ok("/v1/completions", &body)
 }
 
 /// The scheduler's paths on the device: a KV cache of 12 blocks (192 tokens) that four

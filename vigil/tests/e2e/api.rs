@@ -11,11 +11,7 @@ use common::{http_post, sample, wait_for, Vigil};
 use serde_json::{json, Value};
 
 fn post(v: &Vigil, path: &str, body: Value) -> (u16, Value) {
-    let (status, text) = http_post(&v.url(path), body.to_string().as_bytes(), &[]);
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
-    )
+    v.post_json(path, &body)
 }
 
 fn assert_error(status: u16, body: &Value, want_status: u16, needle: &str) {

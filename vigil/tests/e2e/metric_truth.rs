@@ -30,15 +30,13 @@
 
 use crate::common;
 
-use common::{http_post, sample, Vigil};
+use common::{sample, Vigil};
 use serde_json::{json, Value};
 
 const BLOCK: u64 = 16;
 
 fn post(v: &Vigil, path: &str, body: Value) -> Value {
-    let (status, text) = http_post(&v.url(path), body.to_string().as_bytes(), &[]);
-    assert_eq!(status, 200, "{text}");
-    serde_json::from_str(&text).unwrap()
+    v.post_ok(path, &body)
 }
 
 /// What vLLM's definitions make of one engine request.

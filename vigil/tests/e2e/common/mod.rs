@@ -174,6 +174,20 @@ impl Vigil {
         http_get(&self.url(path), accept)
     }
 
+    /// POST `body` to `path`; returns the status and the answer parsed as JSON.
+    pub(crate) fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+        let (status, text) = http_post(&self.url(path), body.to_string().as_bytes(), &[]);
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+        (status, json)
+    }
+
+    /// POST `body` to `path`, which must answer 200; returns the answer as JSON.
+    pub(crate) fn post_ok(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let (status, json) = self.post_json(path, body);
+        assert_eq!(status, 200, "{json}");
+        json
+    }
+
     /// The Prometheus text exposition.
     pub(crate) fn metrics(&self) -> String {
         let (status, _, body) = self.get("/metrics", None);
