@@ -175,7 +175,11 @@ impl Vigil {
     }
 
     /// POST `body` to `path`; returns the status and the answer parsed as JSON.
-    pub(crate) fn post_json(&self, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    pub(crate) fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
         let (status, text) = http_post(&self.url(path), body.to_string().as_bytes(), &[]);
         let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
         (status, json)
