@@ -31,6 +31,7 @@ fn main() {
 
     let common = engine_kernels.join("common.cuh");
     let mut sources = vec![root.join("src/runtime.cpp")];
+    let mut profiled_sources = Vec::new();
     let mut table = String::new();
     let mut declarations = String::new();
     let mut count = 0;
@@ -47,10 +48,23 @@ fn main() {
             let digest = hex_sha256(&compiled);
             let entries = entries(&text).unwrap_or_else(|e| panic!("{file_name}: {e}"));
             let mut unit = String::new();
-            if let Some(prelude) = prelude {
-                writeln!(unit, "#include \"{}\"", prelude.display()).unwrap();
+            // The profiled twin: the same source, its entry points renamed, compiled with every
+            // load and store calling the profiler (see `profiled_build`).
+            let mut profiled = String::new();
+            for entry in &entries {
+                writeln!(
+                    profiled,
+                    "#define {n} cuda_sim_profiled_{n}",
+                    n = entry.name
+                )
+                .unwrap();
             }
-            writeln!(unit, "#include \"{}\"", file.display()).unwrap();
+            for u in [&mut unit, &mut profiled] {
+                if let Some(prelude) = prelude {
+                    writeln!(u, "#include \"{}\"", prelude.display()).unwrap();
+                }
+                writeln!(u, "#include \"{}\"", file.display()).unwrap();
+            }
             for entry in &entries {
                 let args: Vec<String> = entry
                     .params
@@ -77,15 +91,24 @@ fn main() {
                 )
                 .unwrap();
                 writeln!(
+                    profiled,
+                    "extern \"C\" void cuda_sim_launch_profiled_{n}(void** p) {{ {n}({}); }}",
+                    args.join(", "),
+                    n = entry.name,
+                )
+                .unwrap();
+                writeln!(
                     declarations,
                     "extern \"C\" void cuda_sim_launch_{n}(void**);\n\
+                     extern \"C\" void cuda_sim_launch_profiled_{n}(void**);\n\
                      extern \"C\" const unsigned cuda_sim_sizes_{n}[];",
                     n = entry.name
                 )
                 .unwrap();
                 writeln!(
                     table,
-                    "    {{\"{n}\", \"{file_name}\", \"{digest}\", cuda_sim_launch_{n}, {}, cuda_sim_sizes_{n}}},",
+                    "    {{\"{n}\", \"{file_name}\", \"{digest}\", cuda_sim_launch_{n}, \
+                     cuda_sim_launch_profiled_{n}, {}, cuda_sim_sizes_{n}}},",
                     entry.params.len(),
                     n = entry.name
                 )
@@ -95,11 +118,15 @@ fn main() {
             let path = out.join(format!("kernel_{}.cpp", file_name.replace('.', "_")));
             std::fs::write(&path, unit).unwrap();
             sources.push(path);
+            let path = out.join(format!("profiled_{}.cpp", file_name.replace('.', "_")));
+            std::fs::write(&path, profiled).unwrap();
+            profiled_sources.push(path);
         }
     }
     let registry = format!(
         "struct CudaSimKernel {{ const char* name; const char* file; const char* digest; \
-         void (*launch)(void**); unsigned n_params; const unsigned* sizes; }};\n{declarations}\n\
+         void (*launch)(void**); void (*launch_profiled)(void**); unsigned n_params; \
+         const unsigned* sizes; }};\n{declarations}\n\
          extern \"C\" const CudaSimKernel cuda_sim_kernels[] = {{\n{table}}};\n\
          extern \"C\" const unsigned cuda_sim_kernel_count = {count};\n"
     );
@@ -109,7 +136,18 @@ fn main() {
 
     old_driver_nvml(&root, &out);
 
-    cc::Build::new()
+    kernel_build(&header)
+        .files(&sources)
+        .compile("cuda_sim_kernels");
+    profiled_build(&header)
+        .files(&profiled_sources)
+        .compile("cuda_sim_kernels_profiled");
+}
+
+/// How the kernels are compiled for the host: C++17, the simulator's header first.
+fn kernel_build(header: &Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
         .cpp(true)
         .compiler("clang++")
         .cpp_link_stdlib(None)
@@ -121,9 +159,25 @@ fn main() {
         .flag("-fno-rtti")
         .flag("-fvisibility=hidden")
         .flag("-Wno-unused-parameter")
-        .flag("-Wno-unused-function")
-        .files(&sources)
-        .compile("cuda_sim_kernels");
+        .flag("-Wno-unused-function");
+    build
+}
+
+/// The kernels again, each load and store of memory calling `__asan_{load,store}{N}_noabort`
+/// with its address (clang's kernel address sanitizer, every check outlined, no stack or global
+/// redzones), which the simulator's profiler implements as counters. Access widths are the
+/// source's after optimisation: a vector type's load (`float4`) stays one 16-byte access.
+fn profiled_build(header: &Path) -> cc::Build {
+    let mut build = kernel_build(header);
+    build
+        .flag("-fsanitize=kernel-address")
+        .flag("-mllvm")
+        .flag("-asan-instrumentation-with-call-threshold=0")
+        .flag("-mllvm")
+        .flag("-asan-stack=0")
+        .flag("-mllvm")
+        .flag("-asan-globals=0");
+    build
 }
 
 /// The SHA-256 of `text` in lower-case hex.

@@ -16,6 +16,15 @@ struct uint3 {
 };
 typedef uint3 dim3;
 
+// CUDA's vector types, with their sizes and alignments: clang's vector types have `.x`..`.w`
+// and load and store whole, so a `float4` access is one 16-byte access here as on a GPU.
+typedef float float2 __attribute__((ext_vector_type(2)));
+typedef float float4 __attribute__((ext_vector_type(4)));
+typedef int int2 __attribute__((ext_vector_type(2)));
+typedef int int4 __attribute__((ext_vector_type(4)));
+typedef unsigned int uint2 __attribute__((ext_vector_type(2)));
+typedef unsigned int uint4 __attribute__((ext_vector_type(4)));
+
 extern "C" {
 extern thread_local uint3 cuda_sim_threadIdx;
 extern thread_local uint3 cuda_sim_blockIdx;

@@ -861,7 +861,20 @@ pub unsafe extern "C" fn cuLaunchKernel(
         grid,
         block,
     };
-    if let Err(e) = threads::run_grid(launch, params, crate::memcheck::prepare_this_thread) {
+    // Profiled launches run one at a time, whichever host threads launch them: each is one
+    // record.
+    static PROFILED_LAUNCH: Mutex<()> = Mutex::new(());
+    let profiled = crate::profile::enabled();
+    let one_at_a_time = profiled.then(|| PROFILED_LAUNCH.lock().unwrap_or_else(|e| e.into_inner()));
+    if profiled {
+        crate::profile::begin_launch(f.kernel.name, grid, block, shared_bytes);
+    }
+    let ran = threads::run_grid(launch, params, crate::memcheck::prepare_this_thread);
+    if profiled {
+        crate::profile::end_launch();
+    }
+    drop(one_at_a_time);
+    if let Err(e) = ran {
         let code = match e {
             threads::LaunchError::IllegalAddress { .. } => CUDA_ERROR_ILLEGAL_ADDRESS,
             threads::LaunchError::Deadlock { .. } => CUDA_ERROR_LAUNCH_FAILED,

@@ -15,6 +15,7 @@ struct RawKernel {
     file: *const c_char,
     digest: *const c_char,
     launch: Launcher,
+    launch_profiled: Launcher,
     n_params: u32,
     sizes: *const u32,
 }
@@ -33,6 +34,8 @@ pub struct HostKernel {
     /// for the engine's kernels), which the backend's PTX carries as `vigil_source_digest`.
     pub digest: &'static str,
     pub launch: Launcher,
+    /// The same, built so that each memory access is counted (see `crate::profile`).
+    pub launch_profiled: Launcher,
     /// Each parameter's size in bytes, in order, as the C signature declares them.
     pub param_sizes: &'static [u32],
 }
@@ -54,6 +57,7 @@ pub(crate) fn all() -> &'static [HostKernel] {
                     file: CStr::from_ptr(k.file).to_str().unwrap(),
                     digest: CStr::from_ptr(k.digest).to_str().unwrap(),
                     launch: k.launch,
+                    launch_profiled: k.launch_profiled,
                     param_sizes: std::slice::from_raw_parts(k.sizes, k.n_params as usize),
                 })
                 .collect()

@@ -11,6 +11,8 @@
 //!   barrier, shuffle and vote semantics.
 //! - `memory` and `memcheck`: guarded device allocations, and reports of out-of-bounds
 //!   accesses with the kernel, block and thread.
+//! - `profile`: with `VIGIL_SIM_PROFILE` set, what each launch loads and stores in global memory
+//!   (by access width, and distinct 32-byte sectors), from a second, instrumented kernel build.
 //! - `device`: the simulated GPU's properties (an H100's, with the memory size of our choice).
 //! - `nvml`: a simulated NVML (`libnvidia-ml.so.1`) answering from a node profile
 //!   (`profiles/*.json`).
@@ -29,8 +31,10 @@ mod kernels;
 mod memcheck;
 mod memory;
 mod nvml;
+mod profile;
 mod ptx;
 mod threads;
 
 pub use kernels::find as find_kernel;
+pub use profile::{take as take_profile, Accesses, LaunchProfile, SECTOR_BYTES, WIDTHS};
 pub use threads::{run_grid, Launch};

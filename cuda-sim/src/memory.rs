@@ -92,6 +92,15 @@ pub(crate) fn free(addr: u64) -> bool {
     true
 }
 
+/// Every live allocation as `[start, end)`, in address order (for the profiler, which looks
+/// addresses up many times per launch without the lock).
+pub(crate) fn ranges() -> Vec<(usize, usize)> {
+    let live = LIVE.lock().unwrap();
+    live.iter()
+        .map(|(&data, a)| (data, data + a.size))
+        .collect()
+}
+
 /// Whether `[addr, addr + len)` lies inside one live allocation.
 pub(crate) fn contains(addr: u64, len: usize) -> bool {
     let live = LIVE.lock().unwrap();

@@ -361,7 +361,13 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
     // SAFETY: three-element arrays, copied by the callee.
     unsafe { cuda_sim_set_block(block.as_ptr(), launch.block.as_ptr(), launch.grid.as_ptr()) };
     BLOCK.with(|b| b.set(state));
-    let launcher = launch.kernel.launch;
+    let profiled = crate::profile::enabled();
+    let launcher = if profiled {
+        crate::profile::begin_block();
+        launch.kernel.launch_profiled
+    } else {
+        launch.kernel.launch
+    };
     let params_addr = params as usize;
     let state_addr = state as usize;
     let mut fibers: Vec<Option<Coroutine<(), (), (), DefaultStack>>> = (0..threads)
@@ -447,6 +453,9 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
         }
     }
     BLOCK.with(|b| b.set(std::ptr::null_mut()));
+    if profiled {
+        crate::profile::end_block();
+    }
     if result.is_ok() {
         // SAFETY: every fiber finished; nothing refers to the state any more. (After a
         // deadlock the leaked fibers still point at it, so it is leaked with them.)

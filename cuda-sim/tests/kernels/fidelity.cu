@@ -59,3 +59,10 @@ extern "C" __global__ void barrier_loop(int* out, int rounds) {
     for (int r = 0; r < rounds; r++) __syncthreads();
     if (threadIdx.x == 0) out[blockIdx.x] = rounds;
 }
+
+// Each thread loads one float4 and stores the sum of its lanes.
+extern "C" __global__ void float4_sums(const float4* in, float* out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    float4 v = in[i];
+    out[i] = v.x + v.y + v.z + v.w;
+}

@@ -1,0 +1,241 @@
+//! Counting what each launch would move through a GPU's memory, from the profiled kernel build.
+//!
+//! With `VIGIL_SIM_PROFILE` set (any value), launches run the kernels' profiled build (see
+//! build.rs): every load and store calls `__asan_{load,store}{N}_noabort` with its address,
+//! implemented here as counters. An access inside a live device allocation is global memory:
+//! counted by width (1, 2, 4, 8, 16 bytes) and by the distinct 32-byte sectors it touches (what
+//! DRAM would move for the launch before any reuse in L2 across launches). Any other access
+//! (`__shared__` arrays, a thread's own stack, constant tables) is counted apart, as "other":
+//! this build cannot yet tell shared memory from local memory. Off, nothing here runs and the
+//! simulator's speed is unchanged.
+
+use std::cell::Cell;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Access widths counted apart, in bytes.
+pub const WIDTHS: [usize; 5] = [1, 2, 4, 8, 16];
+
+/// The bytes of a sector: the unit a GPU's L2 moves to and from DRAM.
+pub const SECTOR_BYTES: u64 = 32;
+
+/// Whether launches are profiled (`VIGIL_SIM_PROFILE` set when first asked).
+pub(crate) fn enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("VIGIL_SIM_PROFILE").is_some())
+}
+
+/// Global-memory accesses of one direction (loads or stores).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accesses {
+    /// Accesses of each width in [`WIDTHS`] (other widths are counted by their bytes only).
+    pub by_width: [u64; 5],
+    /// Bytes, all widths.
+    pub bytes: u64,
+}
+
+impl Accesses {
+    fn add(&mut self, size: usize) {
+        if let Some(i) = WIDTHS.iter().position(|&w| w == size) {
+            self.by_width[i] += 1;
+        }
+        self.bytes += size as u64;
+    }
+
+    fn merge(&mut self, other: &Accesses) {
+        for (a, b) in self.by_width.iter_mut().zip(other.by_width) {
+            *a += b;
+        }
+        self.bytes += other.bytes;
+    }
+
+    /// The mean bytes per access, or 0 without accesses.
+    pub fn mean_width(&self) -> f64 {
+        let n: u64 = self.by_width.iter().sum();
+        if n == 0 {
+            0.0
+        } else {
+            self.bytes as f64 / n as f64
+        }
+    }
+}
+
+/// What one launch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LaunchProfile {
+    /// The entry point.
+    pub kernel: &'static str,
+    /// Blocks in x, y, z.
+    pub grid: [u32; 3],
+    /// Threads per block in x, y, z.
+    pub block: [u32; 3],
+    /// Dynamic shared memory per block, in bytes.
+    pub dynamic_shared_bytes: u32,
+    /// Loads of global memory.
+    pub global_loads: Accesses,
+    /// Stores to global memory.
+    pub global_stores: Accesses,
+    /// Distinct 32-byte sectors of global memory the launch touched.
+    pub global_sectors: u64,
+    /// Loads of anything else: shared memory, the thread's stack, constant tables.
+    pub other_loads: Accesses,
+    /// Stores to anything else.
+    pub other_stores: Accesses,
+}
+
+/// One block's counts, kept by the OS thread that runs it.
+struct BlockCounts {
+    /// Device allocations at the launch's start, `[start, end)` in address order.
+    ranges: Arc<[(usize, usize)]>,
+    global_loads: Accesses,
+    global_stores: Accesses,
+    sectors: HashSet<u64>,
+    other_loads: Accesses,
+    other_stores: Accesses,
+}
+
+/// The launch being profiled: its record and the union of its blocks' sectors.
+struct Current {
+    record: LaunchProfile,
+    sectors: HashSet<u64>,
+    ranges: Arc<[(usize, usize)]>,
+}
+
+static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
+static DONE: Mutex<Vec<LaunchProfile>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static BLOCK: Cell<*mut BlockCounts> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Starts the record of a launch; its blocks count into it until [`end_launch`].
+pub(crate) fn begin_launch(
+    kernel: &'static str,
+    grid: [u32; 3],
+    block: [u32; 3],
+    dynamic_shared_bytes: u32,
+) {
+    // Each block reads its own handle on them without a lock.
+    let ranges: Arc<[(usize, usize)]> = crate::memory::ranges().into();
+    *CURRENT.lock().unwrap() = Some(Current {
+        record: LaunchProfile {
+            kernel,
+            grid,
+            block,
+            dynamic_shared_bytes,
+            ..Default::default()
+        },
+        sectors: HashSet::new(),
+        ranges,
+    });
+}
+
+/// Ends the launch's record and keeps it for [`take`].
+pub(crate) fn end_launch() {
+    if let Some(mut current) = CURRENT.lock().unwrap().take() {
+        current.record.global_sectors = current.sectors.len() as u64;
+        DONE.lock().unwrap().push(current.record);
+    }
+}
+
+/// Counts the accesses of the block this OS thread is about to run.
+pub(crate) fn begin_block() {
+    let ranges = CURRENT
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map_or_else(|| Arc::from([]), |c| Arc::clone(&c.ranges));
+    let counts = Box::new(BlockCounts {
+        ranges,
+        global_loads: Accesses::default(),
+        global_stores: Accesses::default(),
+        sectors: HashSet::new(),
+        other_loads: Accesses::default(),
+        other_stores: Accesses::default(),
+    });
+    BLOCK.with(|b| b.set(Box::into_raw(counts)));
+}
+
+/// Adds the block this OS thread ran to its launch's record.
+pub(crate) fn end_block() {
+    let counts = BLOCK.with(|b| b.replace(std::ptr::null_mut()));
+    if counts.is_null() {
+        return;
+    }
+    // SAFETY: made by `begin_block` on this thread, and no longer reachable from `BLOCK`.
+    let counts = unsafe { Box::from_raw(counts) };
+    if let Some(current) = CURRENT.lock().unwrap().as_mut() {
+        let r = &mut current.record;
+        r.global_loads.merge(&counts.global_loads);
+        r.global_stores.merge(&counts.global_stores);
+        r.other_loads.merge(&counts.other_loads);
+        r.other_stores.merge(&counts.other_stores);
+        current.sectors.extend(counts.sectors);
+    }
+}
+
+/// The launches profiled since the last call, in launch order.
+pub fn take() -> Vec<LaunchProfile> {
+    std::mem::take(&mut DONE.lock().unwrap())
+}
+
+fn record(addr: usize, size: usize, store: bool) {
+    let counts = BLOCK.with(|b| b.get());
+    // SAFETY: set by `begin_block` for the block this OS thread runs; its fibers run one at a
+    // time, so nothing else touches the counts meanwhile.
+    let Some(counts) = (unsafe { counts.as_mut() }) else {
+        return;
+    };
+    let at = counts.ranges.partition_point(|&(start, _)| start <= addr);
+    let global = at > 0 && addr + size <= counts.ranges[at - 1].1;
+    match (global, store) {
+        (true, false) => counts.global_loads.add(size),
+        (true, true) => counts.global_stores.add(size),
+        (false, false) => counts.other_loads.add(size),
+        (false, true) => counts.other_stores.add(size),
+    }
+    if global {
+        let first = addr as u64 / SECTOR_BYTES;
+        let last = (addr + size.max(1) - 1) as u64 / SECTOR_BYTES;
+        counts.sectors.extend(first..=last);
+    }
+}
+
+macro_rules! callbacks {
+    ($($load:ident $store:ident $size:literal;)*) => {
+        $(
+            #[no_mangle]
+            extern "C" fn $load(addr: usize) {
+                record(addr, $size, false);
+            }
+            #[no_mangle]
+            extern "C" fn $store(addr: usize) {
+                record(addr, $size, true);
+            }
+        )*
+    };
+}
+
+callbacks! {
+    __asan_load1_noabort __asan_store1_noabort 1;
+    __asan_load2_noabort __asan_store2_noabort 2;
+    __asan_load4_noabort __asan_store4_noabort 4;
+    __asan_load8_noabort __asan_store8_noabort 8;
+    __asan_load16_noabort __asan_store16_noabort 16;
+}
+
+/// An access of a size without a callback of its own.
+#[no_mangle]
+extern "C" fn __asan_loadN_noabort(addr: usize, size: usize) {
+    record(addr, size, false);
+}
+
+/// A store of a size without a callback of its own.
+#[no_mangle]
+extern "C" fn __asan_storeN_noabort(addr: usize, size: usize) {
+    record(addr, size, true);
+}
+
+/// Called before a function that does not return (a trap): nothing to undo here.
+#[no_mangle]
+extern "C" fn __asan_handle_no_return() {}
