@@ -234,6 +234,9 @@ pub(crate) unsafe extern "C" fn cublasGemmEx(
     if m == 0 || n == 0 {
         return CUBLAS_STATUS_SUCCESS;
     }
+    if crate::profile::enabled() {
+        crate::profile::gemm(m, n, k, a.bytes() + b.bytes() + c.bytes());
+    }
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
     if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && beta == 0.0 && k > 0 {
         gemm_dot(k, alpha, a, b, c);

@@ -229,6 +229,9 @@ pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
 #[no_mangle]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
     check_init!();
+    if crate::profile::enabled() {
+        crate::profile::sync();
+    }
     CUDA_SUCCESS
 }
 
@@ -267,6 +270,9 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
 #[no_mangle]
 pub extern "C" fn cuStreamSynchronize(_stream: Handle) -> CUresult {
     check_init!();
+    if crate::profile::enabled() {
+        crate::profile::sync();
+    }
     CUDA_SUCCESS
 }
 
@@ -326,6 +332,9 @@ pub unsafe extern "C" fn cuEventRecord(event: Handle, _stream: Handle) -> CUresu
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(_event: Handle) -> CUresult {
     check_init!();
+    if crate::profile::enabled() {
+        crate::profile::sync();
+    }
     CUDA_SUCCESS
 }
 
@@ -457,6 +466,9 @@ unsafe fn copy(
         }
     }
     std::ptr::copy(src, dst, len);
+    if crate::profile::enabled() {
+        crate::profile::copy(call, len);
+    }
     CUDA_SUCCESS
 }
 

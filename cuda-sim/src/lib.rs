@@ -36,5 +36,8 @@ mod ptx;
 mod threads;
 
 pub use kernels::find as find_kernel;
-pub use profile::{take as take_profile, Accesses, LaunchProfile, SECTOR_BYTES, WIDTHS};
+pub use profile::{
+    take as take_profile, Accesses, CopyKind, CopyProfile, GemmProfile, LaunchProfile, Profile,
+    SECTOR_BYTES, WIDTHS,
+};
 pub use threads::{run_grid, Launch};

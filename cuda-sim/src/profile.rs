@@ -6,8 +6,9 @@
 //! counted by width (1, 2, 4, 8, 16 bytes) and by the distinct 32-byte sectors it touches (what
 //! DRAM would move for the launch before any reuse in L2 across launches). Any other access
 //! (`__shared__` arrays, a thread's own stack, constant tables) is counted apart, as "other":
-//! this build cannot yet tell shared memory from local memory. Off, nothing here runs and the
-//! simulator's speed is unchanged.
+//! this build cannot yet tell shared memory from local memory. Beside the launches: each cuBLAS
+//! GEMM (its FLOPs and operand bytes), each copy between host and device, each synchronisation.
+//! Off, nothing here runs and the simulator's speed is unchanged.
 
 use std::cell::Cell;
 use std::collections::HashSet;
@@ -101,8 +102,62 @@ struct Current {
     ranges: Arc<[(usize, usize)]>,
 }
 
+/// One cuBLAS GEMM, `C (m x n) = op(A) (m x k) · op(B) (k x n)`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GemmProfile {
+    /// Rows of C.
+    pub m: u64,
+    /// Columns of C.
+    pub n: u64,
+    /// The inner dimension.
+    pub k: u64,
+    /// `2 m n k`.
+    pub flops: u64,
+    /// Bytes of A, B and C as stored (C counted once, written).
+    pub bytes: u64,
+}
+
+/// Which way a copy went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CopyKind {
+    /// Host to device.
+    HostToDevice,
+    /// Device to host.
+    DeviceToHost,
+    /// Device to device.
+    DeviceToDevice,
+}
+
+/// One copy. The simulator offers no page-locked host allocations, so every host buffer a copy
+/// reads or writes is pageable (on a GPU, a pageable copy is staged and synchronous).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyProfile {
+    /// Which way.
+    pub kind: CopyKind,
+    /// Bytes moved.
+    pub bytes: u64,
+}
+
+/// What the device was asked to do since the last [`take`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Kernel launches, in launch order.
+    pub launches: Vec<LaunchProfile>,
+    /// cuBLAS GEMMs, in call order.
+    pub gemms: Vec<GemmProfile>,
+    /// Copies, in call order.
+    pub copies: Vec<CopyProfile>,
+    /// Context, stream and event synchronisations.
+    pub syncs: u64,
+}
+
 static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
-static DONE: Mutex<Vec<LaunchProfile>> = Mutex::new(Vec::new());
+static DONE: Mutex<Profile> = Mutex::new(Profile {
+    launches: Vec::new(),
+    gemms: Vec::new(),
+    copies: Vec::new(),
+    syncs: 0,
+});
 
 thread_local! {
     static BLOCK: Cell<*mut BlockCounts> = const { Cell::new(std::ptr::null_mut()) };
@@ -134,7 +189,7 @@ pub(crate) fn begin_launch(
 pub(crate) fn end_launch() {
     if let Some(mut current) = CURRENT.lock().unwrap().take() {
         current.record.global_sectors = current.sectors.len() as u64;
-        DONE.lock().unwrap().push(current.record);
+        DONE.lock().unwrap().launches.push(current.record);
     }
 }
 
@@ -174,8 +229,41 @@ pub(crate) fn end_block() {
     }
 }
 
-/// The launches profiled since the last call, in launch order.
-pub fn take() -> Vec<LaunchProfile> {
+/// Records a cuBLAS GEMM of `m x n x k` whose operands take `bytes`.
+pub(crate) fn gemm(m: usize, n: usize, k: usize, bytes: usize) {
+    let (m, n, k) = (m as u64, n as u64, k as u64);
+    DONE.lock().unwrap().gemms.push(GemmProfile {
+        m,
+        n,
+        k,
+        flops: 2 * m * n * k,
+        bytes: bytes as u64,
+    });
+}
+
+/// Records a copy made by the driver call `call` (`cuMemcpyHtoD...`, `...DtoH...`, `...DtoD...`).
+pub(crate) fn copy(call: &str, bytes: usize) {
+    let kind = if call.contains("HtoD") {
+        CopyKind::HostToDevice
+    } else if call.contains("DtoH") {
+        CopyKind::DeviceToHost
+    } else {
+        CopyKind::DeviceToDevice
+    };
+    DONE.lock().unwrap().copies.push(CopyProfile {
+        kind,
+        bytes: bytes as u64,
+    });
+}
+
+/// Records a synchronisation of the context, a stream or an event.
+pub(crate) fn sync() {
+    DONE.lock().unwrap().syncs += 1;
+}
+
+/// What the device was asked to do since the last call: for a caller that takes it after each
+/// engine step, that step's profile.
+pub fn take() -> Profile {
     std::mem::take(&mut DONE.lock().unwrap())
 }
 
