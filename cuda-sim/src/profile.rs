@@ -12,7 +12,10 @@
 
 use std::cell::Cell;
 use std::collections::HashSet;
+use std::ffi::{c_char, CString};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::Serialize;
 
 /// Access widths counted apart, in bytes.
 pub const WIDTHS: [usize; 5] = [1, 2, 4, 8, 16];
@@ -27,7 +30,7 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// Global-memory accesses of one direction (loads or stores).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Accesses {
     /// Accesses of each width in [`WIDTHS`] (other widths are counted by their bytes only).
     pub by_width: [u64; 5],
@@ -62,7 +65,7 @@ impl Accesses {
 }
 
 /// What one launch did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct LaunchProfile {
     /// The entry point.
     pub kernel: &'static str,
@@ -103,7 +106,7 @@ struct Current {
 }
 
 /// One cuBLAS GEMM, `C (m x n) = op(A) (m x k) · op(B) (k x n)`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
 pub struct GemmProfile {
     /// Rows of C.
     pub m: u64,
@@ -118,7 +121,8 @@ pub struct GemmProfile {
 }
 
 /// Which way a copy went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
 pub enum CopyKind {
     /// Host to device.
     HostToDevice,
@@ -130,7 +134,7 @@ pub enum CopyKind {
 
 /// One copy. The simulator offers no page-locked host allocations, so every host buffer a copy
 /// reads or writes is pageable (on a GPU, a pageable copy is staged and synchronous).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct CopyProfile {
     /// Which way.
     pub kind: CopyKind,
@@ -139,7 +143,7 @@ pub struct CopyProfile {
 }
 
 /// What the device was asked to do since the last [`take`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Profile {
     /// Kernel launches, in launch order.
     pub launches: Vec<LaunchProfile>,
@@ -265,6 +269,30 @@ pub(crate) fn sync() {
 /// engine step, that step's profile.
 pub fn take() -> Profile {
     std::mem::take(&mut DONE.lock().unwrap())
+}
+
+/// [`take`] for a process that loaded the simulator as `libcuda.so` (looked up with `dlsym`):
+/// the profile as a JSON object, NUL-terminated, to be given back to
+/// [`cuda_sim_profile_free`]. Null when profiling is off.
+#[no_mangle]
+pub extern "C" fn cuda_sim_profile_take() -> *mut c_char {
+    if !enabled() {
+        return std::ptr::null_mut();
+    }
+    let json = serde_json::to_string(&take()).expect("a profile serializes");
+    CString::new(json).expect("JSON has no NUL").into_raw()
+}
+
+/// Frees what [`cuda_sim_profile_take`] returned.
+///
+/// # Safety
+/// `json` is null or came from [`cuda_sim_profile_take`], and is freed once.
+#[no_mangle]
+pub unsafe extern "C" fn cuda_sim_profile_free(json: *mut c_char) {
+    if !json.is_null() {
+        // SAFETY: made by `CString::into_raw` in `cuda_sim_profile_take`, per the contract.
+        drop(unsafe { CString::from_raw(json) });
+    }
 }
 
 fn record(addr: usize, size: usize, store: bool) {

@@ -28,18 +28,7 @@ fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
         })
     );
     let run = || {
-        let (mut input, mut out) = (input, out);
-        let threads = 128;
-        let blocks = (n / 4) as u32 / threads;
-        ok(
-            dev.launch(
-                "float4_sums",
-                blocks,
-                threads,
-                &mut [arg(&mut input), arg(&mut out)],
-            ),
-            "launch",
-        );
+        ok(launch_sums(&dev, input, out, n), "launch");
         let profile = take_profile();
         assert_eq!(profile.launches.len(), 1, "{profile:?}");
         profile.launches.into_iter().next().unwrap()
@@ -68,4 +57,32 @@ fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
             bytes: n
         }]
     );
+
+    // The same record through the C entry point a process that loaded the simulator as
+    // libcuda.so calls.
+    ok(launch_sums(&dev, input, out, n), "launch");
+    let json = vigil_cuda_sim::cuda_sim_profile_take();
+    assert!(!json.is_null());
+    // SAFETY: a NUL-terminated string from the simulator, freed once below.
+    let text = unsafe { std::ffi::CStr::from_ptr(json) }
+        .to_str()
+        .unwrap()
+        .to_owned();
+    unsafe { vigil_cuda_sim::cuda_sim_profile_free(json) };
+    let profile: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let launch = &profile["launches"][0];
+    assert_eq!(launch["kernel"], "float4_sums");
+    assert_eq!(launch["global_loads"]["by_width"][4], n / 4);
+    assert_eq!(launch["global_sectors"], (4 * n + n) / SECTOR_BYTES);
+}
+
+/// Launches `float4_sums` over the `n` floats at `input`, 128 threads a block.
+fn launch_sums(dev: &Device, input: u64, out: u64, n: u64) -> CUresult {
+    let (mut input, mut out) = (input, out);
+    dev.launch(
+        "float4_sums",
+        (n / 4) as u32 / 128,
+        128,
+        &mut [arg(&mut input), arg(&mut out)],
+    )
 }
