@@ -6,7 +6,8 @@
 //! counted by width (1, 2, 4, 8, 16 bytes) and by the distinct 32-byte sectors it touches (what
 //! DRAM would move for the launch before any reuse in L2 across launches). Any other access
 //! (`__shared__` arrays, a thread's own stack, constant tables) is counted apart, as "other":
-//! this build cannot yet tell shared memory from local memory. Beside the launches: each cuBLAS
+//! this build cannot yet tell shared memory from local memory. Block barriers and warp-wide
+//! exchanges (shuffles, votes) are counted as they complete. Beside the launches: each cuBLAS
 //! GEMM (its FLOPs and operand bytes), each copy between host and device, each synchronisation.
 //! Off, nothing here runs and the simulator's speed is unchanged.
 
@@ -85,6 +86,10 @@ pub struct LaunchProfile {
     pub other_loads: Accesses,
     /// Stores to anything else.
     pub other_stores: Accesses,
+    /// Block barriers (`__syncthreads`) completed, summed over the blocks.
+    pub barriers: u64,
+    /// Warp-wide exchanges (shuffles, votes, `__syncwarp`) completed, summed over the warps.
+    pub warp_exchanges: u64,
 }
 
 /// One block's counts, kept by the OS thread that runs it.
@@ -96,6 +101,8 @@ struct BlockCounts {
     sectors: HashSet<u64>,
     other_loads: Accesses,
     other_stores: Accesses,
+    barriers: u64,
+    warp_exchanges: u64,
 }
 
 /// The launch being profiled: its record and the union of its blocks' sectors.
@@ -211,6 +218,8 @@ pub(crate) fn begin_block() {
         sectors: HashSet::new(),
         other_loads: Accesses::default(),
         other_stores: Accesses::default(),
+        barriers: 0,
+        warp_exchanges: 0,
     });
     BLOCK.with(|b| b.set(Box::into_raw(counts)));
 }
@@ -229,6 +238,8 @@ pub(crate) fn end_block() {
         r.global_stores.merge(&counts.global_stores);
         r.other_loads.merge(&counts.other_loads);
         r.other_stores.merge(&counts.other_stores);
+        r.barriers += counts.barriers;
+        r.warp_exchanges += counts.warp_exchanges;
         current.sectors.extend(counts.sectors);
     }
 }
@@ -295,11 +306,31 @@ pub unsafe extern "C" fn cuda_sim_profile_free(json: *mut c_char) {
     }
 }
 
-fn record(addr: usize, size: usize, store: bool) {
+/// The counts of the block this OS thread runs, while it is profiled.
+fn block_counts() -> Option<&'static mut BlockCounts> {
     let counts = BLOCK.with(|b| b.get());
-    // SAFETY: set by `begin_block` for the block this OS thread runs; its fibers run one at a
-    // time, so nothing else touches the counts meanwhile.
-    let Some(counts) = (unsafe { counts.as_mut() }) else {
+    // SAFETY: set by `begin_block` for the block this OS thread runs and cleared by `end_block`
+    // before it is freed; its fibers run one at a time, so nothing else touches the counts
+    // meanwhile.
+    unsafe { counts.as_mut() }
+}
+
+/// Counts a block barrier that completed.
+pub(crate) fn barrier_completed() {
+    if let Some(counts) = block_counts() {
+        counts.barriers += 1;
+    }
+}
+
+/// Counts a warp-wide exchange that completed.
+pub(crate) fn warp_exchange_completed() {
+    if let Some(counts) = block_counts() {
+        counts.warp_exchanges += 1;
+    }
+}
+
+fn record(addr: usize, size: usize, store: bool) {
+    let Some(counts) = block_counts() else {
         return;
     };
     let at = counts.ranges.partition_point(|&(start, _)| start <= addr);

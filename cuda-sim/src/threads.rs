@@ -159,6 +159,8 @@ struct BlockState {
     block: [u32; 3],
     /// The block's shape, for a thread's coordinates.
     dims: [u32; 3],
+    /// Whether the launch is profiled: barriers and warp exchanges are counted.
+    profiled: bool,
 }
 
 impl BlockState {
@@ -200,6 +202,8 @@ pub(crate) extern "C" fn cuda_sim_syncthreads() {
         let generation = b.barrier.generation;
         if !b.barrier.arrive() {
             b.suspend(Wait::Block(generation));
+        } else if b.profiled {
+            crate::profile::barrier_completed();
         }
     });
 }
@@ -218,6 +222,8 @@ fn warp_exchange(value: u32) -> ([u32; 32], u32, usize) {
         warp.barrier.arrived += 1;
         if !warp.complete_if_all_arrived() {
             b.suspend(Wait::Warp(generation));
+        } else if b.profiled {
+            crate::profile::warp_exchange_completed();
         }
         (b.warps[w].slots[parity], b.warps[w].written[parity], lane)
     })
@@ -322,6 +328,7 @@ pub fn run_grid(
 fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Result<(), LaunchError> {
     let threads = launch.block.iter().product::<u32>() as usize;
     let warps = threads.div_ceil(32);
+    let profiled = crate::profile::enabled();
     let state = Box::into_raw(Box::new(BlockState {
         barrier: Barrier {
             live: threads,
@@ -353,6 +360,7 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
         kernel: launch.kernel.name,
         block,
         dims: launch.block,
+        profiled,
     }));
     // The block's state is reached through this pointer, by the scheduler between fibers and
     // by the built-ins inside them, never by both at once: fibers run one at a time.
@@ -361,7 +369,6 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
     // SAFETY: three-element arrays, copied by the callee.
     unsafe { cuda_sim_set_block(block.as_ptr(), launch.block.as_ptr(), launch.grid.as_ptr()) };
     BLOCK.with(|b| b.set(state));
-    let profiled = crate::profile::enabled();
     let launcher = if profiled {
         crate::profile::begin_block();
         launch.kernel.launch_profiled
@@ -424,11 +431,16 @@ fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Resul
                 remaining -= 1;
                 let state = st();
                 state.barrier.live -= 1;
-                state.barrier.complete_if_all_arrived();
+                // A thread that returns may complete a barrier the others wait at.
+                if state.barrier.complete_if_all_arrived() && profiled {
+                    crate::profile::barrier_completed();
+                }
                 let warp = &mut state.warps[t / 32];
                 warp.barrier.live -= 1;
                 warp.active &= !(1 << (t % 32));
-                warp.complete_if_all_arrived();
+                if warp.complete_if_all_arrived() && profiled {
+                    crate::profile::warp_exchange_completed();
+                }
             }
         }
         if result.is_err() {

@@ -1,12 +1,23 @@
 //! The profiler's counts against what a kernel's source and the driver calls say they move.
 //!
 //! A test binary of its own: profiling is switched on for the whole process, before its first
-//! launch, by `VIGIL_SIM_PROFILE`.
+//! launch, by `VIGIL_SIM_PROFILE`; its tests take turns, since a profile is the process's.
 
 mod common;
 
+use std::sync::{Mutex, MutexGuard};
+
 use common::*;
 use vigil_cuda_sim::{take_profile, CopyKind, CopyProfile, SECTOR_BYTES};
+
+/// Profiling on, this test's turn, and the profile so far discarded.
+fn profiling() -> MutexGuard<'static, ()> {
+    static TURN: Mutex<()> = Mutex::new(());
+    let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+    std::env::set_var("VIGIL_SIM_PROFILE", "1");
+    take_profile();
+    turn
+}
 
 /// `float4_sums` has each thread load one `float4` and store one `float`: `n` floats are read
 /// as `n / 4` loads of 16 bytes (`4n` bytes, `4n / 32` sectors) and `n / 4` stores of 4 bytes
@@ -14,7 +25,7 @@ use vigil_cuda_sim::{take_profile, CopyKind, CopyProfile, SECTOR_BYTES};
 /// synchronisation are counted as the driver was asked for them.
 #[test]
 fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
-    std::env::set_var("VIGIL_SIM_PROFILE", "1");
+    let _turn = profiling();
     let dev = Device::open();
     let n = 4096u64;
     let values: Vec<f32> = (0..n).map(|i| i as f32).collect();
@@ -43,6 +54,7 @@ fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
     assert_eq!(first.global_stores.by_width, [0, 0, n / 4, 0, 0]);
     assert_eq!(first.global_stores.bytes, n);
     assert_eq!(first.global_sectors, (4 * n + n) / SECTOR_BYTES);
+    assert_eq!((first.barriers, first.warp_exchanges), (0, 0));
     assert_eq!(run(), first);
 
     ok(cuCtxSynchronize(), "sync");
@@ -85,4 +97,31 @@ fn launch_sums(dev: &Device, input: u64, out: u64, n: u64) -> CUresult {
         128,
         &mut [arg(&mut input), arg(&mut out)],
     )
+}
+
+/// `barrier_loop` makes each block pass `rounds` `__syncthreads` and has its thread 0 store one
+/// int: 2 blocks and 5 rounds are 10 barriers, no warp exchange, 2 stores of 4 bytes.
+#[test]
+fn barriers_are_counted_per_block() {
+    let _turn = profiling();
+    let dev = Device::open();
+    let mut out = dev.upload(&[0i32; 2]);
+    let mut rounds = 5i32;
+    ok(
+        dev.launch(
+            "barrier_loop",
+            2,
+            64,
+            &mut [arg(&mut out), arg(&mut rounds)],
+        ),
+        "launch",
+    );
+    let profile = take_profile();
+    let launch = profile
+        .launches
+        .iter()
+        .find(|l| l.kernel == "barrier_loop")
+        .expect("the launch was profiled");
+    assert_eq!((launch.barriers, launch.warp_exchanges), (10, 0));
+    assert_eq!(launch.global_stores.by_width, [0, 0, 2, 0, 0]);
 }
