@@ -92,7 +92,8 @@ fn main() {
                 .unwrap();
                 writeln!(
                     profiled,
-                    "extern \"C\" void cuda_sim_launch_profiled_{n}(void** p) {{ {n}({}); }}",
+                    "extern \"C\" __attribute__((no_sanitize(\"kernel-address\"))) \
+                     void cuda_sim_launch_profiled_{n}(void** p) {{ {n}({}); }}",
                     args.join(", "),
                     n = entry.name,
                 )
@@ -170,6 +171,7 @@ fn kernel_build(header: &Path) -> cc::Build {
 fn profiled_build(header: &Path) -> cc::Build {
     let mut build = kernel_build(header);
     build
+        .define("CUDA_SIM_PROFILED", None)
         .flag("-fsanitize=kernel-address")
         .flag("-mllvm")
         .flag("-asan-instrumentation-with-call-threshold=0")

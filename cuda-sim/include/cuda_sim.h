@@ -39,10 +39,25 @@ unsigned cuda_sim_ballot(unsigned mask, int predicate);
 unsigned cuda_sim_activemask(void);
 }
 
+#ifdef CUDA_SIM_PROFILED
+// The profiled build counts every memory access; the built-ins are registers on a GPU, so they
+// are read here by functions the sanitizer leaves alone.
+#define CUDA_SIM_BUILTIN(name, var)                                                                 \
+    __attribute__((no_sanitize("kernel-address"), noinline)) static uint3 name() { return var; }
+CUDA_SIM_BUILTIN(cuda_sim_thread_idx, cuda_sim_threadIdx)
+CUDA_SIM_BUILTIN(cuda_sim_block_idx, cuda_sim_blockIdx)
+CUDA_SIM_BUILTIN(cuda_sim_block_dim, cuda_sim_blockDim)
+CUDA_SIM_BUILTIN(cuda_sim_grid_dim, cuda_sim_gridDim)
+#define threadIdx (cuda_sim_thread_idx())
+#define blockIdx (cuda_sim_block_idx())
+#define blockDim (cuda_sim_block_dim())
+#define gridDim (cuda_sim_grid_dim())
+#else
 #define threadIdx cuda_sim_threadIdx
 #define blockIdx cuda_sim_blockIdx
 #define blockDim cuda_sim_blockDim
 #define gridDim cuda_sim_gridDim
+#endif
 #define warpSize 32
 
 #define __global__

@@ -4,9 +4,11 @@
 //! build.rs): every load and store calls `__asan_{load,store}{N}_noabort` with its address,
 //! implemented here as counters. An access inside a live device allocation is global memory:
 //! counted by width (1, 2, 4, 8, 16 bytes) and by the distinct 32-byte sectors it touches (what
-//! DRAM would move for the launch before any reuse in L2 across launches). Any other access
-//! (`__shared__` arrays, a thread's own stack, constant tables) is counted apart, as "other":
-//! this build cannot yet tell shared memory from local memory. Block barriers and warp-wide
+//! DRAM would move for the launch before any reuse in L2 across launches). An access within
+//! the running fiber's stack is local memory (what a GPU keeps in registers or spills); any
+//! other is shared memory (the `__shared__` arrays, thread-locals of the OS thread running the
+//! block). The built-ins and the launch's parameters are read uninstrumented, as a GPU reads
+//! them from registers and its constant bank. Block barriers and warp-wide
 //! exchanges (shuffles, votes) are counted as they complete. Beside the launches: each cuBLAS
 //! GEMM (its FLOPs and operand bytes), each copy between host and device, each synchronisation.
 //! Off, nothing here runs and the simulator's speed is unchanged.
@@ -82,10 +84,14 @@ pub struct LaunchProfile {
     pub global_stores: Accesses,
     /// Distinct 32-byte sectors of global memory the launch touched.
     pub global_sectors: u64,
-    /// Loads of anything else: shared memory, the thread's stack, constant tables.
-    pub other_loads: Accesses,
-    /// Stores to anything else.
-    pub other_stores: Accesses,
+    /// Loads of shared memory.
+    pub shared_loads: Accesses,
+    /// Stores to shared memory.
+    pub shared_stores: Accesses,
+    /// Loads of the thread's own stack (local memory).
+    pub local_loads: Accesses,
+    /// Stores to the thread's own stack.
+    pub local_stores: Accesses,
     /// Block barriers (`__syncthreads`) completed, summed over the blocks.
     pub barriers: u64,
     /// Warp-wide exchanges (shuffles, votes, `__syncwarp`) completed, summed over the warps.
@@ -99,8 +105,10 @@ struct BlockCounts {
     global_loads: Accesses,
     global_stores: Accesses,
     sectors: HashSet<u64>,
-    other_loads: Accesses,
-    other_stores: Accesses,
+    shared_loads: Accesses,
+    shared_stores: Accesses,
+    local_loads: Accesses,
+    local_stores: Accesses,
     barriers: u64,
     warp_exchanges: u64,
 }
@@ -216,8 +224,10 @@ pub(crate) fn begin_block() {
         global_loads: Accesses::default(),
         global_stores: Accesses::default(),
         sectors: HashSet::new(),
-        other_loads: Accesses::default(),
-        other_stores: Accesses::default(),
+        shared_loads: Accesses::default(),
+        shared_stores: Accesses::default(),
+        local_loads: Accesses::default(),
+        local_stores: Accesses::default(),
         barriers: 0,
         warp_exchanges: 0,
     });
@@ -236,8 +246,10 @@ pub(crate) fn end_block() {
         let r = &mut current.record;
         r.global_loads.merge(&counts.global_loads);
         r.global_stores.merge(&counts.global_stores);
-        r.other_loads.merge(&counts.other_loads);
-        r.other_stores.merge(&counts.other_stores);
+        r.shared_loads.merge(&counts.shared_loads);
+        r.shared_stores.merge(&counts.shared_stores);
+        r.local_loads.merge(&counts.local_loads);
+        r.local_stores.merge(&counts.local_stores);
         r.barriers += counts.barriers;
         r.warp_exchanges += counts.warp_exchanges;
         current.sectors.extend(counts.sectors);
@@ -335,12 +347,19 @@ fn record(addr: usize, size: usize, store: bool) {
     };
     let at = counts.ranges.partition_point(|&(start, _)| start <= addr);
     let global = at > 0 && addr + size <= counts.ranges[at - 1].1;
-    match (global, store) {
-        (true, false) => counts.global_loads.add(size),
-        (true, true) => counts.global_stores.add(size),
-        (false, false) => counts.other_loads.add(size),
-        (false, true) => counts.other_stores.add(size),
-    }
+    // The kernel's frames lie between this callback's frame and the base of the fiber's stack,
+    // at most a stack's size above it; the `__shared__` thread-locals lie elsewhere.
+    let here = &at as *const usize as usize;
+    let local = !global && addr >= here && addr < here + crate::threads::FIBER_STACK;
+    let accesses = match (global, local, store) {
+        (true, _, false) => &mut counts.global_loads,
+        (true, _, true) => &mut counts.global_stores,
+        (false, true, false) => &mut counts.local_loads,
+        (false, true, true) => &mut counts.local_stores,
+        (false, false, false) => &mut counts.shared_loads,
+        (false, false, true) => &mut counts.shared_stores,
+    };
+    accesses.add(size);
     if global {
         let first = addr as u64 / SECTOR_BYTES;
         let last = (addr + size.max(1) - 1) as u64 / SECTOR_BYTES;

@@ -20,7 +20,7 @@ use crate::kernels::HostKernel;
 
 /// Stack of one CUDA thread: kernels keep their locals in registers on a GPU and on this stack
 /// here; 64 KiB is far more than any of ours needs, and untouched pages cost nothing.
-const FIBER_STACK: usize = 64 * 1024;
+pub(crate) const FIBER_STACK: usize = 64 * 1024;
 
 /// Where a launch runs: its kernel, grid and block.
 #[derive(Debug, Clone, Copy)]

@@ -55,6 +55,14 @@ fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
     assert_eq!(first.global_stores.bytes, n);
     assert_eq!(first.global_sectors, (4 * n + n) / SECTOR_BYTES);
     assert_eq!((first.barriers, first.warp_exchanges), (0, 0));
+    // Parameters and built-ins are not memory accesses: nothing else was touched.
+    let others = [
+        &first.shared_loads,
+        &first.shared_stores,
+        &first.local_loads,
+        &first.local_stores,
+    ];
+    assert_eq!(others.iter().map(|a| a.bytes).sum::<u64>(), 0);
     assert_eq!(run(), first);
 
     ok(cuCtxSynchronize(), "sync");
@@ -124,4 +132,39 @@ fn barriers_are_counted_per_block() {
         .expect("the launch was profiled");
     assert_eq!((launch.barriers, launch.warp_exchanges), (10, 0));
     assert_eq!(launch.global_stores.by_width, [0, 0, 2, 0, 0]);
+}
+
+/// `shared_reverse` has each of 2 x 128 threads load a float from global memory, store it to
+/// shared memory, pass one barrier, load another thread's from shared memory and store it to
+/// global memory: 256 4-byte accesses of each kind, 2 barriers, nothing on a thread's stack.
+#[test]
+fn shared_memory_is_counted_apart_from_global_and_local() {
+    let _turn = profiling();
+    let dev = Device::open();
+    let values: Vec<f32> = (0..256).map(|i| i as f32).collect();
+    let (mut input, mut out) = (dev.upload(&values), dev.upload(&[0f32; 256]));
+    ok(
+        dev.launch(
+            "shared_reverse",
+            2,
+            128,
+            &mut [arg(&mut input), arg(&mut out)],
+        ),
+        "launch",
+    );
+    let reversed: Vec<f32> = dev.download(out, 256);
+    assert_eq!((reversed[0], reversed[128]), (127.0, 255.0));
+    let profile = take_profile();
+    let launch = profile
+        .launches
+        .iter()
+        .find(|l| l.kernel == "shared_reverse")
+        .expect("the launch was profiled");
+    let four_bytes = [0, 0, 256, 0, 0];
+    assert_eq!(launch.global_loads.by_width, four_bytes);
+    assert_eq!(launch.global_stores.by_width, four_bytes);
+    assert_eq!(launch.shared_stores.by_width, four_bytes);
+    assert_eq!(launch.shared_loads.by_width, four_bytes);
+    assert_eq!(launch.local_loads.bytes + launch.local_stores.bytes, 0);
+    assert_eq!(launch.barriers, 2);
 }

@@ -66,3 +66,12 @@ extern "C" __global__ void float4_sums(const float4* in, float* out) {
     float4 v = in[i];
     out[i] = v.x + v.y + v.z + v.w;
 }
+
+// Each block of 128 threads reverses its 128 floats through shared memory.
+extern "C" __global__ void shared_reverse(const float* in, float* out) {
+    __shared__ float tile[128];
+    int t = threadIdx.x, i = blockIdx.x * blockDim.x + t;
+    tile[t] = in[i];
+    __syncthreads();
+    out[i] = tile[blockDim.x - 1 - t];
+}
