@@ -98,19 +98,27 @@ pub struct LaunchProfile {
     pub warp_exchanges: u64,
 }
 
+impl LaunchProfile {
+    /// Adds `block`'s accesses, barriers and warp exchanges to this launch's.
+    fn add_block(&mut self, block: &LaunchProfile) {
+        self.global_loads.merge(&block.global_loads);
+        self.global_stores.merge(&block.global_stores);
+        self.shared_loads.merge(&block.shared_loads);
+        self.shared_stores.merge(&block.shared_stores);
+        self.local_loads.merge(&block.local_loads);
+        self.local_stores.merge(&block.local_stores);
+        self.barriers += block.barriers;
+        self.warp_exchanges += block.warp_exchanges;
+    }
+}
+
 /// One block's counts, kept by the OS thread that runs it.
 struct BlockCounts {
     /// Device allocations at the launch's start, `[start, end)` in address order.
     ranges: Arc<[(usize, usize)]>,
-    global_loads: Accesses,
-    global_stores: Accesses,
+    /// The block's accesses, barriers and exchanges (its sectors are kept apart).
+    counts: LaunchProfile,
     sectors: HashSet<u64>,
-    shared_loads: Accesses,
-    shared_stores: Accesses,
-    local_loads: Accesses,
-    local_stores: Accesses,
-    barriers: u64,
-    warp_exchanges: u64,
 }
 
 /// The launch being profiled: its record and the union of its blocks' sectors.
@@ -221,15 +229,8 @@ pub(crate) fn begin_block() {
         .map_or_else(|| Arc::from([]), |c| Arc::clone(&c.ranges));
     let counts = Box::new(BlockCounts {
         ranges,
-        global_loads: Accesses::default(),
-        global_stores: Accesses::default(),
+        counts: LaunchProfile::default(),
         sectors: HashSet::new(),
-        shared_loads: Accesses::default(),
-        shared_stores: Accesses::default(),
-        local_loads: Accesses::default(),
-        local_stores: Accesses::default(),
-        barriers: 0,
-        warp_exchanges: 0,
     });
     BLOCK.with(|b| b.set(Box::into_raw(counts)));
 }
@@ -243,15 +244,7 @@ pub(crate) fn end_block() {
     // SAFETY: made by `begin_block` on this thread, and no longer reachable from `BLOCK`.
     let counts = unsafe { Box::from_raw(counts) };
     if let Some(current) = CURRENT.lock().unwrap().as_mut() {
-        let r = &mut current.record;
-        r.global_loads.merge(&counts.global_loads);
-        r.global_stores.merge(&counts.global_stores);
-        r.shared_loads.merge(&counts.shared_loads);
-        r.shared_stores.merge(&counts.shared_stores);
-        r.local_loads.merge(&counts.local_loads);
-        r.local_stores.merge(&counts.local_stores);
-        r.barriers += counts.barriers;
-        r.warp_exchanges += counts.warp_exchanges;
+        current.record.add_block(&counts.counts);
         current.sectors.extend(counts.sectors);
     }
 }
@@ -329,41 +322,41 @@ fn block_counts() -> Option<&'static mut BlockCounts> {
 
 /// Counts a block barrier that completed.
 pub(crate) fn barrier_completed() {
-    if let Some(counts) = block_counts() {
-        counts.barriers += 1;
+    if let Some(block) = block_counts() {
+        block.counts.barriers += 1;
     }
 }
 
 /// Counts a warp-wide exchange that completed.
 pub(crate) fn warp_exchange_completed() {
-    if let Some(counts) = block_counts() {
-        counts.warp_exchanges += 1;
+    if let Some(block) = block_counts() {
+        block.counts.warp_exchanges += 1;
     }
 }
 
 fn record(addr: usize, size: usize, store: bool) {
-    let Some(counts) = block_counts() else {
+    let Some(block) = block_counts() else {
         return;
     };
-    let at = counts.ranges.partition_point(|&(start, _)| start <= addr);
-    let global = at > 0 && addr + size <= counts.ranges[at - 1].1;
+    let at = block.ranges.partition_point(|&(start, _)| start <= addr);
+    let global = at > 0 && addr + size <= block.ranges[at - 1].1;
     // The kernel's frames lie between this callback's frame and the base of the fiber's stack,
     // at most a stack's size above it; the `__shared__` thread-locals lie elsewhere.
     let here = &at as *const usize as usize;
     let local = !global && addr >= here && addr < here + crate::threads::FIBER_STACK;
     let accesses = match (global, local, store) {
-        (true, _, false) => &mut counts.global_loads,
-        (true, _, true) => &mut counts.global_stores,
-        (false, true, false) => &mut counts.local_loads,
-        (false, true, true) => &mut counts.local_stores,
-        (false, false, false) => &mut counts.shared_loads,
-        (false, false, true) => &mut counts.shared_stores,
+        (true, _, false) => &mut block.counts.global_loads,
+        (true, _, true) => &mut block.counts.global_stores,
+        (false, true, false) => &mut block.counts.local_loads,
+        (false, true, true) => &mut block.counts.local_stores,
+        (false, false, false) => &mut block.counts.shared_loads,
+        (false, false, true) => &mut block.counts.shared_stores,
     };
     accesses.add(size);
     if global {
         let first = addr as u64 / SECTOR_BYTES;
         let last = (addr + size.max(1) - 1) as u64 / SECTOR_BYTES;
-        counts.sectors.extend(first..=last);
+        block.sectors.extend(first..=last);
     }
 }
 

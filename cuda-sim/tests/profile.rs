@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Mutex, MutexGuard};
 
 use common::*;
-use vigil_cuda_sim::{take_profile, CopyKind, CopyProfile, SECTOR_BYTES};
+use vigil_cuda_sim::{take_profile, CopyKind, CopyProfile, LaunchProfile, SECTOR_BYTES};
 
 /// Profiling on, this test's turn, and the profile so far discarded.
 fn profiling() -> MutexGuard<'static, ()> {
@@ -124,12 +124,7 @@ fn barriers_are_counted_per_block() {
         ),
         "launch",
     );
-    let profile = take_profile();
-    let launch = profile
-        .launches
-        .iter()
-        .find(|l| l.kernel == "barrier_loop")
-        .expect("the launch was profiled");
+    let launch = profiled_launch("barrier_loop");
     assert_eq!((launch.barriers, launch.warp_exchanges), (10, 0));
     assert_eq!(launch.global_stores.by_width, [0, 0, 2, 0, 0]);
 }
@@ -154,12 +149,7 @@ fn shared_memory_is_counted_apart_from_global_and_local() {
     );
     let reversed: Vec<f32> = dev.download(out, 256);
     assert_eq!((reversed[0], reversed[128]), (127.0, 255.0));
-    let profile = take_profile();
-    let launch = profile
-        .launches
-        .iter()
-        .find(|l| l.kernel == "shared_reverse")
-        .expect("the launch was profiled");
+    let launch = profiled_launch("shared_reverse");
     let four_bytes = [0, 0, 256, 0, 0];
     assert_eq!(launch.global_loads.by_width, four_bytes);
     assert_eq!(launch.global_stores.by_width, four_bytes);
@@ -167,4 +157,13 @@ fn shared_memory_is_counted_apart_from_global_and_local() {
     assert_eq!(launch.shared_loads.by_width, four_bytes);
     assert_eq!(launch.local_loads.bytes + launch.local_stores.bytes, 0);
     assert_eq!(launch.barriers, 2);
+}
+
+/// The profile's launch of `kernel`, taken with the rest of the profile.
+fn profiled_launch(kernel: &str) -> LaunchProfile {
+    take_profile()
+        .launches
+        .into_iter()
+        .find(|l| l.kernel == kernel)
+        .unwrap_or_else(|| panic!("{kernel} was profiled"))
 }
