@@ -37,7 +37,8 @@ mod threads;
 
 pub use kernels::find as find_kernel;
 pub use profile::{
-    cuda_sim_profile_free, cuda_sim_profile_take, take as take_profile, Accesses, CopyKind,
-    CopyProfile, GemmProfile, LaunchProfile, Profile, SECTOR_BYTES, WIDTHS,
+    cuda_sim_profile_enable, cuda_sim_profile_free, cuda_sim_profile_take, take as take_profile,
+    Accesses, CopyKind, CopyProfile, GemmProfile, LaunchProfile, Profile, RegionProfile,
+    SECTOR_BYTES, WIDTHS,
 };
 pub use threads::{run_grid, Launch};

@@ -16,7 +16,8 @@
 use std::cell::Cell;
 use std::collections::HashSet;
 use std::ffi::{c_char, CString};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -26,10 +27,30 @@ pub const WIDTHS: [usize; 5] = [1, 2, 4, 8, 16];
 /// The bytes of a sector: the unit a GPU's L2 moves to and from DRAM.
 pub const SECTOR_BYTES: u64 = 32;
 
-/// Whether launches are profiled (`VIGIL_SIM_PROFILE` set when first asked).
+/// Whether launches are profiled: `VIGIL_SIM_PROFILE` set when first asked, until
+/// [`cuda_sim_profile_enable`] says otherwise.
 pub(crate) fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("VIGIL_SIM_PROFILE").is_some())
+    match SWITCH.load(Ordering::Relaxed) {
+        UNSET => {
+            let on = std::env::var_os("VIGIL_SIM_PROFILE").is_some();
+            // A concurrent call of `cuda_sim_profile_enable` wins over the environment.
+            let _ = SWITCH.compare_exchange(UNSET, on as u8, Ordering::Relaxed, Ordering::Relaxed);
+            SWITCH.load(Ordering::Relaxed) == ON
+        }
+        state => state == ON,
+    }
+}
+
+const UNSET: u8 = 2;
+const ON: u8 = 1;
+static SWITCH: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Switches profiling on (`on` non-zero) or off from now on, whatever `VIGIL_SIM_PROFILE` says:
+/// for a process that profiles some steps only (loading a model through the instrumented
+/// kernels would take long and measure nothing it wants). Takes effect at the next call.
+#[no_mangle]
+pub extern "C" fn cuda_sim_profile_enable(on: i32) {
+    SWITCH.store(if on != 0 { ON } else { 0 }, Ordering::Relaxed);
 }
 
 /// Global-memory accesses of one direction (loads or stores).
@@ -84,6 +105,11 @@ pub struct LaunchProfile {
     pub global_stores: Accesses,
     /// Distinct 32-byte sectors of global memory the launch touched.
     pub global_sectors: u64,
+    /// The most global loads one thread made: the longest chain of global-memory round trips
+    /// a thread can wait through (shorter where a GPU overlaps independent loads).
+    pub max_thread_global_loads: u64,
+    /// The global accesses by device allocation, in address order (allocations touched only).
+    pub regions: Vec<RegionProfile>,
     /// Loads of shared memory.
     pub shared_loads: Accesses,
     /// Stores to shared memory.
@@ -98,9 +124,27 @@ pub struct LaunchProfile {
     pub warp_exchanges: u64,
 }
 
+/// A launch's global accesses within one device allocation.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RegionProfile {
+    /// The allocation's device address.
+    pub start: u64,
+    /// The allocation's size in bytes.
+    pub size: u64,
+    /// Bytes loaded from it.
+    pub loaded_bytes: u64,
+    /// Bytes stored to it.
+    pub stored_bytes: u64,
+    /// Distinct 32-byte sectors of it touched.
+    pub sectors: u64,
+}
+
 impl LaunchProfile {
     /// Adds `block`'s accesses, barriers and warp exchanges to this launch's.
     fn add_block(&mut self, block: &LaunchProfile) {
+        self.max_thread_global_loads = self
+            .max_thread_global_loads
+            .max(block.max_thread_global_loads);
         self.global_loads.merge(&block.global_loads);
         self.global_stores.merge(&block.global_stores);
         self.shared_loads.merge(&block.shared_loads);
@@ -119,6 +163,10 @@ struct BlockCounts {
     /// The block's accesses, barriers and exchanges (its sectors are kept apart).
     counts: LaunchProfile,
     sectors: HashSet<u64>,
+    /// Global loads by thread of the block.
+    thread_loads: Vec<u64>,
+    /// Bytes loaded and stored by allocation (indexed as `ranges`).
+    region_bytes: Vec<(u64, u64)>,
 }
 
 /// The launch being profiled: its record and the union of its blocks' sectors.
@@ -126,6 +174,8 @@ struct Current {
     record: LaunchProfile,
     sectors: HashSet<u64>,
     ranges: Arc<[(usize, usize)]>,
+    /// Bytes loaded and stored by allocation, all blocks (indexed as `ranges`).
+    region_bytes: Vec<(u64, u64)>,
 }
 
 /// One cuBLAS GEMM, `C (m x n) = op(A) (m x k) · op(B) (k x n)`.
@@ -208,6 +258,7 @@ pub(crate) fn begin_launch(
             ..Default::default()
         },
         sectors: HashSet::new(),
+        region_bytes: vec![(0, 0); ranges.len()],
         ranges,
     });
 }
@@ -216,6 +267,30 @@ pub(crate) fn begin_launch(
 pub(crate) fn end_launch() {
     if let Some(mut current) = CURRENT.lock().unwrap().take() {
         current.record.global_sectors = current.sectors.len() as u64;
+        let mut sectors_by_region = vec![0u64; current.ranges.len()];
+        for &sector in &current.sectors {
+            // Allocations are 16-byte aligned, so a sector may begin before one's start; each
+            // lies in a mapping of its own, so no sector reaches two. Its last byte tells which.
+            let last = ((sector + 1) * SECTOR_BYTES - 1) as usize;
+            let at = current.ranges.partition_point(|&(start, _)| start <= last);
+            sectors_by_region[at.max(1) - 1] += 1;
+        }
+        current.record.regions = current
+            .ranges
+            .iter()
+            .zip(&current.region_bytes)
+            .zip(sectors_by_region)
+            .filter(|((_, bytes), _)| **bytes != (0, 0))
+            .map(
+                |((&(start, end), &(loaded, stored)), sectors)| RegionProfile {
+                    start: start as u64,
+                    size: (end - start) as u64,
+                    loaded_bytes: loaded,
+                    stored_bytes: stored,
+                    sectors,
+                },
+            )
+            .collect();
         DONE.lock().unwrap().launches.push(current.record);
     }
 }
@@ -228,9 +303,11 @@ pub(crate) fn begin_block() {
         .as_ref()
         .map_or_else(|| Arc::from([]), |c| Arc::clone(&c.ranges));
     let counts = Box::new(BlockCounts {
+        region_bytes: vec![(0, 0); ranges.len()],
         ranges,
         counts: LaunchProfile::default(),
         sectors: HashSet::new(),
+        thread_loads: Vec::new(),
     });
     BLOCK.with(|b| b.set(Box::into_raw(counts)));
 }
@@ -242,10 +319,15 @@ pub(crate) fn end_block() {
         return;
     }
     // SAFETY: made by `begin_block` on this thread, and no longer reachable from `BLOCK`.
-    let counts = unsafe { Box::from_raw(counts) };
+    let mut counts = unsafe { Box::from_raw(counts) };
+    counts.counts.max_thread_global_loads = counts.thread_loads.iter().copied().max().unwrap_or(0);
     if let Some(current) = CURRENT.lock().unwrap().as_mut() {
         current.record.add_block(&counts.counts);
         current.sectors.extend(counts.sectors);
+        for (all, block) in current.region_bytes.iter_mut().zip(&counts.region_bytes) {
+            all.0 += block.0;
+            all.1 += block.1;
+        }
     }
 }
 
@@ -354,6 +436,17 @@ fn record(addr: usize, size: usize, store: bool) {
     };
     accesses.add(size);
     if global {
+        let region = &mut block.region_bytes[at - 1];
+        if store {
+            region.1 += size as u64;
+        } else {
+            region.0 += size as u64;
+            let thread = crate::threads::current_thread();
+            if block.thread_loads.len() <= thread {
+                block.thread_loads.resize(thread + 1, 0);
+            }
+            block.thread_loads[thread] += 1;
+        }
         let first = addr as u64 / SECTOR_BYTES;
         let last = (addr + size.max(1) - 1) as u64 / SECTOR_BYTES;
         block.sectors.extend(first..=last);

@@ -72,6 +72,11 @@ pub(crate) fn mark_faulted() {
     }
 }
 
+/// The index within its block of the CUDA thread running on this OS thread (0 outside one).
+pub(crate) fn current_thread() -> usize {
+    in_fiber().map_or(0, |state| state.current)
+}
+
 /// The CUDA thread running on this OS thread, if any (for the fault handler).
 pub(crate) fn running() -> Option<Running> {
     let state = in_fiber()?;

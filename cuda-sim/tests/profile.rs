@@ -159,6 +159,65 @@ fn shared_memory_is_counted_apart_from_global_and_local() {
     assert_eq!(launch.barriers, 2);
 }
 
+/// `strided_sum` over 1000 floats with 2 x 64 threads: every thread loads the count, thread 0
+/// then floats 0, 128, ..., 896 (1 + 8 loads, the longest chain), threads 104..127 7 floats. Its accesses
+/// are told apart by allocation: 4000 bytes loaded of the input (125 sectors), 4 of the count,
+/// 512 stored to the output (16 sectors).
+#[test]
+fn a_threads_chain_of_loads_and_each_allocations_share_are_counted() {
+    let _turn = profiling();
+    let dev = Device::open();
+    let values: Vec<f32> = (0..1000).map(|i| i as f32).collect();
+    let input = dev.upload(&values);
+    let count = dev.upload(&[1000i32]);
+    let out = dev.upload(&[0f32; 128]);
+    take_profile();
+    let (mut i, mut c, mut o) = (input, count, out);
+    ok(
+        dev.launch(
+            "strided_sum",
+            2,
+            64,
+            &mut [arg(&mut i), arg(&mut c), arg(&mut o)],
+        ),
+        "launch",
+    );
+    let launch = profiled_launch("strided_sum");
+    assert_eq!(launch.max_thread_global_loads, 9);
+    assert_eq!(launch.global_loads.by_width[2], 128 + 1000);
+    let region = |start: u64| {
+        let r = launch
+            .regions
+            .iter()
+            .find(|r| r.start == start)
+            .expect("touched");
+        (r.loaded_bytes, r.stored_bytes, r.sectors)
+    };
+    assert_eq!(region(input), (4000, 0, 125));
+    assert_eq!(region(count), (128 * 4, 0, 1));
+    assert_eq!(region(out), (0, 512, 16));
+    assert_eq!(launch.regions.len(), 3);
+}
+
+/// Switched off through the C entry point, launches run unprofiled; switched on, they count
+/// again.
+#[test]
+fn profiling_switches_off_and_on_at_run_time() {
+    let _turn = profiling();
+    let dev = Device::open();
+    let n = 512u64;
+    let input = dev.upload(&vec![1f32; n as usize]);
+    let out = dev.upload(&vec![0f32; n as usize / 4]);
+    take_profile();
+    vigil_cuda_sim::cuda_sim_profile_enable(0);
+    let off = launch_sums(&dev, input, out, n);
+    vigil_cuda_sim::cuda_sim_profile_enable(1);
+    ok(off, "launch while off");
+    assert!(take_profile().launches.is_empty());
+    ok(launch_sums(&dev, input, out, n), "launch while on");
+    assert_eq!(profiled_launch("float4_sums").global_loads.bytes, 4 * n);
+}
+
 /// The profile's launch of `kernel`, taken with the rest of the profile.
 fn profiled_launch(kernel: &str) -> LaunchProfile {
     take_profile()

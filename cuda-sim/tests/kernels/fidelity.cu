@@ -67,6 +67,15 @@ extern "C" __global__ void float4_sums(const float4* in, float* out) {
     out[i] = v.x + v.y + v.z + v.w;
 }
 
+// Thread t of the grid reads the count n and sums floats t, t + threads, ... below n.
+extern "C" __global__ void strided_sum(const float* in, const int* n, float* out) {
+    int threads = gridDim.x * blockDim.x, t = blockIdx.x * blockDim.x + threadIdx.x;
+    int count = *n;
+    float sum = 0.0f;
+    for (int i = t; i < count; i += threads) sum += in[i];
+    out[t] = sum;
+}
+
 // Each block of 128 threads reverses its 128 floats through shared memory.
 extern "C" __global__ void shared_reverse(const float* in, float* out) {
     __shared__ float tile[128];
