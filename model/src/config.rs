@@ -317,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_gguf_of_another_architecture_is_refused_by_name() {
-        let bytes = crate::gguf::reader::tests::Writer::default()
+        let bytes = crate::GgufWriter::default()
             .str("general.architecture", "gpt2")
             .finish();
         let file = GgufFile::from_bytes(std::path::Path::new("g.gguf"), bytes).unwrap();

@@ -23,5 +23,6 @@ pub use config::{LlamaConfig, RopeScaling};
 pub use detokenizer::Detokenizer;
 pub use error::LoadError;
 pub use gguf::quant::{dequantize, q4k_scale_min, GgmlType};
+pub use gguf::writer::GgufWriter;
 pub use model::{EncodedTensor, HostTensor, Model, WeightSource};
 pub use tokenizer::{ChatMessage, ChatTemplate, DecodeStream, Tokenizer, TokenizerError};

@@ -79,6 +79,9 @@ pub enum Command {
     Probe(Box<ProbeArgs>),
     /// Read every GPU through NVML as the probe does and compare with `nvidia-smi`.
     CheckGpu(CheckGpuArgs),
+    /// Predict what a decode step costs on an H100 from the simulated GPU's counts (run it on
+    /// the simulator: `cargo xtask gpu-profile`).
+    GpuProfile(crate::gpu_profile::GpuProfileArgs),
     /// Print the systemd environment file: every `vigil serve` setting as VIGIL_<FLAG>, with its
     /// help and default (what `cargo xtask install` puts in /etc/vigil/vigil.env).
     EnvFile,

@@ -12,6 +12,7 @@ mod cli;
 mod env_file;
 mod export_tokenizer;
 mod gpu_check;
+mod gpu_profile;
 mod logging;
 mod top;
 
@@ -57,6 +58,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             Ok(())
         }
         cli::Command::CheckGpu(args) => gpu_check::run(&args),
+        cli::Command::GpuProfile(args) => gpu_profile::run(&args),
         cli::Command::ExportTokenizer(args) => export_tokenizer::run(&args.model, &args.dir),
         cli::Command::Top(args) => top::run(&args),
     }

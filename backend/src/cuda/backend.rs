@@ -176,6 +176,17 @@ impl CudaBackend {
         self.weights.bytes
     }
 
+    /// Where the KV cache lies on the device: `(address, bytes)` of each layer's K and V, for a
+    /// profile that tells attention's KV traffic from the rest of its accesses.
+    pub fn kv_cache_ranges(&self) -> Vec<(u64, u64)> {
+        let s = &self.gpu.stream;
+        self.cache
+            .iter()
+            .flat_map(|layer| [&layer.k, &layer.v])
+            .map(|buf| (addr(buf, s, 0).addr(), (buf.len() * 2) as u64))
+            .collect()
+    }
+
     /// The step itself, with device errors as [`CudaError`]: upload the plan, run the layers
     /// ([`llama::forward`] over a [`CudaStep`]), and copy back what the host needs.
     fn run(&mut self, plan: &StepPlan) -> Result<Logits, CudaError> {

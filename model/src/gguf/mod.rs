@@ -9,5 +9,6 @@
 
 pub(crate) mod quant;
 pub(crate) mod reader;
+pub(crate) mod writer;
 
 pub(crate) use reader::{GgufFile, MetaValue};

@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use crate::gguf::reader::tests::Writer;
 use crate::gguf::GgufFile;
+use crate::GgufWriter as Writer;
 
 use super::*;
 
