@@ -23,13 +23,13 @@ const CUBLAS_OP_N: c_int = 0;
 const CUBLAS_OP_T: c_int = 1;
 
 struct Handle {
-    _stream: *mut c_void,
+    stream: *mut c_void,
 }
 
 #[no_mangle]
 pub(crate) unsafe extern "C" fn cublasCreate_v2(handle: *mut *mut c_void) -> Status {
     *handle = Box::into_raw(Box::new(Handle {
-        _stream: std::ptr::null_mut(),
+        stream: std::ptr::null_mut(),
     })) as *mut c_void;
     CUBLAS_STATUS_SUCCESS
 }
@@ -51,7 +51,7 @@ pub(crate) unsafe extern "C" fn cublasSetStream_v2(
     if handle.is_null() {
         return CUBLAS_STATUS_INVALID_VALUE;
     }
-    (*(handle as *mut Handle))._stream = stream;
+    (*(handle as *mut Handle)).stream = stream;
     CUBLAS_STATUS_SUCCESS
 }
 
@@ -234,20 +234,50 @@ pub(crate) unsafe extern "C" fn cublasGemmEx(
     if m == 0 || n == 0 {
         return CUBLAS_STATUS_SUCCESS;
     }
-    if crate::profile::enabled() {
-        crate::profile::gemm(m, n, k, a.bytes() + b.bytes() + c.bytes());
-    }
+    // Host-pointer scalars are read at the call, as cuBLAS reads them when it is captured too.
     let (alpha, beta) = (*(alpha as *const f32), *(beta as *const f32));
-    if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && beta == 0.0 && k > 0 {
-        gemm_dot(k, alpha, a, b, c);
-        return CUBLAS_STATUS_SUCCESS;
+    let operands = Operands(a, b, c);
+    let run = move || {
+        let (a, b, c) = operands.parts();
+        if crate::profile::enabled() {
+            crate::profile::gemm(m, n, k, a.bytes() + b.bytes() + c.bytes());
+        }
+        // SAFETY: the operands were checked against their allocations at the call, which
+        // outlive the graphs that replay it, as on a GPU.
+        unsafe {
+            if a.transposed && !b.transposed && a.ty == CUDA_R_16BF && beta == 0.0 && k > 0 {
+                gemm_dot(k, alpha, a, b, c);
+            } else {
+                SCRATCH.with(|scratch| {
+                    let [a32, b32, c32] = &mut *scratch.borrow_mut();
+                    gemm_f32(k, (alpha, beta), (a, a32), (b, b32), (c, c32))
+                });
+            }
+        }
+        crate::driver::CUDA_SUCCESS
+    };
+    // On a capturing stream the GEMM is recorded, and runs when the graph does.
+    let stream = (*(handle as *const Handle)).stream;
+    if crate::graph::record(stream, Box::new(run)).is_none() {
+        run();
     }
-    SCRATCH.with(|scratch| {
-        let [a32, b32, c32] = &mut *scratch.borrow_mut();
-        gemm_f32(k, (alpha, beta), (a, a32), (b, b32), (c, c32))
-    });
     CUBLAS_STATUS_SUCCESS
 }
+
+/// A GEMM's operands, sent to a graph that replays it.
+#[derive(Clone, Copy)]
+struct Operands(Operand, Operand, Operand);
+
+impl Operands {
+    /// The three (a method, so that a closure captures the whole, `Send` value).
+    fn parts(self) -> (Operand, Operand, Operand) {
+        (self.0, self.1, self.2)
+    }
+}
+// SAFETY: device addresses, valid on any host thread.
+unsafe impl Send for Operands {}
+// SAFETY: as above; nothing is written through a shared reference.
+unsafe impl Sync for Operands {}
 
 /// `C = alpha op(A) op(B)` for a bf16 `A` stored with the rows of `op(A)` contiguous (a weight
 /// matrix, `W` read as `Wᵀ`) and contiguous columns of `op(B)` (a step's tokens): the layout

@@ -13,6 +13,12 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use crate::device;
+use crate::graph;
+pub use crate::graph::{
+    cuGraphDestroy, cuGraphExecDestroy, cuGraphInstantiateWithFlags, cuGraphLaunch, cuGraphUpload,
+    cuStreamBeginCapture_v2, cuStreamEndCapture, cuStreamIsCapturing, CUDA_ERROR_ILLEGAL_STATE,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+};
 use crate::kernels::{self, HostKernel};
 use crate::memory;
 use crate::ptx;
@@ -229,6 +235,9 @@ pub unsafe extern "C" fn cuCtxGetDevice(dev: *mut CUdevice) -> CUresult {
 #[no_mangle]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
     check_init!();
+    if let Some(refused) = graph::refuse("cuCtxSynchronize", None) {
+        return refused;
+    }
     if crate::profile::enabled() {
         crate::profile::sync();
     }
@@ -268,8 +277,11 @@ pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
 
 /// Waits for a stream: its work finished when it was submitted.
 #[no_mangle]
-pub extern "C" fn cuStreamSynchronize(_stream: Handle) -> CUresult {
+pub extern "C" fn cuStreamSynchronize(stream: Handle) -> CUresult {
     check_init!();
+    if let Some(refused) = graph::refuse("cuStreamSynchronize", legacy_or(stream)) {
+        return refused;
+    }
     if crate::profile::enabled() {
         crate::profile::sync();
     }
@@ -278,9 +290,18 @@ pub extern "C" fn cuStreamSynchronize(_stream: Handle) -> CUresult {
 
 /// A stream's state: always idle.
 #[no_mangle]
-pub extern "C" fn cuStreamQuery(_stream: Handle) -> CUresult {
+pub extern "C" fn cuStreamQuery(stream: Handle) -> CUresult {
     check_init!();
+    if let Some(refused) = graph::refuse("cuStreamQuery", legacy_or(stream)) {
+        return refused;
+    }
     CUDA_SUCCESS
+}
+
+/// The stream a capture check concerns: `stream` itself, or every capturing stream for the
+/// legacy stream (which synchronises with all others).
+fn legacy_or(stream: Handle) -> Option<Handle> {
+    (!stream.is_null()).then_some(stream)
 }
 
 /// Orders a stream after an event: they are always in order.
@@ -319,19 +340,30 @@ pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
 
 /// Records the host's clock in `event` (the work before it is done by then).
 #[no_mangle]
-pub unsafe extern "C" fn cuEventRecord(event: Handle, _stream: Handle) -> CUresult {
+pub unsafe extern "C" fn cuEventRecord(event: Handle, stream: Handle) -> CUresult {
     check_init!();
     if event.is_null() {
         return CUDA_ERROR_INVALID_HANDLE;
     }
-    *(*(event as *const Event)).recorded.lock().unwrap() = Some(Instant::now());
-    CUDA_SUCCESS
+    let at = event as usize;
+    // SAFETY: an event outlives the graphs that record it, as on a GPU.
+    let record = move || unsafe {
+        *(*(at as *const Event)).recorded.lock().unwrap() = Some(Instant::now());
+        CUDA_SUCCESS
+    };
+    if let Some(recorded) = graph::record(stream, Box::new(record)) {
+        return recorded;
+    }
+    record()
 }
 
 /// Waits for an event: it completed when recorded.
 #[no_mangle]
 pub extern "C" fn cuEventSynchronize(_event: Handle) -> CUresult {
     check_init!();
+    if let Some(refused) = graph::refuse("cuEventSynchronize", None) {
+        return refused;
+    }
     if crate::profile::enabled() {
         crate::profile::sync();
     }
@@ -342,6 +374,9 @@ pub extern "C" fn cuEventSynchronize(_event: Handle) -> CUresult {
 #[no_mangle]
 pub extern "C" fn cuEventQuery(_event: Handle) -> CUresult {
     check_init!();
+    if let Some(refused) = graph::refuse("cuEventQuery", None) {
+        return refused;
+    }
     CUDA_SUCCESS
 }
 
@@ -452,12 +487,18 @@ fn device_range(call: &str, addr: CUdeviceptr, len: usize) -> Result<(), CUresul
     }
 }
 
+/// A copy of `len` bytes from `src` to `dst` by `call` on `stream` (null: the legacy stream of
+/// the synchronous calls). `device` lists its device ranges, checked; `host` its host side, if
+/// any, page-locked or not. On a capturing stream it is recorded when its host side is
+/// page-locked or absent, and refused when pageable (a GPU cannot replay a staged copy).
 unsafe fn copy(
-    call: &str,
+    call: &'static str,
     dst: *mut u8,
     src: *const u8,
     len: usize,
     device: &[(u64, usize)],
+    host: Option<*const u8>,
+    stream: Handle,
 ) -> CUresult {
     check_init!();
     for &(addr, n) in device {
@@ -465,11 +506,25 @@ unsafe fn copy(
             return e;
         }
     }
-    std::ptr::copy(src, dst, len);
-    if crate::profile::enabled() {
-        crate::profile::copy(call, len);
+    let pinned = host.is_some_and(|h| pinned::contains(h as usize, len));
+    if stream.is_null() || (host.is_some() && !pinned) {
+        if let Some(refused) = graph::refuse(call, legacy_or(stream)) {
+            return refused;
+        }
     }
-    CUDA_SUCCESS
+    let (dst, src) = (dst as usize, src as usize);
+    let run = move || {
+        // SAFETY: the ranges were checked at submission and outlive the graph, as on a GPU.
+        unsafe { std::ptr::copy(src as *const u8, dst as *mut u8, len) };
+        if crate::profile::enabled() {
+            crate::profile::copy(call, len, pinned);
+        }
+        CUDA_SUCCESS
+    };
+    if let Some(recorded) = graph::record(stream, Box::new(run)) {
+        return recorded;
+    }
+    run()
 }
 
 /// Copies host memory to the device, checking the device range.
@@ -479,13 +534,7 @@ pub unsafe extern "C" fn cuMemcpyHtoD_v2(
     src: *const c_void,
     len: usize,
 ) -> CUresult {
-    copy(
-        "cuMemcpyHtoD",
-        dst as *mut u8,
-        src as *const u8,
-        len,
-        &[(dst, len)],
-    )
+    cuMemcpyHtoDAsync_v2(dst, src, len, std::ptr::null_mut())
 }
 
 /// Copies host memory to the device, done when it returns.
@@ -494,14 +543,22 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync_v2(
     dst: CUdeviceptr,
     src: *const c_void,
     len: usize,
-    _s: Handle,
+    stream: Handle,
 ) -> CUresult {
+    let name = if stream.is_null() {
+        "cuMemcpyHtoD"
+    } else {
+        "cuMemcpyHtoDAsync"
+    };
+    let host = src as *const u8;
     copy(
-        "cuMemcpyHtoDAsync",
+        name,
         dst as *mut u8,
-        src as *const u8,
+        host,
         len,
         &[(dst, len)],
+        Some(host),
+        stream,
     )
 }
 
@@ -512,13 +569,7 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2(
     src: CUdeviceptr,
     len: usize,
 ) -> CUresult {
-    copy(
-        "cuMemcpyDtoH",
-        dst as *mut u8,
-        src as *const u8,
-        len,
-        &[(src, len)],
-    )
+    cuMemcpyDtoHAsync_v2(dst, src, len, std::ptr::null_mut())
 }
 
 /// Copies device memory to the host, done when it returns.
@@ -527,14 +578,22 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync_v2(
     dst: *mut c_void,
     src: CUdeviceptr,
     len: usize,
-    _s: Handle,
+    stream: Handle,
 ) -> CUresult {
+    let name = if stream.is_null() {
+        "cuMemcpyDtoH"
+    } else {
+        "cuMemcpyDtoHAsync"
+    };
+    let host = dst as *mut u8;
     copy(
-        "cuMemcpyDtoHAsync",
-        dst as *mut u8,
+        name,
+        host,
         src as *const u8,
         len,
         &[(src, len)],
+        Some(host),
+        stream,
     )
 }
 
@@ -545,13 +604,7 @@ pub unsafe extern "C" fn cuMemcpyDtoD_v2(
     src: CUdeviceptr,
     len: usize,
 ) -> CUresult {
-    copy(
-        "cuMemcpyDtoD",
-        dst as *mut u8,
-        src as *const u8,
-        len,
-        &[(dst, len), (src, len)],
-    )
+    cuMemcpyDtoDAsync_v2(dst, src, len, std::ptr::null_mut())
 }
 
 /// Copies between device ranges, done when it returns.
@@ -560,20 +613,62 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync_v2(
     dst: CUdeviceptr,
     src: CUdeviceptr,
     len: usize,
-    _s: Handle,
+    stream: Handle,
 ) -> CUresult {
-    cuMemcpyDtoD_v2(dst, src, len)
+    let name = if stream.is_null() {
+        "cuMemcpyDtoD"
+    } else {
+        "cuMemcpyDtoDAsync"
+    };
+    copy(
+        name,
+        dst as *mut u8,
+        src as *const u8,
+        len,
+        &[(dst, len), (src, len)],
+        None,
+        stream,
+    )
+}
+
+/// Fills `[dst, +n * width)` with `value`'s `width` bytes, on `stream` as [`copy`] would.
+unsafe fn memset(
+    call: &str,
+    dst: CUdeviceptr,
+    value: u32,
+    width: usize,
+    n: usize,
+    stream: Handle,
+) -> CUresult {
+    check_init!();
+    if let Err(e) = device_range(call, dst, n * width) {
+        return e;
+    }
+    if stream.is_null() {
+        if let Some(refused) = graph::refuse(call, None) {
+            return refused;
+        }
+    }
+    let run = move || {
+        // SAFETY: the range was checked at submission and outlives the graph, as on a GPU.
+        unsafe {
+            match width {
+                1 => std::ptr::write_bytes(dst as *mut u8, value as u8, n),
+                _ => std::slice::from_raw_parts_mut(dst as *mut u32, n).fill(value),
+            }
+        }
+        CUDA_SUCCESS
+    };
+    if let Some(recorded) = graph::record(stream, Box::new(run)) {
+        return recorded;
+    }
+    run()
 }
 
 /// Sets `n` bytes of device memory to `value`.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD8_v2(dst: CUdeviceptr, value: u8, n: usize) -> CUresult {
-    check_init!();
-    if let Err(e) = device_range("cuMemsetD8", dst, n) {
-        return e;
-    }
-    std::ptr::write_bytes(dst as *mut u8, value, n);
-    CUDA_SUCCESS
+    memset("cuMemsetD8", dst, value as u32, 1, n, std::ptr::null_mut())
 }
 
 /// Sets `n` bytes of device memory to `value`, done when it returns.
@@ -582,20 +677,15 @@ pub unsafe extern "C" fn cuMemsetD8Async(
     dst: CUdeviceptr,
     value: u8,
     n: usize,
-    _s: Handle,
+    stream: Handle,
 ) -> CUresult {
-    cuMemsetD8_v2(dst, value, n)
+    memset("cuMemsetD8Async", dst, value as u32, 1, n, stream)
 }
 
 /// Sets `n` 32-bit words of device memory to `value`.
 #[no_mangle]
 pub unsafe extern "C" fn cuMemsetD32_v2(dst: CUdeviceptr, value: c_uint, n: usize) -> CUresult {
-    check_init!();
-    if let Err(e) = device_range("cuMemsetD32", dst, n * 4) {
-        return e;
-    }
-    std::slice::from_raw_parts_mut(dst as *mut u32, n).fill(value);
-    CUDA_SUCCESS
+    memset("cuMemsetD32", dst, value, 4, n, std::ptr::null_mut())
 }
 
 /// Sets `n` 32-bit words of device memory to `value`, done when it returns.
@@ -604,9 +694,83 @@ pub unsafe extern "C" fn cuMemsetD32Async(
     dst: CUdeviceptr,
     value: c_uint,
     n: usize,
-    _s: Handle,
+    stream: Handle,
 ) -> CUresult {
-    cuMemsetD32_v2(dst, value, n)
+    memset("cuMemsetD32Async", dst, value, 4, n, stream)
+}
+
+// Page-locked host memory.
+
+/// Page-locked host allocations by address, with their sizes: ordinary host memory here, told
+/// apart so that copies from and to it count as pinned, and may be captured in a graph.
+mod pinned {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    static LIVE: Mutex<BTreeMap<usize, usize>> = Mutex::new(BTreeMap::new());
+
+    pub(super) fn insert(addr: usize, len: usize) {
+        LIVE.lock().unwrap().insert(addr, len);
+    }
+
+    pub(super) fn remove(addr: usize) -> Option<usize> {
+        LIVE.lock().unwrap().remove(&addr)
+    }
+
+    /// Whether `[addr, addr + len)` lies in one page-locked allocation.
+    pub(super) fn contains(addr: usize, len: usize) -> bool {
+        let live = LIVE.lock().unwrap();
+        live.range(..=addr)
+            .next_back()
+            .is_some_and(|(&start, &size)| addr + len <= start + size)
+    }
+}
+
+/// Allocates `bytes` of page-locked host memory (page-aligned, as the driver's are).
+#[no_mangle]
+pub unsafe extern "C" fn cuMemHostAlloc(
+    p: *mut *mut c_void,
+    bytes: usize,
+    _flags: c_uint,
+) -> CUresult {
+    check_init!();
+    if p.is_null() {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    let len = bytes.max(1);
+    let map = libc::mmap(
+        std::ptr::null_mut(),
+        len,
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+        -1,
+        0,
+    );
+    if map == libc::MAP_FAILED {
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    pinned::insert(map as usize, len);
+    *p = map;
+    CUDA_SUCCESS
+}
+
+/// Allocates `bytes` of page-locked host memory.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemAllocHost_v2(p: *mut *mut c_void, bytes: usize) -> CUresult {
+    cuMemHostAlloc(p, bytes, 0)
+}
+
+/// Frees page-locked host memory.
+#[no_mangle]
+pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
+    check_init!();
+    match pinned::remove(p as usize) {
+        Some(len) => {
+            libc::munmap(p, len);
+            CUDA_SUCCESS
+        }
+        None => CUDA_ERROR_INVALID_VALUE,
+    }
 }
 
 // Modules and functions.
@@ -819,7 +983,7 @@ pub unsafe extern "C" fn cuLaunchKernel(
     block_y: c_uint,
     block_z: c_uint,
     shared_bytes: c_uint,
-    _stream: Handle,
+    stream: Handle,
     params: *mut *mut c_void,
     extra: *mut *mut c_void,
 ) -> CUresult {
@@ -859,6 +1023,52 @@ pub unsafe extern "C" fn cuLaunchKernel(
             format_args!("{name}: no parameters given, {n} expected"),
         );
     }
+    if stream.is_null() {
+        if let Some(refused) = graph::refuse("cuLaunchKernel on the legacy stream", None) {
+            return refused;
+        }
+    }
+    if graph::capturing(stream) {
+        // A graph's node keeps its parameters' values as they were at the launch.
+        let values: Vec<Vec<u8>> = f
+            .kernel
+            .param_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                std::slice::from_raw_parts(*params.add(i) as *const u8, size as usize).to_vec()
+            })
+            .collect();
+        let function = function as usize;
+        let replay = move || {
+            let mut values = values.clone();
+            let mut pointers: Vec<*mut c_void> = values
+                .iter_mut()
+                .map(|v| v.as_mut_ptr() as *mut c_void)
+                .collect();
+            // SAFETY: the function outlives the graphs that launch it, as on a GPU; the
+            // parameters are the values it was given, in their sizes.
+            unsafe {
+                run_launch(
+                    &*(function as *const Function),
+                    (grid, block, shared_bytes),
+                    pointers.as_mut_ptr(),
+                )
+            }
+        };
+        return graph::record(stream, Box::new(replay)).unwrap_or(CUDA_SUCCESS);
+    }
+    run_launch(f, (grid, block, shared_bytes), params)
+}
+
+/// Runs a checked launch of `f` to completion with `params`, then checks the canaries of the
+/// allocations its 8-byte parameters may point into.
+unsafe fn run_launch(
+    f: &Function,
+    (grid, block, shared_bytes): ([u32; 3], [u32; 3], c_uint),
+    params: *mut *mut c_void,
+) -> CUresult {
+    let name = f.kernel.name;
     // Every 8-byte parameter may be a device address: their allocations' canaries are checked.
     let addresses: Vec<u64> = f
         .kernel
@@ -934,6 +1144,9 @@ pub unsafe extern "C" fn cuGetErrorName(error: CUresult, name: *mut *const c_cha
         700 => c"CUDA_ERROR_ILLEGAL_ADDRESS",
         719 => c"CUDA_ERROR_LAUNCH_FAILED",
         801 => c"CUDA_ERROR_NOT_SUPPORTED",
+        401 => c"CUDA_ERROR_ILLEGAL_STATE",
+        900 => c"CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+        901 => c"CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
         _ => return CUDA_ERROR_INVALID_VALUE,
     };
     *name = text.as_ptr();

@@ -27,6 +27,7 @@
 mod blas;
 mod device;
 pub mod driver;
+mod graph;
 mod kernels;
 mod memcheck;
 mod memory;

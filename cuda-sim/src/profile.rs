@@ -122,6 +122,8 @@ pub struct LaunchProfile {
     pub barriers: u64,
     /// Warp-wide exchanges (shuffles, votes, `__syncwarp`) completed, summed over the warps.
     pub warp_exchanges: u64,
+    /// Launched by a graph's replay rather than by `cuLaunchKernel`.
+    pub in_graph: bool,
 }
 
 /// A launch's global accesses within one device allocation.
@@ -191,6 +193,8 @@ pub struct GemmProfile {
     pub flops: u64,
     /// Bytes of A, B and C as stored (C counted once, written).
     pub bytes: u64,
+    /// Run by a graph's replay.
+    pub in_graph: bool,
 }
 
 /// Which way a copy went.
@@ -205,14 +209,18 @@ pub enum CopyKind {
     DeviceToDevice,
 }
 
-/// One copy. The simulator offers no page-locked host allocations, so every host buffer a copy
-/// reads or writes is pageable (on a GPU, a pageable copy is staged and synchronous).
+/// One copy.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
 pub struct CopyProfile {
     /// Which way.
     pub kind: CopyKind,
     /// Bytes moved.
     pub bytes: u64,
+    /// Whether the host side is page-locked (`cuMemHostAlloc`): on a GPU such a copy runs
+    /// asynchronously at the link's speed, a pageable one is staged and synchronous.
+    pub pinned: bool,
+    /// Run by a graph's replay.
+    pub in_graph: bool,
 }
 
 /// What the device was asked to do since the last [`take`].
@@ -226,6 +234,8 @@ pub struct Profile {
     pub copies: Vec<CopyProfile>,
     /// Context, stream and event synchronisations.
     pub syncs: u64,
+    /// Graphs launched (their kernels, GEMMs and copies are in the lists above, marked).
+    pub graph_launches: u64,
 }
 
 static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
@@ -234,6 +244,7 @@ static DONE: Mutex<Profile> = Mutex::new(Profile {
     gemms: Vec::new(),
     copies: Vec::new(),
     syncs: 0,
+    graph_launches: 0,
 });
 
 thread_local! {
@@ -255,6 +266,7 @@ pub(crate) fn begin_launch(
             grid,
             block,
             dynamic_shared_bytes,
+            in_graph: crate::graph::replaying(),
             ..Default::default()
         },
         sectors: HashSet::new(),
@@ -340,11 +352,13 @@ pub(crate) fn gemm(m: usize, n: usize, k: usize, bytes: usize) {
         k,
         flops: 2 * m * n * k,
         bytes: bytes as u64,
+        in_graph: crate::graph::replaying(),
     });
 }
 
-/// Records a copy made by the driver call `call` (`cuMemcpyHtoD...`, `...DtoH...`, `...DtoD...`).
-pub(crate) fn copy(call: &str, bytes: usize) {
+/// Records a copy made by the driver call `call` (`cuMemcpyHtoD...`, `...DtoH...`, `...DtoD...`),
+/// its host side page-locked or not.
+pub(crate) fn copy(call: &str, bytes: usize, pinned: bool) {
     let kind = if call.contains("HtoD") {
         CopyKind::HostToDevice
     } else if call.contains("DtoH") {
@@ -355,7 +369,14 @@ pub(crate) fn copy(call: &str, bytes: usize) {
     DONE.lock().unwrap().copies.push(CopyProfile {
         kind,
         bytes: bytes as u64,
+        pinned,
+        in_graph: crate::graph::replaying(),
     });
+}
+
+/// Records a graph's launch.
+pub(crate) fn graph_launch() {
+    DONE.lock().unwrap().graph_launches += 1;
 }
 
 /// Records a synchronisation of the context, a stream or an event.

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::ffi::c_void;
 use std::sync::{Mutex, MutexGuard};
 
 use common::*;
@@ -35,7 +36,9 @@ fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
         uploads.copies,
         [4 * n, n].map(|bytes| CopyProfile {
             kind: CopyKind::HostToDevice,
-            bytes
+            bytes,
+            pinned: false,
+            in_graph: false,
         })
     );
     let run = || {
@@ -74,7 +77,9 @@ fn a_float4_kernel_counts_its_16_byte_loads_and_their_sectors() {
         after.copies,
         [CopyProfile {
             kind: CopyKind::DeviceToHost,
-            bytes: n
+            bytes: n,
+            pinned: false,
+            in_graph: false,
         }]
     );
 
@@ -216,6 +221,139 @@ fn profiling_switches_off_and_on_at_run_time() {
     assert!(take_profile().launches.is_empty());
     ok(launch_sums(&dev, input, out, n), "launch while on");
     assert_eq!(profiled_launch("float4_sums").global_loads.bytes, 4 * n);
+}
+
+/// A stream's captured work runs only when its graph launches, each launch the same kernels
+/// over the data as it is then (a graph keeps its nodes' parameters, not the memory they point
+/// at); the profile counts each replay's launch as a direct launch would, marked as a graph's.
+#[test]
+fn a_captured_graph_replays_the_same_launches_when_launched() {
+    let _turn = profiling();
+    let dev = Device::open();
+    let n = 512u64;
+    let input = dev.upload(&vec![1f32; n as usize]);
+    let out = dev.upload(&vec![0f32; n as usize / 4]);
+    ok(launch_sums(&dev, input, out, n), "a direct launch");
+    let direct = profiled_launch("float4_sums");
+    dev.upload_to(out, &vec![0f32; n as usize / 4]);
+    let stream = new_stream();
+    // SAFETY: plain driver calls with live handles and out-pointers.
+    let exec = unsafe {
+        ok(cuStreamBeginCapture_v2(stream, 0), "begin capture");
+        let (mut i, mut o) = (input, out);
+        ok(
+            dev.launch_on(
+                stream,
+                "float4_sums",
+                1,
+                128,
+                &mut [arg(&mut i), arg(&mut o)],
+            ),
+            "a captured launch",
+        );
+        let mut graph = std::ptr::null_mut();
+        ok(cuStreamEndCapture(stream, &mut graph), "end capture");
+        let mut exec = std::ptr::null_mut();
+        ok(
+            cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+            "instantiate",
+        );
+        ok(cuGraphDestroy(graph), "destroy the graph");
+        exec
+    };
+    let captured = take_profile();
+    assert!(captured.launches.is_empty(), "captured work does not run");
+    assert_eq!(dev.download::<f32>(out, 1), [0.0]);
+    dev.upload_to(input, &vec![2f32; n as usize]);
+    take_profile();
+    // SAFETY: as above.
+    unsafe {
+        ok(cuGraphLaunch(exec, stream), "launch");
+        ok(cuGraphLaunch(exec, stream), "launch again");
+    }
+    assert_eq!(
+        dev.download::<f32>(out, 1),
+        [8.0],
+        "the data as it is at the launch"
+    );
+    let replayed = take_profile();
+    assert_eq!(replayed.graph_launches, 2);
+    assert_eq!(replayed.launches.len(), 2);
+    for launch in replayed.launches {
+        assert!(launch.in_graph);
+        assert_eq!(
+            LaunchProfile {
+                in_graph: false,
+                ..launch
+            },
+            direct
+        );
+    }
+    // SAFETY: as above.
+    unsafe { ok(cuGraphExecDestroy(exec), "destroy the instance") };
+}
+
+/// What a GPU refuses inside a capture fails, and invalidates the capture: synchronising the
+/// capturing stream, and a copy from pageable host memory. A copy from page-locked memory is
+/// captured, and counted as pinned when its graph runs.
+#[test]
+fn a_sync_or_a_pageable_copy_inside_a_capture_fails_and_invalidates_it() {
+    let _turn = profiling();
+    let dev = Device::open();
+    let stream = new_stream();
+    let device = dev.upload(&[0u32; 4]);
+    let pageable = [7u32; 4];
+    // SAFETY: plain driver calls with live handles, buffers and out-pointers.
+    unsafe {
+        let refused = |during: &dyn Fn() -> CUresult| {
+            ok(cuStreamBeginCapture_v2(stream, 0), "begin capture");
+            assert_eq!(during(), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+            let mut status = 0;
+            ok(cuStreamIsCapturing(stream, &mut status), "status");
+            assert_eq!(status, 2, "invalidated");
+            let mut graph = std::ptr::null_mut();
+            assert_eq!(
+                cuStreamEndCapture(stream, &mut graph),
+                CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+            );
+            assert!(graph.is_null());
+        };
+        refused(&|| cuStreamSynchronize(stream));
+        refused(&|| cuCtxSynchronize());
+        refused(&|| cuMemcpyHtoDAsync_v2(device, pageable.as_ptr() as *const c_void, 16, stream));
+
+        let mut pinned = std::ptr::null_mut();
+        ok(cuMemHostAlloc(&mut pinned, 16, 0), "pinned allocation");
+        std::slice::from_raw_parts_mut(pinned as *mut u32, 4).fill(9);
+        ok(cuStreamBeginCapture_v2(stream, 0), "begin capture");
+        ok(
+            cuMemcpyHtoDAsync_v2(device, pinned, 16, stream),
+            "a pinned copy",
+        );
+        let mut graph = std::ptr::null_mut();
+        ok(cuStreamEndCapture(stream, &mut graph), "end capture");
+        assert_eq!(dev.download::<u32>(device, 4), [0; 4], "not run at capture");
+        let mut exec = std::ptr::null_mut();
+        ok(
+            cuGraphInstantiateWithFlags(&mut exec, graph, 0),
+            "instantiate",
+        );
+        take_profile();
+        ok(cuGraphLaunch(exec, stream), "launch");
+        assert_eq!(dev.download::<u32>(device, 4), [9; 4]);
+        let copies = take_profile().copies;
+        assert!(copies[0].pinned && copies[0].in_graph, "{copies:?}");
+        ok(cuGraphExecDestroy(exec), "destroy the instance");
+        ok(cuGraphDestroy(graph), "destroy the graph");
+        ok(cuMemFreeHost(pinned), "free");
+    }
+}
+
+fn new_stream() -> Handle {
+    let mut stream = std::ptr::null_mut();
+    // SAFETY: an out-pointer.
+    ok(unsafe { cuStreamCreate(&mut stream, 0) }, "stream");
+    stream
 }
 
 /// The profile's launch of `kernel`, taken with the rest of the profile.

@@ -195,6 +195,7 @@ pub enum CheckSection {
     Model,
     Serving,
     Bench,
+    KernelTimes,
 }
 
 #[derive(Debug, Subcommand)]

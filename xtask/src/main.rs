@@ -17,6 +17,8 @@
 //!   benchmark, beside libbpf-tools' runqlat (root, perf, bpftool, runqlat).
 //! - `bpf-object`: recompile the eBPF probe into the objects committed under `probes/bpf/`
 //!   (embedded by builds without clang).
+//! - `gpu-profile [--case NAME]...`: a decode step's predicted cost on an H100, per kernel, from
+//!   the simulated GPU's counts (writes `docs/gpu-performance.md`'s figures when run whole).
 //! - `sim COMMAND [ARGS]`: run a command on the simulated GPU (`cuda-sim/`), e.g.
 //!   `target/debug/vigil check-gpu` or `target/debug/vigil serve --device cuda`.
 //! - `install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run]`: build and install the
@@ -31,6 +33,7 @@ mod dashboard;
 mod docs;
 mod fetch_model;
 mod fetch_nvrtc;
+mod gpu_profile;
 mod install;
 mod instructions;
 mod python_clients;
@@ -53,9 +56,10 @@ fn main() -> anyhow::Result<()> {
         Some("bench-ebpf") => bench_ebpf::run(&args[1..]),
         Some("install") => install::run(&args[1..]),
         Some("sim") => sim::run(&args[1..]),
+        Some("gpu-profile") => gpu_profile::run(&args[1..]),
         Some("bpf-object") => bpf_object::run(),
         _ => {
-            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run] | sim COMMAND [ARGS] | bpf-object>");
+            eprintln!("usage: cargo xtask <docs [--check] | dashboard | test [ARGS] | fetch-model | bench | bench-model | bench-metrics-cost [--rounds N] | bench-ebpf [--rounds N] | install [--prefix DIR] [--destdir DIR] [--bin FILE] [--dry-run] | sim COMMAND [ARGS] | gpu-profile [--case NAME]... | bpf-object>");
             std::process::exit(2);
         }
     }

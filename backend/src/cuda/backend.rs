@@ -176,6 +176,17 @@ impl CudaBackend {
         self.weights.bytes
     }
 
+    /// Times each kernel launch and GEMM of the steps that follow (see
+    /// [`super::kernel_timer`]), or stops.
+    pub fn time_kernels(&self, on: bool) {
+        self.gpu.timer.set(on);
+    }
+
+    /// The launches timed since the last call, in launch order: label and seconds.
+    pub fn take_kernel_times(&self) -> Result<Vec<(String, f64)>, CudaError> {
+        self.gpu.timer.take()
+    }
+
     /// Where the KV cache lies on the device: `(address, bytes)` of each layer's K and V, for a
     /// profile that tells attention's KV traffic from the rest of its accesses.
     pub fn kv_cache_ranges(&self) -> Vec<(u64, u64)> {

@@ -11,6 +11,7 @@ use cudarc::cublas::{result, sys, CudaBlas};
 use cudarc::driver::CudaStream;
 
 use super::error::CudaError;
+use super::kernel_timer::KernelTimer;
 use super::kernels::{Bf16, DevPtr};
 
 /// Where a GEMM writes, and as what.
@@ -35,12 +36,16 @@ pub struct Matrix {
 
 pub struct Gemm {
     blas: CudaBlas,
+    stream: Arc<CudaStream>,
+    timer: Arc<KernelTimer>,
 }
 
 impl Gemm {
-    pub fn new(stream: Arc<CudaStream>) -> Result<Gemm, CudaError> {
+    pub fn new(stream: Arc<CudaStream>, timer: Arc<KernelTimer>) -> Result<Gemm, CudaError> {
         Ok(Gemm {
-            blas: CudaBlas::new(stream)?,
+            blas: CudaBlas::new(stream.clone())?,
+            stream,
+            timer,
         })
     }
 
@@ -53,9 +58,10 @@ impl Gemm {
             Output::Bf16(y) => (y.addr(), sys::cudaDataType::CUDA_R_16BF),
             Output::F32(y) => (y.addr(), sys::cudaDataType::CUDA_R_32F),
         };
+        let label = || format!("cublas:{out}x{t}x{inp}");
         // SAFETY: the addresses are live device buffers of at least out*inp (w), t*inp (x) and
         // t*out (y) elements, on the handle's stream.
-        unsafe {
+        self.timer.time(&self.stream, label, || unsafe {
             result::gemm_ex(
                 *self.blas.handle(),
                 sys::cublasOperation_t::CUBLAS_OP_T,
@@ -77,7 +83,7 @@ impl Gemm {
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
             )?;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }

@@ -9,6 +9,7 @@ use cudarc::driver::{CudaContext, CudaStream};
 
 use super::error::CudaError;
 use super::gemm::Gemm;
+use super::kernel_timer::KernelTimer;
 use super::launch::Kernels;
 
 /// The device and its name, as the log and `check-gpu` print them.
@@ -34,6 +35,8 @@ pub struct Gpu {
     pub kernels: Kernels,
     /// The cuBLAS handle, bound to `stream`.
     pub gemm: Gemm,
+    /// Times each launch of `kernels` and `gemm`, when switched on.
+    pub timer: Arc<KernelTimer>,
     /// The one stream everything runs on.
     pub stream: Arc<CudaStream>,
     /// The device's primary context.
@@ -51,10 +54,12 @@ impl Gpu {
         let stream = ctx.new_stream()?;
         let (free, total) = ctx.mem_get_info()?;
         let info = device_info(&ctx, total as u64)?;
+        let timer = Arc::new(KernelTimer::new(&ctx));
         Ok(Gpu {
             free_at_open: free as u64,
-            kernels: Kernels::load(&ctx, &info.arch)?,
-            gemm: Gemm::new(stream.clone())?,
+            kernels: Kernels::load(&ctx, &info.arch, timer.clone())?,
+            gemm: Gemm::new(stream.clone(), timer.clone())?,
+            timer,
             info,
             stream,
             ctx,

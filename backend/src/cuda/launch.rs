@@ -17,6 +17,7 @@ use cudarc::driver::{
 
 use super::error::CudaError;
 use super::kernel_cache::{compile_cached, Source};
+use super::kernel_timer::KernelTimer;
 use super::kernels::{Arg, DevPtr, Grid, KernelArgs, FILES};
 
 /// The device address of element `offset` of `buf`.
@@ -28,12 +29,17 @@ pub fn addr<T>(buf: &CudaSlice<T>, stream: &CudaStream, offset: usize) -> DevPtr
 /// Every entry point of [`FILES`], compiled for one device, with its threads per block.
 pub struct Kernels {
     functions: HashMap<&'static str, (CudaFunction, u32)>,
+    timer: Arc<KernelTimer>,
 }
 
 impl Kernels {
     /// Compiles every kernel file with NVRTC for `arch` (e.g. `sm_90`), or takes it from the
     /// PTX cache (`super::kernel_cache`), and loads it.
-    pub fn load(ctx: &Arc<CudaContext>, arch: &str) -> Result<Kernels, CudaError> {
+    pub fn load(
+        ctx: &Arc<CudaContext>,
+        arch: &str,
+        timer: Arc<KernelTimer>,
+    ) -> Result<Kernels, CudaError> {
         let started = std::time::Instant::now();
         let cache = super::kernel_cache::default_dir();
         let mut functions = HashMap::new();
@@ -59,7 +65,7 @@ impl Kernels {
             FILES.len(),
             started.elapsed()
         );
-        Ok(Kernels { functions })
+        Ok(Kernels { functions, timer })
     }
 
     /// The entry point `name` and its threads per block.
@@ -107,9 +113,15 @@ impl Kernels {
             block_dim: (*block, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments follow the kernel's signature (see above) and address live
-        // buffers of the sizes the kernel indexes; launches are ordered on one stream.
-        unsafe { builder.launch(config) }?;
-        Ok(())
+        self.timer.time(
+            stream,
+            || name.to_owned(),
+            || {
+                // SAFETY: the arguments follow the kernel's signature (see above) and address live
+                // buffers of the sizes the kernel indexes; launches are ordered on one stream.
+                unsafe { builder.launch(config) }?;
+                Ok(())
+            },
+        )
     }
 }

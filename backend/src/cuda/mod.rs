@@ -6,7 +6,7 @@
 //! - [`step_plan`]: a step's metadata packed for one upload; [`workspace`]: activations.
 //! - [`gpu`]: one device: context, stream, compiled kernels, cuBLAS handle.
 //! - [`backend`]: [`CudaBackend`]; [`memory`]: KV cache sizing; [`timing`]: CUDA-event step
-//!   timing; [`availability`]: whether this host can run any of it, and why not.
+//!   timing; [`kernel_timer`]: CUDA-event times per launch, when asked; [`availability`]: whether this host can run any of it, and why not.
 //!
 //! Everything is loaded at run time through cudarc (libcuda, libnvrtc, libcublas), so the binary
 //! builds and runs on machines without CUDA.
@@ -17,6 +17,7 @@ pub(crate) mod error;
 pub(crate) mod gemm;
 pub(crate) mod gpu;
 pub(crate) mod kernel_cache;
+pub(crate) mod kernel_timer;
 pub(crate) mod kernels;
 pub(crate) mod launch;
 pub(crate) mod memory;

@@ -58,6 +58,21 @@ impl Device {
         p
     }
 
+    /// Overwrites the allocation at `p` with `data`.
+    pub(crate) fn upload_to<T: Copy>(&self, p: u64, data: &[T]) {
+        // SAFETY: the caller's allocation holds `data`'s bytes.
+        unsafe {
+            ok(
+                cuMemcpyHtoD_v2(
+                    p,
+                    data.as_ptr() as *const c_void,
+                    std::mem::size_of_val(data),
+                ),
+                "upload",
+            )
+        };
+    }
+
     pub(crate) fn download<T: Copy + Default>(&self, p: u64, n: usize) -> Vec<T> {
         let mut out = vec![T::default(); n];
         // SAFETY: as above.
@@ -82,6 +97,18 @@ impl Device {
         block: u32,
         args: &mut [*mut c_void],
     ) -> CUresult {
+        self.launch_on(std::ptr::null_mut(), name, grid, block, args)
+    }
+
+    /// [`Device::launch`] on `stream`.
+    pub(crate) fn launch_on(
+        &self,
+        stream: Handle,
+        name: &str,
+        grid: u32,
+        block: u32,
+        args: &mut [*mut c_void],
+    ) -> CUresult {
         let name = std::ffi::CString::new(name).unwrap();
         let mut f = std::ptr::null_mut();
         // SAFETY: as above; the arguments point at live values of the kernel's types.
@@ -99,7 +126,7 @@ impl Device {
                 1,
                 1,
                 0,
-                std::ptr::null_mut(),
+                stream,
                 args.as_mut_ptr(),
                 std::ptr::null_mut(),
             )

@@ -37,7 +37,7 @@ fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 /// Runs every kernel check into `report`.
 pub(crate) fn run(dev: &Dev, report: &mut Report) {
     let mut rng = StdRng::seed_from_u64(7);
-    let checks: [(&str, KernelCheck); 10] = [
+    let checks: [(&str, KernelCheck); 11] = [
         ("kernel embedding_gather", embedding),
         ("kernel rms_norm", rms_norm),
         ("kernel rms_norm + residual", rms_norm_residual),
@@ -48,6 +48,10 @@ pub(crate) fn run(dev: &Dev, report: &mut Report) {
         ("kernel dequant q8_0/q4_0/q4_1", dequant),
         ("kernel convert_f16/f32", convert),
         ("cuBLAS linear (bf16 and f32 out)", gemm),
+        (
+            "CUDA graph: captured rms_norm + cuBLAS replay = direct",
+            graph,
+        ),
     ];
     for (name, check) in checks {
         match check(dev, &mut rng) {
@@ -497,4 +501,57 @@ fn gemm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     // f32 output: only the accumulation order differs; scale the bound to bf16's.
     let e32 = max_error(&dev.read(&y32)?, &want) * 10.0;
     Ok((e16.max(e32), BF16_TOL))
+}
+
+/// A CUDA graph captured through cudarc's stream capture (an RMSNorm, then a GEMM of its output)
+/// replays that work over the data as it is when the graph launches: after new input is
+/// copied in, the replay's output is the direct launches' on the same input, to the bit.
+fn graph(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let (t, h, out, eps) = (3, 576, 300, 1e-5f32);
+    let mut d_x = dev.bf16(&round_bf16(&random(rng, t * h, 3.0)))?;
+    let d_norm = dev.bf16(&round_bf16(&random(rng, h, 1.5)))?;
+    let d_w = dev.bf16(&round_bf16(&random(rng, out * h, 0.1)))?;
+    let (normed, y) = (dev.zeros::<u16>(t * h)?, dev.zeros::<f32>(t * out)?);
+    let (k, s) = dev.kernels();
+    // The graph keeps this address; the input's bytes are replaced under it below.
+    let x = dev.at(&d_x, 0);
+    let run = || -> Result<(), CudaError> {
+        k.run(
+            s,
+            Grid::Blocks(t as u32, 1),
+            RmsNorm {
+                x,
+                residual: DevPtr::null(),
+                w: dev.at(&d_norm, 0),
+                out: dev.at(&normed, 0),
+                hidden: h as i32,
+                eps,
+            },
+        )?;
+        let m = Matrix {
+            addr: dev.at(&d_w, 0),
+            out,
+            inp: h,
+        };
+        dev.gpu
+            .gemm
+            .linear(dev.at(&normed, 0), t, m, Output::F32(dev.at(&y, 0)))
+    };
+    let stream = &dev.gpu.stream;
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    run()?;
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))?
+        .ok_or_else(|| CudaError::Unsupported("stream capture recorded no graph".into()))?;
+    let new_input: Vec<u16> = round_bf16(&random(rng, t * h, 3.0))
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_bits())
+        .collect();
+    stream.memcpy_htod(&new_input, &mut d_x)?;
+    graph.launch()?;
+    let replayed = dev.read(&y)?;
+    run()?;
+    let direct = dev.read(&y)?;
+    Ok((max_error(&replayed, &direct), 0.0))
 }

@@ -7,12 +7,16 @@
 //!   served model's logits and 64 greedy steps on several prompts.
 //! - `serving`: `vigil serve --device cuda` end to end over HTTP.
 //! - `bench`: prefill/decode throughput at batch 1, 16, 64, 256, the bandwidth fraction of
-//!   decode, and (with PyTorch and transformers) the same generation in transformers.
+//!   decode, and (with PyTorch and transformers) the same generation in transformers; then
+//!   `kernel-times`.
+//! - `kernel-times`: each kernel of the default model's decode steps timed with CUDA events,
+//!   beside `vigil gpu-profile`'s prediction for the same step.
 //!
 //! Every check prints PASS or FAIL with its numbers; the command fails if any failed.
 
 pub(crate) mod bench;
 pub(crate) mod kernel_device;
+pub(crate) mod kernel_times;
 pub(crate) mod kernels;
 pub(crate) mod model;
 pub(crate) mod report;
@@ -40,6 +44,7 @@ pub(crate) fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
         CheckSection::Model,
         CheckSection::Serving,
         CheckSection::Bench,
+        CheckSection::KernelTimes,
     ];
     if device_sections.iter().any(|s| wants(*s)) {
         match backend::probe_cuda() {
@@ -73,6 +78,7 @@ pub(crate) fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
         CheckSection::Model,
         CheckSection::Serving,
         CheckSection::Bench,
+        CheckSection::KernelTimes,
     ];
     if needs_model.iter().any(|s| wants(*s)) {
         if wants(CheckSection::Model) {
@@ -95,6 +101,13 @@ pub(crate) fn run(args: &CheckGpuArgs) -> anyhow::Result<()> {
                     match bench::run(&m, &mut report) {
                         Ok(rows) => transformers::run(&m, &args.python, &rows, &mut report),
                         Err(e) => report.error("benchmark", e),
+                    }
+                }
+                if wants(CheckSection::Bench) || wants(CheckSection::KernelTimes) {
+                    println!("== per-kernel times");
+                    let simulated = report.simulated;
+                    if let Err(e) = kernel_times::run(&m, simulated, &mut report) {
+                        report.error("per-kernel times", e);
                     }
                 }
             }

@@ -56,7 +56,7 @@ impl Case {
         )
     }
 
-    fn blocks_per_seq(&self) -> usize {
+    pub(crate) fn blocks_per_seq(&self) -> usize {
         self.ctx.div_ceil(BLOCK_SIZE)
     }
 }
@@ -161,8 +161,9 @@ pub(crate) fn measure(
         .collect())
 }
 
-/// One decode step of `case`: sequence `s` holds blocks `s * n .. (s + 1) * n`.
-fn step(gpu: &mut CudaBackend, case: &Case, vocab: usize) -> anyhow::Result<()> {
+/// One decode step of `case`: sequence `s` holds blocks `s * n .. (s + 1) * n` (a cache of
+/// `case.batch * case.ctx / BLOCK_SIZE` blocks at least).
+pub(crate) fn step(gpu: &mut CudaBackend, case: &Case, vocab: usize) -> anyhow::Result<()> {
     let n = case.blocks_per_seq();
     let tables: Vec<Vec<u32>> = (0..case.batch)
         .map(|s| ((s * n) as u32..((s + 1) * n) as u32).collect())

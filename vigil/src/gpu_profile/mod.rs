@@ -7,7 +7,7 @@
 //! time it prints is predicted, never measured; the counts behind them are exact and the same
 //! from run to run.
 
-mod cases;
+pub(crate) mod cases;
 pub(crate) mod cost_model;
 mod llama8b;
 pub(crate) mod sim;
@@ -71,7 +71,7 @@ pub(crate) fn run(args: &GpuProfileArgs) -> anyhow::Result<()> {
         for (case, m) in these.iter().zip(&measured) {
             let report = CaseReport::new(&gpu, case, m, &model.config, layers, weights);
             report.print(&path);
-            json.push(report.json());
+            json.push(report.json(&path));
         }
     }
     println!("{}", serde_json::json!({ "cases": json }));
@@ -174,7 +174,7 @@ fn rows(gpu: &Gpu, profile: &Profile, config: &LlamaConfig) -> Vec<Row> {
 }
 
 /// Which of the model's matrices a GEMM multiplies, from its shape.
-fn gemm_name(c: &LlamaConfig, m: u64, n: u64, k: u64) -> String {
+pub(crate) fn gemm_name(c: &LlamaConfig, m: u64, n: u64, k: u64) -> String {
     let (h, q, kv, inter) = (
         c.hidden_size,
         c.num_attention_heads * c.head_dim,
@@ -411,7 +411,7 @@ impl CaseReport {
         );
     }
 
-    fn json(&self) -> serde_json::Value {
+    fn json(&self, model: &std::path::Path) -> serde_json::Value {
         let mean: serde_json::Map<String, serde_json::Value> = self
             .rows
             .iter()
@@ -421,8 +421,12 @@ impl CaseReport {
                 (r.name.clone(), serde_json::json!(round(bytes, 2)))
             })
             .collect();
+        let per_kernel = |f: &dyn Fn(&Row) -> serde_json::Value| -> serde_json::Value {
+            self.rows.iter().map(|r| (r.name.clone(), f(r))).collect()
+        };
         serde_json::json!({
             "name": self.name,
+            "model": model.file_name().unwrap_or_default().to_string_lossy(),
             "predicted_step_us": round(self.step.seconds * 1e6, 1),
             "roofline_us": round(self.roofline * 1e6, 1),
             "roofline_share": round(self.roofline_share(), 4),
@@ -432,6 +436,8 @@ impl CaseReport {
             "pageable_copies_per_step": self.pageable_copies.round() as u64,
             "kv_read_redundancy": round(self.kv_read_redundancy, 3),
             "mean_access_bytes": mean,
+            "launches_by_kernel": per_kernel(&|r| serde_json::json!(r.launches.round() as u64)),
+            "predicted_kernel_us": per_kernel(&|r| serde_json::json!(round(r.seconds * 1e6, 1))),
         })
     }
 }

@@ -53,14 +53,18 @@ fn check_gpu_passes(sections: &str, checks: &[&str]) {
 
 /// `vigil check-gpu`'s kernels against their CPU references, and the model's greedy decoding
 /// against the CPU backend's.
+/// Also each kernel of a decode step timed beside the profile's prediction (the calibration a
+/// GPU runs), and a step captured as a CUDA graph through cudarc and replayed.
 #[test]
 fn check_gpu_kernels_and_model_pass_on_the_simulated_device() {
     check_gpu_passes(
-        "kernels,model",
+        "kernels,model,kernel-times",
         &[
             "PASS kernel kv_cache_write + paged_attention",
             "PASS cuBLAS linear",
+            "PASS CUDA graph: captured rms_norm + cuBLAS replay = direct",
             "PASS prompt 3 greedy 64 steps = CPU",
+            "PASS default-b1-ctx512: every kernel timed beside its prediction",
         ],
     );
 }
@@ -204,4 +208,59 @@ fn cuda_refuses_a_kv_cache_dtype_it_does_not_keep() {
             .contains("--kv-cache-dtype float16: the CUDA backend keeps its KV cache in bfloat16"),
         "{stderr}"
     );
+}
+
+/// Runs `vigil gpu-profile --case CASE` on the simulated device (profiling on) and returns its
+/// JSON line.
+fn gpu_profile(case: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["gpu-profile", "--case", case])
+        .args(["--model", common::require_model()])
+        .env("LD_LIBRARY_PATH", simulated_library_path())
+        .env("VIGIL_SIM_PROFILE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("PREDICTED"), "{stdout}");
+    let line = stdout.lines().last().expect("a JSON line");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// The profile of a decode step counts what the review of the CUDA backend counted by reading
+/// it (`gpu-step-review.md`, sections 1 and 2): 10 launches per layer and 5 more (305 for the
+/// 30 layers of SmolLM2-135M, one fewer without the greedy argmax), K/V read once per query
+/// head (9 query heads over 3 KV heads: 3 times each byte), one upload and the copies back
+/// through pageable memory. Its counts are the same from run to run, so the JSON line is too.
+#[test]
+fn gpu_profile_counts_a_decode_step_the_same_every_run() {
+    let first = gpu_profile("default-b1-ctx512");
+    assert_eq!(first, gpu_profile("default-b1-ctx512"), "deterministic");
+    let cases = first["cases"].as_array().unwrap();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default-b1-ctx512", "default-b1-ctx512-sampled"]);
+    let (greedy, sampled) = (&cases[0], &cases[1]);
+    assert_eq!(greedy["launches_per_step"], 305);
+    assert_eq!(sampled["launches_per_step"], 304);
+    for case in cases {
+        assert_eq!(case["kv_read_redundancy"], 3.0, "{case}");
+        assert_eq!(case["graph_launches_per_step"], 0, "{case}");
+        assert!(case["syncs_per_step"].as_u64().unwrap() >= 1, "{case}");
+        let (step, roofline) = (
+            case["predicted_step_us"].as_f64().unwrap(),
+            case["roofline_us"].as_f64().unwrap(),
+        );
+        assert!(roofline > 0.0 && step > roofline, "{case}");
+        let share = case["roofline_share"].as_f64().unwrap();
+        assert!((share - roofline / step).abs() < 1e-3, "{case}");
+        // Every kernel of the step is scalar today: no access wider than 4 bytes on average.
+        for (kernel, bytes) in case["mean_access_bytes"].as_object().unwrap() {
+            let bytes = bytes.as_f64().unwrap();
+            assert!((1.0..=4.0).contains(&bytes), "{kernel}: {bytes}");
+        }
+    }
+    // Greedy rows come back as (token, log-probability) pairs; a sampled row whole.
+    assert_eq!(greedy["pageable_copies_per_step"], 3);
+    assert_eq!(sampled["pageable_copies_per_step"], 2);
 }
