@@ -33,6 +33,9 @@ pub use shape::LayerShape;
 /// attention and row operations that serve as the references.
 pub mod kernel_check {
     pub use crate::cpu::{attention, ops};
+    pub use crate::cuda::attention::{
+        launch as launch_attention, Attention, Split, SplitScratch, MAX_GROUP, MIN_PARTITION,
+    };
     pub use crate::cuda::gemm::{Matrix, Output};
     pub use crate::cuda::gpu::Gpu;
     pub use crate::cuda::kernels::*;

@@ -25,6 +25,13 @@ typedef int int4 __attribute__((ext_vector_type(4)));
 typedef unsigned int uint2 __attribute__((ext_vector_type(2)));
 typedef unsigned int uint4 __attribute__((ext_vector_type(4)));
 
+// CUDA's read-only loads: one access of the type's width. The host compiler may split a plain
+// vector load whose lanes are used apart into scalar loads (a GPU's compiler keeps it one
+// `ld.global.v4`); a volatile load it keeps whole, so the profile counts it as the GPU would.
+template <typename T> static inline __attribute__((always_inline)) T __ldg(const T* p) {
+    return *(const volatile T*)p;
+}
+
 extern "C" {
 extern thread_local uint3 cuda_sim_threadIdx;
 extern thread_local uint3 cuda_sim_blockIdx;

@@ -8,12 +8,13 @@
 //! a device argmax for greedy rows, and one copy back of what the host needs: whole rows for
 //! requests that sample on the host, a token and a log-probability for greedy ones.
 
+use super::attention::{Attention, SplitScratch};
 use super::error::CudaError;
 use super::gemm::{Matrix, Output};
 use super::gpu::{DeviceInfo, Gpu};
 use super::kernels::{
     ArgmaxRows, Bf16, DevPtr, EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads,
-    PagedAttention, RmsNorm, Rope, SiluAndMul,
+    RmsNorm, Rope, SiluAndMul,
 };
 use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
@@ -66,6 +67,8 @@ pub struct CudaBackend {
     rope_cos: cudarc::driver::CudaSlice<f32>,
     rope_sin: cudarc::driver::CudaSlice<f32>,
     work: Workspace,
+    /// Split attention's partial outputs.
+    split_scratch: SplitScratch,
     clock: StepClock,
     timing: Option<StepTiming>,
     gpu: Gpu,
@@ -88,9 +91,9 @@ impl CudaBackend {
         options: &CudaOptions,
     ) -> Result<CudaBackend, CudaError> {
         let c = config;
-        if c.head_dim > MAX_HEAD_DIM || !c.head_dim.is_multiple_of(2) {
+        if c.head_dim > MAX_HEAD_DIM || !c.head_dim.is_multiple_of(8) {
             return Err(CudaError::Unsupported(format!(
-                "head_dim {} (the attention kernel takes even head sizes up to {MAX_HEAD_DIM})",
+                "head_dim {} (the attention kernel takes head sizes that are multiples of 8, up to {MAX_HEAD_DIM})",
                 c.head_dim
             )));
         }
@@ -114,10 +117,13 @@ impl CudaBackend {
             rows,
             4 * tokens + rows * max_blocks + rows,
         )?;
+        let split_scratch = SplitScratch::new(stream, &shape, gpu.info.sms)?;
         let kv_width = c.num_key_value_heads * c.head_dim;
         let block_bytes = (2 * c.num_hidden_layers * options.block_size * kv_width * 2) as u64;
-        let activations =
-            work.bytes() + (rope_cos.num_bytes() + rope_sin.num_bytes()) as u64 + RESERVE_BYTES;
+        let activations = work.bytes()
+            + split_scratch.bytes()
+            + (rope_cos.num_bytes() + rope_sin.num_bytes()) as u64
+            + RESERVE_BYTES;
         let kv_plan = match options.num_blocks_override {
             // As vLLM: the override replaces the profile, memory checks included.
             Some(n) => KvPlan {
@@ -156,6 +162,7 @@ impl CudaBackend {
             rope_cos,
             rope_sin,
             work,
+            split_scratch,
             timing: None,
             gpu,
         })
@@ -337,7 +344,7 @@ impl llama::LlamaStep for CudaStep<'_> {
     fn attention(&mut self, l: usize) -> Result<(), CudaError> {
         let (b, plan, s) = (self.backend, self.plan, self.stream());
         let (k, work, shape) = (&b.gpu.kernels, &b.work, &b.work.shape);
-        let (h, hd) = (shape.hidden, shape.head_dim);
+        let h = shape.hidden;
         let (q_width, kv_width, qkv_width) = (shape.q_width(), shape.kv_width(), shape.qkv_width());
         let layer = &b.weights.layers[l];
         let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
@@ -377,26 +384,21 @@ impl llama::LlamaStep for CudaStep<'_> {
                 stride: qkv_width as i32,
             },
         )?;
-        k.run(
-            s,
-            Grid::Blocks(plan.tokens as u32, shape.n_heads as u32),
-            PagedAttention {
-                out: self.buf(&work.attn),
-                q: qkv(0),
-                k_cache: self.buf(&cache.k),
-                v_cache: self.buf(&cache.v),
-                block_tables: self.meta_int(plan.block_tables()),
-                max_blocks_per_seq: plan.max_blocks as i32,
-                token_seq: self.meta_int(plan.token_seq()),
-                token_pos: self.meta_int(plan.positions()),
-                n_heads: Heads::of(shape),
-                n_kv_heads: KvHeads::of(shape),
-                head_dim: HeadDim::of(shape),
-                block_size: b.block_size as i32,
-                scale: 1.0 / (hd as f32).sqrt(),
-                q_stride: qkv_width as i32,
-            },
-        )?;
+        let attention = Attention {
+            out: self.buf(&work.attn),
+            q: qkv(0),
+            q_stride: qkv_width,
+            k_cache: self.buf(&cache.k),
+            v_cache: self.buf(&cache.v),
+            block_tables: self.meta_int(plan.block_tables()),
+            max_blocks_per_seq: plan.max_blocks,
+            token_seq: self.meta_int(plan.token_seq()),
+            token_pos: self.meta_int(plan.positions()),
+            tokens: plan.tokens,
+            block_size: b.block_size,
+        };
+        let split = b.split_scratch.plan(shape, plan.tokens, plan.max_context);
+        super::attention::launch(k, s, shape, &attention, split, &b.split_scratch)?;
         self.linear(self.buf(&work.attn), &layer.o, h, q_width, delta)
     }
 

@@ -18,6 +18,8 @@ pub struct DeviceInfo {
     pub name: String,
     pub arch: String,
     pub total_memory: u64,
+    /// Streaming multiprocessors.
+    pub sms: usize,
     /// Peak DRAM bandwidth from the memory clock and bus width (bytes/s), where the driver
     /// still reports them (CUDA 13 deprecates the memory clock attribute).
     pub memory_bandwidth: Option<f64>,
@@ -78,10 +80,12 @@ pub(crate) fn device_info(
     let bus_bits = ctx
         .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
         .ok();
+    let sms = ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     Ok(DeviceInfo {
         name: ctx.name()?,
         arch: format!("sm_{major}{minor}"),
         total_memory,
+        sms: sms.max(1) as usize,
         // Double data rate: two transfers per clock.
         memory_bandwidth: match (clock_khz, bus_bits) {
             (Some(khz), Some(bits)) if khz > 0 && bits > 0 => {

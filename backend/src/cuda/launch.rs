@@ -97,8 +97,9 @@ impl Kernels {
     ) -> Result<(), CudaError> {
         let (function, block) = self.get(name);
         let grid = match grid {
-            Grid::Blocks(x, y) => (x, y),
-            Grid::Elements(n) => (n.div_ceil(*block as usize).max(1) as u32, 1),
+            Grid::Blocks(x, y) => (x, y, 1),
+            Grid::Blocks3(x, y, z) => (x, y, z),
+            Grid::Elements(n) => (n.div_ceil(*block as usize).max(1) as u32, 1, 1),
         };
         let mut builder = stream.launch_builder(function);
         for arg in args {
@@ -109,7 +110,7 @@ impl Kernels {
             };
         }
         let config = LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
+            grid_dim: grid,
             block_dim: (*block, 1, 1),
             shared_mem_bytes: 0,
         };

@@ -11,6 +11,7 @@
 //! Everything is loaded at run time through cudarc (libcuda, libnvrtc, libcublas), so the binary
 //! builds and runs on machines without CUDA.
 
+pub(crate) mod attention;
 pub(crate) mod availability;
 pub(crate) mod backend;
 pub(crate) mod error;

@@ -23,6 +23,8 @@ pub struct StepPlan {
     /// Width of each block table row (the longest table any sequence needs; shorter ones are
     /// padded with block 0, never read).
     pub max_blocks: usize,
+    /// The most keys any token of the step attends to (its position + 1).
+    pub max_context: usize,
     /// Rows copied back whole, then rows reduced to their argmax.
     pub full_rows: usize,
     /// Rows reduced on the device to a token and its log-probability (they come last).
@@ -74,6 +76,11 @@ impl StepPlan {
             tokens,
             seqs: batch.len(),
             max_blocks,
+            max_context: batch
+                .iter()
+                .map(|s| s.start_pos + s.tokens.len())
+                .max()
+                .unwrap_or(0),
             full_rows,
             greedy_rows,
             packed,

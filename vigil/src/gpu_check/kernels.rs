@@ -12,10 +12,10 @@ use super::report::{max_error, round_bf16, Report};
 use backend::kernel_check::attention::{self, Geometry, Row};
 use backend::kernel_check::ops;
 use backend::kernel_check::StepPlan;
+use backend::kernel_check::{launch_attention, Attention, Split, SplitScratch};
 use backend::kernel_check::{
     ArgmaxRows, ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr,
-    EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads, PagedAttention, RmsNorm, Rope,
-    SiluAndMul,
+    EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads, RmsNorm, Rope, SiluAndMul,
 };
 use backend::kernel_check::{Matrix, Output};
 use backend::{kernel_check::rope, CudaError};
@@ -238,13 +238,15 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     Ok((max_error(&dev.read_bf16(&out)?, &want), BF16_TOL))
 }
 
-/// Two steps over scattered blocks, at two attention shapes (the default model's 9/3 heads of
-/// 64 and a Llama-8B-like 32/8 of 128): a first step caches history for two sequences, the
-/// second mixes a whole prefill, a decode token after 70 cached positions and a prefill chunk
-/// starting at 20. The second step's attention output is compared.
+/// Two steps over scattered blocks, at three attention shapes (the default model's 9/3 heads of
+/// 64, a Llama-8B-like 32/8 of 128, and 20/2 of 80: a GQA group of 10, more than one CTA
+/// serves, and a head size whose 16-byte lanes are not a power of two): a first step caches
+/// history for two sequences, the second mixes a whole prefill, a decode token after 70 cached
+/// positions and a prefill chunk starting at 20. The second step's attention output is
+/// compared, computed whole and split across CTAs.
 fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let mut worst = 0f32;
-    for (nh, nkv, hd) in [(9, 3, 64), (32, 8, 128)] {
+    for (nh, nkv, hd) in [(9, 3, 64), (32, 8, 128), (20, 2, 80)] {
         let shape = LayerShape {
             hidden: nh * hd,
             n_heads: nh,
@@ -272,6 +274,10 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
         let history: [(usize, usize, usize); 2] = [(1, 0, 70), (2, 0, 20)];
         let step: [(usize, usize, usize); 3] = [(0, 0, 40), (1, 70, 1), (2, 20, 17)];
         let mut out = Vec::new();
+        // Room for the largest step split three ways: the history's 90 tokens, up to 8 CTAs a
+        // token.
+        let scratch =
+            SplitScratch::with_ctas(&dev.gpu.stream, &shape, dev.gpu.info.sms, 90 * 3 * 8)?;
         for (i, spans) in [&history[..], &step[..]].into_iter().enumerate() {
             let tokens: Vec<Vec<u32>> = spans.iter().map(|s| vec![0; s.2]).collect();
             let batch: Vec<SeqInput> = spans
@@ -317,28 +323,27 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
                     stride: width as i32,
                 },
             )?;
-            k.run(
-                s,
-                Grid::Blocks(t as u32, nh as u32),
-                PagedAttention {
-                    out: dev.at(&d_out, 0),
-                    q: dev.at(&d_qkv, 0),
-                    k_cache: dev.at(&d_k, 0),
-                    v_cache: dev.at(&d_v, 0),
-                    block_tables: meta(plan.block_tables().start),
-                    max_blocks_per_seq: plan.max_blocks as i32,
-                    token_seq: meta(plan.token_seq().start),
-                    token_pos: meta(plan.positions().start),
-                    n_heads: Heads::of(&shape),
-                    n_kv_heads: KvHeads::of(&shape),
-                    head_dim: HeadDim::of(&shape),
-                    block_size: g.block_size as i32,
-                    scale: 1.0 / (hd as f32).sqrt(),
-                    q_stride: width as i32,
-                },
-            )?;
-            if i == 1 {
-                out = vec![(dev.read_bf16(&d_out)?, want)];
+            let attention = Attention {
+                out: dev.at(&d_out, 0),
+                q: dev.at(&d_qkv, 0),
+                q_stride: width,
+                k_cache: dev.at(&d_k, 0),
+                v_cache: dev.at(&d_v, 0),
+                block_tables: meta(plan.block_tables().start),
+                max_blocks_per_seq: plan.max_blocks,
+                token_seq: meta(plan.token_seq().start),
+                token_pos: meta(plan.positions().start),
+                tokens: t,
+                block_size: g.block_size,
+            };
+            // Whole, and split three ways (partitions of 24 keys at the longest context,
+            // 71: one split of the 20-key prefix has no key, and the merge skips it).
+            for splits in [1, 3] {
+                let split = Split::fixed(plan.max_context, splits);
+                launch_attention(k, s, &shape, &attention, split, &scratch)?;
+                if i == 1 {
+                    out.push((dev.read_bf16(&d_out)?, want.clone()));
+                }
             }
         }
         for (got, want) in out {

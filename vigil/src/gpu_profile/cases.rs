@@ -94,11 +94,13 @@ pub(crate) struct Measured {
 /// Device addresses and sizes of the KV cache's buffers.
 pub(crate) type KvRanges = Vec<(u64, u64)>;
 
-/// Runs `cases` (all of one model) on `model` cut to one layer and to two.
+/// Runs `cases` (all of one model) on `model` cut to one layer and to two; with `raw_dir`,
+/// writes each run's profile there as the simulator gave it.
 pub(crate) fn measure(
     profiler: &Profiler,
     model_path: &Path,
     cases: &[Case],
+    raw_dir: Option<&Path>,
 ) -> anyhow::Result<Vec<Measured>> {
     let mut runs: Vec<Vec<(Profile, KvRanges)>> = vec![Vec::new(); cases.len()];
     for layers in [1, 2] {
@@ -141,10 +143,18 @@ pub(crate) fn measure(
             profiler.enable(true);
             profiler.take()?;
             let result = step(&mut gpu, case, vocab);
-            let profile = profiler.take();
+            let profile = profiler.take_raw();
             profiler.enable(false);
             result?;
-            run.push((profile?, gpu.kv_cache_ranges()));
+            let (profile, raw) = profile?;
+            if let Some(dir) = raw_dir {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(
+                    dir.join(format!("{}-{layers}-layers.json", case.name())),
+                    raw,
+                )?;
+            }
+            run.push((profile, gpu.kv_cache_ranges()));
         }
     }
     Ok(runs

@@ -33,6 +33,10 @@ pub struct GpuProfileArgs {
     /// Run only the cases whose names contain this (repeatable).
     #[arg(long = "case", value_name = "NAME")]
     pub cases: Vec<String>,
+    /// Also write each run's profile, as the simulator counted it, into this folder
+    /// (`CASE-N-layers.json`).
+    #[arg(long, value_name = "DIR")]
+    pub raw: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: &GpuProfileArgs) -> anyhow::Result<()> {
@@ -67,7 +71,7 @@ pub(crate) fn run(args: &GpuProfileArgs) -> anyhow::Result<()> {
             ModelKind::Llama8b => llama8b::REAL_LAYERS,
         };
         let weights = stored_weight_bytes(&model, layers)?;
-        let measured = cases::measure(&profiler, &path, &these)?;
+        let measured = cases::measure(&profiler, &path, &these, args.raw.as_deref())?;
         for (case, m) in these.iter().zip(&measured) {
             let report = CaseReport::new(&gpu, case, m, &model.config, layers, weights);
             report.print(&path);

@@ -130,6 +130,11 @@ impl Profiler {
 
     /// What the device was asked to do since the last take.
     pub(crate) fn take(&self) -> anyhow::Result<Profile> {
+        Ok(self.take_raw()?.0)
+    }
+
+    /// [`Profiler::take`], with the simulator's JSON as it came.
+    pub(crate) fn take_raw(&self) -> anyhow::Result<(Profile, String)> {
         // SAFETY: returns null or a NUL-terminated string we free once below.
         let json = unsafe { (self.take)() };
         anyhow::ensure!(!json.is_null(), "the simulator's profiling is off");
@@ -139,6 +144,6 @@ impl Profiler {
             .into_owned();
         // SAFETY: from `take`, freed once.
         unsafe { (self.free)(json) };
-        Ok(serde_json::from_str(&text)?)
+        Ok((serde_json::from_str(&text)?, text))
     }
 }

@@ -1,82 +1,175 @@
 // Paged attention for decode and chunked prefill alike: every query token attends, causally, to
-// the first position+1 keys of its sequence, read through the sequence's block table. GQA: query
-// head h reads KV head h / (n_heads / n_kv_heads). Query rows are `q_stride` elements apart (they
-// live in the fused QKV projection's output); `out` is [tokens, n_heads, head_dim].
+// the first position+1 keys of its sequence, read through the sequence's block table. Query rows
+// are `q_stride` elements apart (they live in the fused QKV projection's output); `out` is
+// [tokens, n_heads, head_dim].
 //
-// Grid (query tokens, n_heads); block MAX_WARPS warps. Each warp takes every MAX_WARPS-th key:
-// its lanes split head_dim for the dot product and keep an online softmax (running max, sum and
-// weighted V per lane); the warps' partial results are merged through shared memory at the end.
-#define MAX_WARPS 4
+// Grid (query tokens, KV heads x head chunks, splits); ATT_THREADS threads. One CTA serves every
+// query head of a GQA group (up to MAX_GROUP at a time) for one token, so each K/V byte is loaded
+// once per token and KV head, not once per query head. Its threads form key groups of
+// `lanes_per_key` threads (head_dim / 8, rounded up to a power of two); each thread loads 8
+// elements of a key's K and V row at once (16 bytes), so that a CTA keeps ATT_THREADS /
+// lanes_per_key keys in flight. The block table is staged in shared memory a chunk of blocks at
+// a time, read once per block. Split-KV (flash-decoding): with `splits` > 1 each CTA takes the
+// keys [split * partition, (split + 1) * partition) and writes its normalised partial output and
+// its softmax's (max, sum) to `part_acc` / `part_ml`, which `paged_attention_merge` combines;
+// with `splits` == 1 it writes `out` itself.
+#define ATT_THREADS 128
+#define MAX_GROUP 8
 #define MAX_HEAD_DIM 256
-#define PER_LANE (MAX_HEAD_DIM / 32)
+#define TABLE_CHUNK 64
 
-extern "C" __global__ void paged_attention(bf16* out, const bf16* q, const bf16* k_cache,
+// The 8 bf16 of a 16-byte word as floats.
+__device__ __forceinline__ void unpack8(uint4 w, float* f) {
+    unsigned int u[4] = {w.x, w.y, w.z, w.w};
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
+extern "C" __global__ void paged_attention(bf16* out, float* part_acc, float* part_ml,
+                                           const bf16* q, const bf16* k_cache,
                                            const bf16* v_cache, const int* block_tables,
                                            int max_blocks_per_seq, const int* token_seq,
                                            const int* token_pos, int n_heads, int n_kv_heads,
                                            int head_dim, int block_size, float scale,
-                                           int q_stride) {
-    int t = blockIdx.x, h = blockIdx.y;
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int warps = blockDim.x >> 5;
+                                           int q_stride, int partition, int splits) {
+    int t = blockIdx.x, split = blockIdx.z;
+    int group = n_heads / n_kv_heads;
+    int chunks = (group + MAX_GROUP - 1) / MAX_GROUP;
+    int kv_head = blockIdx.y / chunks;
+    int h0 = kv_head * group + (blockIdx.y % chunks) * MAX_GROUP;
+    int heads = min(MAX_GROUP, kv_head * group + group - h0);
+    int lanes_per_key = 1;
+    while (lanes_per_key * 8 < head_dim) lanes_per_key <<= 1;
+    int keys_at_once = ATT_THREADS / lanes_per_key;
+    int key_slot = threadIdx.x / lanes_per_key, sub = threadIdx.x % lanes_per_key;
+    int d0 = sub * 8;
+    bool has_dims = d0 < head_dim;
+
     int seq = token_seq[t];
     int ctx = token_pos[t] + 1;
-    int kv_head = h / (n_heads / n_kv_heads);
+    int first = split * partition, last = min(ctx, first + partition);
     int kv_width = n_kv_heads * head_dim;
     const int* table = block_tables + (size_t)seq * max_blocks_per_seq;
-    const bf16* qh = q + (size_t)t * q_stride + (size_t)h * head_dim;
 
-    float qv[PER_LANE], acc[PER_LANE];
-    for (int i = 0; i < PER_LANE; i++) {
-        int d = lane + 32 * i;
-        qv[i] = d < head_dim ? bf16_to_f32(qh[d]) * scale : 0.0f;
-        acc[i] = 0.0f;
+    // This thread's 8 dimensions of each query head, pre-scaled.
+    float qv[MAX_GROUP][8];
+    for (int h = 0; h < MAX_GROUP; h++) {
+        float f[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        if (h < heads && has_dims) {
+            unpack8(__ldg((const uint4*)(q + (size_t)t * q_stride + (size_t)(h0 + h) * head_dim + d0)), f);
+        }
+        for (int i = 0; i < 8; i++) qv[h][i] = f[i] * scale;
     }
-    float m = NEG_INF, l = 0.0f;
-    for (int j = warp; j < ctx; j += warps) {
-        int block = table[j / block_size];
-        size_t base = ((size_t)block * block_size + (j % block_size)) * kv_width +
-                      (size_t)kv_head * head_dim;
-        float s = 0.0f;
-        for (int i = 0; i < PER_LANE; i++) {
-            int d = lane + 32 * i;
-            if (d < head_dim) s += qv[i] * bf16_to_f32(k_cache[base + d]);
-        }
-        s = warp_sum(s);
-        float m_new = fmaxf(m, s);
-        float correction = __expf(m - m_new);
-        float p = __expf(s - m_new);
-        l = l * correction + p;
-        for (int i = 0; i < PER_LANE; i++) {
-            int d = lane + 32 * i;
-            float vv = d < head_dim ? bf16_to_f32(v_cache[base + d]) : 0.0f;
-            acc[i] = acc[i] * correction + p * vv;
-        }
-        m = m_new;
+    float m[MAX_GROUP], l[MAX_GROUP], acc[MAX_GROUP][8];
+    for (int h = 0; h < MAX_GROUP; h++) {
+        m[h] = NEG_INF;
+        l[h] = 0.0f;
+        for (int i = 0; i < 8; i++) acc[h][i] = 0.0f;
     }
 
-    __shared__ float warp_m[MAX_WARPS], warp_l[MAX_WARPS];
-    __shared__ float warp_acc[MAX_WARPS * MAX_HEAD_DIM];
-    if (lane == 0) {
-        warp_m[warp] = m;
-        warp_l[warp] = l;
+    __shared__ int s_blocks[TABLE_CHUNK];
+    int chunk_keys = TABLE_CHUNK * block_size;
+    for (int chunk_start = first; chunk_start < last; chunk_start += chunk_keys) {
+        int chunk_end = min(last, chunk_start + chunk_keys);
+        int first_block = chunk_start / block_size;
+        int n_blocks = (chunk_end - 1) / block_size - first_block + 1;
+        __syncthreads();
+        for (int i = threadIdx.x; i < n_blocks; i += ATT_THREADS) s_blocks[i] = table[first_block + i];
+        __syncthreads();
+        // Every thread runs the same iterations (the shuffles below need the whole warp); a key
+        // past the chunk's end is loaded by nobody and changes nothing.
+        for (int base = chunk_start; base < chunk_end; base += keys_at_once) {
+            int j = base + key_slot;
+            bool valid = j < chunk_end;
+            float kf[8] = {0, 0, 0, 0, 0, 0, 0, 0}, vf[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            if (valid && has_dims) {
+                int block = s_blocks[j / block_size - first_block];
+                size_t at = ((size_t)block * block_size + (j % block_size)) * kv_width +
+                            (size_t)kv_head * head_dim + d0;
+                uint4 kw = __ldg((const uint4*)(k_cache + at));
+                uint4 vw = __ldg((const uint4*)(v_cache + at));
+                unpack8(kw, kf);
+                unpack8(vw, vf);
+            }
+            for (int h = 0; h < MAX_GROUP; h++) {
+                if (h >= heads) break;
+                float s = 0.0f;
+                for (int i = 0; i < 8; i++) s += qv[h][i] * kf[i];
+                for (int o = lanes_per_key >> 1; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                if (!valid) continue;
+                float m_new = fmaxf(m[h], s);
+                float correction = __expf(m[h] - m_new);
+                float p = __expf(s - m_new);
+                l[h] = l[h] * correction + p;
+                for (int i = 0; i < 8; i++) acc[h][i] = acc[h][i] * correction + p * vf[i];
+                m[h] = m_new;
+            }
+        }
     }
-    for (int i = 0; i < PER_LANE; i++) {
-        int d = lane + 32 * i;
-        if (d < head_dim) warp_acc[warp * MAX_HEAD_DIM + d] = acc[i];
+
+    // Merge the key slots: each slot's (max, sum) and its threads' 8 dimensions of each head.
+    __shared__ float s_m[ATT_THREADS][MAX_GROUP], s_l[ATT_THREADS][MAX_GROUP];
+    __shared__ float s_acc[MAX_GROUP][ATT_THREADS * 8];
+    __syncthreads();
+    for (int h = 0; h < heads; h++) {
+        if (sub == 0) {
+            s_m[key_slot][h] = m[h];
+            s_l[key_slot][h] = l[h];
+        }
+        if (has_dims) {
+            for (int i = 0; i < 8; i++) s_acc[h][key_slot * lanes_per_key * 8 + d0 + i] = acc[h][i];
+        }
     }
     __syncthreads();
-    if (warp != 0) return;
+    for (int idx = threadIdx.x; idx < heads * head_dim; idx += ATT_THREADS) {
+        int h = idx / head_dim, d = idx % head_dim;
+        float big = NEG_INF;
+        for (int k = 0; k < keys_at_once; k++) big = fmaxf(big, s_m[k][h]);
+        float total = 0.0f, o = 0.0f;
+        if (big != NEG_INF) {
+            for (int k = 0; k < keys_at_once; k++) {
+                float w = __expf(s_m[k][h] - big);
+                total += s_l[k][h] * w;
+                o += s_acc[h][k * lanes_per_key * 8 + d] * w;
+            }
+        }
+        float value = total > 0.0f ? o / total : 0.0f;
+        int head = h0 + h;
+        if (splits == 1) {
+            out[((size_t)t * n_heads + head) * head_dim + d] = f32_to_bf16(value);
+        } else {
+            size_t row = ((size_t)t * n_heads + head) * splits + split;
+            part_acc[row * head_dim + d] = value;
+            if (d == 0) {
+                part_ml[2 * row] = big;
+                part_ml[2 * row + 1] = total;
+            }
+        }
+    }
+}
+
+// Combines a token's `splits` partial outputs per head into `out`: each split's output weighted
+// by its softmax sum, rescaled to the largest of the splits' maxima. Grid (tokens, n_heads).
+extern "C" __global__ void paged_attention_merge(bf16* out, const float* part_acc,
+                                                 const float* part_ml, int n_heads,
+                                                 int head_dim, int splits) {
+    int t = blockIdx.x, head = blockIdx.y;
+    size_t row0 = ((size_t)t * n_heads + head) * splits;
     float big = NEG_INF;
-    for (int w = 0; w < warps; w++) big = fmaxf(big, warp_m[w]);
-    float total = 0.0f;
-    for (int w = 0; w < warps; w++) total += warp_l[w] * __expf(warp_m[w] - big);
-    bf16* oh = out + ((size_t)t * n_heads + h) * head_dim;
-    for (int i = 0; i < PER_LANE; i++) {
-        int d = lane + 32 * i;
-        if (d >= head_dim) continue;
-        float o = 0.0f;
-        for (int w = 0; w < warps; w++) o += warp_acc[w * MAX_HEAD_DIM + d] * __expf(warp_m[w] - big);
-        oh[d] = f32_to_bf16(o / total);
+    for (int s = 0; s < splits; s++) {
+        if (part_ml[2 * (row0 + s) + 1] > 0.0f) big = fmaxf(big, part_ml[2 * (row0 + s)]);
+    }
+    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+        float total = 0.0f, o = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            float sum = part_ml[2 * (row0 + s) + 1];
+            if (sum <= 0.0f) continue;
+            float w = sum * __expf(part_ml[2 * (row0 + s)] - big);
+            total += w;
+            o += part_acc[(row0 + s) * head_dim + d] * w;
+        }
+        out[((size_t)t * n_heads + head) * head_dim + d] = f32_to_bf16(total > 0.0f ? o / total : 0.0f);
     }
 }
