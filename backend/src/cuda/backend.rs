@@ -212,7 +212,9 @@ impl CudaBackend {
         let s = &self.gpu.stream;
         self.work.fit(s, t, rows, plan.packed.len())?;
         self.clock.begin(s)?;
-        s.memcpy_htod(&plan.packed, &mut self.work.meta)?;
+        let n_meta = plan.packed.len();
+        self.work.host_meta.write(&plan.packed);
+        self.work.host_meta.upload(s, &self.work.meta, n_meta)?;
         llama::forward(
             &mut CudaStep {
                 backend: self,
@@ -221,24 +223,28 @@ impl CudaBackend {
             self.config.num_hidden_layers,
         )?;
 
-        let (s, work, vocab) = (&self.gpu.stream, &self.work, self.work.shape.vocab);
-        let mut data = vec![0f32; plan.full_rows * vocab];
-        let mut ids = vec![0u32; plan.greedy_rows];
-        let mut logprobs = vec![0f32; plan.greedy_rows];
-        if !data.is_empty() {
-            s.memcpy_dtoh(&work.logits.slice(..data.len()), &mut data)?;
+        let vocab = self.work.shape.vocab;
+        let (s, work) = (&self.gpu.stream, &mut self.work);
+        let (full, greedy) = (plan.full_rows * vocab, plan.greedy_rows);
+        if full > 0 {
+            work.host_logits.download(s, &work.logits, full)?;
         }
-        if !ids.is_empty() {
-            s.memcpy_dtoh(&work.greedy_ids.slice(..ids.len()), &mut ids)?;
-            s.memcpy_dtoh(&work.greedy_logprobs.slice(..ids.len()), &mut logprobs)?;
+        if greedy > 0 {
+            work.host_greedy.download(s, &work.greedy, 2 * greedy)?;
         }
         self.clock.end(s)?;
+        // The step's one synchronisation: the host reads what came back after it.
         s.synchronize()?;
         self.timing = Some(self.clock.read()?);
-        let greedy = ids
-            .into_iter()
-            .zip(logprobs)
-            .map(|(token, logprob)| GreedyToken { token, logprob })
+        let data = work.host_logits.read(full).to_vec();
+        let words = work.host_greedy.read(2 * greedy);
+        let greedy = words[..greedy]
+            .iter()
+            .zip(&words[greedy..])
+            .map(|(&token, &logprob)| GreedyToken {
+                token,
+                logprob: f32::from_bits(logprob),
+            })
             .collect();
         Ok(Logits {
             vocab_size: vocab,
@@ -467,8 +473,8 @@ impl llama::LlamaStep for CudaStep<'_> {
                 ArgmaxRows {
                     logits: addr(&work.logits, s, plan.full_rows * vocab),
                     vocab: vocab as i32,
-                    ids: self.buf(&work.greedy_ids),
-                    logprobs: self.buf(&work.greedy_logprobs),
+                    ids: self.buf(&work.greedy),
+                    logprobs: addr(&work.greedy, s, plan.greedy_rows).cast::<f32>(),
                 },
             )?;
         }

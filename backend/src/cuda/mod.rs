@@ -22,6 +22,7 @@ pub(crate) mod kernel_timer;
 pub(crate) mod kernels;
 pub(crate) mod launch;
 pub(crate) mod memory;
+pub(crate) mod pinned;
 pub mod rope;
 pub(crate) mod step_plan;
 pub(crate) mod timing;

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::{sys, CudaContext, CudaEvent, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaStream};
 
 use super::error::CudaError;
 use crate::StepTiming;
@@ -47,11 +47,17 @@ impl StepClock {
     }
 
     /// After the step's stream synchronised: its timing. This step's end becomes the previous
-    /// end for the next one.
+    /// end for the next one. (cudarc's `elapsed_ms` would synchronise both events again.)
     pub(crate) fn read(&mut self) -> Result<StepTiming, CudaError> {
-        let busy = ms(self.start.elapsed_ms(&self.end)?);
+        let elapsed = |from: &CudaEvent, to: &CudaEvent| -> Result<Duration, CudaError> {
+            // SAFETY: two events of this context, recorded on the stream that synchronised.
+            Ok(ms(unsafe {
+                result::event::elapsed(from.cu_event(), to.cu_event())
+            }?))
+        };
+        let busy = elapsed(&self.start, &self.end)?;
         let gap = match &self.previous_end {
-            Some(previous) => Some(ms(previous.elapsed_ms(&self.start)?)),
+            Some(previous) => Some(elapsed(previous, &self.start)?),
             None => None,
         };
         let next_end = match self.previous_end.take() {

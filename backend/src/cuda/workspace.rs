@@ -2,13 +2,15 @@
 //!
 //! The activations of one step, allocated once for the largest step the scheduler makes
 //! (`--max-num-batched-tokens` tokens, `--max-num-seqs` rows of logits) and grown only when a
-//! step asks for more (e.g. every position's logits), so that steps do not allocate.
+//! step asks for more (e.g. every position's logits), so that steps do not allocate; and the
+//! page-locked host buffers its upload and downloads go through.
 
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 
 use super::error::CudaError;
+use super::pinned::PinnedBuf;
 use super::weights::Bf16Buf;
 use crate::shape::LayerShape;
 
@@ -30,10 +32,17 @@ pub(crate) struct Workspace {
     /// The rows that get logits, gathered from `normed`.
     pub selected: Bf16Buf,
     pub logits: CudaSlice<f32>,
-    pub greedy_ids: CudaSlice<u32>,
-    pub greedy_logprobs: CudaSlice<f32>,
+    /// The greedy rows' tokens, then their log-probabilities' bits: `[ids[g] | logprobs[g]]`
+    /// for a step of `g` greedy rows, so that one copy brings both back.
+    pub greedy: CudaSlice<u32>,
     /// The step's packed metadata (see `step_plan`).
     pub meta: CudaSlice<u32>,
+    /// Page-locked staging of the metadata's upload.
+    pub host_meta: PinnedBuf<u32>,
+    /// Page-locked landing of `greedy`.
+    pub host_greedy: PinnedBuf<u32>,
+    /// Page-locked landing of the full logit rows.
+    pub host_logits: PinnedBuf<f32>,
 }
 
 fn alloc<T: DeviceRepr + ValidAsZeroBits>(
@@ -65,9 +74,11 @@ impl Workspace {
             act: alloc(stream, tokens * w.inter)?,
             selected: alloc(stream, rows * w.hidden)?,
             logits: alloc(stream, rows * w.vocab)?,
-            greedy_ids: alloc(stream, rows)?,
-            greedy_logprobs: alloc(stream, rows)?,
+            greedy: alloc(stream, 2 * rows)?,
             meta: alloc(stream, meta)?,
+            host_meta: PinnedBuf::new(meta)?,
+            host_greedy: PinnedBuf::new(2 * rows)?,
+            host_logits: PinnedBuf::new(rows * w.vocab)?,
         })
     }
 
@@ -85,8 +96,7 @@ impl Workspace {
         ];
         let bytes = bf16.iter().map(|b| b.num_bytes()).sum::<usize>()
             + self.logits.num_bytes()
-            + self.greedy_ids.num_bytes()
-            + self.greedy_logprobs.num_bytes()
+            + self.greedy.num_bytes()
             + self.meta.num_bytes();
         bytes as u64
     }
@@ -111,6 +121,7 @@ impl Workspace {
         } else if meta > self.meta.len() {
             stream.synchronize()?;
             self.meta = alloc(stream, meta)?;
+            self.host_meta = PinnedBuf::new(meta)?;
         }
         Ok(())
     }

@@ -245,6 +245,7 @@ struct CaseReport {
     step: cost_model::StepCost,
     launches: f64,
     syncs: f64,
+    copies: f64,
     pageable_copies: f64,
     copy_bytes: (f64, f64),
     weight_bytes: f64,
@@ -280,7 +281,7 @@ impl CaseReport {
         let both = |f: &dyn Fn(&Profile) -> f64| {
             scale(per_profile(&m.one_layer, f), per_profile(&m.two_layers, f))
         };
-        let copy_seconds = both(&|p| p.copies.iter().map(|c| gpu.copy(c.bytes, false)).sum());
+        let copy_seconds = both(&|p| p.copies.iter().map(|c| gpu.copy(c.bytes, c.pinned)).sum());
         let direction = |kind: &'static str| {
             move |p: &Profile| {
                 p.copies
@@ -291,7 +292,8 @@ impl CaseReport {
             }
         };
         let syncs = both(&|p| p.syncs as f64);
-        let pageable_copies = both(&|p| p.copies.len() as f64);
+        let pageable_copies = both(&|p| p.copies.iter().filter(|c| !c.pinned).count() as f64);
+        let copies = both(&|p| p.copies.len() as f64);
         let launches: f64 = rows.iter().map(|r| r.launches).sum();
         let step = gpu.step(&StepParts {
             kernels: launches,
@@ -329,6 +331,7 @@ impl CaseReport {
             step,
             launches,
             syncs,
+            copies,
             pageable_copies,
             copy_bytes: (
                 both(&direction("host_to_device")),
@@ -396,13 +399,14 @@ impl CaseReport {
             );
         }
         println!(
-            "step: {:.0} us predicted = max(GPU {:.0} us, host enqueue {:.0} us) + {:.0} copies ({:.3} MB up, {:.3} MB down, pageable) + {:.0} sync(s)",
+            "step: {:.0} us predicted = max(GPU {:.0} us, host enqueue {:.0} us) + {:.0} copies ({:.3} MB up, {:.3} MB down, {:.0} pageable) + {:.0} sync(s)",
             us(self.step.seconds),
             us(self.step.gpu),
             us(self.step.host),
-            self.pageable_copies,
+            self.copies,
             mb(self.copy_bytes.0),
             mb(self.copy_bytes.1),
+            self.pageable_copies,
             self.syncs
         );
         println!(
@@ -437,6 +441,7 @@ impl CaseReport {
             "launches_per_step": self.launches.round() as u64,
             "graph_launches_per_step": 0,
             "syncs_per_step": self.syncs.round() as u64,
+            "copies_per_step": self.copies.round() as u64,
             "pageable_copies_per_step": self.pageable_copies.round() as u64,
             "kv_read_redundancy": round(self.kv_read_redundancy, 3),
             "mean_access_bytes": mean,

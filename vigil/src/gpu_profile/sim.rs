@@ -63,11 +63,13 @@ pub(crate) struct Gemm {
     pub bytes: u64,
 }
 
-/// One copy between host and device (every host buffer is pageable on the simulator).
+/// One copy between host and device.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Copy {
     pub kind: String,
     pub bytes: u64,
+    /// Whether its host side is page-locked.
+    pub pinned: bool,
 }
 
 /// What the device was asked to do between two takes.
