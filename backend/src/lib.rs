@@ -40,6 +40,7 @@ pub mod kernel_check {
     pub use crate::cuda::gpu::Gpu;
     pub use crate::cuda::kernels::*;
     pub use crate::cuda::launch::{addr, Kernels};
+    pub use crate::cuda::ptxas;
     pub use crate::cuda::rope;
     pub use crate::cuda::step_plan::StepPlan;
     pub use crate::cuda::weights::DEVICE_DECODED;

@@ -43,6 +43,10 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         .current_dir(&root)
         .env("LD_LIBRARY_PATH", std::env::join_paths(paths)?)
         .env("VIGIL_SIM_PROFILE", "1")
+        .env(
+            "VIGIL_PTXAS",
+            root.join("target/nvrtc").join(crate::fetch_nvrtc::PTXAS),
+        )
         .env("CUDA_SIM_MEMORY_MIB", SIM_MEMORY_MIB)
         .stderr(Stdio::inherit())
         .output()

@@ -368,43 +368,6 @@ mod tests {
         }
     }
 
-    /// What ptxas reports for one entry point.
-    #[derive(Debug, Default)]
-    struct Resources {
-        registers: u32,
-        shared: u32,
-        spill_stores: u32,
-    }
-
-    /// Parses `ptxas -v`: per entry, "Function properties for NAME" then "N bytes spill
-    /// stores", and "Compiling entry function 'NAME'" then "Used N registers, ... M bytes smem".
-    fn parse_ptxas(report: &str) -> std::collections::HashMap<String, Resources> {
-        let mut out: std::collections::HashMap<String, Resources> = Default::default();
-        let mut current = String::new();
-        let number_before = |line: &str, unit: &str| -> Option<u32> {
-            let at = line.find(unit)?;
-            line[..at].split_whitespace().last()?.parse().ok()
-        };
-        for line in report.lines() {
-            if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-                current = rest.split('\'').next().unwrap_or_default().to_owned();
-            } else if let Some(rest) = line.split("Function properties for ").nth(1) {
-                current = rest.trim().to_owned();
-            }
-            let r = out.entry(current.clone()).or_default();
-            if let Some(n) = number_before(line, " registers") {
-                r.registers = n;
-            }
-            if let Some(n) = number_before(line, " bytes smem") {
-                r.shared = n;
-            }
-            if let Some(n) = number_before(line, " bytes spill stores") {
-                r.spill_stores = n;
-            }
-        }
-        out
-    }
-
     /// ptxas (CI fetches it from PyPI's nvidia-cuda-nvcc-cu12) assembles every kernel for Ampere
     /// and Hopper, as the driver will, and each fits the launch the backend makes: registers ×
     /// threads per block within the 64K-register file, static shared memory within 48 KiB, and
@@ -412,30 +375,19 @@ mod tests {
     #[test]
     fn every_kernel_fits_its_launch_in_registers_and_shared_memory() {
         assert!(nvrtc_available(), "run the tests with `cargo xtask test`");
-        let ptxas = std::env::var_os("VIGIL_PTXAS").expect(
+        let ptxas = crate::cuda::ptxas::ptxas().expect(
             "VIGIL_PTXAS names no ptxas: run the tests with `cargo xtask test`, which fetches it \
              (PyPI nvidia-cuda-nvcc-cu12)",
         );
-        let dir = tempfile::tempdir().unwrap();
         for arch in ["sm_80", "sm_90"] {
+            let resources = crate::cuda::ptxas::resources(&ptxas, arch).unwrap();
             for file in FILES {
-                let ptx = compile(file, arch).unwrap().to_src();
-                let path = dir.path().join(format!("{}-{arch}.ptx", file.name));
-                std::fs::write(&path, ptx).unwrap();
-                let out = std::process::Command::new(&ptxas)
-                    .args([&format!("-arch={arch}"), "-v", "-o", "/dev/null"])
-                    .arg(&path)
-                    .output()
-                    .expect("run ptxas");
-                let report = String::from_utf8_lossy(&out.stderr);
-                assert!(out.status.success(), "ptxas {} {arch}: {report}", file.name);
-                let resources = parse_ptxas(&report);
                 for entry in file.entries {
                     let r = resources
                         .get(entry.name)
-                        .unwrap_or_else(|| panic!("no ptxas report for {}: {report}", entry.name));
+                        .unwrap_or_else(|| panic!("no ptxas report for {}", entry.name));
                     eprintln!("{arch} {}: {r:?} at {} threads", entry.name, entry.threads);
-                    assert!(r.registers > 0, "{}: {report}", entry.name);
+                    assert!(r.registers > 0, "{}: {r:?}", entry.name);
                     assert!(
                         r.registers * entry.threads <= 65536,
                         "{} {arch}: {} registers x {} threads exceed the register file",

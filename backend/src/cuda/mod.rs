@@ -23,6 +23,7 @@ pub(crate) mod kernels;
 pub(crate) mod launch;
 pub(crate) mod memory;
 pub(crate) mod pinned;
+pub mod ptxas;
 pub mod rope;
 pub(crate) mod step_plan;
 pub(crate) mod timing;

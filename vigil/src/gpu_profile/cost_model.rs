@@ -14,8 +14,9 @@
 //! - DRAM = distinct 32-byte sectors x 32 / (HBM peak x the share large streams reach);
 //! - L2 = all bytes loaded and stored / L2 bandwidth (re-reads that hit L2 still cost it);
 //! - latency chain = the most global loads one thread made / the loads a thread keeps in
-//!   flight x DRAM latency, once per wave of CTAs the SMs can hold at once: a kernel with few
-//!   CTAs, or with long dependent loops, cannot reach bandwidth however few bytes it moves.
+//!   flight x DRAM latency, once per wave of CTAs the SMs can hold at once (by threads, and by
+//!   registers and shared memory where ptxas reports them): a kernel with few CTAs, or with
+//!   long dependent loops, cannot reach bandwidth however few bytes it moves.
 //!
 //! Per cuBLAS GEMM: `max(operand bytes / HBM, FLOPs / tensor-core rate, minimum kernel)`.
 //!
@@ -23,6 +24,8 @@
 //! the two (GPU = kernels + a gap between consecutive kernels; host = a launch overhead per
 //! kernel, or one per graph launch), plus what serialises the host and the GPU: each copy
 //! (pageable copies are synchronous) and each synchronisation.
+
+use backend::kernel_check::ptxas::Resources;
 
 use super::sim::{Gemm, Launch};
 
@@ -46,6 +49,11 @@ pub(crate) struct Gpu {
     pub threads_per_sm: u64,
     /// Resident CTAs per SM: 32 (same table).
     pub ctas_per_sm: u64,
+    /// 32-bit registers per SM: 65536 (same table).
+    pub registers_per_sm: u64,
+    /// Shared memory per SM: 228 KB, of which 1 KB is reserved per resident CTA (same table).
+    pub shared_per_sm: u64,
+    pub shared_reserved_per_cta: u64,
     /// Dense bf16 tensor-core FLOP/s: 989 TFLOPS (H100 datasheet, SXM5, without sparsity).
     pub bf16_peak: f64,
     /// The share of it large GEMMs reach: ~797 TFLOPS measured at 8192^2 bf16 on an H100 80GB
@@ -89,6 +97,9 @@ pub(crate) const H100_SXM: Gpu = Gpu {
     sms: 132,
     threads_per_sm: 2048,
     ctas_per_sm: 32,
+    registers_per_sm: 65536,
+    shared_per_sm: 228 * 1024,
+    shared_reserved_per_cta: 1024,
     bf16_peak: 989e12,
     tensor_share: 0.8,
     dram_latency: 600e-9,
@@ -147,20 +158,28 @@ impl Gpu {
         self.hbm_peak * self.hbm_stream_share
     }
 
-    /// The CTAs the SMs hold at once for `threads` threads per CTA (registers and shared
-    /// memory are not counted: an upper bound on residency).
-    pub(crate) fn resident_ctas(&self, threads: u64) -> u64 {
-        self.sms * (self.threads_per_sm / threads.max(1)).clamp(1, self.ctas_per_sm)
+    /// The CTAs of `threads` threads one SM holds at once: as many as its threads allow, and,
+    /// where ptxas's report is at hand, its registers and shared memory (register allocation
+    /// granularity is not modelled).
+    pub(crate) fn resident_per_sm(&self, threads: u64, resources: Option<Resources>) -> u64 {
+        let mut ctas = (self.threads_per_sm / threads.max(1)).min(self.ctas_per_sm);
+        if let Some(r) = resources {
+            let registers = r.registers as u64 * threads;
+            if let Some(fit) = self.registers_per_sm.checked_div(registers) {
+                ctas = ctas.min(fit);
+            }
+            let shared = r.shared as u64 + self.shared_reserved_per_cta;
+            ctas = ctas.min(self.shared_per_sm / shared);
+        }
+        ctas.max(1)
     }
 
-    /// One of our kernels' launches.
-    pub(crate) fn kernel(&self, l: &Launch) -> KernelCost {
+    /// One of our kernels' launches; `resources` its ptxas report, when known.
+    pub(crate) fn kernel(&self, l: &Launch, resources: Option<Resources>) -> KernelCost {
         let dram = (l.global_sectors * 32) as f64 / self.hbm();
         let l2 = (l.global_loads.bytes + l.global_stores.bytes) as f64 / self.l2_bandwidth;
-        let waves = l
-            .ctas()
-            .div_ceil(self.resident_ctas(l.threads_per_cta()))
-            .max(1);
+        let resident = self.sms * self.resident_per_sm(l.threads_per_cta(), resources);
+        let waves = l.ctas().div_ceil(resident).max(1);
         let chain = l.max_thread_global_loads as f64 / self.loads_in_flight_per_thread
             * self.dram_latency
             * waves as f64;
@@ -262,7 +281,7 @@ mod tests {
     fn a_large_stream_is_charged_at_the_share_of_peak_hbm_reaches() {
         // 1 GB of distinct sectors, one load per thread: DRAM-bound at 0.85 x 3.35 TB/s.
         let l = launch(1 << 16, 256, 1_000_000_000 / 32, 1);
-        let cost = H100_SXM.kernel(&l);
+        let cost = H100_SXM.kernel(&l, None);
         assert_eq!(cost.bound, Bound::Dram);
         assert!((cost.seconds - 1e9 / (3.35e12 * 0.85)).abs() < 1e-9);
     }
@@ -271,14 +290,37 @@ mod tests {
     fn a_long_chain_in_few_ctas_is_latency_bound() {
         // 9 CTAs whose threads each make 640 loads: 640 / 4 x 600 ns = 96 us,
         // however few bytes they move.
-        let cost = H100_SXM.kernel(&launch(9, 128, 10_000, 640));
+        let cost = H100_SXM.kernel(&launch(9, 128, 10_000, 640), None);
         assert_eq!(cost.bound, Bound::Latency);
         assert!((cost.seconds - 96e-6).abs() < 1e-9);
     }
 
     #[test]
+    fn registers_and_shared_memory_bound_how_many_ctas_an_sm_holds() {
+        // 128 threads: 16 CTAs by threads; at 192 registers, 65536 / (192 x 128) = 2; with
+        // 41 KB of shared memory (+1 KB reserved), 228 KB / 42 KB = 5.
+        let r = |registers, shared| {
+            Some(Resources {
+                registers,
+                shared,
+                spill_stores: 0,
+            })
+        };
+        assert_eq!(H100_SXM.resident_per_sm(128, None), 16);
+        assert_eq!(H100_SXM.resident_per_sm(128, r(192, 41 * 1024)), 2);
+        assert_eq!(H100_SXM.resident_per_sm(128, r(32, 41 * 1024)), 5);
+        // 600 CTAs of 128 threads at 2 an SM: 3 waves of 264, so the chain counts 3 times.
+        let l = launch(600, 128, 1, 640);
+        let one = H100_SXM.kernel(&l, None).seconds;
+        assert!((H100_SXM.kernel(&l, r(192, 0)).seconds - 3.0 * one).abs() < 1e-12);
+    }
+
+    #[test]
     fn a_tiny_kernel_costs_the_minimum_and_a_large_gemm_the_tensor_cores() {
-        assert_eq!(H100_SXM.kernel(&launch(1, 32, 1, 1)).bound, Bound::Minimum);
+        assert_eq!(
+            H100_SXM.kernel(&launch(1, 32, 1, 1), None).bound,
+            Bound::Minimum
+        );
         let (m, n, k) = (8192u64, 8192u64, 8192u64);
         let gemm = Gemm {
             m,

@@ -51,6 +51,7 @@ pub(crate) fn run(args: &GpuProfileArgs) -> anyhow::Result<()> {
     let gpu = H100_SXM;
     println!("All times below are PREDICTED for an {}, from the simulated GPU's counts; none is measured.", gpu.name);
     println!("{}", CAVEATS);
+    let occupancy = occupancy();
     let mut json = Vec::new();
     for kind in [ModelKind::Default, ModelKind::Llama8b] {
         let these: Vec<Case> = selected
@@ -73,7 +74,7 @@ pub(crate) fn run(args: &GpuProfileArgs) -> anyhow::Result<()> {
         let weights = stored_weight_bytes(&model, layers)?;
         let measured = cases::measure(&profiler, &path, &these, args.raw.as_deref())?;
         for (case, m) in these.iter().zip(&measured) {
-            let report = CaseReport::new(&gpu, case, m, &model.config, layers, weights);
+            let report = CaseReport::new(&gpu, case, m, &model.config, layers, weights, &occupancy);
             report.print(&path);
             json.push(report.json(&path));
         }
@@ -87,6 +88,29 @@ clock boost and power limits (nominal constants), instructions issued (not count
 (GEMMs at bandwidth or tensor-core rate), host work between steps (sampling full rows on the host is not counted). \
 Per-layer counts are measured on 1 and 2 layers and scaled to the model's depth.";
 
+/// Each kernel's registers and shared memory on sm_90, from ptxas where `VIGIL_PTXAS` names it
+/// (`cargo xtask gpu-profile` does); without it, occupancy counts threads alone, and the
+/// output says so.
+type Occupancy = std::collections::HashMap<String, backend::kernel_check::ptxas::Resources>;
+
+fn occupancy() -> Occupancy {
+    use backend::kernel_check::ptxas;
+    match ptxas::ptxas().map(|p| ptxas::resources(&p, "sm_90")) {
+        Some(Ok(resources)) => {
+            println!("Occupancy from ptxas's registers and shared memory per kernel (sm_90).");
+            resources
+        }
+        Some(Err(e)) => {
+            println!("Occupancy from threads alone: ptxas failed ({e}).");
+            Occupancy::new()
+        }
+        None => {
+            println!("Occupancy from threads alone: VIGIL_PTXAS names no ptxas.");
+            Occupancy::new()
+        }
+    }
+}
+
 /// One kernel's (or one GEMM shape's) share of a step, scaled to the model's depth.
 #[derive(Debug, Clone, Default)]
 struct Row {
@@ -99,6 +123,8 @@ struct Row {
     sectors: f64,
     seconds: f64,
     ctas: (u64, u64),
+    /// CTAs one SM holds at once.
+    ctas_per_sm: u64,
     /// What bounds its slowest launch.
     bound: Option<Bound>,
     bound_seconds: f64,
@@ -131,7 +157,7 @@ impl Row {
 }
 
 /// Rows of one profile, in order of first launch.
-fn rows(gpu: &Gpu, profile: &Profile, config: &LlamaConfig) -> Vec<Row> {
+fn rows(gpu: &Gpu, profile: &Profile, config: &LlamaConfig, occupancy: &Occupancy) -> Vec<Row> {
     let mut rows: Vec<Row> = Vec::new();
     let mut row = |name: String, gemm: bool| -> usize {
         match rows.iter().position(|r| r.name == name) {
@@ -160,8 +186,10 @@ fn rows(gpu: &Gpu, profile: &Profile, config: &LlamaConfig) -> Vec<Row> {
     let mut at = indices.into_iter();
     for l in &profile.launches {
         let r = &mut rows[at.next().expect("an index per launch")];
-        let cost = gpu.kernel(l);
+        let resources = occupancy.get(&l.kernel).copied();
+        let cost = gpu.kernel(l, resources);
         r.add(cost.seconds, cost.bound);
+        r.ctas_per_sm = gpu.resident_per_sm(l.threads_per_cta(), resources);
         r.loaded += l.global_loads.bytes as f64;
         r.stored += l.global_stores.bytes as f64;
         r.accesses += (l.global_loads.count() + l.global_stores.count()) as f64;
@@ -262,9 +290,10 @@ impl CaseReport {
         config: &LlamaConfig,
         layers: usize,
         weight_bytes: f64,
+        occupancy: &Occupancy,
     ) -> CaseReport {
-        let one = rows(gpu, &m.one_layer, config);
-        let two = rows(gpu, &m.two_layers, config);
+        let one = rows(gpu, &m.one_layer, config, occupancy);
+        let two = rows(gpu, &m.two_layers, config, occupancy);
         let rows: Vec<Row> = two
             .iter()
             .map(|t| {
@@ -360,13 +389,14 @@ impl CaseReport {
             H100_SXM.name
         );
         println!(
-            "{:<22} {:>8} {:>11} {:>10} {:>7} {:>13} {:>8} {:>12} {:>6}",
+            "{:<22} {:>8} {:>11} {:>10} {:>7} {:>13} {:>7} {:>8} {:>12} {:>6}",
             "kernel",
             "launches",
             "loaded MB",
             "stored MB",
             "mean B",
             "CTAs/132 SMs",
+            "per SM",
             "bound",
             "predicted us",
             "share"
@@ -385,14 +415,20 @@ impl CaseReport {
             } else {
                 format!("{}-{}", r.ctas.0, r.ctas.1)
             };
+            let per_sm = if r.gemm {
+                "-".to_owned()
+            } else {
+                r.ctas_per_sm.to_string()
+            };
             println!(
-                "{:<22} {:>8.0} {:>11.2} {:>10.2} {:>7} {:>13} {:>8} {:>12.1} {:>5.1}%",
+                "{:<22} {:>8.0} {:>11.2} {:>10.2} {:>7} {:>13} {:>7} {:>8} {:>12.1} {:>5.1}%",
                 r.name,
                 r.launches,
                 mb(r.loaded),
                 mb(r.stored),
                 mean,
                 ctas,
+                per_sm,
                 r.bound.map_or("-", Bound::as_str),
                 us(r.seconds),
                 100.0 * r.seconds / kernels.max(f64::MIN_POSITIVE)
