@@ -18,8 +18,10 @@ use super::launch::{addr, Kernels};
 use crate::shape::LayerShape;
 
 /// Query heads one CTA serves at most (`MAX_GROUP` in attention.cu); larger GQA groups take
-/// several CTAs.
-pub const MAX_GROUP: usize = 8;
+/// several CTAs, each reading the group's K/V. 4 covers Llama 3, Mistral, Qwen3, Gemma 3 and
+/// SmolLM2 in one CTA; at 8 (Qwen2.5-7B's 7 in one) the per-head registers cost half the CTAs
+/// an SM holds (ptxas, sm_90: 192 registers, 2 CTAs per SM; at 4: 118, 4 per SM).
+pub const MAX_GROUP: usize = 4;
 /// Fewest keys a split takes: below this a split's fixed costs outweigh what it adds.
 pub const MIN_PARTITION: usize = 128;
 /// A split step aims at this many CTAs per SM.

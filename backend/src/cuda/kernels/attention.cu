@@ -14,7 +14,7 @@
 // its softmax's (max, sum) to `part_acc` / `part_ml`, which `paged_attention_merge` combines;
 // with `splits` == 1 it writes `out` itself.
 #define ATT_THREADS 128
-#define MAX_GROUP 8
+#define MAX_GROUP 4
 #define MAX_HEAD_DIM 256
 #define TABLE_CHUNK 64
 
