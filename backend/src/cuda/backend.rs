@@ -13,8 +13,8 @@ use super::error::CudaError;
 use super::gemm::{Matrix, Output};
 use super::gpu::{DeviceInfo, Gpu};
 use super::kernels::{
-    ArgmaxRows, Bf16, DevPtr, EmbeddingGather, Grid, HeadDim, Heads, KvCacheWrite, KvHeads,
-    RmsNorm, Rope, SiluAndMul,
+    ArgmaxRows, Bf16, DevPtr, EmbeddingGather, Grid, HeadDim, Heads, KvHeads, RmsNorm, RopeKvWrite,
+    SiluAndMul,
 };
 use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
@@ -361,32 +361,23 @@ impl llama::LlamaStep for CudaStep<'_> {
         }
         let qkv = |offset: usize| addr(&work.qkv, s, offset);
         self.linear(self.buf(&work.normed), &layer.qkv, qkv_width, h, qkv(0))?;
+        let cache = &b.cache[l];
         k.run(
             s,
             self.per_token(),
-            Rope {
+            RopeKvWrite {
                 q: qkv(0),
                 k: qkv(q_width),
+                v: qkv(q_width + kv_width),
+                k_cache: self.buf(&cache.k),
+                v_cache: self.buf(&cache.v),
                 positions: self.meta(plan.positions()),
+                slots: self.meta_int(plan.slots()),
                 cos_table: self.buf(&b.rope_cos),
                 sin_table: self.buf(&b.rope_sin),
                 n_heads: Heads::of(shape),
                 n_kv_heads: KvHeads::of(shape),
                 head_dim: HeadDim::of(shape),
-                stride: qkv_width as i32,
-            },
-        )?;
-        let cache = &b.cache[l];
-        k.run(
-            s,
-            self.per_token(),
-            KvCacheWrite {
-                k: qkv(q_width),
-                v: qkv(q_width + kv_width),
-                k_cache: self.buf(&cache.k),
-                v_cache: self.buf(&cache.v),
-                slots: self.meta_int(plan.slots()),
-                kv_width: kv_width as i32,
                 stride: qkv_width as i32,
             },
         )?;

@@ -237,24 +237,19 @@ kernel_table! {
         add_inplace(AddInplace { x: DevPtr<Bf16>, y: DevPtr<Bf16>, n: u64 }) threads 256;
     ]
     "rope.cu" => [
-        /// Rotary embedding of q and k in place, one block per token.
-        rope(Rope {
-            q: DevPtr<Bf16>, k: DevPtr<Bf16>, positions: DevPtr<u32>, cos_table: DevPtr<f32>,
-            sin_table: DevPtr<f32>, n_heads: Heads, n_kv_heads: KvHeads, head_dim: HeadDim,
-            stride: i32,
+        /// Rotary embedding of q in place and of k into the KV cache at its slot, with v beside
+        /// it (a negative slot skips the cache), one block per token.
+        rope_kv_write(RopeKvWrite {
+            q: DevPtr<Bf16>, k: DevPtr<Bf16>, v: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
+            v_cache: DevPtr<Bf16>, positions: DevPtr<u32>, slots: DevPtr<i32>,
+            cos_table: DevPtr<f32>, sin_table: DevPtr<f32>, n_heads: Heads, n_kv_heads: KvHeads,
+            head_dim: HeadDim, stride: i32,
         }) threads 128;
     ]
     "activation.cu" => [
         /// SwiGLU, one thread per output element.
         silu_and_mul(SiluAndMul {
             gate_up: DevPtr<Bf16>, out: DevPtr<Bf16>, inter: i32, tokens: u64,
-        }) threads 256;
-    ]
-    "kv_cache.cu" => [
-        /// Each token's K and V into its cache slot (negative: skipped), one block per token.
-        kv_cache_write(KvCacheWrite {
-            k: DevPtr<Bf16>, v: DevPtr<Bf16>, k_cache: DevPtr<Bf16>, v_cache: DevPtr<Bf16>,
-            slots: DevPtr<i32>, kv_width: i32, stride: i32,
         }) threads 256;
     ]
     "attention.cu" => [

@@ -94,19 +94,32 @@ pub(crate) fn run(model: &Model, simulated: bool, report: &mut Report) -> anyhow
             prediction.as_ref(),
             simulated,
         );
-        let complete = prediction.as_ref().is_some_and(|p| {
-            p["predicted_kernel_us"]
-                .as_object()
-                .is_some_and(|k| k.keys().all(|name| measured.contains_key(name)))
-        });
+        // The prediction is of this binary's kernels only if it was regenerated with them.
+        let predicted: Vec<String> = prediction
+            .as_ref()
+            .and_then(|p| p["predicted_kernel_us"].as_object())
+            .map(|k| k.keys().cloned().collect())
+            .unwrap_or_default();
+        let unpredicted: Vec<&String> =
+            measured.keys().filter(|k| !predicted.contains(k)).collect();
+        let unmeasured: Vec<&String> = predicted
+            .iter()
+            .filter(|k| !measured.contains_key(*k))
+            .collect();
         report.check(
             format!("{name}: every kernel timed beside its prediction"),
-            complete,
-            match &prediction {
-                Some(_) => format!("{} kernels", measured.len()),
-                None => format!(
+            prediction.is_some() && unpredicted.is_empty() && unmeasured.is_empty(),
+            if prediction.is_none() {
+                format!(
                     "no prediction for {name} on {file} in docs/gpu-profile.json (cargo xtask gpu-profile)"
-                ),
+                )
+            } else if unpredicted.is_empty() && unmeasured.is_empty() {
+                format!("{} kernels", measured.len())
+            } else {
+                format!(
+                    "docs/gpu-profile.json is stale (regenerate it: cargo xtask gpu-profile): \
+                     not predicted {unpredicted:?}, not launched {unmeasured:?}"
+                )
             },
         );
     }

@@ -1,23 +1,43 @@
-// Rotary position embedding in the HF layout (rotate_half: element j pairs with j + head_dim/2),
-// applied in place to q [tokens, n_heads, head_dim] and k [tokens, n_kv_heads, head_dim], whose
-// rows are `stride` elements apart (both live in the fused QKV projection's output).
+// Rotary position embedding in the HF layout (rotate_half: element j pairs with j + head_dim/2)
+// fused with the paged KV cache's write. q [tokens, n_heads, head_dim] is rotated in place; k
+// [tokens, n_kv_heads, head_dim] is rotated on its way into the cache and v copied beside it,
+// at the token's slot (block * block_size + offset) of k_cache / v_cache ([num_blocks,
+// block_size, n_kv_heads * head_dim]); a negative slot skips the cache (q is still rotated).
+// q, k and v rows are `stride` elements apart (they live in the fused QKV projection's output).
 // cos/sin tables [max_positions, head_dim/2] are computed on the host, where Llama-3 and linear
 // rope scaling are applied to the frequencies. One block per token.
-extern "C" __global__ void rope(bf16* q, bf16* k, const unsigned int* positions,
-                                const float* cos_table, const float* sin_table, int n_heads,
-                                int n_kv_heads, int head_dim, int stride) {
+extern "C" __global__ void rope_kv_write(bf16* q, const bf16* k, const bf16* v, bf16* k_cache,
+                                         bf16* v_cache, const unsigned int* positions,
+                                         const int* slots, const float* cos_table,
+                                         const float* sin_table, int n_heads, int n_kv_heads,
+                                         int head_dim, int stride) {
     int t = blockIdx.x;
     int half = head_dim / 2;
     unsigned int pos = positions[t];
-    int total = (n_heads + n_kv_heads) * half;
-    for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    int slot = slots[t];
+    int heads = slot < 0 ? n_heads : n_heads + n_kv_heads;
+    size_t kv_width = (size_t)n_kv_heads * head_dim;
+    for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
         int h = i / half, j = i % half;
-        bf16* v = h < n_heads ? q + (size_t)t * stride + (size_t)h * head_dim
-                              : k + (size_t)t * stride + (size_t)(h - n_heads) * head_dim;
         float c = cos_table[(size_t)pos * half + j];
         float s = sin_table[(size_t)pos * half + j];
-        float x1 = bf16_to_f32(v[j]), x2 = bf16_to_f32(v[j + half]);
-        v[j] = f32_to_bf16(x1 * c - x2 * s);
-        v[j + half] = f32_to_bf16(x2 * c + x1 * s);
+        if (h < n_heads) {
+            bf16* row = q + (size_t)t * stride + (size_t)h * head_dim;
+            float x1 = bf16_to_f32(row[j]), x2 = bf16_to_f32(row[j + half]);
+            row[j] = f32_to_bf16(x1 * c - x2 * s);
+            row[j + half] = f32_to_bf16(x2 * c + x1 * s);
+        } else {
+            size_t head = (size_t)(h - n_heads) * head_dim;
+            const bf16* row = k + (size_t)t * stride + head;
+            bf16* out = k_cache + (size_t)slot * kv_width + head;
+            float x1 = bf16_to_f32(row[j]), x2 = bf16_to_f32(row[j + half]);
+            out[j] = f32_to_bf16(x1 * c - x2 * s);
+            out[j + half] = f32_to_bf16(x2 * c + x1 * s);
+        }
     }
+    if (slot < 0) return;
+    // V as it is, 8 elements (16 bytes) at a time: head sizes are multiples of 8.
+    const uint4* from = (const uint4*)(v + (size_t)t * stride);
+    uint4* to = (uint4*)(v_cache + (size_t)slot * kv_width);
+    for (int i = threadIdx.x; i < (int)(kv_width / 8); i += blockDim.x) to[i] = __ldg(from + i);
 }
