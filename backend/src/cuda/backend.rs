@@ -435,19 +435,25 @@ impl llama::LlamaStep for CudaStep<'_> {
         self.norm(delta, residual, &b.weights.norm)?;
         let rows = plan.logit_rows();
         if rows > 0 {
-            // The rows that get logits, full ones first (embedding_gather gathers any rows).
-            k.run(
-                s,
-                Grid::Blocks(rows as u32, 1),
-                EmbeddingGather {
-                    table: self.buf(&work.normed),
-                    ids: self.meta(plan.logit_row_ids()),
-                    out: self.buf(&work.selected),
-                    hidden: h as i32,
-                },
-            )?;
+            // The rows that get logits, full ones first (embedding_gather gathers any rows),
+            // unless they are already every row in order.
+            let input = if plan.logits_in_place {
+                self.buf(&work.normed)
+            } else {
+                k.run(
+                    s,
+                    Grid::Blocks(rows as u32, 1),
+                    EmbeddingGather {
+                        table: self.buf(&work.normed),
+                        ids: self.meta(plan.logit_row_ids()),
+                        out: self.buf(&work.selected),
+                        hidden: h as i32,
+                    },
+                )?;
+                self.buf(&work.selected)
+            };
             b.gpu.gemm.linear(
-                self.buf(&work.selected),
+                input,
                 rows,
                 Matrix {
                     addr: self.buf(b.weights.lm_head()),

@@ -29,6 +29,10 @@ pub struct StepPlan {
     pub full_rows: usize,
     /// Rows reduced on the device to a token and its log-probability (they come last).
     pub greedy_rows: usize,
+    /// Whether the rows that get logits are every token's, in order (every decode step whose
+    /// requests all sample, or all decode greedily): the LM head then reads the hidden state
+    /// as it is, without gathering the rows.
+    pub logits_in_place: bool,
     /// `ids[tokens] | positions[tokens] | token_seq[tokens] | slots[tokens] |
     /// block_tables[seqs * max_blocks] | logit_rows[full_rows + greedy_rows]`.
     pub packed: Vec<u32>,
@@ -68,6 +72,12 @@ impl StepPlan {
             }
         }
         let (full_rows, greedy_rows) = (full.len(), greedy.len());
+        let logits_in_place = full_rows + greedy_rows == tokens
+            && full
+                .iter()
+                .chain(&greedy)
+                .enumerate()
+                .all(|(i, &r)| r as usize == i);
         let mut packed = ids;
         for part in [positions, token_seq, slots, tables, full, greedy] {
             packed.extend(part);
@@ -83,6 +93,7 @@ impl StepPlan {
                 .unwrap_or(0),
             full_rows,
             greedy_rows,
+            logits_in_place,
             packed,
         }
     }
@@ -163,6 +174,32 @@ mod tests {
         // Full rows (sequence 2's three) first, then the greedy row (sequence 0's).
         assert_eq!(part(plan.logit_row_ids()), [3, 4, 5, 0]);
         assert_eq!(plan.logit_row_ids().end, plan.packed.len());
+        assert!(!plan.logits_in_place);
+    }
+
+    /// A decode step whose sequences all want the same kind of logits asks for every token's
+    /// row in order; one that mixes greedy and sampled rows puts the sampled ones first.
+    #[test]
+    fn decode_rows_of_one_kind_are_the_hidden_state_in_order() {
+        let decode = |kinds: &[LogitsFor]| {
+            let tables: Vec<[u32; 1]> = (0..kinds.len() as u32).map(|i| [i]).collect();
+            let batch: Vec<SeqInput> = kinds
+                .iter()
+                .zip(&tables)
+                .map(|(&logits_for, table)| SeqInput {
+                    tokens: &[7],
+                    start_pos: 3,
+                    block_table: table,
+                    logits_for,
+                })
+                .collect();
+            StepPlan::new(&batch, 4).logits_in_place
+        };
+        assert!(decode(&[LogitsFor::Greedy; 3]));
+        assert!(decode(&[LogitsFor::Last; 3]));
+        assert!(!decode(&[LogitsFor::Greedy, LogitsFor::Last]));
+        assert!(decode(&[LogitsFor::Last, LogitsFor::Greedy]));
+        assert!(!decode(&[LogitsFor::Greedy, LogitsFor::None]));
     }
 
     #[test]
