@@ -9,12 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use backend::{CudaBackend, CudaOptions};
 use model::Model;
 use serde_json::Value;
 
 use super::report::Report;
-use crate::gpu_profile::cases::{self, Case, ModelKind, BLOCK_SIZE};
+use crate::gpu_profile::cases::{self, Case, ModelKind};
 use crate::gpu_profile::gemm_name;
 
 /// The simulator's predictions, as `cargo xtask gpu-profile` last wrote them.
@@ -48,17 +47,7 @@ pub(crate) fn run(model: &Model, simulated: bool, report: &mut Report) -> anyhow
                     .find(|c| c["name"] == name.as_str() && c["model"] == file.as_ref())
             })
             .cloned();
-        let mut gpu = CudaBackend::new(
-            model,
-            &CudaOptions {
-                ordinal: 0,
-                block_size: BLOCK_SIZE,
-                gpu_memory_utilization: 0.9,
-                num_blocks_override: Some(batch * case.blocks_per_seq()),
-                max_num_batched_tokens: batch,
-                max_num_seqs: batch,
-            },
-        )?;
+        let mut gpu = cases::decode_backend(model, batch * case.blocks_per_seq(), batch)?;
         let vocab = model.config.vocab_size;
         for _ in 0..steps.min(3) {
             cases::step(&mut gpu, &case, vocab)?;

@@ -119,17 +119,7 @@ pub(crate) fn measure(
             .unwrap_or(1);
         // Loading runs the fast kernels; only the steps are profiled.
         profiler.enable(false);
-        let mut gpu = CudaBackend::new(
-            &model,
-            &CudaOptions {
-                ordinal: 0,
-                block_size: BLOCK_SIZE,
-                gpu_memory_utilization: 0.9,
-                num_blocks_override: Some(blocks),
-                max_num_batched_tokens: max_batch,
-                max_num_seqs: max_batch,
-            },
-        )?;
+        let mut gpu = decode_backend(&model, blocks, max_batch)?;
         let vocab = model.config.vocab_size;
         // A first step may do what later ones do not (the driver's lazy work).
         let warm_up = Case {
@@ -169,6 +159,25 @@ pub(crate) fn measure(
             }
         })
         .collect())
+}
+
+/// A backend on device 0 for decode steps of up to `batch` sequences over `blocks` KV blocks.
+pub(crate) fn decode_backend(
+    model: &Model,
+    blocks: usize,
+    batch: usize,
+) -> anyhow::Result<CudaBackend> {
+    Ok(CudaBackend::new(
+        model,
+        &CudaOptions {
+            ordinal: 0,
+            block_size: BLOCK_SIZE,
+            gpu_memory_utilization: 0.9,
+            num_blocks_override: Some(blocks),
+            max_num_batched_tokens: batch,
+            max_num_seqs: batch,
+        },
+    )?)
 }
 
 /// One decode step of `case`: sequence `s` holds blocks `s * n .. (s + 1) * n` (a cache of
