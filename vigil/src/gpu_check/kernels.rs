@@ -273,15 +273,26 @@ fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     Ok((max_error(&dev.read_bf16(&out)?, &want), BF16_TOL))
 }
 
-/// Two steps over scattered blocks, at three attention shapes (the default model's 9/3 heads of
-/// 64, a Llama-8B-like 32/8 of 128, and 20/2 of 80: a GQA group of 10, more than one CTA
-/// serves, and a head size whose 16-byte lanes are not a power of two): a first step caches
-/// history for two sequences, the second mixes a whole prefill, a decode token after 70 cached
-/// positions and a prefill chunk starting at 20. The second step's attention output is
-/// compared, computed whole and split across CTAs.
+/// Two steps over scattered blocks, at four attention shapes and three block sizes: the
+/// default model's 9/3 heads of 64 in blocks of 16, a Llama-8B-like 32/8 of 128 in blocks of
+/// 32, 20/2 of 80 (a GQA group of 10, more than one CTA serves, and a head size whose 16-byte
+/// lanes are not a power of two) and 8/2 of 256 in blocks of 64; and the first in blocks of 8
+/// with 600 cached positions, more than the kernel stages of a block table at once (64 blocks,
+/// 512 positions). A first
+/// step caches history for two sequences, the second mixes a whole prefill, a decode token
+/// after the cached positions and a prefill chunk starting at 20. The second step's attention
+/// output is compared, computed whole and split across CTAs.
 fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let mut worst = 0f32;
-    for (nh, nkv, hd) in [(9, 3, 64), (32, 8, 128), (20, 2, 80)] {
+    // (heads, KV heads, head size, block size, the decoding sequence's cached positions).
+    let shapes: [(usize, usize, usize, usize, usize); 5] = [
+        (9, 3, 64, 16, 70),
+        (32, 8, 128, 32, 70),
+        (20, 2, 80, 16, 70),
+        (8, 2, 256, 64, 70),
+        (9, 3, 64, 8, 600),
+    ];
+    for (nh, nkv, hd, block_size, cached) in shapes {
         let shape = LayerShape {
             hidden: nh * hd,
             n_heads: nh,
@@ -291,32 +302,33 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             vocab: 0,
         };
         let g = Geometry {
-            block_size: 16,
+            block_size,
             n_heads: nh,
             n_kv_heads: nkv,
             head_dim: hd,
         };
-        let num_blocks = 24;
+        let per_seq = (cached + 1).div_ceil(block_size).max(8);
+        let num_blocks = 3 * per_seq;
         let mut blocks: Vec<u32> = (0..num_blocks as u32).collect();
         for i in (1..blocks.len()).rev() {
             blocks.swap(i, rng.random_range(0..=i));
         }
-        let tables: Vec<Vec<u32>> = blocks.chunks(8).map(|c| c.to_vec()).collect();
+        let tables: Vec<Vec<u32>> = blocks.chunks(per_seq).map(|c| c.to_vec()).collect();
         let width = (nh + 2 * nkv) * hd;
         let kv_len = num_blocks * g.block_size * nkv * hd;
         let (mut k_host, mut v_host) = (vec![0f32; kv_len], vec![0f32; kv_len]);
         let (d_k, d_v) = (dev.zeros::<u16>(kv_len)?, dev.zeros::<u16>(kv_len)?);
-        let history: [(usize, usize, usize); 2] = [(1, 0, 70), (2, 0, 20)];
-        let step: [(usize, usize, usize); 3] = [(0, 0, 40), (1, 70, 1), (2, 20, 17)];
+        let history: [(usize, usize, usize); 2] = [(1, 0, cached), (2, 0, 20)];
+        let step: [(usize, usize, usize); 3] = [(0, 0, 40), (1, cached, 1), (2, 20, 17)];
         let mut out = Vec::new();
         // Angle 0 at every position the steps reach.
-        let positions = 128;
+        let positions = cached + 1;
         let d_cos = dev.upload(&vec![1f32; positions * hd / 2])?;
         let d_sin = dev.upload(&vec![0f32; positions * hd / 2])?;
-        // Room for the largest step split three ways: the history's 90 tokens, up to 8 CTAs a
+        // Room for the largest step split three ways: the history's tokens, up to 8 CTAs a
         // token.
-        let scratch =
-            SplitScratch::with_ctas(&dev.gpu.stream, &shape, dev.gpu.info.sms, 90 * 3 * 8)?;
+        let ctas = (cached + 20) * 3 * 8;
+        let scratch = SplitScratch::with_ctas(&dev.gpu.stream, &shape, dev.gpu.info.sms, ctas)?;
         for (i, spans) in [&history[..], &step[..]].into_iter().enumerate() {
             let tokens: Vec<Vec<u32>> = spans.iter().map(|s| vec![0; s.2]).collect();
             let batch: Vec<SeqInput> = spans
@@ -383,8 +395,9 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
                 tokens: t,
                 block_size: g.block_size,
             };
-            // Whole, and split three ways (partitions of 24 keys at the longest context,
-            // 71: one split of the 20-key prefix has no key, and the merge skips it).
+            // Whole, and split three ways (at 70 cached positions, partitions of 24 keys at the
+            // longest context, 71: one split of the 20-key prefix has no key, and the merge
+            // skips it).
             for splits in [1, 3] {
                 let split = Split::fixed(plan.max_context, splits);
                 launch_attention(k, s, &shape, &attention, split, &scratch)?;
