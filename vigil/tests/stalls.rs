@@ -78,9 +78,19 @@ fn huge_prompts_do_not_stall_health_or_streams() {
     };
     // A control window first: the same stream with no other client, as long as the machine's
     // own noise needs to show.
+    // `/health` is polled through it as through the window that follows.
     std::thread::sleep(Duration::from_millis(300));
     let control_start = std::time::Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    let poll_health = |worst: &mut Duration| {
+        let t = std::time::Instant::now();
+        assert_eq!(v.get("/health", None).0, 200);
+        *worst = (*worst).max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut worst_health_control = Duration::ZERO;
+    while control_start.elapsed() < Duration::from_secs(3) {
+        poll_health(&mut worst_health_control);
+    }
     let window_start = std::time::Instant::now();
     let clients: Vec<_> = (0..2)
         .map(|_| {
@@ -98,10 +108,7 @@ fn huge_prompts_do_not_stall_health_or_streams() {
         .collect();
     let mut worst_health = Duration::ZERO;
     while clients.iter().any(|c| !c.is_finished()) {
-        let t = std::time::Instant::now();
-        assert_eq!(v.get("/health", None).0, 200);
-        worst_health = worst_health.max(t.elapsed());
-        std::thread::sleep(Duration::from_millis(20));
+        poll_health(&mut worst_health);
     }
     let window_end = std::time::Instant::now();
     for c in clients {
@@ -125,7 +132,8 @@ fn huge_prompts_do_not_stall_health_or_streams() {
     let worst_gap = during.last().copied().unwrap_or_default();
     let worst_delay = worst_gap.saturating_sub(worst_control);
     eprintln!(
-        "window {:?}: /health worst {worst_health:?}; stream: worst gap {worst_control:?} alone \
+        "window {:?}: /health worst {worst_health_control:?} alone, {worst_health:?} with the \
+         clients; stream: worst gap {worst_control:?} alone \
          ({} tokens, median {:?}), {worst_gap:?} with the clients ({} tokens, median {:?})",
         window_end - window_start,
         control.len(),
@@ -134,9 +142,12 @@ fn huge_prompts_do_not_stall_health_or_streams() {
         during.get(during.len() / 2),
     );
     assert!(during.len() > 10, "the stream ran during the window");
+    // As for the stream's tokens: the delay is past the worst of the control window, which
+    // the machine's own noise lengthens alike.
+    let health_delay = worst_health.saturating_sub(worst_health_control);
     assert!(
-        worst_health < Duration::from_millis(100),
-        "{worst_health:?}"
+        health_delay < Duration::from_millis(100),
+        "{worst_health:?} with the clients, {worst_health_control:?} alone"
     );
     assert!(
         worst_delay < Duration::from_millis(100),
