@@ -18,9 +18,10 @@ use super::kernels::{
 };
 use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
+use super::quantized::{self, GEMV_MAX_TOKENS, MAX_TILE_ELEMENTS};
 use super::step_plan::StepPlan;
 use super::timing::StepClock;
-use super::weights::{Bf16Buf, DeviceWeights};
+use super::weights::{Bf16Buf, DeviceMatrix, DeviceWeights, MatrixAt};
 use super::workspace::Workspace;
 use crate::shape::LayerShape;
 use crate::{
@@ -69,6 +70,9 @@ pub struct CudaBackend {
     work: Workspace,
     /// Split attention's partial outputs.
     split_scratch: SplitScratch,
+    /// Where a large step decodes tiles of quantized matrices to bf16 for cuBLAS (empty when
+    /// no matrix is quantized or no step is large).
+    decode_scratch: Bf16Buf,
     clock: StepClock,
     timing: Option<StepTiming>,
     gpu: Gpu,
@@ -118,10 +122,18 @@ impl CudaBackend {
             4 * tokens + rows * max_blocks + rows,
         )?;
         let split_scratch = SplitScratch::new(stream, &shape, gpu.info.sms)?;
+        let decode_elements = if tokens > GEMV_MAX_TOKENS {
+            weights.largest_quantized.min(MAX_TILE_ELEMENTS)
+        } else {
+            0
+        };
+        // SAFETY: each tile is written by `decode_planes_*` before cuBLAS reads it.
+        let decode_scratch = unsafe { stream.alloc::<u16>(decode_elements.max(1)) }?;
         let kv_width = c.num_key_value_heads * c.head_dim;
         let block_bytes = (2 * c.num_hidden_layers * options.block_size * kv_width * 2) as u64;
         let activations = work.bytes()
             + split_scratch.bytes()
+            + decode_scratch.num_bytes() as u64
             + (rope_cos.num_bytes() + rope_sin.num_bytes()) as u64
             + RESERVE_BYTES;
         let kv_plan = match options.num_blocks_override {
@@ -163,6 +175,7 @@ impl CudaBackend {
             rope_sin,
             work,
             split_scratch,
+            decode_scratch,
             timing: None,
             gpu,
         })
@@ -313,20 +326,50 @@ impl CudaStep<'_> {
     fn linear(
         &self,
         x: DevPtr<Bf16>,
-        w: &Bf16Buf,
+        w: &DeviceMatrix,
         out: usize,
         inp: usize,
         y: DevPtr<Bf16>,
     ) -> Result<(), CudaError> {
-        let matrix = Matrix {
-            addr: self.buf(w),
+        self.product(
+            x,
+            self.plan.tokens,
+            w.at(self.stream()),
             out,
             inp,
-        };
-        self.backend
-            .gpu
-            .gemm
-            .linear(x, self.plan.tokens, matrix, Output::Bf16(y))
+            Output::Bf16(y),
+        )
+    }
+
+    /// `y = x W^T` for `tokens` rows of `x`: cuBLAS for bf16 weights, `super::quantized` for
+    /// quantized ones.
+    fn product(
+        &self,
+        x: DevPtr<Bf16>,
+        tokens: usize,
+        w: MatrixAt,
+        out: usize,
+        inp: usize,
+        y: Output,
+    ) -> Result<(), CudaError> {
+        let (b, s) = (self.backend, &self.backend.gpu.stream);
+        match w {
+            MatrixAt::Bf16(addr) => b.gpu.gemm.linear(x, tokens, Matrix { addr, out, inp }, y),
+            MatrixAt::Quantized(planes) => {
+                debug_assert_eq!((planes.rows, planes.inp), (out, inp));
+                quantized::linear(
+                    &b.gpu.kernels,
+                    &b.gpu.gemm,
+                    s,
+                    planes,
+                    x,
+                    tokens,
+                    y,
+                    self.buf(&b.decode_scratch),
+                    b.decode_scratch.len(),
+                )
+            }
+        }
     }
 }
 
@@ -452,14 +495,12 @@ impl llama::LlamaStep for CudaStep<'_> {
                 )?;
                 self.buf(&work.selected)
             };
-            b.gpu.gemm.linear(
+            self.product(
                 input,
                 rows,
-                Matrix {
-                    addr: self.buf(b.weights.lm_head()),
-                    out: vocab,
-                    inp: h,
-                },
+                b.weights.lm_head(s),
+                vocab,
+                h,
                 Output::F32(self.buf(&work.logits)),
             )?;
         }

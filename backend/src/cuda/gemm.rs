@@ -23,6 +23,17 @@ pub enum Output {
     F32(DevPtr<f32>),
 }
 
+impl Output {
+    /// The same output `columns` elements further on: where a tile of a matrix's rows writes
+    /// its columns of a row-major `[t, out]` result.
+    pub fn offset(self, columns: usize) -> Output {
+        match self {
+            Output::Bf16(y) => Output::Bf16(DevPtr::new(y.addr() + 2 * columns as u64)),
+            Output::F32(y) => Output::F32(DevPtr::new(y.addr() + 4 * columns as u64)),
+        }
+    }
+}
+
 /// A weight matrix on the device: `[out, inp]`, row-major, bf16.
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix {
@@ -51,6 +62,19 @@ impl Gemm {
 
     /// `y[t, out] = x[t, inp] · wᵀ`; `x` and `w` are bf16, `y` is bf16 or f32.
     pub fn linear(&self, x: DevPtr<Bf16>, t: usize, w: Matrix, y: Output) -> Result<(), CudaError> {
+        self.linear_into(x, t, w, y, w.out)
+    }
+
+    /// As [`Gemm::linear`], into a `y` whose rows are `y_stride` elements apart (`w`'s
+    /// columns of a wider result).
+    pub fn linear_into(
+        &self,
+        x: DevPtr<Bf16>,
+        t: usize,
+        w: Matrix,
+        y: Output,
+        y_stride: usize,
+    ) -> Result<(), CudaError> {
         let Matrix { addr: w, out, inp } = w;
         let (x, w) = (x.addr(), w.addr());
         let (alpha, beta) = (1.0f32, 0.0f32);
@@ -60,7 +84,7 @@ impl Gemm {
         };
         let label = || format!("cublas:{out}x{t}x{inp}");
         // SAFETY: the addresses are live device buffers of at least out*inp (w), t*inp (x) and
-        // t*out (y) elements, on the handle's stream.
+        // (t - 1) * y_stride + out (y) elements, on the handle's stream.
         self.timer.time(&self.stream, label, || unsafe {
             result::gemm_ex(
                 *self.blas.handle(),
@@ -79,7 +103,7 @@ impl Gemm {
                 &beta as *const f32 as *const _,
                 y as *mut _,
                 c_type,
-                out as i32,
+                y_stride as i32,
                 sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                 sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
             )?;

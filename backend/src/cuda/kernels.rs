@@ -274,6 +274,36 @@ kernel_table! {
             logits: DevPtr<f32>, vocab: i32, ids: DevPtr<u32>, logprobs: DevPtr<f32>,
         }) threads 1024;
     ]
+    "gemv.cu" => [
+        /// `y = x Wᵀ` for up to 8 tokens over Q4_0 planes (`super::quantized`), grid: rows / (128
+        /// / lanes).
+        gemv_q4_0(GemvQ4_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32,
+        }) threads 128;
+        /// As `gemv_q4_0`, over Q4_1 planes.
+        gemv_q4_1(GemvQ4_1 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32,
+        }) threads 128;
+        /// As `gemv_q4_0`, over Q8_0 planes.
+        gemv_q8_0(GemvQ8_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32,
+        }) threads 128;
+        /// Q4_0 planes' blocks `first..first + n_blocks` to bf16, four blocks a thread.
+        decode_planes_q4_0(DecodePlanesQ4_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
+        }) threads 256;
+        /// As `decode_planes_q4_0`, over Q4_1 planes.
+        decode_planes_q4_1(DecodePlanesQ4_1 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
+        }) threads 256;
+        /// As `decode_planes_q4_0`, over Q8_0 planes.
+        decode_planes_q8_0(DecodePlanesQ8_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
+        }) threads 256;
+    ]
     "dequant.cu" => [
         /// GGUF Q8_0 blocks to bf16, one thread per 32-value block.
         dequant_q8_0(DequantQ8_0 { blocks: DevPtr<u8>, out: DevPtr<Bf16>, n_blocks: u64 })

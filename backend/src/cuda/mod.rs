@@ -24,6 +24,7 @@ pub(crate) mod launch;
 pub(crate) mod memory;
 pub(crate) mod pinned;
 pub mod ptxas;
+pub(crate) mod quantized;
 pub mod rope;
 pub(crate) mod step_plan;
 pub(crate) mod timing;

@@ -1,10 +1,12 @@
-//! The model's weights on the device, in bf16, uploaded one tensor at a time.
+//! The model's weights on the device: matrices as the GGUF stores them where it can, the rest bf16.
 //!
-//! The model's weights on the device, in bf16: read from the [`WeightSource`] one tensor at a
-//! time (f32, already dequantized from GGUF blocks and un-permuted by the loader), uploaded, and
-//! converted on the device by the `convert_f32` kernel; or, when the file stores it quantized
-//! (GGUF Q8_0/Q4_0/Q4_1, or f16), uploaded as stored and decoded by the `dequant_*` kernels.
-//! Fused as every backend reads them ([`layer_groups`]).
+//! The model's weights on the device, read from the [`WeightSource`] one group at a time and
+//! fused as every backend reads them ([`layer_groups`]). A layer's matrix (and an untied LM
+//! head) whose tensors the GGUF stores in one of Q4_0, Q4_1 or Q8_0 stays so
+//! ([`QuantMatrix`], multiplied by `super::quantized`). Everything else is bf16: f32 values
+//! (already dequantized and un-permuted by the loader) converted by `convert_f32`, or, when the
+//! file stores them as Q8_0/Q4_0/Q4_1 or f16 (the embedding, a matrix whose tensors mix
+//! encodings), uploaded as stored and decoded by the `dequant_*` kernels.
 
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::error::CudaError;
 use super::kernels::{ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr, Grid};
 use super::launch::{addr, Kernels};
+use super::quantized::{PlaneKind, Planes, QuantMatrix};
 use crate::host_weights::{has_untied_lm_head, layer_groups, Group};
 use model::names;
 use model::GgmlType;
@@ -21,15 +24,44 @@ use model::{LlamaConfig, WeightSource};
 /// bf16 values, carried as their 16 bits.
 pub(crate) type Bf16Buf = CudaSlice<u16>;
 
+/// A weight matrix on the device: bf16, or quantized as the file stores it.
+pub(crate) enum DeviceMatrix {
+    Bf16(Bf16Buf),
+    Quantized(QuantMatrix),
+}
+
+/// A [`DeviceMatrix`]'s addresses, as a product takes them.
+#[derive(Clone, Copy)]
+pub(crate) enum MatrixAt {
+    Bf16(super::kernels::DevPtr<super::kernels::Bf16>),
+    Quantized(Planes),
+}
+
+impl DeviceMatrix {
+    fn bytes(&self) -> u64 {
+        match self {
+            DeviceMatrix::Bf16(b) => 2 * b.len() as u64,
+            DeviceMatrix::Quantized(q) => q.bytes(),
+        }
+    }
+
+    pub(crate) fn at(&self, stream: &CudaStream) -> MatrixAt {
+        match self {
+            DeviceMatrix::Bf16(b) => MatrixAt::Bf16(addr(b, stream, 0)),
+            DeviceMatrix::Quantized(q) => MatrixAt::Quantized(q.planes(stream)),
+        }
+    }
+}
+
 pub(crate) struct LayerWeights {
     pub attn_norm: Bf16Buf,
     /// `[(n_heads + 2 n_kv_heads) head_dim, hidden]`: Q rows, then K, then V.
-    pub qkv: Bf16Buf,
-    pub o: Bf16Buf,
+    pub qkv: DeviceMatrix,
+    pub o: DeviceMatrix,
     pub ffn_norm: Bf16Buf,
     /// `[2 intermediate, hidden]`: gate rows, then up.
-    pub gate_up: Bf16Buf,
-    pub down: Bf16Buf,
+    pub gate_up: DeviceMatrix,
+    pub down: DeviceMatrix,
 }
 
 pub(crate) struct DeviceWeights {
@@ -37,9 +69,12 @@ pub(crate) struct DeviceWeights {
     pub layers: Vec<LayerWeights>,
     pub norm: Bf16Buf,
     /// `None` when tied to the embedding.
-    lm_head: Option<Bf16Buf>,
+    lm_head: Option<DeviceMatrix>,
     /// Device bytes of all of the above.
     pub bytes: u64,
+    /// Values of the largest quantized matrix (0 when none is): what a large step's decoded
+    /// tiles may need.
+    pub largest_quantized: usize,
 }
 
 impl DeviceWeights {
@@ -51,47 +86,80 @@ impl DeviceWeights {
     ) -> Result<DeviceWeights, CudaError> {
         let h = c.hidden_size;
         let mut bytes = 0u64;
-        let mut put = |group: &Group| -> Result<Bf16Buf, CudaError> {
-            let buf = match group.encoded(w, DEVICE_DECODED)? {
+        let mut largest_quantized = 0;
+        let bf16 = |group: &Group| -> Result<Bf16Buf, CudaError> {
+            Ok(match group.encoded(w, DEVICE_DECODED)? {
                 Some((kind, encoded)) => decode(stream, kernels, kind, &encoded)?,
                 None => to_bf16(stream, kernels, &group.read(w)?)?,
-            };
+            })
+        };
+        let mut vector = |group: &Group| -> Result<Bf16Buf, CudaError> {
+            let buf = bf16(group)?;
             bytes += 2 * buf.len() as u64;
             Ok(buf)
         };
-        let embed = put(&Group::one(names::EMBED, &[c.vocab_size, h]))?;
+        let embed = vector(&Group::one(names::EMBED, &[c.vocab_size, h]))?;
+        let norm = vector(&Group::one(names::FINAL_NORM, &[h]))?;
+        let norms = (0..c.num_hidden_layers)
+            .map(|l| {
+                let [attn_norm, _, _, ffn_norm, _, _] = layer_groups(c, l);
+                Ok((vector(&attn_norm)?, vector(&ffn_norm)?))
+            })
+            .collect::<Result<Vec<_>, CudaError>>()?;
+        let mut matrix = |group: &Group| -> Result<DeviceMatrix, CudaError> {
+            let m = match group.encoded(w, QUANTIZED)? {
+                Some((kind, encoded)) => {
+                    let kind = PlaneKind::of(kind).expect("one of QUANTIZED");
+                    let rows = group.tensors.iter().map(|(_, s)| s[0]).sum();
+                    let inp = group.tensors[0].1[1];
+                    let q = QuantMatrix::upload(stream, kind, &encoded, rows, inp)?;
+                    largest_quantized = largest_quantized.max(q.elements());
+                    DeviceMatrix::Quantized(q)
+                }
+                None => DeviceMatrix::Bf16(bf16(group)?),
+            };
+            bytes += m.bytes();
+            Ok(m)
+        };
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for l in 0..c.num_hidden_layers {
-            let [attn_norm, qkv, o, ffn_norm, gate_up, down] = layer_groups(c, l);
+        for (l, (attn_norm, ffn_norm)) in norms.into_iter().enumerate() {
+            let [_, qkv, o, _, gate_up, down] = layer_groups(c, l);
             layers.push(LayerWeights {
-                attn_norm: put(&attn_norm)?,
-                qkv: put(&qkv)?,
-                o: put(&o)?,
-                ffn_norm: put(&ffn_norm)?,
-                gate_up: put(&gate_up)?,
-                down: put(&down)?,
+                attn_norm,
+                qkv: matrix(&qkv)?,
+                o: matrix(&o)?,
+                ffn_norm,
+                gate_up: matrix(&gate_up)?,
+                down: matrix(&down)?,
             });
         }
-        let norm = put(&Group::one(names::FINAL_NORM, &[h]))?;
         let lm_head = if has_untied_lm_head(c, w) {
-            Some(put(&Group::one(names::LM_HEAD, &[c.vocab_size, h]))?)
+            Some(matrix(&Group::one(names::LM_HEAD, &[c.vocab_size, h]))?)
         } else {
             None
         };
+        stream.synchronize()?;
         Ok(DeviceWeights {
             embed,
             layers,
             norm,
             lm_head,
             bytes,
+            largest_quantized,
         })
     }
 
     /// The LM head: its own matrix, or the embedding when tied.
-    pub(crate) fn lm_head(&self) -> &Bf16Buf {
-        self.lm_head.as_ref().unwrap_or(&self.embed)
+    pub(crate) fn lm_head(&self, stream: &CudaStream) -> MatrixAt {
+        match &self.lm_head {
+            Some(m) => m.at(stream),
+            None => MatrixAt::Bf16(addr(&self.embed, stream, 0)),
+        }
     }
 }
+
+/// The GGUF encodings a matrix stays in on the device.
+pub const QUANTIZED: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
 
 /// Uploads `host` and converts it to bf16 on the device.
 pub(crate) fn to_bf16(

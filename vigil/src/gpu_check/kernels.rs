@@ -12,6 +12,9 @@ use super::report::{max_error, round_bf16, Report};
 use backend::kernel_check::attention::{self, Geometry, Row};
 use backend::kernel_check::ops;
 use backend::kernel_check::StepPlan;
+use backend::kernel_check::{
+    gemv, gemv_lanes, quantized_linear, split_planes, PlaneKind, Planes, GEMV_MAX_TOKENS,
+};
 use backend::kernel_check::{launch_attention, Attention, Split, SplitScratch};
 use backend::kernel_check::{
     ArgmaxRows, ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr,
@@ -37,7 +40,7 @@ fn random(rng: &mut StdRng, n: usize, scale: f32) -> Vec<f32> {
 /// Runs every kernel check into `report`.
 pub(crate) fn run(dev: &Dev, report: &mut Report) {
     let mut rng = StdRng::seed_from_u64(7);
-    let checks: [(&str, KernelCheck); 11] = [
+    let checks: [(&str, KernelCheck); 12] = [
         ("kernel embedding_gather", embedding),
         ("kernel rms_norm", rms_norm),
         ("kernel rms_norm + residual", rms_norm_residual),
@@ -47,6 +50,10 @@ pub(crate) fn run(dev: &Dev, report: &mut Report) {
         ("kernel argmax_rows", argmax),
         ("kernel dequant q8_0/q4_0/q4_1", dequant),
         ("kernel convert_f16/f32", convert),
+        (
+            "kernel gemv_q4_0/q4_1/q8_0 and tiled decode_planes + cuBLAS",
+            quantized_products,
+        ),
         ("cuBLAS linear (bf16 and f32 out)", gemm),
         (
             "CUDA graph: captured rms_norm + cuBLAS replay = direct",
@@ -509,6 +516,110 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
         worst = worst.max(max_error(&dev.read_bf16(&out)?, &round_bf16(&want)));
     }
     Ok((worst, 1e-6))
+}
+
+/// Random GGUF blocks of `ty`, `blocks` of them, with weights of a model's size (within about
+/// ±0.13: scales within ±0.001 for Q8_0's ±127, ±0.016 for 4 bits, Q4_1's offsets ±0.05).
+fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
+    let (halves, quant_bytes, d) = match ty {
+        GgmlType::Q4_1 => (2, 16, 0.008),
+        GgmlType::Q8_0 => (1, 32, 0.001),
+        _ => (1, 16, 0.016),
+    };
+    let mut data = Vec::with_capacity(blocks * (2 * halves + quant_bytes));
+    for _ in 0..blocks {
+        for half in 0..halves {
+            let range = if half == 0 { d } else { 0.05 };
+            let scale = half::f16::from_f32(rng.random_range(-range..range));
+            data.extend_from_slice(&scale.to_le_bytes());
+        }
+        data.extend((0..quant_bytes).map(|_| rng.random::<u8>()));
+    }
+    data
+}
+
+/// The products over quantized planes against `x · Wᵀ` in f64 over the loader's dequantized
+/// W (rounded to bf16 where the tiles round it): the matrix-vector kernels at 1, 3 and 8 tokens with bf16 and f32 output, at widths that
+/// give 4, 8 and 32 threads a row (the default model's 576 and 1536, an 8B model's 4096) and row
+/// counts that leave a CTA part-filled; and a 12-token step, which decodes row tiles (a small
+/// scratch, so four tiles, the last a part one) for cuBLAS.
+fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
+    let mut worst = 0f32;
+    for kind in PlaneKind::ALL {
+        for (rows, inp) in [(200, 576), (70, 1536), (33, 4096)] {
+            let ty = kind.ggml_type();
+            let data = random_blocks(rng, ty, rows * inp / 32);
+            let mut w = vec![0f32; rows * inp];
+            dequantize(ty, &data, &mut w);
+            let (qs, scales) = split_planes(kind, &data);
+            let (d_qs, d_scales) = (dev.upload(&qs)?, dev.upload(&scales)?);
+            let planes = Planes {
+                kind,
+                qs: dev.at(&d_qs, 0),
+                scales: dev.at(&d_scales, 0),
+                rows,
+                inp,
+            };
+            // The tiles hold W rounded to bf16, as the dequantization kernels write it.
+            let w_bf16 = round_bf16(&w);
+            for tokens in [1, 3, GEMV_MAX_TOKENS, 12] {
+                let x = round_bf16(&random(rng, tokens * inp, 1.0));
+                let w = if tokens <= GEMV_MAX_TOKENS {
+                    &w
+                } else {
+                    &w_bf16
+                };
+                let want: Vec<f32> = (0..tokens * rows)
+                    .map(|i| {
+                        let (t, r) = (i / rows, i % rows);
+                        (0..inp)
+                            .map(|j| f64::from(x[t * inp + j]) * f64::from(w[r * inp + j]))
+                            .sum::<f64>() as f32
+                    })
+                    .collect();
+                let d_x = dev.bf16(&x)?;
+                let (y16, y32) = (
+                    dev.zeros::<u16>(tokens * rows)?,
+                    dev.zeros::<f32>(tokens * rows)?,
+                );
+                let (k, s) = dev.kernels();
+                let outputs = [Output::Bf16(dev.at(&y16, 0)), Output::F32(dev.at(&y32, 0))];
+                if tokens <= GEMV_MAX_TOKENS {
+                    for y in outputs {
+                        gemv(k, s, planes, dev.at(&d_x, 0), tokens, y)?;
+                    }
+                } else {
+                    let tile_rows = 64;
+                    let scratch = dev.zeros::<u16>(tile_rows * inp)?;
+                    for y in outputs {
+                        quantized_linear(
+                            k,
+                            &dev.gpu.gemm,
+                            s,
+                            planes,
+                            dev.at(&d_x, 0),
+                            tokens,
+                            y,
+                            dev.at(&scratch, 0),
+                            tile_rows * inp,
+                        )?;
+                    }
+                }
+                let e16 = max_error(&dev.read_bf16(&y16)?, &want);
+                // f32 output: only the order of the sums differs; scale the bound to bf16's.
+                let e32 = max_error(&dev.read(&y32)?, &want) * 10.0;
+                let e = e16.max(e32);
+                if e > BF16_TOL {
+                    eprintln!(
+                        "{kind:?} {rows}x{inp} ({} lanes), {tokens} tokens: error {e:.2e}",
+                        gemv_lanes(inp)
+                    );
+                }
+                worst = worst.max(e);
+            }
+        }
+    }
+    Ok((worst, BF16_TOL))
 }
 
 fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {

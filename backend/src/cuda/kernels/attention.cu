@@ -18,15 +18,6 @@
 #define MAX_HEAD_DIM 256
 #define TABLE_CHUNK 64
 
-// The 8 bf16 of a 16-byte word as floats.
-__device__ __forceinline__ void unpack8(uint4 w, float* f) {
-    unsigned int u[4] = {w.x, w.y, w.z, w.w};
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(u[i] << 16);
-        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
-    }
-}
-
 extern "C" __global__ void paged_attention(bf16* out, float* part_acc, float* part_ml,
                                            const bf16* q, const bf16* k_cache,
                                            const bf16* v_cache, const int* block_tables,

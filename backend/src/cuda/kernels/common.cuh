@@ -30,6 +30,15 @@ __device__ __forceinline__ float f16_to_f32(unsigned short h) {
     return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
 }
 
+// The 8 bf16 of a 16-byte word as floats.
+__device__ __forceinline__ void unpack8(uint4 w, float* f) {
+    unsigned int u[4] = {w.x, w.y, w.z, w.w};
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(u[i] << 16);
+        f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+    }
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;

@@ -1,0 +1,356 @@
+//! Weight matrices kept on the device as the GGUF stores them, and the products that read them.
+//!
+//! A GGUF's Q4_0, Q4_1 and Q8_0 matrices stay quantized in device memory (3.2 to 5.7 times
+//! fewer bytes than bf16, so a decode step, which streams every weight once, reads that much
+//! less). Each is held as two planes, quants and scales (`kernels/gemv.cu` gives the layout),
+//! split from GGUF's packed blocks on the host at load, so that the kernels load aligned
+//! 16-byte words. A step of up to [`GEMV_MAX_TOKENS`] tokens multiplies by the planes directly
+//! (`gemv_*`: each weight decoded once, used for every token); a larger step, whose GEMM is
+//! worth tensor cores, decodes row tiles of the matrix to bf16 in a scratch buffer and hands
+//! each tile to cuBLAS, as vLLM's GGUF path does above its matrix-vector threshold.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+
+use super::error::CudaError;
+use super::gemm::{Gemm, Matrix, Output};
+use super::kernels::{
+    Bf16, DecodePlanesQ4_0, DecodePlanesQ4_1, DecodePlanesQ8_0, DevPtr, GemvQ4_0, GemvQ4_1,
+    GemvQ8_0, Grid,
+};
+use super::launch::{addr, Kernels};
+use model::GgmlType;
+
+/// The most tokens a step may have for the matrix-vector kernels (`GEMV_MAX_TOKENS` in
+/// `kernels/gemv.cu`); larger steps decode tiles for cuBLAS.
+pub const GEMV_MAX_TOKENS: usize = 8;
+
+/// Threads per CTA of the matrix-vector kernels (`GEMV_THREADS`).
+const GEMV_THREADS: usize = 128;
+
+/// Values per GGUF block.
+const BLOCK: usize = 32;
+
+/// Blocks a thread of `decode_planes_*` decodes.
+const DECODE_BLOCKS_PER_THREAD: usize = 4;
+
+/// The largest bf16 tile a large step decodes at once (64 MiB): a matrix larger than this (an
+/// 8B model's LM head is 1 GiB in bf16) goes to cuBLAS in row tiles.
+pub(crate) const MAX_TILE_ELEMENTS: usize = 32 << 20;
+
+/// The GGUF encodings kept quantized on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlaneKind {
+    /// f16 d, 32 4-bit q: d (q - 8).
+    Q4_0,
+    /// f16 d, f16 m, 32 4-bit q: d q + m.
+    Q4_1,
+    /// f16 d, 32 signed bytes q: d q.
+    Q8_0,
+}
+
+impl PlaneKind {
+    /// Every kind, for checks.
+    pub const ALL: [PlaneKind; 3] = [PlaneKind::Q4_0, PlaneKind::Q4_1, PlaneKind::Q8_0];
+
+    /// The kind of a GGUF encoding, if it is kept quantized.
+    pub fn of(t: GgmlType) -> Option<PlaneKind> {
+        match t {
+            GgmlType::Q4_0 => Some(PlaneKind::Q4_0),
+            GgmlType::Q4_1 => Some(PlaneKind::Q4_1),
+            GgmlType::Q8_0 => Some(PlaneKind::Q8_0),
+            _ => None,
+        }
+    }
+
+    /// The GGUF encoding.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            PlaneKind::Q4_0 => GgmlType::Q4_0,
+            PlaneKind::Q4_1 => GgmlType::Q4_1,
+            PlaneKind::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// Bytes of quants a block.
+    fn quant_bytes(self) -> usize {
+        match self {
+            PlaneKind::Q4_0 | PlaneKind::Q4_1 => 16,
+            PlaneKind::Q8_0 => 32,
+        }
+    }
+
+    /// f16 scales a block (d; for Q4_1, d and m).
+    fn scales(self) -> usize {
+        match self {
+            PlaneKind::Q4_1 => 2,
+            _ => 1,
+        }
+    }
+
+    /// Bytes of a GGUF block: the scales, then the quants.
+    fn gguf_block_bytes(self) -> usize {
+        2 * self.scales() + self.quant_bytes()
+    }
+}
+
+/// GGUF blocks split into the planes the kernels read: (quants, scales).
+pub fn split_planes(kind: PlaneKind, blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
+    let size = kind.gguf_block_bytes();
+    assert!(blocks.len().is_multiple_of(size), "whole {kind:?} blocks");
+    let n = blocks.len() / size;
+    let (mut qs, mut scales) = (
+        Vec::with_capacity(n * kind.quant_bytes()),
+        Vec::with_capacity(n * kind.scales()),
+    );
+    for block in blocks.chunks_exact(size) {
+        let (head, quants) = block.split_at(2 * kind.scales());
+        scales.extend(
+            head.chunks_exact(2)
+                .map(|h| u16::from_le_bytes([h[0], h[1]])),
+        );
+        qs.extend_from_slice(quants);
+    }
+    (qs, scales)
+}
+
+/// A quantized `[rows, inp]` matrix on the device, as its two planes.
+pub(crate) struct QuantMatrix {
+    kind: PlaneKind,
+    qs: CudaSlice<u8>,
+    scales: CudaSlice<u16>,
+    rows: usize,
+    inp: usize,
+}
+
+impl QuantMatrix {
+    /// Uploads `rows` x `inp` values given as GGUF blocks of `kind`, split into planes.
+    pub(crate) fn upload(
+        stream: &Arc<CudaStream>,
+        kind: PlaneKind,
+        blocks: &[u8],
+        rows: usize,
+        inp: usize,
+    ) -> Result<QuantMatrix, CudaError> {
+        if !inp.is_multiple_of(BLOCK)
+            || blocks.len() != rows * inp / BLOCK * kind.gguf_block_bytes()
+        {
+            return Err(CudaError::Unsupported(format!(
+                "a {kind:?} matrix of {rows} x {inp} in {} bytes",
+                blocks.len()
+            )));
+        }
+        let (qs, scales) = split_planes(kind, blocks);
+        Ok(QuantMatrix {
+            kind,
+            qs: stream.clone_htod(&qs)?,
+            scales: stream.clone_htod(&scales)?,
+            rows,
+            inp,
+        })
+    }
+
+    /// Device bytes of both planes.
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.qs.num_bytes() + self.scales.num_bytes()) as u64
+    }
+
+    /// Rows times columns.
+    pub(crate) fn elements(&self) -> usize {
+        self.rows * self.inp
+    }
+
+    /// The addresses the kernels take.
+    pub(crate) fn planes(&self, stream: &CudaStream) -> Planes {
+        Planes {
+            kind: self.kind,
+            qs: addr(&self.qs, stream, 0),
+            scales: addr(&self.scales, stream, 0),
+            rows: self.rows,
+            inp: self.inp,
+        }
+    }
+}
+
+/// A quantized matrix's planes on the device, as launches take them.
+#[derive(Debug, Clone, Copy)]
+pub struct Planes {
+    /// The encoding.
+    pub kind: PlaneKind,
+    /// The quants plane.
+    pub qs: DevPtr<u8>,
+    /// The scales plane.
+    pub scales: DevPtr<u16>,
+    /// Output features.
+    pub rows: usize,
+    /// Input features (a multiple of 32).
+    pub inp: usize,
+}
+
+/// Threads a row for the matrix-vector kernels: the largest power of two up to 32 that leaves
+/// each thread at least four blocks of the row, so that a thread's loads overlap.
+pub fn gemv_lanes(inp: usize) -> usize {
+    let blocks = inp / BLOCK;
+    let mut lanes = 1;
+    while lanes < 32 && lanes * 2 * 4 <= blocks {
+        lanes *= 2;
+    }
+    lanes
+}
+
+/// `y[t, rows] = x[t, inp] · Wᵀ` for `tokens` <= [`GEMV_MAX_TOKENS`], reading the planes.
+pub fn gemv(
+    kernels: &Kernels,
+    stream: &CudaStream,
+    w: Planes,
+    x: DevPtr<Bf16>,
+    tokens: usize,
+    y: Output,
+) -> Result<(), CudaError> {
+    assert!(
+        (1..=GEMV_MAX_TOKENS).contains(&tokens),
+        "gemv takes 1 to {GEMV_MAX_TOKENS} tokens"
+    );
+    let lanes = gemv_lanes(w.inp);
+    let grid = Grid::Blocks(w.rows.div_ceil(GEMV_THREADS / lanes) as u32, 1);
+    let (y, y_f32) = match y {
+        Output::Bf16(y) => (y, DevPtr::null()),
+        Output::F32(y) => (DevPtr::null(), y),
+    };
+    let (rows, k_blocks) = (w.rows as i32, (w.inp / BLOCK) as i32);
+    let (tokens, lanes) = (tokens as i32, lanes as i32);
+    let (qs, scales) = (w.qs, w.scales);
+    match w.kind {
+        PlaneKind::Q4_0 => kernels.run(
+            stream,
+            grid,
+            GemvQ4_0 {
+                qs,
+                scales,
+                x,
+                y,
+                y_f32,
+                rows,
+                k_blocks,
+                tokens,
+                lanes,
+            },
+        ),
+        PlaneKind::Q4_1 => kernels.run(
+            stream,
+            grid,
+            GemvQ4_1 {
+                qs,
+                scales,
+                x,
+                y,
+                y_f32,
+                rows,
+                k_blocks,
+                tokens,
+                lanes,
+            },
+        ),
+        PlaneKind::Q8_0 => kernels.run(
+            stream,
+            grid,
+            GemvQ8_0 {
+                qs,
+                scales,
+                x,
+                y,
+                y_f32,
+                rows,
+                k_blocks,
+                tokens,
+                lanes,
+            },
+        ),
+    }
+}
+
+/// Rows `first_row..first_row + n_rows` of the matrix decoded to bf16 at `out`, row-major.
+pub fn decode_rows(
+    kernels: &Kernels,
+    stream: &CudaStream,
+    w: Planes,
+    first_row: usize,
+    n_rows: usize,
+    out: DevPtr<Bf16>,
+) -> Result<(), CudaError> {
+    let per_row = w.inp / BLOCK;
+    let n_blocks = n_rows * per_row;
+    let grid = Grid::Elements(n_blocks.div_ceil(DECODE_BLOCKS_PER_THREAD));
+    let (qs, scales, first) = (w.qs, w.scales, (first_row * per_row) as u64);
+    let n_blocks = n_blocks as u64;
+    match w.kind {
+        PlaneKind::Q4_0 => kernels.run(
+            stream,
+            grid,
+            DecodePlanesQ4_0 {
+                qs,
+                scales,
+                out,
+                first,
+                n_blocks,
+            },
+        ),
+        PlaneKind::Q4_1 => kernels.run(
+            stream,
+            grid,
+            DecodePlanesQ4_1 {
+                qs,
+                scales,
+                out,
+                first,
+                n_blocks,
+            },
+        ),
+        PlaneKind::Q8_0 => kernels.run(
+            stream,
+            grid,
+            DecodePlanesQ8_0 {
+                qs,
+                scales,
+                out,
+                first,
+                n_blocks,
+            },
+        ),
+    }
+}
+
+/// `y[t, rows] = x[t, inp] · Wᵀ` for any number of tokens: [`gemv`] for small steps; else row
+/// tiles of at most `scratch_elements` values decoded into `scratch` and multiplied by cuBLAS,
+/// each writing its columns of `y`.
+#[allow(clippy::too_many_arguments)]
+pub fn linear(
+    kernels: &Kernels,
+    gemm: &Gemm,
+    stream: &CudaStream,
+    w: Planes,
+    x: DevPtr<Bf16>,
+    tokens: usize,
+    y: Output,
+    scratch: DevPtr<Bf16>,
+    scratch_elements: usize,
+) -> Result<(), CudaError> {
+    if tokens <= GEMV_MAX_TOKENS {
+        return gemv(kernels, stream, w, x, tokens, y);
+    }
+    let tile_rows = (scratch_elements / w.inp).clamp(1, w.rows);
+    let mut first = 0;
+    while first < w.rows {
+        let n = tile_rows.min(w.rows - first);
+        decode_rows(kernels, stream, w, first, n, scratch)?;
+        let tile = Matrix {
+            addr: scratch,
+            out: n,
+            inp: w.inp,
+        };
+        gemm.linear_into(x, tokens, tile, y.offset(first), w.rows)?;
+        first += n;
+    }
+    Ok(())
+}
