@@ -24,6 +24,9 @@ use crate::shape::LayerShape;
 pub const MAX_GROUP: usize = 4;
 /// Fewest keys a split takes: below this a split's fixed costs outweigh what it adds.
 pub const MIN_PARTITION: usize = 128;
+
+/// The most splits the merge takes (`MERGE_MAX_SPLITS` in `kernels/attention.cu`).
+pub(crate) const MAX_SPLITS: usize = 1024;
 /// A split step aims at this many CTAs per SM.
 const CTAS_PER_SM: usize = 2;
 /// The partials' scratch holds this many CTAs per SM.
@@ -96,6 +99,7 @@ impl SplitScratch {
         let splits = wanted
             .min(max_context.div_ceil(MIN_PARTITION))
             .min(self.ctas / base)
+            .min(MAX_SPLITS)
             .max(1);
         Split::fixed(max_context, splits)
     }
@@ -149,6 +153,12 @@ pub fn launch(
 ) -> Result<(), CudaError> {
     let (part_acc, part_ml) = (addr(&scratch.acc, stream, 0), addr(&scratch.ml, stream, 0));
     let ctas_per_token = shape.n_kv_heads * head_chunks(shape);
+    if split.splits > MAX_SPLITS {
+        return Err(CudaError::Unsupported(format!(
+            "split attention: {} splits (the merge takes at most {MAX_SPLITS})",
+            split.splits
+        )));
+    }
     if split.splits > 1 && a.tokens * ctas_per_token * split.splits > scratch.ctas {
         return Err(CudaError::Memory(format!(
             "split attention: {} tokens x {ctas_per_token} CTAs x {} splits exceed the scratch of {} CTAs",

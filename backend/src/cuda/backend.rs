@@ -18,7 +18,7 @@ use super::kernels::{
 };
 use super::launch::addr;
 use super::memory::{plan_kv_cache, KvPlan};
-use super::quantized::{self, GEMV_MAX_TOKENS, MAX_TILE_ELEMENTS};
+use super::quantized::{self, GemvInput, GEMV_MAX_TOKENS, MAX_TILE_ELEMENTS};
 use super::step_plan::StepPlan;
 use super::timing::StepClock;
 use super::weights::{Bf16Buf, DeviceMatrix, DeviceWeights, MatrixAt};
@@ -32,6 +32,9 @@ use model::{LlamaConfig, Model, WeightSource};
 
 /// The attention kernel's limit (`kernels/attention.cu`).
 const MAX_HEAD_DIM: usize = 256;
+
+/// The RMSNorm kernel's limit (`NORM_MAX_HIDDEN` in `kernels/norm.cu`).
+const MAX_HIDDEN: usize = 8192;
 
 /// What to build a [`CudaBackend`] with (`vllm serve`'s flags of the same names).
 #[derive(Debug, Clone)]
@@ -99,6 +102,12 @@ impl CudaBackend {
             return Err(CudaError::Unsupported(format!(
                 "head_dim {} (the attention kernel takes head sizes that are multiples of 8, up to {MAX_HEAD_DIM})",
                 c.head_dim
+            )));
+        }
+        if c.hidden_size > MAX_HIDDEN || !c.hidden_size.is_multiple_of(8) {
+            return Err(CudaError::Unsupported(format!(
+                "hidden_size {} (the RMSNorm kernel takes widths that are multiples of 8, up to {MAX_HIDDEN})",
+                c.hidden_size
             )));
         }
         let gpu = Gpu::open(options.ordinal)?;
@@ -457,6 +466,18 @@ impl llama::LlamaStep for CudaStep<'_> {
             h,
             gate_up,
         )?;
+        let tokens = self.plan.tokens;
+        if let (DeviceMatrix::Quantized(down), true) = (&layer.down, tokens <= GEMV_MAX_TOKENS) {
+            // The activation is taken as the down projection loads its input.
+            return quantized::gemv(
+                &b.gpu.kernels,
+                self.stream(),
+                down.planes(self.stream()),
+                GemvInput::Gated(gate_up),
+                tokens,
+                Output::Bf16(delta),
+            );
+        }
         b.gpu.kernels.run(
             self.stream(),
             Grid::Elements(self.plan.tokens * w.inter),

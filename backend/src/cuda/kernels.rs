@@ -228,7 +228,8 @@ kernel_table! {
         }) threads 256;
     ]
     "norm.cu" => [
-        /// RMSNorm per token (one block each); with `residual` non-null, `residual += x` first.
+        /// RMSNorm per token (one block each, 16-byte words: hidden a multiple of 8 up to 8192);
+        /// with `residual` non-null, `residual += x` first.
         rms_norm(RmsNorm {
             x: DevPtr<Bf16>, residual: DevPtr<Bf16>, w: DevPtr<Bf16>, out: DevPtr<Bf16>,
             hidden: i32, eps: f32,
@@ -275,23 +276,38 @@ kernel_table! {
         }) threads 1024;
     ]
     "gemv.cu" => [
-        /// `y = x Wᵀ` for up to 8 tokens over Q4_0 planes (`super::quantized`), grid: rows / (128
-        /// / lanes).
+        /// `y = x Wᵀ` for up to 8 tokens over Q4_0 planes (`super::quantized`), grid: rows / (4
+        /// x 128 / lanes); `gated` non-zero: x is gate/up, taken as silu(gate) * up.
         gemv_q4_0(GemvQ4_0 {
             qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
-            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
+        }) threads 128;
+        /// As `gemv_q4_0` for a step of one token (fewer registers).
+        gemv_one_q4_0(GemvOneQ4_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
         }) threads 128;
         /// As `gemv_q4_0`, over Q4_1 planes.
         gemv_q4_1(GemvQ4_1 {
             qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
-            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
+        }) threads 128;
+        /// As `gemv_q4_1` for a step of one token (fewer registers).
+        gemv_one_q4_1(GemvOneQ4_1 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
         }) threads 128;
         /// As `gemv_q4_0`, over Q8_0 planes.
         gemv_q8_0(GemvQ8_0 {
             qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
-            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
         }) threads 128;
-        /// Q4_0 planes' blocks `first..first + n_blocks` to bf16, four blocks a thread.
+        /// As `gemv_q8_0` for a step of one token (fewer registers).
+        gemv_one_q8_0(GemvOneQ8_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
+        }) threads 128;
+        /// Q4_0 planes' blocks `first..first + n_blocks` to bf16, eight blocks a thread.
         decode_planes_q4_0(DecodePlanesQ4_0 {
             qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
         }) threads 256;

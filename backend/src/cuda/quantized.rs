@@ -16,8 +16,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::error::CudaError;
 use super::gemm::{Gemm, Matrix, Output};
 use super::kernels::{
-    Bf16, DecodePlanesQ4_0, DecodePlanesQ4_1, DecodePlanesQ8_0, DevPtr, GemvQ4_0, GemvQ4_1,
-    GemvQ8_0, Grid,
+    Bf16, DecodePlanesQ4_0, DecodePlanesQ4_1, DecodePlanesQ8_0, DevPtr, GemvOneQ4_0, GemvOneQ4_1,
+    GemvOneQ8_0, GemvQ4_0, GemvQ4_1, GemvQ8_0, Grid,
 };
 use super::launch::{addr, Kernels};
 use model::GgmlType;
@@ -29,11 +29,14 @@ pub const GEMV_MAX_TOKENS: usize = 8;
 /// Threads per CTA of the matrix-vector kernels (`GEMV_THREADS`).
 const GEMV_THREADS: usize = 128;
 
+/// Rows a group of lanes serves together in the matrix-vector kernels (`GEMV_ROWS`).
+const GEMV_ROWS: usize = 4;
+
 /// Values per GGUF block.
 const BLOCK: usize = 32;
 
-/// Blocks a thread of `decode_planes_*` decodes.
-const DECODE_BLOCKS_PER_THREAD: usize = 4;
+/// Blocks a thread of `decode_planes_*` decodes (`DECODE_BLOCKS`).
+const DECODE_BLOCKS_PER_THREAD: usize = 8;
 
 /// The largest bf16 tile a large step decodes at once (64 MiB): a matrix larger than this (an
 /// 8B model's LM head is 1 GiB in bf16) goes to cuBLAS in row tiles.
@@ -188,15 +191,26 @@ pub struct Planes {
     pub inp: usize,
 }
 
-/// Threads a row for the matrix-vector kernels: the largest power of two up to 32 that leaves
-/// each thread at least four blocks of the row, so that a thread's loads overlap.
+/// Threads a row group has in the matrix-vector kernels: the largest power of two up to 32 that
+/// leaves each thread at least two blocks of a row (a thread's chain of loads stays short, and
+/// its loads of x serve [`GEMV_ROWS`] rows).
 pub fn gemv_lanes(inp: usize) -> usize {
     let blocks = inp / BLOCK;
     let mut lanes = 1;
-    while lanes < 32 && lanes * 2 * 4 <= blocks {
+    while lanes < 32 && lanes * 2 * 2 <= blocks {
         lanes *= 2;
     }
     lanes
+}
+
+/// What a matrix-vector product reads as its input.
+#[derive(Debug, Clone, Copy)]
+pub enum GemvInput {
+    /// `[tokens, inp]` values.
+    Plain(DevPtr<Bf16>),
+    /// A gate/up projection's output, `[tokens, 2 inp]` (gate, then up), taken as
+    /// `silu(gate) * up` rounded to bf16: the SwiGLU activation fused into the down projection.
+    Gated(DevPtr<Bf16>),
 }
 
 /// `y[t, rows] = x[t, inp] · Wᵀ` for `tokens` <= [`GEMV_MAX_TOKENS`], reading the planes.
@@ -204,16 +218,20 @@ pub fn gemv(
     kernels: &Kernels,
     stream: &CudaStream,
     w: Planes,
-    x: DevPtr<Bf16>,
+    x: GemvInput,
     tokens: usize,
     y: Output,
 ) -> Result<(), CudaError> {
+    let (x, gated) = match x {
+        GemvInput::Plain(x) => (x, 0),
+        GemvInput::Gated(x) => (x, 1),
+    };
     assert!(
         (1..=GEMV_MAX_TOKENS).contains(&tokens),
         "gemv takes 1 to {GEMV_MAX_TOKENS} tokens"
     );
     let lanes = gemv_lanes(w.inp);
-    let grid = Grid::Blocks(w.rows.div_ceil(GEMV_THREADS / lanes) as u32, 1);
+    let grid = Grid::Blocks(w.rows.div_ceil(GEMV_THREADS / lanes * GEMV_ROWS) as u32, 1);
     let (y, y_f32) = match y {
         Output::Bf16(y) => (y, DevPtr::null()),
         Output::F32(y) => (DevPtr::null(), y),
@@ -221,52 +239,34 @@ pub fn gemv(
     let (rows, k_blocks) = (w.rows as i32, (w.inp / BLOCK) as i32);
     let (tokens, lanes) = (tokens as i32, lanes as i32);
     let (qs, scales) = (w.qs, w.scales);
-    match w.kind {
-        PlaneKind::Q4_0 => kernels.run(
-            stream,
-            grid,
-            GemvQ4_0 {
-                qs,
-                scales,
-                x,
-                y,
-                y_f32,
-                rows,
-                k_blocks,
-                tokens,
-                lanes,
-            },
-        ),
-        PlaneKind::Q4_1 => kernels.run(
-            stream,
-            grid,
-            GemvQ4_1 {
-                qs,
-                scales,
-                x,
-                y,
-                y_f32,
-                rows,
-                k_blocks,
-                tokens,
-                lanes,
-            },
-        ),
-        PlaneKind::Q8_0 => kernels.run(
-            stream,
-            grid,
-            GemvQ8_0 {
-                qs,
-                scales,
-                x,
-                y,
-                y_f32,
-                rows,
-                k_blocks,
-                tokens,
-                lanes,
-            },
-        ),
+    // Every gemv entry point takes the same arguments; a step of one token has its own.
+    macro_rules! run {
+        ($args:ident) => {
+            kernels.run(
+                stream,
+                grid,
+                $args {
+                    qs,
+                    scales,
+                    x,
+                    y,
+                    y_f32,
+                    rows,
+                    k_blocks,
+                    tokens,
+                    lanes,
+                    gated,
+                },
+            )
+        };
+    }
+    match (w.kind, tokens == 1) {
+        (PlaneKind::Q4_0, false) => run!(GemvQ4_0),
+        (PlaneKind::Q4_1, false) => run!(GemvQ4_1),
+        (PlaneKind::Q8_0, false) => run!(GemvQ8_0),
+        (PlaneKind::Q4_0, true) => run!(GemvOneQ4_0),
+        (PlaneKind::Q4_1, true) => run!(GemvOneQ4_1),
+        (PlaneKind::Q8_0, true) => run!(GemvOneQ8_0),
     }
 }
 
@@ -337,7 +337,7 @@ pub fn linear(
     scratch_elements: usize,
 ) -> Result<(), CudaError> {
     if tokens <= GEMV_MAX_TOKENS {
-        return gemv(kernels, stream, w, x, tokens, y);
+        return gemv(kernels, stream, w, GemvInput::Plain(x), tokens, y);
     }
     let tile_rows = (scratch_elements / w.inp).clamp(1, w.rows);
     let mut first = 0;

@@ -13,7 +13,8 @@ use backend::kernel_check::attention::{self, Geometry, Row};
 use backend::kernel_check::ops;
 use backend::kernel_check::StepPlan;
 use backend::kernel_check::{
-    gemv, gemv_lanes, quantized_linear, split_planes, PlaneKind, Planes, GEMV_MAX_TOKENS,
+    gemv, gemv_lanes, quantized_linear, split_planes, GemvInput, PlaneKind, Planes,
+    GEMV_MAX_TOKENS,
 };
 use backend::kernel_check::{launch_attention, Attention, Split, SplitScratch};
 use backend::kernel_check::{
@@ -51,7 +52,7 @@ pub(crate) fn run(dev: &Dev, report: &mut Report) {
         ("kernel dequant q8_0/q4_0/q4_1", dequant),
         ("kernel convert_f16/f32", convert),
         (
-            "kernel gemv_q4_0/q4_1/q8_0 and tiled decode_planes + cuBLAS",
+            "kernel gemv_q4_0/q4_1/q8_0 (plain, SwiGLU-gated), tiles + cuBLAS",
             quantized_products,
         ),
         ("cuBLAS linear (bf16 and f32 out)", gemm),
@@ -97,8 +98,20 @@ fn embedding(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     Ok((max_error(&dev.read_bf16(&out)?, &want), 0.0))
 }
 
+/// At the default model's width (one 16-byte word a thread) and at 5,000 (three words for some
+/// threads, a part-filled last round).
+const NORM_WIDTHS: [usize; 2] = [576, 5000];
+
 fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
-    let (t, h, eps) = (5, 576, 1e-5f32);
+    let mut worst = 0f32;
+    for h in NORM_WIDTHS {
+        worst = worst.max(rms_norm_at(dev, rng, h)?);
+    }
+    Ok((worst, BF16_TOL))
+}
+
+fn rms_norm_at(dev: &Dev, rng: &mut StdRng, h: usize) -> Result<f32, CudaError> {
+    let (t, eps) = (5, 1e-5f32);
     let x = round_bf16(&random(rng, t * h, 3.0));
     let w = round_bf16(&random(rng, h, 1.5));
     let (d_x, d_w) = (dev.bf16(&x)?, dev.bf16(&w)?);
@@ -118,11 +131,19 @@ fn rms_norm(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     )?;
     let mut want = vec![0f32; t * h];
     ops::rms_norm_rows(&x, &w, eps, &mut want);
-    Ok((max_error(&dev.read_bf16(&out)?, &want), BF16_TOL))
+    Ok(max_error(&dev.read_bf16(&out)?, &want))
 }
 
 fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
-    let (t, h, eps) = (3, 576, 1e-5f32);
+    let mut worst = 0f32;
+    for h in NORM_WIDTHS {
+        worst = worst.max(rms_norm_residual_at(dev, rng, h)?);
+    }
+    Ok((worst, BF16_TOL))
+}
+
+fn rms_norm_residual_at(dev: &Dev, rng: &mut StdRng, h: usize) -> Result<f32, CudaError> {
+    let (t, eps) = (3, 1e-5f32);
     let x = round_bf16(&random(rng, t * h, 2.0));
     let res = round_bf16(&random(rng, t * h, 2.0));
     let w = round_bf16(&random(rng, h, 1.5));
@@ -147,7 +168,7 @@ fn rms_norm_residual(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErro
     ops::rms_norm_rows(&sum, &w, eps, &mut want);
     let e_res = max_error(&dev.read_bf16(&d_res)?, &sum);
     let e_out = max_error(&dev.read_bf16(&out)?, &want);
-    Ok((e_res.max(e_out), BF16_TOL))
+    Ok(e_res.max(e_out))
 }
 
 /// A config with the default model's attention shape and Llama 3.1's rope scaling.
@@ -173,8 +194,20 @@ fn rope_config() -> LlamaConfig {
 /// beside it; the second token's slot is negative, so its q is rotated and the cache left
 /// alone (its slot 2 stays zero).
 fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
-    let c = rope_config();
-    let shape = LayerShape::of(&c);
+    // Head size 64 takes the kernel's 8-pairs-a-thread path; 72 (half 36) its pair-a-thread one.
+    let mut worst = 0f32;
+    for head_dim in [64, 72] {
+        let c = LlamaConfig {
+            head_dim,
+            ..rope_config()
+        };
+        worst = worst.max(rope_check_with(dev, rng, &c)?);
+    }
+    Ok((worst, BF16_TOL))
+}
+
+fn rope_check_with(dev: &Dev, rng: &mut StdRng, c: &LlamaConfig) -> Result<f32, CudaError> {
+    let shape = LayerShape::of(c);
     let (nh, nkv, hd) = (shape.n_heads, shape.n_kv_heads, shape.head_dim);
     let (stride, kv_width) = (shape.qkv_width(), shape.kv_width());
     let positions = [0u32, 7, 300, 2047];
@@ -248,7 +281,7 @@ fn rope_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let error = max_error(&q_of(&got_q), &q_of(&want_q))
         .max(max_error(&dev.read_bf16(&d_kc)?, &want_k))
         .max(max_error(&dev.read_bf16(&d_vc)?, &want_v));
-    Ok((error, BF16_TOL))
+    Ok(error)
 }
 
 fn silu_and_mul(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
@@ -542,7 +575,8 @@ fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
 /// W (rounded to bf16 where the tiles round it): the matrix-vector kernels at 1, 3 and 8 tokens with bf16 and f32 output, at widths that
 /// give 4, 8 and 32 threads a row (the default model's 576 and 1536, an 8B model's 4096) and row
 /// counts that leave a CTA part-filled; and a 12-token step, which decodes row tiles (a small
-/// scratch, so four tiles, the last a part one) for cuBLAS.
+/// scratch, so four tiles, the last a part one) for cuBLAS; and the product whose input is
+/// SwiGLU of a gate/up output, taken as it loads.
 fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let mut worst = 0f32;
     for kind in PlaneKind::ALL {
@@ -586,7 +620,7 @@ fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErr
                 let outputs = [Output::Bf16(dev.at(&y16, 0)), Output::F32(dev.at(&y32, 0))];
                 if tokens <= GEMV_MAX_TOKENS {
                     for y in outputs {
-                        gemv(k, s, planes, dev.at(&d_x, 0), tokens, y)?;
+                        gemv(k, s, planes, GemvInput::Plain(dev.at(&d_x, 0)), tokens, y)?;
                     }
                 } else {
                     let tile_rows = 64;
@@ -617,9 +651,49 @@ fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErr
                 }
                 worst = worst.max(e);
             }
+            worst = worst.max(gated_product(dev, rng, planes, &w)?);
         }
     }
     Ok((worst, BF16_TOL))
+}
+
+/// The matrix-vector product with SwiGLU fused into its input (gate/up rows of twice the
+/// matrix's width) against `silu(gate) * up`, rounded to bf16 as `silu_and_mul` writes it,
+/// times W, at 1 and 5 tokens.
+fn gated_product(dev: &Dev, rng: &mut StdRng, planes: Planes, w: &[f32]) -> Result<f32, CudaError> {
+    let (rows, inp) = (planes.rows, planes.inp);
+    let mut worst = 0f32;
+    for tokens in [1, 5] {
+        let gate_up = round_bf16(&random(rng, tokens * 2 * inp, 4.0));
+        let act: Vec<f32> = round_bf16(
+            &(0..tokens * inp)
+                .map(|i| {
+                    let (t, j) = (i / inp, i % inp);
+                    let g = gate_up[t * 2 * inp + j];
+                    g / (1.0 + (-g).exp()) * gate_up[t * 2 * inp + inp + j]
+                })
+                .collect::<Vec<_>>(),
+        );
+        let want: Vec<f32> = (0..tokens * rows)
+            .map(|i| {
+                let (t, r) = (i / rows, i % rows);
+                (0..inp)
+                    .map(|j| f64::from(act[t * inp + j]) * f64::from(w[r * inp + j]))
+                    .sum::<f64>() as f32
+            })
+            .collect();
+        let d_in = dev.bf16(&gate_up)?;
+        let y = dev.zeros::<f32>(tokens * rows)?;
+        let (k, s) = dev.kernels();
+        let input = GemvInput::Gated(dev.at(&d_in, 0));
+        gemv(k, s, planes, input, tokens, Output::F32(dev.at(&y, 0)))?;
+        let e = max_error(&dev.read(&y)?, &want);
+        if e > BF16_TOL {
+            eprintln!("{:?} {rows}x{inp} gated, {tokens} tokens: error {e:.2e}", planes.kind);
+        }
+        worst = worst.max(e);
+    }
+    Ok(worst)
 }
 
 fn convert(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {

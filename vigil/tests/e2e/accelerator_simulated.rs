@@ -230,11 +230,13 @@ fn gpu_profile(case: &str) -> Value {
 
 /// The profile of a decode step counts what the CUDA backend is built to do: at batch 1 the
 /// attention is split across CTAs (3 KV heads fill 3 of the simulated device's 132 SMs), so
-/// each of the 30 layers launches 10 kernels (RMSNorm twice, RoPE with the KV write,
-/// attention and its merge, SiLU·mul, 4 GEMMs) and the step 4 more (embedding, final norm, the
-/// LM head over the hidden state as it is, since a decode step's rows are all wanted in order,
-/// and the greedy argmax: one fewer for a sampled row); each K/V byte
-/// is read once, for all 3 query heads of its GQA group, in 16-byte loads; the plan goes up and
+/// each of the 30 layers launches 9 kernels (RMSNorm twice, RoPE with the KV write, attention
+/// and its merge, 4 matrix-vector products over the Q4_1 weights as the file stores them, the
+/// last taking SiLU·mul of its input as it loads it) and the step 4 more (embedding, final
+/// norm, the LM head over the hidden state as it is, since a decode step's rows are all wanted
+/// in order, and the greedy argmax: one fewer for a sampled row); each K/V byte is read once,
+/// for all 3 query heads of its GQA group, in 16-byte loads, and the matrix-vector kernels load
+/// at least 8 bytes at a time on average; the plan goes up and
 /// the results (greedy tokens with their log-probabilities, or a sampled row whole) come back
 /// in one copy each through page-locked memory, and the step synchronises once. Its counts are
 /// the same from run to run, so the JSON line is too.
@@ -246,8 +248,10 @@ fn gpu_profile_counts_a_decode_step_the_same_every_run() {
     let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["default-b1-ctx512", "default-b1-ctx512-sampled"]);
     let (greedy, sampled) = (&cases[0], &cases[1]);
-    assert_eq!(greedy["launches_per_step"], 30 * 10 + 4);
-    assert_eq!(sampled["launches_per_step"], 30 * 10 + 3);
+    assert_eq!(greedy["launches_per_step"], 30 * 9 + 4);
+    assert_eq!(sampled["launches_per_step"], 30 * 9 + 3);
+    assert_eq!(greedy["launches_by_kernel"]["gemv_one_q4_1"], 30 * 4);
+    assert_eq!(greedy["launches_by_kernel"].get("silu_and_mul"), None);
     for case in cases {
         assert_eq!(case["kv_read_redundancy"], 1.0, "{case}");
         assert_eq!(case["graph_launches_per_step"], 0, "{case}");
@@ -268,6 +272,8 @@ fn gpu_profile_counts_a_decode_step_the_same_every_run() {
             attention >= 8.0,
             "attention's mean access: {attention} bytes"
         );
+        let gemv = widths["gemv_one_q4_1"].as_f64().unwrap();
+        assert!(gemv >= 8.0, "the matrix-vector kernel's mean access: {gemv} bytes");
         for (kernel, bytes) in widths {
             let bytes = bytes.as_f64().unwrap();
             assert!((1.0..=16.0).contains(&bytes), "{kernel}: {bytes}");

@@ -142,25 +142,74 @@ extern "C" __global__ void paged_attention(bf16* out, float* part_acc, float* pa
 }
 
 // Combines a token's `splits` partial outputs per head into `out`: each split's output weighted
-// by its softmax sum, rescaled to the largest of the splits' maxima. Grid (tokens, n_heads).
+// by its softmax sum, rescaled to the largest of the splits' maxima. Grid (tokens, n_heads), one
+// CTA of MERGE_THREADS each: the splits' weights are computed once into shared memory; then
+// groups of threads take a share of the splits each, 4 dimensions (a float4) a thread, and the
+// groups' sums meet in shared memory. At most MERGE_MAX_SPLITS splits.
+#define MERGE_THREADS 128
+#define MERGE_MAX_SPLITS 1024
+
 extern "C" __global__ void paged_attention_merge(bf16* out, const float* part_acc,
                                                  const float* part_ml, int n_heads,
                                                  int head_dim, int splits) {
+    __shared__ float weight[MERGE_MAX_SPLITS];
+    __shared__ float4 partial[MERGE_THREADS];
+    __shared__ float warp_best[MERGE_THREADS / 32];
     int t = blockIdx.x, head = blockIdx.y;
     size_t row0 = ((size_t)t * n_heads + head) * splits;
-    float big = NEG_INF;
-    for (int s = 0; s < splits; s++) {
-        if (part_ml[2 * (row0 + s) + 1] > 0.0f) big = fmaxf(big, part_ml[2 * (row0 + s)]);
+    const float2* ml = (const float2*)part_ml + row0;
+    // The largest maximum of the splits that saw keys (sum > 0).
+    float best = NEG_INF;
+    for (int s = threadIdx.x; s < splits; s += MERGE_THREADS) {
+        float2 m = __ldg(ml + s);
+        if (m.y > 0.0f) best = fmaxf(best, m.x);
     }
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float total = 0.0f, o = 0.0f;
-        for (int s = 0; s < splits; s++) {
-            float sum = part_ml[2 * (row0 + s) + 1];
-            if (sum <= 0.0f) continue;
-            float w = sum * __expf(part_ml[2 * (row0 + s)] - big);
-            total += w;
-            o += part_acc[(row0 + s) * head_dim + d] * w;
+    best = warp_max(best);
+    if (threadIdx.x % 32 == 0) warp_best[threadIdx.x / 32] = best;
+    __syncthreads();
+    for (int w = 0; w < MERGE_THREADS / 32; w++) best = fmaxf(best, warp_best[w]);
+    float total = 0.0f;
+    for (int s = threadIdx.x; s < splits; s += MERGE_THREADS) {
+        float2 m = __ldg(ml + s);
+        float w = m.y > 0.0f ? m.y * __expf(m.x - best) : 0.0f;
+        weight[s] = w;
+        total += w;
+    }
+    total = block_sum(total);  // its barriers also publish `weight`
+    int units = head_dim / 4, groups = MERGE_THREADS / units;
+    int g = threadIdx.x / units, u = threadIdx.x % units;
+    float4 o = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (g < groups) {
+        for (int s = g; s < splits; s += groups) {
+            float w = weight[s];
+            if (w == 0.0f) continue;
+            float4 a = __ldg((const float4*)(part_acc + (row0 + s) * head_dim) + u);
+            o.x += a.x * w;
+            o.y += a.y * w;
+            o.z += a.z * w;
+            o.w += a.w * w;
         }
-        out[((size_t)t * n_heads + head) * head_dim + d] = f32_to_bf16(total > 0.0f ? o / total : 0.0f);
     }
+    partial[threadIdx.x] = o;
+    __syncthreads();
+    if ((int)threadIdx.x >= units) return;
+    float4 sum = {0.0f, 0.0f, 0.0f, 0.0f};
+    for (int j = 0; j < groups; j++) {
+        float4 p = partial[j * units + threadIdx.x];
+        sum.x += p.x;
+        sum.y += p.y;
+        sum.z += p.z;
+        sum.w += p.w;
+    }
+    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (total > 0.0f) {
+        f[0] = sum.x / total;
+        f[1] = sum.y / total;
+        f[2] = sum.z / total;
+        f[3] = sum.w / total;
+    }
+    uint2 word;
+    word.x = (unsigned int)f32_to_bf16(f[0]) | ((unsigned int)f32_to_bf16(f[1]) << 16);
+    word.y = (unsigned int)f32_to_bf16(f[2]) | ((unsigned int)f32_to_bf16(f[3]) << 16);
+    *((uint2*)(out + ((size_t)t * n_heads + head) * head_dim) + threadIdx.x) = word;
 }

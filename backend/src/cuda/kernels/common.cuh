@@ -39,6 +39,16 @@ __device__ __forceinline__ void unpack8(uint4 w, float* f) {
     }
 }
 
+// 8 floats as the 8 bf16 of a 16-byte word (rounded to nearest even).
+__device__ __forceinline__ uint4 pack8(const float* f) {
+    uint4 w;
+    w.x = (unsigned int)f32_to_bf16(f[0]) | ((unsigned int)f32_to_bf16(f[1]) << 16);
+    w.y = (unsigned int)f32_to_bf16(f[2]) | ((unsigned int)f32_to_bf16(f[3]) << 16);
+    w.z = (unsigned int)f32_to_bf16(f[4]) | ((unsigned int)f32_to_bf16(f[5]) << 16);
+    w.w = (unsigned int)f32_to_bf16(f[6]) | ((unsigned int)f32_to_bf16(f[7]) << 16);
+    return w;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
