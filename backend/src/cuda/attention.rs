@@ -99,8 +99,7 @@ impl SplitScratch {
         let splits = wanted
             .min(max_context.div_ceil(MIN_PARTITION))
             .min(self.ctas / base)
-            .min(MAX_SPLITS)
-            .max(1);
+            .clamp(1, MAX_SPLITS);
         Split::fixed(max_context, splits)
     }
 

@@ -13,8 +13,7 @@ use backend::kernel_check::attention::{self, Geometry, Row};
 use backend::kernel_check::ops;
 use backend::kernel_check::StepPlan;
 use backend::kernel_check::{
-    gemv, gemv_lanes, quantized_linear, split_planes, GemvInput, PlaneKind, Planes,
-    GEMV_MAX_TOKENS,
+    gemv, gemv_lanes, quantized_linear, split_planes, GemvInput, PlaneKind, Planes, GEMV_MAX_TOKENS,
 };
 use backend::kernel_check::{launch_attention, Attention, Split, SplitScratch};
 use backend::kernel_check::{
@@ -689,7 +688,10 @@ fn gated_product(dev: &Dev, rng: &mut StdRng, planes: Planes, w: &[f32]) -> Resu
         gemv(k, s, planes, input, tokens, Output::F32(dev.at(&y, 0)))?;
         let e = max_error(&dev.read(&y)?, &want);
         if e > BF16_TOL {
-            eprintln!("{:?} {rows}x{inp} gated, {tokens} tokens: error {e:.2e}", planes.kind);
+            eprintln!(
+                "{:?} {rows}x{inp} gated, {tokens} tokens: error {e:.2e}",
+                planes.kind
+            );
         }
         worst = worst.max(e);
     }

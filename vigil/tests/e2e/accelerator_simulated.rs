@@ -273,7 +273,10 @@ fn gpu_profile_counts_a_decode_step_the_same_every_run() {
             "attention's mean access: {attention} bytes"
         );
         let gemv = widths["gemv_one_q4_1"].as_f64().unwrap();
-        assert!(gemv >= 8.0, "the matrix-vector kernel's mean access: {gemv} bytes");
+        assert!(
+            gemv >= 8.0,
+            "the matrix-vector kernel's mean access: {gemv} bytes"
+        );
         for (kernel, bytes) in widths {
             let bytes = bytes.as_f64().unwrap();
             assert!((1.0..=16.0).contains(&bytes), "{kernel}: {bytes}");
