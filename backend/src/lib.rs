@@ -42,8 +42,8 @@ pub mod kernel_check {
     pub use crate::cuda::launch::{addr, Kernels};
     pub use crate::cuda::ptxas;
     pub use crate::cuda::quantized::{
-        decode_rows, gemv, gemv_lanes, linear as quantized_linear, split_planes, GemvInput,
-        PlaneKind, Planes, GEMV_MAX_TOKENS,
+        decode_rows, gemv, gemv_lanes, linear as quantized_linear, planes_of, GemvInput, PlaneKind,
+        Planes, GEMV_MAX_TOKENS,
     };
     pub use crate::cuda::rope;
     pub use crate::cuda::step_plan::StepPlan;

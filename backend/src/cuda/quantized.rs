@@ -1,6 +1,6 @@
 //! Weight matrices kept on the device as the GGUF stores them, and the products that read them.
 //!
-//! A GGUF's Q4_0, Q4_1 and Q8_0 matrices stay quantized in device memory (3.2 to 5.7 times
+//! A GGUF's Q4_0, Q4_1, Q8_0 and Q4_K matrices stay quantized in device memory (3.2 to 5.7 times
 //! fewer bytes than bf16, so a decode step, which streams every weight once, reads that much
 //! less). Each is held as two planes, quants and scales (`kernels/gemv.cu` gives the layout),
 //! split from GGUF's packed blocks on the host at load, so that the kernels load aligned
@@ -54,9 +54,6 @@ pub enum PlaneKind {
 }
 
 impl PlaneKind {
-    /// Every kind, for checks.
-    pub const ALL: [PlaneKind; 3] = [PlaneKind::Q4_0, PlaneKind::Q4_1, PlaneKind::Q8_0];
-
     /// The kind of a GGUF encoding, if it is kept quantized.
     pub fn of(t: GgmlType) -> Option<PlaneKind> {
         match t {
@@ -64,15 +61,6 @@ impl PlaneKind {
             GgmlType::Q4_1 => Some(PlaneKind::Q4_1),
             GgmlType::Q8_0 => Some(PlaneKind::Q8_0),
             _ => None,
-        }
-    }
-
-    /// The GGUF encoding.
-    pub fn ggml_type(self) -> GgmlType {
-        match self {
-            PlaneKind::Q4_0 => GgmlType::Q4_0,
-            PlaneKind::Q4_1 => GgmlType::Q4_1,
-            PlaneKind::Q8_0 => GgmlType::Q8_0,
         }
     }
 
@@ -99,7 +87,7 @@ impl PlaneKind {
 }
 
 /// GGUF blocks split into the planes the kernels read: (quants, scales).
-pub fn split_planes(kind: PlaneKind, blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
+pub(crate) fn split_planes(kind: PlaneKind, blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
     let size = kind.gguf_block_bytes();
     assert!(blocks.len().is_multiple_of(size), "whole {kind:?} blocks");
     let n = blocks.len() / size;
@@ -118,6 +106,56 @@ pub fn split_planes(kind: PlaneKind, blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
     (qs, scales)
 }
 
+/// The planes the kernels read for GGUF blocks of `ty`, and the kind they are in: Q4_0, Q4_1 and
+/// Q8_0 as they are ([`split_planes`]); Q4_K as Q4_1 planes ([`q4_k_as_q4_1`]); `None` for the
+/// encodings kept in bf16.
+pub fn planes_of(ty: GgmlType, blocks: &[u8]) -> Option<(PlaneKind, Vec<u8>, Vec<u16>)> {
+    if ty == GgmlType::Q4_K {
+        let (qs, scales) = q4_k_as_q4_1(blocks);
+        return Some((PlaneKind::Q4_1, qs, scales));
+    }
+    let kind = PlaneKind::of(ty)?;
+    let (qs, scales) = split_planes(kind, blocks);
+    Some((kind, qs, scales))
+}
+
+/// Q4_K super-blocks (256 values: f16 d and dmin, eight 6-bit scales and mins, 4-bit quants)
+/// as Q4_1 planes: each 32-value sub-block j becomes a Q4_1 block with scale d * scale_j and
+/// offset -dmin * min_j, each rounded to f16 (a relative error of at most 2^-12 on the weights,
+/// an eighth of bf16's), and its quants re-paired as Q4_1 pairs them (value i with value i + 16
+/// in one byte; Q4_K pairs sub-block 2p's value i with sub-block 2p + 1's). 20 bytes for each
+/// 32 values on the device against the file's 18.
+pub(crate) fn q4_k_as_q4_1(blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
+    const SUPER: usize = 144;
+    assert!(blocks.len().is_multiple_of(SUPER), "whole Q4_K blocks");
+    let n = blocks.len() / SUPER;
+    let (mut qs, mut scales) = (
+        Vec::with_capacity(n * 8 * 16),
+        Vec::with_capacity(n * 8 * 2),
+    );
+    let f16_of = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    for b in blocks.chunks_exact(SUPER) {
+        let (d, dmin) = (f16_of(&b[0..2]), f16_of(&b[2..4]));
+        let (packed, quants) = (&b[4..16], &b[16..]);
+        for j in 0..8 {
+            let (scale, min) = model::q4k_scale_min(j, packed);
+            scales.push(half::f16::from_f32(d * f32::from(scale)).to_bits());
+            scales.push(half::f16::from_f32(-dmin * f32::from(min)).to_bits());
+            // Sub-block j: the low (even j) or high (odd j) nibbles of bytes 32 (j / 2)...
+            let bytes = &quants[32 * (j / 2)..32 * (j / 2) + 32];
+            let value = |i: usize| {
+                if j % 2 == 0 {
+                    bytes[i] & 0x0f
+                } else {
+                    bytes[i] >> 4
+                }
+            };
+            qs.extend((0..16).map(|i| value(i) | (value(i + 16) << 4)));
+        }
+    }
+    (qs, scales)
+}
+
 /// A quantized `[rows, inp]` matrix on the device, as its two planes.
 pub(crate) struct QuantMatrix {
     kind: PlaneKind,
@@ -131,20 +169,26 @@ impl QuantMatrix {
     /// Uploads `rows` x `inp` values given as GGUF blocks of `kind`, split into planes.
     pub(crate) fn upload(
         stream: &Arc<CudaStream>,
-        kind: PlaneKind,
+        ty: GgmlType,
         blocks: &[u8],
         rows: usize,
         inp: usize,
     ) -> Result<QuantMatrix, CudaError> {
-        if !inp.is_multiple_of(BLOCK)
-            || blocks.len() != rows * inp / BLOCK * kind.gguf_block_bytes()
+        let (per_block, block_bytes) = ty.block();
+        let (per_block, block_bytes) = (per_block as usize, block_bytes as usize);
+        let planes = if inp.is_multiple_of(per_block)
+            && blocks.len() == rows * inp / per_block * block_bytes
         {
+            planes_of(ty, blocks)
+        } else {
+            None
+        };
+        let Some((kind, qs, scales)) = planes else {
             return Err(CudaError::Unsupported(format!(
-                "a {kind:?} matrix of {rows} x {inp} in {} bytes",
+                "a {ty:?} matrix of {rows} x {inp} in {} bytes",
                 blocks.len()
             )));
-        }
-        let (qs, scales) = split_planes(kind, blocks);
+        };
         Ok(QuantMatrix {
             kind,
             qs: stream.clone_htod(&qs)?,
@@ -191,13 +235,14 @@ pub struct Planes {
     pub inp: usize,
 }
 
-/// Threads a row group has in the matrix-vector kernels: the largest power of two up to 32 that
-/// leaves each thread at least two blocks of a row (a thread's chain of loads stays short, and
-/// its loads of x serve [`GEMV_ROWS`] rows).
+/// Threads a row group has in the matrix-vector kernels: the largest power of two up to a whole
+/// CTA that leaves each thread at least two blocks of a row, so that a thread's chain of loads
+/// stays short (an 8B model's 14,336-wide down projection: 128 lanes of 3-4 blocks, not 32 of
+/// 14) while each of its loads of x still serves [`GEMV_ROWS`] rows.
 pub fn gemv_lanes(inp: usize) -> usize {
     let blocks = inp / BLOCK;
     let mut lanes = 1;
-    while lanes < 32 && lanes * 2 * 2 <= blocks {
+    while lanes < GEMV_THREADS && lanes * 2 * 2 <= blocks {
         lanes *= 2;
     }
     lanes
@@ -353,4 +398,47 @@ pub fn linear(
         first += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of element `i` of Q4_1 planes, as the kernels decode it: d q + m.
+    fn q4_1_value(qs: &[u8], scales: &[u16], i: usize) -> f32 {
+        let (block, at) = (i / 32, i % 32);
+        let byte = qs[16 * block + at % 16];
+        let q = if at < 16 { byte & 0x0f } else { byte >> 4 };
+        let d = half::f16::from_bits(scales[2 * block]).to_f32();
+        let m = half::f16::from_bits(scales[2 * block + 1]).to_f32();
+        d * f32::from(q) + m
+    }
+
+    /// Q4_K blocks (scales and quants from a fixed pseudo-random sequence) turned into Q4_1
+    /// planes decode to the loader's Q4_K values, each within the f16 rounding of its
+    /// sub-block's scale and offset (2^-11 of each, relative).
+    #[test]
+    fn q4_k_blocks_as_q4_1_planes_decode_to_the_loaders_values() {
+        let mut state = 12345u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        };
+        let mut blocks = Vec::new();
+        for _ in 0..3 {
+            blocks.extend(half::f16::from_f32(0.0123).to_le_bytes());
+            blocks.extend(half::f16::from_f32(0.0071).to_le_bytes());
+            blocks.extend((0..140).map(|_| next()));
+        }
+        let mut want = vec![0f32; 3 * 256];
+        model::dequantize(GgmlType::Q4_K, &blocks, &mut want);
+        let (qs, scales) = q4_k_as_q4_1(&blocks);
+        assert_eq!((qs.len(), scales.len()), (3 * 8 * 16, 3 * 8 * 2));
+        for (i, &w) in want.iter().enumerate() {
+            let got = q4_1_value(&qs, &scales, i);
+            // d' q and m' each carry at most half an f16 ulp of their size.
+            let bound = (0.0123 * 63.0 * 15.0 + 0.0071 * 63.0) * 2f32.powi(-11);
+            assert!((got - w).abs() <= bound, "element {i}: {got} against {w}");
+        }
+    }
 }

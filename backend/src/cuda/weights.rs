@@ -2,8 +2,8 @@
 //!
 //! The model's weights on the device, read from the [`WeightSource`] one group at a time and
 //! fused as every backend reads them ([`layer_groups`]). A layer's matrix (and an untied LM
-//! head) whose tensors the GGUF stores in one of Q4_0, Q4_1 or Q8_0 stays so
-//! ([`QuantMatrix`], multiplied by `super::quantized`). Everything else is bf16: f32 values
+//! head) whose tensors the GGUF stores in one of Q4_0, Q4_1, Q8_0 or Q4_K stays so
+//! ([`QuantMatrix`], multiplied by `super::quantized`; Q4_K as Q4_1 blocks of its sub-blocks). Everything else is bf16: f32 values
 //! (already dequantized and un-permuted by the loader) converted by `convert_f32`, or, when the
 //! file stores them as Q8_0/Q4_0/Q4_1 or f16 (the embedding, a matrix whose tensors mix
 //! encodings), uploaded as stored and decoded by the `dequant_*` kernels.
@@ -15,7 +15,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::error::CudaError;
 use super::kernels::{ConvertF16, ConvertF32, DequantQ4_0, DequantQ4_1, DequantQ8_0, DevPtr, Grid};
 use super::launch::{addr, Kernels};
-use super::quantized::{PlaneKind, Planes, QuantMatrix};
+use super::quantized::{Planes, QuantMatrix};
 use crate::host_weights::{has_untied_lm_head, layer_groups, Group};
 use model::names;
 use model::GgmlType;
@@ -108,11 +108,10 @@ impl DeviceWeights {
             .collect::<Result<Vec<_>, CudaError>>()?;
         let mut matrix = |group: &Group| -> Result<DeviceMatrix, CudaError> {
             let m = match group.encoded(w, QUANTIZED)? {
-                Some((kind, encoded)) => {
-                    let kind = PlaneKind::of(kind).expect("one of QUANTIZED");
+                Some((ty, encoded)) => {
                     let rows = group.tensors.iter().map(|(_, s)| s[0]).sum();
                     let inp = group.tensors[0].1[1];
-                    let q = QuantMatrix::upload(stream, kind, &encoded, rows, inp)?;
+                    let q = QuantMatrix::upload(stream, ty, &encoded, rows, inp)?;
                     largest_quantized = largest_quantized.max(q.elements());
                     DeviceMatrix::Quantized(q)
                 }
@@ -159,7 +158,12 @@ impl DeviceWeights {
 }
 
 /// The GGUF encodings a matrix stays in on the device.
-pub const QUANTIZED: &[GgmlType] = &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0];
+pub const QUANTIZED: &[GgmlType] = &[
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q8_0,
+    GgmlType::Q4_K,
+];
 
 /// Uploads `host` and converts it to bf16 on the device.
 pub(crate) fn to_bf16(

@@ -13,7 +13,7 @@ use backend::kernel_check::attention::{self, Geometry, Row};
 use backend::kernel_check::ops;
 use backend::kernel_check::StepPlan;
 use backend::kernel_check::{
-    gemv, gemv_lanes, quantized_linear, split_planes, GemvInput, PlaneKind, Planes, GEMV_MAX_TOKENS,
+    gemv, gemv_lanes, planes_of, quantized_linear, GemvInput, Planes, GEMV_MAX_TOKENS, QUANTIZED,
 };
 use backend::kernel_check::{launch_attention, Attention, Split, SplitScratch};
 use backend::kernel_check::{
@@ -51,7 +51,7 @@ pub(crate) fn run(dev: &Dev, report: &mut Report) {
         ("kernel dequant q8_0/q4_0/q4_1", dequant),
         ("kernel convert_f16/f32", convert),
         (
-            "kernel gemv_q4_0/q4_1/q8_0 (plain, SwiGLU-gated), tiles + cuBLAS",
+            "kernel gemv over Q4_0/Q4_1/Q8_0/Q4_K (plain, SwiGLU-gated), tiles + cuBLAS",
             quantized_products,
         ),
         ("cuBLAS linear (bf16 and f32 out)", gemm),
@@ -553,6 +553,19 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
 /// Random GGUF blocks of `ty`, `blocks` of them, with weights of a model's size (within about
 /// ±0.13: scales within ±0.001 for Q8_0's ±127, ±0.016 for 4 bits, Q4_1's offsets ±0.05).
 fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
+    if ty == GgmlType::Q4_K {
+        // 256 values a block: d and dmin within ±0.0005 (times 6-bit scales and mins up to
+        // 63), then 12 bytes of packed scales and mins and 128 of quants, all random.
+        let mut data = Vec::with_capacity(blocks * 144);
+        for _ in 0..blocks {
+            for _ in 0..2 {
+                let scale = half::f16::from_f32(rng.random_range(-0.0005..0.0005));
+                data.extend_from_slice(&scale.to_le_bytes());
+            }
+            data.extend((0..140).map(|_| rng.random::<u8>()));
+        }
+        return data;
+    }
     let (halves, quant_bytes, d) = match ty {
         GgmlType::Q4_1 => (2, 16, 0.008),
         GgmlType::Q8_0 => (1, 32, 0.001),
@@ -570,21 +583,44 @@ fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
     data
 }
 
-/// The products over quantized planes against `x · Wᵀ` in f64 over the loader's dequantized
-/// W (rounded to bf16 where the tiles round it): the matrix-vector kernels at 1, 3 and 8 tokens with bf16 and f32 output, at widths that
-/// give 4, 8 and 32 threads a row (the default model's 576 and 1536, an 8B model's 4096) and row
-/// counts that leave a CTA part-filled; and a 12-token step, which decodes row tiles (a small
-/// scratch, so four tiles, the last a part one) for cuBLAS; and the product whose input is
-/// SwiGLU of a gate/up output, taken as it loads.
+/// The products over quantized planes (each encoding the device keeps; Q4_K as its Q4_1 planes,
+/// at the widths that are whole 256-value blocks) against `x · Wᵀ` in f64 over the loader's
+/// dequantized W (rounded to bf16 where the tiles round it): the matrix-vector kernels at 1, 3 and 8 tokens
+/// with bf16 and f32 output, at widths that give 8, 16, 64 and 128 threads a row group (the
+/// default model's 576 and 1536, an 8B model's 4096 and 14,336) and row counts that leave a CTA
+/// part-filled; a 12-token step, which decodes row tiles (a small scratch, so four tiles, the
+/// last a part one) for cuBLAS; and the product whose input is SwiGLU of a gate/up output,
+/// taken as it loads.
 fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let mut worst = 0f32;
-    for kind in PlaneKind::ALL {
-        for (rows, inp) in [(200, 576), (70, 1536), (33, 4096)] {
-            let ty = kind.ggml_type();
-            let data = random_blocks(rng, ty, rows * inp / 32);
+    for ty in QUANTIZED.iter().copied() {
+        let per_block = ty.block().0 as usize;
+        for (rows, inp) in [(200usize, 576usize), (70, 1536), (33, 4096), (9, 14336)] {
+            if !inp.is_multiple_of(per_block) {
+                continue;
+            }
+            let data = random_blocks(rng, ty, rows * inp / per_block);
+            let (kind, qs, scales) = planes_of(ty, &data).expect("a quantized encoding");
             let mut w = vec![0f32; rows * inp];
-            dequantize(ty, &data, &mut w);
-            let (qs, scales) = split_planes(kind, &data);
+            if ty == GgmlType::Q4_K {
+                // The device holds Q4_K as Q4_1 blocks with f16-rounded sub-block scales (the
+                // conversion has its own test against the loader): the reference is the
+                // loader's Q4_1 reading of those blocks.
+                let q4_1: Vec<u8> = scales
+                    .chunks_exact(2)
+                    .zip(qs.chunks_exact(16))
+                    .flat_map(|(dm, q)| {
+                        let mut block = Vec::with_capacity(20);
+                        block.extend(dm[0].to_le_bytes());
+                        block.extend(dm[1].to_le_bytes());
+                        block.extend_from_slice(q);
+                        block
+                    })
+                    .collect();
+                dequantize(GgmlType::Q4_1, &q4_1, &mut w);
+            } else {
+                dequantize(ty, &data, &mut w);
+            }
             let (d_qs, d_scales) = (dev.upload(&qs)?, dev.upload(&scales)?);
             let planes = Planes {
                 kind,
@@ -644,7 +680,7 @@ fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErr
                 let e = e16.max(e32);
                 if e > BF16_TOL {
                     eprintln!(
-                        "{kind:?} {rows}x{inp} ({} lanes), {tokens} tokens: error {e:.2e}",
+                        "{ty:?} {rows}x{inp} ({} lanes), {tokens} tokens: error {e:.2e}",
                         gemv_lanes(inp)
                     );
                 }

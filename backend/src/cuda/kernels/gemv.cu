@@ -52,6 +52,12 @@ __device__ __forceinline__ void dequant_block(const unsigned char* qs,
     }
 }
 
+// The sum of 8 values as a fixed tree: the same order on every device, and one a host compiler
+// can vectorise (a running sum it must keep in order).
+__device__ __forceinline__ float sum8(const float* v) {
+    return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+}
+
 // Block `b`'s quants (the words of its 16 or 32 bytes) and scale(s): Q4_0's offset -8 d and
 // Q8_0's 0 in `m`, so that every kind's value is d * q + m with q its raw quant.
 template <int KIND>
@@ -121,9 +127,11 @@ __device__ __forceinline__ void gemv(const unsigned char* qs, const unsigned sho
     for (int b = lane; n_rows > 0 && b < k_blocks; b += lanes) {
         uint4 q[GEMV_ROWS][2];
         float d[GEMV_ROWS], m[GEMV_ROWS];
+#pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) {
             if (r < n_rows) load_block<KIND>(qs, scales, (size_t)(row0 + r) * k_blocks + b, q[r], &d[r], &m[r]);
         }
+#pragma unroll
         for (int c = 0; c < 4; c++) {
             // Several tokens share each row's decoded chunk; one token decodes it as it goes
             // (fewer registers live).
@@ -131,8 +139,9 @@ __device__ __forceinline__ void gemv(const unsigned char* qs, const unsigned sho
             if (MAX_TOKENS > 1)
                 for (int r = 0; r < GEMV_ROWS; r++)
                     if (r < n_rows) chunk_quants<KIND>(q[r], c, qf[r]);
+#pragma unroll
             for (int t = 0; t < MAX_TOKENS; t++) {
-                if (t >= tokens) break;
+                if (t >= tokens) continue;
                 float xf[8];
                 if (gated) {
                     // x = silu(gate) * up, rounded to bf16 as `silu_and_mul` writes it.
@@ -145,15 +154,16 @@ __device__ __forceinline__ void gemv(const unsigned char* qs, const unsigned sho
                 } else {
                     unpack8(__ldg((const uint4*)(x + (size_t)t * k + (size_t)b * 32 + 8 * c)), xf);
                 }
-                float xsum = 0.0f;
-                for (int i = 0; i < 8; i++) xsum += xf[i];
+                float xsum = sum8(xf);
+#pragma unroll
                 for (int r = 0; r < GEMV_ROWS; r++) {
-                    if (r >= n_rows) break;
+                    if (r >= n_rows) continue;
                     float one[8];
                     if (MAX_TOKENS == 1) chunk_quants<KIND>(q[r], c, one);
                     const float* qv = MAX_TOKENS == 1 ? one : qf[r];
-                    float s = 0.0f;
-                    for (int i = 0; i < 8; i++) s += qv[i] * xf[i];
+                    float p[8];
+                    for (int i = 0; i < 8; i++) p[i] = qv[i] * xf[i];
+                    float s = sum8(p);
                     acc[r][t] += d[r] * s + m[r] * xsum;
                 }
             }
