@@ -22,8 +22,11 @@ use crate::shape::LayerShape;
 /// SmolLM2 in one CTA; at 8 (Qwen2.5-7B's 7 in one) the per-head registers cost half the CTAs
 /// an SM holds (ptxas, sm_90: 192 registers, 2 CTAs per SM; at 4: 118, 4 per SM).
 pub const MAX_GROUP: usize = 4;
-/// Fewest keys a split takes: below this a split's fixed costs outweigh what it adds.
-pub const MIN_PARTITION: usize = 128;
+/// Fewest keys a split takes: below this a split's fixed costs (its share of the merge, its
+/// partial's writes) outweigh what it adds. 64 rather than 128: at batch 1 and 512 keys the
+/// profile predicts an 8B step's attention at 110 us against 187 (twice the CTAs, half the
+/// chain of loads each), the merge's cost unchanged.
+pub const MIN_PARTITION: usize = 64;
 
 /// The most splits the merge takes (`MERGE_MAX_SPLITS` in `kernels/attention.cu`).
 pub(crate) const MAX_SPLITS: usize = 1024;
