@@ -166,7 +166,8 @@ pub(crate) struct QuantMatrix {
 }
 
 impl QuantMatrix {
-    /// Uploads `rows` x `inp` values given as GGUF blocks of `kind`, split into planes.
+    /// Uploads `rows` x `inp` values given as GGUF blocks of `ty`, as the planes of
+    /// [`planes_of`].
     pub(crate) fn upload(
         stream: &Arc<CudaStream>,
         ty: GgmlType,

@@ -496,19 +496,8 @@ fn argmax(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
 fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let n_blocks = 64;
     let mut worst = 0f32;
-    for (ty, block_bytes, halves) in [
-        (GgmlType::Q8_0, 34, 1),
-        (GgmlType::Q4_0, 18, 1),
-        (GgmlType::Q4_1, 20, 2),
-    ] {
-        let mut data = Vec::with_capacity(n_blocks * block_bytes);
-        for _ in 0..n_blocks {
-            for _ in 0..halves {
-                let scale = half::f16::from_f32(rng.random_range(-0.05..0.05));
-                data.extend_from_slice(&scale.to_le_bytes());
-            }
-            data.extend((0..block_bytes - 2 * halves).map(|_| rng.random::<u8>()));
-        }
+    for ty in [GgmlType::Q8_0, GgmlType::Q4_0, GgmlType::Q4_1] {
+        let data = random_blocks(rng, ty, n_blocks);
         let mut want = vec![0f32; n_blocks * 32];
         dequantize(ty, &data, &mut want);
         let d_data = dev.upload(&data)?;

@@ -16,42 +16,6 @@
 #define KIND_Q4_1 1
 #define KIND_Q8_0 2
 
-// Block `b`'s 32 values as floats.
-template <int KIND>
-__device__ __forceinline__ void dequant_block(const unsigned char* qs,
-                                              const unsigned short* scales, size_t b, float* w) {
-    if (KIND == KIND_Q8_0) {
-        uint4 q0 = __ldg((const uint4*)(qs + b * 32));
-        uint4 q1 = __ldg((const uint4*)(qs + b * 32 + 16));
-        float d = f16_to_f32(__ldg(scales + b));
-        unsigned int u[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
-        for (int i = 0; i < 8; i++)
-            for (int j = 0; j < 4; j++) w[4 * i + j] = d * (float)(signed char)(u[i] >> (8 * j));
-    } else {
-        uint4 q = __ldg((const uint4*)(qs + b * 16));
-        unsigned int u[4] = {q.x, q.y, q.z, q.w};
-        if (KIND == KIND_Q4_1) {
-            unsigned int dm = __ldg((const unsigned int*)scales + b);
-            float d = f16_to_f32((unsigned short)(dm & 0xffffu));
-            float m = f16_to_f32((unsigned short)(dm >> 16));
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) {
-                    unsigned int byte = (u[i] >> (8 * j)) & 0xffu;
-                    w[4 * i + j] = d * (float)(byte & 0x0fu) + m;
-                    w[16 + 4 * i + j] = d * (float)(byte >> 4) + m;
-                }
-        } else {
-            float d = f16_to_f32(__ldg(scales + b));
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < 4; j++) {
-                    unsigned int byte = (u[i] >> (8 * j)) & 0xffu;
-                    w[4 * i + j] = d * (float)((int)(byte & 0x0fu) - 8);
-                    w[16 + 4 * i + j] = d * (float)((int)(byte >> 4) - 8);
-                }
-        }
-    }
-}
-
 // The sum of 8 values as a fixed tree: the same order on every device, and one a host compiler
 // can vectorise (a running sum it must keep in order).
 __device__ __forceinline__ float sum8(const float* v) {
@@ -235,9 +199,15 @@ __device__ __forceinline__ void decode_planes(const unsigned char* qs,
                                               size_t first, size_t n_blocks) {
     size_t at = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * DECODE_BLOCKS;
     for (size_t b = at; b < at + DECODE_BLOCKS && b < n_blocks; b++) {
-        float w[32];
-        dequant_block<KIND>(qs, scales, first + b, w);
-        for (int c = 0; c < 4; c++) *(uint4*)(out + b * 32 + 8 * c) = pack8(w + 8 * c);
+        uint4 q[2];
+        float d, m;
+        load_block<KIND>(qs, scales, first + b, q, &d, &m);
+        for (int c = 0; c < 4; c++) {
+            float w[8];
+            chunk_quants<KIND>(q, c, w);
+            for (int i = 0; i < 8; i++) w[i] = d * w[i] + m;
+            *(uint4*)(out + b * 32 + 8 * c) = pack8(w);
+        }
     }
 }
 
