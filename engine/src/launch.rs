@@ -70,6 +70,8 @@ pub struct EngineConfig {
     pub prefix_caching: bool,
     /// Split long prompts across steps.
     pub chunked_prefill: bool,
+    /// `--enforce-eager`: no CUDA graphs; every step's kernels are launched one by one.
+    pub enforce_eager: bool,
 }
 
 impl EngineConfig {
@@ -271,6 +273,8 @@ fn build_backend(
             num_blocks_override: config.num_gpu_blocks_override.map(|n| n as usize),
             max_num_batched_tokens: batch_token_budget as usize,
             max_num_seqs: config.max_num_seqs as usize,
+            max_model_len: max_model_len as usize,
+            enforce_eager: config.enforce_eager,
         };
         match CudaBackend::new(model, &options) {
             Ok(mut backend) => {
@@ -287,6 +291,19 @@ fn build_backend(
                     "CUDA backend ready in {:.2?}",
                     started.elapsed()
                 );
+                match backend.graph_capture() {
+                    Some(g) => tracing::info!(
+                        graphs = g.graphs,
+                        max_batch = g.max_batch,
+                        memory_mib = g.bytes as f64 / (1 << 20) as f64,
+                        "captured CUDA graphs of decode steps in {:.2} s",
+                        g.seconds
+                    ),
+                    None if config.enforce_eager => {
+                        tracing::info!("--enforce-eager: decode steps run without CUDA graphs")
+                    }
+                    None => {}
+                }
                 check_cache_holds_a_request(
                     plan.num_blocks,
                     options.block_size,

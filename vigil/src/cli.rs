@@ -310,6 +310,11 @@ pub struct ServeArgs {
     #[arg(long, overrides_with = "enable_chunked_prefill", action = ArgAction::SetTrue)]
     pub no_enable_chunked_prefill: bool,
 
+    /// Launch every step's kernels one by one: no CUDA graphs of decode steps (vLLM's flag;
+    /// without it, pure-decode steps of up to 256 sequences replay graphs captured at start-up).
+    #[arg(long)]
+    pub enforce_eager: bool,
+
     /// Export a trace of every request over OTLP to this collector URL (gRPC, or HTTP/protobuf
     /// with OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/protobuf and the full .../v1/traces URL).
     #[arg(long, value_name = "URL")]
@@ -437,6 +442,7 @@ impl ServeArgs {
                 kv_cache_memory_bytes: self.kv_cache_memory_bytes,
                 prefix_caching: !self.no_enable_prefix_caching,
                 chunked_prefill: !self.no_enable_chunked_prefill,
+                enforce_eager: self.enforce_eager,
             },
             engine_stats: !self.disable_log_stats,
             access_log: !(self.disable_uvicorn_access_log || self.disable_log_requests),

@@ -35,12 +35,14 @@ const CTAS_PER_SM: usize = 2;
 /// The partials' scratch holds this many CTAs per SM.
 const SCRATCH_CTAS_PER_SM: usize = 4;
 
-/// How a step's keys are split: `splits` CTAs per (token, KV head), `partition` keys each.
+/// How a step's keys are split: `splits` CTAs per (token, KV head), each token's keys cut into
+/// partitions of max(`partition`, ceil(keys / `splits`)) (the kernel sizes each token's, so a
+/// split fixed in advance for the longest context serves any shorter one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Split {
     /// CTAs per (token, KV head).
     pub splits: usize,
-    /// Keys per split.
+    /// The fewest keys a split takes.
     pub partition: usize,
 }
 

@@ -8,10 +8,11 @@
 //! a device argmax for greedy rows, and one copy back of what the host needs: whole rows for
 //! requests that sample on the host, a token and a log-probability for greedy ones.
 
-use super::attention::{Attention, SplitScratch};
+use super::attention::{Attention, Split, SplitScratch};
 use super::error::CudaError;
 use super::gemm::{Matrix, Output};
 use super::gpu::{DeviceInfo, Gpu};
+use super::graphs::DecodeGraphs;
 use super::kernels::{
     ArgmaxRows, Bf16, DevPtr, EmbeddingGather, Grid, HeadDim, Heads, KvHeads, RmsNorm, RopeKvWrite,
     SiluAndMul,
@@ -51,6 +52,24 @@ pub struct CudaOptions {
     pub max_num_batched_tokens: usize,
     /// The most sequences one step may carry (sizes the step's buffers).
     pub max_num_seqs: usize,
+    /// `--max-model-len`: the longest context (0: the model's own), the width of the block
+    /// tables a CUDA graph reads.
+    pub max_model_len: usize,
+    /// `--enforce-eager`: every step launches its kernels one by one; no CUDA graphs.
+    pub enforce_eager: bool,
+}
+
+/// What capturing the decode graphs took, for the start-up log.
+#[derive(Debug, Clone, Copy)]
+pub struct GraphCapture {
+    /// Graphs captured.
+    pub graphs: usize,
+    /// Largest batch a graph serves.
+    pub max_batch: usize,
+    /// Wall time of the capture.
+    pub seconds: f64,
+    /// Device memory the graphs took (free memory before less after).
+    pub bytes: u64,
 }
 
 /// K and V of one layer: `[num_blocks, block_size, n_kv_heads * head_dim]` each.
@@ -78,6 +97,9 @@ pub struct CudaBackend {
     decode_scratch: Bf16Buf,
     clock: StepClock,
     timing: Option<StepTiming>,
+    /// Pure-decode steps' graphs (`None` under `--enforce-eager`).
+    graphs: Option<DecodeGraphs>,
+    graph_capture: Option<GraphCapture>,
     gpu: Gpu,
 }
 
@@ -172,7 +194,18 @@ impl CudaBackend {
             })
             .collect::<Result<Vec<_>, CudaError>>()?;
         stream.synchronize()?;
-        Ok(CudaBackend {
+        let max_context = match options.max_model_len {
+            0 => c.max_position_embeddings,
+            n => n.min(c.max_position_embeddings),
+        };
+        let graphs = (!options.enforce_eager).then(|| {
+            DecodeGraphs::new(
+                rows.min(tokens),
+                max_context,
+                max_context.div_ceil(options.block_size),
+            )
+        });
+        let mut backend = CudaBackend {
             config: c.clone(),
             clock: StepClock::new(&gpu.ctx)?,
             block_size: options.block_size,
@@ -186,8 +219,79 @@ impl CudaBackend {
             split_scratch,
             decode_scratch,
             timing: None,
+            graphs,
+            graph_capture: None,
             gpu,
-        })
+        };
+        backend.capture_graphs()?;
+        Ok(backend)
+    }
+
+    /// Captures a graph of every pure-decode shape (see [`super::graphs`]), replacing any held.
+    fn capture_graphs(&mut self) -> Result<(), CudaError> {
+        let Some(mut graphs) = self.graphs.take() else {
+            return Ok(());
+        };
+        graphs.clear();
+        let started = std::time::Instant::now();
+        let free_before = self.gpu.ctx.mem_get_info()?.0;
+        let shapes = graphs.shapes(&self.split_scratch, &self.work.shape);
+        let max_batch = shapes.iter().map(|s| s.0).max().unwrap_or(0);
+        for (rows, split) in shapes {
+            let plan = StepPlan::padded_decode(&[], self.block_size, rows, graphs.max_blocks)
+                .expect("an empty batch pads to any size");
+            match self.capture(&plan, split) {
+                Ok(graph) => graphs.insert(rows, split, graph),
+                Err(e) => {
+                    // The graph set is an optimisation: steps run eagerly instead.
+                    tracing::error!("capturing a CUDA graph of {rows} rows failed ({e}); decode steps run without graphs");
+                    graphs.clear();
+                    self.graphs = None;
+                    return Ok(());
+                }
+            }
+        }
+        self.graph_capture = Some(GraphCapture {
+            graphs: graphs.len(),
+            max_batch,
+            seconds: started.elapsed().as_secs_f64(),
+            bytes: free_before.saturating_sub(self.gpu.ctx.mem_get_info()?.0) as u64,
+        });
+        self.graphs = Some(graphs);
+        Ok(())
+    }
+
+    /// One graph: the layers and LM head of a step laid out as `plan`, attention split as
+    /// `split`, recorded on the stream rather than run.
+    fn capture(
+        &self,
+        plan: &StepPlan,
+        split: Split,
+    ) -> Result<cudarc::driver::CudaGraph, CudaError> {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        let s = &self.gpu.stream;
+        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let recorded = llama::forward(
+            &mut CudaStep {
+                backend: self,
+                plan,
+                split,
+            },
+            self.config.num_hidden_layers,
+        );
+        // The capture ends whatever happened, so that the stream leaves capture mode.
+        let graph = s.end_capture(CUgraphInstantiate_flags(0));
+        recorded?;
+        let graph = graph?.ok_or_else(|| {
+            CudaError::Unsupported("stream capture recorded an empty graph".into())
+        })?;
+        graph.upload()?;
+        Ok(graph)
+    }
+
+    /// What capturing the decode graphs took, when they were captured.
+    pub fn graph_capture(&self) -> Option<GraphCapture> {
+        self.graph_capture
     }
 
     /// The device it runs on.
@@ -229,40 +333,66 @@ impl CudaBackend {
 
     /// The step itself, with device errors as [`CudaError`]: upload the plan, run the layers
     /// ([`llama::forward`] over a [`CudaStep`]), and copy back what the host needs.
-    fn run(&mut self, plan: &StepPlan) -> Result<Logits, CudaError> {
-        let (t, rows) = (plan.tokens, plan.logit_rows());
+    fn run(&mut self, plan: &StepPlan, graph: Option<Split>) -> Result<Logits, CudaError> {
+        let (t, rows) = (plan.tokens, plan.lm_rows);
         let s = &self.gpu.stream;
-        self.work.fit(s, t, rows, plan.packed.len())?;
+        if self.work.fit(s, t, rows, plan.packed.len())? {
+            // The buffers the graphs read moved.
+            self.capture_graphs()?;
+        }
+        let s = &self.gpu.stream;
         self.clock.begin(s)?;
         let n_meta = plan.packed.len();
         self.work.host_meta.write(&plan.packed);
         self.work.host_meta.upload(s, &self.work.meta, n_meta)?;
-        llama::forward(
-            &mut CudaStep {
-                backend: self,
-                plan,
-            },
-            self.config.num_hidden_layers,
-        )?;
+        let replay = graph.and_then(|split| {
+            let graphs = self.graphs.as_ref()?;
+            graphs.get(plan.tokens, split)
+        });
+        match replay {
+            Some(graph) => graph.launch()?,
+            None => {
+                let split = match graph {
+                    Some(split) => split,
+                    None => {
+                        self.split_scratch
+                            .plan(&self.work.shape, plan.tokens, plan.max_context)
+                    }
+                };
+                llama::forward(
+                    &mut CudaStep {
+                        backend: self,
+                        plan,
+                        split,
+                    },
+                    self.config.num_hidden_layers,
+                )?
+            }
+        }
 
         let vocab = self.work.shape.vocab;
         let (s, work) = (&self.gpu.stream, &mut self.work);
         let (full, greedy) = (plan.full_rows * vocab, plan.greedy_rows);
+        // The argmax's rows: the greedy ones are `first..first + greedy` of them.
+        let (reduced, first) = (
+            plan.argmax_rows.len(),
+            plan.full_rows - plan.argmax_rows.start,
+        );
         if full > 0 {
             work.host_logits.download(s, &work.logits, full)?;
         }
         if greedy > 0 {
-            work.host_greedy.download(s, &work.greedy, 2 * greedy)?;
+            work.host_greedy.download(s, &work.greedy, 2 * reduced)?;
         }
         self.clock.end(s)?;
         // The step's one synchronisation: the host reads what came back after it.
         s.synchronize()?;
         self.timing = Some(self.clock.read()?);
         let data = work.host_logits.read(full).to_vec();
-        let words = work.host_greedy.read(2 * greedy);
-        let greedy = words[..greedy]
+        let words = work.host_greedy.read(2 * reduced);
+        let greedy = words[first..first + greedy]
             .iter()
-            .zip(&words[greedy..])
+            .zip(&words[reduced + first..reduced + first + greedy])
             .map(|(&token, &logprob)| GreedyToken {
                 token,
                 logprob: f32::from_bits(logprob),
@@ -283,6 +413,8 @@ impl CudaBackend {
 struct CudaStep<'a> {
     backend: &'a CudaBackend,
     plan: &'a StepPlan,
+    /// How attention splits its keys.
+    split: Split,
 }
 
 impl CudaStep<'_> {
@@ -446,8 +578,7 @@ impl llama::LlamaStep for CudaStep<'_> {
             tokens: plan.tokens,
             block_size: b.block_size,
         };
-        let split = b.split_scratch.plan(shape, plan.tokens, plan.max_context);
-        super::attention::launch(k, s, shape, &attention, split, &b.split_scratch)?;
+        super::attention::launch(k, s, shape, &attention, self.split, &b.split_scratch)?;
         self.linear(self.buf(&work.attn), &layer.o, h, q_width, delta)
     }
 
@@ -497,7 +628,7 @@ impl llama::LlamaStep for CudaStep<'_> {
         let (h, vocab) = (work.shape.hidden, work.shape.vocab);
         let (residual, delta) = (self.buf(&work.residual), self.buf(&work.delta));
         self.norm(delta, residual, &b.weights.norm)?;
-        let rows = plan.logit_rows();
+        let rows = plan.lm_rows;
         if rows > 0 {
             // The rows that get logits, full ones first (embedding_gather gathers any rows),
             // unless they are already every row in order.
@@ -525,19 +656,36 @@ impl llama::LlamaStep for CudaStep<'_> {
                 Output::F32(self.buf(&work.logits)),
             )?;
         }
-        if plan.greedy_rows > 0 {
+        let argmax = &plan.argmax_rows;
+        if !argmax.is_empty() {
             k.run(
                 s,
-                Grid::Blocks(plan.greedy_rows as u32, 1),
+                Grid::Blocks(argmax.len() as u32, 1),
                 ArgmaxRows {
-                    logits: addr(&work.logits, s, plan.full_rows * vocab),
+                    logits: addr(&work.logits, s, argmax.start * vocab),
                     vocab: vocab as i32,
                     ids: self.buf(&work.greedy),
-                    logprobs: addr(&work.greedy, s, plan.greedy_rows).cast::<f32>(),
+                    logprobs: addr(&work.greedy, s, argmax.len()).cast::<f32>(),
                 },
             )?;
         }
         Ok(())
+    }
+}
+
+impl CudaBackend {
+    /// A pure-decode step's padded plan and split, when a graph serves it (never while
+    /// launches are timed: a graph's launches are not timed one by one).
+    fn graph_plan(&self, batch: &[SeqInput<'_>]) -> Option<(StepPlan, Split)> {
+        let graphs = self.graphs.as_ref()?;
+        if self.gpu.timer.is_on() {
+            return None;
+        }
+        let context = batch.iter().map(|s| s.start_pos + 1).max()?;
+        let (rows, split) =
+            graphs.shape_for(&self.split_scratch, &self.work.shape, batch.len(), context)?;
+        let plan = StepPlan::padded_decode(batch, self.block_size, rows, graphs.max_blocks)?;
+        Some((plan, split))
     }
 }
 
@@ -559,11 +707,14 @@ impl Backend for CudaBackend {
 
     fn forward(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits, BackendError> {
         validate_batch(batch, &self.config, self.block_size, self.num_blocks)?;
+        if let Some((plan, split)) = self.graph_plan(batch) {
+            return Ok(self.run(&plan, Some(split))?);
+        }
         let plan = StepPlan::new(batch, self.block_size);
         if plan.tokens == 0 {
             return Ok(Logits::from_rows(batch, self.config.vocab_size, Vec::new()));
         }
-        Ok(self.run(&plan)?)
+        Ok(self.run(&plan, None)?)
     }
 
     fn take_step_timing(&mut self) -> Option<StepTiming> {

@@ -38,6 +38,11 @@ impl KernelTimer {
         *self.marks.lock().unwrap() = on.then(Vec::new);
     }
 
+    /// Whether launches are timed now.
+    pub(crate) fn is_on(&self) -> bool {
+        self.marks.lock().unwrap().is_some()
+    }
+
     /// Runs `launch`, between two events on `stream` while timing is on.
     pub(crate) fn time<R>(
         &self,

@@ -17,6 +17,7 @@ pub(crate) mod backend;
 pub(crate) mod error;
 pub(crate) mod gemm;
 pub(crate) mod gpu;
+pub(crate) mod graphs;
 pub(crate) mod kernel_cache;
 pub(crate) mod kernel_timer;
 pub(crate) mod kernels;

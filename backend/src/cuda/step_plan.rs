@@ -33,8 +33,14 @@ pub struct StepPlan {
     /// requests all sample, or all decode greedily): the LM head then reads the hidden state
     /// as it is, without gathering the rows.
     pub logits_in_place: bool,
+    /// Rows the LM head computes: those that get logits, or every row of a padded step (whose
+    /// graph serves any mix of full and greedy rows).
+    pub lm_rows: usize,
+    /// Rows reduced to their argmax: the greedy rows, or every row of a padded step. Tokens
+    /// land in `[0, n)` of the device's greedy buffer and log-probabilities in `[n, 2n)`.
+    pub argmax_rows: Range<usize>,
     /// `ids[tokens] | positions[tokens] | token_seq[tokens] | slots[tokens] |
-    /// block_tables[seqs * max_blocks] | logit_rows[full_rows + greedy_rows]`.
+    /// block_tables[seqs * max_blocks] | logit_rows[lm_rows]`.
     pub packed: Vec<u32>,
 }
 
@@ -94,8 +100,71 @@ impl StepPlan {
             full_rows,
             greedy_rows,
             logits_in_place,
+            lm_rows: full_rows + greedy_rows,
+            argmax_rows: full_rows..full_rows + greedy_rows,
             packed,
         }
+    }
+
+    /// Lays out a pure-decode `batch` (one new token a sequence, each getting logits) as a
+    /// step of `rows` rows and block tables `max_blocks` wide, whatever the batch: the shape a
+    /// CUDA graph was captured for. Rows are the full-logit sequences in batch order, then the
+    /// greedy ones, then padding (token 0 at position 0 of an empty table, writing no KV slot),
+    /// so that the LM head reads the hidden state in place and the argmax covers every row.
+    /// `None` when the batch is not a pure decode or does not fit.
+    pub fn padded_decode(
+        batch: &[SeqInput<'_>],
+        block_size: usize,
+        rows: usize,
+        max_blocks: usize,
+    ) -> Option<StepPlan> {
+        let pure = batch.iter().all(|s| {
+            s.tokens.len() == 1 && s.logits_for.positions(1) == 1 && {
+                let blocks = (s.start_pos + 1).div_ceil(block_size);
+                blocks <= max_blocks && blocks <= s.block_table.len()
+            }
+        });
+        if !pure || batch.len() > rows {
+            return None;
+        }
+        let is_full = |s: &&SeqInput| !matches!(s.logits_for, LogitsFor::Greedy);
+        let ordered: Vec<&SeqInput> = batch
+            .iter()
+            .filter(is_full)
+            .chain(batch.iter().filter(|s| !is_full(s)))
+            .collect();
+        let full_rows = batch.iter().filter(is_full).count();
+        let mut ids = vec![0u32; rows];
+        let mut positions = vec![0u32; rows];
+        let token_seq: Vec<u32> = (0..rows as u32).collect();
+        // A negative slot (as the kernels read it) writes nothing.
+        let mut slots = vec![u32::MAX; rows];
+        let mut tables = vec![0u32; rows * max_blocks];
+        for (row, s) in ordered.iter().enumerate() {
+            let pos = s.start_pos;
+            ids[row] = s.tokens[0];
+            positions[row] = pos as u32;
+            slots[row] =
+                s.block_table[pos / block_size] * block_size as u32 + (pos % block_size) as u32;
+            let n = (pos + 1).div_ceil(block_size);
+            tables[row * max_blocks..row * max_blocks + n].copy_from_slice(&s.block_table[..n]);
+        }
+        let mut packed = ids;
+        for part in [positions, token_seq.clone(), slots, tables, token_seq] {
+            packed.extend(part);
+        }
+        Some(StepPlan {
+            tokens: rows,
+            seqs: rows,
+            max_blocks,
+            max_context: batch.iter().map(|s| s.start_pos + 1).max().unwrap_or(0),
+            full_rows,
+            greedy_rows: batch.len() - full_rows,
+            logits_in_place: true,
+            lm_rows: rows,
+            argmax_rows: 0..rows,
+            packed,
+        })
     }
 
     /// Rows of the hidden state that get logits.
@@ -123,10 +192,10 @@ impl StepPlan {
     pub fn block_tables(&self) -> Range<usize> {
         4 * self.tokens..4 * self.tokens + self.seqs * self.max_blocks
     }
-    /// Where the ids of the rows that get logits lie.
+    /// Where the ids of the rows the LM head computes lie.
     pub fn logit_row_ids(&self) -> Range<usize> {
         let start = self.block_tables().end;
-        start..start + self.logit_rows()
+        start..start + self.lm_rows
     }
 }
 
@@ -200,6 +269,57 @@ mod tests {
         assert!(!decode(&[LogitsFor::Greedy, LogitsFor::Last]));
         assert!(decode(&[LogitsFor::Last, LogitsFor::Greedy]));
         assert!(!decode(&[LogitsFor::Greedy, LogitsFor::None]));
+    }
+
+    /// A pure decode padded to a graph's shape: sampled rows first, then greedy ones, in batch
+    /// order; padding rows read token 0 at position 0 through an empty table and write no slot;
+    /// the LM head and the argmax cover every row. A prefill chunk is not a pure decode.
+    #[test]
+    fn a_decode_step_pads_to_a_graphs_rows() {
+        let batch = [
+            SeqInput {
+                tokens: &[11],
+                start_pos: 5,
+                block_table: &[7, 3],
+                logits_for: LogitsFor::Greedy,
+            },
+            SeqInput {
+                tokens: &[22],
+                start_pos: 0,
+                block_table: &[4],
+                logits_for: LogitsFor::Last,
+            },
+        ];
+        let plan = StepPlan::padded_decode(&batch, 4, 4, 3).unwrap();
+        assert_eq!((plan.tokens, plan.seqs, plan.max_blocks), (4, 4, 3));
+        assert_eq!(
+            (plan.full_rows, plan.greedy_rows, plan.max_context),
+            (1, 1, 6)
+        );
+        assert_eq!((plan.lm_rows, plan.argmax_rows.clone()), (4, 0..4));
+        assert!(plan.logits_in_place);
+        let part = |r: Range<usize>| plan.packed[r].to_vec();
+        assert_eq!(part(plan.ids()), [22, 11, 0, 0]);
+        assert_eq!(part(plan.positions()), [0, 5, 0, 0]);
+        assert_eq!(part(plan.token_seq()), [0, 1, 2, 3]);
+        assert_eq!(part(plan.slots()), [16, 13, u32::MAX, u32::MAX]);
+        assert_eq!(
+            part(plan.block_tables()),
+            [4, 0, 0, 7, 3, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(part(plan.logit_row_ids()), [0, 1, 2, 3]);
+        assert_eq!(plan.logit_row_ids().end, plan.packed.len());
+
+        let prefill = [SeqInput {
+            tokens: &[1, 2],
+            start_pos: 0,
+            block_table: &[0],
+            logits_for: LogitsFor::Last,
+        }];
+        assert_eq!(StepPlan::padded_decode(&prefill, 4, 4, 3), None);
+        // More sequences than rows, or a table wider than the graph's, do not fit.
+        assert_eq!(StepPlan::padded_decode(&batch, 4, 1, 3), None);
+        assert_eq!(StepPlan::padded_decode(&batch, 4, 4, 1), None);
     }
 
     #[test]

@@ -101,14 +101,15 @@ impl Workspace {
         bytes as u64
     }
 
-    /// Makes room for a step of `tokens` tokens, `rows` logit rows and `meta` metadata words.
+    /// Makes room for a step of `tokens` tokens, `rows` logit rows and `meta` metadata words;
+    /// true if any buffer moved.
     pub(crate) fn fit(
         &mut self,
         stream: &Arc<CudaStream>,
         tokens: usize,
         rows: usize,
         meta: usize,
-    ) -> Result<(), CudaError> {
+    ) -> Result<bool, CudaError> {
         if tokens > self.tokens || rows > self.rows {
             stream.synchronize()?;
             *self = Workspace::new(
@@ -122,7 +123,9 @@ impl Workspace {
             stream.synchronize()?;
             self.meta = alloc(stream, meta)?;
             self.host_meta = PinnedBuf::new(meta)?;
+        } else {
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 }

@@ -47,6 +47,8 @@ pub(crate) fn run(model: &Model, report: &mut Report) -> anyhow::Result<Vec<Benc
             num_blocks_override: Some(max_batch * per_seq_blocks),
             max_num_batched_tokens: PREFILL_CHUNK,
             max_num_seqs: max_batch,
+            max_model_len: 0,
+            enforce_eager: false,
         },
     )?;
     let info = gpu.device().clone();

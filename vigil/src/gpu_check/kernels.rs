@@ -364,9 +364,9 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
         let positions = cached + 1;
         let d_cos = dev.upload(&vec![1f32; positions * hd / 2])?;
         let d_sin = dev.upload(&vec![0f32; positions * hd / 2])?;
-        // Room for the largest step split three ways: the history's tokens, up to 8 CTAs a
-        // token.
-        let ctas = (cached + 20) * 3 * 8;
+        // Room for the largest step split eight ways: the history's tokens, at most a CTA per
+        // query head a token.
+        let ctas = (cached + 40) * nh * 8;
         let scratch = SplitScratch::with_ctas(&dev.gpu.stream, &shape, dev.gpu.info.sms, ctas)?;
         for (i, spans) in [&history[..], &step[..]].into_iter().enumerate() {
             let tokens: Vec<Vec<u32>> = spans.iter().map(|s| vec![0; s.2]).collect();
@@ -434,11 +434,22 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
                 tokens: t,
                 block_size: g.block_size,
             };
-            // Whole, and split three ways (at 70 cached positions, partitions of 24 keys at the
+            // Whole, split three ways (at 70 cached positions, partitions of 24 keys at the
             // longest context, 71: one split of the 20-key prefix has no key, and the merge
-            // skips it).
-            for splits in [1, 3] {
-                let split = Split::fixed(plan.max_context, splits);
+            // skips it), and eight ways as a CUDA graph splits (each token cuts its keys into
+            // partitions of at least 8: a 9-key context fills two splits, six are empty).
+            let graph_split = Split {
+                splits: 8,
+                partition: 8,
+            };
+            let splits = [
+                Split::fixed(plan.max_context, 1),
+                Split::fixed(plan.max_context, 3),
+                graph_split,
+            ];
+            // The history's step only fills the cache; the step after is the one compared.
+            let splits = if i == 1 { &splits[..] } else { &splits[..1] };
+            for &split in splits {
                 launch_attention(k, s, &shape, &attention, split, &scratch)?;
                 if i == 1 {
                     out.push((dev.read_bf16(&d_out)?, want.clone()));

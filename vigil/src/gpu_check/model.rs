@@ -47,6 +47,76 @@ fn last_logits(
     Ok(logits.row(0).to_vec())
 }
 
+/// Decode steps through CUDA graphs against the same steps launched eagerly: three sequences
+/// (prompts 0-2, each in its own blocks) prefilled, then `steps` decode steps of the three at
+/// once, the first sequence taking its whole row of logits (as a sampled request does) and the
+/// others their argmax. The graphs pad the step to four rows and reorder them; a graph launches
+/// the same kernels with the same arguments per row, so everything that comes back must be
+/// bit for bit what the eager step returns. `None` when they agree, else what differed.
+fn graphs_against_eager(
+    graphs: &mut CudaBackend,
+    eager: &mut CudaBackend,
+    prompts: &[Vec<u32>],
+    steps: usize,
+) -> anyhow::Result<Option<String>> {
+    let per_seq = graphs.kv_geometry().num_blocks / prompts.len();
+    let tables: Vec<Vec<u32>> = (0..prompts.len())
+        .map(|i| ((i * per_seq) as u32..((i + 1) * per_seq) as u32).collect())
+        .collect();
+    let kinds = |i: usize| {
+        if i == 0 {
+            LogitsFor::Last
+        } else {
+            LogitsFor::Greedy
+        }
+    };
+    let mut last: Vec<Vec<u32>> = prompts.to_vec();
+    let mut start = vec![0usize; prompts.len()];
+    for step in 0..=steps {
+        let batch: Vec<SeqInput> = (0..prompts.len())
+            .map(|i| SeqInput {
+                tokens: &last[i],
+                start_pos: start[i],
+                block_table: &tables[i],
+                logits_for: kinds(i),
+            })
+            .collect();
+        let (a, b) = (graphs.forward(&batch)?, eager.forward(&batch)?);
+        let same_rows = a.data.len() == b.data.len()
+            && a.data
+                .iter()
+                .zip(&b.data)
+                .all(|(x, y)| x.to_bits() == y.to_bits());
+        let same_greedy = a.greedy.len() == b.greedy.len()
+            && a.greedy
+                .iter()
+                .zip(&b.greedy)
+                .all(|(x, y)| x.token == y.token && x.logprob.to_bits() == y.logprob.to_bits());
+        if !same_rows || !same_greedy {
+            return Ok(Some(format!(
+                "step {step}: {} (graphs) and {} (eager)",
+                summary(&a),
+                summary(&b)
+            )));
+        }
+        let next: Vec<u32> = std::iter::once(engine::argmax(a.row(0)) as u32)
+            .chain(a.greedy.iter().map(|g| g.token))
+            .collect();
+        for i in 0..prompts.len() {
+            start[i] += last[i].len();
+            last[i] = vec![next[i]];
+        }
+    }
+    Ok(None)
+}
+
+/// A step's result in brief, for a failure's message.
+fn summary(l: &backend::Logits) -> String {
+    let tokens: Vec<u32> = l.greedy.iter().map(|g| g.token).collect();
+    let head: Vec<f32> = l.data.iter().take(3).copied().collect();
+    format!("greedy tokens {tokens:?}, first logits {head:?}")
+}
+
 fn options(num_blocks: usize) -> CudaOptions {
     CudaOptions {
         ordinal: 0,
@@ -55,6 +125,8 @@ fn options(num_blocks: usize) -> CudaOptions {
         num_blocks_override: Some(num_blocks),
         max_num_batched_tokens: 2048,
         max_num_seqs: 64,
+        max_model_len: 0,
+        enforce_eager: false,
     }
 }
 
@@ -145,6 +217,7 @@ pub(crate) fn run_model(model: &Model, report: &mut Report) {
         Err(e) => return report.error("model on the GPU", e),
     };
     let eos = &model.tokenizer.eos_token_ids;
+    graphs_check(model, &mut gpu, blocks, report);
     for (i, text) in PROMPTS.iter().enumerate() {
         let prompt = match model.tokenizer.encode(text, true) {
             Ok(p) => p,
@@ -204,5 +277,41 @@ pub(crate) fn run_model(model: &Model, report: &mut Report) {
             }
             Err(e) => report.error(&format!("prompt {i} greedy"), e),
         }
+    }
+}
+
+/// Decode steps replayed from CUDA graphs return what the same steps launched one by one do.
+fn graphs_check(model: &Model, gpu: &mut CudaBackend, blocks: usize, report: &mut Report) {
+    const STEPS: usize = 16;
+    let name = "decode steps through CUDA graphs = eager";
+    let result = (|| -> anyhow::Result<Option<String>> {
+        if gpu.graph_capture().is_none() {
+            return Ok(Some("no graphs were captured".into()));
+        }
+        let mut eager = CudaBackend::new(
+            model,
+            &CudaOptions {
+                enforce_eager: true,
+                ..options(blocks)
+            },
+        )?;
+        let prompts = PROMPTS[..3]
+            .iter()
+            .map(|t| model.tokenizer.encode(t, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        graphs_against_eager(gpu, &mut eager, &prompts, STEPS)
+    })();
+    match result {
+        Ok(differs) => report.check(
+            name,
+            differs.is_none(),
+            differs.unwrap_or_else(|| {
+                format!(
+                    "{STEPS} steps of 3 sequences (one sampled, two greedy; padded to 4 rows): \
+                     tokens, log-probabilities and the sampled row identical"
+                )
+            }),
+        ),
+        Err(e) => report.error(name, e),
     }
 }

@@ -176,6 +176,8 @@ pub(crate) fn decode_backend(
             num_blocks_override: Some(blocks),
             max_num_batched_tokens: batch,
             max_num_seqs: batch,
+            max_model_len: 0,
+            enforce_eager: false,
         },
     )?)
 }

@@ -328,6 +328,7 @@ mod tests {
             k,
             flops: 2 * m * n * k,
             bytes: 2 * (m * k + k * n + m * n),
+            in_graph: false,
         };
         let cost = H100_SXM.gemm(&gemm);
         assert_eq!(cost.bound, Bound::TensorCores);

@@ -272,6 +272,7 @@ struct CaseReport {
     rows: Vec<Row>,
     step: cost_model::StepCost,
     launches: f64,
+    graph_launches: f64,
     syncs: f64,
     copies: f64,
     pageable_copies: f64,
@@ -324,12 +325,18 @@ impl CaseReport {
         let pageable_copies = both(&|p| p.copies.iter().filter(|c| !c.pinned).count() as f64);
         let copies = both(&|p| p.copies.len() as f64);
         let launches: f64 = rows.iter().map(|r| r.launches).sum();
+        let graph_launches = both(&|p| p.graph_launches as f64);
+        let graph_kernels = both(&|p| {
+            (p.launches.iter().filter(|l| l.in_graph).count()
+                + p.gemms.iter().filter(|g| g.in_graph).count()) as f64
+        });
         let step = gpu.step(&StepParts {
             kernels: launches,
             kernel_seconds: rows.iter().map(|r| r.seconds).sum(),
             copy_seconds,
             syncs,
-            ..Default::default()
+            graph_kernels,
+            graph_launches,
         });
         let kv_width = config.num_key_value_heads * config.head_dim;
         let kv_bytes = (case.batch * case.ctx * layers * 2 * kv_width * 2) as f64;
@@ -359,6 +366,7 @@ impl CaseReport {
             rows,
             step,
             launches,
+            graph_launches,
             syncs,
             copies,
             pageable_copies,
@@ -475,7 +483,7 @@ impl CaseReport {
             "roofline_us": round(self.roofline * 1e6, 1),
             "roofline_share": round(self.roofline_share(), 4),
             "launches_per_step": self.launches.round() as u64,
-            "graph_launches_per_step": 0,
+            "graph_launches_per_step": self.graph_launches.round() as u64,
             "syncs_per_step": self.syncs.round() as u64,
             "copies_per_step": self.copies.round() as u64,
             "pageable_copies_per_step": self.pageable_copies.round() as u64,

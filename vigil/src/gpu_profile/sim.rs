@@ -42,6 +42,8 @@ pub(crate) struct Launch {
     pub global_sectors: u64,
     pub max_thread_global_loads: u64,
     pub regions: Vec<Region>,
+    /// Run by a graph's replay, not launched on its own.
+    pub in_graph: bool,
 }
 
 impl Launch {
@@ -61,6 +63,8 @@ pub(crate) struct Gemm {
     pub k: u64,
     pub flops: u64,
     pub bytes: u64,
+    /// Run by a graph's replay.
+    pub in_graph: bool,
 }
 
 /// One copy between host and device.
@@ -79,6 +83,8 @@ pub(crate) struct Profile {
     pub gemms: Vec<Gemm>,
     pub copies: Vec<Copy>,
     pub syncs: u64,
+    /// Graphs launched (their kernels and GEMMs are in the lists above, marked).
+    pub graph_launches: u64,
 }
 
 type Enable = unsafe extern "C" fn(c_int);

@@ -9,10 +9,13 @@
 // `lanes_per_key` threads (head_dim / 8, rounded up to a power of two); each thread loads 8
 // elements of a key's K and V row at once (16 bytes), so that a CTA keeps ATT_THREADS /
 // lanes_per_key keys in flight. The block table is staged in shared memory a chunk of blocks at
-// a time, read once per block. Split-KV (flash-decoding): with `splits` > 1 each CTA takes the
-// keys [split * partition, (split + 1) * partition) and writes its normalised partial output and
-// its softmax's (max, sum) to `part_acc` / `part_ml`, which `paged_attention_merge` combines;
-// with `splits` == 1 it writes `out` itself.
+// a time, read once per block. Split-KV (flash-decoding): with `splits` > 1 a token's keys are
+// cut into partitions of max(`partition`, ceil(keys / splits)) keys, each CTA takes one and
+// writes its normalised partial output and its softmax's (max, sum) to `part_acc` / `part_ml`,
+// which `paged_attention_merge` combines; with `splits` == 1 it writes `out` itself. Each token
+// sizes its own partitions, so a launch whose splits are fixed in advance (a CUDA graph's, made
+// for the longest context) spreads a short context over as many CTAs as its keys fill; a CTA
+// past the token's keys writes an empty partial (max -inf, sum 0) and returns.
 #define ATT_THREADS 128
 #define MAX_GROUP 4
 #define MAX_HEAD_DIM 256
@@ -40,7 +43,17 @@ extern "C" __global__ void paged_attention(bf16* out, float* part_acc, float* pa
 
     int seq = token_seq[t];
     int ctx = token_pos[t] + 1;
-    int first = split * partition, last = min(ctx, first + partition);
+    int keys = max(partition, (ctx + splits - 1) / splits);
+    int first = split * keys, last = min(ctx, first + keys);
+    if (splits > 1 && first >= ctx) {
+        // No keys here: an empty partial, which the merge weighs by its sum of 0.
+        if ((int)threadIdx.x < heads) {
+            size_t row = ((size_t)t * n_heads + h0 + threadIdx.x) * splits + split;
+            part_ml[2 * row] = NEG_INF;
+            part_ml[2 * row + 1] = 0.0f;
+        }
+        return;
+    }
     int kv_width = n_kv_heads * head_dim;
     const int* table = block_tables + (size_t)seq * max_blocks_per_seq;
 
