@@ -248,7 +248,12 @@ fn entries(text: &str) -> Result<Vec<Entry>, String> {
         let open = rest
             .find('(')
             .ok_or("an entry point without a parameter list")?;
-        let name = rest[..open].trim().to_owned();
+        // The last word before the list: a launch-bounds macro may stand before the name.
+        let name = rest[..open]
+            .split_whitespace()
+            .last()
+            .ok_or("an entry point without a name")?
+            .to_owned();
         let close = rest[open..].find(')').ok_or("an unclosed parameter list")? + open;
         let list = rest[open + 1..close].trim();
         let params = if list.is_empty() || list == "void" {

@@ -484,7 +484,9 @@ mod tests {
                         (p[cut + 1..].to_owned(), p[..=cut].trim().to_owned())
                     })
                     .collect();
-                (rest[..open].trim().to_owned(), params)
+                // The last word before the list: a launch-bounds macro may precede the name.
+                let name = rest[..open].split_whitespace().last().unwrap();
+                (name.to_owned(), params)
             })
             .collect()
     }

@@ -12,6 +12,10 @@
 #define GEMV_MAX_TOKENS 8
 #define GEMV_ROWS 4
 #define DECODE_BLOCKS 8
+// The one-token Q4 kernels at 8 CTAs an SM (64 registers a thread; ptxas, sm_90: no spills,
+// where the default took 74 and fit 6): a one-token product has only its CTAs in flight to hide
+// its loads' latency with. Q8_0's two words a block per row would spill at 64, so it keeps 6.
+#define GEMV_ONE_BOUNDS __launch_bounds__(GEMV_THREADS, 8)
 #define KIND_Q4_0 0
 #define KIND_Q4_1 1
 #define KIND_Q8_0 2
@@ -159,7 +163,7 @@ extern "C" __global__ void gemv_q4_0(const unsigned char* qs, const unsigned sho
 }
 
 // One token: registers for one column of sums only, so more CTAs fit an SM.
-extern "C" __global__ void gemv_one_q4_0(const unsigned char* qs, const unsigned short* scales,
+extern "C" __global__ void GEMV_ONE_BOUNDS gemv_one_q4_0(const unsigned char* qs, const unsigned short* scales,
                                          const bf16* x, bf16* y, float* y_f32, int rows,
                                          int k_blocks, int tokens, int lanes, int gated) {
     gemv<KIND_Q4_0, 1>(qs, scales, x, y, y_f32, rows, k_blocks, tokens, lanes, gated);
@@ -172,7 +176,7 @@ extern "C" __global__ void gemv_q4_1(const unsigned char* qs, const unsigned sho
 }
 
 // One token: registers for one column of sums only, so more CTAs fit an SM.
-extern "C" __global__ void gemv_one_q4_1(const unsigned char* qs, const unsigned short* scales,
+extern "C" __global__ void GEMV_ONE_BOUNDS gemv_one_q4_1(const unsigned char* qs, const unsigned short* scales,
                                          const bf16* x, bf16* y, float* y_f32, int rows,
                                          int k_blocks, int tokens, int lanes, int gated) {
     gemv<KIND_Q4_1, 1>(qs, scales, x, y, y_f32, rows, k_blocks, tokens, lanes, gated);
