@@ -31,6 +31,10 @@ typedef unsigned int uint4 __attribute__((ext_vector_type(4)));
 template <typename T> static inline __attribute__((always_inline)) T __ldg(const T* p) {
     return *(const volatile T*)p;
 }
+// Loads cached in L2 only (data other CTAs of the launch wrote): the same here.
+template <typename T> static inline __attribute__((always_inline)) T __ldcg(const T* p) {
+    return *(const volatile T*)p;
+}
 
 extern "C" {
 extern thread_local uint3 cuda_sim_threadIdx;

@@ -5,15 +5,13 @@
 //! CTAs to fill the GPU (a batch-1 decode of Llama-3.1-8B makes 8, on 132 SMs), so the keys are
 //! split across CTAs as flash-decoding does when the step has fewer CTAs than SMs: about
 //! [`CTAS_PER_SM`] CTAs per SM, partitions of at least [`MIN_PARTITION`] keys, each CTA writing
-//! a partial output that `paged_attention_merge` combines. Steps that fill the SMs (prefill,
-//! larger batches) run unsplit, one launch.
+//! a partial output that the last CTA of its group to finish combines (one launch either way).
+//! Steps that fill the SMs (prefill, larger batches) run unsplit.
 
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use super::error::CudaError;
-use super::kernels::{
-    Bf16, DevPtr, Grid, HeadDim, Heads, KvHeads, PagedAttention, PagedAttentionMerge,
-};
+use super::kernels::{Bf16, DevPtr, Grid, HeadDim, Heads, KvHeads, PagedAttention};
 use super::launch::{addr, Kernels};
 use crate::shape::LayerShape;
 
@@ -28,7 +26,7 @@ pub const MAX_GROUP: usize = 4;
 /// chain of loads each), the merge's cost unchanged.
 pub const MIN_PARTITION: usize = 64;
 
-/// The most splits the merge takes (`MERGE_MAX_SPLITS` in `kernels/attention.cu`).
+/// The most splits a merge takes (`MERGE_MAX_SPLITS` in `kernels/attention.cu`).
 pub(crate) const MAX_SPLITS: usize = 1024;
 /// A split step aims at this many CTAs per SM.
 const CTAS_PER_SM: usize = 2;
@@ -58,10 +56,11 @@ impl Split {
 }
 
 /// The partial outputs of split CTAs: each CTA's heads' normalised outputs and their softmax's
-/// (max, sum).
+/// (max, sum); and a count per (token, head group) of its CTAs done, which the last resets.
 pub struct SplitScratch {
     acc: CudaSlice<f32>,
     ml: CudaSlice<f32>,
+    counts: CudaSlice<i32>,
     /// CTAs whose partials fit.
     ctas: usize,
     sms: usize,
@@ -88,6 +87,8 @@ impl SplitScratch {
         Ok(SplitScratch {
             acc: stream.alloc_zeros::<f32>(rows * shape.head_dim)?,
             ml: stream.alloc_zeros::<f32>(rows * 2)?,
+            // A group has at least 2 CTAs when split: at most half as many groups as CTAs.
+            counts: stream.alloc_zeros::<i32>(ctas.div_ceil(2).max(1))?,
             ctas,
             sms,
         })
@@ -110,7 +111,7 @@ impl SplitScratch {
 
     /// Device bytes held.
     pub fn bytes(&self) -> u64 {
-        ((self.acc.len() + self.ml.len()) * 4) as u64
+        ((self.acc.len() + self.ml.len() + self.counts.len()) * 4) as u64
     }
 }
 
@@ -146,7 +147,7 @@ pub struct Attention {
     pub block_size: usize,
 }
 
-/// Launches `a` with `split`: the attention kernel, then the merge when split.
+/// Launches `a` with `split`.
 pub fn launch(
     kernels: &Kernels,
     stream: &CudaStream,
@@ -156,6 +157,7 @@ pub fn launch(
     scratch: &SplitScratch,
 ) -> Result<(), CudaError> {
     let (part_acc, part_ml) = (addr(&scratch.acc, stream, 0), addr(&scratch.ml, stream, 0));
+    let split_counts = addr(&scratch.counts, stream, 0);
     let ctas_per_token = shape.n_kv_heads * head_chunks(shape);
     if split.splits > MAX_SPLITS {
         return Err(CudaError::Unsupported(format!(
@@ -176,6 +178,7 @@ pub fn launch(
             out: a.out,
             part_acc,
             part_ml,
+            split_counts,
             q: a.q,
             k_cache: a.k_cache,
             v_cache: a.v_cache,
@@ -193,19 +196,5 @@ pub fn launch(
             splits: split.splits as i32,
         },
     )?;
-    if split.splits > 1 {
-        kernels.run(
-            stream,
-            Grid::Blocks(a.tokens as u32, shape.n_heads as u32),
-            PagedAttentionMerge {
-                out: a.out,
-                part_acc,
-                part_ml,
-                n_heads: Heads::of(shape),
-                head_dim: HeadDim::of(shape),
-                splits: split.splits as i32,
-            },
-        )?;
-    }
     Ok(())
 }

@@ -254,19 +254,15 @@ kernel_table! {
         }) threads 256;
     ]
     "attention.cu" => [
-        /// Paged attention, grid (query tokens, KV heads x head chunks, splits); launched by
-        /// `super::attention`.
+        /// Paged attention, grid (query tokens, KV heads x head chunks, splits), the last CTA
+        /// of a split group merging; launched by `super::attention`.
         paged_attention(PagedAttention {
-            out: DevPtr<Bf16>, part_acc: DevPtr<f32>, part_ml: DevPtr<f32>, q: DevPtr<Bf16>,
-            k_cache: DevPtr<Bf16>, v_cache: DevPtr<Bf16>, block_tables: DevPtr<i32>,
-            max_blocks_per_seq: i32, token_seq: DevPtr<i32>, token_pos: DevPtr<i32>,
-            n_heads: Heads, n_kv_heads: KvHeads, head_dim: HeadDim, block_size: i32, scale: f32,
-            q_stride: i32, partition: i32, splits: i32,
-        }) threads 128;
-        /// Split attention's partial outputs combined, grid (query tokens, heads).
-        paged_attention_merge(PagedAttentionMerge {
-            out: DevPtr<Bf16>, part_acc: DevPtr<f32>, part_ml: DevPtr<f32>, n_heads: Heads,
-            head_dim: HeadDim, splits: i32,
+            out: DevPtr<Bf16>, part_acc: DevPtr<f32>, part_ml: DevPtr<f32>,
+            split_counts: DevPtr<i32>, q: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
+            v_cache: DevPtr<Bf16>, block_tables: DevPtr<i32>, max_blocks_per_seq: i32,
+            token_seq: DevPtr<i32>, token_pos: DevPtr<i32>, n_heads: Heads, n_kv_heads: KvHeads,
+            head_dim: HeadDim, block_size: i32, scale: f32, q_stride: i32, partition: i32,
+            splits: i32,
         }) threads 128;
     ]
     "sampling.cu" => [

@@ -450,6 +450,13 @@ fn attention_check(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError>
             // The history's step only fills the cache; the step after is the one compared.
             let splits = if i == 1 { &splits[..] } else { &splits[..1] };
             for &split in splits {
+                // A fresh output each time: a launch that failed to write it must not pass on
+                // the launch before's.
+                let d_out = dev.zeros::<u16>(t * nh * hd)?;
+                let attention = Attention {
+                    out: dev.at(&d_out, 0),
+                    ..attention
+                };
                 launch_attention(k, s, &shape, &attention, split, &scratch)?;
                 if i == 1 {
                     out.push((dev.read_bf16(&d_out)?, want.clone()));
