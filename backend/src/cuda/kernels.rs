@@ -303,6 +303,16 @@ kernel_table! {
             qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
             y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
         }) threads 128;
+        /// As `gemv_q4_0`, over Q6_K's planes (signed bytes, a scale per 16 values).
+        gemv_q6_k(GemvQ6K {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
+        }) threads 128;
+        /// As `gemv_q6_k` for a step of one token (fewer registers).
+        gemv_one_q6_k(GemvOneQ6K {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, x: DevPtr<Bf16>, y: DevPtr<Bf16>,
+            y_f32: DevPtr<f32>, rows: i32, k_blocks: i32, tokens: i32, lanes: i32, gated: i32,
+        }) threads 128;
         /// Q4_0 planes' blocks `first..first + n_blocks` to bf16, eight blocks a thread.
         decode_planes_q4_0(DecodePlanesQ4_0 {
             qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
@@ -313,6 +323,10 @@ kernel_table! {
         }) threads 256;
         /// As `decode_planes_q4_0`, over Q8_0 planes.
         decode_planes_q8_0(DecodePlanesQ8_0 {
+            qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
+        }) threads 256;
+        /// As `decode_planes_q4_0`, over Q6_K's planes.
+        decode_planes_q6_k(DecodePlanesQ6K {
             qs: DevPtr<u8>, scales: DevPtr<u16>, out: DevPtr<Bf16>, first: u64, n_blocks: u64,
         }) threads 256;
     ]

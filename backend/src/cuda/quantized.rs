@@ -1,8 +1,8 @@
 //! Weight matrices kept on the device as the GGUF stores them, and the products that read them.
 //!
-//! A GGUF's Q4_0, Q4_1, Q8_0 and Q4_K matrices stay quantized in device memory (3.2 to 5.7 times
-//! fewer bytes than bf16, so a decode step, which streams every weight once, reads that much
-//! less). Each is held as two planes, quants and scales (`kernels/gemv.cu` gives the layout),
+//! A GGUF's Q4_0, Q4_1, Q8_0, Q4_K and Q6_K matrices stay quantized in device memory (1.8 to 5.7
+//! times fewer bytes than bf16, so a decode step, which streams every weight once, reads that
+//! much less). Each is held as two planes, quants and scales (`kernels/gemv.cu` gives the layout),
 //! split from GGUF's packed blocks on the host at load, so that the kernels load aligned
 //! 16-byte words. A step of up to [`GEMV_MAX_TOKENS`] tokens multiplies by the planes directly
 //! (`gemv_*`: each weight decoded once, used for every token); a larger step, whose GEMM is
@@ -16,8 +16,8 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::error::CudaError;
 use super::gemm::{Gemm, Matrix, Output};
 use super::kernels::{
-    Bf16, DecodePlanesQ4_0, DecodePlanesQ4_1, DecodePlanesQ8_0, DevPtr, GemvOneQ4_0, GemvOneQ4_1,
-    GemvOneQ8_0, GemvQ4_0, GemvQ4_1, GemvQ8_0, Grid,
+    Bf16, DecodePlanesQ4_0, DecodePlanesQ4_1, DecodePlanesQ6K, DecodePlanesQ8_0, DevPtr,
+    GemvOneQ4_0, GemvOneQ4_1, GemvOneQ6K, GemvOneQ8_0, GemvQ4_0, GemvQ4_1, GemvQ6K, GemvQ8_0, Grid,
 };
 use super::launch::{addr, Kernels};
 use model::GgmlType;
@@ -51,6 +51,8 @@ pub enum PlaneKind {
     Q4_1,
     /// f16 d, 32 signed bytes q: d q.
     Q8_0,
+    /// Q6_K widened ([`q6_k_planes`]): f16 d of values 0-15 and of 16-31, 32 signed bytes q.
+    Q6K,
 }
 
 impl PlaneKind {
@@ -68,14 +70,14 @@ impl PlaneKind {
     fn quant_bytes(self) -> usize {
         match self {
             PlaneKind::Q4_0 | PlaneKind::Q4_1 => 16,
-            PlaneKind::Q8_0 => 32,
+            PlaneKind::Q8_0 | PlaneKind::Q6K => 32,
         }
     }
 
-    /// f16 scales a block (d; for Q4_1, d and m).
+    /// f16 scales a block (d; for Q4_1, d and m; for Q6_K, a d per half).
     fn scales(self) -> usize {
         match self {
-            PlaneKind::Q4_1 => 2,
+            PlaneKind::Q4_1 | PlaneKind::Q6K => 2,
             _ => 1,
         }
     }
@@ -107,12 +109,16 @@ pub(crate) fn split_planes(kind: PlaneKind, blocks: &[u8]) -> (Vec<u8>, Vec<u16>
 }
 
 /// The planes the kernels read for GGUF blocks of `ty`, and the kind they are in: Q4_0, Q4_1 and
-/// Q8_0 as they are ([`split_planes`]); Q4_K as Q4_1 planes ([`q4_k_as_q4_1`]); `None` for the
-/// encodings kept in bf16.
+/// Q8_0 as they are ([`split_planes`]); Q4_K as Q4_1 planes ([`q4_k_as_q4_1`]); Q6_K widened to
+/// bytes ([`q6_k_planes`]); `None` for the encodings kept in bf16.
 pub fn planes_of(ty: GgmlType, blocks: &[u8]) -> Option<(PlaneKind, Vec<u8>, Vec<u16>)> {
     if ty == GgmlType::Q4_K {
         let (qs, scales) = q4_k_as_q4_1(blocks);
         return Some((PlaneKind::Q4_1, qs, scales));
+    }
+    if ty == GgmlType::Q6_K {
+        let (qs, scales) = q6_k_planes(blocks);
+        return Some((PlaneKind::Q6K, qs, scales));
     }
     let kind = PlaneKind::of(ty)?;
     let (qs, scales) = split_planes(kind, blocks);
@@ -152,6 +158,36 @@ pub(crate) fn q4_k_as_q4_1(blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
             };
             qs.extend((0..16).map(|i| value(i) | (value(i + 16) << 4)));
         }
+    }
+    (qs, scales)
+}
+
+/// Q6_K super-blocks (256 values: 4 low bits each in `ql`, 2 high bits each in `qh`, sixteen
+/// int8 scales, one per 16 values, and f16 d; value = d * scale * (q - 32), ggml's
+/// `dequantize_row_q6_K`) as planes of 32-value blocks: each value's q - 32 as a signed byte, and
+/// each block's two half-scales d * scale rounded to f16 (at most 2^-12 relative, as for Q4_K).
+/// 36 bytes for each 32 values on the device against the file's 26.25 (bf16: 64): a packed 6-bit
+/// plane would save the difference at the cost of a decoder of its own.
+pub(crate) fn q6_k_planes(blocks: &[u8]) -> (Vec<u8>, Vec<u16>) {
+    const SUPER: usize = 210;
+    assert!(blocks.len().is_multiple_of(SUPER), "whole Q6_K blocks");
+    let n = blocks.len() / SUPER;
+    let (mut qs, mut scales) = (Vec::with_capacity(n * 256), Vec::with_capacity(n * 16));
+    for b in blocks.chunks_exact(SUPER) {
+        let (ql, qh, sc) = (&b[..128], &b[128..192], &b[192..208]);
+        let d = half::f16::from_le_bytes([b[208], b[209]]).to_f32();
+        for y in 0..256 {
+            // Values y of the two 128-value halves n: 32 at a time from ql's low nibbles, the
+            // next 32's, then the high nibbles of both, with qh's 2-bit fields in turn.
+            let (n, l, group) = (y / 128, y % 32, (y % 128) / 32);
+            let low = ql[64 * n + l + 32 * (group % 2)] >> (4 * (group / 2)) & 0x0f;
+            let high = (qh[32 * n + l] >> (2 * group)) & 0x03;
+            qs.push(((low | high << 4) as i8 - 32) as u8);
+        }
+        scales.extend(
+            sc.iter()
+                .map(|&s| half::f16::from_f32(d * f32::from(s as i8)).to_bits()),
+        );
     }
     (qs, scales)
 }
@@ -310,9 +346,11 @@ pub fn gemv(
         (PlaneKind::Q4_0, false) => run!(GemvQ4_0),
         (PlaneKind::Q4_1, false) => run!(GemvQ4_1),
         (PlaneKind::Q8_0, false) => run!(GemvQ8_0),
+        (PlaneKind::Q6K, false) => run!(GemvQ6K),
         (PlaneKind::Q4_0, true) => run!(GemvOneQ4_0),
         (PlaneKind::Q4_1, true) => run!(GemvOneQ4_1),
         (PlaneKind::Q8_0, true) => run!(GemvOneQ8_0),
+        (PlaneKind::Q6K, true) => run!(GemvOneQ6K),
     }
 }
 
@@ -357,6 +395,17 @@ pub fn decode_rows(
             stream,
             grid,
             DecodePlanesQ8_0 {
+                qs,
+                scales,
+                out,
+                first,
+                n_blocks,
+            },
+        ),
+        PlaneKind::Q6K => kernels.run(
+            stream,
+            grid,
+            DecodePlanesQ6K {
                 qs,
                 scales,
                 out,
@@ -413,6 +462,33 @@ mod tests {
         let d = half::f16::from_bits(scales[2 * block]).to_f32();
         let m = half::f16::from_bits(scales[2 * block + 1]).to_f32();
         d * f32::from(q) + m
+    }
+
+    /// Q6_K blocks (quants and scales from a fixed pseudo-random sequence) widened to planes
+    /// decode to ggml's Q6_K values as the loader computes them, each within the f16 rounding of
+    /// its half-block's scale (2^-11 of it, relative).
+    #[test]
+    fn q6_k_blocks_as_planes_decode_to_the_loaders_values() {
+        let mut state = 777u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 24) as u8
+        };
+        let mut blocks = Vec::new();
+        for _ in 0..3 {
+            blocks.extend((0..208).map(|_| next()));
+            blocks.extend(half::f16::from_f32(0.0031).to_le_bytes());
+        }
+        let mut want = vec![0f32; 3 * 256];
+        model::dequantize(GgmlType::Q6_K, &blocks, &mut want);
+        let (qs, scales) = q6_k_planes(&blocks);
+        assert_eq!((qs.len(), scales.len()), (3 * 256, 3 * 16));
+        for (i, &w) in want.iter().enumerate() {
+            let d = half::f16::from_bits(scales[i / 16]).to_f32();
+            let got = d * f32::from(qs[i] as i8);
+            let bound = 0.0031 * 128.0 * 32.0 * 2f32.powi(-11);
+            assert!((got - w).abs() <= bound, "element {i}: {got} against {w}");
+        }
     }
 
     /// Q4_K blocks (scales and quants from a fixed pseudo-random sequence) turned into Q4_1

@@ -2,8 +2,9 @@
 //!
 //! The model's weights on the device, read from the [`WeightSource`] one group at a time and
 //! fused as every backend reads them ([`layer_groups`]). A layer's matrix (and an untied LM
-//! head) whose tensors the GGUF stores in one of Q4_0, Q4_1, Q8_0 or Q4_K stays so
-//! ([`QuantMatrix`], multiplied by `super::quantized`; Q4_K as Q4_1 blocks of its sub-blocks). Everything else is bf16: f32 values
+//! head) whose tensors the GGUF stores in one of Q4_0, Q4_1, Q8_0, Q4_K or Q6_K stays so
+//! ([`QuantMatrix`], multiplied by `super::quantized`; Q4_K as Q4_1 blocks of its sub-blocks,
+//! Q6_K widened to a byte a value). Everything else is bf16: f32 values
 //! (already dequantized and un-permuted by the loader) converted by `convert_f32`, or, when the
 //! file stores them as Q8_0/Q4_0/Q4_1 or f16 (the embedding, a matrix whose tensors mix
 //! encodings), uploaded as stored and decoded by the `dequant_*` kernels.
@@ -163,6 +164,7 @@ pub const QUANTIZED: &[GgmlType] = &[
     GgmlType::Q4_1,
     GgmlType::Q8_0,
     GgmlType::Q4_K,
+    GgmlType::Q6_K,
 ];
 
 /// Uploads `host` and converts it to bf16 on the device.

@@ -51,7 +51,7 @@ pub(crate) fn run(dev: &Dev, report: &mut Report) {
         ("kernel dequant q8_0/q4_0/q4_1", dequant),
         ("kernel convert_f16/f32", convert),
         (
-            "kernel gemv over Q4_0/Q4_1/Q8_0/Q4_K (plain, SwiGLU-gated), tiles + cuBLAS",
+            "kernel gemv over Q4_0/Q4_1/Q8_0/Q4_K/Q6_K (plain, SwiGLU-gated), tiles + cuBLAS",
             quantized_products,
         ),
         ("cuBLAS linear (bf16 and f32 out)", gemm),
@@ -560,6 +560,17 @@ fn dequant(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
 /// Random GGUF blocks of `ty`, `blocks` of them, with weights of a model's size (within about
 /// ±0.13: scales within ±0.001 for Q8_0's ±127, ±0.016 for 4 bits, Q4_1's offsets ±0.05).
 fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
+    if ty == GgmlType::Q6_K {
+        // 256 values a block: 192 bytes of 6-bit quants and 16 int8 scales, all random, then d
+        // within ±0.00002 (times scales up to 128 and quants up to 32).
+        let mut data = Vec::with_capacity(blocks * 210);
+        for _ in 0..blocks {
+            data.extend((0..208).map(|_| rng.random::<u8>()));
+            let d = half::f16::from_f32(rng.random_range(-0.00002..0.00002));
+            data.extend_from_slice(&d.to_le_bytes());
+        }
+        return data;
+    }
     if ty == GgmlType::Q4_K {
         // 256 values a block: d and dmin within ±0.0005 (times 6-bit scales and mins up to
         // 63), then 12 bytes of packed scales and mins and 128 of quants, all random.
@@ -591,6 +602,7 @@ fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
 }
 
 /// The products over quantized planes (each encoding the device keeps; Q4_K as its Q4_1 planes,
+/// Q6_K as its byte planes,
 /// at the widths that are whole 256-value blocks) against `x · Wᵀ` in f64 over the loader's
 /// dequantized W (rounded to bf16 where the tiles round it): the matrix-vector kernels at 1, 3 and 8 tokens
 /// with bf16 and f32 output, at widths that give 8, 16, 64 and 128 threads a row group (the
@@ -625,6 +637,12 @@ fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaErr
                     })
                     .collect();
                 dequantize(GgmlType::Q4_1, &q4_1, &mut w);
+            } else if ty == GgmlType::Q6_K {
+                // Likewise Q6_K's planes: a signed byte a value, an f16 scale a 16 values.
+                for (i, v) in w.iter_mut().enumerate() {
+                    let d = half::f16::from_bits(scales[i / 16]).to_f32();
+                    *v = d * f32::from(qs[i] as i8);
+                }
             } else {
                 dequantize(ty, &data, &mut w);
             }

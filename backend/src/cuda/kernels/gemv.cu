@@ -5,9 +5,11 @@
 //   qs:     each block's quants, block after block, row after row: 16 bytes a block for Q4_0
 //           and Q4_1 (byte i holds value i in its low nibble and value i + 16 in its high one,
 //           as in GGUF), 32 signed bytes for Q8_0;
-//   scales: each block's f16 scale d in the same order; for Q4_1, d then the offset m.
+//   scales: each block's f16 scale d in the same order; for Q4_1, d then the offset m; for
+//           Q6_K, the scales of its two halves (values 0-15, then 16-31).
 // GGUF's own blocks (18, 20 and 34 bytes) are split so at load, so that every quant load is
-// one aligned 16-byte word. Values: Q4_0 d*(q - 8), Q4_1 d*q + m, Q8_0 d*q.
+// one aligned 16-byte word; Q6_K's 6-bit quants are widened to Q8_0's signed bytes (q - 32).
+// Values: Q4_0 d*(q - 8), Q4_1 d*q + m, Q8_0 d*q, Q6_K d_half*q.
 #define GEMV_THREADS 128
 #define GEMV_MAX_TOKENS 8
 #define GEMV_ROWS 4
@@ -19,6 +21,7 @@
 #define KIND_Q4_0 0
 #define KIND_Q4_1 1
 #define KIND_Q8_0 2
+#define KIND_Q6_K 3
 
 // The sum of 8 values as a fixed tree: the same order on every device, and one a host compiler
 // can vectorise (a running sum it must keep in order).
@@ -26,11 +29,21 @@ __device__ __forceinline__ float sum8(const float* v) {
     return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
 }
 
-// Block `b`'s quants (the words of its 16 or 32 bytes) and scale(s): Q4_0's offset -8 d and
-// Q8_0's 0 in `m`, so that every kind's value is d * q + m with q its raw quant.
+// Block `b`'s quants (the words of its 16 or 32 bytes) and the scale and offset of each half
+// of it (values 0-15 and 16-31; the same for all but Q6_K): Q4_0's offset -8 d and Q8_0's and
+// Q6_K's 0 in `m`, so that every kind's value is d * q + m with q its raw quant.
 template <int KIND>
 __device__ __forceinline__ void load_block(const unsigned char* qs, const unsigned short* scales,
                                            size_t b, uint4* q, float* d, float* m) {
+    if (KIND == KIND_Q6_K) {
+        q[0] = __ldg((const uint4*)(qs + b * 32));
+        q[1] = __ldg((const uint4*)(qs + b * 32 + 16));
+        unsigned int dd = __ldg((const unsigned int*)scales + b);
+        d[0] = f16_to_f32((unsigned short)(dd & 0xffffu));
+        d[1] = f16_to_f32((unsigned short)(dd >> 16));
+        m[0] = m[1] = 0.0f;
+        return;
+    }
     if (KIND == KIND_Q8_0) {
         q[0] = __ldg((const uint4*)(qs + b * 32));
         q[1] = __ldg((const uint4*)(qs + b * 32 + 16));
@@ -39,12 +52,14 @@ __device__ __forceinline__ void load_block(const unsigned char* qs, const unsign
     }
     if (KIND == KIND_Q4_1) {
         unsigned int dm = __ldg((const unsigned int*)scales + b);
-        *d = f16_to_f32((unsigned short)(dm & 0xffffu));
-        *m = f16_to_f32((unsigned short)(dm >> 16));
+        d[0] = f16_to_f32((unsigned short)(dm & 0xffffu));
+        m[0] = f16_to_f32((unsigned short)(dm >> 16));
     } else {
-        *d = f16_to_f32(__ldg(scales + b));
-        *m = KIND == KIND_Q4_0 ? -8.0f * *d : 0.0f;
+        d[0] = f16_to_f32(__ldg(scales + b));
+        m[0] = KIND == KIND_Q4_0 ? -8.0f * d[0] : 0.0f;
     }
+    d[1] = d[0];
+    m[1] = m[0];
 }
 
 // Raw quants of values 8c..8c+7 of a block as floats. Q4: values 0-15 are the low nibbles of
@@ -52,7 +67,7 @@ __device__ __forceinline__ void load_block(const unsigned char* qs, const unsign
 template <int KIND>
 __device__ __forceinline__ void chunk_quants(const uint4* q, int c, float* f) {
     unsigned int lo, hi;
-    if (KIND == KIND_Q8_0) {
+    if (KIND == KIND_Q8_0 || KIND == KIND_Q6_K) {
         uint4 w = q[c >> 1];
         lo = (c & 1) ? w.z : w.x;
         hi = (c & 1) ? w.w : w.y;
@@ -94,10 +109,10 @@ __device__ __forceinline__ void gemv(const unsigned char* qs, const unsigned sho
         for (int t = 0; t < MAX_TOKENS; t++) acc[r][t] = 0.0f;
     for (int b = lane; n_rows > 0 && b < k_blocks; b += lanes) {
         uint4 q[GEMV_ROWS][2];
-        float d[GEMV_ROWS], m[GEMV_ROWS];
+        float d[GEMV_ROWS][2], m[GEMV_ROWS][2];
 #pragma unroll
         for (int r = 0; r < GEMV_ROWS; r++) {
-            if (r < n_rows) load_block<KIND>(qs, scales, (size_t)(row0 + r) * k_blocks + b, q[r], &d[r], &m[r]);
+            if (r < n_rows) load_block<KIND>(qs, scales, (size_t)(row0 + r) * k_blocks + b, q[r], d[r], m[r]);
         }
 #pragma unroll
         for (int c = 0; c < 4; c++) {
@@ -132,7 +147,7 @@ __device__ __forceinline__ void gemv(const unsigned char* qs, const unsigned sho
                     float p[8];
                     for (int i = 0; i < 8; i++) p[i] = qv[i] * xf[i];
                     float s = sum8(p);
-                    acc[r][t] += d[r] * s + m[r] * xsum;
+                    acc[r][t] += d[r][c >> 1] * s + m[r][c >> 1] * xsum;
                 }
             }
         }
@@ -195,6 +210,19 @@ extern "C" __global__ void gemv_one_q8_0(const unsigned char* qs, const unsigned
     gemv<KIND_Q8_0, 1>(qs, scales, x, y, y_f32, rows, k_blocks, tokens, lanes, gated);
 }
 
+extern "C" __global__ void gemv_q6_k(const unsigned char* qs, const unsigned short* scales,
+                                     const bf16* x, bf16* y, float* y_f32, int rows,
+                                     int k_blocks, int tokens, int lanes, int gated) {
+    gemv<KIND_Q6_K, GEMV_MAX_TOKENS>(qs, scales, x, y, y_f32, rows, k_blocks, tokens, lanes, gated);
+}
+
+// One token; Q6_K's 32 bytes a block per row keep it at Q8_0's registers.
+extern "C" __global__ void gemv_one_q6_k(const unsigned char* qs, const unsigned short* scales,
+                                         const bf16* x, bf16* y, float* y_f32, int rows,
+                                         int k_blocks, int tokens, int lanes, int gated) {
+    gemv<KIND_Q6_K, 1>(qs, scales, x, y, y_f32, rows, k_blocks, tokens, lanes, gated);
+}
+
 // Blocks `first`..`first + n_blocks` of the planes to bf16 at `out` (32 values a block),
 // DECODE_BLOCKS consecutive blocks a thread, each block stored as four 16-byte words.
 template <int KIND>
@@ -204,12 +232,12 @@ __device__ __forceinline__ void decode_planes(const unsigned char* qs,
     size_t at = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * DECODE_BLOCKS;
     for (size_t b = at; b < at + DECODE_BLOCKS && b < n_blocks; b++) {
         uint4 q[2];
-        float d, m;
-        load_block<KIND>(qs, scales, first + b, q, &d, &m);
+        float d[2], m[2];
+        load_block<KIND>(qs, scales, first + b, q, d, m);
         for (int c = 0; c < 4; c++) {
             float w[8];
             chunk_quants<KIND>(q, c, w);
-            for (int i = 0; i < 8; i++) w[i] = d * w[i] + m;
+            for (int i = 0; i < 8; i++) w[i] = d[c >> 1] * w[i] + m[c >> 1];
             *(uint4*)(out + b * 32 + 8 * c) = pack8(w);
         }
     }
@@ -228,4 +256,9 @@ extern "C" __global__ void decode_planes_q4_1(const unsigned char* qs, const uns
 extern "C" __global__ void decode_planes_q8_0(const unsigned char* qs, const unsigned short* scales,
                                               bf16* out, size_t first, size_t n_blocks) {
     decode_planes<KIND_Q8_0>(qs, scales, out, first, n_blocks);
+}
+
+extern "C" __global__ void decode_planes_q6_k(const unsigned char* qs, const unsigned short* scales,
+                                              bf16* out, size_t first, size_t n_blocks) {
+    decode_planes<KIND_Q6_K>(qs, scales, out, first, n_blocks);
 }
