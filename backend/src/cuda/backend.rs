@@ -548,7 +548,10 @@ impl llama::LlamaStep for CudaStep<'_> {
         let cache = &b.cache[l];
         k.run(
             s,
-            self.per_token(),
+            Grid::Blocks(
+                plan.tokens as u32,
+                super::rope::ctas_per_token(shape) as u32,
+            ),
             RopeKvWrite {
                 q: qkv(0),
                 k: qkv(q_width),

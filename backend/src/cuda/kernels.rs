@@ -239,7 +239,7 @@ kernel_table! {
     ]
     "rope.cu" => [
         /// Rotary embedding of q in place and of k into the KV cache at its slot, with v beside
-        /// it (a negative slot skips the cache), one block per token.
+        /// it (a negative slot skips the cache), grid (tokens, [`super::rope::ctas_per_token`]).
         rope_kv_write(RopeKvWrite {
             q: DevPtr<Bf16>, k: DevPtr<Bf16>, v: DevPtr<Bf16>, k_cache: DevPtr<Bf16>,
             v_cache: DevPtr<Bf16>, positions: DevPtr<u32>, slots: DevPtr<i32>,

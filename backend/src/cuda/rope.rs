@@ -20,6 +20,18 @@ pub fn tables(inv_freq: &[f32], max_positions: usize) -> (Vec<f32>, Vec<f32>) {
     (cos, sin)
 }
 
+/// CTAs `rope_kv_write` gives each token: enough that each of its 128 threads takes about one
+/// unit of work (8 pairs of a q or k head, or 8 values of v), at most 8; a batch-1 decode of
+/// Llama-3.1-8B (40 heads of 8 units, and 128 of v) takes 4, the default model 1. At one CTA a
+/// token the profile predicts the 8B step's 32 launches at 3.2 us each, bound by one thread's
+/// chain of loads; at 4, at the 2 us a kernel takes at least.
+pub fn ctas_per_token(shape: &crate::LayerShape) -> usize {
+    const THREADS: usize = 128;
+    let units = (shape.n_heads + shape.n_kv_heads) * (shape.head_dim / 2).div_ceil(8)
+        + shape.n_kv_heads * shape.head_dim / 8;
+    units.div_ceil(THREADS).clamp(1, 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -228,9 +228,10 @@ fn rope_check_with(dev: &Dev, rng: &mut StdRng, c: &LlamaConfig) -> Result<f32, 
         dev.zeros::<u16>(cache_slots * kv_width)?,
     );
     let (k, s) = dev.kernels();
+    // Three CTAs a token at least (as a large model's decode splits it); attention_check runs one.
     k.run(
         s,
-        Grid::Blocks(t as u32, 1),
+        Grid::Blocks(t as u32, rope::ctas_per_token(&shape).max(3) as u32),
         RopeKvWrite {
             q: dev.at(&d_qkv, 0),
             k: dev.at(&d_qkv, shape.q_width()),

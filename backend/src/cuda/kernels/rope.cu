@@ -5,14 +5,16 @@
 // block_size, n_kv_heads * head_dim]); a negative slot skips the cache (q is still rotated).
 // q, k and v rows are `stride` elements apart (they live in the fused QKV projection's output).
 // cos/sin tables [max_positions, head_dim/2] are computed on the host, where Llama-3 and linear
-// rope scaling are applied to the frequencies. One block per token; where head_dim / 2 is a
-// multiple of 8, each thread takes 8 pairs at once in 16-byte words.
+// rope scaling are applied to the frequencies. Grid (tokens, CTAs a token): a token's heads are
+// shared by its CTAs, so that a decode step of one token is not one CTA's chain of loads; where
+// head_dim / 2 is a multiple of 8, each thread takes 8 pairs at once in 16-byte words.
 extern "C" __global__ void rope_kv_write(bf16* q, const bf16* k, const bf16* v, bf16* k_cache,
                                          bf16* v_cache, const unsigned int* positions,
                                          const int* slots, const float* cos_table,
                                          const float* sin_table, int n_heads, int n_kv_heads,
                                          int head_dim, int stride) {
     int t = blockIdx.x;
+    int first = blockIdx.y * blockDim.x, step = gridDim.y * blockDim.x;
     int half = head_dim / 2;
     unsigned int pos = positions[t];
     int slot = slots[t];
@@ -23,7 +25,7 @@ extern "C" __global__ void rope_kv_write(bf16* q, const bf16* k, const bf16* v, 
         int units = half / 8;
         const float* cos_row = cos_table + (size_t)pos * half;
         const float* sin_row = sin_table + (size_t)pos * half;
-        for (int i = threadIdx.x; i < heads * units; i += blockDim.x) {
+        for (int i = first + threadIdx.x; i < heads * units; i += step) {
             int h = i / units, j = (i % units) * 8;
             const bf16* from;
             bf16* to;
@@ -51,7 +53,7 @@ extern "C" __global__ void rope_kv_write(bf16* q, const bf16* k, const bf16* v, 
         }
     } else {
         // One pair at a time (head sizes whose half is not a multiple of 8).
-        for (int i = threadIdx.x; i < heads * half; i += blockDim.x) {
+        for (int i = first + threadIdx.x; i < heads * half; i += step) {
             int h = i / half, j = i % half;
             float c = cos_table[(size_t)pos * half + j];
             float s = sin_table[(size_t)pos * half + j];
@@ -74,5 +76,5 @@ extern "C" __global__ void rope_kv_write(bf16* q, const bf16* k, const bf16* v, 
     // V as it is, 8 elements (16 bytes) at a time: head sizes are multiples of 8.
     const uint4* from = (const uint4*)(v + (size_t)t * stride);
     uint4* to = (uint4*)(v_cache + (size_t)slot * kv_width);
-    for (int i = threadIdx.x; i < (int)(kv_width / 8); i += blockDim.x) to[i] = __ldg(from + i);
+    for (int i = first + threadIdx.x; i < (int)(kv_width / 8); i += step) to[i] = __ldg(from + i);
 }
