@@ -273,13 +273,15 @@ pub struct Planes {
 }
 
 /// Threads a row group has in the matrix-vector kernels: the largest power of two up to a whole
-/// CTA that leaves each thread at least two blocks of a row, so that a thread's chain of loads
+/// CTA that leaves each thread at least one block of a row, so that a thread's chain of loads
 /// stays short (an 8B model's 14,336-wide down projection: 128 lanes of 3-4 blocks, not 32 of
-/// 14) while each of its loads of x still serves [`GEMV_ROWS`] rows.
+/// 14; the default model's 576-wide inputs: 16 lanes of 1-2 blocks, where at least two blocks
+/// a lane made 8 lanes of 2-3 and a batch-1 step's products 702 us predicted, not 468) while
+/// each of its loads of x still serves [`GEMV_ROWS`] rows.
 pub fn gemv_lanes(inp: usize) -> usize {
     let blocks = inp / BLOCK;
     let mut lanes = 1;
-    while lanes < GEMV_THREADS && lanes * 2 * 2 <= blocks {
+    while lanes < GEMV_THREADS && lanes * 2 <= blocks {
         lanes *= 2;
     }
     lanes

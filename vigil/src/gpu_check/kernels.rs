@@ -603,14 +603,13 @@ fn random_blocks(rng: &mut StdRng, ty: GgmlType, blocks: usize) -> Vec<u8> {
 }
 
 /// The products over quantized planes (each encoding the device keeps; Q4_K as its Q4_1 planes,
-/// Q6_K as its byte planes,
-/// at the widths that are whole 256-value blocks) against `x · Wᵀ` in f64 over the loader's
-/// dequantized W (rounded to bf16 where the tiles round it): the matrix-vector kernels at 1, 3 and 8 tokens
-/// with bf16 and f32 output, at widths that give 8, 16, 64 and 128 threads a row group (the
-/// default model's 576 and 1536, an 8B model's 4096 and 14,336) and row counts that leave a CTA
-/// part-filled; a 12-token step, which decodes row tiles (a small scratch, so four tiles, the
-/// last a part one) for cuBLAS; and the product whose input is SwiGLU of a gate/up output,
-/// taken as it loads.
+/// Q6_K as its byte planes, at the widths that are whole 256-value blocks) against `x · Wᵀ` in
+/// f64 over the loader's dequantized W (rounded to bf16 where the tiles round it): the
+/// matrix-vector kernels at 1, 3 and 8 tokens with bf16 and f32 output, at widths that give 16,
+/// 32 and 128 threads a row group, some lanes an extra block (the default model's 576 and 1536,
+/// an 8B model's 4096 and 14,336) and row counts that leave a CTA part-filled; a 12-token step,
+/// which decodes row tiles (a small scratch, so four tiles, the last a part one) for cuBLAS; and
+/// the product whose input is SwiGLU of a gate/up output, taken as it loads.
 fn quantized_products(dev: &Dev, rng: &mut StdRng) -> Result<(f32, f32), CudaError> {
     let mut worst = 0f32;
     for ty in QUANTIZED.iter().copied() {
