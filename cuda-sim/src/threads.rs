@@ -309,7 +309,9 @@ impl std::fmt::Display for LaunchError {
 
 /// Runs every block of `launch` with `params` (cuLaunchKernel's array, valid for the call),
 /// calling `prepare_thread` on each OS thread before it runs a block (the memory checker's
-/// fault handler is set up so, without this module knowing of it).
+/// fault handler is set up so, without this module knowing of it). Profiled launches run their
+/// blocks one after another in grid order, so that what depends on the order blocks finish in
+/// (the last CTA of a group doing a group's closing work) is counted the same in every run.
 pub fn run_grid(
     launch: Launch,
     params: *mut *mut c_void,
@@ -319,7 +321,7 @@ pub fn run_grid(
     let [gx, gy, gz] = launch.grid;
     let blocks = gx as u64 * gy as u64 * gz as u64;
     let params = params as usize;
-    (0..blocks).into_par_iter().try_for_each(|i| {
+    let one = |i: u64| {
         let block = [
             (i % gx as u64) as u32,
             (i / gx as u64 % gy as u64) as u32,
@@ -327,7 +329,12 @@ pub fn run_grid(
         ];
         prepare_thread();
         run_block(launch, block, params as *mut *mut c_void)
-    })
+    };
+    if crate::profile::enabled() {
+        (0..blocks).try_for_each(one)
+    } else {
+        (0..blocks).into_par_iter().try_for_each(one)
+    }
 }
 
 fn run_block(launch: Launch, block: [u32; 3], params: *mut *mut c_void) -> Result<(), LaunchError> {
