@@ -234,6 +234,28 @@ impl CudaBackend {
         };
         graphs.clear();
         let started = std::time::Instant::now();
+        // One step of padding rows (they write no KV slot) run eagerly first, as vLLM warms up
+        // before capturing: whatever cuBLAS or the driver set up on first use (handles,
+        // workspaces, lazily loaded kernels) happens outside the capture, where it is allowed.
+        let warm = StepPlan::padded_decode(&[], self.block_size, 1, graphs.max_blocks)
+            .expect("an empty batch pads to any size");
+        self.work.host_meta.write(&warm.packed);
+        let s = &self.gpu.stream;
+        self.work
+            .host_meta
+            .upload(s, &self.work.meta, warm.packed.len())?;
+        let split = self
+            .split_scratch
+            .plan(&self.work.shape, warm.tokens, warm.max_context);
+        llama::forward(
+            &mut CudaStep {
+                backend: self,
+                plan: &warm,
+                split,
+            },
+            self.config.num_hidden_layers,
+        )?;
+        self.gpu.stream.synchronize()?;
         let free_before = self.gpu.ctx.mem_get_info()?.0;
         let shapes = graphs.shapes(&self.split_scratch, &self.work.shape);
         let max_batch = shapes.iter().map(|s| s.0).max().unwrap_or(0);
