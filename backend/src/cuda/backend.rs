@@ -239,22 +239,8 @@ impl CudaBackend {
         // workspaces, lazily loaded kernels) happens outside the capture, where it is allowed.
         let warm = StepPlan::padded_decode(&[], self.block_size, 1, graphs.max_blocks)
             .expect("an empty batch pads to any size");
-        self.work.host_meta.write(&warm.packed);
-        let s = &self.gpu.stream;
-        self.work
-            .host_meta
-            .upload(s, &self.work.meta, warm.packed.len())?;
-        let split = self
-            .split_scratch
-            .plan(&self.work.shape, warm.tokens, warm.max_context);
-        llama::forward(
-            &mut CudaStep {
-                backend: self,
-                plan: &warm,
-                split,
-            },
-            self.config.num_hidden_layers,
-        )?;
+        self.upload_plan(&warm)?;
+        self.enqueue(&warm, self.eager_split(&warm))?;
         self.gpu.stream.synchronize()?;
         let free_before = self.gpu.ctx.mem_get_info()?.0;
         let shapes = graphs.shapes(&self.split_scratch, &self.work.shape);
@@ -293,14 +279,7 @@ impl CudaBackend {
         use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
         let s = &self.gpu.stream;
         s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let recorded = llama::forward(
-            &mut CudaStep {
-                backend: self,
-                plan,
-                split,
-            },
-            self.config.num_hidden_layers,
-        );
+        let recorded = self.enqueue(plan, split);
         // The capture ends whatever happened, so that the stream leaves capture mode.
         let graph = s.end_capture(CUgraphInstantiate_flags(0));
         recorded?;
@@ -309,6 +288,34 @@ impl CudaBackend {
         })?;
         graph.upload()?;
         Ok(graph)
+    }
+
+    /// Copies `plan`'s packed metadata to the device, through the page-locked staging buffer.
+    fn upload_plan(&mut self, plan: &StepPlan) -> Result<(), CudaError> {
+        self.work.host_meta.write(&plan.packed);
+        let s = &self.gpu.stream;
+        self.work
+            .host_meta
+            .upload(s, &self.work.meta, plan.packed.len())
+    }
+
+    /// The attention split an eagerly launched step takes: its own tokens and longest context.
+    fn eager_split(&self, plan: &StepPlan) -> Split {
+        self.split_scratch
+            .plan(&self.work.shape, plan.tokens, plan.max_context)
+    }
+
+    /// Enqueues the layers and LM head of a step laid out as `plan` (its metadata uploaded),
+    /// attention split as `split`: run, or recorded into a graph while the stream captures.
+    fn enqueue(&self, plan: &StepPlan, split: Split) -> Result<(), CudaError> {
+        llama::forward(
+            &mut CudaStep {
+                backend: self,
+                plan,
+                split,
+            },
+            self.config.num_hidden_layers,
+        )
     }
 
     /// What capturing the decode graphs took, when they were captured.
@@ -362,34 +369,15 @@ impl CudaBackend {
             // The buffers the graphs read moved.
             self.capture_graphs()?;
         }
-        let s = &self.gpu.stream;
-        self.clock.begin(s)?;
-        let n_meta = plan.packed.len();
-        self.work.host_meta.write(&plan.packed);
-        self.work.host_meta.upload(s, &self.work.meta, n_meta)?;
+        self.clock.begin(&self.gpu.stream)?;
+        self.upload_plan(plan)?;
         let replay = graph.and_then(|split| {
             let graphs = self.graphs.as_ref()?;
             graphs.get(plan.tokens, split)
         });
         match replay {
             Some(graph) => graph.launch()?,
-            None => {
-                let split = match graph {
-                    Some(split) => split,
-                    None => {
-                        self.split_scratch
-                            .plan(&self.work.shape, plan.tokens, plan.max_context)
-                    }
-                };
-                llama::forward(
-                    &mut CudaStep {
-                        backend: self,
-                        plan,
-                        split,
-                    },
-                    self.config.num_hidden_layers,
-                )?
-            }
+            None => self.enqueue(plan, graph.unwrap_or_else(|| self.eager_split(plan)))?,
         }
 
         let vocab = self.work.shape.vocab;
